@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Creates .venv with the pinned dependencies and builds ros_ws with colcon. Idempotent: each step
+# re-runs only when its inputs changed. Called by `make setup` (and so by `make demo` / `make test`).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+venv="${PN_VENV:-$root/.venv}"
+python="${PYTHON:-python3}"
+
+req_hash="$(cat requirements/*.txt pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$venv/.installed-$req_hash" ]; then
+  echo "==> creating $venv and installing pinned dependencies (first run takes a few minutes)"
+  [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip==25.3 2>&1 | grep -v "is ignored" || true
+  "$venv/bin/python" -m pip install -q -r requirements/base.txt -r requirements/ros.txt -r requirements/test.txt 2>&1 | grep -v "is ignored" || true
+  "$venv/bin/python" -m pip install -q --no-deps -e . 2>&1 | grep -v "is ignored" || true
+  "$venv/bin/python" -c "import numpy, rosbags, mcap, torch, yaml, hypothesis, perception_nodes" 
+  rm -f "$venv"/.installed-*
+  touch "$venv/.installed-$req_hash"
+fi
+
+# The ros-* wheels' CMake configs name the build farm's Python include and numpy include folders.
+# Make those paths exist so colcon can build the interface package against the venv (needs root once;
+# harmless on machines with a system ROS install, where these paths are not used).
+farm=/opt/python/cp311-cp311
+if [ ! -e "$farm/include/python3.11/Python.h" ] || [ ! -e "$farm/lib/python3.11/site-packages/numpy/_core/include" ]; then
+  inc="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  npinc="$("$venv/bin/python" -c 'import numpy; print(numpy.get_include())')"
+  if mkdir -p "$farm/include" "$farm/lib/python3.11/site-packages/numpy/_core" 2>/dev/null; then
+    ln -sfn "$inc" "$farm/include/python3.11"
+    ln -sfn "$npinc" "$farm/lib/python3.11/site-packages/numpy/_core/include"
+  else
+    echo "warning: cannot create $farm (not root?); colcon build of the interface package may fail" >&2
+  fi
+fi
+
+ws_hash="$(find ros_ws/src -type f -not -path '*/__pycache__/*' | sort | xargs cat | sha256sum | cut -c1-16)"
+if [ ! -f "ros_ws/install/.built-$ws_hash" ]; then
+  echo "==> colcon build ros_ws"
+  (
+    set +u
+    . scripts/ros_env.sh
+    cd ros_ws
+    rm -rf build install log
+    "$venv/bin/colcon" build --event-handlers console_direct- \
+      --cmake-args -DPython3_EXECUTABLE="$venv/bin/python" -DBUILD_TESTING=OFF >colcon.log 2>&1 \
+      || { tail -50 colcon.log; exit 1; }
+  )
+  touch "ros_ws/install/.built-$ws_hash"
+fi
+echo "==> environment ready (. scripts/ros_env.sh to use it in a shell)"
