@@ -34,7 +34,7 @@ if [ ! -e "$farm/include/python3.11/Python.h" ] || [ ! -e "$farm/lib/python3.11/
   fi
 fi
 
-ws_hash="$(find ros_ws/src -type f -not -path '*/__pycache__/*' | sort | xargs cat | sha256sum | cut -c1-16)"
+ws_hash="$(find -L ros_ws/src -type f -not -path '*/__pycache__/*' | sort | xargs cat | sha256sum | cut -c1-16)"
 if [ ! -f "ros_ws/install/.built-$ws_hash" ]; then
   echo "==> colcon build ros_ws"
   (

@@ -1,0 +1,451 @@
+"""Numba kernels behind the CPU path: coordinate keys, kernel-map merges, row gather/scatter.
+
+Why numba: the kernel map is built from integer loops over coordinates (plain torch needs a sort plus
+a ``searchsorted`` per offset, 5-10x slower), and the gather/scatter loops are memory bound, so a
+compiled loop that streams rows beats torch's generic indexing kernels. Every kernel writes each
+output element from exactly one iteration in a fixed order, so results do not depend on the thread
+count (the issue's determinism requirement).
+
+All functions are compiled lazily with ``cache=True`` so a second process reuses the machine code.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+# --------------------------------------------------------------------------------------------------
+# Coordinate keys
+# --------------------------------------------------------------------------------------------------
+
+
+@nb.njit(cache=True, nogil=True)
+def pack_keys(coords: np.ndarray, lo: np.ndarray, rng: np.ndarray) -> np.ndarray:
+    """Linearise (b, x, y, z) rows into int64 keys; z varies fastest, so a BEV column is contiguous."""
+    n = coords.shape[0]
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        out[i] = (
+            (np.int64(coords[i, 0]) * rng[0] + (coords[i, 1] - lo[0])) * rng[1] + (coords[i, 2] - lo[1])
+        ) * rng[2] + (coords[i, 3] - lo[2])
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def unpack_keys(keys: np.ndarray, lo: np.ndarray, rng: np.ndarray) -> np.ndarray:
+    n = keys.shape[0]
+    out = np.empty((n, 4), np.int32)
+    for i in range(n):
+        k = keys[i]
+        z = k % rng[2]
+        k //= rng[2]
+        y = k % rng[1]
+        k //= rng[1]
+        x = k % rng[0]
+        b = k // rng[0]
+        out[i, 0] = b
+        out[i, 1] = x + lo[0]
+        out[i, 2] = y + lo[1]
+        out[i, 3] = z + lo[2]
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def strictly_increasing(keys: np.ndarray) -> bool:
+    for i in range(1, keys.shape[0]):
+        if keys[i] <= keys[i - 1]:
+            return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def unique_sorted_inplace(keys: np.ndarray) -> int:
+    """Compact a sorted array to its distinct values; returns the count."""
+    n = keys.shape[0]
+    if n == 0:
+        return 0
+    m = 1
+    for i in range(1, n):
+        if keys[i] != keys[m - 1]:
+            keys[m] = keys[i]
+            m += 1
+    return m
+
+
+# --------------------------------------------------------------------------------------------------
+# Output coordinates of generative (spconv-style) strided and transposed convolutions
+# --------------------------------------------------------------------------------------------------
+
+
+@nb.njit(cache=True, nogil=True)
+def generative_candidates(
+    coords: np.ndarray,
+    disp: np.ndarray,
+    ks: np.ndarray,
+    out_step: np.ndarray,
+    lo_b: np.ndarray,
+    hi_b: np.ndarray,
+    lo: np.ndarray,
+    rng: np.ndarray,
+) -> np.ndarray:
+    """Keys of every output O = I - disp (per axis) that lies on the output grid and inside bounds.
+
+    disp: [3, max ks] displacement per axis and kernel index (coordinate units), ks: kernel size
+    per axis; out_step: output grid pitch per axis; lo_b/hi_b: inclusive bounds of valid outputs.
+    Axes are independent, so an input's candidates are the product of its per-axis lists.
+    """
+    n = coords.shape[0]
+    kmax = disp.shape[1]
+    cand = np.empty((3, kmax), np.int64)
+    cnt = np.zeros(3, np.int64)
+    total = 0
+    for i in range(n):
+        prod = 1
+        for a in range(3):
+            c = 0
+            for k in range(ks[a]):
+                o = coords[i, a + 1] - disp[a, k]
+                if o % out_step[a] == 0 and o >= lo_b[a] and o <= hi_b[a]:
+                    c += 1
+            prod *= c
+        total += prod
+    out = np.empty(total, np.int64)
+    t = 0
+    for i in range(n):
+        for a in range(3):
+            c = 0
+            for k in range(ks[a]):
+                o = coords[i, a + 1] - disp[a, k]
+                if o % out_step[a] == 0 and o >= lo_b[a] and o <= hi_b[a]:
+                    cand[a, c] = o
+                    c += 1
+            cnt[a] = c
+        bk = np.int64(coords[i, 0]) * rng[0]
+        for ix in range(cnt[0]):
+            kx = (bk + (cand[0, ix] - lo[0])) * rng[1]
+            for iy in range(cnt[1]):
+                ky = (kx + (cand[1, iy] - lo[1])) * rng[2]
+                for iz in range(cnt[2]):
+                    out[t] = ky + (cand[2, iz] - lo[2])
+                    t += 1
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def floor_keys(coords: np.ndarray, step: np.ndarray, lo: np.ndarray, rng: np.ndarray) -> np.ndarray:
+    """Keys of floor(c / step) * step: the Minkowski/TorchSparse downsampling rule."""
+    n = coords.shape[0]
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        k = np.int64(coords[i, 0])
+        for a in range(3):
+            c = np.int64(coords[i, a + 1])
+            f = (c // step[a]) * step[a]
+            k = k * rng[a] + (f - lo[a])
+        out[i] = k
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernel map by sorted merge
+# --------------------------------------------------------------------------------------------------
+# Offsets are grouped by (dx, dy) "column": inside a column the z displacements form an arithmetic
+# progression (first, step, count), so with keys where z varies fastest every group is one forward
+# merge of two sorted key arrays -- sequential memory access, no hash table. ``in_keys`` carries a
+# sentinel (2**62) at the end so the inner loops need no bounds checks.
+
+
+@nb.njit(cache=True, nogil=True)
+def _lower_bound(a: np.ndarray, v: np.int64) -> int:
+    lo = 0
+    hi = a.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@nb.njit(cache=True, nogil=True)
+def _merge_range(in_keys, out_keys, a, b, g, g_base, g_step, g_nz, g_k, res):
+    base = g_base[g]
+    step = g_step[g]
+    span = step * (g_nz[g] - 1)
+    p = _lower_bound(in_keys, out_keys[a] + base)
+    for o in range(a, b):
+        t = out_keys[o] + base
+        while in_keys[p] < t:
+            p += 1
+        q = p
+        while True:
+            d = in_keys[q] - t
+            if d > span:
+                break
+            if step == 1:
+                res[o, g_k[g, d]] = q
+            elif d % step == 0:
+                res[o, g_k[g, d // step]] = q
+            q += 1
+
+
+@nb.njit(cache=True, nogil=True)
+def merge_map_serial(in_keys, out_keys, g_base, g_step, g_nz, g_k, n_k, chunk):
+    """out_in_map[o, k] = row of in_keys equal to out_keys[o] + delta_k, else -1."""
+    n_out = out_keys.shape[0]
+    res = np.full((n_out, n_k), -1, np.int32)
+    for a in range(0, n_out, chunk):
+        b = min(n_out, a + chunk)
+        for g in range(g_base.shape[0]):
+            _merge_range(in_keys, out_keys, a, b, g, g_base, g_step, g_nz, g_k, res)
+    return res
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def merge_map_parallel(in_keys, out_keys, g_base, g_step, g_nz, g_k, n_k, chunk):
+    n_out = out_keys.shape[0]
+    res = np.full((n_out, n_k), -1, np.int32)
+    n_chunks = (n_out + chunk - 1) // chunk
+    for c in nb.prange(n_chunks):
+        a = c * chunk
+        b = min(n_out, a + chunk)
+        for g in range(g_base.shape[0]):
+            _merge_range(in_keys, out_keys, a, b, g, g_base, g_step, g_nz, g_k, res)
+    return res
+
+
+@nb.njit(cache=True, nogil=True)
+def _merge_sym_group(keys, g, g_base, g_step, g_nz, g_k, n_k, pin, pout, cnt):
+    n = keys.shape[0] - 1
+    base = g_base[g]
+    step = g_step[g]
+    span = step * (g_nz[g] - 1)
+    p = _lower_bound(keys, keys[0] + base)
+    for o in range(n):
+        t = keys[o] + base
+        while keys[p] < t:
+            p += 1
+        q = p
+        while True:
+            d = keys[q] - t
+            if d > span:
+                break
+            if step == 1 or d % step == 0:
+                k = g_k[g, d // step]
+                c = cnt[k]
+                pin[k, c] = q
+                pout[k, c] = o
+                cnt[k] = c + 1
+                km = n_k - 1 - k
+                c = cnt[km]
+                pin[km, c] = o
+                pout[km, c] = q
+                cnt[km] = c + 1
+            q += 1
+
+
+@nb.njit(cache=True, nogil=True)
+def merge_sym_pairs_serial(keys, g_base, g_step, g_nz, g_k, n_k, pin, pout, cnt):
+    """Submanifold map from half the offsets: a pair (i -> o) at offset d is (o -> i) at -d.
+
+    Groups cover only the "positive" half of the kernel; every match is written for offset k and
+    its mirror n_k - 1 - k, halving the merge work. Writes per-offset pair lists into pin/pout
+    ([n_k, N] buffers) and their lengths into cnt.
+    """
+    for g in range(g_base.shape[0]):
+        _merge_sym_group(keys, g, g_base, g_step, g_nz, g_k, n_k, pin, pout, cnt)
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def merge_sym_pairs_parallel(keys, g_base, g_step, g_nz, g_k, n_k, pin, pout, cnt):
+    # each group owns its offsets and their mirrors, so groups run independently (no races)
+    for g in nb.prange(g_base.shape[0]):
+        _merge_sym_group(keys, g, g_base, g_step, g_nz, g_k, n_k, pin, pout, cnt)
+
+
+@nb.njit(cache=True, nogil=True)
+def compact_pairs(pin, pout, cnt, perm):
+    """Concatenate per-offset lists into CSR (ptr over offsets); map rows through perm if given."""
+    n_k = cnt.shape[0]
+    ptr = np.zeros(n_k + 1, np.int64)
+    for k in range(n_k):
+        ptr[k + 1] = ptr[k] + cnt[k]
+    in_idx = np.empty(ptr[n_k], np.int32)
+    out_idx = np.empty(ptr[n_k], np.int32)
+    use_perm = perm.shape[0] > 0
+    for k in range(n_k):
+        s = ptr[k]
+        for j in range(cnt[k]):
+            if use_perm:
+                in_idx[s + j] = perm[pin[k, j]]
+                out_idx[s + j] = perm[pout[k, j]]
+            else:
+                in_idx[s + j] = pin[k, j]
+                out_idx[s + j] = pout[k, j]
+    return in_idx, out_idx, ptr
+
+
+@nb.njit(cache=True, nogil=True)
+def map_to_pairs(m: np.ndarray, skip_k: int):
+    """Per-offset (in, out) pair lists (CSR over k) from an out_in_map; rows stay sorted by output.
+
+    ``skip_k`` (or -1) leaves out an identity offset (the centre of a submanifold map), which the
+    dataflows handle as a plain GEMM without any gather.
+    """
+    n, n_k = m.shape
+    ptr = np.zeros(n_k + 1, np.int64)
+    for o in range(n):
+        for k in range(n_k):
+            if m[o, k] >= 0:
+                ptr[k + 1] += 1
+    if skip_k >= 0:
+        ptr[skip_k + 1] = 0
+    for k in range(n_k):
+        ptr[k + 1] += ptr[k]
+    total = ptr[n_k]
+    in_idx = np.empty(total, np.int32)
+    out_idx = np.empty(total, np.int32)
+    pos = ptr[:n_k].copy()
+    for o in range(n):
+        for k in range(n_k):
+            i = m[o, k]
+            if i >= 0 and k != skip_k:
+                p = pos[k]
+                in_idx[p] = i
+                out_idx[p] = o
+                pos[k] = p + 1
+    return in_idx, out_idx, ptr
+
+
+@nb.njit(cache=True, nogil=True)
+def pairs_to_map(in_idx, out_idx, ptr, n_out, identity_k):
+    n_k = ptr.shape[0] - 1
+    res = np.full((n_out, n_k), -1, np.int32)
+    for k in range(n_k):
+        for p in range(ptr[k], ptr[k + 1]):
+            res[out_idx[p], k] = in_idx[p]
+    if identity_k >= 0:
+        for o in range(n_out):
+            res[o, identity_k] = o
+    return res
+
+
+@nb.njit(cache=True, nogil=True)
+def invert_map(m: np.ndarray, n_in: int) -> np.ndarray:
+    """in_out_map[i, k] = o where m[o, k] = i: the map of the inverse (transposed) convolution."""
+    n, n_k = m.shape
+    res = np.full((n_in, n_k), -1, np.int32)
+    for o in range(n):
+        for k in range(n_k):
+            i = m[o, k]
+            if i >= 0:
+                res[i, k] = o
+    return res
+
+
+@nb.njit(cache=True, nogil=True)
+def neighbour_masks(m: np.ndarray) -> np.ndarray:
+    """Bit k set when output row has a neighbour at offset k (kernels of up to 64 offsets)."""
+    n, n_k = m.shape
+    out = np.zeros(n, np.uint64)
+    for o in range(n):
+        v = np.uint64(0)
+        for k in range(n_k):
+            if m[o, k] >= 0:
+                v |= np.uint64(1) << np.uint64(k)
+        out[o] = v
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def tile_offsets(m: np.ndarray, order: np.ndarray, tile: int):
+    """For each tile of ``tile`` rows (in ``order``) the offsets used by any of its rows (CSR)."""
+    n, n_k = m.shape
+    n_tiles = (n + tile - 1) // tile
+    ptr = np.zeros(n_tiles + 1, np.int64)
+    ks = np.empty(n_tiles * n_k, np.int32)
+    used = np.zeros(n_k, np.bool_)
+    t = 0
+    for ti in range(n_tiles):
+        used[:] = False
+        for r in range(ti * tile, min(n, (ti + 1) * tile)):
+            row = order[r]
+            for k in range(n_k):
+                if m[row, k] >= 0:
+                    used[k] = True
+        for k in range(n_k):
+            if used[k]:
+                ks[t] = k
+                t += 1
+        ptr[ti + 1] = t
+    return ptr, ks[:t]
+
+
+# --------------------------------------------------------------------------------------------------
+# Row gather / scatter (gather-GEMM-scatter dataflow)
+# --------------------------------------------------------------------------------------------------
+
+
+@nb.njit(cache=True, nogil=True, fastmath=False)
+def gather_rows(src, idx, dst):
+    c = src.shape[1]
+    for i in range(idx.shape[0]):
+        r = idx[i]
+        for j in range(c):
+            dst[i, j] = src[r, j]
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def gather_rows_par(src, idx, dst):
+    c = src.shape[1]
+    for i in nb.prange(idx.shape[0]):
+        r = idx[i]
+        for j in range(c):
+            dst[i, j] = src[r, j]
+
+
+@nb.njit(cache=True, nogil=True)
+def scatter_add_rows(dst, idx, src):
+    """dst[idx[i]] += src[i]; within one kernel offset every output row appears at most once."""
+    c = src.shape[1]
+    for i in range(idx.shape[0]):
+        r = idx[i]
+        for j in range(c):
+            dst[r, j] += src[i, j]
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def scatter_add_rows_par(dst, idx, src):
+    c = src.shape[1]
+    for i in nb.prange(idx.shape[0]):
+        r = idx[i]
+        for j in range(c):
+            dst[r, j] += src[i, j]
+
+
+@nb.njit(cache=True, nogil=True)
+def gather_tile(src, m, order, a, b, ks, dst):
+    """dst[r, j*C:(j+1)*C] = src[m[order[a+r], ks[j]]] (zeros where missing): implicit-GEMM operand."""
+    c = src.shape[1]
+    for r in range(b - a):
+        row = order[a + r]
+        for j in range(ks.shape[0]):
+            i = m[row, ks[j]]
+            base = j * c
+            if i >= 0:
+                for x in range(c):
+                    dst[r, base + x] = src[i, x]
+            else:
+                for x in range(c):
+                    dst[r, base + x] = 0.0
+
+
+@nb.njit(cache=True, nogil=True)
+def scatter_rows(dst, order, a, src):
+    """dst[order[a + r]] = src[r]."""
+    c = src.shape[1]
+    for r in range(src.shape[0]):
+        row = order[a + r]
+        for x in range(c):
+            dst[row, x] = src[r, x]

@@ -1,0 +1,42 @@
+"""The perception graph: ROS-agnostic node cores and how they are wired from the params file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from perception_nodes.codecs.backend import MessageBackend
+from perception_nodes.graph.ground_segmentation import GroundSegmentationNode
+from perception_nodes.graph.node import Emit, NodeCore, Port
+from perception_nodes.graph.occupancy_grid import OccupancyGridNode
+
+#: node name in the params file -> implementation
+NODE_TYPES: dict[str, type[NodeCore]] = {
+    "ground_segmentation": GroundSegmentationNode,
+    "occupancy_grid": OccupancyGridNode,
+}
+
+
+def build_graph(
+    params: dict[str, dict[str, Any]],
+    *,
+    backend: MessageBackend,
+    clock: Callable[[], int],
+    keep_all_latency: bool = False,
+) -> list[NodeCore]:
+    """Instantiate every enabled node of the params tree, in the file's order."""
+    nodes = []
+    for name, p in params.items():
+        if name not in NODE_TYPES or not p.get("enabled", True):
+            continue
+        p = {k: v for k, v in p.items() if k != "enabled"}
+        nodes.append(NODE_TYPES[name](name, p, backend=backend, clock=clock, keep_all_latency=keep_all_latency))
+    return nodes
+
+
+def resolve_topic(node: NodeCore, topic: str) -> str:
+    """``~/x`` -> ``/<node>/x`` (what rclpy does for private names of a node without namespace)."""
+    return f"/{node.name}/{topic[2:]}" if topic.startswith("~/") else topic
+
+
+__all__ = ["NODE_TYPES", "Emit", "NodeCore", "Port", "build_graph", "resolve_topic"]

@@ -1,0 +1,216 @@
+"""The ROS-agnostic node: what every node of the graph does besides its own algorithm.
+
+A :class:`NodeCore` receives messages (``handle``) and timer ticks (``tick``) and returns what to
+publish. Two thin adapters drive it: the rclpy node (:mod:`perception_nodes.ros.node`) for live ROS,
+and the replay bus (:mod:`perception_nodes.replay`) for bags. Shared behaviour lives here:
+
+* bad input (:class:`MalformedMessageError`, :class:`CalibrationError`, empty or non-finite clouds) is
+  counted per topic, logged once per kind, shown on ``/diagnostics``; the node keeps running;
+* latency accounting with Autoware's debug topic names under ``~/debug/``;
+* static transforms from the rig calibration file and ``/tf_static``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from perception_nodes import topics
+from perception_nodes.calibration import StaticTransforms, load_rig, transforms_from_tf_message
+from perception_nodes.codecs.backend import MessageBackend, make_header
+from perception_nodes.codecs.outputs import DiagnosticStatusData, diagnostic_array_msg
+from perception_nodes.errors import CalibrationError, MalformedMessageError
+from perception_nodes.latency import CYCLIC, PIPELINE, PROCESSING, FrameLatency, NodeLatency
+
+OK, WARN, ERROR, STALE = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Port:
+    """A topic a node reads or writes.
+
+    ``qos``: ``sensor`` (best effort, keep last 5: accepts reliable and best-effort publishers, the
+    usual fix for bag-replay QoS mismatches), ``reliable`` (keep last 10) or ``latched``
+    (reliable + transient local, for ``/tf_static``).
+    """
+
+    topic: str
+    msgtype: str
+    qos: str = "sensor"
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A message to publish. Topics starting with ``~/`` are private to the node."""
+
+    topic: str
+    msgtype: str
+    msg: Any
+
+
+class NodeCore:
+    """Base class of the graph's nodes (see module doc). Subclasses implement ``on_message``."""
+
+    #: parameters every node understands (documented in perception.params.yaml)
+    COMMON = ("calibration_file", "use_tf_static", "base_frame", "publish_debug", "diagnostics_period_s",
+              "latency_budgets_ms", "latency_window")
+
+    def __init__(
+        self,
+        name: str,
+        params: dict[str, Any],
+        *,
+        backend: MessageBackend,
+        clock: Callable[[], int],
+        keep_all_latency: bool = False,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.name = name
+        self.params = params
+        self.backend = backend
+        self.clock = clock
+        self.log = log or logging.getLogger(f"perception_nodes.{name}")
+        self.base_frame: str = params.get("base_frame", "base_link")
+        self.publish_debug: bool = bool(params.get("publish_debug", True))
+        self.diagnostics_period_ns = int(float(params.get("diagnostics_period_s", 1.0)) * 1e9)
+        self.latency = NodeLatency(
+            name,
+            clock,
+            budgets_ms={k: float(v) for k, v in (params.get("latency_budgets_ms") or {}).items()},
+            window=int(params.get("latency_window", 200)),
+            keep_all=keep_all_latency,
+        )
+        self.malformed: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+        self.frames_out = 0
+        self.warnings: dict[str, str] = {}  # kind -> last message, shown on /diagnostics
+        self._logged: set[str] = set()
+        self._last_diag_ns: int | None = None
+        self.transforms = StaticTransforms()
+        calib = params.get("calibration_file") or ""
+        if calib:
+            try:
+                self.transforms = load_rig(calib)
+            except CalibrationError as exc:
+                self._warn("calibration", str(exc))
+
+    # --- wiring -------------------------------------------------------------------------------
+    def inputs(self) -> list[Port]:
+        """Topics the node subscribes to (subclasses extend)."""
+        ports = []
+        if self.params.get("use_tf_static", True):
+            ports.append(Port(topics.TF_STATIC, topics.TF_MESSAGE, "latched"))
+        return ports
+
+    def outputs(self) -> list[Port]:
+        return [Port(topics.DIAGNOSTICS, topics.DIAGNOSTIC_ARRAY, "reliable")]
+
+    # --- driving ------------------------------------------------------------------------------
+    def handle(self, topic: str, msg: Any) -> list[Emit]:
+        """Process one incoming message; never raises for bad input."""
+        self.received[topic] += 1
+        out: list[Emit] = []
+        try:
+            if topic == topics.TF_STATIC:
+                for t in transforms_from_tf_message(msg):
+                    self.transforms.add(t)
+            else:
+                out = self.on_message(topic, msg)
+        except MalformedMessageError as exc:
+            self.malformed[topic] += 1
+            self._warn("malformed", f"{topic}: {exc}")
+        except CalibrationError as exc:
+            self.dropped[topic] += 1
+            self._warn("calibration", f"{topic}: {exc}")
+        return out + self._maybe_diagnostics()
+
+    def tick(self) -> list[Emit]:
+        """Timer callback: lets nodes flush time-outs and publishes diagnostics when due."""
+        out: list[Emit] = []
+        try:
+            out = self.on_tick()
+        except (MalformedMessageError, CalibrationError) as exc:
+            self._warn("tick", str(exc))
+        return out + self._maybe_diagnostics()
+
+    def on_message(self, topic: str, msg: Any) -> list[Emit]:
+        raise NotImplementedError
+
+    def on_tick(self) -> list[Emit]:
+        return []
+
+    # --- helpers for subclasses ----------------------------------------------------------------
+    def _warn(self, kind: str, text: str) -> None:
+        self.warnings[kind] = text
+        if kind not in self._logged:  # log each kind once; counts go to /diagnostics
+            self._logged.add(kind)
+            self.log.warning("%s: %s", self.name, text)
+
+    def sensor_to_base(self, frame_id: str) -> np.ndarray:
+        """4x4 from a sensor frame into ``base_frame``; CalibrationError when unknown."""
+        if not frame_id:
+            raise CalibrationError("message has an empty header.frame_id")
+        return self.transforms.lookup(self.base_frame, frame_id.lstrip("/"))
+
+    def debug_emits(self, frame: FrameLatency) -> list[Emit]:
+        """Autoware-style ``~/debug/...`` Float64Stamped messages for one frame."""
+        if not self.publish_debug:
+            return []
+        values = {PROCESSING: frame.processing_ms, PIPELINE: frame.pipeline_ms}
+        if frame.cyclic_ms is not None:
+            values[CYCLIC] = frame.cyclic_ms
+        out = [Emit(f"~/debug/{k}_ms", topics.FLOAT64_STAMPED, self._float(frame.input_stamp_ns, v)) for k, v in values.items()]
+        for stage, ms in frame.stages_ms.items():
+            out.append(Emit(f"~/debug/processing_time/{stage}_ms", topics.FLOAT64_STAMPED, self._float(frame.input_stamp_ns, ms)))
+        return out
+
+    def _float(self, stamp_ns: int, value: float) -> Any:
+        return self.backend.new(
+            topics.FLOAT64_STAMPED, header=make_header(self.backend, stamp_ns, self.base_frame), data=float(value)
+        )
+
+    # --- diagnostics ---------------------------------------------------------------------------
+    def diagnostic_statuses(self) -> list[DiagnosticStatusData]:
+        """Health of this node: latency against budgets, and input problems."""
+        values: dict[str, str] = {}
+        level, worst = OK, "ok"
+        for key, series in sorted(self.latency.series.items()):
+            s = series.window_summary()
+            if s.count == 0:
+                continue
+            values[f"{key}.p50_ms"] = f"{s.p50_ms:.3f}"
+            values[f"{key}.p99_ms"] = f"{s.p99_ms:.3f}"
+            values[f"{key}.max_ms"] = f"{s.max_ms:.3f}"
+            values[f"{key}.jitter_ms"] = f"{s.jitter_ms:.3f}"
+            if s.budget_ms is not None:
+                values[f"{key}.budget_ms"] = f"{s.budget_ms:.3f}"
+                values[f"{key}.deadline_misses"] = str(s.deadline_misses)
+                if s.deadline_misses:
+                    level, worst = WARN, f"{key} missed its {s.budget_ms:g} ms budget {s.deadline_misses}x in the window"
+        lat = DiagnosticStatusData(level, f"{self.name}: latency", worst, self.name, values)
+        in_values = {f"received {t}": str(n) for t, n in sorted(self.received.items())}
+        in_values.update({f"malformed {t}": str(n) for t, n in sorted(self.malformed.items())})
+        in_values.update({f"dropped {t}": str(n) for t, n in sorted(self.dropped.items())})
+        in_values["frames_out"] = str(self.frames_out)
+        in_level, in_msg = OK, "ok"
+        if self.malformed or self.dropped or self.warnings:
+            in_level = WARN
+            in_msg = "; ".join(f"{k}: {v}" for k, v in sorted(self.warnings.items()))[:500] or "inputs dropped"
+        if "calibration" in self.warnings and self.frames_out == 0:
+            in_level = ERROR
+        inp = DiagnosticStatusData(in_level, f"{self.name}: inputs", in_msg, self.name, in_values)
+        return [lat, inp]
+
+    def _maybe_diagnostics(self) -> list[Emit]:
+        now = self.clock()
+        if self._last_diag_ns is not None and now - self._last_diag_ns < self.diagnostics_period_ns:
+            return []
+        self._last_diag_ns = now
+        return [Emit(topics.DIAGNOSTICS, topics.DIAGNOSTIC_ARRAY,
+                     diagnostic_array_msg(self.diagnostic_statuses(), now, self.backend))]

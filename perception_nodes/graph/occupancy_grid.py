@@ -1,0 +1,167 @@
+"""Evidential occupancy grid node: raw + obstacle clouds -> OccupancyGrid and its uncertainty.
+
+As in Autoware's pointcloud-based occupancy grid, the raw scan gives free space along every ray and
+the obstacle cloud (from the ground segmentation node) says which returns are obstacles. The two are
+paired by the ApproximateTime synchroniser with a per-input time-out on the obstacle cloud: if the
+ground segmentation node stalls or dies, the grid is still published, from the raw scan segmented
+inline, and the omission is counted on ``/diagnostics``.
+
+Outputs: ``/perception/occupancy_grid`` (probability 0-100, -1 unknown) and
+``/perception/occupancy_grid/uncertainty`` (Beta vacuity 0-100, 100 = no evidence), in ``base_link``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numba
+import numpy as np
+
+from perception_nodes import topics
+from perception_nodes.calibration import transform_points
+from perception_nodes.codecs.backend import stamp_to_ns
+from perception_nodes.codecs.outputs import occupancy_grid_msg
+from perception_nodes.codecs.pointcloud2 import read_xyzi
+from perception_nodes.config import to_dataclass
+from perception_nodes.graph.node import Emit, NodeCore, Port
+from perception_nodes.pipeline.ground import GroundParams, segment_ground
+from perception_nodes.pipeline.occupancy import GridSpec, OccupancyParams, evidential_occupancy, to_occupancy_msg_data
+from perception_nodes.sync import ApproximateTimeSynchronizer, SyncedSet
+
+#: fallback matching of raw and obstacle points: a 1 cm lattice in base_link
+_MATCH_RES = 0.01
+
+
+def _lattice_keys(xyz: np.ndarray) -> np.ndarray:
+    q = np.round(xyz[:, :3].astype(np.float64) / _MATCH_RES).astype(np.int64) + (1 << 20)
+    return (q[:, 0] << 42) | (q[:, 1] << 21) | q[:, 2]
+
+
+@numba.njit(cache=True)
+def _subsequence_mask(raw: np.ndarray, sub: np.ndarray) -> tuple[np.ndarray, int]:  # pragma: no cover
+    """Mask of ``raw`` rows that form ``sub`` when ``sub`` is an ordered subset of them (bit-equal xyz).
+
+    Our ground segmentation node keeps the scan's order, so one linear walk matches in ~1 ms; rows of
+    ``sub`` left unmatched (another producer, reordered points) make the caller fall back to hashing.
+    """
+    mask = np.zeros(raw.shape[0], dtype=np.bool_)
+    j = 0
+    for i in range(raw.shape[0]):
+        if j < sub.shape[0] and raw[i, 0] == sub[j, 0] and raw[i, 1] == sub[j, 1] and raw[i, 2] == sub[j, 2]:
+            mask[i] = True
+            j += 1
+    return mask, j
+
+
+def obstacle_mask(raw_xyz: np.ndarray, obstacle_xyz: np.ndarray) -> np.ndarray:
+    """Which raw returns (base_link) are in the obstacle cloud: ordered walk, else lattice hashing."""
+    if len(obstacle_xyz) == 0:
+        return np.zeros(len(raw_xyz), dtype=bool)
+    raw = np.ascontiguousarray(raw_xyz[:, :3], dtype=np.float32)
+    sub = np.ascontiguousarray(obstacle_xyz[:, :3], dtype=np.float32)
+    mask, matched = _subsequence_mask(raw, sub)
+    if matched == len(sub):
+        return mask
+    return np.isin(_lattice_keys(raw_xyz), _lattice_keys(obstacle_xyz))
+
+
+class OccupancyGridNode(NodeCore):
+    """See module doc. Stages timed: ``sync_wait``, ``decode``, ``match``, ``occupancy``, ``encode``."""
+
+    RAW, OBSTACLE = 0, 1
+
+    def __init__(self, name: str, params: dict[str, Any], **kw: Any) -> None:
+        super().__init__(name, params, **kw)
+        self.raw_topic = params.get("raw_topic", topics.LIDAR_POINTS)
+        self.obstacle_topic = params.get("obstacle_topic", topics.OBSTACLE_POINTS)
+        self.output_topic = params.get("output_topic", topics.OCCUPANCY_GRID)
+        self.uncertainty_topic = params.get("uncertainty_topic", topics.OCCUPANCY_UNCERTAINTY)
+        sync = params.get("sync", {})
+        self.sync = ApproximateTimeSynchronizer(
+            2,
+            int(sync.get("queue_size", 5)),
+            max_interval_s=float(sync.get("max_interval_s", 0.05)),
+            input_timeouts_s=[None, float(sync["obstacle_timeout_s"]) if sync.get("obstacle_timeout_s") else None],
+        )
+        self.grid = to_dataclass(GridSpec, params.get("grid", {}), f"{name}.grid.")
+        self.evidence = to_dataclass(OccupancyParams, params.get("evidence", {}), f"{name}.evidence.")
+        self.ground_params = to_dataclass(GroundParams, params.get("ground", {}), f"{name}.ground.")
+        self.unknown_vacuity = float(params.get("unknown_vacuity", 1.0))
+        self._arrival_ns: dict[int, int] = {}
+        self.fallback_frames = 0
+
+    def inputs(self) -> list[Port]:
+        return super().inputs() + [
+            Port(self.raw_topic, topics.POINTCLOUD2),
+            Port(self.obstacle_topic, topics.POINTCLOUD2),
+        ]
+
+    def outputs(self) -> list[Port]:
+        return super().outputs() + [
+            Port(self.output_topic, topics.OCCUPANCY_GRID_TYPE, "reliable"),
+            Port(self.uncertainty_topic, topics.OCCUPANCY_GRID_TYPE, "reliable"),
+        ]
+
+    def on_message(self, topic: str, msg: Any) -> list[Emit]:
+        idx = self.RAW if topic == self.raw_topic else self.OBSTACLE
+        stamp = stamp_to_ns(msg.header.stamp)
+        now = self.clock()
+        if idx == self.RAW:
+            self._arrival_ns[stamp] = now
+        t0 = time.perf_counter_ns()
+        sets = self.sync.add(idx, stamp, msg, now_ns=now)
+        self.latency.record("sync", (time.perf_counter_ns() - t0) / 1e6)
+        return self._process_sets(sets)
+
+    def on_tick(self) -> list[Emit]:
+        return self._process_sets(self.sync.poll(self.clock()))
+
+    def _process_sets(self, sets: list[SyncedSet]) -> list[Emit]:
+        out: list[Emit] = []
+        for s in sets:
+            out += self._process(s)
+        # counters of the synchroniser are the node's drop counts
+        self.dropped[self.raw_topic] = self.sync.dropped[self.RAW]
+        self.dropped[self.obstacle_topic] = self.sync.dropped[self.OBSTACLE]
+        if self.sync.omitted[self.OBSTACLE]:
+            self._warn("sync", f"{self.obstacle_topic} missing for {self.sync.omitted[self.OBSTACLE]} frame(s); "
+                       "segmented inline")
+        return out
+
+    def _process(self, s: SyncedSet) -> list[Emit]:
+        raw, obstacle = s.messages
+        if raw is None:
+            return []
+        stamp = stamp_to_ns(raw.header.stamp)
+        arrival = self._arrival_ns.pop(stamp, None)
+        for old in [k for k in self._arrival_ns if k < stamp]:
+            del self._arrival_ns[old]
+        with self.latency.frame(stamp) as frame:
+            if arrival is not None:
+                frame.stages_ms["sync_wait"] = max(0.0, (self.clock() - arrival) / 1e6)
+            with self.latency.stage("decode"):
+                pts = read_xyzi(raw)
+                pts = pts[np.isfinite(pts[:, :3]).all(axis=1)]
+                to_base = self.sensor_to_base(raw.header.frame_id)
+                pts = transform_points(to_base, pts)
+                obst = read_xyzi(obstacle) if obstacle is not None else None
+            with self.latency.stage("match"):
+                if obst is not None:
+                    ground = ~obstacle_mask(pts, obst)
+                else:
+                    self.fallback_frames += 1
+                    ground = segment_ground(pts, self.ground_params) if len(pts) else np.zeros(0, bool)
+            with self.latency.stage("occupancy"):
+                grid = evidential_occupancy(pts, ground, to_base[:3, 3], self.grid, self.evidence)
+                prob, vacuity = to_occupancy_msg_data(grid, unknown_vacuity=self.unknown_vacuity)
+            with self.latency.stage("encode"):
+                origin = (*self.grid.origin, 0.0)
+                out = [
+                    Emit(self.output_topic, topics.OCCUPANCY_GRID_TYPE,
+                         occupancy_grid_msg(prob, self.grid.resolution, origin, stamp, self.base_frame, self.backend)),
+                    Emit(self.uncertainty_topic, topics.OCCUPANCY_GRID_TYPE,
+                         occupancy_grid_msg(vacuity, self.grid.resolution, origin, stamp, self.base_frame, self.backend)),
+                ]
+        self.frames_out += 1
+        return out + self.debug_emits(frame)

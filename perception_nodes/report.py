@@ -1,0 +1,128 @@
+"""``report.html`` for a replay: BEV occupancy and uncertainty with ground truth, latency histograms.
+
+Pictures first: a person checks a grid by looking at it, and a latency distribution by its shape and
+tail, not by a table. Images are written as PNG files next to the HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from perception_nodes.codecs.detections import boxes_from_detections  # noqa: E402
+
+if TYPE_CHECKING:
+    from perception_nodes.replay import ReplayResult
+
+
+def grid_array(msg: Any) -> np.ndarray:
+    """OccupancyGrid data as (height, width) int8, row 0 = lowest y."""
+    return np.asarray(msg.data, dtype=np.int8).reshape(msg.info.height, msg.info.width)
+
+
+def _extent(msg: Any) -> list[float]:
+    res, o = msg.info.resolution, msg.info.origin.position
+    return [o.x, o.x + msg.info.width * res, o.y, o.y + msg.info.height * res]
+
+
+def plot_bev(stamp: int, occ: Any, unc: Any, gt: Any | None, path: Path) -> None:
+    """Side by side: occupancy probability (unknown grey) and vacuity, with ground-truth boxes."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6), constrained_layout=True)
+    prob = grid_array(occ).astype(np.float32)
+    shown = np.ma.masked_less(prob, 0)
+    cmap = plt.get_cmap("RdYlGn_r").copy()
+    cmap.set_bad("#b0b0b0")
+    im0 = axes[0].imshow(shown, origin="lower", extent=_extent(occ), cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
+    fig.colorbar(im0, ax=axes[0], shrink=0.8, label="P(occupied) % (grey: unknown)")
+    im1 = axes[1].imshow(grid_array(unc), origin="lower", extent=_extent(unc), cmap="magma", vmin=0, vmax=100, interpolation="nearest")
+    fig.colorbar(im1, ax=axes[1], shrink=0.8, label="vacuity % (100: no evidence)")
+    for ax, title in zip(axes, ("occupancy", "uncertainty (vacuity)"), strict=True):
+        ax.set_title(f"{title} @ {stamp / 1e9:.1f} s")
+        ax.set_xlabel("x [m] (base_link)")
+        ax.set_ylabel("y [m]")
+        ax.plot(0, 0, marker="^", color="cyan", markersize=8)
+        if gt is not None:
+            for box in boxes_from_detections(gt):
+                c = np.vstack([box.corners_xy(), box.corners_xy()[:1]])
+                ax.plot(c[:, 0], c[:, 1], color="deepskyblue", lw=1.2)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_latency(latency_series: dict[str, list[float]], path: Path, budgets: dict[str, float | None]) -> None:
+    """One histogram per stage with its budget as a red line."""
+    keys = sorted(latency_series)
+    n = max(1, len(keys))
+    cols = 3
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), constrained_layout=True, squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        x = np.asarray(latency_series[key], dtype=np.float64)
+        x = x[np.isfinite(x)]
+        if x.size:
+            ax.hist(x, bins=min(40, max(5, x.size // 3)), color="#4c72b0")
+            for q, style in ((50, "-"), (99, "--")):
+                ax.axvline(np.percentile(x, q), color="black", ls=style, lw=0.8)
+        if budgets.get(key) is not None:
+            ax.axvline(budgets[key], color="red", lw=1.2)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("ms (solid p50, dashed p99, red budget)", fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_report(result: ReplayResult) -> Path:
+    """Write ``report.html`` (+ PNGs) into the replay's output folder and return its path."""
+    out = result.out_dir
+    figures = []
+    for i, (stamp, occ, unc) in enumerate(result.grids[-4:]):
+        name = f"bev_{i}.png"
+        plot_bev(stamp, occ, unc, result.ground_truth.get(stamp), out / name)
+        figures.append(name)
+    lat = result.latency
+    series = result.samples
+    budgets = {k: v.get("budget_ms") for k, v in lat["stages"].items()}
+    if series:
+        plot_latency(series, out / "latency_hist.png", budgets)
+    rows = []
+    for key, s in sorted(lat["stages"].items()):
+        def f(v: Any) -> str:
+            return "–" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+        miss_style = ' style="color:#b00"' if s.get("deadline_misses") else ""
+        rows.append(
+            f"<tr><td>{html.escape(key)}</td><td>{s['count']}</td><td>{f(s['mean_ms'])}</td><td>{f(s['p50_ms'])}</td>"
+            f"<td>{f(s['p90_ms'])}</td><td>{f(s['p99_ms'])}</td><td>{f(s['max_ms'])}</td><td>{f(s['jitter_ms'])}</td>"
+            f"<td>{f(s['budget_ms'])}</td><td{miss_style}>{s['deadline_misses']}</td></tr>"
+        )
+    e2e = lat["end_to_end"]
+    over = lat["replay"]["overhead_per_frame"]
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>perception replay report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
+<h1>Replay report</h1>
+<p>bag: <code>{html.escape(str(result.bag))}</code> — {result.input_frames} input frames —
+end-to-end latency p50 {e2e['p50_ms'] or 0:.1f} ms, p99 {e2e['p99_ms'] or 0:.1f} ms, max {e2e['max_ms'] or 0:.1f} ms —
+replay overhead per frame p50 {over['p50_ms'] or 0:.2f} ms.</p>
+<p>malformed inputs: {html.escape(str(lat['malformed_inputs']) or '{}')} — dropped inputs: {html.escape(str(lat['dropped_inputs']))}</p>
+<h2>Bird's-eye view: occupancy and uncertainty (ground truth boxes in blue)</h2>
+{''.join(f'<img src="{n}" width="1100"><br>' for n in figures) or '<p>no grids were produced</p>'}
+<h2>Latency</h2>
+{'<img src="latency_hist.png" width="1200">' if series else ''}
+<table><tr><th>node/stage</th><th>count</th><th>mean ms</th><th>p50</th><th>p90</th><th>p99</th><th>max</th><th>jitter</th><th>budget</th><th>misses</th></tr>
+{''.join(rows)}</table>
+<h2>Outputs</h2><p>{html.escape(', '.join(f'{k}: {v}' for k, v in sorted(result.output_counts.items())))}</p>
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(doc)
+    return path

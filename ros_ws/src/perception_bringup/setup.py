@@ -1,0 +1,30 @@
+from glob import glob
+
+from setuptools import setup
+
+package_name = "perception_bringup"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=[package_name],
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
+        (f"share/{package_name}", ["package.xml"]),
+        (f"share/{package_name}/launch", glob("launch/*.launch.py")),
+        (f"share/{package_name}/config", glob("launch/*.yaml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="perception-nodes maintainers",
+    maintainer_email="maintainers@perception-nodes.dev",
+    description="Executables, launch file and parameters of the perception node stack.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "ground_segmentation_node = perception_bringup:ground_segmentation",
+            "occupancy_grid_node = perception_bringup:occupancy_grid",
+            "perception_live = perception_bringup:live",
+        ],
+    },
+)
