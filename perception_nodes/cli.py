@@ -51,7 +51,7 @@ def _cmd_live(a: argparse.Namespace) -> int:
 def _cmd_play(a: argparse.Namespace) -> int:
     from perception_nodes.ros.play import run_play
 
-    return run_play(a.bag, rate=a.rate, clock=a.clock, topics=a.topics, loop=a.loop)
+    return run_play(a.bag, rate=a.rate, clock=a.clock, topics=a.topics, loop=a.loop, wait_s=a.wait_for_subscribers)
 
 
 def _cmd_monitor(a: argparse.Namespace) -> int:
@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--clock", action="store_true", help="also publish /clock (bag time) for use_sim_time nodes")
     pl.add_argument("--topics", nargs="+", help="only these topics")
     pl.add_argument("--loop", action="store_true", help="play again and again")
+    pl.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="S",
+                    help="wait up to S seconds until every played topic has a subscriber")
     pl.set_defaults(func=_cmd_play)
 
     m = sub.add_parser("monitor", help="live latency table of every node, from /diagnostics")

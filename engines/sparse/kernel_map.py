@@ -43,14 +43,10 @@ class Packing:
 
     @staticmethod
     def around(coords: np.ndarray, pad: np.ndarray) -> "Packing":
-        if coords.shape[0] == 0:
-            mn = np.zeros(3, np.int64)
-            mx = np.zeros(3, np.int64)
-            bmax = 0
-        else:
-            mn = coords[:, 1:].min(0).astype(np.int64)
-            mx = coords[:, 1:].max(0).astype(np.int64)
-            bmax = int(coords[:, 0].max())
+        from . import _cpu_kernels as ck
+
+        b = ck.coord_bounds(np.ascontiguousarray(coords))
+        mn, mx, bmax = b[:3], b[3:6], int(b[6])
         lo = mn - pad
         rng = mx - mn + 2 * pad + 1
         if (bmax + 1) * float(np.prod(rng.astype(np.float64))) >= 2.0**61:
@@ -228,20 +224,30 @@ class KernelMap:
 def _groups(geom: ConvGeometry, pk: Packing, half: bool):
     """Merge groups: one per (ix, iy) column, z displacements as an ascending progression.
 
-    With ``half`` (submanifold), only the positive half of the kernel plus the upper half of the
-    centre column; the rest is mirrored by the merge kernel.
+    Returns (base, shift, nz, probe, k-table, n_slots): z displacement of slot j is
+    ``base + (j << shift)``; ``k-table[g, j]`` is the offset index of slot j (``n_slots - 1`` is a
+    dummy slot used when the z step is not a power of two and the progression has gaps); probe is
+    how many following keys can lie in a group's z band (keys in one column are spaced by at least
+    the input tensor stride). With ``half`` (submanifold), only the positive half of the kernel plus
+    the upper half of the centre column; the merge kernel writes the mirrored half.
     """
     kx, ky, kz = geom.kernel_size
     ax, ay, az = geom.axis_displacements()
     order_z = np.argsort(az, kind="stable")
     dz_sorted = az[order_z]
+    K = geom.kernel_volume
     step = int(dz_sorted[1] - dz_sorted[0]) if kz > 1 else 1
-    bases, steps, nzs, ks = [], [], [], []
+    pow2 = step & (step - 1) == 0
+    grain = geom.in_stride[2]
+    shift = step.bit_length() - 1 if pow2 else 0
+    dummy = K if not pow2 else -1
+    bases, shifts, nzs, probes, ks = [], [], [], [], []
     for ix in range(kx):
         for iy in range(ky):
             dx, dy = int(ax[ix]), int(ay[iy])
             col = (dx * pk.rng[1] + dy) * pk.rng[2]
             kidx = [(ix * ky + iy) * kz + int(iz) for iz in order_z]
+            dzs = list(dz_sorted)
             if half:
                 if dx < 0 or (dx == 0 and dy < 0):
                     continue
@@ -249,21 +255,31 @@ def _groups(geom: ConvGeometry, pk: Packing, half: bool):
                     start = kz // 2 + 1
                     if start >= kz:
                         continue
-                    kidx = kidx[start:]
-                    bases.append(col + dz_sorted[start])
-                    nzs.append(kz - start)
-                    steps.append(step)
-                    ks.append(kidx + [0] * (kz - len(kidx)))
-                    continue
-            bases.append(col + dz_sorted[0])
-            nzs.append(kz)
-            steps.append(step)
-            ks.append(kidx)
+                    kidx, dzs = kidx[start:], dzs[start:]
+            if pow2:
+                table = kidx
+            else:
+                table = [dummy] * (int(dzs[-1] - dzs[0]) + 1)
+                for kk, dz in zip(kidx, dzs):
+                    table[int(dz - dzs[0])] = kk
+            span = int(dzs[-1] - dzs[0])
+            bases.append(col + int(dzs[0]))
+            shifts.append(shift)
+            nzs.append(len(table))
+            probes.append(span // grain + 1)
+            ks.append(table)
+    width = max((len(t) for t in ks), default=1)
+    table = np.zeros((len(ks), width), np.int32)
+    for g, t in enumerate(ks):
+        table[g, : len(t)] = t
+    n_slots = K + (0 if pow2 else 1)
     return (
         np.array(bases, np.int64),
-        np.array(steps, np.int64),
+        np.array(shifts, np.int64),
         np.array(nzs, np.int64),
-        np.array(ks, np.int32).reshape(len(bases), kz),
+        np.array(probes, np.int64),
+        table,
+        n_slots,
     )
 
 
@@ -277,8 +293,8 @@ def _set_numba_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
-def _sorted_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keys in ascending order plus the permutation (empty when already sorted) and a sentinel."""
+def _sorted_keys(keys: np.ndarray, n_sentinel: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys in ascending order followed by sentinels, plus the sorting permutation (empty if none)."""
     from . import _cpu_kernels as ck
 
     if ck.strictly_increasing(keys):
@@ -289,9 +305,9 @@ def _sorted_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ks = keys[perm]
         if ks.shape[0] > 1 and np.any(ks[1:] == ks[:-1]):
             raise ValueError("duplicate coordinates in sparse tensor")
-    out = np.empty(ks.shape[0] + 1, np.int64)
-    out[:-1] = ks
-    out[-1] = SENTINEL
+    out = np.empty(ks.shape[0] + n_sentinel, np.int64)
+    out[: ks.shape[0]] = ks
+    out[ks.shape[0] :] = SENTINEL
     return out, perm
 
 
@@ -340,7 +356,6 @@ def _build_numba(coords_t: torch.Tensor, geom: ConvGeometry, spatial_shape: Trip
     coords = np.ascontiguousarray(coords_t.detach().cpu().numpy().astype(np.int32, copy=False))
     pk = Packing.around(coords, _pad_for(geom))
     keys = ck.pack_keys(coords, pk.lo, pk.rng)
-    in_sorted, perm = _sorted_keys(keys)
     n_in = coords.shape[0]
     K = geom.kernel_volume
     threads = _threads()
@@ -349,14 +364,16 @@ def _build_numba(coords_t: torch.Tensor, geom: ConvGeometry, spatial_shape: Trip
     out_shape = geom.out_spatial_shape(spatial_shape)
 
     if geom.kind == "subm":
-        bases, steps, nzs, gk = _groups(geom, pk, half=True)
-        pin = np.empty((K, max(n_in, 1)), np.int32)
-        pout = np.empty((K, max(n_in, 1)), np.int32)
-        cnt = np.zeros(K, np.int64)
-        if n_in:
+        bases, shifts, nzs, probes, gk, slots = _groups(geom, pk, half=True)
+        in_sorted, perm = _sorted_keys(keys, int(probes.max(initial=1)) + 1)
+        # one spare column: a miss writes into slot cnt[k] before the count decides to keep it
+        pin = np.empty((slots, n_in + 1), np.int32)
+        pout = np.empty((slots, n_in + 1), np.int32)
+        cnt = np.zeros(slots, np.int64)
+        if n_in and len(bases):
             fn = ck.merge_sym_pairs_parallel if threads > 1 else ck.merge_sym_pairs_serial
-            fn(in_sorted, bases, steps, nzs, gk, K, pin, pout, cnt)
-        pairs = ck.compact_pairs(pin, pout, cnt, perm)
+            fn(in_sorted, n_in, bases, shifts, nzs, probes, gk, K, pin, pout, cnt)
+        pairs = ck.compact_pairs(pin[:K], pout[:K], cnt[:K], perm)
         km = KernelMap(
             geometry=geom,
             n_in=n_in,
@@ -371,9 +388,12 @@ def _build_numba(coords_t: torch.Tensor, geom: ConvGeometry, spatial_shape: Trip
 
     out_keys = _out_keys_cpu(geom, coords, pk, spatial_shape)
     out_coords = ck.unpack_keys(out_keys, pk.lo, pk.rng)
-    bases, steps, nzs, gk = _groups(geom, pk, half=False)
+    bases, shifts, nzs, probes, gk, slots = _groups(geom, pk, half=False)
+    in_sorted, perm = _sorted_keys(keys, int(probes.max(initial=1)) + 1)
     fn = ck.merge_map_parallel if threads > 1 else ck.merge_map_serial
-    m = fn(in_sorted, out_keys, bases, steps, nzs, gk, K, 2048)
+    m = fn(in_sorted, out_keys, bases, shifts, nzs, probes, gk, slots, 2048)
+    if slots != K:
+        m = np.ascontiguousarray(m[:, :K])
     if perm.shape[0]:
         m = np.where(m >= 0, perm[np.maximum(m, 0)], -1).astype(np.int32)
     km = KernelMap(

@@ -68,7 +68,7 @@ def numpy_to_image(arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str,
     arr = np.asarray(arr)
     if arr.dtype.newbyteorder("=") != dtype:
         raise MalformedMessageError(MSGTYPE, f"{encoding} needs {dtype} pixels, got {arr.dtype}")
-    if not (arr.ndim == 2 and channels == 1 or arr.ndim == 3 and arr.shape[2] == channels):
+    if not ((arr.ndim == 2 and channels == 1) or (arr.ndim == 3 and arr.shape[2] == channels)):
         raise MalformedMessageError(MSGTYPE, f"{encoding} needs {channels} channel(s), got shape {arr.shape}")
     height, width = arr.shape[:2]
     packed = np.ascontiguousarray(arr, dtype=dtype.newbyteorder("<"))

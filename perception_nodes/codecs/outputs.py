@@ -8,8 +8,9 @@ flavour differences, such as ``DiagnosticStatus.level`` being an int in rosbags 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -14,6 +14,7 @@ reader) may share, so writing through a view would corrupt their copy. Callers t
 
 from __future__ import annotations
 
+import itertools
 import sys
 from typing import Any
 
@@ -65,7 +66,7 @@ def cloud_dtype(msg: Any) -> np.dtype:
         formats.append(scalar if count == 1 else (scalar, (count,)))
         offsets.append(offset)
     spans.sort()
-    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+    for (_, end, a), (start, _, b) in itertools.pairwise(spans):
         if start < end:
             raise _malformed(f"fields {a!r} and {b!r} overlap")
     try:
@@ -153,7 +154,7 @@ def read_xyzi(msg: Any, *, remove_nonfinite: bool = False) -> np.ndarray:
 def _byteorder_is_big(dtype: np.dtype) -> bool:
     """Whether the multi-byte fields of ``dtype`` are big-endian; mixed byte orders are refused."""
     orders = set()
-    for sub, _ in dtype.fields.values():
+    for sub, *_ in dtype.fields.values():
         base = sub.base
         if base.byteorder != "|":
             orders.add(sys.byteorder == "big" if base.byteorder == "=" else base.byteorder == ">")
@@ -167,7 +168,7 @@ def create_cloud(points: np.ndarray, stamp_ns: int, frame_id: str,
     """A PointCloud2 whose layout is ``points.dtype`` (offsets, padding, byte order kept).
 
     ``points`` is 1-D (an unorganised cloud, height 1) or 2-D (an organised cloud, height = rows).
-    Fields must be scalars of the eight PointField datatypes or 1-D subarrays of them (count > 1).
+    Fields must be scalars of the eight PointField datatypes or subarrays of them (count = size).
     ``is_dense`` is true when every floating-point value is finite. The message's data may share
     memory with ``points`` when it is C-contiguous.
     """

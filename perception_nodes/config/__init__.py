@@ -57,8 +57,14 @@ def load_params(path: str | Path | None = None) -> dict[str, dict]:
         raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
     merged = dict(defaults)
     for node, params in user.items():
-        if node == "**":  # ROS wildcard: applies to every node
-            merged = {n: _merge(v, params, f"{n}.") for n, v in merged.items()}
+        if node == "**":  # ROS wildcard: offered to every node, taken by those that have the parameter
+            unused = set(params)
+            for n, v in merged.items():
+                known = {k: params[k] for k in params if k in v}
+                unused -= set(known)
+                merged[n] = _merge(v, known, f"{n}.")
+            if unused:
+                raise ConfigError(f"{p}: no node has parameter(s) {', '.join(sorted(unused))}")
             continue
         if node not in merged:
             raise ConfigError(f"{p}: unknown node {node!r} (known: {', '.join(sorted(merged))})")

@@ -88,7 +88,10 @@ def disbelief(r: ArrayLike, s: ArrayLike) -> NDArray[np.floating]:
 def as_opinion(
     r: ArrayLike, s: ArrayLike
 ) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating]]:
-    """The binomial opinion ``(b, d, u)`` of evidence ``(r, s)``; ``b + d + u == 1`` (Jøsang, Subjective Logic ch. 3)."""
+    """The binomial opinion ``(b, d, u)`` of evidence ``(r, s)``; ``b + d + u == 1``.
+
+    Jøsang, Subjective Logic ch. 3 (mapping between binomial opinions and Beta evidence).
+    """
     r, s = _pair(r, s)
     strength = r + s + PRIOR_WEIGHT
     return r / strength, s / strength, PRIOR_WEIGHT / strength

@@ -30,7 +30,9 @@ def build_graph(
         if name not in NODE_TYPES or not p.get("enabled", True):
             continue
         p = {k: v for k, v in p.items() if k != "enabled"}
-        nodes.append(NODE_TYPES[name](name, p, backend=backend, clock=clock, keep_all_latency=keep_all_latency))
+        node = NODE_TYPES[name](name, p, backend=backend, clock=clock, keep_all_latency=keep_all_latency)
+        node.warmup()
+        nodes.append(node)
     return nodes
 
 

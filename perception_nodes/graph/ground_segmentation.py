@@ -11,7 +11,7 @@ from perception_nodes.calibration import transform_points
 from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.pointcloud2 import create_xyzi_cloud, read_xyzi
 from perception_nodes.config import to_dataclass
-from perception_nodes.graph.node import Emit, NodeCore, Port
+from perception_nodes.graph.node import Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.ground import GroundParams, segment_ground
 
 
@@ -30,6 +30,9 @@ class GroundSegmentationNode(NodeCore):
         self.ground_topic = params.get("ground_topic", "")
         self.ground_params = to_dataclass(GroundParams, params.get("ground", {}), f"{name}.ground.")
         self.nonfinite_points = 0
+
+    def warmup(self) -> None:
+        segment_ground(synthetic_scan(), self.ground_params)
 
     def inputs(self) -> list[Port]:
         return super().inputs() + [Port(self.input_topic, topics.POINTCLOUD2)]

@@ -53,6 +53,18 @@ class Emit:
     msg: Any
 
 
+def synthetic_scan(n_az: int = 360, n_rings: int = 16) -> np.ndarray:
+    """A small ring scan of flat ground with a wall, in base_link: input for :meth:`NodeCore.warmup`."""
+    az = np.linspace(-np.pi, np.pi, n_az, endpoint=False)
+    r = np.linspace(3.0, 30.0, n_rings)
+    a, rr = np.meshgrid(az, r)
+    pts = np.zeros((a.size, 4), np.float32)
+    pts[:, 0], pts[:, 1] = (rr * np.cos(a)).ravel(), (rr * np.sin(a)).ravel()
+    wall = pts[:, 0] > 20.0
+    pts[wall, 0], pts[wall, 2] = 20.0, np.linspace(0.1, 2.0, int(wall.sum()))
+    return pts
+
+
 class NodeCore:
     """Base class of the graph's nodes (see module doc). Subclasses implement ``on_message``."""
 
@@ -139,6 +151,9 @@ class NodeCore:
             self._warn("tick", str(exc))
         return out + self._maybe_diagnostics()
 
+    def warmup(self) -> None:
+        """Run the algorithm once on synthetic data so JIT compilation does not hit the first frame."""
+
     def on_message(self, topic: str, msg: Any) -> list[Emit]:
         raise NotImplementedError
 
@@ -160,6 +175,9 @@ class NodeCore:
 
     def debug_emits(self, frame: FrameLatency) -> list[Emit]:
         """Autoware-style ``~/debug/...`` Float64Stamped messages for one frame."""
+        if frame.pipeline_ms < -1000.0 or frame.pipeline_ms > 3_600_000.0:
+            self._warn("clock", f"input stamps are {frame.pipeline_ms / 1000:.0f} s away from this node's clock: "
+                       "for bag replay publish /clock (play --clock) and set use_sim_time")
         if not self.publish_debug:
             return []
         values = {PROCESSING: frame.processing_ms, PIPELINE: frame.pipeline_ms}

@@ -24,7 +24,7 @@ from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.outputs import occupancy_grid_msg
 from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.config import to_dataclass
-from perception_nodes.graph.node import Emit, NodeCore, Port
+from perception_nodes.graph.node import Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.ground import GroundParams, segment_ground
 from perception_nodes.pipeline.occupancy import GridSpec, OccupancyParams, evidential_occupancy, to_occupancy_msg_data
 from perception_nodes.sync import ApproximateTimeSynchronizer, SyncedSet
@@ -90,6 +90,12 @@ class OccupancyGridNode(NodeCore):
         self.unknown_vacuity = float(params.get("unknown_vacuity", 1.0))
         self._arrival_ns: dict[int, int] = {}
         self.fallback_frames = 0
+
+    def warmup(self) -> None:
+        pts = synthetic_scan()
+        ground = segment_ground(pts, self.ground_params)
+        obstacle_mask(pts, pts[~ground])
+        evidential_occupancy(pts, ground, (0.0, 0.0, 1.7), self.grid, self.evidence)
 
     def inputs(self) -> list[Port]:
         return super().inputs() + [

@@ -163,7 +163,9 @@ def _propagate(
         grade_med = np.clip(grade_med, -tan_slope, tan_slope)
         support = k >= p.min_lateral_support
         predicted = g_ref + grade_med * dr
-        outlier = (np.abs(cand - level_med) > p.lateral_tolerance) & (np.abs(cand - predicted) > p.lateral_tolerance)
+        off_level = np.abs(cand - level_med) > p.lateral_tolerance
+        off_grade = np.abs(cand - predicted) > p.lateral_tolerance
+        outlier = off_level & off_grade
         acc &= ~(support & outlier)
         # Bins without an accepted candidate continue their own reference at the neighbours' grade.
         value = np.where(acc, cand, np.where(support, predicted, g_ref))
@@ -204,8 +206,9 @@ def estimate_ground(points: np.ndarray, params: GroundParams | None = None) -> G
     # sector coordinate in [0, n_sec): sector 0 starts at azimuth -pi
     u = (np.arctan2(y, x) + np.float32(np.pi)) * np.float32(n_sec / (2.0 * np.pi))
     sector = np.minimum(u.astype(np.int32), n_sec - 1)
-    ring = np.searchsorted(edges, rng, side="right").astype(np.int32) - 1
-    np.clip(ring, 0, n_ring - 1, out=ring)
+    # continuous ring coordinate: k + fraction inside ring k (edges are strictly increasing)
+    ring_coord = np.interp(rng, edges, np.arange(n_ring + 1, dtype=np.float64)).astype(np.float32)
+    ring = np.minimum(ring_coord.astype(np.int32), n_ring - 1)
     bin_id = sector * n_ring + ring
     n_bins = n_sec * n_ring
     count = np.bincount(bin_id, minlength=n_bins)
@@ -226,7 +229,9 @@ def estimate_ground(points: np.ndarray, params: GroundParams | None = None) -> G
     fs = (uc - s0f).astype(np.float32)
     s0 = s0f.astype(np.int32) % n_sec
     s1 = (s0 + 1) % n_sec
-    v = np.interp(rng, centres, np.arange(n_ring, dtype=np.float64)).astype(np.float32)
+    # position between ring centres; piecewise linear in range because ring widths are piecewise constant
+    # (at a zone boundary the centres' spacing changes, a negligible distortion)
+    v = np.clip(ring_coord - np.float32(0.5), 0.0, np.float32(n_ring - 1))
     r0 = np.minimum(v.astype(np.int32), n_ring - 1)
     r1 = np.minimum(r0 + 1, n_ring - 1)
     fr = v - r0

@@ -2,10 +2,10 @@
 
 The codecs' builders pass numpy arrays for numeric arrays and Python/numpy scalars for the rest.
 rclpy's generated classes check types strictly: an unbounded ``sequence<T>`` wants ``array.array``
-(anything else is converted element by element in Python, which for a 2 MB point cloud takes about a
-second), a fixed ``T[n]`` wants a float64/int numpy array of exactly that dtype, ``byte``/``octet``
-wants a one-byte ``bytes``, and scalars must be real ``int``/``float``/``bool``. This backend adapts
-each field by its declared type, converting big arrays with one memcpy.
+(anything else is checked and converted element by element in Python: ~0.15 s for a 2 MB point
+cloud, against ~1 ms for one copy), a fixed ``T[n]`` wants a numpy array of exactly that dtype,
+``byte``/``octet`` wants a one-byte ``bytes``, and scalars must be real ``int``/``float``/``bool``.
+This backend adapts each field by its declared type, converting big arrays with one memcpy.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ class CoreNode:
         )
         log = rclpy_node.get_logger()
         self.core.log = _LoggerAdapter(log)
+        self.core.warmup()
         self._pubs: dict[str, Any] = {}
         self._qos = {p.topic: p.qos for p in self.core.outputs()}
         self._subs = []

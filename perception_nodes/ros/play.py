@@ -18,6 +18,7 @@ from perception_nodes.bags.writer import LATCHED_TOPICS
 from perception_nodes.ros.env import import_rclpy
 
 CLOCK_PERIOD_S = 0.01
+CLOCK_TAIL_S = 0.5
 
 
 class BagPlayer:
@@ -52,6 +53,15 @@ class BagPlayer:
         self._clock_pub = None
         self._clock_cls = Clock
 
+    def wait_for_subscribers(self, timeout_s: float) -> bool:
+        """Block until every publisher has a subscriber (or the time-out passes); True if all do."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if all(p.get_subscription_count() > 0 for p in self.pubs.values()):
+                return True
+            time.sleep(0.05)
+        return False
+
     def play(self, rate: float = 1.0, clock: bool = False, start_delay_s: float = 0.5) -> dict[str, int]:
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -77,6 +87,12 @@ class BagPlayer:
                     self._publish_clock(rec.log_time_ns)
                 self.pubs[rec.topic].publish(bytes(rec.msg))
                 self.sent[rec.topic] = self.sent.get(rec.topic, 0) + 1
+        if clock and wall0 is not None:
+            # keep bag time running briefly so the last frames' latency is measured on a moving clock
+            end = time.monotonic() + CLOCK_TAIL_S
+            while time.monotonic() < end:
+                self._publish_clock(bag0 + int((time.monotonic() - wall0) * rate * 1e9))
+                time.sleep(CLOCK_PERIOD_S)
         return self.sent
 
     def _publish_clock(self, ns: int) -> None:
@@ -88,12 +104,14 @@ class BagPlayer:
 
 
 def run_play(bag: str | Path, rate: float = 1.0, clock: bool = False, topics: list[str] | None = None,
-             loop: bool = False) -> int:
+             loop: bool = False, wait_s: float = 0.0) -> int:
     rclpy = import_rclpy()
     rclpy.init()
     node = rclpy.create_node("perception_bag_player")
     try:
         player = BagPlayer(node, bag, topics)
+        if wait_s > 0 and not player.wait_for_subscribers(wait_s):
+            print(f"warning: not every topic has a subscriber after {wait_s} s; playing anyway", flush=True)
         while True:
             sent = player.play(rate=rate, clock=clock)
             print("played: " + ", ".join(f"{t} x{n}" for t, n in sorted(sent.items())), flush=True)

@@ -651,9 +651,11 @@ class ExactTimeSynchronizer(_SyncBase):
     same input are dropped as ``OUT_OF_ORDER``. A repeated stamp on one input replaces the earlier
     message (``REPLACED``), as in C++.
 
-    Timeouts: input ``i`` is starving while it has no message pending and some partial set exists;
-    the wait runs from the arrival of the oldest pending message. When it reaches ``τ_i`` the input is
-    declared absent and the partial sets complete over the remaining inputs are emitted, oldest first.
+    Timeouts: input ``i`` is starving while a partial set newer than its last stamp lacks it (only a
+    future message of ``i`` could complete that set); the wait runs from the arrival of the oldest
+    message in such sets. When it reaches ``τ_i`` the input is declared absent and the partial sets
+    complete over the remaining inputs are emitted, oldest first (with any message they hold, even
+    from an absent input; ``None`` where there is none).
     """
 
     def __init__(
@@ -673,8 +675,7 @@ class ExactTimeSynchronizer(_SyncBase):
         return all(slots[k] is not None for k in range(self._n) if self._active[k])
 
     def _publish(self, stamp: int) -> None:
-        slots = self._tuples.pop(stamp)
-        self._emit([e if self._active[k] else None for k, e in enumerate(slots)])
+        self._emit(self._tuples.pop(stamp))
         # Nothing at or before an emitted stamp may be emitted later (sets do not cross).
         for k in range(self._n):
             if self._floor[k] is None or stamp > self._floor[k]:
@@ -710,11 +711,13 @@ class ExactTimeSynchronizer(_SyncBase):
             tau = self._timeouts_ns[i]
             if tau is None or not self._active[i]:
                 continue
-            if any(slots[i] is not None for slots in self._tuples.values()):
-                continue  # i has delivered a message still waiting for the others: not starving
+            last = self._last_stamp[i]
+            # Partial sets that only a future message of i can complete (older stamps are beyond
+            # reach: i's stamps only increase, so those sets wait for a newer set to be emitted).
             waits = [
                 e.arrival
-                for slots in self._tuples.values()
+                for stamp, slots in self._tuples.items()
+                if slots[i] is None and (last is None or stamp > last)
                 for e in slots
                 if e is not None and e.arrival is not None
             ]

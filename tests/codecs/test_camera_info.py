@@ -65,7 +65,7 @@ def test_matches_scalar_reference(D, points):
 def test_models_agree_when_extra_rational_terms_are_zero():
     pts = np.random.default_rng(0).uniform([-3, -3, 1], [3, 3, 30], (100, 3))
     d = [-0.2, 0.05, 0.001, -0.002, 0.01]
-    assert np.allclose(project(model(d), pts), project(model(d + [0, 0, 0], "rational_polynomial"), pts))
+    assert np.allclose(project(model(d), pts), project(model([*d, 0, 0, 0], "rational_polynomial"), pts))
     assert np.allclose(project(model([0] * 5), pts)[:, 1], 710 * pts[:, 1] / pts[:, 2] + 360)
 
 
@@ -83,8 +83,10 @@ def test_project_rectified_uses_p_with_baseline():
     assert np.allclose(project_rectified(m, pts), want)
 
 
-@pytest.mark.parametrize("D,distortion_model", [([0.1, -0.2, 0.001, 0.002, 0.03], "plumb_bob"),
-                                                 ([0.1, -0.2, 0.001, 0.002, 0.03, 0.4, 0.5, 0.6], "rational_polynomial")])
+@pytest.mark.parametrize("D,distortion_model", [
+    ([0.1, -0.2, 0.001, 0.002, 0.03], "plumb_bob"),
+    ([0.1, -0.2, 0.001, 0.002, 0.03, 0.4, 0.5, 0.6], "rational_polynomial"),
+])
 def test_message_round_trip(D, distortion_model, cdr_roundtrip):
     m = model(D, distortion_model)
     msg = cdr_roundtrip(camera_info_msg(m, 42, None), TYPE)

@@ -24,7 +24,8 @@ STAMP = 1_700_000_000_123_456_789
 
 def test_occupancy_grid_layout(cdr_roundtrip):
     grid = np.random.default_rng(0).integers(-1, 101, (3, 5)).astype(np.int8)
-    msg = cdr_roundtrip(occupancy_grid_msg(grid, 0.25, (-10.0, 4.0, math.pi / 2), STAMP, "map"), "nav_msgs/msg/OccupancyGrid")
+    built = occupancy_grid_msg(grid, 0.25, (-10.0, 4.0, math.pi / 2), STAMP, "map")
+    msg = cdr_roundtrip(built, "nav_msgs/msg/OccupancyGrid")
     info = msg.info
     assert (info.width, info.height) == (5, 3) and info.resolution == 0.25
     assert (info.map_load_time.sec, info.map_load_time.nanosec) == (1_700_000_000, 123_456_789)
@@ -69,7 +70,8 @@ def test_marker_array(cdr_roundtrip):
 
 def test_diagnostic_array(cdr_roundtrip):
     assert (OK, WARN, ERROR, STALE) == (0, 1, 2, 3)
-    statuses = [DiagnosticStatusData(WARN, "lidar: decode", "2 malformed", "velodyne", {"malformed": "2", "rate": "10.0"}),
+    values = {"malformed": "2", "rate": "10.0"}
+    statuses = [DiagnosticStatusData(WARN, "lidar: decode", "2 malformed", "velodyne", values),
                 DiagnosticStatusData(OK, "camera", "ok")]
     msg = cdr_roundtrip(diagnostic_array_msg(statuses, STAMP), "diagnostic_msgs/msg/DiagnosticArray")
     warn, ok = msg.status

@@ -28,9 +28,9 @@ from perception_nodes.codecs import (
 )
 
 pytest.importorskip("rclpy", reason="rclpy is not importable (source scripts/ros_env.sh or a ROS 2 setup)")
-from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
+from rclpy.serialization import deserialize_message, serialize_message
 
-from perception_nodes.ros.backend import RclpyBackend  # noqa: E402
+from perception_nodes.ros.backend import RclpyBackend
 
 pytestmark = pytest.mark.ros
 RCLPY = RclpyBackend()
@@ -67,7 +67,7 @@ def test_xyzi_cloud(store):
 
 
 def test_kitti_cloud(store, kitti_scan):
-    msg, back = same_cdr(lambda b: create_xyzi_cloud(kitti_scan, 5, "velodyne", b), "sensor_msgs/msg/PointCloud2", store)
+    _, back = same_cdr(lambda b: create_xyzi_cloud(kitti_scan, 5, "velodyne", b), "sensor_msgs/msg/PointCloud2", store)
     assert np.array_equal(read_xyzi(back), kitti_scan)
 
 
@@ -85,7 +85,7 @@ def test_general_layout_cloud(store):
 
 def test_image(store):
     pixels = np.arange(2 * 3, dtype=np.uint16).reshape(2, 3) * 1000
-    msg, back = same_cdr(lambda b: numpy_to_image(pixels, "16UC1", 1, "cam", b), "sensor_msgs/msg/Image", store)
+    _, back = same_cdr(lambda b: numpy_to_image(pixels, "16UC1", 1, "cam", b), "sensor_msgs/msg/Image", store)
     assert np.array_equal(image_to_numpy(back), pixels)
     big = rclpy_class("sensor_msgs/msg/Image")(height=1, width=2, encoding="mono16", is_bigendian=1, step=4,
                                               data=array.array("B", struct.pack(">2H", 7, 65000)))

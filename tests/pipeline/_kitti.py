@@ -37,7 +37,7 @@ def read_calib(path: Path) -> dict[str, np.ndarray]:
 
 
 def velo_from_rect(calib: dict[str, np.ndarray]) -> np.ndarray:
-    """4x4 transform from rectified camera-0 coordinates to the Velodyne frame: inv(R0_rect · Tr_velo_to_cam)."""
+    """4x4 transform rectified camera-0 → Velodyne: inv(R0_rect · Tr_velo_to_cam)."""
     r0 = np.eye(4)
     r0[:3, :3] = calib["R0_rect"].reshape(3, 3)
     tr = np.eye(4)

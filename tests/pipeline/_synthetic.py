@@ -71,7 +71,9 @@ def simulate_scan(
     return out
 
 
-def ground_height(x: np.ndarray, y: np.ndarray, slope_deg: float = 0.0, slope_azimuth_deg: float = 0.0) -> np.ndarray:
+def ground_height(
+    x: np.ndarray, y: np.ndarray, slope_deg: float = 0.0, slope_azimuth_deg: float = 0.0
+) -> np.ndarray:
     """Height of the simulated ground plane at (x, y)."""
     s, phi = math.radians(slope_deg), math.radians(slope_azimuth_deg)
     return math.tan(s) * (x * math.cos(phi) + y * math.sin(phi))

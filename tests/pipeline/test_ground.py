@@ -36,7 +36,9 @@ def test_flat_scene_ground_and_obstacles(flat_scene: np.ndarray) -> None:
         assert (~mask[inside]).mean() >= 0.98
 
 
-@pytest.mark.parametrize(("slope", "azimuth"), [(5.0, 0.0), (5.0, 90.0), (5.0, 37.0), (5.0, 200.0), (8.0, 135.0)])
+@pytest.mark.parametrize(
+    ("slope", "azimuth"), [(5.0, 0.0), (5.0, 90.0), (5.0, 37.0), (5.0, 200.0), (8.0, 135.0)]
+)
 def test_tilted_plane_is_ground(slope: float, azimuth: float) -> None:
     pts = simulate_scan(slope_deg=slope, slope_azimuth_deg=azimuth)
     est = estimate_ground(pts)

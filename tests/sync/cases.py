@@ -135,12 +135,16 @@ def replay(
     check: bool = True,
 ) -> list[tuple[int, Any]]:
     """Feed ``arrivals`` (sorted by arrival time) like a live node: ``add`` per message and, if
-    ``poll_period_ns`` is given, a timer calling ``poll`` on a grid starting at 0, up to ``until_ns``.
+    ``poll_period_ns`` is given, a timer calling ``poll`` at multiples of it, up to ``until_ns``.
     Returns ``(time returned, set)`` pairs; each message payload is ``(topic, stamp_ns)``."""
     arrivals = sorted(arrivals)
     end = until_ns if until_ns is not None else (arrivals[-1].now_ns if arrivals else 0)
     out: list[tuple[int, Any]] = []
-    polls = [] if poll_period_ns is None else list(range(0, end + 1, poll_period_ns))
+    polls: list[int] = []
+    if poll_period_ns is not None and arrivals:
+        # The timer ticks at multiples of the period; ticks before the first message have no effect.
+        first = -(-arrivals[0].now_ns // poll_period_ns) * poll_period_ns
+        polls = list(range(first, end + 1, poll_period_ns))
     events = [(a.now_ns, 0, a) for a in arrivals] + [(t, 1, None) for t in polls]
     events.sort(key=lambda e: (e[0], e[1]))
     for now, kind, a in events:
