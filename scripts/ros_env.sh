@@ -32,3 +32,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( ($$ % 100) + 1 ))}"
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 unset _pn_root _pn_venv _pn_sp _pn_libs _pn_pkg _pn_py d
+# Large messages on loopback: shared memory segments that fit a whole cloud, UDP on 127.0.0.1 only.
+if [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}" ] && [ -z "${PERCEPTION_NO_FASTDDS_PROFILE:-}" ] && [ -z "${FASTRTPS_DEFAULT_PROFILES_FILE:-}" ]; then
+  export FASTDDS_DEFAULT_PROFILES_FILE="$(cd "$(dirname "${BASH_SOURCE:-$0}")/.." && pwd)/perception_nodes/ros/fastdds/large_data_loopback.xml"
+fi

@@ -12,6 +12,9 @@ import pytest
 # anything can import rclpy.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 100))
+from perception_nodes.ros.env import ensure_loopback_default  # noqa: E402  (Fast DDS loopback profile)
+
+ensure_loopback_default()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()

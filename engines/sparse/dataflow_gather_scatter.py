@@ -25,8 +25,9 @@ CHUNK_BYTES = 256 * 1024  # gathered operand per chunk: stays in L2 alongside th
 
 def gather_scatter(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
     """Sparse convolution of ``x`` [N_in, Cin] with ``weight`` [K, Cin, Cout] along ``kmap``."""
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad:
-        return _gather_scatter_cpu(x, weight, kmap)
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not grad:
+        return _gather_scatter_cpu(x, weight.detach(), kmap)
     return _gather_scatter_torch(x, weight, kmap)
 
 
@@ -74,14 +75,14 @@ def _gather_scatter_cpu(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) 
 def _gather_scatter_torch(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
     in_idx, out_idx, ptr = kmap.pairs()
     y = _init_output(x, weight, kmap)
-    if y.requires_grad or x.requires_grad:
-        y = y.clone()
+    differentiable = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     for k in range(len(ptr) - 1):
         a, b = ptr[k], ptr[k + 1]
         if a == b:
             continue
-        g = x.index_select(0, in_idx[a:b])
-        y = y.index_add(0, out_idx[a:b], torch.mm(g, weight[k])) if y.requires_grad else y.index_add_(
-            0, out_idx[a:b], torch.mm(g, weight[k])
-        )
+        contrib = torch.mm(x.index_select(0, in_idx[a:b]), weight[k])
+        if differentiable:
+            y = y.index_add(0, out_idx[a:b], contrib)  # out of place keeps autograd happy
+        else:
+            y.index_add_(0, out_idx[a:b], contrib)
     return y

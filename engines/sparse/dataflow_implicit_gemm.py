@@ -24,9 +24,10 @@ TILE_BYTES = 512 * 1024
 
 def implicit_gemm(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, sort: bool = True) -> torch.Tensor:
     """Output-stationary sparse convolution; ``sort`` groups rows by neighbour mask."""
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not x.requires_grad:
-        return _implicit_cpu(x, weight, kmap, sort)
-    if x.device.type == "cuda" and not x.requires_grad:
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not grad:
+        return _implicit_cpu(x, weight.detach(), kmap, sort)
+    if x.device.type == "cuda" and not grad:
         from . import triton_kernels
 
         if triton_kernels.available():

@@ -135,10 +135,14 @@ def _window_median(values: np.ndarray, ok: np.ndarray, window: np.ndarray) -> tu
 
 
 def _propagate(
-    seed_mean: np.ndarray, count: np.ndarray, centres: np.ndarray, p: GroundParams
+    seed_z: np.ndarray, seed_r: np.ndarray, count: np.ndarray, centres: np.ndarray, p: GroundParams
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ring-by-ring outward propagation of the ground height over all sectors (steps 2 and 3)."""
-    n_sec, n_ring = seed_mean.shape
+    """Ring-by-ring outward propagation of the ground height over all sectors (steps 2 and 3).
+
+    ``seed_z`` / ``seed_r``: (sectors, rings) mean height and mean range of each bin's seeds (NaN where
+    empty). Returns the ground height at every bin's centre range and which bins were observed.
+    """
+    n_sec, n_ring = seed_z.shape
     g_ref = np.full(n_sec, p.origin_ground_z, dtype=np.float64)
     r_ref = np.zeros(n_sec, dtype=np.float64)
     ground = np.empty((n_sec, n_ring), dtype=np.float64)
@@ -147,28 +151,33 @@ def _propagate(
     w = p.lateral_window
     window = (np.arange(n_sec)[:, None] + np.arange(-w, w + 1)[None, :]) % n_sec
     for i in range(n_ring):
-        cand = seed_mean[:, i]
-        dr = centres[i] - r_ref  # > 0: references lie on earlier rings
-        tol = p.step_tolerance + tan_slope * np.minimum(dr, p.max_gap)
-        acc = (count[:, i] >= p.min_bin_points) & (np.abs(cand - g_ref) <= tol)
+        has = count[:, i] >= p.min_bin_points
+        cand = np.where(has, seed_z[:, i], 0.0)
+        # where the seeds lie (their mean range), at least a little beyond the reference
+        r_obs = np.maximum(np.where(has, seed_r[:, i], centres[i]), r_ref + 1e-3)
+        dr_obs = r_obs - r_ref
+        tol = p.step_tolerance + tan_slope * np.minimum(dr_obs, p.max_gap)
+        acc = has & (np.abs(cand - g_ref) <= tol)
+        dr = centres[i] - r_ref  # > 0: references lie on earlier rings' centres
         if not acc.any():
             ground[:, i] = g_ref
             continue
         # Lateral consistency, on two views of the neighbours: their ground level in this ring, and their
         # grade since their own reference (which, unlike the level, does not drift across sectors when
         # the ground slopes sideways). A candidate is an outlier only when it disagrees with both.
-        grade = np.where(acc, (cand - g_ref) / dr, 0.0)
+        grade = np.where(acc, (cand - g_ref) / dr_obs, 0.0)
         level_med, k = _window_median(cand, acc, window)
         grade_med, _ = _window_median(grade, acc, window)
         grade_med = np.clip(grade_med, -tan_slope, tan_slope)
         support = k >= p.min_lateral_support
-        predicted = g_ref + grade_med * dr
         off_level = np.abs(cand - level_med) > p.lateral_tolerance
-        off_grade = np.abs(cand - predicted) > p.lateral_tolerance
-        outlier = off_level & off_grade
-        acc &= ~(support & outlier)
-        # Bins without an accepted candidate continue their own reference at the neighbours' grade.
-        value = np.where(acc, cand, np.where(support, predicted, g_ref))
+        off_grade = np.abs(cand - (g_ref + grade_med * dr_obs)) > p.lateral_tolerance
+        acc &= ~(support & off_level & off_grade)
+        # An accepted bin's ground at its centre: its seeds moved along the local grade from where they
+        # lie to the centre (in sparse far rings the seeds can sit anywhere in a 4 m ring). A bin without
+        # an accepted candidate continues its sector's reference at the neighbours' grade, or flat.
+        observed_value = cand + grade_med * (centres[i] - r_obs)
+        value = np.where(acc, observed_value, np.where(support, g_ref + grade_med * dr, g_ref))
         ground[:, i] = value
         observed[:, i] = acc
         moved = acc | support
@@ -215,13 +224,16 @@ def estimate_ground(points: np.ndarray, params: GroundParams | None = None) -> G
     zmin = np.full(n_bins, np.inf, dtype=np.float32)
     np.minimum.at(zmin, bin_id, z)
     seed = z <= zmin[bin_id] + np.float32(p.seed_band)
-    seed_sum = np.bincount(bin_id[seed], weights=z[seed], minlength=n_bins)
-    seed_n = np.bincount(bin_id[seed], minlength=n_bins)
+    seed_bins = bin_id[seed]
+    seed_n = np.bincount(seed_bins, minlength=n_bins)
+    seed_zsum = np.bincount(seed_bins, weights=z[seed], minlength=n_bins)
+    seed_rsum = np.bincount(seed_bins, weights=rng[seed], minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        seed_mean = (seed_sum / seed_n).reshape(n_sec, n_ring)
+        seed_z = (seed_zsum / seed_n).reshape(n_sec, n_ring)
+        seed_r = (seed_rsum / seed_n).reshape(n_sec, n_ring)
 
     # 2.-3. propagation with lateral consistency
-    ground_map, observed = _propagate(seed_mean, count.reshape(n_sec, n_ring), centres, p)
+    ground_map, observed = _propagate(seed_z, seed_r, count.reshape(n_sec, n_ring), centres, p)
 
     # 4. bilinear interpolation (azimuth wraps, range clamps at the first/last ring centre)
     uc = u - np.float32(0.5)

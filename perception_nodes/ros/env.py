@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+#: Fast DDS profile for 2 MB clouds between processes on one host: shared-memory segments that hold a
+#: whole message and UDP on 127.0.0.1 only (see benchmarks/ros_hop.py: p50 ~5x lower than defaults).
+FASTDDS_PROFILE = Path(__file__).resolve().parent / "fastdds" / "large_data_loopback.xml"
 
 
 def ensure_loopback_default() -> None:
@@ -10,8 +15,17 @@ def ensure_loopback_default() -> None:
 
     Only sets what the user left unset: on a vehicle whose sensors sit on other hosts, export
     ``ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET`` (and a ``ROS_DOMAIN_ID``) before starting the stack.
+    With the localhost range and Fast DDS, also use the project's large-data loopback profile unless
+    the user set a profile file (or ``PERCEPTION_NO_FASTDDS_PROFILE=1``).
     """
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if (
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+        and os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") == "rmw_fastrtps_cpp"
+        and not os.environ.get("PERCEPTION_NO_FASTDDS_PROFILE")
+        and not os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")
+    ):
+        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(FASTDDS_PROFILE))
 
 
 def import_rclpy():

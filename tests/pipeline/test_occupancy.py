@@ -219,3 +219,24 @@ def test_evidence_capped_and_inputs_checked(scene: tuple[np.ndarray, np.ndarray,
         evidential_occupancy(pts[:, :2], mask, SENSOR)
     with pytest.raises(ValueError):
         OccupancyParams(obstacle_min_height=1.0, obstacle_max_height=0.5)
+
+
+@pytest.mark.parametrize("use_height", [True, False])
+def test_sloped_ground_is_not_an_obstacle(use_height: bool) -> None:
+    # 5° ground rising towards +x with a 1.5 m box standing on it 15 m ahead: the box is the only
+    # occupied thing, with the per-point height from the ground estimate or the coarse fallback map
+    slope = 5.0
+    gz = float(np.tan(np.radians(slope)) * 15.0)
+    box = AABox((13.1, -0.9, gz - 0.3), (17.1, 1.1, gz + 1.5))
+    pts = simulate_scan((box,), sensor=SENSOR, slope_deg=slope)
+    est = estimate_ground(pts)
+    grid = evidential_occupancy(
+        pts, est.mask, SENSOR, height_above_ground=est.height if use_height else None
+    )
+    cx, cy = _centres(grid.spec)
+    occupied = grid.probability() > 0.5
+    grown = AABox((box.lo[0] - 0.25, box.lo[1] - 0.25, 0), (box.hi[0] + 0.25, box.hi[1] + 0.25, 0))
+    assert occupied[box.contains_xy(cx, cy)].sum() >= 8
+    assert not (occupied & ~grown.contains_xy(cx, cy)).any()
+    between = (cx > 4.0) & (cx < 12.5) & (np.abs(cy - 0.1) < 0.8)
+    assert (grid.probability()[between] < 0.5).all()
