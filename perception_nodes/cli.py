@@ -121,12 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="wait up to S seconds until every played topic has a subscriber")
     pl.set_defaults(func=_cmd_play)
 
-    m = sub.add_parser("monitor", help="live latency table of every node, from /diagnostics")
+    m = sub.add_parser("monitor", help="live latency table of every node, from /diagnostics",
+                       description="Subscribe to /diagnostics and show, per node and stage, p50/p99/max latency, "
+                       "jitter, budget and deadline misses from the rolling window, plus any WARN/ERROR status.")
     m.add_argument("--duration", type=float, help="stop after this many seconds")
     m.add_argument("--once", action="store_true", help="print one table when data arrives, then exit")
     m.set_defaults(func=_cmd_monitor)
 
-    pp = sub.add_parser("params", help="print the documented default parameters (or the merged result of --config)")
+    pp = sub.add_parser("params", help="print the documented default parameters (or the merged result of --config)",
+                        description="Print perception.params.yaml, the one place where every parameter's default "
+                        "is documented (launch/perception.params.yaml is the same file). With --config, print the "
+                        "parameters that result from merging FILE over the defaults, as JSON, after checking that "
+                        "every key exists.")
     pp.add_argument("--config", type=Path, help="params YAML to merge over the defaults")
     pp.set_defaults(func=_cmd_params)
     return p

@@ -7,8 +7,10 @@ For KITTI that means ``z_base = z_velodyne + 1.73``.
 Method (our own design, in the family of ray-ground filters and Patchwork's concentric zones):
 
 1. **Polar grid.** Points are binned into ``num_sectors`` azimuth sectors × range rings (ring width grows
-   with range, :attr:`GroundParams.ring_zones`). Per bin: the lowest ``z`` and the mean ``z`` of its
-   *seed* points (those within ``seed_band`` of the lowest one) — the bin's ground candidate.
+   with range, :attr:`GroundParams.ring_zones`). Per bin: the lowest ``z`` and the mean range and height of
+   its *seed* points (those within ``seed_band`` of the lowest one) — the bin's ground candidate — unless
+   the seeds are upright (spread vertically along a steep axis: the bottom of a wall or car face seen
+   head-on, a test in the spirit of Patchwork's uprightness check).
 2. **Outward propagation, ring by ring, all sectors at once.** Each sector carries a reference ground
    height (initially ``origin_ground_z`` at range 0). A bin's candidate is accepted when it lies within
    ``step_tolerance + tan(max_slope_deg) * Δr`` of the sector's reference, Δr being the distance to the
@@ -21,9 +23,11 @@ Method (our own design, in the family of ray-ground filters and Patchwork's conc
    A bin without an accepted candidate continues its sector's reference at the neighbours' median grade
    when enough neighbours support it (so a sector occluded by a car keeps following the slope its
    neighbours see), otherwise flat.
-4. **Classification.** The (sector × ring) ground-height map is interpolated bilinearly (azimuth wraps
-   around) at every point; a point whose height above that local ground is at most ``ground_threshold``
-   is ground. Points below the estimated ground are ground too (they cannot be obstacles).
+4. **Classification.** Each sector's ground profile is piecewise linear in range through its knots (an
+   accepted bin's knot sits at its seeds' mean range and height, so sparse far rings are not biased;
+   a filled bin's knot sits at the ring centre); a point's local ground blends the profiles of its two
+   nearest sectors linearly in azimuth (wrapping around). A point at most ``ground_threshold`` above
+   that local ground is ground; points below it are ground too (they cannot be obstacles).
 
 Non-finite points are never ground (their height is NaN). The method has no randomness, so it is
 deterministic. Pure numpy: about 10 ms for a 120k-point HDL-64 scan on one core.
@@ -58,6 +62,9 @@ class GroundParams:
     min_bin_points: int = 2
     #: Steepest ground grade (deg) followed between rings, relative to the vehicle's own plane.
     max_slope_deg: float = 10.0
+    #: A bin whose seeds spread vertically by more than this std (m) along an axis steeper than
+    #: ``max_slope_deg`` in the range-height plane is an object's face, not ground (uprightness test).
+    vertical_seed_std: float = 0.03
     #: Height step (m) allowed on top of the grade (curbs, sensor noise, seed bias).
     step_tolerance: float = 0.15
     #: The grade allowance stops growing after this many metres without an accepted bin (occlusion).
@@ -107,8 +114,11 @@ class GroundEstimate:
     mask: NDArray[np.bool_]
     #: (N,) float32 height of each point above the local ground estimate (m); NaN for non-finite points.
     height: NDArray[np.float32]
-    #: (num_sectors, rings) float32 ground height per polar bin (sector 0 starts at azimuth -π).
+    #: (num_sectors, rings) float32 ground height of each polar bin's knot (sector 0 starts at azimuth -π).
     ground_map: NDArray[np.float32]
+    #: (num_sectors, rings) float32 range (m) of each knot: where the bin's accepted ground seeds lie, or
+    #: the ring centre for a bin whose ground was filled in.
+    knot_range: NDArray[np.float32]
     #: (num_sectors, rings) True where the bin's own seeds were accepted as ground (not interpolated).
     observed: NDArray[np.bool_]
     #: (rings + 1,) ring edges (m).
@@ -126,6 +136,23 @@ def _as_xyz(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
+def _profile(
+    knot_z: np.ndarray, knot_r: np.ndarray, row: np.ndarray, ring: np.ndarray, rng: np.ndarray, n_ring: int
+) -> np.ndarray:
+    """Piecewise-linear ground profile of one sector per point (flattened knots, ``row`` = sector·rings):
+    between the knot of the point's ring and the previous or next one, constant beyond the end knots."""
+    below = rng < knot_r[row + ring]
+    ka = np.where(below, ring - 1, ring)
+    a = np.clip(ka, 0, n_ring - 1) + row
+    b = np.clip(ka + 1, 0, n_ring - 1) + row
+    ra, rb = knot_r[a], knot_r[b]
+    za, zb = knot_z[a], knot_z[b]
+    span = rb - ra
+    t = np.where(span > 0, (rng - ra) / np.where(span > 0, span, 1), 0).astype(np.float32)
+    np.clip(t, 0, 1, out=t)
+    return za + t * (zb - za)
+
+
 def _window_median(values: np.ndarray, ok: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lower median of ``values[ok]`` over each sector's circular window, and the number of ``ok`` in it."""
     win = np.where(ok, values, np.inf)[window]
@@ -135,23 +162,26 @@ def _window_median(values: np.ndarray, ok: np.ndarray, window: np.ndarray) -> tu
 
 
 def _propagate(
-    seed_z: np.ndarray, seed_r: np.ndarray, count: np.ndarray, centres: np.ndarray, p: GroundParams
-) -> tuple[np.ndarray, np.ndarray]:
+    seed_z: np.ndarray, seed_r: np.ndarray, usable: np.ndarray, centres: np.ndarray, p: GroundParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ring-by-ring outward propagation of the ground height over all sectors (steps 2 and 3).
 
     ``seed_z`` / ``seed_r``: (sectors, rings) mean height and mean range of each bin's seeds (NaN where
-    empty). Returns the ground height at every bin's centre range and which bins were observed.
+    empty); ``usable``: bins whose seeds may propose a ground candidate. Returns, per bin, a knot of the sector's piecewise-linear ground profile — its range (where
+    the accepted seeds lie, or the ring centre for a filled bin) and its height — and whether the bin was
+    observed. Each sector's reference is its last knot.
     """
     n_sec, n_ring = seed_z.shape
     g_ref = np.full(n_sec, p.origin_ground_z, dtype=np.float64)
     r_ref = np.zeros(n_sec, dtype=np.float64)
     ground = np.empty((n_sec, n_ring), dtype=np.float64)
+    knot_r = np.empty((n_sec, n_ring), dtype=np.float64)
     observed = np.zeros((n_sec, n_ring), dtype=bool)
     tan_slope = math.tan(math.radians(p.max_slope_deg))
     w = p.lateral_window
     window = (np.arange(n_sec)[:, None] + np.arange(-w, w + 1)[None, :]) % n_sec
     for i in range(n_ring):
-        has = count[:, i] >= p.min_bin_points
+        has = usable[:, i]
         cand = np.where(has, seed_z[:, i], 0.0)
         # where the seeds lie (their mean range), at least a little beyond the reference
         r_obs = np.maximum(np.where(has, seed_r[:, i], centres[i]), r_ref + 1e-3)
@@ -161,6 +191,7 @@ def _propagate(
         dr = centres[i] - r_ref  # > 0: references lie on earlier rings' centres
         if not acc.any():
             ground[:, i] = g_ref
+            knot_r[:, i] = centres[i]
             continue
         # Lateral consistency, on two views of the neighbours: their ground level in this ring, and their
         # grade since their own reference (which, unlike the level, does not drift across sectors when
@@ -173,17 +204,18 @@ def _propagate(
         off_level = np.abs(cand - level_med) > p.lateral_tolerance
         off_grade = np.abs(cand - (g_ref + grade_med * dr_obs)) > p.lateral_tolerance
         acc &= ~(support & off_level & off_grade)
-        # An accepted bin's ground at its centre: its seeds moved along the local grade from where they
-        # lie to the centre (in sparse far rings the seeds can sit anywhere in a 4 m ring). A bin without
-        # an accepted candidate continues its sector's reference at the neighbours' grade, or flat.
-        observed_value = cand + grade_med * (centres[i] - r_obs)
-        value = np.where(acc, observed_value, np.where(support, g_ref + grade_med * dr, g_ref))
+        # An accepted bin's knot is its seeds' mean (range, height): in sparse far rings the seeds can sit
+        # anywhere in a 4 m ring, so they are not moved to the centre. A bin without an accepted candidate
+        # gets a knot at its centre that continues the sector's reference at the neighbours' grade (or flat).
+        value = np.where(acc, cand, np.where(support, g_ref + grade_med * dr, g_ref))
+        pos = np.where(acc, r_obs, centres[i])
         ground[:, i] = value
+        knot_r[:, i] = pos
         observed[:, i] = acc
         moved = acc | support
         g_ref = np.where(moved, value, g_ref)
-        r_ref = np.where(moved, centres[i], r_ref)
-    return ground, observed
+        r_ref = np.where(moved, pos, r_ref)
+    return ground, knot_r, observed
 
 
 def estimate_ground(points: np.ndarray, params: GroundParams | None = None) -> GroundEstimate:
@@ -208,14 +240,15 @@ def estimate_ground(points: np.ndarray, params: GroundParams | None = None) -> G
         x, y, z = x[valid], y[valid], z[valid]
     if x.size == 0:
         ground_map = np.full((n_sec, n_ring), p.origin_ground_z, dtype=np.float32)
-        return GroundEstimate(mask, height, ground_map, np.zeros((n_sec, n_ring), bool), edges)
+        knots = np.broadcast_to(centres.astype(np.float32), (n_sec, n_ring)).copy()
+        return GroundEstimate(mask, height, ground_map, knots, np.zeros((n_sec, n_ring), bool), edges)
 
     # 1. polar binning
     rng = np.hypot(x, y)
     # sector coordinate in [0, n_sec): sector 0 starts at azimuth -pi
     u = (np.arctan2(y, x) + np.float32(np.pi)) * np.float32(n_sec / (2.0 * np.pi))
     sector = np.minimum(u.astype(np.int32), n_sec - 1)
-    # continuous ring coordinate: k + fraction inside ring k (edges are strictly increasing)
+    # ring index (edges are strictly increasing; beyond max_range: the last ring)
     ring_coord = np.interp(rng, edges, np.arange(n_ring + 1, dtype=np.float64)).astype(np.float32)
     ring = np.minimum(ring_coord.astype(np.int32), n_ring - 1)
     bin_id = sector * n_ring + ring
@@ -228,36 +261,50 @@ def estimate_ground(points: np.ndarray, params: GroundParams | None = None) -> G
     seed_n = np.bincount(seed_bins, minlength=n_bins)
     seed_zsum = np.bincount(seed_bins, weights=z[seed], minlength=n_bins)
     seed_rsum = np.bincount(seed_bins, weights=rng[seed], minlength=n_bins)
+    sr, sz = rng[seed].astype(np.float64), z[seed].astype(np.float64)
+    seed_rr = np.bincount(seed_bins, weights=sr * sr, minlength=n_bins)
+    seed_rz = np.bincount(seed_bins, weights=sr * sz, minlength=n_bins)
+    seed_zz = np.bincount(seed_bins, weights=sz * sz, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        seed_z = (seed_zsum / seed_n).reshape(n_sec, n_ring)
-        seed_r = (seed_rsum / seed_n).reshape(n_sec, n_ring)
+        mean_z = seed_zsum / seed_n
+        mean_r = seed_rsum / seed_n
+        var_r = np.maximum(seed_rr / seed_n - mean_r * mean_r, 0.0)
+        var_z = np.maximum(seed_zz / seed_n - mean_z * mean_z, 0.0)
+        cov_rz = seed_rz / seed_n - mean_r * mean_z
+    # Uprightness (as Patchwork's): seeds that spread vertically more than sensor noise and whose principal
+    # axis in the range-height plane is steeper than the steepest ground are an object's or a wall's
+    # bottom edge seen face-on, not ground.
+    steep_axis = 0.5 * np.arctan2(2.0 * cov_rz, var_r - var_z)
+    vertical = (np.sqrt(var_z) > p.vertical_seed_std) & (
+        np.abs(np.tan(steep_axis)) > math.tan(math.radians(p.max_slope_deg))
+    )
+    usable = ((count >= p.min_bin_points) & ~vertical).reshape(n_sec, n_ring)
+    seed_z = mean_z.reshape(n_sec, n_ring)
+    seed_r = mean_r.reshape(n_sec, n_ring)
 
     # 2.-3. propagation with lateral consistency
-    ground_map, observed = _propagate(seed_z, seed_r, count.reshape(n_sec, n_ring), centres, p)
+    ground_map, knot_r, observed = _propagate(seed_z, seed_r, usable, centres, p)
 
-    # 4. bilinear interpolation (azimuth wraps, range clamps at the first/last ring centre)
+    # 4. local ground at each point: piecewise-linear in range through the knots of the two nearest
+    #    sectors (by sector centre; azimuth wraps), blended linearly in azimuth
     uc = u - np.float32(0.5)
     s0f = np.floor(uc)
     fs = (uc - s0f).astype(np.float32)
     s0 = s0f.astype(np.int32) % n_sec
     s1 = (s0 + 1) % n_sec
-    # position between ring centres; piecewise linear in range because ring widths are piecewise constant
-    # (at a zone boundary the centres' spacing changes, a negligible distortion)
-    v = np.clip(ring_coord - np.float32(0.5), 0.0, np.float32(n_ring - 1))
-    r0 = np.minimum(v.astype(np.int32), n_ring - 1)
-    r1 = np.minimum(r0 + 1, n_ring - 1)
-    fr = v - r0
-    gm = ground_map.astype(np.float32)
-    g0 = gm[s0, r0] * (1 - fr) + gm[s0, r1] * fr
-    g1 = gm[s1, r0] * (1 - fr) + gm[s1, r1] * fr
+    gm = ground_map.astype(np.float32).ravel()
+    kr = knot_r.astype(np.float32).ravel()
+    g0 = _profile(gm, kr, s0 * n_ring, ring, rng, n_ring)
+    g1 = _profile(gm, kr, s1 * n_ring, ring, rng, n_ring)
     h = z - (g0 * (1 - fs) + g1 * fs)
+    ground_map = ground_map.astype(np.float32)
     is_ground = h <= np.float32(p.ground_threshold)
     if all_valid:
         mask, height = is_ground, h.astype(np.float32, copy=False)
     else:
         mask[valid] = is_ground
         height[valid] = h
-    return GroundEstimate(mask, height, gm, observed, edges)
+    return GroundEstimate(mask, height, ground_map, knot_r.astype(np.float32), observed, edges)
 
 
 def segment_ground(points: np.ndarray, params: GroundParams | None = None) -> NDArray[np.bool_]:
