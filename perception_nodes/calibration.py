@@ -168,8 +168,13 @@ def transforms_from_tf_message(msg: Any) -> list[StaticTransform]:
 def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a 4x4 transform to the first three columns of (N, >=3) points (other columns kept)."""
     out = np.array(points, dtype=np.float32, copy=True)
-    rot = matrix[:3, :3].astype(np.float32)
-    out[:, :3] = points[:, :3] @ rot.T + matrix[:3, 3].astype(np.float32)
+    r = matrix[:3, :3].astype(np.float32)
+    t = matrix[:3, 3].astype(np.float32)
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    # nine multiply-adds per point, elementwise: a (N,3)@(3,3) BLAS call is slower here and spawns
+    # threads that fight the rest of the graph for cores
+    for i in range(3):
+        out[:, i] = r[i, 0] * x + r[i, 1] * y + r[i, 2] * z + t[i]
     return out
 
 

@@ -128,7 +128,7 @@ def export_onnx(model: nn.Module, x: SparseTensor, path: str | Path | None = Non
     """Export ``model`` (eval mode) for inputs shaped like ``x``; returns the ONNX bytes (and writes ``path``)."""
     model = model.eval()
     rec, _ = _record(model, x)
-    wrapper = _ExportWrapper(model, x, rec)
+    wrapper = _ExportWrapper(model, x, rec).eval()  # a fresh module defaults to train mode
     maps = tuple(padded_index(km) for km in rec.maps)
     names = ["features"] + [f"map_{j}" for j in range(len(maps))]
     dyn = {"features": {0: "n_in"}, "output": {0: "n_out"}}

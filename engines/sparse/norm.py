@@ -41,6 +41,8 @@ class SparseSequential(nn.Sequential):
     (``nn.BatchNorm1d``, ``nn.ReLU``, ``nn.Linear``, ...) are applied to its features -- the same
     convention as spconv's ``SparseSequential``, so spconv model definitions port line by line."""
 
+    _sparse_module = True
+
     def forward(self, x: Any) -> Any:  # type: ignore[override]
         for module in self:
             if isinstance(x, SparseTensor) and not getattr(module, "_sparse_module", False):

@@ -11,7 +11,7 @@ from perception_nodes.calibration import transform_points
 from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.pointcloud2 import create_xyzi_cloud, read_xyzi
 from perception_nodes.config import to_dataclass
-from perception_nodes.graph.node import Emit, NodeCore, Port, synthetic_scan
+from perception_nodes.graph.node import Emit, NodeCore, Port, finite_points, synthetic_scan
 from perception_nodes.pipeline.ground import GroundParams, segment_ground
 
 
@@ -47,11 +47,11 @@ class GroundSegmentationNode(NodeCore):
         stamp = stamp_to_ns(msg.header.stamp)
         with self.latency.frame(stamp) as frame:
             with self.latency.stage("decode"):
-                pts = read_xyzi(msg)
-                finite = np.isfinite(pts[:, :3]).all(axis=1)
-                if not finite.all():
-                    self.nonfinite_points += int((~finite).sum())
-                    pts = pts[finite]
+                raw = read_xyzi(msg)
+                pts = finite_points(raw)
+                if len(pts) != len(raw):
+                    self.nonfinite_points += len(raw) - len(pts)
+                    self._warn("nonfinite", f"{topic}: {self.nonfinite_points} non-finite points removed so far")
             with self.latency.stage("transform"):
                 pts = transform_points(self.sensor_to_base(msg.header.frame_id), pts)
             with self.latency.stage("ground_segmentation"):

@@ -24,7 +24,7 @@ from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.outputs import occupancy_grid_msg
 from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.config import to_dataclass
-from perception_nodes.graph.node import Emit, NodeCore, Port, synthetic_scan
+from perception_nodes.graph.node import Emit, NodeCore, Port, finite_points, synthetic_scan
 from perception_nodes.pipeline.ground import GroundParams, segment_ground
 from perception_nodes.pipeline.occupancy import GridSpec, OccupancyParams, evidential_occupancy, to_occupancy_msg_data
 from perception_nodes.sync import ApproximateTimeSynchronizer, SyncedSet
@@ -90,6 +90,7 @@ class OccupancyGridNode(NodeCore):
         self.unknown_vacuity = float(params.get("unknown_vacuity", 1.0))
         self._arrival_ns: dict[int, int] = {}
         self.fallback_frames = 0
+        self._last_now = 0
 
     def warmup(self) -> None:
         pts = synthetic_scan()
@@ -112,7 +113,7 @@ class OccupancyGridNode(NodeCore):
     def on_message(self, topic: str, msg: Any) -> list[Emit]:
         idx = self.RAW if topic == self.raw_topic else self.OBSTACLE
         stamp = stamp_to_ns(msg.header.stamp)
-        now = self.clock()
+        now = self._monotonic_now()
         if idx == self.RAW:
             self._arrival_ns[stamp] = now
         t0 = time.perf_counter_ns()
@@ -121,7 +122,13 @@ class OccupancyGridNode(NodeCore):
         return self._process_sets(sets)
 
     def on_tick(self) -> list[Emit]:
-        return self._process_sets(self.sync.poll(self.clock()))
+        return self._process_sets(self.sync.poll(self._monotonic_now()))
+
+    def _monotonic_now(self) -> int:
+        """The node clock, held from going back (replay restarts it at each message's receive time;
+        a ROS clock jumps back when a bag loops) so time-outs never see time reverse."""
+        self._last_now = max(self.clock(), self._last_now)
+        return self._last_now
 
     def _process_sets(self, sets: list[SyncedSet]) -> list[Emit]:
         out: list[Emit] = []
@@ -147,11 +154,11 @@ class OccupancyGridNode(NodeCore):
             if arrival is not None:
                 frame.stages_ms["sync_wait"] = max(0.0, (self.clock() - arrival) / 1e6)
             with self.latency.stage("decode"):
-                pts = read_xyzi(raw)
-                pts = pts[np.isfinite(pts[:, :3]).all(axis=1)]
+                pts = finite_points(read_xyzi(raw))
+                obst = read_xyzi(obstacle) if obstacle is not None else None
+            with self.latency.stage("transform"):
                 to_base = self.sensor_to_base(raw.header.frame_id)
                 pts = transform_points(to_base, pts)
-                obst = read_xyzi(obstacle) if obstacle is not None else None
             with self.latency.stage("match"):
                 if obst is not None:
                     ground = ~obstacle_mask(pts, obst)

@@ -6,7 +6,8 @@
   time when ``use_sim_time`` is set); in replay it is the replay clock (the bag's receive time of the
   triggering message plus the wall time spent since), so bag replay reports what the graph would add
   on a vehicle instead of "now minus a stamp from last year" or a negative number.
-* cyclic time: monotonic time between the starts of consecutive frames.
+* cyclic time: time between the starts of consecutive frames on the node's clock (so replay reports
+  the sensor's pace at bag time, not how fast the replay happened to run).
 The names follow Autoware's debug topics so users' dashboards carry over.
 """
 
@@ -75,10 +76,11 @@ class NodeLatency:
     def frame(self, input_stamp_ns: int) -> Iterator[FrameLatency]:
         """Time one frame; stages inside it are timed with :meth:`stage`."""
         start = time.perf_counter_ns()
+        clock_start = self.clock()
         frame = FrameLatency(input_stamp_ns)
         if self._last_start_ns is not None:
-            frame.cyclic_ms = (start - self._last_start_ns) / 1e6
-        self._last_start_ns = start
+            frame.cyclic_ms = (clock_start - self._last_start_ns) / 1e6
+        self._last_start_ns = clock_start
         self._frame = frame
         try:
             yield frame

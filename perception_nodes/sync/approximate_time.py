@@ -23,27 +23,45 @@ assumption and can only produce crossing sets.
 
 Per-input timeouts (``input_timeouts_s[i] = τ_i``; ``None`` = wait forever, the C++ behaviour)
 -----------------------------------------------------------------------------------------------
-Every message is stamped with its *arrival time* ``now_ns`` (the caller's clock: ``time.monotonic_ns``
-or the ROS clock live, the bag receive time in replay). Input ``i`` is *starving* the synchroniser when
-its pending queue is empty (all its messages are emitted, dropped, or already held in the current search)
-while another active input still has a queued message; the wait on ``i`` is measured from the arrival of
-the oldest such queued message ``w``. When ``now - w >= τ_i`` the timeout fires, at the exact instant
-``w + τ_i``:
+Every accepted message is stamped with its *arrival time* ``now_ns`` (the caller's clock:
+``time.monotonic_ns`` or the ROS clock live, the bag receive time in replay). Input ``i`` is *starving*
+the synchroniser when the search needs its next message (ApproximateTime: ``i`` has no unconsidered
+message queued; ExactTime: a partial set newer than ``i``'s last stamp lacks it) while another active
+input holds a message. Its deadline is ``max(arrival of i's last accepted message, arrival of the oldest
+message held by the other active inputs) + τ_i``: input ``i`` has then been silent for ``τ_i`` while
+somebody was waiting for it. At the deadline (applied at exactly that instant):
 
-1. if a candidate set is being held only until the next message can prove it optimal, that proof is
-   waived (``i``'s next message is taken to never come) and the candidate is emitted, ``i`` included;
+1. ApproximateTime, if a candidate set is held only until the next message can prove it optimal:
+   that proof is waived (``i``'s next message is taken to never come) and the candidate is emitted,
+   ``i``'s message included;
 2. otherwise ``i`` is declared **absent**: matching proceeds over the remaining inputs, and every set
    emitted while ``i`` is absent has ``None`` in slot ``i``, lists ``i`` in ``missing`` and counts in
-   ``omitted[i]``. An absent input's messages never delay the others again.
+   ``omitted[i]``. An absent input never delays the others again.
 
 Input ``i`` *rejoins* as soon as one of its messages is accepted, i.e. its stamp is newer than every
 stamp of every set emitted without it; older ones belonged to sets already emitted and are dropped as
 ``LATE``. Timeouts due at or before a call's ``now`` are applied, in deadline order, before that call's
 message is inserted, so the emitted sets depend only on the sequence of (input, stamp, arrival time):
 how often a live node calls :meth:`poll` changes *when* a set is returned, never *which* sets, and a
-replay that feeds the recorded arrival times reproduces a live run. An input is never declared absent
-while it delivers each message within ``τ_i`` of the oldest other message waiting for it, so choose
-``τ_i`` above the input's period plus its latency relative to the others (e.g. 1.5 × period + skew).
+replay that feeds the recorded arrival times reproduces a live run.
+
+Sizing: an input whose consecutive accepted messages always arrive less than ``τ_i`` apart is never
+timed out, however late its messages are relative to the others (it is slow, not dead). So choose
+``τ_i`` above input ``i``'s largest inter-arrival gap (period + arrival jitter, e.g. 1.5–2 × period).
+A dead input holds any other message back by at most ``τ_i``, and only until it is declared absent.
+
+Usage (live node; a replay calls ``add`` with the recorded receive time and ``poll`` once at the end)::
+
+    sync = ApproximateTimeSynchronizer(2, 10, input_timeouts_s=[None, 0.2])  # LiDAR, camera
+    def on_message(k, msg):                                 # subscription callback of input k
+        for synced in sync.add(k, stamp_to_ns(msg.header.stamp), msg, now_ns=clock_ns()):
+            dispatch(synced)                                # synced.missing == (1,) if camera absent
+    def on_timer():                                         # e.g. every 20 ms
+        for synced in sync.poll(clock_ns()):
+            dispatch(synced)
+
+The synchronisers are not thread-safe: call them from one thread (rclpy's single-threaded executor)
+or under a lock.
 
 Accounting: for every input ``received[i] == used[i] + dropped[i] + pending[i]`` at all times;
 ``dropped_by_reason`` splits ``dropped`` by :class:`DropReason`.
@@ -74,7 +92,8 @@ _NS_PER_S = 1_000_000_000
 
 @dataclass(frozen=True)
 class SyncedSet:
-    """One emitted set: slot ``k`` holds input ``k``'s message, or ``None`` if input ``k`` is absent.
+    """One emitted set: slot ``k`` holds input ``k``'s message, or ``None`` when input ``k`` has none
+    (it had been declared absent by its timeout).
 
     ``stamps_ns`` repeats the stamps the caller gave to :meth:`add`, so consumers (latency accounting,
     ``header.stamp`` of fused outputs) need not know the message type. ``missing`` lists the absent
@@ -157,6 +176,7 @@ class _SyncBase:
         self._now: int | None = None
         self._active = [True] * self._n
         self._last_stamp: list[int | None] = [None] * self._n
+        self._last_arrival: list[int | None] = [None] * self._n
         # Stamps <= _floor[i] are LATE for input i (sets already emitted without it).
         self._floor: list[int | None] = [None] * self._n
         self._out: list[SyncedSet] = []
@@ -233,6 +253,7 @@ class _SyncBase:
         else:
             self._check_rate(i, stamp, last)
             self._last_stamp[i] = stamp
+            self._last_arrival[i] = now
             if not self._active[i]:
                 self._before_rejoin(i)
                 self._active[i] = True
@@ -259,6 +280,7 @@ class _SyncBase:
         self._now = None
         self._active = [True] * self._n
         self._last_stamp = [None] * self._n
+        self._last_arrival = [None] * self._n
         self._floor = [None] * self._n
         self._out.clear()
 
@@ -270,6 +292,18 @@ class _SyncBase:
     def _deadlines(self) -> list[tuple[int, int]]:  # pragma: no cover - abstract
         """(deadline_ns, input) for every active input with a timeout that is starving the others."""
         raise NotImplementedError
+
+    def _deadline(self, i: int, waiting_since: list[int | None]) -> int | None:
+        """Deadline of input i given the arrival times of the messages waiting for it (module doc)."""
+        tau = self._timeouts_ns[i]
+        waits = [a for a in waiting_since if a is not None]
+        if tau is None or not waits:
+            return None
+        start = min(waits)
+        last = self._last_arrival[i]
+        if last is not None and last > start:
+            start = last
+        return start + tau
 
     def _fire(self, i: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -363,8 +397,8 @@ class _SyncBase:
     def _declare_absent(self, i: int) -> None:
         self._active[i] = False
         _log.warning(
-            "input %d timed out (other inputs' messages waited %.3f s for it); emitting sets without "
-            "it until it sends again",
+            "input %d timed out (silent for %.3f s while other inputs waited for it); emitting sets "
+            "without it until it sends again",
             i,
             (self._timeouts_ns[i] or 0) / _NS_PER_S,
         )
@@ -611,12 +645,11 @@ class ApproximateTimeSynchronizer(_SyncBase):
         oldest = {k: self._oldest_arrival(k) for k in act}
         out = []
         for i in act:
-            tau = self._timeouts_ns[i]
-            if tau is None or self._deques[i]:
+            if self._timeouts_ns[i] is None or self._deques[i]:
                 continue
-            waits = [a for k, a in oldest.items() if k != i and a is not None]
-            if waits:
-                out.append((min(waits) + tau, i))
+            deadline = self._deadline(i, [a for k, a in oldest.items() if k != i])
+            if deadline is not None:
+                out.append((deadline, i))
         return out
 
     def _fire(self, i: int) -> None:
@@ -652,10 +685,10 @@ class ExactTimeSynchronizer(_SyncBase):
     message (``REPLACED``), as in C++.
 
     Timeouts: input ``i`` is starving while a partial set newer than its last stamp lacks it (only a
-    future message of ``i`` could complete that set); the wait runs from the arrival of the oldest
-    message in such sets. When it reaches ``τ_i`` the input is declared absent and the partial sets
-    complete over the remaining inputs are emitted, oldest first (with any message they hold, even
-    from an absent input; ``None`` where there is none).
+    future message of ``i`` could complete that set); the wait runs from the later of the arrival of
+    the oldest message in such sets and of ``i``'s last message. When it reaches ``τ_i`` the input is
+    declared absent and the partial sets complete over the remaining inputs are emitted, oldest
+    first (with any message they hold, even from an absent input; ``None`` where there is none).
     """
 
     def __init__(
@@ -708,8 +741,7 @@ class ExactTimeSynchronizer(_SyncBase):
     def _deadlines(self) -> list[tuple[int, int]]:
         out = []
         for i in range(self._n):
-            tau = self._timeouts_ns[i]
-            if tau is None or not self._active[i]:
+            if self._timeouts_ns[i] is None or not self._active[i]:
                 continue
             last = self._last_stamp[i]
             # Partial sets that only a future message of i can complete (older stamps are beyond
@@ -719,10 +751,11 @@ class ExactTimeSynchronizer(_SyncBase):
                 for stamp, slots in self._tuples.items()
                 if slots[i] is None and (last is None or stamp > last)
                 for e in slots
-                if e is not None and e.arrival is not None
+                if e is not None
             ]
-            if waits:
-                out.append((min(waits) + tau, i))
+            deadline = self._deadline(i, waits)
+            if deadline is not None:
+                out.append((deadline, i))
         return out
 
     def _fire(self, i: int) -> None:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perception_nodes.pipeline.ground import GroundParams, estimate_ground, segment_ground
+from perception_nodes.pipeline.ground import (
+    SPARSE_LIDAR_PARAMS,
+    GroundParams,
+    estimate_ground,
+    segment_ground,
+)
 
-from ._synthetic import AABox, ground_height, simulate_scan
+from ._synthetic import HDL64_ELEVATIONS, AABox, ground_height, simulate_scan
 
 CAR = AABox((8.0, -1.0, 0.0), (12.0, 1.0, 1.5))
 WALL = AABox((-15.3, -20.0, 0.0), (-15.0, 20.0, 3.0))
@@ -73,6 +78,44 @@ def test_sideways_slope_behind_occluder_followed() -> None:
     above = pts[:, 2] - ground_height(pts[:, 0], pts[:, 1], 4.0, 90.0)
     assert mask[above < 0.01].mean() >= 0.995
     assert (~mask[above > 0.3]).mean() >= 0.99
+
+
+@pytest.mark.parametrize("slope", [0.0, 5.0])
+def test_sparse_16_beam_sensor(slope: float) -> None:
+    # VLP-16-like: 16 beams from -15° to +15°, 1.8 m up; ground rings lie 1 m to 70 m apart
+    beams = tuple(np.linspace(-15.0, 15.0, 16).tolist())
+    pts = simulate_scan((CAR, WALL), sensor=(0.0, 0.0, 1.8), elevations_deg=beams, slope_deg=slope)
+    mask = segment_ground(pts, SPARSE_LIDAR_PARAMS)
+    above = pts[:, 2] - ground_height(pts[:, 0], pts[:, 1], slope)
+    assert mask[above < 0.01].mean() >= 0.98
+    assert (~mask[above > 0.3]).mean() >= 0.9
+
+
+def _terrain(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Rolling ground (±0.3 m waves) with a 1 m mound 20 m ahead; 0 at the origin."""
+    return 0.3 * np.sin(x / 6) + 0.2 * np.cos(y / 7) - 0.2 + np.exp(-((x - 20) ** 2 + y**2) / 50)
+
+
+def test_uneven_ground_with_posts() -> None:
+    # HDL-64-like ring pattern draped over uneven terrain (2 cm noise), plus 0.3 m-wide posts on it
+    rng = np.random.default_rng(0)
+    el = np.radians([e for e in HDL64_ELEVATIONS if e < -0.5])
+    ranges = 1.73 / np.tan(-el)
+    r, a = np.meshgrid(ranges[ranges < 80], np.radians(np.arange(0.0, 360.0, 0.2)))
+    x, y = (r * np.cos(a)).ravel(), (r * np.sin(a)).ravel()
+    ground = np.c_[x, y, _terrain(x, y) + rng.normal(0, 0.02, x.size)]
+    posts = []
+    for px, py in ((20.0, 0.0), (10.0, -6.0), (-15.0, 12.0), (30.0, 25.0)):
+        n = 300
+        qx, qy = px + rng.uniform(-0.15, 0.15, n), py + rng.uniform(-0.15, 0.15, n)
+        posts.append(np.c_[qx, qy, _terrain(qx, qy) + rng.uniform(0.0, 1.5, n)])
+    post_pts = np.concatenate(posts)
+    pts = np.concatenate([ground, post_pts]).astype(np.float32)
+    mask = segment_ground(pts)
+    n_ground = ground.shape[0]
+    assert mask[:n_ground].mean() >= 0.995
+    post_height = post_pts[:, 2] - _terrain(post_pts[:, 0], post_pts[:, 1])
+    assert (~mask[n_ground:][post_height > 0.3]).mean() >= 0.98
 
 
 def test_all_ground_cloud() -> None:

@@ -86,15 +86,19 @@ def test_low_points_near_the_car_are_ground(result: Result) -> None:
 
 
 def test_labelled_objects_are_not_ground(result: Result) -> None:
+    # within 50 m (farther, a truck's lower edge seen by one laser 4 m beyond the last ground ring is
+    # indistinguishable from a ramp); points 0.3 m above the box bottom, i.e. clear of the feet/tyres
     mask = result.ground.mask
-    for box, inside in _objects(result.frame, min_points=10):
+    for box, inside in _objects(result.frame, max_range=50.0, min_points=10):
         bottom = box.center[2] - box.size[2] / 2
         upper = inside & (result.frame.points[:, 2] > bottom + 0.3)
-        assert (~mask[upper]).mean() >= 0.9, box.label
+        assert upper.sum() >= 10
+        assert (~mask[upper]).mean() >= 0.95, box.label
 
 
 def test_pooled_in_box_points_mostly_non_ground() -> None:
-    # all labelled objects of all three frames with >= 10 points, all their points (feet included)
+    # all labelled objects of all three frames with >= 10 points at any range, all their points (feet
+    # and tyres included)
     inside_total, non_ground = 0, 0
     for name in FRAMES:
         frame = load_frame(name)

@@ -208,3 +208,43 @@ def test_timeout_guarantees_and_poll_independence(params) -> None:
     # Determinism: the timer ticks change when sets come out, never which ones.
     _, without_polls = run_timed(policy, n, queue_size, timeouts, arrivals, [], end)
     assert [(s.stamps_ns, s.missing) for s in without_polls] == [(s.stamps_ns, s.missing) for s in out]
+
+
+@st.composite
+def live_but_slow(draw):
+    """n periodic inputs with different rates, stamp offsets, arbitrary latencies (an input may lag the
+    others by up to 200 ms) and arrival jitter below the period, all alive over the same 1.5 s; each
+    τ_i just above input i's largest inter-arrival gap (and its start-up lag behind the first input).
+    The run stops at the first input's last message: after that, that input is dead, not slow."""
+    n = draw(st.integers(2, 4))
+    periods = [draw(st.integers(20, 150)) for _ in range(n)]
+    arrivals = []
+    for k in range(n):
+        offset, latency = draw(st.integers(0, 80)), draw(st.integers(0, 200))
+        jitter = draw(st.integers(0, periods[k] - 1))
+        for idx in range(1500 // periods[k] + 1):
+            stamp = (idx * periods[k] + offset) * MS
+            arrivals.append((stamp + (latency + draw(st.integers(0, jitter))) * MS, k, stamp, idx))
+    arrivals.sort()
+    times = [[a[0] for a in arrivals if a[1] == k] for k in range(n)]
+    stop = min(t[-1] for t in times)
+    first = min(t[0] for t in times)
+    timeouts = []
+    for k in range(n):
+        gap = max(b - a for a, b in zip(times[k], times[k][1:]))
+        timeouts.append((max(gap, times[k][0] - first) + 1) / 1e9)
+    return n, timeouts, [a for a in arrivals if a[0] <= stop]
+
+
+@SETTINGS
+@given(live_but_slow(), st.sampled_from(["approx", "exact"]))
+def test_inputs_arriving_within_their_timeout_are_never_omitted(params, policy) -> None:
+    """The sizing rule: an input whose messages arrive less than τ_i apart is never timed out, however
+    much it lags the others; the timeouts then change nothing at all."""
+    n, timeouts, arrivals = params
+    queue_size = len(arrivals) + 1
+    end = arrivals[-1][0]
+    timed, out = run_timed(policy, n, queue_size, timeouts, arrivals, [], end)
+    assert timed.omitted == [0] * n
+    plain, plain_out = run_timed(policy, n, queue_size, [None] * n, arrivals, [], end)
+    assert [s.messages for s in out] == [s.messages for s in plain_out]

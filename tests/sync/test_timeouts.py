@@ -73,15 +73,17 @@ def test_camera_rejoins_when_it_sends_again() -> None:
 
 
 def test_input_slower_than_others_but_within_timeout_is_never_omitted() -> None:
-    """'Merely slow' = each camera frame arrives less than τ after the oldest message waiting for it.
-    Here the camera lags the LiDAR by 110 ms at 10 Hz: τ = 0.25 s > period + offset + lag (230 ms)."""
-    sync = ApproximateTimeSynchronizer(2, 5, input_timeouts_s=[0.25, 0.25])
+    """'Merely slow' = late relative to the others, but its consecutive frames arrive less than τ
+    apart. Here the camera lags the LiDAR by 110 ms, more than its 100 ms period; τ = 0.15 s."""
+    sync = ApproximateTimeSynchronizer(2, 5, input_timeouts_s=[0.15, 0.15])
     out = replay(sync, lidar_camera(15, cam_latency=120 * MS), poll_period_ns=POLL, until_ns=2000 * MS)
     assert stamps_ms(out) == [(k * 100, k * 100 + 20) for k in range(15)]
     assert sync.omitted == [0, 0] and sync.dropped == [0, 0]
 
 
-def test_timeout_shorter_than_the_lag_omits_the_slow_input_and_counts_its_frames_late() -> None:
+def test_timeout_shorter_than_the_period_omits_the_slow_input_and_counts_its_frames_late() -> None:
+    """τ below the input's inter-arrival gap: the camera is declared absent between its frames, and
+    each frame arrives after its LiDAR scan has gone out without it."""
     sync = ApproximateTimeSynchronizer(2, 5, input_timeouts_s=[0.25, 0.05])
     out = replay(sync, lidar_camera(15, cam_latency=120 * MS), poll_period_ns=POLL)
     assert stamps_ms(out) == [(k * 100, None) for k in range(15)]
