@@ -67,9 +67,7 @@ def import_spconv():
             import spconv.pytorch as spconv
         except ImportError:
             return None
-    import spconv as sp
-
-    return spconv if getattr(sp, "__version__", "") else spconv
+    return spconv
 
 
 def spconv_version() -> str:

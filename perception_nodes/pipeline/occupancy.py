@@ -199,10 +199,11 @@ def _cell_lut(
     az = ((np.arctan2(dy, dx) + np.pi) * (n_az / (2.0 * np.pi))).astype(np.int32) % n_az
     n_rng = int(math.ceil(rho.max() / range_res)) + 2
     rbin = np.minimum((rho / range_res).astype(np.int32), n_rng - 1)
-    ang = (spec.resolution / np.maximum(rho, spec.resolution)) / (2.0 * np.pi / n_az)
+    ang = ((spec.resolution / np.maximum(rho, spec.resolution)) / (2.0 * np.pi / n_az)).astype(np.float32)
+    rho = rho.astype(np.float32)
     for a in (az, rbin, rho, ang):
-        a.setflags(write=False)
-    return az, rbin, rho.astype(np.float32), ang.astype(np.float32), n_rng
+        a.setflags(write=False)  # shared between calls through the cache
+    return az, rbin, rho, ang, n_rng
 
 
 def _height_from_ground_points(
