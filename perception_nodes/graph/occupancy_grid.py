@@ -29,6 +29,9 @@ from perception_nodes.pipeline.ground import GroundParams, segment_ground
 from perception_nodes.pipeline.occupancy import GridSpec, OccupancyParams, evidential_occupancy, to_occupancy_msg_data
 from perception_nodes.sync import ApproximateTimeSynchronizer, SyncedSet
 
+#: a stamp or clock going back by more than this is a time jump (bag loop, sensor clock reset)
+TIME_JUMP_NS = 1_000_000_000
+
 #: fallback matching of raw and obstacle points: a 1 cm lattice in base_link
 _MATCH_RES = 0.01
 
@@ -90,7 +93,9 @@ class OccupancyGridNode(NodeCore):
         self.unknown_vacuity = float(params.get("unknown_vacuity", 1.0))
         self._arrival_ns: dict[int, int] = {}
         self.fallback_frames = 0
+        self.time_jumps = 0
         self._last_now = 0
+        self._last_raw_stamp: int | None = None
 
     def warmup(self) -> None:
         pts = synthetic_scan()
@@ -113,6 +118,18 @@ class OccupancyGridNode(NodeCore):
     def on_message(self, topic: str, msg: Any) -> list[Emit]:
         idx = self.RAW if topic == self.raw_topic else self.OBSTACLE
         stamp = stamp_to_ns(msg.header.stamp)
+        if idx == self.RAW and self._last_raw_stamp is not None and stamp < self._last_raw_stamp:
+            # one sensor's stamps only go forward (DDS keeps a writer's order), so going back means a bag
+            # looped or the sensor's clock was reset: start over instead of dropping every later message
+            # as "older than the last set"
+            self._warn("time_jump", f"{topic}: stamp jumped back {(self._last_raw_stamp - stamp) / 1e9:.1f} s; "
+                       "synchroniser reset")
+            self.time_jumps += 1
+            self.sync.reset()
+            self._arrival_ns.clear()
+            self._last_now = 0
+        if idx == self.RAW:
+            self._last_raw_stamp = stamp
         now = self._monotonic_now()
         if idx == self.RAW:
             self._arrival_ns[stamp] = now
@@ -125,9 +142,14 @@ class OccupancyGridNode(NodeCore):
         return self._process_sets(self.sync.poll(self._monotonic_now()))
 
     def _monotonic_now(self) -> int:
-        """The node clock, held from going back (replay restarts it at each message's receive time;
-        a ROS clock jumps back when a bag loops) so time-outs never see time reverse."""
-        self._last_now = max(self.clock(), self._last_now)
+        """The node clock, held from going back by small steps (replay restarts it at each message's
+        receive time) so time-outs never see time reverse; a big step back (a looping bag under sim
+        time) restarts it."""
+        now = self.clock()
+        if now < self._last_now - TIME_JUMP_NS:
+            self.sync.reset()
+            self._last_now = now
+        self._last_now = max(now, self._last_now)
         return self._last_now
 
     def _process_sets(self, sets: list[SyncedSet]) -> list[Emit]:
