@@ -64,6 +64,9 @@ def test_kitti_bag_played_over_ros_yields_grids_and_latency_topics(kitti_bag, ro
         (topics.DIAGNOSTICS, topics.DIAGNOSTIC_ARRAY),
     ]
     probe, got = _probe(ros_context, live.executor, watch)
+    from perception_nodes.ros.monitor import DiagnosticsCollector
+
+    monitor = DiagnosticsCollector(probe)  # what `perception-stack monitor` shows
     player_node = rclpy.create_node("test_player", context=ros_context)
     player = BagPlayer(player_node, kitti_bag, topics=[topics.LIDAR_POINTS], log=lambda *_: None)
     assert player.wait_for_subscribers(15.0), "graph did not subscribe to the LiDAR topic"
@@ -91,6 +94,12 @@ def test_kitti_bag_played_over_ros_yields_grids_and_latency_topics(kitti_bag, ro
                                            for d in got[topics.DIAGNOSTICS] for s in d.status), 5.0)
     names = {s.name for d in got[topics.DIAGNOSTICS] for s in d.status}
     assert {"ground_segmentation: latency", "occupancy_grid: latency", "occupancy_grid: inputs"} <= names
+    from perception_nodes.latency.table import format_table
+
+    table = format_table(monitor.statuses)
+    rows = [line.split() for line in table.splitlines()[2:]]
+    assert ["occupancy_grid", "pipeline_latency"] in [r[:2] for r in rows]
+    assert ["ground_segmentation", "ground_segmentation"] in [r[:2] for r in rows]
     player_node.destroy_node()
     probe.destroy_node()
 

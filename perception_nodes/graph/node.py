@@ -114,6 +114,7 @@ class NodeCore:
         self.warnings: dict[str, str] = {}  # kind -> last message, shown on /diagnostics
         self._logged: set[str] = set()
         self._last_diag_ns: int | None = None
+        self._diag_had_frames = False
         self.transforms = StaticTransforms()
         calib = params.get("calibration_file") or ""
         if calib:
@@ -236,9 +237,12 @@ class NodeCore:
         return [lat, inp]
 
     def _maybe_diagnostics(self) -> list[Emit]:
+        """Health every ``diagnostics_period_s`` on the node clock, and as soon as the first frame is out."""
         now = self.clock()
-        if self._last_diag_ns is not None and now - self._last_diag_ns < self.diagnostics_period_ns:
+        first_result = self.frames_out > 0 and not self._diag_had_frames
+        if not first_result and self._last_diag_ns is not None and now - self._last_diag_ns < self.diagnostics_period_ns:
             return []
         self._last_diag_ns = now
+        self._diag_had_frames = self.frames_out > 0
         return [Emit(topics.DIAGNOSTICS, topics.DIAGNOSTIC_ARRAY,
                      diagnostic_array_msg(self.diagnostic_statuses(), now, self.backend))]
