@@ -17,7 +17,9 @@ def test_defaults_match_the_dataclass_defaults():
     p = load_params()
     assert set(NODE_TYPES) <= set(p)
     assert to_dataclass(GroundParams, p["ground_segmentation"]["ground"]) == GroundParams()
-    assert to_dataclass(OccupancyParams, p["occupancy_grid"]["evidence"]) == OccupancyParams()
+    evidence = dict(p["occupancy_grid"]["evidence"])
+    assert evidence.pop("ego_box") == [-2.5, 2.7, -1.7, 1.7]  # rig-specific: the KITTI car's footprint
+    assert to_dataclass(OccupancyParams, evidence) == OccupancyParams()
     assert to_dataclass(GridSpec, p["occupancy_grid"]["grid"]) == GridSpec()
 
 
