@@ -35,7 +35,7 @@ def _extent(msg: Any) -> list[float]:
 
 def plot_bev(stamp: int, occ: Any, unc: Any, gt: Any | None, path: Path) -> None:
     """Side by side: occupancy probability (unknown grey) and vacuity, with ground-truth boxes."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 7), constrained_layout=True)
     prob = grid_array(occ).astype(np.float32)
     shown = np.ma.masked_less(prob, 0)
     cmap = plt.get_cmap("RdYlGn_r").with_extremes(bad="#b0b0b0")
@@ -48,11 +48,14 @@ def plot_bev(stamp: int, occ: Any, unc: Any, gt: Any | None, path: Path) -> None
         ax.set_xlabel("x [m] (base_link)")
         ax.set_ylabel("y [m]")
         ax.plot(0, 0, marker="^", color="cyan", markersize=8)
+        ext = _extent(occ)
+        ax.set_xlim(ext[0], ext[1])
+        ax.set_ylim(ext[2], ext[3])
         if gt is not None:
             for box in boxes_from_detections(gt):
                 c = np.vstack([box.corners_xy(), box.corners_xy()[:1]])
-                ax.plot(c[:, 0], c[:, 1], color="deepskyblue", lw=1.2)
-    fig.savefig(path, dpi=80)
+                ax.plot(c[:, 0], c[:, 1], color="deepskyblue", lw=0.7, alpha=0.8)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

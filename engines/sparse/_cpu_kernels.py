@@ -262,8 +262,8 @@ def _merge_sym_group(keys, n, g, g_base, g_shift, g_nz, g_probe, g_k, n_k, pin, 
             d = keys[q] - t
             if d > span:
                 break
-            if (d & mask) == 0:
-                k = g_k[g, d >> shift]
+            k = g_k[g, d >> shift] if (d & mask) == 0 else n_k
+            if k < n_k:  # n_k: gap slot of a non-power-of-two z step
                 c = cnt[k]
                 pin[k, c] = q
                 pout[k, c] = o
