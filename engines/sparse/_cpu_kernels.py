@@ -120,25 +120,21 @@ def generative_candidates(
     kmax = disp.shape[1]
     cand = np.empty((3, kmax), np.int64)
     cnt = np.zeros(3, np.int64)
-    total = 0
-    for i in range(n):
-        prod = 1
-        for a in range(3):
-            c = 0
-            for k in range(ks[a]):
-                o = coords[i, a + 1] - disp[a, k]
-                if o % out_step[a] == 0 and o >= lo_b[a] and o <= hi_b[a]:
-                    c += 1
-            prod *= c
-        total += prod
-    out = np.empty(total, np.int64)
+    # power-of-two output pitch (the usual case): test grid membership with a mask, not a modulo
+    pow2 = True
+    for a in range(3):
+        if out_step[a] & (out_step[a] - 1) != 0:
+            pow2 = False
+    msk = out_step - 1
+    out = np.empty(n * ks[0] * ks[1] * ks[2], np.int64)
     t = 0
     for i in range(n):
         for a in range(3):
             c = 0
             for k in range(ks[a]):
                 o = coords[i, a + 1] - disp[a, k]
-                if o % out_step[a] == 0 and o >= lo_b[a] and o <= hi_b[a]:
+                on_grid = (o & msk[a]) == 0 if pow2 else o % out_step[a] == 0
+                if on_grid and o >= lo_b[a] and o <= hi_b[a]:
                     cand[a, c] = o
                     c += 1
             cnt[a] = c
@@ -150,7 +146,7 @@ def generative_candidates(
                 for iz in range(cnt[2]):
                     out[t] = ky + (cand[2, iz] - lo[2])
                     t += 1
-    return out
+    return out[:t]
 
 
 @nb.njit(cache=True, nogil=True)
