@@ -142,3 +142,34 @@ def test_malformed_cloud_over_ros_is_counted_and_the_node_keeps_running(kitti_ba
     assert _stamp(got[topics.OBSTACLE_POINTS][-1]) == 2 * 1_000_000_000
     pub_node.destroy_node()
     probe.destroy_node()
+
+
+def test_the_three_shell_workflow_live_play_monitor(kitti_bag):
+    """README's live workflow as separate processes: `live --use-sim-time`, `play --clock`, `monitor --once`."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ.copy()  # carries this run's ROS_DOMAIN_ID and the loopback range
+    cli = [sys.executable, "-m", "perception_nodes"]
+    live = subprocess.Popen([*cli, "live", "--use-sim-time", "--duration", "60"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        player = subprocess.Popen([*cli, "play", str(kitti_bag), "--clock", "--loop", "--wait-for-subscribers", "30",
+                                   "--topics", topics.LIDAR_POINTS], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            mon = subprocess.run([*cli, "monitor", "--once", "--duration", "45"], env=env, capture_output=True,
+                                 text=True, timeout=60)
+        finally:
+            player.terminate()
+            player.wait(timeout=10)
+    finally:
+        live.terminate()
+        out, _ = live.communicate(timeout=10)
+    assert mon.returncode == 0, mon.stderr
+    lines = mon.stdout.splitlines()
+    assert lines[0].split()[:2] == ["node", "stage"]
+    assert any(line.split()[:2] in (["occupancy_grid", "pipeline_latency"], ["ground_segmentation", "decode"])
+               for line in lines), mon.stdout
+    assert "live graph running: ground_segmentation, occupancy_grid" in out

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 #: Fast DDS profile for 2 MB clouds between processes on one host: shared-memory segments that hold a
 #: whole message and UDP on 127.0.0.1 only (see benchmarks/ros_hop.py: p50 ~5x lower than defaults).
@@ -33,3 +36,19 @@ def import_rclpy():
     import rclpy
 
     return rclpy
+
+
+@contextmanager
+def ros_node(name: str, args: list[str] | None = None, **node_kwargs: Any) -> Iterator[Any]:
+    """rclpy initialised, one node created; Ctrl-C ends the block quietly; everything torn down after."""
+    rclpy = import_rclpy()
+    rclpy.init(args=args)
+    node = rclpy.create_node(name, **node_kwargs)
+    try:
+        yield node
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()

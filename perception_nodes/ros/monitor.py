@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from perception_nodes.latency.table import format_table
-from perception_nodes.ros.env import import_rclpy
+from perception_nodes.ros.env import import_rclpy, ros_node
 
 
 class DiagnosticsCollector:
@@ -21,6 +21,11 @@ class DiagnosticsCollector:
         self.statuses: dict[str, tuple[int, str, dict[str, str]]] = {}
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on, profile("reliable"))
 
+    def has_latency(self) -> bool:
+        """True once some node reports latency samples (not just that it is alive)."""
+        return any(name.endswith(": latency") and any(k.endswith(".p50_ms") for k in values)
+                   for name, (_, _, values) in self.statuses.items())
+
     def _on(self, msg: Any) -> None:
         for s in msg.status:
             level = s.level if isinstance(s.level, int) else int.from_bytes(s.level, "little")
@@ -29,12 +34,10 @@ class DiagnosticsCollector:
 
 def run_monitor(duration_s: float | None = None, once: bool = False, period_s: float = 1.0) -> int:
     rclpy = import_rclpy()
-    rclpy.init()
-    node = rclpy.create_node("perception_monitor")
-    coll = DiagnosticsCollector(node)
-    end = None if duration_s is None else time.monotonic() + duration_s
-    last = 0.0
-    try:
+    with ros_node("perception_monitor") as node:
+        coll = DiagnosticsCollector(node)
+        end = None if duration_s is None else time.monotonic() + duration_s
+        last = 0.0
         while end is None or time.monotonic() < end:
             rclpy.spin_once(node, timeout_sec=0.1)
             now = time.monotonic()
@@ -42,6 +45,8 @@ def run_monitor(duration_s: float | None = None, once: bool = False, period_s: f
                 last = now
                 table = format_table(coll.statuses)
                 if once:
+                    if not coll.has_latency():  # nodes are up but no frame has been processed yet
+                        continue
                     print(table, flush=True)
                     return 0
                 sys.stdout.write("\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n")
@@ -49,10 +54,8 @@ def run_monitor(duration_s: float | None = None, once: bool = False, period_s: f
         if not coll.statuses:
             print("no /diagnostics received (is the graph running on this ROS_DOMAIN_ID?)", file=sys.stderr)
             return 1
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        if once:
+            print(format_table(coll.statuses), flush=True)
+            print("no latency samples yet: are the input topics being published?", file=sys.stderr)
+            return 1
     return 0

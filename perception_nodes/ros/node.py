@@ -97,18 +97,9 @@ def node_params(rclpy_node: Any, defaults: dict[str, Any]) -> dict[str, Any]:
 
 def main_single(node_name: str, args: list[str] | None = None) -> None:
     """Entry point of one node as its own process (the bringup package's executables)."""
-    from perception_nodes.ros.env import import_rclpy
+    from perception_nodes.ros.env import import_rclpy, ros_node
 
-    rclpy = import_rclpy()
-    rclpy.init(args=args)
-    node = rclpy.create_node(node_name, automatically_declare_parameters_from_overrides=True)
-    params = node_params(node, load_params()[node_name])
-    runner = CoreNode(node, NODE_TYPES[node_name], params)
-    try:
-        rclpy.spin(runner.node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    with ros_node(node_name, args, automatically_declare_parameters_from_overrides=True) as node:
+        params = node_params(node, load_params()[node_name])
+        runner = CoreNode(node, NODE_TYPES[node_name], params)
+        import_rclpy().spin(runner.node)

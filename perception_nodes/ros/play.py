@@ -15,7 +15,7 @@ from typing import Any
 
 from perception_nodes.bags import BagReader
 from perception_nodes.bags.writer import LATCHED_TOPICS
-from perception_nodes.ros.env import import_rclpy
+from perception_nodes.ros.env import ros_node
 
 CLOCK_PERIOD_S = 0.01
 CLOCK_TAIL_S = 0.5
@@ -105,10 +105,7 @@ class BagPlayer:
 
 def run_play(bag: str | Path, rate: float = 1.0, clock: bool = False, topics: list[str] | None = None,
              loop: bool = False, wait_s: float = 0.0) -> int:
-    rclpy = import_rclpy()
-    rclpy.init()
-    node = rclpy.create_node("perception_bag_player")
-    try:
+    with ros_node("perception_bag_player") as node:
         player = BagPlayer(node, bag, topics)
         if wait_s > 0 and not player.wait_for_subscribers(wait_s):
             print(f"warning: not every topic has a subscriber after {wait_s} s; playing anyway", flush=True)
@@ -117,10 +114,4 @@ def run_play(bag: str | Path, rate: float = 1.0, clock: bool = False, topics: li
             print("played: " + ", ".join(f"{t} x{n}" for t, n in sorted(sent.items())), flush=True)
             if not loop:
                 break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
     return 0
