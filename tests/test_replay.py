@@ -154,3 +154,32 @@ def test_a_looping_bag_time_jump_resets_the_synchroniser(kitti_bag, tmp_path):
     res = replay(dst, None, tmp_path / "out", progress=False, report=False)
     assert res.latency["frames_out"]["occupancy_grid"] == 6
     assert res.output_counts[topics.OCCUPANCY_GRID] == 6
+
+
+def test_empty_and_nan_clouds_still_yield_grids_and_are_reported(kitti_bag, tmp_path):
+    from perception_nodes.codecs.pointcloud2 import create_xyzi_cloud, read_xyzi
+
+    b = default_backend()
+    dst = tmp_path / "odd"
+    with BagReader(kitti_bag) as r, BagWriter(dst) as w:
+        recs = list(r.records())
+        for rec in recs:
+            w.write(rec.topic, rec.msgtype, rec.log_time_ns, rec.msg)
+        cloud = next(x.msg for x in recs if x.topic == topics.LIDAR_POINTS)
+        t_end = max(x.log_time_ns for x in recs)
+        pts = np.array(read_xyzi(cloud))
+        pts[::3, :3] = np.nan  # a third of the returns missing, as an is_dense=false driver sends them
+        w.write(topics.LIDAR_POINTS, topics.POINTCLOUD2, t_end + 100_000_000,
+                create_xyzi_cloud(pts, t_end + 100_000_000, "velodyne", b))
+        w.write(topics.LIDAR_POINTS, topics.POINTCLOUD2, t_end + 200_000_000,
+                create_xyzi_cloud(np.zeros((0, 4), np.float32), t_end + 200_000_000, "velodyne", b))
+    res = replay(dst, None, tmp_path / "out", progress=False, report=False)
+    assert res.latency["frames_out"] == {"ground_segmentation": 5, "occupancy_grid": 5}
+    assert res.latency["malformed_inputs"] == {}
+    _, empty_grid, empty_unc = res.grids[-1]
+    assert (grid_array(empty_grid) == -1).all() and (grid_array(empty_unc) == 100).all()
+    _, nan_grid, _ = res.grids[-2]
+    assert (grid_array(nan_grid) >= 65).sum() > 50  # the finite two thirds still make a grid
+    diags = [m for t, _, m in _decoded(tmp_path / "out" / "outputs.mcap") if t == topics.DIAGNOSTICS]
+    msgs = " ".join(s.message for d in diags for s in d.status if s.name == "ground_segmentation: inputs")
+    assert "non-finite points removed" in msgs and "empty cloud" in msgs
