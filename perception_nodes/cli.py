@@ -34,6 +34,21 @@ def _cmd_replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from perception_nodes.replay import replay
+
+    res = replay(a.bag, a.config, a.out, progress=not a.quiet, require_ground_truth=True)
+    m = res.metrics or {}
+    print(f"{m.get('frames_scored', 0)} frames scored -> {a.out}/metrics.json, report.html")
+    if m.get("occupancy"):
+        o = m["occupancy"]
+        print("occupancy: " + ", ".join(f"{k} {o[k]:.3f}" for k in ("iou", "precision", "recall", "ece",
+                                                                   "vacuity_auroc_unseen_vs_seen") if o.get(k) is not None))
+    if m.get("objects"):
+        print(f"objects within {m['objects']['range_m']:g} m seen as occupied: recall {m['objects']['recall']:.3f}")
+    return 0
+
+
 def _cmd_convert_kitti(a: argparse.Namespace) -> int:
     from perception_nodes.bags.kitti import convert_kitti
 
@@ -88,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-report", action="store_true", help="skip report.html")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_replay)
+
+    ev = sub.add_parser("evaluate", help="replay a bag with ground truth and score the outputs",
+                        description="Replay BAG through the graph (as `replay`) and score the outputs against the "
+                        "bag's ground truth: occupancy IoU/precision/recall, ECE with a reliability diagram, "
+                        "vacuity AUROC (unseen vs seen, wrong vs right cells), Chamfer distance (generated "
+                        "scenarios carry GT occupancy + visibility); recall of labelled objects as occupied cells "
+                        "(any bag with /ground_truth/objects); KITTI AP R40 and nuScenes mAP when the graph "
+                        "publishes detections. Writes OUT/metrics.json and OUT/report.html (+ outputs.mcap, "
+                        "latency.json).")
+    ev.add_argument("--bag", type=Path, required=True, help="bag with /ground_truth/* topics")
+    ev.add_argument("--config", type=Path, help="params YAML")
+    ev.add_argument("--out", type=Path, default=Path("out/evaluate"), help="output folder (default: out/evaluate)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=_cmd_evaluate)
 
     c = sub.add_parser("convert", help="convert datasets into rosbag2 MCAP bags")
     csub = c.add_subparsers(dest="format", required=True, metavar="FORMAT")

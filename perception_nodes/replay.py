@@ -27,10 +27,9 @@ from perception_nodes import topics
 from perception_nodes.bags import BagReader, OutputBag
 from perception_nodes.codecs.backend import default_backend
 from perception_nodes.config import load_params
+from perception_nodes.evaluation import GROUND_TRUTH_TOPICS, Evaluator, write_metrics
 from perception_nodes.graph import NodeCore, build_graph, resolve_topic
 from perception_nodes.latency import LatencySeries, summarize
-
-GROUND_TRUTH_TOPICS = (topics.GT_OBJECTS,)
 
 
 class ReplayClock:
@@ -79,6 +78,7 @@ class ReplayResult:
     ground_truth: dict[int, Any] = field(default_factory=dict)  # stamp -> Detection3DArray
     grids: list[tuple[int, Any, Any]] = field(default_factory=list)  # (stamp, occupancy, uncertainty)
     samples: dict[str, list[float]] = field(default_factory=dict)  # "<node>/<key>" -> every sample (ms)
+    metrics: dict[str, Any] | None = None  # scores against the bag's ground truth (metrics.json)
 
 
 def _end_to_end_node(nodes: list[NodeCore]) -> NodeCore:
@@ -92,6 +92,7 @@ def run_graph(
     *,
     progress: bool = True,
     on_output: Callable[[str, Any], None] | None = None,
+    evaluator: Evaluator | None = None,
 ) -> ReplayResult:
     """Replay ``bag`` through the graph configured by ``params``; write outputs and latency.json."""
     clock = ReplayClock()
@@ -122,6 +123,8 @@ def run_graph(
                     out_bag.write(name, e.msgtype, clock.now(), e.msg)
                     if on_output is not None:
                         on_output(name, e.msg)
+                    if evaluator is not None:
+                        evaluator.prediction(name, e.msg)
                     if name in grid_topics:
                         stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
                         pending_grid.setdefault(stamp, {})[name] = e.msg
@@ -149,7 +152,10 @@ def run_graph(
             bag_read.add(read_ms)
             frame_read_ms += read_ms
             if rec.topic in GROUND_TRUTH_TOPICS:
-                result.ground_truth[rec.msg.header.stamp.sec * 1_000_000_000 + rec.msg.header.stamp.nanosec] = rec.msg
+                if rec.topic == topics.GT_OBJECTS:
+                    result.ground_truth[rec.msg.header.stamp.sec * 1_000_000_000 + rec.msg.header.stamp.nanosec] = rec.msg
+                if evaluator is not None:
+                    evaluator.ground_truth(rec.topic, rec.msg)
                 if rec.topic not in subs:
                     continue
             clock.set(rec.log_time_ns)
@@ -178,12 +184,8 @@ def run_graph(
             result.grids.append((stamp, g[topics.OCCUPANCY_GRID], g[topics.OCCUPANCY_UNCERTAINTY]))
     result.latency = latency_report(nodes, bag_read, overhead)
     result.samples = {f"{n.name}/{k}": list(v.all or []) for n in nodes for k, v in n.latency.series.items()}
-    (out_dir / "latency.json").write_text(json.dumps(result.latency, indent=2, allow_nan=False, default=_nan_to_none))
+    (out_dir / "latency.json").write_text(json.dumps(result.latency, indent=2, allow_nan=False))
     return result
-
-
-def _nan_to_none(v: Any) -> Any:  # pragma: no cover - json fallback
-    return None
 
 
 def _clean(d: dict) -> dict:
@@ -224,16 +226,28 @@ def replay(
     *,
     progress: bool = True,
     report: bool = True,
+    require_ground_truth: bool = False,
 ) -> ReplayResult:
-    """CLI entry: replay a bag (default: the embedded scenario) and write outputs, latency and report."""
+    """Replay a bag (default: the embedded scenario); write outputs, latency, metrics (when the bag has
+    ground truth) and the report. ``require_ground_truth`` makes a bag without any an error."""
     params = load_params(config)
     if bag is None:
         from perception_nodes.scenario.bag import default_scenario_bag
 
         bag = default_scenario_bag(progress=progress)
+    bag = Path(bag)
+    with BagReader(bag) as reader:
+        has_gt = any(t in reader.topics for t in GROUND_TRUTH_TOPICS)
+    if require_ground_truth and not has_gt:
+        raise ValueError(f"{bag} carries no ground truth ({', '.join(GROUND_TRUTH_TOPICS)})")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = run_graph(Path(bag), params, out_dir, progress=progress)
+    evaluator = Evaluator() if has_gt else None
+    result = run_graph(bag, params, out_dir, progress=progress, evaluator=evaluator)
+    if evaluator is not None:
+        result.metrics = evaluator.results(out_dir)
+        result.metrics["latency_end_to_end"] = result.latency["end_to_end"]
+        write_metrics(result.metrics, out_dir)
     if report:
         from perception_nodes.report import write_report
 

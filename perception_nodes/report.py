@@ -7,6 +7,7 @@ tail, not by a table. Images are written as PNG files next to the HTML.
 from __future__ import annotations
 
 import html
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,6 +84,33 @@ def plot_latency(latency_series: dict[str, list[float]], path: Path, budgets: di
     plt.close(fig)
 
 
+def _metrics_html(metrics: dict | None) -> str:
+    """Scores against the bag's ground truth (metrics.json), with the reliability diagram."""
+    if not metrics:
+        return "<h2>Metrics</h2><p>the bag carries no ground truth: nothing to score</p>"
+
+    def rows(d: dict) -> str:
+        return "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float)
+                       else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in d.items() if not isinstance(v, dict) and k != "reliability_diagram")
+
+    parts = [f"<h2>Metrics ({metrics.get('frames_scored', 0)} frames scored; metrics.json)</h2>"]
+    occ = metrics.get("occupancy")
+    if occ:
+        parts.append(f"<h3>Occupancy vs ground truth (visible cells)</h3><table>{rows(occ)}</table>")
+        if occ.get("reliability_diagram"):
+            parts.append(f'<img src="{occ["reliability_diagram"]}" width="520">')
+    obj = metrics.get("objects")
+    if obj:
+        per = "".join(f"<tr><td>{html.escape(c)}</td><td>{v['hit']}/{v['total']}</td></tr>" for c, v in obj["per_class"].items())
+        parts.append(f"<h3>Labelled objects within {obj['range_m']:g} m seen as occupied: recall "
+                     f"{(obj['recall'] or 0):.3f}</h3><table>{per}</table>")
+    det = metrics.get("detection")
+    if det:
+        parts.append(f"<h3>Detection</h3><pre>{html.escape(json.dumps(det, indent=1))}</pre>")
+    return "\n".join(parts)
+
+
 def write_report(result: ReplayResult) -> Path:
     """Write ``report.html`` (+ PNGs) into the replay's output folder and return its path."""
     out = result.out_dir
@@ -123,6 +151,7 @@ replay overhead per frame p50 {over['p50_ms'] or 0:.2f} ms.</p>
 {'<img src="latency_hist.png" width="1200">' if series else ''}
 <table><tr><th>node/stage</th><th>count</th><th>mean ms</th><th>p50</th><th>p90</th><th>p99</th><th>max</th><th>jitter</th><th>budget</th><th>misses</th></tr>
 {''.join(rows)}</table>
+{_metrics_html(result.metrics)}
 <h2>Outputs</h2><p>{html.escape(', '.join(f'{k}: {v}' for k, v in sorted(result.output_counts.items())))}</p>
 </body></html>"""
     path = out / "report.html"

@@ -476,3 +476,146 @@ def scatter_rows(dst, order, a, src):
         row = order[a + r]
         for x in range(c):
             dst[row, x] = src[r, x]
+
+
+# --------------------------------------------------------------------------------------------------
+# Output-blocked gather-GEMM-scatter
+# --------------------------------------------------------------------------------------------------
+
+
+@nb.njit(cache=True, nogil=True)
+def block_bounds(out_idx, ptr, n_out, rows):
+    """bnd[k, b] = first pair of offset k whose output row is >= b * rows (pairs sorted by output).
+
+    Returns (bnd, ok); ok is False when some offset's pairs are not sorted by output row, in which
+    case the caller uses the unblocked loop.
+    """
+    n_k = ptr.shape[0] - 1
+    n_b = (n_out + rows - 1) // rows
+    bnd = np.empty((n_k, n_b + 1), np.int64)
+    for k in range(n_k):
+        a = ptr[k]
+        e = ptr[k + 1]
+        for p in range(a + 1, e):
+            if out_idx[p] < out_idx[p - 1]:
+                return bnd, False
+        p = a
+        for b in range(n_b + 1):
+            lim = b * rows
+            while p < e and out_idx[p] < lim:
+                p += 1
+            bnd[k, b] = p
+    return bnd, True
+
+
+@nb.njit(cache=True, nogil=True)
+def gather_block(src, in_idx, bnd, b, dst):
+    c = src.shape[1]
+    r = 0
+    for k in range(bnd.shape[0]):
+        for p in range(bnd[k, b], bnd[k, b + 1]):
+            i = in_idx[p]
+            for j in range(c):
+                dst[r, j] = src[i, j]
+            r += 1
+
+
+@nb.njit(cache=True, nogil=True)
+def scatter_block(dst, out_idx, bnd, b, src):
+    c = src.shape[1]
+    r = 0
+    for k in range(bnd.shape[0]):
+        for p in range(bnd[k, b], bnd[k, b + 1]):
+            o = out_idx[p]
+            for j in range(c):
+                dst[o, j] += src[r, j]
+            r += 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Generative maps straight from candidates
+# --------------------------------------------------------------------------------------------------
+
+
+@nb.njit(cache=True, nogil=True)
+def generative_pairs_keys(coords, disp, ks, out_step, lo_b, hi_b, lo, rng, pbits):
+    """Like :func:`generative_candidates`, but each candidate carries its pair in the low bits:
+    ``out_key << pbits | (in_row * K + k)``. Sorting these int64s sorts outputs and groups each
+    output's pairs: the map is read off in one pass, with no merge."""
+    n = coords.shape[0]
+    kmax = disp.shape[1]
+    cand = np.empty((3, kmax), np.int64)
+    cidx = np.empty((3, kmax), np.int64)
+    cnt = np.zeros(3, np.int64)
+    pow2 = True
+    for a in range(3):
+        if out_step[a] & (out_step[a] - 1) != 0:
+            pow2 = False
+    msk = out_step - 1
+    K = ks[0] * ks[1] * ks[2]
+    out = np.empty(n * K, np.int64)
+    t = 0
+    for i in range(n):
+        for a in range(3):
+            c = 0
+            for k in range(ks[a]):
+                o = coords[i, a + 1] - disp[a, k]
+                on_grid = (o & msk[a]) == 0 if pow2 else o % out_step[a] == 0
+                if on_grid and o >= lo_b[a] and o <= hi_b[a]:
+                    cand[a, c] = o
+                    cidx[a, c] = k
+                    c += 1
+            cnt[a] = c
+        bk = np.int64(coords[i, 0]) * rng[0]
+        base_payload = np.int64(i) * K
+        for ix in range(cnt[0]):
+            kx = (bk + (cand[0, ix] - lo[0])) * rng[1]
+            ox = cidx[0, ix] * ks[1]
+            for iy in range(cnt[1]):
+                ky = (kx + (cand[1, iy] - lo[1])) * rng[2]
+                oy = (ox + cidx[1, iy]) * ks[2]
+                for iz in range(cnt[2]):
+                    key = ky + (cand[2, iz] - lo[2])
+                    out[t] = (key << pbits) | (base_payload + oy + cidx[2, iz])
+                    t += 1
+    return out[:t]
+
+
+@nb.njit(cache=True, nogil=True)
+def read_sorted_pairs(sorted_keys, pbits, K):
+    """From sorted ``out_key << pbits | in_row * K + k``: unique output keys, out_in_map, CSR pairs."""
+    n = sorted_keys.shape[0]
+    mask = (np.int64(1) << pbits) - 1
+    out_keys = np.empty(n, np.int64)
+    n_out = 0
+    prev = np.int64(-1)
+    counts = np.zeros(K + 1, np.int64)
+    for j in range(n):
+        key = sorted_keys[j] >> pbits
+        if key != prev:
+            out_keys[n_out] = key
+            n_out += 1
+            prev = key
+        counts[(sorted_keys[j] & mask) % K + 1] += 1
+    m = np.full((n_out, K), -1, np.int32)
+    for k in range(K):
+        counts[k + 1] += counts[k]
+    in_idx = np.empty(n, np.int32)
+    out_idx = np.empty(n, np.int32)
+    pos = counts[:K].copy()
+    o = -1
+    prev = np.int64(-1)
+    for j in range(n):
+        key = sorted_keys[j] >> pbits
+        if key != prev:
+            o += 1
+            prev = key
+        pl = sorted_keys[j] & mask
+        i = pl // K
+        k = pl - i * K
+        m[o, k] = i
+        p = pos[k]
+        in_idx[p] = i
+        out_idx[p] = o
+        pos[k] = p + 1
+    return out_keys[:n_out].copy(), m, in_idx, out_idx, counts

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .dataflow_gather_scatter import gather_scatter
+from .dataflow_gather_scatter import gather_scatter, gather_scatter_blocked
 from .dataflow_implicit_gemm import implicit_gemm, implicit_gemm_torch
 from .kernel_map import KernelMap
 
@@ -33,6 +33,7 @@ Dataflow = Callable[[torch.Tensor, torch.Tensor, KernelMap], torch.Tensor]
 
 DATAFLOWS: dict[str, Dataflow] = {
     "gather_scatter": gather_scatter,
+    "gather_scatter_blocked": gather_scatter_blocked,
     "implicit_gemm": lambda x, w, km: implicit_gemm(x, w, km, sort=False),
     "implicit_gemm_sorted": lambda x, w, km: implicit_gemm(x, w, km, sort=True),
     "implicit_gemm_torch": implicit_gemm_torch,
@@ -42,7 +43,7 @@ DATAFLOWS: dict[str, Dataflow] = {
 def candidates_for(device: torch.device) -> list[str]:
     if device.type == "cuda":
         return ["gather_scatter", "implicit_gemm", "implicit_gemm_sorted"]
-    return ["gather_scatter", "implicit_gemm", "implicit_gemm_sorted"]
+    return ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted"]
 
 
 def device_name(device: torch.device) -> str:

@@ -73,7 +73,10 @@ def sparse_conv(
     """Functional sparse convolution of features ``x`` along ``kmap``."""
     y = run_dataflow(dataflow, x, weight, kmap)
     if bias is not None:
-        y = y + bias
+        if torch.is_grad_enabled() and (y.requires_grad or bias.requires_grad):
+            y = y + bias
+        else:
+            y.add_(bias)  # y is a fresh tensor: no extra [N, C] allocation
     return y
 
 
@@ -142,12 +145,23 @@ class _SparseConvNd(nn.Module):
         km = self.kernel_map(x)
         return self._apply_map(x, km)
 
-    def _apply_map(self, x: SparseTensor, km: KernelMap) -> SparseTensor:
+    def forward_with(self, x: SparseTensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> SparseTensor:
+        """Run this layer's geometry with other parameters (used for inference-time BN folding)."""
+        km = self.kernel_map(x)
+        return self._apply_map(x, km, weight, bias)
+
+    def _features(self, x: SparseTensor, km: KernelMap, weight: Optional[torch.Tensor],
+                  bias: Optional[torch.Tensor]) -> torch.Tensor:
         ctx = _export_mode()
         if ctx is not None:
-            feats = ctx.conv(self, x.feats, km)  # type: ignore[attr-defined]
-        else:
-            feats = sparse_conv(x.feats, self.weight, km, self.bias, self.dataflow)
+            return ctx.conv(self, x.feats, km)  # type: ignore[attr-defined]
+        if weight is None:
+            weight, bias = self.weight, self.bias
+        return sparse_conv(x.feats, weight, km, bias, self.dataflow)
+
+    def _apply_map(self, x: SparseTensor, km: KernelMap, weight: Optional[torch.Tensor] = None,
+                   bias: Optional[torch.Tensor] = None) -> SparseTensor:
+        feats = self._features(x, km, weight, bias)
         if km.out_coords is x.coords and km.geometry.kind == "subm":
             return x.replace(feats)
         return x.with_coords(feats, km.out_coords, km.geometry.out_stride, km.out_spatial_shape)
@@ -240,12 +254,9 @@ class SparseInverseConv3d(_SparseConvNd):
             raise ValueError("input of the inverse convolution is not the output of the layer it inverts")
         return fwd.inverse()
 
-    def _apply_map(self, x: SparseTensor, km: KernelMap) -> SparseTensor:
-        ctx = _export_mode()
-        if ctx is not None:
-            feats = ctx.conv(self, x.feats, km)  # type: ignore[attr-defined]
-        else:
-            feats = sparse_conv(x.feats, self.weight, km, self.bias, self.dataflow)
+    def _apply_map(self, x: SparseTensor, km: KernelMap, weight: Optional[torch.Tensor] = None,
+                   bias: Optional[torch.Tensor] = None) -> SparseTensor:
+        feats = self._features(x, km, weight, bias)
         fwd_geom = km.geometry
         return x.with_coords(feats, km.out_coords, fwd_geom.in_stride, km.out_spatial_shape)
 

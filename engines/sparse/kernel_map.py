@@ -336,6 +336,43 @@ def _out_keys_cpu(geom: ConvGeometry, coords: np.ndarray, pk: Packing, spatial_s
     return keys[:n].copy()
 
 
+def _generative_direct(geom: ConvGeometry, coords: np.ndarray, pk: Packing, spatial_shape: Triple | None,
+                       n_in: int, K: int):
+    """Generative (strided or transposed) map read off sorted (output key | pair) candidates.
+
+    Every candidate (input, offset) of a generative layer *is* a pair, so one sort of int64s that
+    carry the pair in their low bits yields sorted unique outputs, ``out_in_map`` and the CSR pairs
+    without a merge. Returns None when the key and pair bits do not fit in 63 bits, or for floor mode
+    (whose pairs also include inputs that did not create the output).
+    """
+    from . import _cpu_kernels as ck
+
+    if geom.kind == "subm" or (geom.kind == "down" and geom.mode == "floor"):
+        return None
+    pbits = max(1, int(n_in * K).bit_length())
+    bmax = int(coords[:, 0].max()) if n_in else 0
+    key_bits = int((bmax + 1) * int(np.prod(pk.rng))).bit_length()
+    if key_bits + pbits > 62:
+        return None
+    ax = geom.axis_displacements()
+    kmax = max(len(v) for v in ax)
+    disp = np.zeros((3, kmax), np.int64)
+    for a in range(3):
+        disp[a, : len(ax[a])] = ax[a]
+    out_step = np.array(geom.out_stride, np.int64)
+    out_shape = geom.out_spatial_shape(spatial_shape)
+    lo_b = np.zeros(3, np.int64)
+    if out_shape is None:
+        hi_b = np.full(3, np.iinfo(np.int64).max // 4, np.int64)
+    else:
+        hi_b = (np.array(out_shape, np.int64) - 1) * out_step
+    ks = np.array(geom.kernel_size, np.int64)
+    cand = ck.generative_pairs_keys(coords, disp, ks, out_step, lo_b, hi_b, pk.lo, pk.rng, pbits)
+    cand.sort()
+    out_keys, m, in_idx, out_idx, ptr = ck.read_sorted_pairs(cand, pbits, K)
+    return out_keys, m, (in_idx, out_idx, ptr)
+
+
 def build_kernel_map(
     coords: torch.Tensor,
     geometry: ConvGeometry,
@@ -386,6 +423,21 @@ def _build_numba(coords_t: torch.Tensor, geom: ConvGeometry, spatial_shape: Trip
         km._extras["in_spatial_shape"] = spatial_shape
         return km
 
+    direct = _generative_direct(geom, coords, pk, spatial_shape, n_in, K)
+    if direct is not None:
+        out_keys, m, pairs = direct
+        km = KernelMap(
+            geometry=geom,
+            n_in=n_in,
+            out_coords=torch.from_numpy(ck.unpack_keys(out_keys, pk.lo, pk.rng)).to(coords_t.device),
+            out_spatial_shape=out_shape,
+            in_coords=coords_t,
+            identity_offset=-1,
+            _pairs=pairs,
+            _out_in_map=m,
+        )
+        km._extras["in_spatial_shape"] = spatial_shape
+        return km
     out_keys = _out_keys_cpu(geom, coords, pk, spatial_shape)
     out_coords = ck.unpack_keys(out_keys, pk.lo, pk.rng)
     bases, shifts, nzs, probes, gk, slots = _groups(geom, pk, half=False)

@@ -6,8 +6,9 @@ match spconv networks, which use plain ``nn.BatchNorm1d`` / ``nn.ReLU`` inside `
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from .tensor import SparseTensor
@@ -43,10 +44,66 @@ class SparseSequential(nn.Sequential):
 
     _sparse_module = True
 
+    def __init__(self, *args: nn.Module, fuse: bool = True) -> None:
+        super().__init__(*args)
+        self.fuse = fuse
+
     def forward(self, x: Any) -> Any:  # type: ignore[override]
-        for module in self:
+        mods = list(self)
+        i = 0
+        while i < len(mods):
+            module = mods[i]
+            fused = self._try_fused(mods, i, x) if self.fuse else None
+            if fused is not None:
+                x, i = fused
+                continue
             if isinstance(x, SparseTensor) and not getattr(module, "_sparse_module", False):
                 x = x.replace(module(x.feats))
             else:
                 x = module(x)
+            i += 1
         return x
+
+    def _try_fused(self, mods: list[nn.Module], i: int, x: Any) -> Optional[tuple[SparseTensor, int]]:
+        """conv -> BatchNorm (-> ReLU) at inference: fold the BN into the conv, ReLU in place.
+
+        Saves two full passes over the features per block (TensorRT does the same folding). Only
+        when nothing needs gradients and the BN uses running statistics; exact up to rounding.
+        """
+        from . import conv as conv_mod
+
+        if i + 1 >= len(mods) or not isinstance(x, SparseTensor) or conv_mod._export_mode() is not None:
+            return None
+        c, bn = mods[i], mods[i + 1]
+        if not isinstance(c, conv_mod._SparseConvNd) or type(bn) not in (nn.BatchNorm1d, SparseBatchNorm):
+            return None
+        if bn.training or c.training or torch.is_grad_enabled() or not bn.track_running_stats:
+            return None
+        w, b = _folded(c, bn)  # type: ignore[arg-type]
+        y = c.forward_with(x, w, b)
+        nxt = i + 2
+        if nxt < len(mods) and type(mods[nxt]) in (nn.ReLU, SparseReLU):
+            y.feats.relu_()
+            nxt += 1
+        return y, nxt
+
+
+def _folded(c: nn.Module, bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv weight/bias with an eval-mode BatchNorm folded in; cached until any parameter changes."""
+    params = [c.weight, c.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias]
+    key = tuple((id(p), p._version) if p is not None else None for p in params)
+    cached = c.__dict__.get("_bn_fold")
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    with torch.no_grad():
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        if c.bias is not None:
+            shift = shift + c.bias * scale
+        w = (c.weight * scale).contiguous()
+    c.__dict__["_bn_fold"] = (key, w, shift)
+    return w, shift

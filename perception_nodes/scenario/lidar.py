@@ -40,7 +40,9 @@ SURFACE_ROAD = -1
 SURFACE_MARKING = -2
 SURFACE_SIDEWALK = -3
 SURFACE_CURB = -4
-SURFACE_REFLECTIVITY = {SURFACE_ROAD: 0.12, SURFACE_MARKING: 0.8, SURFACE_SIDEWALK: 0.3, SURFACE_CURB: 0.3}
+SURFACE_GRASS = -5
+SURFACE_REFLECTIVITY = {SURFACE_ROAD: 0.12, SURFACE_MARKING: 0.8, SURFACE_SIDEWALK: 0.3, SURFACE_CURB: 0.3,
+                        SURFACE_GRASS: 0.45}
 
 _HDL64_ELEVATIONS = tuple(
     np.round(np.concatenate([np.linspace(2.0, -8.33, 32), np.linspace(-8.83, -24.9, 32)]), 4).tolist()
@@ -155,50 +157,97 @@ def _safe(d: np.ndarray) -> np.ndarray:
     return np.where(np.abs(d) < 1e-12, 1e-12, d)
 
 
+@dataclass
+class GroundHits:
+    """First ground hit of each ray (arrays shaped like the rays): ``t`` in units of the direction
+    vectors (inf: no hit), ``cos_inc`` = |cos| of the incidence angle, ``src`` a ``SURFACE_*`` code,
+    and the hit's road coordinates ``s`` (along the centre line) and ``lat`` (signed, + left)."""
+
+    t: np.ndarray
+    cos_inc: np.ndarray
+    src: np.ndarray
+    s: np.ndarray
+    lat: np.ndarray
+
+
+def cast_ground(ground, origin, dx, dy, dz) -> GroundHits:
+    """Intersect rays from ``origin`` (map frame) with directions (dx, dy, dz) with the ground.
+
+    The road is the base plane between the curbs (``|lateral| <= road_half_width`` in road
+    coordinates), the verge beyond them is ``curb_height`` higher, and the curb faces join the two.
+    A ray that passes the verge level over the road and reaches the base plane beyond a curb hit the
+    curb's face: the crossing is found by interpolating the lateral offset between the two plane hits
+    (exact on a straight road, within the sagitta of that short stretch on a curve). Painted lines
+    are marked on road hits. Directions need not be unit vectors: ``t`` is in their units (range for
+    unit vectors, depth for camera rays with z_optical = 1).
+    """
+    dx, dy, dz = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (dx, dy, dz)))
+    shape = dx.shape
+    ox, oy, oz = (float(v) for v in origin)
+    g = ground.grade
+    h0 = oz - g * ox  # origin height above the base plane
+    hd_all = dz - g * dx  # d(height above base plane)/dt
+    idx = np.flatnonzero(hd_all < -1e-12)
+    dx, dy, dz, hd = (a.reshape(-1)[idx] for a in (dx, dy, dz, hd_all))
+    norm = np.sqrt(dx * dx + dy * dy + dz * dz)
+    t_road = -h0 / hd
+    s_r, lat_r, head_r = ground.road_coords(ox + t_road * dx, oy + t_road * dy)
+    hw, hc = ground.road_half_width, ground.curb_height
+    outside = SURFACE_SIDEWALK if ground.verge == "sidewalk" else SURFACE_GRASS
+    cos_plane = np.abs(hd) / (norm * math.sqrt(1.0 + g * g))
+    if hc > 0.0 and h0 > hc:
+        t_side = (hc - h0) / hd
+        s_s, lat_s, _ = ground.road_coords(ox + t_side * dx, oy + t_side * dy)
+        on_side = np.abs(lat_s) >= hw
+        on_road = ~on_side & (np.abs(lat_r) <= hw)
+        curb = ~on_side & ~on_road
+        target = np.copysign(hw, lat_r)
+        den = lat_r - lat_s
+        frac = np.clip((target - lat_s) / np.where(np.abs(den) < 1e-12, 1e-12, den), 0.0, 1.0)
+        t_curb = t_side + frac * (t_road - t_side)
+        t = np.where(on_side, t_side, np.where(on_road, t_road, t_curb))
+        src = np.where(on_side, outside, np.where(on_road, SURFACE_ROAD, SURFACE_CURB)).astype(np.int32)
+        s_hit = np.where(on_side, s_s, np.where(on_road, s_r, s_s + frac * (s_r - s_s)))
+        lat_hit = np.where(on_side, lat_s, np.where(on_road, lat_r, target))
+        nx, ny = -np.sin(head_r), np.cos(head_r)
+        cos_curb = np.abs(dx * nx + dy * ny) / norm
+        cos_inc = np.where(curb, cos_curb, cos_plane)
+    else:
+        t = t_road
+        on_road = np.abs(lat_r) <= hw
+        src = np.where(on_road, SURFACE_ROAD, outside).astype(np.int32)
+        s_hit, lat_hit, cos_inc = s_r, lat_r, cos_plane
+
+    # painted lines on the road
+    half = ground.marking_width / 2.0
+    paint = np.zeros(idx.shape, dtype=bool)
+    dashes = np.mod(s_hit, ground.dash_period) < ground.dash_length
+    for offset, dashed in ground.painted_lines:
+        near = np.abs(lat_hit - offset) <= half
+        paint |= (near & dashes) if dashed else near
+    src = np.where((src == SURFACE_ROAD) & paint, SURFACE_MARKING, src).astype(np.int32)
+
+    def full(values, fill, dtype):
+        out = np.full(int(np.prod(shape)), fill, dtype=dtype)
+        out[idx] = values
+        return out.reshape(shape)
+
+    return GroundHits(
+        t=full(t, np.inf, np.float64),
+        cos_inc=full(cos_inc, 0.0, np.float64),
+        src=full(src, SURFACE_ROAD, np.int32),
+        s=full(s_hit, 0.0, np.float64),
+        lat=full(lat_hit, 0.0, np.float64),
+    )
+
+
 def _cast_ground(ground, origin, cos_el, sin_el, cos_az, sin_az):
     """Range, |cos incidence| and source code of the first ground hit of every ray (world axes)."""
-    ox, oy, oz = origin
-    s = ground.grade
     dx = cos_el[:, None] * cos_az[None, :]
     dy = cos_el[:, None] * sin_az[None, :]
     dz = np.broadcast_to(sin_el[:, None], dx.shape)
-    h0 = oz - s * ox  # sensor height above the base plane
-    hd = dz - s * dx  # d(height above base plane)/d(range)
-    down = hd < -1e-12
-    hd_safe = np.where(down, hd, -1.0)
-    t_road = np.where(down, -h0 / hd_safe, np.inf)
-    cos_plane = np.abs(hd) / math.sqrt(1.0 + s * s)
-    src = np.full(dx.shape, SURFACE_ROAD, dtype=np.int32)
-
-    hc, hw = ground.curb_height, ground.road_half_width
-    if hc > 0.0:
-        t_road = np.where(down & (np.abs(oy + np.where(down, t_road, 0.0) * dy) <= hw), t_road, np.inf)
-        t_side = np.where(down, (hc - h0) / hd_safe, 0.0)
-        t_side = np.where(down & (t_side > 0) & (np.abs(oy + t_side * dy) >= hw), t_side, np.inf)
-        t = np.minimum(t_road, t_side)
-        src = np.where(t_side < t_road, SURFACE_SIDEWALK, src).astype(np.int32)
-        cos_inc = cos_plane
-        dy_safe = _safe(dy)
-        for curb_y in (hw, -hw):
-            t_c = (curb_y - oy) / dy_safe
-            h_c = h0 + t_c * hd
-            ok = (t_c > 0) & (h_c >= 0.0) & (h_c <= hc) & (t_c < t)
-            t = np.where(ok, t_c, t)
-            src = np.where(ok, SURFACE_CURB, src)
-            cos_inc = np.where(ok, np.abs(dy), cos_inc)
-    else:
-        t, cos_inc = t_road, cos_plane
-
-    # painted lines on the road: dashed centre line, solid lines between lanes and parking strips
-    road = src == SURFACE_ROAD
-    finite = np.isfinite(t)
-    tt = np.where(finite, t, 0.0)
-    hx, hy = ox + tt * dx, oy + tt * dy
-    half = ground.marking_width / 2.0
-    centre = (np.abs(hy) <= half) & (np.mod(hx, ground.dash_period) < ground.dash_length)
-    edge = np.abs(np.abs(hy) - ground.lane_width) <= half
-    src = np.where(road & finite & (centre | edge), SURFACE_MARKING, src).astype(np.int32)
-    return t, cos_inc, src
+    hits = cast_ground(ground, origin, dx, dy, dz)
+    return hits.t, hits.cos_inc, hits.src
 
 
 def _cast_box(box_c, box_yaw, half, model, tables, t_best, cos_best, src_best, code):
@@ -272,11 +321,13 @@ def cast_scan(
     rng: np.random.Generator | int | None = None,
     *,
     mount_height: float = LIDAR_HEIGHT,
+    boxes: list | None = None,
 ) -> ScanResult:
     """Simulate the sweep taken at time ``t`` from the ego's LiDAR; see the module doc for the model.
 
     ``rng`` (a ``np.random.Generator``, or a seed for one) drives noise and dropout: the same
     generator state gives a bit-identical scan. A fixed number of variates is drawn per sweep.
+    ``boxes``: the scene's world boxes at ``t`` when the caller has them already (``actors_at``).
     """
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
@@ -296,7 +347,8 @@ def cast_scan(
     src_best = np.array(src_best, dtype=np.int32)
 
     # actors, in the lidar frame
-    boxes = actors_at(scene, t)
+    if boxes is None:
+        boxes = actors_at(scene, t)
     refl = {}
     for b in boxes:
         wx, wy = b.center[0] - ex, b.center[1] - ey
@@ -357,9 +409,10 @@ def render_scan(
     rng: np.random.Generator | int | None = None,
     *,
     mount_height: float = LIDAR_HEIGHT,
+    boxes: list | None = None,
 ) -> np.ndarray:
     """(N, 4) float32 [x, y, z, intensity] in the lidar frame of the sweep at time ``t``."""
-    return cast_scan(scene, t, beam_model, rng, mount_height=mount_height).points
+    return cast_scan(scene, t, beam_model, rng, mount_height=mount_height, boxes=boxes).points
 
 
 def boxes_in_lidar(boxes, ego_pose, mount_height: float = LIDAR_HEIGHT):

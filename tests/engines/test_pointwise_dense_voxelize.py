@@ -102,3 +102,38 @@ def test_devoxelize_renormalises_missing_corners() -> None:
     grid = VoxelGrid((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (8, 8, 8))
     out = devoxelize_trilinear(x, torch.tensor([[3.7, 3.2, 3.9]]), grid)
     assert torch.allclose(out, torch.tensor([[2.0]]))
+
+
+def test_inference_bn_folding_matches_separate_layers() -> None:
+    x = random_sparse(400, 4, dtype=torch.float32, seed=42)
+    torch.manual_seed(0)
+    seq = SparseSequential(SubMConv3d(4, 8, 3, bias=True), nn.BatchNorm1d(8), nn.ReLU(), SubMConv3d(8, 8, 3), SparseBatchNorm(8))
+    g = torch.Generator().manual_seed(1)
+    for m in seq.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.copy_(torch.rand(8, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(8, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(8, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(8, generator=g) - 0.5)
+    seq.eval()
+    with torch.no_grad():
+        fused = seq(x).feats
+        seq.fuse = False
+        plain = seq(x).feats
+    assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-6)
+    # parameters changed in place -> the folded copy is rebuilt
+    seq.fuse = True
+    with torch.no_grad():
+        seq[1].running_mean.add_(1.0)
+        again = seq(x).feats
+        seq.fuse = False
+        want = seq(x).feats
+    assert torch.allclose(again, want, rtol=1e-5, atol=1e-6) and not torch.allclose(again, fused)
+
+
+def test_training_mode_is_not_folded() -> None:
+    x = random_sparse(200, 4, dtype=torch.float32, seed=43)
+    seq = SparseSequential(SubMConv3d(4, 8, 3), nn.BatchNorm1d(8), nn.ReLU()).train()
+    before = seq[1].running_mean.clone()
+    seq(x)
+    assert not torch.equal(seq[1].running_mean, before)  # BN ran as a layer and updated its statistics

@@ -1,0 +1,23 @@
+"""Trainable branches by name. A new branch subclasses :class:`~perception_nodes.learning.branches.base.Branch`
+and adds itself to :data:`BRANCHES` (planned: camera BEV, stereo depth, fusion, control with an NIG head)."""
+
+from __future__ import annotations
+
+from perception_nodes.learning.branches.base import Batch, Branch, Sample
+from perception_nodes.learning.branches.lidar_occupancy import LidarOccupancyBranch
+
+#: branch name -> class (``perception-stack train <name>``)
+BRANCHES: dict[str, type[Branch]] = {
+    LidarOccupancyBranch.name: LidarOccupancyBranch,
+}
+
+
+def get_branch(name: str) -> type[Branch]:
+    """The branch class registered as ``name``; ValueError listing the known ones otherwise."""
+    try:
+        return BRANCHES[name]
+    except KeyError:
+        raise ValueError(f"unknown branch {name!r} (known: {', '.join(sorted(BRANCHES))})") from None
+
+
+__all__ = ["BRANCHES", "Batch", "Branch", "LidarOccupancyBranch", "Sample", "get_branch"]

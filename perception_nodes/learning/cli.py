@@ -1,0 +1,44 @@
+"""``perception-stack train <branch> --config FILE``: the command's body (the parser lives in
+:mod:`perception_nodes.cli`). torch is imported only when the command runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+__all__ = ["TRAIN_EPILOG", "train_main"]
+
+TRAIN_EPILOG = """examples:
+  perception-stack train lidar_occupancy --config configs/train/lidar_occupancy.yaml
+  perception-stack train lidar_occupancy --config configs/train/lidar_occupancy.yaml --resume
+  perception-stack train lidar_occupancy --config configs/train/lidar_occupancy.yaml --epochs 20 --out out/train/long
+
+The run folder gets config.json, metrics.jsonl (one line per epoch: train loss, validation metrics),
+checkpoints/epoch_NNNN/ (safetensors + JSON, never pickle) and the final model.safetensors.
+"""
+
+
+def train_main(branch: str, config: Path, *, out: Path | None, resume: bool, epochs: int | None,
+               progress: bool) -> int:
+    """Train ``branch`` with ``config``; prints a summary and returns the exit status (0 ok, 130 when
+    interrupted). Configuration, data and checkpoint problems raise ``ValueError`` subclasses (and
+    ``FileNotFoundError``), which the CLI reports as ``error: ...`` with status 2."""
+    from perception_nodes.learning.trainer import train
+
+    try:
+        res = train(config, branch=branch, out=out, resume=resume, epochs=epochs, progress=progress)
+    except KeyboardInterrupt:
+        where = out or "the run folder"
+        print(f"\ninterrupted; the last completed epoch is checkpointed in {where}: continue with --resume",
+              file=sys.stderr)
+        return 130
+    last = res.history[-1] if res.history else {}
+    val = last.get("val", {})
+    per_epoch = sum(res.epoch_seconds) / len(res.epoch_seconds) if res.epoch_seconds else float("nan")
+    print(f"{branch}: {res.epochs} epoch(s) -> {res.model_path} "
+          f"(data {res.data_seconds:.1f} s, {per_epoch:.1f} s/epoch"
+          + (f", resumed from epoch {res.resumed_from}" if res.resumed_from else "") + ")")
+    if val:
+        print("validation: " + "  ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)))
+    print(f"metrics per epoch: {res.run_dir / 'metrics.jsonl'}")
+    return 0

@@ -1,0 +1,156 @@
+"""Training data from bags: resolve (and generate) the bags of a split, turn every used frame into a
+branch sample, keep the samples in memory.
+
+* ``{path: DIR}`` sources are read as they are; ``{generate: {...}}`` sources are rendered once with
+  ``perception_nodes.scenario.generate.generate_bag`` into the cache folder (name from the scenario, seed,
+  duration and LiDAR plus a hash of all arguments; an interrupted generation leaves only a ``.tmp``
+  folder that the next run replaces); ``{fixture: {...}}`` sources likewise with
+  :func:`perception_nodes.learning.fixtures.write_fixture_bag`.
+* Frames come from :func:`perception_nodes.datasets.read_bag_frames` (LiDAR points, transforms and the
+  ground-truth grids by stamp); the branch turns each into features + targets
+  (:meth:`~perception_nodes.learning.branches.base.Branch.prepare_frame`); frames without the branch's
+  ground truth are skipped and counted.
+* Real data in the shared data folder is refused for training (evaluation only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from perception_nodes.learning.branches.base import Branch, Sample
+from perception_nodes.learning.config import BagSource
+
+__all__ = ["DataError", "SHARED_DATA", "SplitData", "default_cache_dir", "load_split", "resolve_source"]
+
+log = logging.getLogger(__name__)
+
+#: the shared real-data folder beside the checkout (evaluation only, never training)
+SHARED_DATA = (Path(__file__).resolve().parents[3] / "shared" / "data").resolve()
+
+
+class DataError(ValueError):
+    """A data split that cannot be built (missing bag, no usable frame, real data for training)."""
+
+
+def default_cache_dir() -> Path:
+    """``$PERCEPTION_NODES_CACHE`` (or ``$XDG_CACHE_HOME``, ``~/.cache``) ``/perception_nodes/train_bags``."""
+    from perception_nodes.scenario.bag import cache_dir
+
+    return cache_dir() / "train_bags"
+
+
+def _is_shared_real_data(path: Path) -> bool:
+    try:
+        path.resolve().relative_to(SHARED_DATA)
+    except ValueError:
+        return False
+    return True
+
+
+def _key(kind: str, kwargs: dict[str, Any], version: Any) -> str:
+    blob = json.dumps({"kind": kind, "version": version, "kwargs": kwargs}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _generate_into(target: Path, make: Any) -> Path:
+    """Run ``make(out_path)`` into a temporary folder of the same name, then move it into place."""
+    if (target / "metadata.yaml").is_file():
+        return target
+    tmp_parent = target.parent / f".{target.name}.tmp"
+    shutil.rmtree(tmp_parent, ignore_errors=True)
+    tmp_parent.mkdir(parents=True)
+    make(tmp_parent / target.name)  # rosbags names the storage file after the folder: keep the name
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp_parent / target.name, target)
+    shutil.rmtree(tmp_parent, ignore_errors=True)
+    return target
+
+
+def resolve_source(src: BagSource, cache_dir: Path, *, progress: bool = True, role: str = "train") -> Path:
+    """The bag folder of a source, generating it into ``cache_dir`` first when needed."""
+    if src.path is not None:
+        path = Path(src.path).expanduser()
+        if role == "train" and _is_shared_real_data(path):
+            raise DataError(f"{path}: real data from {SHARED_DATA} is for evaluation only, never for training")
+        if not path.exists():
+            raise DataError(f"{path}: no such bag")
+        return path
+    if src.generate is not None:
+        kwargs = dict(src.generate)
+        try:
+            from perception_nodes.scenario import generate as gen
+        except ImportError as exc:
+            raise DataError("data source 'generate' needs perception_nodes.scenario.generate.generate_bag, "
+                            f"which this checkout lacks ({exc}); use 'path' or 'fixture' sources") from exc
+        kwargs.setdefault("cameras", False)  # LiDAR branches need no images; much faster to render
+        version = getattr(gen, "SCENARIO_VERSION", None) or getattr(gen, "GENERATOR_VERSION", None)
+        name = (f"{kwargs.get('scenario', 'default')}_seed{kwargs.get('seed', 0)}_{kwargs.get('duration_s', 'd')}s_"
+                f"{kwargs.get('lidar', 'lidar')}_{_key('generate', kwargs, version)}")
+        if "faults" in kwargs and isinstance(kwargs["faults"], dict):
+            kwargs["faults"] = gen.Faults(**kwargs["faults"])
+        return _generate_into(cache_dir / name, lambda out: gen.generate_bag(out, progress=progress, **kwargs))
+    from perception_nodes.learning import fixtures
+
+    kwargs = dict(src.fixture or {})
+    name = f"fixture_seed{kwargs.get('seed', 0)}_{_key('fixture', kwargs, fixtures.FIXTURE_VERSION)}"
+    return _generate_into(cache_dir / name, lambda out: fixtures.write_fixture_bag(out, **kwargs))
+
+
+@dataclass
+class SplitData:
+    """Samples of one split plus where they came from."""
+
+    samples: list[Sample]
+    bags: list[Path]
+    skipped: int
+
+
+def load_split(sources: Sequence[BagSource], branch: Branch, *, cache_dir: Path, role: str,
+               progress: bool = True) -> SplitData:
+    """Every used frame of ``sources`` as branch samples, in source order (see the module docstring)."""
+    from perception_nodes import topics
+    from perception_nodes.bags import BagReader
+    from perception_nodes.datasets import read_bag_frames
+
+    samples: list[Sample] = []
+    bags: list[Path] = []
+    skipped = 0
+    for src in sources:
+        bag = resolve_source(src, cache_dir, progress=progress, role=role)
+        bags.append(bag)
+        with BagReader(bag) as reader:
+            total = reader.message_counts.get(topics.LIDAR_POINTS, 0)
+        limit = -(-total // src.stride)
+        if src.max_frames:
+            limit = min(limit, src.max_frames)
+        used = 0
+        bar = tqdm(total=limit, desc=f"{role} features {bag.name}", unit="frame", disable=not progress, leave=False)
+        try:
+            for i, frame in enumerate(read_bag_frames(bag)):
+                if i % src.stride:
+                    continue
+                sample = branch.prepare_frame(frame)
+                if sample is None:
+                    skipped += 1
+                    continue
+                samples.append(sample)
+                used += 1
+                bar.update()
+                if src.max_frames and used >= src.max_frames:
+                    break
+        finally:
+            bar.close()
+        if used == 0:
+            raise DataError(f"{bag}: no frame with the ground truth branch {branch.name!r} needs "
+                            "(generated bags carry /ground_truth/occupancy and its visibility)")
+    return SplitData(samples=samples, bags=bags, skipped=skipped)
