@@ -159,15 +159,15 @@ def test_the_three_shell_workflow_live_play_monitor(kitti_bag):
                                    "--topics", topics.LIDAR_POINTS], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            mon = subprocess.run([*cli, "monitor", "--once", "--duration", "45"], env=env, capture_output=True,
-                                 text=True, timeout=60)
+            mon = subprocess.run([*cli, "monitor", "--once", "--duration", "90"], env=env, capture_output=True,
+                                 text=True, timeout=120)
         finally:
             player.terminate()
-            player.wait(timeout=10)
+            played, _ = player.communicate(timeout=10)
     finally:
         live.terminate()
         out, _ = live.communicate(timeout=10)
-    assert mon.returncode == 0, mon.stderr
+    assert mon.returncode == 0, (mon.stderr, out[-3000:], played[-2000:])
     lines = mon.stdout.splitlines()
     assert lines[0].split()[:2] == ["node", "stage"]
     assert any(line.split()[:2] in (["occupancy_grid", "pipeline_latency"], ["ground_segmentation", "decode"])

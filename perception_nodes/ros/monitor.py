@@ -22,8 +22,8 @@ class DiagnosticsCollector:
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on, profile("reliable"))
 
     def has_latency(self) -> bool:
-        """True once some node reports latency samples (not just that it is alive)."""
-        return any(name.endswith(": latency") and any(k.endswith(".p50_ms") for k in values)
+        """True once some node reports processed frames (not just that it is alive)."""
+        return any(name.endswith(": latency") and "processing_time.p50_ms" in values
                    for name, (_, _, values) in self.statuses.items())
 
     def _on(self, msg: Any) -> None:

@@ -45,7 +45,11 @@ class CoreNode:
             self._subs.append(
                 rclpy_node.create_subscription(cls, port.topic, self._callback(port.topic), profile(port.qos))
             )
-        self._timer = rclpy_node.create_timer(TICK_PERIOD_S, self._on_tick)
+        # ticks run on the steady clock: under use_sim_time a ROS-clock timer stops whenever /clock does,
+        # and health must keep flowing exactly then
+        from rclpy.clock import Clock, ClockType
+
+        self._timer = rclpy_node.create_timer(TICK_PERIOD_S, self._on_tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def _callback(self, topic: str):
         def cb(msg: Any) -> None:

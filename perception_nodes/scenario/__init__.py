@@ -1,17 +1,23 @@
-"""The embedded default scenario: a procedural street scene and a rotating-LiDAR simulator.
+"""The scenario generator: procedural driving scenes, a rotating-LiDAR and camera simulator, ground truth.
 
 Example::
 
     from perception_nodes.scenario import *
-    scene = default_scene(seed=0)
+    scene = SCENARIOS["curved_road"](seed=0)           # or default_scene(0), the embedded default
     cloud = render_scan(scene, 1.0, BeamModel.hdl64(), np.random.default_rng(0))  # (N, 4), lidar frame
     truth = boxes_in_base_link(actors_at(scene, 1.0, OBJECT_LABELS), ego_pose3d(1.0, scene))
+    left = render_camera(scene, 1.0, camera_rig()["left"], 0)  # .rgb, .depth
+    generate_bag("out/bag", scenario="highway", seed=3, faults=Faults(lidar_sector_deg=(60, 120)))
 
 Nothing is downloaded; everything is a pure function of (seed, t).
 """
 
+from perception_nodes.scenario.camera import CameraFrame, CameraSpec, camera_rig, disparity_from_depth, render_camera
+from perception_nodes.scenario.faults import Faults, parse_faults
+from perception_nodes.scenario.generate import generate_bag
 from perception_nodes.scenario.lidar import (
     LIDAR_HEIGHT,
+    SURFACE_GRASS,
     SURFACE_CURB,
     SURFACE_MARKING,
     SURFACE_ROAD,
@@ -32,6 +38,7 @@ from perception_nodes.scenario.scene import (
     Actor,
     EgoTrajectory,
     Ground,
+    RoadPath,
     Scene,
     actors_at,
     boxes_in_base_link,
@@ -40,31 +47,44 @@ from perception_nodes.scenario.scene import (
     ego_pose,
     ego_pose3d,
 )
+from perception_nodes.scenario.scenarios import SCENARIOS, make_scene
 
 __all__ = [
     "ALL_LABELS",
     "LIDAR_HEIGHT",
     "OBJECT_LABELS",
     "STATIC_LABELS",
+    "SCENARIOS",
     "SURFACE_CURB",
+    "SURFACE_GRASS",
     "SURFACE_MARKING",
     "SURFACE_ROAD",
     "SURFACE_SIDEWALK",
     "Actor",
     "BeamModel",
+    "CameraFrame",
+    "CameraSpec",
+    "Faults",
     "EgoTrajectory",
     "Ground",
+    "RoadPath",
     "ScanResult",
     "Scene",
     "actors_at",
     "boxes_in_base_link",
     "boxes_in_lidar",
     "boxes_in_map",
+    "camera_rig",
     "cast_scan",
     "default_scene",
+    "disparity_from_depth",
     "ego_pose",
     "ego_pose3d",
+    "generate_bag",
     "hdl64",
+    "make_scene",
+    "parse_faults",
+    "render_camera",
     "render_scan",
     "vlp16",
     "vlp32",

@@ -1,8 +1,10 @@
 """The embedded default scenario as a rosbag2 MCAP bag (what ``replay`` runs without ``--bag``).
 
-Generated on first use from :func:`~perception_nodes.scenario.scene.default_scene` with the KITTI rig
-(HDL-64-like LiDAR 1.73 m above ``base_link``) and cached; same seed and version, same bytes' worth of
-messages, so nothing is downloaded and every run replays the same data.
+It is the generator's ``urban_street`` scenario (:func:`~perception_nodes.scenario.generate.generate_bag`):
+seed 0, 5 s at 10 Hz, the KITTI rig (HDL-64-like LiDAR 1.73 m above ``base_link``), the stereo pair and
+mono camera at a small resolution (:data:`DEFAULT_CAMERA_RESOLUTION`, to keep ``make demo`` quick), and
+all ground-truth topics. Generated on first use and cached; same seed and version, same messages, so
+nothing is downloaded and every run replays the same data.
 """
 
 from __future__ import annotations
@@ -11,47 +13,30 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
-from perception_nodes import topics
-from perception_nodes.calibration import load_rig, tf_message
-from perception_nodes.codecs.backend import default_backend
-from perception_nodes.codecs.detections import detections_msg
-from perception_nodes.codecs.outputs import marker_array_msg
-from perception_nodes.codecs.pointcloud2 import create_xyzi_cloud
-from perception_nodes.scenario.lidar import BeamModel, render_scan
-from perception_nodes.scenario.scene import OBJECT_LABELS, POLE, actors_at, boxes_in_base_link, default_scene, ego_pose3d
+from perception_nodes.scenario.generate import BASE_FRAME, GENERATOR_VERSION, LIDAR_FRAME, PERIOD_NS, START_NS
 
 #: bump when the generator's output changes, so stale caches are not replayed
-SCENARIO_VERSION = 1
-START_NS = 1_700_000_000 * 1_000_000_000
-PERIOD_NS = 100_000_000
-LIDAR_FRAME = "velodyne"
-BASE_FRAME = "base_link"
+SCENARIO_VERSION = GENERATOR_VERSION
+DEFAULT_SCENARIO = "urban_street"
+DEFAULT_DURATION_S = 5.0
+DEFAULT_CAMERA_RESOLUTION = (320, 96)
+
+__all__ = ["BASE_FRAME", "LIDAR_FRAME", "PERIOD_NS", "SCENARIO_VERSION", "START_NS", "cache_dir",
+           "default_scenario_bag", "write_scenario_bag"]
 
 
-def write_scenario_bag(out: str | Path, *, seed: int = 0, duration_s: float = 5.0, progress: bool = True) -> Path:
-    """Render the default scene at 10 Hz for ``duration_s`` into a new bag at ``out``."""
-    from perception_nodes.bags.writer import BagWriter
+def write_scenario_bag(out: str | Path, *, seed: int = 0, duration_s: float = DEFAULT_DURATION_S,
+                       progress: bool = True, **options) -> Path:
+    """Render the default scenario at 10 Hz for ``duration_s`` into a new bag at ``out``.
 
-    scene = default_scene(seed)
-    beams = BeamModel.hdl64()
-    rig = load_rig("kitti_hdl64.yaml")
-    backend = default_backend()
-    rng = np.random.default_rng(seed)
-    n = max(1, int(round(duration_s * 10)))
-    with BagWriter(out) as bag:
-        bag.write(topics.TF_STATIC, topics.TF_MESSAGE, START_NS, tf_message(rig.as_list(), START_NS, backend))
-        for i in tqdm(range(n), desc="generate default scenario", unit="frame", disable=not progress):
-            t = i * PERIOD_NS / 1e9
-            stamp = START_NS + i * PERIOD_NS
-            scan = render_scan(scene, t, beams, rng)
-            bag.write(topics.LIDAR_POINTS, topics.POINTCLOUD2, stamp, create_xyzi_cloud(scan, stamp, LIDAR_FRAME, backend))
-            boxes = [b for b in boxes_in_base_link(actors_at(scene, t), ego_pose3d(t, scene)) if b.label in (*OBJECT_LABELS, POLE)]
-            bag.write(topics.GT_OBJECTS, topics.DETECTIONS, stamp, detections_msg(boxes, stamp, BASE_FRAME, backend))
-            bag.write(topics.GT_MARKERS, topics.MARKER_ARRAY, stamp, marker_array_msg(boxes, stamp, BASE_FRAME, "ground_truth", backend))
-    return Path(out)
+    ``options`` go to :func:`~perception_nodes.scenario.generate.generate_bag` (e.g. ``cameras=False``,
+    ``scenario="curved_road"``); by default the cameras render at :data:`DEFAULT_CAMERA_RESOLUTION`.
+    """
+    from perception_nodes.scenario.generate import generate_bag
+
+    options.setdefault("scenario", DEFAULT_SCENARIO)
+    options.setdefault("camera_resolution", DEFAULT_CAMERA_RESOLUTION)
+    return generate_bag(out, seed=seed, duration_s=duration_s, progress=progress, **options)
 
 
 def cache_dir() -> Path:

@@ -292,6 +292,38 @@ def _box_window(corners_cam: np.ndarray, cam: CameraSpec) -> tuple[int, int, int
     return c0, c1, r0, r1
 
 
+def _box_windows(boxes, origin: np.ndarray, r_ow: np.ndarray, cam: CameraSpec) -> dict[int, tuple]:
+    """index -> (c0, c1, r0, r1, nearest corner depth) of every box whose projection meets the image."""
+    if not boxes:
+        return {}
+    centers = np.array([b.center for b in boxes], dtype=np.float64)
+    halves = np.array([b.size for b in boxes], dtype=np.float64) / 2.0
+    yaws = np.array([b.yaw for b in boxes], dtype=np.float64)
+    c, s = np.cos(yaws)[:, None], np.sin(yaws)[:, None]
+    local = _UNIT_CORNERS[None, :, :] * halves[:, None, :]  # (N, 8, 3)
+    world = np.stack([c * local[..., 0] - s * local[..., 1], s * local[..., 0] + c * local[..., 1], local[..., 2]],
+                     axis=-1) + centers[:, None, :]
+    cam_pts = (world - origin) @ r_ow.T  # (N, 8, 3)
+    z = cam_pts[..., 2]
+    out = {}
+    all_front = np.all(z > NEAR, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = cam.cx + cam.fx * cam_pts[..., 0] / z
+        v = cam.cy + cam.fy * cam_pts[..., 1] / z
+    c0 = np.maximum(np.floor(u.min(axis=1)) - 1, 0)
+    c1 = np.minimum(np.ceil(u.max(axis=1)) + 1, cam.width - 1)
+    r0 = np.maximum(np.floor(v.min(axis=1)) - 1, 0)
+    r1 = np.minimum(np.ceil(v.max(axis=1)) + 1, cam.height - 1)
+    z_min = z.min(axis=1)
+    for i in np.flatnonzero(all_front & (c0 <= c1) & (r0 <= r1)):
+        out[int(i)] = (int(c0[i]), int(c1[i]), int(r0[i]), int(r1[i]), float(z_min[i]))
+    for i in np.flatnonzero(~all_front & np.any(z > NEAR, axis=1)):  # crossing the near plane: clip
+        win = _box_window(cam_pts[i], cam)
+        if win is not None:
+            out[int(i)] = (*win, float(z_min[i]))
+    return out
+
+
 _UNIT_CORNERS = np.array([[1, 1, 1], [-1, 1, 1], [-1, -1, 1], [1, -1, 1],
                           [1, 1, -1], [-1, 1, -1], [-1, -1, -1], [1, -1, -1]], dtype=np.float64)
 
@@ -339,46 +371,53 @@ def render_camera(
         boxes = actors_at(scene, t)
     info = {}
     r_ow = r_wo.T
-    for b in boxes:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_dz = 1.0 / dzw  # boxes are yaw-only, so a ray's z component is the same in every box frame
+    # all boxes' corners in the camera frame at once, then their pixel windows
+    wins = _box_windows(boxes, origin, r_ow, cam)
+    # nearest boxes first, so that pixels already covered by something nearer can be skipped
+    order = sorted(wins, key=lambda k: wins[k][4])
+    for k in order:
+        b = boxes[k]
+        c0, c1, r0, r1, z_min = wins[k]
         c_w = np.asarray(b.center, dtype=np.float64)
         half = np.asarray(b.size, dtype=np.float64) / 2.0
         r_wb_box = _rot_z(b.yaw)
-        corners_w = (_UNIT_CORNERS * half) @ r_wb_box.T + c_w
-        corners_c = (corners_w - origin) @ r_ow.T
-        win = _box_window(corners_c, cam)
-        if win is None:
-            continue
-        c0, c1, r0, r1 = win
         aid = int(b.extras["actor_id"])
         info[aid] = b
-        m = r_wb_box.T @ r_wo  # optical direction -> box frame
-        o = r_wb_box.T @ (origin - c_w)
-        xs, ys = xn[c0:c1 + 1][None, :], yn[r0:r1 + 1][:, None]
-        dx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
-        dy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-        dz = m[2, 0] * xs + m[2, 1] * ys + m[2, 2]
-        ix, iy, iz = 1.0 / _safe(dx), 1.0 / _safe(dy), 1.0 / _safe(dz)
-        hl, hw, hh = half
-        tx1, tx2 = (-hl - o[0]) * ix, (hl - o[0]) * ix
-        ty1, ty2 = (-hw - o[1]) * iy, (hw - o[1]) * iy
-        tz1, tz2 = (-hh - o[2]) * iz, (hh - o[2]) * iz
-        txn, tyn, tzn = np.minimum(tx1, tx2), np.minimum(ty1, ty2), np.minimum(tz1, tz2)
-        t_near = np.maximum(np.maximum(txn, tyn), tzn)
-        t_far = np.minimum(np.minimum(np.maximum(tx1, tx2), np.maximum(ty1, ty2)), np.maximum(tz1, tz2))
+        # pixels whose current depth is beyond the box's nearest possible depth (the rest are hidden)
         sub = depth[r0:r1 + 1, c0:c1 + 1]
-        better = (t_near <= t_far) & (t_near > NEAR) & (t_near < sub)
-        if not better.any():
+        lr, lc = np.nonzero(sub > max(z_min, NEAR))
+        if len(lr) == 0:
             continue
-        rr, cc = np.nonzero(better)
-        tn = t_near[rr, cc]
-        ddx, ddy, ddz = dx[rr, cc], dy[rr, cc], dz[rr, cc]
-        axis = np.where(tn == txn[rr, cc], 0, np.where(tn == tyn[rr, cc], 1, 2))
+        R, C = lr + r0, lc + c0
+        o = r_wb_box.T @ (origin - c_w)  # camera centre in the box frame
+        cb, sb = math.cos(b.yaw), math.sin(b.yaw)
+        DX, DY = dxw[R, C], dyw[R, C]
+        dx = cb * DX + sb * DY  # ray directions in the box frame
+        dy = cb * DY - sb * DX
+        hl, hw, hh = half
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ix, iy, iz = 1.0 / dx, 1.0 / dy, inv_dz[R, C]
+            tx1, tx2 = (-hl - o[0]) * ix, (hl - o[0]) * ix
+            ty1, ty2 = (-hw - o[1]) * iy, (hw - o[1]) * iy
+            tz1, tz2 = (-hh - o[2]) * iz, (hh - o[2]) * iz
+            txn, tyn, tzn = np.minimum(tx1, tx2), np.minimum(ty1, ty2), np.minimum(tz1, tz2)
+            t_near = np.maximum(np.maximum(txn, tyn), tzn)
+            t_far = np.minimum(np.minimum(np.maximum(tx1, tx2), np.maximum(ty1, ty2)), np.maximum(tz1, tz2))
+            better = (t_near <= t_far) & (t_near > NEAR) & (t_near < depth[R, C])
+        hit = np.flatnonzero(better)
+        if len(hit) == 0:
+            continue
+        tn = t_near[hit]
+        ddx, ddy = dx[hit], dy[hit]
+        R, C = R[hit], C[hit]
+        ddz = dzw[R, C]
+        axis = np.where(tn == txn[hit], 0, np.where(tn == tyn[hit], 1, 2))
         comp = np.choose(axis, (ddx, ddy, ddz))
-        fc = (2 * axis + (comp > 0)).astype(np.int8)  # a ray going +x enters through the -x face
-        R, C = rr + r0, cc + c0
         depth[R, C] = tn
         src[R, C] = aid
-        face[R, C] = fc
+        face[R, C] = 2 * axis + (comp > 0)  # a ray going +x enters through the -x face
         pbx[R, C] = o[0] + tn * ddx
         pby[R, C] = o[1] + tn * ddy
         pbz[R, C] = o[2] + tn * ddz
@@ -511,7 +550,7 @@ def _shade_actors(rgb, amask, src, face, pbx, pby, pbz, depth, dist_scale, dxw, 
     fp = (depth.reshape(-1)[flat] * dist * (1.0 / cam.fx) / np.maximum(np.abs(dot), 0.1)).astype(np.float32)
     shade = (AMBIENT + (1.0 - AMBIENT) * np.clip(nx * SUN[0] + ny * SUN[1] + nz * SUN[2], 0.0, 1.0)).astype(np.float32)
     u = horiz + 50.0 * f.astype(np.float32) + (ids % 97).astype(np.float32) * 11.0
-    tex = _fbm(u, vert, fp, 10, ((0.02, 0.25), (0.08, 0.2), (0.3, 0.1)))
+    tex = _fbm(u, vert, fp, 10, ((0.02, 0.25), (0.08, 0.2), (0.3, 0.12), (1.0, 0.1)))
     label = tab["label"][ids]
     col = np.full((len(ids), 3), 0.5, np.float32)
     amp = np.full(len(ids), 1.0, np.float32)
@@ -555,7 +594,7 @@ def _shade_actors(rgb, amask, src, face, pbx, pby, pbz, depth, dist_scale, dxw, 
         amp[person] = 0.8
     bld = np.flatnonzero(label == 3)
     if len(bld):
-        bid, ab, hz, vv, fpb = ids[bld], a[bld], horiz[bld], vert[bld], fp[bld]
+        bid, ab, hz, vv = ids[bld], a[bld], horiz[bld], vert[bld]
         cc = tab["facade"][bid]
         floor_h, bay = 3.2, 3.0
         hv = np.mod(vv, floor_h)
@@ -569,8 +608,7 @@ def _shade_actors(rgb, amask, src, face, pbx, pby, pbz, depth, dist_scale, dxw, 
         cc[wi] = np.stack([0.12 + 0.2 * tone, 0.16 + 0.22 * tone, 0.22 + 0.25 * tone], 1)
         cc[ab == 2] = (0.3, 0.3, 0.32)
         col[bld] = cc
-        tex[bld] += _fbm(u[bld], vv * 3.0, fpb, 20, ((0.25, 0.25), (1.0, 0.12)))
-        amp[bld] = 0.6
+        amp[bld] = 0.8
     wall = np.flatnonzero(label == 4)
     if len(wall):
         vv, hz, fpw = vert[wall], horiz[wall], fp[wall]

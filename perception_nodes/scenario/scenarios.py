@@ -195,8 +195,9 @@ def curved_road(seed: int = 0) -> Scene:
 
     # -- traffic -----------------------------------------------------------------------------------
     b.add(CAR, -1.75, 25.0 + 22.0 + j(1.0), (4.3, 1.8, 1.5), speed=speed + 0.6 + j(0.2), refl=0.5)
-    b.add(CAR, 1.75, 150.0 + j(3.0), (4.6, 1.85, 1.55), speed=-(8.5 + j(0.3)), refl=0.3)
-    b.add(CAR, 1.75, 215.0 + j(3.0), (4.4, 1.8, 1.5), speed=-(9.0 + j(0.3)), refl=0.6)
+    # oncoming: the first passes the crossing before the pedestrian reaches its lane, the second after
+    b.add(CAR, 1.75, 115.0 + j(3.0), (4.6, 1.85, 1.55), speed=-(8.5 + j(0.3)), refl=0.3)
+    b.add(CAR, 1.75, 200.0 + j(3.0), (4.4, 1.8, 1.5), speed=-(9.0 + j(0.3)), refl=0.6)
     b.add(CYCLIST, -3.25, 52.0 + j(1.0), (1.76, 0.6, 1.74), speed=4.5 + j(0.2))
     b.add(PEDESTRIAN, -8.0, 30.0 + j(1.0), (0.84, 0.62, 1.72), speed=1.4 + j(0.1))
     b.add(PEDESTRIAN, 8.2, 120.0 + j(1.0), (0.8, 0.6, 1.7), speed=-(1.2 + j(0.1)))
