@@ -57,6 +57,12 @@ def _cmd_convert_kitti(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(a: argparse.Namespace) -> int:
+    from perception_nodes.scenario.generate import generate_main
+
+    return generate_main(a)
+
+
 def _cmd_live(a: argparse.Namespace) -> int:
     from perception_nodes.ros.live import run_live
 
@@ -130,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--limit", type=int, help="convert only the first N frames")
     k.add_argument("--quiet", action="store_true", help="no progress bar")
     k.set_defaults(func=_cmd_convert_kitti)
+
+    from perception_nodes.scenario.generate import GENERATE_DESCRIPTION, add_generate_arguments
+
+    g = sub.add_parser("generate", help="render a procedural scenario (LiDAR, stereo+mono cameras, ground truth, "
+                       "faults) into a bag", description=GENERATE_DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_generate_arguments(g)
+    g.set_defaults(func=_cmd_generate)
 
     lv = sub.add_parser("live", help="run every node in one process on rclpy (real ROS 2 topics)",
                         description="Start the graph's nodes on one rclpy executor. Inputs: /sensing/lidar/points; "

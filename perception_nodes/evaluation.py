@@ -40,8 +40,8 @@ from perception_nodes.eval import (
     reliability_diagram,
 )
 
-GT_OCCUPANCY = "/ground_truth/occupancy"
-GT_VISIBILITY = "/ground_truth/occupancy/visibility"
+GT_OCCUPANCY = topics.GT_OCCUPANCY
+GT_VISIBILITY = topics.GT_VISIBILITY
 DETECTIONS_OUT = "/perception/objects"
 GROUND_TRUTH_TOPICS = (topics.GT_OBJECTS, GT_OCCUPANCY, GT_VISIBILITY)
 OBJECT_RANGE_M = 40.0
@@ -88,6 +88,8 @@ def object_hit(box: Box3D, prob: np.ndarray, like: Any, margin: float = 0.15) ->
 class Evaluator:
     """Accumulates per-frame scores; feed it with :meth:`prediction` and :meth:`ground_truth`."""
 
+    #: ground-truth topics the bag carries: a frame is scored once all of them (and the grids) are in
+    expected_gt: tuple[str, ...] = (topics.GT_OBJECTS,)
     seed: int = 0
     frames_scored: int = 0
     _pending_pred: dict[int, dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
@@ -125,8 +127,7 @@ class Evaluator:
     def _try(self, stamp: int) -> None:
         pred, gt = self._pending_pred.get(stamp, {}), self._pending_gt.get(stamp, {})
         have_grid = topics.OCCUPANCY_GRID in pred and topics.OCCUPANCY_UNCERTAINTY in pred
-        need_occ = GT_OCCUPANCY in gt or GT_VISIBILITY in gt
-        if not have_grid or topics.GT_OBJECTS not in gt or (need_occ and not (GT_OCCUPANCY in gt and GT_VISIBILITY in gt)):
+        if not have_grid or not all(t in gt for t in self.expected_gt):
             return
         self._score(pred, gt)
         self._pending_pred.pop(stamp, None)
@@ -164,7 +165,7 @@ class Evaluator:
             b = np.stack([x[visible & g_occ], y[visible & g_occ], np.zeros(int((visible & g_occ).sum()))], 1)
             if len(a) and len(b):
                 self._chamfer.append(chamfer_distance(a[:20000], b[:20000], truncate=5.0).chamfer)
-        boxes = boxes_from_detections(gt[topics.GT_OBJECTS])
+        boxes = boxes_from_detections(gt[topics.GT_OBJECTS]) if topics.GT_OBJECTS in gt else []
         for box in boxes:
             if math.hypot(*box.center[:2]) <= OBJECT_RANGE_M:
                 counts = self._objects[box.label]

@@ -237,12 +237,13 @@ def replay(
         bag = default_scenario_bag(progress=progress)
     bag = Path(bag)
     with BagReader(bag) as reader:
-        has_gt = any(t in reader.topics for t in GROUND_TRUTH_TOPICS)
+        gt_topics = tuple(t for t in GROUND_TRUTH_TOPICS if t in reader.topics)
+        has_gt = bool(gt_topics)
     if require_ground_truth and not has_gt:
         raise ValueError(f"{bag} carries no ground truth ({', '.join(GROUND_TRUTH_TOPICS)})")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    evaluator = Evaluator() if has_gt else None
+    evaluator = Evaluator(expected_gt=gt_topics) if has_gt else None
     result = run_graph(bag, params, out_dir, progress=progress, evaluator=evaluator)
     if evaluator is not None:
         result.metrics = evaluator.results(out_dir)

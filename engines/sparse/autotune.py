@@ -80,7 +80,7 @@ def _sync(device: torch.device) -> None:
 class Autotuner:
     """Measured choice of dataflow per workload key; thread-safe; optional JSON persistence."""
 
-    def __init__(self, path: str | os.PathLike | None = None, repeats: int = 2) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, repeats: int = 3) -> None:
         self.path = Path(path) if path else None
         self.repeats = repeats
         self.choices: dict[str, str] = {}
@@ -100,27 +100,24 @@ class Autotuner:
         return self._tune(key, x, weight, kmap)
 
     def _tune(self, key: str, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-        best_name, best_t, best_out = "", float("inf"), None
-        times: dict[str, float] = {}
-        for name in candidates_for(x.device):
-            fn = DATAFLOWS[name]
-            out = fn(x, weight, kmap)  # warm-up: compiles kernels, builds lazy map forms
-            t_min = float("inf")
-            for _ in range(self.repeats):
+        names = candidates_for(x.device)
+        outs: dict[str, torch.Tensor] = {}
+        for name in names:  # warm-up: compiles kernels, builds the lazy map forms each one needs
+            outs[name] = DATAFLOWS[name](x, weight, kmap)
+        times = {name: float("inf") for name in names}
+        for _ in range(self.repeats):  # round-robin, so a burst of machine noise hits all alike
+            for name in names:
                 _sync(x.device)
                 t0 = time.perf_counter()
-                out = fn(x, weight, kmap)
+                outs[name] = DATAFLOWS[name](x, weight, kmap)
                 _sync(x.device)
-                t_min = min(t_min, time.perf_counter() - t0)
-            times[name] = t_min
-            if t_min < best_t:
-                best_name, best_t, best_out = name, t_min, out
+                times[name] = min(times[name], time.perf_counter() - t0)
+        best_name = min(names, key=lambda n: times[n])
         with self._lock:
             self.choices[key] = best_name
             self.timings[key] = times
             self._save()
-        assert best_out is not None
-        return best_out
+        return outs[best_name]
 
     def _save(self) -> None:
         if not self.path:

@@ -6,7 +6,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["TRAIN_EPILOG", "train_main"]
+__all__ = ["BRANCH_NAMES", "TRAIN_DESCRIPTION", "TRAIN_EPILOG", "train_main"]
+
+#: names in :data:`perception_nodes.learning.branches.BRANCHES`, here without importing torch (for argparse)
+BRANCH_NAMES = ("lidar_occupancy",)
+
+TRAIN_DESCRIPTION = """Train a learned branch on generated scenario bags: deterministic seeds, tqdm progress, a checkpoint
+per epoch (safetensors, never pickle; resumable with --resume) and evaluation on the validation bags after
+each epoch. Real data (../shared/data) is for evaluation only and refused for training. The config file
+documents every key (configs/train/<branch>.yaml)."""
 
 TRAIN_EPILOG = """examples:
   perception-stack train lidar_occupancy --config configs/train/lidar_occupancy.yaml
@@ -34,10 +42,14 @@ def train_main(branch: str, config: Path, *, out: Path | None, resume: bool, epo
         return 130
     last = res.history[-1] if res.history else {}
     val = last.get("val", {})
-    per_epoch = sum(res.epoch_seconds) / len(res.epoch_seconds) if res.epoch_seconds else float("nan")
-    print(f"{branch}: {res.epochs} epoch(s) -> {res.model_path} "
-          f"(data {res.data_seconds:.1f} s, {per_epoch:.1f} s/epoch"
-          + (f", resumed from epoch {res.resumed_from}" if res.resumed_from else "") + ")")
+    notes = []
+    if res.epoch_seconds:
+        notes.append(f"data {res.data_seconds:.1f} s, {sum(res.epoch_seconds) / len(res.epoch_seconds):.1f} s/epoch")
+    else:
+        notes.append("nothing left to train")
+    if res.resumed_from:
+        notes.append(f"resumed from epoch {res.resumed_from}")
+    print(f"{branch}: {res.epochs} epoch(s) -> {res.model_path} ({', '.join(notes)})")
     if val:
         print("validation: " + "  ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)))
     print(f"metrics per epoch: {res.run_dir / 'metrics.jsonl'}")

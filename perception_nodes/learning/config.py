@@ -114,7 +114,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class OptimizerConfig:
     name: str = "adam"
-    lr: float = 2e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     #: clip the global gradient norm to this (0: no clipping)

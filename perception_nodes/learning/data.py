@@ -6,8 +6,11 @@ branch sample, keep the samples in memory.
   duration and LiDAR plus a hash of all arguments; an interrupted generation leaves only a ``.tmp``
   folder that the next run replaces); ``{fixture: {...}}`` sources likewise with
   :func:`perception_nodes.learning.fixtures.write_fixture_bag`.
-* Frames come from :func:`perception_nodes.datasets.read_bag_frames` (LiDAR points, transforms and the
-  ground-truth grids by stamp); the branch turns each into features + targets
+* Frames come from :func:`read_frames`: each LiDAR cloud with the ground truth of its stamp (objects and
+  the occupancy/visibility grids, in ``Frame.extras``), as :class:`~perception_nodes.datasets.Frame`
+  objects like :func:`perception_nodes.datasets.read_bag_frames` gives. (That reader completes a frame
+  as soon as the cloud and the objects are in, and the generator logs the grids after the objects, so
+  it would drop the grids.) The branch turns each frame into features + targets
   (:meth:`~perception_nodes.learning.branches.base.Branch.prepare_frame`); frames without the branch's
   ground truth are skipped and counted.
 * Real data in the shared data folder is refused for training (evaluation only).
@@ -17,22 +20,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
+from perception_nodes.datasets.frame import Frame
 from perception_nodes.learning.branches.base import Branch, Sample
 from perception_nodes.learning.config import BagSource
 
-__all__ = ["DataError", "SHARED_DATA", "SplitData", "default_cache_dir", "load_split", "resolve_source"]
-
-log = logging.getLogger(__name__)
+__all__ = ["DataError", "SHARED_DATA", "SplitData", "default_cache_dir", "load_split", "read_frames", "resolve_source"]
 
 #: the shared real-data folder beside the checkout (evaluation only, never training)
 SHARED_DATA = (Path(__file__).resolve().parents[3] / "shared" / "data").resolve()
@@ -94,16 +96,81 @@ def resolve_source(src: BagSource, cache_dir: Path, *, progress: bool = True, ro
                             f"which this checkout lacks ({exc}); use 'path' or 'fixture' sources") from exc
         kwargs.setdefault("cameras", False)  # LiDAR branches need no images; much faster to render
         version = getattr(gen, "SCENARIO_VERSION", None) or getattr(gen, "GENERATOR_VERSION", None)
-        name = (f"{kwargs.get('scenario', 'default')}_seed{kwargs.get('seed', 0)}_{kwargs.get('duration_s', 'd')}s_"
-                f"{kwargs.get('lidar', 'lidar')}_{_key('generate', kwargs, version)}")
-        if "faults" in kwargs and isinstance(kwargs["faults"], dict):
-            kwargs["faults"] = gen.Faults(**kwargs["faults"])
+        name = (f"{kwargs.get('scenario', 'urban_street')}_seed{kwargs.get('seed', 0)}_{kwargs.get('duration_s', 10.0)}s_"
+                f"{kwargs.get('lidar', 'hdl64')}_{_key('generate', kwargs, version)}")
+        if isinstance(kwargs.get("faults"), Mapping):
+            from perception_nodes.scenario.faults import Faults
+
+            kwargs["faults"] = Faults(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs["faults"].items()})
+        if isinstance(kwargs.get("camera_resolution"), list):
+            kwargs["camera_resolution"] = tuple(kwargs["camera_resolution"])
         return _generate_into(cache_dir / name, lambda out: gen.generate_bag(out, progress=progress, **kwargs))
     from perception_nodes.learning import fixtures
 
     kwargs = dict(src.fixture or {})
     name = f"fixture_seed{kwargs.get('seed', 0)}_{_key('fixture', kwargs, fixtures.FIXTURE_VERSION)}"
     return _generate_into(cache_dir / name, lambda out: fixtures.write_fixture_bag(out, **kwargs))
+
+
+#: ground-truth topics a frame waits for (those the bag has)
+GT_TOPICS = ("/ground_truth/objects", "/ground_truth/occupancy", "/ground_truth/occupancy/visibility")
+
+
+def read_frames(path: str | Path, *, base_frame: str = "base_link", tolerance_ns: int = 50_000_000,
+                horizon_ns: int = 2_000_000_000) -> Iterator[Frame]:
+    """LiDAR frames with all the ground truth of their stamp, in bag order.
+
+    Ground truth is matched by header stamp: a cloud goes with the ground-truth set (every topic of
+    :data:`GT_TOPICS` the bag has) whose stamp is nearest to its own within ``tolerance_ns`` — a
+    generated bag stamps ground truth at the nominal capture time and a faulted LiDAR may be off by a
+    little. Clouds or sets with no partner within ``horizon_ns`` of log time are dropped. ``points`` stay
+    in the LiDAR frame; ``lidar_to_base`` comes from ``/tf_static``; boxes are put in the LiDAR frame.
+    """
+    from perception_nodes import topics
+    from perception_nodes.bags import BagReader
+    from perception_nodes.calibration import StaticTransforms, transforms_from_tf_message
+    from perception_nodes.codecs.backend import stamp_to_ns
+    from perception_nodes.codecs.detections import boxes_from_detections
+    from perception_nodes.codecs.pointcloud2 import read_xyzi
+    from perception_nodes.datasets.geometry import transform_boxes
+
+    tree = StaticTransforms()
+    clouds: dict[int, Any] = {}
+    truth: dict[int, dict[str, Any]] = {}
+    with BagReader(path) as reader:
+        gt_topics = [t for t in GT_TOPICS if t in reader.topics]
+        for rec in reader.records(topics=[topics.TF_STATIC, topics.LIDAR_POINTS, *gt_topics]):
+            if rec.topic == topics.TF_STATIC:
+                for t in transforms_from_tf_message(rec.msg):
+                    tree.add(t)
+                continue
+            stamp = stamp_to_ns(rec.msg.header.stamp)
+            if rec.topic == topics.LIDAR_POINTS and not gt_topics:  # no ground truth: frames as they come
+                yield Frame(source="bag", frame_id=str(stamp), stamp_ns=stamp, points=np.array(read_xyzi(rec.msg)),
+                            boxes=[], lidar_to_base=tree.lookup(base_frame, rec.msg.header.frame_id))
+                continue
+            if rec.topic == topics.LIDAR_POINTS:
+                clouds[stamp] = rec.msg
+            else:
+                truth.setdefault(stamp, {})[rec.topic] = rec.msg
+            for s in sorted(truth):
+                slot = truth[s]
+                if len(slot) < len(gt_topics) or not clouds:
+                    continue
+                c = min(clouds, key=lambda k: abs(k - s))
+                if abs(c - s) > tolerance_ns:
+                    continue
+                cloud = clouds.pop(c)
+                del truth[s]
+                to_base = tree.lookup(base_frame, cloud.header.frame_id)
+                gt = slot.get(topics.GT_OBJECTS)
+                boxes = transform_boxes(boxes_from_detections(gt), np.linalg.inv(to_base)) if gt is not None else []
+                yield Frame(source="bag", frame_id=str(c), stamp_ns=c, points=np.array(read_xyzi(cloud)), boxes=boxes,
+                            lidar_to_base=to_base, extras={t: m for t, m in slot.items() if t != topics.GT_OBJECTS})
+            old = rec.log_time_ns - horizon_ns
+            for d in (clouds, truth):
+                for k in [k for k in d if k < old]:
+                    del d[k]
 
 
 @dataclass
@@ -120,7 +187,6 @@ def load_split(sources: Sequence[BagSource], branch: Branch, *, cache_dir: Path,
     """Every used frame of ``sources`` as branch samples, in source order (see the module docstring)."""
     from perception_nodes import topics
     from perception_nodes.bags import BagReader
-    from perception_nodes.datasets import read_bag_frames
 
     samples: list[Sample] = []
     bags: list[Path] = []
@@ -136,7 +202,7 @@ def load_split(sources: Sequence[BagSource], branch: Branch, *, cache_dir: Path,
         used = 0
         bar = tqdm(total=limit, desc=f"{role} features {bag.name}", unit="frame", disable=not progress, leave=False)
         try:
-            for i, frame in enumerate(read_bag_frames(bag)):
+            for i, frame in enumerate(read_frames(bag)):
                 if i % src.stride:
                     continue
                 sample = branch.prepare_frame(frame)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -122,9 +123,20 @@ def _read_history(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
     return out
 
 
+def _json_safe(x: Any) -> Any:
+    """Records with non-finite floats (undefined metrics) as null, so metrics.jsonl is standard JSON."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+    tmp.write_text("".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in history))
     tmp.replace(path)
 
 
@@ -182,6 +194,12 @@ def train(
                              + "\n  ".join(diffs))
         if ckpt.epoch >= total_epochs:
             log.warning("%s: already trained %d epochs (asked for %d); nothing to do", run_dir, ckpt.epoch, total_epochs)
+            branch_done = get_branch(ckpt.branch)(ckpt.branch_config)
+            model_path = run_dir / "model.safetensors"
+            save_weights(model_path, ckpt.model_state, {"branch": ckpt.branch, "epoch": str(ckpt.epoch),
+                                                        "branch_config": json.dumps(branch_done.describe(), sort_keys=True)})
+            return TrainResult(run_dir=run_dir, epochs=ckpt.epoch, resumed_from=ckpt.epoch,
+                               history=_read_history(run_dir / "metrics.jsonl", ckpt.epoch), model_path=model_path)
 
     branch_obj: Branch = get_branch(cfg.branch)(cfg.branch_sections)
     device = torch.device(cfg.device)
@@ -192,6 +210,8 @@ def train(
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if cfg.deterministic:
+            if device.type == "cuda":  # cuBLAS needs a fixed workspace for deterministic results
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
@@ -287,7 +307,7 @@ def _run(cfg: TrainConfig, cfg_dict: dict[str, Any], branch: Branch, device: tor
         scheduler.step()
         t_train = time.perf_counter() - t_epoch
         val = branch.evaluate(model, val_samples, batch_size=cfg.eval_batch_size, device=device) if val_samples else {}
-        record: dict[str, Any] = {
+        record: dict[str, Any] = _json_safe({
             "epoch": epoch + 1,
             "global_step": global_step,
             "lr": lr,
@@ -295,7 +315,7 @@ def _run(cfg: TrainConfig, cfg_dict: dict[str, Any], branch: Branch, device: tor
             "val": val,
             "train_seconds": round(t_train, 3),
             "eval_seconds": round(time.perf_counter() - t_epoch - t_train, 3),
-        }
+        })
         save_checkpoint(ckpt_root, epoch=epoch + 1, global_step=global_step, model=model, optimizer=optimizer,
                         scheduler=scheduler, branch=branch.name, branch_config=branch_config, config=cfg_dict,
                         metrics=record)

@@ -14,7 +14,6 @@ Nothing is downloaded; everything is a pure function of (seed, t).
 
 from perception_nodes.scenario.camera import CameraFrame, CameraSpec, camera_rig, disparity_from_depth, render_camera
 from perception_nodes.scenario.faults import Faults, parse_faults
-from perception_nodes.scenario.generate import generate_bag
 from perception_nodes.scenario.lidar import (
     LIDAR_HEIGHT,
     SURFACE_GRASS,
@@ -48,6 +47,17 @@ from perception_nodes.scenario.scene import (
     ego_pose3d,
 )
 from perception_nodes.scenario.scenarios import SCENARIOS, make_scene
+
+
+
+def __getattr__(name: str):
+    # the generator is imported on first use, so ``python -m perception_nodes.scenario.generate`` runs cleanly
+    if name == "generate_bag":
+        from perception_nodes.scenario.generate import generate_bag
+
+        return generate_bag
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALL_LABELS",

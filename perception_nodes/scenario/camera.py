@@ -42,7 +42,6 @@ from perception_nodes.scenario.lidar import (
     SURFACE_MARKING,
     SURFACE_ROAD,
     SURFACE_SIDEWALK,
-    _safe,
     cast_ground,
 )
 from perception_nodes.scenario.scene import BUILDING, CAR, CYCLIST, PEDESTRIAN, POLE, WALL, Scene, actors_at, ego_pose3d
@@ -459,7 +458,9 @@ def _shade_ground(rgb, gmask, g, depth, src, origin, dxw, dyw, dzw, dist_scale, 
     s, lat = g.s[gmask], g.lat[gmask]
     code = src[gmask]
     cos_inc = np.maximum(g.cos_inc[gmask], 0.05)
-    fp = (t * dist_scale[gmask] / cam.fx / cos_inc).astype(np.float32)  # metres per pixel on the surface
+    # metres per pixel on the surface: across the view dist / fx, along it longer by 1 / cos(incidence);
+    # their geometric mean keeps some texture on far road without much aliasing
+    fp = (t * dist_scale[gmask] / cam.fx / np.sqrt(cos_inc)).astype(np.float32)
     col = np.empty((len(t), 3), np.float32)
     shade = np.full(len(t), AMBIENT + (1.0 - AMBIENT) * SUN[2], np.float32)
 
@@ -471,7 +472,7 @@ def _shade_ground(rgb, gmask, g, depth, src, origin, dxw, dyw, dzw, dist_scale, 
 
     road = code == SURFACE_ROAD
     if road.any():
-        tex = _fbm(x[road], y[road], fp[road], 1, ((0.03, 0.45), (0.12, 0.3), (0.5, 0.15), (2.5, 0.12)))
+        tex = _fbm(x[road], y[road], fp[road], 1, ((0.03, 0.45), (0.12, 0.35), (0.5, 0.25), (2.5, 0.2)))
         put(road, (0.31, 0.31, 0.32), tex)
     paint = code == SURFACE_MARKING
     if paint.any():
@@ -563,7 +564,7 @@ def _shade_actors(rgb, amask, src, face, pbx, pby, pbz, depth, dist_scale, dxw, 
         lc, wc, hc2 = hl[car], hw[car], 2.0 * hh[car]
         side = ac == 1
         upright = ac != 2
-        glass = upright & (rl > 0.58) & (rl < 0.92) & ((~side) | (np.abs(hz) < 0.78 * lc))
+        glass = upright & (rl > 0.58) & (rl < 0.92) & np.where(side, np.abs(hz) < 0.55 * lc, np.abs(hz) < 0.85 * wc)
         cc[glass] = (0.10, 0.12, 0.15)
         cc[glass & (ac == 0)] = (0.14, 0.16, 0.20)
         cc[upright & (rl < 0.22)] = (0.10, 0.10, 0.10)

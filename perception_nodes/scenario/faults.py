@@ -49,7 +49,8 @@ class Faults:
       * ``timestamp_jitter_s``: standard deviation of Gaussian noise added to header stamps; the log
         (receive) time is not changed.
       * ``message_delay_s`` + uniform ``[0, message_delay_jitter_s)``: the log time lags the nominal
-        capture time by this much (the message arrives late); the header stamp is not changed.
+        capture time by this much (the message arrives late); the header stamp is not changed. Each
+        sensor's messages still arrive in order (a late message holds back the next ones of its sensor).
     """
 
     lidar_dropout: float = 0.0

@@ -3,41 +3,29 @@
 ``perception-stack generate --scenario NAME --seed S --out BAG`` (:func:`generate_main`), or
 :func:`generate_bag` from Python. Same (scenario, seed, options) => the same messages, byte for byte.
 
-Sensors (all at 10 Hz, stamped ``START_NS + k * 100 ms``):
+Sensors (10 Hz, nominal stamps ``START_NS + k * 100 ms``; faults may jitter stamps and delay log times):
 
-=========================================  ===================================  ==========================
-topic                                      type                                 frame
-=========================================  ===================================  ==========================
-/sensing/lidar/points                      sensor_msgs/PointCloud2 (x,y,z,i)    velodyne
-/sensing/camera/{left,right,mono}/          sensor_msgs/Image rgb8               camera_{side}_optical
-image_rect
-/sensing/camera/{left,right,mono}/          sensor_msgs/CameraInfo (rectified;   camera_{side}_optical
-camera_info                                 right: P[0,3] = -fx * B)
-/tf_static (once)                          tf2_msgs/TFMessage                   base_link -> velodyne,
-                                                                                cameras
-=========================================  ===================================  ==========================
+* ``/sensing/lidar/points``: sensor_msgs/PointCloud2 (x, y, z, intensity), frame ``velodyne``.
+* ``/sensing/camera/{left,right,mono}/image_rect``: sensor_msgs/Image rgb8, frame ``camera_{side}_optical``.
+* ``/sensing/camera/{left,right,mono}/camera_info``: rectified CameraInfo (the right one's P[0, 3] is
+  -fx * B, ROS's stereo convention).
+* ``/tf_static`` (once): base_link -> velodyne (from the rig YAML) and base_link -> each camera.
 
 Ground truth (nominal stamps, never faulted):
 
-=========================================  ===================================  ==========================
-/ground_truth/objects (+ /markers)          perception_interfaces/Detection3D-   base_link
-                                           Array (Car, Pedestrian, Cyclist, Pole)
-/ground_truth/occupancy                    nav_msgs/OccupancyGrid 100 / 0       base_link
-/ground_truth/occupancy/visibility         nav_msgs/OccupancyGrid 100 / 0       base_link
-/ground_truth/camera/left/depth            sensor_msgs/Image 32FC1, metres      camera_left_optical
-                                           (+inf: sky)
-/ground_truth/camera/left/disparity        sensor_msgs/Image 32FC1, pixels      camera_left_optical
-                                           (fx * B / depth; 0: sky)
-/ground_truth/odometry                     nav_msgs/Odometry (twist in          map -> base_link
-                                           base_link)
-/tf                                        tf2_msgs/TFMessage map -> base_link  map
-/ground_truth/curvature                    perception_interfaces/Float64Stamped base_link
-                                           (1/m, + = left: the control target)
-/ground_truth/path                         nav_msgs/Path: lane centre 0..30 m   base_link
-                                           ahead, every 1 m
-/scenario/info (once)                      std_msgs/String: JSON (scenario,     -
-                                           seed, sensors, faults, versions)
-=========================================  ===================================  ==========================
+* ``/ground_truth/objects`` (+ ``/ground_truth/markers``): Detection3DArray of the Car, Pedestrian,
+  Cyclist and Pole boxes in base_link.
+* ``/ground_truth/occupancy`` and ``/ground_truth/occupancy/visibility``: nav_msgs/OccupancyGrid, 100 / 0,
+  base_link, the occupancy node's grid.
+* ``/ground_truth/camera/left/depth`` (32FC1 metres along the optical axis, +inf for sky) and
+  ``/ground_truth/camera/left/disparity`` (32FC1 pixels, fx * B / depth, 0 for sky), frame
+  ``camera_left_optical``.
+* ``/ground_truth/odometry``: nav_msgs/Odometry of base_link in ``map`` (twist in base_link: speed and
+  yaw rate = speed * curvature); ``/tf``: map -> base_link.
+* ``/ground_truth/curvature``: perception_interfaces/Float64Stamped, the control target: curvature
+  (1/m, + = left) of the ego's lane centre at the ego; ``/ground_truth/path``: nav_msgs/Path, the lane
+  centre 0..30 m ahead every 1 m, base_link.
+* ``/scenario/info`` (once): std_msgs/String, JSON: scenario, seed, sensors, grid, faults, versions.
 
 The grids are the occupancy node's default geometry (80 m x 80 m at 0.25 m around base_link), see
 :mod:`perception_nodes.scenario.truth`. Faults: :mod:`perception_nodes.scenario.faults`.
@@ -55,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 #: Version of the generator's output; part of /scenario/info and of the default scenario's cache key.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 START_NS = 1_700_000_000 * 1_000_000_000
 PERIOD_NS = 100_000_000
 LIDAR_FRAME = "velodyne"
@@ -206,6 +194,7 @@ def generate_bag(
     scenario: str = "urban_street",
     seed: int = 0,
     duration_s: float = 10.0,
+    start_s: float = 0.0,
     lidar: str = "hdl64",
     camera_resolution: tuple[int, int] = DEFAULT_RESOLUTION,
     cameras: bool = True,
@@ -216,7 +205,8 @@ def generate_bag(
 ) -> Path:
     """Render ``scenario`` (a name of :data:`~perception_nodes.scenario.scenarios.SCENARIOS`) for
     ``duration_s`` at 10 Hz into a new rosbag2 MCAP bag folder ``out`` (must not exist); see the module
-    doc for the topics. ``lidar``: "hdl64" (KITTI), "vlp32" or "vlp16"; ``camera_resolution``: (width,
+    doc for the topics. ``start_s``: scenario time of the first frame (skip into the scenario; stamps
+    still start at ``START_NS``, and fault times count from the first frame). ``lidar``: "hdl64" (KITTI), "vlp32" or "vlp16"; ``camera_resolution``: (width,
     height) of all three cameras; ``cameras=False`` skips the cameras and their ground truth;
     ``faults``: a :class:`~perception_nodes.scenario.faults.Faults`. ``timings``, when given, receives
     the total seconds spent per stage (scene, lidar, cameras, truth, write).
@@ -268,7 +258,8 @@ def generate_bag(
     mount = float(lidar_tf[2, 3])
 
     info = {
-        "scenario": scenario, "seed": int(seed), "duration_s": n * PERIOD_NS / 1e9, "frames": n,
+        "scenario": scenario, "seed": int(seed), "duration_s": n * PERIOD_NS / 1e9, "start_s": float(start_s),
+        "frames": n,
         "rate_hz": 1e9 / PERIOD_NS, "start_ns": START_NS, "generator_version": GENERATOR_VERSION,
         "package_version": _package_version(),
         "lidar": {"model": beams.name, "frame_id": LIDAR_FRAME, "beams": beams.n_beams,
@@ -286,30 +277,40 @@ def generate_bag(
     }
     clock["scene"] += time.perf_counter() - tic
 
+    last_log: dict[str, int] = {}
+
+    def timing(sensor: str, nominal_ns: int) -> tuple[int, int]:
+        """(stamp, log time) of a sensor message; a sensor's messages arrive in order (FIFO), so a
+        delayed message holds back the ones behind it."""
+        stamp, log = faults.stamp_and_log(nominal_ns, rng_time)
+        log = last_log[sensor] = max(log, last_log.get(sensor, log))
+        return stamp, log
+
     out = Path(out)
     queue = _Queue()
     with BagWriter(out) as bag:
         bag.write(SCENARIO_INFO, STRING_TYPE, START_NS, string_msg(json.dumps(info, sort_keys=True), backend))
         bag.write(TF_STATIC, TF_MESSAGE, START_NS, tf_message(static.as_list(), START_NS, backend))
         for i in tqdm(range(n), desc=f"generate {scenario}", unit="frame", disable=not progress):
-            t = i * PERIOD_NS / 1e9
+            t_rel = i * PERIOD_NS / 1e9  # faults' clock
+            t = start_s + t_rel  # scene clock
             nominal = START_NS + i * PERIOD_NS
 
             tic = time.perf_counter()
             boxes = actors_at(scene, t)
             pose = ego_pose3d(t, scene)
             scan = cast_scan(scene, t, beams, rng_lidar, mount_height=mount, boxes=boxes)
-            scan = faults.apply_lidar(scan, t, beams, rng_fault)
-            stamp, log = faults.stamp_and_log(nominal, rng_time)
+            scan = faults.apply_lidar(scan, t_rel, beams, rng_fault)
+            stamp, log = timing("lidar", nominal)
             queue.push(log, LIDAR_POINTS, POINTCLOUD2, create_xyzi_cloud(scan.points, stamp, LIDAR_FRAME, backend))
             clock["lidar"] += time.perf_counter() - tic
 
             tic = time.perf_counter()
             for name, cam in cams.items():
-                mis = faults.right_misalignment(t) if name == "right" else None
+                mis = faults.right_misalignment(t_rel) if name == "right" else None
                 frame = render_camera(scene, t, cam, rng_cam[name], boxes=boxes, misalignment=mis)
-                rgb = faults.apply_camera(name, frame.rgb, t)
-                stamp, log = faults.stamp_and_log(nominal, rng_time)
+                rgb = faults.apply_camera(name, frame.rgb, t_rel)
+                stamp, log = timing(name, nominal)
                 queue.push(log, CAMERA_IMAGE.format(side=name), IMAGE, numpy_to_image(rgb, "rgb8", stamp, cam.frame_id, backend))
                 queue.push(log, CAMERA_INFO.format(side=name), CAMERA_INFO_TYPE, camera_info_msg(models[name], stamp, backend))
                 if name == "left":
@@ -322,9 +323,7 @@ def generate_bag(
             tic = time.perf_counter()
             base_boxes = boxes_in_base_link(boxes, pose)
             objects = [b for b in base_boxes if b.label in (*OBJECT_LABELS, POLE)]
-            queue.push(nominal, GT_OBJECTS, DETECTIONS, detections_msg(objects, nominal, BASE_FRAME, backend))
-            queue.push(nominal, GT_MARKERS, MARKER_ARRAY,
-                       marker_array_msg(objects, nominal, BASE_FRAME, "ground_truth", backend))
+            # the grids go first: a consumer that scores a frame once its objects arrive then has them
             grid_origin = (spec.origin[0], spec.origin[1], 0.0)
             queue.push(nominal, GT_OCCUPANCY, OCCUPANCY_GRID_TYPE,
                        occupancy_grid_msg(occupancy_truth(base_boxes, spec), spec.resolution, grid_origin, nominal,
@@ -332,6 +331,9 @@ def generate_bag(
             queue.push(nominal, GT_VISIBILITY, OCCUPANCY_GRID_TYPE,
                        occupancy_grid_msg(visibility_truth(scan, beams, spec), spec.resolution, grid_origin, nominal,
                                           BASE_FRAME, backend))
+            queue.push(nominal, GT_OBJECTS, DETECTIONS, detections_msg(objects, nominal, BASE_FRAME, backend))
+            queue.push(nominal, GT_MARKERS, MARKER_ARRAY,
+                       marker_array_msg(objects, nominal, BASE_FRAME, "ground_truth", backend))
             kappa = scene.ego.curvature(t)
             queue.push(nominal, GT_ODOMETRY, ODOMETRY_TYPE,
                        odometry_msg(pose, scene.ego.speed, scene.ego.speed * kappa, nominal, backend))
@@ -403,6 +405,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--seed", type=int, default=0, help="layout and noise seed (default 0)")
     p.add_argument("--out", type=Path, required=True, help="bag folder to create (must not exist)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds to record at 10 Hz (default 10)")
+    p.add_argument("--start", type=float, default=0.0, metavar="S",
+                   help="scenario time of the first frame (default 0; fault times count from the first frame)")
     p.add_argument("--lidar", default="hdl64", choices=list(LIDAR_MODELS),
                    help="beam model: hdl64 (KITTI, 64 beams), vlp32, vlp16 (default hdl64)")
     p.add_argument("--camera-resolution", type=_resolution, default=DEFAULT_RESOLUTION, metavar="WxH",
@@ -423,7 +427,8 @@ def generate_main(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.out} exists already; choose a new folder")
     tic = time.perf_counter()
     clock: dict[str, float] = {}
-    generate_bag(args.out, scenario=args.scenario, seed=args.seed, duration_s=args.duration, lidar=args.lidar,
+    generate_bag(args.out, scenario=args.scenario, seed=args.seed, duration_s=args.duration, start_s=args.start,
+                 lidar=args.lidar,
                  camera_resolution=args.camera_resolution, cameras=not args.no_cameras, faults=faults,
                  progress=not args.quiet, timings=clock)
     wall = time.perf_counter() - tic

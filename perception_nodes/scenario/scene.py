@@ -1,19 +1,21 @@
-"""A small procedural driving scene: a straight two-lane street with parked cars, traffic, people, poles
-and buildings, all as oriented boxes in the ``map`` (world) frame.
+"""Procedural driving scenes: a road (straight or curved), parked cars, traffic, people, poles, walls and
+buildings, all as oriented boxes in the ``map`` (world) frame, and the ego's trajectory.
 
 Frames (REP 103/105):
 
-* ``map``: world frame. The road runs along +x, its centre line is ``y = 0``; the base ground is the
-  plane ``z = grade * x`` (flat by default). Between the curbs (``|y| <= road_half_width``) is the
-  road; outside them the sidewalk is ``curb_height`` higher and runs on indefinitely.
+* ``map``: world frame. The road follows a centre line: by default the line ``y = 0`` along +x, or a
+  :class:`RoadPath` (straights and circular arcs) for curved roads, with road coordinates ``s`` (arc
+  length) and ``lateral`` (+ left). The base ground is the plane ``z = grade * x`` (flat by default).
+  Between the curbs (``|lateral| <= road_half_width``) is the road; outside them the sidewalk (or a
+  grass verge) is ``curb_height`` higher and runs on indefinitely.
 * ``base_link``: the ego vehicle, origin on the road surface below the LiDAR, x forward, y left, z up.
   It is kept gravity-aligned (no pitch/roll, even on a graded road), so a pose is (x, y, z, yaw) and
   a :class:`~perception_nodes.boxes.Box3D` stays a yaw-only box in it.
 * ``lidar``: base_link translated by (0, 0, 1.73) with parallel axes (KITTI's Velodyne mounting);
   see :mod:`perception_nodes.scenario.lidar`.
 
-Everything is a pure function of ``(seed, t)``: no state, no downloads, no randomness after
-:func:`default_scene` returns.
+Everything is a pure function of ``(seed, t)``: no state, no downloads, no randomness after a scene
+builder (:func:`default_scene`, :data:`perception_nodes.scenario.SCENARIOS`) returns.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def occupancy_truth(boxes_base: list[Box3D], spec: GridSpec | None = None) -> np
         corners = b.corners_xy()
         lo, hi = corners.min(axis=0), corners.max(axis=0)
         c0 = max(int(math.floor((lo[0] - ox) / res)), 0)
-        c1 = min(int(math.floor((hi[0] - ox) / res)), spec.width - 1)
+        c1 = min(int(math.floor((hi[0] - ox) / res)), spec.width - 1)  # may include touching cells
         r0 = max(int(math.floor((lo[1] - oy) / res)), 0)
         r1 = min(int(math.floor((hi[1] - oy) / res)), spec.height - 1)
         if c0 > c1 or r0 > r1:
@@ -57,9 +57,9 @@ def occupancy_truth(boxes_base: list[Box3D], spec: GridSpec | None = None) -> np
         # separating axes: the grid's x and y are covered by the bounding window; test the box's own
         # axes, where a square cell projects to a half-extent of hc * (|c| + |s|)
         reach = hc * (abs(c) + abs(s))
-        along = np.abs(X * c + Y * s) <= b.size[0] / 2.0 + reach
-        across = np.abs(-X * s + Y * c) <= b.size[1] / 2.0 + reach
-        hit = along & across
+        along = np.abs(X * c + Y * s) < b.size[0] / 2.0 + reach - 1e-9
+        across = np.abs(-X * s + Y * c) < b.size[1] / 2.0 + reach - 1e-9
+        hit = along & across  # cells that merely touch the footprint's edge are not occupied
         grid[r0:r1 + 1, c0:c1 + 1][hit] = OCCUPIED
     return grid
 

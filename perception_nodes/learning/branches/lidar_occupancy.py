@@ -292,7 +292,6 @@ class EvidentialBevUNet(nn.Module):
             [_ConvBlock(widths[i + 1] + widths[i], widths[i], norm_groups) for i in range(self.levels - 1)]
         )
         self.head = nn.Conv2d(widths[0], 2, 1)
-        nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.constant_(self.head.bias, head_bias)
 
     def forward(self, x: Tensor) -> Tensor:
