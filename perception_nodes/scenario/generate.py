@@ -50,34 +50,35 @@ LIDAR_FRAME = "velodyne"
 BASE_FRAME = "base_link"
 MAP_FRAME = "map"
 
-# -- topics (mirrored in perception_nodes.topics) -------------------------------------------------------
-LIDAR_POINTS = "/sensing/lidar/points"
-CAMERA_IMAGE = "/sensing/camera/{side}/image_rect"
-CAMERA_INFO = "/sensing/camera/{side}/camera_info"
-TF_STATIC = "/tf_static"
-TF = "/tf"
-GT_OBJECTS = "/ground_truth/objects"
-GT_MARKERS = "/ground_truth/markers"
-GT_OCCUPANCY = "/ground_truth/occupancy"
-GT_VISIBILITY = "/ground_truth/occupancy/visibility"
-GT_DEPTH = "/ground_truth/camera/left/depth"
-GT_DISPARITY = "/ground_truth/camera/left/disparity"
-GT_ODOMETRY = "/ground_truth/odometry"
-GT_CURVATURE = "/ground_truth/curvature"
-GT_PATH = "/ground_truth/path"
-SCENARIO_INFO = "/scenario/info"
-
-POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
-IMAGE = "sensor_msgs/msg/Image"
-CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-TF_MESSAGE = "tf2_msgs/msg/TFMessage"
-DETECTIONS = "perception_interfaces/msg/Detection3DArray"
-MARKER_ARRAY = "visualization_msgs/msg/MarkerArray"
-OCCUPANCY_GRID_TYPE = "nav_msgs/msg/OccupancyGrid"
-ODOMETRY_TYPE = "nav_msgs/msg/Odometry"
-PATH_TYPE = "nav_msgs/msg/Path"
-FLOAT64_STAMPED = "perception_interfaces/msg/Float64Stamped"
-STRING_TYPE = "std_msgs/msg/String"
+# -- topics: one definition, in perception_nodes.topics ---------------------------------------------------
+from perception_nodes.topics import (  # noqa: E402
+    CAMERA_IMAGE,
+    CAMERA_INFO,
+    CAMERA_INFO_TYPE,
+    DETECTIONS,
+    FLOAT64_STAMPED,
+    GT_CURVATURE,
+    GT_DEPTH,
+    GT_DISPARITY,
+    GT_MARKERS,
+    GT_OBJECTS,
+    GT_OCCUPANCY,
+    GT_ODOMETRY,
+    GT_PATH,
+    GT_VISIBILITY,
+    IMAGE,
+    LIDAR_POINTS,
+    MARKER_ARRAY,
+    OCCUPANCY_GRID_TYPE,
+    ODOMETRY_TYPE,
+    PATH_TYPE,
+    POINTCLOUD2,
+    SCENARIO_INFO,
+    STRING_TYPE,
+    TF,
+    TF_MESSAGE,
+    TF_STATIC,
+)
 
 #: Topic -> message type of everything the generator writes (camera topics for each of CAMERA_SIDES).
 CAMERA_SIDES = ("left", "right", "mono")
