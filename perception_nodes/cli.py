@@ -63,6 +63,12 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     return generate_main(a)
 
 
+def _cmd_train(a: argparse.Namespace) -> int:
+    from perception_nodes.learning.cli import train_main  # imports torch only for this command
+
+    return train_main(a.branch, a.config, out=a.out, resume=a.resume, epochs=a.epochs, progress=not a.quiet)
+
+
 def _cmd_live(a: argparse.Namespace) -> int:
     from perception_nodes.ros.live import run_live
 
@@ -144,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_generate_arguments(g)
     g.set_defaults(func=_cmd_generate)
+
+    from perception_nodes.learning.cli import BRANCH_NAMES, TRAIN_DESCRIPTION, TRAIN_EPILOG  # torch-free
+
+    tr = sub.add_parser("train", help="train a learned branch on generated scenario bags",
+                        description=TRAIN_DESCRIPTION, epilog=TRAIN_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("branch", choices=BRANCH_NAMES, help="branch to train")
+    tr.add_argument("--config", type=Path, required=True, help="training YAML (e.g. configs/train/lidar_occupancy.yaml)")
+    tr.add_argument("--out", type=Path, default=None, help="run folder (default: the config's out)")
+    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    tr.add_argument("--epochs", type=int, default=None, help="total epochs (overrides the config)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(func=_cmd_train)
 
     lv = sub.add_parser("live", help="run every node in one process on rclpy (real ROS 2 topics)",
                         description="Start the graph's nodes on one rclpy executor. Inputs: /sensing/lidar/points; "

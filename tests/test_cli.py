@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO
 
-COMMANDS = [["replay"], ["evaluate"], ["generate"], ["convert", "kitti"], ["live"], ["play"], ["monitor"], ["params"]]
+COMMANDS = [["replay"], ["evaluate"], ["generate"], ["train"], ["convert", "kitti"], ["live"], ["play"], ["monitor"], ["params"]]
 
 
 def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -66,3 +66,12 @@ def test_own_bag_frames_match_the_kitti_source(kitti_bag, kitti_dir):
         assert sorted(b.label for b in f.boxes) == sorted(b.label for b in s.boxes)
         for a, b in zip(sorted(f.boxes, key=lambda b: b.center), sorted(s.boxes, key=lambda b: b.center), strict=True):
             assert np.allclose(a.center, b.center, atol=1e-6) and abs(np.sin(a.yaw - b.yaw)) < 1e-6
+
+
+def test_own_generated_bag_frames_carry_every_ground_truth_grid(scenario_bag):
+    """Generated bags write the grids after the objects: a frame must wait for all of them."""
+    frames = list(read_bag_frames(scenario_bag))
+    assert len(frames) == 10
+    for f in frames:
+        assert {"/ground_truth/occupancy", "/ground_truth/occupancy/visibility"} <= set(f.extras)
+        assert f.boxes and np.isclose(f.lidar_to_base[2, 3], 1.73)

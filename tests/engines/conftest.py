@@ -46,6 +46,7 @@ def dense_at(dense: torch.Tensor, coords: torch.Tensor, stride=(1, 1, 1)) -> tor
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
     scale = float(b.abs().max()) if b.numel() else 1.0
     return float((a.double() - b.double()).abs().max() / max(scale, 1e-30)) if a.numel() else 0.0
 
