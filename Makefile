@@ -4,7 +4,7 @@ OUT ?= out/demo
 PYTEST_ARGS ?=
 RUN := set +u; . scripts/ros_env.sh; set -u;
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-sparse clean
 setup:
 	@bash scripts/setup.sh
 
@@ -17,6 +17,12 @@ test: setup
 
 bench: setup
 	@$(RUN) .venv/bin/python benchmarks/codecs.py && .venv/bin/python benchmarks/ros_hop.py
+
+# spconv 2.3.8 is only the benchmark's peer: installed beside the venv, never into it (its `lark`
+# would replace the ROS wheels' `lark-parser` module of the same name).
+bench-sparse: setup
+	@[ -d /tmp/spconv-site/spconv ] || { .venv/bin/pip install -q --target /tmp/spconv-site spconv==2.3.8 && rm -rf /tmp/spconv-site/numpy*; }
+	@$(RUN) SPCONV_SITE=/tmp/spconv-site .venv/bin/python benchmarks/sparse_conv.py
 
 clean:
 	rm -rf out ros_ws/build ros_ws/install ros_ws/log ros_ws/colcon.log
