@@ -108,6 +108,8 @@ def _metrics_html(metrics: dict | None) -> str:
     det = metrics.get("detection")
     if det:
         parts.append(f"<h3>Detection</h3><pre>{html.escape(json.dumps(det, indent=1))}</pre>")
+        if det.get("pr_curves"):
+            parts.append(f'<img src="{det["pr_curves"]}" width="520">')
     return "\n".join(parts)
 
 

@@ -99,3 +99,26 @@ def test_generated_scenario_is_scored_on_occupancy(scenario_bag, tmp_path):
     assert occ["vacuity_auroc_unseen_vs_seen"] > 0.9  # uncertainty flags what the LiDAR did not see
     assert occ["coverage_of_visible"] > 0.8
     assert (tmp_path / "reliability_occupancy.png").is_file()
+
+
+def test_detections_are_scored_with_ap_and_pr_curves(tmp_path):
+    """Once the graph publishes /perception/objects, AP R40 and mAP are computed and PR curves drawn."""
+    from dataclasses import replace
+
+    from perception_nodes.evaluation import DETECTIONS_OUT
+
+    occ, vis, box = _scene()
+    ev = Evaluator()
+    for k in range(4):
+        stamp = STAMP + k * 100_000_000
+        gt = replace(box, center=(2.0 + k, 0.0, 0.8))
+        ev.ground_truth(topics.GT_OBJECTS, detections_msg([gt], stamp, "base_link", B))
+        hit = replace(gt, score=0.9) if k < 3 else replace(gt, center=(9.0, 4.0, 0.8), score=0.8)  # last one wrong
+        ev.prediction(DETECTIONS_OUT, detections_msg([hit], stamp, "base_link", B))
+        ev.prediction(topics.OCCUPANCY_GRID, _grid(np.zeros((10, 10)), stamp=stamp))
+        ev.prediction(topics.OCCUPANCY_UNCERTAINTY, _grid(np.zeros((10, 10)), stamp=stamp))
+    m = ev.results(tmp_path)
+    assert m["frames_scored"] == 4
+    ap = m["detection"]["kitti_ap_r40_3d"]["Car"]
+    assert 0.5 < ap < 1.0  # 3 of 4 found, the miss ranked last
+    assert (tmp_path / "pr_curves.png").is_file()
