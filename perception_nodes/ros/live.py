@@ -40,9 +40,20 @@ class LiveGraph:
         self.executor.spin_once(timeout_sec=timeout_s)
 
     def spin(self, duration_s: float | None = None) -> None:
+        """Spin until ``duration_s`` passes or the context shuts down (Ctrl-C, SIGTERM from a launcher)."""
+        from rclpy.executors import ExternalShutdownException
+
+        rclpy = import_rclpy()
         end = None if duration_s is None else time.monotonic() + duration_s
         while end is None or time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.1)
+            try:
+                self.executor.spin_once(timeout_sec=0.1)
+            except ExternalShutdownException:
+                return
+            except Exception:
+                if not rclpy.ok(context=self.context):  # a callback raced the shutdown: nothing to report
+                    return
+                raise
 
     def close(self) -> None:
         for n in self.nodes:
