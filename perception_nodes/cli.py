@@ -29,23 +29,30 @@ def _cmd_replay(a: argparse.Namespace) -> int:
     if e2e["count"]:
         print(f"end-to-end latency: p50 {e2e['p50_ms']:.1f} ms, p99 {e2e['p99_ms']:.1f} ms, max {e2e['max_ms']:.1f} ms, "
               f"deadline misses {e2e['deadline_misses']}; replay overhead/frame p50 {over['p50_ms']:.2f} ms")
-    if res.latency["malformed_inputs"] or res.latency["dropped_inputs"]:
+    if res.latency["malformed_inputs"] or any(res.latency["dropped_inputs"].values()):
         print(f"malformed: {res.latency['malformed_inputs']}  dropped: {res.latency['dropped_inputs']}")
+    _print_metrics(res.metrics, a.out)
     return 0
+
+
+def _print_metrics(m: dict | None, out: Path) -> None:
+    if not m:
+        return
+    print(f"{m.get('frames_scored', 0)} frames scored against the bag's ground truth -> {out}/metrics.json")
+    if m.get("occupancy"):
+        o = m["occupancy"]
+        print("occupancy: " + ", ".join(f"{k} {o[k]:.3f}" for k in ("iou", "precision", "recall", "ece",
+                                                                   "vacuity_auroc_unseen_vs_seen") if o.get(k) is not None))
+    if m.get("objects") and m["objects"].get("recall") is not None:
+        print(f"objects within {m['objects']['range_m']:g} m seen as occupied: recall {m['objects']['recall']:.3f}")
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     from perception_nodes.replay import replay
 
     res = replay(a.bag, a.config, a.out, progress=not a.quiet, require_ground_truth=True)
-    m = res.metrics or {}
-    print(f"{m.get('frames_scored', 0)} frames scored -> {a.out}/metrics.json, report.html")
-    if m.get("occupancy"):
-        o = m["occupancy"]
-        print("occupancy: " + ", ".join(f"{k} {o[k]:.3f}" for k in ("iou", "precision", "recall", "ece",
-                                                                   "vacuity_auroc_unseen_vs_seen") if o.get(k) is not None))
-    if m.get("objects"):
-        print(f"objects within {m['objects']['range_m']:g} m seen as occupied: recall {m['objects']['recall']:.3f}")
+    _print_metrics(res.metrics, a.out)
+    print(f"report: {a.out}/report.html")
     return 0
 
 
