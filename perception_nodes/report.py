@@ -19,14 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from perception_nodes.codecs.detections import boxes_from_detections  # noqa: E402
+from perception_nodes.evaluation import grid_array  # noqa: E402,F401  (re-exported for callers)
 
 if TYPE_CHECKING:
     from perception_nodes.replay import ReplayResult
-
-
-def grid_array(msg: Any) -> np.ndarray:
-    """OccupancyGrid data as (height, width) int8, row 0 = lowest y."""
-    return np.asarray(msg.data, dtype=np.int8).reshape(msg.info.height, msg.info.width)
 
 
 def _extent(msg: Any) -> list[float]:

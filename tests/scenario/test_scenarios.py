@@ -24,20 +24,12 @@ from perception_nodes.scenario import (
 )
 from perception_nodes.scenario.scenarios import CURVED_ROAD_R1, CURVED_ROAD_R2, HIGHWAY_RADIUS
 from perception_nodes.scenario.lidar import SURFACE_CURB, SURFACE_MARKING, SURFACE_ROAD, SURFACE_SIDEWALK
+from tests.scenario._geometry import bev_overlap
 
 S_CURVE = RoadPath(((20.0, 0.0), (40.0, 1.0 / 30.0), (10.0, 0.0), (50.0, -1.0 / 25.0), (30.0, 0.0)),
                    x0=-5.0, y0=2.0, heading0=0.3)
 
 
-def _bev_overlap(a: np.ndarray, b: np.ndarray) -> bool:
-    for poly in (a, b):
-        for i in range(4):
-            edge = poly[(i + 1) % 4] - poly[i]
-            axis = np.array([-edge[1], edge[0]])
-            pa, pb = a @ axis, b @ axis
-            if pa.max() < pb.min() or pb.max() < pa.min():
-                return False
-    return True
 
 
 # -- RoadPath ----------------------------------------------------------------------------------------
@@ -132,7 +124,7 @@ def test_no_boxes_overlap_and_the_ego_hits_nothing(name, seed):
     for i in range(len(static)):
         cand = np.nonzero(np.all(lo <= hi[i], axis=1) & np.all(hi >= lo[i], axis=1))[0]
         for j in cand[cand > i]:
-            assert not _bev_overlap(polys[i], polys[j]), (static[i], static[j])
+            assert not bev_overlap(polys[i], polys[j]), (static[i], static[j])
     for t in np.arange(0.0, scene.duration + 1e-9, 0.1):
         x, y, yaw = ego_pose(t, scene)
         boxes = actors_at(scene, t) + [Box3D("Ego", (x, y, 0.75), scene.ego.size, yaw)]
@@ -145,7 +137,7 @@ def test_no_boxes_overlap_and_the_ego_hits_nothing(name, seed):
             cand = np.nonzero(np.all(lo <= hi[k], axis=1) & np.all(hi >= lo[k], axis=1))[0]
             for c in cand:
                 if c != k:
-                    assert not _bev_overlap(polys[k], polys[c]), (name, seed, t, m, boxes[c])
+                    assert not bev_overlap(polys[k], polys[c]), (name, seed, t, m, boxes[c])
 
 
 def test_curved_road_ego_follows_the_lane_and_the_curvature_changes_sign():

@@ -21,18 +21,9 @@ from perception_nodes.scenario import (
     ego_pose,
     ego_pose3d,
 )
+from tests.scenario._geometry import bev_overlap
 
 
-def _bev_overlap(a: np.ndarray, b: np.ndarray) -> bool:
-    """Separating-axis test for two convex BEV quadrilaterals (4, 2)."""
-    for poly in (a, b):
-        for i in range(4):
-            edge = poly[(i + 1) % 4] - poly[i]
-            axis = np.array([-edge[1], edge[0]])
-            pa, pb = a @ axis, b @ axis
-            if pa.max() < pb.min() or pb.max() < pa.min():
-                return False
-    return True
 
 
 def _ego_box(scene: Scene, t: float) -> Box3D:
@@ -93,7 +84,7 @@ def test_no_boxes_overlap_and_ego_hits_nothing(seed):
     corners_static = [b.corners_xy() for b in static]
     for i in range(len(static)):
         for j in range(i + 1, len(static)):
-            assert not _bev_overlap(corners_static[i], corners_static[j]), (static[i], static[j])
+            assert not bev_overlap(corners_static[i], corners_static[j]), (static[i], static[j])
     for t in np.arange(0.0, scene.duration + 1e-9, 0.1):
         boxes = actors_at(scene, t) + [_ego_box(scene, t)]
         moving = [b for b in boxes if b.label == "Ego" or b.extras.get("dynamic")]
@@ -105,7 +96,7 @@ def test_no_boxes_overlap_and_ego_hits_nothing(seed):
             cand = np.nonzero(np.all(lo <= hi[k], axis=1) & np.all(hi >= lo[k], axis=1))[0]
             for c in cand:
                 if c != k:
-                    assert not _bev_overlap(polys[k], polys[c]), (t, m, boxes[c])
+                    assert not bev_overlap(polys[k], polys[c]), (t, m, boxes[c])
 
 
 def test_moving_actors_move_at_constant_velocity():
