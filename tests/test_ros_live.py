@@ -31,7 +31,14 @@ def _stamp(msg) -> int:
 def live(ros_context):
     from perception_nodes.ros.live import LiveGraph
 
-    graph = LiveGraph(context=ros_context, use_sim_time=True)  # bag time via /clock, as for ros2 bag play --clock
+    from perception_nodes.config import load_params
+
+    params = load_params()
+    # /clock keeps running while a node computes (multi-threaded executor); on a loaded CI machine one
+    # ground segmentation can take longer than the 0.3 s default, which would (rightly) make the grid
+    # fall back to inline segmentation: this test checks the nominal path
+    params["occupancy_grid"]["sync"]["obstacle_timeout_s"] = 5.0
+    graph = LiveGraph(params=params, context=ros_context, use_sim_time=True)  # bag time via /clock
     yield graph
     graph.close()
 
@@ -43,9 +50,10 @@ def _probe(ctx, executor, names_types):
     from perception_nodes.ros.qos import profile
 
     node = rclpy.create_node("test_probe", context=ctx)
-    got: dict[str, list] = {n: [] for n, _ in names_types}
-    for name, msgtype in names_types:
-        node.create_subscription(_message_class(msgtype), name, lambda m, n=name: got[n].append(m), profile("reliable"))
+    got: dict[str, list] = {n: [] for n, *_ in names_types}
+    for name, msgtype, *qos in names_types:  # clouds are published with sensor-data QoS (best effort)
+        node.create_subscription(_message_class(msgtype), name, lambda m, n=name: got[n].append(m),
+                                 profile(qos[0] if qos else "reliable"))
     executor.add_node(node)
     return node, got
 
@@ -73,7 +81,8 @@ def test_kitti_bag_played_over_ros_yields_grids_and_latency_topics(kitti_bag, ro
     t = threading.Thread(target=player.play, kwargs={"rate": 1.0, "clock": True, "start_delay_s": 0.5}, daemon=True)
     t.start()
     ok = _spin_until(live.executor, lambda: len(got[topics.OCCUPANCY_GRID]) >= 3 and
-                     len(got["/occupancy_grid/debug/pipeline_latency_ms"]) >= 3, 60.0)
+                     len(got["/occupancy_grid/debug/pipeline_latency_ms"]) >= 3 and
+                     len(got["/ground_segmentation/debug/processing_time_ms"]) >= 3, 60.0)
     t.join(10)
     with BagReader(kitti_bag) as r:
         in_stamps = [_stamp(rec.msg) for rec in r.records(topics=[topics.LIDAR_POINTS])]
@@ -111,7 +120,7 @@ def test_malformed_cloud_over_ros_is_counted_and_the_node_keeps_running(kitti_ba
     from perception_nodes.ros.qos import profile
 
     probe, got = _probe(ros_context, live.executor, [(topics.DIAGNOSTICS, topics.DIAGNOSTIC_ARRAY),
-                                                    (topics.OBSTACLE_POINTS, topics.POINTCLOUD2)])
+                                                    (topics.OBSTACLE_POINTS, topics.POINTCLOUD2, "sensor")])
     pub_node = rclpy.create_node("test_bad_publisher", context=ros_context)
     pub = pub_node.create_publisher(PointCloud2, topics.LIDAR_POINTS, profile("reliable"))
     assert _spin_until(live.executor, lambda: pub.get_subscription_count() >= 2, 15.0)

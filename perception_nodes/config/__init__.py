@@ -3,7 +3,9 @@
 ``perception.params.yaml`` beside this module holds every default with its documentation; a user file
 (``--config FILE`` or the launch argument ``params_file``) overrides any subset of it. The format is
 what ``ros2 launch`` passes to nodes (``<node>: {ros__parameters: {...}}``, nested maps allowed), so
-one file drives a vehicle and an offline replay alike.
+one file drives a vehicle and an offline replay alike. Values are what rcl can load (scalars, strings,
+flat lists): a list of pairs is written as parallel lists (:data:`PARALLEL_LISTS`). Types, ranges,
+descriptions and what needs a restart are in :mod:`perception_nodes.config.schema`.
 """
 
 from __future__ import annotations
@@ -69,12 +71,45 @@ def load_params(path: str | Path | None = None) -> dict[str, dict]:
         if node not in merged:
             raise ConfigError(f"{p}: unknown node {node!r} (known: {', '.join(sorted(merged))})")
         merged[node] = _merge(merged[node], params, f"{node}.")
-    return merged
+    return {node: _checked(node, tree, f"{p}: ") for node, tree in merged.items()}
+
+
+def _checked(node: str, tree: dict, where: str) -> dict:
+    """Types and ranges of :mod:`perception_nodes.config.schema`, as rcl would enforce them live."""
+    from perception_nodes.config.schema import check_values
+
+    return unflatten(check_values(node, flatten(tree), where))
+
+
+#: dataclass field -> the parallel flat lists that carry it in the params file. rcl cannot load nested
+#: lists ("Sequences cannot be key"), so a list of pairs is written as one list per column.
+PARALLEL_LISTS: dict[str, tuple[str, ...]] = {"ring_zones": ("ring_zone_starts", "ring_zone_widths")}
+
+
+def _zip_parallel(values: dict[str, Any], names: set[str], where: str) -> dict[str, Any]:
+    values = dict(values)
+    for field, columns in PARALLEL_LISTS.items():
+        present = [c for c in columns if c in values]
+        if field not in names or not present:
+            continue
+        if len(present) != len(columns):
+            missing = sorted(set(columns) - set(present))
+            raise ConfigError(f"{where}{present[0]} needs {', '.join(where + m for m in missing)} beside it")
+        cols = [list(values.pop(c)) for c in columns]
+        if len({len(c) for c in cols}) != 1:
+            raise ConfigError(f"{where}{', '.join(columns)} must have the same length")
+        values[field] = [list(row) for row in zip(*cols)]
+    return values
 
 
 def to_dataclass(cls: type[T], values: dict[str, Any], where: str = "") -> T:
-    """Build a frozen parameter dataclass, rejecting unknown keys with a clear message."""
+    """Build a frozen parameter dataclass, rejecting unknown keys with a clear message.
+
+    A field listed in :data:`PARALLEL_LISTS` may also be given as its flat columns (the params file's
+    form); the dataclass's own ``ValueError`` (a value out of its domain) becomes a ConfigError.
+    """
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = _zip_parallel(values, names, where)
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"unknown parameter(s) {where}{', '.join(sorted(unknown))} for {cls.__name__}")
@@ -83,7 +118,12 @@ def to_dataclass(cls: type[T], values: dict[str, Any], where: str = "") -> T:
         if f.name in values:
             v = values[f.name]
             kwargs[f.name] = _tuples(v)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {exc}") from exc
 
 
 def _tuples(v: Any) -> Any:

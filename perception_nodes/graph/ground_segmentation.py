@@ -66,3 +66,7 @@ class GroundSegmentationNode(NodeCore):
                                     create_xyzi_cloud(pts[ground], stamp, self.base_frame, self.backend)))
         self.frames_out += 1
         return out + self.debug_emits(frame)
+
+    def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {**super()._derived(params),
+                "ground_params": to_dataclass(GroundParams, params.get("ground", {}), f"{self.name}.ground.")}

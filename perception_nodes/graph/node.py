@@ -246,3 +246,45 @@ class NodeCore:
         self._diag_had_frames = self.frames_out > 0
         return [Emit(topics.DIAGNOSTICS, topics.DIAGNOSTIC_ARRAY,
                      diagnostic_array_msg(self.diagnostic_statuses(), now, self.backend))]
+
+    # --- runtime reconfiguration (rclpy set_parameters, tests) ----------------------------------
+    def reconfigure(self, changes: dict[str, Any]) -> None:
+        """Apply new values of runtime-changeable parameters; all or nothing.
+
+        ``changes`` uses dotted names (``grid.resolution``) or nested maps, as the params file. Read-only
+        parameters (see :mod:`perception_nodes.config.schema`: topics, frames, QoS, calibration, window
+        sizes) need a restart and raise ConfigError, as do unknown names, wrong types and values out of
+        range; a value the algorithm rejects (e.g. ``evidence.obstacle_max_height`` below the min)
+        raises before anything changed. Subclasses rebuild what they derive in :meth:`_derived`.
+        """
+        from perception_nodes.config import ConfigError, flatten, unflatten
+        from perception_nodes.config.schema import check_values, node_schema
+
+        flat = check_values(self.name, flatten(changes)) if self.name in _schema_nodes() else flatten(changes)
+        specs = node_schema(self.name) if self.name in _schema_nodes() else {}
+        ro = sorted(k for k in flat if k in specs and specs[k].read_only)
+        if ro:
+            raise ConfigError(f"{self.name}: {', '.join(ro)} read-only (needs a restart)")
+        merged = flatten(self.params)
+        merged.update(flat)
+        params = unflatten(merged)
+        budgets = {k: float(v) for k, v in (params.get("latency_budgets_ms") or {}).items()}
+        derived = self._derived(params)  # may raise: nothing has changed yet
+        self.params = params
+        self.publish_debug = bool(params.get("publish_debug", True))
+        self.diagnostics_period_ns = int(float(params.get("diagnostics_period_s", 1.0)) * 1e9)
+        self.latency.budgets_ms = budgets
+        for key, series in self.latency.series.items():
+            series.budget_ms = budgets.get(key)
+        for attr, value in derived.items():
+            setattr(self, attr, value)
+
+    def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Attributes built from ``params`` that :meth:`reconfigure` replaces (subclasses extend)."""
+        return {}
+
+
+def _schema_nodes() -> set[str]:
+    from perception_nodes.config import load_params
+
+    return set(load_params())

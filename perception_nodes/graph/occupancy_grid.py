@@ -200,3 +200,18 @@ class OccupancyGridNode(NodeCore):
                 ]
         self.frames_out += 1
         return out + self.debug_emits(frame)
+
+    def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
+        out = super()._derived(params)
+        out["grid"] = to_dataclass(GridSpec, params.get("grid", {}), f"{self.name}.grid.")
+        out["evidence"] = to_dataclass(OccupancyParams, params.get("evidence", {}), f"{self.name}.evidence.")
+        out["ground_params"] = to_dataclass(GroundParams, params.get("ground", {}), f"{self.name}.ground.")
+        out["unknown_vacuity"] = float(params.get("unknown_vacuity", 1.0))
+        sync = params.get("sync", {})
+        # the synchroniser keeps its queues and counters; only its time limits change
+        probe = ApproximateTimeSynchronizer(
+            2, int(sync.get("queue_size", 5)), max_interval_s=float(sync.get("max_interval_s", 0.05)),
+            input_timeouts_s=[None, float(sync["obstacle_timeout_s"]) if sync.get("obstacle_timeout_s") else None])
+        for attr in ("_max_interval_ns", "_timeouts_ns", "_uses_clock"):
+            setattr(self.sync, attr, getattr(probe, attr))  # applied only if every value above was valid
+        return out

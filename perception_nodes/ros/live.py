@@ -1,4 +1,4 @@
-"""``perception-stack live``: every node of the graph in one process on an rclpy executor."""
+"""``perception-stack live``: every node of the graph in one process on a multi-threaded rclpy executor."""
 
 from __future__ import annotations
 
@@ -6,35 +6,64 @@ import time
 from pathlib import Path
 from typing import Any
 
+from perception_nodes import topics
 from perception_nodes.config import load_params
 from perception_nodes.graph import NODE_TYPES
 from perception_nodes.ros.env import import_rclpy
 
 
 class LiveGraph:
-    """The graph's nodes as rclpy nodes sharing one executor (usable from tests and the CLI)."""
+    """The graph's nodes as managed rclpy nodes in one process, on one multi-threaded executor.
+
+    Topics between two nodes of the graph (ground_segmentation's obstacle cloud to occupancy_grid) are
+    handed over in process as message objects, with no serialize/deserialize; every topic is still on
+    DDS for outside subscribers (see :mod:`perception_nodes.ros.node`). With ``autostart`` (a node
+    parameter, default true) each node is configured and activated here; otherwise it waits for
+    lifecycle transitions. Usable from tests and the CLI.
+    """
 
     def __init__(self, config: str | Path | None = None, params: dict[str, dict[str, Any]] | None = None,
-                 context: Any = None, use_sim_time: bool = False) -> None:
-        rclpy = import_rclpy()
-        from rclpy.executors import SingleThreadedExecutor
+                 context: Any = None, use_sim_time: bool = False, in_process: bool = True) -> None:
+        import_rclpy()
         from rclpy.parameter import Parameter
 
-        from perception_nodes.ros.node import CoreNode
+        from perception_nodes.ros.node import ManagedCoreNode, make_executor, tree_overrides
 
         self.params = params if params is not None else load_params(config)
         self.context = context
-        self.executor = SingleThreadedExecutor(context=context)
-        self.nodes: list[CoreNode] = []
-        overrides = [Parameter("use_sim_time", Parameter.Type.BOOL, True)] if use_sim_time else []
+        self.nodes: list[ManagedCoreNode] = []
+        sim = [Parameter("use_sim_time", Parameter.Type.BOOL, True)] if use_sim_time else []
         for name, p in self.params.items():
             if name not in NODE_TYPES or not p.get("enabled", True):
                 continue
             p = {k: v for k, v in p.items() if k != "enabled"}
-            rnode = rclpy.create_node(name, context=context, parameter_overrides=overrides)
-            runner = CoreNode(rnode, NODE_TYPES[name], p)
-            self.nodes.append(runner)
-            self.executor.add_node(rnode)
+            self.nodes.append(ManagedCoreNode(name, NODE_TYPES[name], context=context,
+                                              parameter_overrides=tree_overrides(p) + sim))
+        if in_process:
+            self._wire_in_process()
+        self.executor = make_executor(len(self.nodes), context=context)
+        for n in self.nodes:
+            self.executor.add_node(n)
+        for n in self.nodes:
+            n.autostart()
+
+    def _wire_in_process(self) -> None:
+        """Each topic one node publishes and another subscribes goes from the first to the second directly."""
+        outputs = {}
+        for n in self.nodes:
+            core = n.core_cls(n.get_name(), n.params_tree(), backend=None, clock=lambda: 0)  # ports only
+            outputs[n] = {p.topic for p in core.outputs()}, {p.topic for p in core.inputs()}
+        for producer, (outs, _) in outputs.items():
+            for consumer, (_, ins) in outputs.items():
+                if consumer is producer:
+                    continue
+                for topic in (outs & ins) - {topics.DIAGNOSTICS}:
+                    producer.in_process_consumers.setdefault(topic, []).append(consumer)
+                    consumer.in_process_inputs.add(topic)
+
+    @property
+    def node_by_name(self) -> dict[str, Any]:
+        return {n.get_name(): n for n in self.nodes}
 
     def spin_once(self, timeout_s: float = 0.05) -> None:
         self.executor.spin_once(timeout_sec=timeout_s)
@@ -57,8 +86,8 @@ class LiveGraph:
 
     def close(self) -> None:
         for n in self.nodes:
-            self.executor.remove_node(n.node)
-            n.node.destroy_node()
+            self.executor.remove_node(n)
+            n.destroy_node()
         self.executor.shutdown()
 
 
@@ -66,7 +95,7 @@ def run_live(config: str | Path | None = None, duration_s: float | None = None, 
     rclpy = import_rclpy()
     rclpy.init()
     graph = LiveGraph(config, use_sim_time=use_sim_time)
-    names = ", ".join(n.core.name for n in graph.nodes)
+    names = ", ".join(n.get_name() for n in graph.nodes)
     print(f"live graph running: {names} (Ctrl-C to stop)", flush=True)
     try:
         graph.spin(duration_s)

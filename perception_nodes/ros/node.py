@@ -1,74 +1,298 @@
-"""Runs a :class:`~perception_nodes.graph.node.NodeCore` as an rclpy node.
+"""Runs a :class:`~perception_nodes.graph.node.NodeCore` as a managed (lifecycle) rclpy node.
 
-Subscriptions and publishers come from the core's ports; private ``~/`` topics resolve under the
-node's name as usual. The core's clock is the node's ROS clock, so ``use_sim_time`` (with ``/clock``
-from ``perception-stack play --clock`` or ``ros2 bag play --clock``) makes pipeline latency sim-time
-correct. A message type that is not installed (``tf2_msgs`` is not on PyPI) disables that port with a
-warning instead of failing the node.
+* **Parameters** are declared with ROS descriptors from :mod:`perception_nodes.config.schema` (type,
+  range, description, read-only where a restart is needed). A parameter the schema does not know is an
+  error at start; ``set_parameters`` is checked by rclpy (type, range, read-only) and then by the core
+  (:meth:`NodeCore.reconfigure`, which applies the change or rejects it with the reason).
+* **Lifecycle**: ``configure`` builds the core (calibration, models, JIT warm-up) and the publishers,
+  ``activate`` subscribes and starts the tick timer, ``deactivate`` unsubscribes, ``cleanup`` drops the
+  core and publishers, ``shutdown`` does whatever is left. With ``autostart`` (default) the node walks
+  itself to active; otherwise ``ros2 lifecycle set <node> configure`` etc.
+* **Threads**: subscriptions and the tick timer sit in one mutually exclusive callback group per node
+  (the core runs on one thread at a time); ``/clock``, parameter and lifecycle services stay in the
+  default group, so under a multi-threaded executor sim time advances while a long callback runs and
+  stamp-based latencies are measured on a moving clock.
+* **In-process handoff**: a topic that another node of the same process consumes is handed to it as
+  the message object (no serialize/deserialize) and not subscribed over DDS by that node; it is still
+  published on DDS, but only when some outside subscriber is matched (``get_subscription_count``).
+  Volatile outputs without any subscriber are not serialized at all; latched ones always are.
+
+The core's clock is the node's ROS clock, so ``use_sim_time`` (with ``/clock`` from
+``perception-stack play --clock`` or ``ros2 bag play --clock``) makes pipeline latency sim-time correct.
+A message type that is not installed (``tf2_msgs`` off PyPI) disables that port with a warning.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from typing import Any
 
-from perception_nodes.config import flatten, load_params, unflatten
+from perception_nodes.config import ConfigError, flatten, unflatten
+from perception_nodes.config.schema import ParamSpec, coerce, node_schema
 from perception_nodes.graph import NODE_TYPES, NodeCore
 from perception_nodes.ros.backend import RclpyBackend, _message_class
+from perception_nodes.ros.env import import_rclpy
 from perception_nodes.ros.qos import profile
 
 #: how often cores get ``tick`` (synchroniser time-outs, diagnostics)
 TICK_PERIOD_S = 0.05
 
+#: parameters of the ROS adapter, not of the core
+ADAPTER_KEYS = ("autostart", "qos")
 
-class CoreNode:
-    """Owns one rclpy ``Node`` and the core it drives."""
+#: parameters rclpy itself declares (and those the ROS tooling may pass) that the schema need not know
+_ROS_OWN = ("use_sim_time", "start_type_description_service")
 
-    def __init__(self, rclpy_node: Any, core_cls: type[NodeCore], params: dict[str, Any]) -> None:
-        self.node = rclpy_node
-        clock = rclpy_node.get_clock()
-        self.core = core_cls(
-            rclpy_node.get_name(), params, backend=RclpyBackend(), clock=lambda: clock.now().nanoseconds,
-            log=None,
-        )
-        log = rclpy_node.get_logger()
-        self.core.log = _LoggerAdapter(log)
-        self.core.warmup()
+import_rclpy()
+from rclpy.lifecycle import Node as _LifecycleNode  # noqa: E402
+from rclpy.lifecycle import State, TransitionCallbackReturn  # noqa: E402
+
+
+def _descriptor(spec: ParamSpec) -> Any:
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rclpy.parameter import Parameter
+
+    d = ParameterDescriptor(name=spec.name, type=Parameter.Type[spec.type.upper()].value,
+                            description=spec.description, read_only=spec.read_only)
+    if spec.range is not None:
+        lo, hi = spec.range
+        if spec.type == "integer":
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        else:
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    if spec.read_only:
+        d.additional_constraints = "read-only: needs a restart (or lifecycle cleanup + configure)"
+    return d
+
+
+class ManagedCoreNode(_LifecycleNode):
+    """One lifecycle node driving one core (see module doc)."""
+
+    def __init__(self, name: str, core_cls: type[NodeCore] | None = None, *, context: Any = None,
+                 parameter_overrides: list[Any] | None = None, **node_kwargs: Any) -> None:
+        super().__init__(name, context=context, parameter_overrides=parameter_overrides or [],
+                         automatically_declare_parameters_from_overrides=False,
+                         allow_undeclared_parameters=False, **node_kwargs)
+        from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+
+        self.core_cls = core_cls or NODE_TYPES[name]
+        self.core: NodeCore | None = None
+        self.lock = threading.RLock()  # the core is single-threaded: callbacks, reconfigure, transitions
+        self.group = MutuallyExclusiveCallbackGroup()
+        self.in_process_inputs: set[str] = set()  # topics handed over in process instead of DDS
+        self.in_process_consumers: dict[str, list[ManagedCoreNode]] = {}
+        self.dds_skipped: Counter[str] = Counter()  # publishes not serialized: nobody was listening
+        self.dds_published: Counter[str] = Counter()
+        self.callback_errors: Counter[str] = Counter()
         self._pubs: dict[str, Any] = {}
-        self._qos = {p.topic: p.qos for p in self.core.outputs()}
-        self._subs = []
-        for port in self.core.inputs():
+        self._pub_kind: dict[str, str] = {}
+        self._subs: list[Any] = []
+        self._timer = None
+        self._declare_parameters()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # --- parameters ---------------------------------------------------------------------------
+    def _declare_parameters(self) -> None:
+        from rclpy.parameter import Parameter
+
+        self.specs = node_schema(self.get_name())
+        overrides = self._parameter_overrides  # what --params-file / -p / parameter_overrides gave
+        unknown = sorted(n for n in overrides if n not in self.specs and n not in _ROS_OWN
+                         and not n.startswith("qos_overrides."))
+        if unknown:
+            raise ConfigError(f"{self.get_name()}: unknown parameter(s) {', '.join(unknown)} "
+                              "(see perception.params.yaml)")
+        for name, spec in self.specs.items():
+            if name in overrides:  # `1` where a double is meant: widen, as rcl's YAML typing is strict
+                value = coerce(spec.type, overrides[name].value)
+                if value is None:
+                    raise ConfigError(f"{self.get_name()}: parameter {name} must be of type {spec.type}, "
+                                      f"got {overrides[name].value!r}")
+                overrides[name] = Parameter(name, Parameter.Type[spec.type.upper()], value)
+            self.declare_parameter(name, spec.default, _descriptor(spec))
+
+    def params_tree(self) -> dict[str, Any]:
+        """The core's parameters (nested, as the params file) from the declared ROS parameters."""
+        flat = {n: self.get_parameter(n).value for n in self.specs}
+        return {k: v for k, v in unflatten(flat).items() if k not in ADAPTER_KEYS}
+
+    def _on_set_parameters(self, params: list[Any]) -> Any:
+        from rcl_interfaces.msg import SetParametersResult
+
+        changes = {p.name: p.value for p in params if p.name in self.specs}
+        if not changes:
+            return SetParametersResult(successful=True)
+        with self.lock:
+            if self.core is None:  # unconfigured: rclpy checked type and range; configure builds from them
+                return SetParametersResult(successful=True)
             try:
-                cls = _message_class(port.msgtype)
-            except (ImportError, AttributeError, ValueError):
-                log.warning(f"message type {port.msgtype} is not installed: not subscribing to {port.topic}")
-                continue
-            self._subs.append(
-                rclpy_node.create_subscription(cls, port.topic, self._callback(port.topic), profile(port.qos))
-            )
-        # ticks run on the steady clock: under use_sim_time a ROS-clock timer stops whenever /clock does,
-        # and health must keep flowing exactly then
+                self.core.reconfigure(changes)
+            except (ValueError, TypeError) as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+        self.get_logger().info("reconfigured: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+        return SetParametersResult(successful=True)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def autostart(self) -> bool:
+        """configure + activate when the ``autostart`` parameter says so; True when active."""
+        from lifecycle_msgs.msg import State as StateMsg
+
+        if not self.get_parameter("autostart").value:
+            self.get_logger().info("autostart false: waiting for lifecycle transitions")
+            return False
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        self.trigger_activate()
+        return self._state_machine.current_state[0] == StateMsg.PRIMARY_STATE_ACTIVE
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        with self.lock:
+            try:
+                clock = self.get_clock()
+                core = self.core_cls(self.get_name(), self.params_tree(), backend=RclpyBackend(),
+                                     clock=lambda: clock.now().nanoseconds, log=_LoggerAdapter(self.get_logger()))
+                core.warmup()
+                qos = self._output_qos(core)
+                for port in core.outputs():
+                    self._publisher(port.topic, port.msgtype, qos.get(port.topic, port.qos))
+            except Exception as exc:  # a bad calibration file, model or parameter: stay unconfigured
+                self.get_logger().error(f"configure failed: {exc}")
+                self._destroy_publishers()
+                return TransitionCallbackReturn.FAILURE
+            self.core = core
+            self._pub_kind.update(qos)
+        return super().on_configure(state)
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
         from rclpy.clock import Clock, ClockType
 
-        self._timer = rclpy_node.create_timer(TICK_PERIOD_S, self._on_tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        with self.lock:
+            for port in self.core.inputs():
+                if port.topic in self.in_process_inputs:
+                    continue
+                try:
+                    cls = _message_class(port.msgtype)
+                except (ImportError, AttributeError, ValueError):
+                    self.get_logger().warning(f"message type {port.msgtype} is not installed: not subscribing to "
+                                              f"{port.topic}")
+                    continue
+                self._subs.append(self.create_subscription(cls, port.topic, self._callback(port.topic),
+                                                           profile(port.qos), callback_group=self.group))
+            # ticks run on the steady clock: under use_sim_time a ROS-clock timer stops whenever /clock
+            # does, and health must keep flowing exactly then
+            self._timer = self.create_timer(TICK_PERIOD_S, self._on_tick, callback_group=self.group,
+                                            clock=Clock(clock_type=ClockType.STEADY_TIME))
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        with self.lock:
+            self._stop_inputs()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        with self.lock:
+            self._destroy_publishers()
+            self.core = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        with self.lock:
+            self._stop_inputs()
+            self._destroy_publishers()
+            self.core = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        return self.on_shutdown(state)
+
+    def is_active(self) -> bool:
+        from lifecycle_msgs.msg import State as StateMsg
+
+        return self._state_machine.current_state[0] == StateMsg.PRIMARY_STATE_ACTIVE
+
+    def _stop_inputs(self) -> None:
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs.clear()
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+
+    # --- messages -----------------------------------------------------------------------------
+    def _output_qos(self, core: NodeCore) -> dict[str, str]:
+        """Topic -> QoS kind from the ``qos.<output>`` parameters (``<output>_topic`` names the topic)."""
+        out = {}
+        for name in self.specs:
+            if name.startswith("qos."):
+                key = name[4:]
+                topic = self.get_parameter(f"{key}_topic").value if f"{key}_topic" in self.specs else ""
+                kind = self.get_parameter(name).value
+                profile(kind)  # unknown kinds fail configure with the reason
+                if topic:
+                    out[topic] = kind
+        return out
+
+    def _publisher(self, topic: str, msgtype: str, kind: str) -> Any:
+        pub = self._pubs.get(topic)
+        if pub is None:
+            pub = self._pubs[topic] = self.create_publisher(_message_class(msgtype), topic, profile(kind))
+            self._pub_kind[topic] = kind
+        return pub
+
+    def _destroy_publishers(self) -> None:
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        self._pubs.clear()
+        self._pub_kind.clear()
 
     def _callback(self, topic: str):
         def cb(msg: Any) -> None:
-            self._publish(self.core.handle(topic, msg))
+            self.deliver(topic, msg)
 
         return cb
 
+    def deliver(self, topic: str, msg: Any) -> None:
+        """One message in (from DDS or from a node of this process); what the core emits goes out."""
+        with self.lock:
+            if self.core is None or not self.is_active():
+                return
+            try:
+                emits = self.core.handle(topic, msg)
+            except Exception as exc:  # last line of defence: the core should have caught it
+                emits = self._callback_error(topic, exc)
+            self._publish(emits)
+
     def _on_tick(self) -> None:
-        self._publish(self.core.tick())
+        with self.lock:
+            if self.core is None:
+                return
+            try:
+                emits = self.core.tick()
+            except Exception as exc:
+                emits = self._callback_error("tick", exc)
+            self._publish(emits)
+
+    def _callback_error(self, where: str, exc: Exception) -> list:
+        kind = f"{where}: {type(exc).__name__}"
+        self.callback_errors[kind] += 1
+        if self.callback_errors[kind] == 1:
+            self.get_logger().error(f"{kind}: {exc} (message dropped, counted; the node goes on)")
+        self.core.dropped[where] += 1
+        self.core.warnings["exception"] = f"{kind}: {exc}"
+        return []
 
     def _publish(self, emits) -> None:
         for e in emits:
-            pub = self._pubs.get(e.topic)
-            if pub is None:
-                kind = self._qos.get(e.topic, "reliable")
-                pub = self._pubs[e.topic] = self.node.create_publisher(
-                    _message_class(e.msgtype), e.topic, profile(kind)
-                )
+            for consumer in self.in_process_consumers.get(e.topic, ()):
+                consumer.deliver(e.topic, e.msg)
+            kind = self._pub_kind.get(e.topic, "reliable")
+            pub = self._publisher(e.topic, e.msgtype, kind)
+            if kind != "latched" and pub.get_subscription_count() == 0:
+                self.dds_skipped[e.topic] += 1  # nobody outside listens: no serialization at all
+                continue
             pub.publish(e.msg)
+            self.dds_published[e.topic] += 1
 
 
 class _LoggerAdapter:
@@ -83,27 +307,49 @@ class _LoggerAdapter:
     def info(self, fmt: str, *args: Any) -> None:
         self._l.info(fmt % args if args else fmt)
 
+    def error(self, fmt: str, *args: Any) -> None:
+        self._l.error(fmt % args if args else fmt)
 
-def node_params(rclpy_node: Any, defaults: dict[str, Any]) -> dict[str, Any]:
-    """Parameters of a node started by ``ros2 launch``/``ros2 run``: overrides on top of defaults."""
-    flat = flatten(defaults)
-    got = {}
-    for name, value in flat.items():
-        if not rclpy_node.has_parameter(name):
-            try:
-                rclpy_node.declare_parameter(name, value)
-            except Exception:  # e.g. nested lists, which ROS parameters cannot hold: keep the default
-                got[name] = value
-                continue
-        got[name] = rclpy_node.get_parameter(name).value
-    return unflatten(got)
+
+def tree_overrides(params: dict[str, Any]) -> list[Any]:
+    """rclpy ``parameter_overrides`` from a params tree (``load_params(...)[node]``)."""
+    from rclpy.parameter import Parameter
+
+    return [Parameter(name, value=value) for name, value in flatten(params).items()]
+
+
+def make_executor(n_nodes: int, context: Any = None) -> Any:
+    """A multi-threaded executor: one thread per node's callback group, plus room for /clock and services."""
+    from rclpy.executors import MultiThreadedExecutor
+
+    return MultiThreadedExecutor(num_threads=n_nodes + 2, context=context)
 
 
 def main_single(node_name: str, args: list[str] | None = None) -> None:
     """Entry point of one node as its own process (the bringup package's executables)."""
-    from perception_nodes.ros.env import import_rclpy, ros_node
+    import sys
 
-    with ros_node(node_name, args, automatically_declare_parameters_from_overrides=True) as node:
-        params = node_params(node, load_params()[node_name])
-        runner = CoreNode(node, NODE_TYPES[node_name], params)
-        import_rclpy().spin(runner.node)
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy = import_rclpy()
+    rclpy.init(args=args)
+    try:
+        try:
+            node = ManagedCoreNode(node_name)
+        except (ConfigError, InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            print(f"{node_name}: error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        node.autostart()
+        executor = make_executor(1)
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            executor.shutdown()
+            node.destroy_node()
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()

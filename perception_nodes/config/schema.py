@@ -1,0 +1,257 @@
+"""What each parameter is: type, description, allowed range, and whether changing it needs a restart.
+
+One schema serves every path: the rclpy nodes declare their parameters with ROS descriptors built from
+it (``ros2 param describe`` shows them; rclpy rejects out-of-range or wrongly typed values on
+``set_parameters`` and at start), :func:`~perception_nodes.config.load_params` checks ``--config`` files
+against it, and :meth:`NodeCore.reconfigure` refuses read-only keys.
+
+* Names and defaults come from ``perception.params.yaml`` (flattened to ROS dotted names).
+* Descriptions are that file's comments: the end-of-line comment of a key (with the comment lines
+  indented below it), or, for the common parameters, the header table; a key without its own comment
+  takes the description of the same key elsewhere in the file (``occupancy_grid``'s inline
+  ``ground.*`` reuses ``ground_segmentation``'s).
+* Ranges and the read-only set are the tables below: values outside a range would make the algorithm
+  meaningless or crash it (e.g. ``grid.resolution <= 0``); read-only parameters are wired once at
+  start (topics, QoS, frames, calibration, window sizes).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS_PATH = Path(__file__).resolve().parent / "perception.params.yaml"
+
+#: inclusive [min, max] per dotted name (fnmatch patterns); the first match wins
+RANGES: tuple[tuple[str, float, float], ...] = (
+    ("diagnostics_period_s", 0.01, 3600.0),
+    ("latency_window", 1, 1_000_000),
+    ("latency_budgets_ms.*", 0.0, 1e6),
+    ("ground.num_sectors", 3, 36_000),
+    ("ground.max_range", 1.0, 10_000.0),
+    ("ground.seed_band", 0.0, 100.0),
+    ("ground.min_bin_points", 1, 1_000_000),
+    ("ground.max_slope_deg", 0.0, 89.0),
+    ("ground.vertical_seed_std", 0.0, 100.0),
+    ("ground.step_tolerance", 0.0, 100.0),
+    ("ground.max_gap", 0.0, 10_000.0),
+    ("ground.lateral_window", 0, 1000),
+    ("ground.lateral_tolerance", 0.0, 100.0),
+    ("ground.min_lateral_support", 1, 2001),
+    ("ground.ground_threshold", 0.0, 100.0),
+    ("ground.origin_ground_z", -100.0, 100.0),
+    ("unknown_vacuity", 0.0, 1.0),
+    ("sync.queue_size", 1, 10_000),
+    ("sync.max_interval_s", 0.0, 60.0),
+    ("sync.obstacle_timeout_s", 0.0, 3600.0),
+    ("grid.resolution", 0.01, 100.0),
+    ("grid.size_x", 1.0, 10_000.0),
+    ("grid.size_y", 1.0, 10_000.0),
+    ("evidence.occupied_per_hit", 0.0, 1e6),
+    ("evidence.free_per_ground_hit", 0.0, 1e6),
+    ("evidence.free_per_ray", 0.0, 1e6),
+    ("evidence.mixed_cell_free_weight", 0.0, 1.0),
+    ("evidence.max_evidence", 1e-6, 1e6),
+    ("evidence.obstacle_min_height", -100.0, 100.0),
+    ("evidence.obstacle_max_height", -100.0, 100.0),
+    ("evidence.azimuth_bins", 8, 360_000),
+    ("evidence.shadow_dilation_bins", 0, 1000),
+    ("evidence.min_return_range", 0.0, 1000.0),
+    ("evidence.ground_block", 0.01, 1000.0),
+    ("evidence.origin_ground_z", -100.0, 100.0),
+    ("keep_grids_for_report", 0, 10_000),
+)
+
+#: parameters wired once when the node is configured: changing them needs a restart (or a lifecycle
+#: cleanup + configure); everything else is applied at runtime by ``NodeCore.reconfigure``
+READ_ONLY: tuple[str, ...] = (
+    "*_topic", "qos.*", "autostart", "calibration_file", "use_tf_static", "base_frame", "latency_window",
+    "sync.queue_size", "keep_grids_for_report",
+)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of one node, in ROS terms."""
+
+    name: str  #: dotted ROS name
+    default: Any
+    type: str  #: bool, integer, double, string, bool_array, integer_array, double_array, string_array
+    description: str
+    read_only: bool
+    range: tuple[float, float] | None  #: inclusive, numeric types only
+
+    def check(self, value: Any) -> Any:
+        """``value`` in this parameter's type (ints widen to doubles); ValueError with the reason if not."""
+        value = coerce(self.type, value)
+        if value is None:
+            raise ValueError(f"{self.name} must be of type {self.type}")
+        if self.range is not None:
+            lo, hi = self.range
+            if not lo <= value <= hi:
+                raise ValueError(f"{self.name}={value!r} is outside its range [{lo:g}, {hi:g}]")
+        return value
+
+
+def value_type(value: Any) -> str:
+    """The ROS parameter type name of a YAML value (what rcl would make of it)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list) and value:
+        inner = {value_type(v) for v in value}
+        if inner <= {"integer", "double"} and "double" in inner:
+            return "double_array"
+        if len(inner) == 1 and next(iter(inner)) in ("bool", "integer", "string"):
+            return next(iter(inner)) + "_array"
+    raise ValueError(f"{value!r} cannot be a ROS parameter (nested or empty list, map or null)")
+
+
+def coerce(type_name: str, value: Any) -> Any:
+    """``value`` as ``type_name`` (integers widen to double, as a YAML author means ``1`` for ``1.0``);
+    None when it does not fit."""
+    if type_name == "double" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if type_name == "double_array" and isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return [float(v) for v in value]
+    if type_name.endswith("_array") and isinstance(value, (list, tuple)):
+        value = list(value)
+        try:
+            if value and value_type(value) == type_name:
+                return value
+        except ValueError:
+            return None
+        return None
+    try:
+        return value if value_type(value) == type_name else None
+    except ValueError:
+        return None
+
+
+def _match(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def range_of(name: str) -> tuple[float, float] | None:
+    for pattern, lo, hi in RANGES:
+        if fnmatch.fnmatchcase(name, pattern):
+            return lo, hi
+    return None
+
+
+def is_read_only(name: str) -> bool:
+    return _match(name, READ_ONLY)
+
+
+_KEY = re.compile(r"^(\s*)([A-Za-z_][\w]*|'\*\*'|\"\*\*\"):(.*)$")
+_HEADER = re.compile(r"^#   (\w+)\s{2,}(\S.*)$")
+_HEADER_MORE = re.compile(r"^#\s{10,}(\S.*)$")
+
+
+def _comment_of(rest: str) -> str:
+    """The comment after a YAML value (`` # ...``), or ''."""
+    i = rest.find(" #")
+    if rest.lstrip().startswith("#"):
+        return rest.lstrip()[1:].strip()
+    return rest[i + 2:].strip() if i >= 0 else ""
+
+
+def parse_descriptions(text: str) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """(node -> dotted name -> description, common name -> description) from the params file's comments."""
+    per_node: dict[str, dict[str, str]] = {}
+    common: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    last: tuple[str, str, int] | None = None  # (node, dotted name, key column) of the last key line
+    header_key: str | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            if not stack:  # the header table of common parameters
+                if m := _HEADER.match(line):
+                    header_key = m.group(1)
+                    common[header_key] = m.group(2).strip()
+                elif header_key and (m := _HEADER_MORE.match(line)):
+                    common[header_key] += " " + m.group(1).strip()
+                else:
+                    header_key = None
+                continue
+            indent = len(line) - len(line.lstrip())
+            if last is not None and indent > last[2] and last[1] in per_node.get(last[0], {}):
+                per_node[last[0]][last[1]] += " " + stripped[1:].strip()
+            else:
+                last = None
+            continue
+        m = _KEY.match(line)
+        if not m:
+            last = None
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2).strip("'\""), m.group(3)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, key))
+        path = [k for _, k in stack]
+        if len(path) < 3 or path[1] != "ros__parameters":
+            last = None
+            continue
+        node, name = path[0], ".".join(path[2:])
+        comment = _comment_of(rest)
+        if comment:
+            per_node.setdefault(node, {})[name] = comment
+            last = (node, name, indent)
+        else:
+            last = None
+    return per_node, common
+
+
+@lru_cache(maxsize=None)
+def _defaults_text() -> str:
+    return DEFAULTS_PATH.read_text()
+
+
+@lru_cache(maxsize=None)
+def node_schema(node: str) -> dict[str, ParamSpec]:
+    """Every parameter of ``node`` (as in perception.params.yaml) by dotted name."""
+    from perception_nodes.config import flatten
+
+    doc = yaml.safe_load(_defaults_text())
+    if node not in doc:
+        raise KeyError(f"no node {node!r} in {DEFAULTS_PATH.name}")
+    per_node, common = parse_descriptions(_defaults_text())
+    shared = {k: v for d in per_node.values() for k, v in d.items() if k.startswith("ground.")}
+    out = {}
+    for name, default in flatten(doc[node]["ros__parameters"] or {}).items():
+        desc = (per_node.get(node, {}).get(name) or shared.get(name) or common.get(name)
+                or common.get(name.split(".")[0]) or "")
+        if name.startswith("latency_budgets_ms.") and not desc:
+            desc = f"budget (ms) of {name.split('.', 1)[1]}: " + common.get("latency_budgets_ms", "")
+        out[name] = ParamSpec(name, default, value_type(default), desc, is_read_only(name), range_of(name))
+    return out
+
+
+def check_values(node: str, flat: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Checked and coerced copy of ``flat`` (dotted names); ConfigError on unknown names, types, ranges."""
+    from perception_nodes.config import ConfigError
+
+    specs = node_schema(node)
+    out = {}
+    for name, value in flat.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ConfigError(f"unknown parameter {where}{node}.{name} (see {DEFAULTS_PATH.name})")
+        try:
+            out[name] = spec.check(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}{node}.{exc}") from None
+    return out
