@@ -347,6 +347,9 @@ def main_single(node_name: str, args: list[str] | None = None) -> None:
             executor.spin()
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        except Exception:
+            if rclpy.ok():  # a worker raced the shutdown (SIGTERM from a launcher): nothing to report
+                raise
         finally:
             executor.shutdown()
             node.destroy_node()

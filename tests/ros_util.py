@@ -1,0 +1,89 @@
+"""Helpers for the ROS tests: spinning in the background, service calls, real clouds from a bag."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from perception_nodes import topics
+
+
+def wait_for(cond: Callable[[], Any], timeout_s: float, period_s: float = 0.02) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(period_s)
+    return bool(cond())
+
+
+@contextmanager
+def spinning(executor):
+    """The executor spins in a background thread for the block (callbacks run on its worker threads)."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                executor.spin_once(timeout_sec=0.05)
+            except Exception:  # context shut down under us at the end
+                if stop.is_set():
+                    return
+                raise
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        yield executor
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def call(node, srv_type, name: str, request, timeout_s: float = 20.0):
+    """Call a service from ``node`` (whose executor spins elsewhere); the response or AssertionError."""
+    client = node.create_client(srv_type, name)
+    try:
+        assert client.wait_for_service(timeout_sec=timeout_s), f"service {name} not available"
+        future = client.call_async(request)
+        assert wait_for(future.done, timeout_s), f"{name}: no response"
+        return future.result()
+    finally:
+        node.destroy_client(client)
+
+
+def kitti_clouds(bag: Path) -> list:
+    """The bag's LiDAR clouds as rclpy PointCloud2 messages."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import PointCloud2
+
+    from perception_nodes.bags import BagReader
+
+    with BagReader(bag) as r:
+        return [deserialize_message(bytes(rec.msg), PointCloud2)
+                for rec in r.records(topics=[topics.LIDAR_POINTS], raw=True)]
+
+
+def stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def set_stamp(msg, ns: int):
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(ns), 1_000_000_000)
+    return msg
+
+
+def collector(node, names_types) -> dict[str, list]:
+    """Subscriptions on ``node`` appending each message to a list per topic; entries (topic, type[, qos])."""
+    from perception_nodes.ros.backend import _message_class
+    from perception_nodes.ros.qos import profile
+
+    got: dict[str, list] = {n: [] for n, *_ in names_types}
+    for name, msgtype, *qos in names_types:
+        node.create_subscription(_message_class(msgtype), name, lambda m, n=name: got[n].append(m),
+                                 profile(qos[0] if qos else "reliable"))
+    return got
