@@ -50,3 +50,55 @@ def test_to_dataclass_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="bogus"):
         to_dataclass(GroundParams, {"bogus": 1})
     assert dataclasses.is_dataclass(to_dataclass(GridSpec, {"origin": [-10.0, -5.0]}))
+
+
+def test_params_file_is_rcl_loadable_and_checked_like_rcl(tmp_path):
+    """Only scalars, strings and flat non-empty lists (what rcl accepts); ranges and types as the ROS path."""
+    import yaml
+
+    from perception_nodes.config import DEFAULTS_PATH
+    from perception_nodes.config.schema import node_schema, value_type
+
+    doc = yaml.safe_load(DEFAULTS_PATH.read_text())
+    for node, body in doc.items():
+        for name, value in flatten(body["ros__parameters"]).items():
+            value_type(value)  # raises for nested lists, empty maps, nulls
+    assert node_schema("occupancy_grid")["ground.ring_zone_starts"].type == "double_array"
+    assert "m per cell" in node_schema("occupancy_grid")["grid.resolution"].description
+    f = tmp_path / "p.yaml"
+    f.write_text("occupancy_grid:\n  ros__parameters:\n    grid: {resolution: -5.0}\n")
+    with pytest.raises(ConfigError, match="grid.resolution.*outside its range"):
+        load_params(f)
+    f.write_text("occupancy_grid:\n  ros__parameters:\n    grid: {size_x: big}\n")
+    with pytest.raises(ConfigError, match="grid.size_x must be of type double"):
+        load_params(f)
+    f.write_text("occupancy_grid:\n  ros__parameters:\n    grid: {resolution: 1}\n")  # int for a double
+    assert load_params(f)["occupancy_grid"]["grid"]["resolution"] == 1.0
+
+
+def test_ring_zones_as_parallel_lists():
+    g = to_dataclass(GroundParams, {"ring_zone_starts": [0.0, 10.0], "ring_zone_widths": [2.0, 5.0]})
+    assert g.ring_zones == ((0.0, 2.0), (10.0, 5.0))
+    with pytest.raises(ConfigError, match="same length"):
+        to_dataclass(GroundParams, {"ring_zone_starts": [0.0, 10.0], "ring_zone_widths": [2.0]})
+    with pytest.raises(ConfigError, match="ring_zone_widths"):
+        to_dataclass(GroundParams, {"ring_zone_starts": [0.0, 10.0]})
+    with pytest.raises(ConfigError, match="increasing starts"):
+        to_dataclass(GroundParams, {"ring_zone_starts": [0.0, 10.0, 5.0], "ring_zone_widths": [1.0, 1.0, 1.0]})
+
+
+def test_reconfigure_is_all_or_nothing_and_refuses_read_only():
+    from perception_nodes.codecs.backend import default_backend
+    from perception_nodes.graph import NODE_TYPES
+
+    p = load_params()["occupancy_grid"]
+    node = NODE_TYPES["occupancy_grid"]("occupancy_grid", p, backend=default_backend(), clock=lambda: 0)
+    with pytest.raises(ConfigError, match="read-only"):
+        node.reconfigure({"output_topic": "/x"})
+    with pytest.raises(ValueError, match="obstacle_max_height"):
+        node.reconfigure({"grid.resolution": 0.5, "evidence.obstacle_max_height": 0.0})
+    assert node.grid.resolution == 0.25  # nothing applied
+    node.reconfigure({"grid": {"resolution": 0.5}, "latency_budgets_ms.processing_time": 5.0,
+                      "sync.max_interval_s": 0.02, "ground.ring_zone_widths": [2.0, 4.0, 8.0]})
+    assert node.grid.resolution == 0.5 and node.latency.budgets_ms["processing_time"] == 5.0
+    assert node.sync._max_interval_ns == 20_000_000 and node.ground_params.ring_zones[0] == (0.0, 2.0)

@@ -99,16 +99,22 @@ def test_sim_time_latency_is_measured_on_a_clock_serviced_during_callbacks(ros_c
                            ("/ground_segmentation/debug/processing_time_ms", topics.FLOAT64_STAMPED)])
     clock_pub = user.create_publisher(Clock, "/clock", 10)
     pub = user.create_publisher(PointCloud2, topics.LIDAR_POINTS, profile("reliable"))
-    t0_sim, t0 = 1_000_000_000_000, time.monotonic()
+    # sim time runs at wall rate from `base`; while `hold` is set nothing is published (a paused bag)
+    state = {"base_sim": 1_000_000_000_000, "base_wall": time.monotonic(), "hold": False}
+    lock = threading.Lock()
     stop = threading.Event()
 
     def sim_now() -> int:
-        return t0_sim + int((time.monotonic() - t0) * 1e9)
+        with lock:
+            return state["base_sim"] + int((time.monotonic() - state["base_wall"]) * 1e9)
 
-    def tick_clock() -> None:  # sim time = wall time since start, at 500 Hz
+    def publish_clock(ns: int) -> None:
+        clock_pub.publish(Clock(clock=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)))
+
+    def tick_clock() -> None:  # 500 Hz
         while not stop.is_set():
-            ns = sim_now()
-            clock_pub.publish(Clock(clock=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)))
+            if not state["hold"]:
+                publish_clock(sim_now())
             time.sleep(0.002)
 
     clouds = kitti_clouds(kitti_bag)
@@ -118,8 +124,17 @@ def test_sim_time_latency_is_measured_on_a_clock_serviced_during_callbacks(ros_c
             ticker.start()
             assert wait_for(lambda: pub.get_subscription_count() >= 2, 15.0)
             for c in clouds:
-                time.sleep(0.3)
-                pub.publish(set_stamp(c, sim_now()))
+                # as `play --clock` does: /clock reaches the scan's stamp T, then the scan stamped T is
+                # published and time goes on from T; a clock frozen during the callback would read T
+                state["hold"] = True
+                t = sim_now()
+                publish_clock(t)
+                time.sleep(0.2)
+                with lock:
+                    state["base_sim"], state["base_wall"] = t, time.monotonic()
+                pub.publish(set_stamp(c, t))
+                state["hold"] = False
+                time.sleep(0.5)
             assert wait_for(lambda: len(got["/ground_segmentation/debug/pipeline_latency_ms"]) >= len(clouds), 30.0)
     finally:
         stop.set()
@@ -127,10 +142,10 @@ def test_sim_time_latency_is_measured_on_a_clock_serviced_during_callbacks(ros_c
         user.destroy_node()
     lat = [m.data for m in got["/ground_segmentation/debug/pipeline_latency_ms"]]
     proc = [m.data for m in got["/ground_segmentation/debug/processing_time_ms"]]
-    # pipeline latency (stamp -> publish on the sim clock) covers the processing time, to within the
-    # /clock period plus scheduling of the clock thread (the test process also publishes /clock)
+    # stamp -> publish on the sim clock covers the processing (to within the 2 ms /clock period and the
+    # clock thread's scheduling; this test process also publishes /clock)
     assert all(x >= 0.0 for x in lat), lat
-    assert sum(lat) > 0.5 * sum(proc) and max(lat) > 0.0, (lat, proc)
+    assert sum(lat) >= 0.7 * sum(proc), (lat, proc)
 
 
 def test_in_process_handoff_feeds_the_grid_and_dds_still_serves_outside_subscribers(ros_context, kitti_bag,
