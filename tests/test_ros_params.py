@@ -17,7 +17,10 @@ pytestmark = pytest.mark.ros
 
 REPO = Path(__file__).resolve().parents[1]
 EXECUTABLES = REPO / "ros_ws/install/perception_bringup/lib/perception_bringup"
-SHIPPED = [DEFAULTS_PATH, REPO / "launch" / "perception.params.yaml"]
+#: the canonical params file, and the copies the launch file may read (source tree, colcon install)
+COPIES = [REPO / "launch" / "perception.params.yaml",
+          *sorted((REPO / "ros_ws/src/perception_bringup").glob("*/perception.params.yaml")),
+          REPO / "ros_ws/install/perception_bringup/share/perception_bringup/config/perception.params.yaml"]
 
 
 def _executable(name: str) -> Path:
@@ -27,8 +30,11 @@ def _executable(name: str) -> Path:
     return exe
 
 
-def test_launch_copy_is_the_canonical_file():
-    assert SHIPPED[1].read_text() == SHIPPED[0].read_text()
+def test_every_shipped_copy_is_the_canonical_file():
+    copies = [c for c in COPIES if c.exists()]
+    assert copies, "no params file next to the launch file"
+    for c in copies:
+        assert c.read_text() == DEFAULTS_PATH.read_text(), f"{c} differs from {DEFAULTS_PATH} (rebuild ros_ws?)"
 
 
 @pytest.mark.slow
@@ -41,7 +47,7 @@ def test_installed_executables_load_the_shipped_params_file_and_publish(ros_cont
 
     from perception_nodes.ros.qos import profile
 
-    procs = [subprocess.Popen([str(_executable(f"{n}_node")), "--ros-args", "--params-file", str(SHIPPED[1])],
+    procs = [subprocess.Popen([str(_executable(f"{n}_node")), "--ros-args", "--params-file", str(DEFAULTS_PATH)],
                               env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for n in ("ground_segmentation", "occupancy_grid")]
     node = rclpy.create_node("params_probe", context=ros_context)
@@ -82,7 +88,7 @@ def test_installed_executables_load_the_shipped_params_file_and_publish(ros_cont
 
 def test_unknown_or_mistyped_key_stops_an_installed_executable(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(SHIPPED[0].read_text().replace("    seed_band: 0.15", "    seed_bnad: 0.15")
+    bad.write_text(DEFAULTS_PATH.read_text().replace("    seed_band: 0.15", "    seed_bnad: 0.15")
                    .replace("      seed_band:", "      seed_bnad:"))
     r = subprocess.run([str(_executable("ground_segmentation_node")), "--ros-args", "--params-file", str(bad)],
                        env=os.environ.copy(), capture_output=True, text=True, timeout=120)

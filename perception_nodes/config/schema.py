@@ -120,7 +120,9 @@ def value_type(value: Any) -> str:
 
 def coerce(type_name: str, value: Any) -> Any:
     """``value`` as ``type_name`` (integers widen to double, as a YAML author means ``1`` for ``1.0``);
-    None when it does not fit."""
+    None when it does not fit. "true"/"false" strings count as bools (launch arguments are strings)."""
+    if type_name == "bool" and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
     if type_name == "double" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if type_name == "double_array" and isinstance(value, (list, tuple)) and all(

@@ -85,6 +85,7 @@ class ManagedCoreNode(_LifecycleNode):
         self.dds_skipped: Counter[str] = Counter()  # publishes not serialized: nobody was listening
         self.dds_published: Counter[str] = Counter()
         self.callback_errors: Counter[str] = Counter()
+        self.inactive_drops: Counter[str] = Counter()  # in-process messages that came while not active
         self._pubs: dict[str, Any] = {}
         self._pub_kind: dict[str, str] = {}
         self._subs: list[Any] = []
@@ -256,6 +257,10 @@ class ManagedCoreNode(_LifecycleNode):
         """One message in (from DDS or from a node of this process); what the core emits goes out."""
         with self.lock:
             if self.core is None or not self.is_active():
+                self.inactive_drops[topic] += 1  # (over DDS an inactive node is simply not subscribed)
+                if self.inactive_drops[topic] == 1:
+                    self.get_logger().warning(f"{topic}: message from this process while not active: dropped "
+                                              "(counted in inactive_drops)")
                 return
             try:
                 emits = self.core.handle(topic, msg)
