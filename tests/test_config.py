@@ -72,6 +72,9 @@ def test_params_file_is_rcl_loadable_and_checked_like_rcl(tmp_path):
     f.write_text("occupancy_grid:\n  ros__parameters:\n    grid: {size_x: big}\n")
     with pytest.raises(ConfigError, match="grid.size_x must be of type double"):
         load_params(f)
+    f.write_text("occupancy_grid:\n  ros__parameters:\n    qos: {output: fast}\n")
+    with pytest.raises(ConfigError, match="qos.output='fast' is not one of sensor, reliable, latched"):
+        load_params(f)
     f.write_text("occupancy_grid:\n  ros__parameters:\n    grid: {resolution: 1}\n")  # int for a double
     assert load_params(f)["occupancy_grid"]["grid"]["resolution"] == 1.0
 

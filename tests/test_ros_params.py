@@ -124,11 +124,12 @@ def test_set_parameters_on_a_live_node_is_validated_and_applied(ros_context, kit
     try:
         with spinning(ex):
             r = set_(grid__resolution=-5.0, output_topic="/elsewhere", evidence__obstacle_max_height=0.1,
-                     grid__size_x="wide")
-            assert [x.successful for x in r] == [False] * 4
+                     grid__size_x="wide", grid__resolutoin=0.5)
+            assert [x.successful for x in r] == [False] * 5
             assert "range" in r[0].reason and "read-only" in r[1].reason
             assert "obstacle_max_height must exceed obstacle_min_height" in r[2].reason, r[2].reason
             assert "type" in r[3].reason, r[3].reason
+            assert "undeclared parameter" in r[4].reason, r[4].reason  # (rclpy leaves out the name)
             assert grid_node.core.grid.resolution == 0.25 and grid_node.core.evidence.obstacle_max_height == 2.5
             r = set_(grid__resolution=0.5, latency_budgets_ms__processing_time=0.001, sync__obstacle_timeout_s=1.0)
             assert all(x.successful for x in r), [x.reason for x in r]

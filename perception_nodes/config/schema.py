@@ -68,6 +68,11 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("keep_grids_for_report", 0, 10_000),
 )
 
+#: allowed values of string parameters (fnmatch patterns)
+CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("qos.*", ("sensor", "reliable", "latched")),
+)
+
 #: parameters wired once when the node is configured: changing them needs a restart (or a lifecycle
 #: cleanup + configure); everything else is applied at runtime by ``NodeCore.reconfigure``
 READ_ONLY: tuple[str, ...] = (
@@ -86,6 +91,7 @@ class ParamSpec:
     description: str
     read_only: bool
     range: tuple[float, float] | None  #: inclusive, numeric types only
+    choices: tuple[str, ...] | None = None  #: allowed values of a string parameter
 
     def check(self, value: Any) -> Any:
         """``value`` in this parameter's type (ints widen to doubles); ValueError with the reason if not."""
@@ -96,6 +102,8 @@ class ParamSpec:
             lo, hi = self.range
             if not lo <= value <= hi:
                 raise ValueError(f"{self.name}={value!r} is outside its range [{lo:g}, {hi:g}]")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{self.name}={value!r} is not one of {', '.join(self.choices)}")
         return value
 
 
@@ -150,6 +158,13 @@ def range_of(name: str) -> tuple[float, float] | None:
     for pattern, lo, hi in RANGES:
         if fnmatch.fnmatchcase(name, pattern):
             return lo, hi
+    return None
+
+
+def choices_of(name: str) -> tuple[str, ...] | None:
+    for pattern, values in CHOICES:
+        if fnmatch.fnmatchcase(name, pattern):
+            return values
     return None
 
 
@@ -238,7 +253,8 @@ def node_schema(node: str) -> dict[str, ParamSpec]:
                 or common.get(name.split(".")[0]) or "")
         if name.startswith("latency_budgets_ms.") and not desc:
             desc = f"budget (ms) of {name.split('.', 1)[1]}: " + common.get("latency_budgets_ms", "")
-        out[name] = ParamSpec(name, default, value_type(default), desc, is_read_only(name), range_of(name))
+        out[name] = ParamSpec(name, default, value_type(default), desc, is_read_only(name), range_of(name),
+                              choices_of(name))
     return out
 
 

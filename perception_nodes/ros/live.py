@@ -44,8 +44,11 @@ class LiveGraph:
         self.executor = make_executor(len(self.nodes), context=context)
         for n in self.nodes:
             self.executor.add_node(n)
+        #: nodes whose autostart did not reach ``active`` (configure failed: see their log)
+        self.failed: list[str] = []
         for n in self.nodes:
-            n.autostart()
+            if not n.autostart() and n.get_parameter("autostart").value:
+                self.failed.append(n.get_name())
 
     def _wire_in_process(self) -> None:
         """Each topic one node publishes and another subscribes goes from the first to the second directly."""
@@ -95,6 +98,10 @@ def run_live(config: str | Path | None = None, duration_s: float | None = None, 
     rclpy = import_rclpy()
     rclpy.init()
     graph = LiveGraph(config, use_sim_time=use_sim_time)
+    if graph.failed:
+        graph.close()
+        rclpy.shutdown()
+        raise ValueError(f"node(s) {', '.join(graph.failed)} failed to configure/activate (see the log above)")
     names = ", ".join(n.get_name() for n in graph.nodes)
     print(f"live graph running: {names} (Ctrl-C to stop)", flush=True)
     try:

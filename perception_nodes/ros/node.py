@@ -29,7 +29,7 @@ from collections import Counter
 from typing import Any
 
 from perception_nodes.config import ConfigError, flatten, unflatten
-from perception_nodes.config.schema import ParamSpec, coerce, node_schema
+from perception_nodes.config.schema import ParamSpec, node_schema
 from perception_nodes.graph import NODE_TYPES, NodeCore
 from perception_nodes.ros.backend import RclpyBackend, _message_class
 from perception_nodes.ros.env import import_rclpy
@@ -61,8 +61,12 @@ def _descriptor(spec: ParamSpec) -> Any:
             d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
         else:
             d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    notes = []
+    if spec.choices:
+        notes.append("one of: " + ", ".join(spec.choices))
     if spec.read_only:
-        d.additional_constraints = "read-only: needs a restart (or lifecycle cleanup + configure)"
+        notes.append("read-only: needs a restart (or lifecycle cleanup + configure)")
+    d.additional_constraints = "; ".join(notes)
     return d
 
 
@@ -106,10 +110,10 @@ class ManagedCoreNode(_LifecycleNode):
                               "(see perception.params.yaml)")
         for name, spec in self.specs.items():
             if name in overrides:  # `1` where a double is meant: widen, as rcl's YAML typing is strict
-                value = coerce(spec.type, overrides[name].value)
-                if value is None:
-                    raise ConfigError(f"{self.get_name()}: parameter {name} must be of type {spec.type}, "
-                                      f"got {overrides[name].value!r}")
+                try:
+                    value = spec.check(overrides[name].value)
+                except ValueError as exc:
+                    raise ConfigError(f"{self.get_name()}: {exc}, got {overrides[name].value!r}") from None
                 overrides[name] = Parameter(name, Parameter.Type[spec.type.upper()], value)
             self.declare_parameter(name, spec.default, _descriptor(spec))
 
