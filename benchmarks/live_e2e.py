@@ -66,6 +66,14 @@ def live(bag: Path, rounds: int, period: float) -> dict:
             lat.append((now - sent.pop(stamp)) / 1e6)
 
     node.create_subscription(OccupancyGrid, topics.OCCUPANCY_GRID, on_grid, profile("reliable"))
+    # the nodes' own view (their debug topics): where the time goes
+    from perception_nodes.ros.backend import _message_class
+
+    debug = {k: [] for k in ("/occupancy_grid/debug/pipeline_latency_ms", "/ground_segmentation/debug/processing_time_ms",
+                             "/occupancy_grid/debug/processing_time_ms")}
+    for k in debug:
+        node.create_subscription(_message_class(topics.FLOAT64_STAMPED), k, lambda m, k=k: debug[k].append(m.data),
+                                 profile("reliable"))
     pub = node.create_publisher(PointCloud2, topics.LIDAR_POINTS, profile("reliable"))
     stop = threading.Event()
     spinner = threading.Thread(target=lambda: [rclpy.spin_once(node, timeout_sec=0.05) for _ in iter(stop.is_set, True)],
@@ -91,7 +99,8 @@ def live(bag: Path, rounds: int, period: float) -> dict:
         proc.communicate(timeout=20)
         node.destroy_node()
         rclpy.shutdown()
-    return {**_summary(lat[3:]), "lost": len(sent), "warm_up_frames_skipped": 3}
+    parts = {k.split("/")[1] + "." + k.split("/")[-1]: _summary(v[3:]) for k, v in debug.items() if len(v) > 3}
+    return {**_summary(lat[3:]), "lost": len(sent), "warm_up_frames_skipped": 3, "inside_live": parts}
 
 
 def replay_e2e(bag: Path, out: Path) -> dict:
@@ -99,7 +108,11 @@ def replay_e2e(bag: Path, out: Path) -> dict:
 
     res = replay(bag, None, out, progress=False, report=False)
     e = res.latency["end_to_end"]
-    return {"count": e["count"], "p50_ms": e["p50_ms"], "p90_ms": e.get("p90_ms"), "max_ms": e["max_ms"]}
+    st = res.latency["stages"]
+    parts = {k.replace("/", "."): {"p50_ms": st[k]["p50_ms"], "p90_ms": st[k]["p90_ms"]}
+             for k in ("ground_segmentation/processing_time", "occupancy_grid/processing_time") if k in st}
+    return {"count": e["count"], "p50_ms": e["p50_ms"], "p90_ms": e.get("p90_ms"), "max_ms": e["max_ms"],
+            "inside_replay": parts}
 
 
 def main() -> int:
