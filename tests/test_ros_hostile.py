@@ -64,6 +64,7 @@ FAR_FUTURE_XFAIL = pytest.mark.xfail(
     "branch): until it lands, a 2038 stamp on the obstacle input makes later valid stamps OUT_OF_ORDER")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cases", [
     pytest.param(("absurd_1e30", "plus_minus_3e38", "wrong_is_bigendian", "truncated_data", "nans", "all_nan",
                   "empty", "unknown_frame", "zero_point_step"), id="malformed-and-absurd"),
@@ -100,7 +101,9 @@ def test_hostile_burst_then_a_valid_scan_yields_its_grid_and_every_node_lives(ro
             set_stamp(valid, stamp_ns(valid))
             pub.publish(valid)
             want = stamp_ns(valid)
-            assert wait_for(lambda: any(stamp_ns(g) == want for g in got[topics.OCCUPANCY_GRID]), 20.0), (
+            # (the far-future case is expected to fail until the synchroniser fix lands: wait less for it)
+            patience = 8.0 if "far_future_2038" in cases else 30.0
+            assert wait_for(lambda: any(stamp_ns(g) == want for g in got[topics.OCCUPANCY_GRID]), patience), (
                 [stamp_ns(g) for g in got[topics.OCCUPANCY_GRID]],
                 {n.get_name(): (dict(n.core.received), dict(n.core.malformed), dict(n.core.dropped),
                                 dict(n.callback_errors)) for n in graph.nodes})
