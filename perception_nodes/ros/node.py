@@ -287,7 +287,8 @@ class ManagedCoreNode(_LifecycleNode):
         self.callback_errors[kind] += 1
         if self.callback_errors[kind] == 1:
             self.get_logger().error(f"{kind}: {exc} (message dropped, counted; the node goes on)")
-        self.core.dropped[where] += 1
+        if where != "tick":
+            self.core.dropped[where] += 1  # the message is lost: it must show in the input counts
         self.core.warnings["exception"] = f"{kind}: {exc}"
         return []
 
