@@ -172,8 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_cmd_train)
 
     lv = sub.add_parser("live", help="run every node in one process on rclpy (real ROS 2 topics)",
-                        description="Start the graph's nodes on one rclpy executor. Inputs: /sensing/lidar/points; "
-                        "outputs: /perception/occupancy_grid(+/uncertainty), ~/debug/* latency topics, /diagnostics.")
+                        description="Start the graph's nodes as managed (lifecycle) rclpy nodes on one multi-threaded "
+                        "executor; with their autostart parameter (default true) each is configured and activated "
+                        "at once. The obstacle cloud goes to the occupancy grid in process (no serialization); every "
+                        "topic is still on DDS for outside subscribers. Inputs: /sensing/lidar/points; outputs: "
+                        "/perception/occupancy_grid(+/uncertainty), ~/debug/* latency topics, /diagnostics. "
+                        "Parameters can be changed while it runs (ros2 param set; see README, Configuration).")
     lv.add_argument("--config", type=Path, help="params YAML")
     lv.add_argument("--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)")
     lv.add_argument("--use-sim-time", action="store_true", help="use /clock (pair with play --clock)")
@@ -201,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Print perception.params.yaml, the one place where every parameter's default "
                         "is documented (launch/perception.params.yaml is the same file). With --config, print the "
                         "parameters that result from merging FILE over the defaults, as JSON, after checking that "
-                        "every key exists.")
+                        "every key exists and every value fits its type and range (perception_nodes/config/schema.py).")
     pp.add_argument("--config", type=Path, help="params YAML to merge over the defaults")
     pp.set_defaults(func=_cmd_params)
     return p
