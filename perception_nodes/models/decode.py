@@ -119,11 +119,15 @@ def yaw_variance_from_sincos(sin: torch.Tensor, cos: torch.Tensor, var_sin: torc
     """First-order variance of ``yaw = atan2(sin, cos)`` for independent ``sin``, ``cos`` estimates.
 
     ``d yaw / d sin = cos / r^2``, ``d yaw / d cos = -sin / r^2`` with ``r^2 = sin^2 + cos^2``, so
-    ``var = (cos^2 var_sin + sin^2 var_cos) / r^4``, capped at :data:`MAX_YAW_VARIANCE`. The head's
+    ``var = (cos^2 var_sin + sin^2 var_cos) / r^4``, capped at :data:`MAX_YAW_VARIANCE` (also the value at r = 0). The head's
     (sin, cos) need not lie on the unit circle; a short vector (small r) honestly means a vague yaw.
     """
     r2 = sin * sin + cos * cos
-    var = (cos * cos * var_sin + sin * sin * var_cos) / (r2 * r2).clamp_min(torch.finfo(r2.dtype).tiny)
+    r4 = r2 * r2
+    tiny = torch.finfo(r4.dtype).tiny
+    var = (cos * cos * var_sin + sin * sin * var_cos) / r4.clamp_min(tiny)
+    # (0, 0) has no direction at all: 0 / 0 must read as "unknown", not as "exact"
+    var = torch.where(r4 > tiny, var, torch.full_like(var, MAX_YAW_VARIANCE))
     return var.clamp(max=MAX_YAW_VARIANCE)
 
 

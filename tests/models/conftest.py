@@ -40,3 +40,16 @@ def kitti_frames(kitti_dir):
         pts[:, :3] = transform_points(f.lidar_to_base, pts[:, :3])
         frames.append((np.ascontiguousarray(pts[:, :4], np.float32), f.boxes_in_base()))
     return frames
+
+
+@pytest.fixture(scope="session")
+def kitti_output(lidar_net, kitti_frames):
+    """The default network's output on the first real KITTI scan, computed once at one thread."""
+    pts, _ = kitti_frames[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return lidar_net(torch.from_numpy(pts))
+    finally:
+        torch.set_num_threads(threads)

@@ -33,15 +33,9 @@ def _check_valid(net, out, batch=1):
         assert (p.nu > 0).all() and (p.alpha > 1).all() and (p.beta > 0).all()
 
 
-def test_shapes_and_constraints_on_a_real_kitti_scan_at_one_thread(lidar_net, kitti_frames):
+def test_shapes_and_constraints_on_a_real_kitti_scan_at_one_thread(lidar_net, kitti_frames, kitti_output):
     pts, _ = kitti_frames[0]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            out = lidar_net(torch.from_numpy(pts))
-    finally:
-        torch.set_num_threads(threads)
+    out = kitti_output  # run under torch.no_grad at 1 thread (no timing asserted here; see the benchmark)
     _check_valid(lidar_net, out)
     # a 120k-point scan fills thousands of voxels; the crop keeps fewer voxels than points
     n = int(out.num_voxels[0])
