@@ -99,15 +99,16 @@ def test_nan_rows_are_dropped_not_propagated(small_net, kitti_frames):
     # the voxels (all the network sees) are identical, so every later stage is too
     assert torch.equal(na, nb) and torch.equal(a.coords, b.coords) and torch.equal(a.feats, b.feats)
     with torch.no_grad():
-        out = lidar_net(torch.from_numpy(dirty))
+        out = lidar_net(torch.from_numpy(dirty[~(np.abs(dirty[:, :2]) >= 4).any(1)]))  # NaN rows kept in
     _check_valid(lidar_net, out)
+    assert int(out.num_voxels[0]) > 0
 
 
 @pytest.mark.slow
 def test_batch_of_scans_and_an_empty_one(small_net, kitti_frames):
     lidar_net = small_net
     pts, _ = kitti_frames[0]
-    near = pts[np.abs(pts[:, :2]).max(1) < 8]
+    near = pts[np.abs(pts[:, :2]).max(1) < 4]
     with torch.no_grad():
         out = lidar_net([torch.from_numpy(near), torch.zeros(0, 4)])
         single = lidar_net(torch.from_numpy(near))
