@@ -159,3 +159,15 @@ def test_config_errors_and_backbone_registry():
     assert made == [{"tag": 1}] and net.head_grid.cell == pytest.approx(1.6) and net.head_grid.width == 10
     assert LidarDetectionNet({"point_range": [-8.0, -8.0, -1.0, 8.0, 8.0, 5.0]},
                              backbone=VoxelBackbone8x(4, dataflow="gather_scatter")).bev_in_channels == 128
+
+
+def test_odd_bev_size_keeps_the_grid(kitti_frames):
+    # 17.6 m / 0.2 m = 88 voxels -> 11 BEV cells at stride 8: the half-resolution stage rounds up, the net
+    # must crop its upsampled output back to 11 x 11
+    net = LidarDetectionNet({"point_range": [-8.8, -8.8, -1.0, 8.8, 8.8, 5.0], "occupancy_resolution": 0.2,
+                             "backbone_args": {"dataflow": "gather_scatter"}}).eval()
+    pts, _ = kitti_frames[1]
+    with torch.no_grad():
+        out = net(torch.from_numpy(pts[np.abs(pts[:, :2]).max(1) < 3]))
+    assert net.head_grid.width == 22 and int(out.num_voxels[0]) > 0
+    _check_valid(net, out)
