@@ -247,23 +247,24 @@ class LidarDetectionNet(nn.Module):
         """
         scans = [points] if isinstance(points, Tensor) else list(points)
         cfg = self.config
+        dev = self.head_trunk[0].weight.device
         parts, batch = [], []
         for b, p in enumerate(scans):
             if p.dim() != 2 or p.shape[1] < 4:
                 raise ValueError(f"points must be [N, >= 4] (x, y, z, intensity), got {tuple(p.shape)}")
-            p = p[:, :4].float()
+            p = p[:, :4].to(dev, torch.float32)
             p = p[torch.isfinite(p).all(1)]
             if cfg.intensity_scale != 1.0:
                 p = torch.cat([p[:, :3], p[:, 3:4] / cfg.intensity_scale], 1)
             parts.append(p)
-            batch.append(torch.full((len(p),), b, dtype=torch.long))
-        pts = torch.cat(parts) if parts else torch.zeros(0, 4)
-        bidx = torch.cat(batch) if batch else torch.zeros(0, dtype=torch.long)
+            batch.append(torch.full((len(p),), b, dtype=torch.long, device=dev))
+        pts = torch.cat(parts) if parts else torch.zeros(0, 4, device=dev)
+        bidx = torch.cat(batch) if batch else torch.zeros(0, dtype=torch.long, device=dev)
         st, _, _ = voxelize_mean(pts, cfg.voxel_size, cfg.point_range, batch=bidx)
         st.batch_size = len(scans)
         st.spatial_shape = cfg.spatial_shape
         counts = torch.bincount(st.coords[:, 0].long(), minlength=len(scans)) if len(st) else torch.zeros(
-            len(scans), dtype=torch.long)
+            len(scans), dtype=torch.long, device=dev)
         return st, counts
 
     def backbone_bev(self, x: SparseTensor) -> Tensor:
@@ -271,7 +272,7 @@ class LidarDetectionNet(nn.Module):
         bsz = x.batch_size or 1
         X, Y, Z = self._bev_shape
         if len(x) == 0:
-            return torch.zeros(bsz, self.bev_in_channels, Y, X)
+            return torch.zeros(bsz, self.bev_in_channels, Y, X, device=x.feats.device)
         y = self.backbone(x)
         return to_bev(y, (X, Y, Z), bsz)
 
