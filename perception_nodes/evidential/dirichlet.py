@@ -11,8 +11,8 @@ and, with ``K`` classes::
 
 The binary case (K = 2) is exactly :mod:`perception_nodes.evidential.beta` (Beta(r + 1, s + 1)).
 
-Training uses the Bayes risk of a loss under the Dirichlet (Sensoy 2018, eqs. 4-5) plus a KL term that
-pulls the evidence of the *wrong* classes back to the uniform Dirichlet (eq. 9), annealed from 0 to 1 so
+Training uses the Bayes risk of a loss under the Dirichlet (Sensoy 2018, sec. 3) plus a KL term that
+pulls the evidence of the *wrong* classes back to the uniform Dirichlet (sec. 3), annealed from 0 to 1 so
 the network first learns to fit and only then to say "I don't know"::
 
     CE form   L_ce  = sum_k y_k (psi(S) - psi(alpha_k))
@@ -84,7 +84,7 @@ def dirichlet_vacuity(alpha: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def bayes_risk_ce(alpha: torch.Tensor, target: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Expected cross-entropy under the Dirichlet, ``sum_k y_k (psi(S) - psi(alpha_k))`` (Sensoy eq. 4).
+    """Expected cross-entropy under the Dirichlet, ``sum_k y_k (psi(S) - psi(alpha_k))`` (Sensoy 2018, sec. 3).
 
     ``target`` is one-hot (or soft) along ``dim``. Returns one value per sample (``dim`` removed).
     """
@@ -93,7 +93,7 @@ def bayes_risk_ce(alpha: torch.Tensor, target: torch.Tensor, dim: int = -1) -> t
 
 
 def bayes_risk_mse(alpha: torch.Tensor, target: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Expected squared error under the Dirichlet (Sensoy eq. 5): error of the mean plus its variance.
+    """Expected squared error under the Dirichlet (Sensoy 2018, sec. 3): error of the mean plus its variance.
 
     ``sum_k (y_k - p_k)^2 + p_k (1 - p_k) / (S + 1)``. Sensoy et al. report it more stable than the CE
     form; both are offered so the choice is a config value.
@@ -109,7 +109,7 @@ def remove_target_evidence(alpha: torch.Tensor, target: torch.Tensor) -> torch.T
 
 
 def kl_to_uniform(alpha: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """``KL(Dir(alpha) || Dir(1, ..., 1))`` per sample (Sensoy 2018 eq. 9), ``dim`` removed.
+    """``KL(Dir(alpha) || Dir(1, ..., 1))`` per sample (Sensoy 2018, sec. 3), ``dim`` removed.
 
     ``log Gamma(S) - log Gamma(K) - sum_k log Gamma(alpha_k) + sum_k (alpha_k - 1)(psi(alpha_k) - psi(S))``;
     zero exactly at ``alpha = 1`` and positive elsewhere.

@@ -12,7 +12,7 @@ Student-t; from one forward pass::
     predictive variance        scale^2 df / (df - 2) = beta (1 + nu) / (nu (alpha - 1)) = aleatoric + epistemic
 
 Training minimises the Student-t negative log-likelihood plus an evidence regulariser that removes
-evidence where the error is large (Amini eqs. 8-9), with ``Omega = 2 beta (1 + nu)``::
+evidence where the error is large (Amini 2020, sec. 3), with ``Omega = 2 beta (1 + nu)``::
 
     NLL = 1/2 log(pi / nu) - alpha log Omega + (alpha + 1/2) log(nu (y - gamma)^2 + Omega)
           + log Gamma(alpha) - log Gamma(alpha + 1/2)
@@ -104,7 +104,7 @@ def student_t(p: NIG) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def nll(p: NIG, y: torch.Tensor) -> torch.Tensor:
-    """Student-t negative log-likelihood of ``y`` (Amini 2020 eq. 8), elementwise."""
+    """Student-t negative log-likelihood of ``y`` (Amini 2020, sec. 3), elementwise."""
     omega = 2.0 * p.beta * (1.0 + p.nu)
     return (
         0.5 * torch.log(math.pi / p.nu)
@@ -116,7 +116,7 @@ def nll(p: NIG, y: torch.Tensor) -> torch.Tensor:
 
 
 def evidence_regulariser(p: NIG, y: torch.Tensor, normalised: bool = False) -> torch.Tensor:
-    """``|y - gamma| (2 nu + alpha)`` (Amini eq. 9); ``normalised`` divides the error by the Student-t width.
+    """``|y - gamma| (2 nu + alpha)`` (Amini 2020, sec. 3); ``normalised`` divides the error by the Student-t width.
 
     The total evidence ``2 nu + alpha`` is penalised in proportion to the error, so confident wrong
     predictions lose evidence. ``normalised=True`` is Meinert et al.'s (2023) scale-free variant
@@ -135,7 +135,7 @@ def evidential_regression_loss(p: NIG, y: torch.Tensor, reg_weight: float = 0.01
 
 
 def fuse(a: NIG, b: NIG, mean_weighting: str = "nu") -> NIG:
-    """MoNIG summation of two NIG predictions of the same quantity (Ma et al. 2021, Def. 1)::
+    """MoNIG summation of two NIG predictions of the same quantity (Ma et al. 2021, sec. 3)::
 
         gamma = (nu_a gamma_a + nu_b gamma_b) / (nu_a + nu_b)
         nu    = nu_a + nu_b
