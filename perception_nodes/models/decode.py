@@ -1,0 +1,337 @@
+"""Evidential CenterPoint decoding (head maps -> typed boxes with covariance) and its training targets.
+
+Box convention (base_link, metres, radians): centre ``(x, y, z)`` of the box, size ``(l, w, h)`` along the
+box's own x, y, z axes, ``yaw`` about z (0 = along base_link x). Per object the regression targets sit at
+the *centre cell* ``(iy, ix) = floor((centre - origin) / cell)`` and are, in :data:`REGRESSION_NAMES`
+order: the sub-cell offset of the centre (cells, in [0, 1)), ``z``, ``log l, log w, log h``,
+``sin yaw, cos yaw`` and optionally the BEV velocity (CenterPoint, Yin et al. CVPR 2021, sec. 3-4).
+
+The heatmap target of class ``k`` is the maximum of 2D Gaussians splatted at the centre cells of its
+objects, radius from the box's BEV size as CornerNet/CenterPoint compute it (``min_overlap`` 0.1, at least
+``min_radius`` = 2 cells); the evidential classifier is trained towards :func:`dirichlet_targets` of it.
+
+Decoding: the score of class ``k`` at a cell is its Dirichlet expected probability ``alpha_k / S``;
+peaks are cells equal to their 3 x 3 max-pool (CenterPoint's "max-pool NMS"), the top K over all classes
+above a threshold become boxes. Each box's covariance comes from the predictive (Student-t) variance of
+the NIG heads, aleatoric + epistemic: centre from the offset (x cell^2), z directly, yaw propagated
+from (sin, cos) to first order (see :func:`yaw_variance_from_sincos`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:  # the network module imports this one
+    from perception_nodes.models.lidar_detection import LidarDetectionOutput
+
+from perception_nodes.boxes import Box3D
+from perception_nodes.evidential import nig as nig_ops
+from perception_nodes.evidential.dirichlet import dirichlet_expected_probability
+from perception_nodes.evidential.nig import NIG
+from perception_nodes.models.bev_grid import BevGrid
+
+__all__ = [
+    "REGRESSION_NAMES",
+    "VELOCITY_NAMES",
+    "Detections",
+    "Targets",
+    "decode",
+    "decode_batch",
+    "dirichlet_targets",
+    "draw_gaussian",
+    "encode_targets",
+    "gaussian_radius",
+    "regression_names",
+    "yaw_variance_from_sincos",
+]
+
+#: Regression targets of every box, in head channel order.
+REGRESSION_NAMES: tuple[str, ...] = ("dx", "dy", "z", "log_l", "log_w", "log_h", "sin_yaw", "cos_yaw")
+#: Appended when the network is given two sweeps and predicts velocity (m/s in base_link).
+VELOCITY_NAMES: tuple[str, ...] = ("vx", "vy")
+
+#: Variance of a yaw uniform on the circle, pi^2 / 3: the cap of the linearised yaw variance (beyond it the
+#: first-order propagation means "direction unknown" and a larger number carries no more information).
+MAX_YAW_VARIANCE = math.pi**2 / 3.0
+
+
+def regression_names(velocity: bool) -> tuple[str, ...]:
+    return REGRESSION_NAMES + (VELOCITY_NAMES if velocity else ())
+
+
+# --------------------------------------------------------------------------------------------------
+# decoded boxes
+
+
+@dataclass
+class Detections:
+    """Boxes of one scan as arrays (``N`` boxes; ``N = 0`` is a valid, empty result).
+
+    ``class_probabilities`` are the Dirichlet expected probabilities of all classes plus background (last
+    column); ``score`` is that of the box's class; ``vacuity`` = (K + 1) / S at the box's cell (1: no
+    evidence). ``covariance`` is the 6 x 6 (x, y, z, roll, pitch, yaw) pose covariance of ROS
+    ``PoseWithCovariance``; ``size_variance`` the first-order variance of (l, w, h).
+    """
+
+    class_names: tuple[str, ...]
+    center: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 3), np.float32))
+    size: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 3), np.float32))
+    yaw: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0,), np.float32))
+    label: NDArray[np.int64] = field(default_factory=lambda: np.zeros((0,), np.int64))
+    score: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0,), np.float32))
+    class_probabilities: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    vacuity: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0,), np.float32))
+    covariance: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 6, 6), np.float32))
+    size_variance: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 3), np.float32))
+    velocity: Optional[NDArray[np.float32]] = None
+
+    def __post_init__(self) -> None:
+        if self.class_probabilities.shape == (0, 0):
+            self.class_probabilities = np.zeros((0, len(self.class_names) + 1), np.float32)
+
+    def __len__(self) -> int:
+        return int(self.center.shape[0])
+
+    @property
+    def class_ids(self) -> list[str]:
+        """Class name of every box (vision_msgs carries class ids as strings)."""
+        return [self.class_names[i] for i in self.label.tolist()]
+
+    def to_box3d(self) -> list[Box3D]:
+        """The boxes as :class:`perception_nodes.boxes.Box3D` (what evaluation and the report consume)."""
+        return [
+            Box3D(label=self.class_names[int(self.label[i])], center=tuple(float(v) for v in self.center[i]),
+                  size=tuple(float(v) for v in self.size[i]), yaw=float(self.yaw[i]), score=float(self.score[i]),
+                  covariance=tuple(float(v) for v in self.covariance[i].reshape(36)))
+            for i in range(len(self))
+        ]
+
+
+def yaw_variance_from_sincos(sin: torch.Tensor, cos: torch.Tensor, var_sin: torch.Tensor,
+                             var_cos: torch.Tensor) -> torch.Tensor:
+    """First-order variance of ``yaw = atan2(sin, cos)`` for independent ``sin``, ``cos`` estimates.
+
+    ``d yaw / d sin = cos / r^2``, ``d yaw / d cos = -sin / r^2`` with ``r^2 = sin^2 + cos^2``, so
+    ``var = (cos^2 var_sin + sin^2 var_cos) / r^4``, capped at :data:`MAX_YAW_VARIANCE` (also the value at r = 0). The head's
+    (sin, cos) need not lie on the unit circle; a short vector (small r) honestly means a vague yaw.
+    """
+    r2 = sin * sin + cos * cos
+    r4 = r2 * r2
+    tiny = torch.finfo(r4.dtype).tiny
+    var = (cos * cos * var_sin + sin * sin * var_cos) / r4.clamp_min(tiny)
+    # (0, 0) has no direction at all: 0 / 0 must read as "unknown", not as "exact"
+    var = torch.where(r4 > tiny, var, torch.full_like(var, MAX_YAW_VARIANCE))
+    return var.clamp(max=MAX_YAW_VARIANCE)
+
+
+def decode(
+    class_alpha: torch.Tensor,
+    box: NIG,
+    grid: BevGrid,
+    class_names: Sequence[str],
+    *,
+    max_detections: int = 100,
+    score_threshold: float = 0.3,
+    nms_kernel: int = 3,
+    max_vacuity: float = 1.0,
+    unestimated_variance: float = 1e6,
+) -> Detections:
+    """Boxes of ONE sample from its head maps.
+
+    ``class_alpha``: ``[K + 1, H, W]`` Dirichlet parameters (background last). ``box``: NIG of
+    ``[T, H, W]`` tensors with ``T`` = ``len(regression_names(velocity))``. With ``K + 1`` classes a cell
+    without evidence scores ``1 / (K + 1)`` for every class, so ``score_threshold`` should lie above that
+    (the default 0.3 does for K = 3). Cells whose vacuity ``(K + 1) / S`` is not below ``max_vacuity``
+    give no box (default 1: only cells without any evidence, e.g. a scan with no usable point). Non-finite
+    maps give no boxes (never NaN boxes).
+    """
+    names = tuple(class_names)
+    k = len(names)
+    if class_alpha.dim() != 3 or class_alpha.shape[0] != k + 1:
+        raise ValueError(f"class_alpha must be [{k + 1}, H, W], got {tuple(class_alpha.shape)}")
+    n_reg = box.gamma.shape[0]
+    if n_reg not in (len(REGRESSION_NAMES), len(REGRESSION_NAMES) + len(VELOCITY_NAMES)):
+        raise ValueError(f"box NIG must have {len(REGRESSION_NAMES)} (+2 velocity) channels, got {n_reg}")
+    _, h, w = class_alpha.shape
+    if (h, w) != (grid.height, grid.width):
+        raise ValueError(f"maps are {h} x {w} but the grid is {grid.height} x {grid.width}")
+    with torch.no_grad():
+        prob = dirichlet_expected_probability(class_alpha.float(), dim=0)
+        fg = torch.nan_to_num(prob[:k], nan=0.0)
+        pooled = F.max_pool2d(fg.unsqueeze(0), nms_kernel, stride=1, padding=nms_kernel // 2).squeeze(0)
+        peaks = torch.where(pooled == fg, fg, torch.zeros_like(fg)).reshape(-1)
+        top = min(max_detections, peaks.numel())
+        scores, flat = torch.topk(peaks, top)
+        vac_map = (k + 1) / class_alpha.float().sum(0).reshape(-1)
+        keep = (scores > score_threshold) & (vac_map[flat % (h * w)] < max_vacuity)
+        scores, flat = scores[keep], flat[keep]
+        label = flat // (h * w)
+        cell = flat % (h * w)
+        iy, ix = cell // w, cell % w
+        g = box.gamma.float()[:, iy, ix]  # [T, N]
+        var = nig_ops.predictive_variance(NIG(*(t.float()[:, iy, ix] for t in box)))
+        cx = grid.origin_x + (ix.float() + g[0]) * grid.cell
+        cy = grid.origin_y + (iy.float() + g[1]) * grid.cell
+        center = torch.stack([cx, cy, g[2]], 1)
+        size = torch.exp(g[3:6]).T
+        size_var = (size * size) * var[3:6].T  # delta method for exp
+        yaw = torch.atan2(g[6], g[7])
+        var_yaw = yaw_variance_from_sincos(g[6], g[7], var[6], var[7])
+        cov = nig_ops.pose_covariance(var[0] * grid.cell**2, var[1] * grid.cell**2, var[2], var_yaw,
+                                      unestimated_variance)
+        probs = prob[:, iy, ix].T
+        vac = vac_map[cell]
+        velocity = g[8:10].T if n_reg > len(REGRESSION_NAMES) else None
+        finite = torch.isfinite(center).all(1) & torch.isfinite(size).all(1) & torch.isfinite(yaw)
+        finite &= torch.isfinite(cov).flatten(1).all(1) & torch.isfinite(probs).all(1)
+        if velocity is not None:
+            finite &= torch.isfinite(velocity).all(1)
+
+    def np32(t: torch.Tensor) -> NDArray[np.float32]:
+        return t[finite].cpu().numpy().astype(np.float32, copy=False)
+
+    return Detections(
+        class_names=names,
+        center=np32(center),
+        size=np32(size),
+        yaw=np32(yaw),
+        label=label[finite].cpu().numpy().astype(np.int64),
+        score=np32(scores),
+        class_probabilities=np32(probs),
+        vacuity=np32(vac),
+        covariance=np32(cov),
+        size_variance=np32(size_var),
+        velocity=None if velocity is None else np32(velocity),
+    )
+
+
+def decode_batch(output: "LidarDetectionOutput", grid: BevGrid, class_names: Sequence[str],
+                 **kwargs: object) -> list[Detections]:
+    """:func:`decode` for every scan of a network output; scans without voxels give empty lists directly."""
+    out = []
+    for b in range(output.class_alpha.shape[0]):
+        if int(output.num_voxels[b]) == 0:
+            out.append(Detections(class_names=tuple(class_names)))
+            continue
+        out.append(decode(output.class_alpha[b], NIG(*(t[b] for t in output.box)), grid, class_names,
+                          **kwargs))  # type: ignore[arg-type]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# training targets
+
+
+def gaussian_radius(length_cells: float, width_cells: float, min_overlap: float = 0.1) -> float:
+    """CornerNet's Gaussian radius for a box of ``length x width`` cells, as CenterPoint uses it.
+
+    The smallest of three radii: the corner shift that keeps IoU >= ``min_overlap`` when both corners move
+    outward, one in and one out, or both inward (Law & Deng, ECCV 2018; the formula as implemented in
+    CenterNet/CenterPoint, including its known quirks, so our heatmaps match theirs).
+    """
+    hh, ww = float(length_cells), float(width_cells)
+    b1 = hh + ww
+    c1 = ww * hh * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + math.sqrt(max(b1 * b1 - 4 * c1, 0.0))) / 2
+    b2 = 2 * (hh + ww)
+    c2 = (1 - min_overlap) * ww * hh
+    r2 = (b2 + math.sqrt(max(b2 * b2 - 16 * c2, 0.0))) / 2
+    a3 = 4 * min_overlap
+    b3 = -2 * min_overlap * (hh + ww)
+    c3 = (min_overlap - 1) * ww * hh
+    r3 = (b3 + math.sqrt(max(b3 * b3 - 4 * a3 * c3, 0.0))) / 2
+    return min(r1, r2, r3)
+
+
+def draw_gaussian(heatmap: NDArray[np.float32], cx: int, cy: int, radius: int) -> None:
+    """Splat ``exp(-(dx^2 + dy^2) / (2 sigma^2))``, ``sigma = (2 r + 1) / 6``, at (cy, cx) by elementwise max.
+
+    The peak is exactly 1 at the centre cell; the window is clipped at the map border.
+    """
+    h, w = heatmap.shape
+    sigma = (2 * radius + 1) / 6.0
+    ys = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-(ys[:, None] ** 2 + ys[None, :] ** 2) / (2 * sigma * sigma)).astype(np.float32)
+    y0, y1 = max(0, cy - radius), min(h, cy + radius + 1)
+    x0, x1 = max(0, cx - radius), min(w, cx + radius + 1)
+    if y0 >= y1 or x0 >= x1:
+        return
+    patch = g[y0 - (cy - radius): y1 - (cy - radius), x0 - (cx - radius): x1 - (cx - radius)]
+    np.maximum(heatmap[y0:y1, x0:x1], patch, out=heatmap[y0:y1, x0:x1])
+
+
+@dataclass
+class Targets:
+    """Training targets of one sample: heatmap ``[K, H, W]``, and per kept object its flat centre cell
+    ``iy * W + ix``, class, and regression row in :func:`regression_names` order. ``kept`` marks which input
+    boxes have their centre on the grid (the others are not targets)."""
+
+    heatmap: NDArray[np.float32]
+    indices: NDArray[np.int64]
+    labels: NDArray[np.int64]
+    regression: NDArray[np.float32]
+    kept: NDArray[np.bool_]
+
+
+def encode_targets(
+    boxes: NDArray[np.floating],
+    labels: NDArray[np.integer],
+    grid: BevGrid,
+    num_classes: int,
+    *,
+    velocities: Optional[NDArray[np.floating]] = None,
+    min_radius: int = 2,
+    min_overlap: float = 0.1,
+) -> Targets:
+    """CenterPoint targets of one sample from ``boxes`` ``[M, 7]`` = (x, y, z, l, w, h, yaw) and class
+    indices ``labels`` ``[M]`` in ``[0, num_classes)``. With ``velocities`` ``[M, 2]`` the regression rows
+    get (vx, vy). Two objects on one centre cell: the later one's regression wins (the heatmap keeps both)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 7)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    if len(labels) != len(boxes):
+        raise ValueError("boxes and labels differ in length")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    if len(boxes) and (boxes[:, 3:6] <= 0).any():
+        raise ValueError("box sizes must be positive")
+    heatmap = np.zeros((num_classes, grid.height, grid.width), np.float32)
+    fx = (boxes[:, 0] - grid.origin_x) / grid.cell
+    fy = (boxes[:, 1] - grid.origin_y) / grid.cell
+    ix, iy = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
+    kept = np.isfinite(boxes).all(1) & (ix >= 0) & (ix < grid.width) & (iy >= 0) & (iy < grid.height)
+    rows = []
+    for m in np.flatnonzero(kept):
+        x, y, z, l, w, hgt, yaw = boxes[m]
+        r = max(min_radius, int(gaussian_radius(l / grid.cell, w / grid.cell, min_overlap)))
+        draw_gaussian(heatmap[labels[m]], int(ix[m]), int(iy[m]), r)
+        row = [fx[m] - ix[m], fy[m] - iy[m], z, math.log(l), math.log(w), math.log(hgt), math.sin(yaw), math.cos(yaw)]
+        if velocities is not None:
+            row += [float(v) for v in np.asarray(velocities, np.float64).reshape(-1, 2)[m]]
+        rows.append(row)
+    n_reg = len(regression_names(velocities is not None))
+    return Targets(
+        heatmap=heatmap,
+        indices=(iy[kept] * grid.width + ix[kept]).astype(np.int64),
+        labels=labels[kept],
+        regression=np.asarray(rows, np.float32).reshape(-1, n_reg),
+        kept=kept,
+    )
+
+
+def dirichlet_targets(heatmap: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Soft Dirichlet labels (classes + background, summing to 1) from a ``[K, ...]`` heatmap.
+
+    Foreground classes take their heatmap value; where overlapping Gaussians of different classes sum above
+    1 they are scaled to sum to 1; background takes the rest. At an object's centre the label is one-hot.
+    """
+    total = heatmap.sum(dim=dim, keepdim=True)
+    fg = heatmap / total.clamp_min(1.0)
+    bg = (1.0 - fg.sum(dim=dim, keepdim=True)).clamp_min(0.0)
+    return torch.cat([fg, bg], dim=dim)

@@ -1,0 +1,302 @@
+"""The LiDAR branch network: voxels -> sparse 3D backbone -> BEV -> light 2D net -> evidential heads.
+
+Stages (each a method, so a node can time them separately):
+
+1. :meth:`LidarDetectionNet.voxelize` -- drop non-finite points, crop to ``point_range`` (base_link),
+   dynamic voxels (every point counts, no per-voxel cap) with the mean of (x, y, z, intensity) as features
+   (``engines.sparse.voxelize_mean``).
+2. :meth:`~LidarDetectionNet.backbone_bev` -- a sparse 3D backbone from ``engines/sparse`` (chosen by name
+   in the config, see :data:`BACKBONES`, or passed in) and the height collapse to BEV channels
+   (``engines.sparse.to_bev``, OpenPCDet's HeightCompression layout).
+3. :meth:`~LidarDetectionNet.bev_net` -- two 2D stages (the second at half resolution), the second
+   upsampled and concatenated with the first, as CenterPoint's RPN/SECONDFPN, then optionally upsampled
+   by ``head_upsample`` to the head grid.
+4. :meth:`~LidarDetectionNet.heads` -- evidential heads on the head grid:
+
+   * occupancy: Beta evidence (occupied r, free s) per cell, resampled to the occupancy node's grid;
+   * classes: Dirichlet over (``classes`` + background) per cell -- the CenterPoint heatmap, made
+     evidential (score = expected probability, vacuity = how unsure);
+   * boxes: a Normal-Inverse-Gamma per regression target (:data:`~perception_nodes.models.decode.REGRESSION_NAMES`);
+   * curvature: NIG of the lane-centre curvature at ``curvature_horizons_m`` metres ahead, from the
+     globally pooled BEV features.
+
+A scan with no usable point yields vacuous class and occupancy evidence and ``num_voxels == 0``, which
+:func:`perception_nodes.models.decode.decode` turns into an empty detection list. Formulas: field notes
+section 4-5; heads and decoding: :mod:`perception_nodes.models.decode`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engines.sparse import SparseTensor, to_bev, voxelize_mean
+from engines.sparse.backbones import VoxelBackbone8x
+from perception_nodes.config import ConfigError, to_dataclass
+from perception_nodes.evidential.dirichlet import alpha_from_logits
+from perception_nodes.evidential.nig import NIG, nig_from_raw
+from perception_nodes.models.bev_grid import BevGrid
+from perception_nodes.models.decode import regression_names
+
+__all__ = [
+    "BACKBONES",
+    "LidarDetectionConfig",
+    "LidarDetectionNet",
+    "LidarDetectionOutput",
+    "register_backbone",
+]
+
+#: Sparse backbones by config name: ``factory(in_channels, **backbone_args) -> nn.Module`` taking and
+#: returning a :class:`engines.sparse.SparseTensor`. The engine's CenterPoint SparseEncoder registers here.
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "voxel_backbone_8x": lambda in_channels, **kw: VoxelBackbone8x(in_channels, **kw),
+}
+
+
+def register_backbone(name: str, factory: Callable[..., nn.Module]) -> None:
+    """Make a sparse backbone selectable as ``backbone: <name>`` in the config."""
+    BACKBONES[name] = factory
+
+
+@dataclass(frozen=True)
+class LidarDetectionConfig:
+    """Network configuration (a ``lidar_detection.model`` section of the params file, as plain data)."""
+
+    #: crop (x_min, y_min, z_min, x_max, y_max, z_max) in base_link (m); x/y extent = the head grid's
+    point_range: tuple[float, ...] = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.0)
+    #: voxel edge (x, y, z) in m
+    voxel_size: tuple[float, ...] = (0.2, 0.2, 0.2)
+    #: intensities are divided by this (1 for 0..1 sensors like KITTI; 255 for 0..255 ones)
+    intensity_scale: float = 1.0
+    #: sparse backbone name in :data:`BACKBONES` and its keyword arguments
+    backbone: str = "voxel_backbone_8x"
+    backbone_args: Mapping[str, Any] = field(default_factory=dict)
+    #: 2D BEV net: channels of its full- and half-resolution stages, convs per stage
+    bev_channels: tuple[int, ...] = (64, 128)
+    bev_layers: tuple[int, ...] = (2, 2)
+    #: extra upsampling of the BEV features before the heads (1 = heads at the backbone's BEV stride)
+    head_upsample: int = 2
+    head_channels: int = 64
+    classes: tuple[str, ...] = ("car", "pedestrian", "cyclist")
+    #: predict BEV velocity (needs two sweeps in the input)
+    velocity: bool = False
+    #: occupancy output grid (the occupancy node's): resolution (m); same x/y extent as point_range
+    occupancy_resolution: float = 0.25
+    #: lookahead distances (m) of the curvature prediction
+    curvature_horizons_m: tuple[float, ...] = (0.0, 10.0, 20.0)
+    #: initial bias of the class-evidence logits (CenterPoint starts its heatmap at -2.19: little evidence)
+    class_bias: float = -2.19
+
+    def __post_init__(self) -> None:
+        if len(self.point_range) != 6 or len(self.voxel_size) != 3:
+            raise ConfigError("point_range needs 6 values and voxel_size 3")
+        lo, hi = self.point_range[:3], self.point_range[3:]
+        if any(h <= l for l, h in zip(lo, hi)) or any(v <= 0 for v in self.voxel_size):
+            raise ConfigError("point_range must have max > min on every axis and voxel_size must be positive")
+        for a in range(3):
+            cells = (hi[a] - lo[a]) / self.voxel_size[a]
+            if abs(cells - round(cells)) > 1e-6:
+                raise ConfigError(f"point_range extent on axis {'xyz'[a]} is not a whole number of voxels")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"unknown backbone {self.backbone!r}; known: {', '.join(sorted(BACKBONES))}")
+        if len(self.bev_channels) != 2 or len(self.bev_layers) != 2 or min(self.bev_channels) < 1:
+            raise ConfigError("bev_channels and bev_layers need two entries (full and half resolution)")
+        if self.head_upsample < 1 or self.head_channels < 1 or self.intensity_scale <= 0:
+            raise ConfigError("head_upsample, head_channels and intensity_scale must be positive")
+        if not self.classes or not self.curvature_horizons_m:
+            raise ConfigError("classes and curvature_horizons_m must not be empty")
+        for a, size in ((0, hi[0] - lo[0]), (1, hi[1] - lo[1])):
+            cells = size / self.occupancy_resolution
+            if self.occupancy_resolution <= 0 or abs(cells - round(cells)) > 1e-6:
+                raise ConfigError(f"occupancy_resolution must divide the {'xy'[a]} extent of point_range")
+
+    @classmethod
+    def from_mapping(cls, values: Optional[Mapping[str, Any]] = None) -> "LidarDetectionConfig":
+        """From a params-file section; unknown keys raise :class:`ConfigError`."""
+        return to_dataclass(cls, dict(values or {}), "lidar_detection.model: ")
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        lo, hi = self.point_range[:3], self.point_range[3:]
+        return tuple(int(round((hi[a] - lo[a]) / self.voxel_size[a])) for a in range(3))  # type: ignore[return-value]
+
+    @property
+    def occupancy_grid(self) -> BevGrid:
+        r = self.occupancy_resolution
+        x0, y0, _, x1, y1, _ = self.point_range
+        return BevGrid(x0, y0, r, int(round((x1 - x0) / r)), int(round((y1 - y0) / r)))
+
+
+@dataclass
+class LidarDetectionOutput:
+    """Raw evidential maps of a batch of ``B`` scans (all on the head grid unless said otherwise)."""
+
+    #: ``[B, 2, H_occ, W_occ]`` Beta evidence (r occupied, s free) on :attr:`LidarDetectionConfig.occupancy_grid`
+    occupancy_evidence: Tensor
+    #: ``[B, K + 1, H, W]`` Dirichlet parameters, background last
+    class_alpha: Tensor
+    #: NIG of ``[B, T, H, W]`` tensors, T = len(regression_names(velocity))
+    box: NIG
+    #: NIG of ``[B, len(curvature_horizons_m)]`` tensors (1/m, + = left)
+    curvature: NIG
+    #: ``[B]`` voxels per scan after cropping (0: no usable point)
+    num_voxels: Tensor
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01),
+                         nn.ReLU(inplace=True))
+
+
+class _BevNet(nn.Module):
+    """CenterPoint-style 2D net: full-res stage, half-res stage, both at full res, concatenated."""
+
+    def __init__(self, cin: int, channels: Sequence[int], layers: Sequence[int], head_upsample: int) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.stage1 = nn.Sequential(_conv_bn(cin, c1), *[_conv_bn(c1, c1) for _ in range(layers[0])])
+        self.stage2 = nn.Sequential(_conv_bn(c1, c2, 2), *[_conv_bn(c2, c2) for _ in range(layers[1])])
+        self.up2 = nn.Sequential(nn.ConvTranspose2d(c2, c1, 2, 2, bias=False), nn.BatchNorm2d(c1, eps=1e-3, momentum=0.01),
+                                 nn.ReLU(inplace=True))
+        self.out_channels = 2 * c1
+        self.head_up: nn.Module = nn.Identity()
+        if head_upsample > 1:
+            self.head_up = nn.Sequential(
+                nn.ConvTranspose2d(2 * c1, 2 * c1, head_upsample, head_upsample, bias=False),
+                nn.BatchNorm2d(2 * c1, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.stage1(x)
+        b = self.stage2(a)
+        b = self.up2(b)
+        if b.shape[-2:] != a.shape[-2:]:  # odd sizes: the transposed conv gives one cell less
+            b = F.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))
+        return self.head_up(torch.cat([a, b], 1))
+
+
+def _head(mid: int, cout: int, bias: float = 0.0) -> nn.Sequential:
+    """Per-head 1 x 1 layers on the shared trunk (the 3 x 3 context comes from the trunk, once for all heads)."""
+    last = nn.Conv2d(mid, cout, 1)
+    nn.init.constant_(last.bias, bias)
+    return nn.Sequential(nn.Conv2d(mid, mid, 1, bias=False), nn.BatchNorm2d(mid, eps=1e-3, momentum=0.01),
+                         nn.ReLU(inplace=True), last)
+
+
+class LidarDetectionNet(nn.Module):
+    """Evidential CenterPoint-style LiDAR network (see the module docstring)."""
+
+    def __init__(self, config: LidarDetectionConfig | Mapping[str, Any] | None = None,
+                 backbone: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        cfg = config if isinstance(config, LidarDetectionConfig) else LidarDetectionConfig.from_mapping(config)
+        self.config = cfg
+        self.in_channels = 4  # mean x, y, z, intensity
+        self.backbone = backbone if backbone is not None else BACKBONES[cfg.backbone](self.in_channels, **cfg.backbone_args)
+        bev_in, (bx, by, bz), stride = self._probe_backbone()
+        self._bev_shape = (bx, by, bz)
+        self.bev_in_channels = bev_in
+        self.bev = _BevNet(bev_in, cfg.bev_channels, cfg.bev_layers, cfg.head_upsample)
+        x0, y0 = cfg.point_range[0], cfg.point_range[1]
+        self.head_grid = BevGrid(x0, y0, cfg.voxel_size[0] * stride / cfg.head_upsample,
+                                 bx * cfg.head_upsample, by * cfg.head_upsample)
+        if abs(cfg.voxel_size[0] - cfg.voxel_size[1]) > 1e-9:
+            raise ConfigError("voxel_size must be equal in x and y (square BEV cells)")
+        c = self.bev.out_channels
+        k = len(cfg.classes)
+        self.reg_names = regression_names(cfg.velocity)
+        hc = cfg.head_channels
+        # one shared 3 x 3 trunk, then 1 x 1 heads: on a CPU a 3 x 3 conv per head would triple the head cost
+        self.head_trunk = _conv_bn(c, hc)
+        self.occupancy_head = _head(hc, 2, bias=-2.0)
+        self.class_head = _head(hc, k + 1, bias=cfg.class_bias)
+        self.box_head = _head(hc, 4 * len(self.reg_names))
+        n_h = len(cfg.curvature_horizons_m)
+        self.curvature_head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, cfg.head_channels),
+                                            nn.ReLU(inplace=True), nn.Linear(cfg.head_channels, 4 * n_h))
+
+    def _probe_backbone(self) -> tuple[int, tuple[int, int, int], int]:
+        """Run the backbone on two voxels once to learn its BEV channel count, grid and xy stride."""
+        cfg = self.config
+        coords = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.int32)
+        x = SparseTensor(torch.zeros(2, self.in_channels), coords, 1, cfg.spatial_shape, 1)
+        was = self.backbone.training
+        self.backbone.eval()
+        with torch.no_grad():
+            y = self.backbone(x)
+        self.backbone.train(was)
+        if y.spatial_shape is None or min(y.spatial_shape) < 1:
+            raise ConfigError(f"backbone {cfg.backbone!r} leaves no cells for grid {cfg.spatial_shape}: "
+                              "enlarge the z range or the voxel count")
+        sx, sy, _ = y.stride
+        if sx != sy:
+            raise ConfigError(f"backbone strides differ in x and y: {y.stride}")
+        X, Y, Z = y.spatial_shape
+        return y.num_channels * Z, (X, Y, Z), int(sx)
+
+    # ---- stages --------------------------------------------------------------------------------
+
+    def voxelize(self, points: Tensor | Sequence[Tensor]) -> tuple[SparseTensor, Tensor]:
+        """Voxels of one scan ``[N, >= 4]`` (x, y, z, intensity, ...) or a list of scans (a batch).
+
+        Returns the sparse tensor and the voxel count per scan. Rows with a non-finite value in the first
+        four columns and points outside ``point_range`` are dropped (counted in the voxel count, not here).
+        """
+        scans = [points] if isinstance(points, Tensor) else list(points)
+        cfg = self.config
+        dev = self.head_trunk[0].weight.device
+        parts, batch = [], []
+        for b, p in enumerate(scans):
+            if p.dim() != 2 or p.shape[1] < 4:
+                raise ValueError(f"points must be [N, >= 4] (x, y, z, intensity), got {tuple(p.shape)}")
+            p = p[:, :4].to(dev, torch.float32)
+            p = p[torch.isfinite(p).all(1)]
+            if cfg.intensity_scale != 1.0:
+                p = torch.cat([p[:, :3], p[:, 3:4] / cfg.intensity_scale], 1)
+            parts.append(p)
+            batch.append(torch.full((len(p),), b, dtype=torch.long, device=dev))
+        pts = torch.cat(parts) if parts else torch.zeros(0, 4, device=dev)
+        bidx = torch.cat(batch) if batch else torch.zeros(0, dtype=torch.long, device=dev)
+        st, _, _ = voxelize_mean(pts, cfg.voxel_size, cfg.point_range, batch=bidx)
+        st.batch_size = len(scans)
+        st.spatial_shape = cfg.spatial_shape
+        counts = torch.bincount(st.coords[:, 0].long(), minlength=len(scans)) if len(st) else torch.zeros(
+            len(scans), dtype=torch.long, device=dev)
+        return st, counts
+
+    def backbone_bev(self, x: SparseTensor) -> Tensor:
+        """Sparse backbone and height collapse: ``[B, C * Z, Y, X]`` BEV features (zeros without voxels)."""
+        bsz = x.batch_size or 1
+        X, Y, Z = self._bev_shape
+        if len(x) == 0:
+            return torch.zeros(bsz, self.bev_in_channels, Y, X, device=x.feats.device)
+        y = self.backbone(x)
+        return to_bev(y, (X, Y, Z), bsz)
+
+    def bev_net(self, bev: Tensor) -> Tensor:
+        return self.bev(bev)
+
+    def heads(self, feats: Tensor, num_voxels: Tensor) -> LidarDetectionOutput:
+        cfg = self.config
+        bsz, _, h, w = feats.shape
+        empty = (num_voxels == 0).view(bsz, 1, 1, 1)
+        occ_grid = cfg.occupancy_grid
+        curv = nig_from_raw(self.curvature_head(feats).view(bsz, len(cfg.curvature_horizons_m), 4), dim=2)
+        feats = self.head_trunk(feats)
+        occ_logits = self.occupancy_head(feats)
+        if (occ_grid.height, occ_grid.width) != (h, w):
+            occ_logits = F.interpolate(occ_logits, size=(occ_grid.height, occ_grid.width), mode="bilinear",
+                                       align_corners=False)
+        occ = F.softplus(occ_logits)
+        occ = torch.where(empty, torch.zeros_like(occ), occ)
+        alpha = alpha_from_logits(self.class_head(feats))
+        alpha = torch.where(empty, torch.ones_like(alpha), alpha)
+        box = nig_from_raw(self.box_head(feats).view(bsz, len(self.reg_names), 4, h, w), dim=2)
+        return LidarDetectionOutput(occ, alpha, box, curv, num_voxels)
+
+    def forward(self, points: Tensor | Sequence[Tensor]) -> LidarDetectionOutput:
+        st, counts = self.voxelize(points)
+        return self.heads(self.bev_net(self.backbone_bev(st)), counts)

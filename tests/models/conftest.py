@@ -1,0 +1,55 @@
+"""Shared fixtures of the model tests: one network per session, real KITTI scans in base_link."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+#: tests pin one dataflow: autotuning every layer on first use costs seconds and is not what is tested
+TEST_CONFIG = {"backbone_args": {"dataflow": "gather_scatter"}}
+#: a 32 m x 32 m crop: same network, a sixth of the cells, for the tests that run it many times
+SMALL_CONFIG = {**TEST_CONFIG, "point_range": [-16.0, -16.0, -1.0, 16.0, 16.0, 5.0]}
+
+
+@pytest.fixture(scope="session")
+def lidar_net():
+    from perception_nodes.models import LidarDetectionNet
+
+    torch.manual_seed(0)
+    return LidarDetectionNet(TEST_CONFIG).eval()
+
+
+@pytest.fixture(scope="session")
+def small_net():
+    from perception_nodes.models import LidarDetectionNet
+
+    torch.manual_seed(0)
+    return LidarDetectionNet(SMALL_CONFIG).eval()
+
+
+@pytest.fixture(scope="session")
+def kitti_frames(kitti_dir):
+    """The KITTI object frames with points and boxes moved into base_link (ground at z = 0)."""
+    from perception_nodes.calibration import transform_points
+    from perception_nodes.datasets.kitti import read_kitti_object
+
+    frames = []
+    for f in read_kitti_object(kitti_dir):
+        pts = f.points.copy()
+        pts[:, :3] = transform_points(f.lidar_to_base, pts[:, :3])
+        frames.append((np.ascontiguousarray(pts[:, :4], np.float32), f.boxes_in_base()))
+    return frames
+
+
+@pytest.fixture(scope="session")
+def kitti_output(lidar_net, kitti_frames):
+    """The default network's output on the first real KITTI scan, computed once at one thread."""
+    pts, _ = kitti_frames[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return lidar_net(torch.from_numpy(pts))
+    finally:
+        torch.set_num_threads(threads)
