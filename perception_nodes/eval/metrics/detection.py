@@ -491,7 +491,8 @@ def nuscenes_ap_from_pr(precision: NDArray, *, min_recall: float = _NUSC_MIN_REC
         raise ValueError(f"precision must be sampled at {_NUSC_N_RECALL} recall points")
     first = round(100 * min_recall) + 1
     clipped = np.maximum(p[first:] - min_precision, 0.0)
-    return float(np.mean(clipped) / (1.0 - min_precision))
+    # min(1, .): (1 - 0.1) / (1 - 0.1) can round to 1 + 4e-16; keep AP within its range for metrics.json
+    return min(1.0, float(np.mean(clipped) / (1.0 - min_precision)))
 
 
 def yaw_difference(a: NDArray | float, b: NDArray | float, period: float = 2 * math.pi) -> NDArray:
