@@ -13,7 +13,6 @@ from perception_nodes.boxes import Box3D
 from perception_nodes.datasets import read_bag_frames
 from perception_nodes.eval.classmap import ClassMap
 from perception_nodes.eval.detection_eval import (
-    DetectionScorer,
     detection_metrics,
     load_detection_eval_config,
     points_in_boxes,
