@@ -191,3 +191,18 @@ def test_difficulty_levels_when_ground_truth_has_2d_boxes():
     n = {lv: m["kitti"]["per_class"]["car"][lv]["n_gt"] for lv in m["kitti"]["levels"]}
     assert n == {"easy": 1, "moderate": 2, "hard": 3}
     assert m["kitti_ap_r40_3d"]["car"] == pytest.approx(1 / 40)  # moderate: 2 TPs -> slots [1, 1]
+
+
+@pytest.mark.slow
+def test_trivial_baselines_score_near_zero(bag_frames):
+    """A constant detector (one car 10 m ahead in every frame) and a carpet of cars every 5 m score
+    near 0: the scores respond to where the boxes are, not just to having boxes."""
+    cfg = load_detection_eval_config()
+    gt = [f.boxes for f in bag_frames]
+    const = [[Box3D("car", (10.0, 0.0, -0.9), (4.5, 1.9, 1.6), 0.0, score=0.5)] for _ in gt]
+    carpet = [[Box3D("car", (x, y, -0.9), (4.5, 1.9, 1.6), 0.0, score=0.5) for x in range(-45, 50, 5)
+               for y in range(-45, 50, 5)] for _ in gt]
+    for dets in (const, carpet):
+        m = detection_metrics(gt, dets, config=cfg)
+        assert m["kitti_ap_r40_3d"]["car"] < 0.05 and m["kitti_ap_r40_bev"]["car"] < 0.05
+        assert m["nuscenes"]["per_class"]["car"]["ap"] < 0.05
