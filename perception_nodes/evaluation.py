@@ -34,11 +34,10 @@ from perception_nodes.eval import (
     auroc,
     chamfer_distance,
     expected_calibration_error,
-    kitti_ap,
-    nuscenes_map,
     occupancy_scores,
     reliability_diagram,
 )
+from perception_nodes.eval.detection_eval import detection_metrics
 
 GT_OCCUPANCY = topics.GT_OCCUPANCY
 GT_VISIBILITY = topics.GT_VISIBILITY
@@ -206,37 +205,8 @@ class Evaluator:
             doc["objects"] = {"range_m": OBJECT_RANGE_M, "occupied_threshold": OCCUPIED_P / 100.0,
                               "recall": hit / total if total else None, "per_class": per}
         if self._det_pred:
-            labels = sorted({b.label for frame in self._det_gt for b in frame})
-            ap3d = {c: kitti_ap(self._det_gt, self._det_pred, c, metric="3d") for c in labels}
-            doc["detection"] = {
-                "kitti_ap_r40_3d": {c: r.ap for c, r in ap3d.items()},
-                "kitti_ap_r40_bev": {c: kitti_ap(self._det_gt, self._det_pred, c, metric="bev").ap for c in labels},
-                "nuscenes_map": nuscenes_map(self._det_gt, self._det_pred, labels).map,
-            }
-            if out_dir is not None:
-                plot_pr_curves(ap3d, out_dir / "pr_curves.png")
-                doc["detection"]["pr_curves"] = "pr_curves.png"
+            doc["detection"] = detection_metrics(self._det_gt, self._det_pred, out_dir)
         return _finite(doc)
-
-
-def plot_pr_curves(results: dict[str, Any], path: Path) -> Path:
-    """Precision-recall curve per class (KITTI 3D matching) with its AP R40 in the legend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for label, r in results.items():
-        if r.pr_curve is not None and len(r.pr_curve.recall):
-            ax.plot(r.pr_curve.recall, r.pr_curve.precision, label=f"{label} AP40 {r.ap:.3f}")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=100)
-    return path
 
 
 def _auroc(inside: list[np.ndarray], outside: list[np.ndarray]) -> float | None:

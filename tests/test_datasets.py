@@ -75,3 +75,37 @@ def test_own_generated_bag_frames_carry_every_ground_truth_grid(scenario_bag):
     for f in frames:
         assert {"/ground_truth/occupancy", "/ground_truth/occupancy/visibility"} <= set(f.extras)
         assert f.boxes and np.isclose(f.lidar_to_base[2, 3], 1.73)
+
+
+def test_kitti_labels_keep_what_difficulty_needs(kitti_dir, kitti_bag):
+    """read_labels keeps the 2D box, occlusion and truncation; KITTI's levels follow from them."""
+    from dataclasses import replace
+
+    from perception_nodes.eval.detection_eval import detection_metrics
+    from perception_nodes.eval.metrics.kitti_difficulty import kitti_difficulty
+
+    frames = list(read_kitti_object(kitti_dir))
+    by = {f.frame_id: {b.label: b for b in f.boxes} for f in frames}
+    ped = by["000000"]["Pedestrian"]  # label line: 0.00 0 -0.20 712.40 143.00 810.73 307.92 ...
+    assert ped.extras["bbox2d"] == pytest.approx((712.40, 143.00, 810.73, 307.92))
+    assert (ped.occlusion, ped.truncation, ped.extras["alpha"]) == (0, 0.0, pytest.approx(-0.20))
+    assert kitti_difficulty(ped) == "easy"  # 164.9 px, fully visible
+    assert kitti_difficulty(by["000001"]["Car"]) is None  # 21.6 px: below every level
+    assert by["000001"]["Cyclist"].occlusion == 3 and kitti_difficulty(by["000001"]["Cyclist"]) is None
+    assert kitti_difficulty(by["000002"]["Car"]) == "moderate"  # 33.3 px
+    # scored with the class map: Truck and Misc dropped and counted; levels from the labels
+    gt = [f.boxes for f in frames]
+    pred = [[replace(b, label=b.label.lower(), score=0.9) for b in f.boxes if b.label in ("Car", "Pedestrian", "Cyclist")]
+            for f in frames]
+    m = detection_metrics(gt, pred, points=[f.points for f in frames])
+    assert m["counts"]["gt_unmapped"] == {"Misc": 1, "Truck": 1}
+    # the car at 58.5 m (50 m gate) and the cyclist at 45.9 m (40 m gate)
+    assert m["counts"]["gt_filtered_range"] == {"car": 1, "cyclist": 1}
+    assert m["kitti"]["levels"] == ["easy", "moderate", "hard"]
+    n = {c: [m["kitti"]["per_class"][c][lv]["n_gt"] for lv in ("easy", "moderate", "hard")] for c in m["classes"]}
+    assert n == {"car": [0, 1, 1], "pedestrian": [1, 1, 1], "cyclist": [0, 0, 0]}
+    # the converted bag keeps occlusion and truncation, but its message has no 2D box: one level "all"
+    bag = list(read_bag_frames(kitti_bag))
+    assert all("bbox2d" not in b.extras for f in bag for b in f.boxes)
+    assert sorted(b.occlusion for f in bag for b in f.boxes) == sorted(b.occlusion for f in frames for b in f.boxes)
+    assert detection_metrics([f.boxes for f in bag], [[] for _ in bag])["kitti"]["levels"] == ["all"]

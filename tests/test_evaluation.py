@@ -119,6 +119,11 @@ def test_detections_are_scored_with_ap_and_pr_curves(tmp_path):
         ev.prediction(topics.OCCUPANCY_UNCERTAINTY, _grid(np.zeros((10, 10)), stamp=stamp))
     m = ev.results(tmp_path)
     assert m["frames_scored"] == 4
-    ap = m["detection"]["kitti_ap_r40_3d"]["Car"]
-    assert 0.5 < ap < 1.0  # 3 of 4 found, the miss ranked last
+    det = m["detection"]
+    # 3 of 4 found (scores 0.9), the miss ranked last. KITTI devkit AP with 4 boxes: one score-threshold
+    # slot per TP (3 slots at precision 1), slot 0 skipped -> 2/40 (see tests/eval/test_detection.py)
+    assert det["kitti_ap_r40_3d"]["car"] == pytest.approx(2 / 40)
+    assert det["kitti"]["per_class"]["car"]["all"]["tp_3d"] == 3
+    assert det["counts"]["gt"] == {"car": 4} and det["counts"]["pred"] == {"car": 4}
+    assert det["nuscenes"]["per_class"]["car"]["ap"] < 1.0
     assert (tmp_path / "pr_curves.png").is_file()

@@ -52,7 +52,12 @@ def read_labels(path: str | Path, calib: KittiCalib, to_frame: np.ndarray | None
     """``label_2`` lines as gravity-centred boxes in the Velodyne frame (or ``to_frame`` @ velodyne).
 
     KITTI gives the bottom centre in rectified camera coordinates (y down) and rotation_y about the
-    camera's y axis; the LiDAR yaw is -ry - pi/2. DontCare entries are skipped.
+    camera's y axis; the LiDAR yaw is -ry - pi/2. DontCare entries are skipped. Truncation and
+    occlusion go to the box's fields; the 2D image box ``(left, top, right, bottom)`` (pixels) and the
+    observation angle ``alpha`` go to ``extras["bbox2d"]`` / ``extras["alpha"]`` — what KITTI's
+    difficulty levels need (:mod:`perception_nodes.eval.metrics.kitti_difficulty`). The bag's
+    ``Detection3D`` message carries truncation and occlusion but has no 2D box field, so converted bags
+    lose the 2D box.
     """
     rect_to_velo = np.linalg.inv(calib.velo_to_rect)
     post = np.eye(4) if to_frame is None else to_frame
@@ -75,6 +80,7 @@ def read_labels(path: str | Path, calib: KittiCalib, to_frame: np.ndarray | None
                 yaw=yaw,
                 occlusion=int(float(f[2])),
                 truncation=float(f[1]),
+                extras={"bbox2d": tuple(float(v) for v in f[4:8]), "alpha": float(f[3])},
             )
         )
     return boxes

@@ -1,7 +1,8 @@
 """Evaluation metrics, each computed as the field defines it (see each module's docstring for the source).
 
 * :mod:`.boxes_iou` — exact rotated BEV / 3D IoU of boxes.
-* :mod:`.detection` — KITTI AP (R40), nuScenes mAP / TP errors / adapted NDS.
+* :mod:`.detection` — KITTI AP (R40 / R11) and AOS as the KITTI devkit computes them, nuScenes mAP / TP
+  errors / adapted NDS; :mod:`.kitti_difficulty` — KITTI's easy / moderate / hard levels.
 * :mod:`.occupancy` — occupancy IoU, precision/recall/F1, Chamfer distance.
 * :mod:`.calibration` — ECE (binary, top-label, classwise) and reliability diagrams.
 * :mod:`.regression` — NIG predictive Student-t: NLL, interval coverage, calibration curve, uncertainty split.
@@ -23,12 +24,17 @@ from perception_nodes.eval.metrics.detection import (
     KITTI_IOU_THRESHOLDS,
     NUSCENES_DIST_THRESHOLDS,
     APResult,
+    KittiFrame,
     NuScenesClassResult,
     NuScenesResult,
     PRCurve,
     kitti_ap,
+    kitti_eval_frames,
+    kitti_thresholds,
     nuscenes_map,
+    observation_angle,
 )
+from perception_nodes.eval.metrics.kitti_difficulty import DIFFICULTY_LEVELS, kitti_difficulty
 from perception_nodes.eval.metrics.occupancy import (
     ChamferResult,
     OccupancyScores,
@@ -53,6 +59,8 @@ __all__ = [
     "KITTI_IOU_THRESHOLDS",
     "NUSCENES_DIST_THRESHOLDS",
     "APResult",
+    "DIFFICULTY_LEVELS",
+    "KittiFrame",
     "ChamferResult",
     "CurvatureError",
     "ECEResult",
@@ -76,10 +84,14 @@ __all__ = [
     "interval_coverage",
     "iou_3d",
     "kitti_ap",
+    "kitti_difficulty",
+    "kitti_eval_frames",
+    "kitti_thresholds",
     "miscalibration_area",
     "nig_nll",
     "nig_predictive",
     "nuscenes_map",
+    "observation_angle",
     "occupancy_iou",
     "occupancy_scores",
     "pairwise_iou",

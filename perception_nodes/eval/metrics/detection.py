@@ -1,17 +1,45 @@
-"""3D detection metrics: KITTI AP (R40 / R11) and nuScenes mAP with TP errors and an adapted NDS.
+"""3D detection metrics: KITTI AP (R40 / R11) and AOS, nuScenes mAP with TP errors and an adapted NDS.
 
 Both take per-frame lists: ``gt[i]`` and ``pred[i]`` are the ground-truth and predicted boxes of frame
 ``i`` (:class:`~perception_nodes.boxes.Box3D`, prediction confidence in ``Box3D.score``). Matching
 never crosses frames.
 
-KITTI (Geiger, Lenz & Urtasun, CVPR 2012; recall sampling of Simonelli et al., "Disentangling
-Monocular 3D Object Detection", ICCV 2019)
-    A detection is a true positive if its 3D (or BEV) IoU with an unmatched ground-truth box of the same
-    class exceeds the class threshold (0.7 Car, 0.5 Pedestrian / Cyclist; the devkit tests
-    ``overlap > min_overlap``). AP is the mean of the interpolated precision
-    ``p_interp(r) = max_{r' >= r} p(r')`` at the recall points ``{1/40, 2/40, ..., 1}`` (R40; the
-    original 11-point metric used ``{0, 0.1, ..., 1}``, which rewards a single confident hit with
-    1/11 of AP at recall 0 — Simonelli et al.'s reason for R40).
+KITTI (Geiger, Lenz & Urtasun, CVPR 2012; R40 of Simonelli et al., "Disentangling Monocular 3D Object
+Detection", ICCV 2019) — the algorithm of the KITTI devkit as re-implemented by OpenPCDet / mmdetection3d
+(``kitti_object_eval_python/eval.py``), step for step, so numbers are comparable with published ones:
+
+1. Every box gets a role for the evaluated class. Ground truth: 0 = counted; 1 = ignored ("don't care":
+   a neighbour class such as Van for Car, a box too hard for the difficulty level, or one the caller
+   flags); -1 = another class (invisible). Detections: 0 = counted, 1 = ignored (2D box lower than the
+   level's minimum height, or flagged by the caller), -1 = another class.
+2. Threshold pass: each non-(-1) ground-truth box, in list order, takes the highest-scoring unassigned
+   non-(-1) detection whose IoU *exceeds* the class threshold (0.7 Car, 0.5 Pedestrian / Cyclist). When
+   both are counted it is a true positive and its score is kept.
+3. Score thresholds (``get_thresholds``): the kept TP scores in descending order are walked with a
+   target recall that starts at 0 and steps by 1/40 after each accepted score; a score is accepted when
+   its recall ``(i+1)/n_gt`` is at least as near the target as the next one's, and the *last* TP score is
+   always accepted. At most 41 thresholds; threshold k sits near recall k/40.
+4. For each threshold t, keep detections with score >= t and match again per ground-truth box: the
+   counted detection of largest IoU above the threshold, else the first ignored one. TP = counted GT
+   matched by a counted detection; FN = counted GT unmatched; a GT matched by an ignored detection or an
+   ignored GT matched by anything is neither; FP = counted detections left unassigned. AOS adds
+   ``(1 + cos Δα) / 2`` per TP (α = observation angle).
+5. ``precision[k] = TP/(TP+FP)`` at threshold k, then ``precision[k] = max(precision[k:])`` over the 41
+   slots (slots beyond the last threshold are 0). AP R40 = mean of slots 1..40 (slot 0, near recall 0, is
+   skipped); AP R11 = mean of slots 0, 4, ..., 40. AOS uses ``similarity / (TP+FP)`` the same way.
+
+Why this differs from "precision interpolated at recall 1/40, ..., 1" (what this module computed before,
+and about p(max recall)/40 below the devkit): step 3 always accepts the last TP score, which fills the
+next recall slot with the precision at the maximum recall even when that recall falls short of the
+slot's recall by up to 1/40. Unless the maximum recall happens to sit just at a slot, the devkit so has
+one more non-zero slot than the exact interpolation. Conversely, with fewer than 41 counted boxes every
+TP gets its own slot, so AP is at most ``(n_gt - 1)/40`` (perfect detections of 3 boxes score 0.05):
+devkit AP is only meaningful with well over 40 boxes per class. No counted ground truth: AP is NaN here
+(the devkit returns 0).
+
+Not modelled: the devkit's 2D "bbox" metric and its DontCare regions (they only act on that metric; for
+BEV and 3D DontCare boxes are another class). IoU: exact rotated BEV / 3D IoU of gravity-centred boxes
+(:mod:`.boxes_iou`) rather than the devkit's GPU kernel in camera coordinates.
 
 nuScenes (Caesar et al., "nuScenes: A multimodal dataset for autonomous driving", CVPR 2020, Sec. 4.1)
     Matching by BEV centre distance with thresholds 0.5, 1, 2, 4 m. Precision is resampled at 101
@@ -20,24 +48,14 @@ nuScenes (Caesar et al., "nuScenes: A multimodal dataset for autonomous driving"
     ``min_precision = 0.1`` for recall above ``min_recall = 0.1``. TP errors are measured on matches at
     2 m. NDS combines mAP and the TP errors.
 
-Differences from the official devkits, on purpose (documented so numbers are read correctly):
+Differences from the official nuScenes devkit, on purpose (documented so numbers are read correctly):
 
-* KITTI matching here is greedy in descending score per frame (each detection takes the unmatched
-  ground truth it overlaps most), and the PR curve has one point per detection; precision at recall
-  point r is exactly ``max{p_k : r_k >= r}``. The KITTI devkit instead assigns per ground-truth box
-  (highest score first for the threshold pass, then the largest-overlap detection) and, for each recall
-  sample, takes the TP score whose recall is *nearest* to it (at most one sample per TP). That sampling
-  assumes recall steps much finer than 1/40 (thousands of GT boxes); with many boxes the two agree up
-  to about 1/(2·n_gt) in recall, with a handful of boxes only the definition used here is meaningful.
-* KITTI difficulty levels (box height in pixels, occlusion, truncation) and DontCare regions need 2D
-  image boxes; here the caller expresses them with ``ignore`` masks (see :func:`kitti_ap`). An ignored
-  box absorbs one detection, like an ignored GT box in the devkit; the devkit's DontCare regions (which
-  absorb any number of detections by 2D overlap) are not modelled.
-* Equal scores: both functions keep input order (frame, then list position); the nuScenes devkit
-  visits tied detections in reverse index order. Only exact ties are affected.
+* Equal scores: detections keep input order (frame, then list position); the nuScenes devkit visits
+  tied detections in reverse index order. Only exact ties are affected.
 * nuScenes class ranges (e.g. 50 m for cars), the "no LiDAR/radar points" GT filter and the 500-boxes-
-  per-sample cap are not applied: filter before calling. AVE (velocity) and AAE (attribute) errors are
-  omitted — this stack predicts neither — see :class:`NuScenesResult` for how NDS is adapted.
+  per-sample cap are not applied here: :mod:`perception_nodes.eval.detection_eval` filters before
+  calling. AVE (velocity) and AAE (attribute) errors are omitted — this stack predicts neither — see
+  :class:`NuScenesResult` for how NDS is adapted.
 """
 
 from __future__ import annotations
@@ -52,28 +70,40 @@ from numpy.typing import NDArray
 
 from perception_nodes.boxes import Box3D
 from perception_nodes.eval.metrics.boxes_iou import boxes_to_array, pairwise_iou
+from perception_nodes.eval.metrics.kitti_difficulty import gt_fails_level, pred_below_min_height
 
 __all__ = [
     "APResult",
     "KITTI_IGNORE_LABELS",
     "KITTI_IOU_THRESHOLDS",
+    "KittiFrame",
     "NUSCENES_DIST_THRESHOLDS",
     "NuScenesClassResult",
     "NuScenesResult",
     "PRCurve",
     "kitti_ap",
+    "kitti_eval_frames",
+    "kitti_thresholds",
     "nuscenes_ap_from_pr",
     "nuscenes_map",
+    "observation_angle",
     "yaw_difference",
 ]
 
-#: KITTI's default ("moderate" leaderboard) IoU thresholds per class, for both 3D and BEV AP.
-KITTI_IOU_THRESHOLDS: dict[str, float] = {"Car": 0.7, "Pedestrian": 0.5, "Cyclist": 0.5}
+#: KITTI's default IoU thresholds per class (the "moderate" leaderboard ones, 3D and BEV alike; the
+#: devkit's table for Car, Pedestrian, Cyclist, Van, Person_sitting, Truck), plus the stack's own class
+#: names (lower case) with the same values.
+KITTI_IOU_THRESHOLDS: dict[str, float] = {
+    "Car": 0.7, "Pedestrian": 0.5, "Cyclist": 0.5, "Van": 0.7, "Person_sitting": 0.5, "Truck": 0.7,
+    "car": 0.7, "pedestrian": 0.5, "cyclist": 0.5,
+}
 #: Ground-truth labels that KITTI treats as "don't care" when evaluating a class (neither TP nor FN,
 #: and a detection on one is not an FP): Van for Car, Person_sitting for Pedestrian.
 KITTI_IGNORE_LABELS: dict[str, tuple[str, ...]] = {"Car": ("Van",), "Pedestrian": ("Person_sitting",)}
 #: nuScenes centre-distance thresholds in metres.
 NUSCENES_DIST_THRESHOLDS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+#: Score-threshold slots of the KITTI devkit (recall 0, 1/40, ..., 1).
+KITTI_SAMPLE_POINTS = 41
 
 _NUSC_MIN_RECALL = 0.1
 _NUSC_MIN_PRECISION = 0.1
@@ -85,7 +115,7 @@ _NUSC_NO_ORIENTATION = frozenset({"traffic_cone"})
 
 @dataclass(frozen=True)
 class PRCurve:
-    """Raw precision/recall after each detection, in descending score order (for plotting)."""
+    """Raw precision/recall at each score threshold, in descending score order (for plotting)."""
 
     recall: NDArray[np.float64]
     precision: NDArray[np.float64]
@@ -94,11 +124,13 @@ class PRCurve:
 
 @dataclass(frozen=True)
 class APResult:
-    """KITTI-style AP of one class.
+    """KITTI AP and AOS of one class at one difficulty.
 
-    ``precisions[k]`` is the interpolated precision at recall point ``recalls[k]``; ``ap`` their mean
-    (NaN when there is no non-ignored ground truth). ``tp``/``fp`` count over all detections of the class;
-    ``n_pred`` = ``tp + fp + n_ignored_pred`` where ignored detections were matched to ignored GT.
+    ``precisions`` / ``aos_precisions``: the 41 interpolated slots (``max`` over the slots after);
+    ``recalls``: the raw recall at each slot (0 beyond the last threshold); ``ap`` / ``aos``: R40 (or
+    R11) means of the slots, NaN when there is no counted ground truth. ``tp``/``fp``/``fn`` are the
+    devkit's counts with every detection kept (threshold -inf); ``n_pred`` counts the class's
+    detections, ``n_ignored_pred`` those that are neither TP nor FP there.
     """
 
     ap: float
@@ -112,6 +144,28 @@ class APResult:
     n_ignored_pred: int = 0
     iou_threshold: float = float("nan")
     metric: str = "3d"
+    aos: float = float("nan")
+    aos_precisions: NDArray[np.float64] | None = None
+    fn: int = 0
+    n_ignored_gt: int = 0
+    difficulty: str | None = None
+    thresholds: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+
+
+@dataclass(frozen=True)
+class KittiFrame:
+    """One frame prepared for the devkit's matching (roles as in the module docstring, step 1).
+
+    ``overlaps[j, i]`` is the IoU of detection j with ground-truth box i; ``gt_alpha`` / ``det_alpha``
+    the observation angles (only read for AOS).
+    """
+
+    overlaps: NDArray[np.float64]
+    scores: NDArray[np.float64]
+    ignored_gt: NDArray[np.int8]
+    ignored_det: NDArray[np.int8]
+    gt_alpha: NDArray[np.float64]
+    det_alpha: NDArray[np.float64]
 
 
 def _check_frames(gt: Sequence[Sequence[Box3D]], pred: Sequence[Sequence[Box3D]]) -> None:
@@ -119,20 +173,257 @@ def _check_frames(gt: Sequence[Sequence[Box3D]], pred: Sequence[Sequence[Box3D]]
         raise ValueError(f"gt has {len(gt)} frames but pred has {len(pred)}; pass one list per frame")
 
 
-def _recall_points(n: int) -> NDArray[np.float64]:
-    if n == 11:  # the original KITTI / PASCAL VOC 11-point metric includes recall 0
-        return np.linspace(0.0, 1.0, 11)
-    if n < 1:
-        raise ValueError("n_recall_points must be >= 1")
-    return np.arange(1, n + 1, dtype=np.float64) / n
+def observation_angle(box: Box3D) -> float:
+    """KITTI's observation angle α, up to sign and a constant, from a box in a frame whose origin is the
+    sensor (x forward, y left): ``α = -(yaw - atan2(y, x)) - π/2``.
+
+    KITTI defines ``α = rotation_y - atan2(x_cam, z_cam)``; with ``rotation_y = -yaw - π/2``,
+    ``x_cam = -y`` and ``z_cam = x`` this is the expression above (what OpenPCDet computes for its
+    detections). AOS only uses ``cos(α_gt - α_det)``, so GT and detections are both taken from geometry.
+    """
+    return -(box.yaw - math.atan2(box.center[1], box.center[0])) - math.pi / 2.0
+
+
+def _candidates(frame: KittiFrame, min_overlap: float) -> list[list[int]]:
+    """Per ground-truth box, the detections (in index order) whose IoU exceeds ``min_overlap``."""
+    if frame.overlaps.size == 0:
+        return [[] for _ in range(len(frame.ignored_gt))]
+    hits = (frame.overlaps > min_overlap) & (frame.ignored_det != -1)[:, None]
+    return [np.flatnonzero(hits[:, i]).tolist() for i in range(hits.shape[1])]
+
+
+def _match(frame: KittiFrame, cands: list[list[int]], thresh: float, compute_fp: bool,
+           ) -> tuple[int, int, int, float, list[float], int]:
+    """The devkit's per-frame matching (``compute_statistics_jit``) for 3D / BEV overlaps.
+
+    ``cands`` from :func:`_candidates` (detections of another class and IoUs not above the threshold
+    never match, so only those are visited, in the devkit's order). Returns (tp, fp, fn, similarity,
+    tp_scores, n_ignored_dets): similarity is -1 when tp + fp == 0, as in the devkit (then it is not
+    added up); n_ignored_dets counts participating detections that are neither TP nor FP.
+    """
+    ov = frame.overlaps
+    scores = frame.scores.tolist()
+    ig_gt = frame.ignored_gt.tolist()
+    ig_det = frame.ignored_det.tolist()
+    n_det = len(scores)
+    assigned = [False] * n_det
+    below = [compute_fp and s < thresh for s in scores]
+    tp = fp = fn = 0
+    sims: list[float] = []
+    tp_scores: list[float] = []
+    for i, role in enumerate(ig_gt):
+        if role == -1:
+            continue
+        det_idx = -1
+        best_score = -math.inf
+        max_overlap = 0.0
+        took_ignored = False
+        for j in cands[i]:
+            if assigned[j] or below[j]:
+                continue
+            if not compute_fp:
+                if det_idx < 0 or scores[j] > best_score:
+                    det_idx, best_score = j, scores[j]
+            elif (ov[j, i] > max_overlap or took_ignored) and ig_det[j] == 0:
+                det_idx, max_overlap, took_ignored = j, ov[j, i], False
+            elif det_idx < 0 and ig_det[j] == 1:
+                det_idx, took_ignored = j, True
+        if det_idx < 0:
+            if role == 0:
+                fn += 1
+        elif role == 1 or ig_det[det_idx] == 1:
+            assigned[det_idx] = True
+        else:
+            tp += 1
+            tp_scores.append(scores[det_idx])
+            sims.append((1.0 + math.cos(float(frame.gt_alpha[i] - frame.det_alpha[det_idx]))) / 2.0)
+            assigned[det_idx] = True
+    if not compute_fp:
+        return tp, 0, fn, -1.0, tp_scores, 0
+    fp = sum(1 for j in range(n_det) if not (assigned[j] or ig_det[j] != 0 or below[j]))
+    used_ignored = sum(1 for j in range(n_det) if ig_det[j] != -1 and not below[j]) - tp - fp
+    similarity = math.fsum(sims) if (tp > 0 or fp > 0) else -1.0
+    return tp, fp, fn, similarity, tp_scores, used_ignored
+
+
+def kitti_thresholds(tp_scores: Sequence[float], n_gt: int,
+                     n_sample_pts: int = KITTI_SAMPLE_POINTS) -> list[float]:
+    """The devkit's score thresholds (``get_thresholds``): module docstring, step 3.
+
+    Float arithmetic as the devkit's (recall ``(i+1)/n_gt``, target advanced by ``1/(n-1)``), so ties in
+    "nearest" fall the same way. Capped at ``n_sample_pts`` slots.
+    """
+    s = sorted((float(v) for v in tp_scores), reverse=True)
+    out: list[float] = []
+    current = 0.0
+    last = len(s) - 1
+    for i, score in enumerate(s):
+        l_recall = (i + 1) / n_gt
+        r_recall = (i + 2) / n_gt if i < last else l_recall
+        if (r_recall - current) < (current - l_recall) and i < last:
+            continue
+        out.append(score)
+        current += 1 / (n_sample_pts - 1.0)
+    return out[:n_sample_pts]
+
+
+def kitti_eval_frames(frames: Sequence[KittiFrame], min_overlap: float) -> dict[str, NDArray | int]:
+    """Devkit steps 2-5 over prepared frames: the 41 slots of precision, recall and AOS.
+
+    Returns ``precision``, ``recall``, ``aos`` (interpolated, length 41), ``raw_precision``,
+    ``raw_recall``, ``thresholds``, ``n_gt``, and the counts ``tp``/``fp``/``fn``/``n_ignored_pred``
+    with every detection kept.
+    """
+    n_gt = int(sum(int(np.sum(f.ignored_gt == 0)) for f in frames))
+    cands = [_candidates(f, min_overlap) for f in frames]
+    tp_scores: list[float] = []
+    for f, c in zip(frames, cands, strict=True):
+        tp_scores += _match(f, c, 0.0, compute_fp=False)[4]
+    thresholds = kitti_thresholds(tp_scores, n_gt) if n_gt > 0 else []
+    n = KITTI_SAMPLE_POINTS
+    pr = np.zeros((len(thresholds), 4))
+    for k, t in enumerate(thresholds):
+        for f, c in zip(frames, cands, strict=True):
+            tp, fp, fn, sim, _, _ = _match(f, c, t, compute_fp=True)
+            pr[k, :3] += (tp, fp, fn)
+            if sim != -1.0:
+                pr[k, 3] += sim
+    raw_p, raw_r, raw_a = np.zeros(n), np.zeros(n), np.zeros(n)
+    m = len(thresholds)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw_r[:m] = np.where(pr[:, 0] + pr[:, 2] > 0, pr[:, 0] / (pr[:, 0] + pr[:, 2]), 0.0)
+        raw_p[:m] = np.where(pr[:, 0] + pr[:, 1] > 0, pr[:, 0] / (pr[:, 0] + pr[:, 1]), 0.0)
+        raw_a[:m] = np.where(pr[:, 0] + pr[:, 1] > 0, pr[:, 3] / (pr[:, 0] + pr[:, 1]), 0.0)
+
+    def suffix_max(x: NDArray) -> NDArray:
+        return np.maximum.accumulate(x[::-1])[::-1]
+
+    tp = fp = fn = used = 0
+    for f, c in zip(frames, cands, strict=True):
+        a, b, n_fn, _, _, u = _match(f, c, -math.inf, compute_fp=True)
+        tp, fp, fn, used = tp + a, fp + b, fn + n_fn, used + u
+    return {"precision": suffix_max(raw_p), "recall": suffix_max(raw_r), "aos": suffix_max(raw_a),
+            "raw_precision": raw_p[:m], "raw_recall": raw_r[:m], "thresholds": np.asarray(thresholds),
+            "n_gt": n_gt, "tp": tp, "fp": fp, "fn": fn, "n_ignored_pred": used}
+
+
+def _slots_mean(slots: NDArray, n_recall_points: int) -> float:
+    if n_recall_points == 40:
+        return float(np.sum(slots[1:KITTI_SAMPLE_POINTS]) / 40.0)
+    if n_recall_points == 11:
+        return float(np.sum(slots[0:KITTI_SAMPLE_POINTS:4]) / 11.0)
+    raise ValueError("n_recall_points must be 40 (R40) or 11 (R11), as in the KITTI devkit")
+
+
+def kitti_ap(gt: Sequence[Sequence[Box3D]], pred: Sequence[Sequence[Box3D]], label: str, *,
+             iou_threshold: float | None = None, metric: Literal["3d", "bev"] = "3d",
+             n_recall_points: int = 40, ignore: Sequence[Sequence[bool]] | None = None,
+             ignore_labels: Collection[str] | None = None, difficulty: str | None = None,
+             ignore_pred: Sequence[Sequence[bool]] | None = None) -> APResult:
+    """KITTI AP (R40 by default) and AOS of class ``label``, computed as the KITTI devkit / OpenPCDet do.
+
+    Parameters
+    ----------
+    gt, pred:
+        Per-frame box lists (frame ``i`` of ``gt`` pairs with frame ``i`` of ``pred``). Ground truth
+        labelled ``label`` is counted, ``ignore_labels`` ones are ignored; detections labelled ``label``
+        are counted; every other box is another class.
+    iou_threshold:
+        Minimum IoU (strictly exceeded, as in the devkit); defaults to :data:`KITTI_IOU_THRESHOLDS`.
+    metric:
+        ``"3d"`` (3D IoU) or ``"bev"`` (rotated bird's-eye-view IoU).
+    n_recall_points:
+        40 (R40, the current leaderboard) or 11 (the original 11-point metric).
+    ignore:
+        Per-frame flags parallel to ``gt[i]``: True makes a counted box ignored ("don't care"), like a
+        box outside the difficulty level — e.g. one filtered out for too few LiDAR points or range.
+    ignore_labels:
+        Ground-truth labels ignored for this class; defaults to :data:`KITTI_IGNORE_LABELS` (Van for
+        Car, Person_sitting for Pedestrian). Pass ``()`` to disable.
+    difficulty:
+        ``None`` (every box of the class counted) or ``"easy"`` / ``"moderate"`` / ``"hard"``: counted
+        boxes that fail the level become ignored (:mod:`.kitti_difficulty`; ground truth of the class
+        must then carry ``extras["bbox2d"]`` and an occlusion). Detections with a 2D box lower than the
+        level's minimum are ignored — of *any* class, as in the devkit's ``clean_data``.
+    ignore_pred:
+        Per-frame flags parallel to ``pred[i]``: True makes a detection of the class ignored (neither TP
+        nor FP; a counted GT it takes is no FN), e.g. outside the evaluated range.
+    """
+    _check_frames(gt, pred)
+    if iou_threshold is None:
+        if label not in KITTI_IOU_THRESHOLDS:
+            raise ValueError(f"no default KITTI IoU threshold for {label!r}; pass iou_threshold "
+                             "or map the class (perception_nodes.eval.classmap)")
+        iou_threshold = KITTI_IOU_THRESHOLDS[label]
+    for name, flags in (("ignore", ignore), ("ignore_pred", ignore_pred)):
+        if flags is not None and len(flags) != len(gt):
+            raise ValueError(f"{name} must have one list of flags per frame")
+    if metric not in ("3d", "bev"):
+        raise ValueError(f"metric must be '3d' or 'bev', got {metric!r}")
+    if n_recall_points not in (11, 40):
+        raise ValueError("n_recall_points must be 40 (R40) or 11 (R11), as in the KITTI devkit")
+    also_ignored = set(KITTI_IGNORE_LABELS.get(label, ()) if ignore_labels is None else ignore_labels)
+
+    frames: list[KittiFrame] = []
+    n_pred = n_ignored_gt = 0
+    for i, (gts, preds) in enumerate(zip(gt, pred, strict=True)):
+        flags = [False] * len(gts) if ignore is None else [bool(f) for f in ignore[i]]
+        if len(flags) != len(gts):
+            raise ValueError(f"frame {i}: ignore has {len(flags)} flags for {len(gts)} boxes")
+        pflags = [False] * len(preds) if ignore_pred is None else [bool(f) for f in ignore_pred[i]]
+        if len(pflags) != len(preds):
+            raise ValueError(f"frame {i}: ignore_pred has {len(pflags)} flags for {len(preds)} boxes")
+        g_role = []
+        for b, flag in zip(gts, flags, strict=True):
+            if b.label == label:
+                hard = not flag and difficulty is not None and gt_fails_level(b, difficulty)
+                g_role.append(1 if (flag or hard) else 0)
+            else:
+                g_role.append(1 if b.label in also_ignored else -1)
+        d_role = []
+        for b, flag in zip(preds, pflags, strict=True):
+            if difficulty is not None and pred_below_min_height(b, difficulty):
+                d_role.append(1)
+            elif b.label == label:
+                d_role.append(1 if flag else 0)
+            else:
+                d_role.append(-1)
+        # only boxes that take part need overlaps; others get 0 (never matched)
+        gi = [k for k, r in enumerate(g_role) if r != -1]
+        di = [k for k, r in enumerate(d_role) if r != -1]
+        ov = np.zeros((len(preds), len(gts)))
+        if gi and di:
+            ov[np.ix_(di, gi)] = pairwise_iou([preds[k] for k in di], [gts[k] for k in gi], metric)
+        frames.append(KittiFrame(
+            overlaps=ov, scores=np.array([b.score for b in preds], dtype=np.float64),
+            ignored_gt=np.array(g_role, dtype=np.int8), ignored_det=np.array(d_role, dtype=np.int8),
+            gt_alpha=np.array([observation_angle(b) for b in gts]),
+            det_alpha=np.array([observation_angle(b) for b in preds])))
+        n_pred += sum(1 for b in preds if b.label == label)
+        n_ignored_gt += sum(1 for r in g_role if r == 1)
+
+    ev = kitti_eval_frames(frames, float(iou_threshold))
+    n_gt = int(ev["n_gt"])
+    if n_gt == 0:
+        ap = aos = float("nan")
+    else:
+        ap = _slots_mean(ev["precision"], n_recall_points)
+        aos = _slots_mean(ev["aos"], n_recall_points)
+    thr = np.asarray(ev["thresholds"], dtype=np.float64)
+    return APResult(
+        ap=ap, precisions=ev["precision"], recalls=ev["recall"], n_gt=n_gt, n_pred=n_pred,
+        tp=int(ev["tp"]), fp=int(ev["fp"]), fn=int(ev["fn"]),
+        pr_curve=PRCurve(recall=ev["raw_recall"], precision=ev["raw_precision"], scores=thr),
+        n_ignored_pred=int(ev["n_ignored_pred"]), iou_threshold=float(iou_threshold), metric=metric,
+        aos=aos, aos_precisions=ev["aos"], n_ignored_gt=n_ignored_gt, difficulty=difficulty, thresholds=thr,
+    )
 
 
 def _greedy_match(sim: NDArray, better_than_threshold: NDArray, gt_ignored: NDArray,
                   order: NDArray, maximise: bool) -> tuple[NDArray, NDArray]:
-    """Greedy assignment of detections (rows, visited in ``order``) to ground truth (columns).
-
-    A detection takes the best unmatched non-ignored GT that passes the threshold; failing that, the
-    best unmatched ignored GT (then the detection is ignored). Returns per detection: status
+    """Greedy assignment of detections (rows, visited in ``order``) to ground truth (columns), as
+    nuScenes matches: each detection takes the best unmatched GT that passes the threshold (counted GT
+    first, then ignored GT, which makes the detection ignored). Returns per detection: status
     (1 TP, 0 FP, -1 ignored) and matched GT index (-1 if none).
     """
     n_det, n_gt = sim.shape
@@ -154,105 +445,6 @@ def _greedy_match(sim: NDArray, better_than_threshold: NDArray, gt_ignored: NDAr
                 status[d] = -1 if want_ignored else 1
                 break
     return status, match
-
-
-def kitti_ap(gt: Sequence[Sequence[Box3D]], pred: Sequence[Sequence[Box3D]], label: str, *,
-             iou_threshold: float | None = None, metric: Literal["3d", "bev"] = "3d",
-             n_recall_points: int = 40, ignore: Sequence[Sequence[bool]] | None = None,
-             ignore_labels: Collection[str] | None = None) -> APResult:
-    """KITTI average precision of class ``label`` with R40 recall sampling (Simonelli et al. 2019).
-
-    Parameters
-    ----------
-    gt, pred:
-        Per-frame box lists (frame ``i`` of ``gt`` pairs with frame ``i`` of ``pred``). Only boxes whose
-        ``label`` equals ``label`` take part, plus ground truth with an ``ignore_labels`` label.
-    iou_threshold:
-        Minimum IoU (strictly exceeded, as in the devkit); defaults to :data:`KITTI_IOU_THRESHOLDS`.
-    metric:
-        ``"3d"`` (3D IoU) or ``"bev"`` (rotated bird's-eye-view IoU).
-    n_recall_points:
-        40 (R40, the current KITTI leaderboard) or 11 (the original metric: 0, 0.1, ..., 1); any other n
-        samples ``1/n, 2/n, ..., 1``.
-    ignore:
-        Per-frame flags parallel to ``gt[i]`` (over all its boxes, any label): True marks a ground-truth
-        box that must be neither a TP nor an FN — e.g. outside the difficulty level being evaluated. A
-        detection matched to an ignored box (only if no non-ignored box matches it) is neither TP nor FP;
-        an ignored box absorbs at most one detection, like in the KITTI devkit.
-    ignore_labels:
-        Ground-truth labels treated as ignored boxes for this class; defaults to
-        :data:`KITTI_IGNORE_LABELS` (Van for Car, Person_sitting for Pedestrian). Pass ``()`` to disable.
-
-    Detections are visited in descending score (ties keep input order) and greedily matched per frame.
-    """
-    _check_frames(gt, pred)
-    if iou_threshold is None:
-        if label not in KITTI_IOU_THRESHOLDS:
-            raise ValueError(f"no default KITTI IoU threshold for {label!r}; pass iou_threshold")
-        iou_threshold = KITTI_IOU_THRESHOLDS[label]
-    if ignore is not None and len(ignore) != len(gt):
-        raise ValueError("ignore must have one list of flags per frame")
-    if metric not in ("3d", "bev"):
-        raise ValueError(f"metric must be '3d' or 'bev', got {metric!r}")
-    also_ignored = set(KITTI_IGNORE_LABELS.get(label, ()) if ignore_labels is None else ignore_labels)
-
-    n_gt = 0
-    all_scores: list[NDArray] = []
-    all_status: list[NDArray] = []
-    for i, (gts, preds) in enumerate(zip(gt, pred, strict=True)):
-        flags = [False] * len(gts) if ignore is None else [bool(f) for f in ignore[i]]
-        if len(flags) != len(gts):
-            raise ValueError(f"frame {i}: ignore has {len(flags)} flags for {len(gts)} boxes")
-        keep_gt = [(b, f or b.label != label) for b, f in zip(gts, flags, strict=True)
-                   if b.label == label or b.label in also_ignored]
-        dets = [b for b in preds if b.label == label]
-        g_ignored = np.array([f for _, f in keep_gt], dtype=bool)
-        n_gt += int(np.sum(~g_ignored))
-        if not dets:
-            continue
-        scores = np.array([b.score for b in dets], dtype=np.float64)
-        if keep_gt:
-            iou = pairwise_iou(dets, [b for b, _ in keep_gt], metric)
-        else:
-            iou = np.zeros((len(dets), 0))
-        order = np.argsort(-scores, kind="stable")
-        status, _ = _greedy_match(iou, iou > iou_threshold, g_ignored, order, maximise=True)
-        all_scores.append(scores)
-        all_status.append(status)
-
-    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
-    status = np.concatenate(all_status) if all_status else np.zeros(0, dtype=np.int8)
-    n_pred = int(scores.size)
-    counted = status >= 0
-    scores_c, is_tp = scores[counted], status[counted] == 1
-    order = np.argsort(-scores_c, kind="stable")
-    scores_c, is_tp = scores_c[order], is_tp[order]
-    tp_cum = np.cumsum(is_tp)
-    fp_cum = np.cumsum(~is_tp)
-    precision = tp_cum / np.maximum(tp_cum + fp_cum, 1)
-    recall = tp_cum / n_gt if n_gt > 0 else np.full(tp_cum.shape, np.nan)
-
-    r_pts = _recall_points(n_recall_points)
-    if n_gt == 0:
-        interp = np.full(r_pts.shape, np.nan)
-        ap = float("nan")
-    else:
-        # p_interp(r) = max precision over PR points with recall >= r (0 if recall r is never reached).
-        # A suffix maximum over the PR sequence, looked up at the first point reaching r.
-        interp = np.zeros(r_pts.shape, dtype=np.float64)
-        if precision.size:
-            suffix_max = np.maximum.accumulate(precision[::-1])[::-1]
-            first = np.searchsorted(recall, r_pts - 1e-12, side="left")  # recall is non-decreasing
-            reached = first < recall.size
-            interp[reached] = suffix_max[first[reached]]
-        ap = float(np.mean(interp))
-    return APResult(
-        ap=ap, precisions=interp, recalls=r_pts, n_gt=n_gt, n_pred=n_pred,
-        tp=int(np.sum(is_tp)), fp=int(np.sum(~is_tp)),
-        pr_curve=PRCurve(recall=recall.astype(np.float64), precision=precision.astype(np.float64),
-                         scores=scores_c),
-        n_ignored_pred=int(np.sum(~counted)), iou_threshold=float(iou_threshold), metric=metric,
-    )
 
 
 # --------------------------------------------------------------------------------------------- nuScenes
@@ -299,7 +491,8 @@ def nuscenes_ap_from_pr(precision: NDArray, *, min_recall: float = _NUSC_MIN_REC
         raise ValueError(f"precision must be sampled at {_NUSC_N_RECALL} recall points")
     first = round(100 * min_recall) + 1
     clipped = np.maximum(p[first:] - min_precision, 0.0)
-    return float(np.mean(clipped) / (1.0 - min_precision))
+    # min(1, .): (1 - 0.1) / (1 - 0.1) can round to 1 + 4e-16; keep AP within its range for metrics.json
+    return min(1.0, float(np.mean(clipped) / (1.0 - min_precision)))
 
 
 def yaw_difference(a: NDArray | float, b: NDArray | float, period: float = 2 * math.pi) -> NDArray:
