@@ -161,11 +161,12 @@ def _dense_encoder(enc: SparseEncoder, x, mask):
     return x.permute(0, 1, 4, 3, 2).reshape(B, C * Z, Y, X)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fuse", [True, False])
 def test_centerpoint_encoder_equals_dense_reference(fuse: bool) -> None:
     torch.manual_seed(0)
     shape = (41, 12, 14)  # upstream [D, H, W]; D = 41 as in the nuScenes config (z: 41 -> 21 -> 11 -> 5 -> 2)
-    enc = SparseEncoder(5, shape).double().eval()
+    enc = SparseEncoder(5, shape, dataflow="gather_scatter").double().eval()
     randomise_bn(enc, 3)
     set_fuse(enc, fuse)
     feats, coors = _sparse_input(700, shape, 5, seed=5, batch=2)
@@ -184,7 +185,7 @@ def test_centerpoint_encoder_equals_dense_reference(fuse: bool) -> None:
 
 def test_fused_and_unfused_agree_in_float32() -> None:
     shape = (41, 20, 20)
-    enc = SparseEncoder(5, shape).eval()
+    enc = SparseEncoder(5, shape, dataflow="gather_scatter").eval()  # no autotuner timings in tests
     randomise_bn(enc, 4)
     feats, coors = _sparse_input(1500, shape, 5, seed=6)
     feats = feats.float()
@@ -197,7 +198,7 @@ def test_fused_and_unfused_agree_in_float32() -> None:
 
 def test_gradients_flow_through_blocks() -> None:
     shape = (41, 8, 8)
-    enc = SparseEncoder(5, shape).train()
+    enc = SparseEncoder(5, shape, dataflow="gather_scatter").train()
     feats, coors = _sparse_input(300, shape, 5, seed=7)
     enc(feats.float(), coors, 1).sum().backward()
     assert enc.encoder_layers.encoder_layer1[0].conv1.weight.grad is not None
@@ -222,7 +223,7 @@ def test_centerpoint_encoder_matches_spconv() -> None:
     shape = (41, 40, 36)
     twin = spconv_sparse_encoder(spconv, 5, shape).eval()
     randomise_bn(twin, 8)
-    ours = SparseEncoder(5, shape).eval()
+    ours = SparseEncoder(5, shape, dataflow="gather_scatter").eval()
     ours.load_state_dict(twin.state_dict(), strict=True)
     feats, coors = _sparse_input(4000, shape, 5, seed=9, batch=2)
     feats = feats.float()
@@ -239,7 +240,7 @@ def test_second_backbone_matches_spconv() -> None:
     shape = (41, 40, 36)
     twin = spconv_voxel_backbone_8x(spconv, 4).eval()
     randomise_bn(twin, 10)
-    ours = VoxelBackBone8x(4).eval()
+    ours = VoxelBackBone8x(4, dataflow="gather_scatter").eval()
     ours.load_state_dict(twin.state_dict(), strict=True)
     feats, coors = _sparse_input(4000, shape, 4, seed=11)
     feats = feats.float()
