@@ -111,6 +111,20 @@ class SparseBasicBlock(nn.Module):
         return z.replace(self.relu(self.bn2(z.feats) + x.feats))
 
 
+def _check_inside(x: SparseTensor) -> None:
+    """Voxels outside the sparse shape would be dropped by the strided layers without a word."""
+    if len(x) == 0 or x.spatial_shape is None:
+        return
+    ijk = x.coords[:, 1:]
+    hi = torch.tensor(x.spatial_shape, dtype=ijk.dtype, device=ijk.device) * torch.tensor(x.stride, dtype=ijk.dtype,
+                                                                                       device=ijk.device)
+    bad = (ijk < 0).any(1) | (ijk >= hi).any(1)
+    if bool(bad.any()):
+        first = x.coords[bad][0].tolist()
+        raise ValueError(f"{int(bad.sum())} voxel(s) outside the sparse shape (x, y, z) = {x.spatial_shape}, "
+                         f"e.g. (b, x, y, z) = {first}; check the point range / voxel size")
+
+
 class SparseEncoder(nn.Module):
     """mmdetection3d's ``SparseEncoder``; defaults = CenterPoint VoxelNet (nuScenes, 0.1 m).
 
@@ -177,6 +191,9 @@ class SparseEncoder(nn.Module):
     def forward_sparse(self, x: SparseTensor) -> Union[SparseTensor, tuple[SparseTensor, list[SparseTensor]]]:
         if x.spatial_shape is None:
             x = SparseTensor(x.feats, x.coords, x.stride, self.spatial_shape_xyz, x.batch_size, x.cache)
+        if x.feats.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} voxel feature channels, got {x.feats.shape[1]}")
+        _check_inside(x)
         x = self.conv_input(x)
         middle = []
         for stage in self.encoder_layers:

@@ -250,3 +250,13 @@ def test_second_backbone_matches_spconv() -> None:
     ref = ys.dense()  # [B, C, Z, Y, X]
     got = y.dense(spatial_shape=tuple(ref.shape[2:][::-1])).permute(0, 1, 4, 3, 2)
     assert rel_err(got, ref) < 12 * 1.2e-7 * 50
+
+
+def test_bad_input_is_reported() -> None:
+    enc = SparseEncoder(5, (41, 16, 16), dataflow="gather_scatter").eval()
+    with torch.no_grad():
+        assert enc(torch.zeros(0, 5), torch.zeros(0, 4, dtype=torch.int32), 1).shape == (1, 256, 2, 2)
+        with pytest.raises(ValueError, match="outside the sparse shape"):
+            enc(torch.zeros(2, 5), torch.tensor([[0, 1, 2, 3], [0, 1, 2, 16]], dtype=torch.int32), 1)
+        with pytest.raises(ValueError, match="feature channels"):
+            enc(torch.zeros(2, 4), torch.tensor([[0, 1, 2, 3], [0, 1, 2, 4]], dtype=torch.int32), 1)
