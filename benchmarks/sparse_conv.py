@@ -1,23 +1,34 @@
 #!/usr/bin/env python3
-"""Sparse convolution benchmark: our engine vs spconv 2.3.8 (CPU build) on a real KITTI scan.
+"""Sparse convolution benchmark: our engine vs spconv 2.3.8 (CPU build), like for like, on real scans.
 
-Prints progress lines, then ONE JSON object as the last line (keys described in docs/sparse_conv.md):
+Prints progress lines, then ONE JSON object as the last line (keys described in docs/sparse_conv.md
+and BENCHMARKS.md). Rules, the same for both engines:
 
-* subm_speedup_1t: SubMConv3d 3^3 for 16->16, 32->32, 64->64 at 0.05 m and 0.1 m, geometric mean
-  of spconv_time / our_time, both at 1 torch thread, kernel map included (a fresh tensor per run).
-* backbone_speedup_1t / backbone_speedup_2t: CenterPoint-VoxelNet-like backbone (VoxelBackbone8x),
-  same rules; 2t = ours at 2 threads vs spconv at 1 thread (its only correct setting). Ours runs as
-  shipped: eval-mode SparseSequential folds BatchNorm into the conv and applies ReLU in place;
-  backbone_speedup_1t_unfused_bn is the same with BN/ReLU as separate passes (like the spconv twin).
-* map_build_ms: submanifold 3^3 map build, ours and spconv's (spconv's = fresh-tensor layer time
-  minus the same layer reusing its cached indice pairs).
-* max_rel_err_vs_dense: our layers vs dense F.conv3d on a crop of the scan (fp32).
-* spconv_thread_bug: spconv's SubMConv3d at 2 threads vs 1 thread (it is wrong at >= 2 threads).
+* Inputs are real scans (KITTI 000000; the nuScenes keyframe of ../shared/data) voxelised as the
+  upstream pipelines do: per-voxel mean (HardSimpleVFE), voxels in first-point order (the order
+  mmdetection3d's / OpenPCDet's hard voxelisers emit), coordinates (b, z, y, x). Each timed call
+  starts from those upstream tensors: our column swap, sorting and kernel maps are inside the
+  timed region, as are spconv's index generation and its ``dense()`` for the BEV output.
+* Times are medians over interleaved repetitions (alternating engines so machine noise hits both),
+  reported with the interquartile range; ratios are spconv_median / ours_median from the same run.
+* Headline = BatchNorm unfolded on both sides (conv, BN, ReLU, residual add as separate passes, as
+  upstream runs them). Second figure = BatchNorm folded into the conv on both sides (spconv's
+  weights scaled and given a bias, its BN removed; ours as shipped: folded, ReLU and residual add
+  in place).
+* 1 torch thread for both: spconv 2.3.8's CPU kernels are wrong at >= 2 threads (``spconv_thread_bug``).
 
-Timings are the minimum over interleaved repetitions (robust to other processes on the machine).
+Keys (new): encoder_speedup_1t (CenterPoint SparseEncoder, unfolded, gmean over inputs),
+encoder_speedup_1t_folded, encoder_speedup_1t_paired (median of per-repetition ratios),
+encoder_speedup_bound_at_gemm_floor (spconv time / time of the bare sgemms of all pairs: the best
+ratio any engine doing every multiply-add can reach), encoder_speedup_1t_vs_upstream_keys (spconv as mmdetection3d defines
+it: no indice_key in the residual blocks, so spconv rebuilds their maps), encoder (per input rows:
+medians, IQRs, max_rel_err_vs_spconv), subm_layers (single SubMConv3d 3^3 at 16/32/64/128 channels
+on the coordinates each encoder stage sees), subm_speedup_1t (gmean), backbone_speedup_1t (SECOND
+VoxelBackBone8x, unfolded) and backbone_speedup_1t_folded, map_build_ms (ours sorted-merge vs a
+hash-table build of the same map, and spconv's), max_rel_err_vs_dense, spconv_thread_bug.
 
 Running the peer: spconv 2.3.8 is not in requirements (its dependency ``lark`` collides with the
-``lark-parser`` of the ROS packages in .venv), so install it beside the venv and point to it:
+``lark-parser`` of the ROS packages in .venv), so ``make bench-sparse`` installs it beside the venv:
 
     .venv/bin/pip install --target /tmp/spconv-site spconv==2.3.8
     rm -rf /tmp/spconv-site/numpy*            # keep the venv's numpy
@@ -30,6 +41,7 @@ reports the ratios as null.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -45,31 +57,25 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engines.sparse import SparseSequential, SparseTensor, SubMConv3d, SparseConv3d, dense_weight  # noqa: E402
+from engines.sparse import SparseTensor, SubMConv3d, SparseConv3d, dense_weight  # noqa: E402
 from engines.sparse.autotune import default_tuner  # noqa: E402
-from engines.sparse.backbones import VoxelBackbone8x  # noqa: E402
+from engines.sparse.backbones import SparseEncoder, VoxelBackBone8x, set_fuse  # noqa: E402
 from engines.sparse.geometry import ConvGeometry  # noqa: E402
-from engines.sparse.kernel_map import build_kernel_map  # noqa: E402
+from engines.sparse.kernel_map import build_kernel_map, build_subm_pairs_hashed  # noqa: E402
 from engines.sparse.kitti import load_velodyne, velodyne_path  # noqa: E402
+from engines.sparse.spconv_twins import (  # noqa: E402
+    import_spconv,
+    randomise_bn,
+    spconv_sparse_encoder,
+    spconv_voxel_backbone_8x,
+)
 from engines.sparse.voxelize import voxelize_mean  # noqa: E402
+
+NUSCENES_SCAN = "nuscenes_mmdet3d_demo/demo/data/nuscenes/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"
 
 
 def log(*a: object) -> None:
     print(*a, flush=True)
-
-
-def import_spconv():
-    site = os.environ.get("SPCONV_SITE", "/tmp/spconv-site")
-    try:
-        import spconv.pytorch as spconv  # noqa: F401
-    except ImportError:
-        if site and Path(site).is_dir():
-            sys.path.append(site)  # appended: the venv's torch/numpy stay first
-        try:
-            import spconv.pytorch as spconv
-        except ImportError:
-            return None
-    return spconv
 
 
 def spconv_version() -> str:
@@ -86,15 +92,126 @@ def spconv_version() -> str:
             return "missing"
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 # --------------------------------------------------------------------------------------------------
-# data
+# data: upstream-style voxels (first-point order, (b, z, y, x))
 # --------------------------------------------------------------------------------------------------
 
 
-def kitti_voxels(shared: Path, vs: float):
-    pts = torch.from_numpy(load_velodyne(velodyne_path(shared, 0)))
-    st, _, grid = voxelize_mean(pts, vs)
-    return st, grid
+class Voxels:
+    """A voxelised scan as the upstream pipelines hand it to the backbone."""
+
+    def __init__(self, name: str, points: np.ndarray, voxel_size, point_range, channels: int) -> None:
+        pts = torch.from_numpy(np.ascontiguousarray(points[:, :4]))
+        if channels > pts.shape[1]:  # CenterPoint's 5th channel: time lag, 0 for a single sweep
+            pts = torch.cat([pts, torch.zeros(len(pts), channels - pts.shape[1])], 1)
+        st, p2v, grid = voxelize_mean(pts, voxel_size, point_range)
+        # first-point order: voxel ids in the order the points reach them (hard voxelisation)
+        valid = p2v >= 0
+        first = torch.full((len(st),), len(p2v), dtype=torch.long)
+        first.scatter_reduce_(0, p2v[valid], torch.nonzero(valid).flatten(), "amin")
+        order = torch.argsort(first)
+        self.name = name
+        self.feats = st.feats[order].contiguous()
+        self.coors = st.coords[order][:, [0, 3, 2, 1]].contiguous()  # (b, z, y, x)
+        X, Y, Z = grid.spatial_shape
+        self.shape_zyx = [Z + 1, Y, X]  # upstream sparse shape: one spare z cell (OpenPCDet grid_size[::-1] + [1, 0, 0])
+        self.n = len(st)
+        self.sorted_input = bool((order[1:] > order[:-1]).all()) if len(order) > 1 else True
+
+    def ours(self) -> SparseTensor:
+        """Our tensor from the upstream one (column swap inside the timed region)."""
+        Z, Y, X = self.shape_zyx
+        return SparseTensor(self.feats, self.coors[:, [0, 3, 2, 1]], 1, (X, Y, Z), 1)
+
+    def spconv(self, spconv, feats: torch.Tensor | None = None):
+        return spconv.SparseConvTensor(self.feats if feats is None else feats, self.coors, self.shape_zyx, 1)
+
+
+def kitti(shared: Path, channels: int, voxel=(0.05, 0.05, 0.1)) -> Voxels:
+    pts = load_velodyne(velodyne_path(shared, 0))
+    # SECOND / CenterPoint KITTI range -> sparse shape [41, 1600, 1408] at 0.05 x 0.05 x 0.1 m
+    return Voxels(f"kitti_000000_{voxel[0]}m", pts, voxel, (0, -40, -3, 70.4, 40, 1), channels)
+
+
+def nuscenes(shared: Path, channels: int, voxel=(0.1, 0.1, 0.2)) -> Voxels | None:
+    p = shared / NUSCENES_SCAN
+    if not p.exists():
+        return None
+    pts = np.fromfile(str(p), dtype="<f4").reshape(-1, 5)
+    # CenterPoint nuScenes range -> sparse shape [41, 1024, 1024] at 0.1 x 0.1 x 0.2 m
+    return Voxels(f"nuscenes_keyframe_{voxel[0]}m", pts, voxel, (-51.2, -51.2, -5, 51.2, 51.2, 3), channels)
+
+
+# --------------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------------
+
+
+def interleaved(fns: dict, reps: int) -> dict:
+    """Samples (ms) per function, alternating them so machine noise hits all alike."""
+    samples: dict = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[k].append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def med(v: list[float]) -> float:
+    return float(np.median(v))
+
+
+def iqr(v: list[float]) -> list[float]:
+    q1, q3 = np.percentile(v, [25, 75])
+    return [round(float(q1), 2), round(float(q3), 2)]
+
+
+def gmean(v: list[float]) -> float | None:
+    v = [x for x in v if x is not None and x > 0]
+    return float(math.exp(sum(math.log(x) for x in v) / len(v))) if v else None
+
+
+class _AddBias(torch.nn.Module):
+    """In-place bias add: what is left of a folded BN on spconv's CPU path, which rejects conv biases
+    ("cpu don't support act and bias")."""
+
+    def __init__(self, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.add_(self.shift)
+
+
+def fold_spconv_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """spconv model with every conv -> BN pair folded: weights scaled, BN replaced by an in-place bias add."""
+
+    def fold(conv, bn) -> _AddBias:
+        scale = torch.rsqrt(bn.running_var + bn.eps) * bn.weight
+        shift = bn.bias - bn.running_mean * scale
+        with torch.no_grad():
+            conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))))  # [C_out, kz, ky, kx, C_in]
+        return _AddBias(shift.detach().clone())
+
+    for m in list(model.modules()):
+        names = dict(m.named_children())
+        if "conv1" in names and "bn1" in names:
+            m.bn1 = fold(m.conv1, m.bn1)
+            m.bn2 = fold(m.conv2, m.bn2)
+        elif "0" in names and "1" in names and isinstance(names["1"], torch.nn.BatchNorm1d):
+            m._modules["1"] = fold(names["0"], names["1"])
+    return model
 
 
 def to_spconv(spconv, feats: torch.Tensor, coords: torch.Tensor, shape, batch: int = 1):
@@ -103,29 +220,8 @@ def to_spconv(spconv, feats: torch.Tensor, coords: torch.Tensor, shape, batch: i
     return spconv.SparseConvTensor(feats.contiguous(), idx, [shape[2], shape[1], shape[0]], batch)
 
 
-def timeit(fn, reps: int) -> float:
-    best = math.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
-
-
-def interleaved(fns: dict, reps: int) -> dict:
-    """Min time (ms) per function, alternating them so machine noise hits all alike."""
-    best = {k: math.inf for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return {k: v * 1e3 for k, v in best.items()}
-
-
-def gmean(v: list[float]) -> float | None:
-    v = [x for x in v if x is not None and x > 0]
-    return float(math.exp(sum(math.log(x) for x in v) / len(v))) if v else None
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,174 +260,197 @@ def thread_bug(spconv, st: SparseTensor) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# SubMConv3d
+# CenterPoint SparseEncoder and SECOND VoxelBackBone8x
 # --------------------------------------------------------------------------------------------------
 
 
-def bench_subm(spconv, shared: Path, reps: int) -> dict:
+def bench_encoder(spconv, vox: Voxels, reps: int, which: str = "centerpoint") -> dict:
+    """Whole backbone from upstream voxels to its output (BEV for the encoder), four ways."""
     torch.set_num_threads(1)
-    out: dict = {"layers": [], "map_build_ms": {}}
-    ratios = []
-    for vs in (0.05, 0.1):
-        st, grid = kitti_voxels(shared, vs)
-        shape = st.spatial_shape
-        coords = st.coords
-        n = len(st)
-        geom = ConvGeometry("subm", (3, 3, 3))
-        build_kernel_map(coords, geom)  # compile
-        t_map = timeit(lambda: build_kernel_map(coords, geom), reps * 2)
-        entry = {"ours": round(t_map, 3)}
-        for c in (16, 32, 64):
-            torch.manual_seed(c)
-            feats = torch.randn(n, c)
-            ours = SubMConv3d(c, c, 3).eval()
-            fns = {}
-            with torch.no_grad():
-                ours(SparseTensor(feats, coords, 1, shape))  # autotune + compile (not timed)
-                fns["ours"] = lambda: ours(SparseTensor(feats, coords, 1, shape))
-                if spconv is not None:
-                    sp = spconv.SubMConv3d(c, c, 3, bias=False, indice_key="s").eval()
-                    sp2 = spconv.SubMConv3d(c, c, 3, bias=False, indice_key="s").eval()
-                    sp(to_spconv(spconv, feats, coords, shape))
+    torch.manual_seed(1)
+    row: dict = {"input": vox.name, "voxels": vox.n, "sparse_shape_zyx": vox.shape_zyx}
+    cin = vox.feats.shape[1]
+    if which == "centerpoint":
+        ours = SparseEncoder(cin, vox.shape_zyx).eval()
+        twins = {} if spconv is None else {
+            "spconv": spconv_sparse_encoder(spconv, cin, vox.shape_zyx, share_block_maps=True),
+            "spconv_upstream_keys": spconv_sparse_encoder(spconv, cin, vox.shape_zyx, share_block_maps=False),
+        }
+    else:
+        ours = VoxelBackBone8x(cin).eval()
+        twins = {} if spconv is None else {"spconv": spconv_voxel_backbone_8x(spconv, cin)}
+    if twins:
+        randomise_bn(twins["spconv"], 7)
+        for t in twins.values():
+            t.load_state_dict(twins["spconv"].state_dict())
+            t.eval()
+        ours.load_state_dict(twins["spconv"].state_dict(), strict=True)
+    else:
+        randomise_bn(ours, 7)
+    unfolded = copy.deepcopy(ours)
+    set_fuse(unfolded, False)
+    if twins:
+        twins["spconv_folded"] = fold_spconv_bn(copy.deepcopy(twins["spconv"]))
 
-                    def sp_full():
-                        return sp(to_spconv(spconv, feats, coords, shape))
+    if which == "centerpoint":
+        def run_ours(m):
+            return m(vox.feats, vox.coors, 1)
 
-                    y_cached = sp(to_spconv(spconv, feats, coords, shape))
-                    fns["spconv"] = sp_full
-                    fns["spconv_cached_map"] = lambda: sp2(y_cached)
-                t = interleaved(fns, reps)
-            row = {"voxel_m": vs, "voxels": n, "channels": c, "ours_ms": round(t["ours"], 3)}
-            if spconv is not None:
-                row["spconv_ms"] = round(t["spconv"], 3)
-                row["spconv_compute_only_ms"] = round(t["spconv_cached_map"], 3)
-                row["speedup"] = round(t["spconv"] / t["ours"], 3)
-                ratios.append(t["spconv"] / t["ours"])
-                if c == 16:
-                    entry["spconv"] = round(max(t["spconv"] - t["spconv_cached_map"], 0.0), 3)
-            out["layers"].append(row)
-            log(f"  subm {vs} m {n} voxels {c}->{c}: {row}")
-        out["map_build_ms"][f"{vs}m"] = entry
-    out["subm_speedup_1t"] = gmean(ratios) if ratios else None
-    return out
+        def run_sp(m):
+            return m(vox.feats, vox.coors, 1)
+    else:
+        def run_ours(m):
+            return m(vox.ours())
 
+        def run_sp(m):
+            return m(vox.spconv(spconv))
 
-# --------------------------------------------------------------------------------------------------
-# backbone
-# --------------------------------------------------------------------------------------------------
-
-
-def spconv_backbone(spconv, cin: int = 4):
-    from torch import nn
-
-    def block(i, o, k, s=1, p=0, kind="subm", key=None):
-        if kind == "subm":
-            conv = spconv.SubMConv3d(i, o, k, padding=1, bias=False, indice_key=key)
-        else:
-            conv = spconv.SparseConv3d(i, o, k, stride=s, padding=p, bias=False, indice_key=key)
-        return spconv.SparseSequential(conv, nn.BatchNorm1d(o, eps=1e-3, momentum=0.01), nn.ReLU())
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv_input = block(cin, 16, 3, key="subm1")
-            self.conv1 = spconv.SparseSequential(block(16, 16, 3, key="subm1"))
-            self.conv2 = spconv.SparseSequential(block(16, 32, 3, 2, 1, "spconv", "spconv2"), block(32, 32, 3, key="subm2"), block(32, 32, 3, key="subm2"))
-            self.conv3 = spconv.SparseSequential(block(32, 64, 3, 2, 1, "spconv", "spconv3"), block(64, 64, 3, key="subm3"), block(64, 64, 3, key="subm3"))
-            self.conv4 = spconv.SparseSequential(block(64, 64, 3, 2, (0, 1, 1), "spconv", "spconv4"), block(64, 64, 3, key="subm4"), block(64, 64, 3, key="subm4"))
-            self.conv_out = block(64, 128, (3, 1, 1), (2, 1, 1), 0, "spconv", "spconv_down2")
-
-        def forward(self, x):
-            return self.conv_out(self.conv4(self.conv3(self.conv2(self.conv1(self.conv_input(x))))))
-
-    return Net()
+    fns = {"ours": lambda: run_ours(unfolded), "ours_folded": lambda: run_ours(ours)}
+    for name, t in twins.items():
+        fns[name] = (lambda t=t: run_sp(t))
+    with torch.no_grad():
+        outs = {k: fn() for k, fn in fns.items()}  # warm-up: numba compile, autotune (not timed)
+        if twins:
+            if which == "centerpoint":
+                row["max_rel_err_vs_spconv"] = rel_err(outs["ours"], outs["spconv"])
+                row["max_rel_err_vs_spconv_folded"] = rel_err(outs["ours_folded"], outs["spconv_folded"])
+            else:
+                ref = outs["spconv"].dense()
+                got = outs["ours"].dense(spatial_shape=tuple(ref.shape[2:][::-1])).permute(0, 1, 4, 3, 2)
+                row["max_rel_err_vs_spconv"] = rel_err(got, ref)
+        floor, gflop = gemm_floor(ours, run_ours)
+        fns["gemm_floor"] = floor
+        row["gflop"] = round(gflop, 2)
+        samples = interleaved(fns, reps)
+    row["sgemm_gflops"] = round(gflop / med(samples["gemm_floor"]) * 1e3, 1)
+    for k, v in samples.items():
+        row[f"{k}_ms"] = round(med(v), 2)
+        row[f"{k}_iqr_ms"] = iqr(v)
+    if twins:
+        row["speedup"] = round(med(samples["spconv"]) / med(samples["ours"]), 3)
+        row["speedup_folded"] = round(med(samples["spconv_folded"]) / med(samples["ours_folded"]), 3)
+        row["speedup_paired"] = round(med([a / b for a, b in zip(samples["spconv"], samples["ours"])]), 3)
+        # the best ratio any engine doing every pair's multiply-add could reach against this spconv time
+        row["speedup_bound_at_gemm_floor"] = round(med(samples["spconv"]) / med(samples["gemm_floor"]), 3)
+        if "spconv_upstream_keys" in samples:
+            row["speedup_vs_upstream_keys"] = round(med(samples["spconv_upstream_keys"]) / med(samples["ours"]), 3)
+    log(f"  {which} {vox.name}: {row}")
+    return row
 
 
-def randomise_bn(model: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+def gemm_floor(model: torch.nn.Module, run):
+    """What the encoder's arithmetic alone costs: one sgemm per conv over all its pairs.
 
+    Records (pairs, C_in, C_out) of every convolution in one run of ``model`` (fused, so one entry
+    per conv) and returns a function that runs ``torch.mm`` of a [pairs, C_in] x [C_in, C_out]
+    matrix for each -- the same MKL call both engines end in, without any gather, scatter, map or
+    BN -- plus the GFLOP count. No dataflow that does every pair's multiply-add beats it; it is
+    timed interleaved with the engines, so it sees the same machine load.
+    """
+    import engines.sparse.conv as conv_mod
 
-def match_rows(a_coords: torch.Tensor, b_coords: torch.Tensor) -> torch.Tensor | None:
-    """Permutation p with b_coords[p] == a_coords (None if the coordinate sets differ)."""
-    if a_coords.shape != b_coords.shape:
-        return None
-    ka = {tuple(r): i for i, r in enumerate(b_coords.tolist())}
+    shapes: list[tuple[int, int, int]] = []
+    orig = conv_mod.sparse_conv
+
+    def recording(x, weight, kmap, bias=None, dataflow="auto"):
+        shapes.append((int(kmap.n_pairs), int(weight.shape[1]), int(weight.shape[2])))  # identity included
+        return orig(x, weight, kmap, bias, dataflow)
+
+    conv_mod.sparse_conv = recording
     try:
-        return torch.tensor([ka[tuple(r)] for r in a_coords.tolist()])
-    except KeyError:
-        return None
-
-
-def bench_backbone(spconv, shared: Path, reps: int) -> dict:
-    out: dict = {"runs": []}
-    r1, r2, r1u = [], [], []
-    for vs in (0.05, 0.1):
-        st, grid = kitti_voxels(shared, vs)
-        shape = st.spatial_shape
-        torch.manual_seed(1)
-        ours = VoxelBackbone8x(4).eval()
-        sp = None
-        row: dict = {"voxel_m": vs, "voxels": len(st)}
-        if spconv is not None:
-            sp = spconv_backbone(spconv).eval()
-            randomise_bn(sp, 7)
-            missing = ours.load_state_dict(sp.state_dict(), strict=True)
-            row["state_dict_loaded"] = str(missing)
-        else:
-            randomise_bn(ours, 7)
-        feats = st.feats.contiguous()
-        coords = st.coords
         with torch.no_grad():
-            for th in (1, 2):
-                torch.set_num_threads(th)
-                ours(SparseTensor(feats, coords, 1, shape))  # autotune per thread count
-            torch.set_num_threads(1)
-            y = ours(SparseTensor(feats, coords, 1, shape))
-            row["out_voxels"] = len(y)
-            unfused = VoxelBackbone8x(4).eval()
-            unfused.load_state_dict(ours.state_dict())
-            for mod in unfused.modules():
-                if isinstance(mod, SparseSequential):
-                    mod.fuse = False  # BN and ReLU as separate passes, exactly like the spconv twin
-            unfused(SparseTensor(feats, coords, 1, shape))
-            fns = {
-                "ours_1t": lambda: ours(SparseTensor(feats, coords, 1, shape)),
-                "ours_1t_unfused": lambda: unfused(SparseTensor(feats, coords, 1, shape)),
-            }
-            if sp is not None:
-                ys = sp(to_spconv(spconv, feats, coords, shape))
-                fns["spconv_1t"] = lambda: sp(to_spconv(spconv, feats, coords, shape))
-                sc = ys.indices[:, [0, 3, 2, 1]].long() * torch.tensor([1, 8, 8, 16])
-                p = match_rows(y.coords.long(), sc)
-                if p is None:
-                    row["max_rel_err_vs_spconv"] = "coordinate sets differ"
-                else:
-                    ref = ys.features[p]
-                    row["max_rel_err_vs_spconv"] = float((y.feats - ref).abs().max() / ref.abs().max())
-            t = interleaved(fns, reps)
-            torch.set_num_threads(2)
-            t2 = timeit(lambda: ours(SparseTensor(feats, coords, 1, shape)), reps)
-            torch.set_num_threads(1)
-        row["ours_1t_ms"] = round(t["ours_1t"], 2)
-        row["ours_1t_unfused_bn_ms"] = round(t["ours_1t_unfused"], 2)
-        row["ours_2t_ms"] = round(t2, 2)
-        if sp is not None:
-            row["spconv_1t_ms"] = round(t["spconv_1t"], 2)
-            r1.append(t["spconv_1t"] / t["ours_1t"])
-            r1u.append(t["spconv_1t"] / t["ours_1t_unfused"])
-            r2.append(t["spconv_1t"] / t2)
-        out["runs"].append(row)
-        log(f"  backbone {vs} m: {row}")
-    out["backbone_speedup_1t"] = gmean(r1) if r1 else None
-    out["backbone_speedup_2t"] = gmean(r2) if r2 else None
-    out["backbone_speedup_1t_unfused_bn"] = gmean(r1u) if r1u else None
+            run(model)
+    finally:
+        conv_mod.sparse_conv = orig
+    mats = [(torch.randn(n, ci), torch.randn(ci, co)) for n, ci, co in shapes]
+
+    def floor() -> None:
+        for a, w in mats:
+            torch.mm(a, w)
+
+    return floor, sum(2 * n * ci * co for n, ci, co in shapes) / 1e9
+
+
+# --------------------------------------------------------------------------------------------------
+# single SubMConv3d layers on the coordinates each encoder stage sees
+# --------------------------------------------------------------------------------------------------
+
+
+def stage_coords(vox: Voxels) -> list[tuple[int, torch.Tensor, tuple]]:
+    """(channels, upstream-style (b, z, y, x) coords in random order, spatial shape zyx) per stage."""
+    enc = SparseEncoder(vox.feats.shape[1], vox.shape_zyx, return_middle_feats=True).eval()
+    with torch.no_grad():
+        _, middle = enc.forward_sparse(vox.ours())
+    g = torch.Generator().manual_seed(0)
+    out = []
+    # stage i's residual blocks run at the input stride of stage i (stage outputs are strided)
+    inputs = [vox.ours()] + middle[:-1]
+    for ch, st in zip((16, 32, 64, 128), inputs):
+        perm = torch.randperm(len(st), generator=g)
+        s = torch.tensor(st.stride)
+        zyx = (st.coords[perm][:, 1:] // s)[:, [2, 1, 0]]
+        c = torch.cat([st.coords[perm][:, :1], zyx], 1).int().contiguous()
+        X, Y, Z = st.spatial_shape
+        out.append((ch, c, [Z, Y, X]))
     return out
+
+
+def bench_subm(spconv, vox: Voxels, reps: int) -> list[dict]:
+    torch.set_num_threads(1)
+    rows = []
+    for ch, coors, shape_zyx in stage_coords(vox):
+        torch.manual_seed(ch)
+        n = len(coors)
+        feats = torch.randn(n, ch)
+        ours = SubMConv3d(ch, ch, 3).eval()
+        Z, Y, X = shape_zyx
+        fns = {"ours": lambda: ours(SparseTensor(feats, coors[:, [0, 3, 2, 1]], 1, (X, Y, Z), 1))}
+        with torch.no_grad():
+            fns["ours"]()  # autotune + compile (not timed)
+            if spconv is not None:
+                sp = spconv.SubMConv3d(ch, ch, 3, bias=False, indice_key="s").eval()
+                sp2 = spconv.SubMConv3d(ch, ch, 3, bias=False, indice_key="s").eval()
+                y_cached = sp(spconv.SparseConvTensor(feats, coors, shape_zyx, 1))
+                fns["spconv"] = lambda: sp(spconv.SparseConvTensor(feats, coors, shape_zyx, 1))
+                fns["spconv_cached_map"] = lambda: sp2(y_cached)
+            t = interleaved(fns, reps)
+        row = {"input": vox.name, "voxels": n, "channels": ch, "ours_ms": round(med(t["ours"]), 3),
+               "ours_iqr_ms": iqr(t["ours"])}
+        if spconv is not None:
+            row["spconv_ms"] = round(med(t["spconv"]), 3)
+            row["spconv_iqr_ms"] = iqr(t["spconv"])
+            row["spconv_compute_only_ms"] = round(med(t["spconv_cached_map"]), 3)
+            row["speedup"] = round(med(t["spconv"]) / med(t["ours"]), 3)
+        rows.append(row)
+        log(f"  subm {vox.name} {n} voxels {ch}->{ch}: {row}")
+    return rows
+
+
+def bench_map_build(spconv, vox: Voxels, reps: int) -> dict:
+    """Submanifold 3^3 map at stride 1, upstream order: sorted merge (ours) vs hash table vs spconv."""
+    torch.set_num_threads(1)
+    Z, Y, X = vox.shape_zyx
+    coords = vox.coors[:, [0, 3, 2, 1]].contiguous()
+    sorted_coords = coords[torch.from_numpy(np.lexsort(coords.numpy().T[::-1].copy()))].contiguous()
+    geom = ConvGeometry("subm", (3, 3, 3))
+    fns = {
+        "merge": lambda: build_kernel_map(coords, geom),
+        "merge_presorted": lambda: build_kernel_map(sorted_coords, geom),
+        "hash": lambda: build_subm_pairs_hashed(coords, geom),
+        "hash_presorted": lambda: build_subm_pairs_hashed(sorted_coords, geom),
+    }
+    for fn in fns.values():
+        fn()  # compile
+    if spconv is not None:
+        feats = torch.zeros(len(coords), 1)
+        sp = spconv.SubMConv3d(1, 1, 3, bias=False).eval()
+        fns["spconv_layer_1ch"] = lambda: sp(spconv.SparseConvTensor(feats, vox.coors, vox.shape_zyx, 1))
+    with torch.no_grad():
+        t = interleaved(fns, reps * 2)
+    res = {k: round(med(v), 3) for k, v in t.items()}
+    res["voxels"] = vox.n
+    log(f"  map build {vox.name}: {res}")
+    return res
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,7 +495,7 @@ def bench_gpu(shared: Path, reps: int) -> dict | None:
 
     res: dict = {"device": torch.cuda.get_device_name(0), "layers": []}
     for vs in (0.05, 0.1):
-        st, _ = kitti_voxels(shared, vs)
+        st, _, _ = voxelize_mean(torch.from_numpy(load_velodyne(velodyne_path(shared, 0))), vs)
         for c in (16, 32, 64):
             torch.manual_seed(c)
             feats = torch.randn(len(st), c)
@@ -411,7 +530,8 @@ def bench_gpu(shared: Path, reps: int) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"), help="folder holding kitti_object_vis/")
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions per measurement (median reported)")
+    ap.add_argument("--quick", action="store_true", help="encoder only (no SubM layers, SECOND, dense check)")
     args = ap.parse_args()
     shared = Path(args.shared)
     if not velodyne_path(shared, 0).exists():
@@ -419,31 +539,48 @@ def main() -> None:
         sys.exit(1)
     spconv = import_spconv()
     log(f"spconv: {spconv_version() if spconv else 'not available (ratios will be null)'}")
+    torch.set_num_threads(1)
     result: dict = {
         "torch": torch.__version__,
         "spconv": spconv_version() if spconv else None,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "scan": "kitti_object_vis/data/object/training/velodyne/000000.bin",
+        "threads": 1,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_avg_start": os.getloadavg()[0],
+        "timing": "median of interleaved repetitions, IQR = [q1, q3] in ms; upstream voxel order; sorting timed",
+        "reps": args.reps,
     }
-    if spconv is not None:
-        st, _ = kitti_voxels(shared, 0.1)
+    inputs5 = [kitti(shared, 5)]
+    nus = nuscenes(shared, 5)
+    if nus is not None:
+        inputs5.append(nus)
+    result["inputs"] = {v.name: {"voxels": v.n, "sparse_shape_zyx": v.shape_zyx} for v in inputs5}
+    if spconv is not None and not args.quick:
+        st, _, _ = voxelize_mean(torch.from_numpy(load_velodyne(velodyne_path(shared, 0))), 0.1)
         result["spconv_thread_bug"] = thread_bug(spconv, st)
         log(f"  thread bug: {result['spconv_thread_bug']}")
-    sub = bench_subm(spconv, shared, args.reps)
-    bb = bench_backbone(spconv, shared, args.reps + 2)
-    result["subm_speedup_1t"] = sub["subm_speedup_1t"]
-    result["backbone_speedup_1t"] = bb["backbone_speedup_1t"]
-    result["backbone_speedup_2t"] = bb["backbone_speedup_2t"]
-    result["backbone_speedup_1t_unfused_bn"] = bb["backbone_speedup_1t_unfused_bn"]
-    result["map_build_ms"] = sub["map_build_ms"]
-    result["max_rel_err_vs_dense"] = dense_check(shared)
-    result["subm_layers"] = sub["layers"]
-    result["backbone"] = bb["runs"]
+    enc = [bench_encoder(spconv, v, args.reps) for v in inputs5]
+    result["encoder"] = enc
+    ok = spconv is not None
+    result["encoder_speedup_1t"] = gmean([r["speedup"] for r in enc]) if ok else None
+    result["encoder_speedup_1t_folded"] = gmean([r["speedup_folded"] for r in enc]) if ok else None
+    result["encoder_speedup_1t_paired"] = gmean([r["speedup_paired"] for r in enc]) if ok else None
+    result["encoder_speedup_bound_at_gemm_floor"] = gmean([r["speedup_bound_at_gemm_floor"] for r in enc]) if ok else None
+    result["encoder_speedup_1t_vs_upstream_keys"] = gmean([r["speedup_vs_upstream_keys"] for r in enc]) if ok else None
+    if not args.quick:
+        layers = [row for v in inputs5 for row in bench_subm(spconv, v, args.reps)]
+        result["subm_layers"] = layers
+        result["subm_speedup_1t"] = gmean([r["speedup"] for r in layers]) if ok else None
+        result["map_build_ms"] = {v.name: bench_map_build(spconv, v, args.reps) for v in inputs5}
+        second = bench_encoder(spconv, kitti(shared, 4), args.reps, which="second")
+        result["backbone"] = [second]
+        result["backbone_speedup_1t"] = second.get("speedup")
+        result["backbone_speedup_1t_folded"] = second.get("speedup_folded")
+        result["max_rel_err_vs_dense"] = dense_check(shared)
+        result["gpu"] = bench_gpu(shared, args.reps)
     result["autotune_choices"] = default_tuner().choices
-    result["gpu"] = bench_gpu(shared, args.reps)
-    result["load_avg_end"] = os.getloadavg()[0]  # >~1.2 means other processes shared the 2 cores
+    result["load_avg_end"] = os.getloadavg()[0]  # > ~1 on this 2-core machine: other processes were running
     print(json.dumps(result))
 
 

@@ -291,6 +291,64 @@ def merge_sym_pairs_parallel(keys, n, g_base, g_shift, g_nz, g_probe, g_k, n_k, 
         _merge_sym_group(keys, n, g, g_base, g_shift, g_nz, g_probe, g_k, n_k, pin, pout, cnt)
 
 
+# --------------------------------------------------------------------------------------------------
+# Kernel map by hash table (the alternative the sorted merge is measured against)
+# --------------------------------------------------------------------------------------------------
+# Open addressing with linear probing, 2^b >= 2N slots, Fibonacci hashing of the int64 key. Used
+# only by ``kernel_map.build_subm_pairs_hashed`` (benchmarks/sparse_conv.py ``map_build_ms`` and a
+# test): the same symmetric half-kernel scheme as the merge, so the two differ only in how a
+# neighbour is found.
+
+
+@nb.njit(cache=True, nogil=True)
+def _hash_slot(key: np.int64, bits: np.int64) -> np.int64:
+    h = np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)
+    return np.int64(h >> np.uint64(64 - bits))
+
+
+@nb.njit(cache=True, nogil=True)
+def hash_build(keys: np.ndarray, bits: int):
+    size = np.int64(1) << bits
+    tkeys = np.full(size, -1, np.int64)
+    tvals = np.empty(size, np.int32)
+    m = size - 1
+    for i in range(keys.shape[0]):
+        s = _hash_slot(keys[i], bits)
+        while tkeys[s] != -1:
+            s = (s + 1) & m
+        tkeys[s] = keys[i]
+        tvals[s] = i
+    return tkeys, tvals
+
+
+@nb.njit(cache=True, nogil=True)
+def hash_sym_pairs(keys, tkeys, tvals, bits, deltas, ks, n_k, pin, pout, cnt):
+    """Submanifold pairs by hash lookups of ``key + delta`` for the half kernel, mirrored."""
+    m = (np.int64(1) << bits) - 1
+    for o in range(keys.shape[0]):
+        for j in range(deltas.shape[0]):
+            t = keys[o] + deltas[j]
+            s = _hash_slot(t, bits)
+            while True:
+                kk = tkeys[s]
+                if kk == t:
+                    q = tvals[s]
+                    k = ks[j]
+                    c = cnt[k]
+                    pin[k, c] = q
+                    pout[k, c] = o
+                    cnt[k] = c + 1
+                    km = n_k - 1 - k
+                    c = cnt[km]
+                    pin[km, c] = o
+                    pout[km, c] = q
+                    cnt[km] = c + 1
+                    break
+                if kk == -1:
+                    break
+                s = (s + 1) & m
+
+
 @nb.njit(cache=True, nogil=True)
 def compact_pairs(pin, pout, cnt, perm):
     """Concatenate per-offset lists into CSR (ptr over offsets); map rows through perm if given."""

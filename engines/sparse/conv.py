@@ -7,7 +7,8 @@ to an output row with a plain matmul (no transpose in the hot loop). Equivalent 
 and ``F.conv_transpose3d`` weight ``[C_in, C_out, kx, ky, kz] = ... .permute(3, 4, 0, 1, 2)``
 (see :func:`dense_weight`). spconv 2.x stores ``[C_out, k0, k1, k2, C_in]`` over the axes of *its*
 index columns, usually (z, y, x); :meth:`load_state_dict` converts such 5-D tensors on the fly, so
-checkpoints of spconv-based code (OpenPCDet, mmdetection3d) load unchanged.
+checkpoints of spconv-based code (OpenPCDet, mmdetection3d) load unchanged; so do mmcv / spconv 1.x
+weights `[k0, k1, k2, C_in, C_out]` (older mmdetection3d checkpoints), told apart by shape.
 """
 
 from __future__ import annotations
@@ -173,6 +174,10 @@ class _SparseConvNd(nn.Module):
         key = prefix + "weight"
         w = state_dict.get(key)
         if w is not None and w.dim() == 5:
+            k_sp = self.kernel_size[::-1] if self.spconv_axis_order == "zyx" else self.kernel_size
+            v1_shape = (*k_sp, self.in_channels, self.out_channels)
+            if tuple(w.shape) == v1_shape and tuple(w.shape) != (self.out_channels, *k_sp, self.in_channels):
+                w = w.permute(4, 0, 1, 2, 3)  # mmcv / spconv 1.x [k0, k1, k2, C_in, C_out] -> spconv 2.x
             state_dict[key] = spconv_weight_to_ours(w, self.spconv_axis_order)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 

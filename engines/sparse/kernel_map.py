@@ -461,6 +461,34 @@ def _build_numba(coords_t: torch.Tensor, geom: ConvGeometry, spatial_shape: Trip
     return km
 
 
+def build_subm_pairs_hashed(coords_t: torch.Tensor, geom: ConvGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Submanifold CSR pairs found with a hash table instead of the sorted merge.
+
+    Not used by the engine: it exists so the choice of sorted merges is measured, not asserted
+    (benchmarks/sparse_conv.py ``map_build_ms``; docs/sparse_conv.md). Same half-kernel mirroring
+    and the same CSR output as the merge (pair order within an offset may differ).
+    """
+    from . import _cpu_kernels as ck
+
+    if geom.kind != "subm":
+        raise ValueError("the hashed builder covers submanifold maps only")
+    coords = np.ascontiguousarray(coords_t.detach().cpu().numpy().astype(np.int32, copy=False))
+    n = coords.shape[0]
+    K = geom.kernel_volume
+    pk = Packing.around(coords, _pad_for(geom))
+    keys = ck.pack_keys(coords, pk.lo, pk.rng)
+    disp = geom.displacements()  # [K, 3] (x, y, z) displacements in offset order
+    half = [k for k in range(K) if tuple(disp[k]) > (0, 0, 0)]
+    deltas = np.array([int(pk.lin(disp[k])) for k in half], np.int64)
+    bits = max(4, int(2 * max(n, 1) - 1).bit_length())
+    tkeys, tvals = ck.hash_build(keys, bits)
+    pin = np.empty((K, n + 1), np.int32)
+    pout = np.empty((K, n + 1), np.int32)
+    cnt = np.zeros(K, np.int64)
+    ck.hash_sym_pairs(keys, tkeys, tvals, bits, deltas, np.array(half, np.int64), K, pin, pout, cnt)
+    return ck.compact_pairs(pin, pout, cnt, np.empty(0, np.int64))
+
+
 # ---- plain torch builder (CUDA, and the reference for tests) -------------------------------------
 
 

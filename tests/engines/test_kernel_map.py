@@ -128,3 +128,23 @@ def test_cache_shares_maps_across_layers() -> None:
 def test_even_kernel_submanifold_rejected() -> None:
     with pytest.raises(ValueError):
         ConvGeometry("subm", (2, 3, 3))
+
+
+@pytest.mark.parametrize("sorted_input", [True, False])
+def test_hashed_subm_pairs_equal_the_merge(sorted_input: bool) -> None:
+    """The hash-table builder (kept to measure the merge against) finds exactly the same pairs."""
+    from engines.sparse.kernel_map import build_subm_pairs_hashed
+
+    x = random_sparse(900, 1, shape=(14, 12, 10), batch=2, seed=41, stride=2)
+    coords = x.coords if not sorted_input else x.coords[torch.from_numpy(
+        np.lexsort(x.coords.numpy().T[::-1].copy()))].contiguous()
+    geom = ConvGeometry("subm", (3, 3, 3), in_stride=(2, 2, 2))
+    km = build_kernel_map(coords, geom)
+    i_ref, o_ref, ptr_ref = km.pairs_np()
+    i_h, o_h, ptr_h = build_subm_pairs_hashed(coords, geom)
+    assert np.array_equal(ptr_ref, ptr_h)
+    for k in range(27):
+        a = sorted(zip(i_ref[ptr_ref[k]:ptr_ref[k + 1]].tolist(), o_ref[ptr_ref[k]:ptr_ref[k + 1]].tolist()))
+        b = sorted(zip(i_h[ptr_h[k]:ptr_h[k + 1]].tolist(), o_h[ptr_h[k]:ptr_h[k + 1]].tolist()))
+        assert a == b, k
+    assert ptr_ref[-1] > 0

@@ -50,10 +50,11 @@ def test_backbone_state_dict_names_follow_openpcdet() -> None:
 
 
 def _spconv():
-    try:
-        import spconv.pytorch as spconv  # type: ignore
-    except Exception:
-        pytest.skip("spconv not installed (benchmark peer only; see benchmarks/sparse_conv.py)")
+    from engines.sparse.spconv_twins import import_spconv
+
+    spconv = import_spconv()
+    if spconv is None:
+        pytest.skip("spconv not installed (benchmark peer only; make bench-sparse installs it into /tmp/spconv-site)")
     return spconv
 
 
