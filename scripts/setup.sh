@@ -34,6 +34,18 @@ if [ ! -e "$farm/include/python3.11/Python.h" ] || [ ! -e "$farm/lib/python3.11/
   fi
 fi
 
+# The bringup package holds real copies of the launch file and the params file (so a colcon build of a copy
+# of the package installs them); the originals stay where they are read and edited. Refresh the copies.
+bringup=ros_ws/src/perception_bringup
+for pair in "launch/perception.launch.py:$bringup/launch/perception.launch.py" \
+            "perception_nodes/config/perception.params.yaml:$bringup/config/perception.params.yaml"; do
+  src="${pair%%:*}" dst="${pair#*:}"
+  if ! cmp -s "$src" "$dst"; then
+    echo "==> $dst <- $src"
+    mkdir -p "$(dirname "$dst")" && cp "$src" "$dst"
+  fi
+done
+
 # tf2_msgs: ros_ws/src/tf2_msgs is a stand-in with upstream's definitions, for ROS 2 from the ros-* wheels
 # (which lack tf2_msgs). Where a ROS 2 install (sourced before this script) or the venv already has the
 # real package, a COLCON_IGNORE keeps colcon off the stand-in so the real one is used.

@@ -150,3 +150,44 @@ def test_ros_env_gives_every_shell_of_a_user_one_domain_unless_one_is_set():
     assert 1 <= int(first) <= 101  # ROS 2's portable range on Linux is 0..101
     assert _domain({**base, "ROS_DOMAIN_ID": "57"}) == "57"
     assert _domain({**base, "ROS_DOMAIN_ID": "0"}) == "0"
+
+
+# --- the bringup package ----------------------------------------------------------------------------------
+BRINGUP = REPO / "ros_ws" / "src" / "perception_bringup"
+#: file in the package -> its original (see ros_ws/src/perception_bringup/README.md)
+BRINGUP_COPIES = {
+    "launch/perception.launch.py": REPO / "launch" / "perception.launch.py",
+    "config/perception.params.yaml": REPO / "perception_nodes" / "config" / "perception.params.yaml",
+}
+
+
+@pytest.mark.parametrize("rel", sorted(BRINGUP_COPIES))
+def test_bringup_holds_real_copies_identical_to_the_originals(rel):
+    copy = BRINGUP / rel
+    assert copy.is_file() and not copy.is_symlink(), f"{copy} must be a regular file inside the package"
+    assert copy.read_bytes() == BRINGUP_COPIES[rel].read_bytes(), (
+        f"{copy} differs from {BRINGUP_COPIES[rel]}: run `bash scripts/setup.sh` (it refreshes the copy)")
+
+
+@pytest.mark.slow
+def test_a_copy_of_the_bringup_package_installs_launch_and_config_files(tmp_path):
+    """colcon build of the package copied elsewhere (links copied as links) installs real, full files."""
+    colcon = Path(sys.prefix) / "bin" / "colcon"
+    if not colcon.exists():
+        colcon = Path(shutil.which("colcon") or "/nonexistent")
+    if not colcon.exists():
+        pytest.skip("colcon not installed (requirements/ros.txt or a ROS 2 install)")
+    ws = tmp_path / "ws"
+    shutil.copytree(BRINGUP, ws / "src" / "perception_bringup", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    r = subprocess.run(["bash", "-c", f". '{REPO}/scripts/ros_env.sh' && cd '{ws}' && "
+                        f"'{colcon}' build --event-handlers console_direct-"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    share = ws / "install" / "perception_bringup" / "share" / "perception_bringup"
+    installed = sorted(share.glob("launch/*.launch.py")) + sorted(share.glob("config/*.yaml"))
+    assert [p.relative_to(share).as_posix() for p in installed] == sorted(BRINGUP_COPIES, reverse=True)
+    for p in installed:
+        assert p.is_file() and not p.is_symlink() and p.stat().st_size > 0, p
+        assert p.read_bytes() == BRINGUP_COPIES[p.relative_to(share).as_posix()].read_bytes()
+    assert (ws / "install" / "perception_bringup" / "lib" / "perception_bringup" / "occupancy_grid_node").is_file()
