@@ -1,7 +1,15 @@
-"""Rig calibration: static transforms from YAML files and /tf_static, and KITTI calib files.
+"""Rig calibration: transforms from YAML files, /tf_static and /tf, and KITTI calib files.
 
-tf2 is not on PyPI and the core must not need ROS, so static transforms live in a small buffer here:
-the nodes fill it from the rig YAML (``calibration/``) and from ``/tf_static`` messages in bags.
+tf2 is not on PyPI and the core must not need ROS, so transforms live in a small tree here
+(:class:`TransformTree`): the nodes fill it from the rig YAML (``calibration/``), from ``/tf_static``
+(static, latched) and from ``/tf`` (dynamic), live and in bags alike.
+
+Dynamic transforms are kept as the *latest* transform per child frame and used for every later message,
+whatever its stamp: no history, interpolation or extrapolation check as in tf2's buffer. That is exact for
+frames that do not move relative to each other while a cloud is processed (sensor mounts published on
+``/tf`` by a robot_state_publisher, or re-calibrations) and for frames above ``base_link`` (``odom``,
+``map``), which the sensor-to-base lookup never crosses: lookups compose only up to the two frames' lowest
+common ancestor. A sensor on a moving joint needs time-interpolated lookups, which this tree does not do.
 """
 
 from __future__ import annotations
@@ -79,50 +87,108 @@ class StaticTransform:
         return matrix_to_quat(self.matrix[:3, :3])
 
 
-class StaticTransforms:
-    """A static transform tree; :meth:`lookup` composes along the path between two frames."""
+class TransformTree:
+    """Transforms between frames, one parent per child; :meth:`lookup` composes along the path between two.
+
+    Edges come from the rig file and ``/tf_static`` (static) and from ``/tf`` (dynamic, latest per child:
+    see the module doc). A newer edge for a child replaces the older one, whichever topic it came on, as a
+    re-published ``/tf_static`` replaces the rig file's calibration. An edge that would close a loop is
+    rejected, so one bad message cannot break lookups that worked before it.
+    """
 
     def __init__(self, transforms: list[StaticTransform] | None = None) -> None:
         self._edges: dict[str, StaticTransform] = {}  # keyed by child (a tree: one parent per child)
+        self._dynamic: dict[str, int] = {}  # child -> stamp (ns) of its latest /tf edge
         for t in transforms or []:
             self.add(t)
 
-    def add(self, t: StaticTransform) -> None:
+    def add(self, t: StaticTransform, *, static: bool = True, stamp_ns: int = 0) -> None:
+        """Insert or replace the edge of ``t.child``; CalibrationError for a bad or loop-closing edge."""
+        if not t.parent or not t.child:
+            raise CalibrationError(f"transform with an empty frame id ({t.parent!r} -> {t.child!r})")
+        if t.parent == t.child:
+            raise CalibrationError(f"transform from frame {t.child!r} to itself")
         if not np.all(np.isfinite(t.matrix)):
             raise CalibrationError(f"non-finite transform {t.parent} -> {t.child}")
+        if t.child in self._to_root(t.parent)[0]:
+            raise CalibrationError(f"transform {t.parent} -> {t.child} would close a loop: ignored")
         self._edges[t.child] = t
+        if static:
+            self._dynamic.pop(t.child, None)
+        else:
+            self._dynamic[t.child] = int(stamp_ns)
+
+    def update_from_tf_message(self, msg: Any, *, static: bool) -> int:
+        """Add every transform of a ``tf2_msgs/TFMessage``; returns how many were taken.
+
+        Each transform stands alone: the valid ones are applied even when others in the same message are
+        bad, and then CalibrationError names the bad ones (so the caller counts and reports them).
+        """
+        errors: list[str] = []
+        taken = 0
+        for ts in msg.transforms:
+            try:
+                t = _transform_of(ts)
+                stamp = ts.header.stamp
+                self.add(t, static=static, stamp_ns=int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec))
+                taken += 1
+            except CalibrationError as exc:
+                errors.append(str(exc))
+        if errors:
+            topic = "/tf_static" if static else "/tf"
+            raise CalibrationError(f"{topic}: {len(errors)} of {len(msg.transforms)} transforms rejected: "
+                                   + "; ".join(errors[:3]))
+        return taken
+
+    def is_dynamic(self, child: str) -> bool:
+        """Whether the current edge of ``child`` came from ``/tf``."""
+        return child in self._dynamic
 
     def frames(self) -> set[str]:
         return set(self._edges) | {t.parent for t in self._edges.values()}
 
-    def _to_root(self, frame: str) -> tuple[list[str], np.ndarray]:
-        chain, m, seen = [frame], np.eye(4), {frame}
+    def _to_root(self, frame: str) -> tuple[list[str], list[np.ndarray]]:
+        """Frames from ``frame`` up to its root, and for each the matrix mapping ``frame`` into it."""
+        chain, mats, seen = [frame], [np.eye(4)], {frame}
         while frame in self._edges:
             t = self._edges[frame]
-            m = t.matrix @ m
+            mats.append(t.matrix @ mats[-1])
             frame = t.parent
             if frame in seen:
                 raise CalibrationError(f"transform loop at frame {frame!r}")
             seen.add(frame)
             chain.append(frame)
-        return chain, m
+        return chain, mats
 
     def lookup(self, target: str, source: str) -> np.ndarray:
-        """4x4 matrix mapping points in ``source`` into ``target``."""
+        """4x4 matrix mapping points in ``source`` into ``target``.
+
+        Composes up to the lowest common ancestor only, so edges above it (e.g. a moving ``map`` ->
+        ``base_link`` from ``/tf``) neither change nor add rounding to a sensor-to-base lookup.
+        """
         if target == source:
             return np.eye(4)
-        src_chain, src_to_root = self._to_root(source)
-        tgt_chain, tgt_to_root = self._to_root(target)
-        if src_chain[-1] != tgt_chain[-1]:
-            known = ", ".join(sorted(self.frames())) or "none"
-            raise CalibrationError(
-                f"no transform from {source!r} to {target!r} (known frames: {known}); "
-                "set calibration_file or publish /tf_static"
-            )
-        return np.linalg.inv(tgt_to_root) @ src_to_root
+        src_chain, src_mats = self._to_root(source)
+        tgt_chain, tgt_mats = self._to_root(target)
+        tgt_index = {f: i for i, f in enumerate(tgt_chain)}
+        for i, frame in enumerate(src_chain):
+            j = tgt_index.get(frame)
+            if j is not None:
+                if j == 0:  # target is an ancestor of source
+                    return src_mats[i]
+                return np.linalg.inv(tgt_mats[j]) @ src_mats[i]
+        known = ", ".join(sorted(self.frames())) or "none"
+        raise CalibrationError(
+            f"no transform from {source!r} to {target!r} (known frames: {known}); "
+            "set calibration_file or publish /tf_static or /tf"
+        )
 
     def as_list(self) -> list[StaticTransform]:
         return list(self._edges.values())
+
+
+#: the tree's former name (it held static transforms only)
+StaticTransforms = TransformTree
 
 
 def resolve_calibration_path(name: str | Path) -> Path:
@@ -155,14 +221,16 @@ def load_rig(path: str | Path) -> StaticTransforms:
     return StaticTransforms(out)
 
 
+def _transform_of(ts: Any) -> StaticTransform:
+    """One ``geometry_msgs/TransformStamped`` (rosbags or rclpy) as a transform (leading ``/`` dropped)."""
+    tr, q = ts.transform.translation, ts.transform.rotation
+    m = make_transform(quat_to_matrix((q.x, q.y, q.z, q.w)), np.array([tr.x, tr.y, tr.z], dtype=np.float64))
+    return StaticTransform(ts.header.frame_id.lstrip("/"), ts.child_frame_id.lstrip("/"), m)
+
+
 def transforms_from_tf_message(msg: Any) -> list[StaticTransform]:
-    """``tf2_msgs/TFMessage`` (rosbags or rclpy) to static transforms."""
-    out = []
-    for ts in msg.transforms:
-        tr, q = ts.transform.translation, ts.transform.rotation
-        m = make_transform(quat_to_matrix((q.x, q.y, q.z, q.w)), np.array([tr.x, tr.y, tr.z]))
-        out.append(StaticTransform(ts.header.frame_id.lstrip("/"), ts.child_frame_id.lstrip("/"), m))
-    return out
+    """``tf2_msgs/TFMessage`` (rosbags or rclpy) to transforms; CalibrationError on the first bad one."""
+    return [_transform_of(ts) for ts in msg.transforms]
 
 
 def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

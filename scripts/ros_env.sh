@@ -27,9 +27,13 @@ for _pn_pkg in "$_pn_root"/ros_ws/install/*/; do
     [ -d "$_pn_py" ] && export PYTHONPATH="$_pn_py${PYTHONPATH:+:$PYTHONPATH}"
   done
 done
-# Network rule: DDS discovery stays on loopback, and each shell gets its own domain unless one is set.
+# Network rule: DDS discovery stays on loopback. Domain: what ROS_DOMAIN_ID says when it is set;
+# otherwise one per user, 1 + (UID mod 101), so every shell of a user that sources this file (live / play /
+# monitor in three terminals) shares a domain, while two users on one host usually do not. 1..101 lies in
+# ROS 2's portable range (0..101 on Linux) and avoids 0, where processes that never chose a domain meet.
+# To join such processes (e.g. a driver started without this file), export ROS_DOMAIN_ID=0 first.
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
-export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( ($$ % 100) + 1 ))}"
+export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( 1 + $(id -u) % 101 ))}"
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 unset _pn_root _pn_venv _pn_sp _pn_libs _pn_pkg _pn_py d
 # Large messages on loopback: shared memory segments that fit a whole cloud, UDP on 127.0.0.1 only.

@@ -34,6 +34,34 @@ if [ ! -e "$farm/include/python3.11/Python.h" ] || [ ! -e "$farm/lib/python3.11/
   fi
 fi
 
+# The bringup package holds real copies of the launch file and the params file (so a colcon build of a copy
+# of the package installs them); the originals stay where they are read and edited. Refresh the copies.
+bringup=ros_ws/src/perception_bringup
+for pair in "launch/perception.launch.py:$bringup/launch/perception.launch.py" \
+            "perception_nodes/config/perception.params.yaml:$bringup/config/perception.params.yaml"; do
+  src="${pair%%:*}" dst="${pair#*:}"
+  if ! cmp -s "$src" "$dst"; then
+    echo "==> $dst <- $src"
+    mkdir -p "$(dirname "$dst")" && cp "$src" "$dst"
+  fi
+done
+
+# tf2_msgs: ros_ws/src/tf2_msgs is a stand-in with upstream's definitions, for ROS 2 from the ros-* wheels
+# (which lack tf2_msgs). Where a ROS 2 install (sourced before this script) or the venv already has the
+# real package, a COLCON_IGNORE keeps colcon off the stand-in so the real one is used.
+tf2_ignore=ros_ws/src/tf2_msgs/COLCON_IGNORE
+have_tf2=""
+IFS=: read -r -a prefixes <<<"${AMENT_PREFIX_PATH:-}"
+for p in "$venv" "${prefixes[@]}"; do
+  case "$p" in ""|"$root"/ros_ws/*) continue ;; esac
+  [ -f "$p/share/tf2_msgs/package.xml" ] && have_tf2="$p" && break
+done
+if [ -n "$have_tf2" ]; then
+  [ -f "$tf2_ignore" ] || { echo "==> tf2_msgs found in $have_tf2: not building the stand-in"; touch "$tf2_ignore"; }
+else
+  rm -f "$tf2_ignore"
+fi
+
 ws_hash="$(find -L ros_ws/src -type f -not -path '*/__pycache__/*' | sort | xargs cat | sha256sum | cut -c1-16)"
 if [ ! -f "ros_ws/install/.built-$ws_hash" ]; then
   echo "==> colcon build ros_ws"

@@ -154,25 +154,40 @@ def test_malformed_cloud_over_ros_is_counted_and_the_node_keeps_running(kitti_ba
 
 
 def test_the_three_shell_workflow_live_play_monitor(kitti_bag):
-    """README's live workflow as separate processes: `live --use-sim-time`, `play --clock`, `monitor --once`."""
+    """README's live workflow as three shells that each source scripts/ros_env.sh themselves.
+
+    The processes start from a bare environment (no venv, no ROS variables) so the script alone must make
+    them find each other: `live --use-sim-time`, `play --clock`, `monitor --once`. The run exports one
+    ROS_DOMAIN_ID of its own for all three (the script keeps a domain that is set), so nothing an earlier
+    test left in the session's domain, and no other user's shells, can interfere.
+    """
     import os
+    import random
+    import shlex
     import subprocess
     import sys
+    from pathlib import Path
 
-    import random
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: os.environ[k] for k in ("HOME", "USER", "LANG", "TMPDIR") if k in os.environ}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    env["ROS_DOMAIN_ID"] = str((int(os.environ["ROS_DOMAIN_ID"]) - 1 + random.SystemRandom().randint(1, 99)) % 100 + 1)
+    if sys.prefix != sys.base_prefix:  # the venv running the tests, wherever it lives
+        env["PN_VENV"] = sys.prefix
 
-    env = os.environ.copy()  # loopback range and Fast DDS profile of this run...
-    # ...and a domain of its own, so nothing an earlier test left in the run's domain can interfere
-    env["ROS_DOMAIN_ID"] = str((int(env["ROS_DOMAIN_ID"]) - 1 + random.SystemRandom().randint(1, 99)) % 100 + 1)
-    cli = [sys.executable, "-m", "perception_nodes"]
-    live = subprocess.Popen([*cli, "live", "--use-sim-time", "--duration", "60"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def shell(cmd: str) -> list[str]:
+        return ["bash", "-c", f". scripts/ros_env.sh && exec perception-stack {cmd}"]
+
+    def start(cmd: str) -> subprocess.Popen:
+        return subprocess.Popen(shell(cmd), cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    live = start("live --use-sim-time --duration 60")
     try:
-        player = subprocess.Popen([*cli, "play", str(kitti_bag), "--clock", "--loop", "--wait-for-subscribers", "30",
-                                   "--topics", topics.LIDAR_POINTS], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        player = start(f"play {shlex.quote(str(kitti_bag))} --clock --loop --wait-for-subscribers 30 "
+                       f"--topics {topics.LIDAR_POINTS}")
         try:
-            mon = subprocess.run([*cli, "monitor", "--once", "--duration", "90"], env=env, capture_output=True,
+            mon = subprocess.run(shell("monitor --once --duration 90"), cwd=repo, env=env, capture_output=True,
                                  text=True, timeout=120)
         finally:
             player.terminate()

@@ -7,7 +7,7 @@ and the replay bus (:mod:`perception_nodes.replay`) for bags. Shared behaviour l
 * bad input (:class:`MalformedMessageError`, :class:`CalibrationError`, empty or non-finite clouds) is
   counted per topic, logged once per kind, shown on ``/diagnostics``; the node keeps running;
 * latency accounting with Autoware's debug topic names under ``~/debug/``;
-* static transforms from the rig calibration file and ``/tf_static``.
+* transforms from the rig calibration file, ``/tf_static`` and ``/tf`` (latest per child frame).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from perception_nodes import topics
-from perception_nodes.calibration import StaticTransforms, load_rig, transforms_from_tf_message
+from perception_nodes.calibration import TransformTree, load_rig
 from perception_nodes.codecs.backend import MessageBackend, make_header
 from perception_nodes.codecs.outputs import DiagnosticStatusData, diagnostic_array_msg
 from perception_nodes.errors import CalibrationError, MalformedMessageError
@@ -115,7 +115,7 @@ class NodeCore:
         self._logged: set[str] = set()
         self._last_diag_ns: int | None = None
         self._diag_had_frames = False
-        self.transforms = StaticTransforms()
+        self.transforms = TransformTree()
         calib = params.get("calibration_file") or ""
         if calib:
             try:
@@ -129,6 +129,8 @@ class NodeCore:
         ports = []
         if self.params.get("use_tf_static", True):
             ports.append(Port(topics.TF_STATIC, topics.TF_MESSAGE, "latched"))
+        if self.params.get("use_tf", True):  # dynamic transforms, as tf2's listener takes them (reliable)
+            ports.append(Port(topics.TF, topics.TF_MESSAGE, "reliable"))
         return ports
 
     def outputs(self) -> list[Port]:
@@ -140,9 +142,8 @@ class NodeCore:
         self.received[topic] += 1
         out: list[Emit] = []
         try:
-            if topic == topics.TF_STATIC:
-                for t in transforms_from_tf_message(msg):
-                    self.transforms.add(t)
+            if topic in (topics.TF_STATIC, topics.TF):
+                self.transforms.update_from_tf_message(msg, static=topic == topics.TF_STATIC)
             else:
                 out = self.on_message(topic, msg)
         except MalformedMessageError as exc:

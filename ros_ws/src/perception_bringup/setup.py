@@ -11,8 +11,10 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
         (f"share/{package_name}", ["package.xml"]),
-        (f"share/{package_name}/launch", glob("launch/*.launch.py")),
-        (f"share/{package_name}/config", glob("launch/*.yaml")),
+        # real files in the package (copies of the repository's launch/ and perception_nodes/config/ kept
+        # identical by scripts/setup.sh; see README.md here), so a build of a copy of this folder installs them
+        (f"share/{package_name}/launch", sorted(glob("launch/*.launch.py"))),
+        (f"share/{package_name}/config", sorted(glob("config/*.yaml"))),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

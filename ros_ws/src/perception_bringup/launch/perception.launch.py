@@ -1,0 +1,49 @@
+"""ros2 launch file of the perception graph (for systems with a ROS 2 install).
+
+    ros2 launch perception_bringup perception.launch.py [params_file:=FILE] [use_sim_time:=true]
+
+Starts one process per node, each reading its section of the params file (default: the documented
+perception.params.yaml installed with the bringup package, the same file `perception-stack` uses).
+Discovery range and domain come from the environment as usual (ROS_AUTOMATIC_DISCOVERY_RANGE,
+ROS_DOMAIN_ID).
+"""
+
+from pathlib import Path
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+NODES = ("ground_segmentation", "occupancy_grid")
+
+
+def _default_params() -> str:
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return str(Path(get_package_share_directory("perception_bringup")) / "config" / "perception.params.yaml")
+    except Exception:  # running from the source tree
+        return str(Path(__file__).resolve().parent / "perception.params.yaml")
+
+
+def generate_launch_description() -> LaunchDescription:
+    params_file = LaunchConfiguration("params_file")
+    use_sim_time = LaunchConfiguration("use_sim_time")
+    nodes = [
+        Node(
+            package="perception_bringup",
+            executable=f"{name}_node",
+            name=name,
+            output="screen",
+            parameters=[params_file, {"use_sim_time": use_sim_time}],
+        )
+        for name in NODES
+    ]
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("params_file", default_value=_default_params(), description="params YAML"),
+            DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),
+            *nodes,
+        ]
+    )
