@@ -46,21 +46,24 @@ for pair in "launch/perception.launch.py:$bringup/launch/perception.launch.py" \
   fi
 done
 
-# tf2_msgs: ros_ws/src/tf2_msgs is a stand-in with upstream's definitions, for ROS 2 from the ros-* wheels
-# (which lack tf2_msgs). Where a ROS 2 install (sourced before this script) or the venv already has the
-# real package, a COLCON_IGNORE keeps colcon off the stand-in so the real one is used.
-tf2_ignore=ros_ws/src/tf2_msgs/COLCON_IGNORE
-have_tf2=""
+# Stand-in interface packages: ros_ws/src/tf2_msgs and ros_ws/src/vision_msgs carry upstream's exact
+# definitions, for ROS 2 from the ros-* wheels (which lack them). Where a ROS 2 install (sourced before
+# this script) or the venv already has the real package, a COLCON_IGNORE keeps colcon off the stand-in
+# so the real one is used.
 IFS=: read -r -a prefixes <<<"${AMENT_PREFIX_PATH:-}"
-for p in "$venv" "${prefixes[@]}"; do
-  case "$p" in ""|"$root"/ros_ws/*) continue ;; esac
-  [ -f "$p/share/tf2_msgs/package.xml" ] && have_tf2="$p" && break
+for standin in tf2_msgs vision_msgs; do
+  ignore="ros_ws/src/$standin/COLCON_IGNORE"
+  have=""
+  for p in "$venv" "${prefixes[@]}"; do
+    case "$p" in ""|"$root"/ros_ws/*) continue ;; esac
+    [ -f "$p/share/$standin/package.xml" ] && have="$p" && break
+  done
+  if [ -n "$have" ]; then
+    [ -f "$ignore" ] || { echo "==> $standin found in $have: not building the stand-in"; touch "$ignore"; }
+  else
+    rm -f "$ignore"
+  fi
 done
-if [ -n "$have_tf2" ]; then
-  [ -f "$tf2_ignore" ] || { echo "==> tf2_msgs found in $have_tf2: not building the stand-in"; touch "$tf2_ignore"; }
-else
-  rm -f "$tf2_ignore"
-fi
 
 ws_hash="$(find -L ros_ws/src -type f -not -path '*/__pycache__/*' | sort | xargs cat | sha256sum | cut -c1-16)"
 if [ ! -f "ros_ws/install/.built-$ws_hash" ]; then

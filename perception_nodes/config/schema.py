@@ -76,7 +76,7 @@ CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: parameters wired once when the node is configured: changing them needs a restart (or a lifecycle
 #: cleanup + configure); everything else is applied at runtime by ``NodeCore.reconfigure``
 READ_ONLY: tuple[str, ...] = (
-    "*_topic", "qos.*", "autostart", "calibration_file", "use_tf_static", "base_frame", "latency_window",
+    "*_topic", "qos.*", "autostart", "calibration_file", "use_tf_static", "use_tf", "base_frame", "latency_window",
     "sync.queue_size", "keep_grids_for_report",
 )
 

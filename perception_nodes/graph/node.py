@@ -79,7 +79,7 @@ class NodeCore:
     """Base class of the graph's nodes (see module doc). Subclasses implement ``on_message``."""
 
     #: parameters every node understands (documented in perception.params.yaml)
-    COMMON = ("calibration_file", "use_tf_static", "base_frame", "publish_debug", "diagnostics_period_s",
+    COMMON = ("calibration_file", "use_tf_static", "use_tf", "base_frame", "publish_debug", "diagnostics_period_s",
               "latency_budgets_ms", "latency_window")
 
     def __init__(
