@@ -19,7 +19,8 @@
 
 The core's clock is the node's ROS clock, so ``use_sim_time`` (with ``/clock`` from
 ``perception-stack play --clock`` or ``ros2 bag play --clock``) makes pipeline latency sim-time correct.
-A message type that is not installed (``tf2_msgs`` off PyPI) disables that port with a warning.
+A message type that is not installed (e.g. ``tf2_msgs`` without ROS or the ros_ws stand-in) disables
+that port with a warning.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Messages are published as serialized CDR straight from the bag (no decode/encode round trip), at
 their recorded pace scaled by ``rate``. With ``clock=True`` it also publishes ``/clock`` so nodes with
 ``use_sim_time`` run on bag time. Topics whose message type is not installed here are skipped with a
-warning (``/tf_static`` needs tf2_msgs, which a ROS install has and PyPI does not).
+warning (``/tf_static`` and ``/tf`` need tf2_msgs: a ROS install's, or the stand-in that
+``scripts/setup.sh`` builds in ``ros_ws``).
 """
 
 from __future__ import annotations
