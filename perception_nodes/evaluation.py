@@ -75,7 +75,7 @@ SCORES = ("iou", "precision", "recall", "brier", "nll", "ece")
 
 
 def _band_name(lo: float, hi: float) -> str:
-    return f"range_{lo:g}_{'inf' if math.isinf(hi) else f'{hi:g}'}m"
+    return f"range_{lo:g}m_up" if math.isinf(hi) else f"range_{lo:g}_{hi:g}m"
 
 
 REGIONS = ("all", *(_band_name(lo, hi) for lo, hi in zip(RANGE_BANDS_M[:-1], RANGE_BANDS_M[1:], strict=True)),
