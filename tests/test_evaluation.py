@@ -218,3 +218,13 @@ def test_detections_are_scored_with_ap_and_pr_curves(tmp_path):
     ap = m["detection"]["kitti_ap_r40_3d"]["Car"]
     assert 0.5 < ap < 1.0  # 3 of 4 found, the miss ranked last
     assert (tmp_path / "pr_curves.png").is_file()
+
+
+def test_a_second_grid_is_scored_beside_the_first_as_the_geometric_baseline():
+    occ, vis, box = _scene()
+    ev = Evaluator(expected_gt=GT, baseline_topic="/baseline/occupancy_grid")
+    ev.prediction("/baseline/occupancy_grid", _grid(np.where(vis > 0, 5, -1)))  # sees nothing occupied
+    _feed(ev, np.where(occ > 0, 95, 5), np.full((10, 10), 10), occ, vis, box)
+    a = _all(ev.results())
+    assert a["iou"]["value"] == 1.0 and a["iou"]["geometric_baseline"] == 0.0
+    assert a["brier"]["geometric_baseline"] == pytest.approx((4 * 0.95 ** 2 + 46 * 0.05 ** 2) / 50)
