@@ -83,12 +83,13 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from perception_nodes.replay import replay
 
     res = replay(a.bag, a.config, a.out, progress=not a.quiet, require_ground_truth=True,
-                 match_tolerance_s=a.match_tolerance)
+                 match_tolerance_s=a.match_tolerance, report=not a.no_report)
     if res.metrics is not None:
         res.metrics["split"] = bag_split(a.bag)
         write_metrics(res.metrics, a.out)
     _print_metrics(res.metrics, a.out)
-    print(f"report: {a.out}/report.html")
+    if not a.no_report:
+        print(f"report: {a.out}/report.html")
     if not res.metrics or not res.metrics.get("frames_scored"):
         j = (res.metrics or {}).get("join", {})
         print(f"perception-stack: error: no frame was scored: {j.get('unmatched_predictions', 0)} output frames and "
@@ -183,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, default=Path("out/evaluate"), help="output folder (default: out/evaluate)")
     ev.add_argument("--match-tolerance", type=float, default=0.05, metavar="S",
                     help="join each output to the ground truth with the nearest stamp within S seconds (default 0.05)")
+    ev.add_argument("--no-report", action="store_true", help="skip report.html (metrics.json only)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=_cmd_evaluate)
 

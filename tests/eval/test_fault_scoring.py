@@ -47,7 +47,7 @@ def test_sector_loss_and_dropout_lower_recall_and_raise_vacuity_where_they_act(t
 def test_evaluate_joins_jittered_stamps_and_fails_loudly_when_nothing_matches(tmp_path, capsys):
     bag = write_scenario_bag(tmp_path / "jitter", duration_s=0.3, cameras=False, progress=False,
                              faults=Faults(timestamp_jitter_s=0.002))
-    assert main(["evaluate", "--bag", str(bag), "--out", str(tmp_path / "ok"), "--quiet"]) == 0
+    assert main(["evaluate", "--bag", str(bag), "--out", str(tmp_path / "ok"), "--quiet", "--no-report"]) == 0
     doc = json.loads((tmp_path / "ok" / "metrics.json").read_text())
     validate(doc)
     assert doc["frames_scored"] == 3 and doc["join"]["unmatched_predictions"] == 0
@@ -56,6 +56,7 @@ def test_evaluate_joins_jittered_stamps_and_fails_loudly_when_nothing_matches(tm
     out = capsys.readouterr().out
     assert "iou" in out and "base rate" in out and "95% CI" in out
     # a tolerance far below the jitter: nothing can be joined, and evaluate says so with a failing status
-    rc = main(["evaluate", "--bag", str(bag), "--out", str(tmp_path / "none"), "--quiet", "--match-tolerance", "1e-6"])
+    rc = main(["evaluate", "--bag", str(bag), "--out", str(tmp_path / "none"), "--quiet", "--no-report",
+               "--match-tolerance", "1e-6"])
     err = capsys.readouterr().err
     assert rc == 1 and "no frame was scored" in err and "found no partner" in err
