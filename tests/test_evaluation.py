@@ -179,7 +179,7 @@ def test_evaluate_on_converted_kitti(kitti_bag, tmp_path):
     assert doc["objects"]["per_class"]["Pedestrian"]["total"] == 1
     assert res.metrics["latency_end_to_end"]["count"] == 3
     html = (tmp_path / "report.html").read_text()
-    assert "per range band" in html and "RANSAC" in html
+    assert "per range band" in html and "RANSAC" in html and "per class" in html
 
 
 def test_generated_scenario_is_scored_on_every_visible_cell(scenario_bag, tmp_path):
