@@ -35,24 +35,68 @@ def _cmd_replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
 def _print_metrics(m: dict | None, out: Path) -> None:
+    """The metrics summary: every scored cell, with bootstrap intervals and the base-rate baseline."""
     if not m:
         return
-    print(f"{m.get('frames_scored', 0)} frames scored against the bag's ground truth -> {out}/metrics.json")
-    if m.get("occupancy"):
-        o = m["occupancy"]
-        print("occupancy: " + ", ".join(f"{k} {o[k]:.3f}" for k in ("iou", "precision", "recall", "ece",
-                                                                   "vacuity_auroc_unseen_vs_seen") if o.get(k) is not None))
-    if m.get("objects") and m["objects"].get("recall") is not None:
-        print(f"objects within {m['objects']['range_m']:g} m seen as occupied: recall {m['objects']['recall']:.3f}")
+    j = m.get("join") or {}
+    print(f"{m.get('frames_scored', 0)} frames scored against the bag's ground truth -> {out}/metrics.json "
+          f"(join within {j.get('tolerance_s', 0) * 1e3:g} ms; unmatched: {j.get('unmatched_predictions', 0)} "
+          f"outputs, {j.get('unmatched_ground_truth', 0)} ground-truth frames)")
+    o = m.get("occupancy")
+    if o:
+        reg = o["regions"].get("all", {})
+        print(f"occupancy, every visible cell ({reg.get('cells', 0)} cells, {100 * (reg.get('unknown_share') or 0):.1f}% "
+              f"unknown scored at P=0.5; truth: {', '.join(o['truth'])}):")
+        print(f"  {'score':<10}{'value':>8}  {'95% CI':<17}{'base rate':>10}")
+        for k in ("iou", "precision", "recall", "brier", "nll", "ece"):
+            e = reg.get(k)
+            if not e:
+                continue
+            lo, hi = e["ci95"]
+            print(f"  {k:<10}{_fmt(e['value']):>8}  [{_fmt(lo)}, {_fmt(hi)}]  {_fmt(e['base_rate_baseline']):>9}"
+                  + (f"  geometric {_fmt(e['geometric_baseline'])}" if e.get("geometric_baseline") is not None else ""))
+        fa, fu = o["regions"].get("fault_affected"), o["regions"].get("fault_unaffected")
+        if fa:
+            mv = o["uncertainty"]["mean_vacuity"]
+            print(f"  LiDAR-fault-affected cells: recall {_fmt(fa['recall']['value'])} vs {_fmt((fu or {}).get('recall', {}).get('value'))} "
+                  f"unaffected; mean vacuity {_fmt(mv.get('fault_affected'))} vs {_fmt(mv.get('fault_unaffected'))}")
+        for name, u in o["uncertainty"].items():
+            if name == "mean_vacuity":
+                continue
+            print(f"  {name} AUROC: wrong vs right cells {_fmt(u['auroc_wrong_vs_right'])}, "
+                  f"fault-affected vs unaffected {_fmt(u['auroc_fault_affected_vs_unaffected'])}")
+    ob = m.get("objects")
+    if ob and ob.get("mean_footprint_occupied") is not None:
+        print(f"objects within {ob['range_m']:g} m: mean footprint read occupied {_fmt(ob['mean_footprint_occupied'])}; "
+              f"occupied cells outside every box {ob['occupied_cells_outside_boxes']}"
+              + (f", of them truly free (false positives) {_fmt(ob['false_positive_cells_per_frame'], 1)}/frame, "
+                 f"box precision {_fmt(ob['box_precision'])}, F1 {_fmt(ob['f1'])}" if ob.get("box_precision") is not None else ""))
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from perception_nodes.evaluation import bag_split, write_metrics
     from perception_nodes.replay import replay
 
-    res = replay(a.bag, a.config, a.out, progress=not a.quiet, require_ground_truth=True)
+    res = replay(a.bag, a.config, a.out, progress=not a.quiet, require_ground_truth=True,
+                 match_tolerance_s=a.match_tolerance, report=not a.no_report)
+    if res.metrics is not None:
+        res.metrics["split"] = bag_split(a.bag)
+        write_metrics(res.metrics, a.out)
     _print_metrics(res.metrics, a.out)
-    print(f"report: {a.out}/report.html")
+    if not a.no_report:
+        print(f"report: {a.out}/report.html")
+    if not res.metrics or not res.metrics.get("frames_scored"):
+        j = (res.metrics or {}).get("join", {})
+        print(f"perception-stack: error: no frame was scored: {j.get('unmatched_predictions', 0)} output frames and "
+              f"{j.get('unmatched_ground_truth', 0)} ground-truth frames found no partner within "
+              f"{a.match_tolerance * 1e3:g} ms (raise --match-tolerance, or check that the graph produced "
+              f"occupancy outputs: {res.output_counts})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -125,15 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="replay a bag with ground truth and score the outputs",
                         description="Replay BAG through the graph (as `replay`) and score the outputs against the "
-                        "bag's ground truth: occupancy IoU/precision/recall, ECE with a reliability diagram, "
-                        "vacuity AUROC (unseen vs seen, wrong vs right cells), Chamfer distance (generated "
-                        "scenarios carry GT occupancy + visibility); recall of labelled objects as occupied cells "
-                        "(any bag with /ground_truth/objects); KITTI AP R40 and nuScenes mAP when the graph "
-                        "publishes detections. Writes OUT/metrics.json and OUT/report.html (+ outputs.mcap, "
-                        "latency.json).")
+                        "bag's ground truth, joined by nearest stamp within --match-tolerance. Occupancy over every "
+                        "visible cell (unknown outputs at P=0.5): IoU, precision, recall, Brier, NLL, ECE with a "
+                        "reliability diagram, each with a 95%% bootstrap interval over frames and beside a constant "
+                        "base-rate predictor, by range band and LiDAR-fault-affected vs unaffected cells; AUROC of "
+                        "vacuity for wrong vs right and fault-affected vs unaffected cells (generated scenarios "
+                        "carry occupancy truth and fault-free visibility; box-labelled bags get boxes-as-occupied, "
+                        "ground-plane free space). Objects: share of each footprint read occupied, false-positive "
+                        "cells outside every box. KITTI AP R40 / nuScenes mAP when the graph publishes detections. "
+                        "Writes OUT/metrics.json (schema: perception_nodes/eval/metrics.schema.json) and "
+                        "OUT/report.html. Exits 1 when no frame could be scored.")
     ev.add_argument("--bag", type=Path, required=True, help="bag with /ground_truth/* topics")
     ev.add_argument("--config", type=Path, help="params YAML")
     ev.add_argument("--out", type=Path, default=Path("out/evaluate"), help="output folder (default: out/evaluate)")
+    ev.add_argument("--match-tolerance", type=float, default=0.05, metavar="S",
+                    help="join each output to the ground truth with the nearest stamp within S seconds (default 0.05)")
+    ev.add_argument("--no-report", action="store_true", help="skip report.html (metrics.json only)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=_cmd_evaluate)
 

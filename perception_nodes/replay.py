@@ -151,11 +151,11 @@ def run_graph(
                 break
             bag_read.add(read_ms)
             frame_read_ms += read_ms
+            if evaluator is not None and rec.topic in evaluator.inputs:
+                evaluator.ground_truth(rec.topic, rec.msg)  # ground truth (and the cloud for real-data truth)
             if rec.topic in GROUND_TRUTH_TOPICS:
                 if rec.topic == topics.GT_OBJECTS:
                     result.ground_truth[rec.msg.header.stamp.sec * 1_000_000_000 + rec.msg.header.stamp.nanosec] = rec.msg
-                if evaluator is not None:
-                    evaluator.ground_truth(rec.topic, rec.msg)
                 if rec.topic not in subs:
                     continue
             clock.set(rec.log_time_ns)
@@ -227,9 +227,12 @@ def replay(
     progress: bool = True,
     report: bool = True,
     require_ground_truth: bool = False,
+    match_tolerance_s: float | None = None,
 ) -> ReplayResult:
     """Replay a bag (default: the embedded scenario); write outputs, latency, metrics (when the bag has
-    ground truth) and the report. ``require_ground_truth`` makes a bag without any an error."""
+    ground truth) and the report. ``require_ground_truth`` makes a bag without any an error;
+    ``match_tolerance_s``: how far a prediction's stamp may be from its ground truth's (default
+    :data:`perception_nodes.evaluation.MATCH_TOLERANCE_S`)."""
     params = load_params(config)
     if bag is None:
         from perception_nodes.scenario.bag import default_scenario_bag
@@ -239,11 +242,16 @@ def replay(
     with BagReader(bag) as reader:
         gt_topics = tuple(t for t in GROUND_TRUTH_TOPICS if t in reader.topics)
         has_gt = bool(gt_topics)
+        # box-labelled recordings (no occupancy truth): occupancy truth from boxes + an independent ground fit
+        real_truth = topics.GT_OCCUPANCY not in reader.topics and topics.LIDAR_POINTS in reader.topics
     if require_ground_truth and not has_gt:
         raise ValueError(f"{bag} carries no ground truth ({', '.join(GROUND_TRUTH_TOPICS)})")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    evaluator = Evaluator(expected_gt=gt_topics) if has_gt else None
+    options: dict[str, Any] = {"real_truth": real_truth}
+    if match_tolerance_s is not None:
+        options["match_tolerance_s"] = match_tolerance_s
+    evaluator = Evaluator(expected_gt=gt_topics, **options) if has_gt else None
     result = run_graph(bag, params, out_dir, progress=progress, evaluator=evaluator)
     if evaluator is not None:
         result.metrics = evaluator.results(out_dir)

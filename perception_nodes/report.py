@@ -80,27 +80,63 @@ def plot_latency(latency_series: dict[str, list[float]], path: Path, budgets: di
     plt.close(fig)
 
 
+def _num(v: Any, digits: int = 3) -> str:
+    return "–" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else html.escape(str(v)))
+
+
+def _occupancy_html(occ: dict) -> str:
+    """Per-region table (all, range bands, fault-affected/unaffected): each score with its 95% interval
+    and the baselines' scores; then the uncertainty AUROCs."""
+    scores = ("iou", "precision", "recall", "brier", "nll", "ece")
+    head = "".join(f"<th>{k}</th>" for k in scores)
+    rows = []
+    for name, r in occ["regions"].items():
+        cells = "".join(
+            f"<td>{_num(r[k]['value'])}<br><small>[{_num(r[k]['ci95'][0])}, {_num(r[k]['ci95'][1])}]<br>"
+            f"base {_num(r[k]['base_rate_baseline'])}"
+            + (f"<br>geom {_num(r[k]['geometric_baseline'])}" if r[k].get("geometric_baseline") is not None else "")
+            + "</small></td>" for k in scores)
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{r['cells']}</td><td>{_num(r['unknown_share'])}</td>"
+                    f"<td>{_num(r['occupied_share'])}</td>{cells}</tr>")
+    unc = occ["uncertainty"]
+    urows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_num(v['auroc_wrong_vs_right'])}</td>"
+                    f"<td>{_num(v['auroc_fault_affected_vs_unaffected'])}</td></tr>"
+                    for k, v in unc.items() if k != "mean_vacuity")
+    limits = f"<p><b>Limits of this ground truth:</b> {html.escape(occ['limits'])}</p>" if occ.get("limits") else ""
+    return (f"<h3>Occupancy per range band and fault region (every scored cell; unknown at P = 0.5; truth: "
+            f"{html.escape(', '.join(occ['truth']))})</h3>{limits}"
+            f"<p>value, [95% bootstrap interval over frames], the constant base-rate predictor's score "
+            f"(base rate {_num(occ['base_rate'])})</p>"
+            f"<table><tr><th>region</th><th>cells</th><th>unknown</th><th>occupied</th>{head}</tr>{''.join(rows)}</table>"
+            f"<h3>Uncertainty tested against failure (AUROC)</h3><table><tr><th>output</th><th>wrong vs right cells"
+            f"</th><th>fault-affected vs unaffected cells</th></tr>{urows}</table>")
+
+
 def _metrics_html(metrics: dict | None) -> str:
-    """Scores against the bag's ground truth (metrics.json), with the reliability diagram."""
+    """Scores against the bag's ground truth (metrics.json): tables per range band and per class,
+    the reliability diagram and PR curves."""
     if not metrics:
         return "<h2>Metrics</h2><p>the bag carries no ground truth: nothing to score</p>"
-
-    def rows(d: dict) -> str:
-        return "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float)
-                       else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in d.items() if not isinstance(v, dict) and k != "reliability_diagram")
-
-    parts = [f"<h2>Metrics ({metrics.get('frames_scored', 0)} frames scored; metrics.json)</h2>"]
+    join = metrics.get("join") or {}
+    parts = [f"<h2>Metrics ({metrics.get('frames_scored', 0)} frames scored; metrics.json schema "
+             f"{html.escape(str(metrics.get('schema_version')))})</h2>"
+             f"<p>join: nearest stamp within {_num(join.get('tolerance_s'))} s; unmatched outputs "
+             f"{join.get('unmatched_predictions')}, unmatched ground-truth frames {join.get('unmatched_ground_truth')}</p>"]
     occ = metrics.get("occupancy")
     if occ:
-        parts.append(f"<h3>Occupancy vs ground truth (visible cells)</h3><table>{rows(occ)}</table>")
+        parts.append(_occupancy_html(occ))
         if occ.get("reliability_diagram"):
             parts.append(f'<img src="{occ["reliability_diagram"]}" width="520">')
     obj = metrics.get("objects")
     if obj:
-        per = "".join(f"<tr><td>{html.escape(c)}</td><td>{v['hit']}/{v['total']}</td></tr>" for c, v in obj["per_class"].items())
-        parts.append(f"<h3>Labelled objects within {obj['range_m']:g} m seen as occupied: recall "
-                     f"{(obj['recall'] or 0):.3f}</h3><table>{per}</table>")
+        per = "".join(f"<tr><td>{html.escape(c)}</td><td>{v['total']}</td><td>{_num(v['mean_footprint_occupied'])}</td>"
+                      f"<td>{v['half_or_more']}</td></tr>" for c, v in obj["per_class"].items())
+        parts.append(f"<h3>Labelled objects within {obj['range_m']:g} m, per class</h3>"
+                     f"<p>mean footprint read occupied {_num(obj['mean_footprint_occupied'])}; occupied cells outside "
+                     f"every box {obj['occupied_cells_outside_boxes']}, of them free in the ground truth (false "
+                     f"positives) {_num(obj['false_positive_cells'])}; box precision {_num(obj['box_precision'])}, "
+                     f"F1 {_num(obj['f1'])}</p><table><tr><th>class</th><th>objects</th><th>mean footprint "
+                     f"occupied</th><th>&ge; half occupied</th></tr>{per}</table>")
     det = metrics.get("detection")
     if det:
         parts.append(f"<h3>Detection</h3><pre>{html.escape(json.dumps(det, indent=1))}</pre>")

@@ -50,6 +50,8 @@ def train_main(branch: str, config: Path, *, out: Path | None, resume: bool, epo
     if res.resumed_from:
         notes.append(f"resumed from epoch {res.resumed_from}")
     print(f"{branch}: {res.epochs} epoch(s) -> {res.model_path} ({', '.join(notes)})")
+    if last.get("split"):
+        print(f"split: train {last['split']['train']['name']}, validation {last['split']['val']['name']}")
     if val:
         print("validation: " + "  ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float)))
     print(f"metrics per epoch: {res.run_dir / 'metrics.jsonl'}")

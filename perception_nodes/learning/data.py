@@ -34,7 +34,8 @@ from perception_nodes.datasets.frame import Frame
 from perception_nodes.learning.branches.base import Branch, Sample
 from perception_nodes.learning.config import BagSource
 
-__all__ = ["DataError", "SHARED_DATA", "SplitData", "default_cache_dir", "load_split", "read_frames", "resolve_source"]
+__all__ = ["DataError", "SHARED_DATA", "SplitData", "default_cache_dir", "describe_split", "load_split", "read_frames",
+           "resolve_source"]
 
 #: the shared real-data folder beside the checkout (evaluation only, never training)
 SHARED_DATA = (Path(__file__).resolve().parents[3] / "shared" / "data").resolve()
@@ -76,6 +77,23 @@ def _generate_into(target: Path, make: Any) -> Path:
     os.replace(tmp_parent / target.name, target)
     shutil.rmtree(tmp_parent, ignore_errors=True)
     return target
+
+
+def describe_split(sources: Sequence[BagSource]) -> dict[str, Any]:
+    """Name a split by what it holds: scenario types and LiDAR models (``"recorded"`` / ``"fixture"`` for
+    ``path`` / ``fixture`` sources), so held-out evaluations say what was held out."""
+    scenarios, lidars = set(), set()
+    for src in sources:
+        if src.generate is not None:
+            scenarios.add(str(src.generate.get("scenario", "urban_street")))
+            lidars.add(str(src.generate.get("lidar", "hdl64")))
+        elif src.fixture is not None:
+            scenarios.add("fixture")
+            lidars.add(str((src.fixture or {}).get("lidar", "fixture")))
+        else:
+            scenarios.add("recorded")
+    sc, li = sorted(scenarios), sorted(lidars)
+    return {"scenarios": sc, "lidars": li, "name": f"{'+'.join(sc) or '-'} / {'+'.join(li) or '-'}"}
 
 
 def resolve_source(src: BagSource, cache_dir: Path, *, progress: bool = True, role: str = "train") -> Path:

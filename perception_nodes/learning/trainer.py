@@ -50,7 +50,7 @@ from perception_nodes.learning.checkpoint import (
     save_weights,
 )
 from perception_nodes.learning.config import TrainConfig, config_differences, load_config
-from perception_nodes.learning.data import default_cache_dir, load_split
+from perception_nodes.learning.data import default_cache_dir, describe_split, load_split
 
 __all__ = ["TrainResult", "load_trained", "seed_everything", "train"]
 
@@ -236,7 +236,9 @@ def _run(cfg: TrainConfig, cfg_dict: dict[str, Any], branch: Branch, device: tor
     data_seconds = time.perf_counter() - t0
     train_samples = train_data.samples
     val_samples = val_data.samples if val_data else []
+    split = {"train": describe_split(cfg.data.train), "val": describe_split(cfg.data.val or [])}
     if progress:
+        tqdm.write(f"split: train {split['train']['name']}, val {split['val']['name']}")
         tqdm.write(f"data: {len(train_samples)} train / {len(val_samples)} val frames "
                    f"({data_seconds:.1f} s; skipped without ground truth: "
                    f"{train_data.skipped + (val_data.skipped if val_data else 0)})")
@@ -313,6 +315,7 @@ def _run(cfg: TrainConfig, cfg_dict: dict[str, Any], branch: Branch, device: tor
             "lr": lr,
             "train": {k: v / steps_per_epoch for k, v in sums.items()},
             "val": val,
+            "split": split,
             "train_seconds": round(t_train, 3),
             "eval_seconds": round(time.perf_counter() - t_epoch - t_train, 3),
         })

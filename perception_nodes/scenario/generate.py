@@ -15,8 +15,10 @@ Ground truth (nominal stamps, never faulted):
 
 * ``/ground_truth/objects`` (+ ``/ground_truth/markers``): Detection3DArray of the Car, Pedestrian,
   Cyclist and Pole boxes in base_link.
-* ``/ground_truth/occupancy`` and ``/ground_truth/occupancy/visibility``: nav_msgs/OccupancyGrid, 100 / 0,
-  base_link, the occupancy node's grid.
+* ``/ground_truth/occupancy``, ``/ground_truth/occupancy/visibility`` (from a fault-free, noise-free ray
+  cast of the rig's LiDAR, not from the delivered scan) and ``/ground_truth/occupancy/lidar_fault``
+  (where an injected LiDAR fault acts in that frame): nav_msgs/OccupancyGrid, 100 / 0, base_link, the
+  occupancy node's grid.
 * ``/ground_truth/camera/left/depth`` (32FC1 metres along the optical axis, +inf for sky) and
   ``/ground_truth/camera/left/disparity`` (32FC1 pixels, fx * B / depth, 0 for sky), frame
   ``camera_left_optical``.
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 #: Version of the generator's output; part of /scenario/info and of the default scenario's cache key.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 START_NS = 1_700_000_000 * 1_000_000_000
 PERIOD_NS = 100_000_000
 LIDAR_FRAME = "velodyne"
@@ -59,6 +61,7 @@ from perception_nodes.topics import (  # noqa: E402
     FLOAT64_STAMPED,
     GT_CURVATURE,
     GT_DEPTH,
+    GT_FAULT_REGION,
     GT_DISPARITY,
     GT_MARKERS,
     GT_OBJECTS,
@@ -92,6 +95,7 @@ TOPIC_TYPES: dict[str, str] = {
     GT_MARKERS: MARKER_ARRAY,
     GT_OCCUPANCY: OCCUPANCY_GRID_TYPE,
     GT_VISIBILITY: OCCUPANCY_GRID_TYPE,
+    GT_FAULT_REGION: OCCUPANCY_GRID_TYPE,
     GT_DEPTH: IMAGE,
     GT_DISPARITY: IMAGE,
     GT_ODOMETRY: ODOMETRY_TYPE,
@@ -229,7 +233,7 @@ def generate_bag(
     from perception_nodes.scenario.lidar import cast_scan
     from perception_nodes.scenario.scenarios import make_scene
     from perception_nodes.scenario.scene import OBJECT_LABELS, POLE, actors_at, boxes_in_base_link, ego_pose3d
-    from perception_nodes.scenario.truth import occupancy_truth, path_ahead, visibility_truth
+    from perception_nodes.scenario.truth import fault_region, ideal_scan, occupancy_truth, path_ahead, visibility_truth
 
     faults = faults if faults is not None else Faults()
     if not duration_s > 0:
@@ -301,6 +305,12 @@ def generate_bag(
             boxes = actors_at(scene, t)
             pose = ego_pose3d(t, scene)
             scan = cast_scan(scene, t, beams, rng_lidar, mount_height=mount, boxes=boxes)
+            clock["lidar"] += time.perf_counter() - tic
+            tic = time.perf_counter()
+            # visibility truth comes from a fault-free cast of the same rig, never from the delivered scan
+            visible = visibility_truth(ideal_scan(scene, t, beams, mount_height=mount, boxes=boxes), beams, spec)
+            clock["truth"] += time.perf_counter() - tic
+            tic = time.perf_counter()
             scan = faults.apply_lidar(scan, t_rel, beams, rng_fault)
             stamp, log = timing("lidar", nominal)
             queue.push(log, LIDAR_POINTS, POINTCLOUD2, create_xyzi_cloud(scan.points, stamp, LIDAR_FRAME, backend))
@@ -330,8 +340,10 @@ def generate_bag(
                        occupancy_grid_msg(occupancy_truth(base_boxes, spec), spec.resolution, grid_origin, nominal,
                                           BASE_FRAME, backend))
             queue.push(nominal, GT_VISIBILITY, OCCUPANCY_GRID_TYPE,
-                       occupancy_grid_msg(visibility_truth(scan, beams, spec), spec.resolution, grid_origin, nominal,
-                                          BASE_FRAME, backend))
+                       occupancy_grid_msg(visible, spec.resolution, grid_origin, nominal, BASE_FRAME, backend))
+            queue.push(nominal, GT_FAULT_REGION, OCCUPANCY_GRID_TYPE,
+                       occupancy_grid_msg(fault_region(faults, t_rel, beams, spec), spec.resolution, grid_origin,
+                                          nominal, BASE_FRAME, backend))
             queue.push(nominal, GT_OBJECTS, DETECTIONS, detections_msg(objects, nominal, BASE_FRAME, backend))
             queue.push(nominal, GT_MARKERS, MARKER_ARRAY,
                        marker_array_msg(objects, nominal, BASE_FRAME, "ground_truth", backend))

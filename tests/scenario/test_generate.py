@@ -218,11 +218,18 @@ def test_sector_loss_and_dropout(tmp_path):
             assert 0.45 < len(pts) / len(ref) < 0.55
         if k == 1:
             assert len(pts) == len(ref)
-    # the visibility ground truth follows the delivered scan: the lost sector is not visible
-    vis = np.asarray(msgs[G.GT_VISIBILITY][3][1].data).reshape(320, 320)
-    vis_ref = np.asarray(clean[G.GT_VISIBILITY][3][1].data).reshape(320, 320)
+    # the visibility ground truth comes from a fault-free cast: a fault leaves it exactly as it was
+    # (the lost sector stays visible, so it is scored), and the fault region marks where the fault acts
+    for k in range(5):
+        assert bytes(msgs[G.GT_VISIBILITY][k][1].data) == bytes(clean[G.GT_VISIBILITY][k][1].data)
     r, c = int((5.0 + 40) / 0.25), int((0.1 + 40) / 0.25)  # 5 m to the left
-    assert vis_ref[r, c] == 100 and vis[r, c] == 0
+    vis = np.asarray(msgs[G.GT_VISIBILITY][3][1].data).reshape(320, 320)
+    assert vis[r, c] == 100
+    region = [np.asarray(m.data).reshape(320, 320) for _, m in msgs[G.GT_FAULT_REGION]]
+    assert (region[0] == 100).all()  # dropout acts everywhere at t = 0
+    assert (region[1] == 0).all()  # nothing at t = 0.1
+    assert region[3][r, c] == 100 and region[3][int(40 / 0.25), int(45 / 0.25)] == 0  # left sector, not ahead
+    assert all((np.asarray(m.data) == 0).all() for _, m in clean[G.GT_FAULT_REGION])
 
 
 def test_blackout_and_glare(tmp_path):
