@@ -67,7 +67,8 @@ class _Recorder:
 
     def conv(self, module: nn.Module, feats: torch.Tensor, km: KernelMap) -> torch.Tensor:
         self.index_of(km)
-        return conv_mod.sparse_conv(feats, module.weight, km, module.bias, module.dataflow)  # type: ignore[arg-type]
+        return conv_mod.sparse_conv(feats, module.weight, km, module.bias, module.dataflow,  # type: ignore[arg-type]
+                                    getattr(module, "tuner", None))
 
 
 class _Replayer:
