@@ -1,11 +1,11 @@
 """ONNX export of sparse networks that does only the needed work, with no TensorRT plugin.
 
 Kernel maps are data-dependent, so they are built outside the graph (by this engine, on the host)
-and fed in per frame as int64 pair lists, one ``(in, out)`` pair of 1-D inputs per kernel offset
-and map. Each convolution becomes, for every offset ``k`` that has inputs,
+and fed in per frame as int64 pair lists, one ``(in, out)`` pair of ``[P_k, 1]`` inputs per kernel
+offset and map. Each convolution becomes, for every offset ``k`` that has inputs,
 
-    part_k = Gather(features, in_k) @ W[k]                         (only the P_k rows that exist)
-    y      = ScatterND(y, out_k, Gather(y, out_k) + part_k)        (no reduction: out_k is unique)
+    part_k = GatherND(features, in_k) @ W[k]                       (only the P_k rows that exist)
+    y      = ScatterND(y, out_k, GatherND(y, out_k) + part_k)      (no reduction: out_k is unique)
 
 starting from ``y = features @ W[centre]`` for submanifold layers (the identity offset needs no
 gather) or zeros for strided/inverse layers. So the FLOPs are exactly the pairs' -- not the
@@ -91,7 +91,7 @@ def plan_for(j: int, km: KernelMap) -> MapPlan:
 
 def _offset_pairs(km: KernelMap) -> list[tuple[np.ndarray, np.ndarray]]:
     i, o, ptr = km.pairs_np()
-    return [(i[ptr[k]: ptr[k + 1]].astype(np.int64), o[ptr[k]: ptr[k + 1]].astype(np.int64))
+    return [(i[ptr[k]: ptr[k + 1], None].astype(np.int64), o[ptr[k]: ptr[k + 1], None].astype(np.int64))
             for k in range(km.kernel_volume)]
 
 
@@ -106,9 +106,35 @@ def map_feeds(plan: MapPlan, km: KernelMap) -> dict[str, np.ndarray]:
     return feeds
 
 
+class _GatherND(torch.autograd.Function):
+    """Rows ``data[idx[:, 0]]`` for ``idx`` int64 [P, 1]; exports as one ONNX GatherND node."""
+
+    @staticmethod
+    def forward(ctx, data: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return data[idx[:, 0]]
+
+    @staticmethod
+    def symbolic(g, data, idx):  # type: ignore[no-untyped-def]
+        return g.op("GatherND", data, idx)
+
+
+class _ScatterND(torch.autograd.Function):
+    """``data`` with rows ``idx`` (int64 [P, r], unique) replaced by ``upd``; one ONNX ScatterND, no reduction."""
+
+    @staticmethod
+    def forward(ctx, data: torch.Tensor, idx: torch.Tensor, upd: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = data.clone()
+        out[tuple(idx.t())] = upd
+        return out
+
+    @staticmethod
+    def symbolic(g, data, idx, upd):  # type: ignore[no-untyped-def]
+        return g.op("ScatterND", data, idx, upd)
+
+
 def pairs_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], plan: MapPlan,
                t: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The exported convolution over pair lists ``t`` (see the module docstring)."""
+    """The exported convolution over pair lists ``t`` (int64 [P, 1] each; see the module docstring)."""
     K, cin, cout = weight.shape
     if plan.kind == "subm":
         y = torch.matmul(x, weight[plan.identity])
@@ -118,8 +144,8 @@ def pairs_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     steps = [(k, t[f"map_{plan.j}_k{k}_in"], t[f"map_{plan.j}_k{k}_out"]) for k in plan.fed]
     steps += [(k, t[f"map_{plan.j}_k{s}_out"], t[f"map_{plan.j}_k{s}_in"]) for k, s in plan.mirrored]
     for k, src, dst in sorted(steps, key=lambda s: s[0]):
-        part = torch.matmul(x[src], weight[k])
-        y = y.index_put((dst,), y[dst] + part)
+        part = torch.matmul(_GatherND.apply(x, src), weight[k])
+        y = _ScatterND.apply(y, dst, _GatherND.apply(y, dst) + part)
     if bias is not None:
         y = y + bias
     return y
@@ -133,7 +159,7 @@ def bev_scatter(feats: torch.Tensor, coords: torch.Tensor, stride: tuple[int, in
     s = torch.tensor([1, *stride], dtype=torch.int64)
     idx = torch.div(coords, s, rounding_mode="floor")
     dense = torch.zeros((batch, X, Y, Z, C), dtype=feats.dtype)
-    dense = dense.index_put((idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]), feats)
+    dense = _ScatterND.apply(dense, idx, feats)
     return dense.permute(0, 4, 3, 2, 1).reshape(batch, C * Z, Y, X)
 
 
@@ -343,14 +369,22 @@ def export_onnx(model: nn.Module, x: SparseTensor, path: str | Path | None = Non
     return data
 
 
-def run_onnxruntime(model: bytes | str | Path, feeds: dict[str, np.ndarray], threads: int = 1) -> np.ndarray:
-    """Run the exported model on CPU with ONNX Runtime (inputs the graph does not use are dropped)."""
+def ort_session(model: bytes | str | Path, threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session for the exported model (build once, run per frame)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     src = model if isinstance(model, bytes) else str(model)
-    sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnxruntime(model: Any, feeds: dict[str, np.ndarray], threads: int = 1) -> np.ndarray:
+    """Run the exported model (bytes, path or an :func:`ort_session`) on CPU with ONNX Runtime.
+
+    Inputs the graph does not use are dropped.
+    """
+    sess = model if hasattr(model, "get_inputs") else ort_session(model, threads)
     wanted = {i.name for i in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in wanted})[0]
