@@ -86,6 +86,11 @@ class Autotuner:
         self._memo: dict = {}
         self._lock = threading.Lock()
 
+    @property
+    def choices(self) -> dict[str, str]:
+        """Shape key -> dataflow of every lookup made so far (for reports)."""
+        return {str(k): v[0] for k, v in sorted(self._memo.items())}
+
     def choose(self, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> tuple[str, str]:
         """(dataflow, source) for this call -- a pure lookup, no timing."""
         from .tunefile import shape_key, static_default
