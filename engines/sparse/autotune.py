@@ -86,6 +86,16 @@ class Autotuner:
         self._memo: dict = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        """Picklable (a configured network can be deep-copied or saved whole): the lock is rebuilt."""
+        d = dict(self.__dict__)
+        d.pop("_lock", None)
+        return d
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d)
+        self._lock = threading.Lock()
+
     @property
     def choices(self) -> dict[str, str]:
         """Shape key -> dataflow of every lookup made so far (for reports)."""

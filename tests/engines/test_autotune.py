@@ -3,6 +3,7 @@ that looks choices up and never times a candidate, whatever voxel counts the fra
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -177,6 +178,8 @@ def test_file_for_another_device_falls_back_to_static_defaults() -> None:
     tuner = configure(net, tf)
     assert not tuner.device_known
     assert all(m.tuner is tuner for m in sparse_conv_modules(net))
+    twin = copy.deepcopy(net)  # a configured network stays copyable (the tuner's lock is rebuilt)
+    assert all(m.tuner is not tuner and not m.tuner.measure for m in sparse_conv_modules(twin))
 
 
 def test_unknown_dataflow_rejected() -> None:
