@@ -113,15 +113,17 @@ def _cmd_engines_tune(a: argparse.Namespace) -> int:
 
     if a.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {a.backbone!r}; choose from {sorted(BACKBONES)}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device")
     torch.set_num_threads(a.threads)
-    frames = kitti_tuning_frames(a.shared, a.frames, a.voxel_size, a.fractions)
+    frames = [f.to(a.device) for f in kitti_tuning_frames(a.shared, a.frames, a.voxel_size, a.fractions)]
     tf = TuneFile.load(a.out) if a.merge and a.out.exists() else TuneFile()
     torch.manual_seed(0)
-    model = BACKBONES[a.backbone](4).eval()
+    model = BACKBONES[a.backbone](4).eval().to(a.device)
     t0 = time.perf_counter()
-    tune_network(model, frames, tf, device="cpu", repeats=a.repeats)
+    tune_network(model, frames, tf, device=a.device, repeats=a.repeats)
     tf.save(a.out)
-    dev = device_model("cpu")
+    dev = device_model(a.device)
     table = tf.devices[dev]
     print(f"{len(frames)} frames ({min(len(f) for f in frames)}..{max(len(f) for f in frames)} voxels), "
           f"{len(table.entries)} shape buckets for {dev!r} in {time.perf_counter() - t0:.1f} s -> {a.out}")
@@ -267,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     et.add_argument("--voxel-size", type=float, nargs="+", default=[0.1, 0.05], help="voxel sizes in m (default 0.1 0.05)")
     et.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.6], help="point fractions kept (default 1.0 0.6)")
     et.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1; recorded only)")
+    et.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="tune for this device's model (default cpu; --merge to keep both in one file)")
     et.add_argument("--repeats", type=int, default=3, help="timed runs per candidate, best kept (default 3)")
     et.set_defaults(func=_cmd_engines_tune)
     es = esub.add_parser("show", help="print a tune file's choices per device",
