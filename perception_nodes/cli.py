@@ -148,6 +148,47 @@ def _cmd_params(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_engines_tune(a: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from engines.sparse.tunefile import BACKBONES, TuneFile, device_model, kitti_tuning_frames, tune_network
+
+    if a.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {a.backbone!r}; choose from {sorted(BACKBONES)}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA device")
+    torch.set_num_threads(a.threads)
+    frames = [f.to(a.device) for f in kitti_tuning_frames(a.shared, a.frames, a.voxel_size, a.fractions)]
+    tf = TuneFile.load(a.out) if a.merge and a.out.exists() else TuneFile()
+    torch.manual_seed(0)
+    model = BACKBONES[a.backbone](4).eval().to(a.device)
+    t0 = time.perf_counter()
+    tune_network(model, frames, tf, device=a.device, repeats=a.repeats)
+    tf.save(a.out)
+    dev = device_model(a.device)
+    table = tf.devices[dev]
+    print(f"{len(frames)} frames ({min(len(f) for f in frames)}..{max(len(f) for f in frames)} voxels), "
+          f"{len(table.entries)} shape buckets for {dev!r} in {time.perf_counter() - t0:.1f} s -> {a.out}")
+    return 0
+
+
+def _cmd_engines_show(a: argparse.Namespace) -> int:
+    from engines.sparse.tunefile import TuneFile, device_model
+
+    tf = TuneFile.load(a.file)
+    here = device_model("cpu")
+    for dev, table in tf.to_json()["devices"].items():
+        mark = "  (this machine)" if dev == here else ""
+        print(f"{dev}{mark}: {len(table['entries'])} buckets, measured with {table['measured_with']}")
+        for key, e in table["entries"].items():
+            print(f"  {key:48s} {e['dataflow']}")
+    if here not in tf.devices:
+        print(f"no entry for this machine ({here!r}): its layers would use the static defaults")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="perception-stack", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -259,6 +300,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "every key exists and every value fits its type and range (perception_nodes/config/schema.py).")
     pp.add_argument("--config", type=Path, help="params YAML to merge over the defaults")
     pp.set_defaults(func=_cmd_params)
+
+    en = sub.add_parser("engines", help="offline tools for the inference engines (sparse-conv dataflow tuning)",
+                        description="Offline engine tools. A live node never times anything: it loads the tune file "
+                        "written here at configure (engines.sparse.tunefile.configure, or $ENGINES_SPARSE_TUNE_FILE).")
+    esub = en.add_subparsers(dest="engines_command", required=True, metavar="ACTION")
+    et = esub.add_parser("tune", help="time every sparse-conv dataflow per layer shape and write a tune file",
+                         description="Run BACKBONE over real KITTI scans (each voxelised at every --voxel-size and "
+                         "thinned to every --fraction of its points, so voxel counts spread over neighbouring "
+                         "power-of-two buckets), time every candidate dataflow of every layer, and write the "
+                         "fastest per shape bucket (layer kind x kernel x stride x channels x dtype x voxel count "
+                         "rounded to a power of two) into a versioned JSON tune file keyed on this CPU's model. "
+                         "The thread count is recorded but is not part of any key: the stored choice is used at "
+                         "every thread count, so results are bit-identical across thread counts. Shapes the file "
+                         "lacks use the nearest tuned bucket, else the static default (gather_scatter on CPU).")
+    et.add_argument("--out", type=Path, default=Path("out/sparse_tune.json"),
+                    help="tune file to write (default: out/sparse_tune.json)")
+    et.add_argument("--merge", action="store_true", help="add to an existing --out file (other devices/buckets kept)")
+    et.add_argument("--backbone", default="voxel_backbone8x", help="network to tune (default: voxel_backbone8x)")
+    et.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data",
+                    help="folder holding kitti_object_vis/ (default: ../shared/data beside the checkout)")
+    et.add_argument("--frames", type=int, nargs="+", default=[0, 1, 2], help="KITTI velodyne frame ids (default 0 1 2)")
+    et.add_argument("--voxel-size", type=float, nargs="+", default=[0.1, 0.05], help="voxel sizes in m (default 0.1 0.05)")
+    et.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.6], help="point fractions kept (default 1.0 0.6)")
+    et.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1; recorded only)")
+    et.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="tune for this device's model (default cpu; --merge to keep both in one file)")
+    et.add_argument("--repeats", type=int, default=3, help="timed runs per candidate, best kept (default 3)")
+    et.set_defaults(func=_cmd_engines_tune)
+    es = esub.add_parser("show", help="print a tune file's choices per device",
+                         description="List every device model and shape bucket of a tune file with its dataflow.")
+    es.add_argument("file", type=Path)
+    es.set_defaults(func=_cmd_engines_show)
     return p
 
 

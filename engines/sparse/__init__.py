@@ -1,5 +1,6 @@
 """Sparse convolution engine: kernel maps by sorted coordinate merges, two dataflows with an
-autotuner, spconv-compatible weights, and ONNX export as Gather + MatMul (no TensorRT plugin).
+offline-tuned choice between them (tune files, no timing in the live path), spconv-compatible
+weights, and ONNX export as per-offset GatherND + MatMul + ScatterND (no TensorRT plugin).
 
 See docs/sparse_conv.md for the design, the weight layout and the measured speed.
 """

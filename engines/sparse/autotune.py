@@ -1,33 +1,37 @@
-"""Dataflow registry and autotuner: pick the fastest dataflow per layer workload and device.
+"""Dataflow registry and the tuner: offline measurement, live lookup without timing.
 
 Which dataflow wins depends on channels, neighbour density and hardware (gather-scatter does exact
 FLOPs; implicit GEMM multiplies zeros but never scatters), so -- as TorchSparse++ does -- the
-choice is measured, not guessed. The first call of a workload times every candidate on the real
-input and keeps the fastest; later calls with the same key reuse the choice. Keys are the layer's
-workload signature (kind, channels, kernel volume, log2 buckets of output rows and neighbours per
-row) plus device name and thread count, so all layers that do the same work share one decision.
+choice is measured, not guessed. But measuring inside a running node stalls it on every new voxel
+count and makes the choice (and the result, at rounding level) depend on timing noise and the
+thread count. So the measuring happens offline (``perception-stack engines tune`` ->
+:mod:`.tunefile`), and ``dataflow="auto"`` at run time is a lookup: the tune file's bucket for the
+layer's shape, else the nearest bucket, else :func:`.tunefile.static_default`. No thread count in
+any key: for a given tune file the dataflow per layer -- and hence the output, bit for bit, since
+each dataflow is deterministic at any thread count -- is the same at 1 or 16 threads.
 
-Choices can be persisted in a JSON file (``Autotuner(path)`` or ``$ENGINES_SPARSE_TUNE_FILE``) so a
-deployment tunes once. Each dataflow alone is deterministic for any thread count; a fresh tuning on
-a different machine may pick another dataflow, which changes results at rounding level -- pin
-``dataflow=`` on a layer (or ship the tune file) where bit-for-bit reproducibility matters.
+The default tuner reads ``$ENGINES_SPARSE_TUNE_FILE`` when set; a node should instead call
+:func:`.tunefile.configure` on its network at configure time. ``Autotuner.candidates_timed`` (and
+:func:`candidates_timed_total` across all tuners) count every timed candidate, so a test can assert
+that none is timed in the live path.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import threading
 import time
-from pathlib import Path
-from typing import Callable
+from collections import Counter
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from .dataflow_gather_scatter import gather_scatter, gather_scatter_blocked
 from .dataflow_implicit_gemm import implicit_gemm, implicit_gemm_torch
 from .kernel_map import KernelMap
+
+if TYPE_CHECKING:
+    from .tunefile import DeviceTable
 
 Dataflow = Callable[[torch.Tensor, torch.Tensor, KernelMap], torch.Tensor]
 
@@ -46,30 +50,13 @@ def candidates_for(device: torch.device) -> list[str]:
     return ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted"]
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu{torch.get_num_threads()}t"
+_timed_lock = threading.Lock()
+_timed_total = 0
 
 
-def _bucket(v: float) -> int:
-    return int(round(math.log2(max(v, 1.0)) * 2))
-
-
-def workload_key(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> str:
-    K, cin, cout = weight.shape
-    density = kmap.n_pairs / max(kmap.n_out, 1)
-    return "|".join(
-        [
-            kmap.geometry.kind,
-            f"{cin}x{cout}",
-            f"K{K}",
-            f"n{_bucket(kmap.n_out)}",
-            f"d{_bucket(density)}",
-            str(x.dtype).replace("torch.", ""),
-            device_name(x.device),
-        ]
-    )
+def candidates_timed_total() -> int:
+    """Candidates timed by every tuner of this process so far (instrumentation for tests)."""
+    return _timed_total
 
 
 def _sync(device: torch.device) -> None:
@@ -78,28 +65,67 @@ def _sync(device: torch.device) -> None:
 
 
 class Autotuner:
-    """Measured choice of dataflow per workload key; thread-safe; optional JSON persistence."""
+    """Dataflow per layer shape from a tune-file table; measures only when built with ``measure=True``.
 
-    def __init__(self, path: str | os.PathLike | None = None, repeats: int = 3) -> None:
-        self.path = Path(path) if path else None
+    ``measure=False`` (live): :meth:`run` looks up and never times. ``measure=True`` (offline, used
+    by :func:`.tunefile.tune_network`): every call times all candidates and adds the times to the
+    table. ``sources`` counts lookups by outcome ("exact", "nearest", "default"). Thread-safe.
+    """
+
+    def __init__(self, table: "DeviceTable | None" = None, device_type: str = "cpu", measure: bool = False,
+                 repeats: int = 3) -> None:
+        from .tunefile import DeviceTable
+
+        self.table = table if table is not None else DeviceTable()
+        self.device_type = device_type
+        self.measure = measure
         self.repeats = repeats
-        self.choices: dict[str, str] = {}
-        self.timings: dict[str, dict[str, float]] = {}
+        self.device_known = table is not None and bool(table.entries)
+        self.candidates_timed = 0
+        self.sources: Counter[str] = Counter()
+        self._memo: dict = {}
         self._lock = threading.Lock()
-        if self.path and self.path.exists():
-            try:
-                self.choices.update(json.loads(self.path.read_text()).get("choices", {}))
-            except (OSError, ValueError):
-                pass
+
+    def __getstate__(self) -> dict:
+        """Picklable (a configured network can be deep-copied or saved whole): the lock is rebuilt."""
+        d = dict(self.__dict__)
+        d.pop("_lock", None)
+        return d
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d)
+        self._lock = threading.Lock()
+
+    @property
+    def choices(self) -> dict[str, str]:
+        """Shape key -> dataflow of every lookup made so far (for reports)."""
+        return {str(k): v[0] for k, v in sorted(self._memo.items())}
+
+    def choose(self, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> tuple[str, str]:
+        """(dataflow, source) for this call -- a pure lookup, no timing."""
+        from .tunefile import shape_key, static_default
+
+        key = shape_key(weight, kmap, x.dtype)
+        hit = self._memo.get(key)
+        if hit is None:
+            found = self.table.lookup(key) if x.device.type == self.device_type else None
+            hit = found or (static_default(key, x.device.type), "default")
+            with self._lock:
+                self._memo[key] = hit
+        return hit
 
     def run(self, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-        key = workload_key(x, weight, kmap)
-        name = self.choices.get(key)
-        if name is not None and name in DATAFLOWS:
-            return DATAFLOWS[name](x, weight, kmap)
-        return self._tune(key, x, weight, kmap)
+        if self.measure:
+            return self._measure(x, weight, kmap)
+        name, source = self.choose(x, weight, kmap)
+        self.sources[source] += 1
+        return DATAFLOWS[name](x, weight, kmap)
 
-    def _tune(self, key: str, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    def _measure(self, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+        global _timed_total
+        from .tunefile import shape_key
+
+        key = shape_key(weight, kmap, x.dtype)
         names = candidates_for(x.device)
         outs: dict[str, torch.Tensor] = {}
         for name in names:  # warm-up: compiles kernels, builds the lazy map forms each one needs
@@ -112,33 +138,27 @@ class Autotuner:
                 outs[name] = DATAFLOWS[name](x, weight, kmap)
                 _sync(x.device)
                 times[name] = min(times[name], time.perf_counter() - t0)
-        best_name = min(names, key=lambda n: times[n])
         with self._lock:
-            self.choices[key] = best_name
-            self.timings[key] = times
-            self._save()
-        return outs[best_name]
-
-    def _save(self) -> None:
-        if not self.path:
-            return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"choices": self.choices, "timings": self.timings}, indent=1, sort_keys=True))
-            tmp.replace(self.path)
-        except OSError:
-            pass
+            self.candidates_timed += len(names)
+            best = self.table.add(key, {n: t * 1e3 for n, t in times.items()})
+            self._memo.clear()
+        with _timed_lock:
+            _timed_total += len(names)
+        return outs[best]
 
 
 _default: Autotuner | None = None
 
 
 def default_tuner() -> Autotuner:
-    """Process-wide tuner (persisted to ``$ENGINES_SPARSE_TUNE_FILE`` when set)."""
+    """Process-wide frozen tuner: ``$ENGINES_SPARSE_TUNE_FILE`` when set, else static defaults."""
     global _default
     if _default is None:
-        _default = Autotuner(os.environ.get("ENGINES_SPARSE_TUNE_FILE"))
+        from .tunefile import DeviceTable, TuneFile, device_model
+
+        path = os.environ.get("ENGINES_SPARSE_TUNE_FILE")
+        table = TuneFile.load(path).devices.get(device_model("cpu"), DeviceTable()) if path else None
+        _default = Autotuner(table, measure=False)
     return _default
 
 
@@ -147,10 +167,11 @@ def set_default_tuner(tuner: Autotuner | None) -> None:
     _default = tuner
 
 
-def run_dataflow(name: str, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    """Run a named dataflow, or ``"auto"`` through the default tuner."""
+def run_dataflow(name: str, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
+                 tuner: Autotuner | None = None) -> torch.Tensor:
+    """Run a named dataflow, or ``"auto"`` through ``tuner`` (default: the process-wide one)."""
     if name == "auto":
-        return default_tuner().run(x, weight, kmap)
+        return (tuner or default_tuner()).run(x, weight, kmap)
     try:
         fn = DATAFLOWS[name]
     except KeyError:

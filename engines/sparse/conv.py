@@ -20,7 +20,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from .autotune import run_dataflow
+from .autotune import Autotuner, run_dataflow
 from .geometry import ConvGeometry, ConvKind, DownMode, Triple, triple
 from .kernel_map import KernelMap
 from .tensor import SparseTensor
@@ -70,9 +70,10 @@ def sparse_conv(
     kmap: KernelMap,
     bias: Optional[torch.Tensor] = None,
     dataflow: str = "auto",
+    tuner: Optional[Autotuner] = None,
 ) -> torch.Tensor:
-    """Functional sparse convolution of features ``x`` along ``kmap``."""
-    y = run_dataflow(dataflow, x, weight, kmap)
+    """Functional sparse convolution of features ``x`` along ``kmap`` (``"auto"`` asks ``tuner``)."""
+    y = run_dataflow(dataflow, x, weight, kmap, tuner)
     if bias is not None:
         if torch.is_grad_enabled() and (y.requires_grad or bias.requires_grad):
             y = y + bias
@@ -158,7 +159,8 @@ class _SparseConvNd(nn.Module):
             return ctx.conv(self, x.feats, km)  # type: ignore[attr-defined]
         if weight is None:
             weight, bias = self.weight, self.bias
-        return sparse_conv(x.feats, weight, km, bias, self.dataflow)
+        # ``tuner``: set by engines.sparse.tunefile.configure (frozen tune-file lookup); else the default
+        return sparse_conv(x.feats, weight, km, bias, self.dataflow, getattr(self, "tuner", None))
 
     def _apply_map(self, x: SparseTensor, km: KernelMap, weight: Optional[torch.Tensor] = None,
                    bias: Optional[torch.Tensor] = None) -> SparseTensor:
@@ -257,7 +259,9 @@ class SparseInverseConv3d(_SparseConvNd):
             raise ValueError(f"kernel size {self.kernel_size} does not match the forward layer's {fwd.geometry.kernel_size}")
         if fwd.out_coords is not x.coords and not torch.equal(fwd.out_coords, x.coords):
             raise ValueError("input of the inverse convolution is not the output of the layer it inverts")
-        return fwd.inverse()
+        inv = fwd.inverse()
+        inv._extras["is_inverse"] = True  # tune-file shape keys tell it from the forward layer
+        return inv
 
     def _apply_map(self, x: SparseTensor, km: KernelMap, weight: Optional[torch.Tensor] = None,
                    bias: Optional[torch.Tensor] = None) -> SparseTensor:

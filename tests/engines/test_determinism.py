@@ -1,4 +1,5 @@
-"""Results do not depend on the thread count (each dataflow, map builder and whole networks)."""
+"""Results do not depend on the thread count: each dataflow, the map builder, whole networks with a
+pinned dataflow, and `dataflow="auto"` (static defaults and a tune file with mixed choices)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,56 @@ def test_backbone_identical_across_threads(restore_threads) -> None:
         with torch.no_grad():
             outs.append(net(SparseTensor(x.feats, x.coords, 1, x.spatial_shape)).feats)
     assert torch.equal(outs[0], outs[1])
+
+
+def _mixed_tune_file(net, x) -> "TuneFile":
+    """A tune file whose choices differ per layer (so `auto` exercises several dataflows)."""
+    from engines.sparse.autotune import DATAFLOWS as DATAFLOWS_RUN
+    from engines.sparse.tunefile import TuneFile, device_model, shape_key, sparse_conv_modules
+
+    tf = TuneFile()
+    table = tf.table(device_model("cpu"))
+    names = ["implicit_gemm", "gather_scatter_blocked", "implicit_gemm_sorted", "gather_scatter"]
+    keys = []
+
+    class _Collect:
+        measure = False
+
+        def run(self, xf, w, km):
+            keys.append(shape_key(w, km, xf.dtype))
+            return DATAFLOWS_RUN["gather_scatter"](xf, w, km)
+
+    for m in sparse_conv_modules(net):
+        m.tuner = _Collect()
+    with torch.no_grad():
+        net(SparseTensor(x.feats, x.coords, 1, x.spatial_shape))
+    for i, k in enumerate(dict.fromkeys(keys)):
+        table.add(k, {n: (1.0 if n == names[i % len(names)] else 2.0) for n in names})
+    return tf
+
+
+@pytest.mark.parametrize("tuned", [False, True], ids=["static-default", "tune-file"])
+def test_auto_backbone_identical_across_threads(tuned: bool, restore_threads) -> None:
+    """`auto` picks by tune file + shape, never by thread count: same dataflows, same bits at 1 and 2 threads."""
+    from engines.sparse.autotune import candidates_timed_total
+    from engines.sparse.tunefile import configure
+
+    x = random_sparse(4000, 4, shape=(48, 48, 16), batch=1, dtype=torch.float32, seed=24)
+    torch.manual_seed(0)
+    net = VoxelBackbone8x(4, dataflow="auto").eval()
+    tuner = configure(net, _mixed_tune_file(net, x) if tuned else None)
+    timed = candidates_timed_total()
+    outs, picks = [], []
+    for threads in (1, 2, 1):
+        torch.set_num_threads(threads)
+        tuner.sources.clear()
+        with torch.no_grad():
+            outs.append(net(SparseTensor(x.feats, x.coords, 1, x.spatial_shape)).feats)
+        picks.append(dict(tuner._memo))
+        assert set(tuner.sources) == {"exact" if tuned else "default"}
+    assert candidates_timed_total() == timed
+    assert picks[0] == picks[1] == picks[2]
+    if tuned:
+        assert len({name for name, _ in picks[0].values()}) >= 3
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])

@@ -1,0 +1,337 @@
+"""Versioned tune files: which dataflow each layer shape uses, measured offline, looked up live.
+
+Timing candidates inside a running node stalls it (a new voxel count once cost a 0.15 m frame
+2.4 s against 0.25 s normally), and a choice that depends on timing noise or the thread count makes
+results move at rounding level. So tuning is an offline step (``perception-stack engines tune``)
+that writes a JSON file, and a live network only looks choices up in it (:func:`configure`).
+
+File layout (``version`` 1)::
+
+    {"format": "engines.sparse.tunefile", "version": 1,
+     "devices": {"cpu:<CPU model>": {"measured_with": {...},
+                                     "entries": {"<shape key>": {"dataflow": "...", "ms": {...}, "samples": n}}}}}
+
+Devices are keyed on the hardware model (``/proc/cpuinfo`` model name, or the CUDA device name),
+never on the thread count: the file was measured at some thread count (``measured_with``), but the
+choice it stores is used at every thread count, so the dataflow -- and with it the result, bit for
+bit -- does not change when a node runs with another number of threads.
+
+Shape keys bucket what decides the winner: layer kind, kernel, stride, input/output channels, dtype
+and the layer's input voxel count rounded to a power of two (``n2^14`` covers 11586..23170 rows).
+Lookup order for a layer: its exact bucket; else the nearest voxel-count bucket of the same layer
+shape (ties go to the smaller bucket); else :func:`static_default`. All three are pure functions of
+the file and the shape, so ``dataflow="auto"`` is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+FORMAT = "engines.sparse.tunefile"
+VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------------
+# device model and shape keys
+# --------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; elsewhere what ``platform`` reports)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_model(device: torch.device | str) -> str:
+    """Tune-file device key: ``cpu:<model>`` or ``cuda:<device name>`` -- no thread count in it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{cpu_model()}"
+
+
+def voxel_bucket(n: int) -> int:
+    """Power-of-two bucket of a voxel count: ``round(log2(n))`` (0 for n <= 1)."""
+    return int(round(math.log2(n))) if n > 1 else 0
+
+
+@dataclass(frozen=True, order=True)
+class ShapeKey:
+    """One layer workload, bucketed. ``str()`` is the key in the file."""
+
+    kind: str
+    kernel: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    cin: int
+    cout: int
+    dtype: str
+    n_bucket: int
+
+    def __str__(self) -> str:
+        k = "x".join(map(str, self.kernel))
+        s = "x".join(map(str, self.stride))
+        return f"{self.kind}|k{k}|s{s}|c{self.cin}x{self.cout}|{self.dtype}|n2^{self.n_bucket}"
+
+    @property
+    def layer(self) -> tuple:
+        """Everything but the voxel-count bucket (what 'nearest bucket' keeps fixed)."""
+        return (self.kind, self.kernel, self.stride, self.cin, self.cout, self.dtype)
+
+    @classmethod
+    def parse(cls, s: str) -> "ShapeKey":
+        try:
+            kind, k, st, c, dtype, n = s.split("|")
+            cin, cout = c[1:].split("x")
+            return cls(kind, tuple(int(v) for v in k[1:].split("x")), tuple(int(v) for v in st[1:].split("x")),  # type: ignore[arg-type]
+                       int(cin), int(cout), dtype, int(n[3:]))
+        except (ValueError, IndexError):
+            raise ValueError(f"malformed tune-file shape key {s!r}") from None
+
+
+def shape_key(weight: torch.Tensor, kmap: Any, dtype: torch.dtype) -> ShapeKey:
+    """Key of one convolution call: ``weight`` [K, C_in, C_out] applied along ``kmap``."""
+    g = kmap.geometry
+    _, cin, cout = weight.shape
+    kind = "inverse" if kmap._extras.get("is_inverse") else g.kind  # tagged by SparseInverseConv3d
+    return ShapeKey(kind, tuple(g.kernel_size), tuple(g.stride), int(cin), int(cout),
+                    str(dtype).replace("torch.", ""), voxel_bucket(int(kmap.n_in)))
+
+
+def static_default(key: ShapeKey, device_type: str) -> str:
+    """Dataflow for a shape that neither the file nor a neighbouring bucket covers (documented rule).
+
+    GPU: ``implicit_gemm_sorted`` (one output-stationary kernel, no atomics). CPU: ``gather_scatter``
+    -- it does exact FLOPs (no multiplications by missing neighbours) and was the most common winner
+    of the offline tuning of the KITTI backbone here; it never loses badly, which is what a default
+    must guarantee.
+    """
+    return "implicit_gemm_sorted" if device_type == "cuda" else "gather_scatter"
+
+
+# --------------------------------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceTable:
+    """Choices for one device model: shape key -> dataflow (+ the measured times behind it)."""
+
+    measured_with: dict[str, Any] = field(default_factory=dict)
+    entries: dict[ShapeKey, dict[str, Any]] = field(default_factory=dict)
+    _by_layer: dict[tuple, list[ShapeKey]] | None = None
+
+    def add(self, key: ShapeKey, ms: Mapping[str, float]) -> str:
+        """Accumulate one measurement (ms per candidate); the choice is the lowest total."""
+        e = self.entries.setdefault(key, {"ms": {}, "samples": 0})
+        for name, t in ms.items():
+            e["ms"][name] = e["ms"].get(name, 0.0) + float(t)
+        e["samples"] += 1
+        e["dataflow"] = min(sorted(e["ms"]), key=lambda n: e["ms"][n])
+        self._by_layer = None
+        return e["dataflow"]
+
+    def lookup(self, key: ShapeKey) -> tuple[str, str] | None:
+        """(dataflow, "exact" | "nearest") or None when no bucket of this layer shape was tuned."""
+        e = self.entries.get(key)
+        if e is not None:
+            return e["dataflow"], "exact"
+        if self._by_layer is None:
+            idx: dict[tuple, list[ShapeKey]] = {}
+            for k in self.entries:
+                idx.setdefault(k.layer, []).append(k)
+            self._by_layer = idx
+        near = self._by_layer.get(key.layer)
+        if not near:
+            return None
+        best = min(near, key=lambda k: (abs(k.n_bucket - key.n_bucket), k.n_bucket))
+        return self.entries[best]["dataflow"], "nearest"
+
+
+@dataclass
+class TuneFile:
+    """All device tables of one tune file."""
+
+    devices: dict[str, DeviceTable] = field(default_factory=dict)
+
+    def table(self, device: str) -> DeviceTable:
+        return self.devices.setdefault(device, DeviceTable())
+
+    # ---- (de)serialisation ----------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        devs = {}
+        for name, t in sorted(self.devices.items()):
+            entries = {}
+            for k in sorted(t.entries):
+                e = t.entries[k]
+                entries[str(k)] = {"dataflow": e["dataflow"], "samples": e["samples"],
+                                   "ms": {n: round(v, 4) for n, v in sorted(e["ms"].items())}}
+            devs[name] = {"measured_with": t.measured_with, "entries": entries}
+        return {"format": FORMAT, "version": VERSION, "devices": devs}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "TuneFile":
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a sparse-engine tune file (format={data.get('format')!r}, want {FORMAT!r})")
+        if data.get("version") != VERSION:
+            raise ValueError(f"tune file version {data.get('version')!r} is not supported (this engine reads {VERSION}); "
+                             "re-run `perception-stack engines tune`")
+        from .autotune import DATAFLOWS
+
+        tf = cls()
+        for name, d in data.get("devices", {}).items():
+            t = tf.table(name)
+            t.measured_with = dict(d.get("measured_with", {}))
+            for ks, e in d.get("entries", {}).items():
+                if e.get("dataflow") not in DATAFLOWS:
+                    raise ValueError(f"tune file entry {ks!r} names unknown dataflow {e.get('dataflow')!r}")
+                t.entries[ShapeKey.parse(ks)] = {"dataflow": e["dataflow"], "samples": int(e.get("samples", 1)),
+                                                 "ms": dict(e.get("ms", {}))}
+        return tf
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TuneFile":
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"tune file {path} is not valid JSON: {exc}") from None
+        return cls.from_json(data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# offline tuning and live configuration
+# --------------------------------------------------------------------------------------------------
+
+
+def sparse_conv_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every sparse convolution of ``model`` (anything built on conv.py's base class)."""
+    from .conv import _SparseConvNd
+
+    return [m for m in model.modules() if isinstance(m, _SparseConvNd)]
+
+
+def tune_network(model: torch.nn.Module, frames: Iterable[Any], tune_file: TuneFile | None = None,
+                 device: torch.device | str = "cpu", repeats: int = 3) -> TuneFile:
+    """Offline: run ``model`` over ``frames`` (SparseTensors), timing every candidate per layer call.
+
+    Every call adds its per-candidate times to its shape bucket (so buckets seen several times are
+    decided by the sum); layers pinned to a dataflow are tuned too, since the file describes shapes,
+    not modules. Returns the (updated) tune file; ``measured_with`` records threads, torch and date.
+    """
+    from .autotune import Autotuner
+
+    tf = tune_file if tune_file is not None else TuneFile()
+    dev = device_model(device)
+    table = tf.table(dev)
+    tuner = Autotuner(table, device_type=torch.device(device).type, measure=True, repeats=repeats)
+    mods = sparse_conv_modules(model)
+    saved = [(m, m.dataflow, getattr(m, "tuner", None)) for m in mods]
+    try:
+        for m in mods:
+            m.dataflow, m.tuner = "auto", tuner
+        with torch.no_grad():
+            for x in frames:
+                model(x)
+    finally:
+        for m, df, tu in saved:
+            m.dataflow, m.tuner = df, tu
+    table.measured_with = {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": repeats,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "host_cpu": cpu_model(),
+    }
+    return tf
+
+
+def configure(model: torch.nn.Module, tune_file: TuneFile | str | os.PathLike | None,
+              device: torch.device | str = "cpu") -> Any:
+    """At node configure: give every sparse conv of ``model`` a frozen tuner built from ``tune_file``.
+
+    The tuner only looks choices up (exact bucket, nearest bucket, static default); it never times a
+    candidate. Layers pinned to a named dataflow keep it. ``None`` means static defaults only. A file
+    without an entry for this device model is accepted (static defaults) -- ``tuner.device_known``
+    says so, for the node's diagnostics. Returns the tuner (its ``sources`` count the lookups).
+    """
+    from .autotune import Autotuner
+
+    if tune_file is None:
+        tf = TuneFile()
+    elif isinstance(tune_file, TuneFile):
+        tf = tune_file
+    else:
+        tf = TuneFile.load(tune_file)
+    dev = device_model(device)
+    tuner = Autotuner(tf.devices.get(dev, DeviceTable()), device_type=torch.device(device).type, measure=False)
+    tuner.device_known = dev in tf.devices
+    for m in sparse_conv_modules(model):
+        m.tuner = tuner
+    return tuner
+
+
+# --------------------------------------------------------------------------------------------------
+# what `perception-stack engines tune` tunes
+# --------------------------------------------------------------------------------------------------
+
+
+def _voxel_backbone8x(in_channels: int) -> torch.nn.Module:
+    from .backbones import VoxelBackbone8x
+
+    return VoxelBackbone8x(in_channels)
+
+
+# name -> factory(in_channels); add a backbone here to make it tunable from the CLI
+BACKBONES: dict[str, Any] = {"voxel_backbone8x": _voxel_backbone8x}
+
+
+def kitti_tuning_frames(shared_data: str | os.PathLike, frames: Iterable[int], voxel_sizes: Iterable[float],
+                        fractions: Iterable[float], seed: int = 0) -> list[Any]:
+    """Real KITTI scans voxelised at each size, each also thinned to ``fractions`` of its points.
+
+    Thinning spreads the voxel counts over neighbouring power-of-two buckets, so the frames a live
+    node meets (which vary in size) land on tuned buckets rather than on the nearest-bucket rule.
+    Features are the per-voxel mean of (x, y, z, reflectance): 4 channels.
+    """
+    from .kitti import load_velodyne, velodyne_path
+    from .tensor import SparseTensor
+    from .voxelize import voxelize_mean
+
+    out = []
+    g = torch.Generator().manual_seed(seed)
+    for f in frames:
+        p = velodyne_path(shared_data, f)
+        if not p.exists():
+            raise FileNotFoundError(f"KITTI scan {p} not found (pass --shared to the folder holding kitti_object_vis/)")
+        pts = torch.from_numpy(load_velodyne(p))
+        for vs in voxel_sizes:
+            for fr in fractions:
+                if not 0.0 < fr <= 1.0:
+                    raise ValueError(f"fraction {fr} is not in (0, 1]")
+                sub = pts if fr >= 1.0 else pts[torch.randperm(len(pts), generator=g)[: max(1, int(len(pts) * fr))]]
+                st, _, _ = voxelize_mean(sub, vs)
+                out.append(SparseTensor(st.feats.float().contiguous(), st.coords, 1, st.spatial_shape))
+    return out
