@@ -56,9 +56,10 @@ somebody was waiting for it. At the deadline (applied at exactly that instant):
    emitted while ``i`` is absent has ``None`` in slot ``i``, lists ``i`` in ``missing`` and counts in
    ``omitted[i]``. An absent input never delays the others again.
 
-Input ``i`` *rejoins* as soon as one of its messages is accepted, i.e. its stamp is newer than every
-stamp of every set emitted without it; older ones belonged to sets already emitted and are dropped as
-``LATE``. Timeouts due at or before a call's ``now`` are applied, in deadline order, before that call's
+Input ``i`` *rejoins* as soon as one of its messages arrives. A message whose stamp is not newer than
+every stamp of every set emitted without it belonged to sets already emitted and is dropped as
+``LATE``, but the input is active again all the same: the next sets wait for it (for at most ``τ_i``),
+so an input whose messages always arrive after the others' comes back instead of staying absent. Timeouts due at or before a call's ``now`` are applied, in deadline order, before that call's
 message is inserted, so the emitted sets depend only on the sequence of (input, stamp, arrival time):
 how often a live node calls :meth:`poll` changes *when* a set is returned, never *which* sets, and a
 replay that feeds the recorded arrival times reproduces a live run.
@@ -283,15 +284,21 @@ class _SyncBase:
                 stamp,
                 floor,
             )
+            if not self._active[i]:
+                # The input is alive again: it rejoins now, so the next sets wait for it (at most its
+                # timeout). Otherwise an input whose messages always arrive after the others' (an
+                # obstacle cloud derived from the raw scan) would stay absent for good.
+                self._last_arrival[i] = now
+                self._rejoin(i, stamp)
+                if now is not None:
+                    self._fire_due(now)
         else:
             self._backstep[i] = None
             self._check_rate(i, stamp, last)
             self._last_stamp[i] = stamp
             self._last_arrival[i] = now
             if not self._active[i]:
-                self._before_rejoin(i)
-                self._active[i] = True
-                _log.info("input %d rejoined the synchroniser (stamp %d ns)", i, stamp)
+                self._rejoin(i, stamp)
             self._insert(i, _Entry(stamp, msg, now))
             if now is not None:
                 self._fire_due(now)
@@ -322,6 +329,11 @@ class _SyncBase:
         self._floor = [None] * self._n
         self._emitted_max = [None] * self._n
         self._backstep = [None] * self._n
+
+    def _rejoin(self, i: int, stamp: int) -> None:
+        self._before_rejoin(i)
+        self._active[i] = True
+        _log.info("input %d rejoined the synchroniser (stamp %d ns)", i, stamp)
 
     # ------------------------------------------------------------------ stamps going back
 
@@ -762,6 +774,8 @@ class ApproximateTimeSynchronizer(_SyncBase):
         return [e.stamp for e in self._past[i]] + [e.stamp for e in self._deques[i]]
 
     def _supersede(self, i: int, stamp: int) -> int:
+        # Messages the input lost on the timeline it left say nothing about its new one.
+        self._has_dropped[i] = False
         if not any(s > stamp for s in self._held_stamps(i)):
             return 0
         # The candidate may hold one of them: restart the search without them.
