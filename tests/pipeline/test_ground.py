@@ -172,3 +172,16 @@ def test_params_validation() -> None:
     edges = GroundParams().ring_edges()
     assert edges[0] == 0.0 and edges[-1] == GroundParams().max_range
     assert np.all(np.diff(edges) > 0)
+
+
+@pytest.mark.parametrize("value", [1e30, 3e38, -3e38])
+def test_absurd_finite_points_never_ground_and_change_nothing_else(flat_scene: np.ndarray, value: float) -> None:
+    bad = np.array([[value, 0.5, 0.0], [0.5, -value, 0.0], [value, value, value]], np.float32)
+    with np.errstate(all="raise"):
+        est = estimate_ground(np.concatenate([flat_scene[:, :3], bad]))
+    ref = estimate_ground(flat_scene[:, :3])
+    if abs(value) > 1e38:  # the range overflows float32: treated like a non-finite point
+        assert not est.mask[-3:].any()
+        assert np.array_equal(est.mask[:-3], ref.mask)
+    else:  # a finite (absurd) range falls into the last ring and cannot be ground far out there
+        assert np.array_equal(est.mask[:-3], ref.mask)
