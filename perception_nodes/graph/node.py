@@ -354,6 +354,9 @@ class NodeCore:
             if not np.all(np.isfinite(m)) or not np.allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-3):
                 raise MalformedMessageError(topics.TF_MESSAGE, f"transform {t.parent} -> {t.child} is not a "
                                             "finite rigid transform (non-finite values or non-unit rotation)")
+            if np.abs(m[:3, 3]).max() > self.max_point_range_m:  # no rig mounts a sensor that far away
+                raise MalformedMessageError(topics.TF_MESSAGE, f"transform {t.parent} -> {t.child} translates "
+                                            f"by more than max_point_range_m = {self.max_point_range_m:g} m")
         for t in got:
             self.transforms.add(t)
 

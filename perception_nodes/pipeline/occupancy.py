@@ -278,6 +278,9 @@ def evidential_occupancy(
     origin = np.asarray(sensor_origin, dtype=np.float64).reshape(-1)
     if origin.shape[0] != 3 or not np.all(np.isfinite(origin)):
         raise ValueError("sensor_origin must be 3 finite numbers")
+    reach = math.hypot(spec.size_x, spec.size_y)
+    if np.abs(origin[:2]).max() > 100.0 * reach:  # its ray-casting tables would be absurdly large
+        raise ValueError(f"sensor_origin {origin[:2].tolist()} is implausibly far from a {spec.size_x:g} m grid")
     sx, sy = float(origin[0]), float(origin[1])
 
     with np.errstate(over="ignore", invalid="ignore"):
