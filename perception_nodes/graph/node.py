@@ -97,8 +97,7 @@ def sanitize_points(points: np.ndarray, max_range_m: float) -> SanitizedPoints:
         ok = r2 <= np.float32(max_range_m) ** 2
     if ok.all():
         return SanitizedPoints(points, 0, 0)
-    with np.errstate(over="ignore", invalid="ignore"):
-        nonfinite = int(np.count_nonzero(~np.isfinite(x + y + z)))
+    nonfinite = int(np.count_nonzero(~(np.isfinite(x) & np.isfinite(y) & np.isfinite(z))))
     return SanitizedPoints(points[ok], nonfinite, int(ok.size - np.count_nonzero(ok)) - nonfinite)
 
 
