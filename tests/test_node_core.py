@@ -158,3 +158,30 @@ def test_occupancy_grid_accounts_for_every_message_and_reports_pending() -> None
     node.finish()
     acct = node.accounting()
     assert all(a["balanced"] and a["pending"] == 0 for a in acct.values())
+
+
+@pytest.mark.parametrize("gate_s", [10.0, 0.0])
+def test_far_future_stamp_does_not_stop_the_grid(gate_s: float) -> None:
+    """Issue 7: one cloud stamped in 2038 stopped grid output for good. With the stamp gate it is
+    rejected on arrival; without it (gate 0), the synchroniser recovers by itself."""
+    node, c = _node(OccupancyGridNode, stamp_max_future_s=gate_s)
+    seg, _ = _node(stamp_max_future_s=gate_s)
+    seg.clock = node.clock
+    far = 2_145_000_000 * S
+    grids_before = node.frames_out
+    for k in range(8):
+        c.ros += S // 10
+        c.steady += S // 10
+        stamp = far if k == 2 else c.ros
+        cloud = _cloud(stamp)
+        node.handle(node.raw_topic, cloud)
+        for e in seg.handle(topics.LIDAR_POINTS, cloud):
+            if e.topic == node.obstacle_topic:
+                node.handle(node.obstacle_topic, e.msg)
+        node.tick()
+    assert node.frames_out - grids_before >= 5  # every valid cloud after the bad one but the last few
+    # and the obstacle clouds are matched again (not left absent for good, segmented inline)
+    assert node.fallback_frames <= 1
+    assert all(a["balanced"] for a in node.accounting().values())
+    if gate_s:
+        assert node.dropped[node.raw_topic]["stamp_out_of_range"] == 1
