@@ -101,6 +101,7 @@ class OccupancyGridNode(NodeCore):
         self.unknown_vacuity = float(params.get("unknown_vacuity", 1.0))
         self._arrival_ns: dict[int, int] = {}
         self.fallback_frames = 0
+        self._omitted_seen = 0
         self.time_jumps = 0
         self._last_now = 0
         self._last_raw_stamp: int | None = None
@@ -213,7 +214,8 @@ class OccupancyGridNode(NodeCore):
                     if m is not None:
                         self.mark_dropped(topic, reason)
         self._sync_counts()
-        if self.sync.omitted[self.OBSTACLE]:
+        if self.sync.omitted[self.OBSTACLE] > self._omitted_seen:  # a new omission (warnings then expire)
+            self._omitted_seen = self.sync.omitted[self.OBSTACLE]
             self._warn("sync", f"{self.obstacle_topic} missing for {self.sync.omitted[self.OBSTACLE]} frame(s); "
                        "segmented inline")
         return out
