@@ -44,6 +44,7 @@ def test_kitti_replay_writes_outputs_latency_and_report(kitti_replay):
     assert doc["end_to_end"]["count"] == 3 and doc["end_to_end"]["p50_ms"] > 0
     assert doc["stages"]["occupancy_grid/pipeline_latency"]["budget_ms"] == 120.0
     assert doc["malformed_inputs"] == {}
+    assert all(a["balanced"] for acct in doc["inputs"].values() for a in acct.values())
     # outputs.mcap decodes with the independent decoder; grids carry the input stamps
     msgs = _decoded(out / "outputs.mcap")
     grids = [d for t, _, d in msgs if t == topics.OCCUPANCY_GRID]
@@ -55,6 +56,7 @@ def test_kitti_replay_writes_outputs_latency_and_report(kitti_replay):
     names = {t for t, _, _ in msgs}
     assert {"/occupancy_grid/debug/pipeline_latency_ms", "/ground_segmentation/debug/processing_time_ms",
             "/ground_segmentation/debug/processing_time/ground_segmentation_ms", topics.DIAGNOSTICS,
+            "/occupancy_grid/debug/cyclic_time_jitter_ms",  # |cyclic - previous cyclic|, from frame 3 on
             topics.OCCUPANCY_UNCERTAINTY} <= names
     # the output folder itself is a playable rosbag2 bag
     with BagReader(out) as r:
