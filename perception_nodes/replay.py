@@ -96,7 +96,9 @@ def run_graph(
 ) -> ReplayResult:
     """Replay ``bag`` through the graph configured by ``params``; write outputs and latency.json."""
     clock = ReplayClock()
-    nodes = build_graph(params, backend=default_backend(), clock=clock.now, keep_all_latency=True)
+    # the replay clock is also the diagnostics' steady clock: a replay's /diagnostics are deterministic
+    nodes = build_graph(params, backend=default_backend(), clock=clock.now, keep_all_latency=True,
+                        steady_clock=clock.now)
     if not nodes:
         raise ValueError("the params file enables no node")
     subs: dict[str, list[NodeCore]] = {}
@@ -173,9 +175,19 @@ def run_graph(
                 overhead.add(frame_read_ms + decode + sync)
                 frame_read_ms = 0.0
         bar.close()
-        # let synchroniser time-outs expire after the last message, as a live graph would
+        # let synchroniser time-outs expire after the last message, as a live graph would; then what
+        # is still held counts as dropped (end_of_input), so every input message is accounted for
         clock.set(clock.now() + 10 * 1_000_000_000)
         tick(out_bag)
+        for node in nodes:
+            with clock.running():
+                emits = node.finish()
+            for e in emits:
+                name = resolve_topic(node, e.topic)
+                out_bag.write(name, e.msgtype, clock.now(), e.msg)
+                if name in grid_topics:
+                    stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
+                    pending_grid.setdefault(stamp, {})[name] = e.msg
         result.output_counts = dict(out_bag.counts)
 
     for stamp in sorted(pending_grid)[-keep_grids:]:
@@ -197,13 +209,18 @@ def latency_report(nodes: list[NodeCore], bag_read: LatencySeries, overhead: Lat
     stages = {}
     malformed: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
+    inputs: dict[str, dict[str, Any]] = {}
     for node in nodes:
         for key, series in node.latency.series.items():
             stages[f"{node.name}/{key}"] = _clean(series.full_summary().to_dict())
-        for topic, n in node.malformed.items():  # one message reaching two nodes counts once
-            malformed[topic] = max(malformed[topic], n)
-        for topic, n in node.dropped.items():
-            dropped[topic] = max(dropped[topic], n)
+        acct = node.accounting()
+        inputs[node.name] = acct
+        for topic, a in acct.items():  # one message reaching two nodes counts once
+            if a["malformed"]:
+                malformed[topic] = max(malformed[topic], a["malformed"])
+            total = sum(a["dropped"].values())
+            if total:
+                dropped[topic] = max(dropped[topic], total)
     e2e_node = _end_to_end_node(nodes)
     e2e = e2e_node.latency.series.get("pipeline_latency")
     return {
@@ -211,6 +228,8 @@ def latency_report(nodes: list[NodeCore], bag_read: LatencySeries, overhead: Lat
         "end_to_end": _clean((e2e.full_summary() if e2e else summarize([])).to_dict()),
         "malformed_inputs": dict(malformed),
         "dropped_inputs": dict(dropped),
+        # per node and input topic: received == used + malformed + sum(dropped) + pending
+        "inputs": inputs,
         "replay": {
             "bag_read_per_message": _clean(bag_read.full_summary().to_dict()),
             "overhead_per_frame": _clean(overhead.full_summary().to_dict()),

@@ -44,6 +44,7 @@ def test_kitti_replay_writes_outputs_latency_and_report(kitti_replay):
     assert doc["end_to_end"]["count"] == 3 and doc["end_to_end"]["p50_ms"] > 0
     assert doc["stages"]["occupancy_grid/pipeline_latency"]["budget_ms"] == 120.0
     assert doc["malformed_inputs"] == {}
+    assert all(a["balanced"] for acct in doc["inputs"].values() for a in acct.values())
     # outputs.mcap decodes with the independent decoder; grids carry the input stamps
     msgs = _decoded(out / "outputs.mcap")
     grids = [d for t, _, d in msgs if t == topics.OCCUPANCY_GRID]
@@ -55,6 +56,7 @@ def test_kitti_replay_writes_outputs_latency_and_report(kitti_replay):
     names = {t for t, _, _ in msgs}
     assert {"/occupancy_grid/debug/pipeline_latency_ms", "/ground_segmentation/debug/processing_time_ms",
             "/ground_segmentation/debug/processing_time/ground_segmentation_ms", topics.DIAGNOSTICS,
+            "/occupancy_grid/debug/cyclic_time_jitter_ms",  # |cyclic - previous cyclic|, from frame 3 on
             topics.OCCUPANCY_UNCERTAINTY} <= names
     # the output folder itself is a playable rosbag2 bag
     with BagReader(out) as r:
@@ -109,15 +111,26 @@ def test_malformed_and_uncalibrated_inputs_are_counted_and_replay_goes_on(kitti_
         w.write(topics.LIDAR_POINTS, topics.POINTCLOUD2, t1, truncated)
         unknown_frame = dataclasses.replace(cloud, header=dataclasses.replace(stamp(t2), frame_id="radar_front"))
         w.write(topics.LIDAR_POINTS, topics.POINTCLOUD2, t2, unknown_frame)
-    res = replay(dst, None, tmp_path / "out", progress=False, report=False)
+    params = load_params()
+    for node in ("ground_segmentation", "occupancy_grid"):
+        params[node]["warning_hold_s"] = 60.0  # longer than the 10 s the replay waits at the end
+    res = run_graph(dst, params, tmp_path / "out", progress=False)
     assert res.latency["malformed_inputs"] == {topics.LIDAR_POINTS: 1}
     assert res.latency["dropped_inputs"].get(topics.LIDAR_POINTS, 0) >= 1
     assert res.latency["frames_out"]["occupancy_grid"] == 3  # the good frames all came through
     diags = [m for t, _, m in _decoded(tmp_path / "out" / "outputs.mcap") if t == topics.DIAGNOSTICS]
-    last = {s.name: s for d in diags for s in d.status}
-    assert last["ground_segmentation: inputs"].level >= 1
-    kv = {v.key: v.value for v in last["ground_segmentation: inputs"].values}
+    statuses = [s for d in diags for s in d.status if s.name == "ground_segmentation: inputs"]
+    assert all(s.hardware_id == "velodyne" for s in statuses[1:])  # the sensor frame, once one was seen
+    kv = {v.key: v.value for v in statuses[-1].values}
     assert kv[f"malformed {topics.LIDAR_POINTS}"] == "1"
+    assert kv[f"dropped {topics.LIDAR_POINTS} calibration"] == "1"
+    # the last report comes 10 s (replay clock) after the last message: the warnings are still held,
+    # and the silent LiDAR input is STALE (input_stale_s)
+    assert statuses[-1].level == 3 and statuses[-1].message.startswith("stale: /sensing/lidar/points")
+    assert "malformed" in statuses[-1].message and "calibration" in statuses[-1].message
+    for acct in res.latency["inputs"].values():
+        for topic, a in acct.items():
+            assert a["balanced"], (topic, a)
 
 
 def test_obstacle_timeout_falls_back_to_inline_segmentation(kitti_bag, tmp_path):
@@ -173,7 +186,9 @@ def test_empty_and_nan_clouds_still_yield_grids_and_are_reported(kitti_bag, tmp_
                 create_xyzi_cloud(pts, t_end + 100_000_000, "velodyne", b))
         w.write(topics.LIDAR_POINTS, topics.POINTCLOUD2, t_end + 200_000_000,
                 create_xyzi_cloud(np.zeros((0, 4), np.float32), t_end + 200_000_000, "velodyne", b))
-    res = replay(dst, None, tmp_path / "out", progress=False, report=False)
+    params = load_params()
+    params["ground_segmentation"]["warning_hold_s"] = 60.0  # held past the replay's final 10 s wait
+    res = run_graph(dst, params, tmp_path / "out", progress=False)
     assert res.latency["frames_out"] == {"ground_segmentation": 5, "occupancy_grid": 5}
     assert res.latency["malformed_inputs"] == {}
     _, empty_grid, empty_unc = res.grids[-1]

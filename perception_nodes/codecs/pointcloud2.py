@@ -124,8 +124,10 @@ def read_xyzi(msg: Any, *, remove_nonfinite: bool = False) -> np.ndarray:
 
     For the standard layout (little-endian float32 x, y, z, intensity at offsets 0, 4, 8, 12, no
     padding) the result is a read-only view onto ``msg.data``: this is the per-scan hot path. Any other
-    layout is converted field by field. A cloud without ``intensity`` gets zeros there; one without x,
-    y or z is malformed. ``remove_nonfinite`` drops points whose x, y or z is NaN or infinite (what
+    layout is converted field by field (float64 values beyond float32's range become ±inf, which the
+    nodes drop as non-finite). A cloud without ``intensity`` gets zeros there; one without x, y or z is
+    malformed. The byte order is the one ``is_bigendian`` states: big-endian clouds decode correctly
+    (little-endian data flagged big-endian decodes to garbage values, which the nodes' range gate drops). ``remove_nonfinite`` drops points whose x, y or z is NaN or infinite (what
     "invalid point" means for ``is_dense=false`` clouds), which always returns a copy.
     """
     if _is_xyzi(msg):
@@ -143,9 +145,10 @@ def read_xyzi(msg: Any, *, remove_nonfinite: bool = False) -> np.ndarray:
         grid = _grid(msg, dtype)
         out = np.zeros((grid.size, 4), np.float32)
         cols = out.reshape(*grid.shape, 4)  # a view: fills straight from the (padded) rows
-        for col, name in enumerate(("x", "y", "z", "intensity")):
-            if name in present:
-                cols[..., col] = grid[name]
+        with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32's range -> inf
+            for col, name in enumerate(("x", "y", "z", "intensity")):
+                if name in present:
+                    cols[..., col] = grid[name]
     if remove_nonfinite:
         out = out[np.isfinite(out[:, :3]).all(axis=1)]
     return out

@@ -31,6 +31,11 @@ DEFAULTS_PATH = Path(__file__).resolve().parent / "perception.params.yaml"
 #: inclusive [min, max] per dotted name (fnmatch patterns); the first match wins
 RANGES: tuple[tuple[str, float, float], ...] = (
     ("diagnostics_period_s", 0.01, 3600.0),
+    ("max_point_range_m", 0.1, 1e6),
+    ("stamp_max_future_s", 0.0, 1e9),
+    ("stamp_max_age_s", 0.0, 1e9),
+    ("input_stale_s", 0.0, 1e6),
+    ("warning_hold_s", 0.0, 1e6),
     ("latency_window", 1, 1_000_000),
     ("latency_budgets_ms.*", 0.0, 1e6),
     ("ground.num_sectors", 3, 36_000),

@@ -23,14 +23,19 @@ def build_graph(
     backend: MessageBackend,
     clock: Callable[[], int],
     keep_all_latency: bool = False,
+    steady_clock: Callable[[], int] | None = None,
 ) -> list[NodeCore]:
-    """Instantiate every enabled node of the params tree, in the file's order."""
+    """Instantiate every enabled node of the params tree, in the file's order.
+
+    ``steady_clock`` times diagnostics (default ``time.monotonic_ns``); replay passes its own clock so
+    that the diagnostics it records are deterministic."""
     nodes = []
     for name, p in params.items():
         if name not in NODE_TYPES or not p.get("enabled", True):
             continue
         p = {k: v for k, v in p.items() if k != "enabled"}
-        node = NODE_TYPES[name](name, p, backend=backend, clock=clock, keep_all_latency=keep_all_latency)
+        extra = {} if steady_clock is None else {"steady_clock": steady_clock}
+        node = NODE_TYPES[name](name, p, backend=backend, clock=clock, keep_all_latency=keep_all_latency, **extra)
         node.warmup()
         nodes.append(node)
     return nodes

@@ -11,7 +11,7 @@ from perception_nodes.calibration import transform_points
 from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.pointcloud2 import create_xyzi_cloud, read_xyzi
 from perception_nodes.config import to_dataclass
-from perception_nodes.graph.node import Emit, NodeCore, Port, finite_points, synthetic_scan
+from perception_nodes.graph.node import Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.ground import GroundParams, segment_ground
 
 
@@ -19,8 +19,9 @@ class GroundSegmentationNode(NodeCore):
     """Splits each scan into ground and obstacle points (see :mod:`perception_nodes.pipeline.ground`).
 
     Stages timed: ``decode``, ``transform``, ``ground_segmentation``, ``encode``. Non-finite points
-    (``is_dense=false`` clouds) are removed and counted; an empty scan yields an empty obstacle cloud
-    (downstream nodes still see the frame) and a warning on ``/diagnostics``.
+    (``is_dense=false`` clouds) and points beyond ``max_point_range_m`` are removed and counted before
+    the algorithm; an empty scan yields an empty obstacle cloud (downstream nodes still see the frame)
+    and a warning on ``/diagnostics``.
     """
 
     def __init__(self, name: str, params: dict[str, Any], **kw: Any) -> None:
@@ -29,7 +30,6 @@ class GroundSegmentationNode(NodeCore):
         self.output_topic = params.get("output_topic", topics.OBSTACLE_POINTS)
         self.ground_topic = params.get("ground_topic", "")
         self.ground_params = to_dataclass(GroundParams, params.get("ground", {}), f"{name}.ground.")
-        self.nonfinite_points = 0
 
     def warmup(self) -> None:
         segment_ground(synthetic_scan(), self.ground_params)
@@ -47,11 +47,7 @@ class GroundSegmentationNode(NodeCore):
         stamp = stamp_to_ns(msg.header.stamp)
         with self.latency.frame(stamp) as frame:
             with self.latency.stage("decode"):
-                raw = read_xyzi(msg)
-                pts = finite_points(raw)
-                if len(pts) != len(raw):
-                    self.nonfinite_points += len(raw) - len(pts)
-                    self._warn("nonfinite", f"{topic}: {self.nonfinite_points} non-finite points removed so far")
+                pts = self.sanitize(topic, read_xyzi(msg))
             with self.latency.stage("transform"):
                 pts = transform_points(self.sensor_to_base(msg.header.frame_id), pts)
             with self.latency.stage("ground_segmentation"):
@@ -65,8 +61,14 @@ class GroundSegmentationNode(NodeCore):
                     out.append(Emit(self.ground_topic, topics.POINTCLOUD2,
                                     create_xyzi_cloud(pts[ground], stamp, self.base_frame, self.backend)))
         self.frames_out += 1
+        self.mark_used(topic)
         return out + self.debug_emits(frame)
 
     def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
         return {**super()._derived(params),
                 "ground_params": to_dataclass(GroundParams, params.get("ground", {}), f"{self.name}.ground.")}
+
+    @property
+    def nonfinite_points(self) -> int:
+        """Non-finite points removed so far (kept for callers of the earlier attribute)."""
+        return self.points_dropped["nonfinite"]

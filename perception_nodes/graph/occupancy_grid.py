@@ -24,10 +24,11 @@ from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.outputs import occupancy_grid_msg
 from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.config import to_dataclass
-from perception_nodes.graph.node import Emit, NodeCore, Port, finite_points, synthetic_scan
+from perception_nodes.graph.node import Emit, NodeCore, Port, sanitize_points, synthetic_scan
 from perception_nodes.pipeline.ground import GroundParams, segment_ground
 from perception_nodes.pipeline.occupancy import GridSpec, OccupancyParams, evidential_occupancy, to_occupancy_msg_data
-from perception_nodes.sync import ApproximateTimeSynchronizer, SyncedSet
+from perception_nodes.errors import CalibrationError, MalformedMessageError
+from perception_nodes.sync import ApproximateTimeSynchronizer, DropReason, SyncedSet
 
 #: a stamp or clock going back by more than this is a time jump (bag loop, sensor clock reset)
 TIME_JUMP_NS = 1_000_000_000
@@ -70,7 +71,14 @@ def obstacle_mask(raw_xyz: np.ndarray, obstacle_xyz: np.ndarray) -> np.ndarray:
 
 
 class OccupancyGridNode(NodeCore):
-    """See module doc. Stages timed: ``sync_wait``, ``decode``, ``match``, ``occupancy``, ``encode``."""
+    """See module doc. Stages timed: ``sync_wait``, ``decode``, ``match``, ``occupancy``, ``encode``.
+
+    Both clouds are decoded (layout checked) when they arrive, so a malformed one is counted as such
+    and never enters the synchroniser, where it would hold a slot and push valid clouds out. Each
+    synchronised set is processed under its own fault isolation: a failure drops that set's messages
+    (counted by reason) and the sets after it still go out. The synchroniser's drops are the node's
+    drop counts, by reason; what it holds is ``pending``.
+    """
 
     RAW, OBSTACLE = 0, 1
 
@@ -93,6 +101,7 @@ class OccupancyGridNode(NodeCore):
         self.unknown_vacuity = float(params.get("unknown_vacuity", 1.0))
         self._arrival_ns: dict[int, int] = {}
         self.fallback_frames = 0
+        self._omitted_seen = 0
         self.time_jumps = 0
         self._last_now = 0
         self._last_raw_stamp: int | None = None
@@ -115,9 +124,30 @@ class OccupancyGridNode(NodeCore):
             Port(self.uncertainty_topic, topics.OCCUPANCY_GRID_TYPE, "reliable"),
         ]
 
+    def _index(self, topic: str) -> int:
+        return self.RAW if topic == self.raw_topic else self.OBSTACLE
+
+    def pending(self, topic: str) -> int:
+        if topic not in (self.raw_topic, self.obstacle_topic):
+            return 0
+        return self.sync.pending[self._index(topic)]
+
+    def _reset_sync(self, reason: str) -> None:
+        """Reset the synchroniser; what it held counts as dropped for ``reason``."""
+        for topic in (self.raw_topic, self.obstacle_topic):
+            n = self.pending(topic)
+            if n:
+                self.mark_dropped(topic, reason, n)
+        self.sync.reset()
+        self._arrival_ns.clear()
+        self._sync_counts()
+
     def on_message(self, topic: str, msg: Any) -> list[Emit]:
-        idx = self.RAW if topic == self.raw_topic else self.OBSTACLE
+        idx = self._index(topic)
         stamp = stamp_to_ns(msg.header.stamp)
+        t0 = time.perf_counter_ns()
+        xyzi = read_xyzi(msg)  # layout checked now: a malformed cloud never takes a synchroniser slot
+        decode_ms = (time.perf_counter_ns() - t0) / 1e6
         if idx == self.RAW and self._last_raw_stamp is not None and stamp < self._last_raw_stamp:
             # one sensor's stamps only go forward (DDS keeps a writer's order), so going back means a bag
             # looped or the sensor's clock was reset: start over instead of dropping every later message
@@ -125,8 +155,7 @@ class OccupancyGridNode(NodeCore):
             self._warn("time_jump", f"{topic}: stamp jumped back {(self._last_raw_stamp - stamp) / 1e9:.1f} s; "
                        "synchroniser reset")
             self.time_jumps += 1
-            self.sync.reset()
-            self._arrival_ns.clear()
+            self._reset_sync("time_jump")
             self._last_now = 0
         if idx == self.RAW:
             self._last_raw_stamp = stamp
@@ -134,12 +163,17 @@ class OccupancyGridNode(NodeCore):
         if idx == self.RAW:
             self._arrival_ns[stamp] = now
         t0 = time.perf_counter_ns()
-        sets = self.sync.add(idx, stamp, msg, now_ns=now)
+        sets = self.sync.add(idx, stamp, (msg, xyzi, decode_ms), now_ns=now)
         self.latency.record("sync", (time.perf_counter_ns() - t0) / 1e6)
         return self._process_sets(sets)
 
     def on_tick(self) -> list[Emit]:
         return self._process_sets(self.sync.poll(self._monotonic_now()))
+
+    def finish(self) -> list[Emit]:
+        out = self.on_tick()
+        self._reset_sync("end_of_input")
+        return out
 
     def _monotonic_now(self) -> int:
         """The node clock, held from going back by small steps (replay restarts it at each message's
@@ -147,27 +181,52 @@ class OccupancyGridNode(NodeCore):
         time) restarts it."""
         now = self.clock()
         if now < self._last_now - TIME_JUMP_NS:
-            self.sync.reset()
+            self._reset_sync("time_jump")
             self._last_now = now
         self._last_now = max(now, self._last_now)
         return self._last_now
 
+    def _sync_counts(self) -> None:
+        """The synchroniser's drops, by reason, are the node's (RESET excluded: :meth:`_reset_sync`
+        counts those under the node's own reason)."""
+        for topic, idx in ((self.raw_topic, self.RAW), (self.obstacle_topic, self.OBSTACLE)):
+            for reason, per_input in self.sync.dropped_by_reason.items():
+                if reason is not DropReason.RESET and per_input[idx]:
+                    self.set_dropped(topic, reason.value, per_input[idx])
+
     def _process_sets(self, sets: list[SyncedSet]) -> list[Emit]:
         out: list[Emit] = []
         for s in sets:
-            out += self._process(s)
-        # counters of the synchroniser are the node's drop counts
-        self.dropped[self.raw_topic] = self.sync.dropped[self.RAW]
-        self.dropped[self.obstacle_topic] = self.sync.dropped[self.OBSTACLE]
-        if self.sync.omitted[self.OBSTACLE]:
+            # fault isolation per set: a failure drops this set's messages, never the sets after it
+            try:
+                out += self._process(s)
+            except Exception as exc:  # noqa: BLE001
+                if isinstance(exc, MalformedMessageError):
+                    reason = "malformed_in_set"
+                    self._warn("malformed", f"{self.raw_topic}: {exc}")
+                elif isinstance(exc, CalibrationError):
+                    reason = "calibration"
+                    self._warn("calibration", f"{self.raw_topic}: {exc}")
+                else:
+                    reason = "error"
+                    self._fault(self.raw_topic, exc)
+                for topic, m in zip((self.raw_topic, self.obstacle_topic), s.messages, strict=True):
+                    if m is not None:
+                        self.mark_dropped(topic, reason)
+        self._sync_counts()
+        if self.sync.omitted[self.OBSTACLE] > self._omitted_seen:  # a new omission (warnings then expire)
+            self._omitted_seen = self.sync.omitted[self.OBSTACLE]
             self._warn("sync", f"{self.obstacle_topic} missing for {self.sync.omitted[self.OBSTACLE]} frame(s); "
                        "segmented inline")
         return out
 
     def _process(self, s: SyncedSet) -> list[Emit]:
-        raw, obstacle = s.messages
-        if raw is None:
+        raw_entry, obstacle_entry = s.messages
+        if raw_entry is None:  # cannot happen while the raw input has no time-out; never silently
+            self.mark_dropped(self.obstacle_topic, "no_raw")
             return []
+        raw, raw_xyzi, decode_ms = raw_entry
+        obst = obstacle_entry[1] if obstacle_entry is not None else None
         stamp = stamp_to_ns(raw.header.stamp)
         arrival = self._arrival_ns.pop(stamp, None)
         for old in [k for k in self._arrival_ns if k < stamp]:
@@ -175,9 +234,11 @@ class OccupancyGridNode(NodeCore):
         with self.latency.frame(stamp) as frame:
             if arrival is not None:
                 frame.stages_ms["sync_wait"] = max(0.0, (self.clock() - arrival) / 1e6)
+            frame.stages_ms["decode"] = decode_ms + (obstacle_entry[2] if obstacle_entry is not None else 0.0)
             with self.latency.stage("decode"):
-                pts = finite_points(read_xyzi(raw))
-                obst = read_xyzi(obstacle) if obstacle is not None else None
+                pts = self.sanitize(self.raw_topic, raw_xyzi)
+                if obst is not None:  # from another node: gated the same way, not counted as raw points
+                    obst = sanitize_points(obst, self.max_point_range_m).points
             with self.latency.stage("transform"):
                 to_base = self.sensor_to_base(raw.header.frame_id)
                 pts = transform_points(to_base, pts)
@@ -199,6 +260,9 @@ class OccupancyGridNode(NodeCore):
                          occupancy_grid_msg(vacuity, self.grid.resolution, origin, stamp, self.base_frame, self.backend)),
                 ]
         self.frames_out += 1
+        self.mark_used(self.raw_topic)
+        if obstacle_entry is not None:
+            self.mark_used(self.obstacle_topic)
         return out + self.debug_emits(frame)
 
     def _derived(self, params: dict[str, Any]) -> dict[str, Any]:

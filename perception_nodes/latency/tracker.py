@@ -7,8 +7,15 @@
   triggering message plus the wall time spent since), so bag replay reports what the graph would add
   on a vehicle instead of "now minus a stamp from last year" or a negative number.
 * cyclic time: time between the starts of consecutive frames on the node's clock (so replay reports
-  the sensor's pace at bag time, not how fast the replay happened to run).
+  the sensor's pace at bag time, not how fast the replay happened to run); its jitter sample is
+  ``|cyclic - previous cyclic|``.
 The names follow Autoware's debug topics so users' dashboards carry over.
+
+Stamp-based values never go negative: a pipeline latency below zero (an input stamped after "now":
+clocks of different machines, sim time not yet caught up) is not recorded but counted in
+``invalid[pipeline_latency]``. A time jump (the node clock or the input stamps going back: a looping
+bag, a restarted sensor) starts the cyclic series afresh (``time_jumps``) instead of feeding a
+negative or huge sample into its statistics and jitter.
 """
 
 from __future__ import annotations
@@ -33,7 +40,11 @@ class FrameLatency:
     stages_ms: dict[str, float] = field(default_factory=dict)
     processing_ms: float = 0.0
     pipeline_ms: float = 0.0
+    #: False when the pipeline latency came out negative (not recorded, counted as invalid)
+    pipeline_valid: bool = True
     cyclic_ms: float | None = None
+    #: |cyclic - previous cyclic| (None for the first two frames and after a time jump)
+    jitter_ms: float | None = None
     missed: list[str] = field(default_factory=list)
 
 
@@ -60,7 +71,13 @@ class NodeLatency:
         self.keep_all = keep_all
         self.series: dict[str, LatencySeries] = {}
         self._last_start_ns: int | None = None
+        self._last_stamp_ns: int | None = None
+        self._last_cyclic_ms: float | None = None
         self._frame: FrameLatency | None = None
+        self.invalid: dict[str, int] = {}
+        """Samples not recorded because they were meaningless (negative pipeline latency), per key."""
+        self.time_jumps = 0
+        """How often the clock or the input stamps went back (the cyclic series restarted)."""
 
     def _series(self, key: str) -> LatencySeries:
         s = self.series.get(key)
@@ -78,9 +95,20 @@ class NodeLatency:
         start = time.perf_counter_ns()
         clock_start = self.clock()
         frame = FrameLatency(input_stamp_ns)
-        if self._last_start_ns is not None:
+        jumped = (self._last_start_ns is not None and clock_start < self._last_start_ns) or (
+            self._last_stamp_ns is not None and input_stamp_ns < self._last_stamp_ns)
+        if jumped:
+            self.time_jumps += 1
+            self._last_cyclic_ms = None
+            if CYCLIC in self.series:
+                self.series[CYCLIC].recent.clear()  # the window's statistics start afresh
+        elif self._last_start_ns is not None:
             frame.cyclic_ms = (clock_start - self._last_start_ns) / 1e6
+            if self._last_cyclic_ms is not None:
+                frame.jitter_ms = abs(frame.cyclic_ms - self._last_cyclic_ms)
+            self._last_cyclic_ms = frame.cyclic_ms
         self._last_start_ns = clock_start
+        self._last_stamp_ns = input_stamp_ns
         self._frame = frame
         try:
             yield frame
@@ -88,10 +116,14 @@ class NodeLatency:
             self._frame = None
             frame.processing_ms = (time.perf_counter_ns() - start) / 1e6
             frame.pipeline_ms = (self.clock() - input_stamp_ns) / 1e6
+            frame.pipeline_valid = frame.pipeline_ms >= 0.0
             for name, ms in frame.stages_ms.items():
                 self._record(frame, name, ms)
             self._record(frame, PROCESSING, frame.processing_ms)
-            self._record(frame, PIPELINE, frame.pipeline_ms)
+            if frame.pipeline_valid:
+                self._record(frame, PIPELINE, frame.pipeline_ms)
+            else:
+                self.invalid[PIPELINE] = self.invalid.get(PIPELINE, 0) + 1
             if frame.cyclic_ms is not None:
                 self._record(frame, CYCLIC, frame.cyclic_ms)
 

@@ -29,7 +29,8 @@ Method (our own design, in the family of ray-ground filters and Patchwork's conc
    nearest sectors linearly in azimuth (wrapping around). A point at most ``ground_threshold`` above
    that local ground is ground; points below it are ground too (they cannot be obstacles).
 
-Non-finite points are never ground (their height is NaN). The method has no randomness, so it is
+Non-finite points, and points so far away that their range overflows float32, are never ground (their
+height is NaN). The method has no randomness, so it is
 deterministic. Pure numpy: about 15 ms for a 120k-point HDL-64 scan on one core.
 """
 
@@ -256,7 +257,9 @@ def estimate_ground(points: np.ndarray, params: GroundParams | None = None) -> G
     mask = np.zeros(n, dtype=bool)
     height = np.full(n, np.nan, dtype=np.float32)
 
-    valid = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
+    # finite horizontal range too: coordinates near float32's limit overflow it (never ground)
+    with np.errstate(over="ignore", invalid="ignore"):
+        valid = np.isfinite(np.hypot(x, y)) & np.isfinite(z)
     all_valid = bool(valid.all())
     if not all_valid:
         x, y, z = x[valid], y[valid], z[valid]

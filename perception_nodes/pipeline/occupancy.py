@@ -111,11 +111,17 @@ class GridSpec:
     def cell_index(
         self, x: np.ndarray, y: np.ndarray
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
-        """(row, col, inside) of base_link points; row/col are only meaningful where ``inside``."""
+        """(row, col, inside) of base_link points; row/col are only meaningful where ``inside``.
+
+        The test runs in floating point before any integer cast, so absurd or non-finite coordinates are
+        simply outside (an integer cast of 1e30 would wrap around and could land inside)."""
         ox, oy = self.origin  # type: ignore[misc]
-        col = np.floor((np.asarray(x, np.float64) - ox) / self.resolution).astype(np.int64)
-        row = np.floor((np.asarray(y, np.float64) - oy) / self.resolution).astype(np.int64)
-        inside = (col >= 0) & (col < self.width) & (row >= 0) & (row < self.height)
+        with np.errstate(over="ignore", invalid="ignore"):
+            fc = np.floor((np.asarray(x, np.float64) - ox) / self.resolution)
+            fr = np.floor((np.asarray(y, np.float64) - oy) / self.resolution)
+            inside = (fc >= 0) & (fc < self.width) & (fr >= 0) & (fr < self.height)
+        col = np.where(inside, fc, -1).astype(np.int64)
+        row = np.where(inside, fr, -1).astype(np.int64)
         return row, col, inside
 
 
@@ -215,8 +221,9 @@ def _height_from_ground_points(
     ox, oy = spec.origin  # type: ignore[misc]
     nbx = max(1, int(math.ceil(spec.size_x / block)))
     nby = max(1, int(math.ceil(spec.size_y / block)))
-    bx = np.clip(np.floor((x - ox) / block).astype(np.int64), 0, nbx - 1)
-    by = np.clip(np.floor((y - oy) / block).astype(np.int64), 0, nby - 1)
+    # clip in floating point, then cast: no integer wrap-around for far-away points
+    bx = np.clip(np.floor((x - ox) / block), 0, nbx - 1).astype(np.int64)
+    by = np.clip(np.floor((y - oy) / block), 0, nby - 1).astype(np.int64)
     bid = by * nbx + bx
     n = np.bincount(bid[ground], minlength=nbx * nby).reshape(nby, nbx).astype(np.float64)
     s = np.bincount(bid[ground], weights=z[ground], minlength=nbx * nby).reshape(nby, nbx)
@@ -271,16 +278,34 @@ def evidential_occupancy(
     origin = np.asarray(sensor_origin, dtype=np.float64).reshape(-1)
     if origin.shape[0] != 3 or not np.all(np.isfinite(origin)):
         raise ValueError("sensor_origin must be 3 finite numbers")
+    reach = math.hypot(spec.size_x, spec.size_y)
+    if np.abs(origin[:2]).max() > 100.0 * reach:  # its ray-casting tables would be absurdly large
+        raise ValueError(f"sensor_origin {origin[:2].tolist()} is implausibly far from a {spec.size_x:g} m grid")
     sx, sy = float(origin[0]), float(origin[1])
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _evidential_occupancy(pts, gmask, sx, sy, spec, p, height_above_ground)
+
+
+def _evidential_occupancy(
+    pts: np.ndarray,
+    gmask: np.ndarray,
+    sx: float,
+    sy: float,
+    spec: GridSpec,
+    p: OccupancyParams,
+    height_above_ground: np.ndarray | None,
+) -> BetaGrid:
     h_rows, w_cols = spec.shape
     n_cells = h_rows * w_cols
-
     x = pts[:, 0].astype(np.float32, copy=False)
     y = pts[:, 1].astype(np.float32, copy=False)
     z = pts[:, 2].astype(np.float32, copy=False)
     dx, dy = x - np.float32(sx), y - np.float32(sy)
     rng = np.hypot(dx, dy)
-    valid = np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & (rng >= p.min_return_range)
+    # a finite range too: coordinates near float32's limit overflow it, and nothing binned by range
+    # (cells, range bins) may ever see an infinite or wrapped-around integer index
+    valid = np.isfinite(rng) & np.isfinite(z) & (rng >= p.min_return_range)
     if p.ego_box is not None:
         x0, x1, y0, y1 = p.ego_box
         valid &= ~((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1))
@@ -325,7 +350,7 @@ def evidential_occupancy(
         limit = np.minimum(limit, np.minimum(np.roll(first_obstacle, d), np.roll(first_obstacle, -d)))
     # rays per (azimuth bin, range bin) that end strictly beyond that range bin: histogram the ray ends with
     # the range axis reversed, so that a forward (contiguous) cumulative sum counts from far to near
-    rev = (n_rng - 1) - np.minimum((rng[travel] / np.float32(range_res)).astype(np.int64), n_rng - 1)
+    rev = (n_rng - 1) - np.minimum(rng[travel] / np.float32(range_res), np.float32(n_rng - 1)).astype(np.int64)
     ends = np.bincount(az[travel].astype(np.int64) * n_rng + rev, minlength=n_az * n_rng)
     ends = ends.astype(np.int32).reshape(n_az, n_rng)
     beyond_rev = np.cumsum(ends, axis=1, dtype=np.int32) - ends

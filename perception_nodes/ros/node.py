@@ -289,7 +289,7 @@ class ManagedCoreNode(_LifecycleNode):
         if self.callback_errors[kind] == 1:
             self.get_logger().error(f"{kind}: {exc} (message dropped, counted; the node goes on)")
         if where != "tick":
-            self.core.dropped[where] += 1  # the message is lost: it must show in the input counts
+            self.core.mark_dropped(where, "error")  # the message is lost: it must show in the input counts
         self.core.warnings["exception"] = f"{kind}: {exc}"
         return []
 

@@ -15,11 +15,29 @@ forever (field notes §1, pain point 4). This module is a ROS-agnostic re-implem
 * add optional **per-input timeouts**, driven by a ``now`` supplied by the caller, so a dead input is
   declared *absent* and the other inputs keep flowing (the set carries ``None`` in its slot).
 
-With no timeouts configured, :class:`ApproximateTimeSynchronizer` reproduces the C++ policy's outputs
-(the ``message_filters`` test cases are encoded in ``tests/sync``). The single deliberate difference:
-a message whose stamp is older than the previous accepted stamp *on the same input* is dropped and
-counted (C++ keeps it and warns once), because such a message breaks the algorithm's per-topic ordering
-assumption and can only produce crossing sets.
+With no timeouts configured and per-input stamps that never go back, :class:`ApproximateTimeSynchronizer`
+reproduces the C++ policy's outputs (the ``message_filters`` test cases are encoded in ``tests/sync``).
+
+Stamps that go back on one input (the deliberate difference from C++)
+---------------------------------------------------------------------
+C++ keeps such a message in its queue and warns once; the algorithm then works on an unsorted queue and
+may emit crossing sets, and recovers only when queue overflow has pushed the odd message out (after
+about ``queue_size + 1`` messages). Here, when input ``i`` receives stamp ``s`` older than its previous
+accepted stamp:
+
+1. messages of input ``i`` still held with a stamp newer than ``s`` are discarded (``SUPERSEDED``): they
+   belong to a timeline the input has left (a bogus far-future stamp, a reordered message), and a
+   held message never blocks the input again; the current candidate search restarts;
+2. if ``s`` is then still older than a stamp of input ``i`` already *emitted*, the message is dropped
+   (``OUT_OF_ORDER``, warned once), so a single reordered message never produces crossing sets;
+3. but a second message in a row that is again behind the emitted history, and not older than the
+   first one, means the input's clock went back (bag loop, sensor clock reset, the far-future stamp was
+   emitted): a **time jump** of input ``i`` (``time_jumps[i]``). Its ordering history is forgotten, as
+   are the ``LATE`` floors of every input at or above ``s`` (sets emitted on the abandoned timeline),
+   and the message is accepted.
+
+So whatever came before, an input that sends valid stamps again is matched from its first or second
+valid message on; only sets emitted across a time jump may cross.
 
 Per-input timeouts (``input_timeouts_s[i] = τ_i``; ``None`` = wait forever, the C++ behaviour)
 -----------------------------------------------------------------------------------------------
@@ -38,9 +56,10 @@ somebody was waiting for it. At the deadline (applied at exactly that instant):
    emitted while ``i`` is absent has ``None`` in slot ``i``, lists ``i`` in ``missing`` and counts in
    ``omitted[i]``. An absent input never delays the others again.
 
-Input ``i`` *rejoins* as soon as one of its messages is accepted, i.e. its stamp is newer than every
-stamp of every set emitted without it; older ones belonged to sets already emitted and are dropped as
-``LATE``. Timeouts due at or before a call's ``now`` are applied, in deadline order, before that call's
+Input ``i`` *rejoins* as soon as one of its messages arrives. A message whose stamp is not newer than
+every stamp of every set emitted without it belonged to sets already emitted and is dropped as
+``LATE``, but the input is active again all the same: the next sets wait for it (for at most ``τ_i``),
+so an input whose messages always arrive after the others' comes back instead of staying absent. Timeouts due at or before a call's ``now`` are applied, in deadline order, before that call's
 message is inserted, so the emitted sets depend only on the sequence of (input, stamp, arrival time):
 how often a live node calls :meth:`poll` changes *when* a set is returned, never *which* sets, and a
 replay that feeds the recorded arrival times reproduces a live run.
@@ -63,8 +82,9 @@ Usage (live node; a replay calls ``add`` with the recorded receive time and ``po
 The synchronisers are not thread-safe: call them from one thread (rclpy's single-threaded executor)
 or under a lock.
 
-Accounting: for every input ``received[i] == used[i] + dropped[i] + pending[i]`` at all times;
-``dropped_by_reason`` splits ``dropped`` by :class:`DropReason`.
+Accounting: for every input ``received[i] == used[i] + dropped[i] + pending[i]`` at all times (also
+across :meth:`reset`, whose discarded messages count as ``RESET``); ``dropped_by_reason`` splits
+``dropped`` by :class:`DropReason`.
 """
 
 from __future__ import annotations
@@ -116,7 +136,11 @@ class DropReason(str, Enum):
     OVERFLOW = "overflow"
     """The input's queue exceeded ``queue_size``; its oldest message went (C++ behaviour)."""
     OUT_OF_ORDER = "out_of_order"
-    """Stamp older than the previous accepted stamp on the same input."""
+    """Stamp older than a stamp of the same input already emitted (a single step back: module doc)."""
+    SUPERSEDED = "superseded"
+    """Held, then a message with an older stamp arrived on the same input (its timeline was left)."""
+    RESET = "reset"
+    """Held when :meth:`reset` was called (e.g. the node saw its clock jump back)."""
     LATE = "late"
     """Stamp not newer than a set already emitted without this input, or (ExactTime) than the last set."""
     UNMATCHED = "unmatched"
@@ -179,6 +203,10 @@ class _SyncBase:
         self._last_arrival: list[int | None] = [None] * self._n
         # Stamps <= _floor[i] are LATE for input i (sets already emitted without it).
         self._floor: list[int | None] = [None] * self._n
+        # Newest stamp of input i emitted in a set (older ones would cross it).
+        self._emitted_max: list[int | None] = [None] * self._n
+        # Stamp of input i's previous message when that one was dropped OUT_OF_ORDER, else None.
+        self._backstep: list[int | None] = [None] * self._n
         self._out: list[SyncedSet] = []
         self._warned: set[tuple[int, str]] = set()
 
@@ -194,6 +222,8 @@ class _SyncBase:
         """Sets emitted with this input absent (``None`` in its slot)."""
         self.sets_emitted: int = 0
         """Total number of sets emitted."""
+        self.time_jumps: list[int] = [0] * self._n
+        """Per input: how often its stamps jumped back for good (module doc, "Stamps that go back")."""
 
     # ------------------------------------------------------------------ public API
 
@@ -227,19 +257,23 @@ class _SyncBase:
         now = self._advance(now_ns, required=self._uses_clock)
         self.received[i] += 1
         last = self._last_stamp[i]
+        if last is not None and stamp < last:
+            last = self._step_back(i, stamp)
         floor = self._floor[i]
         if last is not None and stamp < last:
+            self._backstep[i] = stamp
             self._drop(i, DropReason.OUT_OF_ORDER)
             self._warn_once(
                 i,
                 "order",
-                "input %d: stamp %d ns is older than the previous stamp %d ns; dropped (counted in "
+                "input %d: stamp %d ns is older than stamp %d ns already emitted; dropped (counted in "
                 "dropped_by_reason[OUT_OF_ORDER], warning once per input)",
                 i,
                 stamp,
                 last,
             )
         elif floor is not None and stamp <= floor:
+            self._backstep[i] = None
             self._drop(i, DropReason.LATE)
             self._warn_once(
                 i,
@@ -250,14 +284,21 @@ class _SyncBase:
                 stamp,
                 floor,
             )
+            if not self._active[i]:
+                # The input is alive again: it rejoins now, so the next sets wait for it (at most its
+                # timeout). Otherwise an input whose messages always arrive after the others' (an
+                # obstacle cloud derived from the raw scan) would stay absent for good.
+                self._last_arrival[i] = now
+                self._rejoin(i, stamp)
+                if now is not None:
+                    self._fire_due(now)
         else:
+            self._backstep[i] = None
             self._check_rate(i, stamp, last)
             self._last_stamp[i] = stamp
             self._last_arrival[i] = now
             if not self._active[i]:
-                self._before_rejoin(i)
-                self._active[i] = True
-                _log.info("input %d rejoined the synchroniser (stamp %d ns)", i, stamp)
+                self._rejoin(i, stamp)
             self._insert(i, _Entry(stamp, msg, now))
             if now is not None:
                 self._fire_due(now)
@@ -275,14 +316,63 @@ class _SyncBase:
 
     def reset(self) -> None:
         """Forget all queued messages, ordering history and absence (e.g. the ROS clock jumped back
-        because a bag restarted). Counters are kept; queued messages are not counted as dropped."""
+        because a bag restarted). Counters are kept; queued messages count as dropped (``RESET``), and
+        sets already completed but not yet returned are kept for the next call's return value."""
+        for k, n in enumerate(self._pending_counts()):
+            if n:
+                self._drop(k, DropReason.RESET, n)
         self._reset_policy()
         self._now = None
         self._active = [True] * self._n
         self._last_stamp = [None] * self._n
         self._last_arrival = [None] * self._n
         self._floor = [None] * self._n
-        self._out.clear()
+        self._emitted_max = [None] * self._n
+        self._backstep = [None] * self._n
+
+    def _rejoin(self, i: int, stamp: int) -> None:
+        self._before_rejoin(i)
+        self._active[i] = True
+        _log.info("input %d rejoined the synchroniser (stamp %d ns)", i, stamp)
+
+    # ------------------------------------------------------------------ stamps going back
+
+    def _step_back(self, i: int, stamp: int) -> int | None:
+        """Input i went back to ``stamp``: supersede its newer held messages, detect a time jump
+        (module doc). Returns the stamp the new message must not be older than (None: no bound)."""
+        n = self._supersede(i, stamp)
+        if n:
+            self._drop(i, DropReason.SUPERSEDED, n)
+            self._warn_once(
+                i,
+                "superseded",
+                "input %d: stamp %d ns is older than messages held for it; those were discarded "
+                "(dropped_by_reason[SUPERSEDED], warning once per input)",
+                i,
+                stamp,
+            )
+        held = self._held_stamps(i)
+        bound = max([*held, *([] if self._emitted_max[i] is None else [self._emitted_max[i]])], default=None)
+        self._last_stamp[i] = bound
+        prev = self._backstep[i]
+        if bound is not None and stamp < bound and prev is not None and stamp >= prev:
+            # second step back in a row, consistent with the first: the input's clock went back
+            self.time_jumps[i] += 1
+            _log.warning(
+                "input %d: stamps went back to %d ns (last emitted %d ns): time jump, ordering history "
+                "of this input forgotten",
+                i,
+                stamp,
+                bound,
+            )
+            self._emitted_max[i] = None
+            self._last_stamp[i] = None
+            self._backstep[i] = None
+            for k in range(self._n):
+                if self._floor[k] is not None and self._floor[k] >= stamp:
+                    self._floor[k] = None
+            return None
+        return bound
 
     # ------------------------------------------------------------------ policy hooks
 
@@ -312,6 +402,13 @@ class _SyncBase:
         raise NotImplementedError
 
     def _pending_counts(self) -> list[int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _supersede(self, i: int, stamp: int) -> int:  # pragma: no cover - abstract
+        """Remove input i's held messages with a stamp newer than ``stamp``; return how many."""
+        raise NotImplementedError
+
+    def _held_stamps(self, i: int) -> list[int]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _reset_policy(self) -> None:  # pragma: no cover - abstract
@@ -378,6 +475,8 @@ class _SyncBase:
         for k, e in enumerate(entries):
             if e is not None:
                 self.used[k] += 1
+                if self._emitted_max[k] is None or e.stamp > self._emitted_max[k]:
+                    self._emitted_max[k] = e.stamp
         self.sets_emitted += 1
         self._out.append(SyncedSet(messages=msgs, stamps_ns=stamps, missing=missing))
 
@@ -671,6 +770,26 @@ class ApproximateTimeSynchronizer(_SyncBase):
     def _pending_counts(self) -> list[int]:
         return [len(self._deques[k]) + len(self._past[k]) for k in range(self._n)]
 
+    def _held_stamps(self, i: int) -> list[int]:
+        return [e.stamp for e in self._past[i]] + [e.stamp for e in self._deques[i]]
+
+    def _supersede(self, i: int, stamp: int) -> int:
+        # Messages the input lost on the timeline it left say nothing about its new one.
+        self._has_dropped[i] = False
+        if not any(s > stamp for s in self._held_stamps(i)):
+            return 0
+        # The candidate may hold one of them: restart the search without them.
+        self._recover_all()
+        self._candidate = None
+        self._pivot = None
+        q = self._deques[i]
+        n = 0
+        while q and q[-1].stamp > stamp:  # held messages of one input are in stamp order
+            q.pop()
+            n += 1
+        self._process()
+        return n
+
 
 class ExactTimeSynchronizer(_SyncBase):
     """The C++ ``message_filters`` ExactTime policy: emit when every input has a message with the
@@ -680,8 +799,8 @@ class ExactTimeSynchronizer(_SyncBase):
     Pending stamps are kept in a map stamp → partial set. Emitting a set discards every older partial
     set (``UNMATCHED``); more than ``queue_size`` partial sets discard the oldest (``OVERFLOW``), as in
     C++. Differences from C++: a stamp not newer than the last emitted set is dropped as ``LATE`` on
-    arrival (C++ could emit it later, crossing the sets), and stamps older than the previous one on the
-    same input are dropped as ``OUT_OF_ORDER``. A repeated stamp on one input replaces the earlier
+    arrival (C++ could emit it later, crossing the sets), and stamps going back on one input are handled
+    as the module doc says (superseded, out of order, or a time jump). A repeated stamp on one input replaces the earlier
     message (``REPLACED``), as in C++.
 
     Timeouts: input ``i`` is starving while a partial set newer than its last stamp lacks it (only a
@@ -764,6 +883,18 @@ class ExactTimeSynchronizer(_SyncBase):
 
     def _before_rejoin(self, i: int) -> None:
         pass
+
+    def _held_stamps(self, i: int) -> list[int]:
+        return [stamp for stamp, slots in self._tuples.items() if slots[i] is not None]
+
+    def _supersede(self, i: int, stamp: int) -> int:
+        n = 0
+        for t in [t for t, slots in self._tuples.items() if t > stamp and slots[i] is not None]:
+            self._tuples[t][i] = None
+            n += 1
+            if all(e is None for e in self._tuples[t]):
+                del self._tuples[t]
+        return n
 
     def _pending_counts(self) -> list[int]:
         counts = [0] * self._n

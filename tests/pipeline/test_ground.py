@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -172,3 +174,16 @@ def test_params_validation() -> None:
     edges = GroundParams().ring_edges()
     assert edges[0] == 0.0 and edges[-1] == GroundParams().max_range
     assert np.all(np.diff(edges) > 0)
+
+
+@pytest.mark.parametrize("value", [1e30, 3e38, -3e38])
+def test_absurd_finite_points_never_ground_and_change_nothing_else(flat_scene: np.ndarray, value: float) -> None:
+    bad = np.array([[value, 0.5, 0.0], [0.5, -value, 0.0], [value, value, value]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = estimate_ground(np.concatenate([flat_scene[:, :3], bad]))
+    ref = estimate_ground(flat_scene[:, :3])
+    # the finite points are classified as without the bad rows; the last bad row (z = ±value, or a
+    # range that overflows float32) is never ground
+    assert np.array_equal(est.mask[:-3], ref.mask)
+    assert not est.mask[-1]

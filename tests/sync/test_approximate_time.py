@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from perception_nodes.sync import ApproximateTimeSynchronizer, DropReason, SyncedSet
+from perception_nodes.sync import ApproximateTimeSynchronizer, DropReason, ExactTimeSynchronizer, SyncedSet
 
 from .cases import APPROXIMATE_TIME_CASES, MS, S, ApproxCase, check_accounting
 
@@ -56,15 +56,59 @@ def test_long_queue_overflow_is_counted_on_the_overflowing_topic() -> None:
 
 
 def test_out_of_order_stamp_is_dropped_counted_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
+    """One step back behind a stamp already emitted is dropped; it would cross that set."""
     sync = ApproximateTimeSynchronizer(2, 10)
-    assert sync.add(0, 5 * S, "a") == []
+    sync.add(0, 5 * S, "a")
+    assert [s.stamps_ns for s in sync.add(1, 5 * S, "b")] == [(5 * S, 5 * S)]
     with caplog.at_level(logging.WARNING, logger="perception_nodes.sync.approximate_time"):
         assert sync.add(0, 3 * S, "late") == []
+        sync.add(0, 6 * S, "c")  # back on track: the next step back is again a single one
+        assert [s.messages for s in sync.add(1, 6 * S, "d")] == [("c", "d")]
         assert sync.add(0, 4 * S, "late2") == []
     assert sync.dropped_by_reason[DropReason.OUT_OF_ORDER] == [2, 0]
-    assert sum("out of order" in r.getMessage() or "older than" in r.getMessage() for r in caplog.records) == 1
-    out = sync.add(1, 5 * S, "b")
-    assert [s.stamps_ns for s in out] == [(5 * S, 5 * S)]
+    assert sync.time_jumps == [0, 0]
+    assert sum("already emitted" in r.getMessage() for r in caplog.records) == 1
+    check_accounting(sync)
+
+
+def test_step_back_supersedes_held_messages_of_that_input() -> None:
+    sync = ApproximateTimeSynchronizer(2, 10)
+    sync.add(0, 5 * S, "a")
+    sync.add(0, 3 * S, "older")  # "a" was never emitted: the input left its timeline
+    assert sync.dropped_by_reason[DropReason.SUPERSEDED] == [1, 0]
+    assert [s.messages for s in sync.add(1, 3 * S, "b")] == [("older", "b")]
+    check_accounting(sync)
+
+
+def test_issue_case_far_future_stamp_then_valid_input_recovers() -> None:
+    """Issue 7's smallest case (queue 1): upstream message_filters emits (0.2, 0.22); the old
+    implementation never emitted again because F stayed pending and every later stamp was dropped."""
+    far = 2**31 * S
+    seq = [(far, 1), (100 * MS, 0), (120 * MS, 1), (200 * MS, 0), (220 * MS, 1)]
+    sync = ApproximateTimeSynchronizer(2, 1)
+    out = [s.stamps_ns for stamp, k in seq for s in sync.add(k, stamp, None)]
+    assert out and all(far not in s for s in out)
+    assert sync.dropped_by_reason[DropReason.SUPERSEDED] == [0, 1]
+    more = [s.stamps_ns for s in sync.add(0, 300 * MS, None) + sync.add(1, 320 * MS, None)]
+    assert (200 * MS, 220 * MS) in out + more
+    check_accounting(sync)
+
+
+@pytest.mark.parametrize("policy", ["approx", "exact"])
+def test_emitted_far_future_stamp_is_a_time_jump_after_two_valid_messages(policy: str) -> None:
+    """A bogus stamp that was already emitted (both inputs carried it) cannot be superseded: the
+    second valid message on each input declares a time jump and matching resumes."""
+    far = 2**31 * S
+    sync = ApproximateTimeSynchronizer(2, 5) if policy == "approx" else ExactTimeSynchronizer(2, 5)
+    sync.add(0, far, None)
+    assert len(sync.add(1, far, None)) == 1
+    out = []
+    for k in range(1, 6):
+        out += sync.add(0, k * 100 * MS, None)
+        out += sync.add(1, k * 100 * MS, None)
+    assert sync.time_jumps == [1, 1]
+    assert sync.dropped_by_reason[DropReason.OUT_OF_ORDER] == [1, 1]
+    assert [s.stamps_ns[0] // MS for s in out][:2] == [200, 300]
     check_accounting(sync)
 
 
