@@ -365,9 +365,9 @@ def gemm_floor(model: torch.nn.Module, run):
     shapes: list[tuple[int, int, int]] = []
     orig = conv_mod.sparse_conv
 
-    def recording(x, weight, kmap, bias=None, dataflow="auto"):
+    def recording(x, weight, kmap, bias=None, dataflow="auto", tuner=None):
         shapes.append((int(kmap.n_pairs), int(weight.shape[1]), int(weight.shape[2])))  # identity included
-        return orig(x, weight, kmap, bias, dataflow)
+        return orig(x, weight, kmap, bias, dataflow, tuner)
 
     conv_mod.sparse_conv = recording
     try:
