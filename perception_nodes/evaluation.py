@@ -23,7 +23,11 @@ Objects (any bag with ``/ground_truth/objects``): per object within range the sh
 read occupied, and the occupied cells outside every box (false positives where the truth says free).
 
 Detections (when the graph publishes ``perception_interfaces/Detection3DArray`` on
-``/perception/objects``): KITTI AP R40 (3D and BEV) and nuScenes-style mAP.
+``/perception/objects``): KITTI AP R40 (3D and BEV) and nuScenes-style mAP. For the ``min_points``
+ground-truth filter, given ``lidar_to_base`` (the graph's own rig transforms; replay passes them) the
+LiDAR scan from the bag (never a pipeline output) is joined to each ground-truth object frame (nearest
+stamp within the tolerance), reduced at once to points per box (``extras["num_lidar_pts"]``) and
+released; a frame whose scan is missing or cannot be transformed leaves the filter reported as not applied.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +58,7 @@ from perception_nodes.eval.metrics.counts import (
     ece_from_counts,
     scores_from_counts,
 )
-from perception_nodes.eval.detection_eval import detection_metrics
+from perception_nodes.eval.detection_eval import detection_metrics, points_in_boxes
 
 #: version of the metrics.json layout (perception_nodes/eval/metrics.schema.json); bump on any change
 SCHEMA_VERSION = "2.0"
@@ -71,6 +76,8 @@ MATCH_TOLERANCE_S = 0.05
 HORIZON_S = 5.0
 BOOTSTRAP_SAMPLES = 500
 SCORES = ("iou", "precision", "recall", "brier", "nll", "ece")
+#: key in a pending ground-truth frame: LiDAR points per ground-truth box (None: could not count)
+_POINT_COUNTS = "~lidar_points_per_box"
 
 
 def _band_name(lo: float, hi: float) -> str:
@@ -182,6 +189,9 @@ class Evaluator:
     ``real_truth``: build occupancy truth from the boxes and the LiDAR cloud (a ground-truth frame then
     also waits for the cloud); for box-labelled bags without occupancy truth (converted KITTI).
     ``baseline_topic``: a second grid topic scored the same way as the reference ("geometric").
+    ``lidar_to_base``: 4x4 from a cloud's ``frame_id`` into the boxes' frame (base_link), e.g. a graph
+    node's ``sensor_to_base``. With it (and ground-truth objects) the evaluator also takes the LiDAR scan
+    and counts its points per ground-truth box for the detection scorer's ``min_points`` filter.
     """
 
     expected_gt: tuple[str, ...] = (topics.GT_OBJECTS,)
@@ -191,11 +201,14 @@ class Evaluator:
     baseline_topic: str | None = None
     real_truth: bool = False
     bootstrap_samples: int = BOOTSTRAP_SAMPLES
+    lidar_to_base: Callable[[str], np.ndarray] | None = None
     frames_scored: int = 0
     unmatched_predictions: int = 0
     unmatched_ground_truth: int = 0
     _pending_pred: dict[int, dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
     _pending_gt: dict[int, dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
+    _clouds: dict[int, Any] = field(default_factory=dict)  # scans waiting for their ground-truth objects
+    point_count_failures: int = 0  # ground-truth object frames whose boxes' points could not be counted
     _newest: int = 0
     _match_offsets_ns: list[int] = field(default_factory=list)
     _frames: list[np.ndarray] = field(default_factory=list)  # per frame: (R, 2, 2, 101) counts, see _score
@@ -215,8 +228,15 @@ class Evaluator:
         self._gt_wait = self.expected_gt + ((topics.LIDAR_POINTS,) if self._needs_cloud else ())
 
     @property
+    def _counting(self) -> bool:
+        return self.lidar_to_base is not None and topics.GT_OBJECTS in self.expected_gt
+
+    @property
     def inputs(self) -> tuple[str, ...]:
-        """Bag topics to feed to :meth:`ground_truth` (the ground truth, plus the cloud for real-data truth)."""
+        """Bag topics to feed to :meth:`ground_truth` (the ground truth, plus the cloud for real-data
+        truth or for counting points per box)."""
+        if self._counting and topics.LIDAR_POINTS not in self._gt_wait:
+            return (*self._gt_wait, topics.LIDAR_POINTS)
         return self._gt_wait
 
     # -- feeding -------------------------------------------------------------------------------
@@ -228,10 +248,14 @@ class Evaluator:
             self._advance(stamp)
 
     def ground_truth(self, topic: str, msg: Any) -> None:
+        if topic not in self.inputs:
+            return
+        stamp = stamp_to_ns(msg.header.stamp)
+        if topic == topics.LIDAR_POINTS and self._counting:
+            self._clouds[stamp] = msg
         if topic in self._gt_wait:
-            stamp = stamp_to_ns(msg.header.stamp)
             self._pending_gt[stamp][topic] = msg
-            self._advance(stamp)
+        self._advance(stamp)
 
     def _pred_ready(self, stamp: int) -> bool:
         pred = self._pending_pred.get(stamp, {})
@@ -240,11 +264,46 @@ class Evaluator:
 
     def _gt_ready(self, stamp: int) -> bool:
         gt = self._pending_gt.get(stamp, {})
-        return all(t in gt for t in self._gt_wait)
+        return all(t in gt for t in self._gt_wait) and (not self._counting or _POINT_COUNTS in gt)
+
+    def _count_points(self, *, final: bool) -> None:
+        """Give each ground-truth object frame the points per box of its scan (nearest stamp within the
+        tolerance, once no nearer scan can still come), then drop that scan and those too old to match."""
+        tol = int(round(self.match_tolerance_s * 1e9))
+        for g in sorted(self._pending_gt):
+            gt = self._pending_gt[g]
+            if topics.GT_OBJECTS not in gt or _POINT_COUNTS in gt:
+                continue
+            if not final and self._newest <= g + tol:
+                continue  # as in the join: a nearer scan may still come
+            cands = [c for c in self._clouds if abs(c - g) <= tol]
+            counts = None
+            if cands:
+                c = min(cands, key=lambda k: (abs(k - g), k))
+                counts = self._points_per_box(self._clouds.pop(c), gt[topics.GT_OBJECTS])
+            self.point_count_failures += int(counts is None)
+            gt[_POINT_COUNTS] = counts
+        limit = math.inf if final else self._newest - 2 * tol  # no unresolved frame within tol of these
+        for c in [c for c in self._clouds if c < limit]:
+            del self._clouds[c]
+
+    def _points_per_box(self, cloud: Any, objects: Any) -> list[int] | None:
+        from perception_nodes.codecs.pointcloud2 import read_xyzi
+
+        assert self.lidar_to_base is not None
+        try:
+            to_base = np.asarray(self.lidar_to_base(cloud.header.frame_id), dtype=np.float64)
+            xyz = np.asarray(read_xyzi(cloud, remove_nonfinite=True)[:, :3], dtype=np.float64)
+        except ValueError:  # unknown frame (CalibrationError) or a malformed cloud: counted, not fatal
+            return None
+        xyz = xyz @ to_base[:3, :3].T + to_base[:3, 3]
+        return points_in_boxes(boxes_from_detections(objects), xyz)
 
     def _advance(self, stamp: int, *, final: bool = False) -> None:
         """Match every ready prediction frame whose best partner can no longer change; evict stale ones."""
         self._newest = max(self._newest, stamp)
+        if self._counting:
+            self._count_points(final=final)
         tol = int(round(self.match_tolerance_s * 1e9))
         for s in sorted(self._pending_pred):
             if not self._pred_ready(s):
@@ -336,6 +395,9 @@ class Evaluator:
             if len(a) and len(b):
                 self._chamfer.append(chamfer_distance(a[:20000], b[:20000], truncate=5.0).chamfer)
         boxes = boxes_from_detections(gt[topics.GT_OBJECTS]) if topics.GT_OBJECTS in gt else []
+        counts = gt.get(_POINT_COUNTS)
+        if counts is not None:
+            boxes = [replace(b, extras={**b.extras, "num_lidar_pts": n}) for b, n in zip(boxes, counts, strict=True)]
         if topics.GT_OBJECTS in gt:
             self._score_objects(boxes, occupied, occ_msg, None if truth is None else truth[1] & ~truth[0])
         if DETECTIONS_OUT in pred:
@@ -471,6 +533,10 @@ class Evaluator:
             }
         if self._det_pred:
             doc["detection"] = detection_metrics(self._det_gt, self._det_pred, out_dir)
+            if self._counting:
+                doc["detection"]["filters"]["point_counts"] = {
+                    "source": f"bag scan {topics.LIDAR_POINTS} in the boxes' frame (graph rig transforms)",
+                    "gt_frames_uncounted": self.point_count_failures}
         return _finite(doc)
 
 

@@ -106,6 +106,9 @@ def run_graph(
         for port in node.inputs():
             subs.setdefault(port.topic, []).append(node)
     trigger = nodes[0].inputs()[-1].topic  # the first node's main input paces the frames
+    if evaluator is not None and evaluator.lidar_to_base is None and subs.get(topics.LIDAR_POINTS):
+        # ground-truth point counts use the rig transforms the graph itself uses (calibration + /tf_static)
+        evaluator.lidar_to_base = subs[topics.LIDAR_POINTS][0].sensor_to_base
     bag_read = LatencySeries(keep_all=True)
     overhead = LatencySeries(keep_all=True)
     result = ReplayResult(out_dir, bag, 0, {}, {})

@@ -114,16 +114,27 @@ def load_detection_eval_config(path: str | Path | None = None) -> DetectionEvalC
 def points_in_boxes(boxes: Sequence[Box3D], points: np.ndarray) -> list[int]:
     """Number of the (N, >=3) points inside each box (same frame as the boxes).
 
-    Points are first cut to the square around each box's circumscribed circle, so a frame with a
-    hundred boxes costs about one pass over the scan per box on a few float32 columns.
+    The points are sorted by x once; each box then tests only the slice within its circumscribed
+    circle's x extent (cut again in y), so a frame of a hundred boxes on a 120k-point scan costs one
+    sort plus small slices instead of a pass over the scan per box. ``Box3D.contains`` decides on the
+    points at their given precision.
     """
-    xyz = np.asarray(points[:, :3], dtype=np.float32)
-    x, y = xyz[:, 0], xyz[:, 1]
+    pts = np.asarray(points)
+    if not len(boxes):
+        return []
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise ValueError(f"points must be (N, >=3), got shape {pts.shape}")
+    order = np.argsort(pts[:, 0])
+    xyz = pts[order, :3]
+    xs = xyz[:, 0]
     out = []
     for b in boxes:
         r = 0.5 * math.hypot(b.size[0], b.size[1]) + 1e-3
-        near = (np.abs(x - b.center[0]) <= r) & (np.abs(y - b.center[1]) <= r)
-        out.append(int(np.count_nonzero(b.contains(xyz[near]))) if near.any() else 0)
+        lo = int(np.searchsorted(xs, b.center[0] - r, side="left"))
+        hi = int(np.searchsorted(xs, b.center[0] + r, side="right"))
+        cand = xyz[lo:hi]
+        cand = cand[np.abs(cand[:, 1] - b.center[1]) <= r]
+        out.append(int(np.count_nonzero(b.contains(cand))) if len(cand) else 0)
     return out
 
 
