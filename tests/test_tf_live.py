@@ -152,9 +152,10 @@ def test_live_graph_takes_tf_static_and_tf_without_a_calibration_file(ros_contex
     node = rclpy.create_node("test_tf_publisher", context=ros_context)
     try:
         got: dict[str, list] = {topics.OCCUPANCY_GRID: [], topics.OBSTACLE_POINTS: []}
-        for t, msgtype in ((topics.OCCUPANCY_GRID, topics.OCCUPANCY_GRID_TYPE),
-                           (topics.OBSTACLE_POINTS, topics.POINTCLOUD2)):
-            node.create_subscription(_message_class(msgtype), t, got[t].append, profile("reliable"))
+        # QoS as the outputs are published: the grid reliable (+ transient local), clouds best effort
+        for t, msgtype, qos in ((topics.OCCUPANCY_GRID, topics.OCCUPANCY_GRID_TYPE, "reliable"),
+                                (topics.OBSTACLE_POINTS, topics.POINTCLOUD2, "sensor")):
+            node.create_subscription(_message_class(msgtype), t, got[t].append, profile(qos))
         graph.executor.add_node(node)
         backend = RclpyBackend()
         tf_static = node.create_publisher(_message_class(topics.TF_MESSAGE), topics.TF_STATIC, profile("latched"))

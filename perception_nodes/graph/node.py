@@ -439,7 +439,9 @@ class NodeCore:
         acct = self.accounting()
         in_values: dict[str, str] = {}
         stale: list[str] = []
-        latched = {p.topic for p in self.inputs() if p.qos == "latched"}
+        # transforms are not a stream the node waits for: /tf_static is latched (sent once), and many rigs
+        # publish no /tf at all (a static calibration file), so neither can go STALE
+        no_stale = {p.topic for p in self.inputs() if p.qos == "latched"} | {topics.TF, topics.TF_STATIC}
         for topic, a in acct.items():
             in_values[f"received {topic}"] = str(a["received"])
             in_values[f"used {topic}"] = str(a["used"])
@@ -455,7 +457,7 @@ class NodeCore:
             in_values[f"age_s {topic}"] = "-" if last is None else f"{(steady - last) / 1e9:.3f}"
             since = last if last is not None else self._started_ns
             silent = 0 if since is None else steady - since
-            if topic not in latched and self.input_stale_ns > 0 and silent > self.input_stale_ns:
+            if topic not in no_stale and self.input_stale_ns > 0 and silent > self.input_stale_ns:
                 stale.append(f"{topic} silent for {silent / 1e9:.1f} s")
         for (where, kind), n in sorted(self.faults.items()):
             in_values[f"faults {where} {kind}"] = str(n)
