@@ -163,13 +163,7 @@ class NodeCore:
         self.steady_clock = steady_clock
         self.log = log or logging.getLogger(f"perception_nodes.{name}")
         self.base_frame: str = params.get("base_frame", "base_link")
-        self.publish_debug: bool = bool(params.get("publish_debug", True))
-        self.diagnostics_period_ns = int(float(params.get("diagnostics_period_s", 1.0)) * 1e9)
-        self.max_point_range_m = float(params.get("max_point_range_m", 1000.0))
-        self.stamp_max_future_ns = int(float(params.get("stamp_max_future_s", 10.0)) * 1e9)
-        self.stamp_max_age_ns = int(float(params.get("stamp_max_age_s", 0.0)) * 1e9)
-        self.input_stale_ns = int(float(params.get("input_stale_s", 2.0)) * 1e9)
-        self.warning_hold_ns = int(float(params.get("warning_hold_s", 10.0)) * 1e9)
+        self._apply_common(params)
         self.latency = NodeLatency(
             name,
             clock,
@@ -519,18 +513,22 @@ class NodeCore:
         budgets = {k: float(v) for k, v in (params.get("latency_budgets_ms") or {}).items()}
         derived = self._derived(params)  # may raise: nothing has changed yet
         self.params = params
-        self.publish_debug = bool(params.get("publish_debug", True))
+        self._apply_common(params)
+        self.latency.budgets_ms = budgets
+        for key, series in self.latency.series.items():
+            series.budget_ms = budgets.get(key)
+        for attr, value in derived.items():
+            setattr(self, attr, value)
+
+    def _apply_common(self, params: dict[str, Any]) -> None:
+        """The runtime-changeable parameters every node reads (at construction and on reconfigure)."""
+        self.publish_debug: bool = bool(params.get("publish_debug", True))
         self.diagnostics_period_ns = int(float(params.get("diagnostics_period_s", 1.0)) * 1e9)
         self.max_point_range_m = float(params.get("max_point_range_m", 1000.0))
         self.stamp_max_future_ns = int(float(params.get("stamp_max_future_s", 10.0)) * 1e9)
         self.stamp_max_age_ns = int(float(params.get("stamp_max_age_s", 0.0)) * 1e9)
         self.input_stale_ns = int(float(params.get("input_stale_s", 2.0)) * 1e9)
         self.warning_hold_ns = int(float(params.get("warning_hold_s", 10.0)) * 1e9)
-        self.latency.budgets_ms = budgets
-        for key, series in self.latency.series.items():
-            series.budget_ms = budgets.get(key)
-        for attr, value in derived.items():
-            setattr(self, attr, value)
 
     def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
         """Attributes built from ``params`` that :meth:`reconfigure` replaces (subclasses extend)."""
