@@ -19,8 +19,9 @@ and BENCHMARKS.md). Rules, the same for both engines:
 
 Keys (new): encoder_speedup_1t (CenterPoint SparseEncoder, unfolded, gmean over inputs),
 encoder_speedup_1t_folded, encoder_speedup_1t_paired (median of per-repetition ratios),
-encoder_speedup_bound_at_gemm_floor (spconv time / time of the bare sgemms of all pairs: the best
-ratio any engine doing every multiply-add can reach), encoder_speedup_1t_vs_upstream_keys (spconv as mmdetection3d defines
+encoder_speedup_bound_at_gemm_floor (spconv time / time of the bare per-offset sgemms of all pairs:
+the best ratio a per-offset (gather-scatter) dataflow can reach; output-stationary GEMMs with a longer
+inner dimension can run faster, so it is no bound for those), encoder_speedup_1t_vs_upstream_keys (spconv as mmdetection3d defines
 it: no indice_key in the residual blocks, so spconv rebuilds their maps), encoder (per input rows:
 medians, IQRs, max_rel_err_vs_spconv), subm_layers (single SubMConv3d 3^3 at 16/32/64/128 channels
 on the coordinates each encoder stage sees), subm_speedup_1t (gmean), backbone_speedup_1t (SECOND
@@ -356,9 +357,10 @@ def gemm_floor(model: torch.nn.Module, run):
 
     Records (pairs, C_in, C_out) of every convolution in one run of ``model`` (fused, so one entry
     per conv) and returns a function that runs ``torch.mm`` of a [pairs, C_in] x [C_in, C_out]
-    matrix for each -- the same MKL call both engines end in, without any gather, scatter, map or
-    BN -- plus the GFLOP count. No dataflow that does every pair's multiply-add beats it; it is
-    timed interleaved with the engines, so it sees the same machine load.
+    matrix for each -- the same MKL call both engines' gather-scatter dataflows end in, without any
+    gather, scatter, map or BN -- plus the GFLOP count. No per-offset dataflow beats it; an
+    output-stationary one (inner dimension = neighbours x C_in) can. It is timed interleaved with
+    the engines, so it sees the same machine load.
     """
     import engines.sparse.conv as conv_mod
 
