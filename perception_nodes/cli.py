@@ -15,7 +15,10 @@ EPILOG = """examples:
   perception-stack replay                           # embedded default scenario -> out/replay/
   perception-stack convert kitti ../shared/data/kitti_object_vis/data/object/training --out kitti_bag
   perception-stack replay --bag kitti_bag --out out/kitti
-  perception-stack live &  perception-stack play kitti_bag --rate 1  &  perception-stack monitor
+  # live over ROS: three shells, each after `. scripts/ros_env.sh` (same ROS_DOMAIN_ID)
+  perception-stack live --use-sim-time              # shell 1: the graph on bag time
+  perception-stack play kitti_bag --clock --loop    # shell 2: the bag and /clock
+  perception-stack monitor                          # shell 3: latency table from /diagnostics
 """
 
 
@@ -145,7 +148,14 @@ def _cmd_params(a: argparse.Namespace) -> int:
     from perception_nodes.config import DEFAULTS_PATH, load_params
 
     if a.config:
-        print(json.dumps(load_params(a.config), indent=2))
+        from perception_nodes.graph import check_graph_params
+
+        params = load_params(a.config)
+        try:
+            check_graph_params(params)  # the cross-parameter checks each node runs when it is built
+        except ValueError as exc:
+            raise ValueError(f"{a.config}: {exc}") from exc
+        print(json.dumps(params, indent=2))
     else:
         print(DEFAULTS_PATH.read_text())
     return 0
@@ -215,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Replay BAG through the graph (as `replay`) and score the outputs against the "
                         "bag's ground truth, joined by nearest stamp within --match-tolerance. Occupancy over every "
                         "visible cell (unknown outputs at P=0.5): IoU, precision, recall, Brier, NLL, ECE with a "
-                        "reliability diagram, each with a 95%% bootstrap interval over frames and beside a constant "
+                        "reliability diagram, each with a 95% bootstrap interval over frames and beside a constant "
                         "base-rate predictor, by range band and LiDAR-fault-affected vs unaffected cells; AUROC of "
                         "vacuity for wrong vs right and fault-affected vs unaffected cells (generated scenarios "
                         "carry occupancy truth and fault-free visibility; box-labelled bags get boxes-as-occupied, "
@@ -280,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("play", help="publish a bag to live topics (for machines without ros2 bag)",
                         description="Publish a bag's messages at their recorded pace (serialized, no re-encode).")
-    pl.add_argument("bag", type=Path)
+    pl.add_argument("bag", type=Path, help="rosbag2 folder (sqlite3 or MCAP), e.g. one written by `convert kitti`")
     pl.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
     pl.add_argument("--clock", action="store_true", help="also publish /clock (bag time) for use_sim_time nodes")
     pl.add_argument("--topics", nargs="+", help="only these topics")
@@ -300,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Print perception.params.yaml, the one place where every parameter's default "
                         "is documented (launch/perception.params.yaml is the same file). With --config, print the "
                         "parameters that result from merging FILE over the defaults, as JSON, after checking that "
-                        "every key exists and every value fits its type and range (perception_nodes/config/schema.py).")
+                        "every key exists and every value fits its type and range (perception_nodes/config/schema.py) and "
+                        "that every node accepts the result (the checks that relate parameters, run as replay and "
+                        "live build the nodes; no ROS is started). Exits 2 on an error.")
     pp.add_argument("--config", type=Path, help="params YAML to merge over the defaults")
     pp.set_defaults(func=_cmd_params)
 
@@ -333,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     et.set_defaults(func=_cmd_engines_tune)
     es = esub.add_parser("show", help="print a tune file's choices per device",
                          description="List every device model and shape bucket of a tune file with its dataflow.")
-    es.add_argument("file", type=Path)
+    es.add_argument("file", type=Path, help="tune file written by `engines tune` (e.g. out/sparse_tune.json)")
     es.set_defaults(func=_cmd_engines_show)
     return p
 

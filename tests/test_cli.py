@@ -11,7 +11,8 @@ import pytest
 
 from tests.conftest import REPO
 
-COMMANDS = [["replay"], ["evaluate"], ["generate"], ["train"], ["convert", "kitti"], ["live"], ["play"], ["monitor"], ["params"]]
+COMMANDS = [["replay"], ["evaluate"], ["generate"], ["train"], ["convert", "kitti"], ["live"], ["play"], ["monitor"], ["params"],
+            ["engines", "tune"], ["engines", "show"]]
 
 
 def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -24,6 +25,19 @@ def test_every_command_explains_itself(cmd):
     out = _run(*cmd, "--help")
     assert out.returncode == 0, out.stderr
     assert "usage: perception-stack" in out.stdout and len(out.stdout) > 200
+    assert "%%" not in out.stdout  # descriptions are not %-formatted: a doubled percent shows as is
+    positionals = out.stdout.split("positional arguments:")[1].split("options:")[0] if "positional arguments:" \
+        in out.stdout else ""
+    for line in positionals.splitlines()[1:]:  # every positional argument says what it is
+        if line.startswith("  ") and not line.startswith("   ") and line.split()[0].isidentifier():
+            assert len(line.split()) > 1, f"{' '.join(cmd)}: {line.strip()} has no help"
+
+
+def test_top_level_help_shows_the_three_shell_live_workflow():
+    out = _run("--help").stdout
+    for example in ("convert kitti ../shared/data/kitti_object_vis/data/object/training --out kitti_bag",
+                    "live --use-sim-time", "play kitti_bag --clock --loop", "perception-stack monitor"):
+        assert example in out, example
 
 
 def test_params_prints_documented_defaults_and_merges(tmp_path):
@@ -35,7 +49,25 @@ def test_params_prints_documented_defaults_and_merges(tmp_path):
     assert merged["occupancy_grid"]["grid"]["resolution"] == 0.5
     f.write_text("occupancy_grid:\n  ros__parameters:\n    gird: {}\n")
     bad = _run("params", "--config", str(f))
-    assert bad.returncode == 2 and "gird" in bad.stderr
+    assert bad.returncode == 2 and "gird" in bad.stderr and str(f) in bad.stderr
+
+
+def test_params_rejects_what_the_nodes_reject(tmp_path):
+    """Cross-parameter checks live in the node constructors; `params --config` must run them too, so a
+    file it accepts is one that replay and live accept."""
+    from perception_nodes.config import load_params
+    from perception_nodes.graph import check_graph_params
+
+    f = tmp_path / "p.yaml"
+    f.write_text("occupancy_grid:\n  ros__parameters:\n    evidence: {obstacle_max_height: 0.1}\n")
+    with pytest.raises(ValueError) as built:  # what replay/live hit when they build the node
+        check_graph_params(load_params(f))
+    bad = _run("params", "--config", str(f))
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert str(f) in bad.stderr and str(built.value) in bad.stderr
+    assert "obstacle_max_height must exceed obstacle_min_height" in bad.stderr
+    f.write_text("occupancy_grid:\n  ros__parameters:\n    evidence: {obstacle_max_height: 2.5}\n")
+    assert _run("params", "--config", str(f)).returncode == 0
 
 
 def test_convert_then_replay_from_the_command_line(kitti_dir, tmp_path):

@@ -164,6 +164,7 @@ def test_the_three_shell_workflow_live_play_monitor(kitti_bag):
     import os
     import random
     import shlex
+    import signal
     import subprocess
     import sys
     from pathlib import Path
@@ -186,11 +187,14 @@ def test_the_three_shell_workflow_live_play_monitor(kitti_bag):
     try:
         player = start(f"play {shlex.quote(str(kitti_bag))} --clock --loop --wait-for-subscribers 30 "
                        f"--topics {topics.LIDAR_POINTS}")
+        watcher = start("monitor")  # the continuous table, stopped like a user's Ctrl-C/SIGTERM below
         try:
             mon = subprocess.run(shell("monitor --once --duration 90"), cwd=repo, env=env, capture_output=True,
                                  text=True, timeout=120)
         finally:
-            player.terminate()
+            watcher.send_signal(signal.SIGINT)
+            watched, _ = watcher.communicate(timeout=10)
+            player.terminate()  # SIGTERM while publishing /clock and clouds
             played, _ = player.communicate(timeout=10)
     finally:
         live.terminate()
@@ -202,4 +206,11 @@ def test_the_three_shell_workflow_live_play_monitor(kitti_bag):
     assert lines[0].split()[:2] == ["node", "stage"]
     assert any(line.split()[:2] in (["occupancy_grid", "pipeline_latency"], ["ground_segmentation", "decode"])
                for line in lines), mon.stdout
+    # each node publishes its own /diagnostics array: --once waits until both have latency rows
+    first_columns = {line.split()[0] for line in lines[1:] if line.split()}
+    assert {"occupancy_grid", "ground_segmentation"} <= first_columns, mon.stdout
+    # a signal is a requested stop: no traceback, exit status 0
+    assert player.returncode == 0 and "Traceback" not in played, played[-3000:]
+    assert watcher.returncode == 0 and "Traceback" not in watched, watched[-3000:]
+    assert live.returncode == 0 and "Traceback" not in out, out[-3000:]
     assert "live graph running: ground_segmentation, occupancy_grid" in out

@@ -57,6 +57,16 @@ def load_params(path: str | Path | None = None) -> dict[str, dict]:
         user = _params_of(yaml.safe_load(p.read_text()), p)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
+    try:
+        merged = _merge_user(defaults, user, p)
+    except ConfigError as exc:
+        if str(exc).startswith(f"{p}: "):
+            raise
+        raise ConfigError(f"{p}: {exc}") from exc  # every error names the file it is about
+    return {node: _checked(node, tree, f"{p}: ") for node, tree in merged.items()}
+
+
+def _merge_user(defaults: dict[str, dict], user: dict[str, dict], p: Path) -> dict[str, dict]:
     merged = dict(defaults)
     for node, params in user.items():
         if node == "**":  # ROS wildcard: offered to every node, taken by those that have the parameter
@@ -71,7 +81,7 @@ def load_params(path: str | Path | None = None) -> dict[str, dict]:
         if node not in merged:
             raise ConfigError(f"{p}: unknown node {node!r} (known: {', '.join(sorted(merged))})")
         merged[node] = _merge(merged[node], params, f"{node}.")
-    return {node: _checked(node, tree, f"{p}: ") for node, tree in merged.items()}
+    return merged
 
 
 def _checked(node: str, tree: dict, where: str) -> dict:

@@ -41,6 +41,27 @@ def build_graph(
     return nodes
 
 
+def check_graph_params(params: dict[str, dict[str, Any]]) -> list[str]:
+    """Construct every enabled node core from ``params`` and discard it; return the node names.
+
+    The schema (types, ranges) cannot express checks that relate parameters to each other
+    (``obstacle_max_height`` above ``obstacle_min_height``, ...): each node core runs those in its
+    constructor. Building the cores with a throwaway clock (no warm-up, no ROS) lets
+    ``perception-stack params --config`` reject a file exactly where ``replay``/``live`` would.
+    Raises ``ValueError`` (``ConfigError``) naming the node and the parameter.
+    """
+    from perception_nodes.codecs.backend import default_backend
+
+    built = []
+    for name, p in params.items():
+        if name not in NODE_TYPES or not p.get("enabled", True):
+            continue
+        NODE_TYPES[name](name, {k: v for k, v in p.items() if k != "enabled"}, backend=default_backend(),
+                         clock=lambda: 0)
+        built.append(name)
+    return built
+
+
 def resolve_topic(node: NodeCore, topic: str) -> str:
     """``~/x`` -> ``/<node>/x`` (what rclpy does for private names of a node without namespace)."""
     return f"/{node.name}/{topic[2:]}" if topic.startswith("~/") else topic

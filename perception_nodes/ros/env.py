@@ -40,14 +40,25 @@ def import_rclpy():
 
 @contextmanager
 def ros_node(name: str, args: list[str] | None = None, **node_kwargs: Any) -> Iterator[Any]:
-    """rclpy initialised, one node created; Ctrl-C ends the block quietly; everything torn down after."""
+    """rclpy initialised, one node created; everything torn down after.
+
+    Ctrl-C or SIGTERM ends the block quietly: rclpy's signal handler shuts the context down, after
+    which a spin raises ``ExternalShutdownException`` and a publish raises ``RCLError`` ("context is
+    invalid"). Those are a requested stop, not a failure; an error raised while the context is still
+    valid propagates.
+    """
+    from rclpy.executors import ExternalShutdownException
+
     rclpy = import_rclpy()
     rclpy.init(args=args)
     node = rclpy.create_node(name, **node_kwargs)
     try:
         yield node
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
     finally:
         node.destroy_node()
         if rclpy.ok():

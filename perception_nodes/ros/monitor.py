@@ -9,6 +9,10 @@ from typing import Any
 from perception_nodes.latency.table import format_table
 from perception_nodes.ros.env import import_rclpy, ros_node
 
+ONCE_GRACE_S = 2.5
+"""``--once``: after the first node reports latency, how long to wait for the other nodes seen on
+/diagnostics to report theirs (each node publishes its own array, once per diagnostics period, 1 s)."""
+
 
 class DiagnosticsCollector:
     """Keeps the latest status per name from ``/diagnostics``."""
@@ -23,8 +27,16 @@ class DiagnosticsCollector:
 
     def has_latency(self) -> bool:
         """True once some node reports processed frames (not just that it is alive)."""
-        return any(name.endswith(": latency") and "processing_time.p50_ms" in values
-                   for name, (_, _, values) in self.statuses.items())
+        return bool(self.nodes_with_latency())
+
+    def nodes_seen(self) -> set[str]:
+        """Nodes that have published any ``<node>: ...`` status."""
+        return {name.split(": ", 1)[0] for name in self.statuses if ": " in name}
+
+    def nodes_with_latency(self) -> set[str]:
+        """Nodes whose latency status carries processing-time samples."""
+        return {name[: -len(": latency")] for name, (_, _, values) in self.statuses.items()
+                if name.endswith(": latency") and "processing_time.p50_ms" in values}
 
     def _on(self, msg: Any) -> None:
         for s in msg.status:
@@ -38,17 +50,23 @@ def run_monitor(duration_s: float | None = None, once: bool = False, period_s: f
         coll = DiagnosticsCollector(node)
         end = None if duration_s is None else time.monotonic() + duration_s
         last = 0.0
+        first_latency: float | None = None
         while end is None or time.monotonic() < end:
             rclpy.spin_once(node, timeout_sec=0.1)
             now = time.monotonic()
+            if once:
+                if not coll.has_latency():  # nodes are up but no frame has been processed yet
+                    continue
+                if first_latency is None:
+                    first_latency = now
+                # every node publishes its own /diagnostics array: wait (briefly) for all of them
+                if coll.nodes_seen() <= coll.nodes_with_latency() or now - first_latency >= ONCE_GRACE_S:
+                    print(format_table(coll.statuses), flush=True)
+                    return 0
+                continue
             if now - last >= period_s and coll.statuses:
                 last = now
                 table = format_table(coll.statuses)
-                if once:
-                    if not coll.has_latency():  # nodes are up but no frame has been processed yet
-                        continue
-                    print(table, flush=True)
-                    return 0
                 sys.stdout.write("\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n")
                 print(time.strftime("%H:%M:%S"), "perception latency (from /diagnostics)\n" + table, flush=True)
         if not coll.statuses:
@@ -56,6 +74,8 @@ def run_monitor(duration_s: float | None = None, once: bool = False, period_s: f
             return 1
         if once:
             print(format_table(coll.statuses), flush=True)
+            if coll.has_latency():  # the duration ended inside the grace period
+                return 0
             print("no latency samples yet: are the input topics being published?", file=sys.stderr)
             return 1
     return 0

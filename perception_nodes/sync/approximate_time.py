@@ -92,6 +92,7 @@ from __future__ import annotations
 import logging
 import math
 import operator
+import time
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -106,6 +107,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+LOG_INTERVAL_S = 10.0
+"""Repeated synchroniser events (timeout, rejoin, time jump) are logged at most this often per input."""
 
 _NS_PER_S = 1_000_000_000
 
@@ -179,6 +183,7 @@ class _SyncBase:
         n_inputs: int,
         queue_size: int,
         input_timeouts_s: Sequence[float | None] | None,
+        names: Sequence[str] | None = None,
     ) -> None:
         if operator.index(n_inputs) < 1:
             raise ValueError(f"n_inputs must be >= 1, got {n_inputs}")
@@ -197,6 +202,13 @@ class _SyncBase:
             for k, t in enumerate(input_timeouts_s)
         ]
         self._uses_clock = any(t is not None for t in self._timeouts_ns)
+        if names is not None and len(names) != self._n:
+            raise ValueError(f"names has {len(names)} entries for {self._n} inputs")
+        # How log lines name an input: by its topic when the caller gives names, else by index.
+        self._labels = [f"input {k}" if names is None else f"input {k} ({names[k]})" for k in range(self._n)]
+        # Repeated events (timeouts, rejoins, time jumps) are logged at most once per
+        # LOG_INTERVAL_S per input and kind: (input, kind) -> (monotonic time of last log, suppressed).
+        self._log_state: dict[tuple[int, str], tuple[float, int]] = {}
         self._now: int | None = None
         self._active = [True] * self._n
         self._last_stamp: list[int | None] = [None] * self._n
@@ -266,10 +278,9 @@ class _SyncBase:
             self._warn_once(
                 i,
                 "order",
-                "input %d: stamp %d ns is older than stamp %d ns already emitted; dropped (counted in "
+                "%s: stamp %d ns is older than stamp %d ns already emitted; dropped (counted in "
                 "dropped_by_reason[OUT_OF_ORDER], warning once per input)",
-                i,
-                stamp,
+                                stamp,
                 last,
             )
         elif floor is not None and stamp <= floor:
@@ -278,10 +289,9 @@ class _SyncBase:
             self._warn_once(
                 i,
                 "late",
-                "input %d: stamp %d ns belongs to a set already emitted without it (<= %d ns); dropped "
+                "%s: stamp %d ns belongs to a set already emitted without it (<= %d ns); dropped "
                 "(counted in dropped_by_reason[LATE], warning once per input)",
-                i,
-                stamp,
+                                stamp,
                 floor,
             )
             if not self._active[i]:
@@ -333,7 +343,7 @@ class _SyncBase:
     def _rejoin(self, i: int, stamp: int) -> None:
         self._before_rejoin(i)
         self._active[i] = True
-        _log.info("input %d rejoined the synchroniser (stamp %d ns)", i, stamp)
+        self._log_limited(logging.INFO, i, "rejoin", "%s rejoined the synchroniser (stamp %d ns)", stamp)
 
     # ------------------------------------------------------------------ stamps going back
 
@@ -346,10 +356,9 @@ class _SyncBase:
             self._warn_once(
                 i,
                 "superseded",
-                "input %d: stamp %d ns is older than messages held for it; those were discarded "
+                "%s: stamp %d ns is older than messages held for it; those were discarded "
                 "(dropped_by_reason[SUPERSEDED], warning once per input)",
-                i,
-                stamp,
+                                stamp,
             )
         held = self._held_stamps(i)
         bound = max([*held, *([] if self._emitted_max[i] is None else [self._emitted_max[i]])], default=None)
@@ -358,10 +367,12 @@ class _SyncBase:
         if bound is not None and stamp < bound and prev is not None and stamp >= prev:
             # second step back in a row, consistent with the first: the input's clock went back
             self.time_jumps[i] += 1
-            _log.warning(
-                "input %d: stamps went back to %d ns (last emitted %d ns): time jump, ordering history "
-                "of this input forgotten",
+            self._log_limited(
+                logging.WARNING,
                 i,
+                "jump",
+                "%s: stamps went back to %d ns (last emitted %d ns): time jump, ordering history "
+                "of this input forgotten",
                 stamp,
                 bound,
             )
@@ -491,14 +502,34 @@ class _SyncBase:
     def _warn_once(self, i: int, kind: str, fmt: str, *args: Any) -> None:
         if (i, kind) not in self._warned:
             self._warned.add((i, kind))
-            _log.warning(fmt, *args)
+            _log.warning(fmt, *((self._labels[i],) if i >= 0 else ()), *args)
+
+    def _log_limited(self, level: int, i: int, kind: str, fmt: str, *args: Any) -> None:
+        """Log a repeatable event at most once per :data:`LOG_INTERVAL_S` per input and kind.
+
+        Under CPU load an input can time out and rejoin many times a minute; every occurrence is
+        counted (``omitted``, ``time_jumps``, on /diagnostics), so the log only needs to say that it
+        happens and how often it was not repeated.
+        """
+        now = time.monotonic()
+        last, suppressed = self._log_state.get((i, kind), (None, 0))
+        if last is not None and now - last < LOG_INTERVAL_S:
+            self._log_state[(i, kind)] = (last, suppressed + 1)
+            return
+        self._log_state[(i, kind)] = (now, 0)
+        if suppressed:
+            fmt += " (%d more like this in the last %.0f s not logged)"
+            args = (*args, suppressed, now - last)
+        _log.log(level, fmt, self._labels[i], *args)
 
     def _declare_absent(self, i: int) -> None:
         self._active[i] = False
-        _log.warning(
-            "input %d timed out (silent for %.3f s while other inputs waited for it); emitting sets "
-            "without it until it sends again",
+        self._log_limited(
+            logging.WARNING,
             i,
+            "absent",
+            "%s timed out (silent for %.3f s while other inputs waited for it); emitting sets "
+            "without it until it sends again",
             (self._timeouts_ns[i] or 0) / _NS_PER_S,
         )
 
@@ -528,6 +559,7 @@ class ApproximateTimeSynchronizer(_SyncBase):
             closer than the bound only logs a warning, as in C++.
         input_timeouts_s: per input, ``None`` (wait forever) or the timeout τ described in the module
             docstring.
+        names: per input, a name for log lines (e.g. its topic); default ``input <index>``.
     """
 
     def __init__(
@@ -539,8 +571,9 @@ class ApproximateTimeSynchronizer(_SyncBase):
         max_interval_s: float = math.inf,
         inter_message_lower_bounds_s: Sequence[float] | None = None,
         input_timeouts_s: Sequence[float | None] | None = None,
+        names: Sequence[str] | None = None,
     ) -> None:
-        super().__init__(n_inputs, queue_size, input_timeouts_s)
+        super().__init__(n_inputs, queue_size, input_timeouts_s, names)
         age_penalty = float(age_penalty)
         if not math.isfinite(age_penalty) or age_penalty < 0:
             raise ValueError(f"age_penalty must be finite and >= 0, got {age_penalty!r}")
@@ -668,10 +701,9 @@ class ApproximateTimeSynchronizer(_SyncBase):
             self._warn_once(
                 i,
                 "rate",
-                "input %d: messages %d ns apart, closer than the inter-message lower bound %d ns; the "
+                "%s: messages %d ns apart, closer than the inter-message lower bound %d ns; the "
                 "sets may be suboptimal (warning once per input)",
-                i,
-                stamp - last,
+                                stamp - last,
                 bound,
             )
 
@@ -816,8 +848,9 @@ class ExactTimeSynchronizer(_SyncBase):
         queue_size: int,
         *,
         input_timeouts_s: Sequence[float | None] | None = None,
+        names: Sequence[str] | None = None,
     ) -> None:
-        super().__init__(n_inputs, queue_size, input_timeouts_s)
+        super().__init__(n_inputs, queue_size, input_timeouts_s, names)
         self._reset_policy()
 
     def _reset_policy(self) -> None:

@@ -221,3 +221,30 @@ def test_exact_time_poll_frequency_changes_when_not_which() -> None:
 def test_timeouts_require_a_clock() -> None:
     with pytest.raises(ValueError, match="now_ns"):
         ExactTimeSynchronizer(2, 2, input_timeouts_s=[0.1, None]).add(0, 0, None)
+
+
+def test_repeated_timeouts_are_logged_rate_limited_and_named(caplog, monkeypatch) -> None:
+    """A flapping camera times out again and again (all counted in ``omitted``) but the log says so
+    once per LOG_INTERVAL_S, names the input by the caller's topic and says how many were held back."""
+    import logging
+
+    from perception_nodes.sync import approximate_time
+
+    flapping = lidar_camera(40, cam_alive=lambda k: (k // 4) % 2 == 0)
+    sync = ApproximateTimeSynchronizer(2, 5, input_timeouts_s=[0.15, 0.15], names=["/lidar", "/camera"])
+    with caplog.at_level(logging.INFO, logger="perception_nodes.sync.approximate_time"):
+        replay(sync, flapping, poll_period_ns=POLL, until_ns=4000 * MS)
+        timeouts = [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()]
+        rejoins = [r.getMessage() for r in caplog.records if "rejoined" in r.getMessage()]
+        assert len(timeouts) == 1 and timeouts[0].startswith("input 1 (/camera) timed out")
+        assert len(rejoins) == 1 and "(/camera)" in rejoins[0]
+        assert sync.omitted[1] >= 8  # every absent stretch still counted
+        caplog.clear()
+        monkeypatch.setattr(approximate_time, "LOG_INTERVAL_S", 0.0)
+        later = [Arrival(a.now_ns + 4000 * MS, a.topic, a.stamp_ns + 4000 * MS) for a in flapping]
+        replay(sync, later, poll_period_ns=POLL, until_ns=8000 * MS)
+    timeouts = [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()]
+    assert len(timeouts) >= 4
+    assert "more like this" in timeouts[0]  # the first one after the quiet window reports the rest
+    with pytest.raises(ValueError, match="names"):
+        ApproximateTimeSynchronizer(2, 5, names=["/lidar"])
