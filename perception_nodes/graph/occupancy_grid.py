@@ -104,7 +104,9 @@ class OccupancyGridNode(NodeCore):
         self._omitted_seen = 0
         self.time_jumps = 0
         self._last_now = 0
-        self._last_raw_stamp: int | None = None
+        self._last_stamp: list[int | None] = [None, None]  # per input: last stamp passed on
+        self._backstep: list[int | None] = [None, None]  # per input: stamp of a step back just dropped
+        self._out_of_order = [0, 0]  # per input: dropped here (the synchroniser counts its own, added)
 
     def warmup(self) -> None:
         pts = synthetic_scan()
@@ -148,17 +150,8 @@ class OccupancyGridNode(NodeCore):
         t0 = time.perf_counter_ns()
         xyzi = read_xyzi(msg)  # layout checked now: a malformed cloud never takes a synchroniser slot
         decode_ms = (time.perf_counter_ns() - t0) / 1e6
-        if idx == self.RAW and self._last_raw_stamp is not None and stamp < self._last_raw_stamp:
-            # one sensor's stamps only go forward (DDS keeps a writer's order), so going back means a bag
-            # looped or the sensor's clock was reset: start over instead of dropping every later message
-            # as "older than the last set"
-            self._warn("time_jump", f"{topic}: stamp jumped back {(self._last_raw_stamp - stamp) / 1e9:.1f} s; "
-                       "synchroniser reset")
-            self.time_jumps += 1
-            self._reset_sync("time_jump")
-            self._last_now = 0
-        if idx == self.RAW:
-            self._last_raw_stamp = stamp
+        if not self._stamp_in_order(topic, idx, stamp):
+            return []
         now = self._monotonic_now()
         if idx == self.RAW:
             self._arrival_ns[stamp] = now
@@ -166,6 +159,42 @@ class OccupancyGridNode(NodeCore):
         sets = self.sync.add(idx, stamp, (msg, xyzi, decode_ms), now_ns=now)
         self.latency.record("sync", (time.perf_counter_ns() - t0) / 1e6)
         return self._process_sets(sets)
+
+    def _stamp_in_order(self, topic: str, idx: int, stamp: int) -> bool:
+        """Whether a message goes on to the synchroniser; a stamp going back is a time jump only when
+        it persists.
+
+        One sensor's stamps only go forward (DDS keeps a writer's order), so a step back is either one
+        bad stamp (a stale or reordered message: dropped as ``out_of_order``, the pending valid
+        messages untouched) or the input's clock going back for good (a bag looped, the sensor's clock
+        was reset). The latter shows as a second step back in a row, not older than the first (as in
+        the synchroniser), or at once when the previous stamp was far ahead of the node's clock and
+        this one is not (that one was the outlier): the synchroniser is reset (what it held counts as
+        ``time_jump``) and the message taken, so output resumes from the jump's second message.
+        """
+        last = self._last_stamp[idx]
+        if last is None or stamp >= last:
+            self._backstep[idx] = None
+            self._last_stamp[idx] = stamp
+            return True
+        prev = self._backstep[idx]
+        now = self.clock()
+        last_was_outlier = now > 0 and last - now > TIME_JUMP_NS and stamp - now <= TIME_JUMP_NS
+        if not last_was_outlier and (prev is None or stamp < prev):
+            self._backstep[idx] = stamp
+            self._out_of_order[idx] += 1
+            self._sync_counts()
+            self._warn("order", f"{topic}: stamp {stamp} ns is {(last - stamp) / 1e9:.3g} s older than the "
+                       "previous one; dropped (a time jump only if the next stamp stays back)")
+            return False
+        self._warn("time_jump", f"{topic}: stamp jumped back {(last - stamp) / 1e9:.1f} s; synchroniser reset")
+        self.time_jumps += 1
+        self._reset_sync("time_jump")
+        self._last_now = 0
+        self._last_stamp = [None, None]  # ordering history starts afresh on every input, as in the reset
+        self._backstep = [None, None]
+        self._last_stamp[idx] = stamp
+        return True
 
     def on_tick(self) -> list[Emit]:
         return self._process_sets(self.sync.poll(self._monotonic_now()))
@@ -191,8 +220,9 @@ class OccupancyGridNode(NodeCore):
         counts those under the node's own reason)."""
         for topic, idx in ((self.raw_topic, self.RAW), (self.obstacle_topic, self.OBSTACLE)):
             for reason, per_input in self.sync.dropped_by_reason.items():
-                if reason is not DropReason.RESET and per_input[idx]:
-                    self.set_dropped(topic, reason.value, per_input[idx])
+                n = per_input[idx] + (self._out_of_order[idx] if reason is DropReason.OUT_OF_ORDER else 0)
+                if reason is not DropReason.RESET and n:
+                    self.set_dropped(topic, reason.value, n)
 
     def _process_sets(self, sets: list[SyncedSet]) -> list[Emit]:
         out: list[Emit] = []
