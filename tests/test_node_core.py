@@ -87,6 +87,34 @@ def test_big_endian_cloud_decodes_to_the_same_points() -> None:
     msg_be = create_cloud(be, T0, "velodyne", B)
     assert msg_be.is_bigendian
     np.testing.assert_array_equal(read_xyzi(msg_be), read_xyzi(create_cloud(le, T0, "velodyne", B)))
+    node, _ = _node()  # a genuine big-endian cloud is used, not taken for a wrong byte-order flag
+    assert any(e.topic == topics.OBSTACLE_POINTS for e in node.handle(topics.LIDAR_POINTS, msg_be))
+    assert node.frames_out == 1 and not node.dropped.get(topics.LIDAR_POINTS)
+
+
+@pytest.mark.parametrize("cls", [GroundSegmentationNode, OccupancyGridNode])
+def test_wrong_byte_order_flag_is_rejected_as_implausible(cls) -> None:
+    """Little-endian data flagged ``is_bigendian`` decodes to byte-swapped garbage, of which ~30 % lands
+    within the range gate: the whole cloud is rejected (``implausible``), with a warning naming the cause."""
+    import dataclasses
+
+    node, _ = _node(cls)
+    topic = topics.LIDAR_POINTS
+    good = _cloud(T0)
+    swapped = read_xyzi(dataclasses.replace(good, is_bigendian=True))
+    finite = np.isfinite(swapped[:, :3]).all(axis=1)
+    kept = np.count_nonzero(np.linalg.norm(swapped[finite, :3].astype(np.float64), axis=1) <= 1000.0)
+    assert 0 < kept < 0.5 * finite.sum()  # the premise: some garbage passes the range gate alone
+    out = node.handle(topic, dataclasses.replace(good, is_bigendian=True))
+    assert not [e for e in out if e.topic != topics.DIAGNOSTICS]
+    assert node.dropped[topic]["implausible"] == 1 and node.frames_out == 0
+    assert "is_bigendian" in node.warnings["implausible"]
+    assert sum(node.points_dropped.values()) == 0  # the rejected cloud's points are not counted as removed
+    assert all(a["balanced"] for a in node.accounting().values())
+    # disabled (1.0): the garbage is used, its far points gated, as before
+    node, _ = _node(cls, max_out_of_range_fraction=1.0)
+    node.handle(topic, dataclasses.replace(good, is_bigendian=True))
+    assert not node.dropped.get(topic, {}).get("implausible")
 
 
 def test_stamps_too_far_from_the_node_clock_are_rejected_and_counted() -> None:

@@ -24,7 +24,7 @@ from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.outputs import occupancy_grid_msg
 from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.config import to_dataclass
-from perception_nodes.graph.node import Emit, NodeCore, Port, sanitize_points, synthetic_scan
+from perception_nodes.graph.node import Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.ground import GroundParams, segment_ground
 from perception_nodes.pipeline.occupancy import GridSpec, OccupancyParams, evidential_occupancy, to_occupancy_msg_data
 from perception_nodes.errors import CalibrationError, MalformedMessageError
@@ -149,6 +149,9 @@ class OccupancyGridNode(NodeCore):
         stamp = stamp_to_ns(msg.header.stamp)
         t0 = time.perf_counter_ns()
         xyzi = read_xyzi(msg)  # layout checked now: a malformed cloud never takes a synchroniser slot
+        # range gate now too: an implausible cloud (raises, counted by handle) never takes a slot either;
+        # the obstacle cloud comes from another node: gated the same way, its points not counted as raw
+        xyzi = self.sanitize(topic, xyzi, count_points=idx == self.RAW)
         decode_ms = (time.perf_counter_ns() - t0) / 1e6
         if not self._stamp_in_order(topic, idx, stamp):
             return []
@@ -264,11 +267,9 @@ class OccupancyGridNode(NodeCore):
         with self.latency.frame(stamp) as frame:
             if arrival is not None:
                 frame.stages_ms["sync_wait"] = max(0.0, (self.clock() - arrival) / 1e6)
+            # decoded and range-gated on arrival (on_message)
             frame.stages_ms["decode"] = decode_ms + (obstacle_entry[2] if obstacle_entry is not None else 0.0)
-            with self.latency.stage("decode"):
-                pts = self.sanitize(self.raw_topic, raw_xyzi)
-                if obst is not None:  # from another node: gated the same way, not counted as raw points
-                    obst = sanitize_points(obst, self.max_point_range_m).points
+            pts = raw_xyzi
             with self.latency.stage("transform"):
                 to_base = self.sensor_to_base(raw.header.frame_id)
                 pts = transform_points(to_base, pts)
