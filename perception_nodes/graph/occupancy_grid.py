@@ -105,7 +105,9 @@ class OccupancyGridNode(NodeCore):
         self.time_jumps = 0
         self._last_now = 0
         self._last_stamp: list[int | None] = [None, None]  # per input: last stamp passed on
-        self._backstep: list[int | None] = [None, None]  # per input: stamp of a step back just dropped
+        # per input: a message whose stamp went back, held until the next one tells a stale stamp
+        # (dropped, out_of_order) from a time jump (then it is the new timeline's first message)
+        self._held: list[tuple[int, Any] | None] = [None, None]
         self._out_of_order = [0, 0]  # per input: dropped here (the synchroniser counts its own, added)
 
     def warmup(self) -> None:
@@ -132,7 +134,8 @@ class OccupancyGridNode(NodeCore):
     def pending(self, topic: str) -> int:
         if topic not in (self.raw_topic, self.obstacle_topic):
             return 0
-        return self.sync.pending[self._index(topic)]
+        idx = self._index(topic)
+        return self.sync.pending[idx] + (self._held[idx] is not None)
 
     def _reset_sync(self, reason: str) -> None:
         """Reset the synchroniser; what it held counts as dropped for ``reason``."""
@@ -141,6 +144,7 @@ class OccupancyGridNode(NodeCore):
             if n:
                 self.mark_dropped(topic, reason, n)
         self.sync.reset()
+        self._held = [None, None]
         self._arrival_ns.clear()
         self._sync_counts()
 
@@ -153,51 +157,64 @@ class OccupancyGridNode(NodeCore):
         # the obstacle cloud comes from another node: gated the same way, its points not counted as raw
         xyzi = self.sanitize(topic, xyzi, count_points=idx == self.RAW)
         decode_ms = (time.perf_counter_ns() - t0) / 1e6
-        if not self._stamp_in_order(topic, idx, stamp):
-            return []
+        admitted = self._admit(topic, idx, stamp, (msg, xyzi, decode_ms))
         now = self._monotonic_now()
-        if idx == self.RAW:
-            self._arrival_ns[stamp] = now
-        t0 = time.perf_counter_ns()
-        sets = self.sync.add(idx, stamp, (msg, xyzi, decode_ms), now_ns=now)
-        self.latency.record("sync", (time.perf_counter_ns() - t0) / 1e6)
-        return self._process_sets(sets)
+        out: list[Emit] = []
+        for k, st, entry in admitted:
+            if k == self.RAW:
+                self._arrival_ns[st] = now
+            t0 = time.perf_counter_ns()
+            sets = self.sync.add(k, st, entry, now_ns=now)
+            self.latency.record("sync", (time.perf_counter_ns() - t0) / 1e6)
+            out += self._process_sets(sets)
+        return out
 
-    def _stamp_in_order(self, topic: str, idx: int, stamp: int) -> bool:
-        """Whether a message goes on to the synchroniser; a stamp going back is a time jump only when
-        it persists.
+    def _admit(self, topic: str, idx: int, stamp: int, entry: Any) -> list[tuple[int, int, Any]]:
+        """The (input, stamp, entry) to pass to the synchroniser now; a stamp going back is a time jump
+        only when it persists.
 
         One sensor's stamps only go forward (DDS keeps a writer's order), so a step back is either one
-        bad stamp (a stale or reordered message: dropped as ``out_of_order``, the pending valid
-        messages untouched) or the input's clock going back for good (a bag looped, the sensor's clock
-        was reset). The latter shows as a second step back in a row, not older than the first (as in
-        the synchroniser), or at once when the previous stamp was far ahead of the node's clock and
-        this one is not (that one was the outlier): the synchroniser is reset (what it held counts as
-        ``time_jump``) and the message taken, so output resumes from the jump's second message.
+        bad stamp (a stale or reordered message) or the input's clock going back for good (a bag looped,
+        the sensor's clock was reset). The message is held until the input's next one decides: forward
+        again, and it is dropped (``out_of_order``) while the valid messages in flight stay untouched;
+        back again and not older (as in the synchroniser), or at once when the previous stamp was far
+        ahead of the node's clock and this one is not (that one was the outlier), and it is a time
+        jump: the synchroniser is reset (what it held counts as ``time_jump``) and the held messages
+        start the new timeline, so a looping bag loses no frame.
         """
-        last = self._last_stamp[idx]
+        last, held = self._last_stamp[idx], self._held[idx]
         if last is None or stamp >= last:
-            self._backstep[idx] = None
+            if held is not None:
+                self._held[idx] = None
+                self._drop_out_of_order(topic, idx, held[0], last)
             self._last_stamp[idx] = stamp
-            return True
-        prev = self._backstep[idx]
+            return [(idx, stamp, entry)]
         now = self.clock()
         last_was_outlier = now > 0 and last - now > TIME_JUMP_NS and stamp - now <= TIME_JUMP_NS
-        if not last_was_outlier and (prev is None or stamp < prev):
-            self._backstep[idx] = stamp
-            self._out_of_order[idx] += 1
-            self._sync_counts()
-            self._warn("order", f"{topic}: stamp {stamp} ns is {(last - stamp) / 1e9:.3g} s older than the "
-                       "previous one; dropped (a time jump only if the next stamp stays back)")
-            return False
+        if not last_was_outlier and (held is None or stamp < held[0]):
+            if held is not None:  # not consistent with the previous step back: that one was stale
+                self._drop_out_of_order(topic, idx, held[0], last)
+            self._held[idx] = (stamp, entry)
+            return []
         self._warn("time_jump", f"{topic}: stamp jumped back {(last - stamp) / 1e9:.1f} s; synchroniser reset")
         self.time_jumps += 1
+        helds = [(k, *h) for k, h in enumerate(self._held) if h is not None and (k != idx or h[0] <= stamp)]
+        if held is not None and held[0] > stamp:
+            self._drop_out_of_order(topic, idx, held[0], last)
+        self._held = [None, None]  # taken on below, not counted by the reset
         self._reset_sync("time_jump")
         self._last_now = 0
         self._last_stamp = [None, None]  # ordering history starts afresh on every input, as in the reset
-        self._backstep = [None, None]
+        for k, st, _ in helds:
+            self._last_stamp[k] = max(st, self._last_stamp[k] or st)
         self._last_stamp[idx] = stamp
-        return True
+        return [*helds, (idx, stamp, entry)]
+
+    def _drop_out_of_order(self, topic: str, idx: int, stamp: int, last: int) -> None:
+        self._out_of_order[idx] += 1
+        self._sync_counts()
+        self._warn("order", f"{topic}: stamp {stamp} ns was {(last - stamp) / 1e9:.3g} s older than the one "
+                   "before it, and the next did not confirm a time jump; dropped")
 
     def on_tick(self) -> list[Emit]:
         return self._process_sets(self.sync.poll(self._monotonic_now()))
