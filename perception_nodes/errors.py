@@ -18,3 +18,8 @@ class MalformedMessageError(ValueError):
 
 class CalibrationError(ValueError):
     """Calibration or a transform needed to interpret a message is missing or invalid."""
+
+
+class ImplausibleCloudError(ValueError):
+    """A cloud whose layout is consistent but whose values cannot be a real scan (most finite points
+    far beyond the range gate: typically data read with the wrong byte order or field types)."""

@@ -87,6 +87,34 @@ def test_big_endian_cloud_decodes_to_the_same_points() -> None:
     msg_be = create_cloud(be, T0, "velodyne", B)
     assert msg_be.is_bigendian
     np.testing.assert_array_equal(read_xyzi(msg_be), read_xyzi(create_cloud(le, T0, "velodyne", B)))
+    node, _ = _node()  # a genuine big-endian cloud is used, not taken for a wrong byte-order flag
+    assert any(e.topic == topics.OBSTACLE_POINTS for e in node.handle(topics.LIDAR_POINTS, msg_be))
+    assert node.frames_out == 1 and not node.dropped.get(topics.LIDAR_POINTS)
+
+
+@pytest.mark.parametrize("cls", [GroundSegmentationNode, OccupancyGridNode])
+def test_wrong_byte_order_flag_is_rejected_as_implausible(cls) -> None:
+    """Little-endian data flagged ``is_bigendian`` decodes to byte-swapped garbage, of which ~30 % lands
+    within the range gate: the whole cloud is rejected (``implausible``), with a warning naming the cause."""
+    import dataclasses
+
+    node, _ = _node(cls)
+    topic = topics.LIDAR_POINTS
+    good = _cloud(T0)
+    swapped = read_xyzi(dataclasses.replace(good, is_bigendian=True))
+    finite = np.isfinite(swapped[:, :3]).all(axis=1)
+    kept = np.count_nonzero(np.linalg.norm(swapped[finite, :3].astype(np.float64), axis=1) <= 1000.0)
+    assert 0 < kept < 0.5 * finite.sum()  # the premise: some garbage passes the range gate alone
+    out = node.handle(topic, dataclasses.replace(good, is_bigendian=True))
+    assert not [e for e in out if e.topic != topics.DIAGNOSTICS]
+    assert node.dropped[topic]["implausible"] == 1 and node.frames_out == 0
+    assert "is_bigendian" in node.warnings["implausible"]
+    assert sum(node.points_dropped.values()) == 0  # the rejected cloud's points are not counted as removed
+    assert all(a["balanced"] for a in node.accounting().values())
+    # disabled (1.0): the garbage is used, its far points gated, as before
+    node, _ = _node(cls, max_out_of_range_fraction=1.0)
+    node.handle(topic, dataclasses.replace(good, is_bigendian=True))
+    assert not node.dropped.get(topic, {}).get("implausible")
 
 
 def test_stamps_too_far_from_the_node_clock_are_rejected_and_counted() -> None:
@@ -185,3 +213,56 @@ def test_far_future_stamp_does_not_stop_the_grid(gate_s: float) -> None:
     assert all(a["balanced"] for a in node.accounting().values())
     if gate_s:
         assert node.dropped[node.raw_topic]["stamp_out_of_range"] == 1
+
+
+def _feed_pairs(node, seg, c, stamps, *, stale_after: int | None = None) -> list[int]:
+    """Raw + obstacle pairs at 10 Hz (obstacle from the real ground segmentation core); optionally one
+    raw cloud stamped 0 right after raw ``stale_after`` (before its obstacle cloud). Returns the grid stamps."""
+    grids = []
+    for k, stamp in enumerate(stamps):
+        c.ros += S // 10
+        c.steady += S // 10
+        cloud = _cloud(stamp)
+        outs = node.handle(node.raw_topic, cloud)
+        if k == stale_after:
+            outs += node.handle(node.raw_topic, _cloud(0))
+        for e in seg.handle(topics.LIDAR_POINTS, cloud):
+            if e.topic == node.obstacle_topic:
+                outs += node.handle(node.obstacle_topic, e.msg)
+        outs += node.tick()
+        grids += [int(e.msg.header.stamp.sec) * S + int(e.msg.header.stamp.nanosec)
+                  for e in outs if e.topic == node.output_topic]
+    return grids
+
+
+def test_one_stale_stamp_does_not_destroy_a_valid_frame_in_flight() -> None:
+    """Issue 7 review: with ``stamp_max_age_s: 0`` a raw cloud stamped 0 arriving between a raw cloud
+    and its obstacle cloud reset the synchroniser (taken for a time jump): that frame's grid was lost.
+    One step back is now held until the next stamp goes forward again, then dropped as
+    ``out_of_order``; every valid frame yields its grid."""
+    node, c = _node(OccupancyGridNode, stamp_max_age_s=0.0)
+    seg, _ = _node(stamp_max_age_s=0.0)
+    stamps = [T0 + (k + 1) * S // 10 for k in range(6)]
+    grids = _feed_pairs(node, seg, c, stamps, stale_after=2)
+    assert grids == stamps
+    assert node.dropped[node.raw_topic]["out_of_order"] == 1
+    assert node.time_jumps == 0 and not node.dropped[node.raw_topic]["time_jump"]
+    assert node.fallback_frames == 0
+    assert all(a["balanced"] for a in node.accounting().values())
+
+
+def test_looping_bag_still_recovers_at_once() -> None:
+    """Stamps that jump back and stay back (a looping bag) are a time jump: every frame after the jump
+    yields its grid (output resumes with the jump's second message)."""
+    node, c = _node(OccupancyGridNode, stamp_max_age_s=0.0)
+    seg, _ = _node(stamp_max_age_s=0.0)
+    first = [T0 + (k + 1) * S // 10 for k in range(6)]
+    grids = _feed_pairs(node, seg, c, first)
+    assert grids == first
+    # the bag loops: stamps start again 0.6 s back, while the (wall) node clock goes on
+    second = [T0 + (k + 1) * S // 10 for k in range(6)]
+    grids = _feed_pairs(node, seg, c, second)
+    # the first looped cloud is held until the second confirms the jump: no frame is lost
+    assert grids == second
+    assert node.time_jumps == 1 and not node.dropped.get(node.raw_topic, {}).get("out_of_order")
+    assert all(a["balanced"] for a in node.accounting().values())

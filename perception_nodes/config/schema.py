@@ -32,6 +32,7 @@ DEFAULTS_PATH = Path(__file__).resolve().parent / "perception.params.yaml"
 RANGES: tuple[tuple[str, float, float], ...] = (
     ("diagnostics_period_s", 0.01, 3600.0),
     ("max_point_range_m", 0.1, 1e6),
+    ("max_out_of_range_fraction", 0.0, 1.0),
     ("stamp_max_future_s", 0.0, 1e9),
     ("stamp_max_age_s", 0.0, 1e9),
     ("input_stale_s", 0.0, 1e6),

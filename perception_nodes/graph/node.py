@@ -11,7 +11,9 @@ and the replay bus (:mod:`perception_nodes.replay`) for bags. Shared behaviour l
   at all times (:meth:`NodeCore.accounting`); nothing is lost without a counter saying why;
 * stamps too far from the node's clock are rejected (``stamp_max_future_s``, ``stamp_max_age_s``), and
   points beyond ``max_point_range_m`` or non-finite are dropped and counted before any algorithm sees
-  them (:func:`sanitize_points`);
+  them (:func:`sanitize_points`); a cloud where more than ``max_out_of_range_fraction`` of the finite
+  points fail the range gate is rejected whole (``implausible``): such values come from data decoded
+  with the wrong byte order or field types, and the ~30 % that happen to land near the sensor are garbage;
 * latency accounting with Autoware's debug topic names under ``~/debug/``;
 * diagnostics timed on a steady clock (``steady_clock``, separate from the ROS/sim clock used for
   stamps): per input rate and age of the last message, STALE past ``input_stale_s`` of silence;
@@ -35,7 +37,7 @@ from perception_nodes import topics
 from perception_nodes.calibration import TransformTree, load_rig, transforms_from_tf_message
 from perception_nodes.codecs.backend import MessageBackend, make_header, stamp_to_ns
 from perception_nodes.codecs.outputs import DiagnosticStatusData, diagnostic_array_msg
-from perception_nodes.errors import CalibrationError, MalformedMessageError
+from perception_nodes.errors import CalibrationError, ImplausibleCloudError, MalformedMessageError
 from perception_nodes.latency import CYCLIC, PIPELINE, PROCESSING, FrameLatency, NodeLatency
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
@@ -142,8 +144,8 @@ class NodeCore:
 
     #: parameters every node understands (documented in perception.params.yaml)
     COMMON = ("calibration_file", "use_tf_static", "use_tf", "base_frame", "publish_debug", "diagnostics_period_s",
-              "latency_budgets_ms", "latency_window", "max_point_range_m", "stamp_max_future_s",
-              "stamp_max_age_s", "input_stale_s", "warning_hold_s")
+              "latency_budgets_ms", "latency_window", "max_point_range_m", "max_out_of_range_fraction",
+              "stamp_max_future_s", "stamp_max_age_s", "input_stale_s", "warning_hold_s")
 
     def __init__(
         self,
@@ -236,6 +238,9 @@ class NodeCore:
         except CalibrationError as exc:
             self.mark_dropped(topic, "calibration")
             self._warn("calibration", f"{topic}: {exc}")
+        except ImplausibleCloudError as exc:
+            self.mark_dropped(topic, "implausible")
+            self._warn("implausible", f"{topic}: {exc}")
         except Exception as exc:  # noqa: BLE001 - one message must never stop the node
             self.mark_dropped(topic, "error")
             self._fault(topic, exc)
@@ -355,9 +360,24 @@ class NodeCore:
                                             f"by more than max_point_range_m = {self.max_point_range_m:g} m")
         self.transforms.update_from_tf_message(msg, static=static)
 
-    def sanitize(self, topic: str, points: np.ndarray) -> np.ndarray:
-        """:func:`sanitize_points` with the node's range gate; counts and reports what it drops."""
+    def sanitize(self, topic: str, points: np.ndarray, *, count_points: bool = True) -> np.ndarray:
+        """:func:`sanitize_points` with the node's range gate; counts and reports what it drops
+        (``count_points=False``: a derived cloud, whose points are not the sensor's).
+
+        Raises :class:`ImplausibleCloudError` (the message then counts as dropped ``implausible``)
+        when more than ``max_out_of_range_fraction`` of the finite points fail the range gate. Only
+        finite points count: organised clouds (``is_dense`` false) carry NaN for every missing return.
+        """
         s = sanitize_points(points, self.max_point_range_m)
+        finite = len(points) - s.nonfinite
+        if finite and s.out_of_range > self.max_out_of_range_fraction * finite:
+            raise ImplausibleCloudError(
+                f"{s.out_of_range} of {finite} finite points ({s.out_of_range / finite:.0%}) lie beyond "
+                f"max_point_range_m = {self.max_point_range_m:g} m (max_out_of_range_fraction = "
+                f"{self.max_out_of_range_fraction:g}); cloud rejected: likely a wrong is_bigendian flag "
+                "or wrong field types (datatype/offset) in the PointCloud2")
+        if not count_points:
+            return s.points
         if s.nonfinite:
             self.points_dropped["nonfinite"] += s.nonfinite
             self._warn("nonfinite", f"{topic}: {self.points_dropped['nonfinite']} non-finite points removed so far")
@@ -525,6 +545,7 @@ class NodeCore:
         self.publish_debug: bool = bool(params.get("publish_debug", True))
         self.diagnostics_period_ns = int(float(params.get("diagnostics_period_s", 1.0)) * 1e9)
         self.max_point_range_m = float(params.get("max_point_range_m", 1000.0))
+        self.max_out_of_range_fraction = float(params.get("max_out_of_range_fraction", 0.5))
         self.stamp_max_future_ns = int(float(params.get("stamp_max_future_s", 10.0)) * 1e9)
         self.stamp_max_age_ns = int(float(params.get("stamp_max_age_s", 0.0)) * 1e9)
         self.input_stale_ns = int(float(params.get("input_stale_s", 2.0)) * 1e9)

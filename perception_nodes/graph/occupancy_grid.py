@@ -24,7 +24,7 @@ from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.outputs import occupancy_grid_msg
 from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.config import to_dataclass
-from perception_nodes.graph.node import Emit, NodeCore, Port, sanitize_points, synthetic_scan
+from perception_nodes.graph.node import Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.ground import GroundParams, segment_ground
 from perception_nodes.pipeline.occupancy import GridSpec, OccupancyParams, evidential_occupancy, to_occupancy_msg_data
 from perception_nodes.errors import CalibrationError, MalformedMessageError
@@ -104,7 +104,11 @@ class OccupancyGridNode(NodeCore):
         self._omitted_seen = 0
         self.time_jumps = 0
         self._last_now = 0
-        self._last_raw_stamp: int | None = None
+        self._last_stamp: list[int | None] = [None, None]  # per input: last stamp passed on
+        # per input: a message whose stamp went back, held until the next one tells a stale stamp
+        # (dropped, out_of_order) from a time jump (then it is the new timeline's first message)
+        self._held: list[tuple[int, Any] | None] = [None, None]
+        self._out_of_order = [0, 0]  # per input: dropped here (the synchroniser counts its own, added)
 
     def warmup(self) -> None:
         pts = synthetic_scan()
@@ -130,7 +134,8 @@ class OccupancyGridNode(NodeCore):
     def pending(self, topic: str) -> int:
         if topic not in (self.raw_topic, self.obstacle_topic):
             return 0
-        return self.sync.pending[self._index(topic)]
+        idx = self._index(topic)
+        return self.sync.pending[idx] + (self._held[idx] is not None)
 
     def _reset_sync(self, reason: str) -> None:
         """Reset the synchroniser; what it held counts as dropped for ``reason``."""
@@ -139,6 +144,7 @@ class OccupancyGridNode(NodeCore):
             if n:
                 self.mark_dropped(topic, reason, n)
         self.sync.reset()
+        self._held = [None, None]
         self._arrival_ns.clear()
         self._sync_counts()
 
@@ -147,25 +153,68 @@ class OccupancyGridNode(NodeCore):
         stamp = stamp_to_ns(msg.header.stamp)
         t0 = time.perf_counter_ns()
         xyzi = read_xyzi(msg)  # layout checked now: a malformed cloud never takes a synchroniser slot
+        # range gate now too: an implausible cloud (raises, counted by handle) never takes a slot either;
+        # the obstacle cloud comes from another node: gated the same way, its points not counted as raw
+        xyzi = self.sanitize(topic, xyzi, count_points=idx == self.RAW)
         decode_ms = (time.perf_counter_ns() - t0) / 1e6
-        if idx == self.RAW and self._last_raw_stamp is not None and stamp < self._last_raw_stamp:
-            # one sensor's stamps only go forward (DDS keeps a writer's order), so going back means a bag
-            # looped or the sensor's clock was reset: start over instead of dropping every later message
-            # as "older than the last set"
-            self._warn("time_jump", f"{topic}: stamp jumped back {(self._last_raw_stamp - stamp) / 1e9:.1f} s; "
-                       "synchroniser reset")
-            self.time_jumps += 1
-            self._reset_sync("time_jump")
-            self._last_now = 0
-        if idx == self.RAW:
-            self._last_raw_stamp = stamp
+        admitted = self._admit(topic, idx, stamp, (msg, xyzi, decode_ms))
         now = self._monotonic_now()
-        if idx == self.RAW:
-            self._arrival_ns[stamp] = now
-        t0 = time.perf_counter_ns()
-        sets = self.sync.add(idx, stamp, (msg, xyzi, decode_ms), now_ns=now)
-        self.latency.record("sync", (time.perf_counter_ns() - t0) / 1e6)
-        return self._process_sets(sets)
+        out: list[Emit] = []
+        for k, st, entry in admitted:
+            if k == self.RAW:
+                self._arrival_ns[st] = now
+            t0 = time.perf_counter_ns()
+            sets = self.sync.add(k, st, entry, now_ns=now)
+            self.latency.record("sync", (time.perf_counter_ns() - t0) / 1e6)
+            out += self._process_sets(sets)
+        return out
+
+    def _admit(self, topic: str, idx: int, stamp: int, entry: Any) -> list[tuple[int, int, Any]]:
+        """The (input, stamp, entry) to pass to the synchroniser now; a stamp going back is a time jump
+        only when it persists.
+
+        One sensor's stamps only go forward (DDS keeps a writer's order), so a step back is either one
+        bad stamp (a stale or reordered message) or the input's clock going back for good (a bag looped,
+        the sensor's clock was reset). The message is held until the input's next one decides: forward
+        again, and it is dropped (``out_of_order``) while the valid messages in flight stay untouched;
+        back again and not older (as in the synchroniser), or at once when the previous stamp was far
+        ahead of the node's clock and this one is not (that one was the outlier), and it is a time
+        jump: the synchroniser is reset (what it held counts as ``time_jump``) and the held messages
+        start the new timeline, so a looping bag loses no frame.
+        """
+        last, held = self._last_stamp[idx], self._held[idx]
+        if last is None or stamp >= last:
+            if held is not None:
+                self._held[idx] = None
+                self._drop_out_of_order(topic, idx, held[0], last)
+            self._last_stamp[idx] = stamp
+            return [(idx, stamp, entry)]
+        now = self.clock()
+        last_was_outlier = now > 0 and last - now > TIME_JUMP_NS and stamp - now <= TIME_JUMP_NS
+        if not last_was_outlier and (held is None or stamp < held[0]):
+            if held is not None:  # not consistent with the previous step back: that one was stale
+                self._drop_out_of_order(topic, idx, held[0], last)
+            self._held[idx] = (stamp, entry)
+            return []
+        self._warn("time_jump", f"{topic}: stamp jumped back {(last - stamp) / 1e9:.1f} s; synchroniser reset")
+        self.time_jumps += 1
+        helds = [(k, *h) for k, h in enumerate(self._held) if h is not None and (k != idx or h[0] <= stamp)]
+        if held is not None and held[0] > stamp:
+            self._drop_out_of_order(topic, idx, held[0], last)
+        self._held = [None, None]  # taken on below, not counted by the reset
+        self._reset_sync("time_jump")
+        self._last_now = 0
+        self._last_stamp = [None, None]  # ordering history starts afresh on every input, as in the reset
+        for k, st, _ in helds:
+            self._last_stamp[k] = max(st, self._last_stamp[k] or st)
+        self._last_stamp[idx] = stamp
+        return [*helds, (idx, stamp, entry)]
+
+    def _drop_out_of_order(self, topic: str, idx: int, stamp: int, last: int) -> None:
+        self._out_of_order[idx] += 1
+        self._sync_counts()
+        self._warn("order", f"{topic}: stamp {stamp} ns was {(last - stamp) / 1e9:.3g} s older than the one "
+                   "before it, and the next did not confirm a time jump; dropped")
 
     def on_tick(self) -> list[Emit]:
         return self._process_sets(self.sync.poll(self._monotonic_now()))
@@ -191,8 +240,9 @@ class OccupancyGridNode(NodeCore):
         counts those under the node's own reason)."""
         for topic, idx in ((self.raw_topic, self.RAW), (self.obstacle_topic, self.OBSTACLE)):
             for reason, per_input in self.sync.dropped_by_reason.items():
-                if reason is not DropReason.RESET and per_input[idx]:
-                    self.set_dropped(topic, reason.value, per_input[idx])
+                n = per_input[idx] + (self._out_of_order[idx] if reason is DropReason.OUT_OF_ORDER else 0)
+                if reason is not DropReason.RESET and n:
+                    self.set_dropped(topic, reason.value, n)
 
     def _process_sets(self, sets: list[SyncedSet]) -> list[Emit]:
         out: list[Emit] = []
@@ -234,11 +284,9 @@ class OccupancyGridNode(NodeCore):
         with self.latency.frame(stamp) as frame:
             if arrival is not None:
                 frame.stages_ms["sync_wait"] = max(0.0, (self.clock() - arrival) / 1e6)
+            # decoded and range-gated on arrival (on_message)
             frame.stages_ms["decode"] = decode_ms + (obstacle_entry[2] if obstacle_entry is not None else 0.0)
-            with self.latency.stage("decode"):
-                pts = self.sanitize(self.raw_topic, raw_xyzi)
-                if obst is not None:  # from another node: gated the same way, not counted as raw points
-                    obst = sanitize_points(obst, self.max_point_range_m).points
+            pts = raw_xyzi
             with self.latency.stage("transform"):
                 to_base = self.sensor_to_base(raw.header.frame_id)
                 pts = transform_points(to_base, pts)
