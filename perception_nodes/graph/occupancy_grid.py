@@ -94,6 +94,7 @@ class OccupancyGridNode(NodeCore):
             int(sync.get("queue_size", 5)),
             max_interval_s=float(sync.get("max_interval_s", 0.05)),
             input_timeouts_s=[None, float(sync["obstacle_timeout_s"]) if sync.get("obstacle_timeout_s") else None],
+            names=[self.raw_topic, self.obstacle_topic],
         )
         self.grid = to_dataclass(GridSpec, params.get("grid", {}), f"{name}.grid.")
         self.evidence = to_dataclass(OccupancyParams, params.get("evidence", {}), f"{name}.evidence.")
