@@ -9,9 +9,11 @@ from typing import Any
 from perception_nodes.latency.table import format_table
 from perception_nodes.ros.env import import_rclpy, ros_node
 
-ONCE_GRACE_S = 2.5
-"""``--once``: after the first node reports latency, how long to wait for the other nodes seen on
-/diagnostics to report theirs (each node publishes its own array, once per diagnostics period, 1 s)."""
+ONCE_SETTLE_S = 1.5
+"""``--once``: after the first node reports latency, listen this long before printing, so every running
+node has published its own /diagnostics array at least once (one diagnostics period is 1 s)."""
+ONCE_GRACE_S = 3.5
+"""``--once``: the longest wait after the first latency for every node seen to report latency too."""
 
 
 class DiagnosticsCollector:
@@ -60,7 +62,8 @@ def run_monitor(duration_s: float | None = None, once: bool = False, period_s: f
                 if first_latency is None:
                     first_latency = now
                 # every node publishes its own /diagnostics array: wait (briefly) for all of them
-                if coll.nodes_seen() <= coll.nodes_with_latency() or now - first_latency >= ONCE_GRACE_S:
+                waited = now - first_latency
+                if (waited >= ONCE_SETTLE_S and coll.nodes_seen() <= coll.nodes_with_latency()) or waited >= ONCE_GRACE_S:
                     print(format_table(coll.statuses), flush=True)
                     return 0
                 continue
