@@ -13,15 +13,17 @@ Notation: evidence e ≥ 0 (softplus of the network's output), α = e + 1, S = �
   element-wise functions (no stacking), equal to the Dirichlet ones.
 
 All functions are element-wise over leading dimensions and return per-element losses: reduce (and mask)
-in the caller.
+in the caller. The Dirichlet and NIG maths live in :mod:`perception_nodes.evidential` (their one home);
+the functions here keep the trainer's signatures on top of it.
 """
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
+
+from perception_nodes.evidential import dirichlet, nig
 
 __all__ = [
     "beta_bayes_risk_ce",
@@ -52,26 +54,18 @@ def kl_annealing(progress_epochs: float, anneal_epochs: float, max_weight: float
 
 def dirichlet_bayes_risk_ce(alpha: Tensor, y: Tensor) -> Tensor:
     """``Σ_k y_k (ψ(S) − ψ(α_k))`` over the last dimension; ``y`` one-hot (or soft) like ``alpha``."""
-    s = alpha.sum(dim=-1, keepdim=True)
-    return (y * (torch.digamma(s) - torch.digamma(alpha))).sum(dim=-1)
+    return dirichlet.bayes_risk_ce(alpha, y)
 
 
 def dirichlet_kl_uniform(alpha: Tensor) -> Tensor:
     """``KL(Dir(α) ‖ Dir(1, …, 1))`` over the last dimension (0 exactly when every α_k = 1)."""
-    k = alpha.shape[-1]
-    s = alpha.sum(dim=-1)
-    return (
-        torch.lgamma(s)
-        - math.lgamma(k)
-        - torch.lgamma(alpha).sum(dim=-1)
-        + ((alpha - 1.0) * (torch.digamma(alpha) - torch.digamma(s).unsqueeze(-1))).sum(dim=-1)
-    )
+    return dirichlet.kl_to_uniform(alpha)
 
 
 def dirichlet_evidential_loss(alpha: Tensor, y: Tensor, kl_weight: float) -> Tensor:
     """Bayes-risk CE + ``kl_weight`` · KL(Dir(α̃) ‖ Dir(1)), α̃ = y + (1 − y) ⊙ α; per element."""
-    alpha_tilde = y + (1.0 - y) * alpha
-    return dirichlet_bayes_risk_ce(alpha, y) + kl_weight * dirichlet_kl_uniform(alpha_tilde)
+    return dirichlet.bayes_risk_ce(alpha, y) + kl_weight * dirichlet.kl_to_uniform(
+        dirichlet.remove_target_evidence(alpha, y))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,16 +108,8 @@ def beta_evidential_terms(a: Tensor, b: Tensor, y: Tensor) -> tuple[Tensor, Tens
 
 def nig_nll(y: Tensor, gamma: Tensor, nu: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
     """Negative log-likelihood of ``y`` under the NIG evidential marginal, the Student-t
-    St(γ, β(1+ν)/(να), 2α): ``½log(π/ν) − α log Ω + (α+½) log(ν(y−γ)² + Ω) + lnΓ(α) − lnΓ(α+½)``,
-    Ω = 2β(1+ν). Needs ν > 0, α > 1, β > 0."""
-    omega = 2.0 * beta * (1.0 + nu)
-    return (
-        0.5 * torch.log(math.pi / nu)
-        - alpha * torch.log(omega)
-        + (alpha + 0.5) * torch.log(nu * (y - gamma) ** 2 + omega)
-        + torch.lgamma(alpha)
-        - torch.lgamma(alpha + 0.5)
-    )
+    St(γ, β(1+ν)/(να), 2α) (:func:`perception_nodes.evidential.nig.nll`). Needs ν > 0, α > 1, β > 0."""
+    return nig.nll(nig.NIG(gamma, nu, alpha, beta), y)
 
 
 def nig_regularizer(
@@ -132,8 +118,4 @@ def nig_regularizer(
     """Evidence regulariser ``|y − γ| · (2ν + α)`` (Amini 2020). With ``normalize`` (default) the error is
     divided by the Student-t width ``√(β(1+ν)/(αν))`` (Meinert 2023), so the penalty does not depend on
     the target's scale."""
-    err = (y - gamma).abs()
-    if normalize:
-        width = torch.sqrt(beta * (1.0 + nu) / (alpha * nu))
-        err = err / width
-    return err * (2.0 * nu + alpha)
+    return nig.evidence_regulariser(nig.NIG(gamma, nu, alpha, beta), y, normalised=normalize)
