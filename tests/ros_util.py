@@ -21,6 +21,16 @@ def wait_for(cond: Callable[[], Any], timeout_s: float, period_s: float = 0.02) 
     return bool(cond())
 
 
+def spin_until(executor, cond: Callable[[], Any], timeout_s: float) -> bool:
+    """Spin ``executor`` in this thread until ``cond()`` holds or ``timeout_s`` passes."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        executor.spin_once(timeout_sec=0.05)
+        if cond():
+            return True
+    return bool(cond())
+
+
 @contextmanager
 def spinning(executor):
     """The executor spins in a background thread for the block (callbacks run on its worker threads)."""

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from perception_nodes import topics
 from perception_nodes.bags import BagReader
+from tests.ros_util import spin_until, stamp_ns
 
 pytestmark = pytest.mark.ros
-
-
-def _spin_until(executor, cond, timeout_s: float) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        executor.spin_once(timeout_sec=0.05)
-        if cond():
-            return True
-    return cond()
-
-
-def _stamp(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 @pytest.fixture()
@@ -80,26 +67,26 @@ def test_kitti_bag_played_over_ros_yields_grids_and_latency_topics(kitti_bag, ro
     assert player.wait_for_subscribers(15.0), "graph did not subscribe to the LiDAR topic"
     t = threading.Thread(target=player.play, kwargs={"rate": 1.0, "clock": True, "start_delay_s": 0.5}, daemon=True)
     t.start()
-    ok = _spin_until(live.executor, lambda: len(got[topics.OCCUPANCY_GRID]) >= 3 and
+    ok = spin_until(live.executor, lambda: len(got[topics.OCCUPANCY_GRID]) >= 3 and
                      len(got["/occupancy_grid/debug/pipeline_latency_ms"]) >= 3 and
                      len(got["/ground_segmentation/debug/processing_time_ms"]) >= 3, 60.0)
     t.join(10)
     with BagReader(kitti_bag) as r:
-        in_stamps = [_stamp(rec.msg) for rec in r.records(topics=[topics.LIDAR_POINTS])]
+        in_stamps = [stamp_ns(rec.msg) for rec in r.records(topics=[topics.LIDAR_POINTS])]
     assert ok, {k: len(v) for k, v in got.items()}
-    assert [_stamp(g) for g in got[topics.OCCUPANCY_GRID]] == in_stamps
-    assert [_stamp(g) for g in got[topics.OCCUPANCY_UNCERTAINTY]] == in_stamps
+    assert [stamp_ns(g) for g in got[topics.OCCUPANCY_GRID]] == in_stamps
+    assert [stamp_ns(g) for g in got[topics.OCCUPANCY_UNCERTAINTY]] == in_stamps
     grid = got[topics.OCCUPANCY_GRID][-1]
     data = np.asarray(grid.data, dtype=np.int8)
     assert grid.header.frame_id == "base_link" and data.size == grid.info.width * grid.info.height
     assert (data >= 65).sum() > 50 and (data == -1).any() and ((data >= 0) & (data < 35)).sum() > 1000
     lat = got["/occupancy_grid/debug/pipeline_latency_ms"]
-    assert [_stamp(m) for m in lat] == in_stamps  # latency samples carry the input stamps
+    assert [stamp_ns(m) for m in lat] == in_stamps  # latency samples carry the input stamps
     # sim time advances with /clock (100 Hz), so a sample resolves to ~10 ms and can read 0
     assert all(0.0 <= m.data < 5000.0 for m in lat) and max(m.data for m in lat) > 0.0, [m.data for m in lat]
-    assert [_stamp(m) for m in got["/ground_segmentation/debug/processing_time_ms"]] == in_stamps
+    assert [stamp_ns(m) for m in got["/ground_segmentation/debug/processing_time_ms"]] == in_stamps
     assert got["/ground_segmentation/debug/processing_time/ground_segmentation_ms"]
-    _spin_until(live.executor, lambda: any(s.name == "occupancy_grid: latency"
+    spin_until(live.executor, lambda: any(s.name == "occupancy_grid: latency"
                                            for d in got[topics.DIAGNOSTICS] for s in d.status), 5.0)
     names = {s.name for d in got[topics.DIAGNOSTICS] for s in d.status}
     assert {"ground_segmentation: latency", "occupancy_grid: latency", "occupancy_grid: inputs"} <= names
@@ -123,7 +110,7 @@ def test_malformed_cloud_over_ros_is_counted_and_the_node_keeps_running(kitti_ba
                                                     (topics.OBSTACLE_POINTS, topics.POINTCLOUD2, "sensor")])
     pub_node = rclpy.create_node("test_bad_publisher", context=ros_context)
     pub = pub_node.create_publisher(PointCloud2, topics.LIDAR_POINTS, profile("reliable"))
-    assert _spin_until(live.executor, lambda: pub.get_subscription_count() >= 2, 15.0)
+    assert spin_until(live.executor, lambda: pub.get_subscription_count() >= 2, 15.0)
 
     def cloud(n_bytes: int, sec: int) -> PointCloud2:
         m = PointCloud2()
@@ -147,8 +134,8 @@ def test_malformed_cloud_over_ros_is_counted_and_the_node_keeps_running(kitti_ba
                     return True
         return False
 
-    assert _spin_until(live.executor, lambda: counted() and got[topics.OBSTACLE_POINTS], 20.0)
-    assert _stamp(got[topics.OBSTACLE_POINTS][-1]) == 2 * 1_000_000_000
+    assert spin_until(live.executor, lambda: counted() and got[topics.OBSTACLE_POINTS], 20.0)
+    assert stamp_ns(got[topics.OBSTACLE_POINTS][-1]) == 2 * 1_000_000_000
     pub_node.destroy_node()
     probe.destroy_node()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from perception_nodes import topics
 from perception_nodes.calibration import StaticTransform, TransformTree, make_transform, quat_to_matrix, tf_message
 from perception_nodes.codecs.backend import default_backend
 from perception_nodes.errors import CalibrationError
+from tests.ros_util import spin_until, stamp_ns
 
 
 def _yaw(rad: float) -> np.ndarray:
@@ -115,19 +115,6 @@ def _in_sensor(base_pts: np.ndarray, mount: StaticTransform) -> np.ndarray:
     return out
 
 
-def _spin_until(executor, cond, timeout_s: float) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        executor.spin_once(timeout_sec=0.05)
-        if cond():
-            return True
-    return cond()
-
-
-def _stamp(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
-
 def _nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Distance from each row of ``a`` (M, 3) to its nearest row of ``b`` (N, 3)."""
     return np.array([np.sqrt(((b - p) ** 2).sum(axis=1)).min() for p in a])
@@ -161,7 +148,7 @@ def test_live_graph_takes_tf_static_and_tf_without_a_calibration_file(ros_contex
         tf_static = node.create_publisher(_message_class(topics.TF_MESSAGE), topics.TF_STATIC, profile("latched"))
         tf_dyn = node.create_publisher(_message_class(topics.TF_MESSAGE), topics.TF, profile("reliable"))
         points = node.create_publisher(_message_class(topics.POINTCLOUD2), topics.LIDAR_POINTS, profile("reliable"))
-        assert _spin_until(graph.executor, lambda: points.get_subscription_count() >= 2
+        assert spin_until(graph.executor, lambda: points.get_subscription_count() >= 2
                            and tf_dyn.get_subscription_count() >= 2, 15.0), "graph did not subscribe"
         scene = _scene()
 
@@ -171,11 +158,11 @@ def test_live_graph_takes_tf_static_and_tf_without_a_calibration_file(ros_contex
             return stamp
 
         def outputs_for(stamp: int) -> tuple:
-            assert _spin_until(graph.executor, lambda: any(_stamp(g) == stamp for g in got[topics.OCCUPANCY_GRID])
-                               and any(_stamp(o) == stamp for o in got[topics.OBSTACLE_POINTS]), 20.0), \
-                {k: [_stamp(m) for m in v] for k, v in got.items()}
-            grid = next(g for g in got[topics.OCCUPANCY_GRID] if _stamp(g) == stamp)
-            obst = next(o for o in got[topics.OBSTACLE_POINTS] if _stamp(o) == stamp)
+            assert spin_until(graph.executor, lambda: any(stamp_ns(g) == stamp for g in got[topics.OCCUPANCY_GRID])
+                               and any(stamp_ns(o) == stamp for o in got[topics.OBSTACLE_POINTS]), 20.0), \
+                {k: [stamp_ns(m) for m in v] for k, v in got.items()}
+            grid = next(g for g in got[topics.OCCUPANCY_GRID] if stamp_ns(g) == stamp)
+            obst = next(o for o in got[topics.OBSTACLE_POINTS] if stamp_ns(o) == stamp)
             return grid, read_xyzi(obst)
 
         def check(grid, obstacles: np.ndarray) -> None:
@@ -201,7 +188,7 @@ def test_live_graph_takes_tf_static_and_tf_without_a_calibration_file(ros_contex
             dyn = _mount(yaw, (0.5, 0.4, 1.9), child="roof_lidar")
             odom = _mount(0.2 * k, (100.0 + k, 50.0, 0.0), child="base_link", parent="map")
             tf_dyn.publish(tf_message([odom, dyn], node.get_clock().now().nanoseconds, backend))
-            assert _spin_until(graph.executor, lambda: all(
+            assert spin_until(graph.executor, lambda: all(
                 n.core.transforms.is_dynamic("roof_lidar")
                 and np.allclose(n.core.transforms.lookup("base_link", "roof_lidar"), dyn.matrix)
                 for n in graph.nodes), 10.0), "the /tf transform did not reach every node"

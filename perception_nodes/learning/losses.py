@@ -19,7 +19,6 @@ the functions here keep the trainer's signatures on top of it.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 
