@@ -388,3 +388,72 @@ def run_onnxruntime(model: Any, feeds: dict[str, np.ndarray], threads: int = 1) 
     sess = model if hasattr(model, "get_inputs") else ort_session(model, threads)
     wanted = {i.name for i in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in wanted})[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# per-frame inputs without running the convolutions (what a runtime around the graph needs)
+# --------------------------------------------------------------------------------------------------
+
+
+class _MapsOnly(_Recorder):
+    """A recording pass that builds every kernel map but multiplies nothing: each convolution returns
+    zeros of its output shape, so only the (cheap) pointwise layers run on the host."""
+
+    def conv(self, module: nn.Module, feats: torch.Tensor, km: KernelMap) -> torch.Tensor:
+        self.index_of(km)
+        return feats.new_zeros((km.n_out, int(module.weight.shape[2])))  # type: ignore[union-attr]
+
+
+def record_maps(model: nn.Module, x: SparseTensor) -> tuple[list[MapPlan], list[KernelMap], Any]:
+    """Kernel maps (in call order, with their input plans) of ``model`` on ``x``, convolutions skipped.
+
+    The plans equal those the export recorded as long as the network is the same; a runtime compares
+    them to the exported graph's inputs. The third item is the (zero-featured) output, for its coordinates.
+    """
+    rec = _MapsOnly()
+    prev = conv_mod._export_mode()
+    conv_mod._export_state.ctx = rec
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        conv_mod._export_state.ctx = prev
+    return rec.plans, rec.maps, out
+
+
+def empty_feeds(plans: list[MapPlan], in_channels: int) -> dict[str, np.ndarray]:
+    """Graph inputs of a frame without voxels: zero rows everywhere (no kernel map can be built)."""
+    feeds: dict[str, np.ndarray] = {"features": np.zeros((0, in_channels), np.float32)}
+    for plan in plans:
+        if plan.kind == "new":
+            feeds[f"map_{plan.j}_coords"] = np.zeros((0, 4), np.int64)
+        for k in plan.fed:
+            feeds[f"map_{plan.j}_k{k}_in"] = np.zeros((0, 1), np.int64)
+            feeds[f"map_{plan.j}_k{k}_out"] = np.zeros((0, 1), np.int64)
+    return feeds
+
+
+def fold_batchnorms(model: nn.Module) -> nn.Module:
+    """Fold, in place, every eval-mode ``BatchNorm1d`` registered right after a sparse conv into it.
+
+    The conv gets the scaled weight and a bias, the BatchNorm becomes ``nn.Identity``: the exported
+    graph then has one bias add per layer instead of a BatchNormalization node over ``[N, C]``
+    (what the eager path does at run time in :class:`.norm.SparseSequential`). Use on a copy; the
+    pairing is by registration order (conv, then its BN), which holds for ``SparseSequential`` runs and
+    the residual blocks of :mod:`.backbones` -- a parity check against the unfolded model confirms it.
+    """
+    from .norm import _folded
+
+    for parent in list(model.modules()):
+        kids = list(parent.named_children())
+        for (name_c, c), (name_b, bn) in zip(kids, kids[1:]):
+            if not isinstance(c, conv_mod._SparseConvNd) or type(bn) is not nn.BatchNorm1d:
+                continue
+            if bn.training or not bn.track_running_stats:
+                continue
+            w, b = _folded(c, bn)
+            with torch.no_grad():
+                c.weight = nn.Parameter(w.detach().clone(), requires_grad=False)
+                c.bias = nn.Parameter(b.detach().clone(), requires_grad=False)
+            setattr(parent, name_b, nn.Identity())
+    return model

@@ -13,16 +13,20 @@ heads      the evidential heads
 ========== ==============================================================================
 
 An engine that runs several of these as one graph (ONNX Runtime, later TensorRT) reports them under
-one joined name (e.g. ``backbone+bev_net+heads``) rather than inventing a split it cannot measure.
+one joined name (e.g. ``backbone+bev_net+heads``) rather than inventing a split it cannot measure; the
+host-side kernel-map building such an engine needs is its own stage, ``kernel_maps``.
 
 Runtimes register in :data:`RUNTIMES` (``torch`` here; ``onnxruntime`` and, in the next wave,
-``tensorrt`` add themselves). :func:`make_runtime` raises :class:`RuntimeUnavailable` with the reason
-when a runtime cannot run on this machine, so the node can say so on ``/diagnostics``.
+``tensorrt`` add themselves when their module is imported; :data:`RUNTIME_MODULES` names the module
+:func:`make_runtime` imports for a name not registered yet, so this module imports none of them).
+:func:`make_runtime` raises :class:`RuntimeUnavailable` with the reason when a runtime cannot run on
+this machine, so the node can say so on ``/diagnostics``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from typing import Any, Callable, ContextManager, Protocol
 
 import torch
@@ -30,8 +34,8 @@ from torch import Tensor
 
 from perception_nodes.models.lidar_detection import LidarDetectionNet, LidarDetectionOutput
 
-__all__ = ["RUNTIMES", "LidarRuntime", "RuntimeUnavailable", "StageFn", "TorchRuntime", "make_runtime",
-           "no_stages", "register_runtime"]
+__all__ = ["RUNTIMES", "RUNTIME_MODULES", "LidarRuntime", "RuntimeUnavailable", "StageFn", "TorchRuntime",
+           "make_runtime", "no_stages", "register_runtime"]
 
 StageFn = Callable[[str], ContextManager[Any]]
 
@@ -91,6 +95,10 @@ class TorchRuntime:
 RUNTIMES: dict[str, Callable[..., LidarRuntime]] = {"torch": TorchRuntime}
 
 
+#: runtime name -> module that registers it on import (loaded on first use by :func:`make_runtime`)
+RUNTIME_MODULES: dict[str, str] = {"onnxruntime": "perception_nodes.models.onnx_runtime"}
+
+
 def register_runtime(name: str, factory: Callable[..., LidarRuntime]) -> None:
     """Make ``runtime: <name>`` selectable in the params file."""
     RUNTIMES[name] = factory
@@ -98,6 +106,12 @@ def register_runtime(name: str, factory: Callable[..., LidarRuntime]) -> None:
 
 def make_runtime(name: str, net: LidarDetectionNet, **options: Any) -> LidarRuntime:
     """The runtime ``name`` around ``net``; :class:`RuntimeUnavailable` if unknown or unusable here."""
+    if name not in RUNTIMES and name in RUNTIME_MODULES:
+        try:
+            importlib.import_module(RUNTIME_MODULES[name])
+        except ImportError as e:
+            raise RuntimeUnavailable(f"runtime {name!r} cannot be loaded here: {e}") from None
     if name not in RUNTIMES:
-        raise RuntimeUnavailable(f"unknown runtime {name!r}; known: {', '.join(sorted(RUNTIMES))}")
+        known = sorted(set(RUNTIMES) | set(RUNTIME_MODULES))
+        raise RuntimeUnavailable(f"unknown runtime {name!r}; known: {', '.join(known)}")
     return RUNTIMES[name](net, **options)
