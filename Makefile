@@ -4,7 +4,7 @@ OUT ?= out/demo
 PYTEST_ARGS ?=
 RUN := set +u; . scripts/ros_env.sh; set -u;
 
-.PHONY: setup demo test bench bench-sparse clean
+.PHONY: setup demo test bench bench-sparse bench-lidar clean
 setup:
 	@bash scripts/setup.sh
 
@@ -23,6 +23,11 @@ bench: setup
 bench-sparse: setup
 	@[ -d /tmp/spconv-site/spconv ] || { .venv/bin/pip install -q --target /tmp/spconv-site spconv==2.3.8 && rm -rf /tmp/spconv-site/numpy*; }
 	@$(RUN) SPCONV_SITE=/tmp/spconv-site .venv/bin/python benchmarks/sparse_conv.py
+
+# LiDAR branch end to end (torch, onnxruntime, spconv backbone); BENCH_ARGS e.g. --weights DIR --reps 11
+bench-lidar: setup
+	@[ -d /tmp/spconv-site/spconv ] || { .venv/bin/pip install -q --target /tmp/spconv-site spconv==2.3.8 && rm -rf /tmp/spconv-site/numpy*; }
+	@$(RUN) SPCONV_SITE=/tmp/spconv-site .venv/bin/python benchmarks/lidar_branch.py $(BENCH_ARGS)
 
 clean:
 	rm -rf out ros_ws/build ros_ws/install ros_ws/log ros_ws/colcon.log
