@@ -360,7 +360,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             first = rt.infer(scans[0][1])
             if k == "torch":
                 ref = first
-            info.setdefault(k, {})["max_rel_err_vs_torch"] = None if ref is None else float(f"{rel_err(first, ref):.3g}")
+            err = None if ref is None else float(f"{rel_err(first, ref):.3g}")
+            info.setdefault(k, {})["max_rel_err_vs_torch"] = err
         log(f"{threads} thread(s): warm, timing {args.reps} reps x {len(scans)} scans x {list(sides)}")
         for r in range(args.reps):
             for _, p in scans:
@@ -372,21 +373,36 @@ def main(argv: Optional[list[str]] = None) -> int:
         for k in sides:
             block[k] = {"e2e": pct(e2e[k]), "stages": {s: pct(v) for s, v in timers[k].samples.items()},
                         **info.get(k, {}), "describe": sides[k].describe()}
-            block[k]["meets_goal"] = (block[k]["e2e"]["p50"] <= GOAL_P50_MS and block[k]["e2e"]["p99"] <= GOAL_P99_MS)
+            e = block[k]["e2e"]
+            block[k]["meets_goal"] = e["p50"] <= GOAL_P50_MS and e["p99"] <= GOAL_P99_MS
             log(f"  {k:12s} e2e p50 {block[k]['e2e']['p50']:8.1f} ms  p99 {block[k]['e2e']['p99']:8.1f} ms  "
                 + "  ".join(f"{s} {v['p50']:.1f}" for s, v in block[k]["stages"].items()))
+        # ratios: of the pooled p50s, and the median of per-sample ratios (same repetition and scan, run
+        # back to back: the figure least moved by load on a shared machine)
         ratios: dict[str, Optional[float]] = {}
+
+        def paired(a: list[float], b: list[float]) -> float:
+            return round(float(np.median(np.asarray(a) / np.asarray(b))), 3)
+
         if "torch" in block:
             t = block["torch"]
             if "spconv" in block:
-                ratios["spconv_over_ours_e2e_p50"] = round(block["spconv"]["e2e"]["p50"] / t["e2e"]["p50"], 3)
+                sp = block["spconv"]
+                ratios["spconv_over_ours_e2e_p50"] = round(sp["e2e"]["p50"] / t["e2e"]["p50"], 3)
+                ratios["spconv_over_ours_e2e_paired"] = paired(e2e["spconv"], e2e["torch"])
                 ratios["spconv_over_ours_backbone_p50"] = round(
-                    block["spconv"]["stages"]["backbone"]["p50"] / t["stages"]["backbone"]["p50"], 3)
+                    sp["stages"]["backbone"]["p50"] / t["stages"]["backbone"]["p50"], 3)
+                ratios["spconv_over_ours_backbone_paired"] = paired(timers["spconv"].samples["backbone"],
+                                                                    timers["torch"].samples["backbone"])
             if "onnxruntime" in block:
-                ratios["onnxruntime_over_torch_e2e_p50"] = round(block["onnxruntime"]["e2e"]["p50"] / t["e2e"]["p50"], 3)
+                ort_p50 = block["onnxruntime"]["e2e"]["p50"]
+                ratios["onnxruntime_over_torch_e2e_p50"] = round(ort_p50 / t["e2e"]["p50"], 3)
+                ratios["onnxruntime_over_torch_e2e_paired"] = paired(e2e["onnxruntime"], e2e["torch"])
         block["ratios"] = ratios
-        if threads >= 2 and "spconv" in block:
-            block["spconv"]["note"] = "spconv 2.3.8 CPU kernels give wrong results at >= 2 threads (max_rel_err_vs_torch)"
+        log(f"  ratios: {ratios}")
+        if "spconv" in block and (block["spconv"].get("max_rel_err_vs_torch") or 0) > 1e-4:
+            block["spconv"]["note"] = ("spconv output differs from ours: spconv 2.3.8's CPU kernels are wrong at "
+                                       ">= 2 threads (benchmarks/sparse_conv.py, spconv_thread_bug)")
         result["threads"][str(threads)] = block
     result["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
     result["notes"] = notes + [

@@ -104,6 +104,7 @@ class OnnxRuntime:
             fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=cache_dir)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache file is not a secret
             os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
         except OSError as e:
             raise RuntimeUnavailable(f"cannot write the ONNX export to {cache_dir}: {e}") from None
