@@ -102,10 +102,10 @@ _KITTI = TargetParams(
     max_range=80.0, mount_height=(1.60, 1.85), tilt_max_deg=3.0,
     ground_levels={-1: 0.29, -2: 0.55, -3: 0.30, -4: 0.28, -5: 0.24},
     object_level=0.34, object_gamma=0.8, falloff_m=160.0,
-    zero_floor=0.06, zero_range_m=52.0, dark_paint_zero=0.9, quantum=0.01,
+    zero_floor=0.03, zero_range_m=52.0, dark_paint_zero=0.9, quantum=0.01,
     car_size_mean=(3.88, 1.63, 1.53), car_size_std=(0.43, 0.10, 0.14),
     glass_return=0.3, object_noise_m=0.03,
-    occlusion_below_deg=-19.0, occlusion_max=(0.25, 0.5), vegetation_per_100m=70.0,
+    occlusion_below_deg=-19.0, occlusion_max=(0.25, 0.5), vegetation_per_100m=120.0,
 )
 _NUSCENES = TargetParams(
     max_range=100.0, mount_height=(1.75, 1.90), tilt_max_deg=3.0,
@@ -114,7 +114,7 @@ _NUSCENES = TargetParams(
     zero_floor=0.001, zero_range_m=1e9, dark_paint_zero=0.0, quantum=1.0,
     car_size_mean=(4.62, 1.95, 1.73), car_size_std=(0.46, 0.19, 0.24),
     glass_return=0.3, object_noise_m=0.03,
-    occlusion_below_deg=-17.0, occlusion_max=(0.45, 0.75), vegetation_per_100m=25.0,
+    occlusion_below_deg=-17.0, occlusion_max=(0.45, 0.75), vegetation_per_100m=40.0,
 )
 TARGET_PARAMS: dict[str, TargetParams] = {"kitti": _KITTI, "nuscenes": _NUSCENES}
 #: intensity scale of each target's raw encoding (nuScenes: 0-255); outputs are divided by it.
@@ -348,27 +348,30 @@ class _Space:
             ex, ey, eyaw = scene.ego.pose(float(t))
             polys.append(_corners_xy(ex, ey, scene.ego.size[0] + 0.5, scene.ego.size[1] + 0.5, eyaw))
         self.dynamic = np.array(polys).reshape(-1, 4, 2)
-        self.static: dict[int, np.ndarray] = {}
+        self._dyn_lo, self._dyn_hi = self.dynamic.min(axis=1), self.dynamic.max(axis=1)
+        self._ids: list[int] = []
+        self._polys = np.zeros((0, 4, 2))
         for b in _boxes_at([a for a in scene.actors if not a.dynamic], 0.0, scene.ground):
-            self.static[int(b.extras["actor_id"])] = b.corners_xy()
+            self.set_static(int(b.extras["actor_id"]), b.corners_xy())
+
+    def set_static(self, actor_id: int, poly: np.ndarray) -> None:
+        if actor_id in self._ids:
+            self._polys[self._ids.index(actor_id)] = poly
+        else:
+            self._ids.append(actor_id)
+            self._polys = np.concatenate([self._polys, poly[None]], axis=0)
+        self._lo, self._hi = self._polys.min(axis=1), self._polys.max(axis=1)
 
     def free(self, poly: np.ndarray, ignore: int | None = None, dynamic: bool = True) -> bool:
         from perception_nodes.scenario.scenarios import _overlap
 
         lo, hi = poly.min(axis=0), poly.max(axis=0)
-        keys = [k for k in self.static if k != ignore]
-        cands = []
-        if keys:
-            arr = np.array([self.static[k] for k in keys])
-            m = np.all(arr.min(axis=1) <= hi, axis=1) & np.all(arr.max(axis=1) >= lo, axis=1)
-            cands.extend(arr[m])
+        m = np.all(self._lo <= hi, axis=1) & np.all(self._hi >= lo, axis=1)
+        cands = [self._polys[i] for i in np.flatnonzero(m) if self._ids[i] != ignore]
         if dynamic and len(self.dynamic):
-            m = np.all(self.dynamic.min(axis=1) <= hi, axis=1) & np.all(self.dynamic.max(axis=1) >= lo, axis=1)
+            m = np.all(self._dyn_lo <= hi, axis=1) & np.all(self._dyn_hi >= lo, axis=1)
             cands.extend(self.dynamic[m])
-        for other in cands:
-            if np.all(other.min(axis=0) <= hi) and np.all(other.max(axis=0) >= lo) and _overlap(poly, other):
-                return False
-        return True
+        return not any(_overlap(poly, other) for other in cands)
 
 
 def _resize(space: _Space, scene, actor, size, label=None):
@@ -381,7 +384,7 @@ def _resize(space: _Space, scene, actor, size, label=None):
     b = _boxes_at([new], 0.0, scene.ground)[0]
     poly = b.corners_xy()
     if space.free(poly, ignore=actor.actor_id):
-        space.static[actor.actor_id] = poly
+        space.set_static(actor.actor_id, poly)
         return new
     return None
 
@@ -437,7 +440,7 @@ def apply_scene_realism(scene, realism: Realism, seed: int):
 
 def _vegetation(scene, space: _Space, rng: np.random.Generator, per_100m: float) -> list:
     """Bushes, hedges and trees beside the road, where they overlap nothing (over the whole scene)."""
-    from perception_nodes.scenario.scene import Actor, _boxes_at
+    from perception_nodes.scenario.scene import Actor, _corners_xy
 
     g = scene.ground
     hw = g.road_half_width
@@ -452,7 +455,7 @@ def _vegetation(scene, space: _Space, rng: np.random.Generator, per_100m: float)
     for _ in range(n):
         s = float(rng.uniform(s0, s1))
         side = 1.0 if rng.random() < 0.5 else -1.0
-        kind = rng.choice(["bush", "hedge", "tree"], p=[0.45, 0.25, 0.3])
+        kind = rng.choice(["bush", "hedge", "tree"], p=[0.35, 0.2, 0.45])
         if kind == "bush":
             size = (float(rng.uniform(0.8, 2.5)), float(rng.uniform(0.8, 2.2)), float(rng.uniform(0.6, 2.0)))
         elif kind == "hedge":
@@ -460,36 +463,30 @@ def _vegetation(scene, space: _Space, rng: np.random.Generator, per_100m: float)
         else:
             d = float(rng.uniform(3.0, 7.0))
             size = (d, d * float(rng.uniform(0.8, 1.0)), float(rng.uniform(5.0, 11.0)))
-        lat = side * (hw + float(rng.uniform(0.6, 10.0)) + size[1] / 2.0)
+        lat = side * (hw + float(rng.uniform(0.4, 10.0)) + size[1] / 2.0)
         if g.path is None:
             x, y, h = s, lat, 0.0
         else:
-            lane = g.path.offset(lat) if abs(lat) < 40 else None
-            if lane is None:
-                continue
-            try:
-                x, y, h = g.path.pose(s)
-            except Exception:  # noqa: BLE001
-                continue
+            x, y, h = g.path.pose(s)
             x, y = x - lat * math.sin(h), y + lat * math.cos(h)
         yaw = h + float(rng.normal(0.0, 0.1))
         refl = float(rng.uniform(0.3, 0.5))
         density = float(rng.uniform(1.0, 3.0))  # extinction per metre inside the crown
         a = Actor(actor_id=next_id, label=VEGETATION, xy=(float(x), float(y)), size=size, yaw=float(yaw),
                   reflectivity=refl, shape=f"{kind}:{density:.3f}")
-        b = _boxes_at([a], 0.0, g)[0]
-        poly = b.corners_xy()
-        _, lat_c, _ = g.road_coords(poly[:, 0], poly[:, 1])
-        if np.any(np.abs(lat_c) < hw + 0.3):
-            continue
+        poly = _corners_xy(x, y, size[0], size[1], yaw)
+        dyaw = yaw - h
+        reach = abs(math.sin(dyaw)) * size[0] / 2.0 + abs(math.cos(dyaw)) * size[1] / 2.0
+        if abs(lat) - reach < hw + 0.3:
+            continue  # keep off the road (and its curbs)
         if kind == "tree":
             # the trunk must be clear of everything; the crown (2 m up and more) only of static objects
-            trunk = _boxes_at([replace(a, size=(0.6, 0.6, size[2]))], 0.0, g)[0].corners_xy()
+            trunk = _corners_xy(x, y, 0.6, 0.6, yaw)
             if not space.free(trunk) or not space.free(poly, dynamic=False):
                 continue
         elif not space.free(poly):
             continue
-        space.static[next_id] = poly
+        space.set_static(next_id, poly)
         out.append(a)
         next_id += 1
     return out
