@@ -309,7 +309,8 @@ COLUMNS = [  # (key, header, format)
     ("intensity_nonground", "I non-ground", "{:.2f}"), ("zero_share", "zeros", "{:.3f}"),
     ("zero_share_40_80", "zeros 40-80 m", "{:.2f}"), ("quantised", "quantised", "{}"),
     ("height_m", "height m", "{:.2f}"), ("tilt_deg", "tilt °", "{:.2f}"), ("residual_mm", "resid. mm", "{:.0f}"),
-    ("scattered_share", "scattered", "{:.3f}"), ("car_size_mean", "car l×w×h", None),
+    ("scattered_share", "scattered", "{:.3f}"), ("car_intensity", "car I", "{:.2f}"),
+    ("car_size_mean", "car l×w×h", None),
 ]
 
 

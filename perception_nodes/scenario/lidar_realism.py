@@ -255,7 +255,7 @@ def cast_scan_realistic(scene: Scene, t: float, beam_model: BeamModel, rng: np.r
     if real.object_dropout and not state.ideal and soft_mask.any():
         r_, c_ = np.nonzero(soft_mask & valid)
         rho = rho_of(src_best[r_, c_])
-        p_keep = (np.clip(0.6 + 1.0 * rho, 0.5, 0.97) * (0.5 + 0.5 * cos_best[r_, c_])
+        p_keep = (np.clip(0.7 + 1.0 * rho, 0.6, 0.97) * (0.5 + 0.5 * cos_best[r_, c_])
                   * np.exp(-t_best[r_, c_] / 200.0))
         drop = u_drop[r_, c_] >= p_keep
         valid[r_[drop], c_[drop]] = False
@@ -284,7 +284,7 @@ def cast_scan_realistic(scene: Scene, t: float, beam_model: BeamModel, rng: np.r
         inten = level * np.exp(-rng_true / P.falloff_m) * np.exp(0.3 * n_int[ring, az_idx])
         p0 = P.zero_floor + (1.0 - P.zero_floor) * (1.0 - np.exp(-(rng_true / P.zero_range_m) ** 3))
         dark = o & soft_mask[ring, az_idx]
-        p0 = np.where(dark, p0 + (1.0 - p0) * P.dark_paint_zero * np.clip((0.55 - rho) / 0.15, 0.0, 1.0), p0)
+        p0 = np.where(dark, p0 + (1.0 - p0) * P.dark_paint_zero * np.clip((0.6 - rho) / 0.15, 0.0, 1.0), p0)
         inten = np.where(u_zero[ring, az_idx] < p0, 0.0, inten)
         top = 0.99 if scale == 1.0 else 255.0
         inten = np.clip(np.round(inten / P.quantum) * P.quantum, 0.0, top) / scale

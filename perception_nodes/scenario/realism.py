@@ -101,8 +101,8 @@ class TargetParams:
 _KITTI = TargetParams(
     max_range=80.0, mount_height=(1.60, 1.85), tilt_max_deg=3.0,
     ground_levels={-1: 0.29, -2: 0.55, -3: 0.30, -4: 0.28, -5: 0.24},
-    object_level=0.34, object_gamma=0.8, falloff_m=160.0,
-    zero_floor=0.03, zero_range_m=52.0, dark_paint_zero=0.9, quantum=0.01,
+    object_level=0.38, object_gamma=0.8, falloff_m=160.0,
+    zero_floor=0.015, zero_range_m=52.0, dark_paint_zero=0.9, quantum=0.01,
     car_size_mean=(3.88, 1.63, 1.53), car_size_std=(0.43, 0.10, 0.14),
     glass_return=0.3, object_noise_m=0.03,
     occlusion_below_deg=-19.0, occlusion_max=(0.25, 0.5), vegetation_per_100m=120.0,
@@ -110,7 +110,7 @@ _KITTI = TargetParams(
 _NUSCENES = TargetParams(
     max_range=100.0, mount_height=(1.75, 1.90), tilt_max_deg=3.0,
     ground_levels={-1: 11.5, -2: 40.0, -3: 14.0, -4: 12.0, -5: 9.0},
-    object_level=18.0, object_gamma=0.8, falloff_m=60.0,
+    object_level=21.0, object_gamma=0.8, falloff_m=60.0,
     zero_floor=0.001, zero_range_m=1e9, dark_paint_zero=0.0, quantum=1.0,
     car_size_mean=(4.62, 1.95, 1.73), car_size_std=(0.46, 0.19, 0.24),
     glass_return=0.3, object_noise_m=0.03,

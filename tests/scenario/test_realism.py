@@ -251,7 +251,7 @@ def test_scene_knobs_add_clutter_and_kinds_without_overlaps():
 
 def test_vegetation_returns_are_scattered():
     real, st = _state("kitti:+vegetation")
-    scene = apply_scene_realism(SCENARIOS["highway"](0), real, 0)
+    scene = apply_scene_realism(SCENARIOS["urban_street"](0), real, 0)
     scan = cast_scan(scene, 1.0, HDL64, np.random.default_rng(0), realism=st)
     veg = {a.actor_id for a in scene.actors if a.label == VEGETATION and a.shape.startswith(("bush", "hedge"))}
     mine = np.isin(scan.source, list(veg))
