@@ -14,7 +14,8 @@ Sensors (10 Hz, nominal stamps ``START_NS + k * 100 ms``; faults may jitter stam
 Ground truth (nominal stamps, never faulted):
 
 * ``/ground_truth/objects`` (+ ``/ground_truth/markers``): Detection3DArray of the Car, Pedestrian,
-  Cyclist and Pole boxes in base_link.
+  Cyclist and Pole boxes in base_link (plus Van, Truck and Bus when the ``vehicle_kinds`` realism knob
+  adds them; see :mod:`perception_nodes.scenario.realism`).
 * ``/ground_truth/occupancy``, ``/ground_truth/occupancy/visibility`` (from a fault-free, noise-free ray
   cast of the rig's LiDAR, not from the delivered scan) and ``/ground_truth/occupancy/lidar_fault``
   (where an injected LiDAR fault acts in that frame): nav_msgs/OccupancyGrid, 100 / 0, base_link, the

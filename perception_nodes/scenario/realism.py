@@ -52,6 +52,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+#: Version of the realism model (recorded in /scenario/info under ``realism``); bump when a knob's output changes.
+REALISM_VERSION = 1
 #: The knobs, in the order the ablation reports them.
 KNOBS: tuple[str, ...] = ("range_cap", "car_shape", "object_dropout", "object_noise", "intensity", "sensor_pose",
                           "ground", "vegetation", "vehicle_kinds", "ego_occlusion", "car_sizes")
@@ -319,7 +321,7 @@ class RealismState:
         return m
 
     def describe(self) -> dict[str, Any]:
-        return {**self.realism.to_dict(), "mount_height_m": self.mount_height,
+        return {**self.realism.to_dict(), "version": REALISM_VERSION, "mount_height_m": self.mount_height,
                 "mount_roll_deg": math.degrees(self.roll), "mount_pitch_deg": math.degrees(self.pitch),
                 "ego_blocked_rays": int(self.blocked.sum()) if self.blocked is not None else 0}
 
@@ -505,6 +507,6 @@ def field_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(Realism))
 
 
-__all__ = ["KNOBS", "TARGETS", "Realism", "RealismState", "GroundRelief", "TargetParams", "TARGET_PARAMS",
+__all__ = ["REALISM_VERSION", "KNOBS", "TARGETS", "Realism", "RealismState", "GroundRelief", "TargetParams", "TARGET_PARAMS",
            "apply_scene_realism", "realism_beams", "VEGETATION", "VAN", "TRUCK", "BUS", "VEHICLE_KIND_LABELS",
            "INTENSITY_SCALE", "KIND_SIZES"]
