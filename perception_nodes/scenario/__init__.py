@@ -8,6 +8,7 @@ Example::
     truth = boxes_in_base_link(actors_at(scene, 1.0, OBJECT_LABELS), ego_pose3d(1.0, scene))
     left = render_camera(scene, 1.0, camera_rig()["left"], 0)  # .rgb, .depth
     generate_bag("out/bag", scenario="highway", seed=3, faults=Faults(lidar_sector_deg=(60, 120)))
+    generate_bag("out/kitti_like", scenario="urban_street", realism="kitti")  # sim-to-real knobs, see realism.py
 
 Nothing is downloaded; everything is a pure function of (seed, t).
 """
@@ -25,6 +26,7 @@ from perception_nodes.scenario.lidar import (
     ScanResult,
     boxes_in_lidar,
     cast_scan,
+    hdl32e,
     hdl64,
     render_scan,
     vlp16,
@@ -46,6 +48,7 @@ from perception_nodes.scenario.scene import (
     ego_pose,
     ego_pose3d,
 )
+from perception_nodes.scenario.realism import Realism, RealismState, apply_scene_realism
 from perception_nodes.scenario.scenarios import SCENARIOS, make_scene
 
 
@@ -91,8 +94,12 @@ __all__ = [
     "ego_pose",
     "ego_pose3d",
     "generate_bag",
+    "hdl32e",
     "hdl64",
     "make_scene",
+    "Realism",
+    "RealismState",
+    "apply_scene_realism",
     "parse_faults",
     "render_camera",
     "render_scan",

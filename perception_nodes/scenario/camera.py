@@ -499,7 +499,8 @@ def _shade_ground(rgb, gmask, g, depth, src, origin, dxw, dyw, dzw, dist_scale, 
     rgb[gmask] = col * shade[:, None]
 
 
-_LABEL_CODES = {CAR: 0, PEDESTRIAN: 1, CYCLIST: 2, BUILDING: 3, WALL: 4, POLE: 5}
+# the realism knobs' vans, trucks and buses are painted like cars (vegetation stays a plain grey box)
+_LABEL_CODES = {CAR: 0, PEDESTRIAN: 1, CYCLIST: 2, BUILDING: 3, WALL: 4, POLE: 5, "Van": 0, "Truck": 0, "Bus": 0}
 
 
 def _actor_table(info: dict, seed: int) -> dict[str, np.ndarray]:

@@ -14,7 +14,8 @@ Sensors (10 Hz, nominal stamps ``START_NS + k * 100 ms``; faults may jitter stam
 Ground truth (nominal stamps, never faulted):
 
 * ``/ground_truth/objects`` (+ ``/ground_truth/markers``): Detection3DArray of the Car, Pedestrian,
-  Cyclist and Pole boxes in base_link.
+  Cyclist and Pole boxes in base_link (plus Van, Truck and Bus when the ``vehicle_kinds`` realism knob
+  adds them; see :mod:`perception_nodes.scenario.realism`).
 * ``/ground_truth/occupancy``, ``/ground_truth/occupancy/visibility`` (from a fault-free, noise-free ray
   cast of the rig's LiDAR, not from the delivered scan) and ``/ground_truth/occupancy/lidar_fault``
   (where an injected LiDAR fault acts in that frame): nav_msgs/OccupancyGrid, 100 / 0, base_link, the
@@ -109,10 +110,12 @@ CAMERA_TOPICS = frozenset(
     + [GT_DEPTH, GT_DISPARITY]
 )
 
-LIDAR_MODELS = ("hdl64", "vlp32", "vlp16")
+LIDAR_MODELS = ("hdl64", "vlp32", "vlp16", "hdl32e")
 DEFAULT_RESOLUTION = (640, 192)
 # independent random streams per purpose, so that e.g. switching a fault on leaves the LiDAR noise as it was
 _STREAM_LIDAR, _STREAM_CAMERA, _STREAM_FAULTS, _STREAM_TIMING = 1, 2, 3, 4
+#: ground-truth labels published on /ground_truth/objects (the extra vehicle kinds exist only with realism)
+GT_OBJECT_LABELS = ("Car", "Pedestrian", "Cyclist", "Pole", "Van", "Truck", "Bus")
 
 
 def _q_yaw(backend, yaw: float):
@@ -168,7 +171,7 @@ def string_msg(text: str, backend) -> Any:
 
 
 def lidar_model(name: str):
-    """The beam model preset ``name`` (hdl64, vlp32, vlp16)."""
+    """The beam model preset ``name`` (hdl64, vlp32, vlp16, hdl32e)."""
     from perception_nodes.scenario.lidar import BeamModel
 
     if name not in LIDAR_MODELS:
@@ -207,6 +210,7 @@ def generate_bag(
     progress: bool = True,
     rig: str | Path = "kitti_hdl64.yaml",
     timings: dict[str, float] | None = None,
+    realism=None,
 ) -> Path:
     """Render ``scenario`` (a name of :data:`~perception_nodes.scenario.scenarios.SCENARIOS`) for
     ``duration_s`` at 10 Hz into a new rosbag2 MCAP bag folder ``out`` (must not exist); see the module
@@ -214,7 +218,12 @@ def generate_bag(
     still start at ``START_NS``, and fault times count from the first frame). ``lidar``: "hdl64" (KITTI), "vlp32" or "vlp16"; ``camera_resolution``: (width,
     height) of all three cameras; ``cameras=False`` skips the cameras and their ground truth;
     ``faults``: a :class:`~perception_nodes.scenario.faults.Faults`. ``timings``, when given, receives
-    the total seconds spent per stage (scene, lidar, cameras, truth, write).
+    the total seconds spent per stage (scene, lidar, cameras, truth, write). ``realism``: ``None`` /
+    ``"none"`` (default: the plain simulator, bit-identical to earlier versions), a preset such as
+    ``"kitti"``, ``"nuscenes"`` or ``"kitti:-vegetation"``, a mapping, or a
+    :class:`~perception_nodes.scenario.realism.Realism` (see that module). With realism on, the scene
+    gets its scene-level knobs, ``/tf_static`` carries the drawn sensor mount, /scenario/info a
+    ``realism`` entry, and the ground truth stays in base_link / map.
     """
     import numpy as np
     from tqdm import tqdm
@@ -243,6 +252,9 @@ def generate_bag(
         raise ValueError(f"camera resolution {width}x{height} is too small (16x16 at least)")
     clock = {k: 0.0 for k in ("scene", "lidar", "cameras", "truth", "write")}
     tic = time.perf_counter()
+    from perception_nodes.scenario.realism import Realism, RealismState, apply_scene_realism, realism_beams
+
+    real = Realism.parse(realism)
     scene = make_scene(scenario, seed)
     beams = lidar_model(lidar)
     static = load_rig(rig)
@@ -261,6 +273,13 @@ def generate_bag(
     if not np.allclose(lidar_tf[:3, :3], np.eye(3)) or not np.allclose(lidar_tf[:2, 3], 0.0):
         raise ValueError(f"rig {rig}: the simulated LiDAR needs {LIDAR_FRAME} above base_link with parallel axes")
     mount = float(lidar_tf[2, 3])
+    state = None
+    if real.active:
+        scene = apply_scene_realism(scene, real, seed)
+        beams = realism_beams(beams, real)
+        state = RealismState.create(real, beams, seed, mount_height=mount)
+        mount = state.mount_height
+        static.add(StaticTransform(BASE_FRAME, LIDAR_FRAME, state.mount_transform()))
 
     info = {
         "scenario": scenario, "seed": int(seed), "duration_s": n * PERIOD_NS / 1e9, "start_s": float(start_s),
@@ -278,6 +297,7 @@ def generate_bag(
         "ego": {"speed_mps": scene.ego.speed, "size": list(scene.ego.size)},
         "actors": len(scene.actors),
         "faults": faults.to_dict(),
+        **({"realism": state.describe()} if state is not None else {}),
         "topics": {t: ty for t, ty in TOPIC_TYPES.items() if cameras or t not in CAMERA_TOPICS},
     }
     clock["scene"] += time.perf_counter() - tic
@@ -304,11 +324,12 @@ def generate_bag(
             tic = time.perf_counter()
             boxes = actors_at(scene, t)
             pose = ego_pose3d(t, scene)
-            scan = cast_scan(scene, t, beams, rng_lidar, mount_height=mount, boxes=boxes)
+            scan = cast_scan(scene, t, beams, rng_lidar, mount_height=mount, boxes=boxes, realism=state)
             clock["lidar"] += time.perf_counter() - tic
             tic = time.perf_counter()
             # visibility truth comes from a fault-free cast of the same rig, never from the delivered scan
-            visible = visibility_truth(ideal_scan(scene, t, beams, mount_height=mount, boxes=boxes), beams, spec)
+            visible = visibility_truth(ideal_scan(scene, t, beams, mount_height=mount, boxes=boxes, realism=state),
+                                       beams, spec)
             clock["truth"] += time.perf_counter() - tic
             tic = time.perf_counter()
             scan = faults.apply_lidar(scan, t_rel, beams, rng_fault)
@@ -333,7 +354,7 @@ def generate_bag(
 
             tic = time.perf_counter()
             base_boxes = boxes_in_base_link(boxes, pose)
-            objects = [b for b in base_boxes if b.label in (*OBJECT_LABELS, POLE)]
+            objects = [b for b in base_boxes if b.label in GT_OBJECT_LABELS]
             # the grids go first: a consumer that scores a frame once its objects arrive then has them
             grid_origin = (spec.origin[0], spec.origin[1], 0.0)
             queue.push(nominal, GT_OCCUPANCY, OCCUPANCY_GRID_TYPE,
@@ -421,7 +442,12 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--start", type=float, default=0.0, metavar="S",
                    help="scenario time of the first frame (default 0; fault times count from the first frame)")
     p.add_argument("--lidar", default="hdl64", choices=list(LIDAR_MODELS),
-                   help="beam model: hdl64 (KITTI, 64 beams), vlp32, vlp16 (default hdl64)")
+                   help="beam model: hdl64 (KITTI, 64 beams), vlp32, vlp16, hdl32e (nuScenes) (default hdl64)")
+    p.add_argument("--realism", default="none", metavar="SPEC",
+                   help="sim-to-real knobs (perception_nodes/scenario/realism.py): none (default), kitti, nuscenes, "
+                        "kitti:-vegetation,-ground (all but those), kitti:+intensity (only those); knobs: "
+                        "range_cap, car_shape, object_dropout, object_noise, intensity, sensor_pose, ground, "
+                        "vegetation, vehicle_kinds, ego_occlusion, car_sizes")
     p.add_argument("--camera-resolution", type=_resolution, default=DEFAULT_RESOLUTION, metavar="WxH",
                    help="resolution of the three cameras (default 640x192; fx scales with the width)")
     p.add_argument("--no-cameras", action="store_true", help="LiDAR and BEV ground truth only (faster, smaller)")
@@ -441,7 +467,7 @@ def generate_main(args: argparse.Namespace) -> int:
     tic = time.perf_counter()
     clock: dict[str, float] = {}
     generate_bag(args.out, scenario=args.scenario, seed=args.seed, duration_s=args.duration, start_s=args.start,
-                 lidar=args.lidar,
+                 lidar=args.lidar, realism=args.realism,
                  camera_resolution=args.camera_resolution, cameras=not args.no_cameras, faults=faults,
                  progress=not args.quiet, timings=clock)
     wall = time.perf_counter() - tic

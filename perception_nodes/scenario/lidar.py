@@ -55,6 +55,9 @@ _VLP32C_ELEVATIONS = (
     -2.333, -2.0, 15.0, 10.333, -1.333,
 )
 _VLP16_ELEVATIONS = tuple(float(e) for e in range(-15, 16, 2))
+# Velodyne HDL-32E as on nuScenes: 32 beams, -30.67 .. +10.67 deg in uniform 1.33 deg steps (ring medians
+# measured on the nuScenes keyframe in ../shared/data, see docs/sim_to_real.md)
+_HDL32E_ELEVATIONS = tuple(np.round(np.linspace(-30.67, 10.67, 32), 4).tolist())
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,14 @@ class BeamModel:
                       "max_range": 200.0, "range_noise_std": 0.03, **overrides})
 
     @classmethod
+    def hdl32e(cls, **overrides) -> "BeamModel":
+        """Velodyne HDL-32E as on nuScenes: 32 beams, -30.67 .. +10.67 deg (1.33 deg steps), 1,084 azimuths
+        (0.33 deg), 100 m range. (nuScenes spins it at 20 Hz and mounts it 1.84 m up with x right, y
+        forward; here the frame is x forward like every preset, and the rate is the bag's 10 Hz.)"""
+        return cls(**{"name": "hdl32e", "elevations_deg": _HDL32E_ELEVATIONS, "n_azimuth": 1084,
+                      "max_range": 100.0, **overrides})
+
+    @classmethod
     def vlp16(cls, **overrides) -> "BeamModel":
         """Velodyne VLP-16: 16 beams, -15 .. +15 deg every 2 deg, 0.2 deg azimuth."""
         return cls(**{"name": "vlp16", "elevations_deg": _VLP16_ELEVATIONS, "n_azimuth": 1800,
@@ -129,6 +140,7 @@ class BeamModel:
 hdl64 = BeamModel.hdl64
 vlp32 = BeamModel.vlp32
 vlp16 = BeamModel.vlp16
+hdl32e = BeamModel.hdl32e
 
 
 @dataclass
@@ -218,6 +230,14 @@ def cast_ground(ground, origin, dx, dy, dz) -> GroundHits:
         on_road = np.abs(lat_r) <= hw
         src = np.where(on_road, SURFACE_ROAD, outside).astype(np.int32)
         s_hit, lat_hit, cos_inc = s_r, lat_r, cos_plane
+
+    if getattr(ground, "relief", None) is not None:
+        # the relief (crown, bumps) moves each hit along its ray: h0 + hd * t = relief(p(t)), solved by
+        # two fixed-point steps from the plane hit (the relief is smooth and a few cm high)
+        t_flat = t
+        for _ in range(2):
+            dz = ground.relief.height(ox + t * dx, oy + t * dy, lat_hit)
+            t = np.maximum(t_flat + np.clip(dz / hd, -3.0, 3.0), 1e-6)
 
     # painted lines on the road
     half = ground.marking_width / 2.0
@@ -323,15 +343,23 @@ def cast_scan(
     *,
     mount_height: float = LIDAR_HEIGHT,
     boxes: list | None = None,
+    realism=None,
 ) -> ScanResult:
     """Simulate the sweep taken at time ``t`` from the ego's LiDAR; see the module doc for the model.
 
     ``rng`` (a ``np.random.Generator``, or a seed for one) drives noise and dropout: the same
     generator state gives a bit-identical scan. A fixed number of variates is drawn per sweep.
     ``boxes``: the scene's world boxes at ``t`` when the caller has them already (``actors_at``).
+    ``realism``: a :class:`~perception_nodes.scenario.realism.RealismState` (sensor pose, shapes,
+    dropout, intensity calibration; :mod:`~perception_nodes.scenario.lidar_realism`), None for the
+    plain model above (its mount height then overrides ``mount_height``).
     """
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
+    if realism is not None:
+        from perception_nodes.scenario.lidar_realism import cast_scan_realistic
+
+        return cast_scan_realistic(scene, t, beam_model, rng, boxes=boxes, state=realism)
     tables = _tables(beam_model)
     el, cos_el, sin_el, az, cos_az, sin_az = tables
     ex, ey, ez, eyaw = ego_pose3d(t, scene)
@@ -411,9 +439,10 @@ def render_scan(
     *,
     mount_height: float = LIDAR_HEIGHT,
     boxes: list | None = None,
+    realism=None,
 ) -> np.ndarray:
     """(N, 4) float32 [x, y, z, intensity] in the lidar frame of the sweep at time ``t``."""
-    return cast_scan(scene, t, beam_model, rng, mount_height=mount_height, boxes=boxes).points
+    return cast_scan(scene, t, beam_model, rng, mount_height=mount_height, boxes=boxes, realism=realism).points
 
 
 def boxes_in_lidar(boxes, ego_pose, mount_height: float = LIDAR_HEIGHT):

@@ -290,6 +290,9 @@ class Ground:
     lines: tuple[tuple[float, bool], ...] | None = None
     #: What lies beyond the road edges: "sidewalk" (concrete) or "grass".
     verge: str = "sidewalk"
+    #: Crown and bumps added to the whole surface (a :class:`~perception_nodes.scenario.realism.GroundRelief`
+    #: with ``height(x, y, lateral)``); None: planes only (the default).
+    relief: object | None = None
 
     def __post_init__(self) -> None:
         if self.verge not in ("sidewalk", "grass"):
@@ -325,7 +328,17 @@ class Ground:
         y = np.asarray(y, dtype=np.float64)
         lat = self.road_coords(x, y)[1]
         h = self.grade * x + np.where(np.abs(lat) > self.road_half_width, self.curb_height, 0.0)
+        if self.relief is not None:
+            h = h + self.relief.height(x, y, lat)
         return h if h.ndim else float(h)
+
+    def surface_height_at(self, x: float, y: float) -> float:
+        """Height of the drivable surface under (x, y): the road plane plus the relief, if any."""
+        h = float(self.road_height_at(x))
+        if self.relief is not None:
+            lat = self.road_coords(np.array([x]), np.array([y]))[1]
+            h += float(self.relief.height(np.array([x]), np.array([y]), lat)[0])
+        return h
 
 
 @dataclass(frozen=True)
@@ -355,6 +368,9 @@ class Actor:
     path: RoadPath | None = None
     path_s: float = 0.0
     path_speed: float = 0.0
+    #: How the LiDAR sees it: "box" (a solid box, the default), or a realism shape such as
+    #: "bush:DENSITY" / "hedge:..." / "tree:..." (a scattering volume, :mod:`~perception_nodes.scenario.realism`).
+    shape: str = "box"
 
     @property
     def dynamic(self) -> bool:
@@ -435,6 +451,7 @@ def _boxes_at(actors: Sequence[Actor], t: float, ground: Ground) -> list[Box3D]:
                 "dynamic": a.dynamic,
                 "velocity": (float(vx), float(vy), 0.0),
                 "reflectivity": a.reflectivity,
+                **({"shape": a.shape} if a.shape != "box" else {}),
             },
         ))
     return out
@@ -625,6 +642,8 @@ def ego_pose3d(t: float, scene: Scene | None = None) -> tuple[float, float, floa
     """base_link pose in ``map`` at time t: (x, y, z, yaw), z being the road height under the ego."""
     x, y, yaw = ego_pose(t, scene)
     ground = scene.ground if scene is not None else Ground()
+    if ground.relief is not None:
+        return (x, y, ground.surface_height_at(x, y), yaw)
     return (x, y, float(ground.road_height_at(x)), yaw)
 
 

@@ -104,14 +104,23 @@ def ideal_beams(beam_model: BeamModel) -> BeamModel:
 
 
 def ideal_scan(scene: Scene, t: float, beam_model: BeamModel, *, mount_height: float,
-               boxes: list | None = None) -> ScanResult:
+               boxes: list | None = None, realism=None) -> ScanResult:
     """A fault-free, noise-free sweep of the rig's LiDAR at ``t``: what the sensor can see of the scene.
 
     Uses its own fixed random stream (the draws have zero spread), so it leaves the generator's noise
-    streams untouched.
+    streams untouched. With ``realism`` (a :class:`~perception_nodes.scenario.realism.RealismState`) the
+    cast keeps its geometry (sensor pose, ego occlusion, car shapes, vegetation, range cap) but none of
+    its dropout or noise, and the points come back rotated into the level frame at the sensor (x/y
+    parallel to base_link's), so :func:`visibility_truth` stays in base_link under a tilted mount.
     """
-    return cast_scan(scene, t, ideal_beams(beam_model), np.random.default_rng(0), mount_height=mount_height,
-                     boxes=boxes)
+    if realism is None:
+        return cast_scan(scene, t, ideal_beams(beam_model), np.random.default_rng(0), mount_height=mount_height,
+                         boxes=boxes)
+    from perception_nodes.scenario.lidar_realism import level_scan
+
+    scan = cast_scan(scene, t, ideal_beams(beam_model), np.random.default_rng(0), boxes=boxes,
+                     realism=realism.geometry_only())
+    return level_scan(scan, realism, beam_model)
 
 
 def visibility_truth(scan: ScanResult, beam_model: BeamModel, spec: GridSpec | None = None) -> np.ndarray:
