@@ -221,6 +221,27 @@ def _metrics_html(metrics: dict | None) -> str:
     return "\n".join(parts)
 
 
+def detections_section(result: ReplayResult) -> str:
+    """The LiDAR branch part of the report: BEV boxes with covariance ellipses over the evidential grid
+    for the last scans (PNGs written beside the report), or why the branch did not run."""
+    out = result.out_dir
+    figures = []
+    for i, (stamp, det, occ, unc) in enumerate(result.detections[-3:]):
+        name = f"detections_{i}.png"
+        plot_detections(stamp, det, occ, unc, result.ground_truth.get(stamp), out / name)
+        figures.append((name, len(det.detections)))
+    if figures:
+        return (f"<h2>LiDAR branch: detections with uncertainty ({sum(n for _, n in figures)} boxes in the last "
+                f"{len(figures)} scans)</h2><p>solid: boxes with heading line (colour = class); dotted: 95 % "
+                "region of the centre from the NIG covariance; dashed blue: ground truth; background: the "
+                "occupancy evidence the node publishes with them (learned + geometric where fused).</p>"
+                + "".join(f'<img src="{n}" width="1100"><br>' for n, _ in figures))
+    if result.skipped:
+        return ("<h2>LiDAR branch</h2><p>not run: "
+                + html.escape("; ".join(f"{k}: {v}" for k, v in result.skipped.items())) + "</p>")
+    return ""
+
+
 def write_report(result: ReplayResult) -> Path:
     """Write ``report.html`` (+ PNGs) into the replay's output folder and return its path."""
     out = result.out_dir
@@ -229,23 +250,7 @@ def write_report(result: ReplayResult) -> Path:
         name = f"bev_{i}.png"
         plot_bev(stamp, occ, unc, result.ground_truth.get(stamp), out / name)
         figures.append(name)
-    det_figures = []
-    for i, (stamp, det, occ, unc) in enumerate(result.detections[-4:]):
-        name = f"detections_{i}.png"
-        plot_detections(stamp, det, occ, unc, result.ground_truth.get(stamp), out / name)
-        det_figures.append((name, len(det.detections)))
-    n_boxes = sum(n for _, n in det_figures)
-    if det_figures:
-        det_html = (f"<h2>LiDAR branch: detections with uncertainty ({n_boxes} boxes in the last "
-                    f"{len(det_figures)} scans)</h2><p>solid: boxes with heading line (colour = class); dotted: 95 % "
-                    "region of the centre from the NIG covariance; dashed blue: ground truth; background: the "
-                    "occupancy evidence the node publishes with them (learned + geometric where fused).</p>"
-                    + "".join(f'<img src="{n}" width="1100"><br>' for n, _ in det_figures))
-    elif result.skipped:
-        det_html = ("<h2>LiDAR branch</h2><p>not run: "
-                    + html.escape("; ".join(f"{k}: {v}" for k, v in result.skipped.items())) + "</p>")
-    else:
-        det_html = ""
+    det_html = detections_section(result)
     lat = result.latency
     series = result.samples
     budgets = {k: v.get("budget_ms") for k, v in lat["stages"].items()}
