@@ -324,8 +324,11 @@ def test_geometric_evidence_recovered_from_the_published_grids_re_encodes_to_the
     r2, s2 = evidence_from_grid_data(prob, vac)
     none = (r + s) == 0
     assert np.all(r2[none] == 0) and np.all(s2[none] == 0)  # unobserved stays vacuous, exactly
+    # vacuity rounding to 100 %: less evidence than the message resolves (r + s < ~0.01): read as none
+    faint = vac == 100
+    assert np.all(r2[faint] == 0) and np.all(s2[faint] == 0) and np.all((r + s)[faint] < 0.011)
     p3, v3 = to_occupancy_msg_data(BetaGrid(r2, s2, spec), unknown_vacuity=1.0)
-    assert np.abs(p3.astype(int) - prob).max() <= 1 and np.abs(v3.astype(int) - vac).max() <= 1
+    assert np.abs(p3.astype(int) - prob)[~faint].max() <= 1 and np.abs(v3.astype(int) - vac).max() <= 1
     # w = 0: the geometric grid; w > 0 only adds evidence, so vacuity never rises
     rf, sf = fuse_evidence(r2, s2, np.ones_like(r2), np.full_like(s2, 2.0), 0.0)
     assert np.array_equal(rf, r2) and np.array_equal(sf, s2)
@@ -388,3 +391,16 @@ def test_replay_fuses_learned_and_geometric_evidence_and_reports_boxes_with_elli
     html = detections_section(res)
     assert html.startswith("<h2>LiDAR branch: detections with uncertainty") and "detections_0.png" in html
     assert (tmp_path / "detections_0.png").stat().st_size > 10_000
+
+
+def test_decoding_parameters_reconfigure_at_runtime_and_the_network_choice_needs_a_restart(tiny_weights):
+    from perception_nodes.config import ConfigError
+
+    node = LidarDetectionNode("lidar_detection", branch_params(tiny_weights), backend=B, clock=lambda: 0)
+    node.reconfigure({"score_threshold": 0.5, "max_detections": 7, "max_points": 1000, "learned_occupancy_weight": 0.25})
+    assert node.decode_options["score_threshold"] == 0.5 and node.decode_options["max_detections"] == 7
+    assert node.max_points == 1000 and node.learned_occupancy_weight == 0.25
+    for bad in ({"nms_kernel": 4}, {"score_threshold": 1.5}, {"runtime": "onnxruntime"}, {"weights": "/elsewhere"}):
+        with pytest.raises(ConfigError):
+            node.reconfigure(bad)
+    assert node.decode_options["nms_kernel"] == 3 and node.runtime_name == "torch"  # all or nothing
