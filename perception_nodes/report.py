@@ -126,8 +126,9 @@ def plot_detections(stamp: int, det: Any, occ: Any | None, unc: Any | None, gt: 
             ax.plot(e[:, 0], e[:, 1], color=color, lw=0.8, ls=":")
             head = np.asarray(box.center[:2]) + 0.5 * box.size[0] * np.array([math.cos(box.yaw), math.sin(box.yaw)])
             ax.plot([box.center[0], head[0]], [box.center[1], head[1]], color=color, lw=1.0)
-            ax.annotate(f"{label} {score:.2f}\nσyaw {math.degrees(yaw_std):.0f}°", box.center[:2], fontsize=6,
-                        color=color, xytext=(3, 3), textcoords="offset points")
+            if len(boxes) <= 30:  # beyond that the labels hide the picture
+                ax.annotate(f"{label} {score:.2f}\nσyaw {math.degrees(yaw_std):.0f}°", box.center[:2], fontsize=6,
+                            color=color, xytext=(3, 3), textcoords="offset points")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -28,7 +28,7 @@ crop gives an empty (valid) detection array, vacuous learned grids and an ``empt
 ``/diagnostics``; a cloud above ``max_points`` is thinned by a fixed stride (deterministic) and the points
 left out are counted (``points_over_max_points``), so a 10x cloud costs little more than a normal one.
 
-Weights: with ``weights`` empty and no packaged weights yet, the node is unavailable
+Weights: with ``weights`` empty and no packaged weights yet (or without PyTorch), the node is unavailable
 (:class:`~perception_nodes.errors.NodeUnavailable`): replay and ``live`` skip it and say so once; a
 launched node fails its lifecycle ``configure`` with that reason. A ``weights`` folder that is missing,
 corrupt or made for another network fails ``configure`` with the reason
@@ -169,8 +169,12 @@ class LidarDetectionNode(NodeCore):
     def load(self) -> None:
         """Weights -> network -> runtime. Raises NodeUnavailable (no packaged weights yet), WeightsError
         (a bad weights folder) or RuntimeUnavailable (the runtime cannot run here), each with the reason."""
-        from perception_nodes.models.runtime import make_runtime
-        from perception_nodes.models.weights_io import load_lidar_detection, read_sidecar
+        try:  # torch and safetensors come with the learned extra, not with a core-only install
+            from perception_nodes.models.runtime import make_runtime
+            from perception_nodes.models.weights_io import load_lidar_detection, read_sidecar
+        except ImportError as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            raise NodeUnavailable(f"{self.name}: the network needs PyTorch, which is not installed here ({exc})") from exc
 
         folder = self._weights_folder()
         if not self.weights:
@@ -192,10 +196,10 @@ class LidarDetectionNode(NodeCore):
     def warmup(self) -> None:
         """Load the network (lifecycle configure) and run it once, so the first scan does not pay for
         allocation, autotuning or kernel-map set-up."""
-        import torch
-
         if self.runtime is None:
             self.load()
+        import torch
+
         self.runtime.infer(torch.from_numpy(synthetic_scan()))
 
     # --- messages -------------------------------------------------------------------------------
