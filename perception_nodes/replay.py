@@ -9,8 +9,9 @@ The clock models the ``live`` graph, where each node has its own executor thread
 node at the later of the moment it was published and the moment that node finished its previous
 message. So a slow node (the LiDAR branch) does not delay the nodes beside it (the geometric occupancy
 path, whose synchroniser would otherwise time out waiting for the obstacle cloud), while a node's own
-chain of inputs still adds up. Each bag message starts on free nodes (a backlog across frames is not
-modelled; whether the graph keeps up shows in ``processing_time`` and ``cyclic_time``).
+chain of inputs still adds up, and each node's timer (``tick``) fires when that node is done. Each bag
+message starts on free nodes (a backlog across frames is not modelled; whether the graph keeps up shows
+in ``processing_time`` and ``cyclic_time``).
 
 Writes ``outputs.mcap`` (+ ``metadata.yaml``: the folder is a rosbag2 bag), ``latency.json`` and
 ``report.html`` with PNGs into the output folder.
@@ -139,7 +140,7 @@ def run_graph(
                                                   (branch.fused_uncertainty_topic, "fused_unc")) if t}
     pending_det: dict[int, dict[str, Any]] = {}
 
-    def deliver(topic: str, msg: Any, out_bag: OutputBag) -> None:
+    def deliver(topic: str, msg: Any, out_bag: OutputBag) -> dict[str, int]:
         # (topic, message, replay time it was published); each node busy until free_at (module doc)
         queue: deque[tuple[str, Any, int]] = deque([(topic, msg, clock.now())])
         free_at: dict[str, int] = {}
@@ -168,14 +169,20 @@ def run_graph(
                         for old in sorted(pending_det)[:-keep_grids]:
                             del pending_det[old]
                     queue.append((name, e.msg, done))
-        clock.set(last)  # ticks come once every node is done with this message
+        clock.set(last)
+        return free_at
 
-    def tick(out_bag: OutputBag) -> None:
+    def tick(out_bag: OutputBag, free_at: dict[str, int] | None = None) -> None:
+        """Each node's timer fires once it is done with the message just delivered (on its own thread:
+        a slow node does not move the clock of the others)."""
+        base = clock.now()
         for node in nodes:
+            clock.set((free_at or {}).get(node.name, base))
             with clock.running():
                 emits = node.tick()
             for e in emits:
                 out_bag.write(resolve_topic(node, e.topic), e.msgtype, clock.now(), e.msg)
+        clock.set(max([base, *(free_at or {}).values()]))
 
     with BagReader(bag) as reader, OutputBag(out_dir) as out_bag:
         wanted = set(subs) | set(GROUND_TRUTH_TOPICS)
@@ -199,8 +206,9 @@ def run_graph(
                 if rec.topic not in subs:
                     continue
             clock.set(rec.log_time_ns)
-            deliver(rec.topic, rec.msg, out_bag)
-            tick(out_bag)
+            free_at = deliver(rec.topic, rec.msg, out_bag)
+            clock.set(rec.log_time_ns)  # a node the message did not reach ticks at its arrival
+            tick(out_bag, free_at)
             if rec.topic == trigger:
                 result.input_frames += 1
                 bar.update(1)
