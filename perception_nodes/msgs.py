@@ -56,7 +56,13 @@ def typestore() -> Typestore:
     for package in (INTERFACES_PACKAGE, VISION_PACKAGE):
         if package == VISION_PACKAGE and f"{package}/msg/Detection3DArray" in store.types:
             continue  # a store that ships it already
-        for path in sorted(interfaces_msg_dir(package).glob("*.msg")):
+        try:
+            folder = interfaces_msg_dir(package)
+        except FileNotFoundError:
+            if package == INTERFACES_PACKAGE:
+                raise
+            continue  # only the LiDAR branch's detection output needs vision_msgs
+        for path in sorted(folder.glob("*.msg")):
             types.update(get_types_from_msg(path.read_text(), f"{package}/msg/{path.stem}"))
     store.register(types)
     return store
