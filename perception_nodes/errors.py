@@ -23,3 +23,9 @@ class CalibrationError(ValueError):
 class ImplausibleCloudError(ValueError):
     """A cloud whose layout is consistent but whose values cannot be a real scan (most finite points
     far beyond the range gate: typically data read with the wrong byte order or field types)."""
+
+
+class NodeUnavailable(RuntimeError):
+    """A node that cannot run here for a reason outside its parameters (e.g. the packaged network weights
+    have not been trained yet). Replay and ``live`` skip such a node and say why once; the rest of the
+    graph runs. As a single ROS node (``ros2 launch``), its lifecycle ``configure`` fails with the reason."""

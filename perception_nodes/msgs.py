@@ -1,4 +1,6 @@
-"""The rosbags typestore the core uses for messages: ROS 2 stock types plus ``perception_interfaces``.
+"""The rosbags typestore the core uses for messages: ROS 2 stock types plus ``perception_interfaces``
+and ``vision_msgs`` (not a stock type of rosbags' stores; read from the stand-in package in ``ros_ws``, whose
+definitions are upstream's, or from an installed ``vision_msgs``).
 
 rosbags' message classes are plain dataclasses, so they serve as the core's typed messages; the same
 codecs also accept rclpy messages (see :mod:`perception_nodes.codecs`). Our own interface definitions
@@ -21,33 +23,46 @@ STORE = Stores.ROS2_KILTED
 INTERFACES_PACKAGE = "perception_interfaces"
 
 
-def interfaces_msg_dir() -> Path:
-    """Folder holding ``perception_interfaces``' ``.msg`` files.
+#: Interface packages whose ``.msg`` files the typestore registers besides rosbags' stock types.
+VISION_PACKAGE = "vision_msgs"
 
-    Looked up in ``$PERCEPTION_INTERFACES_MSG_DIR``, the source tree next to this package, then
-    ``share/perception_interfaces/msg`` under each ``$AMENT_PREFIX_PATH`` entry.
+
+def interfaces_msg_dir(package: str = INTERFACES_PACKAGE) -> Path:
+    """Folder holding ``package``'s ``.msg`` files (default ``perception_interfaces``).
+
+    Looked up in ``$PERCEPTION_INTERFACES_MSG_DIR`` (for ``perception_interfaces`` only), the source tree
+    next to this package (``ros_ws/src/<package>/msg``), then ``share/<package>/msg`` under each
+    ``$AMENT_PREFIX_PATH`` entry.
     """
     candidates: list[Path] = []
-    if env := os.environ.get("PERCEPTION_INTERFACES_MSG_DIR"):
+    if package == INTERFACES_PACKAGE and (env := os.environ.get("PERCEPTION_INTERFACES_MSG_DIR")):
         candidates.append(Path(env))
-    candidates.append(Path(__file__).resolve().parent.parent / "ros_ws/src" / INTERFACES_PACKAGE / "msg")
+    candidates.append(Path(__file__).resolve().parent.parent / "ros_ws/src" / package / "msg")
     for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        candidates.append(Path(prefix) / "share" / INTERFACES_PACKAGE / "msg")
+        candidates.append(Path(prefix) / "share" / package / "msg")
     for cand in candidates:
         if cand.is_dir() and any(cand.glob("*.msg")):
             return cand
     raise FileNotFoundError(
-        f"cannot find the {INTERFACES_PACKAGE} .msg files (looked in: {', '.join(map(str, candidates))})"
+        f"cannot find the {package} .msg files (looked in: {', '.join(map(str, candidates))})"
     )
 
 
 @functools.cache
 def typestore() -> Typestore:
-    """Return the shared typestore with stock ROS 2 types and ``perception_interfaces`` registered."""
+    """Return the shared typestore with stock ROS 2 types, ``perception_interfaces`` and ``vision_msgs``."""
     store = get_typestore(STORE)
-    folder = interfaces_msg_dir()
     types: dict = {}
-    for path in sorted(folder.glob("*.msg")):
-        types.update(get_types_from_msg(path.read_text(), f"{INTERFACES_PACKAGE}/msg/{path.stem}"))
+    for package in (INTERFACES_PACKAGE, VISION_PACKAGE):
+        if package == VISION_PACKAGE and f"{package}/msg/Detection3DArray" in store.types:
+            continue  # a store that ships it already
+        try:
+            folder = interfaces_msg_dir(package)
+        except FileNotFoundError:
+            if package == INTERFACES_PACKAGE:
+                raise
+            continue  # only the LiDAR branch's detection output needs vision_msgs
+        for path in sorted(folder.glob("*.msg")):
+            types.update(get_types_from_msg(path.read_text(), f"{package}/msg/{path.stem}"))
     store.register(types)
     return store

@@ -1,10 +1,17 @@
 """Deterministic offline run of the graph over a bag (``perception-stack replay``).
 
-Messages are delivered in bag order on a single thread, breadth first, exactly as one rclpy
-single-threaded executor would see them: a message goes to every subscriber, then what they published
-goes on. Time is the *replay clock*: the bag's receive time of the message being delivered plus the
-wall time spent since, so pipeline latency means "what the graph adds after the data arrived", and
-synchroniser time-outs fire at the same points in every run.
+Messages are delivered in bag order on a single thread, breadth first: a message goes to every
+subscriber, then what they published goes on. Time is the *replay clock*: the bag's receive time of the
+message being delivered plus the time the nodes spent on it, so pipeline latency means "what the graph
+adds after the data arrived", and synchroniser time-outs fire at the same points in every run.
+
+The clock models the ``live`` graph, where each node has its own executor thread: a message reaches a
+node at the later of the moment it was published and the moment that node finished its previous
+message. So a slow node (the LiDAR branch) does not delay the nodes beside it (the geometric occupancy
+path, whose synchroniser would otherwise time out waiting for the obstacle cloud), while a node's own
+chain of inputs still adds up, and each node's timer (``tick``) fires when that node is done. Each bag
+message starts on free nodes (a backlog across frames is not modelled; whether the graph keeps up shows
+in ``processing_time`` and ``cyclic_time``).
 
 Writes ``outputs.mcap`` (+ ``metadata.yaml``: the folder is a rosbag2 bag), ``latency.json`` and
 ``report.html`` with PNGs into the output folder.
@@ -29,6 +36,7 @@ from perception_nodes.codecs.backend import default_backend
 from perception_nodes.config import load_params
 from perception_nodes.evaluation import GROUND_TRUTH_TOPICS, Evaluator, write_metrics
 from perception_nodes.graph import NodeCore, build_graph, resolve_topic
+from perception_nodes.graph.lidar_detection import LidarDetectionNode
 from perception_nodes.latency import LatencySeries, summarize
 
 
@@ -79,6 +87,10 @@ class ReplayResult:
     grids: list[tuple[int, Any, Any]] = field(default_factory=list)  # (stamp, occupancy, uncertainty)
     samples: dict[str, list[float]] = field(default_factory=dict)  # "<node>/<key>" -> every sample (ms)
     metrics: dict[str, Any] | None = None  # scores against the bag's ground truth (metrics.json)
+    skipped: dict[str, str] = field(default_factory=dict)  # nodes left out (cannot run here) -> why
+    # LiDAR branch, last frames: (stamp, vision_msgs Detection3DArray, occupancy, uncertainty) with the
+    # fused grids (the learned ones where no fused grid came)
+    detections: list[tuple[int, Any, Any, Any]] = field(default_factory=list)
 
 
 def _end_to_end_node(nodes: list[NodeCore]) -> NodeCore:
@@ -96,33 +108,51 @@ def run_graph(
 ) -> ReplayResult:
     """Replay ``bag`` through the graph configured by ``params``; write outputs and latency.json."""
     clock = ReplayClock()
+    skipped: dict[str, str] = {}
     # the replay clock is also the diagnostics' steady clock: a replay's /diagnostics are deterministic
     nodes = build_graph(params, backend=default_backend(), clock=clock.now, keep_all_latency=True,
-                        steady_clock=clock.now)
+                        steady_clock=clock.now, skipped=skipped)
     if not nodes:
-        raise ValueError("the params file enables no node")
+        raise ValueError("the params file enables no node" + (f" that can run here ({skipped})" if skipped else ""))
     subs: dict[str, list[NodeCore]] = {}
     for node in nodes:
         for port in node.inputs():
             subs.setdefault(port.topic, []).append(node)
-    trigger = nodes[0].inputs()[-1].topic  # the first node's main input paces the frames
+    # the LiDAR scan paces the frames; else the first node's main input
+    trigger = topics.LIDAR_POINTS if topics.LIDAR_POINTS in subs else nodes[0].inputs()[-1].topic
     if evaluator is not None and evaluator.lidar_to_base is None and subs.get(topics.LIDAR_POINTS):
         # ground-truth point counts use the rig transforms the graph itself uses (calibration + /tf_static)
         evaluator.lidar_to_base = subs[topics.LIDAR_POINTS][0].sensor_to_base
     bag_read = LatencySeries(keep_all=True)
     overhead = LatencySeries(keep_all=True)
-    result = ReplayResult(out_dir, bag, 0, {}, {})
+    result = ReplayResult(out_dir, bag, 0, {}, {}, skipped=skipped)
     keep_grids = int(params.get("replay", {}).get("keep_grids_for_report", 0) or 8)
     grid_topics = {topics.OCCUPANCY_GRID, topics.OCCUPANCY_UNCERTAINTY}
     pending_grid: dict[int, dict[str, Any]] = {}
+    # the LiDAR branch's detections with the evidential grid under them (fused, else learned), per stamp
+    branch = next((n for n in nodes if isinstance(n, LidarDetectionNode)), None)
+    branch_topics: dict[str, str] = {}
+    if branch is not None:
+        branch_topics = {t: role for t, role in ((branch.detections_topic, "det"),
+                                                  (branch.occupancy_topic, "occ"),
+                                                  (branch.occupancy_uncertainty_topic, "unc"),
+                                                  (branch.fused_occupancy_topic, "fused_occ"),
+                                                  (branch.fused_uncertainty_topic, "fused_unc")) if t}
+    pending_det: dict[int, dict[str, Any]] = {}
 
-    def deliver(topic: str, msg: Any, out_bag: OutputBag) -> None:
-        queue: deque[tuple[str, Any]] = deque([(topic, msg)])
+    def deliver(topic: str, msg: Any, out_bag: OutputBag) -> dict[str, int]:
+        # (topic, message, replay time it was published); each node busy until free_at (module doc)
+        queue: deque[tuple[str, Any, int]] = deque([(topic, msg, clock.now())])
+        free_at: dict[str, int] = {}
+        last = clock.now()
         while queue:
-            t, m = queue.popleft()
+            t, m, published = queue.popleft()
             for node in subs.get(t, ()):
+                clock.set(max(published, free_at.get(node.name, published)))
                 with clock.running():
                     emits = node.handle(t, m)
+                done = free_at[node.name] = clock.now()
+                last = max(last, done)
                 for e in emits:
                     name = resolve_topic(node, e.topic)
                     out_bag.write(name, e.msgtype, clock.now(), e.msg)
@@ -133,14 +163,26 @@ def run_graph(
                     if name in grid_topics:
                         stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
                         pending_grid.setdefault(stamp, {})[name] = e.msg
-                    queue.append((name, e.msg))
+                    if name in branch_topics:
+                        stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
+                        pending_det.setdefault(stamp, {})[branch_topics[name]] = e.msg
+                        for old in sorted(pending_det)[:-keep_grids]:
+                            del pending_det[old]
+                    queue.append((name, e.msg, done))
+        clock.set(last)
+        return free_at
 
-    def tick(out_bag: OutputBag) -> None:
+    def tick(out_bag: OutputBag, free_at: dict[str, int] | None = None) -> None:
+        """Each node's timer fires once it is done with the message just delivered (on its own thread:
+        a slow node does not move the clock of the others)."""
+        base = clock.now()
         for node in nodes:
+            clock.set((free_at or {}).get(node.name, base))
             with clock.running():
                 emits = node.tick()
             for e in emits:
                 out_bag.write(resolve_topic(node, e.topic), e.msgtype, clock.now(), e.msg)
+        clock.set(max([base, *(free_at or {}).values()]))
 
     with BagReader(bag) as reader, OutputBag(out_dir) as out_bag:
         wanted = set(subs) | set(GROUND_TRUTH_TOPICS)
@@ -164,8 +206,9 @@ def run_graph(
                 if rec.topic not in subs:
                     continue
             clock.set(rec.log_time_ns)
-            deliver(rec.topic, rec.msg, out_bag)
-            tick(out_bag)
+            free_at = deliver(rec.topic, rec.msg, out_bag)
+            clock.set(rec.log_time_ns)  # a node the message did not reach ticks at its arrival
+            tick(out_bag, free_at)
             if rec.topic == trigger:
                 result.input_frames += 1
                 bar.update(1)
@@ -197,6 +240,11 @@ def run_graph(
         g = pending_grid[stamp]
         if len(g) == 2:
             result.grids.append((stamp, g[topics.OCCUPANCY_GRID], g[topics.OCCUPANCY_UNCERTAINTY]))
+    for stamp in sorted(pending_det):
+        d = pending_det[stamp]
+        occ, unc = (d.get("fused_occ"), d.get("fused_unc")) if "fused_occ" in d else (d.get("occ"), d.get("unc"))
+        if "det" in d:
+            result.detections.append((stamp, d["det"], occ, unc))
     result.latency = latency_report(nodes, bag_read, overhead)
     result.samples = {f"{n.name}/{k}": list(v.all or []) for n in nodes for k, v in n.latency.series.items()}
     (out_dir / "latency.json").write_text(json.dumps(result.latency, indent=2, allow_nan=False))

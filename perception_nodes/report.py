@@ -56,6 +56,83 @@ def plot_bev(stamp: int, occ: Any, unc: Any, gt: Any | None, path: Path) -> None
     plt.close(fig)
 
 
+#: Mahalanobis radius of the drawn centre ellipses: 2.4477 = sqrt(chi2_2(0.95)), the 95 % region of a 2D
+#: Gaussian over the centre (x, y)
+ELLIPSE_SIGMA = 2.4477
+
+
+def covariance_ellipse(cov_xy: np.ndarray, center: tuple[float, float], k: float = ELLIPSE_SIGMA,
+                       n: int = 48) -> np.ndarray:
+    """Points ``(n + 1, 2)`` of the ellipse ``{c + k L u : |u| = 1}`` with ``L L^T = cov_xy`` (closed)."""
+    cov = np.asarray(cov_xy, dtype=np.float64).reshape(2, 2)
+    vals, vecs = np.linalg.eigh(0.5 * (cov + cov.T))
+    axes = vecs * np.sqrt(np.clip(vals, 0.0, None))
+    t = np.linspace(0.0, 2.0 * np.pi, n + 1)
+    return np.asarray(center, dtype=np.float64) + k * (np.stack([np.cos(t), np.sin(t)], 1) @ axes.T)
+
+
+def _detection_boxes(det: Any) -> list[tuple[str, float, Any, np.ndarray, float]]:
+    """(class, score, Box3D, 6x6 covariance, yaw std) per detection of a vision_msgs Detection3DArray."""
+    from perception_nodes.boxes import Box3D
+
+    out = []
+    for d in det.detections:
+        if not d.results:
+            continue
+        top = d.results[0]
+        q = d.bbox.center.orientation
+        yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+        p = d.bbox.center.position
+        box = Box3D(label=top.hypothesis.class_id, center=(p.x, p.y, p.z), size=(d.bbox.size.x, d.bbox.size.y,
+                    d.bbox.size.z), yaw=yaw, score=float(top.hypothesis.score))
+        cov = np.asarray(top.pose.covariance, dtype=np.float64).reshape(6, 6)
+        out.append((box.label, box.score, box, cov, math.sqrt(max(cov[5, 5], 0.0))))
+    return out
+
+
+def plot_detections(stamp: int, det: Any, occ: Any | None, unc: Any | None, gt: Any | None, path: Path) -> None:
+    """LiDAR branch output over the evidential grid: boxes, 95 % centre ellipses (from
+    ``results[0].pose.covariance``) and heading lines, on occupancy (left) and vacuity (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(15, 7), constrained_layout=True)
+    boxes = _detection_boxes(det)
+    ext = _extent(occ) if occ is not None else [-40.0, 40.0, -40.0, 40.0]
+    if occ is not None:
+        shown = np.ma.masked_less(grid_array(occ).astype(np.float32), 0)
+        cmap = plt.get_cmap("RdYlGn_r").with_extremes(bad="#b0b0b0")
+        im0 = axes[0].imshow(shown, origin="lower", extent=_extent(occ), cmap=cmap, vmin=0, vmax=100,
+                             interpolation="nearest")
+        fig.colorbar(im0, ax=axes[0], shrink=0.8, label="P(occupied) % (grey: unknown)")
+    if unc is not None:
+        im1 = axes[1].imshow(grid_array(unc), origin="lower", extent=_extent(unc), cmap="magma", vmin=0, vmax=100,
+                             interpolation="nearest")
+        fig.colorbar(im1, ax=axes[1], shrink=0.8, label="vacuity % (100: no evidence)")
+    colors = {"car": "#00c000", "pedestrian": "#ff3030", "cyclist": "#3060ff"}
+    for ax, title in zip(axes, ("detections over occupancy", "detections over uncertainty (vacuity)"), strict=True):
+        ax.set_title(f"{title} @ {stamp / 1e9:.1f} s ({len(boxes)} boxes)")
+        ax.set_xlabel("x [m] (base_link)")
+        ax.set_ylabel("y [m]")
+        ax.plot(0, 0, marker="^", color="cyan", markersize=8)
+        ax.set_xlim(ext[0], ext[1])
+        ax.set_ylim(ext[2], ext[3])
+        if gt is not None:
+            for g in boxes_from_detections(gt):
+                c = np.vstack([g.corners_xy(), g.corners_xy()[:1]])
+                ax.plot(c[:, 0], c[:, 1], color="deepskyblue", lw=0.7, ls="--", alpha=0.8)
+        for label, score, box, cov, yaw_std in boxes:
+            color = colors.get(label.lower(), "white")
+            c = np.vstack([box.corners_xy(), box.corners_xy()[:1]])
+            ax.plot(c[:, 0], c[:, 1], color=color, lw=1.2)
+            e = covariance_ellipse(cov[:2, :2], box.center[:2])
+            ax.plot(e[:, 0], e[:, 1], color=color, lw=0.8, ls=":")
+            head = np.asarray(box.center[:2]) + 0.5 * box.size[0] * np.array([math.cos(box.yaw), math.sin(box.yaw)])
+            ax.plot([box.center[0], head[0]], [box.center[1], head[1]], color=color, lw=1.0)
+            if len(boxes) <= 30:  # beyond that the labels hide the picture
+                ax.annotate(f"{label} {score:.2f}\nσyaw {math.degrees(yaw_std):.0f}°", box.center[:2], fontsize=6,
+                            color=color, xytext=(3, 3), textcoords="offset points")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_latency(latency_series: dict[str, list[float]], path: Path, budgets: dict[str, float | None]) -> None:
     """One histogram per stage with its budget as a red line."""
     keys = sorted(latency_series)
@@ -145,6 +222,27 @@ def _metrics_html(metrics: dict | None) -> str:
     return "\n".join(parts)
 
 
+def detections_section(result: ReplayResult) -> str:
+    """The LiDAR branch part of the report: BEV boxes with covariance ellipses over the evidential grid
+    for the last scans (PNGs written beside the report), or why the branch did not run."""
+    out = result.out_dir
+    figures = []
+    for i, (stamp, det, occ, unc) in enumerate(result.detections[-3:]):
+        name = f"detections_{i}.png"
+        plot_detections(stamp, det, occ, unc, result.ground_truth.get(stamp), out / name)
+        figures.append((name, len(det.detections)))
+    if figures:
+        return (f"<h2>LiDAR branch: detections with uncertainty ({sum(n for _, n in figures)} boxes in the last "
+                f"{len(figures)} scans)</h2><p>solid: boxes with heading line (colour = class); dotted: 95 % "
+                "region of the centre from the NIG covariance; dashed blue: ground truth; background: the "
+                "occupancy evidence the node publishes with them (learned + geometric where fused).</p>"
+                + "".join(f'<img src="{n}" width="1100"><br>' for n, _ in figures))
+    if result.skipped:
+        return ("<h2>LiDAR branch</h2><p>not run: "
+                + html.escape("; ".join(f"{k}: {v}" for k, v in result.skipped.items())) + "</p>")
+    return ""
+
+
 def write_report(result: ReplayResult) -> Path:
     """Write ``report.html`` (+ PNGs) into the replay's output folder and return its path."""
     out = result.out_dir
@@ -153,6 +251,7 @@ def write_report(result: ReplayResult) -> Path:
         name = f"bev_{i}.png"
         plot_bev(stamp, occ, unc, result.ground_truth.get(stamp), out / name)
         figures.append(name)
+    det_html = detections_section(result)
     lat = result.latency
     series = result.samples
     budgets = {k: v.get("budget_ms") for k, v in lat["stages"].items()}
@@ -181,6 +280,7 @@ replay overhead per frame p50 {over['p50_ms'] or 0:.2f} ms.</p>
 <p>malformed inputs: {html.escape(str(lat['malformed_inputs']) or '{}')} — dropped inputs: {html.escape(str(lat['dropped_inputs']))}</p>
 <h2>Bird's-eye view: occupancy and uncertainty (ground truth boxes in blue)</h2>
 {''.join(f'<img src="{n}" width="1100"><br>' for n in figures) or '<p>no grids were produced</p>'}
+{det_html}
 <h2>Latency</h2>
 {'<img src="latency_hist.png" width="1200">' if series else ''}
 <table><tr><th>node/stage</th><th>count</th><th>mean ms</th><th>p50</th><th>p90</th><th>p99</th><th>max</th><th>jitter</th><th>budget</th><th>misses</th></tr>

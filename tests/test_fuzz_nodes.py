@@ -16,7 +16,8 @@ with both inputs). The nodes are long-lived across examples (a node on a vehicle
 messages one after another), with a small grid so thousands of cases fit in CI time.
 ``derandomize=True``: the same cases every run.
 
-Cases: 2 node types x 550 examples x 3-6 messages, plus 600 codec cases (counted: the last test).
+Cases: 2 node types x 550 examples x 3-6 messages, the LiDAR branch (a tiny random network, fusion off)
+x 40 examples, plus 600 codec cases (counted: the last test).
 """
 
 from __future__ import annotations
@@ -84,11 +85,31 @@ class Clock:
 def _small_params(name: str) -> dict:
     p = load_params()[name]
     p = {k: v for k, v in p.items() if k != "enabled"}
-    p["ground"] = {**p.get("ground", {}), "num_sectors": 24, "max_range": 60.0}
+    if "ground" in p:
+        p["ground"] = {**p["ground"], "num_sectors": 24, "max_range": 60.0}
     if name == "occupancy_grid":
         p["grid"] = {"resolution": 0.5, "size_x": 20.0, "size_y": 20.0, "origin": [-10.0, -10.0]}
         p["evidence"] = {**p["evidence"], "azimuth_bins": 64}
+    if name == "lidar_detection":
+        from tests.lidar_branch_util import branch_params
+
+        p = branch_params(_tiny_weights(), threads=1, geometric_occupancy_topic="")
     return p
+
+
+_WEIGHTS: list = []
+
+
+def _tiny_weights():
+    """The tiny random LiDAR branch network, saved once per session (the fuzzing is about the node)."""
+    if not _WEIGHTS:
+        import tempfile
+        from pathlib import Path
+
+        from tests.lidar_branch_util import save_tiny_weights
+
+        _WEIGHTS.append(save_tiny_weights(Path(tempfile.mkdtemp(prefix="fuzz_weights_")) / "lidar_detection"))
+    return _WEIGHTS[0]
 
 
 NODES: dict[str, tuple] = {}
@@ -377,6 +398,12 @@ def test_fuzz_occupancy_grid(messages) -> None:
     _fuzz("occupancy_grid", messages)
 
 
+@settings(FUZZ, max_examples=40)
+@given(EXAMPLES)
+def test_fuzz_lidar_detection(messages) -> None:
+    _fuzz("lidar_detection", messages)
+
+
 @pytest.mark.parametrize("name", sorted(NODE_TYPES))
 def test_after_the_fuzzing_valid_input_still_yields_output(name: str) -> None:
     """Runs after the fuzz tests in this module (same long-lived nodes): whatever they were fed
@@ -397,7 +424,7 @@ def test_after_the_fuzzing_valid_input_still_yields_output(name: str) -> None:
         for t in inputs:
             outs += node.handle(t, _valid_cloud(clock.now))
         outs += node.tick()
-    out_topic = node.output_topic
+    out_topic = node.detections_topic if name == "lidar_detection" else node.output_topic
     assert any(e.topic == out_topic for e in outs), [e.topic for e in outs]
     assert node.frames_out > frames_before
     for t in inputs:  # every input went into an output (for occupancy: sets with the obstacle cloud)
@@ -444,5 +471,8 @@ def test_zz_at_least_5000_cases() -> None:
         node = NODES[name][0]
         # every input was exercised for real: clouds went into outputs on each cloud input (for the
         # occupancy node: sets with the obstacle cloud), and real TFMessages were taken on /tf and /tf_static
-        for port in node.inputs():
+        ports = node.inputs()
+        if name == "lidar_detection":  # 40 examples: /tf handling (NodeCore's, shared) is covered by the others
+            ports = [p for p in ports if p.msgtype == topics.POINTCLOUD2]
+        for port in ports:
             assert node.used[port.topic] > 0, (name, port.topic, node.accounting()[port.topic])

@@ -137,6 +137,7 @@ def test_obstacle_timeout_falls_back_to_inline_segmentation(kitti_bag, tmp_path)
     """Without the ground segmentation node the grid is still published, after the time-out."""
     params = load_params()
     params["ground_segmentation"]["enabled"] = False
+    params["lidar_detection"]["enabled"] = False  # the geometric path only (the branch has its own tests)
     res = run_graph(kitti_bag, params, tmp_path, progress=False)
     assert res.latency["frames_out"] == {"occupancy_grid": 3}
     assert res.output_counts[topics.OCCUPANCY_GRID] == 3
@@ -188,6 +189,7 @@ def test_empty_and_nan_clouds_still_yield_grids_and_are_reported(kitti_bag, tmp_
                 create_xyzi_cloud(np.zeros((0, 4), np.float32), t_end + 200_000_000, "velodyne", b))
     params = load_params()
     params["ground_segmentation"]["warning_hold_s"] = 60.0  # held past the replay's final 10 s wait
+    params["lidar_detection"]["enabled"] = False  # the geometric path only (the branch has its own tests)
     res = run_graph(dst, params, tmp_path / "out", progress=False)
     assert res.latency["frames_out"] == {"ground_segmentation": 5, "occupancy_grid": 5}
     assert res.latency["malformed_inputs"] == {}

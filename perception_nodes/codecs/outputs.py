@@ -24,6 +24,7 @@ OK, WARN, ERROR, STALE = 0, 1, 2, 3
 LABEL_COLORS: dict[str, tuple[float, float, float, float]] = {
     "Car": (0.1, 0.8, 0.1, 0.5), "Pedestrian": (0.9, 0.2, 0.2, 0.5), "Cyclist": (0.2, 0.4, 1.0, 0.5),
 }
+LABEL_COLORS.update({k.lower(): v for k, v in list(LABEL_COLORS.items())})  # the network's class names
 _DEFAULT_COLOR = (0.7, 0.7, 0.7, 0.5)
 _CUBE, _ADD, _DELETEALL = 1, 0, 3
 

@@ -72,6 +72,15 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("evidence.ground_block", 0.01, 1000.0),
     ("evidence.origin_ground_z", -100.0, 100.0),
     ("keep_grids_for_report", 0, 10_000),
+    ("threads", 0, 1024),
+    ("max_points", 0, 100_000_000),
+    ("score_threshold", 0.0, 1.0),
+    ("max_detections", 1, 100_000),
+    ("nms_kernel", 1, 31),
+    ("max_vacuity", 0.0, 1.0),
+    ("learned_occupancy_weight", 0.0, 1.0),
+    ("fusion_queue_size", 1, 1000),
+    ("marker_lifetime_s", 0.0, 3600.0),
 )
 
 #: allowed values of string parameters (fnmatch patterns)
@@ -83,7 +92,7 @@ CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: cleanup + configure); everything else is applied at runtime by ``NodeCore.reconfigure``
 READ_ONLY: tuple[str, ...] = (
     "*_topic", "qos.*", "autostart", "calibration_file", "use_tf_static", "use_tf", "base_frame", "latency_window",
-    "sync.queue_size", "keep_grids_for_report",
+    "sync.queue_size", "keep_grids_for_report", "runtime", "weights", "threads", "fusion_queue_size",
 )
 
 

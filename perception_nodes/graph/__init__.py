@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from perception_nodes.codecs.backend import MessageBackend
+from perception_nodes.errors import NodeUnavailable
 from perception_nodes.graph.ground_segmentation import GroundSegmentationNode
+from perception_nodes.graph.lidar_detection import LidarDetectionNode
 from perception_nodes.graph.node import Emit, NodeCore, Port
 from perception_nodes.graph.occupancy_grid import OccupancyGridNode
 
@@ -14,7 +17,10 @@ from perception_nodes.graph.occupancy_grid import OccupancyGridNode
 NODE_TYPES: dict[str, type[NodeCore]] = {
     "ground_segmentation": GroundSegmentationNode,
     "occupancy_grid": OccupancyGridNode,
+    "lidar_detection": LidarDetectionNode,
 }
+
+_log = logging.getLogger("perception_nodes.graph")
 
 
 def build_graph(
@@ -24,11 +30,15 @@ def build_graph(
     clock: Callable[[], int],
     keep_all_latency: bool = False,
     steady_clock: Callable[[], int] | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> list[NodeCore]:
     """Instantiate every enabled node of the params tree, in the file's order.
 
     ``steady_clock`` times diagnostics (default ``time.monotonic_ns``); replay passes its own clock so
-    that the diagnostics it records are deterministic."""
+    that the diagnostics it records are deterministic. A node that raises
+    :class:`~perception_nodes.errors.NodeUnavailable` at warm-up (e.g. the LiDAR branch before its
+    weights are trained) is left out with one warning naming the reason; ``skipped`` (when given)
+    collects node name -> reason."""
     nodes = []
     for name, p in params.items():
         if name not in NODE_TYPES or not p.get("enabled", True):
@@ -36,7 +46,13 @@ def build_graph(
         p = {k: v for k, v in p.items() if k != "enabled"}
         extra = {} if steady_clock is None else {"steady_clock": steady_clock}
         node = NODE_TYPES[name](name, p, backend=backend, clock=clock, keep_all_latency=keep_all_latency, **extra)
-        node.warmup()
+        try:
+            node.warmup()
+        except NodeUnavailable as exc:
+            _log.warning("%s left out of the graph: %s", name, exc)
+            if skipped is not None:
+                skipped[name] = str(exc)
+            continue
         nodes.append(node)
     return nodes
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from perception_nodes import topics
 from perception_nodes.config import load_params
+from perception_nodes.errors import NodeUnavailable
 from perception_nodes.graph import NODE_TYPES
 from perception_nodes.ros.env import import_rclpy
 
@@ -46,9 +47,26 @@ class LiveGraph:
             self.executor.add_node(n)
         #: nodes whose autostart did not reach ``active`` (configure failed: see their log)
         self.failed: list[str] = []
-        for n in self.nodes:
+        #: nodes left out because they cannot run here (NodeUnavailable, e.g. no trained weights): name -> why
+        self.skipped: dict[str, str] = {}
+        for n in list(self.nodes):
             if not n.autostart() and n.get_parameter("autostart").value:
-                self.failed.append(n.get_name())
+                if isinstance(n.configure_error, NodeUnavailable):
+                    self._leave_out(n)
+                else:
+                    self.failed.append(n.get_name())
+
+    def _leave_out(self, node: Any) -> None:
+        """Take a node that cannot run here out of the graph (said once, on the console and in ``skipped``)."""
+        self.skipped[node.get_name()] = str(node.configure_error)
+        print(f"{node.get_name()} left out of the live graph: {node.configure_error}", flush=True)
+        for other in self.nodes:
+            for topic, consumers in other.in_process_consumers.items():
+                if node in consumers:
+                    consumers.remove(node)
+        self.nodes.remove(node)
+        self.executor.remove_node(node)
+        node.destroy_node()
 
     def _wire_in_process(self) -> None:
         """Each topic one node publishes and another subscribes goes from the first to the second directly."""

@@ -95,6 +95,8 @@ class ManagedCoreNode(_LifecycleNode):
         self._pub_kind: dict[str, str] = {}
         self._subs: list[Any] = []
         self._timer = None
+        #: why the last ``configure`` failed (None after a success)
+        self.configure_error: Exception | None = None
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -164,8 +166,10 @@ class ManagedCoreNode(_LifecycleNode):
                     self._publisher(port.topic, port.msgtype, qos.get(port.topic, port.qos))
             except Exception as exc:  # a bad calibration file, model or parameter: stay unconfigured
                 self.get_logger().error(f"configure failed: {exc}")
+                self.configure_error = exc
                 self._destroy_publishers()
                 return TransitionCallbackReturn.FAILURE
+            self.configure_error = None
             self.core = core
             self._pub_kind.update(qos)
         return super().on_configure(state)

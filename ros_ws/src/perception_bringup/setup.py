@@ -26,6 +26,7 @@ setup(
         "console_scripts": [
             "ground_segmentation_node = perception_bringup:ground_segmentation",
             "occupancy_grid_node = perception_bringup:occupancy_grid",
+            "lidar_detection_node = perception_bringup:lidar_detection",
             "perception_live = perception_bringup:live",
         ],
     },

@@ -19,7 +19,9 @@ from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
-NODES = ("ground_segmentation", "occupancy_grid")
+#: lidar_detection needs network weights: without them its configure fails with the reason (the node stays
+#: unconfigured; the others run on)
+NODES = ("ground_segmentation", "occupancy_grid", "lidar_detection")
 
 
 def _default_params() -> str:

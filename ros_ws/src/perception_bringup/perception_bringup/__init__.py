@@ -16,6 +16,10 @@ def occupancy_grid(args=None) -> None:
     main_single("occupancy_grid", args)
 
 
+def lidar_detection(args=None) -> None:
+    main_single("lidar_detection", args)
+
+
 def live(args=None) -> None:
     from perception_nodes.cli import main
 

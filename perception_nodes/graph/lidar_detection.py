@@ -1,0 +1,380 @@
+"""LiDAR branch node: one scan in -> 3D detections with covariance, learned occupancy, curvature out.
+
+Runs the evidential CenterPoint-style network (:mod:`perception_nodes.models`) under the runtime named by
+the ``runtime`` parameter (``torch``; ``onnxruntime`` where registered), on weights from the ``weights``
+folder (empty: the packaged default). Per scan it publishes (topics in ``perception.params.yaml``):
+
+* ``detections_topic``: ``vision_msgs/Detection3DArray``; class ids are names, score = the Dirichlet
+  expected probability, ``results[].pose.covariance`` = the NIG predictive covariance of centre and yaw
+  (:mod:`perception_nodes.codecs.vision`); ``objects_topic`` (optional): the same boxes as
+  ``perception_interfaces/Detection3DArray``, what ``perception-stack evaluate`` scores;
+* ``markers_topic``: ``visualization_msgs/MarkerArray`` boxes, a DELETEALL first so stale boxes vanish;
+* ``occupancy_topic`` / ``occupancy_uncertainty_topic``: the learned Beta evidence as probability and
+  vacuity grids on the network's occupancy grid (the occupancy node's grid with the packaged config);
+* ``fused_occupancy_topic`` / ``fused_uncertainty_topic``: learned + geometric evidence
+  (:mod:`perception_nodes.pipeline.occupancy_fusion`), on the geometric grid, once the occupancy node's two
+  grids of the same scan (``geometric_*_topic``, matched by stamp) have arrived; the geometric grid stays on
+  its own topic;
+* ``curvature_topic``: ``perception_interfaces/CurvaturePrediction`` (curvature and its variance per horizon).
+
+Stages timed (``~/debug/processing_time/<stage>_ms``): ``decode`` (PointCloud2 -> array, range gate, point
+cap), ``transform`` (sensor -> base_link), the runtime's ``voxelize``, ``backbone``, ``bev_net``,
+``heads`` (an engine that fuses stages reports them joined), ``decode_boxes`` (peaks -> boxes),
+``occupancy`` (learned grids), ``encode`` (messages). Fusion with the geometric grid happens when that grid
+arrives and is recorded as the ``fusion`` series.
+
+Bad input never stops the node: an empty cloud, one whose points are all NaN or all outside the network's
+crop gives an empty (valid) detection array, vacuous learned grids and an ``empty`` warning on
+``/diagnostics``; a cloud above ``max_points`` is thinned by a fixed stride (deterministic) and the points
+left out are counted (``points_over_max_points``), so a 10x cloud costs little more than a normal one.
+
+Weights: with ``weights`` empty and no packaged weights yet (or without PyTorch), the node is unavailable
+(:class:`~perception_nodes.errors.NodeUnavailable`): replay and ``live`` skip it and say so once; a
+launched node fails its lifecycle ``configure`` with that reason. A ``weights`` folder that is missing,
+corrupt or made for another network fails ``configure`` with the reason
+(:class:`~perception_nodes.models.weights_io.WeightsError`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perception_nodes import topics
+from perception_nodes.calibration import transform_points
+from perception_nodes.codecs.backend import stamp_to_ns
+from perception_nodes.codecs.detections import DETECTIONS_TYPE, detections_msg
+from perception_nodes.codecs.outputs import DiagnosticStatusData, marker_array_msg, occupancy_grid_msg
+from perception_nodes.codecs.pointcloud2 import read_xyzi
+from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYPE, curvature_msg, vision_detections_msg
+from perception_nodes.config import ConfigError
+from perception_nodes.errors import NodeUnavailable
+from perception_nodes.graph.node import ERROR, OK, Emit, NodeCore, Port, synthetic_scan
+from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
+from perception_nodes.pipeline.occupancy_fusion import evidence_from_grid_data, fuse_evidence, resample_nearest
+
+#: default topics (documented in perception.params.yaml)
+DETECTIONS = "/perception/lidar/detections"
+MARKERS = "/perception/lidar/detections/markers"
+LEARNED_OCCUPANCY = "/perception/lidar/occupancy_grid"
+LEARNED_UNCERTAINTY = "/perception/lidar/occupancy_grid/uncertainty"
+FUSED_OCCUPANCY = "/perception/occupancy_grid/fused"
+FUSED_UNCERTAINTY = "/perception/occupancy_grid/fused/uncertainty"
+CURVATURE = "/perception/lidar/curvature"
+OBJECTS = "/perception/objects"
+
+
+def thin_points(points: np.ndarray, max_points: int) -> np.ndarray:
+    """At most ``max_points`` rows, every ``k``-th (``k = ceil(N / max_points)``): deterministic, and on a
+    scan stored ring by ring it thins every ring alike instead of cutting off part of the field of view."""
+    n = len(points)
+    if max_points <= 0 or n <= max_points:
+        return points
+    k = -(-n // max_points)
+    return points[::k]
+
+
+class LidarDetectionNode(NodeCore):
+    """See module doc."""
+
+    def __init__(self, name: str, params: dict[str, Any], **kw: Any) -> None:
+        super().__init__(name, params, **kw)
+        self.input_topic = params.get("input_topic", topics.LIDAR_POINTS)
+        self.detections_topic = params.get("detections_topic", DETECTIONS)
+        self.objects_topic = params.get("objects_topic", "")
+        self.markers_topic = params.get("markers_topic", MARKERS)
+        self.occupancy_topic = params.get("occupancy_topic", LEARNED_OCCUPANCY)
+        self.occupancy_uncertainty_topic = params.get("occupancy_uncertainty_topic", LEARNED_UNCERTAINTY)
+        self.fused_occupancy_topic = params.get("fused_occupancy_topic", FUSED_OCCUPANCY)
+        self.fused_uncertainty_topic = params.get("fused_uncertainty_topic", FUSED_UNCERTAINTY)
+        self.geometric_occupancy_topic = params.get("geometric_occupancy_topic", topics.OCCUPANCY_GRID)
+        self.geometric_uncertainty_topic = params.get("geometric_uncertainty_topic", topics.OCCUPANCY_UNCERTAINTY)
+        self.curvature_topic = params.get("curvature_topic", CURVATURE)
+        self.runtime_name = str(params.get("runtime", "torch"))
+        self.weights = str(params.get("weights", "") or "")
+        self.threads = int(params.get("threads", 0))
+        self.fusion_queue_size = int(params.get("fusion_queue_size", 4))
+        for attr, value in self._derived(params).items():
+            setattr(self, attr, value)
+        self.runtime: Any = None
+        self.net: Any = None
+        self.sidecar: dict[str, Any] = {}
+        self.weights_dir: Path | None = None
+        self.load_error: str | None = None
+        self.empty_frames = 0
+        self.detections_out = 0
+        self.fused_out = 0
+        # learned evidence of recent scans (stamp -> (r, s, spec)) waiting for the geometric grids
+        self._learned: OrderedDict[int, tuple[np.ndarray, np.ndarray, GridSpec]] = OrderedDict()
+        # geometric grids held until the learned evidence of their scan is there (stamp -> topic -> msg)
+        self._geo: OrderedDict[int, dict[str, Any]] = OrderedDict()
+
+    # --- parameters ---------------------------------------------------------------------------
+    @property
+    def fusion_enabled(self) -> bool:
+        return bool(self.geometric_occupancy_topic and self.geometric_uncertainty_topic and self.fused_occupancy_topic)
+
+    def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
+        out = super()._derived(params)
+        nms = int(params.get("nms_kernel", 3))
+        if nms < 1 or nms % 2 == 0:
+            raise ConfigError(f"{self.name}.nms_kernel must be odd and >= 1, got {nms}")
+        out["decode_options"] = {
+            "score_threshold": float(params.get("score_threshold", 0.3)),
+            "max_detections": int(params.get("max_detections", 100)),
+            "nms_kernel": nms,
+            "max_vacuity": float(params.get("max_vacuity", 1.0)),
+        }
+        out["max_points"] = int(params.get("max_points", 200_000))
+        out["learned_occupancy_weight"] = float(params.get("learned_occupancy_weight", 1.0))
+        out["unknown_vacuity"] = float(params.get("unknown_vacuity", 1.0))
+        out["marker_lifetime_s"] = float(params.get("marker_lifetime_s", 0.2))
+        return out
+
+    # --- wiring -------------------------------------------------------------------------------
+    def inputs(self) -> list[Port]:
+        ports = super().inputs() + [Port(self.input_topic, topics.POINTCLOUD2)]
+        if self.fusion_enabled:
+            ports += [Port(self.geometric_occupancy_topic, topics.OCCUPANCY_GRID_TYPE, "reliable"),
+                      Port(self.geometric_uncertainty_topic, topics.OCCUPANCY_GRID_TYPE, "reliable")]
+        return ports
+
+    def outputs(self) -> list[Port]:
+        out = super().outputs() + [Port(self.detections_topic, VISION_DETECTIONS_TYPE, "reliable")]
+        for topic, msgtype in ((self.objects_topic, DETECTIONS_TYPE), (self.markers_topic, topics.MARKER_ARRAY),
+                               (self.occupancy_topic, topics.OCCUPANCY_GRID_TYPE),
+                               (self.occupancy_uncertainty_topic, topics.OCCUPANCY_GRID_TYPE),
+                               (self.curvature_topic, CURVATURE_TYPE)):
+            if topic:
+                out.append(Port(topic, msgtype, "reliable"))
+        if self.fusion_enabled:
+            out.append(Port(self.fused_occupancy_topic, topics.OCCUPANCY_GRID_TYPE, "reliable"))
+            if self.fused_uncertainty_topic:
+                out.append(Port(self.fused_uncertainty_topic, topics.OCCUPANCY_GRID_TYPE, "reliable"))
+        return out
+
+    # --- network --------------------------------------------------------------------------------
+    def _weights_folder(self) -> Path:
+        from perception_nodes.models.weights_io import default_weights_dir
+
+        if not self.weights:
+            return default_weights_dir("lidar_detection")
+        p = Path(self.weights).expanduser()
+        return p
+
+    def load(self) -> None:
+        """Weights -> network -> runtime. Raises NodeUnavailable (no packaged weights yet), WeightsError
+        (a bad weights folder) or RuntimeUnavailable (the runtime cannot run here), each with the reason."""
+        try:  # torch and safetensors come with the learned extra, not with a core-only install
+            from perception_nodes.models.runtime import make_runtime
+            from perception_nodes.models.weights_io import load_lidar_detection, read_sidecar
+        except ImportError as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            raise NodeUnavailable(f"{self.name}: the network needs PyTorch, which is not installed here ({exc})") from exc
+
+        folder = self._weights_folder()
+        if not self.weights:
+            try:
+                read_sidecar(folder, "lidar_detection")
+            except Exception as exc:  # noqa: BLE001 - the packaged default is simply not there yet
+                raise NodeUnavailable(f"{self.name}: no packaged network weights yet ({exc}); set the "
+                                      "`weights` parameter to a weights folder") from exc
+        try:
+            net, side = load_lidar_detection(folder)
+            options = {"threads": self.threads} if self.threads > 0 else {}
+            runtime = make_runtime(self.runtime_name, net, **options)
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self.net, self.sidecar, self.runtime, self.weights_dir = net, side, runtime, folder
+        self.load_error = None
+
+    def warmup(self) -> None:
+        """Load the network (lifecycle configure) and run it once, so the first scan does not pay for
+        allocation, autotuning or kernel-map set-up."""
+        if self.runtime is None:
+            self.load()
+        import torch
+
+        self.runtime.infer(torch.from_numpy(synthetic_scan()))
+
+    # --- messages -------------------------------------------------------------------------------
+    def pending(self, topic: str) -> int:
+        if topic in (self.geometric_occupancy_topic, self.geometric_uncertainty_topic):
+            return sum(topic in held for held in self._geo.values())
+        return 0
+
+    def on_message(self, topic: str, msg: Any) -> list[Emit]:
+        if topic == self.input_topic:
+            return self._on_scan(topic, msg)
+        return self._on_geometric(topic, msg)
+
+    def _on_scan(self, topic: str, msg: Any) -> list[Emit]:
+        import torch
+
+        from perception_nodes.models.decode import decode_batch
+
+        if self.runtime is None:  # not warmed up (e.g. a core driven directly): load now, errors count
+            self.load()
+        stamp = stamp_to_ns(msg.header.stamp)
+        net = self.net
+        with self.latency.frame(stamp) as frame:
+            with self.latency.stage("decode"):
+                pts = self.sanitize(topic, read_xyzi(msg))
+                bad_i = ~np.isfinite(pts[:, 3])
+                if bad_i.any():  # finite xyz, garbage intensity: the network would drop the row silently
+                    self.points_dropped["nonfinite_intensity"] += int(bad_i.sum())
+                    self._warn("nonfinite_intensity", f"{topic}: {self.points_dropped['nonfinite_intensity']} points "
+                               "with non-finite intensity removed so far")
+                    pts = pts[~bad_i]
+                if self.max_points > 0 and len(pts) > self.max_points:
+                    kept = thin_points(pts, self.max_points)
+                    self.points_dropped["over_max_points"] += len(pts) - len(kept)
+                    self._warn("max_points", f"{topic}: a cloud of {len(pts)} points thinned to {len(kept)} "
+                               f"(max_points = {self.max_points})")
+                    pts = kept
+            with self.latency.stage("transform"):
+                pts = transform_points(self.sensor_to_base(msg.header.frame_id), pts)
+            out = self.runtime.infer(torch.from_numpy(pts), self.latency.stage)
+            with self.latency.stage("decode_boxes"):
+                det = decode_batch(out, net.head_grid, net.config.classes, **self.decode_options)[0]
+            voxels = int(out.num_voxels[0])
+            with self.latency.stage("occupancy"):
+                occ = out.occupancy_evidence[0].detach().cpu().numpy()
+                g = net.config.occupancy_grid
+                spec = GridSpec(resolution=g.cell, size_x=g.size_x, size_y=g.size_y, origin=(g.origin_x, g.origin_y))
+                r, s = np.ascontiguousarray(occ[0], np.float32), np.ascontiguousarray(occ[1], np.float32)
+                prob, vac = to_occupancy_msg_data(BetaGrid(r, s, spec), unknown_vacuity=self.unknown_vacuity)
+            with self.latency.stage("encode"):
+                emits = self._encode(stamp, det, prob, vac, spec, out)
+        if voxels == 0:
+            self.empty_frames += 1
+            self._warn("empty", f"{topic}: scan at stamp {stamp} ns has no usable point inside the network's "
+                       f"range {tuple(net.config.point_range)} ({len(pts)} points after the range gate): "
+                       "empty detections published")
+        self.frames_out += 1
+        self.detections_out += len(det)
+        self.mark_used(topic)
+        if self.fusion_enabled:
+            self._learned[stamp] = (r, s, spec)
+            while len(self._learned) > self.fusion_queue_size:
+                self._learned.popitem(last=False)
+            emits += self._fuse_if_ready(stamp)
+        return emits + self.debug_emits(frame)
+
+    def _encode(self, stamp: int, det: Any, prob: np.ndarray, vac: np.ndarray, spec: GridSpec, out: Any) -> list[Emit]:
+        b, frame_id = self.backend, self.base_frame
+        emits = [Emit(self.detections_topic, VISION_DETECTIONS_TYPE, vision_detections_msg(det, stamp, frame_id, b))]
+        boxes = det.to_box3d() if (self.objects_topic or self.markers_topic) else []
+        if self.objects_topic:
+            emits.append(Emit(self.objects_topic, DETECTIONS_TYPE, detections_msg(boxes, stamp, frame_id, b)))
+        if self.markers_topic:
+            emits.append(Emit(self.markers_topic, topics.MARKER_ARRAY,
+                              marker_array_msg(boxes, stamp, frame_id, "lidar_detections", b,
+                                               lifetime_s=self.marker_lifetime_s)))
+        origin = (*spec.origin, 0.0)
+        if self.occupancy_topic:
+            emits.append(Emit(self.occupancy_topic, topics.OCCUPANCY_GRID_TYPE,
+                              occupancy_grid_msg(prob, spec.resolution, origin, stamp, frame_id, b)))
+        if self.occupancy_uncertainty_topic:
+            emits.append(Emit(self.occupancy_uncertainty_topic, topics.OCCUPANCY_GRID_TYPE,
+                              occupancy_grid_msg(vac, spec.resolution, origin, stamp, frame_id, b)))
+        if self.curvature_topic:
+            c = out.curvature
+            gamma, nu, alpha, beta = (t[0].detach().cpu().double().numpy() for t in c)
+            aleatoric = beta / (alpha - 1.0)
+            emits.append(Emit(self.curvature_topic, CURVATURE_TYPE,
+                              curvature_msg(self.net.config.curvature_horizons_m, gamma, aleatoric, aleatoric / nu,
+                                            stamp, frame_id, b)))
+        return emits
+
+    # --- fusion with the geometric grid ------------------------------------------------------------
+    def _on_geometric(self, topic: str, msg: Any) -> list[Emit]:
+        stamp = stamp_to_ns(msg.header.stamp)
+        held = self._geo.setdefault(stamp, {})
+        if topic in held:  # a second grid for the same scan: the newer one counts
+            self.mark_dropped(topic, "duplicate")
+        held[topic] = msg
+        out = self._fuse_if_ready(stamp)
+        while len(self._geo) > self.fusion_queue_size:  # oldest first: its scan's learned grid never came
+            _, old = self._geo.popitem(last=False)
+            for t in old:
+                self.mark_dropped(t, "unmatched")
+            self._warn("fusion", f"geometric grids without a learned grid of the same stamp dropped "
+                       f"(fusion_queue_size = {self.fusion_queue_size})")
+        return out
+
+    def _fuse_if_ready(self, stamp: int) -> list[Emit]:
+        held = self._geo.get(stamp)
+        learned = self._learned.get(stamp)
+        if learned is None or held is None or not {self.geometric_occupancy_topic, self.geometric_uncertainty_topic} <= set(held):
+            return []
+        t0 = time.perf_counter_ns()
+        from perception_nodes.learning.grids import grid_from_msg
+
+        del self._geo[stamp]
+        del self._learned[stamp]
+        occ_msg, unc_msg = held[self.geometric_occupancy_topic], held[self.geometric_uncertainty_topic]
+        try:
+            p_geo, spec = grid_from_msg(occ_msg)
+            u_geo, spec_u = grid_from_msg(unc_msg)
+            if spec_u != spec:
+                raise ValueError(f"occupancy grid {spec} and uncertainty grid {spec_u} differ")
+        except ValueError as exc:  # a grid we cannot read: both are dropped, counted, and said why
+            for t in held:
+                self.mark_dropped(t, "malformed_grid")
+            self._warn("fusion", f"geometric grid at stamp {stamp} ns unusable: {exc}")
+            return []
+        r_geo, s_geo = evidence_from_grid_data(p_geo, u_geo)
+        r_l, s_l, spec_l = learned
+        rs = resample_nearest(np.stack([r_l, s_l]), spec_l, spec)
+        r, s = fuse_evidence(r_geo, s_geo, rs[0], rs[1], self.learned_occupancy_weight)
+        prob, vac = to_occupancy_msg_data(BetaGrid(r, s, spec), unknown_vacuity=self.unknown_vacuity)
+        origin = (*spec.origin, 0.0)
+        out = [Emit(self.fused_occupancy_topic, topics.OCCUPANCY_GRID_TYPE,
+                    occupancy_grid_msg(prob, spec.resolution, origin, stamp, self.base_frame, self.backend))]
+        if self.fused_uncertainty_topic:
+            out.append(Emit(self.fused_uncertainty_topic, topics.OCCUPANCY_GRID_TYPE,
+                            occupancy_grid_msg(vac, spec.resolution, origin, stamp, self.base_frame, self.backend)))
+        for t in held:
+            self.mark_used(t)
+        self.fused_out += 1
+        self.latency.record("fusion", (time.perf_counter_ns() - t0) / 1e6)
+        return out
+
+    def finish(self) -> list[Emit]:
+        for held in self._geo.values():
+            for t in held:
+                self.mark_dropped(t, "end_of_input")
+        self._geo.clear()
+        self._learned.clear()
+        return []
+
+    # --- diagnostics ------------------------------------------------------------------------------
+    def diagnostic_statuses(self) -> list[DiagnosticStatusData]:
+        """The common statuses plus ``<name>: network``: runtime in use and its facts, weights, counts."""
+        statuses = super().diagnostic_statuses()
+        values: dict[str, str] = {"runtime": self.runtime_name, "weights": str(self.weights_dir or self._weights_folder())}
+        if self.runtime is not None:
+            for k, v in self.runtime.describe().items():
+                if k != "runtime":
+                    values[f"runtime.{k}"] = str(v)
+            values["code_version"] = str(self.sidecar.get("code_version", "unknown"))
+            cfg = self.net.config
+            values["classes"] = ",".join(cfg.classes)
+            values["point_range"] = ",".join(f"{v:g}" for v in cfg.point_range)
+            values["voxel_size"] = ",".join(f"{v:g}" for v in cfg.voxel_size)
+            values["backbone"] = cfg.backbone
+            level, message = OK, f"runtime {self.runtime_name} ({', '.join(f'{k}={v}' for k, v in self.runtime.describe().items())})"
+        else:
+            level, message = ERROR, f"network not loaded: {self.load_error or 'not configured yet'}"
+        values["frames_out"] = str(self.frames_out)
+        values["empty_frames"] = str(self.empty_frames)
+        values["detections_out"] = str(self.detections_out)
+        values["fused_grids_out"] = str(self.fused_out)
+        values["max_points"] = str(self.max_points)
+        return statuses + [DiagnosticStatusData(level, f"{self.name}: network", message[:500], self._sensor_frame, values)]
