@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from .dataflow_fused import fused_gather_scatter, fused_hybrid, implicit_gemm_fused
 from .dataflow_gather_scatter import gather_scatter, gather_scatter_blocked
 from .dataflow_implicit_gemm import implicit_gemm, implicit_gemm_torch
 from .kernel_map import KernelMap
@@ -41,13 +42,17 @@ DATAFLOWS: dict[str, Dataflow] = {
     "implicit_gemm": lambda x, w, km: implicit_gemm(x, w, km, sort=False),
     "implicit_gemm_sorted": lambda x, w, km: implicit_gemm(x, w, km, sort=True),
     "implicit_gemm_torch": implicit_gemm_torch,
+    "fused_gather_scatter": fused_gather_scatter,
+    "fused_hybrid": fused_hybrid,
+    "implicit_gemm_fused": implicit_gemm_fused,
 }
 
 
 def candidates_for(device: torch.device) -> list[str]:
     if device.type == "cuda":
         return ["gather_scatter", "implicit_gemm", "implicit_gemm_sorted"]
-    return ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted"]
+    return ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted",
+            "fused_gather_scatter", "fused_hybrid", "implicit_gemm_fused"]
 
 
 _timed_lock = threading.Lock()
