@@ -72,19 +72,21 @@ def _sync(device: torch.device) -> None:
 class Autotuner:
     """Dataflow per layer shape from a tune-file table; measures only when built with ``measure=True``.
 
+    ``candidates`` restricts the dataflows timed (default: :func:`candidates_for` the device).
     ``measure=False`` (live): :meth:`run` looks up and never times. ``measure=True`` (offline, used
     by :func:`.tunefile.tune_network`): every call times all candidates and adds the times to the
     table. ``sources`` counts lookups by outcome ("exact", "nearest", "default"). Thread-safe.
     """
 
     def __init__(self, table: "DeviceTable | None" = None, device_type: str = "cpu", measure: bool = False,
-                 repeats: int = 3) -> None:
+                 repeats: int = 3, candidates: "list[str] | None" = None) -> None:
         from .tunefile import DeviceTable
 
         self.table = table if table is not None else DeviceTable()
         self.device_type = device_type
         self.measure = measure
         self.repeats = repeats
+        self.candidates = candidates  # None: candidates_for(device); a list restricts what is timed
         self.device_known = table is not None and bool(table.entries)
         self.candidates_timed = 0
         self.sources: Counter[str] = Counter()
@@ -131,7 +133,7 @@ class Autotuner:
         from .tunefile import shape_key
 
         key = shape_key(weight, kmap, x.dtype)
-        names = candidates_for(x.device)
+        names = list(self.candidates) if self.candidates is not None else candidates_for(x.device)
         outs: dict[str, torch.Tensor] = {}
         for name in names:  # warm-up: compiles kernels, builds the lazy map forms each one needs
             outs[name] = DATAFLOWS[name](x, weight, kmap)

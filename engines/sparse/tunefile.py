@@ -240,19 +240,22 @@ def sparse_conv_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def tune_network(model: torch.nn.Module, frames: Iterable[Any], tune_file: TuneFile | None = None,
-                 device: torch.device | str = "cpu", repeats: int = 3) -> TuneFile:
+                 device: torch.device | str = "cpu", repeats: int = 3,
+                 candidates: list[str] | None = None) -> TuneFile:
     """Offline: run ``model`` over ``frames`` (SparseTensors), timing every candidate per layer call.
 
     Every call adds its per-candidate times to its shape bucket (so buckets seen several times are
     decided by the sum); layers pinned to a dataflow are tuned too, since the file describes shapes,
-    not modules. Returns the (updated) tune file; ``measured_with`` records threads, torch and date.
+    not modules. ``candidates`` restricts the dataflows timed (default: all of the device's).
+    Returns the (updated) tune file; ``measured_with`` records threads, torch and date.
     """
     from .autotune import Autotuner
 
     tf = tune_file if tune_file is not None else TuneFile()
     dev = device_model(device)
     table = tf.table(dev)
-    tuner = Autotuner(table, device_type=torch.device(device).type, measure=True, repeats=repeats)
+    tuner = Autotuner(table, device_type=torch.device(device).type, measure=True, repeats=repeats,
+                      candidates=candidates)
     mods = sparse_conv_modules(model)
     saved = [(m, m.dataflow, getattr(m, "tuner", None)) for m in mods]
     try:
