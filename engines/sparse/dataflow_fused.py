@@ -26,10 +26,11 @@ Exact and deterministic: every output element is reduced in the same fixed order
 GEMM, sparse offsets in kernel order) whatever the thread count; the loop is serial and its GEMMs
 run on one BLAS thread (MKL's thread-local count set to 1 around the loop: a threaded MKL split the
 long inner dimension of the output-stationary GEMM at 2 threads and changed the rounding), so this
-dataflow uses one core whatever ``torch.get_num_threads()`` says. Needs pairs sorted by output
-row within each offset (true for every map built here except inverse maps and maps of unsorted
-input) and a BLAS with the Fortran ``sgemm_``/``dgemm_`` symbols in torch's library; otherwise it
-falls back to :func:`.dataflow_gather_scatter.gather_scatter`.
+dataflow uses one core whatever ``torch.get_num_threads()`` says. Tiles are ranges of output rows,
+so each offset's pairs must be sorted by output row: true for every map built here except inverse
+maps and submanifold maps of unsorted input, whose pairs are sorted once per map (cached). Without
+the Fortran ``sgemm_``/``dgemm_`` symbols in torch's library (or for autograd, CUDA, other dtypes)
+it falls back to :func:`.dataflow_gather_scatter.gather_scatter`.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def fused(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at: floa
     """Sparse convolution of ``x`` [N_in, C_in] by ``weight`` [K, C_in, C_out] along ``kmap``.
 
     ``dense_at``: pair density from which an offset runs output-stationary (``inf``: none; ``0``:
-    all offsets that occur). Falls back to gather-scatter where the fused loop does not apply.
+    all offsets that occur). Falls back to gather-scatter where the fused loop cannot run.
     """
     from .dataflow_gather_scatter import gather_scatter
 
@@ -145,7 +146,20 @@ def _fused_cpu(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at:
         kmap._extras[key] = bnd if ok else None
     bnd = kmap._extras[key]
     if bnd is None:
-        return None  # pairs not sorted by output (inverse maps, unsorted input): caller falls back
+        # pairs not sorted by output row (inverse maps, submanifold maps of unsorted input): sort each
+        # offset's pairs by output once per map (cached; the layers of a stage share the map)
+        if "pairs_by_out" not in kmap._extras:
+            order = np.concatenate([ptr[k] + np.argsort(out_idx[ptr[k]:ptr[k + 1]], kind="stable")
+                                    for k in range(K)]) if len(out_idx) else np.zeros(0, np.int64)
+            kmap._extras["pairs_by_out"] = (np.ascontiguousarray(in_idx[order]), np.ascontiguousarray(out_idx[order]))
+        in_idx, out_idx = kmap._extras["pairs_by_out"]
+        key = ("blocks_by_out", rows)
+        if key not in kmap._extras:
+            bnd, ok = ck.block_bounds(out_idx, ptr, n_out, rows)
+            kmap._extras[key] = bnd if ok else None
+        bnd = kmap._extras[key]
+        if bnd is None:
+            return None
     dense = set(dks.tolist())
     sks = np.asarray([k for k in range(K) if k not in dense and k != kmap.identity_offset and ptr[k + 1] > ptr[k]],
                      np.int32)

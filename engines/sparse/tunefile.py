@@ -119,9 +119,9 @@ def static_default(key: ShapeKey, device_type: str) -> str:
     GPU: ``implicit_gemm_sorted`` (one output-stationary kernel, no atomics). CPU:
     ``fused_gather_scatter`` -- exact FLOPs (no multiplications by missing neighbours) like
     ``gather_scatter``, tiled so gathers and scatters stay in L2; it beat the chunked loop on every
-    32-128-channel layer of the CenterPoint encoder here, and falls back to ``gather_scatter`` itself
-    where it does not apply (inverse maps, unsorted input, no BLAS symbol), so it never loses badly,
-    which is what a default must guarantee.
+    32-128-channel layer of the CenterPoint encoder here (sorted or upstream-order input), and falls
+    back to ``gather_scatter`` itself where it cannot run (no BLAS symbol, autograd), so it never loses
+    badly, which is what a default must guarantee.
     """
     if device_type == "cuda":
         return "implicit_gemm_sorted"

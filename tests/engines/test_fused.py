@@ -1,5 +1,6 @@
 """The fused, output-tiled dataflows (`dataflow_fused.py`): exact against the dense conv and the other
-dataflows, actually taken on sorted input (not the fallback), bit-identical across thread counts."""
+dataflows, the fused loop actually taken (sorted and unsorted input, inverse maps), bit-identical
+across thread counts."""
 
 from __future__ import annotations
 
@@ -76,16 +77,26 @@ def test_fused_subm_and_strided_match_dense(dataflow: str, dtype: torch.dtype, f
 
 
 @pytest.mark.parametrize("dataflow", FUSED)
-def test_fused_falls_back_where_it_does_not_apply(dataflow: str, fused_calls) -> None:
-    """Unsorted input (submanifold pairs not sorted by output row): same result as gather-scatter."""
+def test_fused_on_unsorted_input_and_inverse_maps(dataflow: str, fused_calls) -> None:
+    """Pairs not sorted by output row (upstream voxel order; inverse maps): sorted once per map, same result."""
+    from engines.sparse import SparseInverseConv3d
+
     x = random_sparse(900, 8, shape=(12, 12, 8), batch=1, dtype=torch.float64, seed=32)  # random order
     conv = SubMConv3d(8, 8, 3, dataflow=dataflow).double().eval()
+    down = SparseConv3d(8, 6, 3, stride=2, padding=1, indice_key="d", dataflow="gather_scatter").double().eval()
+    inv = SparseInverseConv3d(6, 8, 3, indice_key="d", dataflow=dataflow).double().eval()
     km = x.cache.get(x.coords, conv.geometry(x), x.spatial_shape)
+    assert not np.all(np.diff(km.pairs_np()[1][km.pairs_np()[2][0]:km.pairs_np()[2][1]]) >= 0)  # unsorted pairs
     with torch.no_grad():
         y = DATAFLOWS[dataflow](x.feats, conv.weight, km)
         ref = DATAFLOWS["gather_scatter"](x.feats, conv.weight, km)
-    assert fused_calls == [False]
-    assert torch.equal(y, ref)
+        z = down(x)
+        up = inv(z)
+        inv.dataflow = "gather_scatter"
+        up_ref = inv(z)
+    assert fused_calls == [True, True]  # the SubM layer and the inverse layer both ran the fused loop
+    assert rel_err(y, ref) < _tol(torch.float64, 27, 8)
+    assert torch.equal(up.coords, x.coords) and rel_err(up.feats, up_ref.feats) < _tol(torch.float64, 27, 6)
 
 
 @pytest.mark.parametrize("dataflow", FUSED)
