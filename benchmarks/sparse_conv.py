@@ -18,7 +18,8 @@ and BENCHMARKS.md). Rules, the same for both engines:
 * 1 torch thread for both: spconv 2.3.8's CPU kernels are wrong at >= 2 threads (``spconv_thread_bug``).
 
 Keys (new): encoder_speedup_1t (CenterPoint SparseEncoder, unfolded, gmean over inputs),
-encoder_speedup_1t_folded, encoder_speedup_1t_paired (median of per-repetition ratios),
+encoder_speedup_1t_folded, encoder_speedup_1t_paired (median of per-repetition ratios), encoder_speedup_1t_previous (the same engine
+tuned over the candidates it had before the fused dataflows, timed interleaved: before/after in one run),
 encoder_speedup_bound_at_gemm_floor (spconv time / time of the bare per-offset sgemms of all pairs:
 the best ratio a per-offset (gather-scatter) dataflow can reach; output-stationary GEMMs with a longer
 inner dimension can run faster, so it is no bound for those), encoder_speedup_1t_vs_upstream_keys (spconv as mmdetection3d defines
@@ -26,7 +27,8 @@ it: no indice_key in the residual blocks, so spconv rebuilds their maps), encode
 medians, IQRs, max_rel_err_vs_spconv), subm_layers (single SubMConv3d 3^3 at 16/32/64/128 channels
 on the coordinates each encoder stage sees), subm_speedup_1t (gmean), backbone_speedup_1t (SECOND
 VoxelBackBone8x, unfolded) and backbone_speedup_1t_folded, map_build_ms (ours sorted-merge vs a
-hash-table build of the same map, and spconv's), max_rel_err_vs_dense, spconv_thread_bug.
+hash-table build of the same map, and spconv's), max_rel_err_vs_dense, spconv_thread_bug;
+with ``--floor`` only layer_floor (per convolution: fused / gather-scatter / bare-GEMM times).
 
 Running the peer: spconv 2.3.8 is not in requirements (its dependency ``lark`` collides with the
 ``lark-parser`` of the ROS packages in .venv), so ``make bench-sparse`` installs it beside the venv:
@@ -86,6 +88,23 @@ def tuned(fn):
         return fn()
     finally:
         set_default_tuner(Autotuner(t.table, measure=False))
+
+# the CPU candidates before the fused dataflows (issue 9): "ours_previous" is the same engine tuned
+# over these only, timed interleaved with the rest, so before/after come from one run
+PREVIOUS_CPU_CANDIDATES = ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted"]
+
+
+def tuned_previous(model: torch.nn.Module, fn):
+    """Like :func:`tuned`, but ``model`` gets its own tuner restricted to the previous candidates."""
+    from engines.sparse.tunefile import sparse_conv_modules
+
+    t = Autotuner(measure=True, candidates=PREVIOUS_CPU_CANDIDATES)
+    for m in sparse_conv_modules(model):
+        m.tuner = t
+    out = fn()
+    t.measure = False  # frozen: lookups only from here on
+    return out
+
 
 def log(*a: object) -> None:
     print(*a, flush=True)
@@ -302,6 +321,7 @@ def bench_encoder(spconv, vox: Voxels, reps: int, which: str = "centerpoint") ->
         randomise_bn(ours, 7)
     unfolded = copy.deepcopy(ours)
     set_fuse(unfolded, False)
+    previous = copy.deepcopy(unfolded)  # same network, tuned over the pre-fused candidates only
     if twins:
         twins["spconv_folded"] = fold_spconv_bn(copy.deepcopy(twins["spconv"]))
 
@@ -318,12 +338,14 @@ def bench_encoder(spconv, vox: Voxels, reps: int, which: str = "centerpoint") ->
         def run_sp(m):
             return m(vox.spconv(spconv))
 
-    fns = {"ours": lambda: run_ours(unfolded), "ours_folded": lambda: run_ours(ours)}
+    fns = {"ours": lambda: run_ours(unfolded), "ours_folded": lambda: run_ours(ours),
+           "ours_previous": lambda: run_ours(previous)}
     for name, t in twins.items():
         fns[name] = (lambda t=t: run_sp(t))
     with torch.no_grad():
         # warm-up (not timed): numba compile; ours tuned offline on this input, then frozen, as a node runs
-        outs = {k: (tuned(fn) if k.startswith("ours") else fn()) for k, fn in fns.items()}
+        outs = {k: (tuned_previous(previous, fn) if k == "ours_previous" else tuned(fn) if k.startswith("ours") else fn())
+                for k, fn in fns.items()}
         if twins:
             if which == "centerpoint":
                 row["max_rel_err_vs_spconv"] = rel_err(outs["ours"], outs["spconv"])
@@ -344,6 +366,7 @@ def bench_encoder(spconv, vox: Voxels, reps: int, which: str = "centerpoint") ->
         row["speedup"] = round(med(samples["spconv"]) / med(samples["ours"]), 3)
         row["speedup_folded"] = round(med(samples["spconv_folded"]) / med(samples["ours_folded"]), 3)
         row["speedup_paired"] = round(med([a / b for a, b in zip(samples["spconv"], samples["ours"])]), 3)
+        row["speedup_previous"] = round(med(samples["spconv"]) / med(samples["ours_previous"]), 3)
         # the best ratio any engine doing every pair's multiply-add could reach against this spconv time
         row["speedup_bound_at_gemm_floor"] = round(med(samples["spconv"]) / med(samples["gemm_floor"]), 3)
         if "spconv_upstream_keys" in samples:
@@ -384,6 +407,62 @@ def gemm_floor(model: torch.nn.Module, run):
             torch.mm(a, w)
 
     return floor, sum(2 * n * ci * co for n, ci, co in shapes) / 1e9
+
+
+def layer_floor(vox: Voxels, reps: int) -> dict:
+    """Per convolution of the encoder: the fused dataflow and the chunked gather-scatter against the
+    bare GEMMs of the convolution's exact multiply-adds at the fused loop's own GEMM sizes (per
+    tile: the identity ``[rows, C_in]`` and, per offset, ``[pairs / tiles, C_in]`` by ``W[k]``),
+    interleaved. ``fused / gemm`` is how far the convolutions are from their arithmetic floor."""
+    import engines.sparse.conv as conv_mod
+    from engines.sparse import dataflow_fused
+    from engines.sparse.autotune import DATAFLOWS
+
+    torch.set_num_threads(1)
+    enc = SparseEncoder(vox.feats.shape[1], vox.shape_zyx).eval()
+    calls: list = []
+    orig = conv_mod.sparse_conv
+
+    def rec(x, w, km, bias=None, dataflow="auto", tuner=None):
+        calls.append((x, w.detach(), km))
+        return orig(x, w, km, bias, "gather_scatter", tuner)
+
+    conv_mod.sparse_conv = rec
+    try:
+        with torch.no_grad():
+            enc(vox.feats, vox.coors, 1)
+    finally:
+        conv_mod.sparse_conv = orig
+    rows_out, tot = [], {"fused": 0.0, "gather_scatter": 0.0, "gemm": 0.0}
+    for x, w, km in calls:
+        _, cin, cout = w.shape
+        tiles = max(1, km.n_out // dataflow_fused._tile_rows(cin, cout, 0, 4))
+        mats = [(torch.randn(max(1, round(s / tiles)), cin), w[k].contiguous())
+                for k, s in enumerate(km.offset_sizes()) if s]
+        mats = [(a, b, torch.empty(a.shape[0], cout)) for a, b in mats]
+
+        def gemm(mats=mats, tiles=tiles) -> None:
+            for a, b, c in mats:
+                for _ in range(tiles):
+                    torch.mm(a, b, out=c)
+
+        fns = {"fused": lambda x=x, w=w, km=km: DATAFLOWS["fused_gather_scatter"](x, w, km),
+               "gather_scatter": lambda x=x, w=w, km=km: DATAFLOWS["gather_scatter"](x, w, km), "gemm": gemm}
+        with torch.no_grad():
+            for fn in fns.values():
+                fn()
+            t = interleaved(fns, reps)
+        m = {k: med(v) for k, v in t.items()}
+        for k in tot:
+            tot[k] += m[k]
+        rows_out.append({"kind": km.geometry.kind, "cin": int(cin), "cout": int(cout), "n_out": km.n_out,
+                         "gflop": round(2 * km.n_pairs * cin * cout / 1e9, 3), **{f"{k}_ms": round(v, 2) for k, v in m.items()},
+                         "fused_over_gemm": round(m["fused"] / m["gemm"], 3)})
+        log(f"  floor {vox.name}: {rows_out[-1]}")
+    return {"input": vox.name, "layers": rows_out, "total_ms": {k: round(v, 1) for k, v in tot.items()},
+            "fused_over_gemm": round(tot["fused"] / tot["gemm"], 3),
+            "gather_scatter_over_gemm": round(tot["gather_scatter"] / tot["gemm"], 3),
+            "gemm_gflops": round(sum(r["gflop"] for r in rows_out) / tot["gemm"] * 1e3, 1)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -547,6 +626,8 @@ def main() -> None:
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"), help="folder holding kitti_object_vis/")
     ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions per measurement (median reported)")
     ap.add_argument("--quick", action="store_true", help="encoder only (no SubM layers, SECOND, dense check)")
+    ap.add_argument("--floor", action="store_true",
+                    help="only the per-convolution floor: fused and gather-scatter vs the bare GEMMs of the exact multiply-adds")
     args = ap.parse_args()
     shared = Path(args.shared)
     if not velodyne_path(shared, 0).exists():
@@ -571,6 +652,11 @@ def main() -> None:
     if nus is not None:
         inputs5.append(nus)
     result["inputs"] = {v.name: {"voxels": v.n, "sparse_shape_zyx": v.shape_zyx} for v in inputs5}
+    if args.floor:
+        result["layer_floor"] = [layer_floor(v, args.reps) for v in inputs5]
+        result["load_avg_end"] = os.getloadavg()[0]
+        print(json.dumps(result))
+        return
     if spconv is not None and not args.quick:
         st, _, _ = voxelize_mean(torch.from_numpy(load_velodyne(velodyne_path(shared, 0))), 0.1)
         result["spconv_thread_bug"] = thread_bug(spconv, st)
@@ -581,6 +667,7 @@ def main() -> None:
     result["encoder_speedup_1t"] = gmean([r["speedup"] for r in enc]) if ok else None
     result["encoder_speedup_1t_folded"] = gmean([r["speedup_folded"] for r in enc]) if ok else None
     result["encoder_speedup_1t_paired"] = gmean([r["speedup_paired"] for r in enc]) if ok else None
+    result["encoder_speedup_1t_previous"] = gmean([r["speedup_previous"] for r in enc]) if ok else None
     result["encoder_speedup_bound_at_gemm_floor"] = gmean([r["speedup_bound_at_gemm_floor"] for r in enc]) if ok else None
     result["encoder_speedup_1t_vs_upstream_keys"] = gmean([r["speedup_vs_upstream_keys"] for r in enc]) if ok else None
     if not args.quick:

@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=3, help="times the whole sequence is played (default 3)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-old", action="store_true", help="skip timing the old live-tuning first frame")
+    ap.add_argument("--candidates", nargs="+", help="dataflows the offline tuning may choose from (default: all); "
+                    "e.g. the pre-fused set gather_scatter gather_scatter_blocked implicit_gemm implicit_gemm_sorted")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -96,7 +98,7 @@ def main() -> None:
         log("offline tuning (fractions 0.9, 0.55: not the live ones) ...")
         t0 = time.perf_counter()
         tf = tune_network(net, kitti_tuning_frames(args.shared, args.frames[:1], [args.voxel_size], [0.9, 0.55]),
-                          repeats=1)
+                          repeats=1, candidates=args.candidates)
         tune_s = time.perf_counter() - t0
     tuner = configure(net, tf)
 
@@ -167,6 +169,8 @@ def main() -> None:
         "backbone": args.backbone,
         "voxel_m": args.voxel_size,
         "threads": args.threads,
+        "candidates": args.candidates or "all",
+        "choices": tuner.choices,
         "frames": per_frame,
         "runs": rows,
         "buckets_seen": sorted({r["bucket"] for r in rows}),

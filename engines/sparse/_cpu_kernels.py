@@ -677,3 +677,87 @@ def read_sorted_pairs(sorted_keys, pbits, K):
         out_idx[p] = o
         pos[k] = p + 1
     return out_keys[:n_out].copy(), m, in_idx, out_idx, counts
+
+
+# --------------------------------------------------------------------------------------------------
+# Fused, output-tiled gather-GEMM-scatter with an output-stationary part (dataflow_fused.py)
+# --------------------------------------------------------------------------------------------------
+# The BLAS ``?gemm_`` (Fortran interface, LP64) is passed in as a ctypes function pointer, so one
+# compiled loop runs gather, GEMM and scatter for a tile of output rows with no Python in between:
+# the tile of Y, the input rows around it and the gathered operand stay in L2 across all offsets.
+# Row-major ``C[m, n] (+)= A[m, k] @ B[k, n]`` is the column-major ``C^T = B^T A^T``: the Fortran
+# call gets (M, N, K) = (n, m, k), operand 1 = B (ld n), operand 2 = A (ld k), C with ld n.
+
+
+@nb.njit(cache=True, nogil=True)
+def _gemm_rm(f, a, b, c, m, k, n, beta_one, ints, ab):
+    """c[:m] = a[:m] @ b (beta_one: c[:m] += ...); a, b, c C-contiguous with k, n, n columns."""
+    ints[0] = n
+    ints[1] = m
+    ints[2] = k
+    beta = ab[2:] if beta_one else ab[1:]
+    f(ints[3:].ctypes.data, ints[3:].ctypes.data, ints[0:].ctypes.data, ints[1:].ctypes.data,
+      ints[2:].ctypes.data, ab.ctypes.data, b.ctypes.data, ints[0:].ctypes.data, a.ctypes.data,
+      ints[2:].ctypes.data, beta.ctypes.data, c.ctypes.data, ints[0:].ctypes.data)
+
+
+@nb.njit(cache=True, nogil=True)
+def fused_tiles(f, x, y, w, wd, m, dense_ks, in_idx, out_idx, bnd, sparse_ks, identity, rows,
+                buf_d, buf_s, prod, ints, ab):
+    """Sparse convolution tile by tile of ``rows`` output rows (pairs sorted by output row).
+
+    Per tile, in this fixed order (so every output element is reduced the same way at any thread
+    count): the identity offset as ``Y[tile] = X[tile] @ W[identity]`` (else zeros); the dense
+    offsets ``dense_ks`` output-stationary -- their neighbours gathered im2col-style into
+    ``buf_d [rows, |D| * C_in]`` (zeros where missing, read from the out_in_map ``m``) and one GEMM
+    with ``wd = W[dense_ks]`` flattened, added into the tile; then each offset of ``sparse_ks``
+    gather-GEMM-scatter on its pairs inside the tile (``bnd[k, t]`` .. ``bnd[k, t + 1]``).
+    """
+    n_out = y.shape[0]
+    cin = x.shape[1]
+    cout = y.shape[1]
+    nd = dense_ks.shape[0]
+    n_tiles = (n_out + rows - 1) // rows
+    for t in range(n_tiles):
+        a = t * rows
+        b = min(n_out, a + rows)
+        rt = b - a
+        yt = y[a:b]
+        beta_one = False
+        if identity >= 0:
+            _gemm_rm(f, x[a:b], w[identity], yt, rt, cin, cout, False, ints, ab)
+            beta_one = True
+        if nd > 0:
+            for r in range(rt):
+                o = a + r
+                for j in range(nd):
+                    i = m[o, dense_ks[j]]
+                    base = j * cin
+                    if i >= 0:
+                        for c in range(cin):
+                            buf_d[r, base + c] = x[i, c]
+                    else:
+                        for c in range(cin):
+                            buf_d[r, base + c] = 0.0
+            _gemm_rm(f, buf_d[:rt], wd, yt, rt, nd * cin, cout, beta_one, ints, ab)
+            beta_one = True
+        if not beta_one:
+            for r in range(rt):
+                for c in range(cout):
+                    yt[r, c] = 0.0
+        for jj in range(sparse_ks.shape[0]):
+            k = sparse_ks[jj]
+            s = bnd[k, t]
+            e = bnd[k, t + 1]
+            n = e - s
+            if n == 0:
+                continue
+            for p in range(n):
+                i = in_idx[s + p]
+                for c in range(cin):
+                    buf_s[p, c] = x[i, c]
+            _gemm_rm(f, buf_s[:n], w[k], prod[:n], n, cin, cout, False, ints, ab)
+            for p in range(n):
+                o = out_idx[s + p]
+                for c in range(cout):
+                    y[o, c] += prod[p, c]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from .dataflow_fused import fused_gather_scatter, fused_hybrid, implicit_gemm_fused
 from .dataflow_gather_scatter import gather_scatter, gather_scatter_blocked
 from .dataflow_implicit_gemm import implicit_gemm, implicit_gemm_torch
 from .kernel_map import KernelMap
@@ -41,13 +42,17 @@ DATAFLOWS: dict[str, Dataflow] = {
     "implicit_gemm": lambda x, w, km: implicit_gemm(x, w, km, sort=False),
     "implicit_gemm_sorted": lambda x, w, km: implicit_gemm(x, w, km, sort=True),
     "implicit_gemm_torch": implicit_gemm_torch,
+    "fused_gather_scatter": fused_gather_scatter,
+    "fused_hybrid": fused_hybrid,
+    "implicit_gemm_fused": implicit_gemm_fused,
 }
 
 
 def candidates_for(device: torch.device) -> list[str]:
     if device.type == "cuda":
         return ["gather_scatter", "implicit_gemm", "implicit_gemm_sorted"]
-    return ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted"]
+    return ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted",
+            "fused_gather_scatter", "fused_hybrid", "implicit_gemm_fused"]
 
 
 _timed_lock = threading.Lock()
@@ -67,19 +72,21 @@ def _sync(device: torch.device) -> None:
 class Autotuner:
     """Dataflow per layer shape from a tune-file table; measures only when built with ``measure=True``.
 
+    ``candidates`` restricts the dataflows timed (default: :func:`candidates_for` the device).
     ``measure=False`` (live): :meth:`run` looks up and never times. ``measure=True`` (offline, used
     by :func:`.tunefile.tune_network`): every call times all candidates and adds the times to the
     table. ``sources`` counts lookups by outcome ("exact", "nearest", "default"). Thread-safe.
     """
 
     def __init__(self, table: "DeviceTable | None" = None, device_type: str = "cpu", measure: bool = False,
-                 repeats: int = 3) -> None:
+                 repeats: int = 3, candidates: "list[str] | None" = None) -> None:
         from .tunefile import DeviceTable
 
         self.table = table if table is not None else DeviceTable()
         self.device_type = device_type
         self.measure = measure
         self.repeats = repeats
+        self.candidates = candidates  # None: candidates_for(device); a list restricts what is timed
         self.device_known = table is not None and bool(table.entries)
         self.candidates_timed = 0
         self.sources: Counter[str] = Counter()
@@ -126,7 +133,7 @@ class Autotuner:
         from .tunefile import shape_key
 
         key = shape_key(weight, kmap, x.dtype)
-        names = candidates_for(x.device)
+        names = list(self.candidates) if self.candidates is not None else candidates_for(x.device)
         outs: dict[str, torch.Tensor] = {}
         for name in names:  # warm-up: compiles kernels, builds the lazy map forms each one needs
             outs[name] = DATAFLOWS[name](x, weight, kmap)

@@ -13,7 +13,8 @@ from engines.sparse import SparseTensor
 from engines.sparse.kitti import load_velodyne, velodyne_path
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared/data"
-DATAFLOWS = ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted", "implicit_gemm_torch"]
+DATAFLOWS = ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted", "implicit_gemm_torch",
+             "fused_gather_scatter", "implicit_gemm_fused"]  # fused_hybrid mixes these two paths: test_fused.py
 
 
 def random_sparse(

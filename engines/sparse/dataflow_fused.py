@@ -1,0 +1,206 @@
+"""Fused, output-tiled dataflow: gather-GEMM-scatter and output-stationary GEMM in one compiled loop.
+
+Why: at 64-128 channels the per-offset GEMMs are close to the CPU's peak, and what separates the
+chunked gather-scatter from the bare GEMM time is the gathers and scatters: each offset sweeps all
+of ``X`` and all of ``Y`` (megabytes, out of L2) once. Here the output is cut into tiles of a few
+hundred rows, and for one tile every offset is gathered, multiplied and added while the tile of
+``Y`` and the input rows around it (kernel-map neighbours of nearby sorted keys are nearby rows)
+stay in L2. The loop is one numba function that calls the BLAS ``?gemm_`` that torch links (MKL)
+through a function pointer, so the many small GEMMs cost no Python round trips.
+
+Offsets whose pairs cover most output rows are cheaper output-stationary: their neighbours are
+gathered im2col-style (zeros where missing) into ``[rows, |D| * C_in]`` and multiplied by the
+stacked weights ``[|D| * C_in, C_out]`` in one GEMM that adds straight into the tile -- no product
+buffer, no scatter, a long inner dimension -- at the price of multiplying the missing neighbours'
+zeros. ``dense_at`` is the pair density (pairs / output rows) from which an offset goes that way:
+
+* ``fused_gather_scatter``: no dense offsets (exact multiply-adds; only the identity offset of a
+  submanifold map, density 1, is a plain ``X[tile] @ W[centre]``);
+* ``fused_hybrid``: offsets with density >= 0.75 output-stationary, the rest gather-scatter;
+* ``implicit_gemm_fused``: every offset output-stationary (implicit GEMM, no mask sort).
+
+Which one wins is a property of the layer shape and the machine, so the offline tuner measures all
+three (``autotune.candidates_for``) and the tune file stores the choice.
+
+Exact and deterministic: every output element is reduced in the same fixed order (identity, dense
+GEMM, sparse offsets in kernel order) whatever the thread count; the loop is serial and its GEMMs
+run on one BLAS thread (MKL's thread-local count set to 1 around the loop: a threaded MKL split the
+long inner dimension of the output-stationary GEMM at 2 threads and changed the rounding), so this
+dataflow uses one core whatever ``torch.get_num_threads()`` says. Tiles are ranges of output rows,
+so each offset's pairs must be sorted by output row: true for every map built here except inverse
+maps and submanifold maps of unsorted input, whose pairs are sorted once per map (cached). Without
+the Fortran ``sgemm_``/``dgemm_`` symbols in torch's library (or for autograd, CUDA, other dtypes)
+it falls back to :func:`.dataflow_gather_scatter.gather_scatter`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from functools import lru_cache
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from .kernel_map import KernelMap
+
+TILE_Y_BYTES = 128 * 1024  # one tile of Y: a quarter of this CPU's 512 KiB L2 (swept 16-256 KiB: 128 best)
+TILE_D_BYTES = 256 * 1024  # cap on the im2col operand of the dense offsets
+MIN_ROWS, MAX_ROWS = 32, 1024
+
+HYBRID_DENSE_AT = 0.75
+
+
+@lru_cache(maxsize=1)
+def _blas() -> Optional[dict[torch.dtype, Any]]:
+    """ctypes pointers to torch's Fortran ``sgemm_`` / ``dgemm_`` (MKL in the x86 wheels), or None."""
+    lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
+        path = os.path.join(lib_dir, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+            fns = {torch.float32: lib.sgemm_, torch.float64: lib.dgemm_}
+        except (OSError, AttributeError):
+            return None
+        for fn in fns.values():
+            fn.restype = None
+            fn.argtypes = [ctypes.c_void_p] * 13
+        return fns
+    return None
+
+
+@lru_cache(maxsize=1)
+def _mkl_local_threads() -> Optional[Any]:
+    """``n -> previous``: MKL's thread-local BLAS thread count (0 = the global one), or None without MKL.
+
+    Through the Fortran symbol ``mkl_set_num_threads_local_`` (argument by reference), whose calling
+    convention is unambiguous; in torch's static MKL the lower-case C name is bound to it as well.
+    """
+    lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    try:
+        fn = ctypes.CDLL(os.path.join(lib_dir, "libtorch_cpu.so")).mkl_set_num_threads_local_
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.POINTER(ctypes.c_int)]
+    return lambda n: int(fn(ctypes.byref(ctypes.c_int(int(n)))))
+
+
+def available() -> bool:
+    """Whether the fused loop can run here (else the dataflows below fall back to gather-scatter)."""
+    return _blas() is not None
+
+
+def _tile_rows(cin: int, cout: int, n_dense: int, itemsize: int) -> int:
+    rows = TILE_Y_BYTES // (itemsize * cout)
+    if n_dense:
+        rows = min(rows, TILE_D_BYTES // (itemsize * n_dense * cin))
+    return int(max(MIN_ROWS, min(MAX_ROWS, rows)))
+
+
+def dense_offsets(kmap: KernelMap, dense_at: float) -> np.ndarray:
+    """Offsets (identity excluded) whose pair density reaches ``dense_at``, in kernel order."""
+    sizes = kmap.offset_sizes()
+    n = max(1, kmap.n_out)
+    ks = [k for k, s in enumerate(sizes) if k != kmap.identity_offset and s > 0 and s / n >= dense_at]
+    return np.asarray(ks, np.int32)
+
+
+def fused(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at: float = float("inf")) -> torch.Tensor:
+    """Sparse convolution of ``x`` [N_in, C_in] by ``weight`` [K, C_in, C_out] along ``kmap``.
+
+    ``dense_at``: pair density from which an offset runs output-stationary (``inf``: none; ``0``:
+    all offsets that occur). Falls back to gather-scatter where the fused loop cannot run.
+    """
+    from .dataflow_gather_scatter import gather_scatter
+
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    blas = _blas()
+    # without MKL's thread-local setting a threaded BLAS could round differently per thread count
+    serial_blas = _mkl_local_threads() is not None or torch.get_num_threads() == 1
+    if (grad or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or blas is None
+            or weight.dtype != x.dtype or not serial_blas):
+        return gather_scatter(x, weight, kmap)
+    y = _fused_cpu(x, weight.detach(), kmap, dense_at, blas[x.dtype])
+    return gather_scatter(x, weight, kmap) if y is None else y
+
+
+def _fused_cpu(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at: float, gemm: Any) -> Optional[torch.Tensor]:
+    from . import _cpu_kernels as ck
+
+    x = x.contiguous()
+    weight = weight.contiguous()
+    K, cin, cout = weight.shape
+    n_out = kmap.n_out
+    if kmap.identity_offset >= 0 and kmap.n_in != n_out:
+        return None
+    dks = dense_offsets(kmap, dense_at)
+    rows = _tile_rows(cin, cout, len(dks), x.element_size())
+    in_idx, out_idx, ptr = kmap.pairs_np()
+    key = ("blocks", rows)
+    if key not in kmap._extras:
+        bnd, ok = ck.block_bounds(out_idx, ptr, n_out, rows)
+        kmap._extras[key] = bnd if ok else None
+    bnd = kmap._extras[key]
+    if bnd is None:
+        # pairs not sorted by output row (inverse maps, submanifold maps of unsorted input): sort each
+        # offset's pairs by output once per map (cached; the layers of a stage share the map)
+        if "pairs_by_out" not in kmap._extras:
+            order = np.concatenate([ptr[k] + np.argsort(out_idx[ptr[k]:ptr[k + 1]], kind="stable")
+                                    for k in range(K)]) if len(out_idx) else np.zeros(0, np.int64)
+            kmap._extras["pairs_by_out"] = (np.ascontiguousarray(in_idx[order]), np.ascontiguousarray(out_idx[order]))
+        in_idx, out_idx = kmap._extras["pairs_by_out"]
+        key = ("blocks_by_out", rows)
+        if key not in kmap._extras:
+            bnd, ok = ck.block_bounds(out_idx, ptr, n_out, rows)
+            kmap._extras[key] = bnd if ok else None
+        bnd = kmap._extras[key]
+        if bnd is None:
+            return None
+    dense = set(dks.tolist())
+    sks = np.asarray([k for k in range(K) if k not in dense and k != kmap.identity_offset and ptr[k + 1] > ptr[k]],
+                     np.int32)
+    y = torch.empty((n_out, cout), dtype=x.dtype)
+    if n_out == 0:
+        return y
+    dt = x.numpy().dtype
+    if len(dks):
+        m = kmap.out_in_map_np()
+        wd = weight[torch.from_numpy(dks).long()].reshape(-1, cout).contiguous().numpy()
+        buf_d = np.empty((rows, len(dks) * cin), dt)
+    else:
+        m = np.full((1, 1), -1, np.int32)
+        wd = np.empty((1, cout), dt)
+        buf_d = np.empty((1, 1), dt)
+    seg = np.diff(bnd[sks], axis=1) if len(sks) else np.zeros((1, 1), np.int64)
+    cap = max(1, int(seg.max(initial=0)))
+    buf_s = np.empty((cap, cin), dt)
+    prod = np.empty((cap, cout), dt)
+    ints = np.array([0, 0, 0, ord("N")], np.int32)
+    ab = np.array([1.0, 0.0, 1.0], dt)
+    # one BLAS thread: a multi-threaded MKL may split a GEMM's inner dimension, which would make the
+    # rounding depend on the thread count; the tiles are small enough that one thread loses little
+    set_local = _mkl_local_threads()
+    prev = set_local(1) if set_local is not None else None
+    try:
+        ck.fused_tiles(gemm, x.numpy(), y.numpy(), weight.numpy(), wd, m, dks, in_idx, out_idx, bnd, sks,
+                       int(kmap.identity_offset), rows, buf_d, buf_s, prod, ints, ab)
+    finally:
+        if set_local is not None:
+            set_local(prev)
+    return y
+
+
+def fused_gather_scatter(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    return fused(x, weight, kmap, float("inf"))
+
+
+def fused_hybrid(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    return fused(x, weight, kmap, HYBRID_DENSE_AT)
+
+
+def implicit_gemm_fused(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    return fused(x, weight, kmap, 0.0)
