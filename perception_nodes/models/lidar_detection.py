@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from engines.sparse import SparseTensor, to_bev, voxelize_mean
 from engines.sparse.backbones import VoxelBackbone8x
+from engines.sparse.lite_backbones import LiteSparseBackbone
 from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.evidential.dirichlet import alpha_from_logits
 from perception_nodes.evidential.nig import NIG, nig_from_raw
@@ -54,6 +55,7 @@ __all__ = [
 #: returning a :class:`engines.sparse.SparseTensor`. The engine's CenterPoint SparseEncoder registers here.
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "voxel_backbone_8x": lambda in_channels, **kw: VoxelBackbone8x(in_channels, **kw),
+    "lite": lambda in_channels, **kw: LiteSparseBackbone(in_channels, **kw),
 }
 
 
@@ -66,21 +68,26 @@ def register_backbone(name: str, factory: Callable[..., nn.Module]) -> None:
 class LidarDetectionConfig:
     """Network configuration (a ``lidar_detection.model`` section of the params file, as plain data)."""
 
+    # Defaults = the real-time size chosen for a 2-core CPU (docs/lidar_branch.md, "Network size and
+    # training"): the occupancy node's 80 m x 80 m square, 0.25 x 0.25 x 0.5 m voxels, the light sparse
+    # backbone (stride 4: 1 m BEV cells), a narrow 2D net and heads at 0.5 m. The SECOND / CenterPoint
+    # backbones stay selectable by name (``backbone: voxel_backbone_8x``, ...) with their own sizes.
     #: crop (x_min, y_min, z_min, x_max, y_max, z_max) in base_link (m); x/y extent = the head grid's
-    point_range: tuple[float, ...] = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.0)
+    point_range: tuple[float, ...] = (-40.0, -40.0, -1.0, 40.0, 40.0, 3.0)
     #: voxel edge (x, y, z) in m
-    voxel_size: tuple[float, ...] = (0.2, 0.2, 0.2)
+    voxel_size: tuple[float, ...] = (0.25, 0.25, 0.5)
     #: intensities are divided by this (1 for 0..1 sensors like KITTI; 255 for 0..255 ones)
     intensity_scale: float = 1.0
     #: sparse backbone name in :data:`BACKBONES` and its keyword arguments
-    backbone: str = "voxel_backbone_8x"
-    backbone_args: Mapping[str, Any] = field(default_factory=dict)
+    backbone: str = "lite"
+    backbone_args: Mapping[str, Any] = field(default_factory=lambda: {"channels": (16, 32, 64),
+                                                                      "subm_per_stage": (1, 1, 0)})
     #: 2D BEV net: channels of its full- and half-resolution stages, convs per stage
-    bev_channels: tuple[int, ...] = (64, 128)
-    bev_layers: tuple[int, ...] = (2, 2)
+    bev_channels: tuple[int, ...] = (32, 64)
+    bev_layers: tuple[int, ...] = (1, 1)
     #: extra upsampling of the BEV features before the heads (1 = heads at the backbone's BEV stride)
     head_upsample: int = 2
-    head_channels: int = 64
+    head_channels: int = 32
     classes: tuple[str, ...] = ("car", "pedestrian", "cyclist")
     #: predict BEV velocity (needs two sweeps in the input)
     velocity: bool = False
