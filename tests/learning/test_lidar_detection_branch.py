@@ -132,3 +132,28 @@ def test_training_is_deterministic_resumable_and_validated(det_run, bag_cache, t
     with torch.no_grad():
         out = model([torch.zeros(0, 4)])
     assert int(out.num_voxels[0]) == 0
+
+
+def test_focal_modulation_and_occupied_weight_of_the_loss():
+    from perception_nodes.models import LidarDetectionNet
+    from perception_nodes.models.losses import LossWeights, detection_loss
+
+    torch.manual_seed(0)
+    net = LidarDetectionNet({**MODEL, "point_range": [-4.0, -4.0, -1.0, 4.0, 4.0, 3.0]}).eval()
+    br = LidarDetectionBranch({"model": net.config.__dict__ | {"backbone_args": MODEL["backbone_args"]}})
+    rng = np.random.default_rng(1)
+    pts = np.concatenate([rng.uniform(-3.5, 3.5, (400, 2)), rng.uniform(0, 2, (400, 1)), rng.uniform(0, 1, (400, 1))], 1)
+    with torch.no_grad():
+        out = net(torch.from_numpy(pts.astype(np.float32)))
+    targets = br.targets_of([np.array([[1.0, 1.0, 0.8, 4.0, 1.8, 1.5, 0.3, 0.0]], np.float32)])
+    h, w = net.config.occupancy_grid.height, net.config.occupancy_grid.width
+    occ = torch.zeros(1, h, w)
+    occ[0, : h // 4] = 1.0
+    kw = dict(kl_weight=0.1, occupancy_label=occ, occupancy_observed=torch.ones(1, h, w, dtype=torch.bool))
+    _, plain = detection_loss(out, targets, weights=LossWeights(), **kw)
+    _, same = detection_loss(out, targets, weights=LossWeights(focal_gamma=0.0, occupied_weight=1.0), **kw)
+    _, focal = detection_loss(out, targets, weights=LossWeights(focal_gamma=2.0), **kw)
+    _, heavy = detection_loss(out, targets, weights=LossWeights(occupied_weight=4.0), **kw)
+    assert same == plain
+    assert 0 < focal["classes"] < plain["classes"]  # every cell's weight (1 - p_t)^2 < 1
+    assert heavy["occupancy"] > plain["occupancy"] and heavy["classes"] == plain["classes"]
