@@ -9,7 +9,7 @@ from pathlib import Path
 __all__ = ["BRANCH_NAMES", "TRAIN_DESCRIPTION", "TRAIN_EPILOG", "train_main"]
 
 #: names in :data:`perception_nodes.learning.branches.BRANCHES`, here without importing torch (for argparse)
-BRANCH_NAMES = ("lidar_occupancy",)
+BRANCH_NAMES = ("lidar_detection", "lidar_occupancy")
 
 TRAIN_DESCRIPTION = """Train a learned branch on generated scenario bags: deterministic seeds, tqdm progress, a checkpoint
 per epoch (safetensors, never pickle; resumable with --resume) and evaluation on the validation bags after
@@ -20,6 +20,7 @@ TRAIN_EPILOG = """examples:
   perception-stack train lidar_occupancy --config configs/train/lidar_occupancy.yaml
   perception-stack train lidar_occupancy --config configs/train/lidar_occupancy.yaml --resume
   perception-stack train lidar_occupancy --config configs/train/lidar_occupancy.yaml --epochs 20 --out out/train/long
+  perception-stack train lidar_detection --config configs/train/lidar_detection.yaml
 
 The run folder gets config.json, metrics.jsonl (one line per epoch: train loss, validation metrics),
 checkpoints/epoch_NNNN/ (safetensors + JSON, never pickle) and the final model.safetensors.

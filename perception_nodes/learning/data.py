@@ -134,6 +134,41 @@ def resolve_source(src: BagSource, cache_dir: Path, *, progress: bool = True, ro
 from perception_nodes.datasets.bag import read_bag_frames as read_frames  # noqa: E402
 
 
+def _truth_by_stamp(bag: Path, wanted: tuple[str, ...]) -> dict[str, dict[int, Any]]:
+    """Messages of the extra ground-truth topics a branch asks for (``extra_truth_topics``), by header stamp.
+
+    :func:`read_frames` attaches only the objects and the grids; per-frame targets such as the lane path
+    or the curvature are looked up here and attached by stamp (:func:`_attach_truth`)."""
+    if not wanted:
+        return {}
+    from perception_nodes.bags import BagReader
+    from perception_nodes.codecs.backend import stamp_to_ns
+
+    out: dict[str, dict[int, Any]] = {}
+    with BagReader(bag) as reader:
+        present = [t for t in wanted if t in reader.topics]
+        if not present:
+            return {}
+        for rec in reader.records(topics=present):
+            out.setdefault(rec.topic, {})[stamp_to_ns(rec.msg.header.stamp)] = rec.msg
+    return out
+
+
+def _attach_truth(frame: Frame, extra: dict[str, dict[int, Any]], tolerance_ns: int = 50_000_000) -> None:
+    """Put the extra ground truth nearest to the frame's ground-truth stamp into ``frame.extras``."""
+    from perception_nodes import topics
+    from perception_nodes.codecs.backend import stamp_to_ns
+
+    grid = frame.extras.get(topics.GT_OCCUPANCY)
+    stamp = stamp_to_ns(grid.header.stamp) if grid is not None else frame.stamp_ns
+    for topic, by_stamp in extra.items():
+        if not by_stamp:
+            continue
+        best = min(by_stamp, key=lambda s: abs(s - stamp))
+        if abs(best - stamp) <= tolerance_ns:
+            frame.extras[topic] = by_stamp[best]
+
+
 @dataclass
 class SplitData:
     """Samples of one split plus where they came from."""
@@ -160,12 +195,15 @@ def load_split(sources: Sequence[BagSource], branch: Branch, *, cache_dir: Path,
         limit = -(-total // src.stride)
         if src.max_frames:
             limit = min(limit, src.max_frames)
+        extra = _truth_by_stamp(bag, tuple(getattr(branch, "extra_truth_topics", ())))
         used = 0
         bar = tqdm(total=limit, desc=f"{role} features {bag.name}", unit="frame", disable=not progress, leave=False)
         try:
             for i, frame in enumerate(read_frames(bag)):
                 if i % src.stride:
                     continue
+                if extra:
+                    _attach_truth(frame, extra)
                 sample = branch.prepare_frame(frame)
                 if sample is None:
                     skipped += 1

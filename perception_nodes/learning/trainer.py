@@ -87,8 +87,17 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed % 2**32, epoch, stream]).generate_state(1, np.uint64)[0]) >> 1
 
 
-def _collate(samples: list[dict[str, np.ndarray]], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.stack([s[k] for s in samples])).to(device) for k in samples[0]}
+def _collate(samples: list[dict[str, np.ndarray]], device: torch.device) -> dict[str, Any]:
+    """Stack each key into a ``(B, ...)`` tensor; keys whose shapes differ between the samples (a point
+    cloud, a box list) become a list of B tensors instead."""
+    out: dict[str, Any] = {}
+    for k in samples[0]:
+        arrs = [s[k] for s in samples]
+        if all(a.shape == arrs[0].shape for a in arrs):
+            out[k] = torch.from_numpy(np.stack(arrs)).to(device)
+        else:
+            out[k] = [torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrs]
+    return out
 
 
 def _lr_lambda(cfg: TrainConfig, total_epochs: int) -> Callable[[int], float]:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from engines.sparse import SparseTensor, to_bev, voxelize_mean
 from engines.sparse.backbones import VoxelBackbone8x
+from engines.sparse.lite_backbones import LiteSparseBackbone
 from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.evidential.dirichlet import alpha_from_logits
 from perception_nodes.evidential.nig import NIG, nig_from_raw
@@ -54,6 +55,7 @@ __all__ = [
 #: returning a :class:`engines.sparse.SparseTensor`. The engine's CenterPoint SparseEncoder registers here.
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "voxel_backbone_8x": lambda in_channels, **kw: VoxelBackbone8x(in_channels, **kw),
+    "lite": lambda in_channels, **kw: LiteSparseBackbone(in_channels, **kw),
 }
 
 
@@ -66,21 +68,26 @@ def register_backbone(name: str, factory: Callable[..., nn.Module]) -> None:
 class LidarDetectionConfig:
     """Network configuration (a ``lidar_detection.model`` section of the params file, as plain data)."""
 
+    # Defaults = the real-time size chosen for a 2-core CPU (docs/lidar_branch.md, "Network size and
+    # training"): the occupancy node's 80 m x 80 m square, 0.25 x 0.25 x 0.5 m voxels, the light sparse
+    # backbone (stride 4: 1 m BEV cells), a narrow 2D net and heads at 0.5 m. The SECOND / CenterPoint
+    # backbones stay selectable by name (``backbone: voxel_backbone_8x``, ...) with their own sizes.
     #: crop (x_min, y_min, z_min, x_max, y_max, z_max) in base_link (m); x/y extent = the head grid's
-    point_range: tuple[float, ...] = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.0)
+    point_range: tuple[float, ...] = (-40.0, -40.0, -1.0, 40.0, 40.0, 3.0)
     #: voxel edge (x, y, z) in m
-    voxel_size: tuple[float, ...] = (0.2, 0.2, 0.2)
+    voxel_size: tuple[float, ...] = (0.25, 0.25, 0.5)
     #: intensities are divided by this (1 for 0..1 sensors like KITTI; 255 for 0..255 ones)
     intensity_scale: float = 1.0
     #: sparse backbone name in :data:`BACKBONES` and its keyword arguments
-    backbone: str = "voxel_backbone_8x"
-    backbone_args: Mapping[str, Any] = field(default_factory=dict)
+    backbone: str = "lite"
+    backbone_args: Mapping[str, Any] = field(default_factory=lambda: {"channels": (16, 32, 64),
+                                                                      "subm_per_stage": (1, 1, 0)})
     #: 2D BEV net: channels of its full- and half-resolution stages, convs per stage
-    bev_channels: tuple[int, ...] = (64, 128)
-    bev_layers: tuple[int, ...] = (2, 2)
+    bev_channels: tuple[int, ...] = (32, 64)
+    bev_layers: tuple[int, ...] = (1, 1)
     #: extra upsampling of the BEV features before the heads (1 = heads at the backbone's BEV stride)
     head_upsample: int = 2
-    head_channels: int = 64
+    head_channels: int = 32
     classes: tuple[str, ...] = ("car", "pedestrian", "cyclist")
     #: predict BEV velocity (needs two sweeps in the input)
     velocity: bool = False
@@ -88,8 +95,15 @@ class LidarDetectionConfig:
     occupancy_resolution: float = 0.25
     #: lookahead distances (m) of the curvature prediction
     curvature_horizons_m: tuple[float, ...] = (0.0, 10.0, 20.0)
+    #: typical size of the curvature (1/m): the head predicts curvature / curvature_scale, and its NIG is
+    #: rescaled to 1/m (gamma * c, beta * c^2) so that a raw output of order 1 means a real road's curvature
+    curvature_scale: float = 0.01
     #: initial bias of the class-evidence logits (CenterPoint starts its heatmap at -2.19: little evidence)
     class_bias: float = -2.19
+    #: initial bias of the background logit: almost every cell is background, so an untrained net starts
+    #: with some background evidence (softplus(2) = 2.1: P(background) = 0.48, each class 0.17, below the
+    #: decoder's threshold) instead of spending its first epoch learning that
+    background_bias: float = 2.0
 
     def __post_init__(self) -> None:
         if len(self.point_range) != 6 or len(self.voxel_size) != 3:
@@ -105,8 +119,8 @@ class LidarDetectionConfig:
             raise ConfigError(f"unknown backbone {self.backbone!r}; known: {', '.join(sorted(BACKBONES))}")
         if len(self.bev_channels) != 2 or len(self.bev_layers) != 2 or min(self.bev_channels) < 1:
             raise ConfigError("bev_channels and bev_layers need two entries (full and half resolution)")
-        if self.head_upsample < 1 or self.head_channels < 1 or self.intensity_scale <= 0:
-            raise ConfigError("head_upsample, head_channels and intensity_scale must be positive")
+        if self.head_upsample < 1 or self.head_channels < 1 or self.intensity_scale <= 0 or self.curvature_scale <= 0:
+            raise ConfigError("head_upsample, head_channels, intensity_scale and curvature_scale must be positive")
         if not self.classes or not self.curvature_horizons_m:
             raise ConfigError("classes and curvature_horizons_m must not be empty")
         for a, size in ((0, hi[0] - lo[0]), (1, hi[1] - lo[1])):
@@ -213,6 +227,7 @@ class LidarDetectionNet(nn.Module):
         self.head_trunk = _conv_bn(c, hc)
         self.occupancy_head = _head(hc, 2, bias=-2.0)
         self.class_head = _head(hc, k + 1, bias=cfg.class_bias)
+        nn.init.constant_(self.class_head[-1].bias[k:], cfg.background_bias)
         self.box_head = _head(hc, 4 * len(self.reg_names))
         n_h = len(cfg.curvature_horizons_m)
         self.curvature_head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, cfg.head_channels),
@@ -285,6 +300,8 @@ class LidarDetectionNet(nn.Module):
         empty = (num_voxels == 0).view(bsz, 1, 1, 1)
         occ_grid = cfg.occupancy_grid
         curv = nig_from_raw(self.curvature_head(feats).view(bsz, len(cfg.curvature_horizons_m), 4), dim=2)
+        c = cfg.curvature_scale  # y = c * z with z ~ NIG(g, n, a, b)  =>  y ~ NIG(c g, n, a, c^2 b)
+        curv = NIG(curv.gamma * c, curv.nu, curv.alpha, curv.beta * (c * c))
         feats = self.head_trunk(feats)
         occ_logits = self.occupancy_head(feats)
         if (occ_grid.height, occ_grid.width) != (h, w):

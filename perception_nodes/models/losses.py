@@ -4,7 +4,8 @@
   of every head-grid cell against :func:`~perception_nodes.models.decode.dirichlet_targets` of the
   Gaussian heatmap. Cells near objects are rare, so each cell is weighted ``1 + positive_weight * h``
   (``h`` the largest heatmap value there), and the sum is divided by the number of objects, as
-  CenterPoint normalises its focal loss by the number of positives;
+  CenterPoint normalises its focal loss by the number of positives; optionally focal-modulated
+  (``focal_gamma``);
 * boxes: NIG loss (Student-t NLL + evidence regulariser, Amini 2020) at each object's centre cell,
   averaged over objects and targets;
 * occupancy: Beta evidential loss on *observed* cells only (field notes section 4), so cells the scan did not
@@ -22,7 +23,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from perception_nodes.evidential.dirichlet import evidential_classification_loss
+from perception_nodes.evidential.dirichlet import dirichlet_expected_probability, evidential_classification_loss
 from perception_nodes.evidential.nig import NIG, evidential_regression_loss
 from perception_nodes.models.decode import Targets, dirichlet_targets
 from perception_nodes.models.lidar_detection import LidarDetectionOutput
@@ -45,6 +46,12 @@ class LossWeights:
     nig_normalised: bool = True
     #: Bayes-risk form of the Dirichlet loss: "ce" or "mse"
     form: str = "ce"
+    #: focal modulation of the class loss: each cell's loss is multiplied by ``(1 - p_t) ** focal_gamma``,
+    #: ``p_t`` the (detached) expected probability of its soft target -- the easy background cells, nearly
+    #: all of the grid, stop drowning the few object cells (CenterPoint's focal loss, for the same reason)
+    focal_gamma: float = 0.0
+    #: weight of observed cells labelled occupied in the occupancy loss (free ones weigh 1): a few % of cells
+    occupied_weight: float = 1.0
 
 
 def detection_loss(
@@ -73,6 +80,9 @@ def detection_loss(
     soft = dirichlet_targets(heat, dim=1)
     cell_w = 1.0 + weights.positive_weight * heat.amax(dim=1)
     n_obj = sum(len(t.indices) for t in targets)
+    if weights.focal_gamma > 0:
+        p_t = (dirichlet_expected_probability(out.class_alpha.detach(), dim=1) * soft).sum(1)
+        cell_w = cell_w * (1.0 - p_t).clamp_min(0.0) ** weights.focal_gamma
     cls = (evidential_classification_loss(out.class_alpha, soft, kl_weight, weights.form, dim=1) * cell_w).sum()
     cls = cls / max(1, n_obj)
 
@@ -92,7 +102,9 @@ def detection_loss(
         alpha = (out.occupancy_evidence + 1.0).movedim(1, -1)[mask]  # [N, 2] (occupied, free)
         y = occupancy_label[mask].float()
         if len(y):
-            occ = evidential_classification_loss(alpha, torch.stack([y, 1.0 - y], -1), kl_weight, weights.form).mean()
+            w = 1.0 + (weights.occupied_weight - 1.0) * y
+            occ = (evidential_classification_loss(alpha, torch.stack([y, 1.0 - y], -1), kl_weight, weights.form)
+                   * w).mean()
 
     curv = out.curvature.gamma.sum() * 0.0
     if curvature_target is not None:

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 #: tests pin one dataflow: autotuning every layer on first use costs seconds and is not what is tested
-TEST_CONFIG = {"backbone_args": {"dataflow": "gather_scatter"}}
+def _test_config() -> dict:
+    from perception_nodes.models import LidarDetectionConfig
+
+    return {"backbone_args": {**LidarDetectionConfig().backbone_args, "dataflow": "gather_scatter"}}
+
+
+TEST_CONFIG = _test_config()
 #: a 32 m x 32 m crop: same network, a sixth of the cells, for the tests that run it many times
 SMALL_CONFIG = {**TEST_CONFIG, "point_range": [-16.0, -16.0, -1.0, 16.0, 16.0, 5.0]}
 

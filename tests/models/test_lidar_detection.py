@@ -40,9 +40,9 @@ def test_shapes_and_constraints_on_a_real_kitti_scan_at_one_thread(lidar_net, ki
     # a 120k-point scan fills thousands of voxels; the crop keeps fewer voxels than points
     n = int(out.num_voxels[0])
     assert 1000 < n < len(pts)
-    # 80 m x 80 m at the default 0.2 m voxels and stride 8, upsampled 2x: 0.8 m cells
-    assert lidar_net.head_grid.cell == pytest.approx(0.8)
-    assert (lidar_net.head_grid.width, lidar_net.head_grid.height) == (100, 100)
+    # 80 m x 80 m at the default 0.25 m voxels and stride 4, upsampled 2x: 0.5 m cells
+    assert lidar_net.head_grid.cell == pytest.approx(0.5)
+    assert (lidar_net.head_grid.width, lidar_net.head_grid.height) == (160, 160)
     det = decode(*_sample(out), lidar_net.head_grid, lidar_net.config.classes)
     assert det.center.shape[1:] == (3,) and det.covariance.shape[1:] == (6, 6)
 
@@ -143,7 +143,7 @@ def test_config_errors_and_backbone_registry():
     with pytest.raises(ConfigError, match="whole number"):
         LidarDetectionConfig.from_mapping({"voxel_size": [0.3, 0.3, 0.2]})
     with pytest.raises(ConfigError, match="leaves no cells"):
-        LidarDetectionNet({"point_range": [-8, -8, -1, 8, 8, 1], "backbone_args": {"dataflow": "gather_scatter"}})
+        LidarDetectionNet({"backbone": "voxel_backbone_8x", "voxel_size": [0.2, 0.2, 0.2], "point_range": [-8, -8, -1, 8, 8, 1], "backbone_args": {"dataflow": "gather_scatter"}})
 
     from engines.sparse.backbones import VoxelBackbone8x
 
@@ -154,17 +154,17 @@ def test_config_errors_and_backbone_registry():
         return VoxelBackbone8x(in_channels, dataflow="gather_scatter")
 
     register_backbone("test_backbone", factory)
-    net = LidarDetectionNet({"backbone": "test_backbone", "backbone_args": {"tag": 1},
+    net = LidarDetectionNet({"backbone": "test_backbone", "backbone_args": {"tag": 1}, "voxel_size": [0.2, 0.2, 0.2],
                              "point_range": [-8.0, -8.0, -1.0, 8.0, 8.0, 5.0], "head_upsample": 1})
     assert made == [{"tag": 1}] and net.head_grid.cell == pytest.approx(1.6) and net.head_grid.width == 10
-    assert LidarDetectionNet({"point_range": [-8.0, -8.0, -1.0, 8.0, 8.0, 5.0]},
+    assert LidarDetectionNet({"point_range": [-8.0, -8.0, -1.0, 8.0, 8.0, 5.0], "voxel_size": [0.2, 0.2, 0.2]},
                              backbone=VoxelBackbone8x(4, dataflow="gather_scatter")).bev_in_channels == 128
 
 
 def test_odd_bev_size_keeps_the_grid(kitti_frames):
     # 17.6 m / 0.2 m = 88 voxels -> 11 BEV cells at stride 8: the half-resolution stage rounds up, the net
     # must crop its upsampled output back to 11 x 11
-    net = LidarDetectionNet({"point_range": [-8.8, -8.8, -1.0, 8.8, 8.8, 5.0], "occupancy_resolution": 0.2,
+    net = LidarDetectionNet({"backbone": "voxel_backbone_8x", "voxel_size": [0.2, 0.2, 0.2], "point_range": [-8.8, -8.8, -1.0, 8.8, 8.8, 5.0], "occupancy_resolution": 0.2,
                              "backbone_args": {"dataflow": "gather_scatter"}}).eval()
     pts, _ = kitti_frames[1]
     with torch.no_grad():

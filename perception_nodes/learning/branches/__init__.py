@@ -4,11 +4,13 @@ and adds itself to :data:`BRANCHES` (planned: camera BEV, stereo depth, fusion, 
 from __future__ import annotations
 
 from perception_nodes.learning.branches.base import Batch, Branch, Sample
+from perception_nodes.learning.branches.lidar_detection import LidarDetectionBranch
 from perception_nodes.learning.branches.lidar_occupancy import LidarOccupancyBranch
 
 #: branch name -> class (``perception-stack train <name>``)
 BRANCHES: dict[str, type[Branch]] = {
     LidarOccupancyBranch.name: LidarOccupancyBranch,
+    LidarDetectionBranch.name: LidarDetectionBranch,
 }
 
 
@@ -20,4 +22,4 @@ def get_branch(name: str) -> type[Branch]:
         raise ValueError(f"unknown branch {name!r} (known: {', '.join(sorted(BRANCHES))})") from None
 
 
-__all__ = ["BRANCHES", "Batch", "Branch", "LidarOccupancyBranch", "Sample", "get_branch"]
+__all__ = ["BRANCHES", "Batch", "Branch", "LidarDetectionBranch", "LidarOccupancyBranch", "Sample", "get_branch"]

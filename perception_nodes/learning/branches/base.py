@@ -6,7 +6,8 @@ model, the data augmentation, the loss and the validation metrics. The trainer o
 batching, optimisation, checkpoints, logging.
 
 Samples are dicts of numpy arrays with the same keys and per-key shapes for every frame of a branch;
-the trainer stacks them into batches of torch tensors (``batch[key]``: (B, ...)).
+the trainer stacks them into batches of torch tensors (``batch[key]``: (B, ...)). A key whose shape
+differs between samples (a point cloud, a list of boxes) arrives as a list of B tensors instead.
 """
 
 from __future__ import annotations

@@ -1,0 +1,335 @@
+"""``lidar_detection``: trains :class:`~perception_nodes.models.lidar_detection.LidarDetectionNet` on generated scenes.
+
+The network, its heads and its decoder live in :mod:`perception_nodes.models`; this branch adds what
+training needs:
+
+**Samples** (:meth:`LidarDetectionBranch.prepare_frame`, one per LiDAR frame, all in base_link):
+
+* ``points`` ``[N, 4]`` (x, y, z, intensity), cropped to the network's ``point_range`` (the network
+  crops anyway; cropping here only saves memory); more than ``targets.max_points`` are thinned evenly;
+* ``boxes`` ``[M, 8]`` (x, y, z, l, w, h, yaw, class index) of the ground-truth objects of the network's
+  classes whose centre lies in the crop (KITTI names ``Car``/``Pedestrian``/``Cyclist`` match the
+  network's lower-case ones; poles and other clutter are background);
+* ``occupied`` / ``visible`` ``[H, W]`` uint8 on the network's occupancy grid, from
+  ``/ground_truth/occupancy[/visibility]`` (:func:`~perception_nodes.learning.grids.resample_max`);
+* ``curvature`` ``[len(curvature_horizons_m)]`` (1/m, + = left; NaN where unknown): the lane-centre
+  curvature at each horizon, from ``/ground_truth/curvature`` at 0 m and from the slope of the heading of
+  ``/ground_truth/path`` (lane centre 0..30 m ahead) elsewhere (:func:`curvature_at_horizons`).
+
+Points and boxes differ in length between frames; the trainer hands such keys over as lists.
+
+**Targets and loss**: per batch, :func:`~perception_nodes.models.decode.encode_targets` on the network's
+head grid and :func:`~perception_nodes.models.losses.detection_loss` (Dirichlet heatmap loss, NIG box
+loss at centre cells, Beta occupancy loss on observed cells, NIG curvature loss); the KL weight of the
+two evidential classifiers rises linearly over ``loss.kl_anneal_epochs`` (Sensoy's lambda_t).
+
+**Augmentation**: a random mirror about the x axis (y -> -y) of points, boxes (yaw -> -yaw), grids and
+curvature (-> -curvature); a mirrored street is a valid street. Flipping x would reverse the driving
+direction, which the curvature target does not allow.
+
+**Metrics** (:meth:`LidarDetectionBranch.evaluate`, see :func:`detection_validation_metrics`): KITTI
+AP R40 BEV and 3D per class (``perception_nodes.eval.detection_eval``, one level ``all``), ECE of the
+class evidence of the detections, 90 % interval coverage of the box centres at the ground-truth centre
+cells and of the curvature, AUROC of vacuity for wrong vs right detections, occupancy IoU/ECE on visible
+cells, curvature MAE beside the trivial zero-curvature baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from perception_nodes import topics
+from perception_nodes.calibration import transform_points
+from perception_nodes.config import ConfigError, to_dataclass
+from perception_nodes.datasets.frame import Frame
+from perception_nodes.learning.branches.base import Batch, Branch, Sample
+from perception_nodes.learning.grids import grid_from_msg, resample_max
+from perception_nodes.learning.losses import kl_annealing
+from perception_nodes.models.bev_grid import BevGrid
+from perception_nodes.models.decode import Targets, encode_targets
+from perception_nodes.models.lidar_detection import LidarDetectionConfig, LidarDetectionNet, LidarDetectionOutput
+from perception_nodes.models.losses import LossWeights, detection_loss
+from perception_nodes.pipeline.occupancy import GridSpec
+
+__all__ = [
+    "AugmentParams",
+    "DetectionEvalParams",
+    "LidarDetectionBranch",
+    "LossParams",
+    "TargetParams",
+    "curvature_at_horizons",
+    "path_from_msg",
+]
+
+
+@dataclass(frozen=True)
+class TargetParams:
+    """How ground truth becomes training targets."""
+
+    #: smallest Gaussian radius of the heatmap (head cells) and the CornerNet IoU of the radius formula
+    min_radius: int = 2
+    min_overlap: float = 0.1
+    #: points per frame kept (evenly thinned beyond; memory bound of the in-memory data set)
+    max_points: int = 140_000
+
+    def __post_init__(self) -> None:
+        if self.min_radius < 0 or not 0.0 < self.min_overlap < 1.0 or self.max_points < 1:
+            raise ConfigError("targets: min_radius >= 0, 0 < min_overlap < 1, max_points >= 1")
+
+
+@dataclass(frozen=True)
+class LossParams(LossWeights):
+    """:class:`~perception_nodes.models.losses.LossWeights` plus the KL schedule."""
+
+    #: final KL weight of the Dirichlet and Beta losses and the epochs over which it rises from 0
+    kl_weight: float = 0.2
+    kl_anneal_epochs: float = 3.0
+
+    def __post_init__(self) -> None:
+        if min(self.classes, self.boxes, self.occupancy, self.curvature, self.positive_weight, self.nig_regulariser,
+               self.kl_weight, self.kl_anneal_epochs) < 0:
+            raise ConfigError("loss weights and kl_anneal_epochs must be >= 0")
+        if self.form not in ("ce", "mse"):
+            raise ConfigError("loss.form must be ce or mse")
+
+    def weights(self) -> LossWeights:
+        return LossWeights(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LossWeights)})
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    #: mirror about the x axis (y -> -y) with probability 1/2
+    flip_y: bool = True
+
+
+@dataclass(frozen=True)
+class DetectionEvalParams:
+    """Validation decoding and matching."""
+
+    score_threshold: float = 0.3
+    max_detections: int = 100
+    ece_bins: int = 10
+    #: a detection is right when its BEV centre lies within this distance (m) of an unmatched ground-truth
+    #: box of its class (nuScenes' 2 m centre-distance match), for ECE and AUROC
+    match_distance_m: float = 2.0
+    #: central interval level of the coverage metrics
+    coverage_level: float = 0.9
+
+
+def _sub(cls: type, values: Any, where: str) -> Any:
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError(f"{where.rstrip('.')} must be a mapping, got {type(values).__name__}")
+    return to_dataclass(cls, dict(values or {}), where)
+
+
+# --------------------------------------------------------------------------------------------------
+# curvature target
+
+
+def path_from_msg(msg: Any) -> NDArray[np.float64]:
+    """(N, 3) (x, y, yaw) of a ``nav_msgs/Path`` (yaw from the quaternion, rotation about z)."""
+    rows = []
+    for ps in msg.poses:
+        p, q = ps.pose.position, ps.pose.orientation
+        yaw = math.atan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z))
+        rows.append((float(p.x), float(p.y), yaw))
+    return np.asarray(rows, np.float64).reshape(-1, 3)
+
+
+def curvature_at_horizons(path: NDArray[np.floating] | None, horizons_m: Sequence[float], *,
+                          at_ego: float | None = None, half_window_m: float = 1.0) -> NDArray[np.float32]:
+    """Lane-centre curvature (1/m) at arc length ``h`` ahead for each horizon.
+
+    From the path's heading: ``kappa(h) = (yaw(h + d) - yaw(h - d)) / (2 d)`` (unwrapped, linear
+    interpolation in arc length, the window clipped to the path's ends). ``at_ego`` (the generator's
+    exact curvature at the ego) is used for ``h = 0`` when given. NaN where the path does not reach.
+    """
+    out = np.full(len(horizons_m), np.nan, np.float32)
+    if path is not None and len(path) >= 2:
+        p = np.asarray(path, np.float64)
+        s = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(p[:, 0]), np.diff(p[:, 1])))])
+        yaw = np.unwrap(p[:, 2])
+        for i, h in enumerate(horizons_m):
+            if h > s[-1] + 1e-6:
+                continue
+            a, b = max(0.0, h - half_window_m), min(s[-1], h + half_window_m)
+            if b - a > 1e-6:
+                out[i] = (np.interp(b, s, yaw) - np.interp(a, s, yaw)) / (b - a)
+    if at_ego is not None and math.isfinite(at_ego):
+        for i, h in enumerate(horizons_m):
+            if abs(h) < 1e-9:
+                out[i] = at_ego
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the branch
+
+
+def _items(v: Tensor | list[Tensor]) -> list[Tensor]:
+    return list(v) if isinstance(v, (list, tuple)) else [t for t in v]
+
+
+class LidarDetectionBranch(Branch):
+    """Evidential detection, occupancy and curvature from one LiDAR scan (see the module docstring)."""
+
+    name: ClassVar[str] = "lidar_detection"
+    sections: ClassVar[tuple[str, ...]] = ("model", "targets", "loss", "augment", "eval")
+    key_metric: ClassVar[str] = "car_ap_bev"
+    #: ground-truth topics the data loader attaches to ``Frame.extras`` besides the grids
+    extra_truth_topics: ClassVar[tuple[str, ...]] = (topics.GT_PATH, topics.GT_CURVATURE)
+
+    def __init__(self, sections: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        sections = dict(sections or {})
+        unknown = set(sections) - set(self.sections)
+        if unknown:
+            raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))} for branch {self.name}")
+        model = sections.get("model") or {}
+        if not isinstance(model, Mapping):
+            raise ConfigError("model must be a mapping of LidarDetectionConfig keys")
+        self.net_config = LidarDetectionConfig.from_mapping(model)
+        self.target_params: TargetParams = _sub(TargetParams, sections.get("targets"), "targets.")
+        self.loss_params: LossParams = _sub(LossParams, sections.get("loss"), "loss.")
+        self.augment_params: AugmentParams = _sub(AugmentParams, sections.get("augment"), "augment.")
+        self.eval_params: DetectionEvalParams = _sub(DetectionEvalParams, sections.get("eval"), "eval.")
+        cfg = self.net_config
+        occ = cfg.occupancy_grid
+        self.occupancy_spec = GridSpec(resolution=occ.cell, size_x=occ.size_x, size_y=occ.size_y,
+                                       origin=(occ.origin_x, occ.origin_y))
+        self._head_grid: BevGrid | None = None
+
+    def describe(self) -> dict[str, Any]:
+        def plain(x: Any) -> Any:
+            if dataclasses.is_dataclass(x):
+                return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+            if isinstance(x, Mapping):
+                return {str(k): plain(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [plain(v) for v in x]
+            return x
+
+        return {"model": plain(self.net_config), "targets": plain(self.target_params), "loss": plain(self.loss_params),
+                "augment": plain(self.augment_params), "eval": plain(self.eval_params)}
+
+    # -- model ----------------------------------------------------------------------------------
+    def build_model(self) -> LidarDetectionNet:
+        net = LidarDetectionNet(self.net_config)
+        self._head_grid = net.head_grid
+        return net
+
+    @property
+    def head_grid(self) -> BevGrid:
+        if self._head_grid is None:
+            self._head_grid = LidarDetectionNet(self.net_config).head_grid
+        return self._head_grid
+
+    # -- data -----------------------------------------------------------------------------------
+    def class_index(self, label: str) -> int | None:
+        """Index of a ground-truth label among the network's classes (case-insensitive), None for others."""
+        low = label.lower()
+        for i, c in enumerate(self.net_config.classes):
+            if low == c.lower():
+                return i
+        return None
+
+    def prepare_frame(self, frame: Frame) -> Sample | None:
+        occ_msg, vis_msg = frame.extras.get(topics.GT_OCCUPANCY), frame.extras.get(topics.GT_VISIBILITY)
+        if occ_msg is None or vis_msg is None:
+            return None
+        cfg = self.net_config
+        lo, hi = np.asarray(cfg.point_range[:3], np.float32), np.asarray(cfg.point_range[3:], np.float32)
+        pts = np.asarray(frame.points, np.float32)[:, :4]
+        pts = pts[np.isfinite(pts).all(1)]
+        base = np.concatenate([transform_points(frame.lidar_to_base, pts[:, :3]).astype(np.float32), pts[:, 3:4]], 1)
+        base = base[((base[:, :3] >= lo) & (base[:, :3] < hi)).all(1)]
+        if len(base) > self.target_params.max_points:
+            base = base[np.linspace(0, len(base) - 1, self.target_params.max_points).astype(np.int64)]
+        rows = []
+        for b in frame.boxes_in_base():
+            k = self.class_index(b.label)
+            if k is None:
+                continue
+            x, y = b.center[0], b.center[1]
+            if not (lo[0] <= x < hi[0] and lo[1] <= y < hi[1]):
+                continue
+            rows.append([*b.center, *b.size, b.yaw, float(k)])
+        occ, occ_spec = grid_from_msg(occ_msg)
+        vis, vis_spec = grid_from_msg(vis_msg)
+        path_msg = frame.extras.get(topics.GT_PATH)
+        kappa_msg = frame.extras.get(topics.GT_CURVATURE)
+        at_ego = float(kappa_msg.data) if kappa_msg is not None else None
+        curvature = curvature_at_horizons(path_from_msg(path_msg) if path_msg is not None else None,
+                                          cfg.curvature_horizons_m, at_ego=at_ego)
+        return {
+            "points": np.ascontiguousarray(base, np.float32),
+            "boxes": np.asarray(rows, np.float32).reshape(-1, 8),
+            "occupied": (resample_max(occ >= 50, occ_spec, self.occupancy_spec) > 0.5).astype(np.uint8),
+            "visible": (resample_max(vis >= 50, vis_spec, self.occupancy_spec) > 0.5).astype(np.uint8),
+            "curvature": curvature,
+        }
+
+    def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
+        if not self.augment_params.flip_y:
+            return batch
+        pts, boxes = _items(batch["points"]), _items(batch["boxes"])
+        n = len(pts)
+        flips = torch.randint(0, 2, (n,), generator=generator)  # one draw per sample, whatever happens
+        out: dict[str, Any] = dict(batch)
+        out["points"], out["boxes"] = [], []
+        occ, vis, curv = batch["occupied"].clone(), batch["visible"].clone(), batch["curvature"].clone()
+        for i in range(n):
+            p, b = pts[i], boxes[i]
+            if int(flips[i]):
+                p = p.clone()
+                p[:, 1] = -p[:, 1]
+                b = b.clone()
+                b[:, 1] = -b[:, 1]
+                b[:, 6] = -b[:, 6]
+                occ[i] = torch.flip(occ[i], (-2,))  # rows follow y; the grid is symmetric about y = 0
+                vis[i] = torch.flip(vis[i], (-2,))
+                curv[i] = -curv[i]
+            out["points"].append(p)
+            out["boxes"].append(b)
+        out.update(occupied=occ, visible=vis, curvature=curv)
+        return out
+
+    def forward(self, model: nn.Module, batch: Batch) -> LidarDetectionOutput:
+        return model(_items(batch["points"]))
+
+    def targets_of(self, boxes: Sequence[Tensor | NDArray[np.floating]]) -> list[Targets]:
+        """CenterPoint targets on the head grid for each sample's ``[M, 8]`` box array."""
+        tp, k = self.target_params, len(self.net_config.classes)
+        out = []
+        for b in boxes:
+            a = b.detach().cpu().numpy() if isinstance(b, Tensor) else np.asarray(b)
+            a = a.reshape(-1, 8)
+            out.append(encode_targets(a[:, :7], a[:, 7].astype(np.int64), self.head_grid, k,
+                                      min_radius=tp.min_radius, min_overlap=tp.min_overlap))
+        return out
+
+    def loss(self, output: LidarDetectionOutput, batch: Batch, *, epoch_progress: float) -> tuple[Tensor, dict[str, float]]:
+        lp = self.loss_params
+        lam = kl_annealing(epoch_progress, lp.kl_anneal_epochs, lp.kl_weight)
+        total, parts = detection_loss(
+            output, self.targets_of(_items(batch["boxes"])), kl_weight=lam, weights=lp.weights(),
+            occupancy_label=batch["occupied"].float(), occupancy_observed=batch["visible"] > 0,
+            curvature_target=batch["curvature"].float())
+        parts["kl_weight"] = lam
+        return total, parts
+
+    # -- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, samples: Sequence[Sample], *, batch_size: int,
+                 device: torch.device) -> dict[str, float]:
+        from perception_nodes.learning.detection_metrics import detection_validation_metrics
+
+        return detection_validation_metrics(self, model, samples, batch_size=batch_size, device=device)

@@ -1,0 +1,159 @@
+"""The ``lidar_detection`` training branch on fixture bags: samples, targets, augmentation, determinism,
+resume, validation metrics; and its curvature target."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from perception_nodes.learning.branches.lidar_detection import LidarDetectionBranch, curvature_at_horizons
+from perception_nodes.learning.checkpoint import load_weights
+from perception_nodes.learning.trainer import _collate, load_trained, train
+from tests.learning.conftest import FIXTURE
+
+#: a 24 m x 24 m crop (the fixture's ground-truth grid), the real-time network otherwise
+MODEL = {"point_range": [-12.0, -12.0, -1.0, 12.0, 12.0, 3.0], "backbone_args": {"dataflow": "gather_scatter"}}
+
+
+def det_config(cache_dir: Path, **overrides: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "branch": "lidar_detection",
+        "seed": 0,
+        "threads": 1,
+        "epochs": 2,
+        "batch_size": 2,
+        "data": {
+            "cache_dir": str(cache_dir),
+            "train": [{"fixture": {"seed": 0, "frames": 4, **FIXTURE}}],
+            "val": [{"fixture": {"seed": 1, "frames": 2, "start_s": 2.0, **FIXTURE}}],
+        },
+        "model": MODEL,
+        "loss": {"kl_anneal_epochs": 1},
+        "eval": {"score_threshold": 0.1},
+        "optimizer": {"lr": 0.005},
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_weights(run / "model.safetensors")[0]
+
+
+def test_curvature_at_horizons_of_an_arc_and_a_straight():
+    k = 1.0 / 50.0  # a 50 m radius left bend, sampled every metre from the ego
+    s = np.arange(0.0, 31.0)
+    arc = np.stack([np.sin(k * s) / k, (1 - np.cos(k * s)) / k, k * s], 1)
+    got = curvature_at_horizons(arc, (0.0, 10.0, 20.0, 40.0))
+    chord = 2 * np.sin(k / 2) / k  # arc length is measured along the 1 m chords
+    assert np.allclose(got[:3], k / chord, rtol=1e-6) and math.isnan(got[3])
+    straight = np.stack([s, np.zeros_like(s), np.zeros_like(s)], 1)
+    assert np.allclose(curvature_at_horizons(straight, (0.0, 10.0), at_ego=0.005), [0.005, 0.0])
+    assert np.isnan(curvature_at_horizons(None, (0.0, 10.0))).all()
+
+
+def test_mirror_augmentation_mirrors_the_targets():
+    br = LidarDetectionBranch({"model": MODEL})
+    rng = np.random.default_rng(0)
+    boxes = np.concatenate([rng.uniform(-11, 11, (6, 2)), rng.uniform(0.5, 1.5, (6, 1)), rng.uniform(0.6, 4.5, (6, 3)),
+                            rng.uniform(-3, 3, (6, 1)), rng.integers(0, 3, (6, 1))], 1).astype(np.float32)
+    h, w = br.occupancy_spec.shape
+    sample = {"points": rng.uniform(-11, 11, (50, 4)).astype(np.float32), "boxes": boxes,
+              "occupied": (rng.random((h, w)) > 0.9).astype(np.uint8), "visible": np.ones((h, w), np.uint8),
+              "curvature": np.array([0.01, 0.02, np.nan], np.float32)}
+    batch = _collate([sample] * 8, torch.device("cpu"))
+    out = br.augment(batch, torch.Generator().manual_seed(3))
+    flipped = [i for i in range(8) if float(out["curvature"][i, 0]) < 0]
+    kept = [i for i in range(8) if float(out["curvature"][i, 0]) > 0]
+    assert flipped and kept  # both outcomes among 8 draws with this seed
+    base_t = br.targets_of([boxes])[0]
+    for i in flipped:
+        t = br.targets_of([out["boxes"][i]])[0]
+        assert np.allclose(t.heatmap, base_t.heatmap[:, ::-1, :], atol=1e-6)  # rows follow y
+        assert torch.equal(out["occupied"][i], torch.flip(batch["occupied"][i], (0,)))
+        assert torch.allclose(out["points"][i][:, 1], -batch["points"][i][:, 1])
+        assert torch.allclose(out["boxes"][i][:, 6], -batch["boxes"][i][:, 6])
+    for i in kept:
+        assert torch.equal(out["boxes"][i], batch["boxes"][i])
+
+
+@pytest.fixture(scope="module")
+def det_run(bag_cache, tmp_path_factory):
+    return train(det_config(bag_cache), out=tmp_path_factory.mktemp("det") / "run", progress=False)
+
+
+@pytest.mark.slow
+def test_samples_carry_boxes_grids_and_points_in_the_crop(bag_cache):
+    from perception_nodes.learning.config import load_config
+    from perception_nodes.learning.data import load_split
+
+    cfg = load_config(det_config(bag_cache))
+    br = LidarDetectionBranch(cfg.branch_sections)
+    data = load_split(cfg.data.val, br, cache_dir=bag_cache, role="val", progress=False)
+    s = data.samples[0]
+    lo, hi = np.asarray(MODEL["point_range"][:3]), np.asarray(MODEL["point_range"][3:])
+    assert len(s["points"]) > 100 and ((s["points"][:, :3] >= lo) & (s["points"][:, :3] < hi)).all()
+    assert s["boxes"].shape[1] == 8 and len(s["boxes"]) >= 1
+    assert set(np.unique(s["boxes"][:, 7]).tolist()) <= {0.0, 1.0, 2.0}
+    assert s["occupied"].shape == br.occupancy_spec.shape == s["visible"].shape
+    assert 0 < s["visible"].mean() < 1 and s["occupied"].sum() > 0
+    assert np.isnan(s["curvature"]).all()  # fixture bags carry no lane path: the curvature loss skips them
+
+
+@pytest.mark.slow
+def test_training_is_deterministic_resumable_and_validated(det_run, bag_cache, tmp_path):
+    h = det_run.history
+    assert [r["epoch"] for r in h] == [1, 2]
+    for key in ("car_ap_bev", "car_ap_3d", "coverage_centre", "ece_class", "occupancy_iou", "frames"):
+        assert key in h[-1]["val"]
+    assert h[-1]["val"]["frames"] == 2.0
+    assert all(math.isfinite(v) for v in h[-1]["train"].values())
+
+    class _Crash(Exception):
+        pass
+
+    def crash(epoch, record):
+        raise _Crash
+
+    with pytest.raises(_Crash):
+        train(det_config(bag_cache), out=tmp_path / "r", progress=False, on_epoch_end=crash)
+    torch.manual_seed(99)
+    resumed = train(det_config(bag_cache), out=tmp_path / "r", resume=True, progress=False)
+    a, b = _weights(det_run.run_dir), _weights(resumed.run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    branch, model = load_trained(det_run.run_dir)
+    assert isinstance(branch, LidarDetectionBranch) and branch.net_config.point_range == tuple(MODEL["point_range"])
+    with torch.no_grad():
+        out = model([torch.zeros(0, 4)])
+    assert int(out.num_voxels[0]) == 0
+
+
+def test_focal_modulation_and_occupied_weight_of_the_loss():
+    from perception_nodes.models import LidarDetectionNet
+    from perception_nodes.models.losses import LossWeights, detection_loss
+
+    torch.manual_seed(0)
+    net = LidarDetectionNet({**MODEL, "point_range": [-4.0, -4.0, -1.0, 4.0, 4.0, 3.0]}).eval()
+    br = LidarDetectionBranch({"model": net.config.__dict__ | {"backbone_args": MODEL["backbone_args"]}})
+    rng = np.random.default_rng(1)
+    pts = np.concatenate([rng.uniform(-3.5, 3.5, (400, 2)), rng.uniform(0, 2, (400, 1)), rng.uniform(0, 1, (400, 1))], 1)
+    with torch.no_grad():
+        out = net(torch.from_numpy(pts.astype(np.float32)))
+    targets = br.targets_of([np.array([[1.0, 1.0, 0.8, 4.0, 1.8, 1.5, 0.3, 0.0]], np.float32)])
+    h, w = net.config.occupancy_grid.height, net.config.occupancy_grid.width
+    occ = torch.zeros(1, h, w)
+    occ[0, : h // 4] = 1.0
+    kw = dict(kl_weight=0.1, occupancy_label=occ, occupancy_observed=torch.ones(1, h, w, dtype=torch.bool))
+    _, plain = detection_loss(out, targets, weights=LossWeights(), **kw)
+    _, same = detection_loss(out, targets, weights=LossWeights(focal_gamma=0.0, occupied_weight=1.0), **kw)
+    _, focal = detection_loss(out, targets, weights=LossWeights(focal_gamma=2.0), **kw)
+    _, heavy = detection_loss(out, targets, weights=LossWeights(occupied_weight=4.0), **kw)
+    assert same == plain
+    assert 0 < focal["classes"] < plain["classes"]  # every cell's weight (1 - p_t)^2 < 1
+    assert heavy["occupancy"] > plain["occupancy"] and heavy["classes"] == plain["classes"]
