@@ -54,7 +54,15 @@ HYBRID_DENSE_AT = 0.75
 
 @lru_cache(maxsize=1)
 def _blas() -> Optional[dict[torch.dtype, Any]]:
-    """ctypes pointers to torch's Fortran ``sgemm_`` / ``dgemm_`` (MKL in the x86 wheels), or None."""
+    """ctypes pointers to torch's Fortran ``sgemm_`` / ``dgemm_`` (MKL in the x86 wheels), or None.
+
+    Only when torch is built with MKL: the x86-64 wheels link MKL's LP64 interface (32-bit integers, as
+    the ctypes signature below passes them) and give the thread-local thread setting the determinism
+    needs. Other builds (aarch64/Jetson with OpenBLAS, possibly ILP64) get None, and the fused dataflows
+    run as gather-scatter there, identically at any thread count.
+    """
+    if not torch.backends.mkl.is_available():
+        return None
     lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
     for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
         path = os.path.join(lib_dir, name)

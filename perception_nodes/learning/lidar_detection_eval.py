@@ -166,7 +166,11 @@ def _nan_to_none(x: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m perception_nodes.learning.lidar_detection_eval",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", type=Path, required=True, help="trained run folder (model.safetensors, config.json)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--run", type=Path, default=None, help="trained run folder (model.safetensors, config.json)")
+    src.add_argument("--weights", type=Path, default=None,
+                     help="a weights folder (model.safetensors + model.json sidecar); default when neither is "
+                          "given: the packaged perception_nodes/models/weights/lidar_detection")
     p.add_argument("--eval-config", type=Path, default=Path("configs/train/lidar_detection_eval.yaml"),
                    help="named sets of generated bags and the KITTI folder")
     p.add_argument("--metrics-out", type=Path, default=None, help="JSON output (default <run>/heldout_metrics.json)")
@@ -180,8 +184,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     doc = yaml.safe_load(args.eval_config.read_text()) or {}
     sets = {name: _sources(srcs, f"sets.{name}") for name, srcs in (doc.get("sets") or {}).items()}
-    weights = args.checkpoint or args.run
-    branch, model = load_trained(weights)
+    if args.run is not None:
+        weights = args.checkpoint or args.run
+        branch, model = load_trained(weights)
+    else:
+        if args.package is not None or args.checkpoint is not None:
+            p.error("--package and --checkpoint need --run")
+        from perception_nodes.learning.branches import get_branch
+        from perception_nodes.models.weights_io import default_weights_dir, load_state, read_sidecar
+
+        weights = args.weights or default_weights_dir("lidar_detection")
+        side = read_sidecar(weights, "lidar_detection")
+        if "branch_config" not in side:
+            p.error(f"{weights}: the sidecar has no branch_config (not written by package_run)")
+        branch = get_branch("lidar_detection")(side["branch_config"])
+        model = branch.build_model()
+        model.load_state_dict(load_state(weights), strict=True)
+        model.eval()
     assert isinstance(branch, LidarDetectionBranch)
     t0 = time.perf_counter()
     metrics: dict[str, Any] = {"generated": evaluate_sets(branch, model, sets)}
@@ -191,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics["sets"] = {name: [s.describe() for s in srcs] for name, srcs in sets.items()}
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     metrics = _nan_to_none(metrics)
-    out = args.metrics_out or (args.run / "heldout_metrics.json")
+    out = args.metrics_out or ((args.run or Path("out/lidar_detection_eval")) / "heldout_metrics.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(json.dumps(metrics, indent=1, sort_keys=True))
     if args.package is not None:
