@@ -179,7 +179,7 @@ def _basic_block(spconv: Any, blk: SparseBasicBlock) -> nn.Module:
     return Block()
 
 
-class SpconvBackboneRuntime:
+class SpconvBackboneRuntime(TorchRuntime):
     """Our network with the sparse backbone (and the BEV collapse) done by spconv; the rest is ours."""
 
     name = "spconv"
@@ -202,21 +202,6 @@ class SpconvBackboneRuntime:
         if (w, h, dz) != (X, Y, Z):
             raise RuntimeError(f"spconv twin ends on grid {(w, h, dz)}, ours on {(X, Y, Z)}")
         return d.reshape(n, c * dz, h, w)
-
-    def infer(self, points: torch.Tensor, stage=no_stages) -> LidarDetectionOutput:
-        net = self.net
-        with torch.inference_mode():
-            with stage("voxelize"):
-                st, counts = net.voxelize(points)
-            with stage("backbone"):
-                bev = self.backbone_bev(st)
-            with stage("bev_net"):
-                feats = net.bev_net(bev)
-            with stage("heads"):
-                return net.heads(feats, counts)
-
-    def describe(self) -> dict[str, Any]:
-        return {"runtime": self.name, "threads": torch.get_num_threads(), "device": "cpu"}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -81,11 +81,15 @@ class TorchRuntime:
             with stage("voxelize"):
                 st, counts = net.voxelize(points)
             with stage("backbone"):
-                bev = net.backbone_bev(st)
+                bev = self.backbone_bev(st)
             with stage("bev_net"):
                 feats = net.bev_net(bev)
             with stage("heads"):
                 return net.heads(feats, counts)
+
+    def backbone_bev(self, st: Any) -> Tensor:
+        """The sparse stage (a subclass may run another engine here, e.g. a benchmark's peer)."""
+        return self.net.backbone_bev(st)
 
     def describe(self) -> dict[str, Any]:
         return {"runtime": self.name, "threads": torch.get_num_threads(), "device": "cpu"}
