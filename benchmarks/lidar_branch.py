@@ -289,7 +289,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data", help="../shared/data")
-    ap.add_argument("--frames", type=int, default=3, help="KITTI object scans to use (000000 ...)")
+    ap.add_argument("--frames", type=int, default=3, help="how many KITTI object scans to use, from 000000 on")
     ap.add_argument("--reps", type=int, default=7, help="timed repetitions of every (side, scan)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs of every (side, scan) first")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
