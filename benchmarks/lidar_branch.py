@@ -37,7 +37,6 @@ import contextlib
 import copy
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -56,6 +55,7 @@ from engines.sparse.backbones import SparseBasicBlock  # noqa: E402
 from engines.sparse.conv import ours_to_spconv_weight  # noqa: E402
 from engines.sparse.norm import SparseReLU  # noqa: E402
 from engines.sparse.spconv_twins import import_spconv  # noqa: E402
+from engines.sparse.tunefile import cpu_model  # noqa: E402
 from perception_nodes.models.lidar_detection import LidarDetectionNet, LidarDetectionOutput  # noqa: E402
 from perception_nodes.models.runtime import TorchRuntime, no_stages  # noqa: E402
 
@@ -273,16 +273,6 @@ def build_net(args: argparse.Namespace) -> tuple[LidarDetectionNet, str]:
     net = LidarDetectionNet(cfg).eval()
     # random init, fresh BatchNorms: timing does not depend on the weights' values (sites are fixed by the scan)
     return net, "random init, " + ("--config" if cfg else "default config")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -48,7 +48,6 @@ import copy
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -72,6 +71,7 @@ from engines.sparse.spconv_twins import (  # noqa: E402
     spconv_sparse_encoder,
     spconv_voxel_backbone_8x,
 )
+from engines.sparse.tunefile import cpu_model  # noqa: E402
 from engines.sparse.voxelize import voxelize_mean  # noqa: E402
 
 NUSCENES_SCAN = "nuscenes_mmdet3d_demo/demo/data/nuscenes/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"
@@ -122,16 +122,6 @@ def spconv_version() -> str:
             return getattr(spconv, "__version__", "unknown")
         except Exception:
             return "missing"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --------------------------------------------------------------------------------------------------
