@@ -288,9 +288,19 @@ def _threads() -> int:
 
 
 def _set_numba_threads(n: int) -> None:
+    """Set numba's thread count without touching torch's.
+
+    numba's OpenMP threading layer, when it starts (here, on the first call), sets the process-wide
+    OpenMP thread count that torch's intra-op pool shares to its own default (all cores): a process
+    configured with ``torch.set_num_threads(1)`` then ran its dense layers on every core. Put torch's
+    setting back.
+    """
     import numba
 
+    torch_threads = torch.get_num_threads()
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
 
 
 def _sorted_keys(keys: np.ndarray, n_sentinel: int) -> tuple[np.ndarray, np.ndarray]:
