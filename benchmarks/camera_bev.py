@@ -3,8 +3,9 @@
 
 The network of the default :class:`CameraBevConfig` (or ``--config JSON``) runs on the shared KITTI
 frame's left colour image resized to the input size, with camera 2's calibration scaled to it
-(base_link = the ground below the Velodyne), eval mode, ``torch.no_grad``, at ``--threads`` (default 1,
-what the nodes use). Weights are the untrained initialisation: the time does not depend on them. Stages
+(base_link = the ground below the Velodyne), eval mode with the BatchNorms folded into the convolutions
+(:meth:`CameraBevNet.fold_batchnorm`, ``--no-fold`` keeps them), ``torch.no_grad``, at ``--threads``
+(default 1, what the nodes use). Weights are the untrained initialisation: the time does not depend on them. Stages
 as a node would time them: image backbone, depth/context head (lift), BEV pooling (the fused kernel,
 geometry cached), BEV CNN, heads; the geometry build (once per calibration) is timed apart.
 
@@ -81,9 +82,12 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=21)
     ap.add_argument("--config", default=None, help="JSON of CameraBevConfig overrides")
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared/data")
+    ap.add_argument("--no-fold", action="store_true", help="keep the BatchNorms (default: folded, as for inference)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     net = CameraBevNet(json.loads(args.config) if args.config else None).eval()
+    if not args.no_fold:
+        net.fold_batchnorm()
     img, cam, src = load_input(args.shared, tuple(args.size), net.config.stride)
     t0 = time.perf_counter()
     geom = net.geometry(cam)
@@ -118,13 +122,14 @@ def main() -> int:
     def q(v: list[float]) -> dict[str, float]:
         a = np.asarray(v)
         return {"p50_ms": round(float(np.median(a)), 2), "iqr_ms": [round(float(x), 2) for x in np.percentile(a, [25, 75])],
-                "p90_ms": round(float(np.percentile(a, 90)), 2)}
+                "p90_ms": round(float(np.percentile(a, 90)), 2), "min_ms": round(float(a.min()), 2)}
 
     result = {
         "benchmark": "camera_bev", "cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
         "torch": torch.__version__, "input": list(args.size), "source": src,
         "config": json.loads(json.dumps(net.config.__dict__, default=list)),
         "parameters": int(sum(p.numel() for p in net.parameters())), "crop": list(crop),
+        "batchnorm_folded": not args.no_fold,
         "feature_size": list(cam.feature_size), "geometry": geom.stats(), "build_geometry_ms": round(build_ms, 1),
         "wall": {k: q(v) for k, v in wall.items()}, "cpu_time": {k: q(v) for k, v in cpu.items()},
         "load_avg_start": [round(v, 2) for v in load0], "load_avg_end": [round(v, 2) for v in os.getloadavg()],

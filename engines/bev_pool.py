@@ -359,7 +359,9 @@ def flatten_maps(depth: Tensor | Sequence[Tensor], feats: Tensor | Sequence[Tens
 
     Either a stacked ``[N, ...]`` tensor per input (cameras of one size), a ``[D or C, fH, fW]`` tensor of
     one camera, or a list of per-camera tensors (cameras of different sizes, concatenated in order);
-    2-D inputs are taken as already flat.
+    2-D inputs are taken as already flat. Channels-last maps of one camera (a network run in
+    ``torch.channels_last``) come back as views, without copies: the depth matrix then has unit stride
+    along the bins (its transpose is contiguous), which the fused kernel reads as it is.
     """
 
     def stacked(x: Tensor | Sequence[Tensor]) -> list[Tensor]:
@@ -369,15 +371,21 @@ def flatten_maps(depth: Tensor | Sequence[Tensor], feats: Tensor | Sequence[Tens
             return list(x.unbind(0)) if x.dim() == 4 else [x]
         return [t.squeeze(0) if t.dim() == 4 else t for t in x]
 
+    def pixel_major(t: Tensor) -> Tensor:
+        """[K, fH, fW] -> [fH fW, K]: a view for a channels-last map, a transposing copy otherwise."""
+        return t.permute(1, 2, 0).reshape(-1, t.shape[0])
+
     ds, fs = stacked(depth), stacked(feats)
     if ds[0].dim() == 2:
         d = ds[0]
+    elif len(ds) == 1 and ds[0].stride(0) == 1 and ds[0].shape[0] > 1:
+        d = pixel_major(ds[0]).t()  # channels-last: a [D, pixels] view with unit bin stride, no copy
     else:
-        d = ds[0].reshape(ds[0].shape[0], -1) if len(ds) == 1 else torch.cat([t.reshape(t.shape[0], -1) for t in ds], 1)
+        d = torch.cat([t.reshape(t.shape[0], -1) for t in ds], 1) if len(ds) > 1 else ds[0].reshape(ds[0].shape[0], -1)
     if fs[0].dim() == 2:
         f = fs[0]
     else:
-        f = torch.cat([t.reshape(t.shape[0], -1) for t in fs], 1).t() if len(fs) > 1 else fs[0].reshape(fs[0].shape[0], -1).t()
+        f = torch.cat([pixel_major(t) for t in fs], 0) if len(fs) > 1 else pixel_major(fs[0])
     return d, f
 
 
@@ -392,7 +400,9 @@ def _pool_rows(probs: np.ndarray, feats: np.ndarray, row_cell: np.ndarray, row_p
                out: np.ndarray) -> None:  # pragma: no cover - compiled
     """``out[:, cell] = sum over the cell's pairs of (sum of the pair's bins of probs) * feats[pixel]``.
 
-    ``probs`` ``[D, pixels]``, ``feats`` ``[pixels, C]`` (float32), ``out`` ``[C, cells]`` float32 zeroed.
+    ``probs`` ``[D, pixels]`` (C- or Fortran-ordered: numba compiles one version per layout, and a
+    pixel's bins are contiguous in the Fortran one), ``feats`` ``[pixels, C]`` (float32), ``out``
+    ``[C, cells]`` float32 zeroed.
     Blocks of :data:`_BLOCK` non-empty cells run in parallel; within a block each cell's row is
     accumulated with a contiguous (vectorised) channel loop, then the block is written out channel by
     channel (cells ascend, so each channel's writes are close together; writing a whole column per cell
@@ -441,15 +451,22 @@ def bev_pool(depth: Tensor | Sequence[Tensor], feats: Tensor | Sequence[Tensor],
     """
     p, f = flatten_maps(depth, feats)
     _check(p, f, geometry)
-    probs = np.ascontiguousarray(p.detach().to("cpu", torch.float32).numpy())
+    probs = p.detach().to("cpu", torch.float32).numpy()
+    if not (probs.flags.c_contiguous or probs.flags.f_contiguous):
+        probs = np.ascontiguousarray(probs)
     fe = np.ascontiguousarray(f.detach().to("cpu", torch.float32).numpy())
     g = geometry.grid
     # torch's allocator, not np.zeros: a fresh 8 MB numpy calloc is mmapped and page-faults on every
     # first write (~10 ms per call here, more than the kernel itself at stride 16)
     out = torch.zeros(fe.shape[1], g.num_cells, dtype=torch.float32)
-    _threads()
+    n = _threads()
     _pool_rows(probs, fe, geometry.row_cell, geometry.row_ptr, geometry.pair_pixel, geometry.pair_bin0,
                geometry.pair_bins, out.numpy())
+    if torch.get_num_threads() != n:
+        # numba's OpenMP threading layer starts by setting the process-wide OpenMP thread count to its
+        # own default (all cores), which torch shares: a node configured for 1 thread silently ran its
+        # convolutions on 2 afterwards. Put torch's setting back.
+        torch.set_num_threads(n)
     return out.view(fe.shape[1], g.height, g.width)
 
 

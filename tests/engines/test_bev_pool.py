@@ -197,6 +197,20 @@ def test_fused_kernel_is_deterministic_across_thread_counts():
     assert torch.equal(a, b)
 
 
+def test_the_fused_kernel_leaves_torch_thread_count_alone():
+    """numba's OpenMP layer resets the process's OpenMP thread count when it starts; bev_pool restores it."""
+    cam = _camera(96, 320, 181.8, stride=8)
+    geom = build_geometry(cam, BINS, GRID)
+    depth, feats = _maps([cam], BINS, 4, seed=8)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        bev_pool(depth[0], feats[0], geom)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(prev)
+
+
 def test_gradients_of_the_training_form_match_the_naive_ones():
     cam = _camera(48, 160, 90.9, stride=8)
     bins, grid = DepthBins(1.0, 30.0, 0.5), PoolGrid(-20.0, -20.0, 0.5, 80, 80)
@@ -258,3 +272,19 @@ def test_onnx_graph_matches_torch_under_onnxruntime():
         n = int(_terms_per_cell(geom).max())
         assert float(np.abs(got - want.numpy()).max()) <= (n + 1) * EPS32 * float(
             bev_pool_torch(depth, [x.abs() for x in feats], geom).abs().max()) + 1e-30
+
+
+def test_channels_last_maps_are_read_in_place_and_pool_the_same():
+    cam = _camera(96, 320, 181.8, stride=4)
+    geom = build_geometry(cam, BINS, GRID)
+    depth, feats = _maps([cam], BINS, 8, seed=7)
+    cl = torch.channels_last
+    d_cl, f_cl = depth[0].contiguous(memory_format=cl), feats[0].contiguous(memory_format=cl)
+    from engines.bev_pool import flatten_maps
+
+    p, f = flatten_maps(d_cl, f_cl)
+    assert p.data_ptr() == d_cl.data_ptr() and f.data_ptr() == f_cl.data_ptr()  # views, no copies
+    assert p.stride() == (1, BINS.count)
+    a = bev_pool(depth[0], feats[0], geom)
+    assert torch.equal(bev_pool(d_cl, f_cl, geom), a)  # each cell is the same sequential float64 sum
+    torch.testing.assert_close(bev_pool_torch(d_cl, f_cl, geom), a, rtol=1e-5, atol=1e-6)

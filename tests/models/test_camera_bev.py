@@ -16,7 +16,7 @@ from perception_nodes.models.camera_bev import CameraBevConfig, CameraBevNet, ki
 from perception_nodes.scenario.camera import camera_rig
 
 SMALL = {"depth_bins": [1.0, 40.0, 1.0], "bev_origin": [-20.0, -20.0], "bev_size": [80, 80],
-         "image_channels": [8, 16, 16], "image_blocks": [0, 0, 1], "context_channels": 8, "bev_channels": [8, 16]}
+         "image_channels": [8, 16], "image_blocks": [0, 1], "context_channels": 8, "bev_channels": [8, 16]}
 
 
 def _geometry(net: CameraBevNet, names=("left",)):
@@ -145,6 +145,8 @@ def test_bad_input_and_bad_config_are_rejected(net):
         CameraBevConfig.from_mapping({"depth_bins": [1.0, 60.0, 0.7]})
     with pytest.raises(ConfigError):
         CameraBevConfig.from_mapping({"image_channels": [8, 16], "image_blocks": [0]})
+    with pytest.raises(ConfigError):
+        CameraBevConfig.from_mapping({"stem_patch": 1})
 
 
 def test_kitti_camera_geometry_sees_the_road_ahead():
@@ -162,3 +164,37 @@ def test_kitti_camera_geometry_sees_the_road_ahead():
     M = np.asarray(cam.base_from_camera).reshape(4, 4)
     assert M[:3, :3] @ [0, 0, 1] == pytest.approx([1, 0, 0], abs=0.02)  # optical z = base x
     assert M[2, 3] == pytest.approx(1.65, abs=0.05) and M[0, 3] == pytest.approx(0.27, abs=0.1)
+
+
+def test_folding_batchnorm_keeps_the_outputs():
+    import copy
+
+    torch.manual_seed(2)
+    net = CameraBevNet(SMALL)
+    net.train()
+    geom = _geometry(net)
+    with torch.no_grad():  # move the running statistics off their defaults so folding has something to fold
+        for _ in range(2):
+            net(_images(1, 1, seed=5), geom)
+    net.eval()
+    folded = copy.deepcopy(net).fold_batchnorm()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.image.modules())
+    imgs = _images(1, 1, seed=6)
+    with torch.no_grad():
+        a, b = net(imgs, geom), folded(imgs, geom)
+    torch.testing.assert_close(b.occupancy_evidence, a.occupancy_evidence, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stem", [{"stem_patch": 2, "image_channels": [8, 8, 16], "image_blocks": [0, 0, 1]},
+                                  {"stem_patch": 4, "image_channels": [8, 16], "image_blocks": [0, 1]}])
+def test_feature_map_matches_the_geometry_for_odd_image_sizes(stem):
+    """ceil(H / stride) x ceil(W / stride) features for an image that is no multiple of the stride."""
+    net = CameraBevNet({**SMALL, **stem}).eval()
+    spec = camera_rig(318, 90)["left"]
+    T = np.eye(4)
+    T[:3, :3] = spec.base_from_optical()
+    T[:3, 3] = spec.position
+    cam = net.camera_geometry(spec.K, T, (90, 318))
+    with torch.no_grad():
+        out = net(torch.zeros(1, 3, 90, 318, dtype=torch.uint8), net.geometry(cam))
+    assert out.depth_logits.shape[-2:] == cam.feature_size == (12, 40)
