@@ -49,12 +49,13 @@ from engines.bev_pool import (
     PoolGeometry,
     PoolGrid,
     bev_pool,
+    bev_pool_gather,
     bev_pool_torch,
 )
 from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.models.bev_grid import BevGrid
 
-__all__ = ["CameraBevConfig", "CameraBevNet", "CameraBevOutput", "kitti_camera_geometry"]
+__all__ = ["CameraBevConfig", "CameraBevNet", "CameraBevOutput", "export_onnx", "kitti_camera_geometry", "onnx_feeds"]
 
 
 @dataclass(frozen=True)
@@ -327,10 +328,10 @@ class CameraBevNet(nn.Module):
         if crop is None:
             return self.bev(bev)
         y0, y1, x0, x1 = crop
-        out = bev.new_zeros(bev.shape[0], self.bev.out_channels, *bev.shape[-2:])
-        if y1 > y0 and x1 > x0:
-            out[:, :, y0:y1, x0:x1] = self.bev(bev[:, :, y0:y1, x0:x1])
-        return out
+        H, W = bev.shape[-2:]
+        if y1 <= y0 or x1 <= x0:
+            return bev.new_zeros(bev.shape[0], self.bev.out_channels, H, W)
+        return F.pad(self.bev(bev[:, :, y0:y1, x0:x1]), (x0, W - x1, y0, H - y1))  # zero padding: ONNX Pad
 
     def heads(self, bev_features: Tensor, coverage: Tensor, crop: Optional[tuple[int, int, int, int]] = None) -> Tensor:
         """Beta evidence ``[B, 2, H_occ, W_occ]`` (softplus), zero outside the camera's coverage.
@@ -342,15 +343,14 @@ class CameraBevNet(nn.Module):
         B = bev_features.shape[0]
         up = occ.height / cfg.bev_size[1]
         y0, y1, x0, x1 = crop if crop is not None else (0, cfg.bev_size[1], 0, cfg.bev_size[0])
-        out = bev_features.new_zeros(B, 2, occ.height, occ.width)
         if y1 <= y0 or x1 <= x0:
-            return out
+            return bev_features.new_zeros(B, 2, occ.height, occ.width)
         logits = self.occupancy_head(bev_features[:, :, y0:y1, x0:x1])
         oy0, oy1, ox0, ox1 = (int(round(v * up)) for v in (y0, y1, x0, x1))
         if up != 1:
             logits = F.interpolate(logits, size=(oy1 - oy0, ox1 - ox0), mode="bilinear", align_corners=False)
-        out[:, :, oy0:oy1, ox0:ox1] = F.softplus(logits) * coverage[oy0:oy1, ox0:ox1].to(out.device, out.dtype)
-        return out
+        ev = F.softplus(logits) * coverage[oy0:oy1, ox0:ox1].to(logits.device, logits.dtype)
+        return F.pad(ev, (ox0, occ.width - ox1, oy0, occ.height - oy1))
 
     def forward(self, images: Tensor, geometry: PoolGeometry) -> CameraBevOutput:
         if images.dim() == 4:
@@ -394,3 +394,83 @@ def kitti_camera_geometry(calib: Any, base_from_velodyne: np.ndarray, image_size
     rect_from_cam[:3, 3] = -np.linalg.solve(K, P[:, 3])
     T = np.asarray(base_from_velodyne, np.float64) @ np.linalg.inv(calib.velo_to_rect) @ rect_from_cam
     return CameraGeometry.from_arrays(K, T, image_size, stride)
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX
+# --------------------------------------------------------------------------------------------------
+
+#: graph inputs of :func:`export_onnx`, in order (the index arrays: :meth:`engines.bev_pool.PoolGeometry.tensors`)
+ONNX_INPUTS = ("images", "point_index", "pair_of_point", "pair_pixel", "pair_cell", "coverage")
+ONNX_OUTPUTS = ("occupancy_evidence", "bev_features")
+#: model-metadata key: the BEV crop box, camera count and image size the graph was traced with
+ONNX_KEY = "perception_nodes.camera_bev_graph"
+
+
+class _OnnxCameraBev(nn.Module):
+    """One frame of N cameras, pooling in its Gather / ScatterElements / ScatterND form (indices as inputs)."""
+
+    def __init__(self, net: CameraBevNet, crop: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        self.net, self.crop = net, crop
+
+    def forward(self, images: Tensor, point_index: Tensor, pair_of_point: Tensor, pair_pixel: Tensor,
+                pair_cell: Tensor, coverage: Tensor) -> tuple[Tensor, Tensor]:
+        net, cfg = self.net, self.net.config
+        depth, context = net.lift(net.image_features(images))
+        probs = depth.softmax(1)
+        depth_flat = probs.permute(1, 0, 2, 3).reshape(-1)  # bin-major, cameras' pixels concatenated
+        feats_flat = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])
+        W, H = cfg.bev_size
+        pooled = bev_pool_gather(depth_flat, feats_flat, point_index, pair_of_point, pair_pixel, pair_cell, W * H)
+        bev = net.bev_net(pooled.t().reshape(1, -1, H, W), self.crop)
+        return net.heads(bev, coverage > 0.5, self.crop), bev
+
+
+def onnx_feeds(net: CameraBevNet, images: Tensor, geometry: PoolGeometry) -> dict[str, np.ndarray]:
+    """Graph inputs of one frame: ``images`` ``[N, 3, H, W]`` uint8 (or float 0..1) and the geometry."""
+    feeds = {"images": (images.float() / 255.0 if images.dtype == torch.uint8 else images.float()).numpy()}
+    feeds.update({k: getattr(geometry, k) for k in ONNX_INPUTS[1:5]})
+    feeds["coverage"] = net.coverage(geometry).float().numpy()
+    return feeds
+
+
+def export_onnx(net: CameraBevNet, geometry: PoolGeometry, path: Optional[str] = None, opset: int = 17) -> bytes:
+    """The whole network (eval mode) as one ONNX graph for the rig of ``geometry``; returns the model bytes.
+
+    The pooling's index arrays and the coverage mask are graph inputs (dynamic point/pair counts), so a
+    recalibrated rig needs only new feeds (:func:`onnx_feeds`) -- as long as its BEV crop box, camera
+    count and image size stay those recorded in the metadata (``ONNX_KEY``); a runtime must compare them
+    (a moved camera usually keeps the box; a new camera does not). Images enter as float 0..1.
+    """
+    import io
+    import json
+    import warnings
+
+    if net.training:
+        raise RuntimeError("export_onnx needs eval mode")
+    crop = net.crop(geometry)
+    n = len(geometry.cameras)
+    h, w = geometry.cameras[0].image_size
+    example = (torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(0)),
+               *(geometry.tensors()[k] for k in ONNX_INPUTS[1:5]), net.coverage(geometry).float())
+    dyn = {"point_index": {0: "points"}, "pair_of_point": {0: "points"}, "pair_pixel": {0: "pairs"},
+           "pair_cell": {0: "pairs"}}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(_OnnxCameraBev(net, crop).eval(), example, buf, input_names=list(ONNX_INPUTS),
+                              output_names=list(ONNX_OUTPUTS), dynamic_axes=dyn, opset_version=opset, dynamo=False)
+    import onnx
+
+    model = onnx.load_from_string(buf.getvalue())
+    entry = model.metadata_props.add()
+    entry.key = ONNX_KEY
+    entry.value = json.dumps({"crop": list(crop), "cameras": n, "image_size": [h, w],
+                              "config": json.loads(json.dumps(net.config.__dict__, default=list))}, sort_keys=True)
+    data = model.SerializeToString()
+    if path is not None:
+        with open(path, "wb") as fh:
+            fh.write(data)
+    return data

@@ -198,3 +198,39 @@ def test_feature_map_matches_the_geometry_for_odd_image_sizes(stem):
     with torch.no_grad():
         out = net(torch.zeros(1, 3, 90, 318, dtype=torch.uint8), net.geometry(cam))
     assert out.depth_logits.shape[-2:] == cam.feature_size == (12, 40)
+
+
+@pytest.mark.slow
+def test_onnx_graph_matches_torch_under_onnxruntime():
+    """Exported with one calibration and random images; run on a real-looking frame and a re-mounted
+    camera's index arrays (other inputs than the export's), against eager torch."""
+    ort = pytest.importorskip("onnxruntime")
+    import json
+
+    import onnx
+
+    from perception_nodes.models.camera_bev import ONNX_KEY, export_onnx, onnx_feeds
+
+    torch.manual_seed(3)
+    net = CameraBevNet(SMALL).eval()
+    geom = _geometry(net)
+    model = export_onnx(net, geom)
+    proto = onnx.load_from_string(model)
+    onnx.checker.check_model(proto)
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"GatherElements", "ScatterElements", "ScatterND"} <= ops
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}[ONNX_KEY])
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    spec = camera_rig(320, 96)["left"]
+    T = np.eye(4)
+    T[:3, :3] = spec.base_from_optical()
+    T[:3, 3] = np.asarray(spec.position) + [0.0, 0.0, 0.02]  # re-mounted 2 cm higher: new indices
+    moved = net.geometry(net.camera_geometry(spec.K, T, (96, 320)))
+    assert moved.num_pairs != geom.num_pairs and list(net.crop(moved)) == meta["crop"]
+    for g, seed in ((geom, 11), (moved, 12)):
+        imgs = _images(1, 1, seed=seed)
+        with torch.no_grad():
+            want = net(imgs, g)
+        ev, bev = sess.run(None, onnx_feeds(net, imgs[0], g))
+        torch.testing.assert_close(torch.from_numpy(bev), want.bev_features, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(torch.from_numpy(ev), want.occupancy_evidence, rtol=1e-4, atol=1e-4)
