@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from perception_nodes.learning.branches import get_branch
@@ -49,6 +50,7 @@ def test_samples_have_images_grids_and_depth_targets(scenario_bag, tmp_path):
     assert (d >= 0).mean() > 0.3 and d.max() < branch.net_config.bins.count  # ground and objects in range
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_validated(scenario_bag, tmp_path):
     runs = [train(cam_config(scenario_bag, tmp_path / "cache"), out=tmp_path / f"r{i}", progress=False)
             for i in range(2)]
