@@ -166,13 +166,14 @@ class CameraBevBranch(Branch):
     def loss(self, output: CameraBevOutput, batch: Batch, *, epoch_progress: float) -> tuple[Tensor, dict[str, float]]:
         lp = self.loss_params
         ev = output.occupancy_evidence
-        a, b = ev[:, 0] + 1.0, ev[:, 1] + 1.0
-        y = batch["occupied"].float()
-        m = self._mask(output, batch).float()
+        m = self._mask(output, batch)
+        # only the masked cells (digamma/lgamma over the whole 0.25 m grid cost more than the network)
+        a, b = ev[:, 0][m] + 1.0, ev[:, 1][m] + 1.0
+        y = batch["occupied"].float()[m]
         ce, kl = beta_evidential_terms(a, b, y)
         lam = kl_annealing(epoch_progress, lp.kl_anneal_epochs, lp.kl_weight)
-        w = m * (1.0 + (lp.occupied_weight - 1.0) * y)
-        n = m.sum().clamp_min(1.0)
+        w = 1.0 + (lp.occupied_weight - 1.0) * y
+        n = max(1, int(m.sum()))
         ce_mean, kl_mean = (w * ce).sum() / n, (w * kl).sum() / n
         loss = ce_mean + lam * kl_mean
         logs = {"ce": float(ce_mean.detach()), "kl": float(kl_mean.detach()), "kl_weight": lam}
