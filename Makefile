@@ -4,7 +4,7 @@ OUT ?= out/demo
 PYTEST_ARGS ?=
 RUN := set +u; . scripts/ros_env.sh; set -u;
 
-.PHONY: setup demo test bench bench-sparse bench-lidar clean
+.PHONY: setup demo test bench bench-sparse bench-lidar bench-bev clean
 setup:
 	@bash scripts/setup.sh
 
@@ -28,6 +28,10 @@ bench-sparse: setup
 bench-lidar: setup
 	@[ -d /tmp/spconv-site/spconv ] || { .venv/bin/pip install -q --target /tmp/spconv-site spconv==2.3.8 && rm -rf /tmp/spconv-site/numpy*; }
 	@$(RUN) SPCONV_SITE=/tmp/spconv-site .venv/bin/python benchmarks/lidar_branch.py $(BENCH_ARGS)
+
+# BEV pooling: precomputed geometry vs naive lift-splat (issue 11); BENCH_ARGS e.g. --strides 8 --reps 11 --onnx
+bench-bev: setup
+	@$(RUN) nice .venv/bin/python benchmarks/bev_pool.py $(BENCH_ARGS)
 
 clean:
 	rm -rf out ros_ws/build ros_ws/install ros_ws/log ros_ws/colcon.log

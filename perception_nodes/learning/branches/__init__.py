@@ -4,6 +4,7 @@ and adds itself to :data:`BRANCHES` (planned: camera BEV, stereo depth, fusion, 
 from __future__ import annotations
 
 from perception_nodes.learning.branches.base import Batch, Branch, Sample
+from perception_nodes.learning.branches.camera_bev import CameraBevBranch
 from perception_nodes.learning.branches.lidar_detection import LidarDetectionBranch
 from perception_nodes.learning.branches.lidar_occupancy import LidarOccupancyBranch
 
@@ -11,6 +12,7 @@ from perception_nodes.learning.branches.lidar_occupancy import LidarOccupancyBra
 BRANCHES: dict[str, type[Branch]] = {
     LidarOccupancyBranch.name: LidarOccupancyBranch,
     LidarDetectionBranch.name: LidarDetectionBranch,
+    CameraBevBranch.name: CameraBevBranch,
 }
 
 
@@ -22,4 +24,4 @@ def get_branch(name: str) -> type[Branch]:
         raise ValueError(f"unknown branch {name!r} (known: {', '.join(sorted(BRANCHES))})") from None
 
 
-__all__ = ["BRANCHES", "Batch", "Branch", "LidarDetectionBranch", "LidarOccupancyBranch", "Sample", "get_branch"]
+__all__ = ["BRANCHES", "Batch", "Branch", "CameraBevBranch", "LidarDetectionBranch", "LidarOccupancyBranch", "Sample", "get_branch"]
