@@ -21,9 +21,11 @@ Per fusion step at stamp ``t`` with branches ``i = 1..N`` giving evidence ``(r_i
   sensor (wrong only on the few occupied cells) is not diluted by the many free cells. The conflict is
   smoothed over frames (exponential, ``smoothing``) and mapped to trust by a linear ramp from
   ``conflict_ok`` (trust 1) to ``conflict_bad`` (trust ``floor``).
-* Temporal accumulation: the previous fused evidence is warped into the current base_link frame by the
-  ego motion between the stamps (:func:`warp_evidence`, nearest cell) and multiplied by ``lambda^dt``
-  (``decay_per_s`` = lambda, the share of evidence left after one second).
+* Temporal accumulation (:class:`EvidenceAccumulator`): the fused evidence of past frames is kept on a
+  world-aligned grid that scrolls with the ego by whole cells, multiplied by ``lambda^dt`` per step
+  (``decay_per_s`` = lambda, the share left after one second) and read out into the current base_link
+  frame at the ego pose; ``warp(R_{t-1})`` above is that read-out. Branch grids of another stamp are
+  moved to the fused stamp by :func:`warp_evidence` (nearest cell).
 
 Reading evidence back from the published 0..100 grids (:func:`evidence_from_percent`) is lossy; see that
 function for the error bound.
@@ -296,15 +298,25 @@ def warp_evidence(r: np.ndarray, s: np.ndarray, spec: GridSpec, prev_to_cur: np.
 
 @dataclass
 class EvidenceAccumulator:
-    """Fused evidence over time: decayed by ``decay_per_s ** dt`` and warped by the ego motion at each
-    step, capped at ``max_evidence`` per class and cell. ``decay_per_s = 0`` keeps no memory."""
+    """Fused evidence over time, held on a *world-aligned* grid that scrolls with the ego by whole cells.
+
+    Each step: the memory is scrolled to the ego's current cell (an exact integer shift), multiplied by
+    ``decay_per_s ** dt``, and read out onto the base_link grid at the current pose (:meth:`prior`); the
+    frame's new evidence is written into it once (:meth:`add`). So every piece of evidence is re-gridded
+    twice at most (into the world grid, and out again at each read), never compounded frame after frame:
+    re-gridding a base_link memory at every step (warping the previous fused grid) walks each cell's
+    content by up to half a cell per frame, a random walk that blurs edges over the memory's length.
+    ``pose``: 3x3 pose of base_link in a fixed frame (identity for a stationary platform).
+    ``decay_per_s = 0`` keeps no memory. Each class is capped at ``max_evidence`` per cell.
+    """
 
     spec: GridSpec
     decay_per_s: float = 0.0
     max_evidence: float = 400.0
-    r: NDArray[np.float32] | None = None
+    r: NDArray[np.float32] | None = None  #: world-aligned memory (rows +y, columns +x of the fixed frame)
     s: NDArray[np.float32] | None = None
     stamp_ns: int | None = None
+    anchor: tuple[int, int] | None = None  #: fixed-frame cell index (col, row) of the memory's cell (0, 0)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay_per_s < 1.0:
@@ -315,28 +327,87 @@ class EvidenceAccumulator:
     def reset(self) -> None:
         self.r = self.s = None
         self.stamp_ns = None
+        self.anchor = None
 
-    def prior(self, stamp_ns: int, prev_to_cur: np.ndarray | None) -> tuple[NDArray[np.float32], NDArray[np.float32], str]:
-        """The accumulated evidence carried to ``stamp_ns`` (zeros when there is none or it cannot be
-        carried: no ego motion, time going back) and why."""
+    def _anchor_for(self, pose: np.ndarray) -> tuple[int, int]:
+        res = self.spec.resolution
+        ox, oy = self.spec.origin  # type: ignore[misc]
+        return (int(math.floor((pose[0, 2] + ox) / res + 1e-9)), int(math.floor((pose[1, 2] + oy) / res + 1e-9)))
+
+    def _scroll(self, anchor: tuple[int, int]) -> None:
+        dc, dr = anchor[0] - self.anchor[0], anchor[1] - self.anchor[1]  # type: ignore[index]
+        h, w = self.spec.shape
+        for name in ("r", "s"):
+            old = getattr(self, name)
+            new = np.zeros_like(old)
+            if abs(dr) < h and abs(dc) < w:
+                new[max(0, -dr):h - max(0, dr), max(0, -dc):w - max(0, dc)] = \
+                    old[max(0, dr):h - max(0, -dr), max(0, dc):w - max(0, -dc)]
+            setattr(self, name, new)
+        self.anchor = anchor
+
+    def _world_index(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        res = self.spec.resolution
+        h, w = self.spec.shape
+        eps = 1e-9
+        col = np.floor(x / res + eps) - self.anchor[0]  # type: ignore[index]
+        row = np.floor(y / res + eps) - self.anchor[1]  # type: ignore[index]
+        inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        return np.where(inside, row, 0).astype(np.int64), np.where(inside, col, 0).astype(np.int64), inside
+
+    def prior(self, stamp_ns: int, pose: np.ndarray | None) -> tuple[NDArray[np.float32], NDArray[np.float32], str]:
+        """The memory carried to ``stamp_ns`` and read out on the base_link grid at ``pose`` (zeros when there
+        is none or it cannot be carried: no pose, time going back, which also resets it), and why."""
         zero = np.zeros(self.spec.shape, F32)
-        if self.decay_per_s <= 0.0 or self.r is None or self.stamp_ns is None:
-            return zero, zero.copy(), "off" if self.decay_per_s <= 0.0 else "empty"
+        why = "ok"
+        if self.decay_per_s <= 0.0:
+            return zero, zero.copy(), "off"
+        if pose is None:
+            self.reset()
+            return zero, zero.copy(), "no ego pose for the stamp: memory reset"
+        pose = np.asarray(pose, np.float64)
+        anchor = self._anchor_for(pose)
+        if self.r is None or self.stamp_ns is None or self.anchor is None:
+            self.r, self.s, self.anchor, self.stamp_ns = zero.copy(), zero.copy(), anchor, int(stamp_ns)
+            return zero, zero.copy(), "empty"
         dt = (stamp_ns - self.stamp_ns) / 1e9
         if dt < 0:
+            self.r, self.s, self.anchor, self.stamp_ns = zero.copy(), zero.copy(), anchor, int(stamp_ns)
             return zero, zero.copy(), "time went back: memory reset"
-        if prev_to_cur is None:
-            return zero, zero.copy(), "no ego motion for the stamps: memory reset"
+        self._scroll(anchor)
         k = F32(self.decay_per_s ** dt)
-        r, s = warp_evidence(self.r, self.s, self.spec, prev_to_cur)
-        return r * k, s * k, "ok"
-
-    def store(self, r: np.ndarray, s: np.ndarray, stamp_ns: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        cap = F32(self.max_evidence)
-        self.r = np.minimum(np.asarray(r, F32), cap)
-        self.s = np.minimum(np.asarray(s, F32), cap)
+        self.r *= k
+        self.s *= k
         self.stamp_ns = int(stamp_ns)
-        return self.r, self.s
+        cx, cy = _centres(self.spec)
+        wx = pose[0, 0] * cx + pose[0, 1] * cy + pose[0, 2]
+        wy = pose[1, 0] * cx + pose[1, 1] * cy + pose[1, 2]
+        row, col, inside = self._world_index(wx, wy)
+        out_r = np.where(inside, self.r[row, col], F32(0.0)).astype(F32).reshape(self.spec.shape)
+        out_s = np.where(inside, self.s[row, col], F32(0.0)).astype(F32).reshape(self.spec.shape)
+        return out_r, out_s, why
+
+    def add(self, r: np.ndarray, s: np.ndarray, pose: np.ndarray | None) -> None:
+        """Write one frame's new evidence (base_link grid at ``pose``) into the memory: each memory cell
+        takes the base_link cell under its centre. Call after :meth:`prior` for the same stamp."""
+        if self.decay_per_s <= 0.0 or pose is None or self.r is None:
+            return
+        pose = np.asarray(pose, np.float64)
+        res = self.spec.resolution
+        h, w = self.spec.shape
+        inv = np.linalg.inv(pose)
+        xs = (self.anchor[0] + np.arange(w) + 0.5) * res  # type: ignore[index]
+        ys = (self.anchor[1] + np.arange(h) + 0.5) * res  # type: ignore[index]
+        wx, wy = (a.ravel() for a in np.meshgrid(xs, ys))
+        bx = inv[0, 0] * wx + inv[0, 1] * wy + inv[0, 2]
+        by = inv[1, 0] * wx + inv[1, 1] * wy + inv[1, 2]
+        eps = 1e-9 * res
+        row, col, inside = self.spec.cell_index(bx + eps, by + eps)
+        rr, ss = np.asarray(r, F32), np.asarray(s, F32)
+        cap = F32(self.max_evidence)
+        flat_r, flat_s = self.r.reshape(-1), self.s.reshape(-1)
+        flat_r[inside] = np.minimum(flat_r[inside] + rr[row[inside], col[inside]], cap)
+        flat_s[inside] = np.minimum(flat_s[inside] + ss[row[inside], col[inside]], cap)
 
 
 # --- one step ------------------------------------------------------------------------------------------

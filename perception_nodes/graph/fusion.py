@@ -142,8 +142,9 @@ class PoseBuffer:
             del self.stamps[0], self.poses[0]
 
     def at(self, stamp: int) -> np.ndarray | None:
-        """3x3 pose at ``stamp``: linear between the two neighbours, the nearest one within ``max_gap_s``
-        outside the buffer; None when too far from any."""
+        """3x3 pose at ``stamp``: linear between the two neighbours; after the newest, extrapolated at the
+        last two poses' velocity; before the oldest, the oldest; None when more than ``max_gap_s`` from
+        the buffer (or between two poses further apart than that)."""
         if not self.stamps:
             return None
         i = bisect.bisect_left(self.stamps, stamp)
@@ -158,7 +159,15 @@ class PoseBuffer:
             dh = math.atan2(math.sin(h1 - h0), math.cos(h1 - h0))
             return se2(x0 + a * (x1 - x0), y0 + a * (y1 - y0), h0 + a * dh)
         j = 0 if i == 0 else len(self.stamps) - 1
-        return se2(*self.poses[j]) if abs(self.stamps[j] - stamp) <= self.max_gap_ns else None
+        if abs(self.stamps[j] - stamp) > self.max_gap_ns:
+            return None
+        if j > 0 and self.stamps[j] - self.stamps[j - 1] <= self.max_gap_ns:
+            # after the newest pose (odometry often lags the sensors): constant velocity from the last two
+            (x0, y0, h0), (x1, y1, h1) = self.poses[j - 1], self.poses[j]
+            a = (stamp - self.stamps[j]) / (self.stamps[j] - self.stamps[j - 1])
+            dh = math.atan2(math.sin(h1 - h0), math.cos(h1 - h0))
+            return se2(x1 + a * (x1 - x0), y1 + a * (y1 - y0), h1 + a * dh)
+        return se2(*self.poses[j])
 
 
 class FusionNode(NodeCore):
@@ -455,15 +464,16 @@ class FusionNode(NodeCore):
                         seen = (mr + ms) > 0
                         r, s = branches[name]
                         branches[name] = (np.where(seen, r, 0).astype(np.float32), np.where(seen, s, 0).astype(np.float32))
-                prev = self.accumulator.stamp_ns
-                motion = None if prev is None else self._motion(prev, stamp)
-                pr, ps, self.memory_state = self.accumulator.prior(stamp, motion)
+                pose = np.eye(3) if not self.odometry_topic else self.poses.at(stamp)
+                pr, ps, self.memory_state = self.accumulator.prior(stamp, pose)
                 if "reset" in self.memory_state:
                     self.memory_resets += 1
                     self._warn("memory", f"fused evidence memory reset at stamp {stamp} ns: {self.memory_state}")
             with self.latency.stage("fuse"):
-                res = fusion_step(branches, gates, self.trust, shape=shape, prior=(pr, ps))
-                res.r, res.s = self.accumulator.store(res.r, res.s, stamp)
+                res = fusion_step(branches, gates, self.trust, shape=shape)
+                self.accumulator.add(res.r, res.s, pose)
+                cap = np.float32(self.max_evidence)
+                res.r, res.s = np.minimum(res.r + pr, cap), np.minimum(res.s + ps, cap)
             with self.latency.stage("encode"):
                 emits = self._encode(stamp, res)
         self.last_result = res

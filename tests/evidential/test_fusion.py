@@ -26,6 +26,7 @@ from perception_nodes.evidential.fusion import (
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
 
 EPS32 = float(np.finfo(np.float32).eps)
+S = 1_000_000_000
 SHAPE = (40, 40)
 SPEC = GridSpec(resolution=0.25, size_x=10.0, size_y=10.0)  # 40 x 40, centred on base_link
 
@@ -200,30 +201,68 @@ def test_warping_drops_what_leaves_the_grid_and_identity_is_exact():
 def test_decay_per_second_and_memory():
     acc = EvidenceAccumulator(SPEC, decay_per_s=0.5)
     g = _point_grid(1.125, 1.125)
-    acc.store(g, g, 1_000_000_000)
-    r, s, why = acc.prior(3_000_000_000, np.eye(3))  # 2 s later: a quarter left
-    assert why == "ok" and r.sum() == pytest.approx(7.0 * 0.25, rel=8 * EPS32)
-    r, _, why = acc.prior(3_000_000_000, None)
-    assert not r.any() and "no ego motion" in why
-    r, _, why = acc.prior(0, np.eye(3))
+    pose = se2(3.0, -2.0, 0.4)
+    assert acc.prior(1 * S, pose)[2] == "empty"
+    acc.add(g, g, pose)
+    r, s, why = acc.prior(3 * S, pose)  # 2 s later: a quarter left
+    assert why == "ok" and r.sum() == pytest.approx(7.0 * 0.25, rel=8 * EPS32) and _where(r) == (1.125, 1.125)
+    r, _, why = acc.prior(4 * S, None)
+    assert not r.any() and "no ego pose" in why and acc.r is None
+    acc.prior(5 * S, pose)
+    acc.add(g, g, pose)
+    r, _, why = acc.prior(1 * S, pose)
     assert not r.any() and "back" in why
     off = EvidenceAccumulator(SPEC, decay_per_s=0.0)
-    off.store(g, g, 0)
-    assert not off.prior(1, np.eye(3))[0].any()
+    off.prior(0, pose)
+    off.add(g, g, pose)
+    assert not off.prior(1, pose)[0].any()
     capped = EvidenceAccumulator(SPEC, decay_per_s=0.9, max_evidence=5.0)
-    assert capped.store(g, g, 0)[0].max() == 5.0
+    capped.prior(0, pose)
+    capped.add(g, g, pose)
+    assert capped.r.max() == 5.0
+
+
+@pytest.mark.parametrize("motion,before,after", [
+    ((1.0, 0.0, 0.0), (3.125, 1.125), (2.125, 1.125)),
+    ((0.0, 0.0, math.pi / 2), (3.125, 1.125), (1.125, -3.125)),
+    ((0.37, 0.11, 0.0), (3.125, 1.125), (2.875, 1.125)),  # the cell the point now lies in (x 2.755, y 1.015)
+])
+def test_memory_follows_the_ego(motion, before, after):
+    acc = EvidenceAccumulator(SPEC, decay_per_s=0.5)
+    p0 = se2(10.0, 5.0, 0.0)
+    acc.prior(0, p0)
+    g = _point_grid(*before)
+    acc.add(g, g, p0)
+    r, _, _ = acc.prior(S // 10, p0 @ se2(*motion))
+    assert np.count_nonzero(r) == 1 and _where(r) == pytest.approx(after, abs=1e-9)
+
+
+def test_memory_does_not_drift_under_sub_cell_motion():
+    """60 frames of 0.37 m steps (1.48 cells) with a slow turn: a static point observed once stays within
+    half a cell of where it truly is (re-gridding a base_link memory every frame would walk it)."""
+    acc = EvidenceAccumulator(SPEC, decay_per_s=0.99, max_evidence=1e6)
+    pose = se2(0.0, 0.0, 0.0)
+    acc.prior(0, pose)
+    world = np.array([3.0, 1.1, 1.0])  # a point in the fixed frame, 3 m ahead at the start
+    local = np.linalg.inv(pose) @ world
+    acc.add(_point_grid(local[0], local[1]), np.zeros(SPEC.shape, np.float32), pose)
+    for k in range(1, 25):
+        pose = pose @ se2(0.37 * (k % 2), 0.0, 0.01)
+        r, _, _ = acc.prior(k * S // 10, pose)
+        truth_xy = (np.linalg.inv(pose) @ world)[:2]
+        if np.abs(truth_xy).max() < 4.5:
+            got = _where(r)
+            assert abs(got[0] - truth_xy[0]) <= 0.25 * 1.5 and abs(got[1] - truth_xy[1]) <= 0.25 * 1.5
 
 
 def test_stationary_accumulation_converges_to_the_geometric_series():
     """What decay does for a stationary ego: each scan's evidence e adds up to e / (1 - lambda^dt)."""
     acc = EvidenceAccumulator(SPEC, decay_per_s=0.5, max_evidence=1e6)
     g = _point_grid(0.125, 0.125)
-    trust = ConflictTrust()
     for k in range(200):
-        prior = acc.prior(k * 100_000_000, np.eye(3))
-        res = fusion_step({"a": (g, g)}, {"a": 1.0}, trust, shape=SPEC.shape, prior=prior[:2])
-        acc.store(res.r, res.s, k * 100_000_000)
-    assert res.r.max() == pytest.approx(7.0 / (1 - 0.5 ** 0.1), rel=1e-4)
+        pr, _, _ = acc.prior(k * 100_000_000, np.eye(3))
+        acc.add(g, g, np.eye(3))
+    assert (pr + g).max() == pytest.approx(7.0 / (1 - 0.5 ** 0.1), rel=1e-4)
 
 
 # --- robustness --------------------------------------------------------------------------------------------
