@@ -250,3 +250,25 @@ def test_config_errors_name_the_parameter():
     with pytest.raises(ConfigError, match="geometry_mismatch"):
         FusionNode("fusion", params(geometry_mismatch="maybe"), backend=B, clock=lambda: 0)
     _ = make_time  # (imported for symmetry with other node tests)
+
+
+def test_report_panel_shows_the_fused_grid_and_the_weights(tmp_path):
+    from perception_nodes.replay import ReplayResult
+    from perception_nodes.report import fusion_section
+
+    n, clock = node()
+    frames, weights = [], {}
+    for k in range(4):
+        s = 10 * S + k * (S // 10)
+        out = feed(n, clock, grids(truth(k), s, GEO) + grids(truth(k), s, LRN), at=s + S // 10)
+        for e in out:
+            if "/weights/" in e.topic:
+                weights.setdefault(e.topic.rsplit("/", 1)[1], []).append((s, e.msg.data))
+        got = {e.topic: e.msg for e in out}
+        if OCCUPANCY in got:
+            frames.append((s, got[OCCUPANCY], got[UNCERTAINTY], got[CONFLICT]))
+    res = ReplayResult(tmp_path, tmp_path, 4, {}, {}, fusion=frames, fusion_weights=weights)
+    html = fusion_section(res)
+    assert "Evidence fusion" in html and "lidar_learned" in html and "geometric" in html
+    assert (tmp_path / "fusion_grid.png").stat().st_size > 0 and (tmp_path / "fusion_weights.png").stat().st_size > 0
+    assert fusion_section(ReplayResult(tmp_path, tmp_path, 0, {}, {})) == ""

@@ -363,8 +363,9 @@ class EvidenceAccumulator:
         if self.decay_per_s <= 0.0:
             return zero, zero.copy(), "off"
         if pose is None:
+            had = self.r is not None
             self.reset()
-            return zero, zero.copy(), "no ego pose for the stamp: memory reset"
+            return zero, zero.copy(), "no ego pose for the stamp: memory reset" if had else "no ego pose yet"
         pose = np.asarray(pose, np.float64)
         anchor = self._anchor_for(pose)
         if self.r is None or self.stamp_ns is None or self.anchor is None:
