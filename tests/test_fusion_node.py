@@ -179,16 +179,31 @@ def test_a_blinded_branch_loses_weight_and_the_diagnostics_say_why():
     assert min(lows[2:9]) < 0.2 and lows[-1] > 0.8
 
 
-def test_an_older_grid_is_moved_by_the_ego_motion():
-    """The stereo grid 0.2 s older than the fused stamp; the ego drove 2 m forward meanwhile."""
-    n, clock = node(stereo=True)
+def _tf(stamp: int, x: float):
+    from perception_nodes.calibration import StaticTransform, tf_message
+
+    m = np.eye(4)
+    m[0, 3] = x
+    return topics.TF, tf_message([StaticTransform("map", "base_link", m)], stamp, B)
+
+
+@pytest.mark.parametrize("source", ["odometry", "tf"])
+def test_an_older_grid_is_moved_by_the_ego_motion(source):
+    """The stereo grid 0.2 s older than the fused stamp; the ego drove 2 m forward meanwhile (poses from
+    odometry, or from /tf map -> base_link)."""
+    extra = {} if source == "odometry" else {"odometry_topic": "", "use_tf": True, "tf_fixed_frame": "map"}
+    n, clock = node(stereo=True, **extra)
+    assert n.pose_source == source
     n.trust.params = type(n.trust.params)(min_cells=10_000)  # no trust updates: look at the geometry only
     t_old = np.zeros(SPEC.shape, bool)
     t_old[20, 30] = True  # x = 5.25 m, y = 0.25 m at the old stamp
     t_new = np.zeros(SPEC.shape, bool)
     t_new[20, 26] = True  # 2 m closer now
     s_old, s_new = 10 * S, 10 * S + 2 * (S // 10)
-    feed(n, clock, [(n.odometry_topic, odom(s_old, 100.0)), (n.odometry_topic, odom(s_new, 102.0))], at=s_old)
+    if source == "odometry":
+        feed(n, clock, [(n.odometry_topic, odom(s_old, 100.0)), (n.odometry_topic, odom(s_new, 102.0))], at=s_old)
+    else:
+        feed(n, clock, [_tf(s_old, 100.0), _tf(s_new, 102.0)], at=s_old)
     seen = np.zeros(SPEC.shape, bool)
     seen[15:25, 20:35] = True
     feed(n, clock, grids(t_old, s_old, STEREO, seen=seen), at=s_old + S // 10)

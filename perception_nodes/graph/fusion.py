@@ -6,7 +6,8 @@ from its ``occupancy_topic`` (P(occupied) 0..100, -1 unknown) and ``uncertainty_
 paired by stamp, turned back into Beta evidence
 (:func:`perception_nodes.evidential.fusion.evidence_from_percent`) and fused by the rule of
 :mod:`perception_nodes.evidential.fusion` (weight = health gate x conflict-based trust; decay and
-ego-motion warping of the previous fused evidence). A branch may name a ``health_topic``
+ego-motion warping from ``odometry_topic``, or from ``/tf`` (``tf_fixed_frame`` -> ``base_frame``) when no
+odometry topic is set). A branch may name a ``health_topic``
 (``perception_interfaces/Float64Stamped``, e.g. a stereo valid-disparity ratio) mapped to a gate factor
 between ``health_bad`` and ``health_good``. The rule and how to add a branch: ``docs/fusion.md``.
 
@@ -180,6 +181,8 @@ class FusionNode(NodeCore):
         self.conflict_topic = params.get("conflict_topic", CONFLICT)
         self.weights_topic = params.get("weights_topic", WEIGHTS)
         self.odometry_topic = params.get("odometry_topic", topics.GT_ODOMETRY)
+        # ego poses from /tf instead (needs use_tf): the transform tf_fixed_frame -> base_frame, when no odometry
+        self.tf_fixed_frame = str(params.get("tf_fixed_frame", "") or "").lstrip("/")
         branches = params.get("branches") or {}
         if not isinstance(branches, dict):
             raise ConfigError(f"{name}.branches must be a map of branch name -> settings")
@@ -271,6 +274,23 @@ class FusionNode(NodeCore):
         return f"{self.weights_topic.rstrip('/')}/{branch}"
 
     # --- messages -------------------------------------------------------------------------------
+    @property
+    def pose_source(self) -> str:
+        """Where ego poses come from: ``odometry``, ``tf`` or ``none`` (a stationary platform)."""
+        if self.odometry_topic:
+            return "odometry"
+        return "tf" if self.tf_fixed_frame and self.params.get("use_tf", True) else "none"
+
+    def _take_transforms(self, msg: Any, *, static: bool) -> None:
+        super()._take_transforms(msg, static=static)
+        if static or self.pose_source != "tf":
+            return
+        for ts in msg.transforms:  # only the direct transform tf_fixed_frame -> base_frame, by its own stamp
+            if (str(ts.header.frame_id).lstrip("/") == self.tf_fixed_frame
+                    and str(ts.child_frame_id).lstrip("/") == self.base_frame):
+                tr, q = ts.transform.translation, ts.transform.rotation
+                self.poses.add(stamp_to_ns(ts.header.stamp), float(tr.x), float(tr.y), _yaw(q))
+
     def pending(self, topic: str) -> int:
         hit = self._topic_branch.get(topic)
         if hit is None or hit[1] == "health":
@@ -422,9 +442,9 @@ class FusionNode(NodeCore):
 
     # --- fusion ---------------------------------------------------------------------------------
     def _motion(self, src: int, dst: int) -> np.ndarray | None:
-        """Transform from base_link at ``src`` to base_link at ``dst``; identity without odometry (a
-        stationary platform); None when the odometry does not cover the stamps."""
-        if src == dst or not self.odometry_topic:
+        """Transform from base_link at ``src`` to base_link at ``dst``; identity without a pose source (a
+        stationary platform); None when the poses do not cover the stamps."""
+        if src == dst or self.pose_source == "none":
             return np.eye(3)
         a, b = self.poses.at(src), self.poses.at(dst)
         if a is None or b is None:
@@ -464,7 +484,7 @@ class FusionNode(NodeCore):
                         seen = (mr + ms) > 0
                         r, s = branches[name]
                         branches[name] = (np.where(seen, r, 0).astype(np.float32), np.where(seen, s, 0).astype(np.float32))
-                pose = np.eye(3) if not self.odometry_topic else self.poses.at(stamp)
+                pose = np.eye(3) if self.pose_source == "none" else self.poses.at(stamp)
                 pr, ps, self.memory_state = self.accumulator.prior(stamp, pose)
                 if "reset" in self.memory_state:
                     self.memory_resets += 1
@@ -507,6 +527,7 @@ class FusionNode(NodeCore):
         res = self.last_result
         values: dict[str, str] = {"fused_out": str(self.fused_out), "timeouts": str(self.timeouts),
                                   "memory": self.memory_state, "memory_resets": str(self.memory_resets),
+                                  "pose_source": self.pose_source,
                                   "pacer": self._pacer()}
         low = []
         for name, st in self.branches.items():
