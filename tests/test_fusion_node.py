@@ -287,3 +287,20 @@ def test_report_panel_shows_the_fused_grid_and_the_weights(tmp_path):
     assert "Evidence fusion" in html and "lidar_learned" in html and "geometric" in html
     assert (tmp_path / "fusion_grid.png").stat().st_size > 0 and (tmp_path / "fusion_weights.png").stat().st_size > 0
     assert fusion_section(ReplayResult(tmp_path, tmp_path, 0, {}, {})) == ""
+
+
+def test_runtime_reconfiguration_keeps_state_and_refuses_the_branch_set():
+    n, clock = node(odometry_topic="")  # a stationary platform: the memory fills without poses
+    s = 10 * S
+    feed(n, clock, grids(truth(), s, GEO) + grids(truth(), s, LRN), at=s + S // 10)
+    n.reconfigure({"trust": {"floor": 0.2, "conflict_bad": 0.5}, "decay_per_s": 0.6})
+    assert n.trust.params.floor == 0.2 and n.accumulator.decay_per_s == 0.6 and n.accumulator.r is not None
+    with pytest.raises(ConfigError, match="read-only"):
+        n.reconfigure({"branches": {"geometric": {"timeout_s": 2.0}}})
+    with pytest.raises(ConfigError):
+        n.reconfigure({"trust": {"conflict_ok": 0.6, "conflict_bad": 0.5}})  # rejected before anything changed
+    assert n.trust.params.conflict_bad == 0.5
+    n.reconfigure({"grid": {"resolution": 1.0}})  # another grid: the memory starts over on it
+    assert n.accumulator.spec.resolution == 1.0 and n.accumulator.r is None
+    out = feed(n, clock, grids(truth(), s + S // 10, GEO, spec=SPEC) + grids(truth(), s + S // 10, LRN), at=s + S // 5)
+    assert by_topic(out, OCCUPANCY)[0].info.resolution == pytest.approx(1.0)  # inputs resampled onto it
