@@ -36,6 +36,7 @@ from perception_nodes.codecs.backend import default_backend
 from perception_nodes.config import load_params
 from perception_nodes.evaluation import GROUND_TRUTH_TOPICS, Evaluator, write_metrics
 from perception_nodes.graph import NodeCore, build_graph, resolve_topic
+from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
 from perception_nodes.latency import LatencySeries, summarize
 
@@ -91,6 +92,41 @@ class ReplayResult:
     # LiDAR branch, last frames: (stamp, vision_msgs Detection3DArray, occupancy, uncertainty) with the
     # fused grids (the learned ones where no fused grid came)
     detections: list[tuple[int, Any, Any, Any]] = field(default_factory=list)
+    # fusion node: last fused frames (stamp, occupancy, uncertainty, conflict) and every weight per branch
+    fusion: list[tuple[int, Any, Any, Any]] = field(default_factory=list)
+    fusion_weights: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+class _FusionCapture:
+    """Keeps what the report shows of the fusion node: its last grids and its weights over time."""
+
+    def __init__(self, nodes: list[NodeCore], keep: int) -> None:
+        node = next((n for n in nodes if isinstance(n, FusionNode)), None)
+        self.keep = keep
+        self.roles: dict[str, str] = {}
+        if node is not None:
+            self.roles = {t: r for t, r in ((node.occupancy_topic, "occ"), (node.uncertainty_topic, "unc"),
+                                            (node.conflict_topic, "con")) if t}
+            if node.weights_topic:
+                self.roles.update({node.weight_topic(b): f"w:{b}" for b in node.branches})
+        self.grids: dict[int, dict[str, Any]] = {}
+        self.weights: dict[str, list[tuple[int, float]]] = {}
+
+    def __call__(self, name: str, msg: Any) -> None:
+        role = self.roles.get(name)
+        if role is None:
+            return
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if role.startswith("w:"):
+            self.weights.setdefault(role[2:], []).append((stamp, float(msg.data)))
+            return
+        self.grids.setdefault(stamp, {})[role] = msg
+        for old in sorted(self.grids)[:-self.keep]:
+            del self.grids[old]
+
+    def fill(self, result: ReplayResult) -> None:
+        result.fusion = [(s, g["occ"], g.get("unc"), g.get("con")) for s, g in sorted(self.grids.items()) if "occ" in g]
+        result.fusion_weights = self.weights
 
 
 def _end_to_end_node(nodes: list[NodeCore]) -> NodeCore:
@@ -139,6 +175,7 @@ def run_graph(
                                                   (branch.fused_occupancy_topic, "fused_occ"),
                                                   (branch.fused_uncertainty_topic, "fused_unc")) if t}
     pending_det: dict[int, dict[str, Any]] = {}
+    fusion_capture = _FusionCapture(nodes, keep_grids)
 
     def deliver(topic: str, msg: Any, out_bag: OutputBag) -> dict[str, int]:
         # (topic, message, replay time it was published); each node busy until free_at (module doc)
@@ -163,6 +200,7 @@ def run_graph(
                     if name in grid_topics:
                         stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
                         pending_grid.setdefault(stamp, {})[name] = e.msg
+                    fusion_capture(name, e.msg)
                     if name in branch_topics:
                         stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
                         pending_det.setdefault(stamp, {})[branch_topics[name]] = e.msg
@@ -182,6 +220,7 @@ def run_graph(
                 emits = node.tick()
             for e in emits:
                 out_bag.write(resolve_topic(node, e.topic), e.msgtype, clock.now(), e.msg)
+                fusion_capture(resolve_topic(node, e.topic), e.msg)
         clock.set(max([base, *(free_at or {}).values()]))
 
     with BagReader(bag) as reader, OutputBag(out_dir) as out_bag:
@@ -231,6 +270,7 @@ def run_graph(
             for e in emits:
                 name = resolve_topic(node, e.topic)
                 out_bag.write(name, e.msgtype, clock.now(), e.msg)
+                fusion_capture(name, e.msg)
                 if name in grid_topics:
                     stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
                     pending_grid.setdefault(stamp, {})[name] = e.msg
@@ -240,6 +280,7 @@ def run_graph(
         g = pending_grid[stamp]
         if len(g) == 2:
             result.grids.append((stamp, g[topics.OCCUPANCY_GRID], g[topics.OCCUPANCY_UNCERTAINTY]))
+    fusion_capture.fill(result)
     for stamp in sorted(pending_det):
         d = pending_det[stamp]
         occ, unc = (d.get("fused_occ"), d.get("fused_unc")) if "fused_occ" in d else (d.get("occ"), d.get("unc"))

@@ -243,6 +243,69 @@ def detections_section(result: ReplayResult) -> str:
     return ""
 
 
+def plot_fusion(stamp: int, occ: Any, unc: Any | None, con: Any | None, gt: Any | None, path: Path) -> None:
+    """The fused grid: P(occupied), vacuity and the conflict layer, ground-truth boxes dashed."""
+    fig, axes = plt.subplots(1, 3, figsize=(19, 6.5), constrained_layout=True)
+    ext = _extent(occ)
+    panels = ((occ, "fused occupancy", plt.get_cmap("RdYlGn_r").with_extremes(bad="#b0b0b0"), "P(occupied) % (grey: unknown)"),
+              (unc, "fused vacuity", plt.get_cmap("magma"), "vacuity % (100: no evidence)"),
+              (con, "conflict between branches", plt.get_cmap("viridis"), "degree of conflict %"))
+    for ax, (msg, title, cmap, label) in zip(axes, panels, strict=True):
+        if msg is not None:
+            data = np.ma.masked_less(grid_array(msg).astype(np.float32), 0)
+            im = ax.imshow(data, origin="lower", extent=_extent(msg), cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
+            fig.colorbar(im, ax=ax, shrink=0.8, label=label)
+        ax.set_title(f"{title} @ {stamp / 1e9:.1f} s")
+        ax.set_xlabel("x [m] (base_link)")
+        ax.set_xlim(ext[0], ext[1])
+        ax.set_ylim(ext[2], ext[3])
+        ax.plot(0, 0, marker="^", color="cyan", markersize=8)
+        if gt is not None:
+            for g in boxes_from_detections(gt):
+                c = np.vstack([g.corners_xy(), g.corners_xy()[:1]])
+                ax.plot(c[:, 0], c[:, 1], color="deepskyblue", lw=0.7, ls="--", alpha=0.8)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_fusion_weights(weights: dict[str, list[tuple[int, float]]], path: Path) -> None:
+    """Each branch's weight (health gate x trust) per fused frame."""
+    fig, ax = plt.subplots(figsize=(11, 3.2), constrained_layout=True)
+    t0 = min(s for v in weights.values() for s, _ in v)
+    for name, series in sorted(weights.items()):
+        s = np.asarray(series, dtype=np.float64)
+        ax.step((s[:, 0] - t0) / 1e9, s[:, 1], where="post", label=name, lw=1.4)
+    ax.axhline(0.2, color="red", lw=0.8, ls=":")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("s since the first fused frame")
+    ax.set_ylabel("weight")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fusion_section(result: ReplayResult) -> str:
+    """The fusion node part of the report: the last fused grid and the branch weights over time."""
+    frames = getattr(result, "fusion", None) or []
+    weights = getattr(result, "fusion_weights", None) or {}
+    if not frames:
+        return ""
+    stamp, occ, unc, con = frames[-1]
+    plot_fusion(stamp, occ, unc, con, result.ground_truth.get(stamp), result.out_dir / "fusion_grid.png")
+    parts = ["<h2>Evidence fusion (docs/fusion.md)</h2><p>fused occupancy, vacuity and the per-cell conflict "
+             "between branches for the last fused frame; below, each branch's weight (health gate x "
+             "conflict-based trust) per frame (red dotted: 0.2).</p>", '<img src="fusion_grid.png" width="1250"><br>']
+    if weights:
+        plot_fusion_weights(weights, result.out_dir / "fusion_weights.png")
+        parts.append('<img src="fusion_weights.png" width="1000">')
+        rows = "".join(f"<tr><td>{html.escape(b)}</td><td>{len(v)}</td><td>{min(w for _, w in v):.3f}</td>"
+                       f"<td>{float(np.mean([w for _, w in v])):.3f}</td><td>{v[-1][1]:.3f}</td></tr>"
+                       for b, v in sorted(weights.items()))
+        parts.append("<table><tr><th>branch</th><th>frames</th><th>min weight</th><th>mean</th><th>last</th></tr>"
+                     f"{rows}</table>")
+    return "\n".join(parts)
+
+
 def write_report(result: ReplayResult) -> Path:
     """Write ``report.html`` (+ PNGs) into the replay's output folder and return its path."""
     out = result.out_dir
@@ -252,6 +315,7 @@ def write_report(result: ReplayResult) -> Path:
         plot_bev(stamp, occ, unc, result.ground_truth.get(stamp), out / name)
         figures.append(name)
     det_html = detections_section(result)
+    fusion_html = fusion_section(result)
     lat = result.latency
     series = result.samples
     budgets = {k: v.get("budget_ms") for k, v in lat["stages"].items()}
@@ -281,6 +345,7 @@ replay overhead per frame p50 {over['p50_ms'] or 0:.2f} ms.</p>
 <h2>Bird's-eye view: occupancy and uncertainty (ground truth boxes in blue)</h2>
 {''.join(f'<img src="{n}" width="1100"><br>' for n in figures) or '<p>no grids were produced</p>'}
 {det_html}
+{fusion_html}
 <h2>Latency</h2>
 {'<img src="latency_hist.png" width="1200">' if series else ''}
 <table><tr><th>node/stage</th><th>count</th><th>mean ms</th><th>p50</th><th>p90</th><th>p99</th><th>max</th><th>jitter</th><th>budget</th><th>misses</th></tr>

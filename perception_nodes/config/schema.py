@@ -81,11 +81,28 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("learned_occupancy_weight", 0.0, 1.0),
     ("fusion_queue_size", 1, 1000),
     ("marker_lifetime_s", 0.0, 3600.0),
+    # fusion
+    ("branches.*.timeout_s", 0.0, 3600.0),
+    ("branches.*.health_timeout_s", 0.0, 3600.0),
+    ("branches.*.health_missing", 0.0, 1.0),
+    ("trust.conflict_ok", 0.0, 1.0),
+    ("trust.conflict_bad", 0.0, 1.0),
+    ("trust.smoothing", 0.001, 1.0),
+    ("trust.floor", 0.0, 1.0),
+    ("trust.min_evidence", 0.0, 1e6),
+    ("trust.min_cells", 1, 100_000_000),
+    ("decay_per_s", 0.0, 0.999),
+    ("max_evidence", 0.001, 1e6),
+    ("max_wait_s", 0.0, 60.0),
+    ("match_tolerance_s", 0.0, 60.0),
+    ("odometry_max_gap_s", 0.0, 60.0),
+    ("weight_warn", 0.0, 1.0),
 )
 
 #: allowed values of string parameters (fnmatch patterns)
 CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("qos.*", ("sensor", "reliable", "latched")),
+    ("geometry_mismatch", ("resample", "reject")),
 )
 
 #: parameters wired once when the node is configured: changing them needs a restart (or a lifecycle
@@ -93,6 +110,7 @@ CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
 READ_ONLY: tuple[str, ...] = (
     "*_topic", "qos.*", "autostart", "calibration_file", "use_tf_static", "use_tf", "base_frame", "latency_window",
     "sync.queue_size", "keep_grids_for_report", "runtime", "weights", "threads", "fusion_queue_size",
+    "branches.*",  # fusion: the branch set is wired at start
 )
 
 
@@ -266,6 +284,10 @@ def node_schema(node: str) -> dict[str, ParamSpec]:
     for name, default in flatten(doc[node]["ros__parameters"] or {}).items():
         desc = (per_node.get(node, {}).get(name) or shared.get(name) or common.get(name)
                 or common.get(name.split(".")[0]) or "")
+        if name.startswith("branches.") and not desc:  # fusion: a branch key described at another branch
+            leaf = name.split(".", 2)[-1]
+            desc = next((v for k, v in per_node.get(node, {}).items()
+                         if k.startswith("branches.") and k.split(".", 2)[-1] == leaf), "")
         if name.startswith("latency_budgets_ms.") and not desc:
             desc = f"budget (ms) of {name.split('.', 1)[1]}: " + common.get("latency_budgets_ms", "")
         out[name] = ParamSpec(name, default, value_type(default), desc, is_read_only(name), range_of(name),

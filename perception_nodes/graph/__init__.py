@@ -9,6 +9,7 @@ from typing import Any
 from perception_nodes.codecs.backend import MessageBackend
 from perception_nodes.errors import NodeUnavailable
 from perception_nodes.graph.ground_segmentation import GroundSegmentationNode
+from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
 from perception_nodes.graph.node import Emit, NodeCore, Port
 from perception_nodes.graph.occupancy_grid import OccupancyGridNode
@@ -18,6 +19,7 @@ NODE_TYPES: dict[str, type[NodeCore]] = {
     "ground_segmentation": GroundSegmentationNode,
     "occupancy_grid": OccupancyGridNode,
     "lidar_detection": LidarDetectionNode,
+    "fusion": FusionNode,
 }
 
 _log = logging.getLogger("perception_nodes.graph")
