@@ -61,6 +61,38 @@ def test_kitti_replay_writes_outputs_latency_and_report(kitti_replay):
     # the output folder itself is a playable rosbag2 bag
     with BagReader(out) as r:
         assert r.message_counts[topics.OCCUPANCY_GRID] == 3
+    # the headline names each path's end-to-end latency: the occupancy path and (with packaged weights) the
+    # LiDAR branch, whose own pipeline latency is its series, not the occupancy node's
+    paths = doc["end_to_end_paths"]
+    assert paths["occupancy"]["node"] == "occupancy_grid" and paths["occupancy"]["count"] == 3
+    page = (out / "report.html").read_text()
+    assert "end-to-end latency (occupancy path)" in page
+    if "lidar_detection" in doc["frames_out"]:
+        lb = paths["lidar_branch"]
+        assert lb["count"] == 3 and lb["p50_ms"] == doc["stages"]["lidar_detection/pipeline_latency"]["p50_ms"]
+        assert f"LiDAR branch (lidar_detection) end-to-end p50 {lb['p50_ms']:.1f} ms" in page
+        # the detection scores are a table, not a JSON dump
+        assert "<pre>" not in page and "<th>AP 3D</th>" in page and "nuScenes-style (centre distance)" in page
+
+
+def test_detection_metrics_render_as_tables():
+    from perception_nodes.boxes import Box3D
+    from perception_nodes.eval.detection_eval import DetectionScorer
+    from perception_nodes.report import detection_metrics_html
+
+    scorer = DetectionScorer()
+    gt = [Box3D(label="Car", center=(10.0, 0.0, 0.8), size=(4.0, 1.8, 1.5), yaw=0.0),
+          Box3D(label="Pedestrian", center=(6.0, 3.0, 0.9), size=(0.6, 0.6, 1.7), yaw=0.0)]
+    pred = [Box3D(label="Car", center=(10.1, 0.05, 0.8), size=(4.0, 1.8, 1.5), yaw=0.02, score=0.9),
+            Box3D(label="Car", center=(20.0, 5.0, 0.8), size=(4.0, 1.8, 1.5), yaw=0.0, score=0.4)]
+    scorer.add_frame(gt, pred)
+    doc = scorer.results()
+    page = detection_metrics_html(doc)
+    assert "<pre>" not in page and page.count("<table>") == 2
+    car = doc["kitti"]["per_class"]["car"]["all"]
+    assert (f"<td>car</td><td>all</td><td>{car['ap_r40_3d']:.3f}</td>" in page
+            and f"<td>{car['tp_3d']} / {car['fp_3d']} / {car['fn_3d']}</td>" in page)
+    assert f"mAP {doc['nuscenes']['map']:.3f}" in page
 
 
 def test_labelled_kitti_objects_show_up_as_occupied(kitti_replay):

@@ -109,7 +109,7 @@ def test_samples_carry_boxes_grids_and_points_in_the_crop(bag_cache):
 def test_training_is_deterministic_resumable_and_validated(det_run, bag_cache, tmp_path):
     h = det_run.history
     assert [r["epoch"] for r in h] == [1, 2]
-    for key in ("car_ap_bev", "car_ap_3d", "coverage_centre", "ece_class", "occupancy_iou", "frames"):
+    for key in ("car_ap_bev", "car_ap_3d", "coverage_xy", "coverage_offset_at_gt_cell", "ece_class", "occupancy_iou", "frames"):
         assert key in h[-1]["val"]
     assert h[-1]["val"]["frames"] == 2.0
     assert all(math.isfinite(v) for v in h[-1]["train"].values())
