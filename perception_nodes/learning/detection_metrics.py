@@ -128,11 +128,13 @@ class DetectionAccumulator:
     """Collects everything the metrics need, batch by batch (see the module docstring)."""
 
     def __init__(self, branch: "LidarDetectionBranch", *, with_occupancy: bool = True,
-                 calibration: "DetectionCalibration | None" = None) -> None:
+                 calibration: "DetectionCalibration | None" = None, score_threshold: float | None = None) -> None:
         from perception_nodes.eval.detection_eval import DetectionScorer
 
         self.branch = branch
         self.calibration = calibration
+        #: decoding threshold (default: the branch's eval threshold), on the calibrated score
+        self.score_threshold = branch.eval_params.score_threshold if score_threshold is None else float(score_threshold)
         self.scorer = DetectionScorer()
         self.with_occupancy = with_occupancy
         self._det: list[tuple[float, bool, float, float]] = []  # score, right, vacuity, centre std
@@ -153,7 +155,7 @@ class DetectionAccumulator:
     def decode(self, out: "LidarDetectionOutput") -> list[Detections]:
         ep = self.branch.eval_params
         return decode_batch(out, self.branch.head_grid, self.branch.net_config.classes,
-                            score_threshold=ep.score_threshold, max_detections=ep.max_detections,
+                            score_threshold=self.score_threshold, max_detections=ep.max_detections,
                             calibration=self.calibration)
 
     def add(self, out: "LidarDetectionOutput", samples: Sequence[dict[str, np.ndarray]],

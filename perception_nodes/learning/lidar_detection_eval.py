@@ -108,8 +108,12 @@ def _samples(branch: LidarDetectionBranch, sources: Sequence[BagSource], cache_d
 @torch.no_grad()
 def _score(branch: LidarDetectionBranch, model: torch.nn.Module, samples: Sequence[dict[str, np.ndarray]],
            calibrations: Sequence[DetectionCalibration | None]) -> list[DetectionAccumulator]:
-    """One network pass per frame, scored by one accumulator per calibration."""
-    accs = [DetectionAccumulator(branch, calibration=c) for c in calibrations]
+    """One network pass per frame, scored by one accumulator per calibration. A calibrated accumulator
+    decodes at the calibrated image of the branch's threshold, so every accumulator scores the same boxes
+    (before / after compare like with like: AP is unchanged, the scores and covariances differ)."""
+    thr = branch.eval_params.score_threshold
+    accs = [DetectionAccumulator(branch, calibration=c, score_threshold=None if c is None else c.map_score_threshold(thr))
+            for c in calibrations]
     model.eval()
     for s in samples:
         out = model([torch.from_numpy(s["points"])])
@@ -138,13 +142,13 @@ def trivial_baselines(val_identity: DetectionAccumulator, train_identity: Detect
 def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, samples: Sequence[dict[str, np.ndarray]],
                     *, level: float = 0.9, source: str = "") -> tuple[DetectionCalibration, DetectionAccumulator]:
     """Fit :class:`DetectionCalibration` on validation ``samples`` (module doc of
-    :mod:`perception_nodes.models.calibration`), in two steps, because the variance scales must be fitted
-    on the boxes the node will publish:
+    :mod:`perception_nodes.models.calibration`) from one uncalibrated pass:
 
-    1. the score map (Platt) by binary NLL of right vs wrong over the uncalibrated detections; for the
-       record, the evidence-scale alternative is fitted on the same detections and its NLL kept;
-    2. decode with the score map, then the centre / z / yaw variance scales by ``level`` coverage of the
-       right detections' errors (centre x and y pooled, z, wrapped yaw).
+    1. the score map (Platt, anchored at the Dirichlet prior mean 1 / (K + 1)) by binary NLL of right vs
+       wrong over the detections; for the record, the unanchored map and the evidence-scale alternative
+       are fitted on the same detections and their NLL kept;
+    2. the centre / z / yaw variance scales by ``level`` coverage of the right detections' errors (centre
+       x and y pooled, z, wrapped yaw); the score map keeps these boxes and their order.
 
     Returns the calibration and the uncalibrated accumulator (for the baselines)."""
     identity = _score(branch, model, samples, [None])[0]
@@ -153,9 +157,8 @@ def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, sample
     a, b, platt_info = fit_platt(t["score"], t["right"], anchor=1.0 / k1)
     a_free, b_free, free_info = fit_platt(t["score"], t["right"])
     s, ev_info = fit_evidence_scale(t["alpha"], t["label"], t["right"])
-    scored = _score(branch, model, samples, [DetectionCalibration(score_logit_scale=a, score_logit_bias=b)])[0]
-    t2 = scored.detection_table()
-    err, var = t2["err"], t2["var"]
+    # the score map keeps the boxes and their order (same matching): the variances are fitted on them
+    err, var = t["err"], t["var"]
     cxy, fxy = fit_variance_scale(err[:, :2], var[:, :2], level=level)
     cz, fz = fit_variance_scale(err[:, 2], var[:, 2], level=level)
     cyaw, fyaw = fit_variance_scale(err[:, 3], var[:, 3], level=level)
@@ -164,12 +167,12 @@ def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, sample
               "score_nll_before": platt_info["nll_before"], "score_nll_after": platt_info["nll_after"],
               "alternative_evidence_scale": {"scale": s, "nll_after": ev_info["nll_after"]},
               "alternative_unanchored_platt": {"a": a_free, "b": b_free, "nll_after": free_info["nll_after"]},
-              "variance_fit_detections": int(len(t2["right"])), "variance_fit_right": int(len(err)),
+              "variance_fit_right_detections": int(len(err)),
               "coverage_before": {"xy": fxy["coverage_before"], "z": fz["coverage_before"],
                                   "yaw": fyaw["coverage_before"]},
               "method": "score: Platt sigmoid(a logit p + b) anchored at p = 1/(K+1) (b = logit(1/(K+1)) (1 - a)), "
                         "a = argmin binary NLL of right/wrong over the validation detections; variance scales: 0.9-quantile of err^2/var over the right "
-                        "detections decoded with the score map, / 1.645^2"}
+                        "(matched) detections (the same boxes the score map keeps), / 1.645^2"}
     cal = DetectionCalibration(score_logit_scale=a, score_logit_bias=b, centre_variance_scale=cxy,
                                z_variance_scale=cz, yaw_variance_scale=cyaw, fitted=fitted)
     return cal, identity

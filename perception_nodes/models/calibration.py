@@ -118,6 +118,15 @@ class DetectionCalibration:
             return alpha
         return 1.0 + self.evidence_scale * (alpha - 1.0)
 
+    def map_score_threshold(self, threshold: float) -> float:
+        """The calibrated score of a box whose raw score is ``threshold`` (the score map is monotone): decoding
+        at this threshold with the calibration keeps the boxes decoding at ``threshold`` without it keeps
+        (up to rows whose mapped probabilities are rescaled to sum to 1). What the evaluation uses to
+        compare the same boxes before and after calibration."""
+        if not self.maps_scores:
+            return float(threshold)
+        return float(platt(np.array([threshold]), self.score_logit_scale, self.score_logit_bias)[0])
+
     def apply_probabilities(self, fg: Any) -> Any:
         """The score map on foreground probabilities ``[..., K]`` (torch): each through :func:`platt`, then
         rows summing above 1 are divided by their sum (background = the rest stays >= 0)."""

@@ -153,6 +153,11 @@ def test_decode_applies_the_calibration():
     np.testing.assert_allclose(mapped.score, mapped.class_probabilities[np.arange(len(mapped)), mapped.label], rtol=1e-6)
     cut = decode(alpha, box, GRID, CLASSES, score_threshold=0.3, max_detections=50, calibration=smap)
     assert len(cut) == int((mapped.score > 0.3).sum()) and (cut.score > 0.3).all()
+    # the raw threshold's calibrated image keeps exactly the boxes the raw threshold keeps
+    raw = decode(alpha, box, GRID, CLASSES, score_threshold=0.3, max_detections=50)
+    same = decode(alpha, box, GRID, CLASSES, score_threshold=smap.map_score_threshold(0.3), max_detections=50,
+                  calibration=smap)
+    assert len(raw) > 0 and np.array_equal(same.center, raw.center)
 
     s = 2.0
     sharp = decode(alpha, box, GRID, CLASSES, score_threshold=0.3, calibration=DetectionCalibration(evidence_scale=s))
