@@ -60,9 +60,9 @@ ELLIPSE_LEVEL = 0.9
 #: their Mahalanobis radius: sqrt(chi2_2(0.9)) = sqrt(-2 ln(1 - 0.9)) = 2.146, the 90 % region of a 2D
 #: Gaussian over the centre (x, y)
 ELLIPSE_SIGMA = math.sqrt(-2.0 * math.log(1.0 - ELLIPSE_LEVEL))
-#: ellipses smaller than this (m, semi-axis) are drawn at this size, dashed, so a box's uncertainty stays
-#: visible at the figure's scale (1 pixel ~ 0.1 m); the legend says so
-MIN_DRAWN_SEMI_AXIS_M = 0.3
+#: the ellipses' radii are drawn this many times larger than the level's region (stated in the legend and
+#: caption): a calibrated 90 % centre region is ~0.25 m, a few pixels at the figure's 80 m scale
+ELLIPSE_DRAW_SCALE = 4.0
 
 
 def covariance_ellipse(cov_xy: np.ndarray, center: tuple[float, float], k: float = ELLIPSE_SIGMA,
@@ -94,17 +94,18 @@ def _detection_boxes(det: Any) -> list[tuple[str, float, Any, np.ndarray, float]
     return out
 
 
-def _place_labels(points: list[tuple[float, float]], extent: list[float], max_labels: int = 25,
-                  min_sep_frac: float = 0.06) -> list[int]:
-    """Indices of the points that get a text label: greedily in the given order (callers sort by score),
-    skipping a point closer than ``min_sep_frac`` of the view to an already labelled one, at most
-    ``max_labels``: labels never pile up on top of each other."""
-    sep = min_sep_frac * max(extent[1] - extent[0], extent[3] - extent[2])
+def _place_labels(points: list[tuple[float, float]], extent: list[float], max_labels: int = 20,
+                  box_frac: tuple[float, float] = (0.12, 0.05)) -> list[int]:
+    """Indices of the points that get a text label: greedily in the given order (callers sort by score), a
+    point whose label box (``box_frac`` of the view's width and height, to the upper right of the point)
+    would overlap an already placed one is skipped, at most ``max_labels``: labels never overlap."""
+    w = box_frac[0] * (extent[1] - extent[0])
+    h = box_frac[1] * (extent[3] - extent[2])
     chosen: list[int] = []
     for i, (x, y) in enumerate(points):
         if not (extent[0] <= x <= extent[1] and extent[2] <= y <= extent[3]):
             continue
-        if all((x - points[j][0]) ** 2 + (y - points[j][1]) ** 2 >= sep * sep for j in chosen):
+        if all(abs(x - points[j][0]) >= w or abs(y - points[j][1]) >= h for j in chosen):
             chosen.append(i)
             if len(chosen) >= max_labels:
                 break
@@ -113,9 +114,9 @@ def _place_labels(points: list[tuple[float, float]], extent: list[float], max_la
 
 def plot_detections(stamp: int, det: Any, occ: Any | None, unc: Any | None, gt: Any | None, path: Path) -> None:
     """LiDAR branch output over the evidential grid: boxes, 90 % centre ellipses (from
-    ``results[0].pose.covariance``; ones smaller than :data:`MIN_DRAWN_SEMI_AXIS_M` drawn at that size,
-    dashed) and heading lines, on occupancy (left) and vacuity (right). Labels (class, score, yaw sigma)
-    go to the highest-scoring boxes that are apart from each other (:func:`_place_labels`)."""
+    ``results[0].pose.covariance``, radii drawn :data:`ELLIPSE_DRAW_SCALE` times larger, as the legend
+    says) and heading lines, on occupancy (left) and vacuity (right). Labels (class, score, yaw sigma)
+    go to the highest-scoring boxes whose labels do not overlap (:func:`_place_labels`)."""
     from matplotlib.lines import Line2D
 
     fig, axes = plt.subplots(1, 2, figsize=(15, 7), constrained_layout=True)
@@ -148,24 +149,19 @@ def plot_detections(stamp: int, det: Any, occ: Any | None, unc: Any | None, gt: 
             color = colors.get(label.lower(), "white")
             c = np.vstack([box.corners_xy(), box.corners_xy()[:1]])
             ax.plot(c[:, 0], c[:, 1], color=color, lw=1.2)
-            cxy = np.asarray(cov[:2, :2], dtype=np.float64)
-            small = ELLIPSE_SIGMA * math.sqrt(max(float(np.linalg.eigvalsh(0.5 * (cxy + cxy.T))[-1]), 0.0)) < MIN_DRAWN_SEMI_AXIS_M
-            if small:
-                cxy = np.eye(2) * (MIN_DRAWN_SEMI_AXIS_M / ELLIPSE_SIGMA) ** 2
-            e = covariance_ellipse(cxy, box.center[:2])
-            ax.plot(e[:, 0], e[:, 1], color="white" if ax is axes[1] else "black", lw=1.6, ls="--" if small else "-",
-                    alpha=0.9)
-            ax.plot(e[:, 0], e[:, 1], color=color, lw=0.9, ls="--" if small else "-")
+            e = covariance_ellipse(cov[:2, :2], box.center[:2], k=ELLIPSE_SIGMA * ELLIPSE_DRAW_SCALE)
+            ax.fill(e[:, 0], e[:, 1], color=color, alpha=0.25, lw=0)
+            ax.plot(e[:, 0], e[:, 1], color="white" if ax is axes[1] else "black", lw=1.5, alpha=0.9)
+            ax.plot(e[:, 0], e[:, 1], color=color, lw=0.8)
             head = np.asarray(box.center[:2]) + 0.5 * box.size[0] * np.array([math.cos(box.yaw), math.sin(box.yaw)])
             ax.plot([box.center[0], head[0]], [box.center[1], head[1]], color=color, lw=1.0)
             if i in labelled:
                 ax.annotate(f"{label} {score:.2f}\nσyaw {math.degrees(yaw_std):.0f}°", box.center[:2], fontsize=6,
-                            color=color, xytext=(4, 4), textcoords="offset points",
-                            bbox={"boxstyle": "round,pad=0.15", "fc": "black", "alpha": 0.45, "lw": 0})
+                            color="white", xytext=(4, 4), textcoords="offset points",
+                            bbox={"boxstyle": "round,pad=0.15", "fc": color, "alpha": 0.6, "lw": 0})
         handles = [Line2D([], [], color=col, lw=1.2, label=name) for name, col in colors.items()]
-        handles += [Line2D([], [], color="black", lw=1.2, label=f"{ELLIPSE_LEVEL:.0%} centre ellipse (published cov.)"),
-                    Line2D([], [], color="black", lw=1.2, ls="--",
-                           label=f"ellipse < {MIN_DRAWN_SEMI_AXIS_M:g} m, drawn at {MIN_DRAWN_SEMI_AXIS_M:g} m"),
+        handles += [Line2D([], [], color="black", lw=1.2, marker="o", markerfacecolor="none", ls="none",
+                           label=f"{ELLIPSE_LEVEL:.0%} centre region (published cov.), radii x{ELLIPSE_DRAW_SCALE:g}"),
                     Line2D([], [], color="deepskyblue", lw=0.8, ls="--", label="ground truth")]
         ax.legend(handles=handles, loc="lower left", fontsize=6, framealpha=0.7)
     if len(labelled) < len(boxes):
@@ -322,8 +318,9 @@ def detections_section(result: ReplayResult) -> str:
         return (f"<h2>LiDAR branch: detections with uncertainty ({sum(n for _, n in figures)} boxes in the last "
                 f"{len(figures)} scans)</h2><p>solid: boxes with heading line (colour = class); ellipses: the "
                 f"{ELLIPSE_LEVEL:.0%} region of the centre (radius {ELLIPSE_SIGMA:.2f} sigma) from the published "
-                "covariance (NIG variance after the sidecar's calibration), dashed where smaller than "
-                f"{MIN_DRAWN_SEMI_AXIS_M:g} m and drawn at that size; dashed blue: ground truth; background: the "
+                "covariance (NIG variance after the sidecar's calibration), its radii drawn "
+                f"{ELLIPSE_DRAW_SCALE:g} times larger so that they show at this scale; dashed blue: ground truth; "
+                "background: the "
                 "occupancy evidence the node publishes with them (learned + geometric where fused). Labels: the "
                 "highest-scoring boxes that do not overlap.</p>"
                 + "".join(f'<img src="{n}" width="1100"><br>' for n, _ in figures))
