@@ -232,3 +232,26 @@ def test_empty_and_nan_clouds_still_yield_grids_and_are_reported(kitti_bag, tmp_
     diags = [m for t, _, m in _decoded(tmp_path / "out" / "outputs.mcap") if t == topics.DIAGNOSTICS]
     msgs = " ".join(s.message for d in diags for s in d.status if s.name == "ground_segmentation: inputs")
     assert "non-finite points removed" in msgs and "empty cloud" in msgs
+
+
+def test_detection_figure_ellipse_level_and_labels_that_do_not_overlap():
+    from perception_nodes.report import ELLIPSE_LEVEL, ELLIPSE_SIGMA, _place_labels, covariance_ellipse
+
+    cov = np.array([[0.04, 0.01], [0.01, 0.09]])
+    e = covariance_ellipse(cov, (3.0, -2.0))
+    d = e - np.array([3.0, -2.0])
+    maha = np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)
+    # every drawn point lies on the ELLIPSE_LEVEL region of a 2D Gaussian: chi2_2 quantile = -2 ln(1 - level)
+    np.testing.assert_allclose(maha, -2.0 * math.log(1.0 - ELLIPSE_LEVEL), rtol=1e-9)
+    assert ELLIPSE_SIGMA == pytest.approx(2.1460, abs=1e-4)
+    # cars 6 m apart in a row: label boxes (12 % x 5 % of an 80 m view) must not overlap
+    pts = [(float(x), 5.0) for x in range(-36, 37, 6)] + [(0.5, 5.5), (200.0, 0.0)]
+    ext = [-40.0, 40.0, -40.0, 40.0]
+    chosen = _place_labels(pts, ext)
+    w, h = 0.12 * 80, 0.05 * 80
+    assert 0 < len(chosen) < len(pts) and len(pts) - 1 not in chosen  # outside the view: no label
+    for i in chosen:
+        for j in chosen:
+            if i < j:
+                assert abs(pts[i][0] - pts[j][0]) >= w or abs(pts[i][1] - pts[j][1]) >= h
+    assert chosen[0] == 0  # greedy in the given (score) order
