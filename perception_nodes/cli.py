@@ -30,8 +30,13 @@ def _cmd_replay(a: argparse.Namespace) -> int:
     over = res.latency["replay"]["overhead_per_frame"]
     print(f"{res.input_frames} frames -> {a.out}/outputs.mcap, latency.json" + ("" if a.no_report else ", report.html"))
     if e2e["count"]:
-        print(f"end-to-end latency: p50 {e2e['p50_ms']:.1f} ms, p99 {e2e['p99_ms']:.1f} ms, max {e2e['max_ms']:.1f} ms, "
-              f"deadline misses {e2e['deadline_misses']}; replay overhead/frame p50 {over['p50_ms']:.2f} ms")
+        print(f"end-to-end latency (occupancy path): p50 {e2e['p50_ms']:.1f} ms, p99 {e2e['p99_ms']:.1f} ms, "
+              f"max {e2e['max_ms']:.1f} ms, deadline misses {e2e['deadline_misses']}; replay overhead/frame p50 "
+              f"{over['p50_ms']:.2f} ms")
+    lb = res.latency.get("end_to_end_paths", {}).get("lidar_branch")
+    if lb and lb["count"]:
+        print(f"end-to-end latency (LiDAR branch, {lb['node']}): p50 {lb['p50_ms']:.1f} ms, p99 {lb['p99_ms']:.1f} ms, "
+              f"max {lb['max_ms']:.1f} ms, deadline misses {lb['deadline_misses']}")
     if res.latency["malformed_inputs"] or any(res.latency["dropped_inputs"].values()):
         print(f"malformed: {res.latency['malformed_inputs']}  dropped: {res.latency['dropped_inputs']}")
     _print_metrics(res.metrics, a.out)
@@ -124,6 +129,12 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from perception_nodes.learning.cli import train_main  # imports torch only for this command
 
     return train_main(a.branch, a.config, out=a.out, resume=a.resume, epochs=a.epochs, progress=not a.quiet)
+
+
+def _cmd_lidar_eval(a: argparse.Namespace) -> int:
+    from perception_nodes.learning.lidar_detection_eval import main as lidar_eval_main  # imports torch
+
+    return lidar_eval_main(a.args)
 
 
 def _cmd_live(a: argparse.Namespace) -> int:
@@ -276,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_cmd_train)
 
+    le = sub.add_parser("lidar-eval", help="score the LiDAR branch's weights on held-out generated scenes and KITTI; "
+                        "--fit-calibration fits its post-hoc calibration on validation scenes",
+                        description="Evaluate (and with --fit-calibration, calibrate) the lidar_detection weights: "
+                        "the arguments go to `python -m perception_nodes.learning.lidar_detection_eval` (run "
+                        "`perception-stack lidar-eval --help` for them). Calibration is fitted on the eval config's "
+                        "`validation` scenes and stored in the weights' sidecar; held-out sets are only reported, "
+                        "before and after calibration, beside trivial baselines. See docs/lidar_branch.md.",
+                        add_help=False)
+    le.add_argument("args", nargs=argparse.REMAINDER, help="arguments of lidar_detection_eval (--help lists them)")
+    le.set_defaults(func=_cmd_lidar_eval)
+
     lv = sub.add_parser("live", help="run every node in one process on rclpy (real ROS 2 topics)",
                         description="Start the graph's nodes as managed (lifecycle) rclpy nodes on one multi-threaded "
                         "executor; with their autostart parameter (default true) each is configured and activated "
@@ -354,6 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    raw = sys.argv[1:] if argv is None else list(argv)
+    if raw[:1] == ["lidar-eval"]:  # every argument (--help included) belongs to the evaluation module
+        try:
+            return _cmd_lidar_eval(argparse.Namespace(args=raw[1:]))
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"perception-stack: error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

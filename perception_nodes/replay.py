@@ -296,6 +296,23 @@ def _clean(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
 
 
+#: the graph's output paths whose end-to-end latency the headline names: label -> the node ending the path
+END_TO_END_PATHS: dict[str, str] = {"occupancy": "occupancy_grid", "lidar_branch": "lidar_detection"}
+
+
+def end_to_end_paths(nodes: list[NodeCore]) -> dict[str, dict[str, Any]]:
+    """``{label: {"node": name, **pipeline_latency summary}}`` for the paths of :data:`END_TO_END_PATHS`
+    that ran (a path whose node is not in the graph is left out)."""
+    by_name = {n.name: n for n in nodes}
+    out: dict[str, dict[str, Any]] = {}
+    for label, name in END_TO_END_PATHS.items():
+        node = by_name.get(name)
+        series = node.latency.series.get("pipeline_latency") if node is not None else None
+        if series is not None:
+            out[label] = {"node": name, **_clean(series.full_summary().to_dict())}
+    return out
+
+
 def latency_report(nodes: list[NodeCore], bag_read: LatencySeries, overhead: LatencySeries) -> dict[str, Any]:
     """The ``latency.json`` document (schema in README)."""
     stages = {}
@@ -318,6 +335,9 @@ def latency_report(nodes: list[NodeCore], bag_read: LatencySeries, overhead: Lat
     return {
         "stages": stages,
         "end_to_end": _clean((e2e.full_summary() if e2e else summarize([])).to_dict()),
+        # every output path's own end-to-end latency (scan stamp -> its output): the geometric occupancy
+        # path ("end_to_end" above, kept for compatibility) and the LiDAR branch beside it
+        "end_to_end_paths": end_to_end_paths(nodes),
         "malformed_inputs": dict(malformed),
         "dropped_inputs": dict(dropped),
         # per node and input topic: received == used + malformed + sum(dropped) + pending

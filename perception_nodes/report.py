@@ -7,7 +7,6 @@ tail, not by a table. Images are written as PNG files next to the HTML.
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,9 +55,14 @@ def plot_bev(stamp: int, occ: Any, unc: Any, gt: Any | None, path: Path) -> None
     plt.close(fig)
 
 
-#: Mahalanobis radius of the drawn centre ellipses: 2.4477 = sqrt(chi2_2(0.95)), the 95 % region of a 2D
+#: probability level of the drawn centre ellipses (the level the evaluation scores coverage at)
+ELLIPSE_LEVEL = 0.9
+#: their Mahalanobis radius: sqrt(chi2_2(0.9)) = sqrt(-2 ln(1 - 0.9)) = 2.146, the 90 % region of a 2D
 #: Gaussian over the centre (x, y)
-ELLIPSE_SIGMA = 2.4477
+ELLIPSE_SIGMA = math.sqrt(-2.0 * math.log(1.0 - ELLIPSE_LEVEL))
+#: the ellipses' radii are drawn this many times larger than the level's region (stated in the legend and
+#: caption): a calibrated 90 % centre region is ~0.25 m, a few pixels at the figure's 80 m scale
+ELLIPSE_DRAW_SCALE = 4.0
 
 
 def covariance_ellipse(cov_xy: np.ndarray, center: tuple[float, float], k: float = ELLIPSE_SIGMA,
@@ -90,11 +94,33 @@ def _detection_boxes(det: Any) -> list[tuple[str, float, Any, np.ndarray, float]
     return out
 
 
+def _place_labels(points: list[tuple[float, float]], extent: list[float], max_labels: int = 20,
+                  box_frac: tuple[float, float] = (0.12, 0.05)) -> list[int]:
+    """Indices of the points that get a text label: greedily in the given order (callers sort by score), a
+    point whose label box (``box_frac`` of the view's width and height, to the upper right of the point)
+    would overlap an already placed one is skipped, at most ``max_labels``: labels never overlap."""
+    w = box_frac[0] * (extent[1] - extent[0])
+    h = box_frac[1] * (extent[3] - extent[2])
+    chosen: list[int] = []
+    for i, (x, y) in enumerate(points):
+        if not (extent[0] <= x <= extent[1] and extent[2] <= y <= extent[3]):
+            continue
+        if all(abs(x - points[j][0]) >= w or abs(y - points[j][1]) >= h for j in chosen):
+            chosen.append(i)
+            if len(chosen) >= max_labels:
+                break
+    return chosen
+
+
 def plot_detections(stamp: int, det: Any, occ: Any | None, unc: Any | None, gt: Any | None, path: Path) -> None:
-    """LiDAR branch output over the evidential grid: boxes, 95 % centre ellipses (from
-    ``results[0].pose.covariance``) and heading lines, on occupancy (left) and vacuity (right)."""
+    """LiDAR branch output over the evidential grid: boxes, 90 % centre ellipses (from
+    ``results[0].pose.covariance``, radii drawn :data:`ELLIPSE_DRAW_SCALE` times larger, as the legend
+    says) and heading lines, on occupancy (left) and vacuity (right). Labels (class, score, yaw sigma)
+    go to the highest-scoring boxes whose labels do not overlap (:func:`_place_labels`)."""
+    from matplotlib.lines import Line2D
+
     fig, axes = plt.subplots(1, 2, figsize=(15, 7), constrained_layout=True)
-    boxes = _detection_boxes(det)
+    boxes = sorted(_detection_boxes(det), key=lambda b: -b[1])
     ext = _extent(occ) if occ is not None else [-40.0, 40.0, -40.0, 40.0]
     if occ is not None:
         shown = np.ma.masked_less(grid_array(occ).astype(np.float32), 0)
@@ -107,6 +133,7 @@ def plot_detections(stamp: int, det: Any, occ: Any | None, unc: Any | None, gt: 
                              interpolation="nearest")
         fig.colorbar(im1, ax=axes[1], shrink=0.8, label="vacuity % (100: no evidence)")
     colors = {"car": "#00c000", "pedestrian": "#ff3030", "cyclist": "#3060ff"}
+    labelled = set(_place_labels([tuple(b[2].center[:2]) for b in boxes], ext))
     for ax, title in zip(axes, ("detections over occupancy", "detections over uncertainty (vacuity)"), strict=True):
         ax.set_title(f"{title} @ {stamp / 1e9:.1f} s ({len(boxes)} boxes)")
         ax.set_xlabel("x [m] (base_link)")
@@ -118,17 +145,28 @@ def plot_detections(stamp: int, det: Any, occ: Any | None, unc: Any | None, gt: 
             for g in boxes_from_detections(gt):
                 c = np.vstack([g.corners_xy(), g.corners_xy()[:1]])
                 ax.plot(c[:, 0], c[:, 1], color="deepskyblue", lw=0.7, ls="--", alpha=0.8)
-        for label, score, box, cov, yaw_std in boxes:
+        for i, (label, score, box, cov, yaw_std) in enumerate(boxes):
             color = colors.get(label.lower(), "white")
             c = np.vstack([box.corners_xy(), box.corners_xy()[:1]])
             ax.plot(c[:, 0], c[:, 1], color=color, lw=1.2)
-            e = covariance_ellipse(cov[:2, :2], box.center[:2])
-            ax.plot(e[:, 0], e[:, 1], color=color, lw=0.8, ls=":")
+            e = covariance_ellipse(cov[:2, :2], box.center[:2], k=ELLIPSE_SIGMA * ELLIPSE_DRAW_SCALE)
+            ax.fill(e[:, 0], e[:, 1], color=color, alpha=0.25, lw=0)
+            ax.plot(e[:, 0], e[:, 1], color="white" if ax is axes[1] else "black", lw=1.5, alpha=0.9)
+            ax.plot(e[:, 0], e[:, 1], color=color, lw=0.8)
             head = np.asarray(box.center[:2]) + 0.5 * box.size[0] * np.array([math.cos(box.yaw), math.sin(box.yaw)])
             ax.plot([box.center[0], head[0]], [box.center[1], head[1]], color=color, lw=1.0)
-            if len(boxes) <= 30:  # beyond that the labels hide the picture
+            if i in labelled:
                 ax.annotate(f"{label} {score:.2f}\nσyaw {math.degrees(yaw_std):.0f}°", box.center[:2], fontsize=6,
-                            color=color, xytext=(3, 3), textcoords="offset points")
+                            color="white", xytext=(4, 4), textcoords="offset points",
+                            bbox={"boxstyle": "round,pad=0.15", "fc": color, "alpha": 0.6, "lw": 0})
+        handles = [Line2D([], [], color=col, lw=1.2, label=name) for name, col in colors.items()]
+        handles += [Line2D([], [], color="black", lw=1.2, marker="o", markerfacecolor="none", ls="none",
+                           label=f"{ELLIPSE_LEVEL:.0%} centre region (published cov.), radii x{ELLIPSE_DRAW_SCALE:g}"),
+                    Line2D([], [], color="deepskyblue", lw=0.8, ls="--", label="ground truth")]
+        ax.legend(handles=handles, loc="lower left", fontsize=6, framealpha=0.7)
+    if len(labelled) < len(boxes):
+        fig.text(0.01, 0.005, f"labels on {len(labelled)} of {len(boxes)} boxes (highest scores, overlapping ones "
+                 "left out)", fontsize=7)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -216,10 +254,55 @@ def _metrics_html(metrics: dict | None) -> str:
                      f"occupied</th><th>&ge; half occupied</th></tr>{per}</table>")
     det = metrics.get("detection")
     if det:
-        parts.append(f"<h3>Detection</h3><pre>{html.escape(json.dumps(det, indent=1))}</pre>")
-        if det.get("pr_curves"):
-            parts.append(f'<img src="{det["pr_curves"]}" width="520">')
+        parts.append(detection_metrics_html(det))
     return "\n".join(parts)
+
+
+def _counts_text(d: Any) -> str:
+    if isinstance(d, dict):
+        return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
+    return html.escape(str(d))
+
+
+def detection_metrics_html(det: dict) -> str:
+    """metrics.json's ``detection`` section as tables: KITTI AP per class and level, nuScenes-style mAP per
+    class, counts and filters (every value of the section; the JSON keeps full precision)."""
+    k = det.get("kitti") or {}
+    head = k.get("headline_level", "all")
+    rows = []
+    for cls, by_level in (k.get("per_class") or {}).items():
+        for lv, r in by_level.items():
+            bold = ' style="font-weight:bold"' if lv == head else ""
+            rows.append(f"<tr{bold}><td>{html.escape(cls)}</td><td>{html.escape(str(lv))}</td>"
+                        f"<td>{_num(r.get('ap_r40_3d'))}</td><td>{_num(r.get('ap_r40_bev'))}</td>"
+                        f"<td>{_num(r.get('aos_r40_bev'))}</td><td>{_num(r.get('ap_r11_3d'))}</td>"
+                        f"<td>{r.get('n_gt', '–')}</td><td>{r.get('n_ignored_gt', '–')}</td>"
+                        f"<td>{r.get('tp_3d', '–')} / {r.get('fp_3d', '–')} / {r.get('fn_3d', '–')}</td></tr>")
+    iou = ", ".join(f"{html.escape(str(c))} {v:g}" for c, v in (det.get("iou_thresholds") or {}).items())
+    parts = [f"<h3>Detection (KITTI AP R40; IoU {iou}; headline level in bold: {html.escape(str(head))})</h3>",
+             "<table><tr><th>class</th><th>level</th><th>AP 3D</th><th>AP BEV</th><th>AOS BEV</th><th>AP R11 3D</th>"
+             "<th>ground truth</th><th>ignored</th><th>TP / FP / FN (3D)</th></tr>" + "".join(rows) + "</table>"]
+    nus = det.get("nuscenes")
+    if nus:
+        nrows = "".join(
+            f"<tr><td>{html.escape(c)}</td><td>{_num(r.get('ap'))}</td>"
+            f"<td>{html.escape(', '.join(f'{t}: {_num(v, 2)}' for t, v in (r.get('ap_per_threshold') or {}).items()))}</td>"
+            f"<td>{_num(r.get('ate'))}</td><td>{_num(r.get('ase'))}</td><td>{_num(r.get('aoe'))}</td>"
+            f"<td>{r.get('n_gt', '–')}</td><td>{r.get('n_pred', '–')}</td></tr>"
+            for c, r in (nus.get("per_class") or {}).items())
+        parts.append(f"<p>nuScenes-style (centre distance): mAP {_num(nus.get('map'))}, NDS {_num(nus.get('nds'))} "
+                     f"(renormalised {_num(nus.get('nds_renormalised'))}), mATE {_num(nus.get('mate'))} m, "
+                     f"mASE {_num(nus.get('mase'))}, mAOE {_num(nus.get('maoe'))} rad</p>"
+                     "<table><tr><th>class</th><th>AP</th><th>AP per distance threshold (m)</th><th>ATE m</th>"
+                     f"<th>ASE</th><th>AOE rad</th><th>ground truth</th><th>detections</th></tr>{nrows}</table>")
+    counts = det.get("counts") or {}
+    filt = det.get("filters") or {}
+    parts.append("<p><small>" + "; ".join(f"{html.escape(str(key))}: {_counts_text(v)}" for key, v in counts.items())
+                 + "<br>filters: " + "; ".join(f"{html.escape(str(key))}: {_counts_text(v)}" for key, v in filt.items())
+                 + "</small></p>")
+    if det.get("pr_curves"):
+        parts.append(f'<img src="{det["pr_curves"]}" width="520">')
+    return "".join(parts)
 
 
 def detections_section(result: ReplayResult) -> str:
@@ -233,9 +316,13 @@ def detections_section(result: ReplayResult) -> str:
         figures.append((name, len(det.detections)))
     if figures:
         return (f"<h2>LiDAR branch: detections with uncertainty ({sum(n for _, n in figures)} boxes in the last "
-                f"{len(figures)} scans)</h2><p>solid: boxes with heading line (colour = class); dotted: 95 % "
-                "region of the centre from the NIG covariance; dashed blue: ground truth; background: the "
-                "occupancy evidence the node publishes with them (learned + geometric where fused).</p>"
+                f"{len(figures)} scans)</h2><p>solid: boxes with heading line (colour = class); ellipses: the "
+                f"{ELLIPSE_LEVEL:.0%} region of the centre (radius {ELLIPSE_SIGMA:.2f} sigma) from the published "
+                "covariance (NIG variance after the sidecar's calibration), its radii drawn "
+                f"{ELLIPSE_DRAW_SCALE:g} times larger so that they show at this scale; dashed blue: ground truth; "
+                "background: the "
+                "occupancy evidence the node publishes with them (learned + geometric where fused). Labels: the "
+                "highest-scoring boxes that do not overlap.</p>"
                 + "".join(f'<img src="{n}" width="1100"><br>' for n, _ in figures))
     if result.skipped:
         return ("<h2>LiDAR branch</h2><p>not run: "
@@ -304,6 +391,13 @@ def fusion_section(result: ReplayResult) -> str:
         parts.append("<table><tr><th>branch</th><th>frames</th><th>min weight</th><th>mean</th><th>last</th></tr>"
                      f"{rows}</table>")
     return "\n".join(parts)
+def _branch_latency_html(lat: dict) -> str:
+    """The LiDAR branch's own end-to-end latency for the headline (empty when it did not run)."""
+    lb = (lat.get("end_to_end_paths") or {}).get("lidar_branch")
+    if not lb or not lb.get("count"):
+        return ""
+    return (f"\nLiDAR branch ({html.escape(str(lb['node']))}) end-to-end p50 {lb['p50_ms'] or 0:.1f} ms, "
+            f"p99 {lb['p99_ms'] or 0:.1f} ms, max {lb['max_ms'] or 0:.1f} ms —")
 
 
 def write_report(result: ReplayResult) -> Path:
@@ -339,7 +433,7 @@ def write_report(result: ReplayResult) -> Path:
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
 <h1>Replay report</h1>
 <p>bag: <code>{html.escape(str(result.bag))}</code> — {result.input_frames} input frames —
-end-to-end latency p50 {e2e['p50_ms'] or 0:.1f} ms, p99 {e2e['p99_ms'] or 0:.1f} ms, max {e2e['max_ms'] or 0:.1f} ms —
+end-to-end latency (occupancy path) p50 {e2e['p50_ms'] or 0:.1f} ms, p99 {e2e['p99_ms'] or 0:.1f} ms, max {e2e['max_ms'] or 0:.1f} ms —{_branch_latency_html(lat)}
 replay overhead per frame p50 {over['p50_ms'] or 0:.2f} ms.</p>
 <p>malformed inputs: {html.escape(str(lat['malformed_inputs']) or '{}')} — dropped inputs: {html.escape(str(lat['dropped_inputs']))}</p>
 <h2>Bird's-eye view: occupancy and uncertainty (ground truth boxes in blue)</h2>

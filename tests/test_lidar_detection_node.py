@@ -158,6 +158,38 @@ def test_detection_messages_carry_what_the_network_decodes(kitti_run):
     assert [d.label for d in out[node.objects_topic].detections] == ref.class_ids
 
 
+def test_published_covariance_and_scores_follow_the_sidecar_calibration(kitti_run, kitti_records, tmp_path):
+    """Weights whose sidecar carries a calibration publish scaled variances (x/y, z, yaw) and say so on
+    /diagnostics; without one (the tiny weights) the node reports the identity."""
+    import shutil
+
+    from perception_nodes.models.calibration import DetectionCalibration
+    from perception_nodes.models.decode import MAX_YAW_VARIANCE
+    from perception_nodes.models.weights_io import write_calibration
+
+    node0, _, per_scan = kitti_run
+    assert _statuses(node0)["network"].values["calibration"].startswith("identity")
+    folder = tmp_path / "calibrated"
+    shutil.copytree(node0.weights_dir, folder)
+    cal = DetectionCalibration(centre_variance_scale=9.0, z_variance_scale=2.0, yaw_variance_scale=3.0,
+                               fitted={"on": "test"})
+    write_calibration(folder, cal.to_dict())
+    node, clock = _node(folder)
+    for topic, msg in kitti_records:
+        out = _feed(node, clock, topic, msg)
+        if topic == topics.LIDAR_POINTS:
+            break
+    assert node.calibration == cal
+    assert "centre var x9" in _statuses(node)["network"].values["calibration"]
+    ref, got = per_scan[0][1][node0.detections_topic], out[node.detections_topic]
+    assert len(got.detections) == len(ref.detections) > 0  # the evidence scale is 1: the same boxes
+    for a, b in zip(ref.detections, got.detections):
+        ca, cb = np.asarray(a.results[0].pose.covariance), np.asarray(b.results[0].pose.covariance)
+        assert a.results[0].hypothesis.score == pytest.approx(b.results[0].hypothesis.score, abs=1e-5)
+        np.testing.assert_allclose(cb[[0, 7, 14]], ca[[0, 7, 14]] * [9.0, 9.0, 2.0], rtol=1e-4)
+        assert cb[35] == pytest.approx(min(3.0 * ca[35], MAX_YAW_VARIANCE), rel=1e-4)
+
+
 def test_covariance_and_class_ids_are_placed_as_vision_msgs_defines():
     """A hand-made result: variances of x, y, z, yaw at diagonal 0, 7, 14, 35 of the row-major 6x6."""
     cov = np.zeros((1, 6, 6), np.float32)

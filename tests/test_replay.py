@@ -61,6 +61,38 @@ def test_kitti_replay_writes_outputs_latency_and_report(kitti_replay):
     # the output folder itself is a playable rosbag2 bag
     with BagReader(out) as r:
         assert r.message_counts[topics.OCCUPANCY_GRID] == 3
+    # the headline names each path's end-to-end latency: the occupancy path and (with packaged weights) the
+    # LiDAR branch, whose own pipeline latency is its series, not the occupancy node's
+    paths = doc["end_to_end_paths"]
+    assert paths["occupancy"]["node"] == "occupancy_grid" and paths["occupancy"]["count"] == 3
+    page = (out / "report.html").read_text()
+    assert "end-to-end latency (occupancy path)" in page
+    if "lidar_detection" in doc["frames_out"]:
+        lb = paths["lidar_branch"]
+        assert lb["count"] == 3 and lb["p50_ms"] == doc["stages"]["lidar_detection/pipeline_latency"]["p50_ms"]
+        assert f"LiDAR branch (lidar_detection) end-to-end p50 {lb['p50_ms']:.1f} ms" in page
+        # the detection scores are a table, not a JSON dump
+        assert "<pre>" not in page and "<th>AP 3D</th>" in page and "nuScenes-style (centre distance)" in page
+
+
+def test_detection_metrics_render_as_tables():
+    from perception_nodes.boxes import Box3D
+    from perception_nodes.eval.detection_eval import DetectionScorer
+    from perception_nodes.report import detection_metrics_html
+
+    scorer = DetectionScorer()
+    gt = [Box3D(label="Car", center=(10.0, 0.0, 0.8), size=(4.0, 1.8, 1.5), yaw=0.0),
+          Box3D(label="Pedestrian", center=(6.0, 3.0, 0.9), size=(0.6, 0.6, 1.7), yaw=0.0)]
+    pred = [Box3D(label="Car", center=(10.1, 0.05, 0.8), size=(4.0, 1.8, 1.5), yaw=0.02, score=0.9),
+            Box3D(label="Car", center=(20.0, 5.0, 0.8), size=(4.0, 1.8, 1.5), yaw=0.0, score=0.4)]
+    scorer.add_frame(gt, pred)
+    doc = scorer.results()
+    page = detection_metrics_html(doc)
+    assert "<pre>" not in page and page.count("<table>") == 2
+    car = doc["kitti"]["per_class"]["car"]["all"]
+    assert (f"<td>car</td><td>all</td><td>{car['ap_r40_3d']:.3f}</td>" in page
+            and f"<td>{car['tp_3d']} / {car['fp_3d']} / {car['fn_3d']}</td>" in page)
+    assert f"mAP {doc['nuscenes']['map']:.3f}" in page
 
 
 def test_labelled_kitti_objects_show_up_as_occupied(kitti_replay):
@@ -201,3 +233,26 @@ def test_empty_and_nan_clouds_still_yield_grids_and_are_reported(kitti_bag, tmp_
     diags = [m for t, _, m in _decoded(tmp_path / "out" / "outputs.mcap") if t == topics.DIAGNOSTICS]
     msgs = " ".join(s.message for d in diags for s in d.status if s.name == "ground_segmentation: inputs")
     assert "non-finite points removed" in msgs and "empty cloud" in msgs
+
+
+def test_detection_figure_ellipse_level_and_labels_that_do_not_overlap():
+    from perception_nodes.report import ELLIPSE_LEVEL, ELLIPSE_SIGMA, _place_labels, covariance_ellipse
+
+    cov = np.array([[0.04, 0.01], [0.01, 0.09]])
+    e = covariance_ellipse(cov, (3.0, -2.0))
+    d = e - np.array([3.0, -2.0])
+    maha = np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)
+    # every drawn point lies on the ELLIPSE_LEVEL region of a 2D Gaussian: chi2_2 quantile = -2 ln(1 - level)
+    np.testing.assert_allclose(maha, -2.0 * math.log(1.0 - ELLIPSE_LEVEL), rtol=1e-9)
+    assert ELLIPSE_SIGMA == pytest.approx(2.1460, abs=1e-4)
+    # cars 6 m apart in a row: label boxes (12 % x 5 % of an 80 m view) must not overlap
+    pts = [(float(x), 5.0) for x in range(-36, 37, 6)] + [(0.5, 5.5), (200.0, 0.0)]
+    ext = [-40.0, 40.0, -40.0, 40.0]
+    chosen = _place_labels(pts, ext)
+    w, h = 0.12 * 80, 0.05 * 80
+    assert 0 < len(chosen) < len(pts) and len(pts) - 1 not in chosen  # outside the view: no label
+    for i in chosen:
+        for j in chosen:
+            if i < j:
+                assert abs(pts[i][0] - pts[j][0]) >= w or abs(pts[i][1] - pts[j][1]) >= h
+    assert chosen[0] == 0  # greedy in the given (score) order

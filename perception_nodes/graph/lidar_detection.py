@@ -28,6 +28,10 @@ crop gives an empty (valid) detection array, vacuous learned grids and an ``empt
 ``/diagnostics``; a cloud above ``max_points`` is thinned by a fixed stride (deterministic) and the points
 left out are counted (``points_over_max_points``), so a 10x cloud costs little more than a normal one.
 
+Scores and covariances are published *after* the post-hoc calibration stored in the weights' sidecar
+(:mod:`perception_nodes.models.calibration`: evidence scale, centre / z / yaw variance scales fitted on
+validation scenes; identity when the sidecar has none); ``/diagnostics`` names it.
+
 Weights: with ``weights`` empty and no packaged weights yet (or without PyTorch), the node is unavailable
 (:class:`~perception_nodes.errors.NodeUnavailable`): replay and ``live`` skip it and say so once; a
 launched node fails its lifecycle ``configure`` with that reason. A ``weights`` folder that is missing,
@@ -103,6 +107,7 @@ class LidarDetectionNode(NodeCore):
         self.runtime: Any = None
         self.net: Any = None
         self.sidecar: dict[str, Any] = {}
+        self.calibration: Any = None  # DetectionCalibration from the sidecar (identity when it has none)
         self.weights_dir: Path | None = None
         self.load_error: str | None = None
         self.empty_frames = 0
@@ -184,13 +189,17 @@ class LidarDetectionNode(NodeCore):
                 raise NodeUnavailable(f"{self.name}: no packaged network weights yet ({exc}); set the "
                                       "`weights` parameter to a weights folder") from exc
         try:
+            from perception_nodes.models.calibration import DetectionCalibration
+
             net, side = load_lidar_detection(folder)
+            calibration = DetectionCalibration.from_sidecar(side)
             options = {"threads": self.threads} if self.threads > 0 else {}
             runtime = make_runtime(self.runtime_name, net, **options)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             raise
         self.net, self.sidecar, self.runtime, self.weights_dir = net, side, runtime, folder
+        self.calibration = calibration
         self.load_error = None
 
     def warmup(self) -> None:
@@ -241,7 +250,8 @@ class LidarDetectionNode(NodeCore):
                 pts = transform_points(self.sensor_to_base(msg.header.frame_id), pts)
             out = self.runtime.infer(torch.from_numpy(pts), self.latency.stage)
             with self.latency.stage("decode_boxes"):
-                det = decode_batch(out, net.head_grid, net.config.classes, **self.decode_options)[0]
+                det = decode_batch(out, net.head_grid, net.config.classes, calibration=self.calibration,
+                                   **self.decode_options)[0]
             voxels = int(out.num_voxels[0])
             with self.latency.stage("occupancy"):
                 occ = out.occupancy_evidence[0].detach().cpu().numpy()
@@ -369,6 +379,9 @@ class LidarDetectionNode(NodeCore):
             values["point_range"] = ",".join(f"{v:g}" for v in cfg.point_range)
             values["voxel_size"] = ",".join(f"{v:g}" for v in cfg.voxel_size)
             values["backbone"] = cfg.backbone
+            cal = self.calibration
+            values["calibration"] = ("identity (the sidecar has none)" if cal is None or cal.is_identity
+                                     else f"{cal.summary()} (fitted on {cal.fitted.get('on', '?')})")[:300]
             level, message = OK, f"runtime {self.runtime_name} ({', '.join(f'{k}={v}' for k, v in self.runtime.describe().items())})"
         else:
             level, message = ERROR, f"network not loaded: {self.load_error or 'not configured yet'}"

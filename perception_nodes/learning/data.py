@@ -3,7 +3,8 @@ branch sample, keep the samples in memory.
 
 * ``{path: DIR}`` sources are read as they are; ``{generate: {...}}`` sources are rendered once with
   ``perception_nodes.scenario.generate.generate_bag`` into the cache folder (name from the scenario, seed,
-  duration and LiDAR plus a hash of all arguments; an interrupted generation leaves only a ``.tmp``
+  duration and LiDAR plus a hash of all arguments and of the generator's and, with realism on, the realism
+  model's version: :func:`generated_bag_name`; an interrupted generation leaves only a ``.tmp``
   folder that the next run replaces); ``{fixture: {...}}`` sources likewise with
   :func:`perception_nodes.learning.fixtures.write_fixture_bag`.
 * Frames come from :func:`read_frames`: each LiDAR cloud with the ground truth of its stamp (objects and
@@ -34,8 +35,8 @@ from perception_nodes.datasets.frame import Frame
 from perception_nodes.learning.branches.base import Branch, Sample
 from perception_nodes.learning.config import BagSource
 
-__all__ = ["DataError", "SHARED_DATA", "SplitData", "default_cache_dir", "describe_split", "load_split", "read_frames",
-           "resolve_source"]
+__all__ = ["DataError", "SHARED_DATA", "SplitData", "default_cache_dir", "describe_split", "generated_bag_name",
+           "load_split", "read_frames", "resolve_source"]
 
 #: the shared real-data folder beside the checkout (evaluation only, never training)
 SHARED_DATA = (Path(__file__).resolve().parents[3] / "shared" / "data").resolve()
@@ -63,6 +64,31 @@ def _is_shared_real_data(path: Path) -> bool:
 def _key(kind: str, kwargs: dict[str, Any], version: Any) -> str:
     blob = json.dumps({"kind": kind, "version": version, "kwargs": kwargs}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _realism_requested(realism: Any) -> bool:
+    if realism is None or realism is False:
+        return False
+    if isinstance(realism, str):
+        return realism.strip().lower() not in ("", "none", "off")
+    return True
+
+
+def generated_bag_name(kwargs: Mapping[str, Any], gen: Any = None) -> str:
+    """Cache folder name of a generated bag: scenario, seed, duration, LiDAR and a hash of every argument
+    and of the versions of the code that renders it: the generator's, and the realism model's
+    (``REALISM_VERSION``) when realism knobs are on, so a change of either renders the bag anew instead of
+    reusing a stale one. Bags without realism keep their names when only the realism model changes (its code
+    does not run for them)."""
+    if gen is None:
+        from perception_nodes.scenario import generate as gen
+    version: Any = getattr(gen, "SCENARIO_VERSION", None) or getattr(gen, "GENERATOR_VERSION", None)
+    if _realism_requested(kwargs.get("realism")):
+        from perception_nodes.scenario import realism
+
+        version = {"generator": version, "realism": realism.REALISM_VERSION}
+    return (f"{kwargs.get('scenario', 'urban_street')}_seed{kwargs.get('seed', 0)}_{kwargs.get('duration_s', 10.0)}s_"
+            f"{kwargs.get('lidar', 'hdl64')}_{_key('generate', dict(kwargs), version)}")
 
 
 def _generate_into(target: Path, make: Any) -> Path:
@@ -113,9 +139,7 @@ def resolve_source(src: BagSource, cache_dir: Path, *, progress: bool = True, ro
             raise DataError("data source 'generate' needs perception_nodes.scenario.generate.generate_bag, "
                             f"which this checkout lacks ({exc}); use 'path' or 'fixture' sources") from exc
         kwargs.setdefault("cameras", False)  # LiDAR branches need no images; much faster to render
-        version = getattr(gen, "SCENARIO_VERSION", None) or getattr(gen, "GENERATOR_VERSION", None)
-        name = (f"{kwargs.get('scenario', 'urban_street')}_seed{kwargs.get('seed', 0)}_{kwargs.get('duration_s', 10.0)}s_"
-                f"{kwargs.get('lidar', 'hdl64')}_{_key('generate', kwargs, version)}")
+        name = generated_bag_name(kwargs, gen)
         if isinstance(kwargs.get("faults"), Mapping):
             from perception_nodes.scenario.faults import Faults
 

@@ -7,23 +7,39 @@
   :class:`perception_nodes.eval.detection_eval.DetectionScorer` with its default filters (boxes with no
   LiDAR point or beyond the class range gate are ignored); generated scenes have no difficulty fields, so
   this is the single level ``all``; ``nus_map``: the nuScenes-style mAP (centre distance);
-* ``ece_class``: ECE of the detection score (the Dirichlet expected probability of the box's class)
-  against "right" = the detection's BEV centre lies within ``match_distance_m`` of a not yet matched
-  ground-truth box of the same class (greedy, highest score first);
+* ``ece_class`` / ``brier_class`` / ``nll_class``: ECE, Brier score and binary NLL of the detection score
+  (the Dirichlet expected probability of the box's class) against "right" = the detection's BEV centre
+  lies within ``match_distance_m`` of a not yet matched ground-truth box of the same class (greedy,
+  highest score first);
 * ``auroc_vacuity`` / ``auroc_centre_std`` / ``auroc_one_minus_score``: AUROC of those uncertainties
   for wrong (positive) vs right detections (0.5 = chance);
-* ``coverage_centre`` / ``coverage_z``: fraction of the ground-truth centre offsets (dx, dy pooled) and
-  heights inside the central ``coverage_level`` interval of the predictive Student-t at the object's
-  centre cell (independent of the detector's threshold); ``coverage_curvature`` likewise per horizon;
-* ``ece_centre_class`` / ``accuracy_centre_class``: top-label ECE and accuracy of the class Dirichlet at
-  the ground-truth centre cells (K classes + background);
+* ``coverage_xy`` / ``coverage_xy_2d`` / ``coverage_z`` / ``coverage_yaw``: on the *right* (matched)
+  decoded detections, the fraction of errors ground truth - decoded box (centre x and y pooled; z; yaw
+  wrapped to (-pi, pi]) inside the central ``coverage_level`` Gaussian interval ``+- z sigma`` of the
+  *published* covariance (``_2d``: inside the ``coverage_level`` ellipse of the x/y block, chi-square with
+  2 degrees of freedom); this includes the error of choosing the peak cell. ``nll_xy``: mean Gaussian NLL
+  of the x/y errors under the published variances; ``centre_error_m``: median BEV centre error;
+  ``halfwidth_xy_m``: median half-width ``z sigma`` of the x/y interval (sharpness);
+* ``coverage_offset_at_gt_cell`` / ``coverage_z_at_gt_cell``: fraction of the ground-truth sub-cell
+  offsets (dx, dy pooled, in cells) and heights inside the central ``coverage_level`` interval of the
+  predictive Student-t *at the object's centre cell* (the regression alone: it leaves out the peak-cell
+  choice, and an offset in [0, 1) cells is easy to cover); ``coverage_curvature`` likewise per horizon;
+* ``ece_centre_class`` / ``accuracy_centre_class`` / ``nll_centre_class`` / ``brier_centre_class``:
+  top-label ECE and accuracy, categorical NLL and Brier score of the class Dirichlet at the ground-truth
+  centre cells (K classes + background);
+* trivial baselines on the same detections (:class:`TrivialBaselines`, when given): ``baseline_score_*``
+  = a constant score (a base rate of right detections measured elsewhere, e.g. on validation) scored
+  like the detection score; ``baseline_cov_*`` = constant standard deviations of x/y, z and yaw (e.g. the
+  residual spread on training scenes) scored like the published covariance.
 * ``occupancy_iou`` / ``occupancy_ece``: on visible cells, P(occupied) = (r + 1) / (r + s + 2) > 0.5;
 * ``curvature_mae`` beside ``curvature_mae_zero`` (the trivial baseline "straight road"), 1/m.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,9 +52,45 @@ from perception_nodes.models.decode import Detections, decode_batch
 
 if TYPE_CHECKING:
     from perception_nodes.learning.branches.lidar_detection import LidarDetectionBranch
+    from perception_nodes.models.calibration import DetectionCalibration
     from perception_nodes.models.lidar_detection import LidarDetectionOutput
 
-__all__ = ["DetectionAccumulator", "detection_validation_metrics", "gt_boxes"]
+
+def wrap_angle(a: np.ndarray) -> np.ndarray:
+    """Angles wrapped to (-pi, pi]."""
+    return np.pi - np.mod(np.pi - np.asarray(a, np.float64), 2.0 * np.pi)
+
+
+@dataclass(frozen=True)
+class TrivialBaselines:
+    """What a model must beat: a constant score and constant standard deviations (module doc)."""
+
+    #: constant detection score (e.g. the share of right detections on validation)
+    score: float = float("nan")
+    #: constant standard deviations of the centre error (m, x and y alike), z (m) and yaw (rad)
+    sigma_xy: float = float("nan")
+    sigma_z: float = float("nan")
+    sigma_yaw: float = float("nan")
+    source: str = ""
+
+
+def _brier(p: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean((p - y.astype(np.float64)) ** 2)) if p.size else float("nan")
+
+
+def _gauss_nll(err: np.ndarray, var: np.ndarray) -> float:
+    if err.size == 0:
+        return float("nan")
+    v = np.maximum(var, 1e-12)
+    return float(np.mean(0.5 * np.log(2.0 * np.pi * v) + 0.5 * err * err / v))
+
+
+def _covered(err: np.ndarray, var: np.ndarray, z: float) -> float:
+    if err.size == 0:
+        return float("nan")
+    return float(np.mean(err * err <= z * z * var))
+
+__all__ = ["DetectionAccumulator", "TrivialBaselines", "detection_validation_metrics", "gt_boxes", "wrap_angle"]
 
 
 def gt_boxes(boxes: np.ndarray, classes: Sequence[str]) -> list[Box3D]:
@@ -75,13 +127,22 @@ def _coverage(y: np.ndarray, nig: Sequence[np.ndarray], level: float) -> float:
 class DetectionAccumulator:
     """Collects everything the metrics need, batch by batch (see the module docstring)."""
 
-    def __init__(self, branch: "LidarDetectionBranch", *, with_occupancy: bool = True) -> None:
+    def __init__(self, branch: "LidarDetectionBranch", *, with_occupancy: bool = True,
+                 calibration: "DetectionCalibration | None" = None, score_threshold: float | None = None) -> None:
         from perception_nodes.eval.detection_eval import DetectionScorer
 
         self.branch = branch
+        self.calibration = calibration
+        #: decoding threshold (default: the branch's eval threshold), on the calibrated score
+        self.score_threshold = branch.eval_params.score_threshold if score_threshold is None else float(score_threshold)
         self.scorer = DetectionScorer()
         self.with_occupancy = with_occupancy
         self._det: list[tuple[float, bool, float, float]] = []  # score, right, vacuity, centre std
+        self._label: list[int] = []
+        self._alpha: list[np.ndarray] = []  # Dirichlet parameters at each detection's cell
+        # matched (right) detections: errors ground truth - decoded (x, y, z, yaw) and published variances
+        self._err: list[np.ndarray] = []
+        self._var: list[np.ndarray] = []
         self._cent: dict[str, list[np.ndarray]] = {"y": [], "g": [], "n": [], "a": [], "b": []}
         self._z: dict[str, list[np.ndarray]] = {"y": [], "g": [], "n": [], "a": [], "b": []}
         self._cls_p: list[np.ndarray] = []
@@ -94,7 +155,8 @@ class DetectionAccumulator:
     def decode(self, out: "LidarDetectionOutput") -> list[Detections]:
         ep = self.branch.eval_params
         return decode_batch(out, self.branch.head_grid, self.branch.net_config.classes,
-                            score_threshold=ep.score_threshold, max_detections=ep.max_detections)
+                            score_threshold=self.score_threshold, max_detections=ep.max_detections,
+                            calibration=self.calibration)
 
     def add(self, out: "LidarDetectionOutput", samples: Sequence[dict[str, np.ndarray]],
             detections: Sequence[Detections] | None = None) -> list[Detections]:
@@ -104,7 +166,10 @@ class DetectionAccumulator:
         classes = br.net_config.classes
         dets = list(detections) if detections is not None else self.decode(out)
         targets = br.targets_of([s["boxes"] for s in samples])
-        probs = dirichlet_expected_probability(out.class_alpha.float(), dim=1)
+        alpha = out.class_alpha.float()
+        if self.calibration is not None:
+            alpha = self.calibration.apply_alpha(alpha)
+        probs = dirichlet_expected_probability(alpha, dim=1)
         for b, (s, det, tg) in enumerate(zip(samples, dets, targets, strict=True)):
             self.frames += 1
             gt = gt_boxes(s["boxes"], classes)
@@ -117,7 +182,11 @@ class DetectionAccumulator:
                     d["y"].append(tg.regression.T[lo:hi].reshape(-1))
                     for key, arr in zip("gnab", nig):
                         d[key].append(arr[lo:hi].reshape(-1))
-                p = probs[b].flatten(1)[:, idx].cpu().numpy().T  # [M, K + 1]
+                pt = probs[b].flatten(1)[:, idx].T  # [M, K + 1]
+                if self.calibration is not None and self.calibration.maps_scores:
+                    fg = self.calibration.apply_probabilities(pt[:, :-1])
+                    pt = torch.cat([fg, (1.0 - fg.sum(1, keepdim=True)).clamp_min(0.0)], 1)
+                p = pt.cpu().numpy()
                 self._cls_p.append(p)
                 self._cls_y.append(tg.labels)
             if self.with_occupancy and "occupied" in s and "visible" in s:
@@ -148,11 +217,32 @@ class DetectionAccumulator:
                 if d[j] <= thr:
                     used[j] = True
                     right = True
-            cov = det.covariance[i]
+            cov = det.covariance[i].astype(np.float64)
             self._det.append((float(det.score[i]), right, float(det.vacuity[i]),
                               float(np.sqrt(max(cov[0, 0] + cov[1, 1], 0.0)))))
+            self._label.append(int(det.label[i]))
+            k1 = det.class_probabilities.shape[1]
+            # S = (K + 1) / vacuity, alpha = p S: the Dirichlet at the cell, as decoded
+            self._alpha.append(det.class_probabilities[i].astype(np.float64) * k1 / max(float(det.vacuity[i]), 1e-12))
+            if right:
+                b = boxes[j]
+                self._err.append(np.array([b[0] - det.center[i, 0], b[1] - det.center[i, 1], b[2] - det.center[i, 2],
+                                           float(wrap_angle(b[6] - det.yaw[i]))], np.float64))
+                self._var.append(np.array([cov[0, 0], cov[1, 1], cov[2, 2], cov[5, 5]], np.float64))
 
-    def results(self) -> dict[str, float]:
+    def detection_table(self) -> dict[str, np.ndarray]:
+        """Per decoded detection: ``score``, ``right``, ``vacuity``, ``label``, ``alpha`` ``[N, K + 1]``; per
+        right one: ``err`` and ``var`` ``[M, 4]`` over (x, y, z, yaw). What calibration is fitted on."""
+        d = np.asarray(self._det, np.float64).reshape(-1, 4)
+        k1 = len(self.branch.net_config.classes) + 1
+        return {"score": d[:, 0], "right": d[:, 1] > 0.5, "vacuity": d[:, 2], "label": np.asarray(self._label, np.int64),
+                "alpha": np.asarray(self._alpha, np.float64).reshape(-1, k1),
+                "err": np.asarray(self._err, np.float64).reshape(-1, 4),
+                "var": np.asarray(self._var, np.float64).reshape(-1, 4)}
+
+    def results(self, baselines: TrivialBaselines | None = None) -> dict[str, float]:
+        from perception_nodes.models.calibration import binary_nll, gaussian_z
+
         ep = self.branch.eval_params
         nan = float("nan")
         det = self.scorer.results()
@@ -168,6 +258,36 @@ class DetectionAccumulator:
         out["detections"] = float(len(d))
         out["precision_centre"] = float(right.mean()) if len(d) else nan
         out["ece_class"] = _ece(d[:, 0], right, ep.ece_bins)
+        out["brier_class"] = _brier(d[:, 0], right)
+        out["nll_class"] = binary_nll(d[:, 0], right)
+        out["mean_score"] = float(d[:, 0].mean()) if len(d) else nan
+        if baselines is not None and math.isfinite(baselines.score) and len(d):
+            const = np.full(len(d), baselines.score)
+            out["baseline_score_value"] = float(baselines.score)
+            out["baseline_score_ece"] = _ece(const, right, ep.ece_bins)
+            out["baseline_score_brier"] = _brier(const, right)
+            out["baseline_score_nll"] = binary_nll(const, right)
+        z = gaussian_z(ep.coverage_level)
+        err = np.asarray(self._err, np.float64).reshape(-1, 4)
+        var = np.asarray(self._var, np.float64).reshape(-1, 4)
+        exy, vxy = err[:, :2].reshape(-1), var[:, :2].reshape(-1)
+        out["matched_detections"] = float(len(err))
+        out["coverage_xy"] = _covered(exy, vxy, z)
+        chi2_2 = -2.0 * math.log(1.0 - ep.coverage_level)  # chi-square quantile, 2 degrees of freedom
+        out["coverage_xy_2d"] = (float(np.mean((err[:, 0] ** 2 / np.maximum(var[:, 0], 1e-12)
+                                                 + err[:, 1] ** 2 / np.maximum(var[:, 1], 1e-12)) <= chi2_2))
+                                 if len(err) else nan)
+        out["coverage_z"] = _covered(err[:, 2], var[:, 2], z)
+        out["coverage_yaw"] = _covered(err[:, 3], var[:, 3], z)
+        out["nll_xy"] = _gauss_nll(exy, vxy)
+        out["centre_error_m"] = float(np.median(np.hypot(err[:, 0], err[:, 1]))) if len(err) else nan
+        out["halfwidth_xy_m"] = float(np.median(z * np.sqrt(vxy))) if len(err) else nan
+        if baselines is not None and math.isfinite(baselines.sigma_xy) and len(err):
+            for key, e, sig in (("xy", exy, baselines.sigma_xy), ("z", err[:, 2], baselines.sigma_z),
+                                ("yaw", err[:, 3], baselines.sigma_yaw)):
+                out[f"baseline_cov_coverage_{key}"] = _covered(e, np.full(e.shape, sig * sig), z)
+            out["baseline_cov_nll_xy"] = _gauss_nll(exy, np.full(exy.shape, baselines.sigma_xy ** 2))
+            out["baseline_cov_halfwidth_xy_m"] = float(z * baselines.sigma_xy)
         out["auroc_vacuity"] = _auroc(d[right, 2], d[~right, 2])
         out["auroc_centre_std"] = _auroc(d[right, 3], d[~right, 3])
         out["auroc_one_minus_score"] = _auroc(1.0 - d[right, 0], 1.0 - d[~right, 0])
@@ -178,18 +298,23 @@ class DetectionAccumulator:
             return np.concatenate(dd["y"]), [np.concatenate(dd[k]) for k in "gnab"]
 
         y, nig = cat(self._cent)
-        out["coverage_centre"] = _coverage(y, nig, ep.coverage_level)
+        out["coverage_offset_at_gt_cell"] = _coverage(y, nig, ep.coverage_level)
         out["centre_abs_error_cells"] = float(np.mean(np.abs(y - nig[0]))) if y.size else nan
         y, nig = cat(self._z)
-        out["coverage_z"] = _coverage(y, nig, ep.coverage_level)
+        out["coverage_z_at_gt_cell"] = _coverage(y, nig, ep.coverage_level)
         if self._cls_p:
             p = np.concatenate(self._cls_p)
             lab = np.concatenate(self._cls_y)
             top = p.argmax(1)
             out["accuracy_centre_class"] = float((top == lab).mean())
             out["ece_centre_class"] = _ece(p.max(1), top == lab, ep.ece_bins)
+            pl = np.clip(p[np.arange(len(p)), lab], 1e-6, 1.0)
+            out["nll_centre_class"] = float(-np.mean(np.log(pl)))
+            onehot = np.eye(p.shape[1])[lab]
+            out["brier_centre_class"] = float(np.mean(np.sum((p - onehot) ** 2, 1)))
         else:
             out["accuracy_centre_class"] = out["ece_centre_class"] = nan
+            out["nll_centre_class"] = out["brier_centre_class"] = nan
         if self._occ_p:
             p, yy = np.concatenate(self._occ_p), np.concatenate(self._occ_y)
             pred = p > 0.5

@@ -1,13 +1,21 @@
-"""Held-out evaluation and packaging of a trained ``lidar_detection`` run.
+"""Held-out evaluation, post-hoc calibration (fitted on validation scenes) and packaging of the ``lidar_detection`` weights.
 
 ``python -m perception_nodes.learning.lidar_detection_eval --run out/train/lidar_detection
 --eval-config configs/train/lidar_detection_eval.yaml [--package perception_nodes/models/weights/lidar_detection]``
+(or ``--weights FOLDER``; also ``perception-stack lidar-eval ...``)
 
-1. loads the run's final weights (:func:`perception_nodes.learning.trainer.load_trained`);
-2. scores every named set of generated bags of the eval config with
-   :class:`~perception_nodes.learning.detection_metrics.DetectionAccumulator`, plus the geometric inverse
-   sensor model of the occupancy node (:func:`~perception_nodes.pipeline.occupancy.evidential_occupancy`)
-   on the same visible cells as the occupancy baseline (``ism_occupancy_iou`` / ``ism_occupancy_ece``);
+1. loads the run's final weights (:func:`perception_nodes.learning.trainer.load_trained`) or a weights folder;
+2. with ``--fit-calibration``: fits the post-hoc calibration (:mod:`perception_nodes.models.calibration`)
+   on the eval config's ``validation`` bags (seeds used neither for training nor for the held-out sets)
+   and writes it into the weights folder's sidecar; without it, the sidecar's calibration (if any) is used.
+   The trivial baselines come from the same places: the constant score is the share of right detections
+   on validation, the constant covariance the residual spread on a few training frames
+   (``training_residuals``). Validation numbers are printed as the fit's record, never as results;
+3. scores every named held-out set (``sets``) of generated bags with
+   :class:`~perception_nodes.learning.detection_metrics.DetectionAccumulator`, before (identity) and after
+   calibration from one network pass, plus the geometric inverse sensor model of the occupancy node
+   (:func:`~perception_nodes.pipeline.occupancy.evidential_occupancy`) on the same visible cells as the
+   occupancy baseline (``ism_occupancy_iou`` / ``ism_occupancy_ece``);
 3. scores the real KITTI object frames (evaluation only) with the KITTI difficulty levels: KITTI labels
    exist only inside the left camera's field of view, so detections outside it (``|bearing| >
    kitti_fov_deg / 2`` or behind the car) are dropped before scoring;
@@ -21,6 +29,7 @@ Everything printed is also written as JSON (``--metrics-out``, default ``<run>/h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -34,9 +43,15 @@ import yaml
 from perception_nodes.datasets.frame import Frame
 from perception_nodes.learning.branches.lidar_detection import LidarDetectionBranch
 from perception_nodes.learning.config import BagSource, _sources
-from perception_nodes.learning.detection_metrics import DetectionAccumulator
+from perception_nodes.learning.detection_metrics import DetectionAccumulator, TrivialBaselines
+from perception_nodes.models.calibration import (
+    DetectionCalibration,
+    fit_evidence_scale,
+    fit_platt,
+    fit_variance_scale,
+)
 
-__all__ = ["evaluate_kitti", "evaluate_sets", "main", "package_run"]
+__all__ = ["evaluate_kitti", "evaluate_sets", "fit_calibration", "main", "package_run", "trivial_baselines"]
 
 
 class _WithGeometricBaseline(LidarDetectionBranch):
@@ -76,30 +91,119 @@ def _ism_scores(samples: Sequence[dict[str, np.ndarray]], bins: int) -> dict[str
             "ism_occupancy_ece": float(expected_calibration_error(p, y.astype(np.float64), bins=bins))}
 
 
-@torch.no_grad()
-def evaluate_sets(branch: LidarDetectionBranch, model: torch.nn.Module, sets: dict[str, Sequence[BagSource]],
-                  *, cache_dir: Path | None = None, progress: bool = False) -> dict[str, dict[str, float]]:
-    """Metrics per named set of generated bags (see the module docstring)."""
-    from perception_nodes.learning.data import default_cache_dir, load_split
-
+def _eval_branch(branch: LidarDetectionBranch) -> _WithGeometricBaseline:
     ev = _WithGeometricBaseline(branch.describe())
     ev._head_grid = branch.head_grid
-    out: dict[str, dict[str, float]] = {}
+    return ev
+
+
+def _samples(branch: LidarDetectionBranch, sources: Sequence[BagSource], cache_dir: Path | None,
+             progress: bool) -> list[dict[str, np.ndarray]]:
+    from perception_nodes.learning.data import default_cache_dir, load_split
+
+    return load_split(sources, branch, cache_dir=cache_dir or default_cache_dir(), role="eval",
+                      progress=progress).samples
+
+
+@torch.no_grad()
+def _score(branch: LidarDetectionBranch, model: torch.nn.Module, samples: Sequence[dict[str, np.ndarray]],
+           calibrations: Sequence[DetectionCalibration | None]) -> list[DetectionAccumulator]:
+    """One network pass per frame, scored by one accumulator per calibration. A calibrated accumulator
+    decodes at the calibrated image of the branch's threshold, so every accumulator scores the same boxes
+    (before / after compare like with like: AP is unchanged, the scores and covariances differ)."""
+    thr = branch.eval_params.score_threshold
+    accs = [DetectionAccumulator(branch, calibration=c, score_threshold=None if c is None else c.map_score_threshold(thr))
+            for c in calibrations]
     model.eval()
+    for s in samples:
+        out = model([torch.from_numpy(s["points"])])
+        for acc in accs:
+            acc.add(out, [s])
+    return accs
+
+
+def trivial_baselines(val_identity: DetectionAccumulator, train_identity: DetectionAccumulator | None) -> TrivialBaselines:
+    """Constant score = share of right detections on validation; constant standard deviations = root mean
+    square of the right detections' errors on training frames (x and y pooled, z, yaw)."""
+    v = val_identity.detection_table()
+    score = float(v["right"].mean()) if len(v["right"]) else float("nan")
+    nan = float("nan")
+    sx = sz = syaw = nan
+    if train_identity is not None:
+        e = train_identity.detection_table()["err"]
+        if len(e):
+            sx = float(np.sqrt(np.mean(e[:, :2] ** 2)))
+            sz, syaw = (float(np.sqrt(np.mean(e[:, i] ** 2))) for i in (2, 3))
+    return TrivialBaselines(score=score, sigma_xy=sx, sigma_z=sz, sigma_yaw=syaw,
+                            source="score: share of right detections on validation; sigmas: RMS error of "
+                                   "right detections on training frames")
+
+
+def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, samples: Sequence[dict[str, np.ndarray]],
+                    *, level: float = 0.9, source: str = "") -> tuple[DetectionCalibration, DetectionAccumulator]:
+    """Fit :class:`DetectionCalibration` on validation ``samples`` (module doc of
+    :mod:`perception_nodes.models.calibration`) from one uncalibrated pass:
+
+    1. the score map (Platt, anchored at the Dirichlet prior mean 1 / (K + 1)) by binary NLL of right vs
+       wrong over the detections; for the record, the unanchored map and the evidence-scale alternative
+       are fitted on the same detections and their NLL kept;
+    2. the centre / z / yaw variance scales by ``level`` coverage of the right detections' errors (centre
+       x and y pooled, z, wrapped yaw); the score map keeps these boxes and their order.
+
+    Returns the calibration and the uncalibrated accumulator (for the baselines)."""
+    identity = _score(branch, model, samples, [None])[0]
+    t = identity.detection_table()
+    k1 = len(branch.net_config.classes) + 1
+    a, b, platt_info = fit_platt(t["score"], t["right"], anchor=1.0 / k1)
+    a_free, b_free, free_info = fit_platt(t["score"], t["right"])
+    s, ev_info = fit_evidence_scale(t["alpha"], t["label"], t["right"])
+    # the score map keeps the boxes and their order (same matching): the variances are fitted on them
+    err, var = t["err"], t["var"]
+    cxy, fxy = fit_variance_scale(err[:, :2], var[:, :2], level=level)
+    cz, fz = fit_variance_scale(err[:, 2], var[:, 2], level=level)
+    cyaw, fyaw = fit_variance_scale(err[:, 3], var[:, 3], level=level)
+    fitted = {"on": source, "frames": identity.frames, "detections": int(len(t["right"])),
+              "right_detections": int(t["right"].sum()), "level": level,
+              "score_nll_before": platt_info["nll_before"], "score_nll_after": platt_info["nll_after"],
+              "alternative_evidence_scale": {"scale": s, "nll_after": ev_info["nll_after"]},
+              "alternative_unanchored_platt": {"a": a_free, "b": b_free, "nll_after": free_info["nll_after"]},
+              "variance_fit_right_detections": int(len(err)),
+              "coverage_before": {"xy": fxy["coverage_before"], "z": fz["coverage_before"],
+                                  "yaw": fyaw["coverage_before"]},
+              "method": "score: Platt sigmoid(a logit p + b) anchored at p = 1/(K+1) (b = logit(1/(K+1)) (1 - a)), "
+                        "a = argmin binary NLL of right/wrong over the validation detections; variance scales: 0.9-quantile of err^2/var over the right "
+                        "(matched) detections (the same boxes the score map keeps), / 1.645^2"}
+    cal = DetectionCalibration(score_logit_scale=a, score_logit_bias=b, centre_variance_scale=cxy,
+                               z_variance_scale=cz, yaw_variance_scale=cyaw, fitted=fitted)
+    return cal, identity
+
+
+def evaluate_sets(branch: LidarDetectionBranch, model: torch.nn.Module, sets: dict[str, Sequence[BagSource]],
+                  *, cache_dir: Path | None = None, progress: bool = False,
+                  calibration: DetectionCalibration | None = None,
+                  baselines: TrivialBaselines | None = None) -> dict[str, dict[str, Any]]:
+    """Metrics per named set of generated bags (see the module docstring): the uncalibrated network's
+    (``before``) and, when ``calibration`` is given, the calibrated one's (``after``), each beside the
+    trivial baselines when given."""
+    ev = _eval_branch(branch)
+    out: dict[str, dict[str, Any]] = {}
+    cals: list[DetectionCalibration | None] = [None] + ([calibration] if calibration is not None else [])
     for name, sources in sets.items():
-        data = load_split(sources, ev, cache_dir=cache_dir or default_cache_dir(), role="eval", progress=progress)
-        acc = DetectionAccumulator(ev)
-        for s in data.samples:
-            acc.add(model([torch.from_numpy(s["points"])]), [s])
-        res = acc.results()
-        res.update(_ism_scores(data.samples, branch.eval_params.ece_bins))
+        samples = _samples(ev, sources, cache_dir, progress)
+        accs = _score(ev, model, samples, cals)
+        ism = _ism_scores(samples, branch.eval_params.ece_bins)
+        res: dict[str, Any] = {}
+        for key, acc in zip(("before", "after"), accs):
+            r = acc.results(baselines)
+            r.update(ism)
+            res[key] = r
         out[name] = res
     return out
 
 
 @torch.no_grad()
 def evaluate_kitti(branch: LidarDetectionBranch, model: torch.nn.Module, root: Path, *,
-                   fov_deg: float = 90.0) -> dict[str, Any]:
+                   fov_deg: float = 90.0, calibration: DetectionCalibration | None = None) -> dict[str, Any]:
     """KITTI AP (R40, BEV and 3D, per difficulty) on real labelled KITTI frames, detections cropped to
     the camera's field of view; also the detections per frame and the mean vacuity of their cells."""
     from perception_nodes.calibration import transform_points
@@ -108,7 +212,7 @@ def evaluate_kitti(branch: LidarDetectionBranch, model: torch.nn.Module, root: P
 
     scorer = DetectionScorer()
     model.eval()
-    acc = DetectionAccumulator(branch, with_occupancy=False)
+    acc = DetectionAccumulator(branch, with_occupancy=False, calibration=calibration)
     n_det, vac = [], []
     for f in read_kitti_object(root):
         pts = np.asarray(f.points, np.float32)[:, :4]
@@ -141,7 +245,8 @@ def _training_summary(run: Path, weights: Path | None = None) -> dict[str, Any]:
             "last_epoch_validation": hist[-1].get("val") if hist else None}
 
 
-def package_run(run: Path, folder: Path, metrics: dict[str, Any], *, weights: Path | None = None) -> Path:
+def package_run(run: Path, folder: Path, metrics: dict[str, Any], *, weights: Path | None = None,
+                extra: dict[str, Any] | None = None) -> Path:
     """Write the run's final model (or the checkpoint ``weights``) into ``folder`` with the sidecar."""
     from perception_nodes.learning.trainer import load_trained
     from perception_nodes.models.weights_io import save_weights
@@ -150,7 +255,71 @@ def package_run(run: Path, folder: Path, metrics: dict[str, Any], *, weights: Pa
     assert isinstance(branch, LidarDetectionBranch)
     return save_weights(model, folder, network="lidar_detection", config=branch.net_config,
                         training=_training_summary(run, weights), metrics=metrics,
-                        extra={"branch_config": branch.describe()})
+                        extra={"branch_config": branch.describe(), **(extra or {})})
+
+
+def _describe(src: BagSource) -> str:
+    g = dict(src.generate or {})
+    return (f"{g.get('scenario')} seed {g.get('seed')} {g.get('lidar')} {g.get('duration_s')} s stride {src.stride}"
+            if g else str(src.path or src.fixture))
+
+
+def _check_disjoint(groups: dict[str, Sequence[BagSource]]) -> None:
+    """No generated scene (scenario, seed, LiDAR) may serve two roles (fitting and reporting)."""
+    seen: dict[tuple, str] = {}
+    for role, sources in groups.items():
+        for src in sources:
+            if src.generate is None:
+                continue
+            g = src.generate
+            key = (g.get("scenario"), g.get("seed"), g.get("lidar"))
+            if key in seen and seen[key] != role:
+                raise ValueError(f"generated scene {key} is in both {seen[key]!r} and {role!r}: fitting and "
+                                 "reporting must use disjoint scenes")
+            seen[key] = role
+
+
+#: rows of the summary table (key, label)
+SUMMARY_ROWS = (
+    ("frames", "frames"), ("car_n_gt", "cars (ground truth)"), ("detections", "detections (score >= 0.1)"),
+    ("car_ap_3d", "car AP3D R40 @0.7"), ("car_ap_bev", "car AP BEV R40 @0.7"), ("nus_map", "nuScenes-style mAP"),
+    ("precision_centre", "share right (2 m)"), ("mean_score", "mean score"),
+    ("ece_class", "ECE of score"), ("baseline_score_ece", "  constant score: ECE"),
+    ("brier_class", "Brier of score"), ("baseline_score_brier", "  constant score: Brier"),
+    ("nll_class", "NLL of score"), ("baseline_score_nll", "  constant score: NLL"),
+    ("nll_centre_class", "NLL class at GT centres"), ("ece_centre_class", "ECE class at GT centres"),
+    ("auroc_one_minus_score", "AUROC 1-score (wrong vs right)"), ("auroc_centre_std", "AUROC centre std"),
+    ("auroc_vacuity", "AUROC vacuity"),
+    ("matched_detections", "right detections"), ("centre_error_m", "median centre error m"),
+    ("coverage_xy", "90% coverage x/y"), ("baseline_cov_coverage_xy", "  constant sigma: coverage x/y"),
+    ("coverage_xy_2d", "90% ellipse coverage"), ("halfwidth_xy_m", "median 90% half-width m"),
+    ("baseline_cov_halfwidth_xy_m", "  constant sigma: half-width m"),
+    ("nll_xy", "Gaussian NLL x/y"), ("baseline_cov_nll_xy", "  constant sigma: NLL x/y"),
+    ("coverage_z", "90% coverage z"), ("baseline_cov_coverage_z", "  constant sigma: coverage z"),
+    ("coverage_yaw", "90% coverage yaw"), ("baseline_cov_coverage_yaw", "  constant sigma: coverage yaw"),
+    ("coverage_offset_at_gt_cell", "offset coverage at GT cell (old metric)"),
+)
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    """Markdown table: every held-out set before / after calibration (what README and BENCHMARKS quote)."""
+    gen = metrics.get("generated") or {}
+    cols = [(name, key) for name in gen for key in ("before", "after") if gen[name].get(key)]
+    head = "| metric | " + " | ".join(f"{n} {k}" for n, k in cols) + " |"
+    lines = [head, "|---" * (len(cols) + 1) + "|"]
+
+    def fmt(v: Any) -> str:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "n/a"
+        return f"{v:.0f}" if isinstance(v, float) and float(v).is_integer() and abs(v) >= 1 else f"{v:.3f}"
+
+    for key, label in SUMMARY_ROWS:
+        lines.append(f"| {label} | " + " | ".join(fmt(gen[n][k].get(key)) for n, k in cols) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
 
 
 def _nan_to_none(x: Any) -> Any:
@@ -177,13 +346,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--package", type=Path, default=None, help="also write the weights + sidecar into this folder")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="score and package this checkpoint folder of the run (default: the run's final model)")
+    p.add_argument("--fit-calibration", action="store_true",
+                   help="fit the post-hoc calibration on the eval config's `validation` bags and store it in the "
+                        "weights folder's sidecar (--weights, the packaged default, or --package with --run), with "
+                        "these metrics; without it the sidecar's calibration (if any) is scored as `after`")
+    p.add_argument("--no-kitti", action="store_true", help="skip the real KITTI frames")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if args.fit_calibration and args.run is not None and args.package is None:
+        p.error("--fit-calibration with --run needs --package (a run folder has no sidecar to store it in)")
     from perception_nodes.learning.trainer import load_trained
 
     torch.set_num_threads(args.threads)
     doc = yaml.safe_load(args.eval_config.read_text()) or {}
     sets = {name: _sources(srcs, f"sets.{name}") for name, srcs in (doc.get("sets") or {}).items()}
+    side: dict[str, Any] = {}
     if args.run is not None:
         weights = args.checkpoint or args.run
         branch, model = load_trained(weights)
@@ -203,19 +380,72 @@ def main(argv: Sequence[str] | None = None) -> int:
         model.eval()
     assert isinstance(branch, LidarDetectionBranch)
     t0 = time.perf_counter()
-    metrics: dict[str, Any] = {"generated": evaluate_sets(branch, model, sets)}
+    val_sources = _sources(doc.get("validation"), "validation")
+    train_sources = _sources(doc.get("training_residuals"), "training_residuals")
+    _check_disjoint({"validation": val_sources, "training_residuals": train_sources, **sets})
+    calibration: DetectionCalibration | None = None
+    if args.run is None and not args.fit_calibration:
+        calibration = DetectionCalibration.from_sidecar(side)
+    metrics: dict[str, Any] = {}
+    baselines = None
+    if val_sources:
+        ev = _eval_branch(branch)
+        val_samples = _samples(ev, val_sources, None, False)
+        if args.fit_calibration:
+            calibration, val_id = fit_calibration(ev, model, val_samples, level=branch.eval_params.coverage_level,
+                                                  source="; ".join(_describe(s) for s in val_sources))
+            val_cal = _score(ev, model, val_samples, [calibration])[0]
+        else:
+            val_id, val_cal = _score(ev, model, val_samples, [None, calibration])
+        train_id = _score(ev, model, _samples(ev, train_sources, None, False), [None])[0] if train_sources else None
+        baselines = trivial_baselines(val_id, train_id)
+        metrics["validation_fit_record"] = {"before": val_id.results(baselines), "after": val_cal.results(baselines)}
+        metrics["trivial_baselines"] = dataclasses.asdict(baselines)
+    elif args.fit_calibration:
+        p.error(f"{args.eval_config} has no `validation` bags to fit the calibration on")
+    if calibration is not None and calibration.is_identity:
+        calibration = None
+    metrics["calibration"] = calibration.to_dict() if calibration is not None else None
+    metrics["generated"] = evaluate_sets(branch, model, sets, calibration=calibration, baselines=baselines)
     kitti = doc.get("kitti")
-    if kitti and Path(kitti).exists():
-        metrics["kitti"] = evaluate_kitti(branch, model, Path(kitti), fov_deg=float(doc.get("kitti_fov_deg", 90.0)))
+    if kitti and Path(kitti).exists() and not args.no_kitti:
+        metrics["kitti"] = evaluate_kitti(branch, model, Path(kitti), fov_deg=float(doc.get("kitti_fov_deg", 90.0)),
+                                          calibration=calibration)
     metrics["sets"] = {name: [s.describe() for s in srcs] for name, srcs in sets.items()}
+    metrics["validation_sets"] = [s.describe() for s in val_sources]
+    # the same, as data (what a check of disjoint roles reads)
+    metrics["scenes"] = {"validation": [dict(s.generate or {}, stride=s.stride) for s in val_sources],
+                         "training_residuals": [dict(s.generate or {}, stride=s.stride) for s in train_sources],
+                         **{f"held_out/{name}": [dict(s.generate or {}, stride=s.stride) for s in srcs]
+                            for name, srcs in sets.items()}}
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     metrics = _nan_to_none(metrics)
     out = args.metrics_out or ((args.run or Path("out/lidar_detection_eval")) / "heldout_metrics.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    print(json.dumps(metrics, indent=1, sort_keys=True))
+    if metrics.get("calibration"):
+        cal = DetectionCalibration.from_mapping(metrics["calibration"])
+        print(f"calibration: {cal.summary()}; fitted on {cal.fitted.get('on', '?')}")
+    rec = metrics.get("validation_fit_record")
+    if rec:
+        print("validation (the fit's record, not a result): " + ", ".join(
+            f"{k} {_fmt(rec['before'].get(k))} -> {_fmt(rec['after'].get(k))}"
+            for k in ("ece_class", "nll_class", "coverage_xy", "coverage_z", "coverage_yaw")))
+    print("held-out generated scenes (before -> after calibration):")
+    print(summary_table(metrics))
+    if metrics.get("kitti"):
+        k = metrics["kitti"]
+        print(f"KITTI: {k['frames']} frames, detections per frame {k['detections_per_frame']}, "
+              f"per class {json.dumps(k['per_class'], sort_keys=True)[:400]}")
     if args.package is not None:
-        print(f"packaged: {package_run(args.run, args.package, metrics, weights=weights)}")
+        extra = {"calibration": calibration.to_dict()} if calibration is not None else None
+        print(f"packaged: {package_run(args.run, args.package, metrics, weights=weights, extra=extra)}")
+    elif args.fit_calibration:
+        from perception_nodes.models.weights_io import write_calibration
+
+        print(f"calibration ({calibration.summary() if calibration else 'identity'}) written to "
+              f"{write_calibration(weights, calibration.to_dict() if calibration else None, network='lidar_detection', metrics=metrics)}")
+    print(f"metrics: {out}")
     return 0
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:  # the network module imports this one
+    from perception_nodes.models.calibration import DetectionCalibration
     from perception_nodes.models.lidar_detection import LidarDetectionOutput
 
 from perception_nodes.boxes import Box3D
@@ -142,6 +143,7 @@ def decode(
     nms_kernel: int = 3,
     max_vacuity: float = 1.0,
     unestimated_variance: float = 1e6,
+    calibration: Optional["DetectionCalibration"] = None,
 ) -> Detections:
     """Boxes of ONE sample from its head maps.
 
@@ -151,6 +153,11 @@ def decode(
     (the default 0.3 does for K = 3). Cells whose vacuity ``(K + 1) / S`` is not below ``max_vacuity``
     give no box (default 1: only cells without any evidence, e.g. a scan with no usable point). Non-finite
     maps give no boxes (never NaN boxes).
+
+    ``calibration`` (:class:`~perception_nodes.models.calibration.DetectionCalibration`, from the weights'
+    sidecar; ``None`` = identity) scales the class evidence before scores, peaks and vacuity are computed,
+    maps the box's class probabilities through its monotone score map (the threshold applies to the
+    mapped score) and scales the centre, z and yaw variances before the covariance is built.
     """
     names = tuple(class_names)
     k = len(names)
@@ -163,6 +170,8 @@ def decode(
     if (h, w) != (grid.height, grid.width):
         raise ValueError(f"maps are {h} x {w} but the grid is {grid.height} x {grid.width}")
     with torch.no_grad():
+        if calibration is not None:
+            class_alpha = calibration.apply_alpha(class_alpha.float())
         prob = dirichlet_expected_probability(class_alpha.float(), dim=0)
         fg = torch.nan_to_num(prob[:k], nan=0.0)
         pooled = F.max_pool2d(fg.unsqueeze(0), nms_kernel, stride=1, padding=nms_kernel // 2).squeeze(0)
@@ -170,6 +179,12 @@ def decode(
         top = min(max_detections, peaks.numel())
         scores, flat = torch.topk(peaks, top)
         vac_map = (k + 1) / class_alpha.float().sum(0).reshape(-1)
+        if calibration is not None and calibration.maps_scores:
+            # monotone and the same for every class: peaks and their order are those of the raw scores;
+            # the threshold applies to the published (mapped) score of the box's class
+            cells = flat % (h * w)
+            fg_rows = calibration.apply_probabilities(prob[:k].reshape(k, -1)[:, cells].T)
+            scores = fg_rows[torch.arange(len(flat)), flat // (h * w)]
         keep = (scores > score_threshold) & (vac_map[flat % (h * w)] < max_vacuity)
         scores, flat = scores[keep], flat[keep]
         label = flat // (h * w)
@@ -184,9 +199,17 @@ def decode(
         size_var = (size * size) * var[3:6].T  # delta method for exp
         yaw = torch.atan2(g[6], g[7])
         var_yaw = yaw_variance_from_sincos(g[6], g[7], var[6], var[7])
-        cov = nig_ops.pose_covariance(var[0] * grid.cell**2, var[1] * grid.cell**2, var[2], var_yaw,
-                                      unestimated_variance)
+        c_xy = c_z = 1.0
+        if calibration is not None:
+            c_xy, c_z = calibration.centre_variance_scale, calibration.z_variance_scale
+            var_yaw = (var_yaw * calibration.yaw_variance_scale).clamp(max=MAX_YAW_VARIANCE)
+        cov = nig_ops.pose_covariance(c_xy * var[0] * grid.cell**2, c_xy * var[1] * grid.cell**2, c_z * var[2],
+                                      var_yaw, unestimated_variance)
         probs = prob[:, iy, ix].T
+        if calibration is not None and calibration.maps_scores:
+            fg_cal = calibration.apply_probabilities(probs[:, :k])
+            probs = torch.cat([fg_cal, (1.0 - fg_cal.sum(1, keepdim=True)).clamp_min(0.0)], 1)
+            scores = probs[torch.arange(len(label)), label]  # the same values as above (rows recomputed)
         vac = vac_map[cell]
         velocity = g[8:10].T if n_reg > len(REGRESSION_NAMES) else None
         finite = torch.isfinite(center).all(1) & torch.isfinite(size).all(1) & torch.isfinite(yaw)

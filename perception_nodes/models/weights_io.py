@@ -10,7 +10,10 @@ therefore carries everything but the tensors:
   rebuilds it);
 * ``training``: the training config and data split (scenarios, seeds, LiDAR models), epochs, wall time;
 * ``code_version``: the git commit the weights came from (``unknown`` outside a checkout);
-* ``metrics``: held-out metrics measured after training, free-form.
+* ``metrics``: held-out metrics measured after training, free-form;
+* ``calibration`` (optional): post-hoc calibration of the outputs fitted on validation scenes
+  (:class:`~perception_nodes.models.calibration.DetectionCalibration`; absent = identity, so folders
+  written before it existed load and decode as before). :func:`write_calibration` sets it in place.
 
 The packaged default of each network lives in ``perception_nodes/models/weights/<network>/``
 (:func:`default_weights_dir`), so an installed node finds it without a path.
@@ -28,7 +31,7 @@ import torch
 from torch import nn
 
 __all__ = ["FORMAT", "WeightsError", "default_weights_dir", "read_sidecar", "save_weights", "load_state",
-           "code_version", "load_lidar_detection"]
+           "code_version", "load_lidar_detection", "write_calibration"]
 
 #: layout version of the folder (bump when the sidecar's meaning changes)
 FORMAT = 1
@@ -107,6 +110,28 @@ def read_sidecar(folder: Path | str, network: Optional[str] = None) -> dict[str,
     if network is not None and side.get("network") != network:
         raise WeightsError(f"{path}: weights are for network {side.get('network')!r}, not {network!r}")
     return side
+
+
+def write_calibration(folder: Path | str, calibration: Mapping[str, Any] | None, *,
+                      network: Optional[str] = None, metrics: Optional[Mapping[str, Any]] = None) -> Path:
+    """Set (or, with ``None``, remove) the sidecar's ``calibration`` entry of ``folder`` (and, when given,
+    replace its ``metrics``); the tensors are not touched. Written to a temporary file and renamed, so a
+    reader never sees half a sidecar."""
+    import os
+
+    folder = Path(folder)
+    side = read_sidecar(folder, network)
+    if calibration:
+        side["calibration"] = _plain(calibration)
+    else:
+        side.pop("calibration", None)
+    if metrics is not None:
+        side["metrics"] = _plain(metrics)
+    path = folder / _SIDECAR
+    tmp = folder / f".{_SIDECAR}.tmp"
+    tmp.write_text(json.dumps(side, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def load_state(folder: Path | str) -> dict[str, torch.Tensor]:

@@ -109,7 +109,7 @@ def test_samples_carry_boxes_grids_and_points_in_the_crop(bag_cache):
 def test_training_is_deterministic_resumable_and_validated(det_run, bag_cache, tmp_path):
     h = det_run.history
     assert [r["epoch"] for r in h] == [1, 2]
-    for key in ("car_ap_bev", "car_ap_3d", "coverage_centre", "ece_class", "occupancy_iou", "frames"):
+    for key in ("car_ap_bev", "car_ap_3d", "coverage_xy", "coverage_offset_at_gt_cell", "ece_class", "occupancy_iou", "frames"):
         assert key in h[-1]["val"]
     assert h[-1]["val"]["frames"] == 2.0
     assert all(math.isfinite(v) for v in h[-1]["train"].values())
@@ -132,6 +132,40 @@ def test_training_is_deterministic_resumable_and_validated(det_run, bag_cache, t
     with torch.no_grad():
         out = model([torch.zeros(0, 4)])
     assert int(out.num_voxels[0]) == 0
+
+
+@pytest.mark.slow
+def test_calibration_fit_and_before_after_scoring_on_a_tiny_run(det_run, bag_cache):
+    """The evaluation's calibration path end to end on the fixture run: fit on one split, score another
+    before/after on the same boxes, baselines present; a scene in two roles is refused."""
+    from perception_nodes.learning.config import BagSource, load_config
+    from perception_nodes.learning.data import load_split
+    from perception_nodes.learning.lidar_detection_eval import (
+        _check_disjoint,
+        evaluate_sets,
+        fit_calibration,
+        summary_table,
+        trivial_baselines,
+    )
+
+    branch, model = load_trained(det_run.run_dir)
+    cfg = load_config(det_config(bag_cache))
+    val = load_split(cfg.data.val, branch, cache_dir=bag_cache, role="eval", progress=False).samples
+    cal, identity = fit_calibration(branch, model, val, source="fixture seed 1")
+    assert cal.fitted["frames"] == len(val) and cal.centre_variance_scale > 0 and cal.score_logit_scale > 0
+    base = trivial_baselines(identity, identity)
+    res = evaluate_sets(branch, model, {"train": cfg.data.train}, cache_dir=bag_cache, calibration=cal, baselines=base)
+    before, after = res["train"]["before"], res["train"]["after"]
+    assert before["detections"] == after["detections"]  # the same boxes, re-scored
+    assert before["matched_detections"] == after["matched_detections"]
+    for key in ("brier_class", "nll_class", "coverage_xy", "baseline_score_brier"):
+        assert key in after
+    # the constant-sigma baseline needs right detections on its source (a 2-epoch net may have none)
+    assert ("baseline_cov_coverage_xy" in after) == (math.isfinite(base.sigma_xy) and after["matched_detections"] > 0)
+    assert "| ECE of score |" in summary_table({"generated": res})
+    src = BagSource(generate={"scenario": "highway", "seed": 5, "lidar": "vlp32"})
+    with pytest.raises(ValueError, match="both"):
+        _check_disjoint({"validation": [src], "held_out": [src]})
 
 
 def test_focal_modulation_and_occupied_weight_of_the_loss():

@@ -20,7 +20,26 @@ def test_sidecar_documents_config_split_code_and_metrics():
     assert tr["split"]["train"]["scenarios"] and tr["split"]["val"]["lidars"]
     gen = side["metrics"]["generated"]
     assert {"seen_types_new_seeds", "held_out_type_and_lidar"} <= set(gen)
-    assert "car_ap_bev" in gen["held_out_type_and_lidar"]
+    assert "car_ap_bev" in gen["held_out_type_and_lidar"]["before"]
+    assert "coverage_xy" in gen["held_out_type_and_lidar"]["after"]
+
+
+def test_packaged_calibration_was_fitted_on_scenes_disjoint_from_the_reported_ones():
+    from perception_nodes.models.calibration import DetectionCalibration
+
+    side = read_sidecar(default_weights_dir("lidar_detection"), "lidar_detection")
+    cal = DetectionCalibration.from_sidecar(side)
+    assert not cal.is_identity and cal.fitted["detections"] > 0
+    scenes = side["metrics"]["scenes"]
+    fitted = {_scene(v) for v in scenes["validation"]}
+    reported = {_scene(v) for role, srcs in scenes.items() if role.startswith("held_out/") for v in srcs}
+    trained = {_scene(v["generate"]) for v in side["training"]["config"]["data"]["train"]}
+    assert fitted and reported and trained
+    assert not fitted & reported and not fitted & trained and not reported & trained
+
+
+def _scene(g: dict) -> tuple:
+    return (g["scenario"], g["seed"], g["lidar"])
 
 
 def test_packaged_network_runs_on_a_real_scan(kitti_frames):

@@ -1,0 +1,284 @@
+"""Post-hoc calibration of the LiDAR branch's evidential outputs (fitted on validation scenes, applied in decoding).
+
+Why: the network's Dirichlet class evidence and its Normal-Inverse-Gamma (NIG) box variances are trained
+with regularised evidential losses, and nothing makes them *calibrated*: the published score need not be
+the probability that a detection is right, and the published centre covariance leaves out the error of
+choosing the peak cell (it is the variance of the sub-cell offset only). Both are fixed here after
+training, without touching the network, by maps fitted on a validation split (seeds disjoint from training
+and from the held-out evaluation) and stored in the weights' sidecar (``model.json``, key ``calibration``;
+absent = identity, so older weights folders load unchanged).
+
+The maps (all identity at their defaults):
+
+* **score map** (what ``lidar-eval --fit-calibration`` fits for the class evidence): Platt scaling of the
+  Dirichlet expected probabilities, ``p' = sigmoid(a logit(p) + b)`` with ``a > 0``, applied to every
+  foreground class probability of a box (rescaled to sum to at most 1; background is the rest). The fit
+  anchors it at the Dirichlet prior mean ``1 / (K + 1)``, ``b = logit(1 / (K + 1)) (1 - a)``: a cell with
+  no evidence keeps the score 1 / (K + 1) (an unanchored fit maps it to ~0.37 on our validation set, which
+  would let evidence-free peaks pass the node's ``score_threshold`` 0.3). It is monotone and the same for
+  every class, so the max-pool peaks and the ranking of boxes, hence AP, do not change; only the score
+  threshold now applies to the calibrated score, so boxes whose calibrated score falls below it are no
+  longer decoded (the low end of the precision-recall curve; ties of float32 scores near 1 may reorder a
+  few boxes). ``a`` minimises the binary NLL of "the detection is right" over the validation detections
+  (:func:`fit_platt`).
+* **evidence scale** ``s > 0`` (supported and fitted for the record, not used by default: measured worse,
+  see docs/lidar_branch.md): ``alpha' = 1 + s (alpha - 1)`` for every class and background, i.e. the
+  evidence ``e = alpha - 1`` is multiplied by ``s`` (the Dirichlet analogue of temperature scaling).
+  Scores ``alpha'_k / S'`` and vacuity ``(K + 1) / S'`` follow; the score of a cell is *not* a function of
+  its old score alone (it depends on how much evidence the cell has), so ranking between boxes, and with
+  it AP, can change. :func:`fit_evidence_scale` minimises the same NLL as :func:`fit_platt`.
+* **variance scales** ``c_xy``, ``c_z``, ``c_yaw``: the published variances of the centre (x and y), of z
+  and of yaw are multiplied by them (yaw then capped at the variance of a uniform angle, as in decoding).
+  Each is fitted so that the central 90 % Gaussian interval ``+- 1.645 sqrt(c var)`` of the *decoded*
+  detection (peak cell + offset, matched to ground truth) covers 90 % of the validation errors
+  (:func:`fit_variance_scale`: the 0.9 quantile of ``err^2 / var`` divided by ``1.645^2``). A common scale
+  keeps the ranking of boxes by uncertainty (AUROC) unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["DetectionCalibration", "binary_nll", "fit_evidence_scale", "fit_platt", "fit_variance_scale",
+           "gaussian_z", "platt", "scaled_score"]
+
+#: the sidecar key
+SIDECAR_KEY = "calibration"
+
+
+@dataclass(frozen=True)
+class DetectionCalibration:
+    """The fitted maps (module doc); the default is the identity."""
+
+    evidence_scale: float = 1.0
+    score_logit_scale: float = 1.0
+    score_logit_bias: float = 0.0
+    centre_variance_scale: float = 1.0
+    z_variance_scale: float = 1.0
+    yaw_variance_scale: float = 1.0
+    #: provenance and the validation numbers of the fit (free-form; not used to decode)
+    fitted: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("evidence_scale", "score_logit_scale", "centre_variance_scale", "z_variance_scale", "yaw_variance_scale"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"calibration {name} must be a finite number > 0, got {v!r}")
+        if not (isinstance(self.score_logit_bias, (int, float)) and math.isfinite(self.score_logit_bias)):
+            raise ValueError(f"calibration score_logit_bias must be finite, got {self.score_logit_bias!r}")
+
+    @property
+    def is_identity(self) -> bool:
+        return (self.evidence_scale, self.score_logit_scale, self.score_logit_bias, self.centre_variance_scale,
+                self.z_variance_scale, self.yaw_variance_scale) == (1.0, 1.0, 0.0, 1.0, 1.0, 1.0)
+
+    @property
+    def maps_scores(self) -> bool:
+        return (self.score_logit_scale, self.score_logit_bias) != (1.0, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["fitted"] = dict(self.fitted)
+        return d
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any] | None) -> "DetectionCalibration":
+        """From the sidecar entry; ``None`` / empty gives the identity. Unknown keys are an error (a typo
+        must not silently mean "identity")."""
+        if not m:
+            return cls()
+        known = {"evidence_scale", "score_logit_scale", "score_logit_bias", "centre_variance_scale", "z_variance_scale", "yaw_variance_scale", "fitted"}
+        extra = sorted(set(m) - known)
+        if extra:
+            raise ValueError(f"unknown calibration keys {extra} (known: {sorted(known)})")
+        kw = {k: float(v) for k, v in m.items() if k != "fitted"}
+        return cls(**kw, fitted=dict(m.get("fitted") or {}))
+
+    @classmethod
+    def from_sidecar(cls, side: Mapping[str, Any]) -> "DetectionCalibration":
+        """The calibration stored in a weights sidecar (identity when the sidecar has none)."""
+        return cls.from_mapping(side.get(SIDECAR_KEY))
+
+    def summary(self) -> str:
+        score = (f"score sigmoid({self.score_logit_scale:.3g} logit p {self.score_logit_bias:+.3g}), "
+                 if self.maps_scores else "")
+        evidence = f"evidence x{self.evidence_scale:.3g}, " if self.evidence_scale != 1.0 else ""
+        return (f"{score}{evidence}centre var x{self.centre_variance_scale:.3g}, "
+                f"z var x{self.z_variance_scale:.3g}, yaw var x{self.yaw_variance_scale:.3g}")
+
+    # --- application (torch tensors in decoding) ---------------------------------------------------
+    def apply_alpha(self, alpha: Any) -> Any:
+        """``1 + s (alpha - 1)`` (works on torch tensors and numpy arrays)."""
+        if self.evidence_scale == 1.0:
+            return alpha
+        return 1.0 + self.evidence_scale * (alpha - 1.0)
+
+    def map_score_threshold(self, threshold: float) -> float:
+        """The calibrated score of a box whose raw score is ``threshold`` (the score map is monotone): decoding
+        at this threshold with the calibration keeps the boxes decoding at ``threshold`` without it keeps
+        (up to rows whose mapped probabilities are rescaled to sum to 1). What the evaluation uses to
+        compare the same boxes before and after calibration."""
+        if not self.maps_scores:
+            return float(threshold)
+        return float(platt(np.array([threshold]), self.score_logit_scale, self.score_logit_bias)[0])
+
+    def apply_probabilities(self, fg: Any) -> Any:
+        """The score map on foreground probabilities ``[..., K]`` (torch): each through :func:`platt`, then
+        rows summing above 1 are divided by their sum (background = the rest stays >= 0)."""
+        if not self.maps_scores:
+            return fg
+        import torch
+
+        q = platt(fg, self.score_logit_scale, self.score_logit_bias)
+        total = q.sum(-1, keepdim=True)
+        return torch.where(total > 1.0, q / total.clamp_min(1e-12), q)
+
+
+def platt(p: Any, a: float, b: float, eps: float = 1e-6) -> Any:
+    """``sigmoid(a logit(p) + b)`` (numpy arrays or torch tensors), ``p`` clipped to ``[eps, 1 - eps]``."""
+    if isinstance(p, np.ndarray) or np.isscalar(p):
+        q = np.clip(np.asarray(p, np.float64), eps, 1.0 - eps)
+        return 1.0 / (1.0 + np.exp(-(a * np.log(q / (1.0 - q)) + b)))
+    import torch
+
+    q = p.clamp(eps, 1.0 - eps)
+    return torch.sigmoid(a * torch.log(q / (1.0 - q)) + b)
+
+
+def fit_platt(p: ArrayLike, right: ArrayLike, *, anchor: float | None = None,
+              iterations: int = 100) -> tuple[float, float, dict[str, float]]:
+    """``(a, b)`` of :func:`platt` minimising the binary NLL of ``right`` given scores ``p`` (logistic
+    regression on ``logit p`` by Newton's method, with a tiny ridge for stability).
+
+    With ``anchor`` (a probability, e.g. the Dirichlet prior mean ``1 / (K + 1)``) the map keeps that point
+    fixed, ``b = logit(anchor) (1 - a)``, and only ``a`` is fitted: a cell without evidence keeps the score
+    it had. ``a`` is kept > 0 (a non-positive slope would reverse the ranking: then the identity is
+    returned). Returns ``(a, b, {"nll_before", "nll_after", "n"})``."""
+    pp = np.clip(np.asarray(p, np.float64).reshape(-1), 1e-6, 1.0 - 1e-6)
+    y = np.asarray(right, bool).reshape(-1).astype(np.float64)
+    if pp.shape != y.shape:
+        raise ValueError("p and right must have the same length")
+    before = binary_nll(pp, y > 0.5)
+    identity = (1.0, 0.0, {"nll_before": before, "nll_after": before, "n": float(pp.size)})
+    if pp.size == 0 or y.all() or not y.any():
+        return identity
+    logit = np.log(pp / (1.0 - pp))
+    if anchor is None:
+        x, offset, w = np.stack([logit, np.ones_like(pp)], 1), np.zeros_like(pp), np.array([1.0, 0.0])
+    else:
+        if not 0.0 < anchor < 1.0:
+            raise ValueError(f"anchor must lie in (0, 1), got {anchor}")
+        l0 = math.log(anchor / (1.0 - anchor))
+        x, offset, w = (logit - l0)[:, None], np.full_like(pp, l0), np.array([1.0])
+    ridge = 1e-9 * np.eye(x.shape[1])
+    for _ in range(iterations):
+        q = 1.0 / (1.0 + np.exp(-(x @ w + offset)))
+        grad = x.T @ (q - y)
+        hess = (x * (q * (1.0 - q))[:, None]).T @ x + ridge
+        step = np.linalg.solve(hess, grad)
+        w = w - step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    a = float(w[0])
+    b = float(w[1]) if anchor is None else float(offset[0] * (1.0 - a))
+    if not (math.isfinite(a) and math.isfinite(b)) or a <= 0:
+        return identity
+    return a, b, {"nll_before": before, "nll_after": binary_nll(platt(pp, a, b), y > 0.5), "n": float(pp.size)}
+
+
+def gaussian_z(level: float) -> float:
+    """Half-width in standard deviations of the central ``level`` interval of a normal distribution."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    from statistics import NormalDist
+
+    return float(NormalDist().inv_cdf(0.5 + level / 2.0))
+
+
+def scaled_score(alpha: ArrayLike, label: ArrayLike, scale: float) -> np.ndarray:
+    """Score ``alpha'_label / S'`` of rows ``alpha`` ``[N, K + 1]`` after scaling the evidence by ``scale``."""
+    a = np.asarray(alpha, np.float64)
+    lab = np.asarray(label, np.int64)
+    e = np.clip(a - 1.0, 0.0, None)
+    k1 = a.shape[1]
+    return (1.0 + scale * e[np.arange(len(a)), lab]) / (k1 + scale * e.sum(1))
+
+
+def binary_nll(p: ArrayLike, y: ArrayLike, eps: float = 1e-6) -> float:
+    """Mean negative log-likelihood of outcomes ``y`` (bool) under probabilities ``p`` (clipped to eps)."""
+    pp = np.clip(np.asarray(p, np.float64), eps, 1.0 - eps)
+    yy = np.asarray(y, bool)
+    if pp.size == 0:
+        return float("nan")
+    return float(-np.mean(np.where(yy, np.log(pp), np.log1p(-pp))))
+
+
+def fit_evidence_scale(alpha: ArrayLike, label: ArrayLike, right: ArrayLike, *, log_bounds: tuple[float, float] = (-4.0, 4.0),
+                       grid: int = 161) -> tuple[float, dict[str, float]]:
+    """The evidence scale ``s`` minimising :func:`binary_nll` of ``right`` under the scaled scores.
+
+    ``alpha`` ``[N, K + 1]`` are the Dirichlet parameters at the detections' cells (background last),
+    ``label`` the detected class, ``right`` whether the detection matched ground truth. The set of
+    detections is held fixed (those decoded without calibration), so the objective compares like with
+    like. Search: a grid over ``log s`` in ``log_bounds``, then golden-section refinement around the best
+    grid point (no SciPy). Returns ``(s, {"nll_before", "nll_after", "n"})``.
+    """
+    a = np.asarray(alpha, np.float64)
+    lab = np.asarray(label, np.int64)
+    y = np.asarray(right, bool)
+    if a.ndim != 2 or len(a) != len(lab) or len(a) != len(y):
+        raise ValueError("alpha [N, K+1], label [N] and right [N] must agree")
+    if len(a) == 0 or y.all() or not y.any():
+        return 1.0, {"nll_before": binary_nll(scaled_score(a, lab, 1.0), y), "nll_after": float("nan"), "n": float(len(a))}
+
+    def f(log_s: float) -> float:
+        return binary_nll(scaled_score(a, lab, math.exp(log_s)), y)
+
+    xs = np.linspace(log_bounds[0], log_bounds[1], grid)
+    vals = np.array([f(x) for x in xs])
+    i = int(np.argmin(vals))
+    lo, hi = xs[max(i - 1, 0)], xs[min(i + 1, grid - 1)]
+    g = (math.sqrt(5.0) - 1.0) / 2.0
+    c, d = hi - g * (hi - lo), lo + g * (hi - lo)
+    fc, fd = f(c), f(d)
+    for _ in range(60):
+        if fc < fd:
+            hi, d, fd = d, c, fc
+            c = hi - g * (hi - lo)
+            fc = f(c)
+        else:
+            lo, c, fc = c, d, fd
+            d = lo + g * (hi - lo)
+            fd = f(d)
+    best = (lo + hi) / 2.0
+    if f(best) > vals[i]:
+        best = xs[i]
+    s = math.exp(best)
+    return s, {"nll_before": f(0.0), "nll_after": f(best), "n": float(len(a))}
+
+
+def fit_variance_scale(err: ArrayLike, var: ArrayLike, *, level: float = 0.9) -> tuple[float, dict[str, float]]:
+    """The scale ``c`` with which ``|err| <= z sqrt(c var)`` holds for a fraction ``level`` of the samples.
+
+    ``z`` = :func:`gaussian_z` ``(level)``; ``c = quantile_level(err^2 / var) / z^2`` (linear interpolation
+    of the empirical quantile). Samples with a non-finite or non-positive variance are left out. Returns
+    ``(c, {"coverage_before", "n"})`` (the coverage at ``c`` is ``level`` up to ties and interpolation).
+    """
+    e = np.asarray(err, np.float64).reshape(-1)
+    v = np.asarray(var, np.float64).reshape(-1)
+    if e.shape != v.shape:
+        raise ValueError("err and var must have the same length")
+    ok = np.isfinite(e) & np.isfinite(v) & (v > 0)
+    e, v = e[ok], v[ok]
+    if e.size == 0:
+        return 1.0, {"coverage_before": float("nan"), "n": 0.0}
+    z = gaussian_z(level)
+    r = e * e / v
+    c = float(np.quantile(r, level)) / (z * z)
+    before = float(np.mean(r <= z * z))
+    return (c if c > 0 and math.isfinite(c) else 1.0), {"coverage_before": before, "n": float(e.size)}

@@ -1,0 +1,198 @@
+"""Post-hoc calibration of the LiDAR branch: the fits recover known scales, decoding applies them, the
+weights sidecar stores them (and folders without one decode as before)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from perception_nodes.evidential.nig import NIG
+from perception_nodes.models import BevGrid, decode
+from perception_nodes.models.calibration import (
+    DetectionCalibration,
+    binary_nll,
+    fit_evidence_scale,
+    fit_platt,
+    fit_variance_scale,
+    gaussian_z,
+    platt,
+    scaled_score,
+)
+from perception_nodes.models.decode import MAX_YAW_VARIANCE
+from perception_nodes.models.weights_io import (
+    default_weights_dir,
+    load_lidar_detection,
+    read_sidecar,
+    write_calibration,
+)
+
+EPS32 = float(np.finfo(np.float32).eps)
+CLASSES = ("car", "pedestrian", "cyclist")
+GRID = BevGrid(-10.0, -10.0, 0.5, 40, 40)
+
+
+def _evidence_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    e = rng.gamma(0.7, 1.0, (n, 4))  # K + 1 = 4 columns, background last
+    alpha = 1.0 + e
+    return alpha, alpha[:, :3].argmax(1)
+
+
+@pytest.mark.parametrize("s_true", [0.4, 2.5])
+def test_evidence_scale_fit_recovers_a_known_scale(s_true):
+    alpha, label = _evidence_rows(20000, seed=1)
+    p = scaled_score(alpha, label, s_true)
+    right = np.random.default_rng(2).random(len(p)) < p  # outcomes drawn from the true scaled score
+    s, info = fit_evidence_scale(alpha, label, right)
+    # the maximum-likelihood estimate from 20k Bernoulli draws spreads by ~0.05 in log s (seen over seeds)
+    assert abs(math.log(s / s_true)) < 0.15, s
+    # the search finds the likelihood's optimum: no worse than the true scale on these draws
+    assert info["nll_after"] <= binary_nll(p, right) + 1e-9
+    assert info["nll_after"] <= info["nll_before"] + 1e-12
+    assert info["nll_after"] == pytest.approx(binary_nll(scaled_score(alpha, label, s), right), rel=1e-9)
+
+
+@pytest.mark.parametrize(("a_true", "b_true"), [(0.6, -0.8), (1.8, 0.5)])
+def test_platt_fit_recovers_a_known_map(a_true, b_true):
+    rng = np.random.default_rng(5)
+    p = rng.beta(0.8, 1.5, 20000)
+    right = rng.random(p.size) < platt(p, a_true, b_true)
+    a, b, info = fit_platt(p, right)
+    assert a == pytest.approx(a_true, abs=0.08) and b == pytest.approx(b_true, abs=0.08)  # ~4 standard errors
+    assert info["nll_after"] <= binary_nll(platt(p, a_true, b_true), right) + 1e-9  # the optimum
+    assert fit_platt(p[:5], np.ones(5, bool))[:2] == (1.0, 0.0)  # nothing to learn: identity
+    # anchored at the Dirichlet prior mean: only the slope is fitted and 1 / (K + 1) maps to itself
+    b_anchor = math.log(0.25 / 0.75) * (1.0 - a_true)
+    right = rng.random(p.size) < platt(p, a_true, b_anchor)
+    a1, b1, _ = fit_platt(p, right, anchor=0.25)
+    assert a1 == pytest.approx(a_true, abs=0.06) and b1 == pytest.approx(math.log(1 / 3) * (1 - a1), rel=1e-12)
+    assert platt(np.array([0.25]), a1, b1)[0] == pytest.approx(0.25, rel=1e-9)
+    # monotone: the ranking of scores is kept
+    assert np.all(np.diff(platt(np.sort(p), a, b)) >= 0)
+
+
+def test_evidence_scale_fit_degenerate_inputs_give_identity():
+    alpha, label = _evidence_rows(10, seed=3)
+    assert fit_evidence_scale(alpha, label, np.ones(10, bool))[0] == 1.0  # nothing to learn from
+    assert fit_evidence_scale(np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, bool))[0] == 1.0
+
+
+def test_variance_scale_fit_recovers_a_known_scale_and_covers_the_level():
+    rng = np.random.default_rng(4)
+    var = rng.uniform(0.01, 2.0, 50000)
+    c_true = 6.0
+    err = rng.normal(0.0, np.sqrt(c_true * var))
+    c, info = fit_variance_scale(err, var, level=0.9)
+    assert c == pytest.approx(c_true, rel=0.05)  # 0.9-quantile of chi2_1 from 50k samples: ~2 % spread
+    z = gaussian_z(0.9)
+    assert z == pytest.approx(1.6448536, abs=1e-6)
+    assert np.mean(err**2 <= z * z * c * var) == pytest.approx(0.9, abs=2.0 / len(err))
+    assert info["coverage_before"] < 0.6  # the unscaled variances are far too small
+
+
+def test_calibration_mapping_round_trip_and_validation():
+    cal = DetectionCalibration(evidence_scale=1.7, centre_variance_scale=3.0, z_variance_scale=2.0,
+                               yaw_variance_scale=4.0, fitted={"on": "x"})
+    assert DetectionCalibration.from_mapping(json.loads(json.dumps(cal.to_dict()))) == cal
+    assert DetectionCalibration.from_mapping(None).is_identity
+    assert DetectionCalibration.from_sidecar({}).is_identity
+    with pytest.raises(ValueError, match="unknown calibration keys"):
+        DetectionCalibration.from_mapping({"centre_varaince_scale": 2.0})
+    with pytest.raises(ValueError, match="> 0"):
+        DetectionCalibration(centre_variance_scale=0.0)
+
+
+def _maps(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = GRID.height, GRID.width
+    alpha = 1.0 + 3.0 * torch.rand(4, h, w, generator=g)
+    alpha[0, 10, 10] = 60.0  # a few clear car peaks
+    alpha[0, 25, 30] = 40.0
+    alpha[1, 5, 33] = 30.0
+    shape = (8, h, w)
+    gamma = torch.rand(shape, generator=g)
+    gamma[6:8] = torch.randn((2, h, w), generator=g)
+    box = NIG(gamma, 1.0 + torch.rand(shape, generator=g), 1.5 + torch.rand(shape, generator=g),
+              0.05 + 0.1 * torch.rand(shape, generator=g))
+    return alpha, box
+
+
+def test_decode_applies_the_calibration():
+    alpha, box = _maps()
+    base = decode(alpha, box, GRID, CLASSES, score_threshold=0.3)
+    assert len(base) >= 3
+    same = decode(alpha, box, GRID, CLASSES, score_threshold=0.3, calibration=DetectionCalibration())
+    assert np.array_equal(base.covariance, same.covariance) and np.array_equal(base.score, same.score)
+
+    cal = DetectionCalibration(centre_variance_scale=5.0, z_variance_scale=2.0, yaw_variance_scale=3.0)
+    got = decode(alpha, box, GRID, CLASSES, score_threshold=0.3, calibration=cal)
+    assert np.array_equal(got.center, base.center) and np.array_equal(got.score, base.score)
+    tol = 4 * EPS32
+    np.testing.assert_allclose(got.covariance[:, 0, 0], 5.0 * base.covariance[:, 0, 0], rtol=tol)
+    np.testing.assert_allclose(got.covariance[:, 1, 1], 5.0 * base.covariance[:, 1, 1], rtol=tol)
+    np.testing.assert_allclose(got.covariance[:, 2, 2], 2.0 * base.covariance[:, 2, 2], rtol=tol)
+    np.testing.assert_allclose(got.covariance[:, 5, 5], np.minimum(3.0 * base.covariance[:, 5, 5], MAX_YAW_VARIANCE),
+                               rtol=tol)
+    np.testing.assert_array_equal(got.covariance[:, 3, 3], base.covariance[:, 3, 3])  # roll: "no information"
+
+    # the score map: the same peaks in the same order, scores mapped, the threshold on the mapped score
+    smap = DetectionCalibration(score_logit_scale=1.5, score_logit_bias=-1.0)
+    low = decode(alpha, box, GRID, CLASSES, score_threshold=0.0, max_detections=50)
+    mapped = decode(alpha, box, GRID, CLASSES, score_threshold=0.0, max_detections=50, calibration=smap)
+    np.testing.assert_array_equal(mapped.center, low.center)
+    np.testing.assert_array_equal(mapped.label, low.label)
+    expect = platt(low.class_probabilities[:, :3].astype(np.float64), 1.5, -1.0)
+    expect = expect / np.maximum(expect.sum(1, keepdims=True), 1.0)
+    np.testing.assert_allclose(mapped.class_probabilities[:, :3], expect, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mapped.class_probabilities.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(mapped.score, mapped.class_probabilities[np.arange(len(mapped)), mapped.label], rtol=1e-6)
+    cut = decode(alpha, box, GRID, CLASSES, score_threshold=0.3, max_detections=50, calibration=smap)
+    assert len(cut) == int((mapped.score > 0.3).sum()) and (cut.score > 0.3).all()
+    # the raw threshold's calibrated image keeps exactly the boxes the raw threshold keeps
+    raw = decode(alpha, box, GRID, CLASSES, score_threshold=0.3, max_detections=50)
+    same = decode(alpha, box, GRID, CLASSES, score_threshold=smap.map_score_threshold(0.3), max_detections=50,
+                  calibration=smap)
+    assert len(raw) > 0 and np.array_equal(same.center, raw.center)
+
+    s = 2.0
+    sharp = decode(alpha, box, GRID, CLASSES, score_threshold=0.3, calibration=DetectionCalibration(evidence_scale=s))
+    # the three strong peaks stay; their scores follow (1 + s e_k) / (K + 1 + s E)
+    a = alpha[:, 10, 10].double().numpy()
+    i = int(np.flatnonzero((np.abs(sharp.center[:, 0] - (GRID.origin_x + 10 * GRID.cell)) < GRID.cell)
+                           & (np.abs(sharp.center[:, 1] - (GRID.origin_y + 10 * GRID.cell)) < GRID.cell))[0])
+    expect = scaled_score(a[None], [0], s)[0]
+    assert sharp.score[i] == pytest.approx(expect, rel=4 * EPS32)
+    e_total = (a - 1).sum()
+    assert sharp.vacuity[i] == pytest.approx(4.0 / (4.0 + s * e_total), rel=4 * EPS32)
+
+
+@pytest.fixture()
+def weights_copy(tmp_path):
+    src = default_weights_dir("lidar_detection")
+    dst = tmp_path / "w"
+    dst.mkdir()
+    for name in ("model.safetensors", "model.json"):
+        shutil.copy(src / name, dst / name)
+    return dst
+
+
+def test_sidecar_round_trip_and_backward_compatibility(weights_copy):
+    # a folder written before calibration existed (no key) decodes with the identity
+    write_calibration(weights_copy, None)
+    side = read_sidecar(weights_copy, "lidar_detection")
+    assert "calibration" not in side and DetectionCalibration.from_sidecar(side).is_identity
+    net0, _ = load_lidar_detection(weights_copy)
+
+    cal = DetectionCalibration(evidence_scale=1.3, centre_variance_scale=7.0, fitted={"frames": 3})
+    before = (weights_copy / "model.safetensors").read_bytes()
+    write_calibration(weights_copy, cal.to_dict(), network="lidar_detection")
+    assert (weights_copy / "model.safetensors").read_bytes() == before  # tensors untouched
+    net1, side1 = load_lidar_detection(weights_copy)
+    assert DetectionCalibration.from_sidecar(side1) == cal
+    assert all(torch.equal(a, b) for a, b in zip(net0.state_dict().values(), net1.state_dict().values()))
+    assert not list(weights_copy.glob(".*.tmp"))
