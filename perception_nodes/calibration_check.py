@@ -78,6 +78,19 @@ class CheckParams:
     bias_match_px: float = 1.5  #: a match takes the depth of a LiDAR point projected this close to it
     min_bias_matches: int = 10  #: fewer matches with LiDAR depth: no disparity-bias check
 
+    def __post_init__(self) -> None:
+        for name in ("min_jump_m", "max_jump_m", "step_deg", "ref_depth_m", "decay_steps", "ratio", "stereo_ok_px",
+                     "stereo_error_px", "max_depth_m"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.error_fraction <= self.ok_fraction <= 1.0:
+            raise ValueError(f"need 0 <= error_fraction <= ok_fraction <= 1, got {self.error_fraction}, "
+                             f"{self.ok_fraction}")
+        if self.stereo_error_px < self.stereo_ok_px:
+            raise ValueError("stereo_error_px must be >= stereo_ok_px")
+        if not 0.0 <= self.min_depth_m < self.max_depth_m:
+            raise ValueError("need 0 <= min_depth_m < max_depth_m")
+
 
 @dataclass(frozen=True)
 class CameraCheck:
@@ -170,7 +183,7 @@ def range_image(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     el = np.arctan2(xyz[:, 2], np.hypot(xyz[:, 0], xyz[:, 1]))
     rng = np.linalg.norm(xyz, axis=1)
     rings, inv = np.unique(ring, return_inverse=True)
-    med_el = np.array([np.median(el[inv == k]) for k in range(len(rings))])
+    med_el = np.bincount(inv, weights=el) / np.maximum(np.bincount(inv), 1)  # mean elevation per ring
     row_of_ring = np.empty(len(rings), np.int64)
     row_of_ring[np.argsort(-med_el, kind="stable")] = np.arange(len(rings))
     row = row_of_ring[inv]
@@ -328,10 +341,10 @@ def alignment_scores(edges_lidar: np.ndarray, weights: np.ndarray, T_cam_lidar: 
     k32 = K.astype(np.float32)
     chunk = max(1, 2_000_000 // max(n, 1))
     for s in range(0, len(all_r), chunk):
-        q = np.einsum("kij,nj->kni", all_r[s:s + chunk], p32) + all_t[s:s + chunk, None, :]
-        zz = np.maximum(q[..., 2], 1e-3)
-        u = (k32[0, 0] * q[..., 0] + k32[0, 1] * q[..., 1]) / zz + k32[0, 2]
-        v = k32[1, 1] * q[..., 1] / zz + k32[1, 2]
+        q = np.matmul(all_r[s:s + chunk], p32.T) + all_t[s:s + chunk, :, None]  # (k, 3, n)
+        zz = np.maximum(q[:, 2], 1e-3)
+        u = (k32[0, 0] * q[:, 0] + k32[0, 1] * q[:, 1]) / zz + k32[0, 2]
+        v = k32[1, 1] * q[:, 1] / zz + k32[1, 2]
         ui = np.clip(np.rint(u), 0, w - 1).astype(np.intp)
         vi = np.clip(np.rint(v), 0, h - 1).astype(np.intp)
         total[s:s + chunk] = response[vi, ui] @ wts.astype(np.float32)

@@ -27,6 +27,7 @@ setup(
             "ground_segmentation_node = perception_bringup:ground_segmentation",
             "occupancy_grid_node = perception_bringup:occupancy_grid",
             "lidar_detection_node = perception_bringup:lidar_detection",
+            "calibration_monitor_node = perception_bringup:calibration_monitor",
             "perception_live = perception_bringup:live",
         ],
     },

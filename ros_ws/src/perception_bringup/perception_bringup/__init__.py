@@ -20,6 +20,10 @@ def lidar_detection(args=None) -> None:
     main_single("lidar_detection", args)
 
 
+def calibration_monitor(args=None) -> None:
+    main_single("calibration_monitor", args)
+
+
 def live(args=None) -> None:
     from perception_nodes.cli import main
 
