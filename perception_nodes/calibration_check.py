@@ -194,7 +194,7 @@ def range_image(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     gaps = da[same & (da > 1e-6)]
     step = float(np.median(gaps)) if len(gaps) else math.radians(0.2)
     cols = max(8, int(round(2 * math.pi / max(step, 1e-4))))
-    col = np.floor((az + math.pi) / (2 * math.pi) * cols).astype(np.int64) % cols
+    col = np.rint((az + math.pi) / (2 * math.pi) * cols).astype(np.int64) % cols
     ranges = np.full((len(rings), cols), np.inf)
     index = np.full((len(rings), cols), -1, np.int64)
     by_range = np.argsort(-rng, kind="stable")  # farthest first: the nearest written last wins

@@ -122,7 +122,7 @@ class CalibrationMonitorNode(NodeCore):
         if topic == self.info_topics[cam]:
             self.models[cam] = camera_model_from_msg(msg)  # MalformedMessageError: counted with its reason
             self.mark_used(topic)
-            return []
+            return self._try_check(force=False)
         old = self._images.pop(cam, None)
         if old is not None:
             self._sampled_out(topic)
