@@ -15,7 +15,9 @@ the check cannot tell which of the two moved). Debug topics (``publish_debug``):
 ``~/debug/<left>_<right>/vertical_disparity_px`` and ``.../disparity_bias_px`` (Float64Stamped).
 
 Scans and images not selected by the sampling are counted as dropped ``sampled_out`` (by design: they
-do not turn the inputs status to WARN); a bad CameraInfo is counted malformed with its reason, and the
+do not turn the inputs status to WARN); a selected scan with no camera to check it against (no image within
+``max_stamp_diff_s``, no CameraInfo yet) is dropped ``no_images`` without any work; a bad CameraInfo is
+counted malformed with its reason, and the
 camera keeps its last good model.
 """
 
@@ -158,6 +160,9 @@ class CalibrationMonitorNode(NodeCore):
                        "no image" if c not in self._images else
                        f"no image within {self.max_stamp_diff_ns / 1e9:g} s of the scan")
                 self._camera_problem[c] = why
+        if not ready:  # nothing to check the scan against: no work (the camera statuses say why)
+            self.mark_dropped(self.lidar_topic, "no_images")
+            return []
         try:
             return self._run_check(stamp, scan, ready)
         finally:
