@@ -23,7 +23,6 @@ camera keeps its last good model.
 
 from __future__ import annotations
 
-import time
 from collections import Counter, deque
 from typing import Any
 
@@ -172,59 +171,64 @@ class CalibrationMonitorNode(NodeCore):
                 self.mark_used(self.image_topics[c])
 
     def _run_check(self, stamp: int, scan: Any, cams: list[str]) -> list[Emit]:
-        t0 = time.perf_counter_ns()
-        xyzi = self.sanitize(self.lidar_topic, read_xyzi(scan))
-        lidar_frame = str(scan.header.frame_id).lstrip("/")
-        images = {c: image_to_numpy(self._images[c][1]) for c in cams}
-        t1 = time.perf_counter_ns()
-        self.latency.record("decode", (t1 - t0) / 1e6)
-        edges = lidar_depth_edges(xyzi, self.check)
-        t2 = time.perf_counter_ns()
-        self.latency.record("edges", (t2 - t1) / 1e6)
         out: list[Emit] = []
-        poses: dict[str, np.ndarray] = {}
-        for c in cams:
-            model = self.models[c]
-            img = images[c]
-            if img.shape[:2] != (model.height, model.width):
-                self._camera_problem[c] = (f"image {img.shape[1]}x{img.shape[0]} does not match CameraInfo "
-                                           f"{model.width}x{model.height}")
-                continue
-            try:
-                T = self.transforms.lookup(model.frame_id.lstrip("/"), lidar_frame)
-            except CalibrationError as exc:
-                self._camera_problem[c] = str(exc)
-                continue
-            poses[c] = T
-            K = model.P[:, :3]
-            resp = edge_response(img, self.check.decay_steps * step_px(float(K[0, 0]), self.check), self.check)
-            sums, weight, names, n = alignment_scores(edges[0], edges[1], T, K, resp, self.check)
-            self._edge_hist[c].append((sums, float(weight), names, n))
-            self._camera_problem.pop(c, None)
-            res = self._pooled(c)
-            self.results[c] = res
-            if self.publish_debug and np.isfinite(res.statistic):
-                out += [Emit(f"~/debug/{c}/edge_statistic", topics.FLOAT64_STAMPED, self._float(stamp, res.statistic)),
-                        Emit(f"~/debug/{c}/edge_score", topics.FLOAT64_STAMPED, self._float(stamp, res.score))]
-        t3 = time.perf_counter_ns()
-        self.latency.record("alignment", (t3 - t2) / 1e6)
-        for left, right in self._pairs(poses):
-            lm = self.models[left]
-            lid = project_lidar(xyzi, poses[left], lm.P[:, :3], lm.width, lm.height)
-            s = check_stereo(left, right, images[left], images[right], self.check, lidar_left=lid,
-                             fx_baseline=-float(self.models[right].P[0, 3]))
-            hist = self._stereo_hist.setdefault((left, right), deque(maxlen=self.pool))
-            hist.append(s)
-            pooled = self._pooled_stereo(list(hist))
-            self.results[(left, right)] = pooled
-            if self.publish_debug and np.isfinite(pooled.median_abs_dy_px):
-                out.append(Emit(f"~/debug/{left}_{right}/vertical_disparity_px", topics.FLOAT64_STAMPED,
-                                self._float(stamp, pooled.median_abs_dy_px)))
-                if np.isfinite(pooled.disparity_bias_px):
-                    out.append(Emit(f"~/debug/{left}_{right}/disparity_bias_px", topics.FLOAT64_STAMPED,
-                                    self._float(stamp, pooled.disparity_bias_px)))
-        self.latency.record("stereo", (time.perf_counter_ns() - t3) / 1e6)
+        with self.latency.frame(stamp) as frame:
+            with self.latency.stage("decode"):
+                xyzi = self.sanitize(self.lidar_topic, read_xyzi(scan))
+                lidar_frame = str(scan.header.frame_id).lstrip("/")
+                images = {c: image_to_numpy(self._images[c][1]) for c in cams}
+            with self.latency.stage("edges"):
+                edges = lidar_depth_edges(xyzi, self.check)
+            poses: dict[str, np.ndarray] = {}
+            with self.latency.stage("alignment"):
+                for c in cams:
+                    out += self._check_camera(c, images[c], edges, lidar_frame, stamp, poses)
+            with self.latency.stage("stereo"):
+                for left, right in self._pairs(poses):
+                    out += self._check_pair(left, right, images, xyzi, poses, stamp)
         self.frames_out += 1
+        return out + self.debug_emits(frame)
+
+    def _check_camera(self, c: str, img: np.ndarray, edges: tuple[np.ndarray, np.ndarray], lidar_frame: str,
+                      stamp: int, poses: dict[str, np.ndarray]) -> list[Emit]:
+        model = self.models[c]
+        if img.shape[:2] != (model.height, model.width):
+            self._camera_problem[c] = (f"image {img.shape[1]}x{img.shape[0]} does not match CameraInfo "
+                                       f"{model.width}x{model.height}")
+            return []
+        try:
+            T = self.transforms.lookup(model.frame_id.lstrip("/"), lidar_frame)
+        except CalibrationError as exc:
+            self._camera_problem[c] = str(exc)
+            return []
+        poses[c] = T
+        K = model.P[:, :3]
+        resp = edge_response(img, self.check.decay_steps * step_px(float(K[0, 0]), self.check), self.check)
+        sums, weight, names, n = alignment_scores(edges[0], edges[1], T, K, resp, self.check)
+        self._edge_hist[c].append((sums, float(weight), names, n))
+        self._camera_problem.pop(c, None)
+        res = self.results[c] = self._pooled(c)
+        if not (self.publish_debug and np.isfinite(res.statistic)):
+            return []
+        return [Emit(f"~/debug/{c}/edge_statistic", topics.FLOAT64_STAMPED, self._float(stamp, res.statistic)),
+                Emit(f"~/debug/{c}/edge_score", topics.FLOAT64_STAMPED, self._float(stamp, res.score))]
+
+    def _check_pair(self, left: str, right: str, images: dict[str, np.ndarray], xyzi: np.ndarray,
+                    poses: dict[str, np.ndarray], stamp: int) -> list[Emit]:
+        lm = self.models[left]
+        lid = project_lidar(xyzi, poses[left], lm.P[:, :3], lm.width, lm.height)
+        s = check_stereo(left, right, images[left], images[right], self.check, lidar_left=lid,
+                         fx_baseline=-float(self.models[right].P[0, 3]))
+        hist = self._stereo_hist.setdefault((left, right), deque(maxlen=self.pool))
+        hist.append(s)
+        pooled = self.results[(left, right)] = self._pooled_stereo(list(hist))
+        out = []
+        if self.publish_debug and np.isfinite(pooled.median_abs_dy_px):
+            out.append(Emit(f"~/debug/{left}_{right}/vertical_disparity_px", topics.FLOAT64_STAMPED,
+                            self._float(stamp, pooled.median_abs_dy_px)))
+            if np.isfinite(pooled.disparity_bias_px):
+                out.append(Emit(f"~/debug/{left}_{right}/disparity_bias_px", topics.FLOAT64_STAMPED,
+                                self._float(stamp, pooled.disparity_bias_px)))
         return out
 
     def _pooled(self, cam: str):
