@@ -177,3 +177,53 @@ def test_cli_checks_the_real_kitti_pair(capsys):
     assert main(args[:2] + ["--kitti-calib", str(d / "left.png"), "--image", str(d / "left.png"),
                             "--velodyne", str(d / "lidar.bin")]) == 2
     assert "KITTI calib file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_live_rclpy_node_checks_a_real_kitti_capture(ros_context, kitti_bag):
+    """The monitor as a managed rclpy node (real Fast DDS): a converted KITTI frame published as a sensor
+    driver would (/tf_static, scan, image, CameraInfo) gives the left camera an OK status on /diagnostics."""
+    import rclpy
+    from rclpy.serialization import deserialize_message
+
+    from perception_nodes.ros.backend import _message_class
+    from perception_nodes.ros.live import LiveGraph
+    from perception_nodes.ros.qos import profile
+    from tests.ros_util import collector, spinning, wait_for
+
+    params = _monitor_params(check_every_n_scans=1, cameras=["left"])
+    graph = LiveGraph(params=params, context=ros_context)
+    user = rclpy.create_node("calib_driver", context=ros_context)
+    graph.executor.add_node(user)
+    got = collector(user, [(topics.DIAGNOSTICS, topics.DIAGNOSTIC_ARRAY)])
+    want = [topics.TF_STATIC, topics.LIDAR_POINTS, topics.CAMERA_IMAGE.format(side="left"),
+            topics.CAMERA_INFO.format(side="left")]
+    with BagReader(kitti_bag) as r:
+        first: dict[str, object] = {}
+        for rec in r.records(topics=want, raw=True):
+            if rec.topic not in first:
+                first[rec.topic] = deserialize_message(bytes(rec.msg), _message_class(rec.msgtype))
+    pubs = {t: user.create_publisher(type(m), t, profile("latched" if t == topics.TF_STATIC else "reliable"))
+            for t, m in first.items()}
+
+    def left_status():
+        for arr in reversed(got[topics.DIAGNOSTICS]):
+            for s in arr.status:
+                if s.name == "calibration_monitor: camera left" and s.level != b"\x03":
+                    return s
+        return None
+
+    try:
+        with spinning(graph.executor):
+            assert wait_for(lambda: all(p.get_subscription_count() >= 1 for p in pubs.values()), 20.0)
+            for t in want:  # the transforms first (latched), then the capture
+                pubs[t].publish(first[t])
+            assert wait_for(lambda: left_status() is not None, 60.0), [
+                (s.name, s.level, s.message) for a in got[topics.DIAGNOSTICS][-1:] for s in a.status]
+        s = left_status()
+        assert s.level == b"\x00", s.message
+        kv = {v.key: v.value for v in s.values}
+        assert float(kv["edge_statistic"]) >= 0.9 and int(kv["edge_points"]) >= 500
+    finally:
+        user.destroy_node()
+        graph.close()
