@@ -3,11 +3,14 @@
 LiDAR-camera alignment (after Levinson & Thrun, "Automatic Online Calibration of Cameras and Lasers",
 RSS 2013; our own implementation)
 ---------------------------------------------------------------------------------------------------
-* **Depth edges of the scan** (:func:`lidar_depth_edges`): within each laser ring, ordered by azimuth,
-  a return nearer than a neighbouring return by ``min_jump_m`` or more is the foreground side of a
-  depth discontinuity: an object's silhouette. Weight ``sqrt(min(jump, max_jump_m))``. Rings come from
-  the cloud's order (KITTI: ring after ring) or, when the order says nothing, from clustering the
-  returns' elevation angles.
+* **Depth edges of the scan** (:func:`lidar_depth_edges`): in the scan's range image (rows = rings,
+  from the cloud's order, e.g. KITTI's ring after ring, or from clustering elevation angles; columns =
+  the scan's azimuth step) a return whose neighbour - left/right in its ring or in the ring above/below -
+  is farther by ``min_jump_m`` or more, and by ``smooth_ratio`` times the step to the opposite neighbour,
+  is the foreground side of a depth discontinuity: an object's silhouette. Levinson & Thrun use ring
+  neighbours only; those see vertical silhouettes, and a pitched camera went unnoticed on generated
+  data, hence the ring-to-ring neighbours; the ratio keeps road and walls seen at a grazing angle (whose
+  ranges grow steadily) out. Weight ``sqrt(min(jump, max_jump_m))``.
 * **Image edges** (:func:`edge_response`): ``E`` = largest absolute grey difference to the 8 neighbours,
   scaled to [0, 1] by its 99th percentile; then an inverse distance transform spreads every edge over
   its neighbourhood, decaying by ``gamma = exp(-1 / decay_px)`` per pixel (Chebyshev distance):
