@@ -90,6 +90,9 @@ def cmd_check(a: argparse.Namespace) -> int:
     except (CalibrationError, OSError, ValueError) as exc:
         print(f"calib check: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # a core-only install: OpenCV comes with the vision extra
+        print(f"calib check needs OpenCV ({exc}): pip install perception-nodes[vision]", file=sys.stderr)
+        return 2
     for name, c in result.cameras.items():
         print(f"{name}: {c.verdict}  F={c.statistic:.3f}  J={c.score:.4f}  edge points={c.edge_points}  - {c.reason}")
     for s in result.stereo:

@@ -81,8 +81,10 @@ def test_every_input_message_is_accounted_for(faulty_replay) -> None:
         for topic, a in acct.items():
             assert a["received"] == a["used"] + a["malformed"] + sum(a["dropped"].values()) + a["pending"], (node, topic)
             assert a["balanced"]
-        assert lidar["malformed"] == 2, node
         assert lidar["dropped"]["stamp_out_of_range"] == 1, node
+        if node == "calibration_monitor":  # checks one scan in N: decodes only those (its own tests)
+            continue
+        assert lidar["malformed"] == 2, node
         assert lidar["dropped"]["implausible"] == 1, node  # the cloud with the wrong byte-order flag
     # the cloud in an unknown frame: the ground segmentation cannot transform it; the occupancy grid
     # never gets its obstacle cloud, and the next scan proves it has no partner

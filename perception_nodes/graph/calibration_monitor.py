@@ -50,7 +50,7 @@ from perception_nodes.codecs.image import image_to_numpy
 from perception_nodes.codecs.outputs import DiagnosticStatusData
 from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.config import to_dataclass
-from perception_nodes.errors import CalibrationError
+from perception_nodes.errors import CalibrationError, NodeUnavailable
 from perception_nodes.graph.node import Emit, NodeCore, Port
 
 _LEVELS = {OK: 0, WARN: 1, ERROR: 2}
@@ -90,7 +90,15 @@ class CalibrationMonitorNode(NodeCore):
         return ports
 
     def warmup(self) -> None:
-        # numpy/OpenCV paths once, on a tiny synthetic image and scan, so the first real check is not slow
+        """Raises NodeUnavailable without OpenCV (a core-only install: the ``vision`` extra brings it), so
+        replay and ``live`` leave the monitor out and say why; else runs the numpy/OpenCV paths once on a
+        tiny synthetic image and scan, so the first real check is not slow."""
+        try:
+            import cv2  # noqa: F401
+        except ImportError as exc:
+            raise NodeUnavailable(f"{self.name}: the calibration check needs OpenCV, which is not installed "
+                                  f"here ({exc}); install the vision extra (pip install perception-nodes[vision])"
+                                  ) from exc
         from perception_nodes.graph.node import synthetic_scan
 
         img = np.zeros((32, 48, 3), np.uint8)
