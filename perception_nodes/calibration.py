@@ -253,6 +253,7 @@ class KittiCalib:
     P: dict[str, np.ndarray]  # "P0".."P3", 3x4
     R0_rect: np.ndarray  # 3x3
     Tr_velo_to_cam: np.ndarray  # 4x4 (velodyne -> camera 0, unrectified)
+    Tr_imu_to_velo: np.ndarray | None = None  # 4x4 (IMU -> velodyne) when the file has it
 
     @property
     def velo_to_rect(self) -> np.ndarray:
@@ -273,27 +274,56 @@ class KittiCalib:
         return float((p2[0, 3] - p3[0, 3]) / p2[0, 0])
 
 
+#: KITTI calib keys -> number of values (object benchmark; ``Tr_imu_to_velo`` is optional)
+KITTI_KEYS = {"P0": 12, "P1": 12, "P2": 12, "P3": 12, "R0_rect": 9, "Tr_velo_to_cam": 12}
+
+
 def load_kitti_calib(path: str | Path) -> KittiCalib:
-    """Parse a KITTI object calib file (``KEY: v1 v2 ...`` lines)."""
+    """Parse a KITTI object calib file (``KEY: v1 v2 ...`` lines); CalibrationError naming what is wrong.
+
+    The raw-data files' names (``R_rect_00``, ``Tr_velo_cam``) are not accepted: this is the
+    object-benchmark format (also that of the stereo and tracking benchmarks).
+    """
     p = Path(path)
     values: dict[str, np.ndarray] = {}
     try:
-        for line in p.read_text().splitlines():
-            if ":" not in line:
-                continue
-            key, rest = line.split(":", 1)
-            nums = rest.split()
-            if nums:
-                values[key.strip()] = np.array([float(v) for v in nums])
-        P = {k: values[k].reshape(3, 4) for k in ("P0", "P1", "P2", "P3")}
-        r0 = values["R0_rect"].reshape(3, 3)
-        tr = np.eye(4)
-        tr[:3, :] = values["Tr_velo_to_cam"].reshape(3, 4)
-    except (KeyError, ValueError) as exc:
-        raise CalibrationError(f"{p}: not a KITTI calib file ({exc})") from exc
-    if not all(np.all(np.isfinite(v)) for v in (*P.values(), r0, tr)):
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"{p}: cannot read KITTI calib file ({exc})") from exc
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if ":" not in line:
+            continue
+        key, rest = line.split(":", 1)
+        try:
+            nums = [float(v) for v in rest.split()]
+        except ValueError as exc:
+            raise CalibrationError(f"{p}:{lineno}: {key.strip()}: not a number ({exc})") from exc
+        if nums:
+            values[key.strip()] = np.array(nums)
+    missing = [k for k in KITTI_KEYS if k not in values]
+    if missing:
+        raise CalibrationError(f"{p}: not a KITTI calib file: missing {', '.join(missing)} "
+                               f"(found {', '.join(values) or 'no KEY: values lines'})")
+    for key, n in {**KITTI_KEYS, "Tr_imu_to_velo": 12}.items():
+        if key in values and values[key].size != n:
+            raise CalibrationError(f"{p}: {key} has {values[key].size} values, expected {n}")
+    P = {k: values[k].reshape(3, 4) for k in ("P0", "P1", "P2", "P3")}
+    r0 = values["R0_rect"].reshape(3, 3)
+    tr = np.eye(4)
+    tr[:3, :] = values["Tr_velo_to_cam"].reshape(3, 4)
+    imu = None
+    if "Tr_imu_to_velo" in values:
+        imu = np.eye(4)
+        imu[:3, :] = values["Tr_imu_to_velo"].reshape(3, 4)
+    if not all(np.all(np.isfinite(v)) for v in (*P.values(), r0, tr, *([] if imu is None else [imu]))):
         raise CalibrationError(f"{p}: non-finite calibration values")
-    return KittiCalib(P=P, R0_rect=r0, Tr_velo_to_cam=tr)
+    for name, rot in (("R0_rect", r0), ("Tr_velo_to_cam", tr[:3, :3])):
+        if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4) or np.linalg.det(rot) < 0:
+            raise CalibrationError(f"{p}: {name} is not a rotation (orthonormal, det +1, to 1e-4)")
+    for k, m in P.items():
+        if not (m[0, 0] > 0 and m[1, 1] > 0):
+            raise CalibrationError(f"{p}: {k} has a non-positive focal length ({m[0, 0]:g}, {m[1, 1]:g})")
+    return KittiCalib(P=P, R0_rect=r0, Tr_velo_to_cam=tr, Tr_imu_to_velo=imu)
 
 
 def tf_message(transforms: list[StaticTransform], stamp_ns: int, backend: Any) -> Any:

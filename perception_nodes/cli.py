@@ -266,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--quiet", action="store_true", help="no progress bar")
     k.set_defaults(func=_cmd_convert_kitti)
 
+    from perception_nodes.calibration_cli import add_parser as add_calib_parser
+
+    add_calib_parser(sub)  # calib check (perception_nodes/calibration_cli.py)
+
     from perception_nodes.scenario.generate import GENERATE_DESCRIPTION, add_generate_arguments
 
     g = sub.add_parser("generate", help="render a procedural scenario (LiDAR, stereo+mono cameras, ground truth, "

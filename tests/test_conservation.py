@@ -83,8 +83,10 @@ def test_every_input_message_is_accounted_for(faulty_replay) -> None:
             continue
         lidar = acct[topics.LIDAR_POINTS]
         assert lidar["received"] == n_clouds, node
-        assert lidar["malformed"] == 2, node
         assert lidar["dropped"]["stamp_out_of_range"] == 1, node
+        if node == "calibration_monitor":  # checks one scan in N: decodes only those (its own tests)
+            continue
+        assert lidar["malformed"] == 2, node
         assert lidar["dropped"]["implausible"] == 1, node  # the cloud with the wrong byte-order flag
     # the cloud in an unknown frame: the ground segmentation cannot transform it; the occupancy grid
     # never gets its obstacle cloud, and the next scan proves it has no partner

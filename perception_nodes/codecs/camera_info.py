@@ -41,7 +41,8 @@ class CameraModel:
     def __post_init__(self) -> None:
         n = DISTORTION_MODELS.get(self.distortion_model)
         if n is None:
-            raise _malformed(f"unknown distortion model {self.distortion_model!r}")
+            raise _malformed(f"unknown distortion model {self.distortion_model!r} (supported: "
+                             f"{', '.join(DISTORTION_MODELS)})")
         for name, shape in (("K", (3, 3)), ("D", (n,)), ("R", (3, 3)), ("P", (3, 4))):
             arr = np.array(getattr(self, name), dtype=np.float64)
             if arr.size != int(np.prod(shape)):
@@ -51,8 +52,7 @@ class CameraModel:
             arr = arr.reshape(shape)
             arr.flags.writeable = False
             object.__setattr__(self, name, arr)
-        if self.K[0, 0] == 0 or self.K[1, 1] == 0:
-            raise _malformed("K has a zero focal length (uncalibrated camera)")
+        _check_geometry(self)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CameraModel):
@@ -62,6 +62,49 @@ class CameraModel:
         ) and all(np.array_equal(getattr(self, n), getattr(other, n)) for n in "KDRP")
 
     __hash__ = None  # type: ignore[assignment]  # holds arrays
+
+
+#: P's focal lengths may differ from K's (a rectified image is resampled, e.g. scaled to keep every
+#: pixel: ``alpha`` in OpenCV's stereoRectify), but not by more than this factor either way: beyond it the
+#: two matrices describe different cameras or resolutions (one of them was not updated after a resize).
+MAX_K_P_SCALE = 2.0
+
+
+def _check_geometry(m: CameraModel) -> None:
+    """The checks that go beyond sizes and finiteness (each names what is wrong and why it matters).
+
+    * image size: width and height >= 1 (0 x 0 is what an uncalibrated driver sends);
+    * K: positive focal lengths (zero = uncalibrated; negative = a mirrored image, which no node here
+      expects), K[1, 0] = K[2, 0] = K[2, 1] = 0 and K[2, 2] = 1 (an upper-triangular intrinsic matrix);
+    * R: a rotation (orthonormal, determinant +1, to 1e-3): the rectification rotation of a stereo head;
+    * P: its left 3x3 an intrinsic matrix as K (positive focal lengths, last row [0, 0, 1]), Tz = P[2, 3]
+      = 0 (ROS: both cameras of a pair in the same image plane), and focal lengths within a factor of
+      :data:`MAX_K_P_SCALE` of K's (beyond that K and P describe different cameras or resolutions).
+    """
+    if m.width < 1 or m.height < 1:
+        raise _malformed(f"image size {m.width}x{m.height}: width and height must be >= 1 "
+                         "(0x0 means the camera is not calibrated)")
+    K, P, R = m.K, m.P, m.R
+    for name, mat in (("K", K), ("P", P)):
+        fx, fy = mat[0, 0], mat[1, 1]
+        if fx == 0 or fy == 0:
+            raise _malformed(f"{name} has a zero focal length (fx={fx:g}, fy={fy:g}): uncalibrated camera")
+        if fx < 0 or fy < 0:
+            raise _malformed(f"{name} has a negative focal length (fx={fx:g}, fy={fy:g}): a mirrored image "
+                             "is not supported")
+        if mat[1, 0] != 0 or mat[2, 0] != 0 or mat[2, 1] != 0 or abs(mat[2, 2] - 1.0) > 1e-9:
+            raise _malformed(f"{name} is not an intrinsic matrix (its lower triangle must be 0 and "
+                             f"[2, 2] = 1; got rows {mat[1, :3].tolist()}, {mat[2, :3].tolist()})")
+    if abs(P[2, 3]) > 1e-9:
+        raise _malformed(f"P[2, 3] = {P[2, 3]:g}: ROS CameraInfo needs Tz = 0 (both cameras of a pair in one "
+                         "image plane)")
+    if not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or np.linalg.det(R) < 0:
+        raise _malformed("R is not a rotation matrix (rectification must be orthonormal with det +1)")
+    ratio = np.array([P[0, 0] / K[0, 0], P[1, 1] / K[1, 1]])
+    if (ratio > MAX_K_P_SCALE).any() or (ratio < 1.0 / MAX_K_P_SCALE).any():
+        raise _malformed(f"K and P are inconsistent: focal lengths K ({K[0, 0]:g}, {K[1, 1]:g}) vs P "
+                         f"({P[0, 0]:g}, {P[1, 1]:g}) differ by more than a factor {MAX_K_P_SCALE:g} "
+                         "(different cameras or resolutions)")
 
 
 def camera_model_from_msg(msg: Any) -> CameraModel:

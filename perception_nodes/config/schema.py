@@ -97,6 +97,30 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("match_tolerance_s", 0.0, 60.0),
     ("odometry_max_gap_s", 0.0, 60.0),
     ("weight_warn", 0.0, 1.0),
+    # calibration_monitor
+    ("check_every_n_scans", 1, 1_000_000),
+    ("pool_checks", 1, 10_000),
+    ("max_stamp_diff_s", 0.0, 60.0),
+    ("check.min_jump_m", 0.01, 100.0),
+    ("check.max_jump_m", 0.01, 1000.0),
+    ("check.smooth_ratio", 0.0, 100.0),
+    ("check.min_depth_m", 0.0, 1000.0),
+    ("check.max_depth_m", 0.1, 10_000.0),
+    ("check.step_deg", 0.01, 10.0),
+    ("check.ref_depth_m", 0.1, 1000.0),
+    ("check.decay_steps", 0.1, 100.0),
+    ("check.blur_sigma_px", 0.0, 100.0),
+    ("check.alpha", 0.0, 1.0),
+    ("check.min_edge_points", 1, 10_000_000),
+    ("check.ok_fraction", 0.0, 1.0),
+    ("check.error_fraction", 0.0, 1.0),
+    ("check.orb_features", 10, 100_000),
+    ("check.ratio", 0.01, 1.0),
+    ("check.min_matches", 1, 100_000),
+    ("check.stereo_ok_px", 0.0, 1000.0),
+    ("check.stereo_error_px", 0.0, 1000.0),
+    ("check.bias_match_px", 0.0, 100.0),
+    ("check.min_bias_matches", 1, 100_000),
 )
 
 #: allowed values of string parameters (fnmatch patterns)
@@ -111,6 +135,7 @@ READ_ONLY: tuple[str, ...] = (
     "*_topic", "qos.*", "autostart", "calibration_file", "use_tf_static", "use_tf", "base_frame", "latency_window",
     "sync.queue_size", "keep_grids_for_report", "runtime", "weights", "threads", "fusion_queue_size",
     "branches.*",  # fusion: the branch set is wired at start
+    "cameras", "pool_checks",
 )
 
 

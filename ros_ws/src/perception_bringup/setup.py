@@ -28,6 +28,7 @@ setup(
             "occupancy_grid_node = perception_bringup:occupancy_grid",
             "lidar_detection_node = perception_bringup:lidar_detection",
             "fusion_node = perception_bringup:fusion",
+            "calibration_monitor_node = perception_bringup:calibration_monitor",
             "perception_live = perception_bringup:live",
         ],
     },

@@ -22,6 +22,8 @@ def lidar_detection(args=None) -> None:
 
 def fusion(args=None) -> None:
     main_single("fusion", args)
+def calibration_monitor(args=None) -> None:
+    main_single("calibration_monitor", args)
 
 
 def live(args=None) -> None:
