@@ -12,12 +12,14 @@ from perception_nodes.graph.ground_segmentation import GroundSegmentationNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
 from perception_nodes.graph.node import Emit, NodeCore, Port
 from perception_nodes.graph.occupancy_grid import OccupancyGridNode
+from perception_nodes.graph.stereo_occupancy import StereoOccupancyNode
 
 #: node name in the params file -> implementation
 NODE_TYPES: dict[str, type[NodeCore]] = {
     "ground_segmentation": GroundSegmentationNode,
     "occupancy_grid": OccupancyGridNode,
     "lidar_detection": LidarDetectionNode,
+    "stereo_occupancy": StereoOccupancyNode,
 }
 
 _log = logging.getLogger("perception_nodes.graph")
