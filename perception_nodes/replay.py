@@ -37,6 +37,7 @@ from perception_nodes.config import load_params
 from perception_nodes.evaluation import GROUND_TRUTH_TOPICS, Evaluator, write_metrics
 from perception_nodes.graph import NodeCore, build_graph, resolve_topic
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
+from perception_nodes.graph.stereo_occupancy import StereoOccupancyNode
 from perception_nodes.latency import LatencySeries, summarize
 
 
@@ -91,6 +92,8 @@ class ReplayResult:
     # LiDAR branch, last frames: (stamp, vision_msgs Detection3DArray, occupancy, uncertainty) with the
     # fused grids (the learned ones where no fused grid came)
     detections: list[tuple[int, Any, Any, Any]] = field(default_factory=list)
+    # stereo occupancy node, last frames: (stamp, occupancy, uncertainty)
+    stereo_grids: list[tuple[int, Any, Any]] = field(default_factory=list)
 
 
 def _end_to_end_node(nodes: list[NodeCore]) -> NodeCore:
@@ -139,6 +142,10 @@ def run_graph(
                                                   (branch.fused_occupancy_topic, "fused_occ"),
                                                   (branch.fused_uncertainty_topic, "fused_unc")) if t}
     pending_det: dict[int, dict[str, Any]] = {}
+    # the stereo node's grids per stamp (report panel beside the LiDAR grid)
+    stereo = next((n for n in nodes if isinstance(n, StereoOccupancyNode)), None)
+    stereo_topics = {stereo.output_topic: "occ", stereo.uncertainty_topic: "unc"} if stereo is not None else {}
+    pending_stereo: dict[int, dict[str, Any]] = {}
 
     def deliver(topic: str, msg: Any, out_bag: OutputBag) -> dict[str, int]:
         # (topic, message, replay time it was published); each node busy until free_at (module doc)
@@ -168,6 +175,11 @@ def run_graph(
                         pending_det.setdefault(stamp, {})[branch_topics[name]] = e.msg
                         for old in sorted(pending_det)[:-keep_grids]:
                             del pending_det[old]
+                    if name in stereo_topics:
+                        stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
+                        pending_stereo.setdefault(stamp, {})[stereo_topics[name]] = e.msg
+                        for old in sorted(pending_stereo)[:-keep_grids]:
+                            del pending_stereo[old]
                     queue.append((name, e.msg, done))
         clock.set(last)
         return free_at
@@ -245,6 +257,7 @@ def run_graph(
         occ, unc = (d.get("fused_occ"), d.get("fused_unc")) if "fused_occ" in d else (d.get("occ"), d.get("unc"))
         if "det" in d:
             result.detections.append((stamp, d["det"], occ, unc))
+    result.stereo_grids = [(st, g["occ"], g["unc"]) for st, g in sorted(pending_stereo.items()) if len(g) == 2]
     result.latency = latency_report(nodes, bag_read, overhead)
     result.samples = {f"{n.name}/{k}": list(v.all or []) for n in nodes for k, v in n.latency.series.items()}
     (out_dir / "latency.json").write_text(json.dumps(result.latency, indent=2, allow_nan=False))

@@ -27,6 +27,7 @@ setup(
             "ground_segmentation_node = perception_bringup:ground_segmentation",
             "occupancy_grid_node = perception_bringup:occupancy_grid",
             "lidar_detection_node = perception_bringup:lidar_detection",
+            "stereo_occupancy_node = perception_bringup:stereo_occupancy",
             "perception_live = perception_bringup:live",
         ],
     },

@@ -20,6 +20,10 @@ def lidar_detection(args=None) -> None:
     main_single("lidar_detection", args)
 
 
+def stereo_occupancy(args=None) -> None:
+    main_single("stereo_occupancy", args)
+
+
 def live(args=None) -> None:
     from perception_nodes.cli import main
 
