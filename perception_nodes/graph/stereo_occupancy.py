@@ -113,7 +113,7 @@ class StereoOccupancyNode(NodeCore):
         out["unknown_vacuity"] = float(params.get("unknown_vacuity", 1.0))
         out["min_disparity_px"] = float(params.get("min_disparity_px", 0.5))
         health = params.get("health", {})
-        warn, error = float(health.get("valid_ratio_warn", 0.3)), float(health.get("valid_ratio_error", 0.1))
+        warn, error = float(health.get("valid_ratio_warn", 0.5)), float(health.get("valid_ratio_error", 0.15))
         if error > warn:
             raise ConfigError(f"{self.name}.health.valid_ratio_error ({error}) must not exceed valid_ratio_warn ({warn})")
         out["ratio_warn"], out["ratio_error"] = warn, error
@@ -277,7 +277,8 @@ class StereoOccupancyNode(NodeCore):
                 disp = self.matcher.disparity(limg, rimg)
             with self.latency.stage("depth"):
                 depth = depth_from_disparity(disp, g, min_disparity=self.min_disparity_px)
-                ratio = valid_disparity_ratio(disp, self.matcher.num_disparities(g.width))
+                ratio = valid_disparity_ratio(disp, self.matcher.num_disparities(g.width),
+                                              self.min_disparity_px + g.doffs)
             with self.latency.stage("evidence"):
                 to_base = self.sensor_to_base(lmsg.header.frame_id)
                 grid, _ = stereo_evidence(depth, g, to_base, self.grid, self.evidence)

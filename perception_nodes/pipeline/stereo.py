@@ -20,9 +20,10 @@ scales with the image width when ``num_disparities`` is 0: ``max_disparity_fract
 a multiple of 16 (0.09 -> 112 at KITTI's 1242 px, 32 at the 320 px demo camera), i.e. the nearest depth
 that can be matched, ``fx B / num_disparities``, stays about 3.2 m at any resolution of the same rig.
 
-Health: :func:`valid_disparity_ratio` is the share of pixels with a valid disparity among those that can
-have one (the leftmost ``num_disparities`` columns of the left image have no partner in the right image
-and are left out). A blacked-out, glared or decalibrated camera drives it down.
+Health: :func:`valid_disparity_ratio` is the share of pixels with a valid disparity that gives a depth
+(>= 0.5 px) among those that can have one (the leftmost ``num_disparities`` columns of the left image
+have no partner in the right image and are left out). A blacked-out, glared or decalibrated camera
+drives it down.
 """
 
 from __future__ import annotations
@@ -265,10 +266,16 @@ def points_from_depth(depth: np.ndarray, geom: StereoGeometry, *, stride: int = 
     return pts, rows, cols
 
 
-def valid_disparity_ratio(disparity: np.ndarray, num_disparities: int) -> float:
+def valid_disparity_ratio(disparity: np.ndarray, num_disparities: int, min_disparity: float = 0.5) -> float:
     """Share of matchable pixels (all but the leftmost ``num_disparities`` columns, which have no partner
-    in the right image) that got a valid disparity: the node's health signal. 0 for an empty image."""
+    in the right image) that got a valid disparity of at least ``min_disparity`` px, i.e. one that gives a
+    depth: the node's health signal. 0 for an empty image.
+
+    Why the lower bound: SGBM "matches" two uniform images (both cameras blacked out) at disparity 0
+    everywhere and calls that valid; a zero disparity carries no depth (infinitely far), so it must not
+    count as health. Real sky also sits near 0 and is left out alike (a road scene is mostly not sky)."""
     d = np.asarray(disparity)[:, num_disparities:]
     if d.size == 0:
         return 0.0
-    return float(np.count_nonzero(np.isfinite(d))) / float(d.size)
+    with np.errstate(invalid="ignore"):
+        return float(np.count_nonzero(d >= min_disparity)) / float(d.size)
