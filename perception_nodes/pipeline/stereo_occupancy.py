@@ -24,7 +24,9 @@ give the same evidence for the same scene.
 * **Free on the ground seen.** Each (bin, cell) pair holding ground pixels adds ``free_per_ground_hit · w``
   (the road there was seen), scaled by ``mixed_cell_free_weight`` in cells with occupied evidence.
 * **Free along the ray up to the surface.** A bin's ray ends at its first surface (or, without one, at
-  its farthest ground pixel, or at ``max_depth_m`` when it saw something farther than that). Cells whose
+  the farthest range step with at least ``min_obstacle_pixels`` ground pixels). Far and overhanging
+  pixels never extend a ray: their lines of sight pass above whatever low object lies in between (a
+  parked car whose side found no match would otherwise be called free). Cells whose
   centre lies in the bin and at least ``margin`` short of that end get ``free_per_ray`` times the cell's
   angular width in reference rays (near cells are crossed by many rays, far ones by a fraction of one),
   where ``margin = max(half a cell diagonal, free_margin_sigmas · σ_Z(end))``: free space stops short of
@@ -39,7 +41,8 @@ Stereo depth has ``σ_Z = Z² σ_d / (fx B)`` (``σ_d = disparity_sigma_px``). A
 ``w = min(1, resolution / (√(2π) σ_Z))``, about the probability that a point spread by that error lands in
 its true cell (1 while ``σ_Z`` stays below 0.4 cells; then it falls as 1/Z²: KITTI at 0.25 m cells and
 σ_d = 0.5 px: w = 1 to 7 m, 0.77 at 10 m, 0.19 at 20 m, 0.09 at 30 m). Points beyond ``max_depth_m``
-give no hit evidence at all; they only tell that their ray reached ``max_depth_m``. Both evidence amounts
+give no evidence at all, and free space stops ``free_margin_sigmas · σ_Z`` short of every ray's end
+(4 m short of a surface at 20 m for the 320-px demo camera, 1 m for KITTI). Both evidence amounts
 are capped at ``max_evidence`` per frame.
 
 Limits: the ground is a plane (a slope of a few percent turns far road into obstacles past 20-30 m,
@@ -89,7 +92,7 @@ class StereoEvidenceParams:
     ray_bins: int = 0
     #: Angular width (deg) of the reference ray the per-ray amounts are given for.
     reference_ray_deg: float = 0.25
-    #: Points deeper than this (m) give no hit evidence; their rays count as reaching it.
+    #: Points deeper than this (m) give no evidence.
     max_depth_m: float = 40.0
     #: Matching error (px, one sigma) behind the depth weighting and the free-space margin.
     disparity_sigma_px: float = 0.5
@@ -207,13 +210,17 @@ def stereo_evidence(
         gfree[occ > 0] *= np.float32(p.mixed_cell_free_weight)
         free += gfree
 
-    # --- rays: end at the first surface, else the farthest ground pixel, else max_depth_m if seen beyond
+    # --- rays: end at the first surface, else the farthest ground seen (a range step of the bin with at
+    # least min_obstacle_pixels ground pixels: the farthest single pixel is the likeliest outlier). Far
+    # pixels (beyond max_depth_m) and overhanging ones do not extend a ray: their lines of sight pass
+    # above whatever is low in between (a parked car whose side found no match), so they say nothing
+    # about the obstacle band there; ground pixels do (ground behind a car is hidden for hundreds of m).
     end = np.zeros(n_az, dtype=np.float32)
     if gi.size:
-        np.maximum.at(end, az[gi], rng[gi])
-    fi = np.flatnonzero(far)
-    if fi.size:
-        np.maximum.at(end, az[fi], np.float32(p.max_depth_m))
+        gstep = np.floor(rng[gi] / np.float32(range_res)).astype(np.int64)
+        _, ginv, gcnt = np.unique(az[gi] * (1 << 32) + gstep, return_inverse=True, return_counts=True)
+        gs = gi[gcnt[ginv.reshape(-1)] >= p.min_obstacle_pixels]
+        np.maximum.at(end, az[gs], rng[gs])
     end = np.where(np.isfinite(first), first, end)
     sigma_end = depth_sigma(end, geom, p.disparity_sigma_px).astype(np.float32)
     margin = np.maximum(np.float32(spec.resolution * math.sqrt(0.5)), np.float32(p.free_margin_sigmas) * sigma_end)
