@@ -18,11 +18,13 @@ image resolution. Every per-ray amount below is also scaled by the bin's angular
 ``reference_ray_deg`` (0.25°, the LiDAR model's bin), so a 1242-px and a 320-px camera of the same rig
 give the same evidence for the same scene.
 
-* **Occupied at the surface.** Obstacle pixels are grouped per (bin, range step of one cell); a group
-  with at least ``min_obstacle_pixels`` pixels is a surface (single stray matches are not). Each (bin,
-  cell) pair holding surface pixels adds ``occupied_per_ray · w`` to the cell.
-* **Free on the ground seen.** Each (bin, cell) pair holding ground pixels adds ``free_per_ground_hit · w``
-  (the road there was seen), scaled by ``mixed_cell_free_weight`` in cells with occupied evidence.
+Pixels are pooled into *polar groups*: (bin, range step of one cell size). A group counts once, at the
+cell of its pixels' mean position, with their mean weight ``w`` (below).
+
+* **Occupied at the surface.** An obstacle group with at least ``min_obstacle_pixels`` pixels is a surface
+  (single stray matches are not); it adds ``occupied_per_ray · w`` to its cell.
+* **Free on the ground seen.** A ground group adds ``free_per_ground_hit · w`` to its cell (the road there
+  was seen), scaled by ``mixed_cell_free_weight`` in cells with occupied evidence.
 * **Free along the ray up to the surface.** A bin's ray ends at its first surface (or, without one, at
   the farthest range step with at least ``min_obstacle_pixels`` ground pixels). Far and overhanging
   pixels never extend a ray: their lines of sight pass above whatever low object lies in between (a
@@ -170,57 +172,66 @@ def stereo_evidence(
         raise ValueError(f"camera at {sx:g}, {sy:g} is implausibly far from a {spec.size_x:g} m grid")
 
     pts, _, _ = points_from_depth(depth, geom, stride=p.pixel_stride)
+    n_pixels = int(pts.shape[0])
     z_opt = pts[:, 2]
-    base = pts @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
-    dx, dy = base[:, 0] - np.float32(sx), base[:, 1] - np.float32(sy)
+    far = z_opt > p.max_depth_m
+    n_far = int(np.count_nonzero(far))
+    if n_far:
+        pts, z_opt = pts[~far], z_opt[~far]
+    # into base_link, one row of the rotation at a time (a (N, 3) @ (3, 3) product goes through BLAS,
+    # whose threads fight the matcher's for the cores)
+    R, t = T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32)
+    px, py, pz = pts[:, 0], pts[:, 1], pts[:, 2]
+    bx = R[0, 0] * px + R[0, 1] * py + R[0, 2] * pz + t[0]
+    by = R[1, 0] * px + R[1, 1] * py + R[1, 2] * pz + t[1]
+    hag = R[2, 0] * px + R[2, 1] * py + R[2, 2] * pz + (t[2] - np.float32(p.ground_z))
+    dx, dy = bx - np.float32(sx), by - np.float32(sy)
     rng = np.hypot(dx, dy)
     keep = np.isfinite(rng) & (rng >= p.min_range_m)
-    far = keep & (z_opt > p.max_depth_m)
-    near = keep & ~far
-    hag = base[:, 2] - np.float32(p.ground_z)
-    obstacle = near & (hag >= p.obstacle_min_height) & (hag <= p.obstacle_max_height)
-    ground = near & (hag < p.obstacle_min_height)
+    obstacle = keep & (hag >= p.obstacle_min_height) & (hag <= p.obstacle_max_height)
+    ground = keep & (hag < p.obstacle_min_height)
 
     n_az = p.bins_for(geom)
     bin_scale = (2.0 * math.pi / n_az) / math.radians(p.reference_ray_deg)  # reference rays per bin
-    range_res = spec.resolution
-    lut_az, _, lut_rho, lut_ang, _ = _cell_lut(spec, sx, sy, n_az, float(range_res))
+    range_res = np.float32(spec.resolution)
+    lut_az, _, lut_rho, lut_ang, _ = _cell_lut(spec, sx, sy, n_az, float(spec.resolution))
     az = ((np.arctan2(dy, dx) + np.float32(np.pi)) * np.float32(n_az / (2.0 * np.pi))).astype(np.int64) % n_az
+    n_steps = int(rng[keep].max() / range_res) + 1 if keep.any() else 1
+    # polar group of a pixel: (ray, range step of one cell); evidence is counted per group, not per pixel
+    key = az * n_steps + np.minimum(np.where(keep, rng, 0.0) / range_res, n_steps - 1).astype(np.int64)
     w = _weight(z_opt, geom, spec, p)
-    row, col, inside = spec.cell_index(base[:, 0], base[:, 1])
-    cell = row * w_cols + col
 
     occ = np.zeros(n_cells, np.float32)
     free = np.zeros(n_cells, np.float32)
     first = np.full(n_az, np.inf, dtype=np.float32)
+    end = np.zeros(n_az, dtype=np.float32)
+    n_groups = n_az * n_steps
 
-    # --- surfaces: obstacle groups per (bin, range step) with enough pixels
-    oi = np.flatnonzero(obstacle)
-    if oi.size:
-        rstep = np.floor(rng[oi] / np.float32(range_res)).astype(np.int64)
-        _, inv, cnt = np.unique(az[oi] * (1 << 32) + rstep, return_inverse=True, return_counts=True)
-        oi = oi[cnt[inv.reshape(-1)] >= p.min_obstacle_pixels]
-    if oi.size:
-        np.minimum.at(first, az[oi], rng[oi])
-        occ += _per_ray_cell(az[oi], cell[oi], inside[oi], w[oi], n_cells, p.occupied_per_ray * bin_scale)
-    # --- ground seen
-    gi = np.flatnonzero(ground)
-    if gi.size:
-        gfree = _per_ray_cell(az[gi], cell[gi], inside[gi], w[gi], n_cells, p.free_per_ground_hit * bin_scale)
+    # --- surfaces: obstacle groups with at least min_obstacle_pixels pixels
+    g_az, g_rng, g_cell, g_w = _groups(key[obstacle], bx[obstacle], by[obstacle], rng[obstacle], w[obstacle],
+                                       n_groups, n_steps, p.min_obstacle_pixels, spec)
+    if g_az.size:
+        np.minimum.at(first, g_az, g_rng)
+        inside = g_cell >= 0
+        occ += np.bincount(g_cell[inside], weights=p.occupied_per_ray * bin_scale * g_w[inside],
+                           minlength=n_cells).astype(np.float32)
+    # --- ground seen: every ground group is evidence for its cell; groups with min_obstacle_pixels pixels
+    # end rays (the farthest single ground pixel of a ray is its likeliest outlier)
+    g_az, g_rng, g_cell, g_w, g_n = _groups(key[ground], bx[ground], by[ground], rng[ground], w[ground],
+                                            n_groups, n_steps, 1, spec, counts=True)
+    if g_az.size:
+        inside = g_cell >= 0
+        gfree = np.bincount(g_cell[inside], weights=p.free_per_ground_hit * bin_scale * g_w[inside],
+                            minlength=n_cells).astype(np.float32)
         gfree[occ > 0] *= np.float32(p.mixed_cell_free_weight)
         free += gfree
+        solid = g_n >= p.min_obstacle_pixels
+        np.maximum.at(end, g_az[solid], g_rng[solid])
 
-    # --- rays: end at the first surface, else the farthest ground seen (a range step of the bin with at
-    # least min_obstacle_pixels ground pixels: the farthest single pixel is the likeliest outlier). Far
-    # pixels (beyond max_depth_m) and overhanging ones do not extend a ray: their lines of sight pass
-    # above whatever is low in between (a parked car whose side found no match), so they say nothing
-    # about the obstacle band there; ground pixels do (ground behind a car is hidden for hundreds of m).
-    end = np.zeros(n_az, dtype=np.float32)
-    if gi.size:
-        gstep = np.floor(rng[gi] / np.float32(range_res)).astype(np.int64)
-        _, ginv, gcnt = np.unique(az[gi] * (1 << 32) + gstep, return_inverse=True, return_counts=True)
-        gs = gi[gcnt[ginv.reshape(-1)] >= p.min_obstacle_pixels]
-        np.maximum.at(end, az[gs], rng[gs])
+    # --- rays: end at the first surface, else at the farthest solid ground group. Far pixels (beyond
+    # max_depth_m) and overhanging ones do not extend a ray: their lines of sight pass above whatever is
+    # low in between (a parked car whose side found no match), so they say nothing about the obstacle
+    # band there; ground pixels do (the ground behind a car is hidden for hundreds of metres).
     end = np.where(np.isfinite(first), first, end)
     sigma_end = depth_sigma(end, geom, p.disparity_sigma_px).astype(np.float32)
     margin = np.maximum(np.float32(spec.resolution * math.sqrt(0.5)), np.float32(p.free_margin_sigmas) * sigma_end)
@@ -230,21 +241,22 @@ def stereo_evidence(
 
     cap = np.float32(p.max_evidence)
     grid = BetaGrid(np.minimum(occ, cap).reshape(h_rows, w_cols), np.minimum(free, cap).reshape(h_rows, w_cols), spec)
-    stats = StereoEvidenceStats(pixels=int(pts.shape[0]), obstacle_pixels=int(obstacle.sum()),
-                                ground_pixels=int(ground.sum()), far_pixels=int(far.sum()),
+    stats = StereoEvidenceStats(pixels=n_pixels, obstacle_pixels=int(obstacle.sum()),
+                                ground_pixels=int(ground.sum()), far_pixels=n_far,
                                 rays=int(np.count_nonzero(end > 0)), surface_rays=int(np.isfinite(first).sum()))
     return grid, stats
 
 
-def _per_ray_cell(az: np.ndarray, cell: np.ndarray, inside: np.ndarray, w: np.ndarray, n_cells: int,
-                  amount: float) -> NDArray[np.float32]:
-    """``amount`` times the mean pixel weight for every distinct (bin, cell) pair, summed per cell."""
-    az, cell, w = az[inside], cell[inside], w[inside]
-    out = np.zeros(n_cells, np.float32)
-    if az.size == 0:
-        return out
-    key = az * n_cells + cell
-    uniq, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
-    mean_w = np.bincount(inv.reshape(-1), weights=w, minlength=uniq.size) / cnt
-    np.add.at(out, (uniq % n_cells).astype(np.int64), (amount * mean_w).astype(np.float32))
-    return out
+def _groups(key: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.ndarray, w: np.ndarray, n_groups: int,
+            n_steps: int, min_pixels: int, spec: GridSpec, *, counts: bool = False) -> tuple[np.ndarray, ...]:
+    """Pixels pooled per polar group (``key`` = ray * n_steps + range step): for the groups with at least
+    ``min_pixels`` pixels, their ray, mean range, grid cell of the mean position (-1 outside the grid) and
+    mean weight (and pixel count with ``counts``). Dense bincounts: no sort."""
+    n = np.bincount(key, minlength=n_groups)
+    gid = np.flatnonzero(n >= min_pixels)
+    cnt = n[gid].astype(np.float64)
+    mean = [np.bincount(key, weights=v, minlength=n_groups)[gid] / cnt for v in (x, y, rng, w)]
+    row, col, inside = spec.cell_index(mean[0], mean[1])
+    cell = np.where(inside, row * spec.width + col, -1)
+    out = (gid // n_steps, mean[2].astype(np.float32), cell, mean[3])
+    return (*out, n[gid]) if counts else out
