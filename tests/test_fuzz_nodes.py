@@ -404,7 +404,11 @@ def test_fuzz_lidar_detection(messages) -> None:
     _fuzz("lidar_detection", messages)
 
 
-@pytest.mark.parametrize("name", sorted(NODE_TYPES))
+#: nodes fed images, not clouds: fuzzed in their own test files (tests/test_stereo_occupancy_node.py)
+IMAGE_NODES = {"stereo_occupancy"}
+
+
+@pytest.mark.parametrize("name", sorted(set(NODE_TYPES) - IMAGE_NODES))
 def test_after_the_fuzzing_valid_input_still_yields_output(name: str) -> None:
     """Runs after the fuzz tests in this module (same long-lived nodes): whatever they were fed
     (including hostile /tf and /tf_static), once the rig's transforms are re-published on /tf_static, as

@@ -263,3 +263,85 @@ def test_replay_report_shows_the_stereo_grid_beside_the_lidar_grid(scenario_bag,
     html = write_report(result).read_text()
     assert "Stereo occupancy (classical SGBM) beside the LiDAR grid" in html
     assert (tmp_path / "stereo_0.png").stat().st_size > 10_000
+
+
+# --- fuzzing: hostile images and camera_infos on the node's own topics -------------------------------
+
+def _fuzz_strategies():
+    from hypothesis import strategies as st
+
+    from tests.test_fuzz_nodes import camera_infos, images
+
+    @st.composite
+    def valid_images(draw):
+        """Well-formed 8-bit images of odd sizes (tiny, below the disparity range, one of the pair only)."""
+        h, w = draw(st.sampled_from([(1, 1), (8, 20), (30, 40), (96, 320), (96, 300), (95, 320)]))
+        enc = draw(st.sampled_from(["rgb8", "mono8", "bgra8"]))
+        ch = {"rgb8": 3, "mono8": 1, "bgra8": 4}[enc]
+        arr = np.random.default_rng(draw(st.integers(0, 2**16))).integers(0, 256, (h, w, ch)[: 2 if ch == 1 else 3],
+                                                                           dtype=np.uint8)
+        if draw(st.booleans()):
+            arr[:] = 0
+        return numpy_to_image(arr, enc, 0, draw(st.sampled_from(["camera_left_optical", "", "nowhere"])), B)
+
+    @st.composite
+    def hostile_infos(draw, good):
+        """The scenario's camera_info with P (or K) entries replaced by absurd values."""
+        msg = good[draw(st.sampled_from(sorted(good)))]
+        P = np.asarray(msg.p, dtype=np.float64).copy()
+        for _ in range(draw(st.integers(1, 3))):
+            P[draw(st.integers(0, 11))] = draw(st.sampled_from([0.0, -1.0, np.nan, np.inf, 1e30, -500.0, 1e-9]))
+        return dataclasses.replace(msg, p=P, width=draw(st.sampled_from([msg.width, 0, 300])))
+
+    return st, images(), camera_infos(), valid_images(), hostile_infos
+
+
+@pytest.mark.slow
+def test_fuzzed_images_and_camera_infos_never_fault_and_valid_input_recovers(records):
+    from hypothesis import HealthCheck, given, settings
+
+    st, images, infos, valid_images, hostile_infos = _fuzz_strategies()
+    tf, f = _first_frame(records)
+    node, clock = _node()
+    _feed(node, clock, topics.TF_STATIC, tf)
+    good = {LINFO: f[LINFO], RINFO: f[RINFO]}
+    t = [stamp_to_ns(f[LEFT].header.stamp)]
+    message = st.one_of(st.tuples(st.sampled_from([LEFT, RIGHT]), st.one_of(images.map(lambda x: x[1]), valid_images)),
+                        st.tuples(st.sampled_from([LEFT, RIGHT]), valid_images),
+                        st.tuples(st.sampled_from([LINFO, RINFO]),
+                                  st.one_of(infos.map(lambda x: x[1]), hostile_infos(good))),
+                        st.sampled_from(sorted(good.items())),
+                        st.tuples(st.just("pair"), st.integers(0, 2**16)))
+
+    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.lists(message, min_size=2, max_size=6))
+    def fuzz(msgs):
+        for topic, msg in msgs:
+            if topic == "pair":  # valid calibration and a same-size pair of random (or black) content
+                rng = np.random.default_rng(msg)
+                t[0] += S // 20
+                for side, info in ((LINFO, good[LINFO]), (RINFO, good[RINFO])):
+                    _feed(node, clock, side, _restamp(info, t[0]))
+                for side in (LEFT, RIGHT):
+                    arr = rng.integers(0, 256, (96, 320, 3), dtype=np.uint8) * np.uint8(msg % 3 != 0)
+                    _feed(node, clock, side, _image(f[side], arr, "rgb8", t[0]))
+                continue
+            if topic != RIGHT:  # a right image takes the stamp of the left one before it: pairs can form
+                t[0] += S // 20
+            _feed(node, clock, topic, _restamp(msg, t[0]))
+        assert not node.faults, node.faults  # every bad case has its own diagnosis: no unexpected exception
+        assert all(a["balanced"] for a in node.accounting().values()), node.accounting()
+
+    fuzz()
+    # the cases reached every path: matched pairs, blacked-out ones, size and calibration rejections
+    assert node.frames_out > 0 and {'blackout', 'size_mismatch', 'bad_calibration', 'malformed'} <= set(node.warnings)
+    assert node.malformed[LEFT] + node.malformed[RIGHT] > 0 and node.malformed[LINFO] + node.malformed[RINFO] > 0
+    frames_before = node.frames_out
+    for _ in range(2):  # valid calibration and pairs again: grids again
+        t[0] += S // 10
+        for topic in (LINFO, RINFO, LEFT, RIGHT):
+            _feed(node, clock, topic, _restamp(f[topic], t[0]))
+    assert node.frames_out >= frames_before + 2 and _status(node).level == 0
+    node.finish()
+    assert all(a["balanced"] for a in node.accounting().values())
