@@ -13,7 +13,7 @@ KITTI's 3 px or 5 %, coverage of the reference pixels):
 
 Speed: the node's per-pair work on a 376x1241 pair (the KITTI pair, one row padded, one column cut): SGBM alone
 (``match``) and match + depth + health ratio + BEV evidence (``pipeline``), p50/p99 over ``--reps``, with 1 and
-2 OpenCV threads, in one run. Goal: pipeline p50 <= 150 ms on this 2-core CPU.
+2 OpenCV threads alternating within each repetition (same load for both), in one run. Goal: pipeline p50 <= 150 ms on this 2-core CPU.
 
 The last line printed is one JSON object.
 """
@@ -106,41 +106,50 @@ def generated_quality(matcher: StereoMatcher, frames: int, resolution: tuple[int
             "abs_rel_per_frame": [f["abs_rel"] for f in per_frame], **_baselines(z, ref, g, max_depth)}
 
 
-def speed(params: SgbmParams, reps: int, threads: int) -> dict:
+def speed(params: SgbmParams, reps: int, thread_counts: list[int]) -> list[dict]:
+    """Per thread count: p50/p99 of SGBM alone and of the node's whole per-pair work. The thread counts
+    alternate within every repetition, so each sees the same machine load (on shared cores a straggling
+    worker thread can make 2 threads slower than 1; only interleaved samples compare fairly)."""
     import cv2
 
     from perception_nodes.scenario.camera import camera_rig
 
-    cv2.setNumThreads(threads)
     pair = load_kitti_pair(PAIR)
     left = np.ascontiguousarray(np.concatenate([pair.left, pair.left[-1:]], axis=0)[:, :1241])
     right = np.ascontiguousarray(np.concatenate([pair.right, pair.right[-1:]], axis=0)[:, :1241])
-    g0 = pair.geometry
     from dataclasses import replace
 
-    g = replace(g0, width=1241, height=376)
+    g = replace(pair.geometry, width=1241, height=376)
     cam = camera_rig(1242, 375)["left"]
     T = np.eye(4)
     T[:3, :3], T[:3, 3] = cam.base_from_optical(), cam.position
     matcher = StereoMatcher(params)
     spec, ev = GridSpec(), StereoEvidenceParams()
     nd = matcher.num_disparities(1241)
-    match_ms, total_ms = [], []
+    match_ms: dict[int, list[float]] = {t: [] for t in thread_counts}
+    total_ms: dict[int, list[float]] = {t: [] for t in thread_counts}
     for i in range(reps + 1):
-        t0 = time.perf_counter()
-        disp = matcher.disparity(left, right)
-        t1 = time.perf_counter()
-        z = depth_from_disparity(disp, g)
-        valid_disparity_ratio(disp, nd)
-        stereo_evidence(z, g, T, spec, ev)
-        t2 = time.perf_counter()
-        if i:  # the first run builds the matcher and the grid's polar tables
-            match_ms.append((t1 - t0) * 1e3)
-            total_ms.append((t2 - t0) * 1e3)
+        for threads in thread_counts:
+            cv2.setNumThreads(threads)
+            t0 = time.perf_counter()
+            disp = matcher.disparity(left, right)
+            t1 = time.perf_counter()
+            z = depth_from_disparity(disp, g)
+            valid_disparity_ratio(disp, nd)
+            stereo_evidence(z, g, T, spec, ev)
+            t2 = time.perf_counter()
+            if i:  # the first round builds the matcher and the grid's polar tables
+                match_ms[threads].append((t1 - t0) * 1e3)
+                total_ms[threads].append((t2 - t0) * 1e3)
     q = lambda xs, p: float(np.percentile(xs, p))  # noqa: E731
-    return {"threads": threads, "reps": reps, "num_disparities": nd,
-            "match_p50_ms": q(match_ms, 50), "match_p99_ms": q(match_ms, 99),
-            "pipeline_p50_ms": q(total_ms, 50), "pipeline_p99_ms": q(total_ms, 99)}
+    out = []
+    for t in thread_counts:
+        ratio = np.asarray(total_ms[t]) / np.asarray(total_ms[thread_counts[0]])
+        out.append({"threads": t, "reps": reps, "num_disparities": nd,
+                    "match_p50_ms": q(match_ms[t], 50), "match_p99_ms": q(match_ms[t], 99),
+                    "pipeline_p50_ms": q(total_ms[t], 50), "pipeline_p99_ms": q(total_ms[t], 99),
+                    f"pipeline_ratio_vs_{thread_counts[0]}_thread_median": float(np.median(ratio))})
+    return out
 
 
 def main() -> None:
@@ -163,7 +172,7 @@ def main() -> None:
         w, h = (int(v) for v in args.gen_resolution.lower().split("x"))
         result["generated"] = generated_quality(matcher, args.frames, (w, h), args.max_depth)
         print("generated", json.dumps(result["generated"]["stereo"]), flush=True)
-    result["speed_376x1241"] = [speed(params, args.reps, int(t)) for t in args.threads.split(",")]
+    result["speed_376x1241"] = speed(params, args.reps, [int(t) for t in args.threads.split(",")])
     for s in result["speed_376x1241"]:
         print(f"threads {s['threads']}: match p50 {s['match_p50_ms']:.1f} ms, pipeline p50 {s['pipeline_p50_ms']:.1f} "
               f"p99 {s['pipeline_p99_ms']:.1f} ms", flush=True)

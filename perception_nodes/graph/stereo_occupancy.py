@@ -87,7 +87,7 @@ class StereoOccupancyNode(NodeCore):
         self.output_topic = params.get("output_topic", STEREO_OCCUPANCY)
         self.uncertainty_topic = params.get("uncertainty_topic", STEREO_UNCERTAINTY)
         self.health_topic = params.get("health_topic", HEALTH)
-        self.threads = int(params.get("threads", 2))
+        self.threads = int(params.get("threads", 1))
         sync = params.get("sync", {})
         bound = float(sync.get("inter_message_lower_bound_s", 0.0))
         self.sync = ApproximateTimeSynchronizer(
