@@ -42,7 +42,7 @@ Depth error grows with Z²
 Stereo depth has ``σ_Z = Z² σ_d / (fx B)`` (``σ_d = disparity_sigma_px``). A hit's evidence is weighted by
 ``w = min(1, resolution / (√(2π) σ_Z))``, about the probability that a point spread by that error lands in
 its true cell (1 while ``σ_Z`` stays below 0.4 cells; then it falls as 1/Z²: KITTI at 0.25 m cells and
-σ_d = 0.5 px: w = 1 to 7 m, 0.77 at 10 m, 0.19 at 20 m, 0.09 at 30 m). Points beyond ``max_depth_m``
+σ_d = 0.5 px: w = 1 to 8.8 m, 0.77 at 10 m, 0.19 at 20 m, 0.09 at 30 m). Points beyond ``max_depth_m``
 give no evidence at all, and free space stops ``free_margin_sigmas · σ_Z`` short of every ray's end
 (4 m short of a surface at 20 m for the 320-px demo camera, 1 m for KITTI). Both evidence amounts
 are capped at ``max_evidence`` per frame.
