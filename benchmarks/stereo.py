@@ -8,6 +8,8 @@ KITTI's 3 px or 5 %, coverage of the reference pixels):
   LiDAR-covered pixels with a stereo depth);
 * ``generated``: frames of the generator's ``urban_street`` scenario rendered into a bag at ``--gen-resolution``
   (KITTI's by default), scored against the bag's ``/ground_truth/camera/left/depth`` topic (0-``--max-depth`` m);
+* ``kitti_occupancy_vs_lidar``: the pair's stereo grid against the LiDAR occupancy model's grid of the same scan,
+  on the cells both have evidence for (agreement of the P > 0.5 calls; baseline: every such cell free);
 * baselines on the same pixels: ``constant_median`` (the stereo map's own median depth everywhere: no ground
   truth used) and ``oracle_constant`` (the reference's median: the best any constant can do).
 
@@ -67,6 +69,40 @@ def kitti_quality(matcher: StereoMatcher) -> dict:
             "num_disparities": matcher.num_disparities(g.width),
             "valid_disparity_ratio": valid_disparity_ratio(disp, matcher.num_disparities(g.width)),
             "stereo": depth_metrics(z, ref, g), **_baselines(z, ref, g, None)}
+
+
+def kitti_occupancy_vs_lidar() -> dict:
+    """The stereo grid of the KITTI pair against the LiDAR occupancy model's grid of the same scan (the
+    occupancy node's model and parameters, ground segmented as its inline fallback does), on the cells
+    both have evidence for: agreement of the P > 0.5 calls. Baseline: calling every such cell free."""
+    from perception_nodes.config import load_params, to_dataclass
+    from perception_nodes.pipeline.ground import GroundParams, segment_ground
+    from perception_nodes.pipeline.occupancy import OccupancyParams, evidential_occupancy
+
+    params = load_params()
+    occ_p, st_p = params["occupancy_grid"], params["stereo_occupancy"]
+    spec = to_dataclass(GridSpec, occ_p["grid"])
+    pair = load_kitti_pair(PAIR)
+    pts = pair.points.copy()
+    pts[:, 2] += 1.73  # velodyne -> base_link (calibration/kitti_hdl64.yaml)
+    ground = segment_ground(pts, to_dataclass(GroundParams, occ_p["ground"]))
+    lidar = evidential_occupancy(pts, ground, (0.0, 0.0, 1.73), spec, to_dataclass(OccupancyParams, occ_p["evidence"]))
+    z = depth_from_disparity(StereoMatcher(to_dataclass(SgbmParams, st_p["sgbm"])).disparity(pair.left, pair.right),
+                             pair.geometry)
+    stereo, _ = stereo_evidence(z, pair.geometry, pair.base_from_left(), spec,
+                                to_dataclass(StereoEvidenceParams, st_p["evidence"]))
+    known_s, known_l = (stereo.occupied + stereo.free) > 0, (lidar.occupied + lidar.free) > 0
+    both = known_s & known_l
+    so, lo = stereo.probability() > 0.5, lidar.probability() > 0.5
+    n = int(both.sum())
+    tp, fp = int((both & so & lo).sum()), int((both & so & ~lo).sum())
+    fn, tn = int((both & ~so & lo).sum()), int((both & ~so & ~lo).sum())
+    return {"stereo_known_cells": int(known_s.sum()), "both_known_cells": n,
+            "stereo_occ_lidar_occ": tp, "stereo_occ_lidar_free": fp, "stereo_free_lidar_occ": fn,
+            "stereo_free_lidar_free": tn, "agreement": (tp + tn) / n if n else None,
+            "occupied_precision": tp / (tp + fp) if tp + fp else None,
+            "occupied_recall": tp / (tp + fn) if tp + fn else None,
+            "all_free_baseline_agreement": (tn + fp) / n if n else None}
 
 
 def generated_quality(matcher: StereoMatcher, frames: int, resolution: tuple[int, int], max_depth: float) -> dict:
@@ -168,6 +204,8 @@ def main() -> None:
                     "load_avg_1m": os.getloadavg()[0], "sgbm": params.__dict__}
     result["kitti"] = kitti_quality(matcher)
     print("kitti", json.dumps(result["kitti"]["stereo"]), flush=True)
+    result["kitti_occupancy_vs_lidar"] = kitti_occupancy_vs_lidar()
+    print("kitti occupancy vs lidar", json.dumps(result["kitti_occupancy_vs_lidar"]), flush=True)
     if args.frames > 0:
         w, h = (int(v) for v in args.gen_resolution.lower().split("x"))
         result["generated"] = generated_quality(matcher, args.frames, (w, h), args.max_depth)

@@ -138,6 +138,7 @@ def test_obstacle_timeout_falls_back_to_inline_segmentation(kitti_bag, tmp_path)
     params = load_params()
     params["ground_segmentation"]["enabled"] = False
     params["lidar_detection"]["enabled"] = False  # the geometric path only (the branch has its own tests)
+    params["stereo_occupancy"]["enabled"] = False  # (this bag has no right camera: tests/test_stereo_*)
     res = run_graph(kitti_bag, params, tmp_path, progress=False)
     assert res.latency["frames_out"] == {"occupancy_grid": 3}
     assert res.output_counts[topics.OCCUPANCY_GRID] == 3

@@ -46,6 +46,21 @@ class KittiPair:
         h, w = self.left.shape[:2]
         return _geometry(self.P2, self.P3, w, h)
 
+    def velo_to_left(self) -> np.ndarray:
+        """4x4 from the Velodyne frame into the left (cam 2) optical frame: ``R0_rect Tr_velo_to_cam``,
+        then cam 0 -> cam 2 (``K^-1 P2[:, 3]``, the offset the projection matrix carries)."""
+        T = np.eye(4)
+        T[:3, :3] = self.R0 @ self.Tr[:, :3]
+        T[:3, 3] = self.R0 @ self.Tr[:, 3] + np.linalg.solve(self.P2[:, :3], self.P2[:, 3])
+        return T
+
+    def base_from_left(self, lidar_height: float = 1.73) -> np.ndarray:
+        """4x4 from the left optical frame into base_link (the ground point below the Velodyne, axes
+        parallel to it: ``calibration/kitti_hdl64.yaml``)."""
+        T = np.eye(4)
+        T[2, 3] = lidar_height
+        return T @ np.linalg.inv(self.velo_to_left())
+
 
 class _Cam:
     def __init__(self, P: np.ndarray, w: int, h: int) -> None:

@@ -272,6 +272,11 @@ def test_kitti_pair_depth_against_projected_lidar():
     # width) cannot match, occlusion bands and texture-less road lose more; 0.6 is far below what we see.
     assert m["within_3px_or_5pct"] > 0.8 and m["within_3px"] > 0.8
     assert m["abs_rel"] < 0.2 and 0.6 < m["coverage"] < 1.0
+    # the rig: cam 2 sits 1.65 m above the ground (KITTI setup: 1.73 m LiDAR, camera 8 cm lower), looks
+    # along base_link +x, with its x axis to the right (-y)
+    T = pair.base_from_left()
+    assert T[2, 3] == pytest.approx(1.65, abs=0.01) and T[0, 3] == pytest.approx(0.27, abs=0.02)
+    assert T[:3, 2] @ [1.0, 0.0, 0.0] > 0.999 and T[:3, 0] @ [0.0, -1.0, 0.0] > 0.999
     # the trivial baseline: one constant depth (the stereo map's own median) everywhere
     const = depth_metrics(np.full(z.shape, np.nanmedian(z), np.float32), ref, g)
     assert const["coverage"] == 1.0 and const["within_3px_or_5pct"] < 0.4 and const["abs_rel"] > 2 * m["abs_rel"]
