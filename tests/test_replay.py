@@ -191,6 +191,7 @@ def test_empty_and_nan_clouds_still_yield_grids_and_are_reported(kitti_bag, tmp_
     params = load_params()
     params["ground_segmentation"]["warning_hold_s"] = 60.0  # held past the replay's final 10 s wait
     params["lidar_detection"]["enabled"] = False  # the geometric path only (the branch has its own tests)
+    params["stereo_occupancy"]["enabled"] = False  # a LiDAR-only bag (the stereo node has its own tests)
     res = run_graph(dst, params, tmp_path / "out", progress=False)
     assert res.latency["frames_out"] == {"ground_segmentation": 5, "occupancy_grid": 5}
     assert res.latency["malformed_inputs"] == {}
