@@ -119,8 +119,8 @@ def test_cells_called_free_are_free_in_the_ground_truth(run, records):
         occ_n += int(((prob > 50) & known).sum())
         occ_hits += int(((prob > 50) & known & (gt > 50)).sum())
     base_rate = np.mean([(g > 50).sum() / max(1, (g >= 0).sum()) for g in truth.values()])
-    # measured 3.3 %, rising with range (0.7 % within 5 m, 8 % at 20-25 m, where the 320-px camera has
-    # sigma_Z = 2 m): 6 % leaves room for other CPUs' OpenCV SIMD paths
+    # measured 2.6 % on the 5 s demo bag, rising with range (0.8 % within 5 m, 6 % at 20-25 m, where the
+    # 320-px camera has sigma_Z = 2 m); 6 % leaves room for this shorter bag's different frames
     assert free_n > 10_000 and free_hits / free_n < 0.06
     assert occ_n > 0 and occ_hits / occ_n > base_rate
 

@@ -26,7 +26,8 @@ cell of its pixels' mean position, with their mean weight ``w`` (below).
 * **Free on the ground seen.** A ground group adds ``free_per_ground_hit · w`` to its cell (the road there
   was seen), scaled by ``mixed_cell_free_weight`` in cells with occupied evidence.
 * **Free along the ray up to the surface.** A bin's ray ends at its first surface (or, without one, at
-  the farthest range step with at least ``min_obstacle_pixels`` ground pixels). Far and overhanging
+  the range that ``min_obstacle_pixels`` of its ground pixels reach: an order statistic, as the
+  farthest single ground pixel is the likeliest outlier). Far and overhanging
   pixels never extend a ray: their lines of sight pass above whatever low object lies in between (a
   parked car whose side found no match would otherwise be called free). Cells whose
   centre lies in the bin and at least ``margin`` short of that end get ``free_per_ray`` times the cell's
@@ -215,20 +216,26 @@ def stereo_evidence(
         inside = g_cell >= 0
         occ += np.bincount(g_cell[inside], weights=p.occupied_per_ray * bin_scale * g_w[inside],
                            minlength=n_cells).astype(np.float32)
-    # --- ground seen: every ground group is evidence for its cell; groups with min_obstacle_pixels pixels
-    # end rays (the farthest single ground pixel of a ray is its likeliest outlier)
-    g_az, g_rng, g_cell, g_w, g_n = _groups(key[ground], bx[ground], by[ground], rng[ground], w[ground],
-                                            n_groups, n_steps, 1, spec, counts=True)
+    # --- ground seen: every ground group is evidence for its cell
+    g_az, g_rng, g_cell, g_w = _groups(key[ground], bx[ground], by[ground], rng[ground], w[ground],
+                                       n_groups, n_steps, 1, spec)
     if g_az.size:
         inside = g_cell >= 0
         gfree = np.bincount(g_cell[inside], weights=p.free_per_ground_hit * bin_scale * g_w[inside],
                             minlength=n_cells).astype(np.float32)
         gfree[occ > 0] *= np.float32(p.mixed_cell_free_weight)
         free += gfree
-        solid = g_n >= p.min_obstacle_pixels
-        np.maximum.at(end, g_az[solid], g_rng[solid])
+        # a ray without a surface ends at the range that min_obstacle_pixels of its ground pixels reach
+        # (an order statistic: the farthest single ground pixel of a ray is its likeliest outlier)
+        ga, gr = az[ground], rng[ground]
+        order = np.lexsort((-gr, ga))
+        ga, gr = ga[order], gr[order]
+        rays, first_idx, n_in = np.unique(ga, return_index=True, return_counts=True)
+        k = p.min_obstacle_pixels
+        ok = n_in >= k
+        end[rays[ok]] = gr[first_idx[ok] + k - 1]
 
-    # --- rays: end at the first surface, else at the farthest solid ground group. Far pixels (beyond
+    # --- rays: end at the first surface, else where the ground seen ends (above). Far pixels (beyond
     # max_depth_m) and overhanging ones do not extend a ray: their lines of sight pass above whatever is
     # low in between (a parked car whose side found no match), so they say nothing about the obstacle
     # band there; ground pixels do (the ground behind a car is hidden for hundreds of metres).
@@ -248,15 +255,14 @@ def stereo_evidence(
 
 
 def _groups(key: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.ndarray, w: np.ndarray, n_groups: int,
-            n_steps: int, min_pixels: int, spec: GridSpec, *, counts: bool = False) -> tuple[np.ndarray, ...]:
+            n_steps: int, min_pixels: int, spec: GridSpec) -> tuple[np.ndarray, ...]:
     """Pixels pooled per polar group (``key`` = ray * n_steps + range step): for the groups with at least
     ``min_pixels`` pixels, their ray, mean range, grid cell of the mean position (-1 outside the grid) and
-    mean weight (and pixel count with ``counts``). Dense bincounts: no sort."""
+    mean weight. Dense bincounts: no sort."""
     n = np.bincount(key, minlength=n_groups)
     gid = np.flatnonzero(n >= min_pixels)
     cnt = n[gid].astype(np.float64)
     mean = [np.bincount(key, weights=v, minlength=n_groups)[gid] / cnt for v in (x, y, rng, w)]
     row, col, inside = spec.cell_index(mean[0], mean[1])
     cell = np.where(inside, row * spec.width + col, -1)
-    out = (gid // n_steps, mean[2].astype(np.float32), cell, mean[3])
-    return (*out, n[gid]) if counts else out
+    return gid // n_steps, mean[2].astype(np.float32), cell, mean[3]
