@@ -227,13 +227,12 @@ def stereo_evidence(
         free += gfree
         # a ray without a surface ends at the range that min_obstacle_pixels of its ground pixels reach
         # (an order statistic: the farthest single ground pixel of a ray is its likeliest outlier)
-        ga, gr = az[ground], rng[ground]
-        order = np.lexsort((-gr, ga))
-        ga, gr = ga[order], gr[order]
-        rays, first_idx, n_in = np.unique(ga, return_index=True, return_counts=True)
-        k = p.min_obstacle_pixels
-        ok = n_in >= k
-        end[rays[ok]] = gr[first_idx[ok] + k - 1]
+        # (to a range step: counts per (ray, step), summed from the far end)
+        per_step = np.bincount(key[ground], minlength=n_groups).reshape(n_az, n_steps)
+        reach = np.cumsum(per_step[:, ::-1], axis=1, dtype=np.int32) >= p.min_obstacle_pixels
+        has = reach[:, -1]
+        step = (n_steps - 1) - np.argmax(reach, axis=1)
+        end[has] = (step[has] + np.float32(0.5)) * range_res
 
     # --- rays: end at the first surface, else where the ground seen ends (above). Far pixels (beyond
     # max_depth_m) and overhanging ones do not extend a ray: their lines of sight pass above whatever is
@@ -262,7 +261,13 @@ def _groups(key: np.ndarray, x: np.ndarray, y: np.ndarray, rng: np.ndarray, w: n
     n = np.bincount(key, minlength=n_groups)
     gid = np.flatnonzero(n >= min_pixels)
     cnt = n[gid].astype(np.float64)
-    mean = [np.bincount(key, weights=v, minlength=n_groups)[gid] / cnt for v in (x, y, rng, w)]
+    slot = np.full(n_groups, -1, dtype=np.int64)  # group -> its index among the kept ones (compact sums)
+    slot[gid] = np.arange(gid.size)
+    pix = slot[key]
+    kept = pix >= 0
+    if not kept.all():
+        pix, x, y, rng, w = pix[kept], x[kept], y[kept], rng[kept], w[kept]
+    mean = [np.bincount(pix, weights=v, minlength=gid.size) / cnt for v in (x, y, rng, w)]
     row, col, inside = spec.cell_index(mean[0], mean[1])
     cell = np.where(inside, row * spec.width + col, -1)
     return gid // n_steps, mean[2].astype(np.float32), cell, mean[3]
