@@ -254,14 +254,15 @@ def test_missing_camera_info_and_missing_transform_are_reported(records):
 @pytest.mark.slow
 def test_replay_report_shows_the_stereo_grid_beside_the_lidar_grid(scenario_bag, tmp_path):
     from perception_nodes.replay import run_graph
-    from perception_nodes.report import write_report
+    from perception_nodes.report import stereo_section
 
-    params = {k: v for k, v in load_params().items() if k in ("ground_segmentation", "occupancy_grid",
-                                                                 "stereo_occupancy", "replay")}
+    # the LiDAR grid from the occupancy node alone (it segments inline when no obstacle cloud comes)
+    params = {k: v for k, v in load_params().items() if k in ("occupancy_grid", "stereo_occupancy", "replay")}
     result = run_graph(scenario_bag, params, tmp_path, progress=False)
     assert len(result.stereo_grids) == 8 and result.latency["frames_out"]["stereo_occupancy"] == 10
-    html = write_report(result).read_text()
-    assert "Stereo occupancy (classical SGBM) beside the LiDAR grid" in html
+    assert {s for s, _, _ in result.stereo_grids} <= {s for s, _, _ in result.grids}  # same stamps: side by side
+    html = stereo_section(result)
+    assert "Stereo occupancy (classical SGBM) beside the LiDAR grid" in html and 'src="stereo_1.png"' in html
     assert (tmp_path / "stereo_0.png").stat().st_size > 10_000
 
 
