@@ -38,6 +38,7 @@ from perception_nodes.evaluation import GROUND_TRUTH_TOPICS, Evaluator, write_me
 from perception_nodes.graph import NodeCore, build_graph, resolve_topic
 from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
+from perception_nodes.graph.stereo_occupancy import StereoOccupancyNode
 from perception_nodes.latency import LatencySeries, summarize
 
 
@@ -95,6 +96,8 @@ class ReplayResult:
     # fusion node: last fused frames (stamp, occupancy, uncertainty, conflict) and every weight per branch
     fusion: list[tuple[int, Any, Any, Any]] = field(default_factory=list)
     fusion_weights: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    # stereo occupancy node, last frames: (stamp, occupancy, uncertainty)
+    stereo_grids: list[tuple[int, Any, Any]] = field(default_factory=list)
 
 
 class _FusionCapture:
@@ -176,6 +179,10 @@ def run_graph(
                                                   (branch.fused_uncertainty_topic, "fused_unc")) if t}
     pending_det: dict[int, dict[str, Any]] = {}
     fusion_capture = _FusionCapture(nodes, keep_grids)
+    # the stereo node's grids per stamp (report panel beside the LiDAR grid)
+    stereo = next((n for n in nodes if isinstance(n, StereoOccupancyNode)), None)
+    stereo_topics = {stereo.output_topic: "occ", stereo.uncertainty_topic: "unc"} if stereo is not None else {}
+    pending_stereo: dict[int, dict[str, Any]] = {}
 
     def deliver(topic: str, msg: Any, out_bag: OutputBag) -> dict[str, int]:
         # (topic, message, replay time it was published); each node busy until free_at (module doc)
@@ -206,6 +213,11 @@ def run_graph(
                         pending_det.setdefault(stamp, {})[branch_topics[name]] = e.msg
                         for old in sorted(pending_det)[:-keep_grids]:
                             del pending_det[old]
+                    if name in stereo_topics:
+                        stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
+                        pending_stereo.setdefault(stamp, {})[stereo_topics[name]] = e.msg
+                        for old in sorted(pending_stereo)[:-keep_grids]:
+                            del pending_stereo[old]
                     queue.append((name, e.msg, done))
         clock.set(last)
         return free_at
@@ -286,6 +298,7 @@ def run_graph(
         occ, unc = (d.get("fused_occ"), d.get("fused_unc")) if "fused_occ" in d else (d.get("occ"), d.get("unc"))
         if "det" in d:
             result.detections.append((stamp, d["det"], occ, unc))
+    result.stereo_grids = [(st, g["occ"], g["unc"]) for st, g in sorted(pending_stereo.items()) if len(g) == 2]
     result.latency = latency_report(nodes, bag_read, overhead)
     result.samples = {f"{n.name}/{k}": list(v.all or []) for n in nodes for k, v in n.latency.series.items()}
     (out_dir / "latency.json").write_text(json.dumps(result.latency, indent=2, allow_nan=False))

@@ -439,6 +439,7 @@ replay overhead per frame p50 {over['p50_ms'] or 0:.2f} ms.</p>
 <h2>Bird's-eye view: occupancy and uncertainty (ground truth boxes in blue)</h2>
 {''.join(f'<img src="{n}" width="1100"><br>' for n in figures) or '<p>no grids were produced</p>'}
 {det_html}
+{stereo_section(result)}
 {fusion_html}
 <h2>Latency</h2>
 {'<img src="latency_hist.png" width="1200">' if series else ''}

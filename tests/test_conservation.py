@@ -67,6 +67,7 @@ def faulty_replay(kitti_bag, tmp_path_factory):
             stamps.setdefault(kind, []).append(stamp)
     params = load_params()
     params["replay"]["keep_grids_for_report"] = 100  # keep every grid for the checks
+    params["stereo_occupancy"]["enabled"] = False  # LiDAR clouds only (the stereo node: tests/test_stereo_*)
     res = run_graph(dst, params, tmp / "out", progress=False)
     return res, stamps, tmp / "out"
 

@@ -94,7 +94,8 @@ def test_live_graph_leaves_the_branch_out_without_packaged_weights(ros_context, 
     try:
         assert not graph.failed
         assert "no packaged network weights" in graph.skipped["lidar_detection"]
-        assert sorted(graph.node_by_name) == ["calibration_monitor", "fusion", "ground_segmentation", "occupancy_grid"]
+        assert {"ground_segmentation", "occupancy_grid"} <= set(graph.node_by_name)
+        assert "lidar_detection" not in graph.node_by_name
         assert all(n.is_active() for n in graph.nodes)
     finally:
         graph.close()

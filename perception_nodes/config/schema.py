@@ -121,12 +121,42 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("check.stereo_error_px", 0.0, 1000.0),
     ("check.bias_match_px", 0.0, 100.0),
     ("check.min_bias_matches", 1, 100_000),
+    # stereo_occupancy (keys of its own; grid.* and unknown_vacuity above apply too)
+    ("min_disparity_px", 0.0, 10_000.0),
+    ("sync.inter_message_lower_bound_s", 0.0, 60.0),
+    ("health.valid_ratio_*", 0.0, 1.0),
+    ("health.min_image_std", 0.0, 255.0),
+    ("pair_check.intrinsics_tol", 0.0, 1.0),
+    ("pair_check.max_vertical_offset", 0.0, 10.0),
+    ("sgbm.num_disparities", 0, 4096),
+    ("sgbm.max_disparity_fraction", 1e-3, 1.0),
+    ("sgbm.min_disparity", -4096, 4096),
+    ("sgbm.block_size", 1, 51),
+    ("sgbm.p1", 0, 1_000_000),
+    ("sgbm.p2", 0, 10_000_000),
+    ("sgbm.uniqueness_ratio", 0, 100),
+    ("sgbm.speckle_window_size", 0, 1_000_000),
+    ("sgbm.speckle_range", 0, 1000),
+    ("sgbm.disp12_max_diff", -1, 4096),
+    ("sgbm.pre_filter_cap", 1, 1000),
+    ("evidence.occupied_per_ray", 0.0, 1e6),
+    ("evidence.free_per_ray", 0.0, 1e6),
+    ("evidence.ground_z", -100.0, 100.0),
+    ("evidence.min_obstacle_pixels", 1, 1_000_000),
+    ("evidence.ray_bins", 0, 360_000),
+    ("evidence.pixel_stride", 1, 64),
+    ("evidence.reference_ray_deg", 1e-3, 90.0),
+    ("evidence.max_depth_m", 0.1, 10_000.0),
+    ("evidence.disparity_sigma_px", 0.0, 100.0),
+    ("evidence.free_margin_sigmas", 0.0, 100.0),
+    ("evidence.min_range_m", 0.0, 1000.0),
 )
 
 #: allowed values of string parameters (fnmatch patterns)
 CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("qos.*", ("sensor", "reliable", "latched")),
     ("geometry_mismatch", ("resample", "reject")),
+    ("sgbm.mode", ("sgbm", "sgbm_3way", "hh", "hh4")),
 )
 
 #: parameters wired once when the node is configured: changing them needs a restart (or a lifecycle

@@ -14,6 +14,7 @@ from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
 from perception_nodes.graph.node import Emit, NodeCore, Port
 from perception_nodes.graph.occupancy_grid import OccupancyGridNode
+from perception_nodes.graph.stereo_occupancy import StereoOccupancyNode
 
 #: node name in the params file -> implementation
 NODE_TYPES: dict[str, type[NodeCore]] = {
@@ -22,6 +23,7 @@ NODE_TYPES: dict[str, type[NodeCore]] = {
     "lidar_detection": LidarDetectionNode,
     "fusion": FusionNode,
     "calibration_monitor": CalibrationMonitorNode,
+    "stereo_occupancy": StereoOccupancyNode,
 }
 
 _log = logging.getLogger("perception_nodes.graph")

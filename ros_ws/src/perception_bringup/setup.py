@@ -29,6 +29,7 @@ setup(
             "lidar_detection_node = perception_bringup:lidar_detection",
             "fusion_node = perception_bringup:fusion",
             "calibration_monitor_node = perception_bringup:calibration_monitor",
+            "stereo_occupancy_node = perception_bringup:stereo_occupancy",
             "perception_live = perception_bringup:live",
         ],
     },

@@ -22,8 +22,14 @@ def lidar_detection(args=None) -> None:
 
 def fusion(args=None) -> None:
     main_single("fusion", args)
+
+
 def calibration_monitor(args=None) -> None:
     main_single("calibration_monitor", args)
+
+
+def stereo_occupancy(args=None) -> None:
+    main_single("stereo_occupancy", args)
 
 
 def live(args=None) -> None:

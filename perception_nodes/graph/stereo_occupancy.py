@@ -1,0 +1,359 @@
+"""Stereo occupancy node: a rectified stereo pair in, evidential BEV occupancy out (no training needed).
+
+Per synchronised pair (left + right ``image_rect``, ApproximateTime as message_filters; topics in
+``perception.params.yaml``): OpenCV SGBM -> disparity -> depth -> Beta evidence on the occupancy node's
+grid (:mod:`perception_nodes.pipeline.stereo`, :mod:`perception_nodes.pipeline.stereo_occupancy`). Publishes
+
+* ``output_topic``: P(occupied) 0..100, -1 where nothing was seen (``nav_msgs/OccupancyGrid``, base_frame);
+* ``uncertainty_topic``: vacuity 0..100 (100 = no evidence);
+* ``health_topic`` (default ``~/debug/valid_disparity_ratio``): the share of matchable pixels with a valid
+  disparity (``perception_interfaces/Float64Stamped``), also on ``/diagnostics`` as ``<name>: stereo``,
+  WARN below ``health.valid_ratio_warn`` and ERROR below ``health.valid_ratio_error``.
+
+Calibration: the latest valid ``camera_info`` of each side is kept (a rectified pair's calibration does not
+change per frame, so the images are not held back waiting for it); the pair geometry (baseline from the
+right ``P[0,3] = -fx B``) is rebuilt when either changes. A pair that arrives before both camera_infos waits
+(one pair at most) for them. base_frame <- left optical frame comes from ``/tf_static``, ``/tf`` or the rig
+calibration file.
+
+Stages timed (``~/debug/processing_time/<stage>_ms``): ``decode`` (Image -> strided numpy view, no copy for
+8-bit encodings, on arrival), ``match`` (SGBM), ``depth`` (disparity -> depth, health ratio), ``evidence``
+(inverse sensor model, transform lookup, grid data) and ``publish`` (messages).
+
+Bad input never stops the node, and each case says what it is: an encoding SGBM cannot use (16-bit,
+float, unknown) or an image whose data does not fit its size -> ``malformed``; left and right of different
+sizes, or an image whose size differs from its camera_info -> dropped ``size_mismatch``; a pair with no
+camera_info yet -> dropped ``no_camera_info`` (after waiting); camera_info that is invalid (NaN, zero focal
+length: malformed) or does not describe a rectified pair (different intrinsics, zero or negative baseline,
+vertical offset) -> the pairs are dropped ``bad_calibration`` with the reason, until a valid one comes; no
+transform to base_frame -> ``calibration``; a uniform image (blacked-out or covered camera: grey-level
+standard deviation below ``health.min_image_std``) -> matched all the same (its grid is empty: unknown, not
+free), with a ``blackout`` warning naming the camera, and the health ratio falls to ~0 (ERROR).
+
+``threads``: OpenCV's worker threads (``cv2.setNumThreads``), process-wide: in ``live``/replay every node
+shares one process, so the value also holds for any other OpenCV user there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from perception_nodes import topics
+from perception_nodes.codecs.backend import stamp_to_ns
+from perception_nodes.codecs.camera_info import camera_model_from_msg
+from perception_nodes.codecs.image import image_to_numpy
+from perception_nodes.codecs.outputs import DiagnosticStatusData, occupancy_grid_msg
+from perception_nodes.config import ConfigError, to_dataclass
+from perception_nodes.errors import CalibrationError, MalformedMessageError, NodeUnavailable
+from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port
+from perception_nodes.graph.occupancy_grid import TIME_JUMP_NS
+from perception_nodes.pipeline.occupancy import GridSpec, to_occupancy_msg_data
+from perception_nodes.pipeline.stereo import (
+    SgbmParams,
+    StereoGeometry,
+    StereoMatcher,
+    StereoPairError,
+    depth_from_disparity,
+    stereo_geometry,
+    valid_disparity_ratio,
+)
+from perception_nodes.pipeline.stereo_occupancy import StereoEvidenceParams, stereo_evidence
+from perception_nodes.sync.approximate_time import ApproximateTimeSynchronizer, DropReason, SyncedSet
+
+#: default topics (documented in perception.params.yaml)
+STEREO_OCCUPANCY = "/perception/stereo/occupancy_grid"
+STEREO_UNCERTAINTY = "/perception/stereo/occupancy_grid/uncertainty"
+HEALTH = "~/debug/valid_disparity_ratio"
+
+#: image encodings SGBM can match (8 bits per channel); others are rejected as malformed for this node
+STEREO_ENCODINGS = ("mono8", "rgb8", "bgr8", "rgba8", "bgra8")
+
+
+class StereoOccupancyNode(NodeCore):
+    """See module doc."""
+
+    LEFT, RIGHT = 0, 1
+
+    def __init__(self, name: str, params: dict[str, Any], **kw: Any) -> None:
+        super().__init__(name, params, **kw)
+        self.left_topic = params.get("left_image_topic", topics.CAMERA_IMAGE.format(side="left"))
+        self.right_topic = params.get("right_image_topic", topics.CAMERA_IMAGE.format(side="right"))
+        self.left_info_topic = params.get("left_info_topic", topics.CAMERA_INFO.format(side="left"))
+        self.right_info_topic = params.get("right_info_topic", topics.CAMERA_INFO.format(side="right"))
+        self.output_topic = params.get("output_topic", STEREO_OCCUPANCY)
+        self.uncertainty_topic = params.get("uncertainty_topic", STEREO_UNCERTAINTY)
+        self.health_topic = params.get("health_topic", HEALTH)
+        self.threads = int(params.get("threads", 1))
+        sync = params.get("sync", {})
+        bound = float(sync.get("inter_message_lower_bound_s", 0.0))
+        self.sync = ApproximateTimeSynchronizer(
+            2, int(sync.get("queue_size", 5)), max_interval_s=float(sync.get("max_interval_s", 0.02)),
+            inter_message_lower_bounds_s=[bound, bound], names=[self.left_topic, self.right_topic])
+        for attr, value in self._derived(params).items():
+            setattr(self, attr, value)
+        self.models: dict[int, Any] = {}  # side -> CameraModel (latest valid camera_info)
+        self.geometry: StereoGeometry | None = None
+        self.pair_error: str | None = None
+        self._waiting: SyncedSet | None = None  # a pair that came before its camera_infos
+        self.last_ratio: float | None = None
+        self.ratios: deque[float] = deque(maxlen=int(params.get("latency_window", 200)))
+        self.blackout_frames = 0
+        self._last_now = 0
+
+    def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
+        out = super()._derived(params)
+        out["grid"] = to_dataclass(GridSpec, params.get("grid", {}), f"{self.name}.grid.")
+        out["evidence"] = to_dataclass(StereoEvidenceParams, params.get("evidence", {}), f"{self.name}.evidence.")
+        out["sgbm"] = to_dataclass(SgbmParams, params.get("sgbm", {}), f"{self.name}.sgbm.")
+        out["matcher"] = StereoMatcher(out["sgbm"])
+        out["unknown_vacuity"] = float(params.get("unknown_vacuity", 1.0))
+        out["min_disparity_px"] = float(params.get("min_disparity_px", 0.5))
+        health = params.get("health", {})
+        warn, error = float(health.get("valid_ratio_warn", 0.5)), float(health.get("valid_ratio_error", 0.15))
+        if error > warn:
+            raise ConfigError(f"{self.name}.health.valid_ratio_error ({error}) must not exceed valid_ratio_warn ({warn})")
+        out["ratio_warn"], out["ratio_error"] = warn, error
+        out["min_image_std"] = float(health.get("min_image_std", 2.0))
+        check = params.get("pair_check", {})
+        out["intrinsics_tol"] = float(check.get("intrinsics_tol", 1e-3))
+        out["max_vertical_offset"] = float(check.get("max_vertical_offset", 0.02))
+        return out
+
+    def reconfigure(self, changes: dict[str, Any]) -> None:
+        super().reconfigure(changes)
+        self._update_geometry()  # pair-check tolerances may have changed
+
+    # --- wiring -------------------------------------------------------------------------------
+    def inputs(self) -> list[Port]:
+        return super().inputs() + [
+            Port(self.left_info_topic, topics.CAMERA_INFO_TYPE),
+            Port(self.right_info_topic, topics.CAMERA_INFO_TYPE),
+            Port(self.left_topic, topics.IMAGE),
+            Port(self.right_topic, topics.IMAGE),
+        ]
+
+    def outputs(self) -> list[Port]:
+        out = super().outputs() + [
+            Port(self.output_topic, topics.OCCUPANCY_GRID_TYPE, "reliable"),
+            Port(self.uncertainty_topic, topics.OCCUPANCY_GRID_TYPE, "reliable"),
+        ]
+        if self.health_topic and not self.health_topic.startswith("~/"):
+            out.append(Port(self.health_topic, topics.FLOAT64_STAMPED, "reliable"))
+        return out
+
+    def warmup(self) -> None:
+        """Set OpenCV's threads and run the whole chain once on a small synthetic pair (allocations,
+        the grid's polar tables are built for the real camera on its first frame)."""
+        try:
+            import cv2
+        except ImportError as exc:  # OpenCV comes with the vision extra, not with a core-only install
+            raise NodeUnavailable(f"{self.name}: stereo matching needs OpenCV (the `vision` extra): {exc}") from exc
+        if self.threads > 0:
+            cv2.setNumThreads(self.threads)
+        rng = np.random.default_rng(0)
+        left = rng.integers(0, 255, (48, 160), dtype=np.uint8)
+        right = np.roll(left, -4, axis=1)
+        self.matcher.disparity(left, right)
+
+    # --- messages -----------------------------------------------------------------------------
+    def pending(self, topic: str) -> int:
+        if topic == self.left_topic:
+            return self.sync.pending[self.LEFT] + (self._waiting is not None)
+        if topic == self.right_topic:
+            return self.sync.pending[self.RIGHT] + (self._waiting is not None)
+        return 0
+
+    def on_message(self, topic: str, msg: Any) -> list[Emit]:
+        if topic in (self.left_info_topic, self.right_info_topic):
+            return self._on_info(topic, msg)
+        idx = self.LEFT if topic == self.left_topic else self.RIGHT
+        t0 = time.perf_counter_ns()
+        enc = str(msg.encoding)
+        if enc not in STEREO_ENCODINGS:
+            raise MalformedMessageError(topics.IMAGE, f"encoding {enc!r} cannot be stereo-matched (needs one of "
+                                        f"{', '.join(STEREO_ENCODINGS)})")
+        img = image_to_numpy(msg)  # a strided view on the message buffer: no copy
+        decode_ms = (time.perf_counter_ns() - t0) / 1e6
+        sets = self.sync.add(idx, stamp_to_ns(msg.header.stamp), (msg, img, decode_ms), now_ns=self._monotonic_now())
+        out = self._process_sets(sets)
+        self._sync_counts()
+        return out
+
+    def _monotonic_now(self) -> int:
+        """The node clock held from going back by small steps (replay restarts it at each message's receive
+        time; the synchroniser only records it, no time-outs are configured); a step back of more than
+        :data:`~perception_nodes.graph.occupancy_grid.TIME_JUMP_NS` (a looping bag) restarts it."""
+        now = self.clock()
+        if now < self._last_now - TIME_JUMP_NS:
+            self._reset_sync("time_jump")
+            self._last_now = now
+        self._last_now = max(now, self._last_now)
+        return self._last_now
+
+    def _on_info(self, topic: str, msg: Any) -> list[Emit]:
+        side = self.LEFT if topic == self.left_info_topic else self.RIGHT
+        model = camera_model_from_msg(msg)  # MalformedMessageError (NaN, zero focal length, sizes): counted
+        self.mark_used(topic)
+        if self.models.get(side) != model:
+            self.models[side] = model
+            self._update_geometry()
+        if self._waiting is not None and len(self.models) == 2:
+            held, self._waiting = self._waiting, None
+            return self._process_sets([held])
+        return []
+
+    def _update_geometry(self) -> None:
+        if len(self.models) < 2:
+            return
+        try:
+            self.geometry = stereo_geometry(self.models[self.LEFT], self.models[self.RIGHT],
+                                            intrinsics_tol=self.intrinsics_tol,
+                                            max_vertical_offset=self.max_vertical_offset)
+            self.pair_error = None
+        except StereoPairError as exc:
+            self.geometry, self.pair_error = None, str(exc)
+            self._warn("bad_calibration", f"{self.left_info_topic} / {self.right_info_topic}: {exc}")
+
+    def _sync_counts(self) -> None:
+        for topic, idx in ((self.left_topic, self.LEFT), (self.right_topic, self.RIGHT)):
+            for reason, per_input in self.sync.dropped_by_reason.items():
+                if reason is not DropReason.RESET and per_input[idx]:
+                    self.set_dropped(topic, f"sync_{reason.value}", per_input[idx])
+
+    def _drop_set(self, s: SyncedSet, reason: str) -> None:
+        for topic, m in zip((self.left_topic, self.right_topic), s.messages, strict=True):
+            if m is not None:
+                self.mark_dropped(topic, reason)
+
+    def _process_sets(self, sets: list[SyncedSet]) -> list[Emit]:
+        out: list[Emit] = []
+        for s in sets:
+            if len(self.models) < 2:  # camera_info not there yet: wait (one pair at most)
+                if self._waiting is not None:
+                    self._drop_set(self._waiting, "no_camera_info")
+                    missing = [t for k, t in ((self.LEFT, self.left_info_topic), (self.RIGHT, self.right_info_topic))
+                               if k not in self.models]
+                    self._warn("no_camera_info", f"no camera_info on {', '.join(missing)} yet: image pair dropped")
+                self._waiting = s
+                continue
+            try:  # fault isolation per pair: a failure drops this pair, never the ones after it
+                out += self._process(s)
+            except Exception as exc:  # noqa: BLE001
+                if isinstance(exc, CalibrationError):
+                    self._drop_set(s, "calibration")
+                    self._warn("calibration", f"{self.left_topic}: {exc}")
+                elif isinstance(exc, (StereoPairError, MalformedMessageError)):
+                    self._drop_set(s, "malformed_in_set")
+                    self._warn("pair", f"{self.left_topic} / {self.right_topic}: {exc}")
+                else:
+                    self._drop_set(s, "error")
+                    self._fault(self.left_topic, exc)
+        return out
+
+    def _process(self, s: SyncedSet) -> list[Emit]:
+        (lmsg, limg, ldec), (rmsg, rimg, rdec) = s.messages
+        if self.geometry is None:
+            self._drop_set(s, "bad_calibration")
+            self._warn("bad_calibration", f"image pair dropped: {self.pair_error}")
+            return []
+        g = self.geometry
+        size_error = None
+        if limg.shape != rimg.shape:
+            size_error = f"left and right images differ in size or channels: {limg.shape} vs {rimg.shape} (H, W[, C])"
+        elif (limg.shape[1], limg.shape[0]) != (g.width, g.height):
+            size_error = f"image size {limg.shape[1]}x{limg.shape[0]} differs from camera_info size {g.width}x{g.height}"
+        if size_error is not None:
+            self._drop_set(s, "size_mismatch")
+            self._warn("size_mismatch", f"{self.left_topic} / {self.right_topic}: {size_error}; pair dropped")
+            return []
+        stamp = stamp_to_ns(lmsg.header.stamp)
+        with self.latency.frame(stamp) as frame:
+            frame.stages_ms["decode"] = ldec + rdec
+            with self.latency.stage("match"):
+                disp = self.matcher.disparity(limg, rimg)
+            with self.latency.stage("depth"):
+                depth = depth_from_disparity(disp, g, min_disparity=self.min_disparity_px)
+                ratio = valid_disparity_ratio(disp, self.matcher.num_disparities(g.width),
+                                              self.min_disparity_px + g.doffs)
+            with self.latency.stage("evidence"):
+                to_base = self.sensor_to_base(lmsg.header.frame_id)
+                grid, _ = stereo_evidence(depth, g, to_base, self.grid, self.evidence)
+                prob, vac = to_occupancy_msg_data(grid, unknown_vacuity=self.unknown_vacuity)
+            with self.latency.stage("publish"):
+                origin = (*self.grid.origin, 0.0)
+                out = [
+                    Emit(self.output_topic, topics.OCCUPANCY_GRID_TYPE,
+                         occupancy_grid_msg(prob, self.grid.resolution, origin, stamp, self.base_frame, self.backend)),
+                    Emit(self.uncertainty_topic, topics.OCCUPANCY_GRID_TYPE,
+                         occupancy_grid_msg(vac, self.grid.resolution, origin, stamp, self.base_frame, self.backend)),
+                ]
+                if self.health_topic:
+                    out.append(Emit(self.health_topic, topics.FLOAT64_STAMPED, self._float(stamp, ratio)))
+        self._check_images(limg, rimg)
+        self.last_ratio = ratio
+        self.ratios.append(ratio)
+        if ratio < self.ratio_warn:
+            self._warn("health", f"valid disparity ratio {ratio:.2f} below {self.ratio_warn:g} at stamp {stamp} ns")
+        self.frames_out += 1
+        self.mark_used(self.left_topic)
+        self.mark_used(self.right_topic)
+        return out + self.debug_emits(frame)
+
+    def _check_images(self, left: np.ndarray, right: np.ndarray) -> None:
+        """A blacked-out or covered camera gives a uniform image: say which (a subsample is enough)."""
+        dark = [name for name, img in (("left", left), ("right", right))
+                if float(np.std(img[::4, ::4])) < self.min_image_std]
+        if dark:
+            self.blackout_frames += 1
+            self._warn("blackout", f"{' and '.join(dark)} image uniform (grey-level std < {self.min_image_std:g}): "
+                       "camera blacked out or covered? Its pair gives no evidence")
+
+    def _reset_sync(self, reason: str) -> None:
+        """Empty the synchroniser and the waiting pair; what they held counts as dropped for ``reason``."""
+        if self._waiting is not None:
+            self._drop_set(self._waiting, reason)
+            self._waiting = None
+        for topic, idx in ((self.left_topic, self.LEFT), (self.right_topic, self.RIGHT)):
+            n = self.sync.pending[idx]
+            if n:
+                self.mark_dropped(topic, reason, n)
+        self.sync.reset()
+        self._sync_counts()
+
+    def finish(self) -> list[Emit]:
+        self._reset_sync("end_of_input")
+        return []
+
+    # --- diagnostics ------------------------------------------------------------------------------
+    def diagnostic_statuses(self) -> list[DiagnosticStatusData]:
+        """The common statuses plus ``<name>: stereo``: health ratio against its thresholds, pair geometry."""
+        statuses = super().diagnostic_statuses()
+        values: dict[str, str] = {"frames_out": str(self.frames_out), "blackout_frames": str(self.blackout_frames),
+                                  "valid_ratio_warn": f"{self.ratio_warn:g}", "valid_ratio_error": f"{self.ratio_error:g}",
+                                  "sgbm_mode": self.sgbm.mode, "threads": str(self.threads)}
+        g = self.geometry
+        if g is not None:
+            values.update(width=str(g.width), height=str(g.height), fx=f"{g.fx:.3f}", baseline_m=f"{g.baseline:.4f}",
+                          num_disparities=str(self.matcher.num_disparities(g.width)),
+                          min_depth_m=f"{g.fb / self.matcher.num_disparities(g.width):.2f}")
+        if self.last_ratio is not None:
+            values["valid_disparity_ratio"] = f"{self.last_ratio:.3f}"
+            values["valid_disparity_ratio_mean"] = f"{float(np.mean(self.ratios)):.3f}"
+        if self.pair_error is not None:
+            level, message = ERROR, f"camera_info does not describe a rectified pair: {self.pair_error}"
+        elif len(self.models) < 2:
+            level, message = (WARN if self.received[self.left_topic] else OK), "waiting for camera_info of both cameras"
+        elif self.last_ratio is None:
+            level, message = OK, "no pair matched yet"
+        elif self.last_ratio < self.ratio_error:
+            level, message = ERROR, (f"valid disparity ratio {self.last_ratio:.2f} < {self.ratio_error:g}: stereo "
+                                     "blind (camera blacked out, covered, glare or decalibrated?)")
+        elif self.last_ratio < self.ratio_warn:
+            level, message = WARN, f"valid disparity ratio {self.last_ratio:.2f} < {self.ratio_warn:g}: degraded"
+        else:
+            level, message = OK, f"valid disparity ratio {self.last_ratio:.2f}"
+        return statuses + [DiagnosticStatusData(level, f"{self.name}: stereo", message[:500], self._sensor_frame, values)]
