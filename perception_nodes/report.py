@@ -400,6 +400,57 @@ def _branch_latency_html(lat: dict) -> str:
             f"p99 {lb['p99_ms'] or 0:.1f} ms, max {lb['max_ms'] or 0:.1f} ms —")
 
 
+def plot_stereo(stamp: int, lidar_occ: Any | None, occ: Any, unc: Any, gt: Any | None, path: Path) -> None:
+    """The LiDAR grid (left, when there is one of the same stamp) beside the stereo node's occupancy and
+    vacuity, same axes, ground-truth boxes in blue."""
+    panels = ([("LiDAR occupancy", lidar_occ, "occ")] if lidar_occ is not None else []) + [
+        ("stereo occupancy (SGBM)", occ, "occ"), ("stereo uncertainty (vacuity)", unc, "unc")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 6.5), constrained_layout=True, squeeze=False)
+    cmap = plt.get_cmap("RdYlGn_r").with_extremes(bad="#b0b0b0")
+    ext = _extent(occ)
+    for ax, (title, msg, kind) in zip(axes[0], panels, strict=True):
+        if kind == "occ":
+            im = ax.imshow(np.ma.masked_less(grid_array(msg).astype(np.float32), 0), origin="lower", extent=_extent(msg),
+                           cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
+            fig.colorbar(im, ax=ax, shrink=0.8, label="P(occupied) % (grey: unknown)")
+        else:
+            im = ax.imshow(grid_array(msg), origin="lower", extent=_extent(msg), cmap="magma", vmin=0, vmax=100,
+                           interpolation="nearest")
+            fig.colorbar(im, ax=ax, shrink=0.8, label="vacuity % (100: no evidence)")
+        ax.set_title(f"{title} @ {stamp / 1e9:.1f} s")
+        ax.set_xlabel("x [m] (base_link)")
+        ax.set_ylabel("y [m]")
+        ax.plot(0, 0, marker="^", color="cyan", markersize=8)
+        ax.set_xlim(ext[0], ext[1])
+        ax.set_ylim(ext[2], ext[3])
+        if gt is not None:
+            for box in boxes_from_detections(gt):
+                c = np.vstack([box.corners_xy(), box.corners_xy()[:1]])
+                ax.plot(c[:, 0], c[:, 1], color="deepskyblue", lw=0.7, alpha=0.8)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def stereo_section(result: ReplayResult) -> str:
+    """The stereo node's part of the report: its grids beside the LiDAR grid of the same stamp."""
+    grids = getattr(result, "stereo_grids", None) or []
+    if not grids:
+        return ""
+    names = []
+    for i, (stamp, occ, unc) in enumerate(grids[-2:]):
+        # the LiDAR grid nearest in time (camera and LiDAR stamps differ by their trigger offsets), within 60 ms
+        near = min(result.grids, key=lambda g: abs(g[0] - stamp), default=None)
+        lidar_occ = near[1] if near is not None and abs(near[0] - stamp) <= 60_000_000 else None
+        name = f"stereo_{i}.png"
+        plot_stereo(stamp, lidar_occ, occ, unc, result.ground_truth.get(stamp), result.out_dir / name)
+        names.append(name)
+    return ("<h2>Stereo occupancy (classical SGBM) beside the LiDAR grid</h2><p>left: the LiDAR occupancy node's "
+            "grid of the same stamp; middle and right: the stereo node's grid (free along each camera ray up to the "
+            "surface, occupied at it, unknown behind and outside the field of view; far evidence down-weighted "
+            "as stereo depth error grows with Z&sup2;).</p>"
+            + "".join(f'<img src="{n}" width="1300"><br>' for n in names))
+
+
 def write_report(result: ReplayResult) -> Path:
     """Write ``report.html`` (+ PNGs) into the replay's output folder and return its path."""
     out = result.out_dir
