@@ -31,7 +31,8 @@ KITTI_PAIR = SHARED_DATA / "kitti_stereo_srcnn" / "demo"
 
 
 def _model(P, width=320, height=96) -> CameraModel:
-    P = np.asarray(P, dtype=np.float64).reshape(3, 4)
+    P = np.asarray(P, dtype=np.float64).reshape(3, 4).copy()
+    P[2, 3] = 0.0  # ROS CameraInfo has Tz = 0 (KITTI's P2/P3 carry a 2.7 mm offset that belongs to the extrinsic)
     return CameraModel(width=width, height=height, frame_id="cam", distortion_model="plumb_bob", K=P[:, :3],
                        D=np.zeros(5), R=np.eye(3), P=P)
 
