@@ -147,14 +147,17 @@ class RigCheckResult:
 # ------------------------------------------------------------------------------------- LiDAR side
 def assign_rings(points: np.ndarray) -> np.ndarray:
     """Ring index per return: from the scan order when the cloud is stored ring after ring (azimuth
-    wraps 8-256 times, as in KITTI's .bin files), else by clustering the elevation angles (a simulated or
+    wraps 8-256 times, as in KITTI's .bin files, whole or cropped to a camera's view), else by clustering the elevation angles (a simulated or
     driver-ordered cloud whose beams have exact elevations), else 0.4 deg elevation bins."""
     xyz = np.asarray(points, dtype=np.float64)[:, :3]
     n = len(xyz)
     if n == 0:
         return np.zeros(0, np.int32)
     az = np.arctan2(xyz[:, 1], xyz[:, 0])
-    wraps = np.flatnonzero(np.diff(az) < -np.pi)
+    # a ring starts where the azimuth jumps back by more than half the scan's azimuth span: the wrap
+    # through -pi of a full 360 deg scan, or the restart at the left edge of a scan cropped to a camera's view
+    span = float(az.max() - az.min())
+    wraps = np.flatnonzero(np.diff(az) < -0.5 * span)
     if 8 <= len(wraps) <= 256 and n / (len(wraps) + 1) >= 50:
         ring = np.zeros(n, np.int32)
         ring[wraps + 1] = 1
