@@ -24,7 +24,7 @@ EXAMPLES = """examples:
   perception-stack calib check --kitti-calib $D/calib.txt --image left=$D/left.png --image right=$D/right.png \\
       --velodyne $D/lidar.bin
   perception-stack calib check --kitti-calib $D/calib.txt --image $D/left.png --velodyne $D/lidar.bin \\
-      --rotate left:y:1.5     # the same with the left camera's extrinsic turned 1.5 deg (must fail)
+      --rotate left:x:2       # the same with the left camera's extrinsic pitched 2 deg (ERROR, exit 1)
 """
 
 

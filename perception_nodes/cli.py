@@ -38,7 +38,10 @@ def _cmd_replay(a: argparse.Namespace) -> int:
         print(f"end-to-end latency (LiDAR branch, {lb['node']}): p50 {lb['p50_ms']:.1f} ms, p99 {lb['p99_ms']:.1f} ms, "
               f"max {lb['max_ms']:.1f} ms, deadline misses {lb['deadline_misses']}")
     if res.latency["malformed_inputs"] or any(res.latency["dropped_inputs"].values()):
-        print(f"malformed: {res.latency['malformed_inputs']}  dropped: {res.latency['dropped_inputs']}")
+        why = sorted({f"{node}: {reason}" for node, acct in res.latency.get("inputs", {}).items()
+                      for a in acct.values() for reason, n in a["dropped"].items() if n and reason != "sampled_out"})
+        print(f"malformed: {res.latency['malformed_inputs']}  dropped: {res.latency['dropped_inputs']}"
+              + (f"  (by node and reason: {', '.join(why)}; per topic in latency.json 'inputs')" if why else ""))
     _print_metrics(res.metrics, a.out)
     return 0
 

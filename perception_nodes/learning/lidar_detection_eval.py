@@ -340,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     src.add_argument("--weights", type=Path, default=None,
                      help="a weights folder (model.safetensors + model.json sidecar); default when neither is "
                           "given: the packaged perception_nodes/models/weights/lidar_detection")
-    p.add_argument("--eval-config", type=Path, default=Path("configs/train/lidar_detection_eval.yaml"),
+    p.add_argument("--eval-config", type=Path, default=Path(__file__).resolve().parents[2] / "configs/train/lidar_detection_eval.yaml",
                    help="named sets of generated bags and the KITTI folder")
     p.add_argument("--metrics-out", type=Path, default=None, help="JSON output (default <run>/heldout_metrics.json, or out/lidar_detection_eval/heldout_metrics.json with --weights)")
     p.add_argument("--package", type=Path, default=None, help="also write the weights + sidecar into this folder")
