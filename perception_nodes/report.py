@@ -29,6 +29,20 @@ def _extent(msg: Any) -> list[float]:
     return [o.x, o.x + msg.info.width * res, o.y, o.y + msg.info.height * res]
 
 
+def _bev_axes(ax: Any, title: str, ext: Any, gt: Any | None, dashed: bool = False) -> None:
+    """The common dress of every BEV panel: title, axes in base_link, the ego, ground-truth boxes in blue."""
+    ax.set_title(title)
+    ax.set_xlabel("x [m] (base_link)")
+    ax.set_ylabel("y [m]")
+    ax.plot(0, 0, marker="^", color="cyan", markersize=8)
+    ax.set_xlim(ext[0], ext[1])
+    ax.set_ylim(ext[2], ext[3])
+    if gt is not None:
+        for box in boxes_from_detections(gt):
+            c = np.vstack([box.corners_xy(), box.corners_xy()[:1]])
+            ax.plot(c[:, 0], c[:, 1], color="deepskyblue", lw=0.7, ls="--" if dashed else "-", alpha=0.8)
+
+
 def plot_bev(stamp: int, occ: Any, unc: Any, gt: Any | None, path: Path) -> None:
     """Side by side: occupancy probability (unknown grey) and vacuity, with ground-truth boxes."""
     fig, axes = plt.subplots(1, 2, figsize=(15, 7), constrained_layout=True)
@@ -40,17 +54,7 @@ def plot_bev(stamp: int, occ: Any, unc: Any, gt: Any | None, path: Path) -> None
     im1 = axes[1].imshow(grid_array(unc), origin="lower", extent=_extent(unc), cmap="magma", vmin=0, vmax=100, interpolation="nearest")
     fig.colorbar(im1, ax=axes[1], shrink=0.8, label="vacuity % (100: no evidence)")
     for ax, title in zip(axes, ("occupancy", "uncertainty (vacuity)"), strict=True):
-        ax.set_title(f"{title} @ {stamp / 1e9:.1f} s")
-        ax.set_xlabel("x [m] (base_link)")
-        ax.set_ylabel("y [m]")
-        ax.plot(0, 0, marker="^", color="cyan", markersize=8)
-        ext = _extent(occ)
-        ax.set_xlim(ext[0], ext[1])
-        ax.set_ylim(ext[2], ext[3])
-        if gt is not None:
-            for box in boxes_from_detections(gt):
-                c = np.vstack([box.corners_xy(), box.corners_xy()[:1]])
-                ax.plot(c[:, 0], c[:, 1], color="deepskyblue", lw=0.7, alpha=0.8)
+        _bev_axes(ax, f"{title} @ {stamp / 1e9:.1f} s", _extent(occ), gt)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -135,16 +139,7 @@ def plot_detections(stamp: int, det: Any, occ: Any | None, unc: Any | None, gt: 
     colors = {"car": "#00c000", "pedestrian": "#ff3030", "cyclist": "#3060ff"}
     labelled = set(_place_labels([tuple(b[2].center[:2]) for b in boxes], ext))
     for ax, title in zip(axes, ("detections over occupancy", "detections over uncertainty (vacuity)"), strict=True):
-        ax.set_title(f"{title} @ {stamp / 1e9:.1f} s ({len(boxes)} boxes)")
-        ax.set_xlabel("x [m] (base_link)")
-        ax.set_ylabel("y [m]")
-        ax.plot(0, 0, marker="^", color="cyan", markersize=8)
-        ax.set_xlim(ext[0], ext[1])
-        ax.set_ylim(ext[2], ext[3])
-        if gt is not None:
-            for g in boxes_from_detections(gt):
-                c = np.vstack([g.corners_xy(), g.corners_xy()[:1]])
-                ax.plot(c[:, 0], c[:, 1], color="deepskyblue", lw=0.7, ls="--", alpha=0.8)
+        _bev_axes(ax, f"{title} @ {stamp / 1e9:.1f} s ({len(boxes)} boxes)", ext, gt, dashed=True)
         for i, (label, score, box, cov, yaw_std) in enumerate(boxes):
             color = colors.get(label.lower(), "white")
             c = np.vstack([box.corners_xy(), box.corners_xy()[:1]])
@@ -342,15 +337,7 @@ def plot_fusion(stamp: int, occ: Any, unc: Any | None, con: Any | None, gt: Any 
             data = np.ma.masked_less(grid_array(msg).astype(np.float32), 0)
             im = ax.imshow(data, origin="lower", extent=_extent(msg), cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
             fig.colorbar(im, ax=ax, shrink=0.8, label=label)
-        ax.set_title(f"{title} @ {stamp / 1e9:.1f} s")
-        ax.set_xlabel("x [m] (base_link)")
-        ax.set_xlim(ext[0], ext[1])
-        ax.set_ylim(ext[2], ext[3])
-        ax.plot(0, 0, marker="^", color="cyan", markersize=8)
-        if gt is not None:
-            for g in boxes_from_detections(gt):
-                c = np.vstack([g.corners_xy(), g.corners_xy()[:1]])
-                ax.plot(c[:, 0], c[:, 1], color="deepskyblue", lw=0.7, ls="--", alpha=0.8)
+        _bev_axes(ax, f"{title} @ {stamp / 1e9:.1f} s", ext, gt, dashed=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -417,16 +404,7 @@ def plot_stereo(stamp: int, lidar_occ: Any | None, occ: Any, unc: Any, gt: Any |
             im = ax.imshow(grid_array(msg), origin="lower", extent=_extent(msg), cmap="magma", vmin=0, vmax=100,
                            interpolation="nearest")
             fig.colorbar(im, ax=ax, shrink=0.8, label="vacuity % (100: no evidence)")
-        ax.set_title(f"{title} @ {stamp / 1e9:.1f} s")
-        ax.set_xlabel("x [m] (base_link)")
-        ax.set_ylabel("y [m]")
-        ax.plot(0, 0, marker="^", color="cyan", markersize=8)
-        ax.set_xlim(ext[0], ext[1])
-        ax.set_ylim(ext[2], ext[3])
-        if gt is not None:
-            for box in boxes_from_detections(gt):
-                c = np.vstack([box.corners_xy(), box.corners_xy()[:1]])
-                ax.plot(c[:, 0], c[:, 1], color="deepskyblue", lw=0.7, alpha=0.8)
+        _bev_axes(ax, f"{title} @ {stamp / 1e9:.1f} s", ext, gt)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
