@@ -125,7 +125,7 @@ def test_two_branches_blinded_one_loses_weight_without_oscillation():
         res = fusion_step({"a": sensor(truth, rng), "b": blinded()}, {"a": 1.0, "b": 1.0}, trust, shape=SHAPE)
         seen.append((res.weights["a"], res.weights["b"]))
     a, b = np.array(seen[10:]).T
-    assert b.max() < 0.2 and a.min() > b.max()
+    assert b.max() < 0.2 and a.min() > 0.8  # the blinded one loses weight, the healthy one keeps it (0.84)
     assert a.max() - a.min() < 0.1 and b.max() - b.min() < 0.1  # settled
 
 
