@@ -61,7 +61,8 @@ def _print_metrics(m: dict | None, out: Path) -> None:
     o = m.get("occupancy")
     if o:
         reg = o["regions"].get("all", {})
-        print(f"occupancy, every visible cell ({reg.get('cells', 0)} cells, {100 * (reg.get('unknown_share') or 0):.1f}% "
+        print("occupancy of the geometric grid (/perception/occupancy_grid; the fused grid is scored by "
+              f"benchmarks/fusion_check.py), every visible cell ({reg.get('cells', 0)} cells, {100 * (reg.get('unknown_share') or 0):.1f}% "
               f"unknown scored at P=0.5; truth: {', '.join(o['truth'])}):")
         print(f"  {'score':<10}{'value':>8}  {'95% CI':<17}{'base rate':>10}")
         for k in ("iou", "precision", "recall", "brier", "nll", "ece"):

@@ -234,6 +234,9 @@ def _metrics_html(metrics: dict | None) -> str:
              f"{join.get('unmatched_predictions')}, unmatched ground-truth frames {join.get('unmatched_ground_truth')}</p>"]
     occ = metrics.get("occupancy")
     if occ:
+        parts.append("<p>Occupancy scores below are of the geometric grid (/perception/occupancy_grid); the fused "
+                     "grid is scored against the same ground truth by <code>benchmarks/fusion_check.py</code> "
+                     "(README, 'Evidence fusion').</p>")
         parts.append(_occupancy_html(occ))
         if occ.get("reliability_diagram"):
             parts.append(f'<img src="{occ["reliability_diagram"]}" width="520">')
