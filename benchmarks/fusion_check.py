@@ -5,7 +5,10 @@ For each bag: the graph is replayed once (``perception-stack replay``'s ``run_gr
 geometric occupancy, LiDAR branch, fusion node); the published grids of every source are scored on the
 same cells of the generated ground truth (``/ground_truth/occupancy``, visible cells by the fault-free
 ``/ground_truth/occupancy/visibility``, as ``perception-stack evaluate``: unknown cells count at P = 0.5),
-over all visible cells and over the cells an injected LiDAR fault affects (``.../lidar_fault``). Sources:
+over all visible cells and over the cells an injected LiDAR fault affects (``.../lidar_fault``), and apart
+over the cells no fault-free beam reaches (``not_visible``: a grid with learned fill-in calls them known).
+Each region also carries two trivial baselines on the same cells: ``all_free_brier`` (P = 0) and
+``base_rate_brier`` (the constant P = occupied share, ECE 0). Sources:
 
 * ``geometric``     /perception/occupancy_grid (the inverse sensor model)
 * ``learned``       /perception/lidar/occupancy_grid (the LiDAR network's Beta head)
@@ -54,7 +57,9 @@ SOURCES = {
 BRANCH_TOPICS = (topics.OCCUPANCY_GRID, topics.OCCUPANCY_UNCERTAINTY, "/perception/lidar/occupancy_grid",
                  "/perception/lidar/occupancy_grid/uncertainty")
 GT = (topics.GT_OCCUPANCY, topics.GT_VISIBILITY, topics.GT_FAULT_REGION)
-REGIONS = ("all", "fault_affected")
+#: "all" = every cell the fault-free LiDAR sees (the headline), "fault_affected" = those a LiDAR fault hides,
+#: "not_visible" = cells no fault-free beam reaches, which a grid may still call known (learned fill-in)
+REGIONS = ("all", "fault_affected", "not_visible")
 
 
 def log(*a: Any) -> None:
@@ -91,7 +96,7 @@ class Scorer:
                  else np.zeros_like(vis))
         level = _p_levels(grid_array(msg))
         t = self.tables.setdefault(source, np.zeros((len(REGIONS), 2, 101), np.int64))
-        for i, m in enumerate((vis, vis & fault)):
+        for i, m in enumerate((vis, vis & fault, ~vis)):
             t[i] += _hist2(occ[m], level[m])
         self.frames[source] += 1
 
@@ -102,8 +107,11 @@ class Scorer:
             out[source] = {"frames": self.frames[source]}
             for i, region in enumerate(REGIONS):
                 n = int(t[i].sum())
+                r = float(t[i, 1].sum()) / n if n else 0.0  # occupied share of the scored cells
                 out[source][region] = None if n == 0 else {
-                    "cells": n, **{k: round(float(s[k][i]), 4) for k in ("brier", "ece", "nll", "iou")}}
+                    "cells": n, **{k: round(float(s[k][i]), 4) for k in ("brier", "ece", "nll", "iou")},
+                    # trivial baselines on the same cells: P = 0 everywhere, and the constant P = r (ECE 0)
+                    "all_free_brier": round(r, 4), "base_rate_brier": round(r * (1 - r), 4)}
         return out
 
 
