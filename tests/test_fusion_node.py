@@ -304,3 +304,15 @@ def test_runtime_reconfiguration_keeps_state_and_refuses_the_branch_set():
     assert n.accumulator.spec.resolution == 1.0 and n.accumulator.r is None
     out = feed(n, clock, grids(truth(), s + S // 10, GEO, spec=SPEC) + grids(truth(), s + S // 10, LRN), at=s + S // 5)
     assert by_topic(out, OCCUPANCY)[0].info.resolution == pytest.approx(1.0)  # inputs resampled onto it
+
+
+def test_a_looping_bag_time_jump_keeps_fusing_and_counts_every_grid():
+    """Stamps that jump back (a looping bag, a paused and rewound /clock) must not stall the node: the
+    frames after the jump are fused and every grid is accounted for."""
+    n, clock = node()
+    fused = 0
+    for s in [10 * S + k * S // 10 for k in range(5)] + [10 * S + k * S // 10 for k in range(5)]:
+        out = feed(n, clock, grids(truth(), s, GEO) + grids(truth(), s, LRN), at=s + S // 10)  # /clock rewinds too
+        fused += len(by_topic(out, OCCUPANCY))
+    assert fused == 10 and not n.faults and "time_jump" in n.warnings
+    assert all(a["balanced"] for a in n.accounting().values())

@@ -370,6 +370,8 @@ class FusionNode(NodeCore):
         for t in (cfg.occupancy_topic, cfg.uncertainty_topic):
             self.mark_used(t)
         pacer = self._pacer()
+        if cfg.name == pacer and stamp < self._last_fused - self.match_tolerance_ns:
+            self._time_jump(st, stamp)
         if cfg.name == pacer:
             self._pace_stamps.append(stamp)
             if stamp > self._last_fused and all(p[0] != stamp for p in self._pending):
@@ -378,6 +380,25 @@ class FusionNode(NodeCore):
         else:
             st.synchronous.append(any(abs(stamp - p) <= self.match_tolerance_ns for p in self._pace_stamps))
         return self._flush()
+
+    def _time_jump(self, pace: _BranchState, stamp: int) -> None:
+        """The pace branch's grids come from one publisher in stamp order, so one older than the newest fused
+        frame means time went back (a looping bag, a rewound /clock): grids, poses and the memory of the old
+        timeline would make every new frame look stale or be warped by the wrong poses, so start over (the
+        trust learned about each branch is kept) and say so."""
+        self._warn("time_jump", f"{pace.cfg.name} grid stamped {stamp} ns, before the last fused frame "
+                                f"{self._last_fused} ns: time went back; history, poses and memory reset")
+        keep = pace.history[-1]
+        for st in self.branches.values():
+            st.history.clear()
+            st.synchronous.clear()
+        pace.history.append(keep)
+        self._pending.clear()
+        self._pace_stamps.clear()
+        self._last_fused = -1
+        self.poses = PoseBuffer(self.odometry_max_gap_s)
+        self.accumulator.reset()
+        self.memory_state = "reset (time jump)"
 
     def _waits_for(self, st: _BranchState, now: int) -> bool:
         """A fused frame waits for a branch that is live and runs on the pace branch's stamps (one of its
