@@ -54,6 +54,7 @@ from engines.bev_pool import (
 )
 from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.models.bev_grid import BevGrid
+from perception_nodes.models.bev_net import BevNet, conv_bn
 
 __all__ = ["CameraBevConfig", "CameraBevNet", "CameraBevOutput", "export_onnx", "kitti_camera_geometry", "onnx_feeds"]
 
@@ -154,41 +155,16 @@ class CameraBevOutput:
     coverage: Tensor
 
 
-def _conv_bn(cin: int, cout: int, stride: int = 1, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01),
-                         nn.ReLU(inplace=True))
-
-
 class _BasicBlock(nn.Module):
     """ResNet basic block (two 3x3 convolutions and the identity)."""
 
     def __init__(self, c: int) -> None:
         super().__init__()
-        self.conv1 = _conv_bn(c, c)
+        self.conv1 = conv_bn(c, c)
         self.conv2 = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c, eps=1e-3, momentum=0.01))
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(x + self.conv2(self.conv1(x)))
-
-
-class _BevNet(nn.Module):
-    """Full-resolution stage, half-resolution stage upsampled back, concatenated (CenterPoint's RPN form)."""
-
-    def __init__(self, cin: int, channels: Sequence[int], layers: Sequence[int]) -> None:
-        super().__init__()
-        c1, c2 = channels
-        self.stage1 = nn.Sequential(_conv_bn(cin, c1), *[_conv_bn(c1, c1) for _ in range(layers[0])])
-        self.stage2 = nn.Sequential(_conv_bn(c1, c2, 2), *[_conv_bn(c2, c2) for _ in range(layers[1])])
-        self.up2 = nn.Sequential(nn.ConvTranspose2d(c2, c1, 2, 2, bias=False), nn.BatchNorm2d(c1, eps=1e-3, momentum=0.01),
-                                 nn.ReLU(inplace=True))
-        self.out_channels = 2 * c1
-
-    def forward(self, x: Tensor) -> Tensor:
-        a = self.stage1(x)
-        b = self.up2(self.stage2(a))
-        if b.shape[-2:] != a.shape[-2:]:  # odd sizes: the transposed conv gives one cell less
-            b = F.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))
-        return torch.cat([a, b], 1)
 
 
 class CameraBevNet(nn.Module):
@@ -205,15 +181,15 @@ class CameraBevNet(nn.Module):
                 down = nn.Sequential(nn.Conv2d(cin, c, cfg.stem_patch, cfg.stem_patch, 0, bias=False),
                                      nn.BatchNorm2d(c, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True))
             else:
-                down = _conv_bn(cin, c, 2)
+                down = conv_bn(cin, c, 2)
             stages.append(nn.Sequential(down, *[_BasicBlock(c) for _ in range(n)]))
             cin = c
         self.image = nn.Sequential(*stages)
         self.num_bins = cfg.bins.count
         self.depth_context = nn.Conv2d(cin, self.num_bins + cfg.context_channels, 1)
-        self.bev = _BevNet(cfg.context_channels, cfg.bev_channels, cfg.bev_layers)
+        self.bev = BevNet(cfg.context_channels, cfg.bev_channels, cfg.bev_layers)
         # 1x1 layers: the 3x3 context comes from the BEV net (a 3x3 head trunk at 0.5 m cost as much as the net)
-        self.occupancy_head = nn.Sequential(_conv_bn(self.bev.out_channels, cfg.bev_channels[0], k=1),
+        self.occupancy_head = nn.Sequential(conv_bn(self.bev.out_channels, cfg.bev_channels[0], k=1),
                                             nn.Conv2d(cfg.bev_channels[0], 2, 1))
         nn.init.constant_(self.occupancy_head[-1].bias, cfg.occupancy_bias)
         self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)

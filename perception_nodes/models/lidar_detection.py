@@ -41,6 +41,7 @@ from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.evidential.dirichlet import alpha_from_logits
 from perception_nodes.evidential.nig import NIG, nig_from_raw
 from perception_nodes.models.bev_grid import BevGrid
+from perception_nodes.models.bev_net import BevNet, conv_bn
 from perception_nodes.models.decode import regression_names
 
 __all__ = [
@@ -161,37 +162,6 @@ class LidarDetectionOutput:
     num_voxels: Tensor
 
 
-def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01),
-                         nn.ReLU(inplace=True))
-
-
-class _BevNet(nn.Module):
-    """CenterPoint-style 2D net: full-res stage, half-res stage, both at full res, concatenated."""
-
-    def __init__(self, cin: int, channels: Sequence[int], layers: Sequence[int], head_upsample: int) -> None:
-        super().__init__()
-        c1, c2 = channels
-        self.stage1 = nn.Sequential(_conv_bn(cin, c1), *[_conv_bn(c1, c1) for _ in range(layers[0])])
-        self.stage2 = nn.Sequential(_conv_bn(c1, c2, 2), *[_conv_bn(c2, c2) for _ in range(layers[1])])
-        self.up2 = nn.Sequential(nn.ConvTranspose2d(c2, c1, 2, 2, bias=False), nn.BatchNorm2d(c1, eps=1e-3, momentum=0.01),
-                                 nn.ReLU(inplace=True))
-        self.out_channels = 2 * c1
-        self.head_up: nn.Module = nn.Identity()
-        if head_upsample > 1:
-            self.head_up = nn.Sequential(
-                nn.ConvTranspose2d(2 * c1, 2 * c1, head_upsample, head_upsample, bias=False),
-                nn.BatchNorm2d(2 * c1, eps=1e-3, momentum=0.01), nn.ReLU(inplace=True))
-
-    def forward(self, x: Tensor) -> Tensor:
-        a = self.stage1(x)
-        b = self.stage2(a)
-        b = self.up2(b)
-        if b.shape[-2:] != a.shape[-2:]:  # odd sizes: the transposed conv gives one cell less
-            b = F.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))
-        return self.head_up(torch.cat([a, b], 1))
-
-
 def _head(mid: int, cout: int, bias: float = 0.0) -> nn.Sequential:
     """Per-head 1 x 1 layers on the shared trunk (the 3 x 3 context comes from the trunk, once for all heads)."""
     last = nn.Conv2d(mid, cout, 1)
@@ -213,7 +183,7 @@ class LidarDetectionNet(nn.Module):
         bev_in, (bx, by, bz), stride = self._probe_backbone()
         self._bev_shape = (bx, by, bz)
         self.bev_in_channels = bev_in
-        self.bev = _BevNet(bev_in, cfg.bev_channels, cfg.bev_layers, cfg.head_upsample)
+        self.bev = BevNet(bev_in, cfg.bev_channels, cfg.bev_layers, cfg.head_upsample)
         x0, y0 = cfg.point_range[0], cfg.point_range[1]
         self.head_grid = BevGrid(x0, y0, cfg.voxel_size[0] * stride / cfg.head_upsample,
                                  bx * cfg.head_upsample, by * cfg.head_upsample)
@@ -224,7 +194,7 @@ class LidarDetectionNet(nn.Module):
         self.reg_names = regression_names(cfg.velocity)
         hc = cfg.head_channels
         # one shared 3 x 3 trunk, then 1 x 1 heads: on a CPU a 3 x 3 conv per head would triple the head cost
-        self.head_trunk = _conv_bn(c, hc)
+        self.head_trunk = conv_bn(c, hc)
         self.occupancy_head = _head(hc, 2, bias=-2.0)
         self.class_head = _head(hc, k + 1, bias=cfg.class_bias)
         nn.init.constant_(self.class_head[-1].bias[k:], cfg.background_bias)
