@@ -1,0 +1,80 @@
+"""benchmarks/robustness.py end to end: ``--quick`` on tiny generated bags gives a valid JSON and report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "robustness.py"
+
+
+def _strict(text: str) -> dict:
+    def no_constants(name: str) -> None:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=no_constants)
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("robustness_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_training_seed_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _module().main(["--quick", "--scenario", "urban_street:1:clean", "--out", "/nonexistent/never-written"])
+    assert exc.value.code == 2
+    assert "configs/train" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_study_end_to_end(tmp_path):
+    out = tmp_path / "rb"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(out / "robustness.json")
+    doc = _strict((out / "robustness.json").read_text())
+    for f in ("report.html", "occupancy.png", "timelines.png", "auroc.png"):
+        assert (out / f).stat().st_size > 0, f
+
+    clean, blackout = doc["runs"]
+    assert (clean["condition"], blackout["condition"]) == ("clean", "lidar_blackout")
+    # the fault window comes from the bag's /scenario/info, as the generator applied it
+    assert blackout["faults_in_bag"]["lidar_sector_time"] == [0.5, 1.0]
+    assert blackout["window_s"] == [0.5, 1.0] and blackout["sensor"] == "lidar"
+    assert blackout["frames_in_window"] == 5 and clean["window_s"] is None
+
+    fused = blackout["occupancy"]["fusion"]
+    # every source on the same cells
+    cells = {s: v["all"]["cells"] for s, v in blackout["occupancy"].items()}
+    assert len(set(cells.values())) == 1 and fused["all"]["cells"] > 0, cells
+    # the whole spin is lost: the affected cells are (all but a sliver of) the window's visible cells
+    assert 0.99 * fused["window"]["cells"] <= fused["affected"]["cells"] <= fused["window"]["cells"]
+    assert "affected" not in clean["occupancy"]["fusion"] or clean["occupancy"]["fusion"]["affected"] is None
+    assert fused["all"]["all_free_brier"] > 0 and fused["all"]["base_rate_brier"] > 0
+
+    assert "auroc" not in clean
+    a = blackout["auroc"]
+    assert a["positive_frames"] == 5 and a["negative_frames"] == clean["frames"] - doc["config"]["warmup_frames"]
+    assert "fusion_vacuity" in a["frames"] and "fusion_vacuity" in a["cells"]
+    assert all(v is None or 0.0 <= v <= 1.0 for part in ("frames", "cells") for v in a[part].values())
+
+    assert isinstance(blackout["detection"]["lidar"], dict)
+    assert blackout["detection"]["lidar"]["window"]["frames"] == 5
+    for run in doc["runs"]:  # topics of nodes this branch does not have are reported, not invented
+        if not run["present"]["control_uncertainty"]:
+            assert run["fallback"] == "not present" and run["curvature"]["control"] == "not present"
+        if not run["present"]["fusion_objects"]:
+            assert run["detection"]["fusion"] == "not present"
+    assert set(blackout["weights"]) == set(blackout["present"]["fusion_weights"])
+    goals = {g["goal"]: g for g in doc["goals"]}
+    assert len(goals) == 6 and all(g["met"] in (True, False, None) for g in goals.values())
