@@ -49,9 +49,9 @@ def test_quick_study_end_to_end(tmp_path):
     clean, blackout = doc["runs"]
     assert (clean["condition"], blackout["condition"]) == ("clean", "lidar_blackout")
     # the fault window comes from the bag's /scenario/info, as the generator applied it
-    assert blackout["faults_in_bag"]["lidar_sector_time"] == [0.5, 1.0]
-    assert blackout["window_s"] == [0.5, 1.0] and blackout["sensor"] == "lidar"
-    assert blackout["frames_in_window"] == 5 and clean["window_s"] is None
+    assert blackout["faults_in_bag"]["lidar_sector_time"] == [0.4, 0.8]
+    assert blackout["window_s"] == [0.4, 0.8] and blackout["sensor"] == "lidar"
+    assert blackout["frames_in_window"] == 4 and clean["window_s"] is None
 
     fused = blackout["occupancy"]["fusion"]
     # every source on the same cells
@@ -64,12 +64,12 @@ def test_quick_study_end_to_end(tmp_path):
 
     assert "auroc" not in clean
     a = blackout["auroc"]
-    assert a["positive_frames"] == 5 and a["negative_frames"] == clean["frames"] - doc["config"]["warmup_frames"]
+    assert a["positive_frames"] == 4 and a["negative_frames"] == clean["frames"] - doc["config"]["warmup_frames"]
     assert "fusion_vacuity" in a["frames"] and "fusion_vacuity" in a["cells"]
     assert all(v is None or 0.0 <= v <= 1.0 for part in ("frames", "cells") for v in a[part].values())
 
     assert isinstance(blackout["detection"]["lidar"], dict)
-    assert blackout["detection"]["lidar"]["window"]["frames"] == 5
+    assert blackout["detection"]["lidar"]["window"]["frames"] == 4
     for run in doc["runs"]:  # topics of nodes this branch does not have are reported, not invented
         if not run["present"]["control_uncertainty"]:
             assert run["fallback"] == "not present" and run["curvature"]["control"] == "not present"

@@ -71,10 +71,10 @@ LIDAR_CURVATURE = "/perception/lidar/curvature"
 CONTROL_UNCERTAINTY = "/control/command/uncertainty"
 OBJECT_SOURCES = {"lidar": "/perception/objects", "fusion": "/perception/fusion/objects"}
 #: which fusion branches a sensor's fault hits (the "failed branch" of the weight episodes)
-FAILED_BRANCHES = {"lidar": ("geometric", "lidar_learned"), "camera": ("stereo", "camera_bev")}
+FAILED_BRANCHES = {"lidar": ("geometric", "lidar_learned"), "camera": ("stereo", "camera_bev", "camera")}
 #: the node whose pipeline_latency budget is each fusion branch's share of the latency goal
 BRANCH_NODES = {"geometric": "occupancy_grid", "lidar_learned": "lidar_detection",
-                "stereo": "stereo_occupancy", "camera_bev": "camera_bev"}
+                "stereo": "stereo_occupancy", "camera_bev": "camera_bev", "camera": "camera_bev"}
 REGIONS = ("all", "window", "affected", "camera_view")
 
 
@@ -302,18 +302,21 @@ def analyse_run(rec: RunRecord, truth: Truth, clean: RunRecord | None, *, warmup
             det[src] = "not present"
             continue
         det[src] = {}
-        for part in ("all", "window"):
+        parts = {"all": rec, "window": rec}
+        if clean is not None and clean.objects.get(src):
+            parts["clean_run_window"] = clean  # the clean run on the same frames: what the fault cost
+        for part, r_ in parts.items():
             scorer_d = DetectionScorer(cfg)
             n = 0
             for k in sorted(truth.objects):
-                if part == "window" and not fw.contains(truth.time_s(k)):
+                if part != "all" and not fw.contains(truth.time_s(k)):
                     continue
                 gt = truth.objects[k]
                 counts = truth.points_per_box.get(k)
                 if counts is not None:
                     gt = [dataclasses.replace(b, extras={**b.extras, "num_lidar_pts": c})
                           for b, c in zip(gt, counts, strict=True)]
-                scorer_d.add_frame(gt, rec.objects[src].get(k, []))
+                scorer_d.add_frame(gt, r_.objects[src].get(k, []))
                 n += 1
             if n == 0:
                 det[src][part] = None
@@ -339,6 +342,10 @@ def analyse_run(rec: RunRecord, truth: Truth, clean: RunRecord | None, *, warmup
             continue
         pred = np.array([series[k][0] if k in series else np.nan for k in ks])
         curv[src] = {"all": _curv(pred, gt_c), "window": _curv(pred[win], gt_c[win]) if win.any() else None}
+        ref = None if clean is None else (clean.curvature if src == "lidar" else {k: (v[0], v[1]) for k, v in clean.control.items()})
+        if ref and win.any():
+            pc = np.array([ref[k][0] if k in ref else np.nan for k in ks])
+            curv[src]["clean_run_window"] = _curv(pc[win], gt_c[win])
     curv["straight_road_baseline"] = {"all": _curv(np.zeros_like(gt_c), gt_c),
                                       "window": _curv(np.zeros_like(gt_c[win]), gt_c[win]) if win.any() else None}
     out["curvature"] = curv
@@ -348,14 +355,20 @@ def analyse_run(rec: RunRecord, truth: Truth, clean: RunRecord | None, *, warmup
     if clean is not None and fw.window is not None:
         out["auroc"] = _aurocs(rec, clean, truth, fw, frames, shape, warmup_frames)
 
-    # weights: per branch around the window (the failed branches of the sensor named)
+    # weights: per branch around the window (the failed branches of the sensor named); an episode is
+    # counted from the window's start or the end of the warm-up, whichever is later (the fusion's first
+    # frame has a branch at weight 0 before the others have spoken)
+    episode = None if fw.window is None else (max(fw.window[0], truth.time_s(warmup_frames)), fw.window[1])
+    out["episode_s"] = None if episode is None else [_r(x, 3) if math.isfinite(x) else "inf" for x in episode]
     weights: dict[str, Any] = {}
     for b, series in sorted(rec.weights.items()):
         ks_w = sorted(series)
         t = [truth.time_s(k) for k in ks_w]
         w = [series[k] for k in ks_w]
-        weights[b] = ({"failed_branch": b in FAILED_BRANCHES.get(fw.sensor, tuple(rec.weights))}
-                      | (weight_episode(t, w, fw.window) if fw.window is not None else
+        # timing faults hit every branch; a clean run none
+        failed = b in FAILED_BRANCHES.get(fw.sensor, tuple(rec.weights) if fw.sensor == "timing" else ())
+        weights[b] = ({"failed_branch": failed}
+                      | (weight_episode(t, w, episode) if episode is not None else
                          {"mean": _r(np.mean(w)), "min_after_warmup": _r(min((x for kk, x in zip(ks_w, w, strict=True) if kk >= warmup_frames), default=math.nan))}))
     out["weights"] = weights
 
@@ -364,7 +377,7 @@ def analyse_run(rec: RunRecord, truth: Truth, clean: RunRecord | None, *, warmup
         ks_c = sorted(k for k in rec.control if k >= warmup_frames)
         t = [truth.time_s(k) for k in ks_c]
         f = [rec.control[k][2] for k in ks_c]
-        out["fallback"] = (fallback_delay(t, f, fw.window) if fw.window is not None else
+        out["fallback"] = (fallback_delay(t, f, episode) if episode is not None else
                            {"fallback_frames": int(sum(f)), "frames": len(f),
                             "fallback_frames_incl_warmup": int(sum(v[2] for v in rec.control.values()))})
     else:
@@ -475,7 +488,8 @@ def latency_check(rec: RunRecord, params: dict[str, Any] | None) -> dict[str, An
     for b in sorted(rec.weights):
         node = BRANCH_NODES.get(b)
         bud = (((params or {}).get(node) or {}).get("latency_budgets_ms") or {}).get("pipeline_latency") if node else None
-        if bud is not None and rec.counts.get(GRID_SOURCES.get(b, ("",))[0], 0):  # a branch that published
+        source = "camera_bev" if b == "camera" else b
+        if bud is not None and rec.counts.get(GRID_SOURCES.get(source, ("",))[0], 0):  # a branch that published
             budgets[b] = float(bud)
     limit = sum(budgets.values()) + 20.0
     return {"fusion_pipeline_p50_ms": _r(fused.get("p50_ms"), 1), "fusion_pipeline_p99_ms": _r(fused.get("p99_ms"), 1),
