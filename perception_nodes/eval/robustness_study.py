@@ -75,7 +75,8 @@ FAILED_BRANCHES = {"lidar": ("geometric", "lidar_learned"), "camera": ("stereo",
 #: the node whose pipeline_latency budget is each fusion branch's share of the latency goal
 BRANCH_NODES = {"geometric": "occupancy_grid", "lidar_learned": "lidar_detection",
                 "stereo": "stereo_occupancy", "camera_bev": "camera_bev", "camera": "camera_bev"}
-REGIONS = ("all", "window", "affected", "camera_view")
+#: scoring regions; every one but "all_frames" leaves out the warm-up frames (the graph starting up)
+REGIONS = ("all", "window", "affected", "camera_view", "all_frames")
 
 
 def study_params(config: str | Path | None = None, *, all_branches: bool = True) -> dict[str, Any]:
@@ -278,13 +279,15 @@ def analyse_run(rec: RunRecord, truth: Truth, clean: RunRecord | None, *, warmup
     for k in frames:
         vis, occ = truth.visible[k], truth.occupied[k]
         aff = affected_cells(truth, fw, k)
-        masks = {"all": vis}
-        if fw.contains(truth.time_s(k)):
-            masks["window"] = vis
-            if aff is not None:
-                masks["affected"] = vis & aff
-        if left_view is not None:
-            masks["camera_view"] = vis & left_view
+        masks = {"all_frames": vis}
+        if k >= warmup_frames:
+            masks["all"] = vis
+            if fw.contains(truth.time_s(k)):
+                masks["window"] = vis
+                if aff is not None:
+                    masks["affected"] = vis & aff
+            if left_view is not None:
+                masks["camera_view"] = vis & left_view
         for name, (occ_topic, _) in GRID_SOURCES.items():
             if not present[name]:
                 continue
@@ -292,7 +295,8 @@ def analyse_run(rec: RunRecord, truth: Truth, clean: RunRecord | None, *, warmup
             scorer.add(name, occ, np.full(shape, -1, np.int8) if g is None else g, masks)
     out["occupancy"] = scorer.results()
     out["occupancy_cells"] = ("ground-truth grid cells the fault-free LiDAR sees (/ground_truth/occupancy/visibility); "
-                              "every source resampled onto them, unknown or missing at P = 0.5")
+                              "every source resampled onto them, unknown or missing at P = 0.5; frames after the "
+                              f"warm-up ({warmup_frames}) except in all_frames")
 
     # detection AP: the LiDAR branch and, when present, detection fusion; all frames and the window's
     cfg = load_detection_eval_config()
