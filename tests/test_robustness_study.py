@@ -78,3 +78,32 @@ def test_quick_study_end_to_end(tmp_path):
     assert set(blackout["weights"]) == set(blackout["present"]["fusion_weights"])
     goals = {g["goal"]: g for g in doc["goals"]}
     assert len(goals) == 6 and all(g["met"] in (True, False, None) for g in goals.values())
+
+
+def _run(condition: str, sensor: str, fused: float, best: float, fallback: object, aurocs: dict | None = None) -> dict:
+    occ = lambda b: {"all": {"brier": b, "ece": 0.02, "iou": 0.8}, "affected": None}  # noqa: E731
+    return {"scenario": "s", "seed": 1, "condition": condition, "sensor": sensor,
+            "occupancy": {"fusion": occ(fused), "geometric": occ(best), "lidar_learned": occ(best + 0.01)},
+            "auroc": aurocs, "fallback": fallback,
+            "latency": {"within_p50": True, "fusion_pipeline_p50_ms": 50.0, "limit_ms": 490.0}}
+
+
+def test_goals_judge_fallback_and_brier_from_the_runs():
+    goals = _module().goals
+    runs = [_run("clean", "", 0.01, 0.02, {"fallback_frames": 0, "frames": 45}),
+            _run("lidar_blackout", "lidar", 0.03, 0.02, {"frames_until_fallback": 2},
+                 {"frames": {"fusion_vacuity": 0.95}, "cells": {"fusion_vacuity": 0.91}})]
+    g = {x["goal"].split(" (")[0]: x for x in goals(runs)}
+    fb = g["fallback on every LiDAR-failure episode within 3 frames, none in clean runs"]
+    assert fb["met"] is True and fb["numbers"]["frames_until_fallback"] == {"s:1/lidar_blackout": 2}
+    assert g["fused Brier below every single branch"]["met"] is False  # 0.03 vs 0.02 in the fault run
+    assert g["uncertainty AUROC >= 0.9 for fault-affected vs clean"]["met"] is True
+    # one fallback too late, one false alarm: not met
+    runs[1]["fallback"] = {"frames_until_fallback": 4}
+    assert {x["goal"]: x for x in goals(runs)}[fb["goal"]]["met"] is False
+    runs[1]["fallback"], runs[0]["fallback"] = {"frames_until_fallback": 1}, {"fallback_frames": 1, "frames": 45}
+    assert {x["goal"]: x for x in goals(runs)}[fb["goal"]]["met"] is False
+    # without a control node the goal is not measured rather than met
+    for r in runs:
+        r["fallback"] = "not present"
+    assert {x["goal"]: x for x in goals(runs)}[fb["goal"]]["met"] is None
