@@ -33,5 +33,11 @@ bench-lidar: setup
 bench-bev: setup
 	@$(RUN) nice .venv/bin/python benchmarks/bev_pool.py $(BENCH_ARGS)
 
+# Robustness study (issue 12): each injected sensor fault, fused vs single branches, uncertainty AUROC,
+# weights, fallback; writes out/robustness/{robustness.json,report.html}. BENCH_ARGS e.g. --quick
+.PHONY: bench-robustness
+bench-robustness: setup
+	@$(RUN) nice -n 10 .venv/bin/python benchmarks/robustness.py $(BENCH_ARGS)
+
 clean:
 	rm -rf out ros_ws/build ros_ws/install ros_ws/log ros_ws/colcon.log

@@ -44,8 +44,8 @@ from perception_nodes import topics
 from perception_nodes.bags import BagReader
 from perception_nodes.codecs.backend import default_backend, stamp_to_ns
 from perception_nodes.config import load_params
-from perception_nodes.eval.metrics.counts import scores_from_counts
-from perception_nodes.evaluation import _hist2, _p_levels, grid_array, resample_like
+from perception_nodes.eval.robustness_metrics import RegionScorer
+from perception_nodes.evaluation import grid_array, resample_like
 from perception_nodes.graph.fusion import FusionNode
 
 SOURCES = {
@@ -79,12 +79,13 @@ def read_truth(bag: Path) -> tuple[dict[int, dict[str, Any]], list[tuple[str, An
 
 
 class Scorer:
-    """Per source and region a (2, 101) count table over visible cells (unknown at P = 0.5)."""
+    """Per source and region a (2, 101) count table over visible cells (unknown at P = 0.5); the counting
+    and the baselines are perception_nodes.eval.robustness_metrics.RegionScorer's (shared with
+    benchmarks/robustness.py)."""
 
     def __init__(self, truth: dict[int, dict[str, Any]]) -> None:
         self.truth = truth
-        self.tables: dict[str, np.ndarray] = {}
-        self.frames: dict[str, int] = defaultdict(int)
+        self._scorer = RegionScorer(REGIONS)
 
     def add(self, source: str, msg: Any) -> None:
         gt = self.truth.get(stamp_to_ns(msg.header.stamp))
@@ -94,25 +95,10 @@ class Scorer:
         vis = resample_like(gt[topics.GT_VISIBILITY], msg) >= 50
         fault = (resample_like(gt[topics.GT_FAULT_REGION], msg) >= 50 if topics.GT_FAULT_REGION in gt
                  else np.zeros_like(vis))
-        level = _p_levels(grid_array(msg))
-        t = self.tables.setdefault(source, np.zeros((len(REGIONS), 2, 101), np.int64))
-        for i, m in enumerate((vis, vis & fault, ~vis)):
-            t[i] += _hist2(occ[m], level[m])
-        self.frames[source] += 1
+        self._scorer.add(source, occ, grid_array(msg), {"all": vis, "fault_affected": vis & fault, "not_visible": ~vis})
 
     def results(self) -> dict[str, Any]:
-        out = {}
-        for source, t in self.tables.items():
-            s = scores_from_counts(t)
-            out[source] = {"frames": self.frames[source]}
-            for i, region in enumerate(REGIONS):
-                n = int(t[i].sum())
-                r = float(t[i, 1].sum()) / n if n else 0.0  # occupied share of the scored cells
-                out[source][region] = None if n == 0 else {
-                    "cells": n, **{k: round(float(s[k][i]), 4) for k in ("brier", "ece", "nll", "iou")},
-                    # trivial baselines on the same cells: P = 0 everywhere, and the constant P = r (ECE 0)
-                    "all_free_brier": round(r, 4), "base_rate_brier": round(r * (1 - r), 4)}
-        return out
+        return self._scorer.results()
 
 
 def replay_bag(bag: Path, work: Path) -> tuple[dict[str, list[Any]], dict[str, list[tuple[int, float]]]]:
