@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,6 +44,7 @@ from perception_nodes.evidential.nig import NIG, nig_from_raw
 from perception_nodes.models.bev_grid import BevGrid
 from perception_nodes.models.bev_net import BevNet, conv_bn
 from perception_nodes.models.decode import regression_names
+from perception_nodes.models.voxelize import voxelize_scans
 
 __all__ = [
     "BACKBONES",
@@ -178,6 +180,9 @@ class LidarDetectionNet(nn.Module):
         super().__init__()
         cfg = config if isinstance(config, LidarDetectionConfig) else LidarDetectionConfig.from_mapping(config)
         self.config = cfg
+        #: use the faster inference implementations (compiled voxelisation; fused BEV net and heads when
+        #: no gradient is recorded); False runs the plain reference path (same outputs to float32 rounding)
+        self.fast_path = True
         self.in_channels = 4  # mean x, y, z, intensity
         self.backbone = backbone if backbone is not None else BACKBONES[cfg.backbone](self.in_channels, **cfg.backbone_args)
         bev_in, (bx, by, bz), stride = self._probe_backbone()
@@ -233,6 +238,18 @@ class LidarDetectionNet(nn.Module):
         scans = [points] if isinstance(points, Tensor) else list(points)
         cfg = self.config
         dev = self.head_trunk[0].weight.device
+        if self.fast_path and dev.type == "cpu":
+            fast = self._voxelize_numba(scans)
+            if fast is not None:
+                return fast
+        return self.voxelize_reference(scans)
+
+    def voxelize_reference(self, points: Tensor | Sequence[Tensor]) -> tuple[SparseTensor, Tensor]:
+        """:meth:`voxelize` by PyTorch ops (``engines.sparse.voxelize_mean``): any device and grid size;
+        the reference the compiled CPU path is tested against."""
+        scans = [points] if isinstance(points, Tensor) else list(points)
+        cfg = self.config
+        dev = self.head_trunk[0].weight.device
         parts, batch = [], []
         for b, p in enumerate(scans):
             if p.dim() != 2 or p.shape[1] < 4:
@@ -250,6 +267,28 @@ class LidarDetectionNet(nn.Module):
         st.spatial_shape = cfg.spatial_shape
         counts = torch.bincount(st.coords[:, 0].long(), minlength=len(scans)) if len(st) else torch.zeros(
             len(scans), dtype=torch.long, device=dev)
+        return st, counts
+
+    def _voxelize_numba(self, scans: list[Tensor]) -> Optional[tuple[SparseTensor, Tensor]]:
+        """The CPU voxelisation in one compiled pass (:mod:`perception_nodes.models.voxelize`); ``None`` if
+        the grid is too large for its dense table."""
+        cfg = self.config
+        arrays = []
+        for p in scans:
+            if p.dim() != 2 or p.shape[1] < 4:
+                raise ValueError(f"points must be [N, >= 4] (x, y, z, intensity), got {tuple(p.shape)}")
+            arrays.append(p.detach()[:, :4].to("cpu", torch.float32).numpy())
+        if len(arrays) == 1:
+            pts, bidx = arrays[0], None
+        else:
+            pts = np.concatenate(arrays) if arrays else np.zeros((0, 4), np.float32)
+            bidx = np.repeat(np.arange(len(arrays), dtype=np.int64), [len(a) for a in arrays])
+        res = voxelize_scans(pts, bidx, max(len(scans), 1), cfg.voxel_size, cfg.point_range, cfg.intensity_scale)
+        if res is None:
+            return None
+        feats, coords = res
+        st = SparseTensor(torch.from_numpy(feats), torch.from_numpy(coords), 1, cfg.spatial_shape, len(scans))
+        counts = torch.from_numpy(np.bincount(coords[:, 0], minlength=len(scans)).astype(np.int64))
         return st, counts
 
     def backbone_bev(self, x: SparseTensor) -> Tensor:
