@@ -40,10 +40,11 @@ from engines.sparse.backbones import VoxelBackbone8x
 from engines.sparse.lite_backbones import LiteSparseBackbone
 from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.evidential.dirichlet import alpha_from_logits
-from perception_nodes.evidential.nig import NIG, nig_from_raw
+from perception_nodes.evidential.nig import MIN_EVIDENCE, NIG, nig_from_raw
 from perception_nodes.models.bev_grid import BevGrid
 from perception_nodes.models.bev_net import BevNet, conv_bn
 from perception_nodes.models.decode import regression_names
+from perception_nodes.models.folding import FoldCache, fold_conv_bn, inference_fast_path
 from perception_nodes.models.voxelize import voxelize_scans
 
 __all__ = [
@@ -207,6 +208,7 @@ class LidarDetectionNet(nn.Module):
         n_h = len(cfg.curvature_horizons_m)
         self.curvature_head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, cfg.head_channels),
                                             nn.ReLU(inplace=True), nn.Linear(cfg.head_channels, 4 * n_h))
+        self._heads_folded = FoldCache(_fold_heads)
 
     def _probe_backbone(self) -> tuple[int, tuple[int, int, int], int]:
         """Run the backbone on two voxels once to learn its BEV channel count, grid and xy stride."""
@@ -298,12 +300,18 @@ class LidarDetectionNet(nn.Module):
         if len(x) == 0:
             return torch.zeros(bsz, self.bev_in_channels, Y, X, device=x.feats.device)
         y = self.backbone(x)
+        if self.fast_path and inference_fast_path(self):
+            return _bev_scatter_channels_last(y, (X, Y, Z), bsz)
         return to_bev(y, (X, Y, Z), bsz)
 
     def bev_net(self, bev: Tensor) -> Tensor:
+        if self.fast_path and inference_fast_path(self):
+            return self.bev.forward_inference(bev)
         return self.bev(bev)
 
     def heads(self, feats: Tensor, num_voxels: Tensor) -> LidarDetectionOutput:
+        if self.fast_path and inference_fast_path(self):
+            return self._heads_inference(feats, num_voxels)
         cfg = self.config
         bsz, _, h, w = feats.shape
         empty = (num_voxels == 0).view(bsz, 1, 1, 1)
@@ -323,6 +331,95 @@ class LidarDetectionNet(nn.Module):
         box = nig_from_raw(self.box_head(feats).view(bsz, len(self.reg_names), 4, h, w), dim=2)
         return LidarDetectionOutput(occ, alpha, box, curv, num_voxels)
 
+    def _curvature(self, feats: Tensor) -> NIG:
+        cfg = self.config
+        curv = nig_from_raw(self.curvature_head(feats).view(feats.shape[0], len(cfg.curvature_horizons_m), 4), dim=2)
+        c = cfg.curvature_scale  # y = c * z with z ~ NIG(g, n, a, b)  =>  y ~ NIG(c g, n, a, c^2 b)
+        return NIG(curv.gamma * c, curv.nu, curv.alpha, curv.beta * (c * c))
+
+    def _heads_inference(self, feats: Tensor, num_voxels: Tensor) -> LidarDetectionOutput:
+        """:meth:`heads` for inference: BatchNorms folded, the three heads' 1 x 1 layers as matrix
+        products (first layers as one product, second layers per head into one channels-first output whose
+        box rows are ordered (NIG parameter, target), so each NIG parameter is one contiguous block),
+        softplus once per block. Same values to float32 rounding."""
+        cfg = self.config
+        f = self._heads_folded.get(self.head_trunk, self.occupancy_head, self.class_head, self.box_head)
+        bsz, _, h, w = feats.shape
+        k, n_reg = len(cfg.classes), len(self.reg_names)
+        curv = self._curvature(feats)
+        t = F.conv2d(feats.contiguous(memory_format=torch.channels_last), f["trunk_w"], f["trunk_b"], 1,
+                     f["trunk_pad"]).relu_()
+        hc = t.shape[1]
+        rows = t.permute(0, 2, 3, 1).reshape(bsz, h * w, hc)  # a view: channels-last
+        out = feats.new_empty((bsz, f["n_out"], h * w))
+        for b in range(bsz):
+            # channels-first products: [3 hc, HW] hidden rows, each head's block of output rows contiguous
+            hid = torch.addmm(f["b1"], f["w1"], rows[b].T).relu_()
+            for (w2, b2, r0, r1, c0, c1) in f["second"]:
+                torch.addmm(b2, w2, hid[c0:c1], out=out[b, r0:r1])
+        empty = [b for b in range(bsz) if int(num_voxels[b]) == 0]
+        occ_grid = cfg.occupancy_grid
+        occ_logits = out[:, 0:2].view(bsz, 2, h, w)
+        if (occ_grid.height, occ_grid.width) != (h, w):
+            occ_logits = F.interpolate(occ_logits, size=(occ_grid.height, occ_grid.width), mode="bilinear",
+                                       align_corners=False)
+        occ = F.softplus(occ_logits)
+        alpha = F.softplus(out[:, 2:3 + k].view(bsz, k + 1, h, w)).add_(1.0)
+        for b in empty:
+            occ[b] = 0.0
+            alpha[b] = 1.0
+        raw = out[:, 3 + k:].view(bsz, 4, n_reg, h, w)
+        sp = F.softplus(raw[:, 1:4])
+        box = NIG(raw[:, 0], sp[:, 0].add_(MIN_EVIDENCE), sp[:, 1].add_(1.0).add_(MIN_EVIDENCE),
+                  sp[:, 2].add_(MIN_EVIDENCE))
+        return LidarDetectionOutput(occ, alpha, box, curv, num_voxels)
+
     def forward(self, points: Tensor | Sequence[Tensor]) -> LidarDetectionOutput:
         st, counts = self.voxelize(points)
         return self.heads(self.bev_net(self.backbone_bev(st)), counts)
+
+
+def _fold_heads(trunk: nn.Sequential, occupancy: nn.Sequential, classes: nn.Sequential, box: nn.Sequential
+                ) -> dict[str, Any]:
+    """Folded head layers for :meth:`LidarDetectionNet._heads_inference` (built by its :class:`FoldCache`).
+
+    Output rows: occupancy (2), classes (K + 1), then the box head's ``T x 4`` channels reordered to
+    ``4 x T`` (row ``j * T + t`` = NIG parameter ``j`` of target ``t``; the head's own order is ``t * 4 + j``).
+    """
+    tw, tb = fold_conv_bn(trunk[0], trunk[1])
+    firsts, seconds = [], []
+    for head in (occupancy, classes, box):
+        w1, b1 = fold_conv_bn(head[0], head[1])
+        firsts.append((w1.flatten(1), b1))
+        w2, b2 = fold_conv_bn(head[3], None)
+        seconds.append((w2.flatten(1), b2))
+    n_box = seconds[2][0].shape[0]
+    n_reg = n_box // 4
+    order = torch.tensor([t * 4 + j for j in range(4) for t in range(n_reg)])
+    seconds[2] = (seconds[2][0][order], seconds[2][1][order])
+    hc = firsts[0][0].shape[1]
+    second, r0 = [], 0
+    for i, (w2, b2) in enumerate(seconds):
+        second.append((w2.contiguous(), b2.view(-1, 1).contiguous(), r0, r0 + w2.shape[0], i * hc, (i + 1) * hc))
+        r0 += w2.shape[0]
+    return {
+        "trunk_w": tw.contiguous(), "trunk_b": tb.contiguous(), "trunk_pad": trunk[0].padding,
+        "w1": torch.cat([w for w, _ in firsts]).contiguous(), "b1": torch.cat([b for _, b in firsts]).view(-1, 1).contiguous(),
+        "second": second, "n_out": r0,
+    }
+
+
+def _bev_scatter_channels_last(y: SparseTensor, grid: tuple[int, int, int], bsz: int) -> Tensor:
+    """:func:`engines.sparse.to_bev` written straight into channels-last memory: ``[B, C * Z, Y, X]``
+    (channel ``c * Z + z``) with NHWC strides, one index write of the voxel rows (no dense 5-D grid and
+    no two permuting copies); the layout the inference BEV net reads."""
+    X, Y, Z = grid
+    C = y.num_channels
+    c = y.coords.long()
+    s = torch.as_tensor(y.stride, device=c.device)
+    ijk = torch.div(c[:, 1:], s, rounding_mode="floor")
+    if len(y) and (bool((ijk < 0).any()) or bool((ijk >= torch.as_tensor([X, Y, Z], device=c.device)).any())):
+        raise ValueError(f"coordinates fall outside the grid {X, Y, Z}")
+    out = y.feats.new_zeros((bsz, Y, X, C, Z))
+    out[c[:, 0], ijk[:, 1], ijk[:, 0], :, ijk[:, 2]] = y.feats
+    return out.view(bsz, Y, X, C * Z).permute(0, 3, 1, 2)

@@ -92,3 +92,150 @@ def test_voxelize_large_grid_falls_back_to_reference():
 def test_voxelize_rejects_bad_shapes(small_net):
     with pytest.raises(ValueError, match=r"\[N, >= 4\]"):
         small_net.voxelize(torch.zeros(10, 3))
+
+
+# ---- the dense part: BEV scatter, BEV net, heads, whole network ----------------------------------
+
+PARITY = 1e-4  # see the module docstring
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    scale = float(want.double().abs().max())
+    return float((got.double() - want.double()).abs().max()) / max(scale, 1e-30)
+
+
+def _outputs(out) -> dict[str, torch.Tensor]:
+    d = {"occupancy_evidence": out.occupancy_evidence, "class_alpha": out.class_alpha,
+         "num_voxels": out.num_voxels}
+    for name, a in (("box", out.box), ("curvature", out.curvature)):
+        for field, t in zip(("gamma", "nu", "alpha", "beta"), a):
+            d[f"{name}_{field}"] = t
+    return d
+
+
+def _run(net: LidarDetectionNet, points, fast: bool):
+    was = net.fast_path
+    net.fast_path = fast
+    try:
+        with torch.inference_mode():
+            return net(points)
+    finally:
+        net.fast_path = was
+
+
+def _assert_network_parity(net: LidarDetectionNet, points) -> dict[str, float]:
+    fast, ref = _outputs(_run(net, points, True)), _outputs(_run(net, points, False))
+    errs = {}
+    for k, want in ref.items():
+        got = fast[k]
+        assert got.shape == want.shape and got.dtype == want.dtype, k
+        assert bool(torch.isfinite(got).all()), k
+        errs[k] = _rel(got, want)
+    assert torch.equal(fast["num_voxels"], ref["num_voxels"])
+    assert max(errs.values()) < PARITY, errs
+    return errs
+
+
+@pytest.fixture(scope="module")
+def packaged_net():
+    from perception_nodes.models.weights_io import load_lidar_detection
+
+    net, _ = load_lidar_detection(None)
+    return net.eval()
+
+
+def test_network_matches_reference_on_kitti_with_packaged_weights(packaged_net, kitti_frames):
+    """The packaged (trained, BatchNorms with real statistics) network on the real scans: the largest
+    alone, the other two as a batch; decoded boxes are the same boxes."""
+    from perception_nodes.models.decode import decode_batch
+
+    _assert_network_parity(packaged_net, torch.from_numpy(kitti_frames[1][0]))
+    batch = [torch.from_numpy(kitti_frames[0][0]), torch.from_numpy(kitti_frames[2][0])]
+    _assert_network_parity(packaged_net, batch)
+    net = packaged_net
+    for fast in (True, False):
+        dets = decode_batch(_run(net, batch, fast), net.head_grid, net.config.classes, score_threshold=0.3)
+        if fast:
+            first = dets
+    for a, b in zip(first, dets):
+        assert len(a) == len(b) and len(a) > 0
+        assert np.array_equal(a.label, b.label)
+        np.testing.assert_allclose(a.center, b.center, atol=1e-4 * (1 + np.abs(b.center).max()))
+        np.testing.assert_allclose(a.score, b.score, rtol=1e-4)
+
+
+def test_network_matches_reference_on_empty_and_bad_scans(small_net):
+    """No voxel (empty, all NaN, all outside the crop), and a batch mixing an empty scan with a real one:
+    the vacuous outputs of the empty scan are filled the same way."""
+    far = torch.tensor([[500.0, 0.0, 0.0, 0.5]] * 5)
+    rng = np.random.default_rng(6)
+    real = torch.from_numpy(np.concatenate([rng.uniform(-15, 15, (4000, 2)), rng.uniform(-0.5, 2, (4000, 1)),
+                                            rng.uniform(0, 1, (4000, 1))], 1).astype(np.float32))
+    for pts in (torch.zeros(0, 4), torch.full((10, 4), float("nan")), far, [torch.zeros(0, 4), real]):
+        _assert_network_parity(small_net, pts)
+    out = _run(small_net, [torch.zeros(0, 4), real], True)
+    assert float(out.occupancy_evidence[0].abs().max()) == 0.0
+    assert bool((out.class_alpha[0] == 1.0).all())
+
+
+def test_other_head_sizes_and_no_head_upsampling():
+    """Velocity targets (10 regression rows), heads at the BEV stride (no upsampling layer), other widths."""
+    torch.manual_seed(1)
+    net = LidarDetectionNet({**SMALL_CONFIG, "velocity": True, "head_upsample": 1, "head_channels": 16,
+                             "bev_channels": [16, 24], "bev_layers": [2, 0]}).eval()
+    _randomise_batchnorms(net)
+    rng = np.random.default_rng(7)
+    pts = torch.from_numpy(np.concatenate([rng.uniform(-15, 15, (3000, 2)), rng.uniform(-0.5, 4, (3000, 1)),
+                                           rng.uniform(0, 1, (3000, 1))], 1).astype(np.float32))
+    _assert_network_parity(net, pts)
+
+
+def _randomise_batchnorms(net: torch.nn.Module) -> None:
+    """Non-trivial running statistics and affine terms, so folding has something to fold."""
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+
+
+def test_folded_weights_follow_weight_changes(small_net):
+    """The folded copies are rebuilt when a weight changes in place (training step, load_state_dict)."""
+    import copy
+
+    net = copy.deepcopy(small_net)
+    rng = np.random.default_rng(8)
+    pts = torch.from_numpy(np.concatenate([rng.uniform(-15, 15, (3000, 2)), rng.uniform(-0.5, 2, (3000, 1)),
+                                           rng.uniform(0, 1, (3000, 1))], 1).astype(np.float32))
+    _assert_network_parity(net, pts)  # builds the folded copies
+    _randomise_batchnorms(net)
+    with torch.no_grad():
+        net.head_trunk[0].weight.mul_(1.5)
+        net.box_head[-1].bias.add_(0.25)
+    _assert_network_parity(net, pts)
+    net.load_state_dict(small_net.state_dict())
+    assert max(_rel(a, b) for a, b in zip(_outputs(_run(net, pts, True)).values(),
+                                           _outputs(_run(small_net, pts, True)).values())) < PARITY
+
+
+def test_fast_path_only_without_gradients(small_net):
+    """Training (grad recorded, train mode) and tracing run the plain layers: the fused rewrite is
+    inference only, and the ONNX export keeps tracing the layers it knows."""
+    from perception_nodes.models.folding import inference_fast_path
+
+    assert small_net.fast_path
+    with torch.no_grad():
+        assert inference_fast_path(small_net)
+    assert not inference_fast_path(small_net)  # gradients on
+    small_net.train()
+    try:
+        with torch.no_grad():
+            assert not inference_fast_path(small_net)
+    finally:
+        small_net.eval()
+    state = {k: v.clone() for k, v in small_net.state_dict().items()}
+    _run(small_net, torch.zeros(0, 4), True)
+    assert state.keys() == small_net.state_dict().keys()  # nothing added to the state dict
