@@ -163,6 +163,31 @@ class LidarDetectionOutput:
     curvature: NIG
     #: ``[B]`` voxels per scan after cropping (0: no usable point)
     num_voxels: Tensor
+    #: optional ``box_at(b, cells)``: the box NIG of scan ``b`` at flat head-grid cells ``iy * W + ix``
+    #: (``[T, N]`` tensors), computed for those cells only; what :func:`~perception_nodes.models.decode.decode_batch`
+    #: uses when present (the inference fast path sets it), equal to indexing :attr:`box` to float32 rounding
+    box_at: Optional[Callable[[int, Tensor], NIG]] = field(default=None, repr=False, compare=False)
+
+
+class _LazyBoxOutput(LidarDetectionOutput):
+    """An output whose full :attr:`box` maps are computed on first access (decoding needs the box only at
+    its peaks, through :attr:`box_at`; evaluation and tests that read the maps get them, the same values)."""
+
+    def __init__(self, occupancy_evidence: Tensor, class_alpha: Tensor, curvature: NIG, num_voxels: Tensor,
+                 box_maps: Callable[[], NIG], box_at: Callable[[int, Tensor], NIG]) -> None:
+        self._box_maps = box_maps
+        self._box_value: Optional[NIG] = None
+        super().__init__(occupancy_evidence, class_alpha, None, curvature, num_voxels, box_at)  # type: ignore[arg-type]
+
+    @property  # type: ignore[override]
+    def box(self) -> NIG:
+        if self._box_value is None:
+            self._box_value = self._box_maps()
+        return self._box_value
+
+    @box.setter
+    def box(self, value: Optional[NIG]) -> None:
+        self._box_value = value
 
 
 def _head(mid: int, cout: int, bias: float = 0.0) -> nn.Sequential:
@@ -338,10 +363,11 @@ class LidarDetectionNet(nn.Module):
         return NIG(curv.gamma * c, curv.nu, curv.alpha, curv.beta * (c * c))
 
     def _heads_inference(self, feats: Tensor, num_voxels: Tensor) -> LidarDetectionOutput:
-        """:meth:`heads` for inference: BatchNorms folded, the three heads' 1 x 1 layers as matrix
-        products (first layers as one product, second layers per head into one channels-first output whose
-        box rows are ordered (NIG parameter, target), so each NIG parameter is one contiguous block),
-        softplus once per block. Same values to float32 rounding."""
+        """:meth:`heads` for inference: BatchNorms folded, the heads' 1 x 1 layers as matrix products on the
+        trunk's rows (occupancy and class first layers as one product, second layers per head into one
+        channels-first output). The box head runs only where asked: :attr:`LidarDetectionOutput.box_at`
+        at the cells decoding picks (the peaks), or over the whole grid on first access of ``.box``
+        (evaluation, tests). Same values to float32 rounding."""
         cfg = self.config
         f = self._heads_folded.get(self.head_trunk, self.occupancy_head, self.class_head, self.box_head)
         bsz, _, h, w = feats.shape
@@ -351,11 +377,12 @@ class LidarDetectionNet(nn.Module):
                      f["trunk_pad"]).relu_()
         hc = t.shape[1]
         rows = t.permute(0, 2, 3, 1).reshape(bsz, h * w, hc)  # a view: channels-last
-        out = feats.new_empty((bsz, f["n_out"], h * w))
+        n_dense = f["n_dense"]
+        out = feats.new_empty((bsz, n_dense, h * w))
         for b in range(bsz):
-            # channels-first products: [3 hc, HW] hidden rows, each head's block of output rows contiguous
-            hid = torch.addmm(f["b1"], f["w1"], rows[b].T).relu_()
-            for (w2, b2, r0, r1, c0, c1) in f["second"]:
+            # channels-first products: [2 hc, HW] hidden rows, each head's block of output rows contiguous
+            hid = torch.addmm(f["b1_dense"], f["w1_dense"], rows[b].T).relu_()
+            for (w2, b2, r0, r1, c0, c1) in f["second_dense"]:
                 torch.addmm(b2, w2, hid[c0:c1], out=out[b, r0:r1])
         empty = [b for b in range(bsz) if int(num_voxels[b]) == 0]
         occ_grid = cfg.occupancy_grid
@@ -368,10 +395,24 @@ class LidarDetectionNet(nn.Module):
         for b in empty:
             occ[b] = 0.0
             alpha[b] = 1.0
-        raw = out[:, 3 + k:].view(bsz, 4, n_reg, h, w)
-        sp = F.softplus(raw[:, 1:4])
-        box = NIG(raw[:, 0], sp[:, 0].add_(MIN_EVIDENCE), sp[:, 1].add_(1.0).add_(MIN_EVIDENCE),
-                  sp[:, 2].add_(MIN_EVIDENCE))
+        # the box head runs where it is asked: at decoded peaks (box_at), or everywhere on first access of .box
+
+        def box_rows(r: Tensor) -> Tensor:  # trunk rows [N, hc] -> raw box rows [4 T, N], (parameter, target)
+            hid_b = torch.addmm(f["b1_box"], f["w1_box"], r.T).relu_()
+            return torch.addmm(f["b2_box"], f["w2_box"], hid_b)
+
+        def box_at(b: int, cells: Tensor) -> NIG:
+            with torch.inference_mode():
+                idx = cells.long().reshape(-1)
+                return _nig_blocks(box_rows(rows[b].index_select(0, idx)).view(4, n_reg, idx.numel()), 0)
+
+        def box_maps() -> NIG:
+            with torch.inference_mode():
+                raw = torch.stack([box_rows(rows[b]) for b in range(bsz)]).view(bsz, 4, n_reg, h, w)
+                return _nig_blocks(raw, 1)
+
+        return _LazyBoxOutput(occ, alpha, curv, num_voxels, box_maps, box_at)
+
         return LidarDetectionOutput(occ, alpha, box, curv, num_voxels)
 
     def forward(self, points: Tensor | Sequence[Tensor]) -> LidarDetectionOutput:
@@ -379,12 +420,22 @@ class LidarDetectionNet(nn.Module):
         return self.heads(self.bev_net(self.backbone_bev(st)), counts)
 
 
+def _nig_blocks(raw: Tensor, dim: int) -> NIG:
+    """NIG from raw rows laid out (parameter, ...) along ``dim``: :func:`nig_from_raw`'s constraints, one
+    softplus over the three contiguous evidence blocks."""
+    g = raw.select(dim, 0)
+    sp = F.softplus(raw.narrow(dim, 1, 3))
+    return NIG(g, sp.select(dim, 0).add_(MIN_EVIDENCE), sp.select(dim, 1).add_(1.0).add_(MIN_EVIDENCE),
+               sp.select(dim, 2).add_(MIN_EVIDENCE))
+
+
 def _fold_heads(trunk: nn.Sequential, occupancy: nn.Sequential, classes: nn.Sequential, box: nn.Sequential
                 ) -> dict[str, Any]:
     """Folded head layers for :meth:`LidarDetectionNet._heads_inference` (built by its :class:`FoldCache`).
 
-    Output rows: occupancy (2), classes (K + 1), then the box head's ``T x 4`` channels reordered to
-    ``4 x T`` (row ``j * T + t`` = NIG parameter ``j`` of target ``t``; the head's own order is ``t * 4 + j``).
+    Dense output rows: occupancy (2), classes (K + 1). The box head (run on demand) has its ``T x 4`` output
+    channels reordered to ``4 x T`` (row ``j * T + t`` = NIG parameter ``j`` of target ``t``; the head's own
+    order is ``t * 4 + j``), so each NIG parameter is one contiguous block.
     """
     tw, tb = fold_conv_bn(trunk[0], trunk[1])
     firsts, seconds = [], []
@@ -404,8 +455,13 @@ def _fold_heads(trunk: nn.Sequential, occupancy: nn.Sequential, classes: nn.Sequ
         r0 += w2.shape[0]
     return {
         "trunk_w": tw.contiguous(), "trunk_b": tb.contiguous(), "trunk_pad": trunk[0].padding,
-        "w1": torch.cat([w for w, _ in firsts]).contiguous(), "b1": torch.cat([b for _, b in firsts]).view(-1, 1).contiguous(),
-        "second": second, "n_out": r0,
+        # occupancy and classes: every cell (dense maps)
+        "w1_dense": torch.cat([w for w, _ in firsts[:2]]).contiguous(),
+        "b1_dense": torch.cat([b for _, b in firsts[:2]]).view(-1, 1).contiguous(),
+        "second_dense": second[:2], "n_dense": second[1][3],
+        # box: on demand
+        "w1_box": firsts[2][0].contiguous(), "b1_box": firsts[2][1].view(-1, 1).contiguous(),
+        "w2_box": second[2][0], "b2_box": second[2][1],
     }
 
 

@@ -162,6 +162,31 @@ def test_network_matches_reference_on_kitti_with_packaged_weights(packaged_net, 
         assert np.array_equal(a.label, b.label)
         np.testing.assert_allclose(a.center, b.center, atol=1e-4 * (1 + np.abs(b.center).max()))
         np.testing.assert_allclose(a.score, b.score, rtol=1e-4)
+        np.testing.assert_allclose(a.size, b.size, rtol=1e-4)
+        np.testing.assert_allclose(a.covariance, b.covariance, rtol=1e-4, atol=1e-12)
+
+
+def test_box_head_at_cells_equals_the_maps(small_net):
+    """``box_at`` (the box head run at given cells only, what decoding uses) = the full maps at those cells;
+    no cell gives empty [T, 0] tensors; the maps are computed once, on first access."""
+    rng = np.random.default_rng(9)
+    pts = torch.from_numpy(np.concatenate([rng.uniform(-15, 15, (3000, 2)), rng.uniform(-0.5, 2, (3000, 1)),
+                                           rng.uniform(0, 1, (3000, 1))], 1).astype(np.float32))
+    out = _run(small_net, [pts, pts[::2]], True)
+    assert out.box_at is not None
+    _, t, h, w = out.box.gamma.shape
+    assert out.box is out.box  # cached
+    cells = torch.tensor([0, 5, h * w // 2 + 7, h * w - 1])
+    for b in range(2):
+        at = out.box_at(b, cells)
+        for got, maps in zip(at, out.box):
+            assert got.shape == (t, len(cells))
+            want = maps[b].reshape(t, -1)[:, cells]
+            assert _rel(got, want) < PARITY
+        none = out.box_at(b, torch.zeros(0, dtype=torch.long))
+        assert all(x.shape == (t, 0) for x in none)
+    ref = _run(small_net, [pts, pts[::2]], False)
+    assert ref.box_at is None
 
 
 def test_network_matches_reference_on_empty_and_bad_scans(small_net):
