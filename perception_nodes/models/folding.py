@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["FoldCache", "fold_conv_bn", "inference_fast_path", "transposed_conv_gemm_weights",
@@ -107,7 +106,3 @@ class FoldCache:
             self._key = key
         return self._value
 
-
-def conv_relu(x: Tensor, w: Tensor, b: Tensor, stride: int, padding: int) -> Tensor:
-    """Folded conv + ReLU (in place on the conv's output)."""
-    return F.conv2d(x, w, b, stride, padding).relu_()
