@@ -4,7 +4,10 @@
 The same network (the default :class:`LidarDetectionConfig`, or a weights folder's, or ``--config``)
 runs per scan, as the node runs it, under
 
-* ``torch``       -- :class:`perception_nodes.models.runtime.TorchRuntime` (our sparse engine, eager);
+* ``torch``       -- :class:`perception_nodes.models.runtime.TorchRuntime` (our sparse engine, eager; the
+  network's inference fast path: compiled voxelisation, folded/fused BEV net and heads);
+* ``torch_reference`` -- the same runtime and weights with ``net.fast_path = False`` (the plain PyTorch
+  path the fast path replaced): ``ratios.reference_over_fast_<stage>_paired`` are its before/after;
 * ``onnxruntime`` -- :class:`perception_nodes.models.onnx_runtime.OnnxRuntime` (one ONNX graph of the
   whole network; our kernel maps on the host);
 * ``spconv``      -- the same network with its sparse backbone run by spconv 2.3.8 (a twin built layer
@@ -56,6 +59,7 @@ from engines.sparse.conv import ours_to_spconv_weight  # noqa: E402
 from engines.sparse.norm import SparseReLU  # noqa: E402
 from engines.sparse.spconv_twins import import_spconv  # noqa: E402
 from engines.sparse.tunefile import cpu_model  # noqa: E402
+from perception_nodes.models.decode import decode_batch  # noqa: E402
 from perception_nodes.models.lidar_detection import LidarDetectionNet, LidarDetectionOutput  # noqa: E402
 from perception_nodes.models.runtime import TorchRuntime, no_stages  # noqa: E402
 
@@ -204,6 +208,25 @@ class SpconvBackboneRuntime(TorchRuntime):
         return d.reshape(n, c * dz, h, w)
 
 
+class ReferencePathRuntime(TorchRuntime):
+    """The same network and weights with ``net.fast_path = False``: the plain PyTorch path (voxelisation by
+    ``engines.sparse.voxelize_mean``, BatchNorms and transposed convs as layers, ``to_bev``) that the fast
+    inference path replaced; the "before" of its per-stage ratios."""
+
+    name = "torch_reference"
+
+    def infer(self, points: torch.Tensor, stage=no_stages) -> LidarDetectionOutput:
+        was = self.net.fast_path
+        self.net.fast_path = False
+        try:
+            return super().infer(points, stage)
+        finally:
+            self.net.fast_path = was
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "runtime": self.name, "fast_path": False}
+
+
 # --------------------------------------------------------------------------------------------------
 # timing
 # --------------------------------------------------------------------------------------------------
@@ -285,11 +308,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--weights", type=Path, help="weights folder (config from its sidecar)")
     ap.add_argument("--config", help="network config as JSON (LidarDetectionConfig keys) instead of the default")
-    ap.add_argument("--sides", nargs="+", default=["torch", "onnxruntime", "spconv"])
+    ap.add_argument("--sides", nargs="+", default=["torch", "torch_reference", "onnxruntime", "spconv"],
+                    help="torch_reference = the same network on the plain (pre fast path) PyTorch path")
     ap.add_argument("--onnx-cache", type=Path, default=None, help="ONNX export cache dir (default ~/.cache/...)")
     args = ap.parse_args(argv)
 
     net, origin = build_net(args)
+    calibration = None
+    if args.weights:
+        from perception_nodes.models.calibration import DetectionCalibration
+        from perception_nodes.models.weights_io import read_sidecar
+
+        calibration = DetectionCalibration.from_sidecar(read_sidecar(args.weights))
     scans = load_scans(args.shared, args.frames)
     with torch.no_grad():
         nvox = [int(net.voxelize(p)[1][0]) for _, p in scans]
@@ -315,6 +345,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         info: dict[str, Any] = {}
         if "torch" in args.sides:
             sides["torch"] = TorchRuntime(net, threads=threads)
+        if "torch_reference" in args.sides:
+            sides["torch_reference"] = ReferencePathRuntime(net, threads=threads)
         if "onnxruntime" in args.sides:
             from perception_nodes.models.onnx_runtime import OnnxRuntime
 
@@ -331,22 +363,29 @@ def main(argv: Optional[list[str]] = None) -> int:
         for k, rt in sides.items():
             for _ in range(args.warmup):
                 for _, p in scans:
-                    out = with_frozen_tuner(lambda: rt.infer(p)) if k == "torch" else rt.infer(p)
+                    out = with_frozen_tuner(lambda: rt.infer(p)) if k.startswith("torch") else rt.infer(p)
             first = rt.infer(scans[0][1])
             if k == "torch":
                 ref = first
             err = None if ref is None else float(f"{rel_err(first, ref):.3g}")
             info.setdefault(k, {})["max_rel_err_vs_torch"] = err
         log(f"{threads} thread(s): warm, timing {args.reps} reps x {len(scans)} scans x {list(sides)}")
+        infer_only: dict[str, list[float]] = {k: [] for k in sides}
         for r in range(args.reps):
             for _, p in scans:
                 for k, rt in sides.items():
                     t0 = time.perf_counter()
-                    rt.infer(p, timers[k])
-                    e2e[k].append((time.perf_counter() - t0) * 1e3)
+                    out = rt.infer(p, timers[k])
+                    t1 = time.perf_counter()
+                    with timers[k]("decode_boxes"):  # as the node decodes: peaks -> boxes with covariance
+                        decode_batch(out, net.head_grid, net.config.classes, calibration=calibration)
+                    t2 = time.perf_counter()
+                    e2e[k].append((t2 - t0) * 1e3)
+                    infer_only[k].append((t1 - t0) * 1e3)
         block: dict[str, Any] = {}
         for k in sides:
-            block[k] = {"e2e": pct(e2e[k]), "stages": {s: pct(v) for s, v in timers[k].samples.items()},
+            block[k] = {"e2e": pct(e2e[k]), "e2e_without_decode": pct(infer_only[k]),
+                        "stages": {s: pct(v) for s, v in timers[k].samples.items()},
                         **info.get(k, {}), "describe": sides[k].describe()}
             e = block[k]["e2e"]
             block[k]["meets_goal"] = e["p50"] <= GOAL_P50_MS and e["p99"] <= GOAL_P99_MS
@@ -373,6 +412,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                 ort_p50 = block["onnxruntime"]["e2e"]["p50"]
                 ratios["onnxruntime_over_torch_e2e_p50"] = round(ort_p50 / t["e2e"]["p50"], 3)
                 ratios["onnxruntime_over_torch_e2e_paired"] = paired(e2e["onnxruntime"], e2e["torch"])
+            if "torch_reference" in block:
+                # the fast inference path against the plain path it replaced: "before / after" per stage
+                ref_t = timers["torch_reference"].samples
+                ratios["reference_over_fast_e2e_paired"] = paired(e2e["torch_reference"], e2e["torch"])
+                for s_name in ref_t:
+                    if s_name in timers["torch"].samples:
+                        ratios[f"reference_over_fast_{s_name}_paired"] = paired(ref_t[s_name],
+                                                                               timers["torch"].samples[s_name])
         block["ratios"] = ratios
         log(f"  ratios: {ratios}")
         if "spconv" in block and (block["spconv"].get("max_rel_err_vs_torch") or 0) > 1e-4:
@@ -382,6 +429,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     result["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
     result["notes"] = notes + [
         "p50/p99 over reps x scans samples (p99 ~ max with ~20 samples); sides interleaved per scan",
+        "e2e = runtime.infer + decode_boxes (decode_batch as the node runs it: the fast path computes the box "
+        "head at the decoded peaks only, so its box cost sits in decode_boxes); e2e_without_decode = infer alone",
         "spconv side: same voxelisation, BEV net and heads (PyTorch); backbone twin with BN folded as ours",
         "shared machine: absolute times are noisy under load; compare ratios from the same run",
     ]

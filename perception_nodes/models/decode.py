@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from perception_nodes.models.bev_grid import BevGrid
 __all__ = [
     "REGRESSION_NAMES",
     "VELOCITY_NAMES",
+    "BoxAtCells",
     "Detections",
     "Targets",
     "decode",
@@ -132,9 +133,13 @@ def yaw_variance_from_sincos(sin: torch.Tensor, cos: torch.Tensor, var_sin: torc
     return var.clamp(max=MAX_YAW_VARIANCE)
 
 
+#: the box NIG at given head-grid cells: ``(iy, ix) -> NIG of [T, N]`` (a network may compute it there only)
+BoxAtCells = Callable[[torch.Tensor, torch.Tensor], NIG]
+
+
 def decode(
     class_alpha: torch.Tensor,
-    box: NIG,
+    box: NIG | BoxAtCells,
     grid: BevGrid,
     class_names: Sequence[str],
     *,
@@ -148,7 +153,8 @@ def decode(
     """Boxes of ONE sample from its head maps.
 
     ``class_alpha``: ``[K + 1, H, W]`` Dirichlet parameters (background last). ``box``: NIG of
-    ``[T, H, W]`` tensors with ``T`` = ``len(regression_names(velocity))``. With ``K + 1`` classes a cell
+    ``[T, H, W]`` tensors with ``T`` = ``len(regression_names(velocity))``, or a function giving that NIG
+    at the peak cells only (:data:`BoxAtCells`: the box head then runs on ~100 cells, not the grid). With ``K + 1`` classes a cell
     without evidence scores ``1 / (K + 1)`` for every class, so ``score_threshold`` should lie above that
     (the default 0.3 does for K = 3). Cells whose vacuity ``(K + 1) / S`` is not below ``max_vacuity``
     give no box (default 1: only cells without any evidence, e.g. a scan with no usable point). Non-finite
@@ -163,9 +169,9 @@ def decode(
     k = len(names)
     if class_alpha.dim() != 3 or class_alpha.shape[0] != k + 1:
         raise ValueError(f"class_alpha must be [{k + 1}, H, W], got {tuple(class_alpha.shape)}")
-    n_reg = box.gamma.shape[0]
-    if n_reg not in (len(REGRESSION_NAMES), len(REGRESSION_NAMES) + len(VELOCITY_NAMES)):
-        raise ValueError(f"box NIG must have {len(REGRESSION_NAMES)} (+2 velocity) channels, got {n_reg}")
+    lazy = callable(box)
+    if not lazy:
+        _check_regression_rows(box.gamma.shape[0])  # type: ignore[union-attr]
     _, h, w = class_alpha.shape
     if (h, w) != (grid.height, grid.width):
         raise ValueError(f"maps are {h} x {w} but the grid is {grid.height} x {grid.width}")
@@ -190,8 +196,14 @@ def decode(
         label = flat // (h * w)
         cell = flat % (h * w)
         iy, ix = cell // w, cell % w
-        g = box.gamma.float()[:, iy, ix]  # [T, N]
-        var = nig_ops.predictive_variance(NIG(*(t.float()[:, iy, ix] for t in box)))
+        if lazy:
+            at = NIG(*(t.float() for t in box(iy, ix)))  # type: ignore[operator]
+            _check_regression_rows(at.gamma.shape[0])
+        else:
+            at = NIG(*(t.float()[:, iy, ix] for t in box))  # type: ignore[union-attr]
+        n_reg = at.gamma.shape[0]
+        g = at.gamma  # [T, N]
+        var = nig_ops.predictive_variance(at)
         cx = grid.origin_x + (ix.float() + g[0]) * grid.cell
         cy = grid.origin_y + (iy.float() + g[1]) * grid.cell
         center = torch.stack([cx, cy, g[2]], 1)
@@ -235,6 +247,11 @@ def decode(
     )
 
 
+def _check_regression_rows(n_reg: int) -> None:
+    if n_reg not in (len(REGRESSION_NAMES), len(REGRESSION_NAMES) + len(VELOCITY_NAMES)):
+        raise ValueError(f"box NIG must have {len(REGRESSION_NAMES)} (+2 velocity) channels, got {n_reg}")
+
+
 def decode_batch(output: "LidarDetectionOutput", grid: BevGrid, class_names: Sequence[str],
                  **kwargs: object) -> list[Detections]:
     """:func:`decode` for every scan of a network output; scans without voxels give empty lists directly."""
@@ -243,8 +260,13 @@ def decode_batch(output: "LidarDetectionOutput", grid: BevGrid, class_names: Seq
         if int(output.num_voxels[b]) == 0:
             out.append(Detections(class_names=tuple(class_names)))
             continue
-        out.append(decode(output.class_alpha[b], NIG(*(t[b] for t in output.box)), grid, class_names,
-                          **kwargs))  # type: ignore[arg-type]
+        box_at = getattr(output, "box_at", None)
+        box: NIG | BoxAtCells
+        if box_at is not None:  # the network computes the box head at the peaks only
+            box = (lambda iy, ix, b=b: box_at(b, iy * grid.width + ix))
+        else:
+            box = NIG(*(t[b] for t in output.box))
+        out.append(decode(output.class_alpha[b], box, grid, class_names, **kwargs))  # type: ignore[arg-type]
     return out
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -39,10 +40,12 @@ from engines.sparse.backbones import VoxelBackbone8x
 from engines.sparse.lite_backbones import LiteSparseBackbone
 from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.evidential.dirichlet import alpha_from_logits
-from perception_nodes.evidential.nig import NIG, nig_from_raw
+from perception_nodes.evidential.nig import MIN_EVIDENCE, NIG, nig_from_raw
 from perception_nodes.models.bev_grid import BevGrid
 from perception_nodes.models.bev_net import BevNet, conv_bn
 from perception_nodes.models.decode import regression_names
+from perception_nodes.models.folding import FoldCache, fold_conv_bn, inference_fast_path
+from perception_nodes.models.voxelize import voxelize_scans
 
 __all__ = [
     "BACKBONES",
@@ -160,6 +163,31 @@ class LidarDetectionOutput:
     curvature: NIG
     #: ``[B]`` voxels per scan after cropping (0: no usable point)
     num_voxels: Tensor
+    #: optional ``box_at(b, cells)``: the box NIG of scan ``b`` at flat head-grid cells ``iy * W + ix``
+    #: (``[T, N]`` tensors), computed for those cells only; what :func:`~perception_nodes.models.decode.decode_batch`
+    #: uses when present (the inference fast path sets it), equal to indexing :attr:`box` to float32 rounding
+    box_at: Optional[Callable[[int, Tensor], NIG]] = field(default=None, repr=False, compare=False)
+
+
+class _LazyBoxOutput(LidarDetectionOutput):
+    """An output whose full :attr:`box` maps are computed on first access (decoding needs the box only at
+    its peaks, through :attr:`box_at`; evaluation and tests that read the maps get them, the same values)."""
+
+    def __init__(self, occupancy_evidence: Tensor, class_alpha: Tensor, curvature: NIG, num_voxels: Tensor,
+                 box_maps: Callable[[], NIG], box_at: Callable[[int, Tensor], NIG]) -> None:
+        self._box_maps = box_maps
+        self._box_value: Optional[NIG] = None
+        super().__init__(occupancy_evidence, class_alpha, None, curvature, num_voxels, box_at)  # type: ignore[arg-type]
+
+    @property  # type: ignore[override]
+    def box(self) -> NIG:
+        if self._box_value is None:
+            self._box_value = self._box_maps()
+        return self._box_value
+
+    @box.setter
+    def box(self, value: Optional[NIG]) -> None:
+        self._box_value = value
 
 
 def _head(mid: int, cout: int, bias: float = 0.0) -> nn.Sequential:
@@ -178,6 +206,9 @@ class LidarDetectionNet(nn.Module):
         super().__init__()
         cfg = config if isinstance(config, LidarDetectionConfig) else LidarDetectionConfig.from_mapping(config)
         self.config = cfg
+        #: use the faster inference implementations (compiled voxelisation; fused BEV net and heads when
+        #: no gradient is recorded); False runs the plain reference path (same outputs to float32 rounding)
+        self.fast_path = True
         self.in_channels = 4  # mean x, y, z, intensity
         self.backbone = backbone if backbone is not None else BACKBONES[cfg.backbone](self.in_channels, **cfg.backbone_args)
         bev_in, (bx, by, bz), stride = self._probe_backbone()
@@ -202,6 +233,7 @@ class LidarDetectionNet(nn.Module):
         n_h = len(cfg.curvature_horizons_m)
         self.curvature_head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, cfg.head_channels),
                                             nn.ReLU(inplace=True), nn.Linear(cfg.head_channels, 4 * n_h))
+        self._heads_folded = FoldCache(_fold_heads)
 
     def _probe_backbone(self) -> tuple[int, tuple[int, int, int], int]:
         """Run the backbone on two voxels once to learn its BEV channel count, grid and xy stride."""
@@ -233,6 +265,18 @@ class LidarDetectionNet(nn.Module):
         scans = [points] if isinstance(points, Tensor) else list(points)
         cfg = self.config
         dev = self.head_trunk[0].weight.device
+        if self.fast_path and dev.type == "cpu":
+            fast = self._voxelize_numba(scans)
+            if fast is not None:
+                return fast
+        return self.voxelize_reference(scans)
+
+    def voxelize_reference(self, points: Tensor | Sequence[Tensor]) -> tuple[SparseTensor, Tensor]:
+        """:meth:`voxelize` by PyTorch ops (``engines.sparse.voxelize_mean``): any device and grid size;
+        the reference the compiled CPU path is tested against."""
+        scans = [points] if isinstance(points, Tensor) else list(points)
+        cfg = self.config
+        dev = self.head_trunk[0].weight.device
         parts, batch = [], []
         for b, p in enumerate(scans):
             if p.dim() != 2 or p.shape[1] < 4:
@@ -252,6 +296,28 @@ class LidarDetectionNet(nn.Module):
             len(scans), dtype=torch.long, device=dev)
         return st, counts
 
+    def _voxelize_numba(self, scans: list[Tensor]) -> Optional[tuple[SparseTensor, Tensor]]:
+        """The CPU voxelisation in one compiled pass (:mod:`perception_nodes.models.voxelize`); ``None`` if
+        the grid is too large for its dense table."""
+        cfg = self.config
+        arrays = []
+        for p in scans:
+            if p.dim() != 2 or p.shape[1] < 4:
+                raise ValueError(f"points must be [N, >= 4] (x, y, z, intensity), got {tuple(p.shape)}")
+            arrays.append(p.detach()[:, :4].to("cpu", torch.float32).numpy())
+        if len(arrays) == 1:
+            pts, bidx = arrays[0], None
+        else:
+            pts = np.concatenate(arrays) if arrays else np.zeros((0, 4), np.float32)
+            bidx = np.repeat(np.arange(len(arrays), dtype=np.int64), [len(a) for a in arrays])
+        res = voxelize_scans(pts, bidx, max(len(scans), 1), cfg.voxel_size, cfg.point_range, cfg.intensity_scale)
+        if res is None:
+            return None
+        feats, coords = res
+        st = SparseTensor(torch.from_numpy(feats), torch.from_numpy(coords), 1, cfg.spatial_shape, len(scans))
+        counts = torch.from_numpy(np.bincount(coords[:, 0], minlength=len(scans)).astype(np.int64))
+        return st, counts
+
     def backbone_bev(self, x: SparseTensor) -> Tensor:
         """Sparse backbone and height collapse: ``[B, C * Z, Y, X]`` BEV features (zeros without voxels)."""
         bsz = x.batch_size or 1
@@ -259,12 +325,18 @@ class LidarDetectionNet(nn.Module):
         if len(x) == 0:
             return torch.zeros(bsz, self.bev_in_channels, Y, X, device=x.feats.device)
         y = self.backbone(x)
+        if self.fast_path and inference_fast_path(self):
+            return _bev_scatter_channels_last(y, (X, Y, Z), bsz)
         return to_bev(y, (X, Y, Z), bsz)
 
     def bev_net(self, bev: Tensor) -> Tensor:
+        if self.fast_path and inference_fast_path(self):
+            return self.bev.forward_inference(bev)
         return self.bev(bev)
 
     def heads(self, feats: Tensor, num_voxels: Tensor) -> LidarDetectionOutput:
+        if self.fast_path and inference_fast_path(self):
+            return self._heads_inference(feats, num_voxels)
         cfg = self.config
         bsz, _, h, w = feats.shape
         empty = (num_voxels == 0).view(bsz, 1, 1, 1)
@@ -284,6 +356,126 @@ class LidarDetectionNet(nn.Module):
         box = nig_from_raw(self.box_head(feats).view(bsz, len(self.reg_names), 4, h, w), dim=2)
         return LidarDetectionOutput(occ, alpha, box, curv, num_voxels)
 
+    def _curvature(self, feats: Tensor) -> NIG:
+        cfg = self.config
+        curv = nig_from_raw(self.curvature_head(feats).view(feats.shape[0], len(cfg.curvature_horizons_m), 4), dim=2)
+        c = cfg.curvature_scale  # y = c * z with z ~ NIG(g, n, a, b)  =>  y ~ NIG(c g, n, a, c^2 b)
+        return NIG(curv.gamma * c, curv.nu, curv.alpha, curv.beta * (c * c))
+
+    def _heads_inference(self, feats: Tensor, num_voxels: Tensor) -> LidarDetectionOutput:
+        """:meth:`heads` for inference: BatchNorms folded, the heads' 1 x 1 layers as matrix products on the
+        trunk's rows (occupancy and class first layers as one product, second layers per head into one
+        channels-first output). The box head runs only where asked: :attr:`LidarDetectionOutput.box_at`
+        at the cells decoding picks (the peaks), or over the whole grid on first access of ``.box``
+        (evaluation, tests). Same values to float32 rounding."""
+        cfg = self.config
+        f = self._heads_folded.get(self.head_trunk, self.occupancy_head, self.class_head, self.box_head)
+        bsz, _, h, w = feats.shape
+        k, n_reg = len(cfg.classes), len(self.reg_names)
+        curv = self._curvature(feats)
+        t = F.conv2d(feats.contiguous(memory_format=torch.channels_last), f["trunk_w"], f["trunk_b"], 1,
+                     f["trunk_pad"]).relu_()
+        hc = t.shape[1]
+        rows = t.permute(0, 2, 3, 1).reshape(bsz, h * w, hc)  # a view: channels-last
+        n_dense = f["n_dense"]
+        out = feats.new_empty((bsz, n_dense, h * w))
+        for b in range(bsz):
+            # channels-first products: [2 hc, HW] hidden rows, each head's block of output rows contiguous
+            hid = torch.addmm(f["b1_dense"], f["w1_dense"], rows[b].T).relu_()
+            for (w2, b2, r0, r1, c0, c1) in f["second_dense"]:
+                torch.addmm(b2, w2, hid[c0:c1], out=out[b, r0:r1])
+        empty = [b for b in range(bsz) if int(num_voxels[b]) == 0]
+        occ_grid = cfg.occupancy_grid
+        occ_logits = out[:, 0:2].view(bsz, 2, h, w)
+        if (occ_grid.height, occ_grid.width) != (h, w):
+            occ_logits = F.interpolate(occ_logits, size=(occ_grid.height, occ_grid.width), mode="bilinear",
+                                       align_corners=False)
+        occ = F.softplus(occ_logits)
+        alpha = F.softplus(out[:, 2:3 + k].view(bsz, k + 1, h, w)).add_(1.0)
+        for b in empty:
+            occ[b] = 0.0
+            alpha[b] = 1.0
+        # the box head runs where it is asked: at decoded peaks (box_at), or everywhere on first access of .box
+
+        def box_rows(r: Tensor) -> Tensor:  # trunk rows [N, hc] -> raw box rows [4 T, N], (parameter, target)
+            hid_b = torch.addmm(f["b1_box"], f["w1_box"], r.T).relu_()
+            return torch.addmm(f["b2_box"], f["w2_box"], hid_b)
+
+        def box_at(b: int, cells: Tensor) -> NIG:
+            with torch.inference_mode():
+                idx = cells.long().reshape(-1)
+                return _nig_blocks(box_rows(rows[b].index_select(0, idx)).view(4, n_reg, idx.numel()), 0)
+
+        def box_maps() -> NIG:
+            with torch.inference_mode():
+                raw = torch.stack([box_rows(rows[b]) for b in range(bsz)]).view(bsz, 4, n_reg, h, w)
+                return _nig_blocks(raw, 1)
+
+        return _LazyBoxOutput(occ, alpha, curv, num_voxels, box_maps, box_at)
+
+        return LidarDetectionOutput(occ, alpha, box, curv, num_voxels)
+
     def forward(self, points: Tensor | Sequence[Tensor]) -> LidarDetectionOutput:
         st, counts = self.voxelize(points)
         return self.heads(self.bev_net(self.backbone_bev(st)), counts)
+
+
+def _nig_blocks(raw: Tensor, dim: int) -> NIG:
+    """NIG from raw rows laid out (parameter, ...) along ``dim``: :func:`nig_from_raw`'s constraints, one
+    softplus over the three contiguous evidence blocks."""
+    g = raw.select(dim, 0)
+    sp = F.softplus(raw.narrow(dim, 1, 3))
+    return NIG(g, sp.select(dim, 0).add_(MIN_EVIDENCE), sp.select(dim, 1).add_(1.0).add_(MIN_EVIDENCE),
+               sp.select(dim, 2).add_(MIN_EVIDENCE))
+
+
+def _fold_heads(trunk: nn.Sequential, occupancy: nn.Sequential, classes: nn.Sequential, box: nn.Sequential
+                ) -> dict[str, Any]:
+    """Folded head layers for :meth:`LidarDetectionNet._heads_inference` (built by its :class:`FoldCache`).
+
+    Dense output rows: occupancy (2), classes (K + 1). The box head (run on demand) has its ``T x 4`` output
+    channels reordered to ``4 x T`` (row ``j * T + t`` = NIG parameter ``j`` of target ``t``; the head's own
+    order is ``t * 4 + j``), so each NIG parameter is one contiguous block.
+    """
+    tw, tb = fold_conv_bn(trunk[0], trunk[1])
+    firsts, seconds = [], []
+    for head in (occupancy, classes, box):
+        w1, b1 = fold_conv_bn(head[0], head[1])
+        firsts.append((w1.flatten(1), b1))
+        w2, b2 = fold_conv_bn(head[3], None)
+        seconds.append((w2.flatten(1), b2))
+    n_box = seconds[2][0].shape[0]
+    n_reg = n_box // 4
+    order = torch.tensor([t * 4 + j for j in range(4) for t in range(n_reg)])
+    seconds[2] = (seconds[2][0][order], seconds[2][1][order])
+    hc = firsts[0][0].shape[1]
+    second, r0 = [], 0
+    for i, (w2, b2) in enumerate(seconds):
+        second.append((w2.contiguous(), b2.view(-1, 1).contiguous(), r0, r0 + w2.shape[0], i * hc, (i + 1) * hc))
+        r0 += w2.shape[0]
+    return {
+        "trunk_w": tw.contiguous(), "trunk_b": tb.contiguous(), "trunk_pad": trunk[0].padding,
+        # occupancy and classes: every cell (dense maps)
+        "w1_dense": torch.cat([w for w, _ in firsts[:2]]).contiguous(),
+        "b1_dense": torch.cat([b for _, b in firsts[:2]]).view(-1, 1).contiguous(),
+        "second_dense": second[:2], "n_dense": second[1][3],
+        # box: on demand
+        "w1_box": firsts[2][0].contiguous(), "b1_box": firsts[2][1].view(-1, 1).contiguous(),
+        "w2_box": second[2][0], "b2_box": second[2][1],
+    }
+
+
+def _bev_scatter_channels_last(y: SparseTensor, grid: tuple[int, int, int], bsz: int) -> Tensor:
+    """:func:`engines.sparse.to_bev` written straight into channels-last memory: ``[B, C * Z, Y, X]``
+    (channel ``c * Z + z``) with NHWC strides, one index write of the voxel rows (no dense 5-D grid and
+    no two permuting copies); the layout the inference BEV net reads."""
+    X, Y, Z = grid
+    C = y.num_channels
+    c = y.coords.long()
+    s = torch.as_tensor(y.stride, device=c.device)
+    ijk = torch.div(c[:, 1:], s, rounding_mode="floor")
+    if len(y) and (bool((ijk < 0).any()) or bool((ijk >= torch.as_tensor([X, Y, Z], device=c.device)).any())):
+        raise ValueError(f"coordinates fall outside the grid {X, Y, Z}")
+    out = y.feats.new_zeros((bsz, Y, X, C, Z))
+    out[c[:, 0], ijk[:, 1], ijk[:, 0], :, ijk[:, 2]] = y.feats
+    return out.view(bsz, Y, X, C * Z).permute(0, 3, 1, 2)
