@@ -56,7 +56,11 @@ from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.models.bev_grid import BevGrid
 from perception_nodes.models.bev_net import BevNet, conv_bn
 
-__all__ = ["CameraBevConfig", "CameraBevNet", "CameraBevOutput", "export_onnx", "kitti_camera_geometry", "onnx_feeds"]
+__all__ = ["CameraBevConfig", "CameraBevNet", "CameraBevOutput", "export_onnx", "kitti_camera_geometry", "load_camera_bev",
+           "onnx_feeds"]
+
+#: network name in weights sidecars (``perception_nodes/models/weights/camera_bev/``)
+NETWORK = "camera_bev"
 
 
 @dataclass(frozen=True)
@@ -356,6 +360,34 @@ class CameraBevNet(nn.Module):
         bev = self.bev_net(self.pool(depth, context, geometry, B), crop)
         cov = self.coverage(geometry)
         return CameraBevOutput(self.heads(bev, cov, crop), bev, depth, cov)
+
+
+def load_camera_bev(folder: Any = None) -> tuple["CameraBevNet", dict[str, Any]]:
+    """Rebuild the network from a weights folder (default: the packaged one), in eval mode.
+
+    Returns ``(net, sidecar)``; a missing, corrupt or mismatching folder is a
+    :class:`~perception_nodes.models.weights_io.WeightsError` naming the problem.
+    """
+    from pathlib import Path
+
+    from perception_nodes.models.weights_io import WeightsError, default_weights_dir, load_state, read_sidecar
+
+    folder = Path(folder) if folder is not None else default_weights_dir(NETWORK)
+    side = read_sidecar(folder, NETWORK)
+    try:
+        net = CameraBevNet(CameraBevConfig.from_mapping(side.get("config") or {}))
+    except ConfigError as exc:
+        raise WeightsError(f"{folder}: sidecar config does not build the network: {exc}") from exc
+    state = load_state(folder)
+    own = net.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise WeightsError(f"{folder}: weights do not match the network (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise WeightsError(f"{folder}: tensor {k} has shape {tuple(v.shape)}, network wants {tuple(own[k].shape)}")
+    net.load_state_dict(state, strict=True)
+    return net.eval(), side
 
 
 # --------------------------------------------------------------------------------------------------
