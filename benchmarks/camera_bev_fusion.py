@@ -82,14 +82,15 @@ def covered_scores(msgs: list[Any], truth: dict[int, dict[str, Any]]) -> dict[st
             "occupied_fraction": round(r, 4), "base_rate_brier": round(r * (1 - r), 4)}
 
 
-def check(bag: Path, weights: str | None, work: Path) -> dict[str, Any]:
+def check(bag: Path, weights: str | None, work: Path, scale: float = 1.0, only_on: bool = False) -> dict[str, Any]:
     truth, _ = read_truth(bag)
     doc: dict[str, Any] = {"bag": str(bag)}
-    for enabled in (False, True):
+    for enabled in ((True,) if only_on else (False, True)):
         params = copy.deepcopy(load_params())
         params["fusion"]["branches"]["camera"]["enabled"] = enabled
         if weights:
             params["camera_bev"]["weights"] = weights
+        params["camera_bev"]["evidence_scale"] = scale
         got, result = replay(bag, params, work / f"camera_{enabled}")
         scorer = Scorer(truth)
         for name, msgs in got.items():
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bag", action="append", type=Path, help="bag with generated ground truth (repeatable); "
                     "default: the embedded demo scenario")
     ap.add_argument("--weights", default=None, help="camera_bev weights folder (default: the packaged one)")
+    ap.add_argument("--evidence-scale", type=float, default=1.0, help="the camera node's evidence_scale")
+    ap.add_argument("--only-on", action="store_true", help="skip the replay with the camera branch off")
     ap.add_argument("--json", type=Path, help="write the result here too")
     args = ap.parse_args(argv)
     bags = args.bag
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"bags": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i, bag in enumerate(bags):
-            out["bags"].append(check(bag, args.weights, Path(tmp) / f"b{i}"))
+            out["bags"].append(check(bag, args.weights, Path(tmp) / f"b{i}", args.evidence_scale, args.only_on))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))

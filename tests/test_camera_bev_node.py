@@ -231,3 +231,42 @@ def test_packaged_weights_load_into_their_network():
     # the held-out metrics it was packaged with beat the trivial baselines it was compared to
     gen = side["metrics"]["generated_test"]
     assert gen["model"]["iou"] > gen["all_occupied"]["iou"] and gen["model"]["brier"] < gen["constant_rate"]["brier"]
+
+
+def test_packaged_weights_beat_a_constant_on_the_demo_scene(scenario_bag):
+    """The demo scene (urban_street seed 0, in no training split): the node's grid on the visible cells
+    where it has evidence, against the ground truth, beside the best constant on the same cells."""
+    from perception_nodes.evaluation import resample_like
+
+    try:
+        read_sidecar(default_weights_dir(NETWORK), NETWORK)
+    except WeightsError:
+        pytest.skip("no packaged camera_bev weights in this checkout")
+    params = {k: v for k, v in load_params()["camera_bev"].items() if k != "enabled"}
+    clock = Clock()
+    node = CameraBevNode("camera_bev", params, backend=B, clock=clock, steady_clock=lambda: clock.steady)
+    node.warmup()
+    truth, grids = {}, []
+    wanted = [topics.TF_STATIC, IMAGE, INFO, topics.GT_OCCUPANCY, topics.GT_VISIBILITY]
+    with BagReader(scenario_bag) as r:
+        for rec in r.records(topics=wanted):
+            if rec.topic in (topics.GT_OCCUPANCY, topics.GT_VISIBILITY):
+                truth.setdefault(stamp_to_ns(rec.msg.header.stamp), {})[rec.topic] = rec.msg
+            elif len(grids) < 10:
+                out = _feed(node, clock, rec.topic, rec.msg)
+                if node.output_topic in out:
+                    grids.append(out[node.output_topic])
+    ps, ys = [], []
+    for g in grids:
+        gt = truth[stamp_to_ns(g.header.stamp)]
+        p = grid_array(g)
+        m = (resample_like(gt[topics.GT_VISIBILITY], g) >= 50) & (p >= 0)
+        ps.append(p[m] / 100.0)
+        ys.append((resample_like(gt[topics.GT_OCCUPANCY], g) >= 50)[m])
+    p, y = np.concatenate(ps), np.concatenate(ys).astype(np.float64)
+    rate = y.mean()
+    assert len(grids) == 10 and p.size > 10_000 and 0.01 < rate < 0.5
+    brier, constant = np.mean((p - y) ** 2), rate * (1 - rate)
+    inter, union = np.sum((p > 0.5) & (y > 0.5)), np.sum((p > 0.5) | (y > 0.5))
+    assert brier < 0.6 * constant, (brier, constant)
+    assert inter / union > 2 * rate, (inter / union, rate)  # all-occupied scores IoU = rate
