@@ -36,6 +36,7 @@ from perception_nodes.codecs.backend import default_backend
 from perception_nodes.config import load_params
 from perception_nodes.evaluation import GROUND_TRUTH_TOPICS, Evaluator, write_metrics
 from perception_nodes.graph import NodeCore, build_graph, resolve_topic
+from perception_nodes.graph.camera_bev import CameraBevNode
 from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
 from perception_nodes.graph.stereo_occupancy import StereoOccupancyNode
@@ -98,6 +99,8 @@ class ReplayResult:
     fusion_weights: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     # stereo occupancy node, last frames: (stamp, occupancy, uncertainty)
     stereo_grids: list[tuple[int, Any, Any]] = field(default_factory=list)
+    # camera -> BEV node, last frames: (stamp, occupancy, uncertainty)
+    camera_grids: list[tuple[int, Any, Any]] = field(default_factory=list)
 
 
 class _FusionCapture:
@@ -183,6 +186,10 @@ def run_graph(
     stereo = next((n for n in nodes if isinstance(n, StereoOccupancyNode)), None)
     stereo_topics = {stereo.output_topic: "occ", stereo.uncertainty_topic: "unc"} if stereo is not None else {}
     pending_stereo: dict[int, dict[str, Any]] = {}
+    # the camera -> BEV node's grids per stamp (report panel beside the LiDAR and stereo grids)
+    camera = next((n for n in nodes if isinstance(n, CameraBevNode)), None)
+    camera_topics = {camera.output_topic: "occ", camera.uncertainty_topic: "unc"} if camera is not None else {}
+    pending_camera: dict[int, dict[str, Any]] = {}
 
     def deliver(topic: str, msg: Any, out_bag: OutputBag) -> dict[str, int]:
         # (topic, message, replay time it was published); each node busy until free_at (module doc)
@@ -218,6 +225,11 @@ def run_graph(
                         pending_stereo.setdefault(stamp, {})[stereo_topics[name]] = e.msg
                         for old in sorted(pending_stereo)[:-keep_grids]:
                             del pending_stereo[old]
+                    if name in camera_topics:
+                        stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
+                        pending_camera.setdefault(stamp, {})[camera_topics[name]] = e.msg
+                        for old in sorted(pending_camera)[:-keep_grids]:
+                            del pending_camera[old]
                     queue.append((name, e.msg, done))
         clock.set(last)
         return free_at
@@ -299,6 +311,7 @@ def run_graph(
         if "det" in d:
             result.detections.append((stamp, d["det"], occ, unc))
     result.stereo_grids = [(st, g["occ"], g["unc"]) for st, g in sorted(pending_stereo.items()) if len(g) == 2]
+    result.camera_grids = [(st, g["occ"], g["unc"]) for st, g in sorted(pending_camera.items()) if len(g) == 2]
     result.latency = latency_report(nodes, bag_read, overhead)
     result.samples = {f"{n.name}/{k}": list(v.all or []) for n in nodes for k, v in n.latency.series.items()}
     (out_dir / "latency.json").write_text(json.dumps(result.latency, indent=2, allow_nan=False))

@@ -432,6 +432,41 @@ def stereo_section(result: ReplayResult) -> str:
             + "".join(f'<img src="{n}" width="1300"><br>' for n in names))
 
 
+def _nearest(grids: Any, stamp: int, tol_ns: int = 60_000_000) -> Any | None:
+    near = min(grids or [], key=lambda g: abs(g[0] - stamp), default=None)
+    return near[1] if near is not None and abs(near[0] - stamp) <= tol_ns else None
+
+
+def camera_section(result: ReplayResult) -> str:
+    """The camera -> BEV node's part of the report: its grids beside the LiDAR and stereo grids nearest in
+    time (within 60 ms), same axes, ground-truth boxes in blue."""
+    grids = getattr(result, "camera_grids", None) or []
+    if not grids:
+        return ""
+    cmap = plt.get_cmap("RdYlGn_r").with_extremes(bad="#b0b0b0")
+    names = []
+    for i, (stamp, occ, unc) in enumerate(grids[-2:]):
+        panels = [(t, m, k) for t, m, k in (("LiDAR occupancy", _nearest(result.grids, stamp), "occ"),
+                                            ("stereo occupancy (SGBM)", _nearest(result.stereo_grids, stamp), "occ"),
+                                            ("camera occupancy (learned BEV)", occ, "occ"),
+                                            ("camera uncertainty (vacuity)", unc, "unc")) if m is not None]
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 5.6), constrained_layout=True, squeeze=False)
+        for ax, (title, msg, kind) in zip(axes[0], panels, strict=True):
+            data = grid_array(msg).astype(np.float32)
+            im = ax.imshow(np.ma.masked_less(data, 0) if kind == "occ" else data, origin="lower", extent=_extent(msg),
+                           cmap=cmap if kind == "occ" else "magma", vmin=0, vmax=100, interpolation="nearest")
+            fig.colorbar(im, ax=ax, shrink=0.8, label="P(occupied) % (grey: unknown)" if kind == "occ" else "vacuity %")
+            _bev_axes(ax, f"{title} @ {stamp / 1e9:.1f} s", _extent(occ), result.ground_truth.get(stamp))
+        name = f"camera_bev_{i}.png"
+        fig.savefig(result.out_dir / name, dpi=80)
+        plt.close(fig)
+        names.append(name)
+    return ("<h2>Camera &rarr; BEV occupancy (learned) beside the LiDAR and stereo grids</h2><p>The camera node's "
+            "grid from the left image alone (Lift-Splat network, weights trained on generated scenes; unknown behind "
+            "and beside the camera's field of view), with the LiDAR occupancy node's and the stereo node's grids "
+            "of the nearest stamp.</p>" + "".join(f'<img src="{n}" width="1400"><br>' for n in names))
+
+
 def write_report(result: ReplayResult) -> Path:
     """Write ``report.html`` (+ PNGs) into the replay's output folder and return its path."""
     out = result.out_dir
@@ -472,6 +507,7 @@ replay overhead per frame p50 {over['p50_ms'] or 0:.2f} ms.</p>
 {''.join(f'<img src="{n}" width="1100"><br>' for n in figures) or '<p>no grids were produced</p>'}
 {det_html}
 {stereo_section(result)}
+{camera_section(result)}
 {fusion_html}
 <h2>Latency</h2>
 {'<img src="latency_hist.png" width="1200">' if series else ''}

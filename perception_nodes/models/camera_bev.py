@@ -56,7 +56,11 @@ from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.models.bev_grid import BevGrid
 from perception_nodes.models.bev_net import BevNet, conv_bn
 
-__all__ = ["CameraBevConfig", "CameraBevNet", "CameraBevOutput", "export_onnx", "kitti_camera_geometry", "onnx_feeds"]
+__all__ = ["CameraBevConfig", "CameraBevNet", "CameraBevOutput", "export_onnx", "kitti_camera_geometry", "load_camera_bev",
+           "onnx_feeds"]
+
+#: network name in weights sidecars (``perception_nodes/models/weights/camera_bev/``)
+NETWORK = "camera_bev"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,10 @@ class CameraBevConfig:
     occupancy_resolution: float = 0.25
     #: initial bias of the two occupancy-evidence logits (softplus(-2) = 0.13: little evidence at start)
     occupancy_bias: float = -2.0
+    #: BatchNorm running-statistics momentum of every BatchNorm of the network. The LiDAR trunk's 0.01
+    #: needs ~500 steps before the eval-mode statistics match the training ones; the camera branch trains
+    #: for a few hundred steps, and with 0.01 its eval output was that of a barely trained network
+    bn_momentum: float = 0.1
     #: image normalisation (per RGB channel, on 0..1 values)
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -98,6 +106,8 @@ class CameraBevConfig:
             raise ConfigError("image_channels and image_blocks need one entry per stage (the stem first)")
         if self.stem_patch < 2:
             raise ConfigError("stem_patch must be >= 2")
+        if not 0.0 < self.bn_momentum <= 1.0:
+            raise ConfigError("bn_momentum must be in (0, 1]")
         if min(self.image_channels) < 1 or min(self.image_blocks) < 0 or self.context_channels < 1:
             raise ConfigError("image channels and context_channels must be positive, blocks >= 0")
         try:
@@ -192,6 +202,9 @@ class CameraBevNet(nn.Module):
         self.occupancy_head = nn.Sequential(conv_bn(self.bev.out_channels, cfg.bev_channels[0], k=1),
                                             nn.Conv2d(cfg.bev_channels[0], 2, 1))
         nn.init.constant_(self.occupancy_head[-1].bias, cfg.occupancy_bias)
+        for mod in self.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.momentum = cfg.bn_momentum
         self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
         self.geometries = GeometryCache(capacity=4)
@@ -347,6 +360,34 @@ class CameraBevNet(nn.Module):
         bev = self.bev_net(self.pool(depth, context, geometry, B), crop)
         cov = self.coverage(geometry)
         return CameraBevOutput(self.heads(bev, cov, crop), bev, depth, cov)
+
+
+def load_camera_bev(folder: Any = None) -> tuple["CameraBevNet", dict[str, Any]]:
+    """Rebuild the network from a weights folder (default: the packaged one), in eval mode.
+
+    Returns ``(net, sidecar)``; a missing, corrupt or mismatching folder is a
+    :class:`~perception_nodes.models.weights_io.WeightsError` naming the problem.
+    """
+    from pathlib import Path
+
+    from perception_nodes.models.weights_io import WeightsError, default_weights_dir, load_state, read_sidecar
+
+    folder = Path(folder) if folder is not None else default_weights_dir(NETWORK)
+    side = read_sidecar(folder, NETWORK)
+    try:
+        net = CameraBevNet(CameraBevConfig.from_mapping(side.get("config") or {}))
+    except ConfigError as exc:
+        raise WeightsError(f"{folder}: sidecar config does not build the network: {exc}") from exc
+    state = load_state(folder)
+    own = net.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise WeightsError(f"{folder}: weights do not match the network (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise WeightsError(f"{folder}: tensor {k} has shape {tuple(v.shape)}, network wants {tuple(own[k].shape)}")
+    net.load_state_dict(state, strict=True)
+    return net.eval(), side
 
 
 # --------------------------------------------------------------------------------------------------

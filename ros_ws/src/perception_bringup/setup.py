@@ -30,6 +30,7 @@ setup(
             "fusion_node = perception_bringup:fusion",
             "calibration_monitor_node = perception_bringup:calibration_monitor",
             "stereo_occupancy_node = perception_bringup:stereo_occupancy",
+            "camera_bev_node = perception_bringup:camera_bev",
             "perception_live = perception_bringup:live",
         ],
     },

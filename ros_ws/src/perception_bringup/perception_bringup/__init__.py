@@ -32,6 +32,10 @@ def stereo_occupancy(args=None) -> None:
     main_single("stereo_occupancy", args)
 
 
+def camera_bev(args=None) -> None:
+    main_single("camera_bev", args)
+
+
 def live(args=None) -> None:
     from perception_nodes.cli import main
 
