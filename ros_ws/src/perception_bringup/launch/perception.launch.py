@@ -19,9 +19,10 @@ from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
-#: lidar_detection needs network weights: without them its configure fails with the reason (the node stays
-#: unconfigured; the others run on)
-NODES = ("ground_segmentation", "occupancy_grid", "lidar_detection", "stereo_occupancy", "fusion", "calibration_monitor")
+#: lidar_detection and camera_bev need network weights: without them their configure fails with the reason
+#: (the node stays unconfigured; the others run on)
+NODES = ("ground_segmentation", "occupancy_grid", "lidar_detection", "stereo_occupancy", "camera_bev", "fusion",
+         "calibration_monitor")
 
 
 def _default_params() -> str:
