@@ -30,6 +30,7 @@ setup(
             "fusion_node = perception_bringup:fusion",
             "calibration_monitor_node = perception_bringup:calibration_monitor",
             "stereo_occupancy_node = perception_bringup:stereo_occupancy",
+            "detection_fusion_node = perception_bringup:detection_fusion",
             "perception_live = perception_bringup:live",
         ],
     },

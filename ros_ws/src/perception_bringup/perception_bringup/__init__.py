@@ -32,6 +32,10 @@ def stereo_occupancy(args=None) -> None:
     main_single("stereo_occupancy", args)
 
 
+def detection_fusion(args=None) -> None:
+    main_single("detection_fusion", args)
+
+
 def live(args=None) -> None:
     from perception_nodes.cli import main
 
