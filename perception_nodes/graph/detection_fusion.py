@@ -20,7 +20,8 @@ Per-branch weight = health gate x external weight x trust:
 
 Pacing (as the occupancy fusion node): one fused set per detection message of the pace branch
 (``pace_branch``; while it is stale, the first live branch in the file's order). A fused frame for stamp
-``T`` waits until every other live branch has detections stamped at or after ``T - match_tolerance_s``,
+``T`` waits until every other live, synchronous branch (one of its recent messages stamped within
+``match_tolerance_s`` of a recent pace stamp) has detections stamped at or after ``T - match_tolerance_s``,
 or until ``max_wait_s`` (node clock) has passed; each branch contributes the message of its short history
 closest to ``T``, moved by the ego motion (``odometry_topic``) when the stamps differ by more than
 ``match_tolerance_s``.
@@ -190,6 +191,7 @@ class DetectionFusionNode(NodeCore):
         self.poses = PoseBuffer(self.odometry_max_gap_s)
         self._pending: list[tuple[int, int]] = []  # (stamp, node-clock deadline)
         self._last_fused = -1
+        self._pace_stamps: deque[tuple[str, int]] = deque(maxlen=8)  # (pacer, stamp)
         self.fused_out = 0
         self.boxes_in = 0
         self.boxes_out = 0
@@ -281,6 +283,7 @@ class DetectionFusionNode(NodeCore):
         st.history.append(_Frame(stamp, boxes))
         pacer = self._pacer()
         if bname == pacer:
+            self._pace_stamps.append((bname, stamp))
             if self._last_fused >= 0 and stamp < self._last_fused - self.match_tolerance_ns:
                 self._time_jump(st, stamp)
             if stamp > self._last_fused and all(p[0] != stamp for p in self._pending):
@@ -298,6 +301,8 @@ class DetectionFusionNode(NodeCore):
             st.history.clear()
         pace.history.append(keep)
         self._pending.clear()
+        self._pace_stamps.clear()
+        self._pace_stamps.append((pace.cfg.name, stamp))
         self._last_fused = -1
         self.poses = PoseBuffer(self.odometry_max_gap_s)
         self.memory.reset()
@@ -394,6 +399,13 @@ class DetectionFusionNode(NodeCore):
         newest = max(b.history[-1].stamp for b in self.branches.values() if b.history)
         return newest - st.history[-1].stamp <= int(st.cfg.timeout_s * 1e9)
 
+    def _synchronous(self, st: _BranchState) -> bool:
+        """One of the branch's recent messages is stamped within ``match_tolerance_s`` of a recent pace
+        stamp: it runs on the pace branch's frames and a fused frame waits for it. An asynchronous branch
+        (a camera at its own stamps) is not waited for: its newest detections are moved to the stamp."""
+        return any(abs(f.stamp - p) <= self.match_tolerance_ns for f in st.history for b, p in self._pace_stamps
+                   if b != st.cfg.name)
+
     def _pacer(self) -> str:
         if self.pace_branch in self.branches and self._alive(self.branches[self.pace_branch]):
             return self.pace_branch
@@ -411,7 +423,8 @@ class DetectionFusionNode(NodeCore):
         pacer = self._pacer()
         while self._pending:
             stamp, deadline = self._pending[0]
-            complete = all(name == pacer or not self._alive(st) or st.history[-1].stamp >= stamp - self.match_tolerance_ns
+            complete = all(name == pacer or not self._alive(st) or not self._synchronous(st)
+                           or st.history[-1].stamp >= stamp - self.match_tolerance_ns
                            for name, st in self.branches.items())
             if not complete and now < deadline:
                 break
