@@ -36,6 +36,7 @@ from perception_nodes.codecs.backend import default_backend
 from perception_nodes.config import load_params
 from perception_nodes.evaluation import GROUND_TRUTH_TOPICS, Evaluator, write_metrics
 from perception_nodes.graph import NodeCore, build_graph, resolve_topic
+from perception_nodes.graph.detection_fusion import DetectionFusionNode
 from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
 from perception_nodes.graph.stereo_occupancy import StereoOccupancyNode
@@ -98,6 +99,8 @@ class ReplayResult:
     fusion_weights: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     # stereo occupancy node, last frames: (stamp, occupancy, uncertainty)
     stereo_grids: list[tuple[int, Any, Any]] = field(default_factory=list)
+    # detection fusion node, last frames: (stamp, fused vision_msgs Detection3DArray)
+    fused_detections: list[tuple[int, Any]] = field(default_factory=list)
 
 
 class _FusionCapture:
@@ -183,6 +186,10 @@ def run_graph(
     stereo = next((n for n in nodes if isinstance(n, StereoOccupancyNode)), None)
     stereo_topics = {stereo.output_topic: "occ", stereo.uncertainty_topic: "unc"} if stereo is not None else {}
     pending_stereo: dict[int, dict[str, Any]] = {}
+    # the detection fusion node's fused boxes per stamp (report panel beside the LiDAR boxes)
+    det_fusion = next((n for n in nodes if isinstance(n, DetectionFusionNode)), None)
+    fused_det_topic = det_fusion.detections_topic if det_fusion is not None else None
+    fused_dets: dict[int, Any] = {}
 
     def deliver(topic: str, msg: Any, out_bag: OutputBag) -> dict[str, int]:
         # (topic, message, replay time it was published); each node busy until free_at (module doc)
@@ -218,6 +225,10 @@ def run_graph(
                         pending_stereo.setdefault(stamp, {})[stereo_topics[name]] = e.msg
                         for old in sorted(pending_stereo)[:-keep_grids]:
                             del pending_stereo[old]
+                    if name == fused_det_topic:
+                        fused_dets[e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec] = e.msg
+                        for old in sorted(fused_dets)[:-keep_grids]:
+                            del fused_dets[old]
                     queue.append((name, e.msg, done))
         clock.set(last)
         return free_at
@@ -299,6 +310,7 @@ def run_graph(
         if "det" in d:
             result.detections.append((stamp, d["det"], occ, unc))
     result.stereo_grids = [(st, g["occ"], g["unc"]) for st, g in sorted(pending_stereo.items()) if len(g) == 2]
+    result.fused_detections = sorted(fused_dets.items())
     result.latency = latency_report(nodes, bag_read, overhead)
     result.samples = {f"{n.name}/{k}": list(v.all or []) for n in nodes for k, v in n.latency.series.items()}
     (out_dir / "latency.json").write_text(json.dumps(result.latency, indent=2, allow_nan=False))

@@ -5,7 +5,8 @@ covariance, per-branch trust and an optional decaying memory. Numpy only; the no
 
 A box is an :class:`EvidentialBox`: centre, size, yaw, the 6 x 6 pose covariance over (x, y, z, roll,
 pitch, yaw) and Dirichlet class *evidence* ``e`` over ``classes + background`` (``alpha = e + 1``, strength
-``S = sum(alpha)``, expected probability ``alpha_k / S``, vacuity ``(K + 1) / S``). Per fused frame, with
+``S = sum(alpha)``, expected probability ``alpha_k / S``, vacuity ``(K + 1) / S``; ``e_k`` may be negative,
+down to -1, for classes a calibration map pushed below ``1 / S``: :func:`evidence_from_probabilities`). Per fused frame, with
 branch weights ``w_i in [0, 1]`` (health gate x trust):
 
 1. **Association** (:func:`associate`): branches are taken in name order; each one's boxes are assigned to
@@ -39,7 +40,9 @@ Memory (:class:`DetectionMemory`, ``decay_per_s > 0``): the previous fused set, 
 base_link frame by the ego motion, enters as one more source with weight ``lambda^dt`` and position
 covariance grown by ``process_noise_m2_per_s * dt`` (objects move). It only *confirms*: a memory box that no
 live branch matched this frame is not published (no ghosts of objects that left), it is kept for at most
-``memory_max_age_s``.
+``memory_max_age_s``. By default it adds to box and covariance only (``memory.class_evidence: false``):
+summed over frames, the class evidence of the same sensor saturates every persistent box's score near 1
+and the ranking that AP measures is lost (measured: docs/detection_fusion.md).
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ __all__ = [
 
 #: indices of (x, y, z, yaw) in the 6 x 6 pose covariance
 STATE = (0, 1, 2, 5)
+#: smallest Dirichlet parameter: evidence may be negative down to ``ALPHA_FLOOR - 1`` (see
+#: :func:`evidence_from_probabilities`); sums of discounted evidence are floored here
+ALPHA_FLOOR = 1e-6
 #: a variance at or above this means "not estimated" (the LiDAR branch publishes 1e6 for roll and pitch)
 UNESTIMATED = 1e5
 
@@ -97,7 +103,7 @@ class EvidentialBox:
 
     @property
     def alpha(self) -> NDArray[np.float64]:
-        return self.evidence + 1.0
+        return np.maximum(self.evidence + 1.0, ALPHA_FLOOR)
 
     @property
     def probabilities(self) -> NDArray[np.float64]:
@@ -130,20 +136,23 @@ class EvidentialBox:
 
 def evidence_from_probabilities(probs: np.ndarray, strength: float) -> NDArray[np.float64]:
     """Dirichlet evidence ``[K + 1]`` from expected probabilities of the K foreground classes (their rest to
-    1 is background) and the strength ``S``: ``alpha_k = p_k S``, ``e_k = max(alpha_k - 1, 0)``.
+    1 is background) and the strength ``S``: ``alpha_k = p_k S``, ``e_k = alpha_k - 1``.
 
-    Exact inverse of ``p = alpha / S`` whenever every ``alpha_k >= 1`` (what an evidential head gives);
-    probabilities mapped by a post-hoc calibration can imply ``alpha_k < 1``, which is clipped to no
-    evidence (the expected probability of that class then reads ``1 / S'`` instead of ``p_k``).
+    The exact inverse of ``p = alpha / S`` (so one branch passes through with its published scores).
+    ``e_k`` is negative (down to ``-1``, alpha floored at :data:`ALPHA_FLOOR`) where a post-hoc calibration
+    mapped a class's probability below ``1 / S``: the LiDAR branch publishes calibrated probabilities
+    beside the strength of its (scaled) Dirichlet, and a score of 0.98 at ``S = 17`` leaves the other
+    classes less than one unit of alpha. Clipping that to 0 evidence would lower the published score
+    (0.98 -> 0.85 on the demo bag) and change the ranking.
     """
     p = np.clip(np.asarray(probs, np.float64), 0.0, 1.0)
     fg = p.sum()
     if fg > 1.0:
         p = p / fg
         fg = 1.0
-    s = max(float(strength), float(len(p) + 1))
-    alpha = np.append(p, 1.0 - fg) * s
-    return np.maximum(alpha - 1.0, 0.0)
+    s = max(float(strength), 1e-9)
+    alpha = np.maximum(np.append(p, 1.0 - fg) * s, ALPHA_FLOOR)
+    return alpha - 1.0
 
 
 # --- association ----------------------------------------------------------------------------------------
@@ -288,17 +297,19 @@ def _state_cov(box: EvidentialBox) -> NDArray[np.float64]:
 
 
 def merge_boxes(boxes: Sequence[EvidentialBox], weights: Sequence[float], rule: str = "information",
-                min_variance: float = 0.0) -> EvidentialBox:
+                min_variance: float = 0.0, class_evidence: Sequence[bool] | None = None) -> EvidentialBox:
     """One box from the members of a cluster (module doc, steps 2 and 3). ``weights`` in [0, 1], at least
     one positive. A single box with weight 1 comes back unchanged; a box with weight 0 changes nothing.
     Covariances must be positive definite on (x, y, z, yaw) (the node repairs those that are not);
-    ``min_variance`` is added to their diagonal before inverting (0: none)."""
+    ``min_variance`` is added to their diagonal before inverting (0: none). ``class_evidence`` (one flag
+    per box, default all true): boxes flagged false add to the geometry only, not to the class evidence."""
     if rule not in ("information", "covariance_intersection"):
         raise ValueError(f"box rule must be information or covariance_intersection, got {rule!r}")
+    flags = [True] * len(boxes) if class_evidence is None else list(class_evidence)
+    if not any(w > 0 and f for w, f in zip(weights, flags, strict=True)):
+        raise ValueError("merge_boxes needs a box with positive weight that carries class evidence")
+    evidence = sum(float(w) * b.evidence for b, w, f in zip(boxes, weights, flags, strict=True) if w > 0 and f)
     live = [(b, float(w)) for b, w in zip(boxes, weights, strict=True) if w > 0]
-    if not live:
-        raise ValueError("merge_boxes needs a box with positive weight")
-    evidence = sum(w * b.evidence for b, w in live)
     if len(live) == 1:
         b, w = live[0]
         cov = np.array(b.covariance, np.float64)
@@ -401,15 +412,17 @@ class FusedDetection:
 
 
 def merge_clusters(clusters: Sequence[Cluster], weights: Mapping[str, float], rule: str = "information",
-                   confirm_only: Sequence[str] = ()) -> list[FusedDetection]:
+                   confirm_only: Sequence[str] = (), geometry_only: Sequence[str] = ()) -> list[FusedDetection]:
     """One fused box per cluster (members of weight 0 left out); clusters made only of ``confirm_only``
-    sources (the memory) are not published."""
+    sources (the memory) are not published; ``geometry_only`` sources add to box and covariance, not to
+    the class evidence."""
     out = []
     for c in clusters:
         names = tuple(sorted(n for n in c.members if weights.get(n, 0.0) > 0))
         if not names or all(n in confirm_only for n in names):
             continue
-        box = merge_boxes([c.members[n] for n in names], [weights[n] for n in names], rule)
+        box = merge_boxes([c.members[n] for n in names], [weights[n] for n in names], rule,
+                          class_evidence=[n not in geometry_only for n in names])
         out.append(FusedDetection(box, names))
     return out
 

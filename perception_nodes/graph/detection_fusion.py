@@ -121,6 +121,7 @@ class MemoryConfig:
     decay_per_s: float = 0.0
     process_noise_m2_per_s: float = 4.0
     max_age_s: float = 0.5
+    class_evidence: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay_per_s < 1.0:
@@ -516,7 +517,8 @@ class DetectionFusionNode(NodeCore):
                     clusters = associate({**sources, MEMORY: prior}, self.association)
                     weights[MEMORY] = w_mem
             with self.latency.stage("merge"):
-                fused = merge_clusters(clusters, weights, self.box_rule, confirm_only=(MEMORY,))
+                fused = merge_clusters(clusters, weights, self.box_rule, confirm_only=(MEMORY,),
+                                       geometry_only=() if self.memory_config.class_evidence else (MEMORY,))
                 fused = [f for f in fused if f.box.score > self.score_threshold]
                 fused.sort(key=lambda f: -f.box.score)
                 fused = fused[: self.max_detections]

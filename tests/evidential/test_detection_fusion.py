@@ -201,6 +201,14 @@ def test_memory_moves_with_the_ego_decays_and_only_confirms():
                           confirm_only=("memory",))
     assert len(fused) == 1 and fused[0].box.covariance[0, 0] < seen.covariance[0, 0]
     assert fused[0].box.evidence.sum() > seen.evidence.sum()
+    geo, _ = fuse_frame({"lidar": [seen], "memory": prior}, {"lidar": 1.0, "memory": w}, ASSOC,
+                        confirm_only=("memory",))
+    from perception_nodes.evidential.detection_fusion import associate as _a, merge_clusters
+
+    only_geo = merge_clusters(_a({"lidar": [seen], "memory": prior}, ASSOC), {"lidar": 1.0, "memory": w},
+                              confirm_only=("memory",), geometry_only=("memory",))
+    assert np.array_equal(only_geo[0].box.evidence, seen.evidence)  # class evidence from the live branch only
+    assert only_geo[0].box.covariance[0, 0] == pytest.approx(geo[0].box.covariance[0, 0])
     assert mem.prior(-1, np.eye(3))[2].startswith("reset")  # time went back
     assert DetectionMemory(decay_per_s=0.0).prior(0, np.eye(3)) == ([], 0.0, "off")
 
