@@ -25,8 +25,9 @@ branch weights ``w_i in [0, 1]`` (health gate x trust):
    Kalman/Bayes update for *independent* estimates), or covariance intersection with the fast weights
    ``omega_i ~ w_i / tr(P_i)`` normalised to 1 (``box_rule: covariance_intersection``; consistent for
    estimates with unknown correlation: two branches looking at the same LiDAR scan). Yaw is merged on the
-   circle: each yaw is unwrapped to within pi of the most informative box's yaw, merged, and wrapped back
-   to (-pi, pi]. Roll and pitch are not estimated: their variance is the smallest input value (the
+   circle and modulo the box's symmetry: each yaw is moved by a multiple of pi to within pi / 2 of the
+   most informative box's yaw (:func:`align_yaw`; that box's heading is kept), merged, and wrapped back to
+   (-pi, pi]. Roll and pitch are not estimated: their variance is the smallest input value (the
    "unestimated" value the branches publish). Size: the information-weighted mean with weights
    ``w_i / tr(P_i)`` (size has no published variance).
 4. **Output**: label = the foreground class of largest evidence, score = its expected probability.
@@ -63,6 +64,7 @@ __all__ = [
     "DetectionTrust",
     "EvidentialBox",
     "FusedDetection",
+    "align_yaw",
     "associate",
     "evidence_from_probabilities",
     "fuse_frame",
@@ -287,8 +289,20 @@ def associate(sources: Mapping[str, Sequence[EvidentialBox]], params: Associatio
 
 
 # --- merging --------------------------------------------------------------------------------------------
+def align_yaw(yaw: float, ref_yaw: float) -> float:
+    """``yaw`` moved by a multiple of pi to within pi / 2 of ``ref_yaw`` (unwrapped, not wrapped): a box is
+    the same box turned by pi, and detectors flip the heading of a parked car from scan to scan; averaging
+    0 and pi on the circle would give a box turned by 90 degrees."""
+    d = float(wrap_angle(yaw - ref_yaw))
+    if d > math.pi / 2:
+        d -= math.pi
+    elif d < -math.pi / 2:
+        d += math.pi
+    return ref_yaw + d
+
+
 def _state(box: EvidentialBox, ref_yaw: float) -> NDArray[np.float64]:
-    return np.array([box.center[0], box.center[1], box.center[2], ref_yaw + wrap_angle(box.yaw - ref_yaw)])
+    return np.array([box.center[0], box.center[1], box.center[2], align_yaw(box.yaw, ref_yaw)])
 
 
 def _state_cov(box: EvidentialBox) -> NDArray[np.float64]:

@@ -154,6 +154,10 @@ def test_yaw_is_merged_on_the_circle():
     assert abs(abs(m.yaw) - math.pi) < 0.05 + 1e-9  # not 0, the arithmetic mean
     assert -math.pi < m.yaw <= math.pi
     assert wrap_angle(3 * math.pi) == pytest.approx(math.pi)
+    # a heading flipped by pi is the same box: the most informative box's heading is kept, not turned by 90 deg
+    sure, flipped = box(5.0, 0.0, yaw=0.1, syaw=0.1), box(5.1, 0.0, yaw=0.1 + math.pi, syaw=0.3)
+    m = merge_boxes([sure, flipped], [1.0, 1.0])
+    assert m.yaw == pytest.approx(0.1, abs=1e-9) and m.covariance[5, 5] < sure.covariance[5, 5]
 
 
 def test_gates_keep_far_and_class_incompatible_boxes_apart():
