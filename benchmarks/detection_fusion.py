@@ -15,8 +15,9 @@ filter). Beside it, on the same frames:
   carries no information.
 
 Offline variants re-run the node core on the recorded LiDAR detections (and the bag's odometry), without
-the occupancy fusion's weight topic: ``no_weight_topic`` (a pure pass-through), ``memory`` (decay_per_s
-0.3, geometry only), ``memory_class_evidence`` (the memory also adds class evidence), and the LiDAR branch fed twice as two branches (``duplicate_information``,
+the occupancy fusion's weight topic: ``no_memory`` (memory off: a pure pass-through), ``memory`` (the
+default memory, decay_per_s 0.3, geometry only), ``memory_no_yaw_noise``, ``memory_class_evidence`` (the
+memory also adds class evidence), and, memory off, the LiDAR branch fed twice as two branches (``duplicate_information``,
 ``duplicate_ci``): what happens when two *correlated* branches are fused with the information rule
 (double counting) or with covariance intersection. AP of the offline variants is computed with the same
 KITTI scorer without the min-points filter (``ap_direct``, also given for the two replayed sides).
@@ -217,15 +218,20 @@ def run_bag(bag: Path | None, match_m: float) -> dict[str, Any]:
                                for s, boxes in recorded["lidar"].items()}
     dparams = params["detection_fusion"]
     print("offline variants ...", file=sys.stderr)
-    sides["no_weight_topic"] = _offline(dparams, vision, odometry, duplicate=False)
+    plain = copy.deepcopy(dparams)
+    plain["memory"] = {**plain["memory"], "decay_per_s": 0.0}
+    sides["no_memory"] = _offline(plain, vision, odometry, duplicate=False)
     mem = copy.deepcopy(dparams)
     mem["memory"] = {**mem["memory"], "decay_per_s": 0.3}
     sides["memory"] = _offline(mem, vision, odometry, duplicate=False)
+    mem_yaw = copy.deepcopy(mem)
+    mem_yaw["memory"]["yaw_noise_rad2_per_s"] = 0.0
+    sides["memory_no_yaw_noise"] = _offline(mem_yaw, vision, odometry, duplicate=False)
     mem_cls = copy.deepcopy(mem)
     mem_cls["memory"]["class_evidence"] = True
     sides["memory_class_evidence"] = _offline(mem_cls, vision, odometry, duplicate=False)
-    sides["duplicate_information"] = _offline(dparams, vision, odometry, duplicate=True)
-    ci = copy.deepcopy(dparams)
+    sides["duplicate_information"] = _offline(plain, vision, odometry, duplicate=True)
+    ci = copy.deepcopy(plain)
     ci["box_rule"] = "covariance_intersection"
     sides["duplicate_ci"] = _offline(ci, vision, odometry, duplicate=True)
     out: dict[str, Any] = {"bag": str(bag), "frames_gt": len(gt), "evaluate": {k: _headline(v.get("detection"))

@@ -109,6 +109,7 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("memory.decay_per_s", 0.0, 0.999),
     ("memory.process_noise_m2_per_s", 0.0, 1e6),
     ("memory.max_age_s", 0.001, 3600.0),
+    ("memory.yaw_noise_rad2_per_s", 0.0, 1e6),
     ("default_sigma_*", 1e-6, 1e6),
     ("unestimated_variance", 1.0, 1e12),
     # calibration_monitor

@@ -38,8 +38,9 @@ score mass, its own and the others' (trust-weighted mean), left unmatched betwee
 trust exactly as :class:`perception_nodes.evidential.fusion.ConflictTrust` does.
 
 Memory (:class:`DetectionMemory`, ``decay_per_s > 0``): the previous fused set, moved into the current
-base_link frame by the ego motion, enters as one more source with weight ``lambda^dt`` and position
-covariance grown by ``process_noise_m2_per_s * dt`` (objects move). It only *confirms*: a memory box that no
+base_link frame by the ego motion, enters as one more source with weight ``lambda^dt``, position
+covariance grown by ``process_noise_m2_per_s * dt`` (objects move) and yaw variance by
+``yaw_noise_rad2_per_s * dt`` (objects turn). It only *confirms*: a memory box that no
 live branch matched this frame is not published (no ghosts of objects that left), it is kept for at most
 ``memory_max_age_s``. By default it adds to box and covariance only (``memory.class_evidence: false``):
 summed over frames, the class evidence of the same sensor saturates every persistent box's score near 1
@@ -460,6 +461,7 @@ class DetectionMemory:
     decay_per_s: float = 0.0
     process_noise_m2_per_s: float = 4.0
     max_age_s: float = 1.0
+    yaw_noise_rad2_per_s: float = 0.0
     stamp_ns: int | None = None
     boxes: list[EvidentialBox] = field(default_factory=list)
 
@@ -504,6 +506,7 @@ class DetectionMemory:
             cov = r3 @ cov @ r3.T
             cov[0, 0] += self.process_noise_m2_per_s * dt
             cov[1, 1] += self.process_noise_m2_per_s * dt
+            cov[5, 5] += self.yaw_noise_rad2_per_s * dt
             out.append(EvidentialBox(c, np.array(b.size), float(wrap_angle(b.yaw + dyaw)), cov,
                                      np.array(b.evidence), "memory"))
         return out, float(self.decay_per_s ** dt), "ok"

@@ -118,16 +118,17 @@ class DetectionTrustConfig:
 class MemoryConfig:
     """``memory.*`` of the params file."""
 
-    decay_per_s: float = 0.0
+    decay_per_s: float = 0.3
     process_noise_m2_per_s: float = 4.0
+    yaw_noise_rad2_per_s: float = 0.1
     max_age_s: float = 0.5
     class_evidence: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay_per_s < 1.0:
             raise ValueError(f"decay_per_s must lie in [0, 1), got {self.decay_per_s}")
-        if self.process_noise_m2_per_s < 0 or self.max_age_s <= 0:
-            raise ValueError("process_noise_m2_per_s >= 0 and max_age_s > 0 needed")
+        if self.process_noise_m2_per_s < 0 or self.yaw_noise_rad2_per_s < 0 or self.max_age_s <= 0:
+            raise ValueError("process_noise_m2_per_s >= 0, yaw_noise_rad2_per_s >= 0 and max_age_s > 0 needed")
 
 
 @dataclass
@@ -187,7 +188,7 @@ class DetectionFusionNode(NodeCore):
             setattr(self, attr, value)
         self.trust = self.trust_config.to_trust()
         self.memory = DetectionMemory(self.memory_config.decay_per_s, self.memory_config.process_noise_m2_per_s,
-                                      self.memory_config.max_age_s)
+                                      self.memory_config.max_age_s, self.memory_config.yaw_noise_rad2_per_s)
         self.memory_state = "off" if self.memory.decay_per_s <= 0 else "empty"
         self.poses = PoseBuffer(self.odometry_max_gap_s)
         self._pending: list[tuple[int, int]] = []  # (stamp, node-clock deadline)
@@ -234,6 +235,7 @@ class DetectionFusionNode(NodeCore):
             self.memory.decay_per_s = out["memory_config"].decay_per_s
             self.memory.process_noise_m2_per_s = out["memory_config"].process_noise_m2_per_s
             self.memory.max_age_s = out["memory_config"].max_age_s
+            self.memory.yaw_noise_rad2_per_s = out["memory_config"].yaw_noise_rad2_per_s
             self.poses.max_gap_ns = int(out["odometry_max_gap_s"] * 1e9)
         return out
 
