@@ -67,6 +67,7 @@ __all__ = [
     "FusedDetection",
     "align_yaw",
     "associate",
+    "cost_matrix",
     "evidence_from_probabilities",
     "fuse_frame",
     "hungarian",
@@ -78,6 +79,7 @@ __all__ = [
 
 #: indices of (x, y, z, yaw) in the 6 x 6 pose covariance
 STATE = (0, 1, 2, 5)
+_STATE_IDX = np.ix_(STATE, STATE)
 #: smallest Dirichlet parameter: evidence may be negative down to ``ALPHA_FLOOR - 1`` (see
 #: :func:`evidence_from_probabilities`); sums of discounted evidence are floored here
 ALPHA_FLOOR = 1e-6
@@ -262,25 +264,44 @@ class Cluster:
         return max(sorted(self.members.items()), key=lambda kv: kv[1].evidence[:-1].sum())[1]
 
 
+def cost_matrix(a: Sequence[EvidentialBox], b: Sequence[EvidentialBox], params: AssociationParams,
+                big: float = 1e9) -> NDArray[np.float64]:
+    """Squared BEV Mahalanobis distances of every pair (``big`` where a gate of :func:`_admissible` fails),
+    vectorised: the same numbers as :func:`mahalanobis_bev` pair by pair."""
+    ca = np.array([x.center[:2] for x in a], np.float64).reshape(-1, 2)
+    cb = np.array([x.center[:2] for x in b], np.float64).reshape(-1, 2)
+    floor = np.eye(2) * params.min_sigma_m**2
+    pa = np.array([x.bev_covariance() for x in a]).reshape(-1, 2, 2) + floor
+    pb = np.array([x.bev_covariance() for x in b]).reshape(-1, 2, 2) + floor
+    d = ca[:, None, :] - cb[None, :, :]
+    s = pa[:, None] + pb[None, :]
+    det = s[..., 0, 0] * s[..., 1, 1] - s[..., 0, 1] * s[..., 1, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d2 = (d[..., 0] ** 2 * s[..., 1, 1] - d[..., 0] * d[..., 1] * (s[..., 0, 1] + s[..., 1, 0])
+              + d[..., 1] ** 2 * s[..., 0, 0]) / det
+    d2 = np.where(np.isfinite(d2) & (det > 0), d2, np.inf)
+    proba = np.array([x.probabilities for x in a]).reshape(len(a), -1)
+    probb = np.array([x.probabilities for x in b]).reshape(len(b), -1)
+    la = np.array([x.label for x in a], np.int64)
+    lb = np.array([x.label for x in b], np.int64)
+    cls_ok = (proba[:, lb] >= params.min_class_probability) & (probb[:, la].T >= params.min_class_probability)
+    ok = (np.hypot(d[..., 0], d[..., 1]) <= params.max_centre_distance_m) & cls_ok & (d2 <= params.gate_d2)
+    return np.where(ok, d2, big)
+
+
 def associate(sources: Mapping[str, Sequence[EvidentialBox]], params: AssociationParams) -> list[Cluster]:
     """Clusters of boxes across sources (see module doc, step 1). Sources are taken in name order, so the
     result does not depend on the order of the mapping; with two sources the assignment is the global
     optimum of the pair, which is symmetric in the two."""
     clusters: list[Cluster] = []
+    big = 1e9
     for name in sorted(sources):
         boxes = list(sources[name])
         if not boxes:
             continue
         taken: set[int] = set()
         if clusters:
-            reps = [c.representative() for c in clusters]
-            big = 1e9
-            cost = np.full((len(reps), len(boxes)), big)
-            for i, r in enumerate(reps):
-                for j, b in enumerate(boxes):
-                    d2 = _admissible(r, b, params)
-                    if d2 is not None:
-                        cost[i, j] = d2
+            cost = cost_matrix([c.representative() for c in clusters], boxes, params, big)
             for i, j in hungarian(cost):
                 if cost[i, j] < big:
                     clusters[i].members[name] = boxes[j]
@@ -307,7 +328,7 @@ def _state(box: EvidentialBox, ref_yaw: float) -> NDArray[np.float64]:
 
 
 def _state_cov(box: EvidentialBox) -> NDArray[np.float64]:
-    c = np.asarray(box.covariance, np.float64)[np.ix_(STATE, STATE)]
+    c = np.asarray(box.covariance, np.float64)[_STATE_IDX]
     return 0.5 * (c + c.T)
 
 
@@ -329,20 +350,17 @@ def merge_boxes(boxes: Sequence[EvidentialBox], weights: Sequence[float], rule: 
         b, w = live[0]
         cov = np.array(b.covariance, np.float64)
         if w != 1.0:
-            idx = np.ix_(STATE, STATE)
-            cov[idx] = cov[idx] / w
+            cov[_STATE_IDX] = cov[_STATE_IDX] / w
         return EvidentialBox(np.array(b.center, np.float64), np.array(b.size, np.float64), float(b.yaw), cov,
                              np.asarray(evidence, np.float64), b.branch)
-    infos = []
-    for b, w in live:
-        p = _state_cov(b) + np.eye(4) * min_variance
-        infos.append(np.linalg.inv(p))
+    covs = [_state_cov(b) + np.eye(4) * min_variance for b, _ in live]
+    infos = [np.linalg.inv(c) for c in covs]
     ref = max(range(len(live)), key=lambda i: np.trace(infos[i]))
     ref_yaw = float(live[ref][0].yaw)
     if rule == "information":
         omegas = [w for _, w in live]
     else:
-        raw = [w / float(np.trace(_state_cov(b) + np.eye(4) * min_variance)) for b, w in live]
+        raw = [w / float(np.trace(c)) for c, (_, w) in zip(covs, live, strict=True)]
         total = sum(raw)
         wsum = max(w for _, w in live)  # CI of discounted sources: at most as sure as the most trusted one
         omegas = [wsum * r / total for r in raw]
@@ -352,10 +370,10 @@ def merge_boxes(boxes: Sequence[EvidentialBox], weights: Sequence[float], rule: 
     p_fused = 0.5 * (p_fused + p_fused.T)
     mu = p_fused @ eta
     cov = np.zeros((6, 6))
-    cov[np.ix_(STATE, STATE)] = p_fused
+    cov[_STATE_IDX] = p_fused
     for k in (3, 4):  # roll, pitch: not estimated
         cov[k, k] = min(float(b.covariance[k][k]) for b, _ in live)
-    size_w = np.array([w / max(float(np.trace(_state_cov(b)[:2, :2])), 1e-12) for b, w in live])
+    size_w = np.array([w / max(float(c[0, 0] + c[1, 1]), 1e-12) for c, (_, w) in zip(covs, live, strict=True)])
     size = (size_w[:, None] * np.array([b.size for b, _ in live], np.float64)).sum(0) / size_w.sum()
     return EvidentialBox(mu[:3].copy(), size, float(wrap_angle(mu[3])), cov, np.asarray(evidence, np.float64),
                          "+".join(sorted(b.branch for b, _ in live)))

@@ -60,7 +60,7 @@ from perception_nodes.codecs.vision import EVIDENCE_STRENGTH_ID, VISION_DETECTIO
 from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.errors import MalformedMessageError
 from perception_nodes.evidential.detection_fusion import (
-    STATE,
+    _STATE_IDX,
     AssociationParams,
     DetectionMemory,
     DetectionTrust,
@@ -377,7 +377,7 @@ class DetectionFusionNode(NodeCore):
         if ok:
             cov = raw.reshape(6, 6)
             cov = 0.5 * (cov + cov.T)
-            block = cov[np.ix_(STATE, STATE)]
+            block = cov[_STATE_IDX]
             try:
                 ok = bool(np.linalg.eigvalsh(block).min() > 0)
             except np.linalg.LinAlgError:
@@ -501,7 +501,15 @@ class DetectionFusionNode(NodeCore):
                         else:
                             boxes = self._moved(boxes, m)
                     sources[name] = boxes
-                clusters = associate(sources, self.association)
+                pose = self.poses.at(stamp) if self.odometry_topic else np.eye(3)
+                motion = None
+                if self.memory.stamp_ns is not None:
+                    motion = self._motion(self.memory.stamp_ns, stamp) if pose is not None else None
+                prior, w_mem, self.memory_state = self.memory.prior(stamp, motion)
+                with_memory = {**sources, MEMORY: prior} if prior and w_mem > 0 else sources
+                # one association; the memory joins as one more source (it only confirms, module doc) and
+                # takes no part in the branches' conflicts
+                clusters = associate(with_memory, self.association)
                 conflicts = self.trust.conflicts(clusters, list(sources))
                 self.trust.update(conflicts)
                 weights: dict[str, float] = {}
@@ -509,14 +517,7 @@ class DetectionFusionNode(NodeCore):
                     st.conflict = conflicts.get(name)
                     st.weight = pre[name] * self.trust.trust(name)
                     weights[name] = st.weight
-                pose = self.poses.at(stamp) if self.odometry_topic else np.eye(3)
-                motion = None
-                if self.memory.stamp_ns is not None:
-                    motion = self._motion(self.memory.stamp_ns, stamp) if pose is not None else None
-                prior, w_mem, self.memory_state = self.memory.prior(stamp, motion)
-                if prior and w_mem > 0:
-                    # the memory joins the clusters as one more source (it only confirms, module doc)
-                    clusters = associate({**sources, MEMORY: prior}, self.association)
+                if with_memory is not sources:
                     weights[MEMORY] = w_mem
             with self.latency.stage("merge"):
                 fused = merge_clusters(clusters, weights, self.box_rule, confirm_only=(MEMORY,),

@@ -227,3 +227,17 @@ def test_covariances_stay_symmetric_and_positive_definite():
                 cov = np.asarray(f.box.covariance)
                 assert np.isfinite(cov).all() and np.allclose(cov, cov.T, atol=16 * EPS)
                 assert np.linalg.eigvalsh(cov).min() > 0
+
+
+def test_the_vectorised_cost_matrix_equals_the_pairwise_gates():
+    from perception_nodes.evidential.detection_fusion import _admissible, cost_matrix
+
+    rng = np.random.default_rng(9)
+    a = scene(rng, 8, "a", 1.0) + [box(12.0, 0.5, cls=1, p=0.85), box(12.2, 0.4, sxy=0.0)]
+    b = scene(rng, 8, "b", 1.0) + [box(12.1, 0.5, cls=0, p=0.85)]
+    c = cost_matrix(a, b, ASSOC)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            ref = _admissible(x, y, ASSOC)
+            assert (c[i, j] >= 1e9) if ref is None else c[i, j] == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    assert (c < 1e9).sum() >= 5  # the gates let the near, class-compatible pairs through
