@@ -255,3 +255,17 @@ def test_memory_confirms_boxes_seen_again_and_never_publishes_ghosts():
     c1 = min(first.detections, key=lambda d: d.bbox.center.position.x).results[0].pose.covariance[0]
     c2 = second.detections[0].results[0].pose.covariance[0]
     assert c2 < c1 and node.memory_state == "ok"
+
+
+def test_yaml_defaults_match_the_dataclass_defaults():
+    """perception.params.yaml documents the defaults; the code's must not drift from them."""
+    from perception_nodes.config import to_dataclass
+    from perception_nodes.evidential.detection_fusion import AssociationParams
+    from perception_nodes.graph.detection_fusion import DetectionBranchConfig, DetectionTrustConfig, MemoryConfig
+
+    p = load_params()["detection_fusion"]
+    assert to_dataclass(AssociationParams, p["association"]) == AssociationParams()
+    assert to_dataclass(DetectionTrustConfig, p["trust"]) == DetectionTrustConfig()
+    assert to_dataclass(MemoryConfig, p["memory"]) == MemoryConfig()
+    lidar = DetectionBranchConfig.from_params("lidar", p["branches"]["lidar"])
+    assert lidar == DetectionBranchConfig("lidar", lidar.detections_topic, weight_topic=lidar.weight_topic)
