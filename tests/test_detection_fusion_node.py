@@ -269,3 +269,18 @@ def test_yaml_defaults_match_the_dataclass_defaults():
     assert to_dataclass(MemoryConfig, p["memory"]) == MemoryConfig()
     lidar = DetectionBranchConfig.from_params("lidar", p["branches"]["lidar"])
     assert lidar == DetectionBranchConfig("lidar", lidar.detections_topic, weight_topic=lidar.weight_topic)
+
+
+def test_runtime_reconfigure_keeps_state_and_refuses_read_only_keys():
+    node, clock = make()
+    clock.ns = 10 * S
+    node.handle(LIDAR, msg(10 * S, SCENE))
+    node.reconfigure({"memory": {"decay_per_s": 0.5}, "trust": {"conflict_bad": 0.6},
+                      "box_rule": "covariance_intersection", "association": {"gate_probability": 0.95}})
+    assert node.memory.decay_per_s == 0.5 and node.trust.params.conflict_bad == 0.6
+    assert node.box_rule == "covariance_intersection" and node.association.gate_probability == 0.95
+    assert node.fused_out == 1 and node.branches["lidar"].history  # state kept
+    with pytest.raises(ConfigError, match="read-only"):
+        node.reconfigure({"classes": ["car"]})
+    with pytest.raises(ConfigError):
+        node.reconfigure({"box_rule": "average"})
