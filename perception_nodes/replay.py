@@ -37,6 +37,7 @@ from perception_nodes.config import load_params
 from perception_nodes.evaluation import GROUND_TRUTH_TOPICS, Evaluator, write_metrics
 from perception_nodes.graph import NodeCore, build_graph, resolve_topic
 from perception_nodes.graph.camera_bev import CameraBevNode
+from perception_nodes.graph.detection_fusion import DetectionFusionNode
 from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
 from perception_nodes.graph.stereo_occupancy import StereoOccupancyNode
@@ -101,6 +102,8 @@ class ReplayResult:
     stereo_grids: list[tuple[int, Any, Any]] = field(default_factory=list)
     # camera -> BEV node, last frames: (stamp, occupancy, uncertainty)
     camera_grids: list[tuple[int, Any, Any]] = field(default_factory=list)
+    # detection fusion node, last frames: (stamp, fused vision_msgs Detection3DArray)
+    fused_detections: list[tuple[int, Any]] = field(default_factory=list)
 
 
 class _FusionCapture:
@@ -190,6 +193,10 @@ def run_graph(
     camera = next((n for n in nodes if isinstance(n, CameraBevNode)), None)
     camera_topics = {camera.output_topic: "occ", camera.uncertainty_topic: "unc"} if camera is not None else {}
     pending_camera: dict[int, dict[str, Any]] = {}
+    # the detection fusion node's fused boxes per stamp (report panel beside the LiDAR boxes)
+    det_fusion = next((n for n in nodes if isinstance(n, DetectionFusionNode)), None)
+    fused_det_topic = det_fusion.detections_topic if det_fusion is not None else None
+    fused_dets: dict[int, Any] = {}
 
     def deliver(topic: str, msg: Any, out_bag: OutputBag) -> dict[str, int]:
         # (topic, message, replay time it was published); each node busy until free_at (module doc)
@@ -230,6 +237,10 @@ def run_graph(
                         pending_camera.setdefault(stamp, {})[camera_topics[name]] = e.msg
                         for old in sorted(pending_camera)[:-keep_grids]:
                             del pending_camera[old]
+                    if name == fused_det_topic:
+                        fused_dets[e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec] = e.msg
+                        for old in sorted(fused_dets)[:-keep_grids]:
+                            del fused_dets[old]
                     queue.append((name, e.msg, done))
         clock.set(last)
         return free_at
@@ -312,6 +323,7 @@ def run_graph(
             result.detections.append((stamp, d["det"], occ, unc))
     result.stereo_grids = [(st, g["occ"], g["unc"]) for st, g in sorted(pending_stereo.items()) if len(g) == 2]
     result.camera_grids = [(st, g["occ"], g["unc"]) for st, g in sorted(pending_camera.items()) if len(g) == 2]
+    result.fused_detections = sorted(fused_dets.items())
     result.latency = latency_report(nodes, bag_read, overhead)
     result.samples = {f"{n.name}/{k}": list(v.all or []) for n in nodes for k, v in n.latency.series.items()}
     (out_dir / "latency.json").write_text(json.dumps(result.latency, indent=2, allow_nan=False))

@@ -19,7 +19,7 @@ from perception_nodes import topics
 from perception_nodes.bags import BagReader
 from perception_nodes.codecs.backend import default_backend, stamp_to_ns
 from perception_nodes.codecs.pointcloud2 import create_xyzi_cloud, read_xyzi
-from perception_nodes.codecs.vision import vision_detections_msg
+from perception_nodes.codecs.vision import EVIDENCE_STRENGTH_ID, vision_detections_msg
 from perception_nodes.errors import NodeUnavailable
 from perception_nodes.graph.lidar_detection import LidarDetectionNode, thin_points
 from perception_nodes.models.decode import Detections
@@ -141,6 +141,11 @@ def test_detection_messages_carry_what_the_network_decodes(kitti_run):
     names = node.net.config.classes
     tol = 1e-4  # float32 through two runs of the same network (summation order may differ)
     for i, d in enumerate(msg.detections):
+        # last result: the Dirichlet strength S = (K + 1) / vacuity (not a class; read by detection_fusion)
+        *results, strength = d.results
+        assert strength.hypothesis.class_id == EVIDENCE_STRENGTH_ID
+        assert strength.hypothesis.score == pytest.approx((len(names) + 1) / float(ref.vacuity[i]), rel=1e-3)
+        d.results = results
         ids = [r.hypothesis.class_id for r in d.results]
         assert sorted(ids) == sorted(names) and ids[0] == names[int(ref.label[i])]  # strings, own class first
         scores = [r.hypothesis.score for r in d.results]

@@ -10,7 +10,12 @@ real ``vision_msgs`` subscriber matches) carries per detection:
   the same ``pose``: the box centre with the 6 x 6 covariance over (x, y, z, roll, pitch, yaw), row-major,
   from the NIG predictive variances (diagonal; roll and pitch, which are not estimated, get a large
   variance rather than 0, which would mean "known exactly");
-* ``id``: empty (no tracking here).
+* ``id``: empty (no tracking here);
+* with ``strength`` given (the LiDAR branch gives it), one more result at the end whose ``class_id`` is
+  :data:`EVIDENCE_STRENGTH_ID` (not a class): its ``score`` is the Dirichlet strength
+  ``S = sum_k alpha_k`` over the classes and background at the box's cell, so a consumer can recover the
+  class evidence ``alpha_k = score_k S`` (the detection fusion node does); consumers that only read
+  ``results[0]`` or look up known class names are unaffected.
 
 Builders take arrays (duck-typed :class:`perception_nodes.models.decode.Detections`), so this module does
 not import torch.
@@ -26,6 +31,8 @@ import numpy as np
 from perception_nodes.codecs.backend import MessageBackend, default_backend, make_header
 
 VISION_DETECTIONS_TYPE = "vision_msgs/msg/Detection3DArray"
+#: class_id of the trailing pseudo-hypothesis carrying the Dirichlet strength S (see module doc)
+EVIDENCE_STRENGTH_ID = "dirichlet_strength"
 CURVATURE_TYPE = "perception_interfaces/msg/CurvaturePrediction"
 
 
@@ -53,10 +60,11 @@ def _pose(b: MessageBackend, center: Sequence[float], yaw: float) -> Any:
 
 
 def vision_detections_msg(det: DetectionArrays, stamp_ns: int, frame_id: str,
-                          backend: MessageBackend | None = None) -> Any:
+                          backend: MessageBackend | None = None, strength: np.ndarray | None = None) -> Any:
     """A ``vision_msgs/Detection3DArray`` of one scan's boxes (see the module doc for the field meaning).
 
     Zero boxes give a valid, empty array with the scan's stamp: "nothing detected in this scan".
+    ``strength`` (one Dirichlet strength per box, optional) adds the :data:`EVIDENCE_STRENGTH_ID` result.
     """
     b = backend or default_backend()
     header = make_header(b, stamp_ns, frame_id)
@@ -76,6 +84,11 @@ def vision_detections_msg(det: DetectionArrays, stamp_ns: int, frame_id: str,
                   pose=b.new("geometry_msgs/msg/PoseWithCovariance", pose=pose, covariance=cov))
             for j in order
         ]
+        if strength is not None:
+            results.append(b.new("vision_msgs/msg/ObjectHypothesisWithPose",
+                                 hypothesis=b.new("vision_msgs/msg/ObjectHypothesis", class_id=EVIDENCE_STRENGTH_ID,
+                                                  score=float(strength[i])),
+                                 pose=b.new("geometry_msgs/msg/PoseWithCovariance", pose=pose, covariance=cov)))
         bbox = b.new("vision_msgs/msg/BoundingBox3D", center=pose,
                      size=b.new("geometry_msgs/msg/Vector3", x=float(det.size[i, 0]), y=float(det.size[i, 1]),
                                 z=float(det.size[i, 2])))

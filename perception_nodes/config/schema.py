@@ -97,6 +97,21 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("match_tolerance_s", 0.0, 60.0),
     ("odometry_max_gap_s", 0.0, 60.0),
     ("weight_warn", 0.0, 1.0),
+    # detection_fusion
+    ("branches.*.weight_missing", 0.0, 1.0),
+    ("branches.*.weight_timeout_s", 0.0, 3600.0),
+    ("branches.*.default_strength", 1.0, 1e9),
+    ("association.gate_probability", 1e-6, 0.999999),
+    ("association.max_centre_distance_m", 0.01, 1000.0),
+    ("association.min_class_probability", 0.0, 1.0),
+    ("association.min_sigma_m", 0.0, 100.0),
+    ("trust.min_boxes", 1, 100_000),
+    ("memory.decay_per_s", 0.0, 0.999),
+    ("memory.process_noise_m2_per_s", 0.0, 1e6),
+    ("memory.max_age_s", 0.001, 3600.0),
+    ("memory.yaw_noise_rad2_per_s", 0.0, 1e6),
+    ("default_sigma_*", 1e-6, 1e6),
+    ("unestimated_variance", 1.0, 1e12),
     # calibration_monitor
     ("check_every_n_scans", 1, 1_000_000),
     ("pool_checks", 1, 10_000),
@@ -156,6 +171,7 @@ RANGES: tuple[tuple[str, float, float], ...] = (
 CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("qos.*", ("sensor", "reliable", "latched")),
     ("geometry_mismatch", ("resample", "reject")),
+    ("box_rule", ("information", "covariance_intersection")),
     ("sgbm.mode", ("sgbm", "sgbm_3way", "hh", "hh4")),
 )
 
@@ -166,6 +182,7 @@ READ_ONLY: tuple[str, ...] = (
     "sync.queue_size", "keep_grids_for_report", "runtime", "weights", "threads", "fusion_queue_size",
     "branches.*",  # fusion: the branch set is wired at start
     "cameras", "pool_checks",
+    "classes",  # detection_fusion: the class set is wired at start
 )
 
 

@@ -10,6 +10,7 @@ from perception_nodes.codecs.backend import MessageBackend
 from perception_nodes.errors import NodeUnavailable
 from perception_nodes.graph.calibration_monitor import CalibrationMonitorNode
 from perception_nodes.graph.camera_bev import CameraBevNode
+from perception_nodes.graph.detection_fusion import DetectionFusionNode
 from perception_nodes.graph.ground_segmentation import GroundSegmentationNode
 from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
@@ -26,6 +27,7 @@ NODE_TYPES: dict[str, type[NodeCore]] = {
     "calibration_monitor": CalibrationMonitorNode,
     "stereo_occupancy": StereoOccupancyNode,
     "camera_bev": CameraBevNode,
+    "detection_fusion": DetectionFusionNode,
 }
 
 _log = logging.getLogger("perception_nodes.graph")

@@ -5,8 +5,9 @@ the ``runtime`` parameter (``torch``; ``onnxruntime`` where registered), on weig
 folder (empty: the packaged default). Per scan it publishes (topics in ``perception.params.yaml``):
 
 * ``detections_topic``: ``vision_msgs/Detection3DArray``; class ids are names, score = the Dirichlet
-  expected probability, ``results[].pose.covariance`` = the NIG predictive covariance of centre and yaw
-  (:mod:`perception_nodes.codecs.vision`); ``objects_topic`` (optional): the same boxes as
+  expected probability, ``results[].pose.covariance`` = the NIG predictive covariance of centre and yaw,
+  and a last result ``dirichlet_strength`` whose score is the Dirichlet strength S (not a class:
+  :mod:`perception_nodes.codecs.vision`); ``objects_topic`` (optional): the same boxes as
   ``perception_interfaces/Detection3DArray``, what ``perception-stack evaluate`` scores;
 * ``markers_topic``: ``visualization_msgs/MarkerArray`` boxes, a DELETEALL first so stale boxes vanish;
 * ``occupancy_topic`` / ``occupancy_uncertainty_topic``: the learned Beta evidence as probability and
@@ -278,7 +279,12 @@ class LidarDetectionNode(NodeCore):
 
     def _encode(self, stamp: int, det: Any, prob: np.ndarray, vac: np.ndarray, spec: GridSpec, out: Any) -> list[Emit]:
         b, frame_id = self.backend, self.base_frame
-        emits = [Emit(self.detections_topic, VISION_DETECTIONS_TYPE, vision_detections_msg(det, stamp, frame_id, b))]
+        # the Dirichlet strength S = (K + 1) / vacuity rides along (EVIDENCE_STRENGTH_ID result), so the
+        # detection fusion node can recover the class evidence alpha_k = score_k S, not only probabilities
+        with np.errstate(divide="ignore"):
+            strength = (len(det.class_names) + 1) / np.asarray(det.vacuity, np.float64)
+        emits = [Emit(self.detections_topic, VISION_DETECTIONS_TYPE,
+                      vision_detections_msg(det, stamp, frame_id, b, strength=strength))]
         boxes = det.to_box3d() if (self.objects_topic or self.markers_topic) else []
         if self.objects_topic:
             emits.append(Emit(self.objects_topic, DETECTIONS_TYPE, detections_msg(boxes, stamp, frame_id, b)))

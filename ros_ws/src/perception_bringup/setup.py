@@ -31,6 +31,7 @@ setup(
             "calibration_monitor_node = perception_bringup:calibration_monitor",
             "stereo_occupancy_node = perception_bringup:stereo_occupancy",
             "camera_bev_node = perception_bringup:camera_bev",
+            "detection_fusion_node = perception_bringup:detection_fusion",
             "perception_live = perception_bringup:live",
         ],
     },

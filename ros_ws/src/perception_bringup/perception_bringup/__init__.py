@@ -34,6 +34,8 @@ def stereo_occupancy(args=None) -> None:
 
 def camera_bev(args=None) -> None:
     main_single("camera_bev", args)
+def detection_fusion(args=None) -> None:
+    main_single("detection_fusion", args)
 
 
 def live(args=None) -> None:
