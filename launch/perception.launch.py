@@ -21,7 +21,8 @@ from launch_ros.actions import LifecycleNode
 
 #: lidar_detection needs network weights: without them its configure fails with the reason (the node stays
 #: unconfigured; the others run on)
-NODES = ("ground_segmentation", "occupancy_grid", "lidar_detection", "stereo_occupancy", "fusion", "calibration_monitor")
+NODES = ("ground_segmentation", "occupancy_grid", "lidar_detection", "stereo_occupancy", "fusion", "calibration_monitor",
+         "control")
 
 
 def _default_params() -> str:

@@ -9,6 +9,7 @@ from typing import Any
 from perception_nodes.codecs.backend import MessageBackend
 from perception_nodes.errors import NodeUnavailable
 from perception_nodes.graph.calibration_monitor import CalibrationMonitorNode
+from perception_nodes.graph.control import ControlNode
 from perception_nodes.graph.ground_segmentation import GroundSegmentationNode
 from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
@@ -24,6 +25,7 @@ NODE_TYPES: dict[str, type[NodeCore]] = {
     "fusion": FusionNode,
     "calibration_monitor": CalibrationMonitorNode,
     "stereo_occupancy": StereoOccupancyNode,
+    "control": ControlNode,
 }
 
 _log = logging.getLogger("perception_nodes.graph")

@@ -30,6 +30,7 @@ setup(
             "fusion_node = perception_bringup:fusion",
             "calibration_monitor_node = perception_bringup:calibration_monitor",
             "stereo_occupancy_node = perception_bringup:stereo_occupancy",
+            "control_node = perception_bringup:control",
             "perception_live = perception_bringup:live",
         ],
     },

@@ -32,6 +32,10 @@ def stereo_occupancy(args=None) -> None:
     main_single("stereo_occupancy", args)
 
 
+def control(args=None) -> None:
+    main_single("control", args)
+
+
 def live(args=None) -> None:
     from perception_nodes.cli import main
 
