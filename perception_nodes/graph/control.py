@@ -75,7 +75,6 @@ class ControlNode(NodeCore):
         self.fsm = FallbackStateMachine(self.fallback_params)
         self.health = CloudHealthMonitor(self.health_params)
         self._scan_health: dict[int, CloudHealth] = {}
-        self._last_scan_arrival: int | None = None
         self._last_arrival: int | None = None  # node clock of the newest curvature message
         self._last_input_stamp: int | None = None
         self._last_command_stamp = -1
@@ -168,7 +167,6 @@ class ControlNode(NodeCore):
         self._scan_health[stamp] = h
         for old in sorted(self._scan_health)[:-20]:
             del self._scan_health[old]
-        self._last_scan_arrival = self.clock()
         self.latency.record("health", (time.perf_counter_ns() - t0) / 1e6)
         self.mark_used(topic)
         return []
@@ -229,17 +227,23 @@ class ControlNode(NodeCore):
         return self._command(now, latency_s=0.0)
 
     def _health_reasons(self, stamp: int) -> tuple[str, ...]:
+        """Health triggers of the scan behind the command at ``stamp`` (matched by stamp, not arrival time:
+        the LiDAR branch's own latency must not make the scan look late)."""
         if not self.health_points_topic:
             return ()
-        now = self.clock()
-        if self._last_scan_arrival is None or now - self._last_scan_arrival > self.health_timeout_s * 1e9:
-            return (f"no LiDAR scan on {self.health_points_topic} for > {self.health_timeout_s:g} s",)
-        # the scan of this stamp (or the newest before it)
         older = [s for s in self._scan_health if s <= stamp + 1_000_000]
-        h = self._scan_health[max(older)] if older else self._scan_health[max(self._scan_health)]
-        return h.reasons
+        if not older or stamp - max(older) > self.health_timeout_s * 1e9:
+            return (f"no LiDAR scan on {self.health_points_topic} stamped within {self.health_timeout_s:g} s "
+                    "before the command",)
+        return self._scan_health[max(older)].reasons
+
+    def warmup(self) -> None:
+        """Build the Student-t quantile table of ``interval_level`` now (~0.3 s) rather than in the first command."""
+        nf.interval(nf.NIGArray(0.0, 1.0, 2.0, 1.0), self.interval_level)
 
     def _command(self, stamp: int, latency_s: float) -> list[Emit]:
+        arrival = self._last_arrival if self._last_arrival is not None else self.clock()
+        age = max(0.0, (self.clock() - arrival) / 1e9)  # before this command's own work
         with self.latency.frame(stamp) as frame:
             with self.latency.stage("fuse"):
                 targets = np.array([self.lookahead_m])
@@ -253,8 +257,6 @@ class ControlNode(NodeCore):
                 kappa = float(nig.gamma[0]) if fused.sources else math.nan
             with self.latency.stage("command"):
                 u = math.sqrt(var) if self.uncertainty_metric == "std" else hi - lo
-                arrival = self._last_arrival if self._last_arrival is not None else self.clock()
-                age = max(0.0, (self.clock() - arrival) / 1e9)
                 reasons = list(self._health_reasons(stamp))
                 if latency_s > self.max_input_latency_s:
                     reasons.append(f"curvature input {latency_s:.2f} s old at arrival (> {self.max_input_latency_s:g} s)")
