@@ -225,3 +225,20 @@ def test_scan_health_triggers_fallback_on_a_sparse_scan():
     unc, = by_type(feed(node, clock, LIDAR, curv(T0 + 12 * FRAME)), UNCERTAINTY_TYPE)
     assert unc.fallback and "no LiDAR scan" in unc.reason
     assert CURVATURE_TYPE in {p.msgtype for p in node.inputs()}
+
+
+def test_report_section_plots_the_command_with_its_band_and_counts_fallback(tmp_path):
+    from pathlib import Path
+
+    from perception_nodes.replay import ReplayResult
+    from perception_nodes.report import _fallback_spans, control_section
+
+    r = ReplayResult(tmp_path, Path("bag"), 0, {}, {})
+    fb = [5 <= i < 9 for i in range(12)]
+    r.control = [(T0 + i * FRAME, 0.01, 0.005 if not fb[i] else -math.inf, 0.015 if not fb[i] else math.inf, 0.01,
+                  3.0 if fb[i] else 9.0, fb[i], "curvature input stale (0.4 s > 0.35 s) (holding)") for i in range(12)]
+    html_text = control_section(r)
+    assert (tmp_path / "control.png").stat().st_size > 0
+    assert "12 commands, 4 in fallback, 1 fallback episode(s)" in html_text and "curvature input stale" in html_text
+    assert _fallback_spans(np.arange(12) * 0.1, np.array(fb)) == [(pytest.approx(0.5), pytest.approx(0.9))]
+    assert control_section(ReplayResult(tmp_path, Path("bag"), 0, {}, {})) == ""
