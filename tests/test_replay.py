@@ -227,6 +227,7 @@ def test_empty_and_nan_clouds_still_yield_grids_and_are_reported(kitti_bag, tmp_
     params["lidar_detection"]["enabled"] = False  # the geometric path only (the branch has its own tests)
     params["calibration_monitor"]["enabled"] = False  # (tests/test_calibration_monitor.py)
     params["stereo_occupancy"]["enabled"] = False  # a LiDAR-only bag (the stereo node has its own tests)
+    params["control"]["enabled"] = False  # driven by the LiDAR branch's curvature (tests/test_control_*)
     res = run_graph(dst, params, tmp_path / "out", progress=False)
     assert res.latency["frames_out"] == {"ground_segmentation": 5, "occupancy_grid": 5, "fusion": 5}
     assert res.latency["malformed_inputs"] == {}

@@ -157,12 +157,10 @@ class ControlNode(NodeCore):
 
     def _on_scan(self, topic: str, msg: Any) -> list[Emit]:
         t0 = time.perf_counter_ns()
-        pts = read_xyzi(msg)
-        with np.errstate(invalid="ignore", over="ignore"):
-            ok = np.isfinite(pts[:, 0] + pts[:, 1] + pts[:, 2])
-            r2 = pts[:, 0] ** 2 + pts[:, 1] ** 2 + pts[:, 2] ** 2
-        ok &= r2 <= self.max_point_range_m ** 2
-        h = self.health.assess(pts[ok])
+        # finite points within the range gate; a cloud mostly beyond it is implausible (dropped, counted) as in
+        # every node that reads the scan; the points themselves are counted by the nodes that use them
+        pts = self.sanitize(topic, read_xyzi(msg), count_points=False)
+        h = self.health.assess(pts)
         stamp = stamp_to_ns(msg.header.stamp)
         self._scan_health[stamp] = h
         for old in sorted(self._scan_health)[:-20]:
