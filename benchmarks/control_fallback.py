@@ -9,7 +9,9 @@ the node's ``/control/command/uncertainty`` this reports:
   ``delay_frames`` = commands from the first one stamped in the window to the first one in fallback
   (0 = the first faulty frame already falls back; None = no fallback in the window);
 * ``false_alarm_frames``: fallback commands stamped before the first fault, or more than
-  ``--recovery-s`` after the last one ends (a clean bag: every fallback frame);
+  ``--recovery-s`` after the last one ends (a clean bag: every fallback frame); commands stamped after the
+  last curvature input (the replay's final tick once the bag has ended: the input is then stale and the
+  node rightly falls back) are counted apart in ``after_input_end``;
 * ``variance_only``: the same counts from the fallback state machine re-run offline on the recorded fused
   std alone (no input-health triggers), so the reaction of the curvature head's own uncertainty shows;
 * the LiDAR branch's raw std at the lookahead inside vs outside the fault windows (medians) and the
@@ -71,18 +73,20 @@ def analyse(bag: Path, params: dict[str, Any], recovery_s: float) -> dict[str, A
     rows: list[dict[str, Any]] = []
     raw: dict[int, float] = {}
 
-    def on_output(name: str, msg: Any) -> None:
-        if name == unc_topic:
-            rows.append({"stamp": _ns(msg), "k": msg.curvature, "var": msg.curvature_variance,
-                         "lo": msg.interval_low, "hi": msg.interval_high, "fallback": bool(msg.fallback),
-                         "reason": msg.reason, "age": msg.input_age_s})
-        elif name == curv_topic:
-            h = np.asarray(msg.horizon_m, float)
-            v = np.asarray(msg.variance, float)
-            raw[_ns(msg)] = float(np.sqrt(np.interp(look, h, v)))
-
     with tempfile.TemporaryDirectory() as tmp:
-        run_graph(bag, params, Path(tmp), progress=False, on_output=on_output)
+        run_graph(bag, params, Path(tmp), progress=False)
+        # read back what the graph published, timer-driven commands (stale input) included
+        with BagReader(Path(tmp)) as r:
+            for rec in r.records(topics=[unc_topic, curv_topic]):
+                msg = rec.msg
+                if rec.topic == unc_topic:
+                    rows.append({"stamp": _ns(msg), "k": msg.curvature, "var": msg.curvature_variance,
+                                 "lo": msg.interval_low, "hi": msg.interval_high, "fallback": bool(msg.fallback),
+                                 "reason": msg.reason, "age": msg.input_age_s})
+                else:
+                    h = np.asarray(msg.horizon_m, float)
+                    v = np.asarray(msg.variance, float)
+                    raw[_ns(msg)] = float(np.sqrt(np.interp(look, h, v)))
     gt: dict[int, float] = {}
     with BagReader(bag) as r:
         for rec in r.records(topics=[topics.GT_CURVATURE]):
@@ -90,6 +94,12 @@ def analyse(bag: Path, params: dict[str, Any], recovery_s: float) -> dict[str, A
         first = min(gt) if gt else (rows[0]["stamp"] if rows else 0)
     windows = fault_windows(bag)
     rows.sort(key=lambda x: x["stamp"])
+    # commands after the last curvature input (the replay's final timer tick, 10 s after the bag: the input
+    # stopped, a stale-input fallback is the right answer) are reported apart, not as false alarms
+    last_input = max(raw) if raw else None
+    timeout_ns = int(float((ctl.get("fallback") or {}).get("input_timeout_s", 0.35)) * 1e9)
+    after = [x for x in rows if last_input is not None and x["stamp"] > last_input + timeout_ns]
+    rows = [x for x in rows if x not in after]
     fb = np.array([x["fallback"] for x in rows], bool)
     t_s = np.array([(x["stamp"] - first) / 1e9 for x in rows])
 
@@ -111,7 +121,8 @@ def analyse(bag: Path, params: dict[str, Any], recovery_s: float) -> dict[str, A
         return {"fallback_frames": int(fallback.sum()), "episodes": len(eps), "faults": per,
                 "false_alarm_frames": int(np.count_nonzero(fallback & clean)), "clean_frames": int(clean.sum())}
 
-    out: dict[str, Any] = {"bag": str(bag), "commands": len(rows), **counts(fb)}
+    out: dict[str, Any] = {"bag": str(bag), "commands": len(rows), **counts(fb),
+                           "after_input_end": {"commands": len(after), "fallback": sum(x["fallback"] for x in after)}}
     reasons: dict[str, int] = {}
     for x in rows:
         if x["fallback"]:

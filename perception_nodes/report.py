@@ -439,6 +439,10 @@ def control_section(result: ReplayResult) -> str:
     plot_control(rows, getattr(result, "control_truth", None) or [], result.out_dir / "control.png")
     fb = [r[6] for r in rows]
     episodes = sum(1 for i, f in enumerate(fb) if f and (i == 0 or not fb[i - 1]))
+    tail = 0  # trailing stale-input fallback: the input ended (a replay's last timer tick), not a fault
+    while tail < len(rows) and rows[-1 - tail][6] and "stale" in rows[-1 - tail][7]:
+        tail += 1
+    end_note = f" ({tail} of them after the curvature input ended: stale input)" if tail else ""
     reasons: dict[str, int] = {}
     for r in rows:
         if r[6]:
@@ -448,8 +452,8 @@ def control_section(result: ReplayResult) -> str:
                   sorted(reasons.items(), key=lambda kv: -kv[1])[:8])
     return ("<h2>Control command (docs/control.md)</h2><p>fused curvature at the lookahead with its predictive "
             "interval (Student-t of the fused NIG, at the node's interval_level), the commanded curvature and "
-            f"speed; fallback periods shaded red. {len(rows)} commands, {sum(fb)} in fallback, {episodes} "
-            "fallback episode(s).</p>"
+            f"speed; fallback periods shaded red. {len(rows)} commands, {sum(fb)} in fallback{end_note}, "
+            f"{episodes} fallback episode(s).</p>"
             '<img src="control.png" width="1000">'
             + (f"<table><tr><th>fallback reason</th><th>commands</th></tr>{top}</table>" if top else ""))
 

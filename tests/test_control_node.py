@@ -240,5 +240,7 @@ def test_report_section_plots_the_command_with_its_band_and_counts_fallback(tmp_
     html_text = control_section(r)
     assert (tmp_path / "control.png").stat().st_size > 0
     assert "12 commands, 4 in fallback, 1 fallback episode(s)" in html_text and "curvature input stale" in html_text
+    r.control.append((T0 + 30 * FRAME, math.nan, -math.inf, math.inf, 0.0, 3.0, True, "curvature input stale (2 s)"))
+    assert "5 in fallback (1 of them after the curvature input ended" in control_section(r)
     assert _fallback_spans(np.arange(12) * 0.1, np.array(fb)) == [(pytest.approx(0.5), pytest.approx(0.9))]
     assert control_section(ReplayResult(tmp_path, Path("bag"), 0, {}, {})) == ""
