@@ -173,6 +173,7 @@ def test_obstacle_timeout_falls_back_to_inline_segmentation(kitti_bag, tmp_path)
     params["fusion"]["enabled"] = False
     params["calibration_monitor"]["enabled"] = False  # (tests/test_calibration_monitor.py)
     params["stereo_occupancy"]["enabled"] = False  # (this bag has no right camera: tests/test_stereo_*)
+    params["control"]["enabled"] = False  # driven by the LiDAR branch's curvature (tests/test_control_*)
     res = run_graph(kitti_bag, params, tmp_path, progress=False)
     assert res.latency["frames_out"] == {"occupancy_grid": 3}
     assert res.output_counts[topics.OCCUPANCY_GRID] == 3
