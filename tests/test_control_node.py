@@ -244,3 +244,21 @@ def test_report_section_plots_the_command_with_its_band_and_counts_fallback(tmp_
     assert "5 in fallback (1 of them after the curvature input ended" in control_section(r)
     assert _fallback_spans(np.arange(12) * 0.1, np.array(fb)) == [(pytest.approx(0.5), pytest.approx(0.9))]
     assert control_section(ReplayResult(tmp_path, Path("bag"), 0, {}, {})) == ""
+
+
+def test_staleness_is_measured_in_data_time_while_other_inputs_move_on():
+    node, clock = make()
+    node.handle(ODOM, odom(T0, 0.0))
+    feed(node, clock, LIDAR, curv(T0))
+    # a slow machine: the node clock is far ahead, but odometry is no newer than the curvature -> not stale
+    node.handle(ODOM, odom(T0 + FRAME // 2, 0.45))
+    clock.t = T0 + 30 * FRAME
+    assert node.input_staleness_s() == pytest.approx(0.05)
+    assert not by_type(node.tick(), UNCERTAINTY_TYPE)
+    # the curvature stops while odometry goes on: stale once 0.35 s of odometry have passed without it
+    node.handle(ODOM, odom(T0 + 3 * FRAME, 2.7))
+    assert not by_type(node.tick(), UNCERTAINTY_TYPE)
+    node.handle(ODOM, odom(T0 + 4 * FRAME, 3.6))
+    clock.t += FRAME
+    unc, = by_type(node.tick(), UNCERTAINTY_TYPE)
+    assert unc.fallback and "stale" in unc.reason and unc.input_age_s == pytest.approx(0.4)

@@ -10,8 +10,9 @@ held predictions of every sensor are shifted by the distance driven, discounted 
 ``lookahead_m`` (:mod:`perception_nodes.control.evidence`, rule in :mod:`perception_nodes.evidential.nig_fusion`);
 the fallback state machine (:mod:`perception_nodes.control.fallback`) decides between the fused curvature
 and a conservative command; the command law (:mod:`perception_nodes.control.law`) makes it a command.
-While no curvature arrives for ``fallback.input_timeout_s`` (node clock), the timer publishes fallback
-commands every ``stale_command_period_s``.
+While the curvature input is more than ``fallback.input_timeout_s`` behind (in data time: the newest
+odometry/scan stamp minus the newest curvature stamp; on the node clock when nothing else arrives), the
+timer publishes fallback commands every ``stale_command_period_s``.
 
 Outputs: ``command_topic`` as ``ackermann_msgs/AckermannDriveStamped`` (``command_type: ackermann``) or
 ``geometry_msgs/TwistStamped`` (``twist``); ``uncertainty_topic`` as ``perception_interfaces/ControlUncertainty``
@@ -77,6 +78,7 @@ class ControlNode(NodeCore):
         self._scan_health: dict[int, CloudHealth] = {}
         self._last_arrival: int | None = None  # node clock of the newest curvature message
         self._last_input_stamp: int | None = None
+        self._newest_data_stamp: int | None = None  # newest stamp of the other inputs (odometry, scan)
         self._last_command_stamp = -1
         self._last_command_clock: int | None = None
         self.commands_out = 0
@@ -149,6 +151,7 @@ class ControlNode(NodeCore):
             if not self.odometer.add(stamp, float(p.x), float(p.y)):
                 self.mark_dropped(topic, "out_of_order")
                 return []
+            self._data_stamp(stamp)
             self.mark_used(topic)
             return []
         if topic == self.health_points_topic:
@@ -162,6 +165,7 @@ class ControlNode(NodeCore):
         pts = self.sanitize(topic, read_xyzi(msg), count_points=False)
         h = self.health.assess(pts)
         stamp = stamp_to_ns(msg.header.stamp)
+        self._data_stamp(stamp)
         self._scan_health[stamp] = h
         for old in sorted(self._scan_health)[:-20]:
             del self._scan_health[old]
@@ -201,6 +205,7 @@ class ControlNode(NodeCore):
             self.history.clear()
             self.odometer.reset()
             self._last_command_stamp = -1
+            self._last_input_stamp = self._newest_data_stamp = None
             restart_clock(self.fsm, stamp)
         self.history.add(topic, pred)
         self.mark_used(topic)
@@ -210,19 +215,36 @@ class ControlNode(NodeCore):
             return []  # a late prediction: kept as evidence for the next command
         return self._command(stamp, latency_s=max(0.0, (self.clock() - stamp) / 1e9))
 
+    def _data_stamp(self, stamp: int) -> None:
+        if self._newest_data_stamp is not None and stamp < self._newest_data_stamp - int(self.time_jump_s * 1e9):
+            self._newest_data_stamp = None  # time went back
+        self._newest_data_stamp = stamp if self._newest_data_stamp is None else max(self._newest_data_stamp, stamp)
+
+    def input_staleness_s(self) -> float | None:
+        """How far the curvature input is behind: in data time (the newest odometry/scan stamp minus the newest
+        curvature stamp) while the other inputs move on, so a slow machine or a replay without backlog does not
+        make it stale; on the node clock since the last curvature arrived when nothing else arrives either
+        (everything stopped). None before the first curvature."""
+        if self._last_arrival is None or self._last_input_stamp is None:
+            return None
+        if self._newest_data_stamp is not None and self._newest_data_stamp > self._last_input_stamp:
+            return (self._newest_data_stamp - self._last_input_stamp) / 1e9
+        return max(0.0, (self.clock() - self._last_arrival) / 1e9)
+
     def on_tick(self) -> list[Emit]:
-        """While the curvature input is silent, publish fallback commands (stamped with the node clock)."""
+        """While the curvature input is stale (:meth:`input_staleness_s`), publish fallback commands (stamped
+        with the node clock) every ``stale_command_period_s``."""
         now = self.clock()
         if now <= 0:
             return []
-        ref = self._last_arrival  # before the first curvature there is nothing to fall back from: no command
-        if ref is None or now - ref <= self.fallback_params.input_timeout_s * 1e9:
+        stale = self.input_staleness_s()  # before the first curvature there is nothing to fall back from
+        if stale is None or stale <= self.fallback_params.input_timeout_s:
             return []
         if self._last_command_clock is not None and now - self._last_command_clock < self.stale_command_period_s * 1e9:
             return []
         if now <= self._last_command_stamp:
             return []
-        return self._command(now, latency_s=0.0)
+        return self._command(now, latency_s=0.0, staleness_s=stale)
 
     def _health_reasons(self, stamp: int) -> tuple[str, ...]:
         """Health triggers of the scan behind the command at ``stamp`` (matched by stamp, not arrival time:
@@ -239,9 +261,8 @@ class ControlNode(NodeCore):
         """Build the Student-t quantile table of ``interval_level`` now (~0.3 s) rather than in the first command."""
         nf.interval(nf.NIGArray(0.0, 1.0, 2.0, 1.0), self.interval_level)
 
-    def _command(self, stamp: int, latency_s: float) -> list[Emit]:
-        arrival = self._last_arrival if self._last_arrival is not None else self.clock()
-        age = max(0.0, (self.clock() - arrival) / 1e9)  # before this command's own work
+    def _command(self, stamp: int, latency_s: float, staleness_s: float = 0.0) -> list[Emit]:
+        age = staleness_s  # 0 for a command made on a curvature's arrival
         with self.latency.frame(stamp) as frame:
             with self.latency.stage("fuse"):
                 targets = np.array([self.lookahead_m])
