@@ -192,7 +192,7 @@ def test_stale_input_ticks_publish_fallback_commands_and_no_command_before_the_f
     clock.t += 2 * FRAME
     out = node.tick()
     unc, = by_type(out, UNCERTAINTY_TYPE)
-    assert unc.fallback and "stale" in unc.reason and unc.input_age_s > 0.35
+    assert unc.fallback and "stale" in unc.reason and unc.input_age_s > node.fallback_params.input_timeout_s
     assert any(e.msgtype == "diagnostic_msgs/msg/DiagnosticArray" for e in out)  # state change reported at once
 
 
@@ -255,10 +255,11 @@ def test_staleness_is_measured_in_data_time_while_other_inputs_move_on():
     clock.t = T0 + 30 * FRAME
     assert node.input_staleness_s() == pytest.approx(0.05)
     assert not by_type(node.tick(), UNCERTAINTY_TYPE)
-    # the curvature stops while odometry goes on: stale once 0.35 s of odometry have passed without it
-    node.handle(ODOM, odom(T0 + 3 * FRAME, 2.7))
+    # the curvature stops while odometry goes on: stale once input_timeout_s (0.25 s) of odometry have passed
+    assert node.fallback_params.input_timeout_s == 0.25
+    node.handle(ODOM, odom(T0 + 2 * FRAME, 1.8))
     assert not by_type(node.tick(), UNCERTAINTY_TYPE)
-    node.handle(ODOM, odom(T0 + 4 * FRAME, 3.6))
+    node.handle(ODOM, odom(T0 + 3 * FRAME, 2.7))  # the 3rd frame without a curvature
     clock.t += FRAME
     unc, = by_type(node.tick(), UNCERTAINTY_TYPE)
-    assert unc.fallback and "stale" in unc.reason and unc.input_age_s == pytest.approx(0.4)
+    assert unc.fallback and "stale" in unc.reason and unc.input_age_s == pytest.approx(0.3)

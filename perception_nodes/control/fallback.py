@@ -31,7 +31,7 @@ class FallbackParams:
     enter_threshold: float = 0.02
     exit_threshold: float = 0.01
     recover_frames: int = 5
-    input_timeout_s: float = 0.35
+    input_timeout_s: float = 0.25
     hold_s: float = 2.0
     final_action: str = "straight"
 

@@ -11,7 +11,7 @@ from perception_nodes.control.fallback import FINAL, HOLD, NOMINAL, FallbackPara
 from perception_nodes.control.health import CloudHealthMonitor, CloudHealthParams, azimuth_coverage
 from perception_nodes.control.law import CommandParams, command_for
 
-P = FallbackParams(enter_threshold=0.02, exit_threshold=0.01, recover_frames=3, input_timeout_s=0.35, hold_s=1.0)
+P = FallbackParams(enter_threshold=0.02, exit_threshold=0.01, recover_frames=3, input_timeout_s=0.35, hold_s=1.0)  # (not the defaults)
 FRAME = 100_000_000
 
 
