@@ -22,7 +22,7 @@ from launch_ros.actions import LifecycleNode
 #: lidar_detection and camera_bev need network weights: without them their configure fails with the reason
 #: (the node stays unconfigured; the others run on)
 NODES = ("ground_segmentation", "occupancy_grid", "lidar_detection", "stereo_occupancy", "camera_bev", "fusion",
-         "calibration_monitor", "detection_fusion")
+         "calibration_monitor", "detection_fusion", "control")
 
 
 def _default_params() -> str:

@@ -1,6 +1,6 @@
-"""The rosbags typestore the core uses for messages: ROS 2 stock types plus ``perception_interfaces``
-and ``vision_msgs`` (not a stock type of rosbags' stores; read from the stand-in package in ``ros_ws``, whose
-definitions are upstream's, or from an installed ``vision_msgs``).
+"""The rosbags typestore the core uses for messages: ROS 2 stock types plus ``perception_interfaces``,
+``vision_msgs`` and ``ackermann_msgs`` (not stock types of rosbags' stores; read from the stand-in packages
+in ``ros_ws``, whose definitions are upstream's, or from an installed ``vision_msgs``/``ackermann_msgs``).
 
 rosbags' message classes are plain dataclasses, so they serve as the core's typed messages; the same
 codecs also accept rclpy messages (see :mod:`perception_nodes.codecs`). Our own interface definitions
@@ -25,6 +25,8 @@ INTERFACES_PACKAGE = "perception_interfaces"
 
 #: Interface packages whose ``.msg`` files the typestore registers besides rosbags' stock types.
 VISION_PACKAGE = "vision_msgs"
+#: The control node's Ackermann command (stand-in package in ``ros_ws`` with upstream's definitions).
+ACKERMANN_PACKAGE = "ackermann_msgs"
 
 
 def interfaces_msg_dir(package: str = INTERFACES_PACKAGE) -> Path:
@@ -50,18 +52,20 @@ def interfaces_msg_dir(package: str = INTERFACES_PACKAGE) -> Path:
 
 @functools.cache
 def typestore() -> Typestore:
-    """Return the shared typestore with stock ROS 2 types, ``perception_interfaces`` and ``vision_msgs``."""
+    """Return the shared typestore with stock ROS 2 types, ``perception_interfaces``, ``vision_msgs`` and
+    ``ackermann_msgs``."""
     store = get_typestore(STORE)
     types: dict = {}
-    for package in (INTERFACES_PACKAGE, VISION_PACKAGE):
-        if package == VISION_PACKAGE and f"{package}/msg/Detection3DArray" in store.types:
+    for package, probe in ((INTERFACES_PACKAGE, ""), (VISION_PACKAGE, "Detection3DArray"),
+                           (ACKERMANN_PACKAGE, "AckermannDriveStamped")):
+        if probe and f"{package}/msg/{probe}" in store.types:
             continue  # a store that ships it already
         try:
             folder = interfaces_msg_dir(package)
         except FileNotFoundError:
             if package == INTERFACES_PACKAGE:
                 raise
-            continue  # only the LiDAR branch's detection output needs vision_msgs
+            continue  # only the LiDAR branch's detections (vision_msgs) and the control command need these
         for path in sorted(folder.glob("*.msg")):
             types.update(get_types_from_msg(path.read_text(), f"{package}/msg/{path.stem}"))
     store.register(types)

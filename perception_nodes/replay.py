@@ -38,6 +38,7 @@ from perception_nodes.evaluation import GROUND_TRUTH_TOPICS, Evaluator, write_me
 from perception_nodes.graph import NodeCore, build_graph, resolve_topic
 from perception_nodes.graph.camera_bev import CameraBevNode
 from perception_nodes.graph.detection_fusion import DetectionFusionNode
+from perception_nodes.graph.control import ControlNode
 from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
 from perception_nodes.graph.stereo_occupancy import StereoOccupancyNode
@@ -104,6 +105,35 @@ class ReplayResult:
     camera_grids: list[tuple[int, Any, Any]] = field(default_factory=list)
     # detection fusion node, last frames: (stamp, fused vision_msgs Detection3DArray)
     fused_detections: list[tuple[int, Any]] = field(default_factory=list)
+    # control node: every ControlUncertainty (stamp, fused curvature, low, high, commanded curvature, speed,
+    # fallback, reason) and the bag's /ground_truth/curvature (stamp, 1/m)
+    control: list[tuple[int, float, float, float, float, float, bool, str]] = field(default_factory=list)
+    control_truth: list[tuple[int, float]] = field(default_factory=list)
+
+
+class _ControlCapture:
+    """Keeps what the report shows of the control node: the command's uncertainty over time."""
+
+    def __init__(self, nodes: list[NodeCore]) -> None:
+        node = next((n for n in nodes if isinstance(n, ControlNode)), None)
+        self.topic = node.uncertainty_topic if node is not None else ""
+        self.rows: list[tuple[int, float, float, float, float, float, bool, str]] = []
+        self.truth: list[tuple[int, float]] = []
+
+    def __call__(self, name: str, msg: Any) -> None:
+        if self.topic and name == self.topic:
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            self.rows.append((stamp, float(msg.curvature), float(msg.interval_low), float(msg.interval_high),
+                              float(msg.commanded_curvature), float(msg.speed), bool(msg.fallback), str(msg.reason)))
+
+    def ground_truth(self, rec: Any) -> None:
+        if self.topic and rec.topic == topics.GT_CURVATURE:
+            m = rec.msg
+            self.truth.append((m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec, float(m.data)))
+
+    def fill(self, result: ReplayResult) -> None:
+        result.control = sorted(self.rows)
+        result.control_truth = sorted(self.truth)
 
 
 class _FusionCapture:
@@ -185,6 +215,7 @@ def run_graph(
                                                   (branch.fused_uncertainty_topic, "fused_unc")) if t}
     pending_det: dict[int, dict[str, Any]] = {}
     fusion_capture = _FusionCapture(nodes, keep_grids)
+    control_capture = _ControlCapture(nodes)
     # the stereo node's grids per stamp (report panel beside the LiDAR grid)
     stereo = next((n for n in nodes if isinstance(n, StereoOccupancyNode)), None)
     stereo_topics = {stereo.output_topic: "occ", stereo.uncertainty_topic: "unc"} if stereo is not None else {}
@@ -222,6 +253,7 @@ def run_graph(
                         stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
                         pending_grid.setdefault(stamp, {})[name] = e.msg
                     fusion_capture(name, e.msg)
+                    control_capture(name, e.msg)
                     if name in branch_topics:
                         stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
                         pending_det.setdefault(stamp, {})[branch_topics[name]] = e.msg
@@ -256,10 +288,11 @@ def run_graph(
             for e in emits:
                 out_bag.write(resolve_topic(node, e.topic), e.msgtype, clock.now(), e.msg)
                 fusion_capture(resolve_topic(node, e.topic), e.msg)
+                control_capture(resolve_topic(node, e.topic), e.msg)
         clock.set(max([base, *(free_at or {}).values()]))
 
     with BagReader(bag) as reader, OutputBag(out_dir) as out_bag:
-        wanted = set(subs) | set(GROUND_TRUTH_TOPICS)
+        wanted = set(subs) | set(GROUND_TRUTH_TOPICS) | ({topics.GT_CURVATURE} if control_capture.topic else set())
         total = reader.message_counts.get(trigger, 0)
         bar = tqdm(total=total, desc="replay", unit="frame", disable=not progress)
         frame_read_ms = 0.0
@@ -274,6 +307,9 @@ def run_graph(
             frame_read_ms += read_ms
             if evaluator is not None and rec.topic in evaluator.inputs:
                 evaluator.ground_truth(rec.topic, rec.msg)  # ground truth (and the cloud for real-data truth)
+            if rec.topic == topics.GT_CURVATURE and rec.topic not in subs:
+                control_capture.ground_truth(rec)  # the control target, for the report's command plot
+                continue
             if rec.topic in GROUND_TRUTH_TOPICS:
                 if rec.topic == topics.GT_OBJECTS:
                     result.ground_truth[rec.msg.header.stamp.sec * 1_000_000_000 + rec.msg.header.stamp.nanosec] = rec.msg
@@ -306,6 +342,7 @@ def run_graph(
                 name = resolve_topic(node, e.topic)
                 out_bag.write(name, e.msgtype, clock.now(), e.msg)
                 fusion_capture(name, e.msg)
+                control_capture(name, e.msg)
                 if name in grid_topics:
                     stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
                     pending_grid.setdefault(stamp, {})[name] = e.msg
@@ -316,6 +353,7 @@ def run_graph(
         if len(g) == 2:
             result.grids.append((stamp, g[topics.OCCUPANCY_GRID], g[topics.OCCUPANCY_UNCERTAINTY]))
     fusion_capture.fill(result)
+    control_capture.fill(result)
     for stamp in sorted(pending_det):
         d = pending_det[stamp]
         occ, unc = (d.get("fused_occ"), d.get("fused_unc")) if "fused_occ" in d else (d.get("occ"), d.get("unc"))

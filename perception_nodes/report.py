@@ -400,6 +400,55 @@ def plot_detection_fusion(stamp: int, lidar: Any | None, fused: Any, gt: Any | N
     plt.close(fig)
 
 
+def _fallback_spans(t: np.ndarray, fallback: np.ndarray) -> list[tuple[float, float]]:
+    """(start, end) times of each run of fallback commands (end: the next command's time, or + one period)."""
+    spans = []
+    period = float(np.median(np.diff(t))) if len(t) > 1 else 0.1
+    i = 0
+    while i < len(t):
+        if fallback[i]:
+            j = i
+            while j + 1 < len(t) and fallback[j + 1]:
+                j += 1
+            spans.append((t[i], t[j + 1] if j + 1 < len(t) else t[j] + period))
+            i = j + 1
+        else:
+            i += 1
+    return spans
+
+
+def plot_control(rows: list[tuple], truth: list[tuple[int, float]], path: Path) -> None:
+    """Fused curvature with its interval band, the commanded curvature, ground truth, speed; fallback shaded."""
+    a = np.array([r[:6] for r in rows], dtype=np.float64)
+    fb = np.array([r[6] for r in rows], dtype=bool)
+    t0 = a[0, 0]
+    t = (a[:, 0] - t0) / 1e9
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 5.2), sharex=True, constrained_layout=True,
+                                  gridspec_kw={"height_ratios": [2.2, 1]})
+    lo, hi = np.clip(a[:, 2], -1, 1), np.clip(a[:, 3], -1, 1)  # an infinite interval (no evidence) to the axes
+    ax.fill_between(t, lo, hi, step="post", color="tab:blue", alpha=0.25, label="predictive interval")
+    ax.step(t, a[:, 1], where="post", color="tab:blue", lw=1.3, label="fused curvature")
+    ax.step(t, a[:, 4], where="post", color="k", lw=1.0, ls="--", label="commanded")
+    if truth:
+        g = np.array(truth, dtype=np.float64)
+        ax.plot((g[:, 0] - t0) / 1e9, g[:, 1], color="tab:green", lw=1.0, ls=":", label="ground truth")
+    ax2.step(t, a[:, 5], where="post", color="k", lw=1.2)
+    for x0, x1 in _fallback_spans(t, fb):
+        for axis in (ax, ax2):
+            axis.axvspan(x0, x1, color="tab:red", alpha=0.15, lw=0)
+    finite = np.concatenate([a[:, 1], a[:, 4], a[:, 2], a[:, 3]])  # an infinite interval just fills the axes
+    finite = finite[np.isfinite(finite)]
+    if finite.size:
+        pad = 0.1 * (finite.max() - finite.min()) + 1e-3
+        ax.set_ylim(finite.min() - pad, finite.max() + pad)
+    ax.set_ylabel("curvature (1/m)")
+    ax.legend(loc="upper left", fontsize=8, ncol=4)
+    ax2.set_ylabel("speed (m/s)")
+    ax2.set_xlabel("s since the first command (red: fallback)")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def detection_fusion_section(result: ReplayResult) -> str:
     """The detection fusion node's part of the report: its last fused set beside the LiDAR boxes."""
     frames = getattr(result, "fused_detections", None) or []
@@ -413,6 +462,33 @@ def detection_fusion_section(result: ReplayResult) -> str:
             f"covariance merged); ellipses: {ELLIPSE_LEVEL:.0%} centre regions, radii x{ELLIPSE_DRAW_SCALE:g}; "
             "dashed blue: ground truth. With the LiDAR branch as the only detecting branch the fused boxes are "
             "its boxes, discounted by its weight.</p><img src=\"detection_fusion.png\" width=\"1100\">")
+
+
+def control_section(result: ReplayResult) -> str:
+    """The control node part of the report: the command over time with its interval and fallback periods."""
+    rows = getattr(result, "control", None) or []
+    if not rows:
+        return ""
+    plot_control(rows, getattr(result, "control_truth", None) or [], result.out_dir / "control.png")
+    fb = [r[6] for r in rows]
+    episodes = sum(1 for i, f in enumerate(fb) if f and (i == 0 or not fb[i - 1]))
+    tail = 0  # trailing stale-input fallback: the input ended (a replay's last timer tick), not a fault
+    while tail < len(rows) and rows[-1 - tail][6] and "stale" in rows[-1 - tail][7]:
+        tail += 1
+    end_note = f" ({tail} of them after the curvature input ended: stale input)" if tail else ""
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if r[6]:
+            key = r[7].split(" (")[0][:120]
+            reasons[key] = reasons.get(key, 0) + 1
+    top = "".join(f"<tr><td>{html.escape(k)}</td><td>{n}</td></tr>" for k, n in
+                  sorted(reasons.items(), key=lambda kv: -kv[1])[:8])
+    return ("<h2>Control command (docs/control.md)</h2><p>fused curvature at the lookahead with its predictive "
+            "interval (Student-t of the fused NIG, at the node's interval_level), the commanded curvature and "
+            f"speed; fallback periods shaded red. {len(rows)} commands, {sum(fb)} in fallback{end_note}, "
+            f"{episodes} fallback episode(s).</p>"
+            '<img src="control.png" width="1000">'
+            + (f"<table><tr><th>fallback reason</th><th>commands</th></tr>{top}</table>" if top else ""))
 
 
 def _branch_latency_html(lat: dict) -> str:
@@ -544,6 +620,7 @@ replay overhead per frame p50 {over['p50_ms'] or 0:.2f} ms.</p>
 {camera_section(result)}
 {fusion_html}
 {detection_fusion_section(result)}
+{control_section(result)}
 <h2>Latency</h2>
 {'<img src="latency_hist.png" width="1200">' if series else ''}
 <table><tr><th>node/stage</th><th>count</th><th>mean ms</th><th>p50</th><th>p90</th><th>p99</th><th>max</th><th>jitter</th><th>budget</th><th>misses</th></tr>

@@ -46,12 +46,12 @@ for pair in "launch/perception.launch.py:$bringup/launch/perception.launch.py" \
   fi
 done
 
-# Stand-in interface packages: ros_ws/src/tf2_msgs and ros_ws/src/vision_msgs carry upstream's exact
+# Stand-in interface packages: ros_ws/src/tf2_msgs, vision_msgs and ackermann_msgs carry upstream's exact
 # definitions, for ROS 2 from the ros-* wheels (which lack them). Where a ROS 2 install (sourced before
 # this script) or the venv already has the real package, a COLCON_IGNORE keeps colcon off the stand-in
 # so the real one is used.
 IFS=: read -r -a prefixes <<<"${AMENT_PREFIX_PATH:-}"
-for standin in tf2_msgs vision_msgs; do
+for standin in tf2_msgs vision_msgs ackermann_msgs; do
   ignore="ros_ws/src/$standin/COLCON_IGNORE"
   have=""
   for p in "$venv" "${prefixes[@]}"; do

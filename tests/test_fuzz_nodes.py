@@ -407,8 +407,9 @@ def test_fuzz_lidar_detection(messages) -> None:
 #: nodes whose output needs more than a cloud: their hostile-input tests are their own
 #: (calibration_monitor: camera images, tests/test_calibration_monitor.py; stereo_occupancy: images,
 #: tests/test_stereo_occupancy_node.py; fusion: grids, tests/test_fusion_node.py; camera_bev: an image,
-#: tests/test_camera_bev_node.py; detection_fusion: detections, tests/test_detection_fusion_node.py)
-NOT_CLOUD_DRIVEN = {"calibration_monitor", "camera_bev", "detection_fusion", "fusion", "stereo_occupancy"}
+#: tests/test_camera_bev_node.py; detection_fusion: detections, tests/test_detection_fusion_node.py; control:
+#: curvature predictions, the scan only as a health input, tests/test_control_node.py)
+NOT_CLOUD_DRIVEN = {"calibration_monitor", "camera_bev", "control", "detection_fusion", "fusion", "stereo_occupancy"}
 
 
 @pytest.mark.parametrize("name", sorted(set(NODE_TYPES) - NOT_CLOUD_DRIVEN))

@@ -175,6 +175,7 @@ def test_obstacle_timeout_falls_back_to_inline_segmentation(kitti_bag, tmp_path)
     params["calibration_monitor"]["enabled"] = False  # (tests/test_calibration_monitor.py)
     params["stereo_occupancy"]["enabled"] = False  # (this bag has no right camera: tests/test_stereo_*)
     params["camera_bev"]["enabled"] = False  # (the camera node: tests/test_camera_bev_*)
+    params["control"]["enabled"] = False  # driven by the LiDAR branch's curvature (tests/test_control_*)
     res = run_graph(kitti_bag, params, tmp_path, progress=False)
     assert res.latency["frames_out"] == {"occupancy_grid": 3}
     assert res.output_counts[topics.OCCUPANCY_GRID] == 3
@@ -231,6 +232,7 @@ def test_empty_and_nan_clouds_still_yield_grids_and_are_reported(kitti_bag, tmp_
     params["stereo_occupancy"]["enabled"] = False  # a LiDAR-only bag (the stereo node has its own tests)
     params["camera_bev"]["enabled"] = False  # (the camera node: tests/test_camera_bev_*)
     params["detection_fusion"]["enabled"] = False  # no detections without the branch (its own tests)
+    params["control"]["enabled"] = False  # driven by the LiDAR branch's curvature (tests/test_control_*)
     res = run_graph(dst, params, tmp_path / "out", progress=False)
     assert res.latency["frames_out"] == {"ground_segmentation": 5, "occupancy_grid": 5, "fusion": 5}
     assert res.latency["malformed_inputs"] == {}

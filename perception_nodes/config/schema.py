@@ -165,6 +165,33 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("evidence.disparity_sigma_px", 0.0, 100.0),
     ("evidence.free_margin_sigmas", 0.0, 100.0),
     ("evidence.min_range_m", 0.0, 1000.0),
+    # control
+    ("lookahead_m", 0.0, 1000.0),
+    ("interval_level", 1e-6, 0.999999),
+    ("input_alpha", 1.000001, 1e6),
+    ("prior_alpha", -0.5, 1.0),
+    ("history_s", 0.0, 60.0),
+    ("max_frames", 1, 1000),
+    ("max_input_latency_s", 0.0, 3600.0),
+    ("stale_command_period_s", 0.001, 60.0),
+    ("time_jump_s", 0.0, 3600.0),
+    ("health_timeout_s", 0.0, 3600.0),
+    ("vehicle.wheelbase_m", 0.01, 100.0),
+    ("vehicle.speed_mps", 0.0, 100.0),
+    ("vehicle.fallback_speed_mps", 0.0, 100.0),
+    ("vehicle.max_steering_rad", 0.001, 1.57),
+    ("vehicle.max_lateral_accel_mps2", 0.0, 100.0),
+    ("fallback.enter_threshold", 0.0, 1e6),
+    ("fallback.exit_threshold", 0.0, 1e6),
+    ("fallback.recover_frames", 1, 100_000),
+    ("fallback.input_timeout_s", 0.001, 3600.0),
+    ("fallback.hold_s", 0.0, 3600.0),
+    ("health.min_points", 0, 100_000_000),
+    ("health.min_point_ratio", 0.0, 1.0),
+    ("health.baseline_scans", 1, 10_000),
+    ("health.min_azimuth_coverage", 0.0, 1.0),
+    ("health.azimuth_bins", 0, 3600),
+    ("health.min_points_per_bin", 0, 1_000_000),
 )
 
 #: allowed values of string parameters (fnmatch patterns)
@@ -173,6 +200,9 @@ CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("geometry_mismatch", ("resample", "reject")),
     ("box_rule", ("information", "covariance_intersection")),
     ("sgbm.mode", ("sgbm", "sgbm_3way", "hh", "hh4")),
+    ("command_type", ("ackermann", "twist")),
+    ("uncertainty_metric", ("std", "interval_width")),
+    ("fallback.final_action", ("straight", "stop")),
 )
 
 #: parameters wired once when the node is configured: changing them needs a restart (or a lifecycle
@@ -183,6 +213,7 @@ READ_ONLY: tuple[str, ...] = (
     "branches.*",  # fusion: the branch set is wired at start
     "cameras", "pool_checks",
     "classes",  # detection_fusion: the class set is wired at start
+    "curvature_topics", "command_type",  # control: subscriptions and the command's message type
 )
 
 

@@ -11,6 +11,7 @@ from perception_nodes.errors import NodeUnavailable
 from perception_nodes.graph.calibration_monitor import CalibrationMonitorNode
 from perception_nodes.graph.camera_bev import CameraBevNode
 from perception_nodes.graph.detection_fusion import DetectionFusionNode
+from perception_nodes.graph.control import ControlNode
 from perception_nodes.graph.ground_segmentation import GroundSegmentationNode
 from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
@@ -28,6 +29,7 @@ NODE_TYPES: dict[str, type[NodeCore]] = {
     "stereo_occupancy": StereoOccupancyNode,
     "camera_bev": CameraBevNode,
     "detection_fusion": DetectionFusionNode,
+    "control": ControlNode,
 }
 
 _log = logging.getLogger("perception_nodes.graph")

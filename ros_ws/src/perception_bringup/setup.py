@@ -32,6 +32,7 @@ setup(
             "stereo_occupancy_node = perception_bringup:stereo_occupancy",
             "camera_bev_node = perception_bringup:camera_bev",
             "detection_fusion_node = perception_bringup:detection_fusion",
+            "control_node = perception_bringup:control",
             "perception_live = perception_bringup:live",
         ],
     },

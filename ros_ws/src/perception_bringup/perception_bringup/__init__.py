@@ -36,6 +36,8 @@ def camera_bev(args=None) -> None:
     main_single("camera_bev", args)
 def detection_fusion(args=None) -> None:
     main_single("detection_fusion", args)
+def control(args=None) -> None:
+    main_single("control", args)
 
 
 def live(args=None) -> None:
