@@ -212,6 +212,8 @@ def main() -> None:
     ap.add_argument("model", help="trained run folder, its model.safetensors, or a weights folder")
     ap.add_argument("--config", default=str(CONFIG), help="training config whose data.val bags are the held-out set")
     ap.add_argument("--reps", type=int, default=11, help="timed repetitions per case (default 11)")
+    ap.add_argument("--package", metavar="DIR", help="also write the model as a weights folder (safetensors + "
+                    "model.json sidecar with these metrics), e.g. perception_nodes/models/weights/stereo_voxel")
     ap.add_argument("--skip-generated", action="store_true", help="skip the held-out generated frames")
     args = ap.parse_args()
 
@@ -222,7 +224,15 @@ def main() -> None:
     from perception_nodes.learning.trainer import load_trained
 
     torch.set_num_threads(1)
-    branch, model = load_trained(args.model)
+    from perception_nodes.learning.branches.stereo_voxel import StereoVoxelBranch
+    from perception_nodes.models.stereo_voxel import NETWORK, load_stereo_voxel
+
+    src = Path(args.model)
+    if (src / "model.json").is_file():  # a packaged weights folder
+        model, side = load_stereo_voxel(str(src))
+        branch = StereoVoxelBranch(side.get("branch_config"))
+    else:
+        branch, model = load_trained(src)
     model.eval()
     cfg = yaml.safe_load(Path(args.config).read_text())
     res: dict = {"benchmark": "stereo_learned", "cpu": cpu_model(), "cores": os.cpu_count(),
@@ -236,6 +246,15 @@ def main() -> None:
     res["speed"] = speed(model, args.reps, w, h)
     print("speed", json.dumps(res["speed"]), flush=True)
     res["load_avg_1m_end"] = os.getloadavg()[0]
+    if args.package:
+        from perception_nodes.models.weights_io import save_weights
+
+        run_cfg = src / "config.json" if src.is_dir() else src.parent / "config.json"
+        training = json.loads(run_cfg.read_text()) if run_cfg.is_file() else {}
+        save_weights(model, args.package, network=NETWORK, config=model.config, training=training,
+                     metrics={k: res[k] for k in ("generated", "kitti", "speed") if k in res},
+                     extra={"branch_config": branch.describe()})
+        res["packaged"] = str(args.package)
     print(json.dumps(res))
 
 

@@ -110,3 +110,21 @@ def test_plane_depths_bracket_the_plane_centres():
     centre = 100.0 / d[1:]
     assert (near[1:] < centre).all() and (centre < far[1:]).all()
     assert torch.allclose(near[:-1], far[1:])  # planes tile depth without gaps
+
+
+def test_weights_folder_round_trip_and_wrong_network(tmp_path):
+    from perception_nodes.models.stereo_voxel import NETWORK, load_stereo_voxel
+    from perception_nodes.models.weights_io import WeightsError, save_weights
+
+    net = _net(planes=12)
+    save_weights(net, tmp_path / "w", network=NETWORK, config=net.config)
+    loaded, side = load_stereo_voxel(str(tmp_path / "w"))
+    assert loaded.config == net.config and side["network"] == NETWORK
+    left, right = _pair(4)
+    with torch.no_grad():
+        assert torch.equal(loaded(left, right).disparity, net(left, right).disparity)
+    save_weights(net, tmp_path / "other", network="lidar_detection", config=net.config)
+    with pytest.raises(WeightsError, match="not 'stereo_voxel'"):
+        load_stereo_voxel(str(tmp_path / "other"))
+    with pytest.raises(WeightsError, match="no weights"):
+        load_stereo_voxel(str(tmp_path / "missing"))

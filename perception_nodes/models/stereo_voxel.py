@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["StereoVoxelConfig", "StereoVoxelNet", "StereoVoxelOutput"]
+__all__ = ["NETWORK", "StereoVoxelConfig", "StereoVoxelNet", "StereoVoxelOutput", "load_stereo_voxel"]
 
 #: feature stride of the cost volume (fixed: the disparity upsampling and the grid assume it)
 STRIDE = 4
@@ -208,3 +208,22 @@ class StereoVoxelNet(nn.Module):
         occ[keep] = refined_ev
         return StereoVoxelOutput(disparity=disparity, plane_logits=logits, coarse_evidence=coarse_ev,
                                  occupancy_evidence=occ.permute(0, 3, 1, 2).contiguous(), refined=keep)
+
+
+#: name of the network in weights sidecars (``perception_nodes/models/weights/stereo_voxel/``)
+NETWORK = "stereo_voxel"
+
+
+def load_stereo_voxel(folder: str | None = None) -> tuple[StereoVoxelNet, dict[str, Any]]:
+    """(network in eval mode, sidecar) from a weights folder (default: the packaged one); raises
+    :class:`~perception_nodes.models.weights_io.WeightsError` when it is missing or for another network."""
+    from perception_nodes.models.weights_io import WeightsError, default_weights_dir, load_state, read_sidecar
+
+    path = default_weights_dir(NETWORK) if folder is None else folder
+    side = read_sidecar(path, NETWORK)
+    try:
+        net = StereoVoxelNet(StereoVoxelConfig.from_mapping(side.get("config")))
+        net.load_state_dict(load_state(path))
+    except (ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{path}: weights do not fit the stereo_voxel network ({exc})") from exc
+    return net.eval(), side
