@@ -128,3 +128,14 @@ def test_weights_folder_round_trip_and_wrong_network(tmp_path):
         load_stereo_voxel(str(tmp_path / "other"))
     with pytest.raises(WeightsError, match="no weights"):
         load_stereo_voxel(str(tmp_path / "missing"))
+
+
+def test_pair_norm_takes_out_a_common_gain_and_offset():
+    net = _net(input_norm="pair")
+    left, right = (t.float() for t in _pair(5))
+    with torch.no_grad():
+        a = net(left, right).disparity
+        b = net(left * 0.5 + 40.0, right * 0.5 + 40.0).disparity
+    assert torch.allclose(a, b, atol=1e-3 * float(net.config.max_disparity))
+    with pytest.raises(ValueError, match="input_norm"):
+        StereoVoxelConfig(input_norm="nope")

@@ -64,6 +64,10 @@ class StereoVoxelConfig:
     decoder_channels: int = 24
     #: a coarse cell is pruned when its expected free probability reaches this (1.0: never)
     prune_free_belief: float = 0.85
+    #: input scaling: "fixed" (x / 255 - 0.5) or "pair" (per channel, the pair's own mean and std: the
+    #: same scaling for both images, so matching is unchanged, but exposure and contrast differences
+    #: between generated and real cameras are taken out)
+    input_norm: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.planes < 2 or self.planes % 2:
@@ -72,6 +76,8 @@ class StereoVoxelConfig:
             raise ValueError("plane_step must be > 0")
         if min(self.feature_channels, self.row_bands, self.decoder_channels) < 1:
             raise ValueError("feature_channels, row_bands and decoder_channels must be >= 1")
+        if self.input_norm not in ("fixed", "pair"):
+            raise ValueError(f"input_norm must be fixed or pair, got {self.input_norm!r}")
         if not 0.5 < self.prune_free_belief <= 1.0:
             raise ValueError("prune_free_belief must lie in (0.5, 1]")
 
@@ -176,6 +182,13 @@ class StereoVoxelNet(nn.Module):
         prune = (not self.training) if prune is None else prune
         c = self.config
         x = torch.cat([left, right], 0).float() / 255.0 - 0.5
+        if c.input_norm == "pair":
+            n = left.shape[0]
+            pair = torch.stack([x[:n], x[n:]], 1)  # [B, 2, 3, H, W]
+            mean = pair.mean((1, 3, 4), keepdim=True)
+            std = pair.std((1, 3, 4), keepdim=True).clamp_min(1e-3)
+            pair = (pair - mean) / (4.0 * std)  # about the range of the fixed scaling
+            x = torch.cat([pair[:, 0], pair[:, 1]], 0)
         f = self.features(x)
         fl, fr = f[: left.shape[0]], f[left.shape[0]:]
         vol = self.cost_volume(fl, fr)
