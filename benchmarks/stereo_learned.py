@@ -16,7 +16,8 @@ the real KITTI pair, and per-pair latency.
   does) and, for the same information, on the same 320x96 pair upsampled alike;
 * ``speed``: p50/p99 per pair with 1 torch / 1 OpenCV thread, interleaved within each repetition: SGBM
   at 376x1241 and 320x96; the network at 320x96, at 376x1241 input (resize + net + upsample), and at
-  native 376x1248 (padded; for latency only, its quality there is not scored).
+  native 376x1248 (padded; for latency only, its quality there is not scored); and at 320x96 with
+  pruning off (every fine cell refined) to show what the pruning saves.
 
 The last line printed is one JSON object.
 """
@@ -48,13 +49,13 @@ def _sgbm_and_evidence():
     return StereoMatcher(to_dataclass(SgbmParams, st["sgbm"])), to_dataclass(StereoEvidenceParams, st["evidence"])
 
 
-def _net_disparity(model, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def _net_disparity(model, left: np.ndarray, right: np.ndarray, *, prune: bool = True) -> np.ndarray:
     import torch
 
     lt = torch.from_numpy(np.ascontiguousarray(left.transpose(2, 0, 1)))[None]
     rt = torch.from_numpy(np.ascontiguousarray(right.transpose(2, 0, 1)))[None]
     with torch.no_grad():
-        return model(lt, rt).disparity[0].numpy()
+        return model(lt, rt, prune=prune).disparity[0].numpy()
 
 
 def _occ_scores(p: np.ndarray, y: np.ndarray) -> dict:
@@ -189,6 +190,7 @@ def speed(model, reps: int, w: int, h: int) -> dict:
         "sgbm_376x1241": lambda: depth_from_disparity(matcher.disparity(left, right), g),
         "sgbm_320x96": lambda: depth_from_disparity(matcher.disparity(ls, rs), gs),
         "learned_320x96": lambda: depth_from_disparity(_net_disparity(model, ls, rs), gs),
+        "learned_320x96_no_pruning": lambda: depth_from_disparity(_net_disparity(model, ls, rs, prune=False), gs),
         "learned_376x1241_resized": lambda: depth_from_disparity(
             _upsample_disparity(_net_disparity(model, *_resize_pair(left, right, w, h)), 1241, 376), g),
         "learned_376x1248_native": lambda: _net_disparity(model, lp, rp),
