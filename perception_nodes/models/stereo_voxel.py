@@ -67,7 +67,7 @@ class StereoVoxelConfig:
     #: input scaling: "fixed" (x / 255 - 0.5) or "pair" (per channel, the pair's own mean and std: the
     #: same scaling for both images, so matching is unchanged, but exposure and contrast differences
     #: between generated and real cameras are taken out)
-    input_norm: str = "fixed"
+    input_norm: str = "pair"
 
     def __post_init__(self) -> None:
         if self.planes < 2 or self.planes % 2:
