@@ -253,6 +253,11 @@ def main() -> None:
 
         run_cfg = src / "config.json" if src.is_dir() else src.parent / "config.json"
         training = json.loads(run_cfg.read_text()) if run_cfg.is_file() else {}
+        hist = run_cfg.parent / "metrics.jsonl"
+        if hist.is_file():  # what actually ran (a --epochs override is not in config.json)
+            epochs = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
+            training["epochs"] = len(epochs)
+            training["train_seconds"] = round(sum(e.get("train_seconds", 0.0) for e in epochs), 1)
         save_weights(model, args.package, network=NETWORK, config=model.config, training=training,
                      metrics={k: res[k] for k in ("generated", "kitti", "speed") if k in res},
                      extra={"branch_config": branch.describe()})
