@@ -7,12 +7,14 @@ from perception_nodes.learning.branches.base import Batch, Branch, Sample
 from perception_nodes.learning.branches.camera_bev import CameraBevBranch
 from perception_nodes.learning.branches.lidar_detection import LidarDetectionBranch
 from perception_nodes.learning.branches.lidar_occupancy import LidarOccupancyBranch
+from perception_nodes.learning.branches.stereo_voxel import StereoVoxelBranch
 
 #: branch name -> class (``perception-stack train <name>``)
 BRANCHES: dict[str, type[Branch]] = {
     LidarOccupancyBranch.name: LidarOccupancyBranch,
     LidarDetectionBranch.name: LidarDetectionBranch,
     CameraBevBranch.name: CameraBevBranch,
+    StereoVoxelBranch.name: StereoVoxelBranch,
 }
 
 
@@ -24,4 +26,4 @@ def get_branch(name: str) -> type[Branch]:
         raise ValueError(f"unknown branch {name!r} (known: {', '.join(sorted(BRANCHES))})") from None
 
 
-__all__ = ["BRANCHES", "Batch", "Branch", "CameraBevBranch", "LidarDetectionBranch", "LidarOccupancyBranch", "Sample", "get_branch"]
+__all__ = ["BRANCHES", "Batch", "Branch", "CameraBevBranch", "LidarDetectionBranch", "LidarOccupancyBranch", "Sample", "StereoVoxelBranch", "get_branch"]
