@@ -333,6 +333,8 @@ def run_graph(
         bar.close()
         # let synchroniser time-outs expire after the last message, as a live graph would; then what
         # is still held counts as dropped (end_of_input), so every input message is accounted for
+        for node in nodes:
+            node.end_of_input()
         clock.set(clock.now() + 10 * 1_000_000_000)
         tick(out_bag)
         for node in nodes:

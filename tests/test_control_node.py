@@ -206,6 +206,35 @@ def test_time_jump_resets_history_and_commands_go_on():
     assert by_type(out, UNCERTAINTY_TYPE)[0].sources == 1
 
 
+def test_a_small_step_back_of_one_topic_is_a_time_jump_not_silence():
+    """A looping bag steps back by less than time_jump_s (0.2 s at a 3-frame KITTI loop): every later stamp
+    is at or before the last command. That must reset and keep commanding, not go silent."""
+    node, clock = make()
+    for i in range(3):
+        feed(node, clock, LIDAR, curv(T0 + i * FRAME))
+    n_before = node.commands_out
+    for i in range(3):  # the loop starts again at T0 (0.2 s back)
+        out = feed(node, clock, LIDAR, curv(T0 + i * FRAME))
+        assert by_type(out, ACKERMANN_TYPE), i
+    assert node.commands_out == n_before + 3 and "time_jump" in node.warnings
+
+
+def test_end_of_input_stops_stale_fallback_commands():
+    """Replay calls end_of_input before its final flush: the clock jumping 10 s past the last curvature
+    is the end of the bag, not a silent sensor, so no fallback command is published for it."""
+    node, clock = make()
+    for i in range(3):
+        feed(node, clock, LIDAR, curv(T0 + i * FRAME))
+    clock.t += 10 * 1_000_000_000
+    assert by_type(node.tick(), ACKERMANN_TYPE)  # live: the input went silent -> fallback command
+    node2, clock2 = make()
+    for i in range(3):
+        feed(node2, clock2, LIDAR, curv(T0 + i * FRAME))
+    node2.end_of_input()
+    clock2.t += 10 * 1_000_000_000
+    assert not by_type(node2.tick(), ACKERMANN_TYPE)
+
+
 def test_scan_health_triggers_fallback_on_a_sparse_scan():
     node, clock = make(health_points_topic=SCAN)
     rng = np.random.default_rng(1)

@@ -167,6 +167,24 @@ def test_the_external_weight_discounts_a_branch_and_says_why():
     assert statuses(node)["detection_fusion: branches"].values["lidar.weight"] == "1.000"
 
 
+def test_one_frame_at_weight_zero_is_held_over_a_sustained_drop_is_not():
+    """The occupancy fusion gives a branch weight 0 in the first frame after a start or reset (its grid has
+    not arrived): with weight_hold 2 that single 0 does not blank the fused detections; two in a row do."""
+    node, clock = make()
+
+    def weight(t, v):
+        node.handle(WEIGHT, B.new(topics.FLOAT64_STAMPED, header=make_header(B, t, "base_link"), data=v))
+
+    for k, (v, kept) in enumerate(((1.0, True), (0.0, True), (1.0, True), (0.0, True), (0.0, False))):
+        t = 10 * S + k * P
+        clock.ns = t
+        weight(t, v)
+        [fused] = fused_of(node.handle(LIDAR, msg(t, SCENE)))
+        w = float(statuses(node)["detection_fusion: branches"].values["lidar.weight"])
+        assert (w == 1.0) == kept, (k, v, w)
+        assert (len(fused.detections) > 0) == kept, (k, len(fused.detections))
+
+
 def test_detections_of_another_stamp_are_moved_by_the_ego_motion():
     node, clock = make(camera=True, odometry_topic=topics.GT_ODOMETRY)
     from perception_nodes.scenario.generate import odometry_msg

@@ -100,6 +100,7 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     # detection_fusion
     ("branches.*.weight_missing", 0.0, 1.0),
     ("branches.*.weight_timeout_s", 0.0, 3600.0),
+    ("branches.*.weight_hold", 1, 1000),
     ("branches.*.default_strength", 1.0, 1e9),
     ("association.gate_probability", 1e-6, 0.999999),
     ("association.max_centre_distance_m", 0.01, 1000.0),

@@ -96,7 +96,8 @@ def wrap_angle(a: float | np.ndarray) -> float | np.ndarray:
 
 @dataclass
 class EvidentialBox:
-    """One detection with its uncertainty. ``evidence``: ``[K + 1]`` Dirichlet evidence (>= 0) over the
+    """One detection with its uncertainty. ``evidence``: ``[K + 1]`` Dirichlet evidence (>= -1: see
+    :func:`evidence_from_probabilities`; made >= 0 before opinions are summed) over the
     fusion's ``classes`` then background; ``covariance``: 6 x 6 over (x, y, z, roll, pitch, yaw)."""
 
     center: NDArray[np.float64]
@@ -158,6 +159,23 @@ def evidence_from_probabilities(probs: np.ndarray, strength: float) -> NDArray[n
     s = max(float(strength), 1e-9)
     alpha = np.maximum(np.append(p, 1.0 - fg) * s, ALPHA_FLOOR)
     return alpha - 1.0
+
+
+def nonnegative_evidence(evidence: np.ndarray, min_probability: float = 1e-3) -> NDArray[np.float64]:
+    """The same expected probabilities with every ``alpha_k >= 1`` (evidence >= 0), by raising the strength
+    ``S`` until the smallest alpha is 1 (probabilities below ``min_probability`` are lifted to alpha 1).
+
+    Needed before *summing* opinions: :func:`evidence_from_probabilities` may give negative evidence (a
+    calibrated score of 0.98 at ``S = 17`` leaves the other classes below one unit of alpha), and summing
+    two such opinions drives those classes to the floor (two boxes that both say background 0.005 fused to
+    exactly 0). One opinion alone keeps its evidence as published (:func:`merge_boxes`). The price: the
+    raised strength makes such a box look surer (lower vacuity) than its branch said."""
+    a = np.maximum(np.asarray(evidence, np.float64) + 1.0, ALPHA_FLOOR)
+    m = float(a.min())
+    if m >= 1.0:
+        return np.asarray(evidence, np.float64)
+    scale = 1.0 / max(m, min_probability * float(a.sum()))
+    return np.maximum(a * scale, 1.0) - 1.0
 
 
 # --- association ----------------------------------------------------------------------------------------
@@ -344,7 +362,11 @@ def merge_boxes(boxes: Sequence[EvidentialBox], weights: Sequence[float], rule: 
     flags = [True] * len(boxes) if class_evidence is None else list(class_evidence)
     if not any(w > 0 and f for w, f in zip(weights, flags, strict=True)):
         raise ValueError("merge_boxes needs a box with positive weight that carries class evidence")
-    evidence = sum(float(w) * b.evidence for b, w, f in zip(boxes, weights, flags, strict=True) if w > 0 and f)
+    voters = [(b, float(w)) for b, w, f in zip(boxes, weights, flags, strict=True) if w > 0 and f]
+    if len(voters) == 1:  # one opinion (discounted): passes through, negative evidence and all
+        evidence = voters[0][1] * voters[0][0].evidence
+    else:  # cumulative fusion is defined for evidence >= 0 only
+        evidence = sum(w * nonnegative_evidence(b.evidence) for b, w in voters)
     live = [(b, float(w)) for b, w in zip(boxes, weights, strict=True) if w > 0]
     if len(live) == 1:
         b, w = live[0]

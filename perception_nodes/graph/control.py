@@ -81,6 +81,8 @@ class ControlNode(NodeCore):
         self._newest_data_stamp: int | None = None  # newest stamp of the other inputs (odometry, scan)
         self._last_command_stamp = -1
         self._last_command_clock: int | None = None
+        self._topic_newest: dict[str, int] = {}  # newest curvature stamp per topic (a topic's stamps only go forward)
+        self._input_ended = False  # replay: no more input will come (no stale-input fallback for that)
         self.commands_out = 0
         self.fallback_frames = 0
         self.nonfinite_entries = 0
@@ -199,14 +201,21 @@ class ControlNode(NodeCore):
         pred = self._decode(topic, msg)
         self.latency.record("decode", (time.perf_counter_ns() - t0) / 1e6)
         stamp = pred.stamp
-        if self._last_command_stamp >= 0 and stamp < self._last_command_stamp - int(self.time_jump_s * 1e9):
-            self._warn("time_jump", f"{topic}: stamp {stamp} ns is {(self._last_command_stamp - stamp) / 1e9:.2f} s "
-                       "before the last command: time went back; curvature history and odometry reset")
+        # time went back: far behind the last command, or behind the newest stamp of the same topic (one
+        # branch's stamps only go forward; a looping bag steps back by less than time_jump_s)
+        newest = self._topic_newest.get(topic)
+        if (self._last_command_stamp >= 0 and stamp < self._last_command_stamp - int(self.time_jump_s * 1e9)) or \
+                (newest is not None and stamp < newest):
+            back = (max(self._last_command_stamp, newest or -1) - stamp) / 1e9
+            self._warn("time_jump", f"{topic}: stamp {stamp} ns is {back:.2f} s before the newest: time went back; "
+                       "curvature history and odometry reset")
+            self._topic_newest.clear()
             self.history.clear()
             self.odometer.reset()
             self._last_command_stamp = -1
             self._last_input_stamp = self._newest_data_stamp = None
             restart_clock(self.fsm, stamp)
+        self._topic_newest[topic] = stamp if newest is None else max(newest, stamp)
         self.history.add(topic, pred)
         self.mark_used(topic)
         self._last_arrival = self.clock()
@@ -235,7 +244,7 @@ class ControlNode(NodeCore):
         """While the curvature input is stale (:meth:`input_staleness_s`), publish fallback commands (stamped
         with the node clock) every ``stale_command_period_s``."""
         now = self.clock()
-        if now <= 0:
+        if now <= 0 or self._input_ended:
             return []
         stale = self.input_staleness_s()  # before the first curvature there is nothing to fall back from
         if stale is None or stale <= self.fallback_params.input_timeout_s:
@@ -256,6 +265,11 @@ class ControlNode(NodeCore):
             return (f"no LiDAR scan on {self.health_points_topic} stamped within {self.health_timeout_s:g} s "
                     "before the command",)
         return self._scan_health[max(older)].reasons
+
+    def end_of_input(self) -> None:
+        """Replay: the bag has ended. Its final flush advances the clock past every time-out; that is not a
+        curvature input going silent, so no stale-input fallback is commanded for it (live never calls this)."""
+        self._input_ended = True
 
     def warmup(self) -> None:
         """Build the Student-t quantile table of ``interval_level`` now (~0.3 s) rather than in the first command."""

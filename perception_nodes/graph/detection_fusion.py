@@ -12,9 +12,10 @@ Per-branch weight = health gate x external weight x trust:
 
 * gate: 0 while the branch has no detections within its ``timeout_s`` of the fused stamp (stale or
   absent); 1 otherwise;
-* external weight: the newest value on the branch's ``weight_topic`` (``perception_interfaces/
-  Float64Stamped``, default the occupancy fusion node's weight of the LiDAR learned branch), clipped to
-  [0, 1]; ``weight_missing`` while none arrived within ``weight_timeout_s`` (node clock);
+* external weight: the largest of the newest ``weight_hold`` values on the branch's ``weight_topic``
+  (``perception_interfaces/Float64Stamped``, default the occupancy fusion node's weight of the LiDAR
+  learned branch), clipped to [0, 1]; ``weight_missing`` while none arrived within ``weight_timeout_s``
+  (node clock);
 * trust: falls while the branch's boxes keep disagreeing with the other branches' (unmatched score mass),
   recovers when they agree (:class:`~perception_nodes.evidential.detection_fusion.DetectionTrust`).
 
@@ -92,6 +93,7 @@ class DetectionBranchConfig:
     weight_topic: str = ""
     weight_missing: float = 1.0
     weight_timeout_s: float = 1.0
+    weight_hold: int = 2
     default_strength: float = 10.0
 
     @classmethod
@@ -141,7 +143,8 @@ class _Frame:
 class _BranchState:
     cfg: DetectionBranchConfig
     history: deque[_Frame] = field(default_factory=lambda: deque(maxlen=_HISTORY))
-    weight_in: tuple[int, float] | None = None  # (node clock at arrival, value)
+    weight_in: tuple[int, float] | None = None  # (node clock at arrival, value) of the newest weight
+    weight_recent: list[float] = field(default_factory=list)  # the newest weight_hold values
     why: str = ""
     unmoved: int = 0
     gate: float | None = None
@@ -273,7 +276,12 @@ class DetectionFusionNode(NodeCore):
             v = float(msg.data)
             if not math.isfinite(v):
                 raise MalformedMessageError(topics.FLOAT64_STAMPED, f"branch {bname}: non-finite weight {v}")
-            st.weight_in = (self.clock(), min(1.0, max(0.0, v)))
+            v = min(1.0, max(0.0, v))
+            # the factor is the largest of the newest weight_hold values: the occupancy fusion gives a branch
+            # weight 0 in a frame it has no grid for yet (its first frame, the first after a reset), which
+            # is a missing grid, not a failed branch; a weight that stays low acts after weight_hold frames
+            st.weight_recent = (st.weight_recent + [v])[-max(1, st.cfg.weight_hold):]
+            st.weight_in = (self.clock(), max(st.weight_recent))
             self.mark_used(topic)
             return []
         stamp = stamp_to_ns(msg.header.stamp)

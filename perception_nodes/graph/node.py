@@ -259,6 +259,11 @@ class NodeCore:
             self._fault("tick", exc)
         return out + self._maybe_diagnostics()
 
+    def end_of_input(self) -> None:
+        """Replay only, before its final flush (the clock jumps past every time-out, then :meth:`tick`, then
+        :meth:`finish`): no more input will come. A node whose timer acts on silent inputs (the control
+        node's stale-input fallback) can tell the end of a bag from a sensor that stopped."""
+
     def finish(self) -> list[Emit]:
         """End of input (replay): release what can be released; what is still held counts as dropped."""
         return []

@@ -241,3 +241,28 @@ def test_the_vectorised_cost_matrix_equals_the_pairwise_gates():
             ref = _admissible(x, y, ASSOC)
             assert (c[i, j] >= 1e9) if ref is None else c[i, j] == pytest.approx(ref, rel=1e-9, abs=1e-12)
     assert (c < 1e9).sum() >= 5  # the gates let the near, class-compatible pairs through
+
+
+def test_two_agreeing_calibrated_opinions_keep_every_class_above_zero() -> None:
+    """Negative evidence (calibrated scores above what the strength allows) is made >= 0 before summing:
+    two boxes that both give background 0.005 must not fuse to background 0 and a score of exactly 1."""
+    from perception_nodes.evidential.detection_fusion import (
+        EvidentialBox, evidence_from_probabilities, merge_boxes, nonnegative_evidence)
+
+    cov = np.diag([0.2, 0.2, 0.1, 1e6, 1e6, 0.05])
+    for probs, strength in (((0.98, 0.01, 0.005), 17.0), ((0.6, 0.3, 0.05), 5.0)):
+        e = evidence_from_probabilities(np.array(probs), strength)
+        assert e.min() < 0  # the case at hand
+        ok = nonnegative_evidence(e)
+        assert ok.min() >= 0
+        p_in = (e + 1) / (e + 1).sum()
+        p_ok = (ok + 1) / (ok + 1).sum()
+        np.testing.assert_allclose(p_ok, p_in, rtol=1e-12, atol=1e-3)  # same opinion, up to the 1e-3 lift
+        a = EvidentialBox(np.zeros(3), np.ones(3), 0.0, cov, e, "a")
+        b = EvidentialBox(np.zeros(3), np.ones(3), 0.0, cov, e.copy(), "b")
+        fused = merge_boxes([a, b], [1.0, 1.0])
+        p = fused.probabilities
+        assert p.min() > 0 and fused.score < 1.0
+        assert np.argmax(p) == np.argmax(p_in) and np.all(np.argsort(p) == np.argsort(p_in))
+        # one of them alone passes through unchanged
+        np.testing.assert_array_equal(merge_boxes([a], [1.0]).evidence, e)
