@@ -57,6 +57,9 @@ FULL_SCENARIOS = ("urban_street:500", "curved_road:501:clean,lidar_blackout,came
 QUICK_SCENARIOS = ("urban_street:500:clean,lidar_blackout",)
 
 
+#: per-frame scores of the AUROC table that are detectors, not uncertainties (left out of the goal's "best")
+NOT_UNCERTAINTIES = frozenset({"control_fallback"})
+
 def log(*a: Any) -> None:
     print(*a, file=sys.stderr, flush=True)
 
@@ -140,15 +143,18 @@ def goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows, ok = {}, []
     for r in faulted:
         a = r.get("auroc") or {}
-        fr = {k: v for k, v in (a.get("frames") or {}).items() if v is not None}
+        # the fallback flag is a health detector with thresholds set knowing these faults, not an uncertainty
+        fr = {k: v for k, v in (a.get("frames") or {}).items() if v is not None and k not in NOT_UNCERTAINTIES}
         ce = {k: v for k, v in (a.get("cells") or {}).items() if v is not None}
         bf = max(fr.items(), key=lambda x: x[1]) if fr else (None, None)
         bc = max(ce.items(), key=lambda x: x[1]) if ce else (None, None)
         rows[name(r)] = {"best_frames": bf, "best_cells": bc,
+                         "control_fallback_frames": (a.get("frames") or {}).get("control_fallback"),
                          "fusion_vacuity_frames": fr.get("fusion_vacuity"), "fusion_vacuity_cells": ce.get("fusion_vacuity")}
         ok.append(bf[1] is not None and bf[1] >= 0.9 and (bc[1] is None or bc[1] >= 0.9))
     out.append({"goal": "uncertainty AUROC >= 0.9 for fault-affected vs clean (per fault: the best uncertainty, "
-                        "frames and cells)", "met": all(ok) if ok else None, "numbers": rows})
+                        "chosen after the fact among ~15, frames and cells; the control fallback flag is not an "
+                        "uncertainty and is listed apart)", "met": all(ok) if ok else None, "numbers": rows})
 
     lidar = [r for r in faulted if r["sensor"] == "lidar"]
     clean = [r for r in runs if r["condition"] == "clean"]

@@ -29,7 +29,7 @@ class FallbackParams:
     """``fallback.*`` of the control node's params."""
 
     enter_threshold: float = 0.02
-    exit_threshold: float = 0.01
+    exit_threshold: float = 0.015
     recover_frames: int = 5
     input_timeout_s: float = 0.25
     hold_s: float = 2.0
