@@ -110,12 +110,19 @@ def generated(branch, model, cfg: dict) -> dict:
         refined += out.refined_cells
         total += out.total_cells
     zr = np.concatenate(z_ref)
+    zn_all, zs_all = np.concatenate(z_net), np.concatenate(z_sgbm)
+    # the same pixels for both sides: where SGBM gave a depth (and the rest, SGBM's holes, for the network)
+    sgbm_valid = np.isfinite(zs_all) & (zs_all > 0)
     y = np.concatenate(ys)
     f = float(y.mean())
     pn, ps, kn = np.concatenate(p_net), np.concatenate(p_sgbm), np.concatenate(sgbm_known)
     return {"frames": len(samples), "resolution": [w, h], "bags": [s["generate"] for s in cfg["data"]["val"]],
             "depth": {"learned": depth_metrics(np.concatenate(z_net), zr, g, max_depth=80.0),
-                      "sgbm": depth_metrics(np.concatenate(z_sgbm), zr, g, max_depth=80.0)},
+                      "sgbm": depth_metrics(zs_all, zr, g, max_depth=80.0)},
+            "depth_on_sgbm_valid_pixels": {"learned": depth_metrics(np.where(sgbm_valid, zn_all, np.nan), zr, g, max_depth=80.0),
+                                           "sgbm": depth_metrics(zs_all, zr, g, max_depth=80.0),
+                                           "learned_on_sgbm_holes": depth_metrics(np.where(sgbm_valid, np.nan, zn_all), zr, g,
+                                                                                  max_depth=80.0)},
             "occupancy_visible_cells": int(y.size), "occupied_share": f,
             "occupancy": {"learned": _occ_scores(pn, y),
                           "sgbm": _occ_scores(ps, y),
