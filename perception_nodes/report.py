@@ -371,7 +371,11 @@ def fusion_section(result: ReplayResult) -> str:
     plot_fusion(stamp, occ, unc, con, result.ground_truth.get(stamp), result.out_dir / "fusion_grid.png")
     parts = ["<h2>Evidence fusion (docs/fusion.md)</h2><p>fused occupancy, vacuity and the per-cell conflict "
              "between branches for the last fused frame; below, each branch's weight (health gate x "
-             "conflict-based trust) per frame (red dotted: 0.2).</p>", '<img src="fusion_grid.png" width="1250"><br>']
+             "conflict-based trust) per frame (red dotted: 0.2). Caution: behind walls and outside every beam the "
+             "learned LiDAR branch fills in evidence (mostly free, at low vacuity) where nothing was seen; the "
+             "fused grid inherits it, so low vacuity there is not an observation (scores of those cells: "
+             "benchmarks/fusion_check.py, region not_visible; `branches.lidar_learned.mask_with: geometric` "
+             "keeps learned evidence only where a beam reached).</p>", '<img src="fusion_grid.png" width="1250"><br>']
     if weights:
         plot_fusion_weights(weights, result.out_dir / "fusion_weights.png")
         parts.append('<img src="fusion_weights.png" width="1000">')
@@ -381,6 +385,8 @@ def fusion_section(result: ReplayResult) -> str:
         parts.append("<table><tr><th>branch</th><th>frames</th><th>min weight</th><th>mean</th><th>last</th></tr>"
                      f"{rows}</table>")
     return "\n".join(parts)
+
+
 def plot_detection_fusion(stamp: int, lidar: Any | None, fused: Any, gt: Any | None, path: Path) -> None:
     """The LiDAR branch's boxes (left) beside the fused boxes (right) of one stamp, with their 90 % centre
     ellipses (radii drawn :data:`ELLIPSE_DRAW_SCALE` times larger) and the ground truth dashed."""
