@@ -116,6 +116,7 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("check_every_n_scans", 1, 1_000_000),
     ("pool_checks", 1, 10_000),
     ("max_stamp_diff_s", 0.0, 60.0),
+    ("camera_info_wait_s", 0.0, 60.0),
     ("check.min_jump_m", 0.01, 100.0),
     ("check.max_jump_m", 0.01, 1000.0),
     ("check.smooth_ratio", 0.0, 100.0),
