@@ -138,7 +138,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 def _cmd_lidar_eval(a: argparse.Namespace) -> int:
     from perception_nodes.learning.lidar_detection_eval import main as lidar_eval_main  # imports torch
 
-    return lidar_eval_main(a.args)
+    return lidar_eval_main(a.args, prog="perception-stack lidar-eval")
 
 
 def _cmd_live(a: argparse.Namespace) -> int:
@@ -309,10 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     lv = sub.add_parser("live", help="run every node in one process on rclpy (real ROS 2 topics)",
                         description="Start the graph's nodes as managed (lifecycle) rclpy nodes on one multi-threaded "
                         "executor; with their autostart parameter (default true) each is configured and activated "
-                        "at once. The obstacle cloud goes to the occupancy grid in process (no serialization); every "
-                        "topic is still on DDS for outside subscribers. Inputs: /sensing/lidar/points; outputs: "
-                        "/perception/occupancy_grid(+/uncertainty), ~/debug/* latency topics, /diagnostics. "
-                        "Parameters can be changed while it runs (ros2 param set; see README, Configuration).")
+                        "at once. The graph: ground_segmentation and occupancy_grid (LiDAR -> geometric grid), "
+                        "lidar_detection (LiDAR network: boxes, learned grid, curvature), stereo_occupancy and "
+                        "camera_bev (camera grids), fusion (grids), detection_fusion (boxes), calibration_monitor "
+                        "and control (command with its uncertainty); a node whose dependencies or weights are "
+                        "missing is left out, said once. Inputs: /sensing/lidar/points, /sensing/camera/*/"
+                        "{image_rect,camera_info}, /tf_static, odometry (default /ground_truth/odometry: set "
+                        "odometry_topic on a real bag); outputs under /perception/*, /control/*, ~/debug/* latency "
+                        "topics and /diagnostics: see README, \"What runs\". The obstacle cloud goes to the "
+                        "occupancy grid in process (no serialization); every topic is still on DDS for outside "
+                        "subscribers. Parameters can be changed while it runs (ros2 param set; see README, "
+                        "Configuration).")
     lv.add_argument("--config", type=Path, help="params YAML")
     lv.add_argument("--duration", type=float, help="stop after this many seconds (default: run until Ctrl-C)")
     lv.add_argument("--use-sim-time", action="store_true", help="use /clock (pair with play --clock)")

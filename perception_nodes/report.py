@@ -466,8 +466,11 @@ def detection_fusion_section(result: ReplayResult) -> str:
     return ("<h2>Detection fusion (docs/detection_fusion.md)</h2><p>left: the LiDAR branch's boxes, right: the "
             "fused boxes of the same stamp (class evidence summed over branches with their weights, box and "
             f"covariance merged); ellipses: {ELLIPSE_LEVEL:.0%} centre regions, radii x{ELLIPSE_DRAW_SCALE:g}; "
-            "dashed blue: ground truth. With the LiDAR branch as the only detecting branch the fused boxes are "
-            "its boxes, discounted by its weight.</p><img src=\"detection_fusion.png\" width=\"1100\">")
+            "dashed blue: ground truth. With the LiDAR branch as the only detecting branch each fused box is one "
+            "of its boxes (class evidence discounted by its weight), merged with the memory: the previous fused "
+            "boxes moved by the ego motion (odometry), which change the box's centre, size, heading and "
+            "covariance (a memory box no LiDAR box matched is not published).</p>"
+            "<img src=\"detection_fusion.png\" width=\"1100\">")
 
 
 def control_section(result: ReplayResult) -> str:

@@ -227,3 +227,19 @@ def test_live_rclpy_node_checks_a_real_kitti_capture(ros_context, kitti_bag):
     finally:
         user.destroy_node()
         graph.close()
+
+
+def test_each_image_is_checked_with_the_camera_info_of_its_stamp():
+    """KITTI raw: frame 0 is 1224x370, the next 1242x375, each CameraInfo matching its image, written after
+    it. With the latest CameraInfo the second frame's image 'did not match' and its check was skipped."""
+    node = _node()
+    info_t, image_t = node.info_topics["left"], node.image_topics["left"]
+    for k, (w, h) in enumerate([(64, 48), (72, 54), (72, 54)]):
+        stamp = 10**18 + k * 10**8
+        node.handle(topics.LIDAR_POINTS, create_xyzi_cloud(synthetic_scan(), stamp, "velodyne", B))
+        node.handle(image_t, numpy_to_image(np.zeros((h, w, 3), np.uint8), "rgb8", stamp, "velodyne", B))
+        node.handle(info_t, camera_info_msg(_left_model(w, h), stamp))
+        assert "left" not in node._camera_problem, node._camera_problem
+        assert node.results["left"].frames == k + 1 and node.pending(topics.LIDAR_POINTS) == 0
+    for topic, a in node.accounting().items():
+        assert a["balanced"], (topic, a)

@@ -16,7 +16,7 @@ import torch
 
 from perception_nodes import topics
 from perception_nodes.bags import BagReader
-from perception_nodes.codecs.backend import default_backend, stamp_to_ns
+from perception_nodes.codecs.backend import default_backend, make_header, stamp_to_ns
 from perception_nodes.codecs.image import image_to_numpy, numpy_to_image
 from perception_nodes.config import load_params
 from perception_nodes.errors import NodeUnavailable
@@ -59,11 +59,17 @@ def _node(weights, **overrides):
     return node, clock
 
 
-def _feed(node, clock, topic, msg) -> dict:
+def _feed(node, clock, topic, msg, wait=True) -> dict:
+    """Deliver ``msg``; with ``wait``, an image held for its camera_info then sees the node clock pass its
+    wait and a timer tick (the synthetic cases reuse one camera_info for images of other stamps)."""
     if hasattr(msg, "header") and topic != topics.TF_STATIC:
         clock.ns = max(clock.ns, stamp_to_ns(msg.header.stamp) + 1_000_000)
     clock.steady += S // 40
-    return {e.topic: e.msg for e in node.handle(topic, msg)}
+    emits = node.handle(topic, msg)
+    if wait and topic == IMAGE and node.pending(IMAGE) and node.model is not None:
+        clock.ns += node.info_wait_ns
+        emits += node.tick()
+    return {e.topic: e.msg for e in emits}
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +210,60 @@ def test_a_new_calibration_rebuilds_the_geometry_and_wide_images_are_resized(wei
     _feed(node, clock, IMAGE, numpy_to_image(np.ascontiguousarray(image_to_numpy(img)), "rgb8", stamp + 3 * S // 10,
                                              img.header.frame_id, B))
     assert node.geometry_builds == 2
+
+
+def _frames(records, sizes):
+    """(image, camera_info) per frame, of the given (W, H) sizes (crops of the scenario image; the
+    camera_info says the same size), at 0.1 s apart: the converted KITTI bag's size change."""
+    img, info = _image(records), _info(records)
+    rgb, stamp = image_to_numpy(img), stamp_to_ns(img.header.stamp)
+    out = []
+    for k, (w, h) in enumerate(sizes):
+        t = stamp + k * S // 10
+        im = numpy_to_image(np.ascontiguousarray(rgb[:h, :w]), "rgb8", t, img.header.frame_id, B)
+        ci = dataclasses.replace(info, width=w, height=h, header=make_header(B, t, info.header.frame_id))
+        out.append((im, ci))
+    return out
+
+
+@pytest.mark.parametrize("image_first", [True, False], ids=["image_first", "info_first"])
+def test_each_image_is_paired_with_the_camera_info_of_its_stamp(weights, records, image_first):
+    """KITTI: frame 0 is 1224x370, the others 1242x375, each camera_info matches its image; in the bag the
+    image is written before its camera_info, live the order can be the reverse. Pairing with the latest
+    camera_info dropped an image as size_mismatch either way; by stamp every image is used."""
+    node, clock = _node(weights)
+    _feed(node, clock, topics.TF_STATIC, _tf(records))
+    outs = []
+    for im, ci in _frames(records, [(312, 94), (320, 96), (320, 96)]):
+        for topic, msg in ((IMAGE, im), (INFO, ci)) if image_first else ((INFO, ci), (IMAGE, im)):
+            out = _feed(node, clock, topic, msg, wait=False)  # no time passes between image and info
+            if node.output_topic in out:
+                outs.append(stamp_to_ns(out[node.output_topic].header.stamp))
+    assert outs == [stamp_to_ns(im.header.stamp) for im, _ in _frames(records, [(312, 94)] * 3)]
+    assert "size_mismatch" not in node.dropped.get(IMAGE, {}) and node.camera_info_fallbacks == 0
+    assert node.pending(IMAGE) == 0 and all(v["balanced"] for v in node.accounting().values())
+
+
+def test_an_image_whose_camera_info_does_not_come_takes_the_latest_after_the_wait(weights, records):
+    node, clock = _node(weights)
+    _feed(node, clock, topics.TF_STATIC, _tf(records))
+    (im0, ci0), (im1, _), (im2, ci2) = _frames(records, [(320, 96)] * 3)
+    _feed(node, clock, INFO, ci0)
+    assert node.output_topic in _feed(node, clock, IMAGE, im0, wait=False)  # stamps matched: paired source
+    assert node.output_topic not in _feed(node, clock, IMAGE, im1, wait=False)  # waits for its camera_info
+    assert node.pending(IMAGE) == 1
+    clock.ns += node.info_wait_ns // 2
+    assert not node.tick() or node.pending(IMAGE) == 1  # still inside the wait
+    clock.ns += node.info_wait_ns
+    out = {e.topic: e.msg for e in node.tick()}  # its camera_info never came: the latest one
+    assert stamp_to_ns(out[node.output_topic].header.stamp) == stamp_to_ns(im1.header.stamp)
+    assert node.camera_info_fallbacks == 1 and "camera_info_fallback" in node.warnings
+    # a camera_info newer than the held image: its own has passed, no wait
+    _feed(node, clock, IMAGE, im2, wait=False)
+    assert node.pending(IMAGE) == 1
+    late = dataclasses.replace(ci2, header=make_header(B, stamp_to_ns(im2.header.stamp) + 1, ci2.header.frame_id))
+    assert node.output_topic in _feed(node, clock, INFO, late, wait=False)
+    assert node.camera_info_fallbacks == 2 and all(v["balanced"] for v in node.accounting().values())
 
 
 def test_missing_or_bad_weights_are_said(tmp_path):

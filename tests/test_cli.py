@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import REPO
 
 COMMANDS = [["replay"], ["evaluate"], ["generate"], ["train"], ["convert", "kitti"], ["live"], ["play"], ["monitor"], ["params"],
-            ["engines", "tune"], ["engines", "show"]]
+            ["engines", "tune"], ["engines", "show"], ["lidar-eval"]]
 
 
 def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -38,6 +38,13 @@ def test_top_level_help_shows_the_three_shell_live_workflow():
     for example in ("convert kitti ../shared/data/kitti_object_vis/data/object/training --out kitti_bag",
                     "live --use-sim-time", "play kitti_bag --clock --loop", "perception-stack monitor"):
         assert example in out, example
+
+
+def test_live_help_names_the_graph_and_where_it_is_described():
+    out = _run("live", "--help").stdout
+    for node in ("ground_segmentation", "occupancy_grid", "lidar_detection", "stereo_occupancy", "camera_bev", "fusion",
+                 "detection_fusion", "calibration_monitor", "control", "odometry_topic", "What runs"):
+        assert node in " ".join(out.split()), node
 
 
 def test_params_prints_documented_defaults_and_merges(tmp_path):

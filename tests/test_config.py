@@ -105,3 +105,23 @@ def test_reconfigure_is_all_or_nothing_and_refuses_read_only():
                       "sync.max_interval_s": 0.02, "ground.ring_zone_widths": [2.0, 4.0, 8.0]})
     assert node.grid.resolution == 0.5 and node.latency.budgets_ms["processing_time"] == 5.0
     assert node.sync._max_interval_ns == 20_000_000 and node.ground_params.ring_zones[0] == (0.0, 2.0)
+
+
+def test_an_empty_list_says_so_and_every_mistake_is_reported_at_once(tmp_path):
+    """ROS cannot type an empty list in a params file (rcl gives it no value), so ``[]`` is refused as on the
+    ROS path, with a message that says the list is empty; several mistakes come in one error."""
+    f = tmp_path / "p.yaml"
+    f.write_text("control:\n  ros__parameters:\n    curvature_topics: []\n")
+    with pytest.raises(ConfigError, match=r"control\.curvature_topics is an empty list") as exc:
+        load_params(f)
+    assert "must be of type" not in str(exc.value) and str(f) in str(exc.value)
+    f.write_text("occupancy_grid:\n  ros__parameters:\n    grid: {resolution: -5.0, size_x: big}\n    gird: 1\n"
+                 "    qos: {output: fast}\nnot_a_node:\n  ros__parameters: {a: 1}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_params(f)
+    msg = str(exc.value)
+    for said in ("grid.resolution=-5.0 is outside its range", "grid.size_x must be of type double",
+                 "unknown parameter occupancy_grid.gird", "qos.output='fast' is not one of",
+                 "unknown node 'not_a_node'"):
+        assert said in msg, (said, msg)
+    assert all(part.startswith(f"{f}: ") for part in msg.split("; ")), msg

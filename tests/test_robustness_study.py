@@ -45,6 +45,14 @@ def test_quick_study_end_to_end(tmp_path):
     doc = _strict((out / "robustness.json").read_text())
     for f in ("report.html", "occupancy.png", "timelines.png", "auroc.png"):
         assert (out / f).stat().st_size > 0, f
+    # a smoke run says so wherever its goal verdicts appear, and has its own default folder
+    smoke = "smoke run: 1.2 s bags, not evidence for the goals"
+    assert doc["config"]["smoke"] == smoke and smoke in proc.stdout and smoke in proc.stderr
+    assert all(line.startswith("smoke: ") for line in proc.stderr.splitlines() if line.endswith(tuple(
+        g["goal"] for g in doc["goals"])))
+    assert f"Goals ({smoke})" in (out / "report.html").read_text()
+    mod = _module()
+    assert mod.default_out(True) == Path("out/robustness-quick") != mod.default_out(False)
 
     clean, blackout = doc["runs"]
     assert (clean["condition"], blackout["condition"]) == ("clean", "lidar_blackout")

@@ -12,7 +12,7 @@ import pytest
 
 from perception_nodes import topics
 from perception_nodes.bags import BagReader
-from perception_nodes.codecs.backend import default_backend, stamp_to_ns
+from perception_nodes.codecs.backend import default_backend, make_header, stamp_to_ns
 from perception_nodes.codecs.camera_info import camera_info_msg, camera_model_from_msg
 from perception_nodes.codecs.image import image_to_numpy, numpy_to_image
 from perception_nodes.config import load_params
@@ -361,3 +361,45 @@ def test_a_looping_bag_time_jump_keeps_matching_pairs(records):
         per_lap.append(sum(node.output_topic in _feed(node, clock, t, m) for t, m in lap))
     assert per_lap[0] > 0 and per_lap[1] >= per_lap[0] - 1, per_lap
     assert not node.faults and all(a["balanced"] for a in node.accounting().values())
+
+
+def _size_change_frames(records, sizes):
+    """Per frame (left image, right image, left info, right info) of the given (W, H) (crops of the
+    scenario's first pair; camera_infos of the same size and stamp), 0.1 s apart: KITTI raw's size change."""
+    first = {t: next(m for tt, m in records if tt == t) for t in (LEFT, RIGHT, LINFO, RINFO)}
+    stamp = stamp_to_ns(first[LEFT].header.stamp)
+    out = []
+    for k, (w, h) in enumerate(sizes):
+        t = stamp + k * S // 10
+        row = {}
+        for topic in (LEFT, RIGHT):
+            img = first[topic]
+            row[topic] = numpy_to_image(np.ascontiguousarray(image_to_numpy(img)[:h, :w]), img.encoding, t,
+                                        img.header.frame_id, B)
+        for topic in (LINFO, RINFO):
+            info = first[topic]
+            row[topic] = dataclasses.replace(info, width=w, height=h, header=make_header(B, t, info.header.frame_id))
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("image_first", [True, False], ids=["image_first", "info_first"])
+def test_each_pair_is_paired_with_the_camera_infos_of_its_stamp(records, image_first):
+    """KITTI raw: frame 0 is 1224x370, the others 1242x375; with the latest camera_infos a pair met the other
+    frame's size (size_mismatch) or a left/right camera_info pair of two frames (bad_calibration)."""
+    node, clock = _node()
+    _feed(node, clock, topics.TF_STATIC, next(m for t, m in records if t == topics.TF_STATIC))
+    frames = _size_change_frames(records, [(312, 94), (320, 96), (320, 96), (320, 96)])
+    order = (LEFT, RIGHT, LINFO, RINFO) if image_first else (LINFO, RINFO, LEFT, RIGHT)
+    outs = []
+    for row in frames:
+        for topic in order:
+            out = {e.topic: e.msg for e in node.handle(topic, row[topic])}  # no time passes in a frame
+            if node.output_topic in out:
+                outs.append(stamp_to_ns(out[node.output_topic].header.stamp))
+    outs += [stamp_to_ns(e.msg.header.stamp) for e in node.finish() if e.topic == node.output_topic]
+    assert outs == [stamp_to_ns(row[LEFT].header.stamp) for row in frames]
+    dropped = node.dropped.get(LEFT, {})
+    assert "size_mismatch" not in dropped and "bad_calibration" not in dropped, dropped
+    assert "bad_calibration" not in node.warnings and node.camera_info_fallbacks == 0
+    assert all(v["balanced"] for v in node.accounting().values()), node.accounting()

@@ -26,13 +26,19 @@ class ConfigError(ValueError):
     """A parameter file that does not fit the documented parameters."""
 
 
-def _merge(base: dict, override: dict, where: str) -> dict:
+def _merge(base: dict, override: dict, where: str, errors: list[str] | None = None) -> dict:
+    """``override`` over ``base``; an unknown key is a ConfigError, or with ``errors`` noted there and
+    skipped (so every mistake of a file is reported at once)."""
     out = copy.deepcopy(base)
     for key, value in override.items():
         if key not in out and base:  # an empty default map is free-form
-            raise ConfigError(f"unknown parameter {where}{key} (see {DEFAULTS_PATH.name})")
+            msg = f"unknown parameter {where}{key} (see {DEFAULTS_PATH.name})"
+            if errors is None:
+                raise ConfigError(msg)
+            errors.append(msg)
+            continue
         if isinstance(out[key], dict) and isinstance(value, dict):
-            out[key] = _merge(out[key], value, f"{where}{key}.")
+            out[key] = _merge(out[key], value, f"{where}{key}.", errors)
         else:
             out[key] = value
     return out
@@ -57,16 +63,21 @@ def load_params(path: str | Path | None = None) -> dict[str, dict]:
         user = _params_of(yaml.safe_load(p.read_text()), p)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: invalid YAML: {exc}") from exc
-    try:
-        merged = _merge_user(defaults, user, p)
-    except ConfigError as exc:
-        if str(exc).startswith(f"{p}: "):
-            raise
-        raise ConfigError(f"{p}: {exc}") from exc  # every error names the file it is about
-    return {node: _checked(node, tree, f"{p}: ") for node, tree in merged.items()}
+    errors: list[str] = []  # every mistake of the file, reported together
+    merged = _merge_user(defaults, user, p, errors)
+    errors = [e if e.startswith(f"{p}: ") else f"{p}: {e}" for e in errors]  # each names the file
+    out = {}
+    for node, tree in merged.items():
+        try:
+            out[node] = _checked(node, tree, f"{p}: ")
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return out
 
 
-def _merge_user(defaults: dict[str, dict], user: dict[str, dict], p: Path) -> dict[str, dict]:
+def _merge_user(defaults: dict[str, dict], user: dict[str, dict], p: Path, errors: list[str]) -> dict[str, dict]:
     merged = dict(defaults)
     for node, params in user.items():
         if node == "**":  # ROS wildcard: offered to every node, taken by those that have the parameter
@@ -74,13 +85,14 @@ def _merge_user(defaults: dict[str, dict], user: dict[str, dict], p: Path) -> di
             for n, v in merged.items():
                 known = {k: params[k] for k in params if k in v}
                 unused -= set(known)
-                merged[n] = _merge(v, known, f"{n}.")
+                merged[n] = _merge(v, known, f"{n}.", errors)
             if unused:
-                raise ConfigError(f"{p}: no node has parameter(s) {', '.join(sorted(unused))}")
+                errors.append(f"{p}: no node has parameter(s) {', '.join(sorted(unused))}")
             continue
         if node not in merged:
-            raise ConfigError(f"{p}: unknown node {node!r} (known: {', '.join(sorted(merged))})")
-        merged[node] = _merge(merged[node], params, f"{node}.")
+            errors.append(f"{p}: unknown node {node!r} (known: {', '.join(sorted(merged))})")
+            continue
+        merged[node] = _merge(merged[node], params, f"{node}.", errors)
     return merged
 
 

@@ -117,6 +117,7 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("check_every_n_scans", 1, 1_000_000),
     ("pool_checks", 1, 10_000),
     ("max_stamp_diff_s", 0.0, 60.0),
+    ("camera_info_wait_s", 0.0, 60.0),
     ("check.min_jump_m", 0.01, 100.0),
     ("check.max_jump_m", 0.01, 1000.0),
     ("check.smooth_ratio", 0.0, 100.0),
@@ -232,6 +233,10 @@ class ParamSpec:
 
     def check(self, value: Any) -> Any:
         """``value`` in this parameter's type (ints widen to doubles); ValueError with the reason if not."""
+        if self.type.endswith("_array") and isinstance(value, (list, tuple)) and not value:
+            raise ValueError(f"{self.name} is an empty list: ROS cannot type an empty list in a parameter file "
+                             f"(rcl leaves it without a value, so the node would not start): give at least one "
+                             f"element ({self.type}), or leave the key out for the default {self.default!r}")
         value = coerce(self.type, value)
         if value is None:
             raise ValueError(f"{self.name} must be of type {self.type}")
@@ -400,17 +405,22 @@ def node_schema(node: str) -> dict[str, ParamSpec]:
 
 
 def check_values(node: str, flat: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """Checked and coerced copy of ``flat`` (dotted names); ConfigError on unknown names, types, ranges."""
+    """Checked and coerced copy of ``flat`` (dotted names); one ConfigError naming every unknown name and
+    every wrong type or range (``; ``-separated), so a file with several mistakes is fixed in one go."""
     from perception_nodes.config import ConfigError
 
     specs = node_schema(node)
     out = {}
+    errors = []
     for name, value in flat.items():
         spec = specs.get(name)
         if spec is None:
-            raise ConfigError(f"unknown parameter {where}{node}.{name} (see {DEFAULTS_PATH.name})")
+            errors.append(f"unknown parameter {where}{node}.{name} (see {DEFAULTS_PATH.name})")
+            continue
         try:
             out[name] = spec.check(value)
         except ValueError as exc:
-            raise ConfigError(f"{where}{node}.{exc}") from None
+            errors.append(f"{where}{node}.{exc}")
+    if errors:
+        raise ConfigError("; ".join(errors))
     return out

@@ -303,7 +303,8 @@ def plot_pr_curves(results: dict[str, APResult], path: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no class with a PR curve: no legend (matplotlib would warn)
+        ax.legend(fontsize=8)
     fig.savefig(path, dpi=100)
     return path
 

@@ -15,7 +15,10 @@ the check cannot tell which of the two moved). Debug topics (``publish_debug``):
 ``~/debug/<left>_<right>/vertical_disparity_px`` and ``.../disparity_bias_px`` (Float64Stamped).
 
 Scans and images not selected by the sampling are counted as dropped ``sampled_out`` (by design: they
-do not turn the inputs status to WARN); a selected scan with no camera to check it against (no image within
+do not turn the inputs status to WARN). Each image is checked with the CameraInfo of its own stamp (the
+last few are kept by stamp; a source whose image size changes per frame, e.g. the converted KITTI raw
+bag, needs it): once a camera's CameraInfos have carried its images' stamps, a selected scan waits for
+them too, until the next scan forces the check with the latest CameraInfo. A selected scan with no camera to check it against (no image within
 ``max_stamp_diff_s``, no CameraInfo yet) is dropped ``no_images`` without any work; a bad CameraInfo is
 counted malformed with its reason, and the
 camera keeps its last good model.
@@ -23,7 +26,7 @@ camera keeps its last good model.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from typing import Any
 
 import numpy as np
@@ -60,6 +63,9 @@ STALE_LEVEL = 3
 class CalibrationMonitorNode(NodeCore):
     """See module doc. Stages timed: ``decode``, ``edges``, ``alignment``, ``stereo``."""
 
+    #: CameraInfos kept by stamp per camera, for pairing with the image of the same stamp
+    INFO_KEEP = 8
+
     def __init__(self, name: str, params: dict[str, Any], **kw: Any) -> None:
         super().__init__(name, params, **kw)
         self.lidar_topic = params.get("lidar_topic", topics.LIDAR_POINTS)
@@ -73,7 +79,10 @@ class CalibrationMonitorNode(NodeCore):
         self.pool = max(1, int(params.get("pool_checks", 5)))
         self.max_stamp_diff_ns = int(float(params.get("max_stamp_diff_s", 0.05)) * 1e9)
         self.check = to_dataclass(CheckParams, params.get("check", {}), f"{name}.check.")
-        self.models: dict[str, CameraModel] = {}
+        self.models: dict[str, CameraModel] = {}  # camera -> latest valid CameraInfo
+        self._infos: dict[str, OrderedDict[int, CameraModel]] = {c: OrderedDict() for c in self.cameras}
+        self._paired: set[str] = set()  # cameras whose CameraInfos have carried their images' stamps
+        self._check_models: dict[str, CameraModel] = {}  # camera -> the model of the check running
         self._images: dict[str, tuple[int, Any]] = {}  # camera -> (stamp, Image msg) held
         self._scan: tuple[int, Any] | None = None  # the selected scan waiting for its images
         self._scans_seen = 0
@@ -131,6 +140,11 @@ class CalibrationMonitorNode(NodeCore):
         if topic == self.info_topics[cam]:
             self.models[cam] = camera_model_from_msg(msg)  # MalformedMessageError: counted with its reason
             self.mark_used(topic)
+            kept = self._infos[cam]
+            kept.pop(stamp, None)
+            kept[stamp] = self.models[cam]
+            while len(kept) > self.INFO_KEEP:
+                kept.popitem(last=False)
             return self._try_check(force=False)
         old = self._images.pop(cam, None)
         if old is not None:
@@ -149,15 +163,29 @@ class CalibrationMonitorNode(NodeCore):
         self._scan = (stamp, msg)
         return out + self._try_check(force=False)
 
-    def _matching(self, stamp: int) -> list[str]:
-        return [c for c in self.cameras
-                if c in self.models and c in self._images and abs(self._images[c][0] - stamp) <= self.max_stamp_diff_ns]
+    def _model_of(self, cam: str) -> CameraModel:
+        """The CameraInfo of the held image's stamp, else the latest."""
+        return self._infos[cam].get(self._images[cam][0], self.models[cam])
+
+    def _matching(self, stamp: int, force: bool) -> list[str]:
+        """Cameras whose image is within ``max_stamp_diff_s`` of the scan and which have a CameraInfo: the one
+        of the image's stamp for a camera known to send them (unless ``force``), else any."""
+        out = []
+        for c in self.cameras:
+            if c not in self.models or c not in self._images or abs(self._images[c][0] - stamp) > self.max_stamp_diff_ns:
+                continue
+            if self._images[c][0] in self._infos[c]:
+                self._paired.add(c)
+            elif c in self._paired and not force:
+                continue  # its own CameraInfo may still come
+            out.append(c)
+        return out
 
     def _try_check(self, force: bool) -> list[Emit]:
         if self._scan is None:
             return []
         stamp, scan = self._scan
-        ready = self._matching(stamp)
+        ready = self._matching(stamp, force)
         if not force and len(ready) < len(self.cameras):
             return []
         self._scan = None
@@ -171,6 +199,7 @@ class CalibrationMonitorNode(NodeCore):
             self.mark_dropped(self.lidar_topic, "no_images")
             return []
         try:
+            self._check_models = {c: self._model_of(c) for c in ready}
             return self._run_check(stamp, scan, ready)
         finally:
             self.mark_used(self.lidar_topic)
@@ -199,7 +228,7 @@ class CalibrationMonitorNode(NodeCore):
 
     def _check_camera(self, c: str, img: np.ndarray, edges: tuple[np.ndarray, np.ndarray], lidar_frame: str,
                       stamp: int, poses: dict[str, np.ndarray]) -> list[Emit]:
-        model = self.models[c]
+        model = self._check_models[c]
         if img.shape[:2] != (model.height, model.width):
             self._camera_problem[c] = (f"image {img.shape[1]}x{img.shape[0]} does not match CameraInfo "
                                        f"{model.width}x{model.height}")
@@ -223,10 +252,10 @@ class CalibrationMonitorNode(NodeCore):
 
     def _check_pair(self, left: str, right: str, images: dict[str, np.ndarray], xyzi: np.ndarray,
                     poses: dict[str, np.ndarray], stamp: int) -> list[Emit]:
-        lm = self.models[left]
+        lm = self._check_models[left]
         lid = project_lidar(xyzi, poses[left], lm.P[:, :3], lm.width, lm.height)
         s = check_stereo(left, right, images[left], images[right], self.check, lidar_left=lid,
-                         fx_baseline=-float(self.models[right].P[0, 3]))
+                         fx_baseline=-float(self._check_models[right].P[0, 3]))
         hist = self._stereo_hist.setdefault((left, right), deque(maxlen=self.pool))
         hist.append(s)
         pooled = self.results[(left, right)] = self._pooled_stereo(list(hist))
@@ -271,11 +300,11 @@ class CalibrationMonitorNode(NodeCore):
     def _pairs(self, poses: dict[str, np.ndarray]) -> list[tuple[str, str]]:
         pairs = []
         for r in poses:
-            mr = self.models[r]
+            mr = self._check_models[r]
             if mr.P[0, 3] >= 0:
                 continue
             for lft in poses:
-                ml = self.models[lft]
+                ml = self._check_models[lft]
                 if (ml.P[0, 3] == 0 and (ml.width, ml.height) == (mr.width, mr.height)
                         and np.allclose(ml.P[:, :3], mr.P[:, :3], rtol=1e-6)):
                     pairs.append((lft, r))

@@ -1,6 +1,6 @@
 """Camera -> BEV node: one rectified camera image in, evidential BEV occupancy out (the learned camera branch).
 
-Per image (``image_topic``, with the latest valid ``camera_info_topic``): the Lift-Splat network of
+Per image (``image_topic``, with the ``camera_info_topic`` message of the same stamp): the Lift-Splat network of
 :mod:`perception_nodes.models.camera_bev` (weights from ``weights``, default the packaged
 ``perception_nodes/models/weights/camera_bev/``) -> Beta evidence on the network's occupancy grid ->
 the node's ``grid`` (the occupancy node's by default; nearest-cell lookup when it differs). Publishes
@@ -10,9 +10,15 @@ the node's ``grid`` (the occupancy node's by default; nearest-cell lookup when i
 * ``health_topic`` (default ``~/debug/image_health``): 1 for a usable image, 0 for a uniform one
   (blacked-out or covered camera), ``perception_interfaces/Float64Stamped``, for the fusion node's gate.
 
-Calibration and sync (as the stereo node): the latest valid camera_info is kept (a rectified camera's
-calibration does not change per frame, so images are not held back waiting for a matching stamp); an
-image that arrives before any camera_info waits (one image at most) for it. K is the rectified
+Calibration and sync: the last few valid camera_infos are kept by stamp and an image is paired with the
+one of its own stamp (a source whose image size changes per frame, e.g. the converted KITTI raw bag,
+needs it: pairing with the latest camera_info would drop images as ``size_mismatch``). Once camera_infos
+have been seen to carry their images' stamps, an image that comes before its camera_info waits (one image
+at most) up to ``camera_info_wait_s`` on the node clock for it, then falls back to the latest valid one
+(counted as ``camera_info_fallbacks``, with a warning); so does an image whose camera_info stamp has
+already passed. A source whose camera_info never carries the image stamps (published once, latched) is
+used as the latest, without waiting. An image that arrives before any camera_info waits (one image at
+most) for it. K is the rectified
 projection's ``P[:3, :3]``; base_frame <- optical frame comes from ``/tf_static``, ``/tf`` or the rig
 calibration file. The pooling geometry (frustum -> BEV cell map, sorted by cell) is built on the first
 image of a calibration and cached (keyed on K, the extrinsic, the image size, stride, bins and grid):
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +60,7 @@ from perception_nodes.codecs.camera_info import camera_model_from_msg
 from perception_nodes.codecs.image import image_to_numpy
 from perception_nodes.codecs.outputs import DiagnosticStatusData, occupancy_grid_msg
 from perception_nodes.config import ConfigError, to_dataclass
-from perception_nodes.errors import MalformedMessageError, NodeUnavailable
+from perception_nodes.errors import CalibrationError, MalformedMessageError, NodeUnavailable
 from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
 
@@ -82,6 +89,9 @@ def scaled_intrinsics(K: np.ndarray, src: tuple[int, int], dst: tuple[int, int])
 class CameraBevNode(NodeCore):
     """See module doc."""
 
+    #: camera_infos kept by stamp for pairing (a few frames: they come within a frame of their image)
+    INFO_KEEP = 8
+
     def __init__(self, name: str, params: dict[str, Any], **kw: Any) -> None:
         super().__init__(name, params, **kw)
         self.image_topic = params.get("image_topic", topics.CAMERA_IMAGE.format(side="left"))
@@ -97,7 +107,11 @@ class CameraBevNode(NodeCore):
         self.sidecar: dict[str, Any] = {}
         self.weights_dir: Path | None = None
         self.model: Any = None  # CameraModel of the latest valid camera_info
-        self._waiting: tuple[Any, np.ndarray, float] | None = None  # an image that came before camera_info
+        self._infos: OrderedDict[int, Any] = OrderedDict()  # stamp -> CameraModel, the last INFO_KEEP
+        self._paired = False  # camera_infos have carried their images' stamps: worth waiting for
+        self._waiting: tuple[Any, np.ndarray, float] | None = None  # an image waiting for its camera_info
+        self._waiting_until = 0  # node clock (ns) after which the waiting image takes the latest camera_info
+        self.camera_info_fallbacks = 0
         self._geometry_key: str | None = None
         self._cell_map: tuple[np.ndarray, np.ndarray] | None = None  # node grid cell -> network grid cell
         self.geometry_builds = 0
@@ -111,6 +125,7 @@ class CameraBevNode(NodeCore):
         out["min_image_std"] = float(params.get("min_image_std", 2.0))
         out["evidence_scale"] = float(params.get("evidence_scale", 1.0))
         out["input_width"] = int(params.get("input_width", 320))
+        out["info_wait_ns"] = int(float(params.get("camera_info_wait_s", 0.05)) * 1e9)
         if out["evidence_scale"] <= 0:
             raise ConfigError(f"{self.name}.evidence_scale must be positive")
         if out["input_width"] < 0:
@@ -226,21 +241,75 @@ class CameraBevNode(NodeCore):
                                         f"of {', '.join(CAMERA_ENCODINGS)})")
         img = image_to_numpy(msg)  # a strided view on the message buffer: no copy
         decode_ms = (time.perf_counter_ns() - t0) / 1e6
-        if self.model is None:  # no camera_info yet: wait (one image at most)
-            if self._waiting is not None:
-                self.mark_dropped(self.image_topic, "no_camera_info")
-                self._warn("no_camera_info", f"no camera_info on {self.info_topic} yet: image dropped")
-            self._waiting = (msg, img, decode_ms)
+        out: list[Emit] = []
+        if self._waiting is not None:  # the next image came first: the held one takes what there is
+            out += self._release(fallback=True)
+        model, final = self._model_for(stamp_to_ns(msg.header.stamp))
+        if final:
+            return out + (self._process_counted(msg, img, decode_ms, model) if out else
+                          self._process(msg, img, decode_ms, model))
+        self._waiting = (msg, img, decode_ms)  # wait for its camera_info (or any, when none came yet)
+        self._waiting_until = self.clock() + self.info_wait_ns
+        return out
+
+    def _model_for(self, stamp: int) -> tuple[Any, bool]:
+        """(camera model for an image of ``stamp``, whether to use it now): the camera_info of that stamp;
+        else the latest, now when no stamped match can come (the latest is newer than the image, or the
+        source's camera_infos do not carry image stamps), else it is only the fallback while waiting."""
+        if stamp in self._infos:
+            self._paired = True
+            return self._infos[stamp], True
+        if self.model is None:
+            return None, False
+        latest = next(reversed(self._infos))
+        return self.model, (not self._paired or latest > stamp)
+
+    def _release(self, fallback: bool) -> list[Emit]:
+        """Process the waiting image with its camera_info, or (``fallback``) with the latest one; with none
+        at all it is dropped ``no_camera_info``."""
+        msg, img, decode_ms = self._waiting
+        stamp = stamp_to_ns(msg.header.stamp)
+        model, final = self._model_for(stamp)
+        if not (final or fallback):
             return []
-        return self._process(msg, img, decode_ms)
+        self._waiting = None
+        if model is None:
+            self.mark_dropped(self.image_topic, "no_camera_info")
+            self._warn("no_camera_info", f"no camera_info on {self.info_topic} yet: image dropped")
+            return []
+        if self._paired and stamp not in self._infos:
+            self.camera_info_fallbacks += 1
+            self._warn("camera_info_fallback", f"{self.info_topic}: no camera_info with the image's stamp "
+                       f"within {self.info_wait_ns / 1e9:g} s; used the latest")
+        return self._process_counted(msg, img, decode_ms, model)
+
+    def _process_counted(self, msg: Any, img: np.ndarray, decode_ms: float, model: Any) -> list[Emit]:
+        """:meth:`_process` where the caller is not this image's own delivery (a camera_info, a tick, the
+        next image after the held one was released): its failures count on the image topic here."""
+        try:
+            return self._process(msg, img, decode_ms, model)
+        except (MalformedMessageError, CalibrationError) as exc:
+            reason = "malformed" if isinstance(exc, MalformedMessageError) else "calibration"
+            self.mark_dropped(self.image_topic, reason)
+            self._warn(reason, f"{self.image_topic}: {exc}")
+            return []
+
+    def on_tick(self) -> list[Emit]:
+        if self._waiting is not None and self.model is not None and self.clock() >= self._waiting_until:
+            return self._release(fallback=True)
+        return []
 
     def _on_info(self, msg: Any) -> list[Emit]:
         model = camera_model_from_msg(msg)  # MalformedMessageError (NaN, zero focal length, sizes): counted
         self.mark_used(self.info_topic)
         self.model = model
+        stamp = stamp_to_ns(msg.header.stamp)
+        self._infos.pop(stamp, None)
+        self._infos[stamp] = model
+        while len(self._infos) > self.INFO_KEEP:
+            self._infos.popitem(last=False)
         if self._waiting is not None:
-            held, self._waiting = self._waiting, None
-            return self._process(*held)
+            return self._release(fallback=False)
         return []
 
     def _rgb(self, img: np.ndarray, enc: str) -> np.ndarray:
@@ -263,8 +332,7 @@ class CameraBevNode(NodeCore):
         out = cv2.resize(np.ascontiguousarray(img), (dst[1], dst[0]), interpolation=cv2.INTER_AREA)
         return out, scaled_intrinsics(K, (h, w), dst)
 
-    def _process(self, msg: Any, img: np.ndarray, decode_ms: float) -> list[Emit]:
-        m = self.model
+    def _process(self, msg: Any, img: np.ndarray, decode_ms: float, m: Any) -> list[Emit]:
         h, w = img.shape[:2]
         if (w, h) != (int(m.width), int(m.height)):
             self.mark_dropped(self.image_topic, "size_mismatch")
@@ -306,9 +374,8 @@ class CameraBevNode(NodeCore):
         return out + self.debug_emits(frame)
 
     def finish(self) -> list[Emit]:
-        if self._waiting is not None:
-            self._waiting = None
-            self.mark_dropped(self.image_topic, "no_camera_info")
+        if self._waiting is not None:  # end of input: no camera_info of its stamp will come
+            return self._release(fallback=True)
         return []
 
     # --- diagnostics ------------------------------------------------------------------------------
@@ -318,7 +385,8 @@ class CameraBevNode(NodeCore):
         values: dict[str, str] = {"frames_out": str(self.frames_out), "blackout_frames": str(self.blackout_frames),
                                   "geometry_builds": str(self.geometry_builds), "threads": str(self.threads),
                                   "weights": str(self.weights_dir or self.weights or "packaged"),
-                                  "input_width": str(self.input_width)}
+                                  "input_width": str(self.input_width),
+                                  "camera_info_fallbacks": str(self.camera_info_fallbacks)}
         if self.sidecar:
             values["code_version"] = str(self.sidecar.get("code_version", "unknown"))
         if self.model is not None:

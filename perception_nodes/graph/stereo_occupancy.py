@@ -10,10 +10,14 @@ grid (:mod:`perception_nodes.pipeline.stereo`, :mod:`perception_nodes.pipeline.s
   disparity (``perception_interfaces/Float64Stamped``), also on ``/diagnostics`` as ``<name>: stereo``,
   WARN below ``health.valid_ratio_warn`` and ERROR below ``health.valid_ratio_error``.
 
-Calibration: the latest valid ``camera_info`` of each side is kept (a rectified pair's calibration does not
-change per frame, so the images are not held back waiting for it); the pair geometry (baseline from the
-right ``P[0,3] = -fx B``) is rebuilt when either changes. A pair that arrives before both camera_infos waits
-(one pair at most) for them. base_frame <- left optical frame comes from ``/tf_static``, ``/tf`` or the rig
+Calibration: the last few valid ``camera_info`` of each side are kept by stamp and each image is paired with
+the one of its own stamp (a source whose image size changes per frame, e.g. the converted KITTI raw bag,
+needs it). Once camera_infos have been seen to carry their images' stamps, a pair that comes before its
+camera_infos waits (one pair at most) up to ``camera_info_wait_s`` on the node clock, then takes the latest
+valid ones (counted as ``camera_info_fallbacks``, with a warning), as does a pair whose camera_info stamps
+have passed; a source whose camera_infos never carry the image stamps is used as the latest, without
+waiting. The pair geometry (baseline from the right ``P[0,3] = -fx B``) is rebuilt when the camera_infos
+used change. A pair that arrives before both camera_infos waits (one pair at most) for them. base_frame <- left optical frame comes from ``/tf_static``, ``/tf`` or the rig
 calibration file.
 
 Stages timed (``~/debug/processing_time/<stage>_ms``): ``decode`` (Image -> strided numpy view, no copy for
@@ -37,7 +41,7 @@ shares one process, so the value also holds for any other OpenCV user there.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 import numpy as np
@@ -77,6 +81,8 @@ class StereoOccupancyNode(NodeCore):
     """See module doc."""
 
     LEFT, RIGHT = 0, 1
+    #: camera_infos kept by stamp per side, for pairing with the images of the same stamp
+    INFO_KEEP = 8
 
     def __init__(self, name: str, params: dict[str, Any], **kw: Any) -> None:
         super().__init__(name, params, **kw)
@@ -96,9 +102,14 @@ class StereoOccupancyNode(NodeCore):
         for attr, value in self._derived(params).items():
             setattr(self, attr, value)
         self.models: dict[int, Any] = {}  # side -> CameraModel (latest valid camera_info)
+        self._infos: dict[int, OrderedDict[int, Any]] = {self.LEFT: OrderedDict(), self.RIGHT: OrderedDict()}
+        self._paired = False  # camera_infos have carried their images' stamps: worth waiting for
         self.geometry: StereoGeometry | None = None
+        self._geometry_models: tuple[Any, Any] | None = None  # the camera_infos self.geometry was built from
         self.pair_error: str | None = None
-        self._waiting: SyncedSet | None = None  # a pair that came before its camera_infos
+        self._waiting: SyncedSet | None = None  # a pair waiting for its camera_infos
+        self._waiting_until = 0
+        self.camera_info_fallbacks = 0
         self.last_ratio: float | None = None
         self.ratios: deque[float] = deque(maxlen=int(params.get("latency_window", 200)))
         self.blackout_frames = 0
@@ -112,6 +123,7 @@ class StereoOccupancyNode(NodeCore):
         out["matcher"] = StereoMatcher(out["sgbm"])
         out["unknown_vacuity"] = float(params.get("unknown_vacuity", 1.0))
         out["min_disparity_px"] = float(params.get("min_disparity_px", 0.5))
+        out["info_wait_ns"] = int(float(params.get("camera_info_wait_s", 0.05)) * 1e9)
         health = params.get("health", {})
         warn, error = float(health.get("valid_ratio_warn", 0.5)), float(health.get("valid_ratio_error", 0.15))
         if error > warn:
@@ -125,7 +137,7 @@ class StereoOccupancyNode(NodeCore):
 
     def reconfigure(self, changes: dict[str, Any]) -> None:
         super().reconfigure(changes)
-        self._update_geometry()  # pair-check tolerances may have changed
+        self._update_geometry(self._geometry_models, force=True)  # pair-check tolerances may have changed
 
     # --- wiring -------------------------------------------------------------------------------
     def inputs(self) -> list[Port]:
@@ -198,20 +210,71 @@ class StereoOccupancyNode(NodeCore):
         side = self.LEFT if topic == self.left_info_topic else self.RIGHT
         model = camera_model_from_msg(msg)  # MalformedMessageError (NaN, zero focal length, sizes): counted
         self.mark_used(topic)
-        if self.models.get(side) != model:
-            self.models[side] = model
-            self._update_geometry()
-        if self._waiting is not None and len(self.models) == 2:
-            held, self._waiting = self._waiting, None
-            return self._process_sets([held])
+        self.models[side] = model
+        stamp = stamp_to_ns(msg.header.stamp)
+        kept = self._infos[side]
+        kept.pop(stamp, None)
+        kept[stamp] = model
+        while len(kept) > self.INFO_KEEP:
+            kept.popitem(last=False)
+        other = self._infos[1 - side]
+        if not self._paired or stamp in other:  # a consistent latest pair: its geometry (and status) now
+            self._update_geometry((self.models.get(self.LEFT), self.models.get(self.RIGHT)))
+        if self._waiting is not None:
+            return self._release(fallback=False)
         return []
 
-    def _update_geometry(self) -> None:
+    def _models_for(self, s: SyncedSet) -> tuple[tuple[Any, Any] | None, bool, bool]:
+        """(left and right camera models for the pair ``s``, whether to use them now, whether both are the
+        camera_infos of the images' own stamps): the stamped ones; else the latest, now when no stamped
+        match can come (the latest is newer than the image on each side lacking one, or the source's
+        camera_infos do not carry image stamps), else only as the fallback while waiting."""
+        stamps = [stamp_to_ns(m[0].header.stamp) for m in s.messages]
+        own = [self._infos[k].get(stamps[k]) for k in (self.LEFT, self.RIGHT)]
+        if own[0] is not None and own[1] is not None:
+            self._paired = True
+            return (own[0], own[1]), True, True
         if len(self.models) < 2:
+            return None, False, False
+        passed = all(own[k] is not None or next(reversed(self._infos[k])) > stamps[k] for k in (self.LEFT, self.RIGHT))
+        models = (own[0] or self.models[self.LEFT], own[1] or self.models[self.RIGHT])
+        return models, (not self._paired or passed), False
+
+    def _release(self, fallback: bool) -> list[Emit]:
+        """Process the waiting pair with its camera_infos, or (``fallback``) with the latest ones; with none
+        it is dropped ``no_camera_info``."""
+        s = self._waiting
+        models, final, matched = self._models_for(s)
+        if not (final or fallback):
+            return []
+        self._waiting = None
+        if models is None:
+            self._drop_set(s, "no_camera_info")
+            missing = [t for k, t in ((self.LEFT, self.left_info_topic), (self.RIGHT, self.right_info_topic))
+                       if k not in self.models]
+            self._warn("no_camera_info", f"no camera_info on {', '.join(missing)} yet: image pair dropped")
+            return []
+        if self._paired and not matched:
+            self.camera_info_fallbacks += 1
+            self._warn("camera_info_fallback", f"{self.left_info_topic} / {self.right_info_topic}: no camera_info "
+                       f"with the images' stamps within {self.info_wait_ns / 1e9:g} s; used the latest")
+        return self._run_set(s, models)
+
+    def on_tick(self) -> list[Emit]:
+        if self._waiting is not None and len(self.models) == 2 and self.clock() >= self._waiting_until:
+            return self._release(fallback=True)
+        return []
+
+    def _update_geometry(self, models: tuple[Any, Any] | None, force: bool = False) -> None:
+        """Pair geometry (and pair check) of ``models``, rebuilt only when they changed (or ``force``)."""
+        if models is None or models[0] is None or models[1] is None:
             return
+        if not force and self._geometry_models is not None and self._geometry_models[0] == models[0] \
+                and self._geometry_models[1] == models[1]:
+            return
+        self._geometry_models = models
         try:
-            self.geometry = stereo_geometry(self.models[self.LEFT], self.models[self.RIGHT],
-                                            intrinsics_tol=self.intrinsics_tol,
+            self.geometry = stereo_geometry(models[0], models[1], intrinsics_tol=self.intrinsics_tol,
                                             max_vertical_offset=self.max_vertical_offset)
             self.pair_error = None
         except StereoPairError as exc:
@@ -232,27 +295,33 @@ class StereoOccupancyNode(NodeCore):
     def _process_sets(self, sets: list[SyncedSet]) -> list[Emit]:
         out: list[Emit] = []
         for s in sets:
-            if len(self.models) < 2:  # camera_info not there yet: wait (one pair at most)
-                if self._waiting is not None:
-                    self._drop_set(self._waiting, "no_camera_info")
-                    missing = [t for k, t in ((self.LEFT, self.left_info_topic), (self.RIGHT, self.right_info_topic))
-                               if k not in self.models]
-                    self._warn("no_camera_info", f"no camera_info on {', '.join(missing)} yet: image pair dropped")
+            if self._waiting is not None:  # the next pair came first: the held one takes what there is
+                out += self._release(fallback=True)
+            models, final, _ = self._models_for(s)
+            if not final:  # wait for its camera_infos (or any, when none came yet): one pair at most
                 self._waiting = s
+                self._waiting_until = self.clock() + self.info_wait_ns
                 continue
-            try:  # fault isolation per pair: a failure drops this pair, never the ones after it
-                out += self._process(s)
-            except Exception as exc:  # noqa: BLE001
-                if isinstance(exc, CalibrationError):
-                    self._drop_set(s, "calibration")
-                    self._warn("calibration", f"{self.left_topic}: {exc}")
-                elif isinstance(exc, (StereoPairError, MalformedMessageError)):
-                    self._drop_set(s, "malformed_in_set")
-                    self._warn("pair", f"{self.left_topic} / {self.right_topic}: {exc}")
-                else:
-                    self._drop_set(s, "error")
-                    self._fault(self.left_topic, exc)
+            out += self._run_set(s, models)
         return out
+
+    def _run_set(self, s: SyncedSet, models: tuple[Any, Any]) -> list[Emit]:
+        """One pair with its camera models; fault isolation per pair: a failure drops this pair, never the
+        ones after it."""
+        try:
+            self._update_geometry(models)
+            return self._process(s)
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, CalibrationError):
+                self._drop_set(s, "calibration")
+                self._warn("calibration", f"{self.left_topic}: {exc}")
+            elif isinstance(exc, (StereoPairError, MalformedMessageError)):
+                self._drop_set(s, "malformed_in_set")
+                self._warn("pair", f"{self.left_topic} / {self.right_topic}: {exc}")
+            else:
+                self._drop_set(s, "error")
+                self._fault(self.left_topic, exc)
+        return []
 
     def _process(self, s: SyncedSet) -> list[Emit]:
         (lmsg, limg, ldec), (rmsg, rimg, rdec) = s.messages
@@ -325,8 +394,9 @@ class StereoOccupancyNode(NodeCore):
         self._sync_counts()
 
     def finish(self) -> list[Emit]:
+        out = self._release(fallback=True) if self._waiting is not None else []  # its own will not come now
         self._reset_sync("end_of_input")
-        return []
+        return out
 
     # --- diagnostics ------------------------------------------------------------------------------
     def diagnostic_statuses(self) -> list[DiagnosticStatusData]:
@@ -334,7 +404,8 @@ class StereoOccupancyNode(NodeCore):
         statuses = super().diagnostic_statuses()
         values: dict[str, str] = {"frames_out": str(self.frames_out), "blackout_frames": str(self.blackout_frames),
                                   "valid_ratio_warn": f"{self.ratio_warn:g}", "valid_ratio_error": f"{self.ratio_error:g}",
-                                  "sgbm_mode": self.sgbm.mode, "threads": str(self.threads)}
+                                  "sgbm_mode": self.sgbm.mode, "threads": str(self.threads),
+                                  "camera_info_fallbacks": str(self.camera_info_fallbacks)}
         g = self.geometry
         if g is not None:
             values.update(width=str(g.width), height=str(g.height), fx=f"{g.fx:.3f}", baseline_m=f"{g.baseline:.4f}",

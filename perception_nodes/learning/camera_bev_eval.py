@@ -2,6 +2,12 @@
 
     python -m perception_nodes.learning.camera_bev_eval --run out/train/camera_bev \
         [--package perception_nodes/models/weights/camera_bev] [--out metrics.json]
+    python -m perception_nodes.learning.camera_bev_eval [--weights DIR] [--out metrics.json]
+
+``--run``: a training run folder (config.json + model.safetensors); ``--weights``: a packaged weights
+folder (model.safetensors + model.json, as the node loads; default the packaged
+``perception_nodes/models/weights/camera_bev``), its training data taken from the sidecar's training
+config (for the constant-rate baseline).
 
 **Generated test scenes** (``--test``; default seeds 200-202 of the three scenarios, 4 s each at 320 x 96,
 disjoint from the training and validation seeds of ``configs/train/camera_bev.yaml``): the branch's own
@@ -40,7 +46,7 @@ from perception_nodes.learning.config import BagSource
 from perception_nodes.learning.data import SHARED_DATA, default_cache_dir, load_split
 from perception_nodes.learning.metrics import expected_calibration_error, occupancy_scores
 
-__all__ = ["TEST_SOURCES", "evaluate_generated", "evaluate_kitti", "main", "score"]
+__all__ = ["TEST_SOURCES", "EvalSourceError", "evaluate_generated", "evaluate_kitti", "load_for_eval", "main", "score"]
 
 _GEN = {"duration_s": 4.0, "lidar": "hdl64", "cameras": True, "camera_resolution": [320, 96]}
 #: held-out generated scenes (seeds used nowhere else)
@@ -153,6 +159,46 @@ def evaluate_kitti(model: Any, root: Path = KITTI, *, rate: float, width: int = 
             "image_width": width, "max_range_m": max_range_m, **_with_baselines(p, y, rate)}
 
 
+class EvalSourceError(ValueError):
+    """The folder to score is neither a training run nor a camera_bev weights folder (or is broken)."""
+
+
+def load_for_eval(run: Path | None = None, weights: Path | None = None) -> tuple[CameraBevBranch, Any, list[BagSource]]:
+    """(branch, model in eval mode, training sources) from a training run folder or a packaged weights
+    folder (default the packaged one); :class:`EvalSourceError` saying what the folder is not."""
+    from perception_nodes.learning.config import load_config
+
+    if run is not None:
+        if not (run / "config.json").is_file() or not (run / "model.safetensors").is_file():
+            hint = " (it looks like a weights folder: use --weights)" if (run / "model.json").is_file() else ""
+            raise EvalSourceError(f"{run} is not a training run folder: it needs config.json and model.safetensors{hint}")
+        from perception_nodes.learning.trainer import load_trained
+
+        cfg = load_config(run / "config.json")
+        branch, model = load_trained(run / "model.safetensors")
+        if not isinstance(branch, CameraBevBranch):
+            raise EvalSourceError(f"{run} is a training run of the {branch.name} branch, not camera_bev")
+        return branch, model.eval(), list(cfg.data.train)
+    from perception_nodes.models.camera_bev import NETWORK, load_camera_bev
+    from perception_nodes.models.weights_io import WeightsError, default_weights_dir
+
+    folder = weights if weights is not None else default_weights_dir(NETWORK)
+    try:
+        net, side = load_camera_bev(folder)
+    except WeightsError as exc:
+        hint = " (it looks like a training run folder: use --run)" if (Path(folder) / "config.json").is_file() else ""
+        raise EvalSourceError(f"{folder} is not a camera_bev weights folder: {exc}{hint}") from None
+    training = (side.get("training") or {}).get("config")
+    if not training:
+        raise EvalSourceError(f"{folder}: its model.json has no training config, so the training frames of the "
+                              "constant-rate baseline are unknown; score the training run with --run")
+    cfg = load_config(training)
+    sections = {k: v for k, v in dict(cfg.branch_sections or {}).items() if k in CameraBevBranch.sections}
+    sections["model"] = side.get("config") or {}
+    branch = CameraBevBranch(sections)
+    return branch, net.eval(), list(cfg.data.train)
+
+
 def _table(name: str, res: dict[str, Any]) -> str:
     rows = [f"{name}: {res.get('frames')} frames, occupied fraction {res.get('occupied_fraction', float('nan')):.3f}"]
     for k in ("model", "all_occupied", "all_free", "constant_rate"):
@@ -164,22 +210,24 @@ def _table(name: str, res: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", type=Path, required=True, help="training run folder (config.json + model.safetensors)")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--run", type=Path, help="training run folder (config.json + model.safetensors)")
+    src.add_argument("--weights", type=Path, help="packaged weights folder (model.safetensors + model.json); "
+                     "default, without --run: the packaged perception_nodes/models/weights/camera_bev")
     ap.add_argument("--package", type=Path, default=None, help="write the weights + sidecar (with these metrics) here")
     ap.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
     ap.add_argument("--no-kitti", action="store_true", help="skip the real KITTI frames")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.package and args.run is None:
+        ap.error("--package needs --run (the training history goes into the sidecar)")
     torch.set_num_threads(args.threads)
-    from perception_nodes.learning.config import load_config
-    from perception_nodes.learning.trainer import load_trained
-
     t0 = time.time()
-    cfg = load_config(args.run / "config.json")
-    branch, model = load_trained(args.run / "model.safetensors")
-    assert isinstance(branch, CameraBevBranch)
-    model.eval()
-    train = load_split(cfg.data.train, branch, cache_dir=default_cache_dir(), role="train", progress=False)
+    try:
+        branch, model, train_sources = load_for_eval(args.run, args.weights)
+    except EvalSourceError as exc:
+        ap.error(str(exc))
+    train = load_split(train_sources, branch, cache_dir=default_cache_dir(), role="train", progress=False)
     rate = train_rate(branch, model, train.samples)
     metrics: dict[str, Any] = {"generated_test": evaluate_generated(branch, model, TEST_SOURCES, rate)}
     print(_table("generated test (seeds 200-202)", metrics["generated_test"]))

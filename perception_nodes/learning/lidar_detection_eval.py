@@ -332,8 +332,8 @@ def _nan_to_none(x: Any) -> Any:
     return x
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m perception_nodes.learning.lidar_detection_eval",
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog or "python -m perception_nodes.learning.lidar_detection_eval",
                                 description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group()
     src.add_argument("--run", type=Path, default=None, help="trained run folder (model.safetensors, config.json)")

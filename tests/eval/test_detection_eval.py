@@ -206,3 +206,14 @@ def test_trivial_baselines_score_near_zero(bag_frames):
         m = detection_metrics(gt, dets, config=cfg)
         assert m["kitti_ap_r40_3d"]["car"] < 0.05 and m["kitti_ap_r40_bev"]["car"] < 0.05
         assert m["nuscenes"]["per_class"]["car"]["ap"] < 0.05
+
+
+def test_pr_plot_without_any_curve_has_no_legend_and_no_warning(tmp_path, recwarn):
+    """A class with no ground truth and no detections has no PR curve: the plot is still written, without
+    matplotlib's "No artists with labels found" warning."""
+    from perception_nodes.eval.detection_eval import plot_pr_curves
+
+    empty = kitti_ap([[]], [[]], "Car")
+    path = plot_pr_curves({"Car": empty}, tmp_path / "pr.png")
+    assert path.stat().st_size > 0
+    assert not [w for w in recwarn if "artists with labels" in str(w.message)], [str(w.message) for w in recwarn]
