@@ -19,7 +19,8 @@ Missing or stale inputs: a modality that is absent is fed as zeros and its **pre
 (constant 1 over the grid when present, 0 when not; one channel per modality) is 0, so one set of weights
 runs LiDAR + camera, LiDAR only or camera only; the caller decides what "stale" means (the node's
 per-input timeout) and passes ``None`` for it. The heads blank their output for frames without LiDAR
-voxels (``num_voxels == 0``); here a frame counts as having input when either modality is present
+voxels (``num_voxels == 0``); here a frame counts as having input when either modality is present (the output's
+``num_voxels`` is the voxel count, at least 1 for a frame with camera input;
 (:attr:`BevFusionOutput.lidar_present` / ``camera_present`` say which).
 
 Initialisation (:meth:`BevFusionNet.init_identity`): the fuser's convolution is the identity on the LiDAR
@@ -179,48 +180,69 @@ class BevFusionNet(nn.Module):
             return camera_bev
         return torch.matmul(torch.matmul(self._wy, camera_bev), self._wx.t())
 
-    def fuse(self, lidar_bev: Optional[Tensor], camera_bev: Optional[Tensor], batch: int) -> Tensor:
-        """Fuser output ``[B, C_lidar, Y, X]`` (the BEV net's input). ``None`` = that input is missing;
-        ``camera_bev`` is on the camera's grid (resampled here)."""
+    def fuse(self, lidar_bev: Optional[Tensor], camera_bev: Optional[Tensor], batch: int,
+             lidar_present: Optional[Tensor] = None, camera_present: Optional[Tensor] = None) -> Tensor:
+        """Fuser output ``[B, C_lidar, Y, X]`` (the BEV net's input). ``None`` = that input is missing for
+        every frame; ``*_present`` (``[B]`` bool, default: all where the input is given) drops it for some
+        frames (zeros and flag 0: modality dropout in training). ``camera_bev`` is on the camera's grid."""
         Y, X = self.grid.height, self.grid.width
         ref = lidar_bev if lidar_bev is not None else camera_bev
         if ref is None:
             raise ValueError("bev_fusion needs at least one of LiDAR and camera input")
         dev, dt = ref.device, ref.dtype
-        lid = lidar_bev if lidar_bev is not None else torch.zeros(batch, self.lidar_channels, Y, X, device=dev, dtype=dt)
-        cam = (self.resample_camera(camera_bev) if camera_bev is not None
+        lp = self._presence(lidar_present, lidar_bev is not None, batch, dev)
+        cp = self._presence(camera_present, camera_bev is not None, batch, dev)
+        lid = (lidar_bev.contiguous() if lidar_bev is not None
+               else torch.zeros(batch, self.lidar_channels, Y, X, device=dev, dtype=dt))
+        cam = (self.resample_camera(camera_bev).contiguous() if camera_bev is not None
                else torch.zeros(batch, self.camera_channels, Y, X, device=dev, dtype=dt))
-        flags = torch.tensor([float(lidar_bev is not None), float(camera_bev is not None)], device=dev, dtype=dt)
-        flags = flags.view(1, 2, 1, 1).expand(batch, 2, Y, X)
-        return self.fuser(torch.cat([lid.contiguous(), cam.contiguous(), flags], 1))
+        if lidar_bev is not None and not bool(lp.all()):
+            lid = lid * lp.to(dt).view(-1, 1, 1, 1)
+        if camera_bev is not None and not bool(cp.all()):
+            cam = cam * cp.to(dt).view(-1, 1, 1, 1)
+        flags = torch.stack([lp, cp], 1).to(dt).view(batch, 2, 1, 1).expand(batch, 2, Y, X)
+        return self.fuser(torch.cat([lid, cam, flags], 1))
+
+    @staticmethod
+    def _presence(mask: Optional[Tensor], given: bool, batch: int, device: Any) -> Tensor:
+        if mask is None:
+            return torch.full((batch,), given, dtype=torch.bool, device=device)
+        mask = mask.to(device=device, dtype=torch.bool).reshape(-1)
+        if mask.numel() != batch:
+            raise ValueError(f"presence mask of {mask.numel()} frames for a batch of {batch}")
+        if bool(mask.any()) and not given:
+            raise ValueError("a presence mask marks frames present for an input that was not given")
+        return mask
 
     def forward(self, points: Optional[Any] = None, images: Optional[Tensor] = None, geometry: Any = None, *,
-                batch: Optional[int] = None) -> BevFusionOutput:
+                lidar_present: Optional[Tensor] = None, camera_present: Optional[Tensor] = None) -> BevFusionOutput:
         """``points``: one scan or a list (as :class:`LidarDetectionNet`), ``None`` when LiDAR is missing;
-        ``images`` ``[B, (N,) 3, H, W]`` with their pooling ``geometry``, ``None`` when the camera is missing."""
+        ``images`` ``[B, (N,) 3, H, W]`` with their pooling ``geometry``, ``None`` when the camera is missing;
+        ``*_present``: optional ``[B]`` bool masks that drop an input for some frames (see :meth:`fuse`)."""
         if points is None and images is None:
             raise ValueError("bev_fusion needs at least one of LiDAR points and camera images")
         lidar_bev = camera_bev = None
+        sizes = []
         if points is not None:
             st, counts = self.lidar.voxelize(points)
             lidar_bev = self.lidar.backbone_bev(st)
-            bsz = lidar_bev.shape[0]
+            sizes.append(lidar_bev.shape[0])
         if images is not None:
             if geometry is None:
                 raise ValueError("camera images need their pooling geometry")
             camera_bev = self.camera_bev(images, geometry)
-            bsz = camera_bev.shape[0]
-        if batch is not None and batch != bsz:
-            raise ValueError(f"batch {batch} but the inputs hold {bsz} frames")
-        if points is None:
-            counts = torch.zeros(bsz, dtype=torch.int64)
-        fused = self.fuse(lidar_bev, camera_bev, bsz)
-        lp = torch.full((bsz,), points is not None)
-        cp = torch.full((bsz,), images is not None)
+            sizes.append(camera_bev.shape[0])
+        if len(set(sizes)) != 1:
+            raise ValueError(f"LiDAR and camera inputs hold different numbers of frames: {sizes}")
+        bsz = sizes[0]
+        dev = (lidar_bev if lidar_bev is not None else camera_bev).device
+        lp = self._presence(lidar_present, points is not None, bsz, dev)
+        cp = self._presence(camera_present, images is not None, bsz, dev)
+        counts = torch.where(lp.cpu(), counts, 0) if points is not None else torch.zeros(bsz, dtype=torch.int64)
+        fused = self.fuse(lidar_bev, camera_bev, bsz, lp, cp)
         # the heads blank frames with num_voxels == 0: a camera-only frame has input too
-        has_input = torch.where(cp, torch.clamp_min(counts, 1), counts)
+        has_input = torch.where(cp.cpu(), torch.clamp_min(counts, 1), counts)
         out = self.lidar.heads(self.lidar.bev_net(fused), has_input)
-        out.num_voxels = counts if points is not None else has_input
         return BevFusionOutput(out, lp, cp)
 
 

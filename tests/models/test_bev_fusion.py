@@ -204,3 +204,26 @@ def test_forward_is_deterministic(fused, kitti_frames):
         b = fused(points=pts, images=_images(), geometry=geo).detection
     assert torch.equal(a.class_alpha, b.class_alpha)
     assert torch.equal(a.occupancy_evidence, b.occupancy_evidence)
+
+
+def test_per_frame_presence_masks_equal_separate_runs(fused, kitti_frames):
+    # modality dropout in training drops an input for some frames of a batch: each frame must come out as
+    # if run alone in that mode (frames are independent; BatchNorm in eval mode)
+    net = from_packaged(lidar_overrides={"backbone_args": TEST_CONFIG["backbone_args"]})
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(2)
+        w = net.fuser[0].weight
+        w[:, net.lidar_channels:] = 0.05 * torch.randn(w[:, net.lidar_channels:].shape, generator=g)
+    geo = _geometry(net)
+    p0, p1 = (torch.from_numpy(kitti_frames[i][0]) for i in (0, 1))
+    imgs = torch.cat([_images(0), _images(1)])
+    with torch.no_grad():
+        mixed = net([p0, p1], imgs, geo, lidar_present=torch.tensor([True, False]),
+                    camera_present=torch.tensor([True, True])).detection
+        both0 = net(p0, imgs[:1], geo).detection
+        cam1 = net(images=imgs[1:], geometry=geo).detection
+    _close(mixed.class_alpha[:1], both0.class_alpha, "frame 0: both")
+    _close(mixed.class_alpha[1:], cam1.class_alpha, "frame 1: camera only")
+    _close(mixed.occupancy_evidence[1:], cam1.occupancy_evidence, "frame 1 occupancy")
+    with pytest.raises(ValueError, match="not given"):
+        net(p0, lidar_present=torch.tensor([True]), camera_present=torch.tensor([True]))
