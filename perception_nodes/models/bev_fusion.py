@@ -21,7 +21,7 @@ runs LiDAR + camera, LiDAR only or camera only; the caller decides what "stale" 
 per-input timeout) and passes ``None`` for it. The heads blank their output for frames without LiDAR
 voxels (``num_voxels == 0``); here a frame counts as having input when either modality is present (the output's
 ``num_voxels`` is the voxel count, at least 1 for a frame with camera input;
-(:attr:`BevFusionOutput.lidar_present` / ``camera_present`` say which).
+:attr:`BevFusionOutput.lidar_present` / ``camera_present`` say which input each frame had).
 
 Initialisation (:meth:`BevFusionNet.init_identity`): the fuser's convolution is the identity on the LiDAR
 channels and zero on the camera and flag channels, its BatchNorm the identity in eval mode (running mean 0,

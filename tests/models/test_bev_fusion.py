@@ -227,3 +227,19 @@ def test_per_frame_presence_masks_equal_separate_runs(fused, kitti_frames):
     _close(mixed.occupancy_evidence[1:], cam1.occupancy_evidence, "frame 1 occupancy")
     with pytest.raises(ValueError, match="not given"):
         net(p0, lidar_present=torch.tensor([True]), camera_present=torch.tensor([True]))
+
+
+def test_training_branch_freezes_the_encoders_and_drops_modalities():
+    from perception_nodes.learning.branches import get_branch
+
+    branch = get_branch("bev_fusion")({"train": {"heads": False, "camera_only": 0.3, "lidar_only": 0.2}})
+    net = branch.build_model()
+    trained = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trained == {n for n, _ in net.named_parameters() if n.startswith("fuser.")}
+    n = 4000
+    batch = branch.augment({"image": torch.zeros(n, 3, 2, 2)}, torch.Generator().manual_seed(0))
+    lp, cp = batch["lidar_present"], batch["camera_present"]
+    assert bool((lp | cp).all())  # never both dropped
+    # P(camera only) = 0.3; P(LiDAR only) = 0.7 * 0.2 = 0.14; 5 binomial sigmas
+    for share, p in ((float((~lp).float().mean()), 0.3), (float((~cp).float().mean()), 0.14)):
+        assert abs(share - p) <= 5 * (p * (1 - p) / n) ** 0.5
