@@ -33,7 +33,7 @@ import yaml
 from perception_nodes.learning.branches.bev_fusion import BevFusionBranch
 from perception_nodes.learning.config import BagSource
 
-__all__ = ["HELD_OUT", "check_held_out", "evaluate", "main"]
+__all__ = ["HELD_OUT", "check_held_out", "evaluate", "main", "package"]
 
 _CAM = {"lidar": "hdl64", "cameras": True, "camera_resolution": [320, 96], "duration_s": 4.0}
 #: held-out scenes (scenario, seed): new layouts of the three scenario types
@@ -162,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "omitted: the identity-initialised fuser on the packaged weights")
     ap.add_argument("--stride", type=int, default=2, help="use every n-th LiDAR frame of the held-out bags")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--metrics-out", type=Path, default=None, help="JSON output (default: <run>/heldout_metrics.json)")
+    ap.add_argument("--metrics-out", type=Path, default=None, help="JSON output (default: <run>/bev_fusion_heldout.json)")
+    ap.add_argument("--package", type=Path, default=None, help="write the run's network (all of it: encoders, fuser, "
+                    "heads) with these metrics as a weights folder (safetensors + sidecar)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from perception_nodes.learning.data import default_cache_dir, load_split
@@ -191,7 +193,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=lambda x: None) + "\n")
     print(f"metrics: {out}")
+    if args.package is not None:
+        package(branch, model, args.package, res, args.run)
+        print(f"packaged: {args.package}")
     return 0
+
+
+def package(branch: BevFusionBranch, model: Any, folder: Path, metrics: dict[str, Any], run: Path | None) -> Path:
+    """The whole fused network as a weights folder (:func:`~perception_nodes.models.weights_io.save_weights`)."""
+    from perception_nodes.models.bev_fusion import NETWORK
+    from perception_nodes.models.weights_io import save_weights
+
+    training: dict[str, Any] = {"branch_config": branch.describe()}
+    if run is not None:
+        rd = run if run.is_dir() else run.parent
+        cfg = rd / "config.json"
+        if cfg.is_file():
+            training["config"] = json.loads(cfg.read_text())
+        hist = rd / "metrics.jsonl"
+        if hist.is_file():
+            recs = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
+            training["epochs"] = len(recs)
+            training["train_seconds"] = sum(r.get("train_seconds", 0.0) for r in recs)
+            training["last_epoch_validation"] = recs[-1].get("val") if recs else None
+    return save_weights(model, folder, network=NETWORK, config=model.fusion_config, training=training, metrics=metrics)
 
 
 if __name__ == "__main__":

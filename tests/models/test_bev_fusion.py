@@ -243,3 +243,24 @@ def test_training_branch_freezes_the_encoders_and_drops_modalities():
     # P(camera only) = 0.3; P(LiDAR only) = 0.7 * 0.2 = 0.14; 5 binomial sigmas
     for share, p in ((float((~lp).float().mean()), 0.3), (float((~cp).float().mean()), 0.14)):
         assert abs(share - p) <= 5 * (p * (1 - p) / n) ** 0.5
+
+
+def test_weights_folder_round_trip(fused, kitti_frames, tmp_path):
+    from perception_nodes.models.bev_fusion import NETWORK, load_bev_fusion
+    from perception_nodes.models.weights_io import WeightsError, save_weights
+
+    with torch.no_grad():
+        fused.fuser[0].weight[:, fused.lidar_channels] += 0.01  # not the init: the state must travel
+    try:
+        save_weights(fused, tmp_path / "w", network=NETWORK, config=fused.fusion_config)
+        net, side = load_bev_fusion(tmp_path / "w")
+        assert side["config"]["kernel"] == 1
+        pts = torch.from_numpy(kitti_frames[0][0])
+        with torch.no_grad():
+            a = fused(points=pts, images=_images(), geometry=_geometry(fused)).detection
+            b = net(points=pts, images=_images(), geometry=_geometry(net)).detection
+        _close(b.class_alpha, a.class_alpha, "reloaded")
+    finally:
+        fused.init_identity()
+    with pytest.raises(WeightsError):
+        load_bev_fusion(tmp_path / "missing")
