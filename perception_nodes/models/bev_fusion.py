@@ -40,11 +40,13 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.models.bev_grid import BevGrid
 from perception_nodes.models.camera_bev import CameraBevConfig, CameraBevNet
+from perception_nodes.models.folding import FoldCache, fold_conv_bn, inference_fast_path
 from perception_nodes.models.lidar_detection import LidarDetectionConfig, LidarDetectionNet, LidarDetectionOutput
 
 __all__ = ["BevFusionConfig", "BevFusionNet", "BevFusionOutput", "NETWORK", "area_resample", "area_weights",
@@ -139,6 +141,7 @@ class BevFusionNet(nn.Module):
                                                  self.grid.origin_x, self.grid.cell, self.grid.width).float(), persistent=False)
         self.fusion_config = BevFusionConfig(cfg.kernel, cfg.freeze_batchnorm, _plain_config(lidar.config),
                                              _plain_config(camera.config))
+        self._folded = FoldCache(_fold_fuser)
         self.init_identity()
 
     def init_identity(self) -> None:
@@ -192,16 +195,34 @@ class BevFusionNet(nn.Module):
         dev, dt = ref.device, ref.dtype
         lp = self._presence(lidar_present, lidar_bev is not None, batch, dev)
         cp = self._presence(camera_present, camera_bev is not None, batch, dev)
-        lid = (lidar_bev.contiguous() if lidar_bev is not None
-               else torch.zeros(batch, self.lidar_channels, Y, X, device=dev, dtype=dt))
-        cam = (self.resample_camera(camera_bev).contiguous() if camera_bev is not None
-               else torch.zeros(batch, self.camera_channels, Y, X, device=dev, dtype=dt))
-        if lidar_bev is not None and not bool(lp.all()):
+        lid = lidar_bev
+        cam = self.resample_camera(camera_bev) if camera_bev is not None else None
+        if lid is not None and not bool(lp.all()):
             lid = lid * lp.to(dt).view(-1, 1, 1, 1)
-        if camera_bev is not None and not bool(cp.all()):
+        if cam is not None and not bool(cp.all()):
             cam = cam * cp.to(dt).view(-1, 1, 1, 1)
+        if self.fuser[0].kernel_size == (1, 1) and inference_fast_path(self):
+            return self._fuse_inference(lp, cp, lid, cam)
+        lid = lid.contiguous() if lid is not None else torch.zeros(batch, self.lidar_channels, Y, X, device=dev, dtype=dt)
+        cam = cam.contiguous() if cam is not None else torch.zeros(batch, self.camera_channels, Y, X, device=dev, dtype=dt)
         flags = torch.stack([lp, cp], 1).to(dt).view(batch, 2, 1, 1).expand(batch, 2, Y, X)
         return self.fuser(torch.cat([lid, cam, flags], 1))
+
+    def _fuse_inference(self, lp: Tensor, cp: Tensor, lid: Optional[Tensor], cam: Optional[Tensor]) -> Tensor:
+        """:meth:`fuse` for inference with a 1 x 1 fuser: BatchNorm folded, the input split by modality (an
+        absent modality's columns are skipped instead of multiplied by zeros) and the constant flag
+        channels as a per-frame bias; no concatenated input. Same values to float32 rounding."""
+        f = self._folded.get(self.fuser)
+        flags = torch.stack([lp, cp], 1).to(f["b"].dtype)  # [B, 2]
+        bias = (f["b"].view(1, -1) + flags @ f["w_flags"].t())  # [B, C]
+        y = None
+        if lid is not None:
+            y = F.conv2d(lid.contiguous(memory_format=torch.channels_last), f["w_lidar"])
+        if cam is not None:
+            c = F.conv2d(cam.contiguous(memory_format=torch.channels_last), f["w_camera"])
+            y = c if y is None else y.add_(c)
+        assert y is not None
+        return y.add_(bias.view(*bias.shape, 1, 1)).relu_()
 
     @staticmethod
     def _presence(mask: Optional[Tensor], given: bool, batch: int, device: Any) -> Tensor:
@@ -244,6 +265,15 @@ class BevFusionNet(nn.Module):
         has_input = torch.where(cp.cpu(), torch.clamp_min(counts, 1), counts)
         out = self.lidar.heads(self.lidar.bev_net(fused), has_input)
         return BevFusionOutput(out, lp, cp)
+
+
+def _fold_fuser(fuser: nn.Sequential) -> dict[str, Tensor]:
+    """Folded 1 x 1 fuser weights split by input block (LiDAR, camera, flags), for :meth:`BevFusionNet._fuse_inference`."""
+    w, b = fold_conv_bn(fuser[0], fuser[1])
+    cin = w.shape[1]
+    cl = w.shape[0]  # the fuser outputs the LiDAR channel count
+    return {"w_lidar": w[:, :cl].contiguous(), "w_camera": w[:, cl:cin - 2].contiguous(),
+            "w_flags": w[:, cin - 2:, 0, 0].contiguous(), "b": b.contiguous()}
 
 
 def _plain_config(cfg: Any) -> dict[str, Any]:

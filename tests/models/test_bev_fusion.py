@@ -183,7 +183,7 @@ def test_flags_reach_the_fuser(fused):
     seen = []
     h = fused.fuser[0].register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
     try:
-        with torch.no_grad():
+        with torch.enable_grad():  # the plain layers (the inference path has no concatenated input)
             fused(images=_images(), geometry=_geometry(fused))
     finally:
         h.remove()
@@ -264,3 +264,28 @@ def test_weights_folder_round_trip(fused, kitti_frames, tmp_path):
         fused.init_identity()
     with pytest.raises(WeightsError):
         load_bev_fusion(tmp_path / "missing")
+
+
+def test_inference_fuser_equals_the_plain_layers(fused):
+    # the folded, split 1 x 1 fuser (eval, no gradient) against Conv + BN + ReLU on the concatenation
+    net = from_packaged(lidar_overrides={"backbone_args": TEST_CONFIG["backbone_args"]})
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        net.fuser[0].weight.normal_(0.0, 0.1, generator=g)
+        bn = net.fuser[1]
+        bn.running_mean.normal_(0.0, 0.5, generator=g)
+        bn.running_var.uniform_(0.5, 2.0, generator=g)
+        bn.bias.normal_(0.0, 0.1, generator=g)
+    lid = torch.rand(3, net.lidar_channels, 80, 80, generator=g)
+    cam = torch.rand(3, net.camera_channels, 160, 160, generator=g)
+    masks = [(None, None), (torch.tensor([True, False, True]), torch.tensor([False, True, True]))]
+    for lp, cp in masks:
+        for a, b in ((lid, cam), (lid, None), (None, cam)):
+            lpm = lp if a is not None else None
+            cpm = cp if b is not None else None
+            with torch.no_grad():
+                fast = net.fuse(a, b, 3, lpm, cpm)
+            with torch.enable_grad():  # gradient mode: the plain layers
+                plain = net.fuse(a, b, 3, lpm, cpm).detach()
+            scale = float(plain.abs().max()) + 1.0
+            assert float((fast - plain).abs().max()) <= 64 * EPS * scale * (net.lidar_channels + net.camera_channels) ** 0.5
