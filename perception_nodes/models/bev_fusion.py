@@ -201,7 +201,7 @@ class BevFusionNet(nn.Module):
             lid = lid * lp.to(dt).view(-1, 1, 1, 1)
         if cam is not None and not bool(cp.all()):
             cam = cam * cp.to(dt).view(-1, 1, 1, 1)
-        if self.fuser[0].kernel_size == (1, 1) and inference_fast_path(self):
+        if inference_fast_path(self):
             return self._fuse_inference(lp, cp, lid, cam)
         lid = lid.contiguous() if lid is not None else torch.zeros(batch, self.lidar_channels, Y, X, device=dev, dtype=dt)
         cam = cam.contiguous() if cam is not None else torch.zeros(batch, self.camera_channels, Y, X, device=dev, dtype=dt)
@@ -209,20 +209,28 @@ class BevFusionNet(nn.Module):
         return self.fuser(torch.cat([lid, cam, flags], 1))
 
     def _fuse_inference(self, lp: Tensor, cp: Tensor, lid: Optional[Tensor], cam: Optional[Tensor]) -> Tensor:
-        """:meth:`fuse` for inference with a 1 x 1 fuser: BatchNorm folded, the input split by modality (an
-        absent modality's columns are skipped instead of multiplied by zeros) and the constant flag
-        channels as a per-frame bias; no concatenated input. Same values to float32 rounding."""
+        """:meth:`fuse` for inference: BatchNorm folded, the input split by modality (an absent modality's
+        weights are skipped instead of multiplied by zeros) and the flag channels added as a per-frame
+        bias (1 x 1) or, for a k x k fuser, as the folded flag weights applied to a ones map (the zero
+        padding makes them vary at the border); no concatenated input. Same values to float32 rounding."""
         f = self._folded.get(self.fuser)
+        pad = self.fuser[0].padding
         flags = torch.stack([lp, cp], 1).to(f["b"].dtype)  # [B, 2]
-        bias = (f["b"].view(1, -1) + flags @ f["w_flags"].t())  # [B, C]
         y = None
         if lid is not None:
-            y = F.conv2d(lid.contiguous(memory_format=torch.channels_last), f["w_lidar"])
+            y = F.conv2d(lid.contiguous(memory_format=torch.channels_last), f["w_lidar"], None, 1, pad)
         if cam is not None:
-            c = F.conv2d(cam.contiguous(memory_format=torch.channels_last), f["w_camera"])
+            c = F.conv2d(cam.contiguous(memory_format=torch.channels_last), f["w_camera"], None, 1, pad)
             y = c if y is None else y.add_(c)
         assert y is not None
-        return y.add_(bias.view(*bias.shape, 1, 1)).relu_()
+        wf = f["w_flags"]  # [C, 2, k, k]
+        if wf.shape[-1] == 1:
+            bias = f["b"].view(1, -1) + flags @ wf[:, :, 0, 0].t()  # [B, C]
+            return y.add_(bias.view(*bias.shape, 1, 1)).relu_()
+        ones = y.new_ones((1, 1, y.shape[-2], y.shape[-1]))
+        per_flag = torch.cat([F.conv2d(ones, wf[:, j:j + 1], None, 1, pad) for j in range(2)])  # [2, C, H, W]
+        flag_maps = torch.einsum("bj,jchw->bchw", flags, per_flag)
+        return y.add_(flag_maps).add_(f["b"].view(1, -1, 1, 1)).relu_()
 
     @staticmethod
     def _presence(mask: Optional[Tensor], given: bool, batch: int, device: Any) -> Tensor:
@@ -268,12 +276,12 @@ class BevFusionNet(nn.Module):
 
 
 def _fold_fuser(fuser: nn.Sequential) -> dict[str, Tensor]:
-    """Folded 1 x 1 fuser weights split by input block (LiDAR, camera, flags), for :meth:`BevFusionNet._fuse_inference`."""
+    """Folded fuser weights split by input block (LiDAR, camera, flags), for :meth:`BevFusionNet._fuse_inference`."""
     w, b = fold_conv_bn(fuser[0], fuser[1])
     cin = w.shape[1]
     cl = w.shape[0]  # the fuser outputs the LiDAR channel count
     return {"w_lidar": w[:, :cl].contiguous(), "w_camera": w[:, cl:cin - 2].contiguous(),
-            "w_flags": w[:, cin - 2:, 0, 0].contiguous(), "b": b.contiguous()}
+            "w_flags": w[:, cin - 2:].contiguous(), "b": b.contiguous()}
 
 
 def _plain_config(cfg: Any) -> dict[str, Any]:

@@ -266,9 +266,10 @@ def test_weights_folder_round_trip(fused, kitti_frames, tmp_path):
         load_bev_fusion(tmp_path / "missing")
 
 
-def test_inference_fuser_equals_the_plain_layers(fused):
-    # the folded, split 1 x 1 fuser (eval, no gradient) against Conv + BN + ReLU on the concatenation
-    net = from_packaged(lidar_overrides={"backbone_args": TEST_CONFIG["backbone_args"]})
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_inference_fuser_equals_the_plain_layers(fused, kernel):
+    # the folded, split fuser (eval, no gradient) against Conv + BN + ReLU on the concatenation
+    net = BevFusionNet(fused.lidar, fused.camera, {"kernel": kernel}).eval()
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         net.fuser[0].weight.normal_(0.0, 0.1, generator=g)
