@@ -290,3 +290,21 @@ def test_inference_fuser_equals_the_plain_layers(fused, kernel):
                 plain = net.fuse(a, b, 3, lpm, cpm).detach()
             scale = float(plain.abs().max()) + 1.0
             assert float((fast - plain).abs().max()) <= 64 * EPS * scale * (net.lidar_channels + net.camera_channels) ** 0.5
+
+
+def test_packaged_fused_weights_load_and_run_in_every_mode(kitti_frames):
+    from perception_nodes.models.bev_fusion import load_bev_fusion
+
+    net, side = load_bev_fusion()
+    assert side["network"] == "bev_fusion" and side["metrics"]["held_out"]
+    rows = side["metrics"]["rows"]
+    # packaged only because it is not worse than the LiDAR branch with both inputs (README)
+    assert rows["fused_both"]["car_ap_bev"] >= rows["lidar_branch"]["car_ap_bev"]
+    assert rows["fused_both"]["occ_brier"] <= rows["lidar_branch"]["occ_brier"]
+    pts = torch.from_numpy(kitti_frames[0][0])
+    geo = _geometry(net)
+    with torch.no_grad():
+        for kw in ({"points": pts}, {"images": _images(), "geometry": geo}, {"points": pts, "images": _images(), "geometry": geo}):
+            d = net(**kw).detection
+            for t in (d.occupancy_evidence, d.class_alpha, d.curvature.gamma):
+                assert bool(torch.isfinite(t).all())
