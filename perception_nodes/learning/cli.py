@@ -9,7 +9,7 @@ from pathlib import Path
 __all__ = ["BRANCH_NAMES", "TRAIN_DESCRIPTION", "TRAIN_EPILOG", "train_main"]
 
 #: names in :data:`perception_nodes.learning.branches.BRANCHES`, here without importing torch (for argparse)
-BRANCH_NAMES = ("camera_bev", "lidar_detection", "lidar_occupancy", "stereo_voxel")
+BRANCH_NAMES = ("bev_fusion", "camera_bev", "lidar_detection", "lidar_occupancy", "stereo_voxel")
 
 TRAIN_DESCRIPTION = """Train a learned branch on generated scenario bags: deterministic seeds, tqdm progress, a checkpoint
 per epoch (safetensors, never pickle; resumable with --resume) and evaluation on the validation bags after

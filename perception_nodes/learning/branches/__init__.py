@@ -4,6 +4,7 @@ and adds itself to :data:`BRANCHES` (planned: camera BEV, stereo depth, fusion, 
 from __future__ import annotations
 
 from perception_nodes.learning.branches.base import Batch, Branch, Sample
+from perception_nodes.learning.branches.bev_fusion import BevFusionBranch
 from perception_nodes.learning.branches.camera_bev import CameraBevBranch
 from perception_nodes.learning.branches.lidar_detection import LidarDetectionBranch
 from perception_nodes.learning.branches.lidar_occupancy import LidarOccupancyBranch
@@ -15,6 +16,7 @@ BRANCHES: dict[str, type[Branch]] = {
     LidarDetectionBranch.name: LidarDetectionBranch,
     CameraBevBranch.name: CameraBevBranch,
     StereoVoxelBranch.name: StereoVoxelBranch,
+    BevFusionBranch.name: BevFusionBranch,
 }
 
 
@@ -26,4 +28,4 @@ def get_branch(name: str) -> type[Branch]:
         raise ValueError(f"unknown branch {name!r} (known: {', '.join(sorted(BRANCHES))})") from None
 
 
-__all__ = ["BRANCHES", "Batch", "Branch", "CameraBevBranch", "LidarDetectionBranch", "LidarOccupancyBranch", "Sample", "StereoVoxelBranch", "get_branch"]
+__all__ = ["BRANCHES", "Batch", "BevFusionBranch", "Branch", "CameraBevBranch", "LidarDetectionBranch", "LidarOccupancyBranch", "Sample", "StereoVoxelBranch", "get_branch"]
