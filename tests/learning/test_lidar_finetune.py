@@ -96,3 +96,23 @@ def test_finetune_options_are_checked_and_described_only_when_used():
     assert "finetune" not in LidarDetectionBranch({}).describe()
     br = LidarDetectionBranch({"finetune": FINETUNE})
     assert LidarDetectionBranch(br.describe()).finetune == br.finetune
+
+
+@pytest.mark.slow
+def test_finetune_from_trained_weights_is_deterministic_and_keeps_the_backbone(bag_cache, tmp_path):
+    """The trainer with ``init_from`` and the cache on fixture bags: two runs give the same weights, the
+    backbone is the initial one and the rest moved."""
+    from perception_nodes.learning.checkpoint import load_weights
+    from perception_nodes.learning.trainer import train
+    from tests.learning.test_lidar_detection_branch import det_config
+
+    base = train(det_config(bag_cache, epochs=1), out=tmp_path / "base", progress=False)
+    cfg = det_config(bag_cache, epochs=2, init_from=str(base.model_path),
+                     finetune={**FINETUNE, "freeze_batchnorm": True}, optimizer={"lr": 0.005, "weight_decay": 0.0})
+    runs = [train(cfg, out=tmp_path / f"ft{i}", progress=False) for i in range(2)]
+    w0, w1 = (load_weights(r.model_path)[0] for r in runs)
+    init = load_weights(base.model_path)[0]
+    assert w0.keys() == w1.keys() == init.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert all(torch.equal(w0[k], init[k]) for k in w0 if k.startswith("backbone."))
+    assert all(torch.equal(w0[k], init[k]) for k in w0 if "running_" in k)  # every BatchNorm frozen
+    assert not all(torch.equal(w0[k], init[k]) for k in w0 if k.startswith("box_head."))
