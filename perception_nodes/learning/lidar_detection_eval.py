@@ -232,13 +232,27 @@ def evaluate_kitti(branch: LidarDetectionBranch, model: torch.nn.Module, root: P
             "counts": res["counts"]}
 
 
+def _train_config_of(cfg: dict[str, Any]) -> str:
+    """The ``configs/train/*.yaml`` of the branch whose run folder (``out``) is the run's; the plain training's
+    config when none matches."""
+    root = Path(__file__).resolve().parents[2] / "configs" / "train"
+    for path in sorted(root.glob("*.yaml")):
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        if doc.get("branch") == cfg.get("branch") and doc.get("out") == cfg.get("out"):
+            return f"configs/train/{path.name}"
+    return "configs/train/lidar_detection.yaml"
+
+
 def _training_summary(run: Path, weights: Path | None = None) -> dict[str, Any]:
     cfg = json.loads((run / "config.json").read_text())
     hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     if weights is not None and weights.name.startswith("epoch_"):
         hist = [h for h in hist if int(h["epoch"]) <= int(weights.name.split("_")[1])]
     secs = sum(float(h.get("train_seconds", 0)) + float(h.get("eval_seconds", 0)) for h in hist)
-    return {"command": f"perception-stack train {cfg.get('branch')} --config configs/train/lidar_detection.yaml",
+    return {"command": f"perception-stack train {cfg.get('branch')} --config {_train_config_of(cfg)}",
             "config": cfg, "split": hist[-1].get("split") if hist else None, "epochs": len(hist),
             "wall_seconds_train_and_validation": round(secs, 1),
             "last_epoch_train_loss": hist[-1].get("train") if hist else None,

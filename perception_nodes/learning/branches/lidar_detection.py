@@ -27,6 +27,14 @@ two evidential classifiers rises linearly over ``loss.kl_anneal_epochs`` (Sensoy
 curvature (-> -curvature); a mirrored street is a valid street. Flipping x would reverse the driving
 direction, which the curvature target does not allow.
 
+**Fine-tuning** (section ``finetune``, all off by default; start from trained weights with the trainer's
+``init_from``): ``freeze_backbone`` keeps the sparse backbone fixed (no gradient; it runs in eval mode, so its
+BatchNorms use and keep their running statistics) and trains the BEV net and heads on its BEV features;
+``cache_backbone`` also keeps those features per frame (key: a hash of the frame's points, so a mirrored
+frame has its own entry), computed once, one frame at a time, on first use: later epochs skip
+voxelisation and the backbone. ``freeze_batchnorm`` keeps every BatchNorm in eval mode (a batch of two
+scenes gives poor batch statistics; the BEVFusion fuser's fine-tuning does the same).
+
 **Metrics** (:meth:`LidarDetectionBranch.evaluate`, see :func:`detection_validation_metrics`): KITTI
 AP R40 BEV and 3D per class (``perception_nodes.eval.detection_eval``, one level ``all``), ECE of the
 class evidence of the detections, 90 % interval coverage of the box centres at the ground-truth centre
@@ -37,6 +45,7 @@ cells, curvature MAE beside the trivial zero-curvature baseline.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -63,6 +72,7 @@ from perception_nodes.pipeline.occupancy import GridSpec
 __all__ = [
     "AugmentParams",
     "DetectionEvalParams",
+    "FinetuneParams",
     "LidarDetectionBranch",
     "LossParams",
     "TargetParams",
@@ -125,6 +135,23 @@ class DetectionEvalParams:
     coverage_level: float = 0.9
 
 
+@dataclass(frozen=True)
+class FinetuneParams:
+    """What stays fixed when fine-tuning from trained weights (see the module docstring)."""
+
+    #: sparse backbone fixed (no gradient, eval mode): only the BEV net and heads train
+    freeze_backbone: bool = False
+    #: keep the fixed backbone's BEV features per frame (needs freeze_backbone)
+    cache_backbone: bool = False
+    #: every BatchNorm in eval mode while training (running statistics used and kept)
+    freeze_batchnorm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cache_backbone and not self.freeze_backbone:
+            raise ConfigError("finetune.cache_backbone needs finetune.freeze_backbone (a trained backbone's "
+                              "features change every step)")
+
+
 def _sub(cls: type, values: Any, where: str) -> Any:
     if values is not None and not isinstance(values, Mapping):
         raise ConfigError(f"{where.rstrip('.')} must be a mapping, got {type(values).__name__}")
@@ -175,6 +202,12 @@ def curvature_at_horizons(path: NDArray[np.floating] | None, horizons_m: Sequenc
 # the branch
 
 
+def _batchnorm_eval(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def _items(v: Tensor | list[Tensor]) -> list[Tensor]:
     return list(v) if isinstance(v, (list, tuple)) else [t for t in v]
 
@@ -183,7 +216,7 @@ class LidarDetectionBranch(Branch):
     """Evidential detection, occupancy and curvature from one LiDAR scan (see the module docstring)."""
 
     name: ClassVar[str] = "lidar_detection"
-    sections: ClassVar[tuple[str, ...]] = ("model", "targets", "loss", "augment", "eval")
+    sections: ClassVar[tuple[str, ...]] = ("model", "targets", "loss", "augment", "eval", "finetune")
     key_metric: ClassVar[str] = "car_ap_bev"
     #: ground-truth topics the data loader attaches to ``Frame.extras`` besides the grids
     extra_truth_topics: ClassVar[tuple[str, ...]] = (topics.GT_PATH, topics.GT_CURVATURE)
@@ -201,6 +234,10 @@ class LidarDetectionBranch(Branch):
         self.loss_params: LossParams = _sub(LossParams, sections.get("loss"), "loss.")
         self.augment_params: AugmentParams = _sub(AugmentParams, sections.get("augment"), "augment.")
         self.eval_params: DetectionEvalParams = _sub(DetectionEvalParams, sections.get("eval"), "eval.")
+        self.finetune: FinetuneParams = _sub(FinetuneParams, sections.get("finetune"), "finetune.")
+        #: backbone BEV features per frame (finetune.cache_backbone): points hash -> (cells, values, voxels)
+        self._bev_cache: dict[bytes, tuple[Tensor, Tensor, int]] = {}
+        self._bev_cache_owner: int | None = None
         cfg = self.net_config
         occ = cfg.occupancy_grid
         self.occupancy_spec = GridSpec(resolution=occ.cell, size_x=occ.size_x, size_y=occ.size_y,
@@ -217,13 +254,19 @@ class LidarDetectionBranch(Branch):
                 return [plain(v) for v in x]
             return x
 
-        return {"model": plain(self.net_config), "targets": plain(self.target_params), "loss": plain(self.loss_params),
-                "augment": plain(self.augment_params), "eval": plain(self.eval_params)}
+        out = {"model": plain(self.net_config), "targets": plain(self.target_params), "loss": plain(self.loss_params),
+               "augment": plain(self.augment_params), "eval": plain(self.eval_params)}
+        if self.finetune != FinetuneParams():  # only when used: the description of a plain training is unchanged
+            out["finetune"] = plain(self.finetune)
+        return out
 
     # -- model ----------------------------------------------------------------------------------
     def build_model(self) -> LidarDetectionNet:
         net = LidarDetectionNet(self.net_config)
         self._head_grid = net.head_grid
+        if self.finetune.freeze_backbone:
+            for p in net.backbone.parameters():
+                p.requires_grad_(False)
         return net
 
     @property
@@ -303,7 +346,48 @@ class LidarDetectionBranch(Branch):
         return out
 
     def forward(self, model: nn.Module, batch: Batch) -> LidarDetectionOutput:
-        return model(_items(batch["points"]))
+        ft = self.finetune
+        if not ft.freeze_backbone:
+            if ft.freeze_batchnorm and model.training:
+                _batchnorm_eval(model)
+            return model(_items(batch["points"]))
+        assert isinstance(model, LidarDetectionNet)
+        if model.training:
+            model.backbone.eval()
+            if ft.freeze_batchnorm:
+                _batchnorm_eval(model)
+        bev, counts = self.backbone_features(model, _items(batch["points"]))
+        return model.heads(model.bev_net(bev), counts)
+
+    @torch.no_grad()
+    def backbone_features(self, model: LidarDetectionNet, scans: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """BEV features ``[B, C, Y, X]`` of the (frozen) sparse backbone and the voxel count per scan; from
+        the per-frame cache with ``finetune.cache_backbone`` (filled one frame at a time, so a value does
+        not depend on which frames share its batch)."""
+        if not self.finetune.cache_backbone:
+            st, counts = model.voxelize(list(scans))
+            return model.backbone_bev(st), counts
+        if self._bev_cache_owner != id(model):  # features of another network are no use
+            self._bev_cache.clear()
+            self._bev_cache_owner = id(model)
+        X, Y, _ = model._bev_shape
+        maps, counts = [], []
+        for p in scans:
+            key = hashlib.blake2b(p.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+            hit = self._bev_cache.get(key)
+            if hit is None:
+                st, n = model.voxelize([p])
+                flat = model.backbone_bev(st)[0].reshape(model.bev_in_channels, Y * X)
+                cells = torch.nonzero(flat.abs().sum(0) > 0).view(-1)  # empty cells are exactly zero: not kept
+                hit = (cells, flat[:, cells].contiguous(), int(n[0]))
+                self._bev_cache[key] = hit
+            cells, values, n_vox = hit
+            dense = values.new_zeros(model.bev_in_channels, Y * X)
+            dense[:, cells] = values
+            maps.append(dense.view(model.bev_in_channels, Y, X))
+            counts.append(n_vox)
+        dev = model.head_trunk[0].weight.device
+        return torch.stack(maps).to(dev), torch.tensor(counts, dtype=torch.long, device=dev)
 
     def targets_of(self, boxes: Sequence[Tensor | NDArray[np.floating]]) -> list[Targets]:
         """CenterPoint targets on the head grid for each sample's ``[M, 8]`` box array."""
