@@ -17,7 +17,13 @@ the real KITTI pair, and per-pair latency.
 * ``speed``: p50/p99 per pair with 1 torch / 1 OpenCV thread, interleaved within each repetition: SGBM
   at 376x1241 and 320x96; the network at 320x96, at 376x1241 input (resize + net + upsample), and at
   native 376x1248 (padded; for latency only, its quality there is not scored); and at 320x96 with
-  pruning off (every fine cell refined) to show what the pruning saves.
+  pruning off (every fine cell refined) to show what the pruning saves;
+* ``node_speed`` (``--node-threads``, default 1,2): the ``stereo_occupancy`` node's whole per-pair work at
+  376x1241 in each mode, thread counts (OpenCV and torch) alternating within each repetition and both
+  modes on the same pair back to back: ``sgbm`` = SGBM + depth + health + BEV evidence; ``learned`` = RGB +
+  resize to 320x96 + cost volume + network (BatchNorm folded, ``torch.inference_mode``) + consistency
+  health + frustum -> BEV evidence (the node's code: :mod:`perception_nodes.pipeline.stereo_learned`),
+  p50 / p99 and the median of the per-repetition learned / SGBM ratios. ``--speed-only`` runs just this.
 
 The last line printed is one JSON object.
 """
@@ -215,6 +221,77 @@ def speed(model, reps: int, w: int, h: int) -> dict:
     return {"reps": reps, "threads": 1, **out}
 
 
+def node_speed(reps: int, thread_counts: list[int], weights: str | None = None) -> dict:
+    """The node's per-pair work in both modes at 376x1241 (see the module doc)."""
+    import cv2
+    import torch
+
+    from perception_nodes.config import load_params, to_dataclass
+    from perception_nodes.models.stereo_voxel import load_stereo_voxel
+    from perception_nodes.pipeline.occupancy import GridSpec, to_occupancy_msg_data
+    from perception_nodes.pipeline.stereo import depth_from_disparity, valid_disparity_ratio
+    from perception_nodes.pipeline.stereo_eval import load_kitti_pair
+    from perception_nodes.pipeline.stereo_learned import (
+        LearnedStereoParams,
+        consistent_disparity_ratio,
+        frustum_lut,
+        frustum_to_grid,
+        network_input_size,
+        resize_pair,
+        scaled_geometry,
+    )
+    from perception_nodes.pipeline.stereo_occupancy import stereo_evidence
+
+    st = load_params()["stereo_occupancy"]
+    matcher, ev_params = _sgbm_and_evidence()
+    lp = to_dataclass(LearnedStereoParams, st["learned"])
+    spec = to_dataclass(GridSpec, st["grid"])
+    net, _ = load_stereo_voxel(weights)
+    net = net.fold_batchnorm()
+    pair = load_kitti_pair(PAIR)
+    left = np.ascontiguousarray(np.concatenate([pair.left, pair.left[-1:]], axis=0)[:, :1241])
+    right = np.ascontiguousarray(np.concatenate([pair.right, pair.right[-1:]], axis=0)[:, :1241])
+    g = replace(pair.geometry, width=1241, height=376)
+    T = pair.base_from_left()
+    w, h = network_input_size(g.width, g.height, lp.input_width)
+    lut = frustum_lut(scaled_geometry(g, w, h), net.config.planes, net.config.plane_step, T, spec, lp)  # once per rig
+
+    def sgbm() -> None:
+        disp = matcher.disparity(left, right)
+        depth = depth_from_disparity(disp, g, min_disparity=float(st["min_disparity_px"]))
+        valid_disparity_ratio(disp, matcher.num_disparities(g.width), float(st["min_disparity_px"]) + g.doffs)
+        grid, _ = stereo_evidence(depth, g, T, spec, ev_params)
+        to_occupancy_msg_data(grid, unknown_vacuity=1.0)
+
+    def learned() -> None:
+        ls, rs = resize_pair(left, right, w, h)
+        with torch.inference_mode():
+            lt = torch.from_numpy(ls).permute(2, 0, 1).unsqueeze(0)
+            rt = torch.from_numpy(rs).permute(2, 0, 1).unsqueeze(0)
+            fl, vol = net.match(lt, rt)
+            out = net.decode(fl, vol, (h, w))
+        consistent_disparity_ratio(ls, rs, out.disparity[0].numpy(), lp.consistency_tol, lp.texture_min)
+        grid = frustum_to_grid(out.occupancy_evidence[0].numpy(), lut, spec, lp)
+        to_occupancy_msg_data(grid, unknown_vacuity=1.0)
+
+    ms: dict[str, list[float]] = {f"{m}_{t}t": [] for t in thread_counts for m in ("sgbm", "learned")}
+    for i in range(reps + 1):
+        for t in thread_counts:
+            cv2.setNumThreads(t)
+            torch.set_num_threads(t)
+            for name, fn in (("sgbm", sgbm), ("learned", learned)):
+                t0 = time.perf_counter()
+                fn()
+                if i:
+                    ms[f"{name}_{t}t"].append((time.perf_counter() - t0) * 1e3)
+    out: dict = {"reps": reps, "size": [376, 1241], "network_input": [h, w]}
+    for k, v in ms.items():
+        out[k] = {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
+    for t in thread_counts:
+        out[f"learned_over_sgbm_{t}t"] = float(np.median(np.asarray(ms[f"learned_{t}t"]) / np.asarray(ms[f"sgbm_{t}t"])))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -224,7 +301,18 @@ def main() -> None:
     ap.add_argument("--package", metavar="DIR", help="also write the model as a weights folder (safetensors + "
                     "model.json sidecar with these metrics), e.g. perception_nodes/models/weights/stereo_voxel")
     ap.add_argument("--skip-generated", action="store_true", help="skip the held-out generated frames")
+    ap.add_argument("--speed-only", action="store_true", help="only the node's per-pair time in both modes at "
+                    "376x1241 (node_speed; MODEL must then be a weights folder)")
+    ap.add_argument("--node-threads", default="1,2", help="thread counts of node_speed (default 1,2)")
     args = ap.parse_args()
+    threads = [int(t) for t in args.node_threads.split(",") if t]
+    if args.speed_only:
+        res = {"benchmark": "stereo_learned --speed-only", "cores": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
+               "model": str(args.model), "nice": os.nice(0)}
+        res["node_speed"] = node_speed(args.reps, threads, args.model)
+        res["load_avg_1m_end"] = os.getloadavg()[0]
+        print(json.dumps(res))
+        return
 
     import torch
     import yaml
@@ -254,6 +342,8 @@ def main() -> None:
     print("kitti", json.dumps(res["kitti"]), flush=True)
     res["speed"] = speed(model, args.reps, w, h)
     print("speed", json.dumps(res["speed"]), flush=True)
+    res["node_speed"] = node_speed(args.reps, threads, str(src) if (src / "model.json").is_file() else None)
+    print("node_speed", json.dumps(res["node_speed"]), flush=True)
     res["load_avg_1m_end"] = os.getloadavg()[0]
     if args.package:
         from perception_nodes.models.weights_io import save_weights
