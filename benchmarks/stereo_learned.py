@@ -14,6 +14,11 @@ the real KITTI pair, and per-pair latency.
   1242 px; the pair is resized (area) to 320x96 (the same aspect within 1 %), the disparity upsampled
   (bilinear) and scaled by 1242/320, then scored at full resolution. SGBM runs at full size (as the node
   does) and, for the same information, on the same 320x96 pair upsampled alike;
+* ``kitti_grid``: the node's BEV grid of the KITTI pair in each mode (SGBM at full size; learned through the
+  node's path: resized to 320x96, frustum evidence -> BEV cells) against the LiDAR occupancy model's grid of
+  the same scan (no labels: a reference with its own errors), on the cells each has evidence for and on the
+  cells all three know: agreement of the P > 0.5 calls, occupied precision / recall, Brier against the
+  LiDAR calls; baseline: calling every such cell free;
 * ``speed``: p50/p99 per pair with 1 torch / 1 OpenCV thread, interleaved within each repetition: SGBM
   at 376x1241 and 320x96; the network at 320x96, at 376x1241 input (resize + net + upsample), and at
   native 376x1248 (padded; for latency only, its quality there is not scored); and at 320x96 with
@@ -181,6 +186,65 @@ def kitti(model, w: int, h: int) -> dict:
             "oracle_constant": {"depth_m": med, **depth_metrics(np.full(ref.shape, med, np.float32), ref, g)}}
 
 
+def kitti_grid(weights: str | None) -> dict:
+    """Both modes' BEV grids of the KITTI pair against the LiDAR model's grid (see the module doc)."""
+    import torch
+
+    from perception_nodes.config import load_params, to_dataclass
+    from perception_nodes.models.stereo_voxel import load_stereo_voxel
+    from perception_nodes.pipeline.ground import GroundParams, segment_ground
+    from perception_nodes.pipeline.occupancy import GridSpec, OccupancyParams, evidential_occupancy
+    from perception_nodes.pipeline.stereo import depth_from_disparity
+    from perception_nodes.pipeline.stereo_eval import load_kitti_pair
+    from perception_nodes.pipeline.stereo_learned import (
+        LearnedStereoParams,
+        frustum_lut,
+        frustum_to_grid,
+        network_input_size,
+        resize_pair,
+        scaled_geometry,
+    )
+    from perception_nodes.pipeline.stereo_occupancy import stereo_evidence
+
+    params = load_params()
+    occ_p, st_p = params["occupancy_grid"], params["stereo_occupancy"]
+    spec = to_dataclass(GridSpec, occ_p["grid"])
+    pair = load_kitti_pair(PAIR)
+    pts = pair.points.copy()
+    pts[:, 2] += 1.73  # velodyne -> base_link (calibration/kitti_hdl64.yaml)
+    ground = segment_ground(pts, to_dataclass(GroundParams, occ_p["ground"]))
+    lidar = evidential_occupancy(pts, ground, (0.0, 0.0, 1.73), spec, to_dataclass(OccupancyParams, occ_p["evidence"]))
+    matcher, ev_params = _sgbm_and_evidence()
+    g, T = pair.geometry, pair.base_from_left()
+    sgbm, _ = stereo_evidence(depth_from_disparity(matcher.disparity(pair.left, pair.right), g), g, T, spec, ev_params)
+    lp = to_dataclass(LearnedStereoParams, st_p["learned"])
+    net, _ = load_stereo_voxel(weights)
+    w, h = network_input_size(g.width, g.height, lp.input_width)
+    ls, rs = resize_pair(pair.left, pair.right, w, h)
+    with torch.inference_mode():
+        out = net(torch.from_numpy(ls).permute(2, 0, 1)[None], torch.from_numpy(rs).permute(2, 0, 1)[None])
+    lut = frustum_lut(scaled_geometry(g, w, h), net.config.planes, net.config.plane_step, T, spec, lp)
+    learned = frustum_to_grid(out.occupancy_evidence[0].numpy(), lut, spec, lp)
+    known = {k: (v.occupied + v.free) > 0 for k, v in (("lidar", lidar), ("sgbm", sgbm), ("learned", learned))}
+    ref = lidar.probability() > 0.5
+
+    def score(grid, cells):
+        n = int(cells.sum())
+        p = grid.probability()
+        so = p > 0.5
+        tp, fp = int((cells & so & ref).sum()), int((cells & so & ~ref).sum())
+        fn, tn = int((cells & ~so & ref).sum()), int((cells & ~so & ~ref).sum())
+        return {"cells": n, "agreement": (tp + tn) / n if n else None, "occupied_precision": tp / (tp + fp) if tp + fp else None,
+                "occupied_recall": tp / (tp + fn) if tp + fn else None,
+                "brier_vs_lidar_calls": float(((p - ref) ** 2)[cells].mean()) if n else None,
+                "all_free_agreement": (tn + fp) / n if n else None}
+
+    common = known["lidar"] & known["sgbm"] & known["learned"]
+    return {"known_cells": {k: int(v.sum()) for k, v in known.items()}, "net_input": [h, w],
+            "sgbm": score(sgbm, known["lidar"] & known["sgbm"]), "learned": score(learned, known["lidar"] & known["learned"]),
+            "common_cells": {"sgbm": score(sgbm, common), "learned": score(learned, common)}}
+
+
 def speed(model, reps: int, w: int, h: int) -> dict:
     import cv2
     import torch
@@ -303,9 +367,13 @@ def main() -> None:
     ap.add_argument("--skip-generated", action="store_true", help="skip the held-out generated frames")
     ap.add_argument("--speed-only", action="store_true", help="only the node's per-pair time in both modes at "
                     "376x1241 (node_speed; MODEL must then be a weights folder)")
+    ap.add_argument("--kitti-grid-only", action="store_true", help="only kitti_grid (MODEL: a weights folder)")
     ap.add_argument("--node-threads", default="1,2", help="thread counts of node_speed (default 1,2)")
     args = ap.parse_args()
     threads = [int(t) for t in args.node_threads.split(",") if t]
+    if args.kitti_grid_only:
+        print(json.dumps({"kitti_grid": kitti_grid(args.model)}))
+        return
     if args.speed_only:
         res = {"benchmark": "stereo_learned --speed-only", "cores": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
                "model": str(args.model), "nice": os.nice(0)}
@@ -340,9 +408,12 @@ def main() -> None:
         print("generated", json.dumps({k: res["generated"][k] for k in ("depth", "occupancy")}), flush=True)
     res["kitti"] = kitti(model, w, h)
     print("kitti", json.dumps(res["kitti"]), flush=True)
+    packaged = str(src) if (src / "model.json").is_file() else None
+    res["kitti_grid"] = kitti_grid(packaged)
+    print("kitti_grid", json.dumps(res["kitti_grid"]), flush=True)
     res["speed"] = speed(model, args.reps, w, h)
     print("speed", json.dumps(res["speed"]), flush=True)
-    res["node_speed"] = node_speed(args.reps, threads, str(src) if (src / "model.json").is_file() else None)
+    res["node_speed"] = node_speed(args.reps, threads, packaged)
     print("node_speed", json.dumps(res["node_speed"]), flush=True)
     res["load_avg_1m_end"] = os.getloadavg()[0]
     if args.package:

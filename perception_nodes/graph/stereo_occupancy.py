@@ -60,6 +60,7 @@ is unavailable (NodeUnavailable at warm-up), it never falls back silently to SGB
 from __future__ import annotations
 
 import time
+import warnings
 from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
@@ -253,8 +254,10 @@ class StereoOccupancyNode(NodeCore):
         import torch
 
         with torch.inference_mode():
-            lt = torch.from_numpy(left).permute(2, 0, 1).unsqueeze(0)
-            rt = torch.from_numpy(right).permute(2, 0, 1).unsqueeze(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a read-only message buffer: torch warns, nothing writes to it
+                lt = torch.from_numpy(left).permute(2, 0, 1).unsqueeze(0)
+                rt = torch.from_numpy(right).permute(2, 0, 1).unsqueeze(0)
             with self.latency.stage("cost_volume"):
                 fl, vol = self.net.match(lt, rt)
             with self.latency.stage("network"):
