@@ -29,6 +29,9 @@ the real KITTI pair, and per-pair latency.
   resize to 320x96 + cost volume + network (BatchNorm folded, ``torch.inference_mode``) + consistency
   health + frustum -> BEV evidence (the node's code: :mod:`perception_nodes.pipeline.stereo_learned`),
   p50 / p99 and the median of the per-repetition learned / SGBM ratios. ``--speed-only`` runs just this.
+  ``--omp-passive`` sets ``OMP_WAIT_POLICY=PASSIVE`` before PyTorch loads: with the default (busy-waiting
+  OpenMP workers) two torch threads on two cores that other processes also use ran the network 5-60x
+  slower than one thread; passive workers do not.
 
 The last line printed is one JSON object.
 """
@@ -368,15 +371,21 @@ def main() -> None:
     ap.add_argument("--speed-only", action="store_true", help="only the node's per-pair time in both modes at "
                     "376x1241 (node_speed; MODEL must then be a weights folder)")
     ap.add_argument("--kitti-grid-only", action="store_true", help="only kitti_grid (MODEL: a weights folder)")
+    ap.add_argument("--omp-passive", action="store_true", help="set OMP_WAIT_POLICY=PASSIVE before PyTorch "
+                    "loads (see node_speed)")
     ap.add_argument("--node-threads", default="1,2", help="thread counts of node_speed (default 1,2)")
     args = ap.parse_args()
     threads = [int(t) for t in args.node_threads.split(",") if t]
+    if args.omp_passive:
+        if "torch" in sys.modules:
+            raise SystemExit("--omp-passive: PyTorch is already loaded")
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     if args.kitti_grid_only:
         print(json.dumps({"kitti_grid": kitti_grid(args.model)}))
         return
     if args.speed_only:
         res = {"benchmark": "stereo_learned --speed-only", "cores": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
-               "model": str(args.model), "nice": os.nice(0)}
+               "model": str(args.model), "nice": os.nice(0), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
         res["node_speed"] = node_speed(args.reps, threads, args.model)
         res["load_avg_1m_end"] = os.getloadavg()[0]
         print(json.dumps(res))
@@ -400,7 +409,8 @@ def main() -> None:
         branch, model = load_trained(src)
     model.eval()
     cfg = yaml.safe_load(Path(args.config).read_text())
-    res: dict = {"benchmark": "stereo_learned", "cpu": cpu_model(), "cores": os.cpu_count(),
+    res: dict = {"benchmark": "stereo_learned", "cpu": cpu_model(), "cores": os.cpu_count(), "nice": os.nice(0),
+                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
                  "load_avg_1m": os.getloadavg()[0], "model": str(args.model)}
     w, h = 320, 96
     if not args.skip_generated:
