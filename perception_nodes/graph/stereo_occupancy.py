@@ -47,6 +47,9 @@ vertical offset) -> the pairs are dropped ``bad_calibration`` with the reason, u
 transform to base_frame -> ``calibration``; a uniform image (blacked-out or covered camera: grey-level
 standard deviation below ``health.min_image_std``) -> matched all the same (its grid is empty: unknown, not
 free), with a ``blackout`` warning naming the camera, and the health ratio falls to ~0 (ERROR).
+In learned mode the same, plus: a pair that keeps fewer than 16 rows once resized to ``learned.input_width``
+-> dropped ``size_mismatch`` with the reason (any other size is resized: see
+:mod:`~perception_nodes.pipeline.stereo_learned`).
 
 ``threads``: OpenCV's worker threads (``cv2.setNumThreads``) and, in learned mode, PyTorch's
 (``torch.set_num_threads``), process-wide: in ``live``/replay every node shares one process, so the value
