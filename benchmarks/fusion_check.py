@@ -14,6 +14,8 @@ Each region also carries two trivial baselines on the same cells: ``all_free_bri
 * ``learned``       /perception/lidar/occupancy_grid (the LiDAR network's Beta head)
 * ``lidar_fused``   /perception/occupancy_grid/fused (lidar_detection's r_geo + w r_learned, w = 1)
 * ``fusion``        /perception/fusion/occupancy_grid (the fusion node, default params)
+* ``stereo``        /perception/stereo/occupancy_grid (the stereo_occupancy node: SGBM, or learned with
+                    ``--config configs/eval/stereo_learned_mode.yaml``)
 
 Then the fusion node core is re-run offline on the recorded branch grids and the bag's odometry with
 variants of its parameters (no memory, other decay, no masking of the learned evidence) and with a
@@ -23,6 +25,7 @@ variant. Scores: Brier, ECE (10 equal bins), NLL, IoU at P > 0.5 (perception_nod
 
     python benchmarks/fusion_check.py                              # the demo bag
     python benchmarks/fusion_check.py --bag /tmp/sector --bag /tmp/dropout --json out/fusion_check.json
+    python benchmarks/fusion_check.py --config configs/eval/stereo_learned_mode.yaml   # params overlay
 
 Progress goes to stderr; the last line of stdout is one JSON object.
 """
@@ -53,6 +56,7 @@ SOURCES = {
     "learned": "/perception/lidar/occupancy_grid",
     "lidar_fused": "/perception/occupancy_grid/fused",
     "fusion": "/perception/fusion/occupancy_grid",
+    "stereo": "/perception/stereo/occupancy_grid",  # the stereo branch alone (SGBM or learned: --config)
 }
 BRANCH_TOPICS = (topics.OCCUPANCY_GRID, topics.OCCUPANCY_UNCERTAINTY, "/perception/lidar/occupancy_grid",
                  "/perception/lidar/occupancy_grid/uncertainty")
@@ -101,6 +105,10 @@ class Scorer:
         return self._scorer.results()
 
 
+#: parameter overlay (``--config``, as ``perception-stack replay --config``): None = the defaults
+PARAMS_FILE: Path | None = None
+
+
 def replay_bag(bag: Path, work: Path) -> tuple[dict[str, list[Any]], dict[str, list[tuple[int, float]]]]:
     """Run the graph; keep the branch grids (for the offline variants) and the fusion weights."""
     from perception_nodes.replay import run_graph
@@ -113,7 +121,7 @@ def replay_bag(bag: Path, work: Path) -> tuple[dict[str, list[Any]], dict[str, l
         elif name.startswith("/perception/fusion/weights/"):
             recorded[name].append(msg)
 
-    result = run_graph(bag, load_params(), work, progress=False, on_output=on_output)
+    result = run_graph(bag, load_params(PARAMS_FILE), work, progress=False, on_output=on_output)
     log(f"{bag}: {result.input_frames} frames replayed; skipped nodes: {result.skipped or 'none'}")
     return recorded, result.fusion_weights
 
@@ -173,7 +181,7 @@ def check_bag(bag: Path, work: Path) -> dict[str, Any]:
         for m in recorded.get(topic, []):
             scorer.add(name, m)
     doc: dict[str, Any] = {"bag": str(bag), "graph": scorer.results(), "graph_weights": weight_summary(graph_weights)}
-    base = load_params()["fusion"]
+    base = load_params(PARAMS_FILE)["fusion"]
     variants = {
         "default": {},
         "no_memory": {"decay_per_s": 0.0},
@@ -219,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bag", action="append", type=Path, help="bag with generated ground truth (repeatable); "
                     "default: the embedded demo scenario")
     ap.add_argument("--json", type=Path, help="write the result here too")
+    ap.add_argument("--config", type=Path, help="parameter overlay for every node (e.g. the stereo node's "
+                    "method: configs/eval/stereo_learned_mode.yaml)")
     args = ap.parse_args(argv)
+    global PARAMS_FILE
+    PARAMS_FILE = args.config
     bags = args.bag
     if not bags:
         from perception_nodes.scenario.bag import default_scenario_bag

@@ -14,10 +14,24 @@ the real KITTI pair, and per-pair latency.
   1242 px; the pair is resized (area) to 320x96 (the same aspect within 1 %), the disparity upsampled
   (bilinear) and scaled by 1242/320, then scored at full resolution. SGBM runs at full size (as the node
   does) and, for the same information, on the same 320x96 pair upsampled alike;
+* ``kitti_grid``: the node's BEV grid of the KITTI pair in each mode (SGBM at full size; learned through the
+  node's path: resized to 320x96, frustum evidence -> BEV cells) against the LiDAR occupancy model's grid of
+  the same scan (no labels: a reference with its own errors), on the cells each has evidence for and on the
+  cells all three know: agreement of the P > 0.5 calls, occupied precision / recall, Brier against the
+  LiDAR calls; baseline: calling every such cell free;
 * ``speed``: p50/p99 per pair with 1 torch / 1 OpenCV thread, interleaved within each repetition: SGBM
   at 376x1241 and 320x96; the network at 320x96, at 376x1241 input (resize + net + upsample), and at
   native 376x1248 (padded; for latency only, its quality there is not scored); and at 320x96 with
-  pruning off (every fine cell refined) to show what the pruning saves.
+  pruning off (every fine cell refined) to show what the pruning saves;
+* ``node_speed`` (``--node-threads``, default 1,2): the ``stereo_occupancy`` node's whole per-pair work at
+  376x1241 in each mode, thread counts (OpenCV and torch) alternating within each repetition and both
+  modes on the same pair back to back: ``sgbm`` = SGBM + depth + health + BEV evidence; ``learned`` = RGB +
+  resize to 320x96 + cost volume + network (BatchNorm folded, ``torch.inference_mode``) + consistency
+  health + frustum -> BEV evidence (the node's code: :mod:`perception_nodes.pipeline.stereo_learned`),
+  p50 / p99 and the median of the per-repetition learned / SGBM ratios. ``--speed-only`` runs just this.
+  ``--omp-passive`` sets ``OMP_WAIT_POLICY=PASSIVE`` before PyTorch loads: with the default (busy-waiting
+  OpenMP workers) two torch threads on two cores that other processes also use ran the network 5-60x
+  slower than one thread; passive workers do not.
 
 The last line printed is one JSON object.
 """
@@ -175,6 +189,65 @@ def kitti(model, w: int, h: int) -> dict:
             "oracle_constant": {"depth_m": med, **depth_metrics(np.full(ref.shape, med, np.float32), ref, g)}}
 
 
+def kitti_grid(weights: str | None) -> dict:
+    """Both modes' BEV grids of the KITTI pair against the LiDAR model's grid (see the module doc)."""
+    import torch
+
+    from perception_nodes.config import load_params, to_dataclass
+    from perception_nodes.models.stereo_voxel import load_stereo_voxel
+    from perception_nodes.pipeline.ground import GroundParams, segment_ground
+    from perception_nodes.pipeline.occupancy import GridSpec, OccupancyParams, evidential_occupancy
+    from perception_nodes.pipeline.stereo import depth_from_disparity
+    from perception_nodes.pipeline.stereo_eval import load_kitti_pair
+    from perception_nodes.pipeline.stereo_learned import (
+        LearnedStereoParams,
+        frustum_lut,
+        frustum_to_grid,
+        network_input_size,
+        resize_pair,
+        scaled_geometry,
+    )
+    from perception_nodes.pipeline.stereo_occupancy import stereo_evidence
+
+    params = load_params()
+    occ_p, st_p = params["occupancy_grid"], params["stereo_occupancy"]
+    spec = to_dataclass(GridSpec, occ_p["grid"])
+    pair = load_kitti_pair(PAIR)
+    pts = pair.points.copy()
+    pts[:, 2] += 1.73  # velodyne -> base_link (calibration/kitti_hdl64.yaml)
+    ground = segment_ground(pts, to_dataclass(GroundParams, occ_p["ground"]))
+    lidar = evidential_occupancy(pts, ground, (0.0, 0.0, 1.73), spec, to_dataclass(OccupancyParams, occ_p["evidence"]))
+    matcher, ev_params = _sgbm_and_evidence()
+    g, T = pair.geometry, pair.base_from_left()
+    sgbm, _ = stereo_evidence(depth_from_disparity(matcher.disparity(pair.left, pair.right), g), g, T, spec, ev_params)
+    lp = to_dataclass(LearnedStereoParams, st_p["learned"])
+    net, _ = load_stereo_voxel(weights)
+    w, h = network_input_size(g.width, g.height, lp.input_width)
+    ls, rs = resize_pair(pair.left, pair.right, w, h)
+    with torch.inference_mode():
+        out = net(torch.from_numpy(ls).permute(2, 0, 1)[None], torch.from_numpy(rs).permute(2, 0, 1)[None])
+    lut = frustum_lut(scaled_geometry(g, w, h), net.config.planes, net.config.plane_step, T, spec, lp)
+    learned = frustum_to_grid(out.occupancy_evidence[0].numpy(), lut, spec, lp)
+    known = {k: (v.occupied + v.free) > 0 for k, v in (("lidar", lidar), ("sgbm", sgbm), ("learned", learned))}
+    ref = lidar.probability() > 0.5
+
+    def score(grid, cells):
+        n = int(cells.sum())
+        p = grid.probability()
+        so = p > 0.5
+        tp, fp = int((cells & so & ref).sum()), int((cells & so & ~ref).sum())
+        fn, tn = int((cells & ~so & ref).sum()), int((cells & ~so & ~ref).sum())
+        return {"cells": n, "agreement": (tp + tn) / n if n else None, "occupied_precision": tp / (tp + fp) if tp + fp else None,
+                "occupied_recall": tp / (tp + fn) if tp + fn else None,
+                "brier_vs_lidar_calls": float(((p - ref) ** 2)[cells].mean()) if n else None,
+                "all_free_agreement": (tn + fp) / n if n else None}
+
+    common = known["lidar"] & known["sgbm"] & known["learned"]
+    return {"known_cells": {k: int(v.sum()) for k, v in known.items()}, "net_input": [h, w],
+            "sgbm": score(sgbm, known["lidar"] & known["sgbm"]), "learned": score(learned, known["lidar"] & known["learned"]),
+            "common_cells": {"sgbm": score(sgbm, common), "learned": score(learned, common)}}
+
+
 def speed(model, reps: int, w: int, h: int) -> dict:
     import cv2
     import torch
@@ -215,6 +288,77 @@ def speed(model, reps: int, w: int, h: int) -> dict:
     return {"reps": reps, "threads": 1, **out}
 
 
+def node_speed(reps: int, thread_counts: list[int], weights: str | None = None) -> dict:
+    """The node's per-pair work in both modes at 376x1241 (see the module doc)."""
+    import cv2
+    import torch
+
+    from perception_nodes.config import load_params, to_dataclass
+    from perception_nodes.models.stereo_voxel import load_stereo_voxel
+    from perception_nodes.pipeline.occupancy import GridSpec, to_occupancy_msg_data
+    from perception_nodes.pipeline.stereo import depth_from_disparity, valid_disparity_ratio
+    from perception_nodes.pipeline.stereo_eval import load_kitti_pair
+    from perception_nodes.pipeline.stereo_learned import (
+        LearnedStereoParams,
+        consistent_disparity_ratio,
+        frustum_lut,
+        frustum_to_grid,
+        network_input_size,
+        resize_pair,
+        scaled_geometry,
+    )
+    from perception_nodes.pipeline.stereo_occupancy import stereo_evidence
+
+    st = load_params()["stereo_occupancy"]
+    matcher, ev_params = _sgbm_and_evidence()
+    lp = to_dataclass(LearnedStereoParams, st["learned"])
+    spec = to_dataclass(GridSpec, st["grid"])
+    net, _ = load_stereo_voxel(weights)
+    net = net.fold_batchnorm()
+    pair = load_kitti_pair(PAIR)
+    left = np.ascontiguousarray(np.concatenate([pair.left, pair.left[-1:]], axis=0)[:, :1241])
+    right = np.ascontiguousarray(np.concatenate([pair.right, pair.right[-1:]], axis=0)[:, :1241])
+    g = replace(pair.geometry, width=1241, height=376)
+    T = pair.base_from_left()
+    w, h = network_input_size(g.width, g.height, lp.input_width)
+    lut = frustum_lut(scaled_geometry(g, w, h), net.config.planes, net.config.plane_step, T, spec, lp)  # once per rig
+
+    def sgbm() -> None:
+        disp = matcher.disparity(left, right)
+        depth = depth_from_disparity(disp, g, min_disparity=float(st["min_disparity_px"]))
+        valid_disparity_ratio(disp, matcher.num_disparities(g.width), float(st["min_disparity_px"]) + g.doffs)
+        grid, _ = stereo_evidence(depth, g, T, spec, ev_params)
+        to_occupancy_msg_data(grid, unknown_vacuity=1.0)
+
+    def learned() -> None:
+        ls, rs = resize_pair(left, right, w, h)
+        with torch.inference_mode():
+            lt = torch.from_numpy(ls).permute(2, 0, 1).unsqueeze(0)
+            rt = torch.from_numpy(rs).permute(2, 0, 1).unsqueeze(0)
+            fl, vol = net.match(lt, rt)
+            out = net.decode(fl, vol, (h, w))
+        consistent_disparity_ratio(ls, rs, out.disparity[0].numpy(), lp.consistency_tol, lp.texture_min)
+        grid = frustum_to_grid(out.occupancy_evidence[0].numpy(), lut, spec, lp)
+        to_occupancy_msg_data(grid, unknown_vacuity=1.0)
+
+    ms: dict[str, list[float]] = {f"{m}_{t}t": [] for t in thread_counts for m in ("sgbm", "learned")}
+    for i in range(reps + 1):
+        for t in thread_counts:
+            cv2.setNumThreads(t)
+            torch.set_num_threads(t)
+            for name, fn in (("sgbm", sgbm), ("learned", learned)):
+                t0 = time.perf_counter()
+                fn()
+                if i:
+                    ms[f"{name}_{t}t"].append((time.perf_counter() - t0) * 1e3)
+    out: dict = {"reps": reps, "size": [376, 1241], "network_input": [h, w]}
+    for k, v in ms.items():
+        out[k] = {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
+    for t in thread_counts:
+        out[f"learned_over_sgbm_{t}t"] = float(np.median(np.asarray(ms[f"learned_{t}t"]) / np.asarray(ms[f"sgbm_{t}t"])))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -224,7 +368,28 @@ def main() -> None:
     ap.add_argument("--package", metavar="DIR", help="also write the model as a weights folder (safetensors + "
                     "model.json sidecar with these metrics), e.g. perception_nodes/models/weights/stereo_voxel")
     ap.add_argument("--skip-generated", action="store_true", help="skip the held-out generated frames")
+    ap.add_argument("--speed-only", action="store_true", help="only the node's per-pair time in both modes at "
+                    "376x1241 (node_speed; MODEL must then be a weights folder)")
+    ap.add_argument("--kitti-grid-only", action="store_true", help="only kitti_grid (MODEL: a weights folder)")
+    ap.add_argument("--omp-passive", action="store_true", help="set OMP_WAIT_POLICY=PASSIVE before PyTorch "
+                    "loads (see node_speed)")
+    ap.add_argument("--node-threads", default="1,2", help="thread counts of node_speed (default 1,2)")
     args = ap.parse_args()
+    threads = [int(t) for t in args.node_threads.split(",") if t]
+    if args.omp_passive:
+        if "torch" in sys.modules:
+            raise SystemExit("--omp-passive: PyTorch is already loaded")
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if args.kitti_grid_only:
+        print(json.dumps({"kitti_grid": kitti_grid(args.model)}))
+        return
+    if args.speed_only:
+        res = {"benchmark": "stereo_learned --speed-only", "cores": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
+               "model": str(args.model), "nice": os.nice(0), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+        res["node_speed"] = node_speed(args.reps, threads, args.model)
+        res["load_avg_1m_end"] = os.getloadavg()[0]
+        print(json.dumps(res))
+        return
 
     import torch
     import yaml
@@ -244,7 +409,8 @@ def main() -> None:
         branch, model = load_trained(src)
     model.eval()
     cfg = yaml.safe_load(Path(args.config).read_text())
-    res: dict = {"benchmark": "stereo_learned", "cpu": cpu_model(), "cores": os.cpu_count(),
+    res: dict = {"benchmark": "stereo_learned", "cpu": cpu_model(), "cores": os.cpu_count(), "nice": os.nice(0),
+                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
                  "load_avg_1m": os.getloadavg()[0], "model": str(args.model)}
     w, h = 320, 96
     if not args.skip_generated:
@@ -252,8 +418,13 @@ def main() -> None:
         print("generated", json.dumps({k: res["generated"][k] for k in ("depth", "occupancy")}), flush=True)
     res["kitti"] = kitti(model, w, h)
     print("kitti", json.dumps(res["kitti"]), flush=True)
+    packaged = str(src) if (src / "model.json").is_file() else None
+    res["kitti_grid"] = kitti_grid(packaged)
+    print("kitti_grid", json.dumps(res["kitti_grid"]), flush=True)
     res["speed"] = speed(model, args.reps, w, h)
     print("speed", json.dumps(res["speed"]), flush=True)
+    res["node_speed"] = node_speed(args.reps, threads, packaged)
+    print("node_speed", json.dumps(res["node_speed"]), flush=True)
     res["load_avg_1m_end"] = os.getloadavg()[0]
     if args.package:
         from perception_nodes.models.weights_io import save_weights

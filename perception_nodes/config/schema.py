@@ -167,6 +167,12 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("evidence.disparity_sigma_px", 0.0, 100.0),
     ("evidence.free_margin_sigmas", 0.0, 100.0),
     ("evidence.min_range_m", 0.0, 1000.0),
+    ("learned.input_width", 64, 4096),
+    ("learned.evidence_scale", 1e-6, 1e6),
+    ("learned.max_depth_m", 0.1, 10_000.0),
+    ("learned.min_range_m", 0.0, 1000.0),
+    ("learned.consistency_tol", 1e-3, 100.0),
+    ("learned.texture_min", 0.0, 100.0),
     # control
     ("lookahead_m", 0.0, 1000.0),
     ("interval_level", 1e-6, 0.999999),
@@ -202,6 +208,7 @@ CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("geometry_mismatch", ("resample", "reject")),
     ("box_rule", ("information", "covariance_intersection")),
     ("sgbm.mode", ("sgbm", "sgbm_3way", "hh", "hh4")),
+    ("method", ("sgbm", "learned")),  # stereo_occupancy
     ("command_type", ("ackermann", "twist")),
     ("uncertainty_metric", ("std", "interval_width")),
     ("fallback.final_action", ("straight", "stop")),
@@ -216,6 +223,7 @@ READ_ONLY: tuple[str, ...] = (
     "cameras", "pool_checks",
     "classes",  # detection_fusion: the class set is wired at start
     "curvature_topics", "command_type",  # control: subscriptions and the command's message type
+    "method",  # stereo_occupancy: the learned mode loads its network at start
 )
 
 

@@ -1,14 +1,25 @@
-"""Stereo occupancy node: a rectified stereo pair in, evidential BEV occupancy out (no training needed).
+"""Stereo occupancy node: a rectified stereo pair in, evidential BEV occupancy out.
 
 Per synchronised pair (left + right ``image_rect``, ApproximateTime as message_filters; topics in
-``perception.params.yaml``): OpenCV SGBM -> disparity -> depth -> Beta evidence on the occupancy node's
-grid (:mod:`perception_nodes.pipeline.stereo`, :mod:`perception_nodes.pipeline.stereo_occupancy`). Publishes
+``perception.params.yaml``), by ``method``:
+
+* ``sgbm`` (default, no training): OpenCV SGBM -> disparity -> depth -> Beta evidence on the occupancy
+  node's grid (:mod:`perception_nodes.pipeline.stereo`, :mod:`perception_nodes.pipeline.stereo_occupancy`);
+* ``learned``: the StereoVoxelNet-style network (:mod:`perception_nodes.models.stereo_voxel`, weights from
+  ``weights``, default the packaged ones) on the pair resized to its input width -> Beta evidence per
+  frustum cell -> the BEV cells under them (:mod:`perception_nodes.pipeline.stereo_learned`: input size,
+  evidence mapping, health). Far better on generated scenes, far worse on the real KITTI pair (README,
+  "Learned stereo"): SGBM stays the default.
+
+Publishes
 
 * ``output_topic``: P(occupied) 0..100, -1 where nothing was seen (``nav_msgs/OccupancyGrid``, base_frame);
 * ``uncertainty_topic``: vacuity 0..100 (100 = no evidence);
-* ``health_topic`` (default ``~/debug/valid_disparity_ratio``): the share of matchable pixels with a valid
-  disparity (``perception_interfaces/Float64Stamped``), also on ``/diagnostics`` as ``<name>: stereo``,
-  WARN below ``health.valid_ratio_warn`` and ERROR below ``health.valid_ratio_error``.
+* ``health_topic`` (default ``~/debug/valid_disparity_ratio``): ``sgbm``: the share of matchable pixels with
+  a valid disparity; ``learned``: the share of pixels whose predicted disparity is textured and
+  photometrically consistent (:func:`~perception_nodes.pipeline.stereo_learned.consistent_disparity_ratio`;
+  same 0..1 scale and thresholds) (``perception_interfaces/Float64Stamped``), also on ``/diagnostics`` as
+  ``<name>: stereo``, WARN below ``health.valid_ratio_warn`` and ERROR below ``health.valid_ratio_error``.
 
 Calibration: the last few valid ``camera_info`` of each side are kept by stamp and each image is paired with
 the one of its own stamp (a source whose image size changes per frame, e.g. the converted KITTI raw bag,
@@ -21,8 +32,11 @@ used change. A pair that arrives before both camera_infos waits (one pair at mos
 calibration file.
 
 Stages timed (``~/debug/processing_time/<stage>_ms``): ``decode`` (Image -> strided numpy view, no copy for
-8-bit encodings, on arrival), ``match`` (SGBM), ``depth`` (disparity -> depth, health ratio), ``evidence``
-(inverse sensor model, transform lookup, grid data) and ``publish`` (messages).
+8-bit encodings, on arrival), then for ``sgbm``: ``match`` (SGBM), ``depth`` (disparity -> depth, health
+ratio), ``evidence`` (inverse sensor model, transform lookup, grid data); for ``learned``: ``resize`` (to the
+network's input size, RGB), ``cost_volume`` (features + correlation volume), ``network`` (aggregation,
+disparity, frustum decoder, coarse-to-fine evidence), ``health`` (consistency ratio), ``evidence_to_grid``
+(transform lookup, frustum -> BEV table when the geometry changed, grid data); and ``publish`` (messages).
 
 Bad input never stops the node, and each case says what it is: an encoding SGBM cannot use (16-bit,
 float, unknown) or an image whose data does not fit its size -> ``malformed``; left and right of different
@@ -33,15 +47,25 @@ vertical offset) -> the pairs are dropped ``bad_calibration`` with the reason, u
 transform to base_frame -> ``calibration``; a uniform image (blacked-out or covered camera: grey-level
 standard deviation below ``health.min_image_std``) -> matched all the same (its grid is empty: unknown, not
 free), with a ``blackout`` warning naming the camera, and the health ratio falls to ~0 (ERROR).
+In learned mode the same, plus: a pair that keeps fewer than 16 rows once resized to ``learned.input_width``
+-> dropped ``size_mismatch`` with the reason (any other size is resized: see
+:mod:`~perception_nodes.pipeline.stereo_learned`).
 
-``threads``: OpenCV's worker threads (``cv2.setNumThreads``), process-wide: in ``live``/replay every node
-shares one process, so the value also holds for any other OpenCV user there.
+``threads``: OpenCV's worker threads (``cv2.setNumThreads``) and, in learned mode, PyTorch's
+(``torch.set_num_threads``), process-wide: in ``live``/replay every node shares one process, so the value
+also holds for any other OpenCV / PyTorch user there.
+
+``method`` must be ``sgbm`` or ``learned`` (ConfigError at configure otherwise); it and ``weights`` are
+read-only (a restart loads the network). The learned mode needs PyTorch and weights: without them the node
+is unavailable (NodeUnavailable at warm-up), it never falls back silently to SGBM.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections import OrderedDict, deque
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,6 +89,17 @@ from perception_nodes.pipeline.stereo import (
     stereo_geometry,
     valid_disparity_ratio,
 )
+from perception_nodes.pipeline.stereo_learned import (
+    InputSizeError,
+    LearnedStereoParams,
+    consistent_disparity_ratio,
+    frustum_lut,
+    frustum_to_grid,
+    network_input_size,
+    resize_pair,
+    scaled_geometry,
+    to_rgb,
+)
 from perception_nodes.pipeline.stereo_occupancy import StereoEvidenceParams, stereo_evidence
 from perception_nodes.sync.approximate_time import ApproximateTimeSynchronizer, DropReason, SyncedSet
 
@@ -75,6 +110,8 @@ HEALTH = "~/debug/valid_disparity_ratio"
 
 #: image encodings SGBM can match (8 bits per channel); others are rejected as malformed for this node
 STEREO_ENCODINGS = ("mono8", "rgb8", "bgr8", "rgba8", "bgra8")
+#: values of the ``method`` parameter
+METHODS = ("sgbm", "learned")
 
 
 class StereoOccupancyNode(NodeCore):
@@ -94,6 +131,12 @@ class StereoOccupancyNode(NodeCore):
         self.uncertainty_topic = params.get("uncertainty_topic", STEREO_UNCERTAINTY)
         self.health_topic = params.get("health_topic", HEALTH)
         self.threads = int(params.get("threads", 1))
+        self.weights = str(params.get("weights", "") or "")
+        self.net: Any = None  # learned mode: the network (eval, BatchNorm folded), loaded at warm-up
+        self.sidecar: dict[str, Any] = {}
+        self._lut: Any = None  # learned mode: (key, FrustumLut) of the last geometry
+        self.lut_builds = 0
+        self.refined_share: float | None = None
         sync = params.get("sync", {})
         bound = float(sync.get("inter_message_lower_bound_s", 0.0))
         self.sync = ApproximateTimeSynchronizer(
@@ -121,6 +164,15 @@ class StereoOccupancyNode(NodeCore):
         out["evidence"] = to_dataclass(StereoEvidenceParams, params.get("evidence", {}), f"{self.name}.evidence.")
         out["sgbm"] = to_dataclass(SgbmParams, params.get("sgbm", {}), f"{self.name}.sgbm.")
         out["matcher"] = StereoMatcher(out["sgbm"])
+        method = str(params.get("method", "sgbm"))
+        if method not in METHODS:
+            raise ConfigError(f"{self.name}.method={method!r} is not one of {', '.join(METHODS)}")
+        out["method"] = method
+        try:
+            out["learned"] = to_dataclass(LearnedStereoParams, params.get("learned", {}), f"{self.name}.learned.")
+        except ValueError as exc:
+            raise ConfigError(f"{self.name}.learned: {exc}") from None
+        out["_lut"] = None  # rebuilt on the next pair with the new parameters
         out["unknown_vacuity"] = float(params.get("unknown_vacuity", 1.0))
         out["min_disparity_px"] = float(params.get("min_disparity_px", 0.5))
         out["info_wait_ns"] = int(float(params.get("camera_info_wait_s", 0.05)) * 1e9)
@@ -158,8 +210,9 @@ class StereoOccupancyNode(NodeCore):
         return out
 
     def warmup(self) -> None:
-        """Set OpenCV's threads and run the whole chain once on a small synthetic pair (allocations,
-        the grid's polar tables are built for the real camera on its first frame)."""
+        """Set OpenCV's (and PyTorch's) threads, load the network in learned mode, and run the matcher once
+        on a small synthetic pair (allocations; the grid's tables are built for the real camera on its
+        first frame)."""
         try:
             import cv2
         except ImportError as exc:  # OpenCV comes with the vision extra, not with a core-only install
@@ -167,9 +220,51 @@ class StereoOccupancyNode(NodeCore):
         if self.threads > 0:
             cv2.setNumThreads(self.threads)
         rng = np.random.default_rng(0)
+        if self.method == "learned":
+            self.load()
+            import torch
+
+            if self.threads > 0:
+                torch.set_num_threads(self.threads)
+            left = rng.integers(0, 255, (96, 320, 3), dtype=np.uint8)
+            self._infer(left, np.roll(left, -4, axis=1))
+            return
         left = rng.integers(0, 255, (48, 160), dtype=np.uint8)
         right = np.roll(left, -4, axis=1)
         self.matcher.disparity(left, right)
+
+    def load(self) -> None:
+        """Learned mode: weights -> network (eval, BatchNorm folded). NodeUnavailable without PyTorch or
+        without packaged weights; WeightsError (a clear message) for a bad ``weights`` folder."""
+        try:
+            import torch  # noqa: F401
+
+            from perception_nodes.models.stereo_voxel import NETWORK, load_stereo_voxel
+            from perception_nodes.models.weights_io import default_weights_dir, read_sidecar
+        except ImportError as exc:
+            raise NodeUnavailable(f"{self.name}: method learned needs PyTorch, which is not installed here ({exc})") from exc
+        if not self.weights:
+            try:
+                read_sidecar(default_weights_dir(NETWORK), NETWORK)
+            except Exception as exc:  # noqa: BLE001 - no packaged weights in this install
+                raise NodeUnavailable(f"{self.name}: no packaged stereo_voxel weights ({exc}); set `weights`") from exc
+        net, side = load_stereo_voxel(str(Path(self.weights).expanduser()) if self.weights else None)
+        self.net, self.sidecar = net.fold_batchnorm(), side
+
+    def _infer(self, left: np.ndarray, right: np.ndarray) -> Any:
+        """(h, w, 3) uint8 RGB pair at the network's input size -> its output; ``cost_volume`` and
+        ``network`` timed."""
+        import torch
+
+        with torch.inference_mode():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a read-only message buffer: torch warns, nothing writes to it
+                lt = torch.from_numpy(left).permute(2, 0, 1).unsqueeze(0)
+                rt = torch.from_numpy(right).permute(2, 0, 1).unsqueeze(0)
+            with self.latency.stage("cost_volume"):
+                fl, vol = self.net.match(lt, rt)
+            with self.latency.stage("network"):
+                return self.net.decode(fl, vol, tuple(left.shape[:2]))
 
     # --- messages -----------------------------------------------------------------------------
     def pending(self, topic: str) -> int:
@@ -340,18 +435,21 @@ class StereoOccupancyNode(NodeCore):
             self._warn("size_mismatch", f"{self.left_topic} / {self.right_topic}: {size_error}; pair dropped")
             return []
         stamp = stamp_to_ns(lmsg.header.stamp)
+        if self.method == "learned":
+            try:
+                net_size = network_input_size(g.width, g.height, self.learned.input_width)
+            except InputSizeError as exc:
+                self._drop_set(s, "size_mismatch")
+                self._warn("size_mismatch", f"{self.left_topic} / {self.right_topic}: {exc}; pair dropped")
+                return []
+            if self.net is None:
+                self.load()
         with self.latency.frame(stamp) as frame:
             frame.stages_ms["decode"] = ldec + rdec
-            with self.latency.stage("match"):
-                disp = self.matcher.disparity(limg, rimg)
-            with self.latency.stage("depth"):
-                depth = depth_from_disparity(disp, g, min_disparity=self.min_disparity_px)
-                ratio = valid_disparity_ratio(disp, self.matcher.num_disparities(g.width),
-                                              self.min_disparity_px + g.doffs)
-            with self.latency.stage("evidence"):
-                to_base = self.sensor_to_base(lmsg.header.frame_id)
-                grid, _ = stereo_evidence(depth, g, to_base, self.grid, self.evidence)
-                prob, vac = to_occupancy_msg_data(grid, unknown_vacuity=self.unknown_vacuity)
+            if self.method == "learned":
+                ratio, prob, vac = self._learned(lmsg, limg, rimg, net_size)
+            else:
+                ratio, prob, vac = self._sgbm(lmsg, limg, rimg)
             with self.latency.stage("publish"):
                 origin = (*self.grid.origin, 0.0)
                 out = [
@@ -366,11 +464,57 @@ class StereoOccupancyNode(NodeCore):
         self.last_ratio = ratio
         self.ratios.append(ratio)
         if ratio < self.ratio_warn:
-            self._warn("health", f"valid disparity ratio {ratio:.2f} below {self.ratio_warn:g} at stamp {stamp} ns")
+            self._warn("health", f"{self._health_name} {ratio:.2f} below {self.ratio_warn:g} at stamp {stamp} ns")
         self.frames_out += 1
         self.mark_used(self.left_topic)
         self.mark_used(self.right_topic)
         return out + self.debug_emits(frame)
+
+    @property
+    def _health_name(self) -> str:
+        return "consistent disparity ratio" if self.method == "learned" else "valid disparity ratio"
+
+    def _learned(self, lmsg: Any, limg: np.ndarray, rimg: np.ndarray,
+                 net_size: tuple[int, int]) -> tuple[float, np.ndarray, np.ndarray]:
+        """Learned mode of one pair (stages ``resize``, ``cost_volume``, ``network``, ``health``,
+        ``evidence_to_grid``): (health ratio, probability and vacuity grid data)."""
+        g = self.geometry
+        w, h = net_size
+        enc = str(lmsg.encoding)
+        with self.latency.stage("resize"):
+            ls, rs = resize_pair(to_rgb(limg, enc), to_rgb(rimg, enc), w, h)
+        out = self._infer(ls, rs)
+        with self.latency.stage("health"):
+            disp = out.disparity[0].numpy()
+            ratio = consistent_disparity_ratio(ls, rs, disp, self.learned.consistency_tol, self.learned.texture_min)
+            self.refined_share = out.refined_cells / max(out.total_cells, 1)
+        with self.latency.stage("evidence_to_grid"):
+            to_base = self.sensor_to_base(lmsg.header.frame_id)
+            key = (g, w, h, to_base.tobytes())
+            if self._lut is None or self._lut[0] != key:
+                gn = scaled_geometry(g, w, h)
+                c = self.net.config
+                self._lut = (key, frustum_lut(gn, c.planes, c.plane_step, to_base, self.grid, self.learned))
+                self.lut_builds += 1
+            grid = frustum_to_grid(out.occupancy_evidence[0].numpy(), self._lut[1], self.grid, self.learned)
+            prob, vac = to_occupancy_msg_data(grid, unknown_vacuity=self.unknown_vacuity)
+        return ratio, prob, vac
+
+    def _sgbm(self, lmsg: Any, limg: np.ndarray, rimg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """SGBM mode of one pair (stages ``match``, ``depth``, ``evidence``): (health ratio, probability and
+        vacuity grid data)."""
+        g = self.geometry
+        with self.latency.stage("match"):
+            disp = self.matcher.disparity(limg, rimg)
+        with self.latency.stage("depth"):
+            depth = depth_from_disparity(disp, g, min_disparity=self.min_disparity_px)
+            ratio = valid_disparity_ratio(disp, self.matcher.num_disparities(g.width),
+                                          self.min_disparity_px + g.doffs)
+        with self.latency.stage("evidence"):
+            to_base = self.sensor_to_base(lmsg.header.frame_id)
+            grid, _ = stereo_evidence(depth, g, to_base, self.grid, self.evidence)
+            prob, vac = to_occupancy_msg_data(grid, unknown_vacuity=self.unknown_vacuity)
+        return ratio, prob, vac
 
     def _check_images(self, left: np.ndarray, right: np.ndarray) -> None:
         """A blacked-out or covered camera gives a uniform image: say which (a subsample is enough)."""
@@ -404,13 +548,29 @@ class StereoOccupancyNode(NodeCore):
         statuses = super().diagnostic_statuses()
         values: dict[str, str] = {"frames_out": str(self.frames_out), "blackout_frames": str(self.blackout_frames),
                                   "valid_ratio_warn": f"{self.ratio_warn:g}", "valid_ratio_error": f"{self.ratio_error:g}",
-                                  "sgbm_mode": self.sgbm.mode, "threads": str(self.threads),
+                                  "method": self.method, "threads": str(self.threads),
                                   "camera_info_fallbacks": str(self.camera_info_fallbacks)}
         g = self.geometry
+        if self.method == "sgbm":
+            values["sgbm_mode"] = self.sgbm.mode
+        else:
+            values.update(weights=self.weights or "packaged", health="consistent_disparity_ratio",
+                          evidence_to_grid_builds=str(self.lut_builds))
+            if self.refined_share is not None:
+                values["refined_share"] = f"{self.refined_share:.3f}"
         if g is not None:
-            values.update(width=str(g.width), height=str(g.height), fx=f"{g.fx:.3f}", baseline_m=f"{g.baseline:.4f}",
-                          num_disparities=str(self.matcher.num_disparities(g.width)),
-                          min_depth_m=f"{g.fb / self.matcher.num_disparities(g.width):.2f}")
+            values.update(width=str(g.width), height=str(g.height), fx=f"{g.fx:.3f}", baseline_m=f"{g.baseline:.4f}")
+            if self.method == "sgbm":
+                values.update(num_disparities=str(self.matcher.num_disparities(g.width)),
+                              min_depth_m=f"{g.fb / self.matcher.num_disparities(g.width):.2f}")
+            else:
+                try:
+                    w, h = network_input_size(g.width, g.height, self.learned.input_width)
+                    values["network_input"] = f"{w}x{h}"
+                    if self.net is not None:
+                        values["min_depth_m"] = f"{g.fb * w / g.width / self.net.config.max_disparity:.2f}"
+                except InputSizeError as exc:
+                    values["network_input"] = str(exc)[:200]
         if self.last_ratio is not None:
             values["valid_disparity_ratio"] = f"{self.last_ratio:.3f}"
             values["valid_disparity_ratio_mean"] = f"{float(np.mean(self.ratios)):.3f}"
@@ -421,10 +581,10 @@ class StereoOccupancyNode(NodeCore):
         elif self.last_ratio is None:
             level, message = OK, "no pair matched yet"
         elif self.last_ratio < self.ratio_error:
-            level, message = ERROR, (f"valid disparity ratio {self.last_ratio:.2f} < {self.ratio_error:g}: stereo "
+            level, message = ERROR, (f"{self._health_name} {self.last_ratio:.2f} < {self.ratio_error:g}: stereo "
                                      "blind (camera blacked out, covered, glare or decalibrated?)")
         elif self.last_ratio < self.ratio_warn:
-            level, message = WARN, f"valid disparity ratio {self.last_ratio:.2f} < {self.ratio_warn:g}: degraded"
+            level, message = WARN, f"{self._health_name} {self.last_ratio:.2f} < {self.ratio_warn:g}: degraded"
         else:
-            level, message = OK, f"valid disparity ratio {self.last_ratio:.2f}"
+            level, message = OK, f"{self._health_name} {self.last_ratio:.2f}"
         return statuses + [DiagnosticStatusData(level, f"{self.name}: stereo", message[:500], self._sensor_frame, values)]

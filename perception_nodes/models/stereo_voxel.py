@@ -154,6 +154,23 @@ class StereoVoxelNet(nn.Module):
         far = torch.where(d - half > 0, fb / (d - half).clamp_min(1e-9), torch.full_like(d, float("inf")))
         return near, far
 
+    def fold_batchnorm(self) -> "StereoVoxelNet":
+        """Fold every eval BatchNorm into the convolution before it (inference only: the folded
+        convolutions carry the running statistics). Outputs unchanged up to float rounding."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        if self.training:
+            raise RuntimeError("fold_batchnorm needs eval mode")
+        for mod in list(self.modules()):
+            if not isinstance(mod, nn.Sequential):
+                continue
+            for i in range(len(mod) - 1):
+                a, b = mod[i], mod[i + 1]
+                if type(a) is nn.Conv2d and isinstance(b, nn.BatchNorm2d):
+                    mod[i] = fuse_conv_bn_eval(a, b)
+                    mod[i + 1] = nn.Identity()
+        return self
+
     # -- network ------------------------------------------------------------------------------------
     def cost_volume(self, fl: Tensor, fr: Tensor) -> Tensor:
         """Correlation ``[B, D, h, w]`` of left features with right features shifted by each plane."""
@@ -174,12 +191,17 @@ class StereoVoxelNet(nn.Module):
 
     def forward(self, left: Tensor, right: Tensor, *, prune: bool | None = None) -> StereoVoxelOutput:
         """``prune``: skip refining confidently empty coarse cells (default: in eval mode only)."""
+        fl, vol = self.match(left, right)
+        return self.decode(fl, vol, tuple(left.shape[-2:]), prune=prune)
+
+    def match(self, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+        """First half of :meth:`forward` (features + cost volume): (left features ``[B, C, H/4, W/4]``,
+        correlation volume ``[B, D, H/4, W/4]``). Apart so a node can time the matching on its own."""
         if left.shape != right.shape or left.dim() != 4 or left.shape[1] != 3:
             raise ValueError(f"expected two [B, 3, H, W] images of one shape, got {tuple(left.shape)} and {tuple(right.shape)}")
         H, W = left.shape[-2:]
         if H % 8 or W % 8:
             raise ValueError(f"image size {W}x{H} must be a multiple of 8 (resize or pad)")
-        prune = (not self.training) if prune is None else prune
         c = self.config
         x = torch.cat([left, right], 0).float() / 255.0 - 0.5
         if c.input_norm == "pair":
@@ -191,7 +213,14 @@ class StereoVoxelNet(nn.Module):
             x = torch.cat([pair[:, 0], pair[:, 1]], 0)
         f = self.features(x)
         fl, fr = f[: left.shape[0]], f[left.shape[0]:]
-        vol = self.cost_volume(fl, fr)
+        return fl, self.cost_volume(fl, fr)
+
+    def decode(self, fl: Tensor, vol: Tensor, size: tuple[int, int], *, prune: bool | None = None) -> StereoVoxelOutput:
+        """Second half of :meth:`forward`: aggregation, disparity at full ``size`` (H, W), frustum grid,
+        coarse level, pruning and refine, from :meth:`match`'s output."""
+        H, W = size
+        prune = (not self.training) if prune is None else prune
+        c = self.config
         logits = self.aggregate(torch.cat([vol, fl], 1))  # [B, D, h, w]
         prob = logits.softmax(1)
         shift = (prob * self.shifts.view(1, -1, 1, 1)).sum(1, keepdim=True)  # quarter-res px
