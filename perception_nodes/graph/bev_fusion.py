@@ -13,7 +13,9 @@ when no image within ``match_tolerance_s`` of the scan has arrived yet but the c
 within ``camera_timeout_s``), the scan waits for it at most ``max_wait_s`` on the node clock (one scan at
 most; the next scan releases it), then goes with the nearest image within ``camera_timeout_s`` or, without
 one, LiDAR-only. The node never waits for a camera that is stale or absent (right after start, before any
-image, for at most ``camera_timeout_s`` of node clock, the camera counts as live). When the LiDAR is stale (its
+image, for at most ``camera_timeout_s`` of node clock, the camera counts as live); so when a stale camera
+comes back, a scan that arrives before the first new image still goes LiDAR-only (that image is then
+``unpaired``), and the frames after it are fused again. When the LiDAR is stale (its
 newest scan stamped more than ``lidar_timeout_s`` before an image, or no scan at all within
 ``lidar_timeout_s`` of node clock since the node's first message) the **camera paces**: each image is a
 camera-only frame with the image's stamp, until a scan comes again.
