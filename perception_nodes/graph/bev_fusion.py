@@ -153,7 +153,8 @@ class BevFusionNode(NodeCore):
         self.camera_info_fallbacks = 0
         # pairing state
         self._images: list[_Image] = []  # oldest first, at most image_queue_size
-        self._scan: tuple[Any, int, int] | None = None  # held scan: (msg, stamp, node clock when it arrived)
+        # held scan: (msg, stamp, node clock when it arrived, decoded points, decode ms)
+        self._scan: tuple[Any, int, int, np.ndarray, float] | None = None
         self._last_scan_stamp: int | None = None
         self._first_clock: int | None = None
         self._geometry_key: str | None = None
@@ -385,12 +386,33 @@ class BevFusionNode(NodeCore):
                 self.mark_dropped(self.image_topic, "unpaired")
         return self._service()
 
+    def _decode_scan(self, msg: Any) -> np.ndarray:
+        """PointCloud2 -> finite points within the range gate, at most ``max_points`` (sensor frame); raises
+        MalformedMessageError / ImplausibleCloudError in the scan's own delivery."""
+        pts = self.sanitize(self.input_topic, read_xyzi(msg))
+        bad_i = ~np.isfinite(pts[:, 3])
+        if bad_i.any():  # finite xyz, garbage intensity: the network would drop the row silently
+            self.points_dropped["nonfinite_intensity"] += int(bad_i.sum())
+            self._warn("nonfinite_intensity", f"{self.input_topic}: {self.points_dropped['nonfinite_intensity']} "
+                       "points with non-finite intensity removed so far")
+            pts = pts[~bad_i]
+        if self.max_points > 0 and len(pts) > self.max_points:
+            kept = thin_points(pts, self.max_points)
+            self.points_dropped["over_max_points"] += len(pts) - len(kept)
+            self._warn("max_points", f"{self.input_topic}: a cloud of {len(pts)} points thinned to {len(kept)} "
+                       f"(max_points = {self.max_points})")
+            pts = kept
+        return pts
+
     def _on_scan(self, msg: Any) -> list[Emit]:
+        t0 = time.perf_counter_ns()
+        pts = self._decode_scan(msg)  # bad clouds fail here, in their own delivery
+        decode_ms = (time.perf_counter_ns() - t0) / 1e6
         out: list[Emit] = []
         if self._scan is not None:  # the next scan came first: the held one goes with what there is
             out += self._release_scan(force=True)
         stamp = stamp_to_ns(msg.header.stamp)
-        self._scan = (msg, stamp, self.clock())
+        self._scan = (msg, stamp, self.clock(), pts, decode_ms)
         self._last_scan_stamp = stamp if self._last_scan_stamp is None else max(self._last_scan_stamp, stamp)
         return out + self._service()
 
@@ -444,7 +466,7 @@ class BevFusionNode(NodeCore):
     def _release_scan(self, force: bool) -> list[Emit]:
         """Run the held scan when its image is ready, its wait is over (or ``force``), or the camera is stale."""
         assert self._scan is not None
-        msg, stamp, arrived = self._scan
+        msg, stamp, arrived, pts, decode_ms = self._scan
         im = self._nearest_image(stamp)
         matched = im is not None and abs(im.stamp - stamp) <= self.match_tolerance_ns
         model, ready = self._model_for(im) if im is not None else (None, False)
@@ -468,23 +490,31 @@ class BevFusionNode(NodeCore):
             self._warn("camera_info_fallback", f"{self.info_topic}: no camera_info with the image's stamp within "
                        f"{self.info_wait_ns / 1e9:g} s; used the latest")
         try:
-            return self._frame(msg, im, model, reason)
-        except (MalformedMessageError, CalibrationError) as exc:  # not this scan's own delivery: count here
+            return self._frame((msg, pts, decode_ms), im, model, reason)
+        except (MalformedMessageError, CalibrationError) as exc:  # maybe not this scan's own delivery: count here
             kind = "malformed" if isinstance(exc, MalformedMessageError) else "calibration"
             self.mark_dropped(self.input_topic, kind)
             self._warn(kind, f"{self.input_topic}: {exc}")
+            return []
+        except Exception as exc:  # noqa: BLE001 - counted on the scan, the node goes on
+            self.mark_dropped(self.input_topic, "error")
+            self._fault(self.input_topic, exc)
             return []
 
     def _frame_counted(self, scan: Any, im: _Image, model: Any, reason: str) -> list[Emit]:
         """A camera-only frame outside the image's own delivery: failures count on the image topic."""
         try:
             return self._frame(scan, im, model, reason)
-        except (MalformedMessageError, CalibrationError) as exc:
-            kind = "malformed" if isinstance(exc, MalformedMessageError) else "calibration"
+        except Exception as exc:  # noqa: BLE001 - counted on the image, the node goes on
+            known = isinstance(exc, (MalformedMessageError, CalibrationError))
+            kind = ("malformed" if isinstance(exc, MalformedMessageError) else "calibration") if known else "error"
             if not im.used:
                 im.used = True
                 self.mark_dropped(self.image_topic, kind)
-            self._warn(kind, f"{self.image_topic}: {exc}")
+            if known:
+                self._warn(kind, f"{self.image_topic}: {exc}")
+            else:
+                self._fault(self.image_topic, exc)
             return []
 
     # --- one frame ------------------------------------------------------------------------------
@@ -512,25 +542,21 @@ class BevFusionNode(NodeCore):
             self.images_resized += 1
         return img, self.pooling_geometry(K, to_base, img.shape[:2]), ""
 
-    def _frame(self, scan: Any, im: _Image | None, model: Any, reason: str) -> list[Emit]:
-        """One output frame: ``scan`` (or None: camera-only) with image ``im`` (or None: LiDAR-only)."""
+    def _frame(self, held: tuple[Any, np.ndarray, float] | None, im: _Image | None, model: Any,
+               reason: str) -> list[Emit]:
+        """One output frame: ``held`` = (scan, its decoded points, decode ms) or None (camera-only), with image
+        ``im`` (or None: LiDAR-only)."""
         from perception_nodes.models.decode import decode_batch
 
         if self.net is None:
             self.load()
+        scan = held[0] if held is not None else None
         stamp = stamp_to_ns(scan.header.stamp) if scan is not None else im.stamp
         pts = None
         reasons = [reason] if reason else []
         with self.latency.frame(stamp) as frame:
-            if scan is not None:
-                with self.latency.stage("decode"):
-                    raw = read_xyzi(scan)
-                    pts = self.sanitize(self.input_topic, raw)
-                    pts = pts[np.isfinite(pts[:, 3])]
-                    if self.max_points > 0 and len(pts) > self.max_points:
-                        kept = thin_points(pts, self.max_points)
-                        self.points_dropped["over_max_points"] += len(pts) - len(kept)
-                        pts = kept
+            if held is not None:
+                scan, pts, frame.stages_ms["decode"] = held
                 with self.latency.stage("transform"):
                     pts = np.ascontiguousarray(transform_points(self.sensor_to_base(scan.header.frame_id), pts),
                                                np.float32)
