@@ -25,10 +25,11 @@ def test_bev_fusion_node_publishes_fused_detections_mode_and_diagnostics(ros_con
     from perception_nodes.ros.qos import profile
 
     p = dict(load_params()["bev_fusion"])
-    off = ManagedCoreNode("bev_fusion", context=ros_context, parameter_overrides=tree_overrides(p))
-    assert p["enabled"] is False and not off.autostart() and off.core is None  # off by default: not started
+    assert p["enabled"] is True
+    off = ManagedCoreNode("bev_fusion", context=ros_context,
+                          parameter_overrides=tree_overrides({**p, "enabled": False}))
+    assert not off.autostart() and off.core is None  # switched off in the params file: not started
     off.destroy_node()
-    p["enabled"] = True
     node = ManagedCoreNode("bev_fusion", context=ros_context, parameter_overrides=tree_overrides(p))
     assert node.autostart() and node.is_active()
     wanted = {topics.TF_STATIC: topics.TF_MESSAGE, p["input_topic"]: topics.POINTCLOUD2,
