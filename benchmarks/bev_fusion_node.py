@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     frames: list[list[tuple[str, Any, int]]] = []
     with BagReader(bag) as r:
         for rec in r.records(topics=wanted):
-            if rec.topic == topics.LIDAR_POINTS or not frames:
-                if len(frames) == args.frames and rec.topic == topics.LIDAR_POINTS:
+            if not frames or (rec.topic == topics.LIDAR_POINTS and any(t == topics.LIDAR_POINTS for t, _, _ in frames[-1])):
+                if len(frames) == args.frames:
                     break
                 frames.append([])
             frames[-1].append((rec.topic, rec.msg, rec.log_time_ns))
