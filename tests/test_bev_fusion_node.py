@@ -281,8 +281,13 @@ def test_bad_input_is_reported_and_the_node_keeps_running(net, frames):
     big = _image_like(i, np.repeat(np.repeat(image_to_numpy(i), 2, 0), 2, 1))
     out = _frame(node, clock, c, big, info2)
     assert out[MODE].data == 3.0 and node.images_resized == 1
-    # valid input still gives fused frames
+    # an image in a frame with no transform to base_link: not used, the scan goes LiDAR-only
     c, i, f = fr[6]
+    unknown = dataclasses.replace(i, header=dataclasses.replace(i.header, frame_id="unknown_optical"))
+    out = _frame(node, clock, c, unknown, f)
+    assert out[MODE].data == 1.0 and "camera frame unknown" in _status(node).message
+    # valid input still gives fused frames
+    c, i, f = fr[7]
     assert _frame(node, clock, c, i, f)[MODE].data == 3.0 and _status(node).level == OK
     assert not node.faults
     node.finish()

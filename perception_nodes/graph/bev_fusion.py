@@ -54,7 +54,8 @@ Bad input never stops the node: empty clouds or clouds with no point inside the 
 frame without LiDAR (``empty`` warning); non-finite points are removed and counted; a wrong encoding or
 data that does not fit its size is ``malformed``; an image whose size differs from its camera_info is
 dropped ``size_mismatch``; invalid camera_info (NaN, zero focal length, wrong sizes, unknown distortion) is
-``malformed`` and the last valid one stays; an unknown frame is dropped ``calibration``. Accounting: an
+``malformed`` and the last valid one stays; a scan in an unknown frame is dropped ``calibration``, an image
+in one is not used (the frame runs without camera, ``calibration`` warning). Accounting: an
 image ends up used (it went into a frame), dropped ``unpaired`` (no scan took it before it left the
 ``image_queue_size`` queue) or pending.
 """
@@ -530,7 +531,11 @@ class BevFusionNode(NodeCore):
             self._warn("blackout", f"{self.image_topic}: image uniform (grey-level std < {self.min_image_std:g}): "
                        "camera blacked out or covered? Frame run without camera")
             return None, None, "camera image uniform (blacked out or covered?)"
-        to_base = self.sensor_to_base(im.msg.header.frame_id)  # CalibrationError -> counted
+        try:
+            to_base = self.sensor_to_base(im.msg.header.frame_id)
+        except CalibrationError as exc:  # the scan can still go on its own
+            self._warn("calibration", f"{self.image_topic}: {exc}; frame run without camera")
+            return None, None, f"camera frame unknown ({exc})"
         K = np.asarray(model.P, np.float64)[:3, :3]
         img = im.img
         if self.input_width and w > self.input_width:
