@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "executor; with their autostart parameter (default true) each is configured and activated "
                         "at once. The graph: ground_segmentation and occupancy_grid (LiDAR -> geometric grid), "
                         "lidar_detection (LiDAR network: boxes, learned grid, curvature), stereo_occupancy and "
-                        "camera_bev (camera grids), fusion (grids), detection_fusion (boxes), calibration_monitor "
+                        "camera_bev (camera grids), bev_fusion (camera + LiDAR boxes), fusion (grids), detection_fusion (boxes), calibration_monitor "
                         "and control (command with its uncertainty); a node whose dependencies or weights are "
                         "missing is left out, said once. Inputs: /sensing/lidar/points, /sensing/camera/*/"
                         "{image_rect,camera_info}, /tf_static, odometry (default /ground_truth/odometry: set "

@@ -36,6 +36,7 @@ from perception_nodes.codecs.backend import default_backend
 from perception_nodes.config import load_params
 from perception_nodes.evaluation import GROUND_TRUTH_TOPICS, Evaluator, write_metrics
 from perception_nodes.graph import NodeCore, build_graph, resolve_topic
+from perception_nodes.graph.bev_fusion import BevFusionNode
 from perception_nodes.graph.camera_bev import CameraBevNode
 from perception_nodes.graph.detection_fusion import DetectionFusionNode
 from perception_nodes.graph.control import ControlNode
@@ -109,6 +110,9 @@ class ReplayResult:
     # fallback, reason) and the bag's /ground_truth/curvature (stamp, 1/m)
     control: list[tuple[int, float, float, float, float, float, bool, str]] = field(default_factory=list)
     control_truth: list[tuple[int, float]] = field(default_factory=list)
+    # bev_fusion node: last frames (stamp, vision_msgs Detection3DArray) and every frame's mode (stamp, bit mask)
+    bev_fusion_detections: list[tuple[int, Any]] = field(default_factory=list)
+    bev_fusion_modes: list[tuple[int, int]] = field(default_factory=list)
 
 
 class _ControlCapture:
@@ -168,6 +172,33 @@ class _FusionCapture:
         result.fusion_weights = self.weights
 
 
+class _BevFusionCapture:
+    """Keeps what the report shows of the bev_fusion node: its last detection sets and its mode over time."""
+
+    def __init__(self, nodes: list[NodeCore], keep: int) -> None:
+        node = next((n for n in nodes if isinstance(n, BevFusionNode)), None)
+        self.keep = keep
+        self.det_topic = node.detections_topic if node is not None else None
+        self.mode_topic = resolve_topic(node, node.mode_topic) if node is not None and node.mode_topic else None
+        self.dets: dict[int, Any] = {}
+        self.modes: list[tuple[int, int]] = []
+
+    def __call__(self, name: str, msg: Any) -> None:
+        if name != self.det_topic and name != self.mode_topic:
+            return
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if name == self.mode_topic:
+            self.modes.append((stamp, int(msg.data)))
+            return
+        self.dets[stamp] = msg
+        for old in sorted(self.dets)[:-self.keep]:
+            del self.dets[old]
+
+    def fill(self, result: ReplayResult) -> None:
+        result.bev_fusion_detections = sorted(self.dets.items())
+        result.bev_fusion_modes = self.modes
+
+
 def _end_to_end_node(nodes: list[NodeCore]) -> NodeCore:
     return next((n for n in nodes if n.name == "occupancy_grid"), nodes[-1])
 
@@ -216,6 +247,7 @@ def run_graph(
     pending_det: dict[int, dict[str, Any]] = {}
     fusion_capture = _FusionCapture(nodes, keep_grids)
     control_capture = _ControlCapture(nodes)
+    bev_capture = _BevFusionCapture(nodes, keep_grids)
     # the stereo node's grids per stamp (report panel beside the LiDAR grid)
     stereo = next((n for n in nodes if isinstance(n, StereoOccupancyNode)), None)
     stereo_topics = {stereo.output_topic: "occ", stereo.uncertainty_topic: "unc"} if stereo is not None else {}
@@ -254,6 +286,7 @@ def run_graph(
                         pending_grid.setdefault(stamp, {})[name] = e.msg
                     fusion_capture(name, e.msg)
                     control_capture(name, e.msg)
+                    bev_capture(name, e.msg)
                     if name in branch_topics:
                         stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
                         pending_det.setdefault(stamp, {})[branch_topics[name]] = e.msg
@@ -289,6 +322,7 @@ def run_graph(
                 out_bag.write(resolve_topic(node, e.topic), e.msgtype, clock.now(), e.msg)
                 fusion_capture(resolve_topic(node, e.topic), e.msg)
                 control_capture(resolve_topic(node, e.topic), e.msg)
+                bev_capture(resolve_topic(node, e.topic), e.msg)
         clock.set(max([base, *(free_at or {}).values()]))
 
     with BagReader(bag) as reader, OutputBag(out_dir) as out_bag:
@@ -345,6 +379,7 @@ def run_graph(
                 out_bag.write(name, e.msgtype, clock.now(), e.msg)
                 fusion_capture(name, e.msg)
                 control_capture(name, e.msg)
+                bev_capture(name, e.msg)
                 if name in grid_topics:
                     stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
                     pending_grid.setdefault(stamp, {})[name] = e.msg
@@ -356,6 +391,7 @@ def run_graph(
             result.grids.append((stamp, g[topics.OCCUPANCY_GRID], g[topics.OCCUPANCY_UNCERTAINTY]))
     fusion_capture.fill(result)
     control_capture.fill(result)
+    bev_capture.fill(result)
     for stamp in sorted(pending_det):
         d = pending_det[stamp]
         occ, unc = (d.get("fused_occ"), d.get("fused_unc")) if "fused_occ" in d else (d.get("occ"), d.get("unc"))

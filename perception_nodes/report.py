@@ -473,6 +473,55 @@ def detection_fusion_section(result: ReplayResult) -> str:
             "<img src=\"detection_fusion.png\" width=\"1100\">")
 
 
+def plot_bev_fusion(stamp: int, lidar: Any | None, bev: Any, gt: Any | None, modes: list[tuple[int, int]],
+                    path: Path) -> None:
+    """The LiDAR branch's boxes beside the bev_fusion node's (same stamp, ground truth dashed) and, below,
+    the fuser's mode per frame (bit mask: 1 LiDAR used, 2 camera used)."""
+    fig = plt.figure(figsize=(14, 8.5), constrained_layout=True)
+    grid = fig.add_gridspec(2, 2, height_ratios=[6.5, 1.4])
+    colors = {"car": "#00c000", "pedestrian": "#ff3030", "cyclist": "#3060ff"}
+    for k, (msg, title) in enumerate(((lidar, "LiDAR branch"), (bev, "camera + LiDAR fuser (bev_fusion)"))):
+        ax = fig.add_subplot(grid[0, k])
+        boxes = _detection_boxes(msg) if msg is not None else []
+        _bev_axes(ax, f"{title} @ {stamp / 1e9:.1f} s ({len(boxes)} boxes)", [-40.0, 40.0, -40.0, 40.0], gt,
+                  dashed=True)
+        for label, _, box, cov, _ in boxes:
+            color = colors.get(label.lower(), "black")
+            c = np.vstack([box.corners_xy(), box.corners_xy()[:1]])
+            ax.plot(c[:, 0], c[:, 1], color=color, lw=1.2)
+            e = covariance_ellipse(cov[:2, :2], box.center[:2], k=ELLIPSE_SIGMA * ELLIPSE_DRAW_SCALE)
+            ax.fill(e[:, 0], e[:, 1], color=color, alpha=0.25, lw=0)
+    ax = fig.add_subplot(grid[1, :])
+    if modes:
+        m = np.array(modes, dtype=np.float64)
+        ax.step((m[:, 0] - m[0, 0]) / 1e9, m[:, 1], where="post", color="k", lw=1.2)
+    ax.set_yticks([0, 1, 2, 3], ["none", "lidar_only", "camera_only", "fused"])
+    ax.set_ylim(-0.3, 3.3)
+    ax.set_xlabel("s since the first frame")
+    ax.set_title("bev_fusion mode per frame (~/debug/mode)", fontsize=10)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def bev_fusion_section(result: ReplayResult) -> str:
+    """The bev_fusion node's part of the report: its last boxes beside the LiDAR branch's, its mode over time."""
+    frames = getattr(result, "bev_fusion_detections", None) or []
+    if not frames:
+        return ""
+    stamp, bev = frames[-1]
+    lidar = next((d for s, d, _, _ in result.detections if s == stamp), None)
+    modes = getattr(result, "bev_fusion_modes", None) or []
+    counts = {name: sum(1 for _, m in modes if m == k) for k, name in ((3, "fused"), (1, "lidar_only"),
+                                                                         (2, "camera_only"), (0, "none"))}
+    plot_bev_fusion(stamp, lidar, bev, result.ground_truth.get(stamp), modes, result.out_dir / "bev_fusion.png")
+    return ("<h2>Camera + LiDAR fuser (docs/bev_fusion.md)</h2><p>left: the LiDAR branch's boxes, right: the "
+            "BEVFusion-style node's boxes of the same scan (LiDAR BEV + camera BEV through a conv fuser and the "
+            f"LiDAR branch's heads); ellipses: {ELLIPSE_LEVEL:.0%} centre regions, radii x{ELLIPSE_DRAW_SCALE:g}; "
+            "dashed blue: ground truth. Below: which inputs each frame had. Frames: "
+            + html.escape(", ".join(f"{k} {v}" for k, v in counts.items() if v)) + ".</p>"
+            '<img src="bev_fusion.png" width="1100">')
+
+
 def control_section(result: ReplayResult) -> str:
     """The control node part of the report: the command over time with its interval and fallback periods."""
     rows = getattr(result, "control", None) or []
@@ -628,6 +677,7 @@ replay overhead per frame p50 {over['p50_ms'] or 0:.2f} ms.</p>
 {stereo_section(result)}
 {camera_section(result)}
 {fusion_html}
+{bev_fusion_section(result)}
 {detection_fusion_section(result)}
 {control_section(result)}
 <h2>Latency</h2>

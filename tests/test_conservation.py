@@ -69,6 +69,7 @@ def faulty_replay(kitti_bag, tmp_path_factory):
     params["replay"]["keep_grids_for_report"] = 100  # keep every grid for the checks
     params["stereo_occupancy"]["enabled"] = False  # LiDAR clouds only (the stereo node: tests/test_stereo_*)
     params["camera_bev"]["enabled"] = False  # (the camera node: tests/test_camera_bev_*)
+    params["bev_fusion"]["enabled"] = False  # (the camera + LiDAR fuser: tests/test_bev_fusion_*)
     res = run_graph(dst, params, tmp / "out", progress=False)
     return res, stamps, tmp / "out"
 

@@ -42,6 +42,7 @@ def params(camera: bool = False, **over) -> dict:
         p.pop(k, None)
     p["odometry_topic"] = ""
     p["branches"]["camera"]["enabled"] = camera
+    p["branches"]["bev_fusion"]["enabled"] = False  # the fuser's branch (tests/test_bev_fusion_node_replay.py)
     p["memory"] = {**p["memory"], "decay_per_s": 0.0}  # the rule frame by frame (the memory: its own test)
     p.update(over)
     return p

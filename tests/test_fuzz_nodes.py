@@ -17,7 +17,8 @@ messages one after another), with a small grid so thousands of cases fit in CI t
 ``derandomize=True``: the same cases every run.
 
 Cases: 2 node types x 550 examples x 3-6 messages, the LiDAR branch (a tiny random network, fusion off)
-x 40 examples, plus 600 codec cases (counted: the last test).
+x 40 examples, the camera + LiDAR fuser (packaged network, clouds only) x 20, plus 600 codec cases
+(counted: the last test).
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def _small_params(name: str) -> dict:
     if name == "occupancy_grid":
         p["grid"] = {"resolution": 0.5, "size_x": 20.0, "size_y": 20.0, "origin": [-10.0, -10.0]}
         p["evidence"] = {**p["evidence"], "azimuth_bins": 64}
+    if name == "bev_fusion":
+        p["threads"] = 1
     if name == "lidar_detection":
         from tests.lidar_branch_util import branch_params
 
@@ -404,6 +407,14 @@ def test_fuzz_lidar_detection(messages) -> None:
     _fuzz("lidar_detection", messages)
 
 
+@settings(FUZZ, max_examples=20)
+@given(EXAMPLES)
+def test_fuzz_bev_fusion(messages) -> None:
+    """The camera + LiDAR fuser (packaged network) fed hostile clouds with no camera: LiDAR-only or
+    none frames; its image/camera_info inputs: tests/test_bev_fusion_node.py."""
+    _fuzz("bev_fusion", messages)
+
+
 #: nodes whose output needs more than a cloud: their hostile-input tests are their own
 #: (calibration_monitor: camera images, tests/test_calibration_monitor.py; stereo_occupancy: images,
 #: tests/test_stereo_occupancy_node.py; fusion: grids, tests/test_fusion_node.py; camera_bev: an image,
@@ -432,7 +443,7 @@ def test_after_the_fuzzing_valid_input_still_yields_output(name: str) -> None:
         for t in inputs:
             outs += node.handle(t, _valid_cloud(clock.now))
         outs += node.tick()
-    out_topic = node.detections_topic if name == "lidar_detection" else node.output_topic
+    out_topic = node.detections_topic if name in ("lidar_detection", "bev_fusion") else node.output_topic
     assert any(e.topic == out_topic for e in outs), [e.topic for e in outs]
     assert node.frames_out > frames_before
     for t in inputs:  # every input went into an output (for occupancy: sets with the obstacle cloud)
@@ -488,7 +499,7 @@ def test_zz_at_least_5000_cases() -> None:
         # every input was exercised for real: clouds went into outputs on each cloud input (for the
         # occupancy node: sets with the obstacle cloud), and real TFMessages were taken on /tf and /tf_static
         ports = node.inputs()
-        if name == "lidar_detection":  # 40 examples: /tf handling (NodeCore's, shared) is covered by the others
-            ports = [p for p in ports if p.msgtype == topics.POINTCLOUD2]
+        if name in ("lidar_detection", "bev_fusion"):  # few examples: /tf handling (NodeCore's, shared) is covered
+            ports = [p for p in ports if p.msgtype == topics.POINTCLOUD2]  # by the others; images: their own tests
         for port in ports:
             assert node.used[port.topic] > 0, (name, port.topic, node.accounting()[port.topic])

@@ -173,6 +173,10 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("learned.min_range_m", 0.0, 1000.0),
     ("learned.consistency_tol", 1e-3, 100.0),
     ("learned.texture_min", 0.0, 100.0),
+    # bev_fusion (camera_info_wait_s, max_wait_s, match_tolerance_s above apply too)
+    ("lidar_timeout_s", 0.0, 3600.0),
+    ("camera_timeout_s", 0.0, 3600.0),
+    ("image_queue_size", 1, 1000),
     # control
     ("lookahead_m", 0.0, 1000.0),
     ("interval_level", 1e-6, 0.999999),

@@ -9,6 +9,7 @@ from typing import Any
 from perception_nodes.codecs.backend import MessageBackend
 from perception_nodes.errors import NodeUnavailable
 from perception_nodes.graph.calibration_monitor import CalibrationMonitorNode
+from perception_nodes.graph.bev_fusion import BevFusionNode
 from perception_nodes.graph.camera_bev import CameraBevNode
 from perception_nodes.graph.detection_fusion import DetectionFusionNode
 from perception_nodes.graph.control import ControlNode
@@ -28,6 +29,7 @@ NODE_TYPES: dict[str, type[NodeCore]] = {
     "calibration_monitor": CalibrationMonitorNode,
     "stereo_occupancy": StereoOccupancyNode,
     "camera_bev": CameraBevNode,
+    "bev_fusion": BevFusionNode,
     "detection_fusion": DetectionFusionNode,
     "control": ControlNode,
 }

@@ -28,6 +28,7 @@ class LiveGraph:
         import_rclpy()
         from rclpy.parameter import Parameter
 
+        from perception_nodes.config.schema import node_schema
         from perception_nodes.ros.node import ManagedCoreNode, make_executor, tree_overrides
 
         self.params = params if params is not None else load_params(config)
@@ -38,6 +39,8 @@ class LiveGraph:
             if name not in NODE_TYPES or not p.get("enabled", True):
                 continue
             p = {k: v for k, v in p.items() if k != "enabled"}
+            if "enabled" in node_schema(name):  # a node off by default (bev_fusion) that this config enables
+                p["enabled"] = True
             self.nodes.append(ManagedCoreNode(name, NODE_TYPES[name], context=context,
                                               parameter_overrides=tree_overrides(p) + sim))
         if in_process:

@@ -40,7 +40,7 @@ from perception_nodes.ros.qos import profile
 TICK_PERIOD_S = 0.05
 
 #: parameters of the ROS adapter, not of the core
-ADAPTER_KEYS = ("autostart", "qos")
+ADAPTER_KEYS = ("autostart", "qos", "enabled")
 
 #: parameters rclpy itself declares (and those the ROS tooling may pass) that the schema need not know
 _ROS_OWN = ("use_sim_time", "start_type_description_service")
@@ -148,6 +148,9 @@ class ManagedCoreNode(_LifecycleNode):
 
         if not self.get_parameter("autostart").value:
             self.get_logger().info("autostart false: waiting for lifecycle transitions")
+            return False
+        if "enabled" in self.specs and not self.get_parameter("enabled").value:  # e.g. bev_fusion: off by default
+            self.get_logger().info("enabled false in the params file: not started; waiting for lifecycle transitions")
             return False
         if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             return False

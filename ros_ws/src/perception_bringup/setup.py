@@ -33,6 +33,7 @@ setup(
             "camera_bev_node = perception_bringup:camera_bev",
             "detection_fusion_node = perception_bringup:detection_fusion",
             "control_node = perception_bringup:control",
+            "bev_fusion_node = perception_bringup:bev_fusion",
             "perception_live = perception_bringup:live",
         ],
     },

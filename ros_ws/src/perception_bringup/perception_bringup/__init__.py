@@ -40,6 +40,10 @@ def control(args=None) -> None:
     main_single("control", args)
 
 
+def bev_fusion(args=None) -> None:
+    main_single("bev_fusion", args)
+
+
 def live(args=None) -> None:
     from perception_nodes.cli import main
 
