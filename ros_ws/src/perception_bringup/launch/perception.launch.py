@@ -19,10 +19,11 @@ from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
-#: lidar_detection and camera_bev need network weights: without them their configure fails with the reason
+#: lidar_detection, camera_bev and bev_fusion need network weights: without them their configure fails with the reason
 #: (the node stays unconfigured; the others run on)
 NODES = ("ground_segmentation", "occupancy_grid", "lidar_detection", "stereo_occupancy", "camera_bev", "fusion",
-         "calibration_monitor", "detection_fusion", "control")
+         "calibration_monitor", "detection_fusion", "control",
+         "bev_fusion")
 
 
 def _default_params() -> str:
