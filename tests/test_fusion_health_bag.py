@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 NODES = ("ground_segmentation", "occupancy_grid", "lidar_detection", "fusion")
 SEED = 3  # a training seed (configs/train), not one of the robustness study's held-out scenes
-WINDOW = (1.0, 2.0)  # s from the start
+WINDOW = (0.8, 1.5)  # s from the start
 PERIOD = 0.1
 
 
@@ -51,13 +51,14 @@ def bags(tmp_path_factory):
     d = tmp_path_factory.mktemp("health_bags")
     made = {}
     for kind, faults in (("clean", []), ("dropout", ["lidar_dropout=0.8", f"lidar_dropout_time={WINDOW[0]}:{WINDOW[1]}"])):
-        made[kind] = generate_bag(d / kind, scenario="urban_street", seed=SEED, duration_s=3.0, cameras=False,
+        made[kind] = generate_bag(d / kind, scenario="urban_street", seed=SEED, duration_s=2.4, cameras=False,
                                   faults=parse_faults(faults), progress=False)
     return made
 
 
 def test_lidar_dropout_takes_both_lidar_weights_below_0_2_and_back(bags, tmp_path):
     w = _weights(bags["dropout"], tmp_path)
+    print({b: {k: round(v, 3) for k, v in sorted(s.items())} for b, s in w.items()})
     k0, k1 = int(WINDOW[0] / PERIOD), int(WINDOW[1] / PERIOD)
     for b, series in w.items():
         assert all(series[k] >= 0.8 for k in range(2, k0)), (b, series)  # before the fault
@@ -72,4 +73,4 @@ def test_clean_bag_keeps_the_lidar_weights_high(bags, tmp_path):
     w = _weights(bags["clean"], tmp_path)
     for b, series in w.items():
         after_start = [v for k, v in series.items() if k >= 2]
-        assert len(after_start) >= 25 and min(after_start) >= 0.8, (b, series)
+        assert len(after_start) >= 20 and min(after_start) >= 0.8, (b, series)
