@@ -149,6 +149,19 @@ def test_missing_input_uses_missing_and_a_stale_one_counts_as_missing():
     assert diag.values["stereo.health.calibration"] == "missing -> 0.500"
 
 
+def test_a_sample_stamped_ahead_of_the_node_clock_counts():
+    """Replay restarts the node clock at each message's receive time: the health sample emitted while the
+    scan was processed can carry a later node time than the grid pair that completes the frame."""
+    n, clock = _node()
+    _frame(n, clock, 0)
+    s = 10 * S + S // 10
+    clock.ns = s + S // 5
+    n.handle(*_h("/occupancy_grid/debug/scan_health", 0.2, s))
+    t = truth(1)
+    feed(n, clock, grids(t, s, STEREO) + grids(t, s, GEO) + grids(t, s, LRN), at=s + S // 20)
+    assert n.last_result.gates["geometric"] == 0.0 and n.last_result.gates["lidar_learned"] == 1.0
+
+
 def test_legacy_single_health_topic_still_works_alone():
     legacy = {"health_topic": VDR, "health_bad": 0.2, "health_good": 0.6, "health_missing": 0.25,
               "health_inputs": {"calibration": {"topic": ""}, "edge": {"topic": ""}}}

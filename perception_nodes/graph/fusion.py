@@ -583,7 +583,10 @@ class FusionNode(NodeCore):
         st.factors = {}
         for h in st.cfg.health_inputs:
             got = st.health.get(h.name)
-            fresh = got is not None and 0 <= now - got[0] <= h.timeout_s * 1e9
+            # |age|: a replay's clock restarts at each message's receive time, so a sample emitted late in the
+            # processing of the previous message can lie a little ahead of now (fresh); one far ahead is
+            # from before a time jump back (a looping bag): stale
+            fresh = got is not None and abs(now - got[0]) <= h.timeout_s * 1e9
             v = got[1] if fresh else None
             out[h.name] = (v, h.bad, h.good, h.missing)
             st.factors[h.name] = (v, h.missing if v is None else ramp(v, h.bad, h.good))
