@@ -14,7 +14,7 @@ score): ``health_inputs.<name>`` (``topic``, ``bad``, ``good``, ``missing``, ``t
 older params files, the single ``health_topic`` (``health_bad``, ``health_good``, ``health_missing``,
 ``health_timeout_s``; input name ``health``). Each maps linearly to a factor between ``bad`` and ``good``
 (``missing`` while none arrived within ``timeout_s`` on the node clock); the gate is their product. One
-health topic may feed several branches (a camera's calibration score gates stereo and camera). The rule
+health topic may feed several branches (e.g. one camera's calibration score). The rule
 and how to add a branch: ``docs/fusion.md``.
 
 Policy (message-driven, with a tick for time-outs): one fused grid per grid pair of the *pacing* branch
