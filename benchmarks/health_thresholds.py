@@ -10,7 +10,7 @@ BEV, calibration monitor; the LiDAR network's node computes the same scan health
 Each scalar is then split by the fault windows that concern its sensor: clean frames (the clean bags,
 and the faulty bags outside every window of that sensor) against each fault's frames.
 
-    python benchmarks/health_thresholds.py --out out/health_thresholds        # ~3 min on 2 cores
+    python benchmarks/health_thresholds.py --out out/health_thresholds        # ~4-5 min on the shared 2-core machine
 """
 
 from __future__ import annotations
