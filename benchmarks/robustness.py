@@ -151,7 +151,10 @@ def goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         bc = max(ce.items(), key=lambda x: x[1]) if ce else (None, None)
         rows[name(r)] = {"best_frames": bf, "best_cells": bc,
                          "control_fallback_frames": (a.get("frames") or {}).get("control_fallback"),
-                         "fusion_vacuity_frames": fr.get("fusion_vacuity"), "fusion_vacuity_cells": ce.get("fusion_vacuity")}
+                         "fusion_vacuity_frames": fr.get("fusion_vacuity"), "fusion_vacuity_cells": ce.get("fusion_vacuity"),
+                         # 1 - min branch weight (weights topics): carries the health gates (scan health,
+                         # exposure, calibration, valid disparity) as well as conflict trust
+                         "min_weight_frames": fr.get("min_weight")}
         ok.append(bf[1] is not None and bf[1] >= 0.9 and (bc[1] is None or bc[1] >= 0.9))
     out.append({"goal": "uncertainty AUROC >= 0.9 for fault-affected vs clean (per fault: the best uncertainty, "
                         "chosen after the fact among ~15, frames and cells; the control fallback flag is not an "

@@ -85,6 +85,16 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("branches.*.timeout_s", 0.0, 3600.0),
     ("branches.*.health_timeout_s", 0.0, 3600.0),
     ("branches.*.health_missing", 0.0, 1.0),
+    ("branches.*.health_inputs.*.missing", 0.0, 1.0),
+    # health scalars of the branch nodes (perception_nodes/pipeline/sensor_health.py)
+    ("scan_health.expected_points", 0, 100_000_000),
+    ("scan_health.baseline_scans", 1, 10_000),
+    ("scan_health.baseline_min_ratio", 0.0, 1.0),
+    ("scan_health.baseline_min_coverage", 0.0, 1.0),
+    ("scan_health.azimuth_bins", 1, 3600),
+    ("scan_health.min_points_per_bin", 1, 1_000_000),
+    ("saturated_level", 1, 255),
+    ("crushed_level", 0, 254),
     ("trust.conflict_ok", 0.0, 1.0),
     ("trust.conflict_bad", 0.0, 1.0),
     ("trust.smoothing", 0.001, 1.0),
@@ -225,6 +235,7 @@ READ_ONLY: tuple[str, ...] = (
     "sync.queue_size", "keep_grids_for_report", "runtime", "weights", "threads", "fusion_queue_size",
     "branches.*",  # fusion: the branch set is wired at start
     "cameras", "pool_checks",
+    "scan_health.*",  # the scan-health baseline is kept from the start
     "classes",  # detection_fusion: the class set is wired at start
     "curvature_topics", "command_type",  # control: subscriptions and the command's message type
     "method",  # stereo_occupancy: the learned mode loads its network at start
@@ -409,6 +420,10 @@ def node_schema(node: str) -> dict[str, ParamSpec]:
             leaf = name.split(".", 2)[-1]
             desc = next((v for k, v in per_node.get(node, {}).items()
                          if k.startswith("branches.") and k.split(".", 2)[-1] == leaf), "")
+        if ".health_inputs." in name and not desc:  # ... or a health input's key at another input
+            leaf = name.rsplit(".", 1)[-1]
+            desc = next((v for k, v in per_node.get(node, {}).items()
+                         if ".health_inputs." in k and k.rsplit(".", 1)[-1] == leaf), "")
         if name.startswith("latency_budgets_ms.") and not desc:
             desc = f"budget (ms) of {name.split('.', 1)[1]}: " + common.get("latency_budgets_ms", "")
         out[name] = ParamSpec(name, default, value_type(default), desc, is_read_only(name), range_of(name),

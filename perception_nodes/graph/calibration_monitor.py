@@ -12,7 +12,11 @@ reason; STALE until its first check) and per stereo pair (``<node>: stereo <left
 failure is also reported on its right camera (the one whose CameraInfo is defined relative to the other:
 the check cannot tell which of the two moved). Debug topics (``publish_debug``):
 ``~/debug/<camera>/edge_statistic`` (F), ``~/debug/<camera>/edge_score`` (J),
-``~/debug/<left>_<right>/vertical_disparity_px`` and ``.../disparity_bias_px`` (Float64Stamped).
+``~/debug/<left>_<right>/vertical_disparity_px`` and ``.../disparity_bias_px`` (Float64Stamped). Always
+(not only with ``publish_debug``), per checked camera with the scan's stamp, ``~/debug/<camera>/calibration_health``
+(0..1, 1 = calibration fits: the lowest of its parts, each also on ``.../calibration_health/edge`` and, for
+a stereo camera, ``.../calibration_health/stereo``; :meth:`CalibrationMonitorNode.calibration_health_parts`)
+for the fusion node's gate.
 
 Scans and images not selected by the sampling are counted as dropped ``sampled_out`` (by design: they
 do not turn the inputs status to WARN). Each image is checked with the CameraInfo of its own stamp (the
@@ -54,6 +58,7 @@ from perception_nodes.codecs.outputs import DiagnosticStatusData
 from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.config import to_dataclass
 from perception_nodes.errors import CalibrationError, NodeUnavailable
+from perception_nodes.evidential.fusion import ramp
 from perception_nodes.graph.node import Emit, NodeCore, Port
 
 _LEVELS = {OK: 0, WARN: 1, ERROR: 2}
@@ -223,6 +228,12 @@ class CalibrationMonitorNode(NodeCore):
             with self.latency.stage("stereo"):
                 for left, right in self._pairs(poses):
                     out += self._check_pair(left, right, images, xyzi, poses, stamp)
+            for c in cams:
+                parts = self.calibration_health_parts(c)
+                if parts:
+                    t = f"~/debug/{c}/calibration_health"
+                    out.append(Emit(t, topics.FLOAT64_STAMPED, self._float(stamp, min(parts.values()))))
+                    out += [Emit(f"{t}/{k}", topics.FLOAT64_STAMPED, self._float(stamp, v)) for k, v in parts.items()]
         self.frames_out += 1
         return out + self.debug_emits(frame)
 
@@ -320,6 +331,29 @@ class CalibrationMonitorNode(NodeCore):
             self.mark_dropped(self.image_topics[c], "end_of_input")
         return []
 
+    def calibration_health_parts(self, cam: str) -> dict[str, float]:
+        """0..1 scores of the camera's calibration from the pooled checks it is part of (1 = fits):
+        ``edge``: the LiDAR edge check's F mapped linearly from ``error_fraction`` (0) to ``ok_fraction`` (1);
+        ``stereo`` (a camera of a stereo pair, left or right: the check cannot tell which one moved): the
+        pair's worst of median |vertical disparity| and |disparity bias| mapped from ``stereo_error_px``
+        (0) to ``stereo_ok_px`` (1). A check that could not judge (too few depth edges, no matches) is left
+        out. Published as ``~/debug/<camera>/calibration_health`` (the lowest) and ``.../<part>``."""
+        p = self.check
+        parts: dict[str, float] = {}
+        res = self.results.get(cam)
+        if res is not None and np.isfinite(res.statistic):
+            parts["edge"] = ramp(res.statistic, p.error_fraction, p.ok_fraction)
+        for (lft, r), s in ((k, v) for k, v in self.results.items() if isinstance(k, tuple)):
+            if cam in (lft, r) and np.isfinite(s.median_abs_dy_px):
+                worst = max(s.median_abs_dy_px, abs(s.disparity_bias_px) if np.isfinite(s.disparity_bias_px) else 0.0)
+                parts["stereo"] = min(parts.get("stereo", 1.0), ramp(worst, p.stereo_error_px, p.stereo_ok_px))
+        return parts
+
+    def calibration_health(self, cam: str) -> float | None:
+        """The lowest of :meth:`calibration_health_parts`; None when no check of the camera could judge."""
+        parts = self.calibration_health_parts(cam)
+        return min(parts.values()) if parts else None
+
     # --- diagnostics ---------------------------------------------------------------------------
     def camera_levels(self) -> dict[str, tuple[int, str]]:
         """camera -> (diagnostic level, message): the edge check's verdict, raised by a failing stereo
@@ -349,6 +383,8 @@ class CalibrationMonitorNode(NodeCore):
             level, msg = levels[c]
             res = self.results.get(c)
             values = {"camera": c, "frame_id": self.models[c].frame_id if c in self.models else ""}
+            h = self.calibration_health(c)
+            values["calibration_health"] = "-" if h is None else f"{h:.3f}"
             if res is not None:
                 values.update({"edge_statistic": f"{res.statistic:.4f}", "edge_score": f"{res.score:.5f}",
                                "edge_points": str(res.edge_points), "pooled_checks": str(res.frames),

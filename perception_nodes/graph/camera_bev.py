@@ -8,7 +8,10 @@ the node's ``grid`` (the occupancy node's by default; nearest-cell lookup when i
 * ``output_topic``: P(occupied) 0..100, -1 where the camera saw nothing (``nav_msgs/OccupancyGrid``);
 * ``uncertainty_topic``: vacuity 0..100 (100 = no evidence);
 * ``health_topic`` (default ``~/debug/image_health``): 1 for a usable image, 0 for a uniform one
-  (blacked-out or covered camera), ``perception_interfaces/Float64Stamped``, for the fusion node's gate.
+  (blacked-out or covered camera), ``perception_interfaces/Float64Stamped``, for the fusion node's gate;
+* ``exposure_topic`` (default ``~/debug/exposure``): 1 - share of saturated - share of crushed pixels,
+  0 for a uniform image (:func:`perception_nodes.pipeline.sensor_health.exposure_health`): glare and
+  over-exposure lower it, a blackout takes it to 0; Float64Stamped with the image's stamp, for the gate.
 
 Calibration and sync: the last few valid camera_infos are kept by stamp and an image is paired with the
 one of its own stamp (a source whose image size changes per frame, e.g. the converted KITTI raw bag,
@@ -63,11 +66,13 @@ from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.errors import CalibrationError, MalformedMessageError, NodeUnavailable
 from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
+from perception_nodes.pipeline.sensor_health import ExposureHealth, exposure_health
 
 #: default topics (documented in perception.params.yaml)
 CAMERA_OCCUPANCY = "/perception/camera/occupancy_grid"
 CAMERA_UNCERTAINTY = "/perception/camera/occupancy_grid/uncertainty"
 HEALTH = "~/debug/image_health"
+EXPOSURE = "~/debug/exposure"
 
 #: encodings the network can take (8 bits per channel), and the RGB channel order of each
 CAMERA_ENCODINGS = {"rgb8": (0, 1, 2), "rgba8": (0, 1, 2), "bgr8": (2, 1, 0), "bgra8": (2, 1, 0), "mono8": None}
@@ -99,6 +104,7 @@ class CameraBevNode(NodeCore):
         self.output_topic = params.get("output_topic", CAMERA_OCCUPANCY)
         self.uncertainty_topic = params.get("uncertainty_topic", CAMERA_UNCERTAINTY)
         self.health_topic = params.get("health_topic", HEALTH)
+        self.exposure_topic = str(params.get("exposure_topic", EXPOSURE) or "")
         self.weights = str(params.get("weights", "") or "")
         self.threads = int(params.get("threads", 1))
         for attr, value in self._derived(params).items():
@@ -117,12 +123,17 @@ class CameraBevNode(NodeCore):
         self.geometry_builds = 0
         self.blackout_frames = 0
         self.last_health: float | None = None
+        self.last_exposure: ExposureHealth | None = None
 
     def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
         out = super()._derived(params)
         out["grid"] = to_dataclass(GridSpec, params.get("grid", {}), f"{self.name}.grid.")
         out["unknown_vacuity"] = float(params.get("unknown_vacuity", 1.0))
         out["min_image_std"] = float(params.get("min_image_std", 2.0))
+        out["saturated_level"] = int(params.get("saturated_level", 250))
+        out["crushed_level"] = int(params.get("crushed_level", 5))
+        if not 0 <= out["crushed_level"] < out["saturated_level"] <= 255:
+            raise ConfigError(f"{self.name}: need 0 <= crushed_level < saturated_level <= 255")
         out["evidence_scale"] = float(params.get("evidence_scale", 1.0))
         out["input_width"] = int(params.get("input_width", 320))
         out["info_wait_ns"] = int(float(params.get("camera_info_wait_s", 0.05)) * 1e9)
@@ -142,8 +153,9 @@ class CameraBevNode(NodeCore):
             Port(self.output_topic, topics.OCCUPANCY_GRID_TYPE, "reliable"),
             Port(self.uncertainty_topic, topics.OCCUPANCY_GRID_TYPE, "reliable"),
         ]
-        if self.health_topic and not self.health_topic.startswith("~/"):
-            out.append(Port(self.health_topic, topics.FLOAT64_STAMPED, "reliable"))
+        for t in (self.health_topic, self.exposure_topic):
+            if t and not t.startswith("~/"):
+                out.append(Port(t, topics.FLOAT64_STAMPED, "reliable"))
         return out
 
     # --- network ------------------------------------------------------------------------------
@@ -343,6 +355,8 @@ class CameraBevNode(NodeCore):
         to_base = self.sensor_to_base(msg.header.frame_id)  # CalibrationError -> dropped "calibration"
         uniform = float(np.std(img[::4, ::4])) < self.min_image_std
         health = 0.0 if uniform else 1.0
+        exposure = self.last_exposure = exposure_health(img, saturated_level=self.saturated_level,
+                                                        crushed_level=self.crushed_level, min_std=self.min_image_std)
         with self.latency.frame(stamp) as frame:
             t0 = time.perf_counter_ns()
             rgb, K = self._resize(self._rgb(img, str(msg.encoding)), np.asarray(m.P, np.float64)[:3, :3])
@@ -364,6 +378,9 @@ class CameraBevNode(NodeCore):
                 ]
                 if self.health_topic:
                     out.append(Emit(self.health_topic, topics.FLOAT64_STAMPED, self._float(stamp, health)))
+                if self.exposure_topic:
+                    out.append(Emit(self.exposure_topic, topics.FLOAT64_STAMPED,
+                                    self._float(stamp, 0.0 if uniform else exposure.health)))
         if uniform:
             self.blackout_frames += 1
             self._warn("blackout", f"{self.image_topic}: image uniform (grey-level std < {self.min_image_std:g}): "
@@ -389,6 +406,10 @@ class CameraBevNode(NodeCore):
                                   "camera_info_fallbacks": str(self.camera_info_fallbacks)}
         if self.sidecar:
             values["code_version"] = str(self.sidecar.get("code_version", "unknown"))
+        if self.last_exposure is not None:
+            e = self.last_exposure
+            values.update(exposure=f"{e.health:.3f}", saturated_share=f"{e.saturated:.3f}",
+                          crushed_share=f"{e.crushed:.3f}", mean_level=f"{e.mean_level:.3f}")
         if self.model is not None:
             values.update(width=str(self.model.width), height=str(self.model.height))
         if self.model is None:

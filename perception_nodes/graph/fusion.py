@@ -7,9 +7,15 @@ paired by stamp, turned back into Beta evidence
 (:func:`perception_nodes.evidential.fusion.evidence_from_percent`) and fused by the rule of
 :mod:`perception_nodes.evidential.fusion` (weight = health gate x conflict-based trust; decay and
 ego-motion warping from ``odometry_topic``, or from ``/tf`` (``tf_fixed_frame`` -> ``base_frame``) when no
-odometry topic is set). A branch may name a ``health_topic``
-(``perception_interfaces/Float64Stamped``, e.g. a stereo valid-disparity ratio) mapped to a gate factor
-between ``health_bad`` and ``health_good``. The rule and how to add a branch: ``docs/fusion.md``.
+odometry topic is set). A branch's health gate reads any number of health inputs
+(``perception_interfaces/Float64Stamped`` scalars: the LiDAR nodes' scan health, the stereo
+valid-disparity ratio, the camera's image health and exposure, the calibration monitor's per-camera
+score): ``health_inputs.<name>`` (``topic``, ``bad``, ``good``, ``missing``, ``timeout_s``) and, kept for
+older params files, the single ``health_topic`` (``health_bad``, ``health_good``, ``health_missing``,
+``health_timeout_s``; input name ``health``). Each maps linearly to a factor between ``bad`` and ``good``
+(``missing`` while none arrived within ``timeout_s`` on the node clock); the gate is their product. One
+health topic may feed several branches (e.g. one camera's calibration score). The rule
+and how to add a branch: ``docs/fusion.md``.
 
 Policy (message-driven, with a tick for time-outs): one fused grid per grid pair of the *pacing* branch
 (``pace_branch``; while it is stale, the first fresh branch in the file's order). A fused frame for stamp
@@ -26,7 +32,9 @@ ego motion, and a dead branch delays nothing beyond ``max_wait_s``; once its new
 Outputs (``base_frame``, the ``grid`` geometry): ``occupancy_topic``, ``uncertainty_topic`` and
 ``conflict_topic`` (degree of conflict 0..100) as ``nav_msgs/OccupancyGrid``; ``weights_topic``/``<branch>``
 as ``perception_interfaces/Float64Stamped`` (the weight used for that stamp); ``/diagnostics`` status
-``<node>: branches`` with each branch's weight, gate, trust, conflict, age and why it is low.
+``<node>: branches`` with each branch's weight, gate, trust, conflict, age, each health input's value
+and factor (``<branch>.health.<input>``), the input that limits the gate (``<branch>.gate_limited_by``)
+and why the weight is low.
 
 A branch grid whose geometry differs from ``grid`` is resampled (nearest cell, counted) or, with
 ``geometry_mismatch: reject``, dropped with a diagnostic. Stages timed: ``decode`` (per grid, outside the
@@ -36,6 +44,7 @@ frame), ``warp``, ``fuse``, ``encode``.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import time
 from collections import deque
@@ -56,6 +65,7 @@ from perception_nodes.evidential.fusion import (
     evidence_from_percent,
     fusion_step,
     health_gate,
+    ramp,
     relative_motion,
     se2,
     warp_evidence,
@@ -75,6 +85,24 @@ _HISTORY = 4
 
 
 @dataclass(frozen=True)
+class HealthInput:
+    """One health input of a branch: a Float64Stamped scalar and its ramp (``branches.<b>.health_inputs.<name>``)."""
+
+    name: str
+    topic: str = ""  #: "" = this input is off
+    bad: float = 0.0  #: value at (or beyond) which the factor is 0
+    good: float = 1.0  #: value at (or beyond) which the factor is 1 (linear between; good < bad works downward)
+    missing: float = 1.0  #: factor while no value (or only a stale one) is at hand
+    timeout_s: float = 1.0  #: a value older than this (node clock) counts as missing
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.missing <= 1.0:
+            raise ValueError(f"missing must lie in [0, 1], got {self.missing}")
+        if self.timeout_s < 0:
+            raise ValueError(f"timeout_s must be >= 0, got {self.timeout_s}")
+
+
+@dataclass(frozen=True)
 class BranchConfig:
     """One ``branches.<name>`` entry of the params file (documented there)."""
 
@@ -89,10 +117,31 @@ class BranchConfig:
     health_missing: float = 1.0
     health_timeout_s: float = 1.0
     mask_with: str = ""
+    health_inputs: tuple[HealthInput, ...] = ()
 
     @classmethod
     def from_params(cls, name: str, values: dict[str, Any]) -> BranchConfig:
-        return to_dataclass(cls, {"name": name, **values}, f"branches.{name}.")
+        values = dict(values)
+        raw = values.pop("health_inputs", None) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"branches.{name}.health_inputs must be a map of input name -> "
+                              "{topic, bad, good, missing, timeout_s}")
+        cfg = to_dataclass(cls, {"name": name, **values}, f"branches.{name}.")
+        inputs = []
+        if cfg.health_topic:  # the single health scalar of older params files: input "health"
+            inputs.append(HealthInput("health", cfg.health_topic, cfg.health_bad, cfg.health_good,
+                                      cfg.health_missing, cfg.health_timeout_s))
+        for iname, ivalues in raw.items():
+            if iname == "health" and cfg.health_topic:
+                raise ConfigError(f"branches.{name}.health_inputs.health: the name 'health' is the legacy "
+                                  "health_topic's; choose another")
+            h = to_dataclass(HealthInput, {"name": iname, **dict(ivalues or {})}, f"branches.{name}.health_inputs.{iname}.")
+            if h.topic:
+                inputs.append(h)
+        topics_seen = [h.topic for h in inputs]
+        if len(set(topics_seen)) != len(topics_seen):
+            raise ConfigError(f"branches.{name}: a health topic is named twice ({', '.join(topics_seen)})")
+        return dataclasses.replace(cfg, health_inputs=tuple(inputs))
 
 
 @dataclass
@@ -108,7 +157,8 @@ class _BranchState:
     halves: dict[int, dict[str, Any]] = field(default_factory=dict)  # stamp -> topic -> msg
     history: deque[_Pair] = field(default_factory=lambda: deque(maxlen=_HISTORY))
     last_arrival_ns: int | None = None  # node clock when its last pair completed
-    health: tuple[int, float] | None = None  # (node clock at arrival, value)
+    health: dict[str, tuple[int, float, int]] = field(default_factory=dict)  # input -> (node clock, value, stamp)
+    factors: dict[str, tuple[float | None, float]] = field(default_factory=dict)  # input -> (value, factor) last frame
     resampled: int = 0
     rejected: int = 0
     unwarped: int = 0
@@ -197,16 +247,20 @@ class FusionNode(NodeCore):
             if st.cfg.mask_with and st.cfg.mask_with not in self.branches:
                 raise ConfigError(f"{name}.branches.{st.cfg.name}.mask_with names {st.cfg.mask_with!r}, which is "
                                   f"not an enabled branch ({', '.join(self.branches) or 'none'})")
-        self._topic_branch: dict[str, tuple[str, str]] = {}  # topic -> (branch, "occ" | "unc" | "health")
+        self._topic_branch: dict[str, tuple[str, str]] = {}  # grid topic -> (branch, "occ" | "unc")
+        self._health_topics: dict[str, list[tuple[str, str]]] = {}  # health topic -> [(branch, input)]
         for bname, st in self.branches.items():
-            for topic, role in ((st.cfg.occupancy_topic, "occ"), (st.cfg.uncertainty_topic, "unc"),
-                                (st.cfg.health_topic, "health")):
-                if not topic:
-                    continue
+            for topic, role in ((st.cfg.occupancy_topic, "occ"), (st.cfg.uncertainty_topic, "unc")):
                 if topic in self._topic_branch:
                     raise ConfigError(f"{name}: topic {topic} used twice (branches {self._topic_branch[topic][0]} "
                                       f"and {bname})")
                 self._topic_branch[topic] = (bname, role)
+            for h in st.cfg.health_inputs:  # a health topic may feed several branches
+                self._health_topics.setdefault(h.topic, []).append((bname, h.name))
+        for topic in self._health_topics:
+            if topic in self._topic_branch:
+                raise ConfigError(f"{name}: topic {topic} is both a grid topic (branch "
+                                  f"{self._topic_branch[topic][0]}) and a health input")
         for attr, value in self._derived(params).items():
             setattr(self, attr, value)
         self.trust = ConflictTrust(self.trust_params)
@@ -254,9 +308,10 @@ class FusionNode(NodeCore):
     # --- wiring -------------------------------------------------------------------------------
     def inputs(self) -> list[Port]:
         ports = super().inputs()
-        for topic, (_, role) in self._topic_branch.items():
-            ports.append(Port(topic, topics.FLOAT64_STAMPED if role == "health" else topics.OCCUPANCY_GRID_TYPE,
-                              "sensor" if role == "health" else "reliable"))
+        for topic in self._topic_branch:
+            ports.append(Port(topic, topics.OCCUPANCY_GRID_TYPE, "reliable"))
+        for topic in self._health_topics:
+            ports.append(Port(topic, topics.FLOAT64_STAMPED, "sensor"))
         if self.odometry_topic:
             ports.append(Port(self.odometry_topic, topics.ODOMETRY_TYPE, "reliable"))
         return ports
@@ -293,11 +348,18 @@ class FusionNode(NodeCore):
 
     def pending(self, topic: str) -> int:
         hit = self._topic_branch.get(topic)
-        if hit is None or hit[1] == "health":
+        if hit is None:
             return 0
         return sum(topic in h for h in self.branches[hit[0]].halves.values())
 
     def on_message(self, topic: str, msg: Any) -> list[Emit]:
+        if topic in self._health_topics:
+            v = float(msg.data)
+            self.mark_used(topic)
+            now, stamp = self.clock(), stamp_to_ns(msg.header.stamp)
+            for bname, iname in self._health_topics[topic]:
+                self.branches[bname].health[iname] = (now, v, stamp)
+            return []
         if topic == self.odometry_topic and topic not in self._topic_branch:
             p, q = msg.pose.pose.position, msg.pose.pose.orientation
             vals = (float(p.x), float(p.y), _yaw(q))
@@ -308,11 +370,6 @@ class FusionNode(NodeCore):
             return self._flush(due_only=True)
         bname, role = self._topic_branch[topic]
         st = self.branches[bname]
-        if role == "health":
-            v = float(msg.data)
-            self.mark_used(topic)
-            st.health = (self.clock(), v)
-            return []
         stamp = stamp_to_ns(msg.header.stamp)
         held = st.halves.setdefault(stamp, {})
         if topic in held:
@@ -481,12 +538,7 @@ class FusionNode(NodeCore):
                 for name, st in self.branches.items():
                     pair = min(st.history, key=lambda p: abs(p.stamp - stamp)) if st.history else None
                     age = None if pair is None else abs(stamp - pair.stamp) / 1e9
-                    scalars = {}
-                    if st.cfg.health_topic:
-                        h = st.health
-                        fresh = h is not None and (self.clock() - h[0]) <= st.cfg.health_timeout_s * 1e9
-                        scalars["health"] = (h[1] if fresh else None, st.cfg.health_bad, st.cfg.health_good,
-                                             st.cfg.health_missing)
+                    scalars = self._health_scalars(st)
                     gates[name], st.why = health_gate(age, st.cfg.timeout_s, scalars)
                     if pair is None:
                         branches[name] = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
@@ -522,6 +574,23 @@ class FusionNode(NodeCore):
         self.fused_out += 1
         self.frames_out += 1
         return emits + self.debug_emits(frame)
+
+    def _health_scalars(self, st: _BranchState) -> dict[str, tuple[float | None, float, float, float]]:
+        """``{input: (value or None when missing/stale, bad, good, missing)}`` for :func:`health_gate`; the
+        factors are kept for the diagnostics."""
+        now = self.clock()
+        out: dict[str, tuple[float | None, float, float, float]] = {}
+        st.factors = {}
+        for h in st.cfg.health_inputs:
+            got = st.health.get(h.name)
+            # |age|: a replay's clock restarts at each message's receive time, so a sample emitted late in the
+            # processing of the previous message can lie a little ahead of now (fresh); one far ahead is
+            # from before a time jump back (a looping bag): stale
+            fresh = got is not None and abs(now - got[0]) <= h.timeout_s * 1e9
+            v = got[1] if fresh else None
+            out[h.name] = (v, h.bad, h.good, h.missing)
+            st.factors[h.name] = (v, h.missing if v is None else ramp(v, h.bad, h.good))
+        return out
 
     def _encode(self, stamp: int, res: Any) -> list[Emit]:
         b, frame_id, spec = self.backend, self.base_frame, self.grid
@@ -567,6 +636,11 @@ class FusionNode(NodeCore):
             values[f"{name}.resampled"] = str(st.resampled)
             values[f"{name}.rejected_geometry"] = str(st.rejected)
             values[f"{name}.unwarped"] = str(st.unwarped)
+            for iname, (v, f) in st.factors.items():
+                values[f"{name}.health.{iname}"] = ("missing" if v is None else f"{v:.3f}") + f" -> {f:.3f}"
+            if st.factors:
+                lim, (_, f) = min(st.factors.items(), key=lambda kv: kv[1][1])
+                values[f"{name}.gate_limited_by"] = lim if f < 1.0 else "-"
             if w is not None and w < self.weight_warn:
                 reasons = []
                 if g is not None and g < 1.0:

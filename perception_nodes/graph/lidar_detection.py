@@ -16,7 +16,10 @@ folder (empty: the packaged default). Per scan it publishes (topics in ``percept
   (:mod:`perception_nodes.pipeline.occupancy_fusion`), on the geometric grid, once the occupancy node's two
   grids of the same scan (``geometric_*_topic``, matched by stamp) have arrived; the geometric grid stays on
   its own topic;
-* ``curvature_topic``: ``perception_interfaces/CurvaturePrediction`` (curvature and its variance per horizon).
+* ``curvature_topic``: ``perception_interfaces/CurvaturePrediction`` (curvature and its variance per horizon);
+* ``scan_health_topic`` (default ``~/debug/scan_health``): the scan's health for the fusion node's gate,
+  min of point ratio and azimuth coverage (0..1; parts on ``<topic>/point_ratio`` and
+  ``<topic>/azimuth_coverage``), :mod:`perception_nodes.pipeline.sensor_health`, stamped with the scan.
 
 Stages timed (``~/debug/processing_time/<stage>_ms``): ``decode`` (PointCloud2 -> array, range gate, point
 cap), ``transform`` (sensor -> base_link), the runtime's ``voxelize``, ``backbone``, ``bev_net``,
@@ -56,11 +59,13 @@ from perception_nodes.codecs.detections import DETECTIONS_TYPE, detections_msg
 from perception_nodes.codecs.outputs import DiagnosticStatusData, marker_array_msg, occupancy_grid_msg
 from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYPE, curvature_msg, vision_detections_msg
-from perception_nodes.config import ConfigError
+from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.errors import NodeUnavailable
+from perception_nodes.graph.health_topics import SCAN_HEALTH, scan_health_emits
 from perception_nodes.graph.node import ERROR, OK, Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
 from perception_nodes.pipeline.occupancy_fusion import evidence_from_grid_data, fuse_evidence, resample_nearest
+from perception_nodes.pipeline.sensor_health import ScanHealthMonitor, ScanHealthParams
 
 #: default topics (documented in perception.params.yaml)
 DETECTIONS = "/perception/lidar/detections"
@@ -103,6 +108,10 @@ class LidarDetectionNode(NodeCore):
         self.weights = str(params.get("weights", "") or "")
         self.threads = int(params.get("threads", 0))
         self.fusion_queue_size = int(params.get("fusion_queue_size", 4))
+        self.scan_health_topic = str(params.get("scan_health_topic", SCAN_HEALTH) or "")
+        self.scan_health = ScanHealthMonitor(to_dataclass(ScanHealthParams, params.get("scan_health", {}),
+                                                          f"{name}.scan_health."))
+        self.last_scan_health: Any = None
         for attr, value in self._derived(params).items():
             setattr(self, attr, value)
         self.runtime: Any = None
@@ -235,6 +244,7 @@ class LidarDetectionNode(NodeCore):
         with self.latency.frame(stamp) as frame:
             with self.latency.stage("decode"):
                 pts = self.sanitize(topic, read_xyzi(msg))
+                self.last_scan_health = self.scan_health.assess(pts)  # sensor frame, range-gated
                 bad_i = ~np.isfinite(pts[:, 3])
                 if bad_i.any():  # finite xyz, garbage intensity: the network would drop the row silently
                     self.points_dropped["nonfinite_intensity"] += int(bad_i.sum())
@@ -261,7 +271,9 @@ class LidarDetectionNode(NodeCore):
                 r, s = np.ascontiguousarray(occ[0], np.float32), np.ascontiguousarray(occ[1], np.float32)
                 prob, vac = to_occupancy_msg_data(BetaGrid(r, s, spec), unknown_vacuity=self.unknown_vacuity)
             with self.latency.stage("encode"):
-                emits = self._encode(stamp, det, prob, vac, spec, out)
+                # health first: a consumer has it when the grids of its stamp come
+                emits = scan_health_emits(self, self.scan_health_topic, stamp, self.last_scan_health)
+                emits += self._encode(stamp, det, prob, vac, spec, out)
         if voxels == 0:
             self.empty_frames += 1
             self._warn("empty", f"{topic}: scan at stamp {stamp} ns has no usable point inside the network's "

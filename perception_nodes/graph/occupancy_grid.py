@@ -7,7 +7,10 @@ ground segmentation node stalls or dies, the grid is still published, from the r
 inline, and the omission is counted on ``/diagnostics``.
 
 Outputs: ``/perception/occupancy_grid`` (probability 0-100, -1 unknown) and
-``/perception/occupancy_grid/uncertainty`` (Beta vacuity 0-100, 100 = no evidence), in ``base_link``.
+``/perception/occupancy_grid/uncertainty`` (Beta vacuity 0-100, 100 = no evidence), in ``base_link``;
+per scan, with its stamp, the scan's health for the fusion node's gate (``scan_health_topic``, default
+``~/debug/scan_health``: min of point ratio and azimuth coverage, 0..1, with its two parts on
+``<topic>/point_ratio`` and ``<topic>/azimuth_coverage``; :mod:`perception_nodes.pipeline.sensor_health`).
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.outputs import occupancy_grid_msg
 from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.config import to_dataclass
+from perception_nodes.graph.health_topics import SCAN_HEALTH, scan_health_emits
 from perception_nodes.graph.node import Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.ground import GroundParams, segment_ground
 from perception_nodes.pipeline.occupancy import GridSpec, OccupancyParams, evidential_occupancy, to_occupancy_msg_data
+from perception_nodes.pipeline.sensor_health import ScanHealthMonitor, ScanHealthParams
 from perception_nodes.errors import CalibrationError, MalformedMessageError
 from perception_nodes.sync import ApproximateTimeSynchronizer, DropReason, SyncedSet
 
@@ -100,6 +105,10 @@ class OccupancyGridNode(NodeCore):
         self.evidence = to_dataclass(OccupancyParams, params.get("evidence", {}), f"{name}.evidence.")
         self.ground_params = to_dataclass(GroundParams, params.get("ground", {}), f"{name}.ground.")
         self.unknown_vacuity = float(params.get("unknown_vacuity", 1.0))
+        self.scan_health_topic = str(params.get("scan_health_topic", SCAN_HEALTH) or "")
+        self.scan_health = ScanHealthMonitor(to_dataclass(ScanHealthParams, params.get("scan_health", {}),
+                                                          f"{name}.scan_health."))
+        self.last_scan_health = None
         self._arrival_ns: dict[int, int] = {}
         self.fallback_frames = 0
         self._omitted_seen = 0
@@ -288,6 +297,7 @@ class OccupancyGridNode(NodeCore):
             # decoded and range-gated on arrival (on_message)
             frame.stages_ms["decode"] = decode_ms + (obstacle_entry[2] if obstacle_entry is not None else 0.0)
             pts = raw_xyzi
+            health_emits = self._scan_health_emits(stamp, raw_xyzi)  # sensor frame, range-gated
             with self.latency.stage("transform"):
                 to_base = self.sensor_to_base(raw.header.frame_id)
                 pts = transform_points(to_base, pts)
@@ -302,7 +312,7 @@ class OccupancyGridNode(NodeCore):
                 prob, vacuity = to_occupancy_msg_data(grid, unknown_vacuity=self.unknown_vacuity)
             with self.latency.stage("encode"):
                 origin = (*self.grid.origin, 0.0)
-                out = [
+                out = health_emits + [  # health first: a consumer has it when the grid of its stamp comes
                     Emit(self.output_topic, topics.OCCUPANCY_GRID_TYPE,
                          occupancy_grid_msg(prob, self.grid.resolution, origin, stamp, self.base_frame, self.backend)),
                     Emit(self.uncertainty_topic, topics.OCCUPANCY_GRID_TYPE,
@@ -313,6 +323,11 @@ class OccupancyGridNode(NodeCore):
         if obstacle_entry is not None:
             self.mark_used(self.obstacle_topic)
         return out + self.debug_emits(frame)
+
+    def _scan_health_emits(self, stamp: int, xyz: np.ndarray) -> list[Emit]:
+        """The scan's health (and its parts) for the fusion node's gate; none when the topic is ""."""
+        self.last_scan_health = self.scan_health.assess(xyz)
+        return scan_health_emits(self, self.scan_health_topic, stamp, self.last_scan_health)
 
     def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
         out = super()._derived(params)
