@@ -205,7 +205,7 @@ def run_bag(bag: Path | None, match_m: float) -> dict[str, Any]:
             recorded["fused"][stamp_to_ns(msg.header.stamp)] = boxes_from_detections(msg)
         elif name == LIDAR_DETECTIONS:
             vision.append((stamp_to_ns(msg.header.stamp), msg))
-        elif name == "/perception/fusion/weights/lidar_learned":
+        elif name == "/perception/fusion/trust/lidar_learned":
             weights.append(float(msg.data))
 
     with tempfile.TemporaryDirectory() as tmp:

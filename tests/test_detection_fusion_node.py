@@ -25,7 +25,7 @@ P = 100_000_000  # 10 Hz
 CLASSES = ("car", "pedestrian", "cyclist")
 LIDAR = "/perception/lidar/detections"
 CAMERA = "/perception/camera/detections"
-WEIGHT = "/perception/fusion/weights/lidar_learned"
+WEIGHT = "/perception/fusion/trust/lidar_learned"
 
 
 class Clock:

@@ -19,7 +19,8 @@ WINDOW = (0.8, 1.5)  # s from the start
 PERIOD = 0.1
 
 
-def _weights(bag, tmp_path) -> dict[str, dict[int, float]]:
+def _weights(bag, tmp_path, trust: dict[str, dict[int, float]] | None = None) -> dict[str, dict[int, float]]:
+    """Fused weight per branch and frame index; ``trust`` (if given) gets the trust-alone topic's values."""
     from perception_nodes.codecs.backend import stamp_to_ns
     from perception_nodes.replay import run_graph
 
@@ -32,10 +33,11 @@ def _weights(bag, tmp_path) -> dict[str, dict[int, float]]:
 
     def on_output(name, msg):
         b = name.rsplit("/", 1)[-1]
-        if name.startswith("/perception/fusion/weights/") and b in out:
-            s = stamp_to_ns(msg.header.stamp)
-            first.append(s) if not first else None
-            out[b][int(round((s - first[0]) / (PERIOD * 1e9)))] = float(msg.data)
+        for prefix, into in (("/perception/fusion/weights/", out), ("/perception/fusion/trust/", trust)):
+            if into is not None and name.startswith(prefix) and b in out:
+                s = stamp_to_ns(msg.header.stamp)
+                first.append(s) if not first else None
+                into.setdefault(b, {})[int(round((s - first[0]) / (PERIOD * 1e9)))] = float(msg.data)
 
     res = run_graph(bag, params, tmp_path, progress=False, on_output=on_output)
     if "lidar_detection" in res.skipped:
@@ -57,7 +59,8 @@ def bags(tmp_path_factory):
 
 
 def test_lidar_dropout_takes_both_lidar_weights_below_0_2_and_back(bags, tmp_path):
-    w = _weights(bags["dropout"], tmp_path)
+    trust: dict[str, dict[int, float]] = {}
+    w = _weights(bags["dropout"], tmp_path, trust)
     print({b: {k: round(v, 3) for k, v in sorted(s.items())} for b, s in w.items()})
     k0, k1 = int(WINDOW[0] / PERIOD), int(WINDOW[1] / PERIOD)
     for b, series in w.items():
@@ -67,6 +70,9 @@ def test_lidar_dropout_takes_both_lidar_weights_below_0_2_and_back(bags, tmp_pat
         assert all(series[k] < 0.2 for k in range(below, k1)), (b, series)  # held through the episode
         back = next(k for k in range(k1, max(series) + 1) if series.get(k, 0.0) >= 0.8)
         assert back - k1 <= 3, (b, series)  # recovered within a few frames of the episode's end
+        # the trust-alone topic (what detection_fusion reads) carries no health gate: the shared fault
+        # leaves the branches agreeing, so it does not follow the weight to 0 during the episode
+        assert all(trust[b][k] >= 0.2 for k in range(k0, k1)), (b, trust[b])
 
 
 def test_clean_bag_keeps_the_lidar_weights_high(bags, tmp_path):

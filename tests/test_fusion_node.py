@@ -148,7 +148,7 @@ def test_a_silent_branch_goes_stale_weight_zero_and_stops_delaying():
         got.append(feed(n, clock, grids(t, s, GEO), at=s + S // 20))
         clock.ns = s + S // 20 + n.max_wait_ns + 1
         got[-1] += n.tick()
-    weights = [[e.msg.data for e in o if e.topic.endswith("/lidar_learned")] for o in got]
+    weights = [[e.msg.data for e in o if e.topic == "/perception/fusion/weights/lidar_learned"] for o in got]
     assert all(len(w) == 1 for w in weights)
     assert weights[-1] == [0.0]
     diag = {s.name: s for s in _statuses(n)}["fusion: branches"]

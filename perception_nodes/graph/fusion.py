@@ -78,6 +78,7 @@ OCCUPANCY = "/perception/fusion/occupancy_grid"
 UNCERTAINTY = "/perception/fusion/occupancy_grid/uncertainty"
 CONFLICT = "/perception/fusion/occupancy_grid/conflict"
 WEIGHTS = "/perception/fusion/weights"
+TRUSTS = "/perception/fusion/trust"
 
 #: pairs of one branch waiting for their other half, and pairs kept for matching a stamp
 _PAIR_QUEUE = 6
@@ -230,6 +231,9 @@ class FusionNode(NodeCore):
         self.uncertainty_topic = params.get("uncertainty_topic", UNCERTAINTY)
         self.conflict_topic = params.get("conflict_topic", CONFLICT)
         self.weights_topic = params.get("weights_topic", WEIGHTS)
+        # the conflict-based trust alone (no health gate), for consumers that judge a branch's *content*
+        # (detection_fusion: a thin scan is gated out of the grid, its boxes stay good; docs/fusion.md)
+        self.trust_topic = params.get("trust_topic", TRUSTS)
         self.odometry_topic = params.get("odometry_topic", topics.GT_ODOMETRY)
         # ego poses from /tf instead (needs use_tf): the transform tf_fixed_frame -> base_frame, when no odometry
         self.tf_fixed_frame = str(params.get("tf_fixed_frame", "") or "").lstrip("/")
@@ -323,6 +327,8 @@ class FusionNode(NodeCore):
                 out.append(Port(topic, topics.OCCUPANCY_GRID_TYPE, "reliable"))
         if self.weights_topic:
             out += [Port(self.weight_topic(b), topics.FLOAT64_STAMPED, "reliable") for b in self.branches]
+        if self.trust_topic:
+            out += [Port(f"{self.trust_topic.rstrip('/')}/{b}", topics.FLOAT64_STAMPED, "reliable") for b in self.branches]
         return out
 
     def weight_topic(self, branch: str) -> str:
@@ -608,6 +614,10 @@ class FusionNode(NodeCore):
             for name, w in res.weights.items():
                 out.append(Emit(self.weight_topic(name), topics.FLOAT64_STAMPED,
                                 b.new(topics.FLOAT64_STAMPED, header=make_header(b, stamp, frame_id), data=float(w))))
+        if self.trust_topic:
+            for name, t in res.trusts.items():
+                out.append(Emit(f"{self.trust_topic.rstrip('/')}/{name}", topics.FLOAT64_STAMPED,
+                                b.new(topics.FLOAT64_STAMPED, header=make_header(b, stamp, frame_id), data=float(t))))
         return out
 
     # --- diagnostics ------------------------------------------------------------------------------
