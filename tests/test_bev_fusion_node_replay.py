@@ -1,6 +1,6 @@
 """The bev_fusion node in the default replay graph: every scan of the generated scenario gives a fused frame
-(mode 3 on ``/bev_fusion/debug/mode``), its boxes reach the detection fusion node as a second branch (every
-message used), and report.html's section shows its boxes beside the LiDAR branch's with its mode over time."""
+(mode 3 on ``/bev_fusion/debug/mode``), its boxes reach the detection fusion node as a second branch when
+that branch is switched on (every message used), and report.html's section shows its boxes beside the LiDAR branch's with its mode over time."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def test_default_graph_replay_runs_the_fuser_feeds_detection_fusion_and_reports_
     from perception_nodes.report import bev_fusion_section
 
     full = load_params()
-    assert full["bev_fusion"]["enabled"] and full["detection_fusion"]["branches"]["bev_fusion"]["enabled"]
+    assert full["bev_fusion"]["enabled"]  # in the default graph; as a detection_fusion branch only on request
+    full["detection_fusion"]["branches"]["bev_fusion"]["enabled"] = True
     keep = ("lidar_detection", "bev_fusion", "detection_fusion", "replay")  # the detection path of the default graph
     params = {k: v for k, v in full.items() if k in keep}
     params["lidar_detection"]["geometric_occupancy_topic"] = ""  # no occupancy node in this cut
