@@ -79,10 +79,12 @@ def test_defaults_wire_the_health_inputs_of_every_branch():
     p["branches"]["camera"]["enabled"] = True
     n = FusionNode("fusion", p, backend=B, clock=Clock())
     names = {b: [h.name for h in st.cfg.health_inputs] for b, st in n.branches.items()}
-    assert names == {"geometric": ["scan"], "lidar_learned": ["scan"], "stereo": ["health", "calibration"],
+    assert names == {"geometric": ["points", "coverage"], "lidar_learned": ["points", "coverage"],
+                     "stereo": ["health", "calibration"],
                      "camera": ["health", "exposure"]}  # the camera's calibration input is off ("" topic)
     ports = {pt.topic for pt in n.inputs()}
-    assert {VDR, CAL, "/occupancy_grid/debug/scan_health", "/lidar_detection/debug/scan_health",
+    assert {VDR, CAL, "/occupancy_grid/debug/scan_health/point_ratio",
+            "/lidar_detection/debug/scan_health/azimuth_coverage",
             "/camera_bev/debug/exposure", "/camera_bev/debug/image_health"} <= ports
 
 
@@ -156,7 +158,7 @@ def test_a_sample_stamped_ahead_of_the_node_clock_counts():
     _frame(n, clock, 0)
     s = 10 * S + S // 10
     clock.ns = s + S // 5
-    n.handle(*_h("/occupancy_grid/debug/scan_health", 0.2, s))
+    n.handle(*_h("/occupancy_grid/debug/scan_health/azimuth_coverage", 0.2, s))
     t = truth(1)
     feed(n, clock, grids(t, s, STEREO) + grids(t, s, GEO) + grids(t, s, LRN), at=s + S // 20)
     assert n.last_result.gates["geometric"] == 0.0 and n.last_result.gates["lidar_learned"] == 1.0

@@ -29,8 +29,9 @@ def test_occupancy_node_publishes_scan_health_a_subscriber_receives(ros_context,
     p = {k: v for k, v in load_params()["occupancy_grid"].items() if k != "enabled"}
     p["sync"]["obstacle_timeout_s"] = 0.05  # no ground segmentation here: the grid comes from the raw scan
     assert p["scan_health_topic"] == "~/debug/scan_health"
-    fusion = load_params()["fusion"]["branches"]["geometric"]["health_inputs"]["scan"]
-    assert fusion["topic"] == HEALTH  # what the fusion node reads is what this node publishes
+    fusion = load_params()["fusion"]["branches"]["geometric"]["health_inputs"]
+    # what the fusion node reads is what this node publishes: the scan health's two parts
+    assert {fusion["points"]["topic"], fusion["coverage"]["topic"]} == {f"{HEALTH}/point_ratio", f"{HEALTH}/azimuth_coverage"}
     node = ManagedCoreNode("occupancy_grid", context=ros_context, parameter_overrides=tree_overrides(p))
     assert node.autostart() and node.is_active()
     wanted = {topics.TF_STATIC: topics.TF_MESSAGE, p["raw_topic"]: topics.POINTCLOUD2}
