@@ -455,6 +455,20 @@ def plot_control(rows: list[tuple], truth: list[tuple[int, float]], path: Path) 
     plt.close(fig)
 
 
+def _detection_branches_caption(result: ReplayResult) -> str:
+    """What the fused boxes are made of, from the detection inputs the node actually used in this replay."""
+    inputs = ((getattr(result, "latency", None) or {}).get("inputs", {}) or {}).get("detection_fusion", {})
+    used = [t for t, a in inputs.items() if t.endswith("/detections") and (a or {}).get("used", 0) > 0]
+    if len(used) <= 1:
+        return ("With the LiDAR branch as the only detecting branch each fused box is one of its boxes (class "
+                "evidence discounted by its weight), merged with the memory: the previous fused boxes moved by the "
+                "ego motion (odometry), which change the box's centre, size, heading and covariance (a memory box "
+                "no LiDAR box matched is not published).")
+    return (f"Detecting branches used: {', '.join(sorted(used))}. Boxes of different branches that the "
+            "association pairs are merged (class evidence summed with the branch weights, box and covariance by "
+            "the box rule), then with the memory: the previous fused boxes moved by the ego motion (odometry).")
+
+
 def detection_fusion_section(result: ReplayResult) -> str:
     """The detection fusion node's part of the report: its last fused set beside the LiDAR boxes."""
     frames = getattr(result, "fused_detections", None) or []
@@ -466,10 +480,7 @@ def detection_fusion_section(result: ReplayResult) -> str:
     return ("<h2>Detection fusion (docs/detection_fusion.md)</h2><p>left: the LiDAR branch's boxes, right: the "
             "fused boxes of the same stamp (class evidence summed over branches with their weights, box and "
             f"covariance merged); ellipses: {ELLIPSE_LEVEL:.0%} centre regions, radii x{ELLIPSE_DRAW_SCALE:g}; "
-            "dashed blue: ground truth. With the LiDAR branch as the only detecting branch each fused box is one "
-            "of its boxes (class evidence discounted by its weight), merged with the memory: the previous fused "
-            "boxes moved by the ego motion (odometry), which change the box's centre, size, heading and "
-            "covariance (a memory box no LiDAR box matched is not published).</p>"
+            f"dashed blue: ground truth. {_detection_branches_caption(result)}</p>"
             "<img src=\"detection_fusion.png\" width=\"1100\">")
 
 
@@ -558,11 +569,18 @@ def _branch_latency_html(lat: dict) -> str:
             f"p99 {lb['p99_ms'] or 0:.1f} ms, max {lb['max_ms'] or 0:.1f} ms —")
 
 
-def plot_stereo(stamp: int, lidar_occ: Any | None, occ: Any, unc: Any, gt: Any | None, path: Path) -> None:
+def stereo_method(result: ReplayResult) -> str:
+    """Which stereo_occupancy mode ran, read from its latency stages (the learned mode times ``network``)."""
+    stages = (getattr(result, "latency", None) or {}).get("stages", {})
+    return "learned" if any(k.startswith("stereo_occupancy/network") for k in stages) else "SGBM"
+
+
+def plot_stereo(stamp: int, lidar_occ: Any | None, occ: Any, unc: Any, gt: Any | None, path: Path,
+                method: str = "SGBM") -> None:
     """The LiDAR grid (left, when there is one of the same stamp) beside the stereo node's occupancy and
     vacuity, same axes, ground-truth boxes in blue."""
     panels = ([("LiDAR occupancy", lidar_occ, "occ")] if lidar_occ is not None else []) + [
-        ("stereo occupancy (SGBM)", occ, "occ"), ("stereo uncertainty (vacuity)", unc, "unc")]
+        (f"stereo occupancy ({method})", occ, "occ"), ("stereo uncertainty (vacuity)", unc, "unc")]
     fig, axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 6.5), constrained_layout=True, squeeze=False)
     cmap = plt.get_cmap("RdYlGn_r").with_extremes(bad="#b0b0b0")
     ext = _extent(occ)
@@ -591,9 +609,11 @@ def stereo_section(result: ReplayResult) -> str:
         near = min(result.grids, key=lambda g: abs(g[0] - stamp), default=None)
         lidar_occ = near[1] if near is not None and abs(near[0] - stamp) <= 60_000_000 else None
         name = f"stereo_{i}.png"
-        plot_stereo(stamp, lidar_occ, occ, unc, result.ground_truth.get(stamp), result.out_dir / name)
+        plot_stereo(stamp, lidar_occ, occ, unc, result.ground_truth.get(stamp), result.out_dir / name,
+                    stereo_method(result))
         names.append(name)
-    return ("<h2>Stereo occupancy (classical SGBM) beside the LiDAR grid</h2><p>left: the LiDAR occupancy node's "
+    label = "learned, StereoVoxelNet-style" if stereo_method(result) == "learned" else "classical SGBM"
+    return (f"<h2>Stereo occupancy ({label}) beside the LiDAR grid</h2><p>left: the LiDAR occupancy node's "
             "grid of the same stamp; middle and right: the stereo node's grid (free along each camera ray up to the "
             "surface, occupied at it, unknown behind and outside the field of view; far evidence down-weighted "
             "as stereo depth error grows with Z&sup2;).</p>"
@@ -615,7 +635,8 @@ def camera_section(result: ReplayResult) -> str:
     names = []
     for i, (stamp, occ, unc) in enumerate(grids[-2:]):
         panels = [(t, m, k) for t, m, k in (("LiDAR occupancy", _nearest(result.grids, stamp), "occ"),
-                                            ("stereo occupancy (SGBM)", _nearest(result.stereo_grids, stamp), "occ"),
+                                            (f"stereo occupancy ({stereo_method(result)})",
+                                             _nearest(result.stereo_grids, stamp), "occ"),
                                             ("camera occupancy (learned BEV)", occ, "occ"),
                                             ("camera uncertainty (vacuity)", unc, "unc")) if m is not None]
         fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 5.6), constrained_layout=True, squeeze=False)

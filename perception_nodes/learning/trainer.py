@@ -234,6 +234,10 @@ def train(
 def _run(cfg: TrainConfig, cfg_dict: dict[str, Any], branch: Branch, device: torch.device, run_dir: Path,
          ckpt_root: Path, ckpt: Any, total_epochs: int, progress: bool,
          on_epoch_end: Callable[[int, dict[str, Any]], None] | None) -> TrainResult:
+    if cfg.init_from and ckpt is None and not Path(cfg.init_from).expanduser().is_file():
+        # before the (minutes of) data loading, not after it
+        raise CheckpointError(f"init_from: no such weight file {cfg.init_from} (the config's comment says how to "
+                              "make it)")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True) + "\n")
 
