@@ -100,6 +100,7 @@ class ReplayResult:
     # fusion node: last fused frames (stamp, occupancy, uncertainty, conflict) and every weight per branch
     fusion: list[tuple[int, Any, Any, Any]] = field(default_factory=list)
     fusion_weights: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    fusion_low_weights: dict[str, list[tuple[int, float, str]]] = field(default_factory=dict)  # (stamp, w, why)
     # stereo occupancy node, last frames: (stamp, occupancy, uncertainty)
     stereo_grids: list[tuple[int, Any, Any]] = field(default_factory=list)
     # camera -> BEV node, last frames: (stamp, occupancy, uncertainty)
@@ -145,8 +146,11 @@ class _FusionCapture:
 
     def __init__(self, nodes: list[NodeCore], keep: int) -> None:
         node = next((n for n in nodes if isinstance(n, FusionNode)), None)
+        self.node = node
         self.keep = keep
         self.roles: dict[str, str] = {}
+        # per branch, frames weighted below the node's weight_warn: (stamp, weight, why) -- the report's table
+        self.low: dict[str, list[tuple[int, float, str]]] = {}
         if node is not None:
             self.roles = {t: r for t, r in ((node.occupancy_topic, "occ"), (node.uncertainty_topic, "unc"),
                                             (node.conflict_topic, "con")) if t}
@@ -161,7 +165,11 @@ class _FusionCapture:
             return
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         if role.startswith("w:"):
-            self.weights.setdefault(role[2:], []).append((stamp, float(msg.data)))
+            branch, w = role[2:], float(msg.data)
+            self.weights.setdefault(branch, []).append((stamp, w))
+            why = self.node.low_weight_reason(branch) if self.node is not None else None
+            if why is not None:  # the node's newest frame is the one whose weight this is
+                self.low.setdefault(branch, []).append((stamp, w, why))
             return
         self.grids.setdefault(stamp, {})[role] = msg
         for old in sorted(self.grids)[:-self.keep]:
@@ -170,6 +178,7 @@ class _FusionCapture:
     def fill(self, result: ReplayResult) -> None:
         result.fusion = [(s, g["occ"], g.get("unc"), g.get("con")) for s, g in sorted(self.grids.items()) if "occ" in g]
         result.fusion_weights = self.weights
+        result.fusion_low_weights = self.low
 
 
 class _BevFusionCapture:

@@ -384,7 +384,37 @@ def fusion_section(result: ReplayResult) -> str:
                        for b, v in sorted(weights.items()))
         parts.append("<table><tr><th>branch</th><th>frames</th><th>min weight</th><th>mean</th><th>last</th></tr>"
                      f"{rows}</table>")
+        parts.append(_low_weight_table(weights, getattr(result, "fusion_low_weights", None) or {}))
     return "\n".join(parts)
+
+
+def _low_weight_table(weights: dict[str, list[tuple[int, float]]],
+                      low: dict[str, list[tuple[int, float, str]]], max_rows: int = 20) -> str:
+    """Episodes of consecutive fused frames in which a branch was weighted below the node's ``weight_warn``,
+    with the node's own reason at the episode's lowest weight (what /diagnostics says at that frame)."""
+    if not low:
+        return "<p>No branch was weighted below the fusion node's <code>weight_warn</code> in any fused frame.</p>"
+    t0 = min(v[0][0] for v in weights.values() if v)
+    rows = []
+    for b, series in sorted(weights.items()):
+        why = {s: (w, r) for s, w, r in low.get(b, [])}
+        ep: list[tuple[int, float, str]] = []
+        for s, _ in [*series, (None, None)]:
+            if s is not None and s in why:
+                ep.append((s, *why[s]))
+                continue
+            if ep:
+                s_min = min(ep, key=lambda e: e[1])
+                rows.append((ep[0][0], f"<tr><td>{html.escape(b)}</td><td>{(ep[0][0] - t0) / 1e9:.1f}-"
+                                       f"{(ep[-1][0] - t0) / 1e9:.1f} s</td><td>{len(ep)}</td><td>{s_min[1]:.3f}</td>"
+                                       f"<td>{html.escape(s_min[2])}</td></tr>"))
+                ep = []
+    rows.sort()
+    more = f"<p>({len(rows) - max_rows} more episodes not shown)</p>" if len(rows) > max_rows else ""
+    return ("<p>Frames with a branch weighted below <code>weight_warn</code>, and why (the node's reason at the "
+            "episode's lowest weight; the first fused frames have no grid of the slower branches yet):</p>"
+            "<table><tr><th>branch</th><th>from-to (s after the first fused frame)</th><th>frames</th>"
+            "<th>min weight</th><th>why</th></tr>" + "".join(r for _, r in rows[:max_rows]) + "</table>" + more)
 
 
 def plot_detection_fusion(stamp: int, lidar: Any | None, fused: Any, gt: Any | None, path: Path) -> None:

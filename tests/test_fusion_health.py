@@ -162,6 +162,8 @@ def test_a_sample_stamped_ahead_of_the_node_clock_counts():
     t = truth(1)
     feed(n, clock, grids(t, s, STEREO) + grids(t, s, GEO) + grids(t, s, LRN), at=s + S // 20)
     assert n.last_result.gates["geometric"] == 0.0 and n.last_result.gates["lidar_learned"] == 1.0
+    # the reason the report and /diagnostics give names the limiting input
+    assert "coverage" in n.low_weight_reason("geometric") and n.low_weight_reason("lidar_learned") is None
 
 
 def test_legacy_single_health_topic_still_works_alone():

@@ -285,6 +285,13 @@ def test_report_panel_shows_the_fused_grid_and_the_weights(tmp_path):
     res = ReplayResult(tmp_path, tmp_path, 4, {}, {}, fusion=frames, fusion_weights=weights)
     html = fusion_section(res)
     assert "Evidence fusion" in html and "lidar_learned" in html and "geometric" in html
+    assert "No branch was weighted below" in html  # two agreeing branches
+    # a low-weight episode of two frames shows as one row with the reason at its lowest weight
+    (s1, _), (s2, _) = weights["geometric"][1:3]
+    res.fusion_low_weights = {"geometric": [(s1, 0.3, "health gate 0.30 (points=0.27)"),
+                                            (s2, 0.1, "health gate 0.10 (points=0.09)")]}
+    html = fusion_section(res)
+    assert "<td>geometric</td>" in html and "<td>2</td><td>0.100</td><td>health gate 0.10 (points=0.09)</td>" in html
     assert (tmp_path / "fusion_grid.png").stat().st_size > 0 and (tmp_path / "fusion_weights.png").stat().st_size > 0
     assert fusion_section(ReplayResult(tmp_path, tmp_path, 0, {}, {})) == ""
 

@@ -621,6 +621,27 @@ class FusionNode(NodeCore):
         return out
 
     # --- diagnostics ------------------------------------------------------------------------------
+    def low_weight_reason(self, name: str) -> str | None:
+        """Why branch ``name`` is weighted below ``weight_warn`` in the newest fused frame (None when it is
+        not): the health gate with the input that limits it, and/or the conflict trust. Shared by
+        /diagnostics and the replay report, so both say the same."""
+        res = self.last_result
+        st = self.branches.get(name)
+        if res is None or st is None:
+            return None
+        w, g, tr = res.weights.get(name), res.gates.get(name), res.trusts.get(name)
+        if w is None or w >= self.weight_warn:
+            return None
+        cs = self.trust.smoothed.get(name)
+        reasons = []
+        if g is not None and g < 1.0:
+            reasons.append(f"health gate {g:.2f} ({st.why or 'no grid'})")
+        if tr is not None and tr < 1.0 and cs is not None:
+            p = self.trust.params
+            reasons.append(f"trust {tr:.2f}: disagrees with the other branches (smoothed conflict "
+                           f"{cs:.2f}; trust 1 at <= {p.conflict_ok:g}, floor at >= {p.conflict_bad:g})")
+        return "; ".join(reasons) or "low"
+
     def diagnostic_statuses(self) -> list[DiagnosticStatusData]:
         """The common statuses plus ``<name>: branches``: per branch weight = gate x trust, and why low."""
         statuses = super().diagnostic_statuses()
@@ -651,15 +672,9 @@ class FusionNode(NodeCore):
             if st.factors:
                 lim, (_, f) = min(st.factors.items(), key=lambda kv: kv[1][1])
                 values[f"{name}.gate_limited_by"] = lim if f < 1.0 else "-"
-            if w is not None and w < self.weight_warn:
-                reasons = []
-                if g is not None and g < 1.0:
-                    reasons.append(f"health gate {g:.2f} ({st.why or 'no grid'})")
-                if tr is not None and tr < 1.0 and cs is not None:
-                    p = self.trust.params
-                    reasons.append(f"trust {tr:.2f}: disagrees with the other branches (smoothed conflict "
-                                   f"{cs:.2f}; trust 1 at <= {p.conflict_ok:g}, floor at >= {p.conflict_bad:g})")
-                low.append(f"{name} weight {w:.2f}: " + ("; ".join(reasons) or "low"))
+            why_low = self.low_weight_reason(name)
+            if why_low is not None:
+                low.append(f"{name} weight {w:.2f}: {why_low}")
             values[f"{name}.why"] = st.why or ("-" if w is None else "ok")
         level = WARN if low else OK
         message = "; ".join(low)[:500] if low else ("no fused frame yet" if res is None else
