@@ -4,7 +4,9 @@
 (``--run`` omitted: the fuser at its identity initialisation, i.e. the packaged weights untouched).
 
 Scored on held-out generated scenes (:data:`HELD_OUT`: seeds 500-502, in no ``configs/train/*.yaml``;
-:func:`check_held_out` reads every training config and refuses otherwise), with the LiDAR branch's
+:func:`check_held_out` reads every training config and refuses otherwise; ``--seeds A B C`` scores the
+same three scenario types at other seeds, e.g. the fresh set 700-702, scored once after 500-502 had been
+looked at many times; ``--weights DIR`` scores a packaged fused network), with the LiDAR branch's
 :class:`~perception_nodes.learning.detection_metrics.DetectionAccumulator` (KITTI AP R40 on BEV and 3D,
 occupancy IoU/ECE on visible cells) plus the occupancy Brier score; occupancy also restricted to the
 camera's coverage (the cells its frustum reaches: all a camera-only network can know). Rows:
@@ -160,7 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  epilog="Rows and metrics: see the module docstring of perception_nodes.learning.bev_fusion_eval.")
     ap.add_argument("--run", type=Path, default=None, help="training run folder (or its model.safetensors); "
                     "omitted: the identity-initialised fuser on the packaged weights")
+    ap.add_argument("--weights", type=Path, default=None, help="score a packaged fused-network weights folder "
+                    "instead of a training run (e.g. perception_nodes/models/weights/bev_fusion)")
     ap.add_argument("--stride", type=int, default=2, help="use every n-th LiDAR frame of the held-out bags")
+    ap.add_argument("--seeds", type=int, nargs=3, default=None, metavar=("URBAN", "CURVED", "HIGHWAY"),
+                    help="seeds of the three held-out scenes (urban_street, curved_road, highway); default "
+                    + " ".join(str(k) for _, k in HELD_OUT) + " (checked against configs/train like the default)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--metrics-out", type=Path, default=None, help="JSON output (default: <run>/bev_fusion_heldout.json)")
     ap.add_argument("--package", type=Path, default=None, help="write the run's network (all of it: encoders, fuser, "
@@ -169,8 +176,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from perception_nodes.learning.data import default_cache_dir, load_split
 
-    check_held_out()
-    if args.run is not None:
+    scenes = HELD_OUT if args.seeds is None else tuple((s, k) for (s, _), k in zip(HELD_OUT, args.seeds))
+    check_held_out(scenes)
+    if args.run is not None and args.weights is not None:
+        ap.error("--run and --weights are exclusive")
+    if args.weights is not None:
+        from perception_nodes.models.bev_fusion import load_bev_fusion
+
+        branch = BevFusionBranch({})
+        model = load_bev_fusion(args.weights)[0].eval()
+    elif args.run is not None:
         from perception_nodes.learning.trainer import load_trained
 
         branch, model = load_trained(args.run)
@@ -179,17 +194,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         branch = BevFusionBranch({})
         model = branch.build_model().eval()
     cache = default_cache_dir()
-    samples = load_split(_sources(HELD_OUT, args.stride), branch, cache_dir=cache, role="test", progress=False).samples
+    samples = load_split(_sources(scenes, args.stride), branch, cache_dir=cache, role="test", progress=False).samples
     val = load_split([BagSource(generate={"scenario": "urban_street", "seed": 100, **_CAM}, stride=4)], branch,
                      cache_dir=cache, role="val", progress=False).samples
     vis = np.concatenate([(s["visible"] > 0).ravel() for s in val])
     occ = np.concatenate([(s["occupied"] > 0).ravel() for s in val])
     rate = float(occ[vis].mean())
     rows = evaluate(branch, model, samples, rate)
-    res = {"held_out": [f"{s} seed {k}" for s, k in HELD_OUT], "stride": args.stride, "frames": len(samples),
-           "run": str(args.run) if args.run else "identity init", "rows": rows}
+    res = {"held_out": [f"{s} seed {k}" for s, k in scenes], "stride": args.stride, "frames": len(samples),
+           "run": str(args.run) if args.run else (f"weights {args.weights}" if args.weights else "identity init"),
+           "rows": rows}
     print(_table(rows))
-    out = args.metrics_out or ((args.run if args.run and args.run.is_dir() else Path("out")) / "bev_fusion_heldout.json")
+    name = "bev_fusion_heldout.json" if scenes == HELD_OUT else f"bev_fusion_heldout_{'-'.join(str(k) for _, k in scenes)}.json"
+    out = args.metrics_out or ((args.run if args.run and args.run.is_dir() else Path("out")) / name)
+    if args.weights is not None and args.metrics_out is None:
+        out = Path("out") / f"{args.weights.name}_{name}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=lambda x: None) + "\n")
     print(f"metrics: {out}")
