@@ -423,7 +423,7 @@ GENERATE_DESCRIPTION = (
 )
 
 FAULT_HELP = (
-    "inject a fault (repeatable): lidar_dropout=P, lidar_sector_deg=A:B, lidar_sector_time=T0:T1, "
+    "inject a fault (repeatable): lidar_dropout=P, lidar_dropout_time=T0:T1, lidar_sector_deg=A:B, lidar_sector_time=T0:T1, "
     "camera_blackout_time=T0:T1, camera_blackout_cameras=left,right, glare_time=T0:T1, glare_cameras=left, "
     "stereo_decalibration_deg=D, stereo_decalibration_axis=x|y|z, timestamp_jitter_s=S, message_delay_s=S, "
     "message_delay_jitter_s=S (times in s from the start, inf allowed; see perception_nodes/scenario/faults.py)"
