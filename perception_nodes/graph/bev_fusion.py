@@ -75,14 +75,15 @@ from perception_nodes import topics
 from perception_nodes.calibration import transform_points
 from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.camera_info import camera_model_from_msg
-from perception_nodes.codecs.detections import DETECTIONS_TYPE, detections_msg
+from perception_nodes.codecs.detections import DETECTIONS_TYPE
 from perception_nodes.codecs.image import image_to_numpy
-from perception_nodes.codecs.outputs import DiagnosticStatusData, marker_array_msg, occupancy_grid_msg
+from perception_nodes.codecs.outputs import DiagnosticStatusData
 from perception_nodes.codecs.pointcloud2 import read_xyzi
-from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYPE, curvature_msg, vision_detections_msg
+from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYPE
 from perception_nodes.config import ConfigError
 from perception_nodes.errors import CalibrationError, MalformedMessageError, NodeUnavailable
 from perception_nodes.graph.camera_bev import CAMERA_ENCODINGS, scaled_intrinsics
+from perception_nodes.graph.detection_outputs import detection_frame_emits
 from perception_nodes.graph.lidar_detection import thin_points
 from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
@@ -611,36 +612,9 @@ class BevFusionNode(NodeCore):
 
     def _encode(self, stamp: int, det: Any, prob: np.ndarray, vac: np.ndarray, spec: GridSpec, out: Any,
                 mask: int) -> list[Emit]:
-        b, frame_id = self.backend, self.base_frame
-        emits: list[Emit] = []
-        if det is not None:
-            with np.errstate(divide="ignore"):
-                strength = (len(det.class_names) + 1) / np.asarray(det.vacuity, np.float64)
-            emits.append(Emit(self.detections_topic, VISION_DETECTIONS_TYPE,
-                              vision_detections_msg(det, stamp, frame_id, b, strength=strength)))
-            boxes = det.to_box3d() if (self.objects_topic or self.markers_topic) else []
-        else:
-            emits.append(Emit(self.detections_topic, VISION_DETECTIONS_TYPE, _empty_vision(stamp, frame_id, b)))
-            boxes = []
-        if self.objects_topic:
-            emits.append(Emit(self.objects_topic, DETECTIONS_TYPE, detections_msg(boxes, stamp, frame_id, b)))
-        if self.markers_topic:
-            emits.append(Emit(self.markers_topic, topics.MARKER_ARRAY,
-                              marker_array_msg(boxes, stamp, frame_id, "bev_fusion_detections", b,
-                                               lifetime_s=self.marker_lifetime_s)))
-        origin = (*spec.origin, 0.0)
-        if self.occupancy_topic:
-            emits.append(Emit(self.occupancy_topic, topics.OCCUPANCY_GRID_TYPE,
-                              occupancy_grid_msg(prob, spec.resolution, origin, stamp, frame_id, b)))
-        if self.occupancy_uncertainty_topic:
-            emits.append(Emit(self.occupancy_uncertainty_topic, topics.OCCUPANCY_GRID_TYPE,
-                              occupancy_grid_msg(vac, spec.resolution, origin, stamp, frame_id, b)))
-        if self.curvature_topic and out is not None:
-            gamma, nu, alpha, beta = (t[0].detach().cpu().double().numpy() for t in out.detection.curvature)
-            aleatoric = beta / (alpha - 1.0)
-            emits.append(Emit(self.curvature_topic, CURVATURE_TYPE,
-                              curvature_msg(self.net.lidar.config.curvature_horizons_m, gamma, aleatoric, aleatoric / nu,
-                                            stamp, frame_id, b)))
+        emits = detection_frame_emits(self, stamp, det, prob, vac, spec,
+                                      None if out is None else out.detection.curvature,
+                                      self.net.lidar.config.curvature_horizons_m, "bev_fusion_detections")
         if self.mode_topic:
             emits.append(Emit(self.mode_topic, topics.FLOAT64_STAMPED, self._float(stamp, float(mask))))
         return emits
@@ -697,10 +671,3 @@ def _rgb(img: np.ndarray, enc: str) -> np.ndarray:
     if order == (0, 1, 2):
         return img[:, :, :3]
     return img[:, :, [2, 1, 0]]
-
-
-def _empty_vision(stamp: int, frame_id: str, backend: Any) -> Any:
-    """An empty ``vision_msgs/Detection3DArray`` (a frame with neither input: the node sees nothing)."""
-    from perception_nodes.codecs.backend import make_header
-
-    return backend.new(VISION_DETECTIONS_TYPE, header=make_header(backend, stamp, frame_id), detections=[])

@@ -55,12 +55,13 @@ import numpy as np
 from perception_nodes import topics
 from perception_nodes.calibration import transform_points
 from perception_nodes.codecs.backend import stamp_to_ns
-from perception_nodes.codecs.detections import DETECTIONS_TYPE, detections_msg
-from perception_nodes.codecs.outputs import DiagnosticStatusData, marker_array_msg, occupancy_grid_msg
+from perception_nodes.codecs.detections import DETECTIONS_TYPE
+from perception_nodes.codecs.outputs import DiagnosticStatusData, occupancy_grid_msg
 from perception_nodes.codecs.pointcloud2 import read_xyzi
-from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYPE, curvature_msg, vision_detections_msg
+from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYPE
 from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.errors import NodeUnavailable
+from perception_nodes.graph.detection_outputs import detection_frame_emits
 from perception_nodes.graph.health_topics import SCAN_HEALTH, scan_health_emits
 from perception_nodes.graph.node import ERROR, OK, Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
@@ -290,35 +291,8 @@ class LidarDetectionNode(NodeCore):
         return emits + self.debug_emits(frame)
 
     def _encode(self, stamp: int, det: Any, prob: np.ndarray, vac: np.ndarray, spec: GridSpec, out: Any) -> list[Emit]:
-        b, frame_id = self.backend, self.base_frame
-        # the Dirichlet strength S = (K + 1) / vacuity rides along (EVIDENCE_STRENGTH_ID result), so the
-        # detection fusion node can recover the class evidence alpha_k = score_k S, not only probabilities
-        with np.errstate(divide="ignore"):
-            strength = (len(det.class_names) + 1) / np.asarray(det.vacuity, np.float64)
-        emits = [Emit(self.detections_topic, VISION_DETECTIONS_TYPE,
-                      vision_detections_msg(det, stamp, frame_id, b, strength=strength))]
-        boxes = det.to_box3d() if (self.objects_topic or self.markers_topic) else []
-        if self.objects_topic:
-            emits.append(Emit(self.objects_topic, DETECTIONS_TYPE, detections_msg(boxes, stamp, frame_id, b)))
-        if self.markers_topic:
-            emits.append(Emit(self.markers_topic, topics.MARKER_ARRAY,
-                              marker_array_msg(boxes, stamp, frame_id, "lidar_detections", b,
-                                               lifetime_s=self.marker_lifetime_s)))
-        origin = (*spec.origin, 0.0)
-        if self.occupancy_topic:
-            emits.append(Emit(self.occupancy_topic, topics.OCCUPANCY_GRID_TYPE,
-                              occupancy_grid_msg(prob, spec.resolution, origin, stamp, frame_id, b)))
-        if self.occupancy_uncertainty_topic:
-            emits.append(Emit(self.occupancy_uncertainty_topic, topics.OCCUPANCY_GRID_TYPE,
-                              occupancy_grid_msg(vac, spec.resolution, origin, stamp, frame_id, b)))
-        if self.curvature_topic:
-            c = out.curvature
-            gamma, nu, alpha, beta = (t[0].detach().cpu().double().numpy() for t in c)
-            aleatoric = beta / (alpha - 1.0)
-            emits.append(Emit(self.curvature_topic, CURVATURE_TYPE,
-                              curvature_msg(self.net.config.curvature_horizons_m, gamma, aleatoric, aleatoric / nu,
-                                            stamp, frame_id, b)))
-        return emits
+        return detection_frame_emits(self, stamp, det, prob, vac, spec, out.curvature,
+                                     self.net.config.curvature_horizons_m, "lidar_detections")
 
     # --- fusion with the geometric grid ------------------------------------------------------------
     def _on_geometric(self, topic: str, msg: Any) -> list[Emit]:
