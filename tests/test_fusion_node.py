@@ -41,6 +41,7 @@ def params(stereo: bool = False, **over) -> dict:
                  "origin": list(SPEC.origin)}
     p["trust"]["min_cells"] = 20
     p["branches"]["stereo"]["enabled"] = stereo
+    p["branches"]["camera"]["enabled"] = False  # these tests feed the LiDAR (and stereo) branches only
     p["branches"]["stereo"]["health_topic"] = ""
     p["branches"]["lidar_learned"]["mask_with"] = ""
     for k, v in over.items():
