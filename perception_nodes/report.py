@@ -349,10 +349,13 @@ def plot_fusion_weights(weights: dict[str, list[tuple[int, float]]], path: Path)
     """Each branch's weight (health gate x trust) per fused frame."""
     fig, ax = plt.subplots(figsize=(11, 3.2), constrained_layout=True)
     t0 = min(s for v in weights.values() for s, _ in v)
-    for name, series in sorted(weights.items()):
+    styles = ("-", "--", "-.", ":")  # branches often share a weight (e.g. both LiDAR branches at 1): keep each visible
+    for i, (name, series) in enumerate(sorted(weights.items())):
         s = np.asarray(series, dtype=np.float64)
-        ax.step((s[:, 0] - t0) / 1e9, s[:, 1], where="post", label=name, lw=1.4)
-    ax.axhline(0.2, color="red", lw=0.8, ls=":")
+        ax.step((s[:, 0] - t0) / 1e9, s[:, 1], where="post", label=name, lw=2.2 - 0.35 * (i % 4),
+                ls=styles[i % len(styles)])
+    ax.axhline(0.2, color="0.5", lw=0.8)
+    ax.text(0.0, 0.21, "0.2", color="0.4", fontsize=7, transform=ax.get_yaxis_transform())
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("s since the first fused frame")
     ax.set_ylabel("weight")
@@ -371,7 +374,7 @@ def fusion_section(result: ReplayResult) -> str:
     plot_fusion(stamp, occ, unc, con, result.ground_truth.get(stamp), result.out_dir / "fusion_grid.png")
     parts = ["<h2>Evidence fusion (docs/fusion.md)</h2><p>fused occupancy, vacuity and the per-cell conflict "
              "between branches for the last fused frame; below, each branch's weight (health gate x "
-             "conflict-based trust) per frame (red dotted: 0.2). Caution: behind walls and outside every beam the "
+             "conflict-based trust) per frame (grey line: 0.2). Caution: behind walls and outside every beam the "
              "learned LiDAR branch fills in evidence (mostly free, at low vacuity) where nothing was seen; the "
              "fused grid inherits it, so low vacuity there is not an observation (scores of those cells: "
              "benchmarks/fusion_check.py, region not_visible; `branches.lidar_learned.mask_with: geometric` "
