@@ -84,7 +84,7 @@ from perception_nodes.config import ConfigError
 from perception_nodes.errors import CalibrationError, MalformedMessageError, NodeUnavailable
 from perception_nodes.graph.camera_bev import CAMERA_ENCODINGS, scaled_intrinsics
 from perception_nodes.graph.detection_outputs import detection_frame_emits
-from perception_nodes.graph.lidar_detection import thin_points
+from perception_nodes.graph.lidar_detection import network_points
 from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
 
@@ -391,20 +391,7 @@ class BevFusionNode(NodeCore):
     def _decode_scan(self, msg: Any) -> np.ndarray:
         """PointCloud2 -> finite points within the range gate, at most ``max_points`` (sensor frame); raises
         MalformedMessageError / ImplausibleCloudError in the scan's own delivery."""
-        pts = self.sanitize(self.input_topic, read_xyzi(msg))
-        bad_i = ~np.isfinite(pts[:, 3])
-        if bad_i.any():  # finite xyz, garbage intensity: the network would drop the row silently
-            self.points_dropped["nonfinite_intensity"] += int(bad_i.sum())
-            self._warn("nonfinite_intensity", f"{self.input_topic}: {self.points_dropped['nonfinite_intensity']} "
-                       "points with non-finite intensity removed so far")
-            pts = pts[~bad_i]
-        if self.max_points > 0 and len(pts) > self.max_points:
-            kept = thin_points(pts, self.max_points)
-            self.points_dropped["over_max_points"] += len(pts) - len(kept)
-            self._warn("max_points", f"{self.input_topic}: a cloud of {len(pts)} points thinned to {len(kept)} "
-                       f"(max_points = {self.max_points})")
-            pts = kept
-        return pts
+        return network_points(self, self.input_topic, self.sanitize(self.input_topic, read_xyzi(msg)))
 
     def _on_scan(self, msg: Any) -> list[Emit]:
         t0 = time.perf_counter_ns()

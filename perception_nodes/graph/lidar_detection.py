@@ -89,6 +89,25 @@ def thin_points(points: np.ndarray, max_points: int) -> np.ndarray:
     return points[::k]
 
 
+def network_points(node: Any, topic: str, pts: np.ndarray) -> np.ndarray:
+    """The sanitised cloud as a LiDAR network takes it: rows with non-finite intensity removed (finite
+    xyz, garbage intensity: the network would drop them silently) and at most ``node.max_points`` kept,
+    each removal counted in ``node.points_dropped`` and warned about (lidar_detection and bev_fusion)."""
+    bad_i = ~np.isfinite(pts[:, 3])
+    if bad_i.any():
+        node.points_dropped["nonfinite_intensity"] += int(bad_i.sum())
+        node._warn("nonfinite_intensity", f"{topic}: {node.points_dropped['nonfinite_intensity']} points "  # noqa: SLF001
+                   "with non-finite intensity removed so far")
+        pts = pts[~bad_i]
+    if node.max_points > 0 and len(pts) > node.max_points:
+        kept = thin_points(pts, node.max_points)
+        node.points_dropped["over_max_points"] += len(pts) - len(kept)
+        node._warn("max_points", f"{topic}: a cloud of {len(pts)} points thinned to {len(kept)} "  # noqa: SLF001
+                   f"(max_points = {node.max_points})")
+        pts = kept
+    return pts
+
+
 class LidarDetectionNode(NodeCore):
     """See module doc."""
 
@@ -246,18 +265,7 @@ class LidarDetectionNode(NodeCore):
             with self.latency.stage("decode"):
                 pts = self.sanitize(topic, read_xyzi(msg))
                 self.last_scan_health = self.scan_health.assess(pts)  # sensor frame, range-gated
-                bad_i = ~np.isfinite(pts[:, 3])
-                if bad_i.any():  # finite xyz, garbage intensity: the network would drop the row silently
-                    self.points_dropped["nonfinite_intensity"] += int(bad_i.sum())
-                    self._warn("nonfinite_intensity", f"{topic}: {self.points_dropped['nonfinite_intensity']} points "
-                               "with non-finite intensity removed so far")
-                    pts = pts[~bad_i]
-                if self.max_points > 0 and len(pts) > self.max_points:
-                    kept = thin_points(pts, self.max_points)
-                    self.points_dropped["over_max_points"] += len(pts) - len(kept)
-                    self._warn("max_points", f"{topic}: a cloud of {len(pts)} points thinned to {len(kept)} "
-                               f"(max_points = {self.max_points})")
-                    pts = kept
+                pts = network_points(self, topic, pts)
             with self.latency.stage("transform"):
                 pts = transform_points(self.sensor_to_base(msg.header.frame_id), pts)
             out = self.runtime.infer(torch.from_numpy(pts), self.latency.stage)

@@ -55,6 +55,7 @@ from engines.bev_pool import (
 from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.models.bev_grid import BevGrid
 from perception_nodes.models.bev_net import BevNet, conv_bn
+from perception_nodes.models.folding import fold_sequential_batchnorm
 
 __all__ = ["CameraBevConfig", "CameraBevNet", "CameraBevOutput", "export_onnx", "kitti_camera_geometry", "load_camera_bev",
            "onnx_feeds"]
@@ -284,18 +285,7 @@ class CameraBevNet(nn.Module):
         BatchNorm's running statistics; the BatchNorms become identities). Outputs are unchanged up to
         float rounding. Transposed convolutions keep their BatchNorm.
         """
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-        if self.training:
-            raise RuntimeError("fold_batchnorm needs eval mode")
-        for mod in list(self.modules()):
-            if not isinstance(mod, nn.Sequential):
-                continue
-            for i in range(len(mod) - 1):
-                a, b = mod[i], mod[i + 1]
-                if type(a) is nn.Conv2d and isinstance(b, nn.BatchNorm2d):
-                    mod[i] = fuse_conv_bn_eval(a, b)
-                    mod[i + 1] = nn.Identity()
+        fold_sequential_batchnorm(self)
         return self
 
     def lift(self, feats: Tensor) -> tuple[Tensor, Tensor]:

@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FoldCache", "fold_conv_bn", "inference_fast_path", "transposed_conv_gemm_weights",
-           "upsample_gemm_nhwc"]
+__all__ = ["FoldCache", "fold_conv_bn", "fold_sequential_batchnorm", "inference_fast_path",
+           "transposed_conv_gemm_weights", "upsample_gemm_nhwc"]
 
 
 def inference_fast_path(module: nn.Module) -> bool:
@@ -54,6 +54,25 @@ def fold_conv_bn(conv: nn.Conv2d | nn.ConvTranspose2d, bn: Optional[nn.BatchNorm
     else:
         w = w * scale.view(-1, 1, 1, 1)
     return w, b * scale + shift
+
+
+def fold_sequential_batchnorm(module: nn.Module) -> None:
+    """In place, for a network that will not train again: every ``Conv2d`` directly followed by a
+    ``BatchNorm2d`` inside an ``nn.Sequential`` becomes one folded convolution and an ``nn.Identity``
+    (the folded convolution carries the running statistics). Outputs unchanged up to float rounding;
+    transposed convolutions keep their BatchNorm. Needs eval mode."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if module.training:
+        raise RuntimeError("fold_batchnorm needs eval mode")
+    for mod in list(module.modules()):
+        if not isinstance(mod, nn.Sequential):
+            continue
+        for i in range(len(mod) - 1):
+            a, b = mod[i], mod[i + 1]
+            if type(a) is nn.Conv2d and isinstance(b, nn.BatchNorm2d):
+                mod[i] = fuse_conv_bn_eval(a, b)
+                mod[i + 1] = nn.Identity()
 
 
 def transposed_conv_gemm_weights(conv: nn.ConvTranspose2d, w: Tensor, b: Tensor) -> Optional[tuple[Tensor, Tensor, int]]:

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from perception_nodes.models.folding import fold_sequential_batchnorm
+
 __all__ = ["NETWORK", "StereoVoxelConfig", "StereoVoxelNet", "StereoVoxelOutput", "load_stereo_voxel"]
 
 #: feature stride of the cost volume (fixed: the disparity upsampling and the grid assume it)
@@ -157,18 +159,7 @@ class StereoVoxelNet(nn.Module):
     def fold_batchnorm(self) -> "StereoVoxelNet":
         """Fold every eval BatchNorm into the convolution before it (inference only: the folded
         convolutions carry the running statistics). Outputs unchanged up to float rounding."""
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-        if self.training:
-            raise RuntimeError("fold_batchnorm needs eval mode")
-        for mod in list(self.modules()):
-            if not isinstance(mod, nn.Sequential):
-                continue
-            for i in range(len(mod) - 1):
-                a, b = mod[i], mod[i + 1]
-                if type(a) is nn.Conv2d and isinstance(b, nn.BatchNorm2d):
-                    mod[i] = fuse_conv_bn_eval(a, b)
-                    mod[i + 1] = nn.Identity()
+        fold_sequential_batchnorm(self)
         return self
 
     # -- network ------------------------------------------------------------------------------------
