@@ -8,6 +8,7 @@ diagnostics name the input that limits the gate. The legacy single ``health_topi
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -236,3 +237,13 @@ def test_exposure_sees_glare_and_blackout_not_a_normal_scene():
     assert exposure_health(np.full_like(img, 255)).health == 0.0
     mono = exposure_health(img[:, :, 0])
     assert mono.health > 0.97
+
+
+def test_a_non_finite_health_value_is_counted_malformed_and_the_gate_stays_finite():
+    n, clock = _node()
+    g = _frame(n, clock, 0, [_h(VDR, 1.0)])
+    assert g["stereo"] == 1.0
+    g = _frame(n, clock, 1, [_h(VDR, math.nan)])
+    assert n.malformed[VDR] == 1  # counted, the node goes on
+    assert all(math.isfinite(v) for v in g.values()) and g["stereo"] == 1.0  # the last good value stands
+    assert all(math.isfinite(w) for w in n.last_result.weights.values())

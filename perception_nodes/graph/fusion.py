@@ -361,6 +361,8 @@ class FusionNode(NodeCore):
     def on_message(self, topic: str, msg: Any) -> list[Emit]:
         if topic in self._health_topics:
             v = float(msg.data)
+            if not math.isfinite(v):  # a NaN would turn the gate, the weight and the fused grid into NaN
+                raise MalformedMessageError(topics.FLOAT64_STAMPED, f"non-finite health value {v}")
             self.mark_used(topic)
             now, stamp = self.clock(), stamp_to_ns(msg.header.stamp)
             for bname, iname in self._health_topics[topic]:
