@@ -128,13 +128,16 @@ class DetectionAccumulator:
     """Collects everything the metrics need, batch by batch (see the module docstring)."""
 
     def __init__(self, branch: "LidarDetectionBranch", *, with_occupancy: bool = True,
-                 calibration: "DetectionCalibration | None" = None, score_threshold: float | None = None) -> None:
+                 calibration: "DetectionCalibration | None" = None, score_threshold: float | None = None,
+                 threshold_on_raw_score: bool = False) -> None:
         from perception_nodes.eval.detection_eval import DetectionScorer
 
         self.branch = branch
         self.calibration = calibration
         #: decoding threshold (default: the branch's eval threshold), on the calibrated score
         self.score_threshold = branch.eval_params.score_threshold if score_threshold is None else float(score_threshold)
+        #: the threshold gates the uncalibrated score (the boxes an uncalibrated decode keeps: before / after alike)
+        self.threshold_on_raw_score = bool(threshold_on_raw_score)
         self.scorer = DetectionScorer()
         self.with_occupancy = with_occupancy
         self._det: list[tuple[float, bool, float, float]] = []  # score, right, vacuity, centre std
@@ -156,7 +159,7 @@ class DetectionAccumulator:
         ep = self.branch.eval_params
         return decode_batch(out, self.branch.head_grid, self.branch.net_config.classes,
                             score_threshold=self.score_threshold, max_detections=ep.max_detections,
-                            calibration=self.calibration)
+                            calibration=self.calibration, threshold_on_raw_score=self.threshold_on_raw_score)
 
     def add(self, out: "LidarDetectionOutput", samples: Sequence[dict[str, np.ndarray]],
             detections: Sequence[Detections] | None = None) -> list[Detections]:
@@ -184,8 +187,7 @@ class DetectionAccumulator:
                         d[key].append(arr[lo:hi].reshape(-1))
                 pt = probs[b].flatten(1)[:, idx].T  # [M, K + 1]
                 if self.calibration is not None and self.calibration.maps_scores:
-                    fg = self.calibration.apply_probabilities(pt[:, :-1])
-                    pt = torch.cat([fg, (1.0 - fg.sum(1, keepdim=True)).clamp_min(0.0)], 1)
+                    pt = self.calibration.probabilities(alpha[b].flatten(1)[:, idx].T)
                 p = pt.cpu().numpy()
                 self._cls_p.append(p)
                 self._cls_y.append(tg.labels)
@@ -261,6 +263,11 @@ class DetectionAccumulator:
         out["brier_class"] = _brier(d[:, 0], right)
         out["nll_class"] = binary_nll(d[:, 0], right)
         out["mean_score"] = float(d[:, 0].mean()) if len(d) else nan
+        pub = d[:, 0] > ep.published_threshold  # what the node publishes (its score_threshold)
+        out["detections_published"] = float(pub.sum())
+        out["precision_published"] = float(right[pub].mean()) if pub.any() else nan
+        out["ece_class_published"] = _ece(d[pub, 0], right[pub], ep.ece_bins)
+        out["brier_class_published"] = _brier(d[pub, 0], right[pub])
         if baselines is not None and math.isfinite(baselines.score) and len(d):
             const = np.full(len(d), baselines.score)
             out["baseline_score_value"] = float(baselines.score)

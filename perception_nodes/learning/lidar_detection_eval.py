@@ -48,6 +48,7 @@ from perception_nodes.models.calibration import (
     DetectionCalibration,
     fit_evidence_scale,
     fit_platt,
+    fit_prior_and_platt,
     fit_variance_scale,
 )
 
@@ -109,11 +110,10 @@ def _samples(branch: LidarDetectionBranch, sources: Sequence[BagSource], cache_d
 def _score(branch: LidarDetectionBranch, model: torch.nn.Module, samples: Sequence[dict[str, np.ndarray]],
            calibrations: Sequence[DetectionCalibration | None]) -> list[DetectionAccumulator]:
     """One network pass per frame, scored by one accumulator per calibration. A calibrated accumulator
-    decodes at the calibrated image of the branch's threshold, so every accumulator scores the same boxes
-    (before / after compare like with like: AP is unchanged, the scores and covariances differ)."""
-    thr = branch.eval_params.score_threshold
-    accs = [DetectionAccumulator(branch, calibration=c, score_threshold=None if c is None else c.map_score_threshold(thr))
-            for c in calibrations]
+    applies the branch's threshold to the uncalibrated score, so every accumulator scores the same boxes
+    (before / after compare like with like: the scores and covariances differ; AP changes only where the
+    calibrated scores rank the boxes differently -- the foreground prior can, the Platt map cannot)."""
+    accs = [DetectionAccumulator(branch, calibration=c, threshold_on_raw_score=c is not None) for c in calibrations]
     model.eval()
     for s in samples:
         out = model([torch.from_numpy(s["points"])])
@@ -144,20 +144,22 @@ def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, sample
     """Fit :class:`DetectionCalibration` on validation ``samples`` (module doc of
     :mod:`perception_nodes.models.calibration`) from one uncalibrated pass:
 
-    1. the score map (Platt, anchored at the Dirichlet prior mean 1 / (K + 1)) by binary NLL of right vs
-       wrong over the detections; for the record, the unanchored map and the evidence-scale alternative
-       are fitted on the same detections and their NLL kept;
+    1. the score map -- the foreground prior f (a grid) and, for each f, a Platt map anchored at the
+       evidence-free score f / (K + 1) -- by binary NLL of right vs wrong over the detections; for the
+       record, the Platt map alone (f = 1, the calibration packaged before 3 Dec 2026), the unanchored map
+       and the evidence-scale alternative are fitted on the same detections and their NLL kept;
     2. the centre / z / yaw variance scales by ``level`` coverage of the right detections' errors (centre
-       x and y pooled, z, wrapped yaw); the score map keeps these boxes and their order.
+       x and y pooled, z, wrapped yaw) (the uncalibrated decode's matches: the same boxes; a re-ranking by the foreground prior may match a few differently).
 
     Returns the calibration and the uncalibrated accumulator (for the baselines)."""
     identity = _score(branch, model, samples, [None])[0]
     t = identity.detection_table()
     k1 = len(branch.net_config.classes) + 1
-    a, b, platt_info = fit_platt(t["score"], t["right"], anchor=1.0 / k1)
+    prior, a, b, platt_info = fit_prior_and_platt(t["alpha"], t["label"], t["right"])
+    a_only, b_only, only_info = fit_platt(t["score"], t["right"], anchor=1.0 / k1)
     a_free, b_free, free_info = fit_platt(t["score"], t["right"])
     s, ev_info = fit_evidence_scale(t["alpha"], t["label"], t["right"])
-    # the score map keeps the boxes and their order (same matching): the variances are fitted on them
+    # the uncalibrated decode's boxes and matches: the variances are fitted on them
     err, var = t["err"], t["var"]
     cxy, fxy = fit_variance_scale(err[:, :2], var[:, :2], level=level)
     cz, fz = fit_variance_scale(err[:, 2], var[:, 2], level=level)
@@ -165,15 +167,18 @@ def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, sample
     fitted = {"on": source, "frames": identity.frames, "detections": int(len(t["right"])),
               "right_detections": int(t["right"].sum()), "level": level,
               "score_nll_before": platt_info["nll_before"], "score_nll_after": platt_info["nll_after"],
+              "score_nll_per_foreground_prior": platt_info["nll_per_prior"],
+              "alternative_platt_only": {"a": a_only, "b": b_only, "nll_after": only_info["nll_after"]},
               "alternative_evidence_scale": {"scale": s, "nll_after": ev_info["nll_after"]},
               "alternative_unanchored_platt": {"a": a_free, "b": b_free, "nll_after": free_info["nll_after"]},
               "variance_fit_right_detections": int(len(err)),
               "coverage_before": {"xy": fxy["coverage_before"], "z": fz["coverage_before"],
                                   "yaw": fyaw["coverage_before"]},
-              "method": "score: Platt sigmoid(a logit p + b) anchored at p = 1/(K+1) (b = logit(1/(K+1)) (1 - a)), "
-                        "a = argmin binary NLL of right/wrong over the validation detections; variance scales: 0.9-quantile of err^2/var over the right "
+              "method": "score: Dirichlet foreground prior f (alpha_fg - 1 + f, alpha_bg + K (1 - f)), then Platt "
+                        "sigmoid(a logit p + b) anchored at the evidence-free score p = f/(K+1) (b = logit(f/(K+1)) (1 - a)); "
+                        "(f, a) = argmin binary NLL of right/wrong over the validation detections (f on a grid); variance scales: 0.9-quantile of err^2/var over the right "
                         "(matched) detections (the same boxes the score map keeps), / 1.645^2"}
-    cal = DetectionCalibration(score_logit_scale=a, score_logit_bias=b, centre_variance_scale=cxy,
+    cal = DetectionCalibration(foreground_prior=prior, score_logit_scale=a, score_logit_bias=b, centre_variance_scale=cxy,
                                z_variance_scale=cz, yaw_variance_scale=cyaw, fitted=fitted)
     return cal, identity
 
@@ -301,6 +306,8 @@ SUMMARY_ROWS = (
     ("ece_class", "ECE of score"), ("baseline_score_ece", "  constant score: ECE"),
     ("brier_class", "Brier of score"), ("baseline_score_brier", "  constant score: Brier"),
     ("nll_class", "NLL of score"), ("baseline_score_nll", "  constant score: NLL"),
+    ("detections_published", "published (score > 0.3)"), ("precision_published", "  share right"),
+    ("ece_class_published", "  ECE of score"), ("brier_class_published", "  Brier of score"),
     ("nll_centre_class", "NLL class at GT centres"), ("ece_centre_class", "ECE class at GT centres"),
     ("auroc_one_minus_score", "AUROC 1-score (wrong vs right)"), ("auroc_centre_std", "AUROC centre std"),
     ("auroc_vacuity", "AUROC vacuity"),

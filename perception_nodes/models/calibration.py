@@ -10,6 +10,18 @@ absent = identity, so older weights folders load unchanged).
 
 The maps (all identity at their defaults):
 
+* **foreground prior** ``f`` (fitted by ``lidar-eval --fit-calibration`` since 3 Dec 2026): the Dirichlet
+  prior's pseudo-count of each foreground class, ``f``, with the background's raised to ``1 + K (1 - f)``
+  so the total prior mass stays ``K + 1``; i.e. ``alpha'_k = alpha_k - 1 + f`` (foreground),
+  ``alpha'_bg = alpha_bg + K (1 - f)``. This is subjective logic's projected probability ``b_k + a_k u``
+  with base rate ``a_k = f / (K + 1)`` instead of the uniform ``1 / (K + 1)``: belief ``b`` and vacuity
+  ``u = (K + 1) / S`` are unchanged (``S`` is), only what the *uncommitted* mass means moves. Why: a cell
+  with no evidence scored ``1 / (K + 1)`` = 0.25 for "car"; on a sparse scene (the motorway) the head then
+  offers dozens of evidence-free peaks per scan at that score, nearly all wrong, and the score ECE there
+  stayed 0.16 after Platt scaling. With ``f`` < 1 such a peak scores ``f / (K + 1)``. Peaks are still
+  picked on the uncalibrated map (the same boxes), but the map is not monotone in the old score (a cell
+  with more vacuity loses more), so the ranking of boxes and AP can change.
+
 * **score map** (what ``lidar-eval --fit-calibration`` fits for the class evidence): Platt scaling of the
   Dirichlet expected probabilities, ``p' = sigmoid(a logit(p) + b)`` with ``a > 0``, applied to every
   foreground class probability of a box (rescaled to sum to at most 1; background is the rest). The fit
@@ -44,8 +56,8 @@ from typing import Any, Mapping
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["DetectionCalibration", "binary_nll", "fit_evidence_scale", "fit_platt", "fit_variance_scale",
-           "gaussian_z", "platt", "scaled_score"]
+__all__ = ["DetectionCalibration", "binary_nll", "fit_evidence_scale", "fit_platt", "fit_prior_and_platt",
+           "fit_variance_scale", "gaussian_z", "platt", "prior_score", "scaled_score"]
 
 #: the sidecar key
 SIDECAR_KEY = "calibration"
@@ -56,6 +68,7 @@ class DetectionCalibration:
     """The fitted maps (module doc); the default is the identity."""
 
     evidence_scale: float = 1.0
+    foreground_prior: float = 1.0
     score_logit_scale: float = 1.0
     score_logit_bias: float = 0.0
     centre_variance_scale: float = 1.0
@@ -69,17 +82,25 @@ class DetectionCalibration:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"calibration {name} must be a finite number > 0, got {v!r}")
+        if not (isinstance(self.foreground_prior, (int, float)) and 0.0 < self.foreground_prior <= 1.0):
+            raise ValueError(f"calibration foreground_prior must lie in (0, 1], got {self.foreground_prior!r}")
         if not (isinstance(self.score_logit_bias, (int, float)) and math.isfinite(self.score_logit_bias)):
             raise ValueError(f"calibration score_logit_bias must be finite, got {self.score_logit_bias!r}")
 
     @property
     def is_identity(self) -> bool:
-        return (self.evidence_scale, self.score_logit_scale, self.score_logit_bias, self.centre_variance_scale,
-                self.z_variance_scale, self.yaw_variance_scale) == (1.0, 1.0, 0.0, 1.0, 1.0, 1.0)
+        return (self.evidence_scale, self.foreground_prior, self.score_logit_scale, self.score_logit_bias,
+                self.centre_variance_scale, self.z_variance_scale, self.yaw_variance_scale) == (1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0)
 
     @property
     def maps_scores(self) -> bool:
-        return (self.score_logit_scale, self.score_logit_bias) != (1.0, 0.0)
+        """Whether the published class probabilities differ from the (evidence-scaled) Dirichlet means."""
+        return (self.score_logit_scale, self.score_logit_bias) != (1.0, 0.0) or self.foreground_prior != 1.0
+
+    @property
+    def monotone(self) -> bool:
+        """Whether the score map is a function of the old score alone (then it keeps the ranking)."""
+        return self.foreground_prior == 1.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -92,7 +113,7 @@ class DetectionCalibration:
         must not silently mean "identity")."""
         if not m:
             return cls()
-        known = {"evidence_scale", "score_logit_scale", "score_logit_bias", "centre_variance_scale", "z_variance_scale", "yaw_variance_scale", "fitted"}
+        known = {"evidence_scale", "foreground_prior", "score_logit_scale", "score_logit_bias", "centre_variance_scale", "z_variance_scale", "yaw_variance_scale", "fitted"}
         extra = sorted(set(m) - known)
         if extra:
             raise ValueError(f"unknown calibration keys {extra} (known: {sorted(known)})")
@@ -108,7 +129,8 @@ class DetectionCalibration:
         score = (f"score sigmoid({self.score_logit_scale:.3g} logit p {self.score_logit_bias:+.3g}), "
                  if self.maps_scores else "")
         evidence = f"evidence x{self.evidence_scale:.3g}, " if self.evidence_scale != 1.0 else ""
-        return (f"{score}{evidence}centre var x{self.centre_variance_scale:.3g}, "
+        prior = f"foreground prior {self.foreground_prior:.3g}, " if self.foreground_prior != 1.0 else ""
+        return (f"{prior}{score}{evidence}centre var x{self.centre_variance_scale:.3g}, "
                 f"z var x{self.z_variance_scale:.3g}, yaw var x{self.yaw_variance_scale:.3g}")
 
     # --- application (torch tensors in decoding) ---------------------------------------------------
@@ -118,19 +140,40 @@ class DetectionCalibration:
             return alpha
         return 1.0 + self.evidence_scale * (alpha - 1.0)
 
+    def probabilities(self, alpha_rows: Any) -> Any:
+        """Published class probabilities ``[N, K + 1]`` (background last) of Dirichlet rows ``alpha_rows``
+        ``[N, K + 1]`` (torch; already evidence-scaled): the foreground prior applied, the means taken,
+        the score map on the foreground, background = the rest."""
+        import torch
+
+        a = alpha_rows.float()
+        k = a.shape[1] - 1
+        if self.foreground_prior != 1.0:
+            shift = torch.full((k + 1,), self.foreground_prior - 1.0, dtype=a.dtype, device=a.device)
+            shift[k] = k * (1.0 - self.foreground_prior)
+            a = a + shift
+        p = a / a.sum(1, keepdim=True)
+        fg = self.apply_probabilities(p[:, :k])
+        return torch.cat([fg, (1.0 - fg.sum(1, keepdim=True)).clamp_min(0.0)], 1)
+
+    def evidence_free_score(self, k: int) -> float:
+        """The published score of a cell without evidence (``K`` foreground classes)."""
+        return float(self.map_score_threshold(self.foreground_prior / (k + 1)))
+
     def map_score_threshold(self, threshold: float) -> float:
         """The calibrated score of a box whose raw score is ``threshold`` (the score map is monotone): decoding
         at this threshold with the calibration keeps the boxes decoding at ``threshold`` without it keeps
         (up to rows whose mapped probabilities are rescaled to sum to 1). What the evaluation uses to
         compare the same boxes before and after calibration."""
-        if not self.maps_scores:
+        if (self.score_logit_scale, self.score_logit_bias) == (1.0, 0.0):
             return float(threshold)
         return float(platt(np.array([threshold]), self.score_logit_scale, self.score_logit_bias)[0])
 
     def apply_probabilities(self, fg: Any) -> Any:
-        """The score map on foreground probabilities ``[..., K]`` (torch): each through :func:`platt`, then
-        rows summing above 1 are divided by their sum (background = the rest stays >= 0)."""
-        if not self.maps_scores:
+        """The Platt score map on foreground probabilities ``[..., K]`` (torch): each through :func:`platt`, then
+        rows summing above 1 are divided by their sum (background = the rest stays >= 0). The foreground
+        prior is not part of it (it needs the Dirichlet parameters: :meth:`probabilities`)."""
+        if (self.score_logit_scale, self.score_logit_bias) == (1.0, 0.0):
             return fg
         import torch
 
@@ -198,6 +241,37 @@ def gaussian_z(level: float) -> float:
     from statistics import NormalDist
 
     return float(NormalDist().inv_cdf(0.5 + level / 2.0))
+
+
+def prior_score(alpha: ArrayLike, label: ArrayLike, foreground_prior: float) -> np.ndarray:
+    """Score of the detected class of rows ``alpha`` ``[N, K + 1]`` under the foreground prior ``f``
+    (:class:`DetectionCalibration`): ``(alpha_label - 1 + f) / S`` (``S`` unchanged)."""
+    a = np.asarray(alpha, np.float64)
+    lab = np.asarray(label, np.int64)
+    return (a[np.arange(len(a)), lab] - 1.0 + foreground_prior) / a.sum(1)
+
+
+def fit_prior_and_platt(alpha: ArrayLike, label: ArrayLike, right: ArrayLike, *,
+                        grid: ArrayLike = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+                        ) -> tuple[float, float, float, dict[str, Any]]:
+    """``(f, a, b, info)``: the foreground prior ``f`` (from ``grid``) and, for each, the Platt map anchored at
+    the evidence-free score ``f / (K + 1)`` (:func:`fit_platt`), jointly minimising the binary NLL of
+    ``right`` over a fixed set of detections (their Dirichlet rows ``alpha``, detected ``label``).
+    ``info``: the NLL before, after, and per grid value (the record of the search)."""
+    a = np.asarray(alpha, np.float64)
+    y = np.asarray(right, bool)
+    k1 = a.shape[1]
+    per: dict[str, float] = {}
+    best = (1.0, 1.0, 0.0, float("inf"))
+    for f in grid:
+        p = prior_score(a, label, float(f))
+        sa, sb, inf = fit_platt(p, y, anchor=float(f) / k1)
+        nll = float(inf["nll_after"])
+        per[f"{float(f):g}"] = nll
+        if nll < best[3]:
+            best = (float(f), sa, sb, nll)
+    before = binary_nll(prior_score(a, label, 1.0), y)
+    return best[0], best[1], best[2], {"nll_before": before, "nll_after": best[3], "n": float(len(a)), "nll_per_prior": per}
 
 
 def scaled_score(alpha: ArrayLike, label: ArrayLike, scale: float) -> np.ndarray:

@@ -149,6 +149,7 @@ def decode(
     max_vacuity: float = 1.0,
     unestimated_variance: float = 1e6,
     calibration: Optional["DetectionCalibration"] = None,
+    threshold_on_raw_score: bool = False,
 ) -> Detections:
     """Boxes of ONE sample from its head maps.
 
@@ -162,8 +163,10 @@ def decode(
 
     ``calibration`` (:class:`~perception_nodes.models.calibration.DetectionCalibration`, from the weights'
     sidecar; ``None`` = identity) scales the class evidence before scores, peaks and vacuity are computed,
-    maps the box's class probabilities through its monotone score map (the threshold applies to the
-    mapped score) and scales the centre, z and yaw variances before the covariance is built.
+    maps the box's class probabilities through its score map (foreground prior, Platt; peaks are picked on
+    the unmapped scores, the threshold applies to the mapped score) and scales the centre, z and yaw
+    variances before the covariance is built. ``threshold_on_raw_score``: apply ``score_threshold`` to the
+    unmapped score instead (the evaluation's "same boxes before and after calibration").
     """
     names = tuple(class_names)
     k = len(names)
@@ -185,13 +188,17 @@ def decode(
         top = min(max_detections, peaks.numel())
         scores, flat = torch.topk(peaks, top)
         vac_map = (k + 1) / class_alpha.float().sum(0).reshape(-1)
+        raw_scores = scores
         if calibration is not None and calibration.maps_scores:
-            # monotone and the same for every class: peaks and their order are those of the raw scores;
-            # the threshold applies to the published (mapped) score of the box's class
+            # peaks are those of the raw scores; the threshold applies to the published (mapped) score of
+            # the box's class (the Platt map alone is monotone: then the order is kept too)
             cells = flat % (h * w)
-            fg_rows = calibration.apply_probabilities(prob[:k].reshape(k, -1)[:, cells].T)
-            scores = fg_rows[torch.arange(len(flat)), flat // (h * w)]
-        keep = (scores > score_threshold) & (vac_map[flat % (h * w)] < max_vacuity)
+            rows = calibration.probabilities(class_alpha.float().reshape(k + 1, -1)[:, cells].T)
+            scores = rows[torch.arange(len(flat)), flat // (h * w)]
+        gate = raw_scores if threshold_on_raw_score else scores
+        # raw_scores > 0: topk fills up with non-peak cells (zeros) when there are fewer peaks than
+        # max_detections; their mapped scores are not zero, so they must be dropped by the raw value
+        keep = (gate > score_threshold) & (raw_scores > 0) & (vac_map[flat % (h * w)] < max_vacuity)
         scores, flat = scores[keep], flat[keep]
         label = flat // (h * w)
         cell = flat % (h * w)
@@ -219,8 +226,7 @@ def decode(
                                       var_yaw, unestimated_variance)
         probs = prob[:, iy, ix].T
         if calibration is not None and calibration.maps_scores:
-            fg_cal = calibration.apply_probabilities(probs[:, :k])
-            probs = torch.cat([fg_cal, (1.0 - fg_cal.sum(1, keepdim=True)).clamp_min(0.0)], 1)
+            probs = calibration.probabilities(class_alpha.float()[:, iy, ix].T)
             scores = probs[torch.arange(len(label)), label]  # the same values as above (rows recomputed)
         vac = vac_map[cell]
         velocity = g[8:10].T if n_reg > len(REGRESSION_NAMES) else None

@@ -39,6 +39,16 @@ all but one, ``"kitti:+intensity"`` only that one):
 * ``car_sizes``: car sizes drawn from the target's statistics (KITTI 3.88 x 1.63 x 1.53 m, nuScenes
   4.6 x 1.95 x 1.73 m) instead of the generator's 3.8-4.9 m cars.
 
+Opt-in knobs (not part of a target's "all on"; name them: ``"kitti:+barriers"`` only that one,
+``"kitti:-vegetation,+barriers"`` all preset knobs but vegetation, plus barriers):
+
+* ``barriers``: runs of low road-edge barriers (jersey / guard-rail segments 3-12 m long, 0.2-0.6 m wide,
+  0.6-1.0 m high, label ``Wall``) beside the road, where nothing stands or drives. Why: cars and long
+  low barriers differ only in length and continuity, and the plain urban scenes have no such barriers
+  (their walls stand 1-2 m high at the building line), so a network trained on them calls barrier
+  segments cars (seen on the held-out motorway, whose median and edge barriers drew most of its false
+  positives).
+
 Everything stays a pure function of (seed, t): per-bag draws come from :meth:`RealismState.create`'s
 seed, per-scan ones from a stream keyed by (seed, frame time), never from the base LiDAR noise stream,
 so switching a knob on leaves the others' randomness unchanged.
@@ -57,6 +67,9 @@ REALISM_VERSION = 1
 #: The knobs, in the order the ablation reports them.
 KNOBS: tuple[str, ...] = ("range_cap", "car_shape", "object_dropout", "object_noise", "intensity", "sensor_pose",
                           "ground", "vegetation", "vehicle_kinds", "ego_occlusion", "car_sizes")
+#: Knobs a preset does not turn on (named explicitly, see the module doc).
+OPT_IN_KNOBS: tuple[str, ...] = ("barriers",)
+ALL_KNOBS: tuple[str, ...] = KNOBS + OPT_IN_KNOBS
 TARGETS: tuple[str, ...] = ("kitti", "nuscenes")
 VEGETATION = "Vegetation"
 VAN = "Van"
@@ -142,6 +155,7 @@ class Realism:
     vehicle_kinds: bool = False
     ego_occlusion: bool = False
     car_sizes: bool = False
+    barriers: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -149,7 +163,7 @@ class Realism:
 
     @property
     def active(self) -> bool:
-        return any(getattr(self, k) for k in KNOBS)
+        return any(getattr(self, k) for k in ALL_KNOBS)
 
     @property
     def params(self) -> TargetParams:
@@ -157,21 +171,27 @@ class Realism:
 
     @property
     def knobs_on(self) -> tuple[str, ...]:
-        return tuple(k for k in KNOBS if getattr(self, k))
+        return tuple(k for k in ALL_KNOBS if getattr(self, k))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for k in OPT_IN_KNOBS:  # off opt-in knobs stay out of /scenario/info (older realism bags unchanged)
+            if not d[k]:
+                del d[k]
+        return d
 
     @classmethod
     def preset(cls, target: str) -> "Realism":
-        """All knobs on for ``target``."""
+        """All knobs on for ``target`` (the opt-in ones stay off)."""
         return cls(target=target, **{k: True for k in KNOBS})
 
     @classmethod
     def parse(cls, spec: "str | Mapping[str, Any] | Realism | None") -> "Realism":
         """``None`` / ``"none"``: all off. ``"kitti"`` / ``"nuscenes"``: all on. ``"kitti:-vegetation,-ground"``:
         all on but those. ``"kitti:+intensity,+ground"``: only those. A mapping: ``{"target": "kitti",
-        "vegetation": false, ...}`` (knobs missing from it are on when ``preset`` is true, the default)."""
+        "vegetation": false, ...}`` (knobs missing from it are on when ``preset`` is true, the default).
+        Opt-in knobs (:data:`OPT_IN_KNOBS`) are on only where named: ``+barriers`` (also beside ``-`` items),
+        or ``barriers: true``."""
         if spec is None:
             return cls()
         if isinstance(spec, Realism):
@@ -180,25 +200,28 @@ class Realism:
             d = dict(spec)
             target = str(d.pop("target", d.pop("preset", "kitti")))
             base = d.pop("all", True)
-            unknown = set(d) - set(KNOBS)
+            unknown = set(d) - set(ALL_KNOBS)
             if unknown:
-                raise ValueError(f"unknown realism knob(s) {sorted(unknown)}; knobs: {', '.join(KNOBS)}")
-            return cls(target=target, **{k: bool(d.get(k, base)) for k in KNOBS})
+                raise ValueError(f"unknown realism knob(s) {sorted(unknown)}; knobs: {', '.join(ALL_KNOBS)}")
+            return cls(target=target, **{k: bool(d.get(k, base)) for k in KNOBS},
+                       **{k: bool(d.get(k, False)) for k in OPT_IN_KNOBS})
         text = str(spec).strip()
         if text.lower() in ("", "none", "off"):
             return cls()
         target, _, rest = text.partition(":")
         items = [s.strip() for s in rest.split(",") if s.strip()]
+        plus_opt_in = {s[1:] for s in items if s.startswith("+") and s[1:] in OPT_IN_KNOBS}
         if items and all(s.startswith("+") for s in items):
             on = {s[1:] for s in items}
-        elif all(s.startswith("-") for s in items):
-            on = set(KNOBS) - {s[1:] for s in items}
+        elif all(s.startswith("-") or s[1:] in plus_opt_in for s in items):
+            on = (set(KNOBS) - {s[1:] for s in items if s.startswith("-")}) | plus_opt_in
         else:
-            raise ValueError(f"realism {text!r}: use only '-knob' items (all on but those) or only '+knob' items")
-        bad = {s.lstrip("+-") for s in items} - set(KNOBS)
+            raise ValueError(f"realism {text!r}: use only '-knob' items (all on but those, plus opt-in "
+                             f"'+{OPT_IN_KNOBS[0]}') or only '+knob' items")
+        bad = {s.lstrip("+-") for s in items} - set(ALL_KNOBS)
         if bad:
-            raise ValueError(f"unknown realism knob(s) {sorted(bad)}; knobs: {', '.join(KNOBS)}")
-        return cls(target=target.strip().lower(), **{k: k in on for k in KNOBS})
+            raise ValueError(f"unknown realism knob(s) {sorted(bad)}; knobs: {', '.join(ALL_KNOBS)}")
+        return cls(target=target.strip().lower(), **{k: k in on for k in ALL_KNOBS})
 
 
 def realism_beams(beams, realism: Realism):
@@ -392,9 +415,9 @@ def _resize(space: _Space, scene, actor, size, label=None):
 
 
 def apply_scene_realism(scene, realism: Realism, seed: int):
-    """The scene with the scene-level knobs applied (car sizes, vehicle kinds, vegetation, ground relief).
-    Existing actors keep their ids and positions; new ones are appended."""
-    if not (realism.car_sizes or realism.vehicle_kinds or realism.vegetation or realism.ground):
+    """The scene with the scene-level knobs applied (car sizes, vehicle kinds, vegetation, ground relief,
+    barriers). Existing actors keep their ids and positions; new ones are appended."""
+    if not (realism.car_sizes or realism.vehicle_kinds or realism.vegetation or realism.ground or realism.barriers):
         return scene
     from perception_nodes.scenario.scene import CAR
 
@@ -435,9 +458,58 @@ def apply_scene_realism(scene, realism: Realism, seed: int):
         if "_raster" in old.__dict__:  # the road-coordinate raster depends on the path only
             object.__setattr__(ground, "_raster", old.__dict__["_raster"])
     scene = replace(scene, actors=tuple(actors), ground=ground)
+    if realism.barriers:  # before vegetation, so that hedges and trees keep clear of them
+        rng_bar = np.random.default_rng([int(seed), _SEED_STREAM, 6])
+        scene = replace(scene, actors=scene.actors + tuple(_barriers(scene, space, rng_bar)))
     if realism.vegetation:
         scene = replace(scene, actors=scene.actors + tuple(_vegetation(scene, space, rng_veg, p.vegetation_per_100m)))
     return scene
+
+
+def _drive_stretch(scene) -> tuple[float, float]:
+    """Road coordinates (s) around the ego's drive: 60 m behind its start to 90 m past its end."""
+    g = scene.ground
+    ex0, ex1 = scene.ego.pose(0.0), scene.ego.pose(scene.duration)
+    s_of = (lambda x, y: float(g.road_coords(np.array([x]), np.array([y]))[0][0]))
+    return s_of(ex0[0], ex0[1]) - 60.0, s_of(ex1[0], ex1[1]) + 90.0
+
+
+def _barriers(scene, space: _Space, rng: np.random.Generator) -> list:
+    """Runs of low barrier segments along both road edges (module doc), where they overlap nothing."""
+    from perception_nodes.scenario.scene import WALL, Actor, _corners_xy
+
+    g = scene.ground
+    hw = g.road_half_width
+    s0, s1 = _drive_stretch(scene)
+    out = []
+    next_id = max(a.actor_id for a in scene.actors) + 1 if scene.actors else 0
+    for side in (-1.0, 1.0):
+        s = s0 + float(rng.uniform(0.0, 20.0))
+        while s < s1:
+            if rng.random() < 0.5:  # a gap without barriers
+                s += float(rng.uniform(10.0, 40.0))
+                continue
+            run_end = s + float(rng.uniform(20.0, 80.0))
+            width, height = float(rng.uniform(0.2, 0.6)), float(rng.uniform(0.6, 1.0))
+            seg, gap = float(rng.uniform(3.0, 12.0)), float(rng.uniform(0.05, 0.4))
+            offset = float(rng.uniform(0.3, 1.5))
+            refl = float(rng.uniform(0.3, 0.6))
+            while s < min(run_end, s1):
+                mid = s + seg / 2.0
+                lat = side * (hw + offset + width / 2.0)
+                if g.path is None:
+                    x, y, h = mid, lat, 0.0
+                else:
+                    x, y, h = g.path.pose(mid)
+                    x, y = x - lat * math.sin(h), y + lat * math.cos(h)
+                poly = _corners_xy(x, y, seg, width, h)
+                if space.free(poly):
+                    space.set_static(next_id, poly)
+                    out.append(Actor(actor_id=next_id, label=WALL, xy=(float(x), float(y)), size=(seg, width, height),
+                                     yaw=float(h), reflectivity=refl))
+                    next_id += 1
+                s += seg + gap
+    return out
 
 
 def _vegetation(scene, space: _Space, rng: np.random.Generator, per_100m: float) -> list:

@@ -18,9 +18,11 @@ from perception_nodes.models.calibration import (
     binary_nll,
     fit_evidence_scale,
     fit_platt,
+    fit_prior_and_platt,
     fit_variance_scale,
     gaussian_z,
     platt,
+    prior_score,
     scaled_score,
 )
 from perception_nodes.models.decode import MAX_YAW_VARIANCE
@@ -169,6 +171,75 @@ def test_decode_applies_the_calibration():
     assert sharp.score[i] == pytest.approx(expect, rel=4 * EPS32)
     e_total = (a - 1).sum()
     assert sharp.vacuity[i] == pytest.approx(4.0 / (4.0 + s * e_total), rel=4 * EPS32)
+
+
+def test_foreground_prior_moves_only_the_uncommitted_mass():
+    """alpha_fg - 1 + f, alpha_bg + K (1 - f): belief b_k = e_k / S and vacuity (K + 1) / S unchanged, an
+    evidence-free cell scores f / (K + 1), rows sum to 1; f = 1 is the plain Dirichlet mean."""
+    g = torch.Generator().manual_seed(3)
+    alpha = 1.0 + 5.0 * torch.rand(200, 4, generator=g, dtype=torch.float64)
+    alpha[0] = 1.0  # no evidence at all
+    s = alpha.sum(1, keepdim=True)
+    # float32 rows; background = 1 - the foreground sum, so its error is absolute (a few eps of 1)
+    np.testing.assert_allclose(DetectionCalibration().probabilities(alpha).double().numpy(), (alpha / s).numpy(),
+                               rtol=8 * EPS32, atol=8 * EPS32)
+    f = 0.2
+    got = DetectionCalibration(foreground_prior=f).probabilities(alpha).double()
+    tol = 8 * EPS32
+    np.testing.assert_allclose(got.sum(1).numpy(), 1.0, rtol=tol)
+    np.testing.assert_allclose(got[:, :3].numpy(), ((alpha[:, :3] - 1.0 + f) / s).numpy(), rtol=tol)
+    np.testing.assert_allclose(got[0].numpy(), [f / 4, f / 4, f / 4, 1 - 3 * f / 4], rtol=tol, atol=tol)
+    # what it moves is the uncommitted mass: p_k - b_k = f u / (K + 1) (subjective logic, base rate f / (K + 1))
+    u = 4.0 / s[:, 0]
+    np.testing.assert_allclose((got[:, 0] - (alpha[:, 0] - 1.0) / s[:, 0]).numpy(), (f * u / 4).numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(prior_score(alpha.numpy(), np.zeros(200, int), f), got[:, 0].numpy(), rtol=tol)
+    cal = DetectionCalibration(foreground_prior=f, score_logit_scale=2.0, score_logit_bias=math.log(0.05 / 0.95) * -1.0)
+    assert cal.maps_scores and not cal.monotone
+    assert cal.evidence_free_score(3) == pytest.approx(float(platt(np.array([f / 4]), 2.0, cal.score_logit_bias)[0]))
+    assert DetectionCalibration.from_mapping(json.loads(json.dumps(cal.to_dict()))) == cal
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="foreground_prior"):
+            DetectionCalibration(foreground_prior=bad)
+
+
+def test_foreground_prior_fit_recovers_a_known_prior():
+    alpha, label = _evidence_rows(20000, seed=4)
+    f_true = 0.2  # a grid value
+    p = prior_score(alpha, label, f_true)
+    right = np.random.default_rng(5).random(len(p)) < p
+    f, a, b, info = fit_prior_and_platt(alpha, label, right)
+    assert f == f_true, info["nll_per_prior"]
+    assert abs(math.log(a)) < 0.1  # the Platt slope has nothing left to fix
+    assert b == pytest.approx(math.log(0.05 / 0.95) * (1 - a))  # anchored at the evidence-free score f / (K + 1)
+    assert info["nll_after"] < info["nll_before"] - 0.01  # the plain Dirichlet mean over-scores these rows
+
+
+def test_decode_with_foreground_prior_drops_evidence_free_peaks_but_keeps_the_peaks():
+    alpha, box = _maps()
+    alpha = alpha.clone()
+    alpha[:, 28:, :] = 1.0  # a third of the map without any evidence: every cell scores 1 / (K + 1) there
+    raw = decode(alpha, box, GRID, CLASSES, score_threshold=0.1, max_detections=2000)
+    free = raw.vacuity >= 1.0 - 1e-6
+    assert free.sum() == 0  # the default max_vacuity already drops cells with no evidence at all
+    alpha[:3, 28:, :] += 0.01  # now a trace of evidence: the peaks score ~ 1 / (K + 1)
+    raw = decode(alpha, box, GRID, CLASSES, score_threshold=0.1, max_detections=2000)
+    weak = raw.vacuity > 0.99
+    assert weak.sum() > 10 and (np.abs(raw.score[weak] - 0.25) < 0.01).all()
+    cal = DetectionCalibration(foreground_prior=0.2)
+    got = decode(alpha, box, GRID, CLASSES, score_threshold=0.1, max_detections=2000, calibration=cal)
+    # the weak peaks score ~ f / (K + 1) = 0.05 and fall below the threshold; the strong ones stay
+    assert len(got) == int((~weak).sum()) - int((prior_score(raw.class_probabilities[~weak] * 4 / raw.vacuity[~weak, None],
+                                                               raw.label[~weak], 0.2) <= 0.1).sum())
+    for cx, cy in ((10, 10), (30, 25), (33, 5)):
+        x, y = GRID.origin_x + (cx + 0.5) * GRID.cell, GRID.origin_y + (cy + 0.5) * GRID.cell
+        assert (np.hypot(got.center[:, 0] - x, got.center[:, 1] - y) < GRID.cell).any()
+    # the evaluation's "same boxes": the threshold on the raw score keeps exactly the uncalibrated set
+    same = decode(alpha, box, GRID, CLASSES, score_threshold=0.1, max_detections=2000, calibration=cal,
+                  threshold_on_raw_score=True)
+    np.testing.assert_array_equal(same.center, raw.center)
+    np.testing.assert_allclose(same.score, prior_score(raw.class_probabilities * 4 / raw.vacuity[:, None], raw.label, 0.2),
+                               rtol=16 * EPS32)
+    np.testing.assert_array_equal(same.vacuity, raw.vacuity)
 
 
 @pytest.fixture()

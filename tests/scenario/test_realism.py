@@ -249,6 +249,40 @@ def test_scene_knobs_add_clutter_and_kinds_without_overlaps():
     assert abs(np.mean([a.size[0] for a in cars]) - 3.88) < 0.3  # KITTI's mean car length (plain: 4.3)
 
 
+def test_barriers_are_opt_in_and_stand_beside_the_road_clear_of_everything():
+    assert "barriers" not in Realism.parse("kitti").knobs_on  # not part of a preset's "all on"
+    assert "barriers" not in Realism.parse("kitti").to_dict()  # older realism bags keep their /scenario/info
+    assert Realism.parse("kitti:+barriers").knobs_on == ("barriers",)
+    assert Realism.parse("kitti:-vegetation,+barriers").knobs_on == tuple(k for k in KNOBS if k != "vegetation") + ("barriers",)
+    assert Realism.parse({"target": "kitti", "all": False, "barriers": True}).knobs_on == ("barriers",)
+    with pytest.raises(ValueError):
+        Realism.parse("kitti:-vegetation,+ground")  # '+' beside '-' only for opt-in knobs
+    real = Realism.parse("kitti:+barriers")
+    for name in ("urban_street", "curved_road"):
+        plain = SCENARIOS[name](5)
+        scene = apply_scene_realism(plain, real, 5)
+        assert scene.actors[:len(plain.actors)] == plain.actors  # nothing else changes
+        new = scene.actors[len(plain.actors):]
+        assert len(new) >= 5 and all(a.label == "Wall" for a in new)
+        sizes = np.array([a.size for a in new])
+        assert (sizes[:, 0] >= 3.0).all() and (sizes[:, 0] <= 12.0).all()
+        assert (sizes[:, 1] >= 0.2).all() and (sizes[:, 1] <= 0.6).all()
+        assert (sizes[:, 2] >= 0.6).all() and (sizes[:, 2] <= 1.0).all()
+        g = scene.ground
+        _, lat, _ = g.road_coords(np.array([a.xy[0] for a in new]), np.array([a.xy[1] for a in new]))
+        # off the road (0.3 m or more beyond its edge; the road-coordinate raster is good to ~1 cm)
+        assert (np.abs(lat) - sizes[:, 1] / 2 >= g.road_half_width + 0.3 - 0.02).all()
+        first = len(plain.actors)
+        for t in np.arange(0.0, scene.duration, 2.0):
+            polys = np.array([b.corners_xy() for b in actors_at(scene, float(t))])
+            lo, hi = polys.min(axis=1), polys.max(axis=1)
+            for i in range(first, len(scene.actors)):
+                near = np.flatnonzero(np.all(lo <= hi[i], axis=1) & np.all(hi >= lo[i], axis=1))
+                for j in near[near != i]:
+                    assert not _overlap(polys[i], polys[j]), (name, t, scene.actors[j].label)
+    assert apply_scene_realism(SCENARIOS["urban_street"](5), real, 5) == apply_scene_realism(SCENARIOS["urban_street"](5), real, 5)
+
+
 def test_vegetation_returns_are_scattered():
     real, st = _state("kitti:+vegetation")
     scene = apply_scene_realism(SCENARIOS["urban_street"](0), real, 0)

@@ -128,6 +128,9 @@ class DetectionEvalParams:
     score_threshold: float = 0.3
     max_detections: int = 100
     ece_bins: int = 10
+    #: the node's ``score_threshold`` (params file default): the ``*_published`` metrics score only the
+    #: detections whose (calibrated) score is above it, i.e. what the node publishes
+    published_threshold: float = 0.3
     #: a detection is right when its BEV centre lies within this distance (m) of an unmatched ground-truth
     #: box of its class (nuScenes' 2 m centre-distance match), for ECE and AUROC
     match_distance_m: float = 2.0
