@@ -112,7 +112,8 @@ def _score(branch: LidarDetectionBranch, model: torch.nn.Module, samples: Sequen
     """One network pass per frame, scored by one accumulator per calibration. A calibrated accumulator
     applies the branch's threshold to the uncalibrated score, so every accumulator scores the same boxes
     (before / after compare like with like: the scores and covariances differ; AP changes only where the
-    calibrated scores rank the boxes differently -- the foreground prior can, the Platt map cannot)."""
+    calibrated scores rank the boxes differently -- the foreground prior can, and so can the Platt map where a
+    row's mapped foreground probabilities sum above 1 and are rescaled)."""
     accs = [DetectionAccumulator(branch, calibration=c, threshold_on_raw_score=c is not None) for c in calibrations]
     model.eval()
     for s in samples:

@@ -191,7 +191,8 @@ def decode(
         raw_scores = scores
         if calibration is not None and calibration.maps_scores:
             # peaks are those of the raw scores; the threshold applies to the published (mapped) score of
-            # the box's class (the Platt map alone is monotone: then the order is kept too)
+            # the box's class (the Platt map is monotone per probability, but rows whose mapped foreground
+            # probabilities sum above 1 are rescaled, which can re-order a few boxes)
             cells = flat % (h * w)
             rows = calibration.probabilities(class_alpha.float().reshape(k + 1, -1)[:, cells].T)
             scores = rows[torch.arange(len(flat)), flat // (h * w)]

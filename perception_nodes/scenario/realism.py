@@ -503,7 +503,10 @@ def _barriers(scene, space: _Space, rng: np.random.Generator) -> list:
                     x, y, h = g.path.pose(mid)
                     x, y = x - lat * math.sin(h), y + lat * math.cos(h)
                 poly = _corners_xy(x, y, seg, width, h)
-                if space.free(poly):
+                # a straight segment beside a bend bulges towards the road at its ends: every corner must
+                # stay off the road (checked in road coordinates; the segment is dropped otherwise)
+                _, lat_c, _ = g.road_coords(poly[:, 0], poly[:, 1])
+                if np.abs(lat_c).min() >= hw and space.free(poly):
                     space.set_static(next_id, poly)
                     out.append(Actor(actor_id=next_id, label=WALL, xy=(float(x), float(y)), size=(seg, width, height),
                                      yaw=float(h), reflectivity=refl))

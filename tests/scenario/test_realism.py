@@ -272,6 +272,12 @@ def test_barriers_are_opt_in_and_stand_beside_the_road_clear_of_everything():
         _, lat, _ = g.road_coords(np.array([a.xy[0] for a in new]), np.array([a.xy[1] for a in new]))
         # off the road (0.3 m or more beyond its edge; the road-coordinate raster is good to ~1 cm)
         assert (np.abs(lat) - sizes[:, 1] / 2 >= g.road_half_width + 0.3 - 0.02).all()
+        for a in new:  # every corner too (straight segments beside a bend bulge towards the road)
+            from perception_nodes.scenario.scene import _corners_xy
+
+            c = _corners_xy(a.xy[0], a.xy[1], a.size[0], a.size[1], a.yaw)
+            _, lat_c, _ = g.road_coords(c[:, 0], c[:, 1])
+            assert np.abs(lat_c).min() >= g.road_half_width - 0.02
         first = len(plain.actors)
         for t in np.arange(0.0, scene.duration, 2.0):
             polys = np.array([b.corners_xy() for b in actors_at(scene, float(t))])
