@@ -153,9 +153,14 @@ def test_in_process_handoff_feeds_the_grid_and_dds_still_serves_outside_subscrib
     import rclpy
     from sensor_msgs.msg import PointCloud2
 
+    from perception_nodes.config import load_params
     from perception_nodes.ros.qos import profile
 
-    graph = live_graph()
+    params = load_params()
+    # the in-process hand-off is under test, not the sync timeout: on a loaded machine the first obstacle
+    # cloud can take longer than the default 0.3 s, and the grid would fall back to segmenting inline
+    params["occupancy_grid"]["sync"]["obstacle_timeout_s"] = 2.0
+    graph = live_graph(params=params)
     gs, og = graph.node_by_name["ground_segmentation"], graph.node_by_name["occupancy_grid"]
     assert topics.OBSTACLE_POINTS in og.in_process_inputs  # no DDS subscription for it
     user = rclpy.create_node("outside", context=ros_context)
