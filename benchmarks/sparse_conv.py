@@ -97,27 +97,22 @@ def tuned(fn):
 PREVIOUS_CPU_CANDIDATES = ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted"]
 
 
-def tuned_on(model: torch.nn.Module, fn_tune) -> None:
-    """Give ``model`` its own tuner, tuned by one call of ``fn_tune`` (another input), then frozen."""
+def tuned_on(model: torch.nn.Module, fn, candidates=None):
+    """Give ``model`` its own tuner (over ``candidates``, default all), tuned by one call of ``fn`` (the
+    timed input or another one), then frozen: lookups only from here on. Returns ``fn``'s output."""
     from engines.sparse.tunefile import sparse_conv_modules
 
-    t = Autotuner(measure=True)
+    t = Autotuner(measure=True, candidates=candidates)
     for m in sparse_conv_modules(model):
         m.tuner = t
-    fn_tune()
+    out = fn()
     t.measure = False
+    return out
 
 
 def tuned_previous(model: torch.nn.Module, fn):
     """Like :func:`tuned`, but ``model`` gets its own tuner restricted to the previous candidates."""
-    from engines.sparse.tunefile import sparse_conv_modules
-
-    t = Autotuner(measure=True, candidates=PREVIOUS_CPU_CANDIDATES)
-    for m in sparse_conv_modules(model):
-        m.tuner = t
-    out = fn()
-    t.measure = False  # frozen: lookups only from here on
-    return out
+    return tuned_on(model, fn, PREVIOUS_CPU_CANDIDATES)
 
 
 def log(*a: object) -> None:

@@ -71,22 +71,32 @@ def kitti_quality(matcher: StereoMatcher) -> dict:
             "stereo": depth_metrics(z, ref, g), **_baselines(z, ref, g, None)}
 
 
+def kitti_lidar_reference(pair, params: dict, spec: GridSpec):
+    """The LiDAR occupancy model's grid of the KITTI pair's scan: the occupancy node's model and parameters
+    (``params`` = the params file), ground segmented as its inline fallback does; what the stereo grids
+    are compared with here and in ``stereo_learned.py``."""
+    from perception_nodes.config import to_dataclass
+    from perception_nodes.pipeline.ground import GroundParams, segment_ground
+    from perception_nodes.pipeline.occupancy import OccupancyParams, evidential_occupancy
+
+    occ_p = params["occupancy_grid"]
+    pts = pair.points.copy()
+    pts[:, 2] += 1.73  # velodyne -> base_link (calibration/kitti_hdl64.yaml)
+    ground = segment_ground(pts, to_dataclass(GroundParams, occ_p["ground"]))
+    return evidential_occupancy(pts, ground, (0.0, 0.0, 1.73), spec, to_dataclass(OccupancyParams, occ_p["evidence"]))
+
+
 def kitti_occupancy_vs_lidar() -> dict:
     """The stereo grid of the KITTI pair against the LiDAR occupancy model's grid of the same scan (the
     occupancy node's model and parameters, ground segmented as its inline fallback does), on the cells
     both have evidence for: agreement of the P > 0.5 calls. Baseline: calling every such cell free."""
     from perception_nodes.config import load_params, to_dataclass
-    from perception_nodes.pipeline.ground import GroundParams, segment_ground
-    from perception_nodes.pipeline.occupancy import OccupancyParams, evidential_occupancy
 
     params = load_params()
-    occ_p, st_p = params["occupancy_grid"], params["stereo_occupancy"]
-    spec = to_dataclass(GridSpec, occ_p["grid"])
+    st_p = params["stereo_occupancy"]
+    spec = to_dataclass(GridSpec, params["occupancy_grid"]["grid"])
     pair = load_kitti_pair(PAIR)
-    pts = pair.points.copy()
-    pts[:, 2] += 1.73  # velodyne -> base_link (calibration/kitti_hdl64.yaml)
-    ground = segment_ground(pts, to_dataclass(GroundParams, occ_p["ground"]))
-    lidar = evidential_occupancy(pts, ground, (0.0, 0.0, 1.73), spec, to_dataclass(OccupancyParams, occ_p["evidence"]))
+    lidar = kitti_lidar_reference(pair, params, spec)
     z = depth_from_disparity(StereoMatcher(to_dataclass(SgbmParams, st_p["sgbm"])).disparity(pair.left, pair.right),
                              pair.geometry)
     stereo, _ = stereo_evidence(z, pair.geometry, pair.base_from_left(), spec,

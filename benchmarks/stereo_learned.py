@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmarks (stereo.py)
 
 PAIR = (Path(__file__).resolve().parents[1] / "../shared/data/kitti_stereo_srcnn/demo").resolve()
 CONFIG = Path(__file__).resolve().parents[1] / "configs/train/stereo_voxel.yaml"
@@ -193,10 +194,11 @@ def kitti_grid(weights: str | None) -> dict:
     """Both modes' BEV grids of the KITTI pair against the LiDAR model's grid (see the module doc)."""
     import torch
 
+    from stereo import kitti_lidar_reference  # benchmarks/stereo.py: the same LiDAR reference grid
+
     from perception_nodes.config import load_params, to_dataclass
     from perception_nodes.models.stereo_voxel import load_stereo_voxel
-    from perception_nodes.pipeline.ground import GroundParams, segment_ground
-    from perception_nodes.pipeline.occupancy import GridSpec, OccupancyParams, evidential_occupancy
+    from perception_nodes.pipeline.occupancy import GridSpec
     from perception_nodes.pipeline.stereo import depth_from_disparity
     from perception_nodes.pipeline.stereo_eval import load_kitti_pair
     from perception_nodes.pipeline.stereo_learned import (
@@ -210,13 +212,10 @@ def kitti_grid(weights: str | None) -> dict:
     from perception_nodes.pipeline.stereo_occupancy import stereo_evidence
 
     params = load_params()
-    occ_p, st_p = params["occupancy_grid"], params["stereo_occupancy"]
-    spec = to_dataclass(GridSpec, occ_p["grid"])
+    st_p = params["stereo_occupancy"]
+    spec = to_dataclass(GridSpec, params["occupancy_grid"]["grid"])
     pair = load_kitti_pair(PAIR)
-    pts = pair.points.copy()
-    pts[:, 2] += 1.73  # velodyne -> base_link (calibration/kitti_hdl64.yaml)
-    ground = segment_ground(pts, to_dataclass(GroundParams, occ_p["ground"]))
-    lidar = evidential_occupancy(pts, ground, (0.0, 0.0, 1.73), spec, to_dataclass(OccupancyParams, occ_p["evidence"]))
+    lidar = kitti_lidar_reference(pair, params, spec)
     matcher, ev_params = _sgbm_and_evidence()
     g, T = pair.geometry, pair.base_from_left()
     sgbm, _ = stereo_evidence(depth_from_disparity(matcher.disparity(pair.left, pair.right), g), g, T, spec, ev_params)

@@ -83,10 +83,11 @@ from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYP
 from perception_nodes.config import ConfigError
 from perception_nodes.errors import CalibrationError, MalformedMessageError, NodeUnavailable
 from perception_nodes.graph.camera_bev import CAMERA_ENCODINGS, scaled_intrinsics
-from perception_nodes.graph.detection_outputs import detection_frame_emits
+from perception_nodes.graph.detection_outputs import decode_options, detection_frame_emits
 from perception_nodes.graph.lidar_detection import network_points
 from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
+from perception_nodes.sync.stamp_cache import remember_by_stamp
 
 #: default topics (documented in perception.params.yaml)
 DETECTIONS = "/perception/bev_fusion/detections"
@@ -173,15 +174,7 @@ class BevFusionNode(NodeCore):
     # --- parameters ---------------------------------------------------------------------------
     def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
         out = super()._derived(params)
-        nms = int(params.get("nms_kernel", 3))
-        if nms < 1 or nms % 2 == 0:
-            raise ConfigError(f"{self.name}.nms_kernel must be odd and >= 1, got {nms}")
-        out["decode_options"] = {
-            "score_threshold": float(params.get("score_threshold", 0.3)),
-            "max_detections": int(params.get("max_detections", 100)),
-            "nms_kernel": nms,
-            "max_vacuity": float(params.get("max_vacuity", 1.0)),
-        }
+        out["decode_options"] = decode_options(params, self.name)
         times = {}
         for key in ("lidar_timeout_s", "camera_timeout_s", "match_tolerance_s", "max_wait_s", "camera_info_wait_s"):
             default = {"lidar_timeout_s": 0.5, "camera_timeout_s": 0.5, "match_tolerance_s": 0.05,
@@ -341,10 +334,7 @@ class BevFusionNode(NodeCore):
             self.mark_used(topic)
             self.model = model
             stamp = stamp_to_ns(msg.header.stamp)
-            self._infos.pop(stamp, None)
-            self._infos[stamp] = model
-            while len(self._infos) > self.INFO_KEEP:
-                self._infos.popitem(last=False)
+            remember_by_stamp(self._infos, stamp, model, self.INFO_KEEP)
             if any(im.stamp == stamp for im in self._images):
                 self._paired = True
             return self._service()

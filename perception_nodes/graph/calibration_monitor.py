@@ -60,6 +60,7 @@ from perception_nodes.config import to_dataclass
 from perception_nodes.errors import CalibrationError, NodeUnavailable
 from perception_nodes.evidential.fusion import ramp
 from perception_nodes.graph.node import Emit, NodeCore, Port
+from perception_nodes.sync.stamp_cache import remember_by_stamp
 
 _LEVELS = {OK: 0, WARN: 1, ERROR: 2}
 STALE_LEVEL = 3
@@ -145,11 +146,7 @@ class CalibrationMonitorNode(NodeCore):
         if topic == self.info_topics[cam]:
             self.models[cam] = camera_model_from_msg(msg)  # MalformedMessageError: counted with its reason
             self.mark_used(topic)
-            kept = self._infos[cam]
-            kept.pop(stamp, None)
-            kept[stamp] = self.models[cam]
-            while len(kept) > self.INFO_KEEP:
-                kept.popitem(last=False)
+            remember_by_stamp(self._infos[cam], stamp, self.models[cam], self.INFO_KEEP)
             return self._try_check(force=False)
         old = self._images.pop(cam, None)
         if old is not None:

@@ -67,6 +67,7 @@ from perception_nodes.errors import CalibrationError, MalformedMessageError, Nod
 from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
 from perception_nodes.pipeline.sensor_health import ExposureHealth, exposure_health
+from perception_nodes.sync.stamp_cache import remember_by_stamp
 
 #: default topics (documented in perception.params.yaml)
 CAMERA_OCCUPANCY = "/perception/camera/occupancy_grid"
@@ -315,11 +316,7 @@ class CameraBevNode(NodeCore):
         model = camera_model_from_msg(msg)  # MalformedMessageError (NaN, zero focal length, sizes): counted
         self.mark_used(self.info_topic)
         self.model = model
-        stamp = stamp_to_ns(msg.header.stamp)
-        self._infos.pop(stamp, None)
-        self._infos[stamp] = model
-        while len(self._infos) > self.INFO_KEEP:
-            self._infos.popitem(last=False)
+        remember_by_stamp(self._infos, stamp_to_ns(msg.header.stamp), model, self.INFO_KEEP)
         if self._waiting is not None:
             return self._release(fallback=False)
         return []

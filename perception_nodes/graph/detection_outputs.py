@@ -18,10 +18,25 @@ from perception_nodes.codecs.backend import make_header
 from perception_nodes.codecs.detections import DETECTIONS_TYPE, detections_msg
 from perception_nodes.codecs.outputs import marker_array_msg, occupancy_grid_msg
 from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYPE, curvature_msg, vision_detections_msg
+from perception_nodes.config import ConfigError
 from perception_nodes.graph.node import Emit, NodeCore
 from perception_nodes.pipeline.occupancy import GridSpec
 
-__all__ = ["detection_frame_emits"]
+__all__ = ["decode_options", "detection_frame_emits"]
+
+
+def decode_options(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """The decoding parameters a detecting node passes to :func:`~perception_nodes.models.decode`
+    (``score_threshold``, ``max_detections``, ``nms_kernel`` -- odd, >= 1 --, ``max_vacuity``)."""
+    nms = int(params.get("nms_kernel", 3))
+    if nms < 1 or nms % 2 == 0:
+        raise ConfigError(f"{name}.nms_kernel must be odd and >= 1, got {nms}")
+    return {
+        "score_threshold": float(params.get("score_threshold", 0.3)),
+        "max_detections": int(params.get("max_detections", 100)),
+        "nms_kernel": nms,
+        "max_vacuity": float(params.get("max_vacuity", 1.0)),
+    }
 
 
 def detection_frame_emits(node: NodeCore, stamp: int, det: Any, prob: np.ndarray, vac: np.ndarray, spec: GridSpec,

@@ -59,9 +59,9 @@ from perception_nodes.codecs.detections import DETECTIONS_TYPE
 from perception_nodes.codecs.outputs import DiagnosticStatusData, occupancy_grid_msg
 from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYPE
-from perception_nodes.config import ConfigError, to_dataclass
+from perception_nodes.config import to_dataclass
 from perception_nodes.errors import NodeUnavailable
-from perception_nodes.graph.detection_outputs import detection_frame_emits
+from perception_nodes.graph.detection_outputs import decode_options, detection_frame_emits
 from perception_nodes.graph.health_topics import SCAN_HEALTH, scan_health_emits
 from perception_nodes.graph.node import ERROR, OK, Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
@@ -155,15 +155,7 @@ class LidarDetectionNode(NodeCore):
 
     def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
         out = super()._derived(params)
-        nms = int(params.get("nms_kernel", 3))
-        if nms < 1 or nms % 2 == 0:
-            raise ConfigError(f"{self.name}.nms_kernel must be odd and >= 1, got {nms}")
-        out["decode_options"] = {
-            "score_threshold": float(params.get("score_threshold", 0.3)),
-            "max_detections": int(params.get("max_detections", 100)),
-            "nms_kernel": nms,
-            "max_vacuity": float(params.get("max_vacuity", 1.0)),
-        }
+        out["decode_options"] = decode_options(params, self.name)
         out["max_points"] = int(params.get("max_points", 200_000))
         out["learned_occupancy_weight"] = float(params.get("learned_occupancy_weight", 1.0))
         out["unknown_vacuity"] = float(params.get("unknown_vacuity", 1.0))

@@ -189,6 +189,7 @@ def decode(
         scores, flat = torch.topk(peaks, top)
         vac_map = (k + 1) / class_alpha.float().sum(0).reshape(-1)
         raw_scores = scores
+        rows = None  # the published class probabilities at the top-k cells, when the calibration maps them
         if calibration is not None and calibration.maps_scores:
             # peaks are those of the raw scores; the threshold applies to the published (mapped) score of
             # the box's class (the Platt map is monotone per probability, but rows whose mapped foreground
@@ -201,6 +202,8 @@ def decode(
         # max_detections; their mapped scores are not zero, so they must be dropped by the raw value
         keep = (gate > score_threshold) & (raw_scores > 0) & (vac_map[flat % (h * w)] < max_vacuity)
         scores, flat = scores[keep], flat[keep]
+        if rows is not None:
+            rows = rows[keep]
         label = flat // (h * w)
         cell = flat % (h * w)
         iy, ix = cell // w, cell % w
@@ -225,10 +228,7 @@ def decode(
             var_yaw = (var_yaw * calibration.yaw_variance_scale).clamp(max=MAX_YAW_VARIANCE)
         cov = nig_ops.pose_covariance(c_xy * var[0] * grid.cell**2, c_xy * var[1] * grid.cell**2, c_z * var[2],
                                       var_yaw, unestimated_variance)
-        probs = prob[:, iy, ix].T
-        if calibration is not None and calibration.maps_scores:
-            probs = calibration.probabilities(class_alpha.float()[:, iy, ix].T)
-            scores = probs[torch.arange(len(label)), label]  # the same values as above (rows recomputed)
+        probs = prob[:, iy, ix].T if rows is None else rows
         vac = vac_map[cell]
         velocity = g[8:10].T if n_reg > len(REGRESSION_NAMES) else None
         finite = torch.isfinite(center).all(1) & torch.isfinite(size).all(1) & torch.isfinite(yaw)

@@ -521,11 +521,7 @@ def _vegetation(scene, space: _Space, rng: np.random.Generator, per_100m: float)
 
     g = scene.ground
     hw = g.road_half_width
-    ex0 = scene.ego.pose(0.0)
-    ex1 = scene.ego.pose(scene.duration)
-    # the stretch around the ego's drive (path coordinates, or x on the default straight road)
-    s_of = (lambda x, y: float(g.road_coords(np.array([x]), np.array([y]))[0][0]))
-    s0, s1 = s_of(ex0[0], ex0[1]) - 60.0, s_of(ex1[0], ex1[1]) + 90.0
+    s0, s1 = _drive_stretch(scene)  # path coordinates, or x on the default straight road
     n = int(rng.poisson(per_100m * 2.0 * (s1 - s0) / 100.0))
     out = []
     next_id = max(a.actor_id for a in scene.actors) + 1 if scene.actors else 0
