@@ -77,3 +77,14 @@ def numpy_to_image(arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str,
         encoding=encoding, is_bigendian=0, step=width * channels * dtype.itemsize,
         data=packed.reshape(-1).view(np.uint8),
     )
+
+
+def to_rgb(img: np.ndarray, encoding: str) -> np.ndarray:
+    """(H, W, 3) RGB of a decoded 8-bit camera image (the camera networks were trained on rgb8): a view for
+    rgb8 / rgba8, a reordered copy for bgr8 / bgra8, a single channel (mono8, or any 2-D image) replicated
+    as a broadcast view (the network's first cast, or a resize, copies it)."""
+    if img.ndim == 2 or encoding == "mono8":
+        return np.broadcast_to(img.reshape(img.shape[:2])[:, :, None], img.shape[:2] + (3,))
+    if encoding in ("bgr8", "bgra8"):
+        return img[:, :, [2, 1, 0]]
+    return img[:, :, :3]

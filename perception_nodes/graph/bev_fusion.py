@@ -76,7 +76,7 @@ from perception_nodes.calibration import transform_points
 from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.camera_info import camera_model_from_msg
 from perception_nodes.codecs.detections import DETECTIONS_TYPE
-from perception_nodes.codecs.image import image_to_numpy
+from perception_nodes.codecs.image import image_to_numpy, to_rgb
 from perception_nodes.codecs.outputs import DiagnosticStatusData
 from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYPE
@@ -367,7 +367,7 @@ class BevFusionNode(NodeCore):
             self._warn("image_size", f"{self.image_topic}: image {w}x{h} is narrower than input_width = "
                        f"{self.input_width} px (the pixel scale the network was trained at); image rejected")
             return self._service()
-        rgb = _rgb(img, enc)
+        rgb = to_rgb(img, enc)
         stamp = stamp_to_ns(msg.header.stamp)
         self._images.append(_Image(stamp, msg, rgb, (time.perf_counter_ns() - t0) / 1e6, self.clock()))
         if stamp in self._infos:
@@ -640,11 +640,3 @@ class BevFusionNode(NodeCore):
         return statuses
 
 
-def _rgb(img: np.ndarray, enc: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB: a view for rgb8 / rgba8, a reordered copy for bgr8 / bgra8, mono8 replicated."""
-    order = CAMERA_ENCODINGS[enc]
-    if order is None:
-        return np.broadcast_to(img[:, :, None], img.shape + (3,))
-    if order == (0, 1, 2):
-        return img[:, :, :3]
-    return img[:, :, [2, 1, 0]]

@@ -60,7 +60,7 @@ import numpy as np
 from perception_nodes import topics
 from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.camera_info import camera_model_from_msg
-from perception_nodes.codecs.image import image_to_numpy
+from perception_nodes.codecs.image import image_to_numpy, to_rgb
 from perception_nodes.codecs.outputs import DiagnosticStatusData, occupancy_grid_msg
 from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.errors import CalibrationError, MalformedMessageError, NodeUnavailable
@@ -321,15 +321,7 @@ class CameraBevNode(NodeCore):
             return self._release(fallback=False)
         return []
 
-    def _rgb(self, img: np.ndarray, enc: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB: a view for rgb8 / rgba8, a reordered copy for bgr8 / bgra8, mono8
-        replicated (a broadcast view; the network's first cast copies it)."""
-        order = CAMERA_ENCODINGS[enc]
-        if order is None:
-            return np.broadcast_to(img[:, :, None], img.shape + (3,))
-        if order == (0, 1, 2):
-            return img[:, :, :3]
-        return img[:, :, [2, 1, 0]]
+    _rgb = staticmethod(to_rgb)  # (H, W, 3) RGB of a decoded image (codecs.image.to_rgb)
 
     def _resize(self, img: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = img.shape[:2]

@@ -73,7 +73,7 @@ import numpy as np
 from perception_nodes import topics
 from perception_nodes.codecs.backend import stamp_to_ns
 from perception_nodes.codecs.camera_info import camera_model_from_msg
-from perception_nodes.codecs.image import image_to_numpy
+from perception_nodes.codecs.image import image_to_numpy, to_rgb
 from perception_nodes.codecs.outputs import DiagnosticStatusData, occupancy_grid_msg
 from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.errors import CalibrationError, MalformedMessageError, NodeUnavailable
@@ -98,7 +98,6 @@ from perception_nodes.pipeline.stereo_learned import (
     network_input_size,
     resize_pair,
     scaled_geometry,
-    to_rgb,
 )
 from perception_nodes.pipeline.stereo_occupancy import StereoEvidenceParams, stereo_evidence
 from perception_nodes.sync.approximate_time import ApproximateTimeSynchronizer, DropReason, SyncedSet

@@ -54,7 +54,7 @@ from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec
 from perception_nodes.pipeline.stereo import StereoGeometry
 
 __all__ = ["FrustumLut", "InputSizeError", "LearnedStereoParams", "consistent_disparity_ratio", "frustum_lut",
-           "frustum_to_grid", "network_input_size", "resize_pair", "scaled_geometry", "to_rgb"]
+           "frustum_to_grid", "network_input_size", "resize_pair", "scaled_geometry"]
 
 #: quarter-resolution stride of the network's frustum columns (models.stereo_voxel.STRIDE)
 STRIDE = 4
@@ -107,15 +107,6 @@ def scaled_geometry(g: StereoGeometry, width: int, height: int) -> StereoGeometr
     sx, sy = width / g.width, height / g.height
     return replace(g, width=width, height=height, fx=g.fx * sx, fy=g.fy * sy, cx=(g.cx + 0.5) * sx - 0.5,
                    cy=(g.cy + 0.5) * sy - 0.5, doffs=g.doffs * sx)
-
-
-def to_rgb(img: np.ndarray, encoding: str) -> np.ndarray:
-    """(H, W, 3) RGB view or copy of an 8-bit image of ``encoding`` (the network was trained on rgb8)."""
-    if img.ndim == 2:
-        return np.repeat(img[:, :, None], 3, axis=2)
-    if encoding in ("bgr8", "bgra8"):
-        return img[:, :, 2::-1]
-    return img[:, :, :3]
 
 
 def resize_pair(left: np.ndarray, right: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
