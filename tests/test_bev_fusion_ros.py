@@ -30,6 +30,9 @@ def test_bev_fusion_node_publishes_fused_detections_mode_and_diagnostics(ros_con
                           parameter_overrides=tree_overrides({**p, "enabled": False}))
     assert not off.autostart() and off.core is None  # switched off in the params file: not started
     off.destroy_node()
+    # the fused path is under test, not the waits: on a loaded machine the image (published 20 ms after the
+    # scan) can reach the node later than the default 0.1 s a scan waits, and the frame would go lidar_only
+    p.update(max_wait_s=2.0, camera_info_wait_s=1.0)
     node = ManagedCoreNode("bev_fusion", context=ros_context, parameter_overrides=tree_overrides(p))
     assert node.autostart() and node.is_active()
     wanted = {topics.TF_STATIC: topics.TF_MESSAGE, p["input_topic"]: topics.POINTCLOUD2,
