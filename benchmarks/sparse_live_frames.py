@@ -65,14 +65,14 @@ class OldLiveTuner(Autotuner):
     def __init__(self) -> None:
         super().__init__(measure=True, repeats=3)
 
-    def run(self, x, weight, kmap):  # type: ignore[no-untyped-def]
+    def run(self, x, weight, kmap, epilogue=None):  # type: ignore[no-untyped-def]
         if shape_key(weight, kmap, x.dtype) in self.table.entries:
             self.measure = False
             try:
-                return super().run(x, weight, kmap)
+                return super().run(x, weight, kmap, epilogue)
             finally:
                 self.measure = True
-        return super().run(x, weight, kmap)
+        return super().run(x, weight, kmap, epilogue)
 
 
 def drive_frames(seed: int, n: int, voxel_size: float) -> list:

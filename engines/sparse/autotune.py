@@ -22,13 +22,14 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
 from .dataflow_fused import fused_gather_scatter, fused_hybrid, implicit_gemm_fused
 from .dataflow_gather_scatter import gather_scatter, gather_scatter_blocked
 from .dataflow_implicit_gemm import implicit_gemm, implicit_gemm_torch
+from .epilogue import Epilogue
 from .kernel_map import KernelMap
 
 if TYPE_CHECKING:
@@ -46,6 +47,20 @@ DATAFLOWS: dict[str, Dataflow] = {
     "fused_hybrid": fused_hybrid,
     "implicit_gemm_fused": implicit_gemm_fused,
 }
+
+
+# dataflows that apply an epilogue inside their loop; the others get it afterwards (same ops, same values)
+EPILOGUE_INSIDE = frozenset({"fused_gather_scatter", "fused_hybrid", "implicit_gemm_fused"})
+
+
+def call_dataflow(name: str, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
+                  epilogue: Optional[Epilogue] = None) -> torch.Tensor:
+    """``DATAFLOWS[name]`` with ``epilogue`` (bias/BatchNorm/residual/ReLU) inside its loop or after it."""
+    if epilogue is None or epilogue.is_empty():
+        return DATAFLOWS[name](x, weight, kmap)
+    if name in EPILOGUE_INSIDE:
+        return DATAFLOWS[name](x, weight, kmap, epilogue)  # type: ignore[call-arg]
+    return epilogue.apply_(DATAFLOWS[name](x, weight, kmap))
 
 
 def candidates_for(device: torch.device) -> list[str]:
@@ -121,12 +136,14 @@ class Autotuner:
                 self._memo[key] = hit
         return hit
 
-    def run(self, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-        if self.measure:
-            return self._measure(x, weight, kmap)
+    def run(self, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
+            epilogue: Optional[Epilogue] = None) -> torch.Tensor:
+        if self.measure:  # candidates are timed on the convolution alone; the epilogue follows the best
+            y = self._measure(x, weight, kmap)
+            return y if epilogue is None else epilogue.apply_(y)
         name, source = self.choose(x, weight, kmap)
         self.sources[source] += 1
-        return DATAFLOWS[name](x, weight, kmap)
+        return call_dataflow(name, x, weight, kmap, epilogue)
 
     def _measure(self, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
         global _timed_total
@@ -175,12 +192,11 @@ def set_default_tuner(tuner: Autotuner | None) -> None:
 
 
 def run_dataflow(name: str, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
-                 tuner: Autotuner | None = None) -> torch.Tensor:
-    """Run a named dataflow, or ``"auto"`` through ``tuner`` (default: the process-wide one)."""
+                 tuner: Autotuner | None = None, epilogue: Optional[Epilogue] = None) -> torch.Tensor:
+    """Run a named dataflow, or ``"auto"`` through ``tuner`` (default: the process-wide one), then
+    ``epilogue`` (inside the loop where the dataflow can)."""
     if name == "auto":
-        return (tuner or default_tuner()).run(x, weight, kmap)
-    try:
-        fn = DATAFLOWS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataflow {name!r}; choose from {sorted(DATAFLOWS)} or 'auto'") from None
-    return fn(x, weight, kmap)
+        return (tuner or default_tuner()).run(x, weight, kmap, epilogue)
+    if name not in DATAFLOWS:
+        raise ValueError(f"unknown dataflow {name!r}; choose from {sorted(DATAFLOWS)} or 'auto'")
+    return call_dataflow(name, x, weight, kmap, epilogue)

@@ -16,9 +16,11 @@ padding triples in that order; our modules take (x, y, z), so every triple below
 one reversed: ``padding=(0, 1, 1)`` upstream is ``(1, 1, 0)`` here.
 
 At inference (eval mode, no autograd) each conv -> BatchNorm -> ReLU run is folded into one conv
-(``SparseSequential``) and a residual block folds both of its BatchNorms and adds the shortcut in
-place, so a block costs two convolutions and two passes over its features. ``fuse=False`` on the
-sequentials and blocks gives the layer-by-layer execution of the upstream code.
+(``SparseSequential``) and a residual block folds both of its BatchNorms; bias, shortcut add and ReLU
+run as the convolution's epilogue (inside the fused dataflow's loop, per tile), so a block costs two
+convolutions and no extra pass over its features. ``fuse="epilogue"`` keeps the BatchNorms unfolded
+(the conv's own weights, the normalisation in the epilogue); ``fuse=False`` on the sequentials and
+blocks gives the layer-by-layer execution of the upstream code.
 
 :func:`build_backbone` is the registry the LiDAR branch chooses from by name.
 """
@@ -33,7 +35,7 @@ from torch import nn
 from .conv import SparseConv3d, SubMConv3d
 from .dense import to_bev
 from .geometry import Triple, triple
-from .norm import SparseSequential, _folded
+from .norm import FuseMode, SparseSequential, conv_bn
 from .tensor import SparseTensor
 
 PaddingSpec = Union[int, Sequence[int]]
@@ -79,7 +81,7 @@ class SparseBasicBlock(nn.Module):
     _sparse_module = True
 
     def __init__(self, inplanes: int, planes: int, bias: bool = False, indice_key: Optional[str] = None,
-                 dataflow: str = "auto", fuse: bool = True) -> None:
+                 dataflow: str = "auto", fuse: FuseMode = True) -> None:
         super().__init__()
         if inplanes != planes:
             raise ValueError("SparseBasicBlock without a downsample branch needs inplanes == planes")
@@ -97,14 +99,9 @@ class SparseBasicBlock(nn.Module):
                 and conv_mod._export_mode() is None and self.bn1.track_running_stats and self.bn2.track_running_stats)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        if self._can_fuse():
-            w1, b1 = _folded(self.conv1, self.bn1)
-            y = self.conv1.forward_with(x, w1, b1)
-            y.feats.relu_()
-            w2, b2 = _folded(self.conv2, self.bn2)
-            z = self.conv2.forward_with(y, w2, b2)
-            z.feats.add_(x.feats).relu_()  # z.feats is the conv's fresh output
-            return z
+        if self._can_fuse():  # BN (folded or not), the residual add and both ReLUs inside the conv loops
+            y = conv_bn(self.conv1, self.bn1, x, self.fuse, relu=True)
+            return conv_bn(self.conv2, self.bn2, y, self.fuse, residual=x.feats, relu=True)
         y = self.conv1(x)
         y = y.replace(self.relu(self.bn1(y.feats)))
         z = self.conv2(y)
@@ -258,8 +255,12 @@ class VoxelBackBone8x(nn.Module):
 VoxelBackbone8x = VoxelBackBone8x
 
 
-def set_fuse(model: nn.Module, fuse: bool) -> nn.Module:
-    """Switch inference folding of BN/ReLU (and residual adds) on or off in every sub-module."""
+def set_fuse(model: nn.Module, fuse: FuseMode) -> nn.Module:
+    """Inference fusion of conv -> BN (-> residual) (-> ReLU) in every sub-module: ``True`` folds the BN
+    into the weights, ``"epilogue"`` keeps it unfolded and applies it inside the conv loop, ``False``
+    runs each layer as its own pass (see :mod:`engines.sparse.epilogue`)."""
+    if fuse not in (True, False, "epilogue"):
+        raise ValueError(f"fuse must be True, False or 'epilogue', got {fuse!r}")
     for m in model.modules():
         if isinstance(m, (SparseSequential, SparseBasicBlock)):
             m.fuse = fuse

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .autotune import Autotuner, run_dataflow
+from .epilogue import Epilogue
 from .geometry import ConvGeometry, ConvKind, DownMode, Triple, triple
 from .kernel_map import KernelMap
 from .tensor import SparseTensor
@@ -71,8 +72,20 @@ def sparse_conv(
     bias: Optional[torch.Tensor] = None,
     dataflow: str = "auto",
     tuner: Optional[Autotuner] = None,
+    epilogue: Optional[Epilogue] = None,
 ) -> torch.Tensor:
-    """Functional sparse convolution of features ``x`` along ``kmap`` (``"auto"`` asks ``tuner``)."""
+    """Functional sparse convolution of features ``x`` along ``kmap`` (``"auto"`` asks ``tuner``).
+
+    ``epilogue`` (inference only): what follows the convolution -- its bias, an unfolded BatchNorm,
+    a residual add, ReLU -- applied inside the dataflow's loop where it can (:mod:`.epilogue`); ``bias``
+    must then be None (put it in the epilogue).
+    """
+    if epilogue is not None:
+        if bias is not None:
+            raise ValueError("with an epilogue, pass the bias inside it (Epilogue.bias)")
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            return epilogue.apply_(run_dataflow(dataflow, x, weight, kmap, tuner).clone())
+        return run_dataflow(dataflow, x, weight, kmap, tuner, epilogue)
     y = run_dataflow(dataflow, x, weight, kmap, tuner)
     if bias is not None:
         if torch.is_grad_enabled() and (y.requires_grad or bias.requires_grad):
@@ -147,24 +160,26 @@ class _SparseConvNd(nn.Module):
         km = self.kernel_map(x)
         return self._apply_map(x, km)
 
-    def forward_with(self, x: SparseTensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> SparseTensor:
-        """Run this layer's geometry with other parameters (used for inference-time BN folding)."""
+    def forward_with(self, x: SparseTensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     epilogue: Optional[Epilogue] = None) -> SparseTensor:
+        """Run this layer's geometry with other parameters (inference-time BN folding) and/or an
+        ``epilogue`` (unfolded BN, residual, ReLU inside the loop); with an epilogue, ``bias`` goes in it."""
         km = self.kernel_map(x)
-        return self._apply_map(x, km, weight, bias)
+        return self._apply_map(x, km, weight, bias, epilogue)
 
     def _features(self, x: SparseTensor, km: KernelMap, weight: Optional[torch.Tensor],
-                  bias: Optional[torch.Tensor]) -> torch.Tensor:
+                  bias: Optional[torch.Tensor], epilogue: Optional[Epilogue] = None) -> torch.Tensor:
         ctx = _export_mode()
         if ctx is not None:
             return ctx.conv(self, x.feats, km)  # type: ignore[attr-defined]
         if weight is None:
             weight, bias = self.weight, self.bias
         # ``tuner``: set by engines.sparse.tunefile.configure (frozen tune-file lookup); else the default
-        return sparse_conv(x.feats, weight, km, bias, self.dataflow, getattr(self, "tuner", None))
+        return sparse_conv(x.feats, weight, km, bias, self.dataflow, getattr(self, "tuner", None), epilogue)
 
     def _apply_map(self, x: SparseTensor, km: KernelMap, weight: Optional[torch.Tensor] = None,
-                   bias: Optional[torch.Tensor] = None) -> SparseTensor:
-        feats = self._features(x, km, weight, bias)
+                   bias: Optional[torch.Tensor] = None, epilogue: Optional[Epilogue] = None) -> SparseTensor:
+        feats = self._features(x, km, weight, bias, epilogue)
         if km.out_coords is x.coords and km.geometry.kind == "subm":
             return x.replace(feats)
         return x.with_coords(feats, km.out_coords, km.geometry.out_stride, km.out_spatial_shape)
@@ -264,8 +279,8 @@ class SparseInverseConv3d(_SparseConvNd):
         return inv
 
     def _apply_map(self, x: SparseTensor, km: KernelMap, weight: Optional[torch.Tensor] = None,
-                   bias: Optional[torch.Tensor] = None) -> SparseTensor:
-        feats = self._features(x, km, weight, bias)
+                   bias: Optional[torch.Tensor] = None, epilogue: Optional[Epilogue] = None) -> SparseTensor:
+        feats = self._features(x, km, weight, bias, epilogue)
         fwd_geom = km.geometry
         return x.with_coords(feats, km.out_coords, fwd_geom.in_stride, km.out_spatial_shape)
 

@@ -43,6 +43,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from .epilogue import Epilogue
 from .kernel_map import KernelMap
 
 TILE_Y_BYTES = 128 * 1024  # one tile of Y: a quarter of this CPU's 512 KiB L2 (swept 16-256 KiB: 128 best)
@@ -117,11 +118,13 @@ def dense_offsets(kmap: KernelMap, dense_at: float) -> np.ndarray:
     return np.asarray(ks, np.int32)
 
 
-def fused(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at: float = float("inf")) -> torch.Tensor:
+def fused(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at: float = float("inf"),
+          epilogue: Optional[Epilogue] = None) -> torch.Tensor:
     """Sparse convolution of ``x`` [N_in, C_in] by ``weight`` [K, C_in, C_out] along ``kmap``.
 
     ``dense_at``: pair density from which an offset runs output-stationary (``inf``: none; ``0``:
-    all offsets that occur). Falls back to gather-scatter where the fused loop cannot run.
+    all offsets that occur). ``epilogue`` (bias, BatchNorm, residual, ReLU) is applied per tile
+    inside the loop. Falls back to gather-scatter (epilogue after it) where the fused loop cannot run.
     """
     from .dataflow_gather_scatter import gather_scatter
 
@@ -131,12 +134,35 @@ def fused(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at: floa
     serial_blas = _mkl_local_threads() is not None or torch.get_num_threads() == 1
     if (grad or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or blas is None
             or weight.dtype != x.dtype or not serial_blas):
-        return gather_scatter(x, weight, kmap)
-    y = _fused_cpu(x, weight.detach(), kmap, dense_at, blas[x.dtype])
-    return gather_scatter(x, weight, kmap) if y is None else y
+        return _after(gather_scatter(x, weight, kmap), epilogue)
+    y = _fused_cpu(x, weight.detach(), kmap, dense_at, blas[x.dtype], epilogue)
+    return _after(gather_scatter(x, weight, kmap), epilogue) if y is None else y
 
 
-def _fused_cpu(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at: float, gemm: Any) -> Optional[torch.Tensor]:
+def _after(y: torch.Tensor, epilogue: Optional[Epilogue]) -> torch.Tensor:
+    return y if epilogue is None else epilogue.apply_(y)
+
+
+def _epilogue_args(epilogue: Optional[Epilogue], n_out: int, cout: int, dtype: torch.dtype) -> tuple:
+    """(flags, bias, scale, shift, residual) for :func:`_cpu_kernels.fused_tiles`: bias/scale/shift as
+    full ``[C_out]`` vectors (0 / 1 / 0 where absent), a 1 x 1 dummy residual where there is none."""
+    def arr(t: Optional[torch.Tensor], shape: tuple[int, ...], fill: float) -> np.ndarray:
+        if t is None:
+            return torch.full(shape, fill, dtype=dtype).numpy()
+        if tuple(t.shape) != shape:
+            raise ValueError(f"epilogue operand of shape {tuple(t.shape)}, expected {shape}")
+        return t.detach().to("cpu", dtype).contiguous().numpy()
+
+    if epilogue is None or epilogue.is_empty():
+        return 0, arr(None, (1,), 0.0), arr(None, (1,), 1.0), arr(None, (1,), 0.0), arr(None, (1, 1), 0.0)
+    flags = 1 | (epilogue.residual is not None) * 8 | bool(epilogue.relu) * 16
+    res = arr(None, (1, 1), 0.0) if epilogue.residual is None else arr(epilogue.residual, (n_out, cout), 0.0)
+    return (int(flags), arr(epilogue.bias, (cout,), 0.0), arr(epilogue.scale, (cout,), 1.0),
+            arr(epilogue.shift, (cout,), 0.0), res)
+
+
+def _fused_cpu(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at: float, gemm: Any,
+               epilogue: Optional[Epilogue] = None) -> Optional[torch.Tensor]:
     from . import _cpu_kernels as ck
 
     x = x.contiguous()
@@ -175,6 +201,7 @@ def _fused_cpu(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at:
     if n_out == 0:
         return y
     dt = x.numpy().dtype
+    ep = _epilogue_args(epilogue, n_out, cout, x.dtype)
     if len(dks):
         m = kmap.out_in_map_np()
         wd = weight[torch.from_numpy(dks).long()].reshape(-1, cout).contiguous().numpy()
@@ -195,20 +222,23 @@ def _fused_cpu(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at:
     prev = set_local(1) if set_local is not None else None
     try:
         ck.fused_tiles(gemm, x.numpy(), y.numpy(), weight.numpy(), wd, m, dks, in_idx, out_idx, bnd, sks,
-                       int(kmap.identity_offset), rows, buf_d, buf_s, prod, ints, ab)
+                       int(kmap.identity_offset), rows, buf_d, buf_s, prod, ints, ab, *ep)
     finally:
         if set_local is not None:
             set_local(prev)
     return y
 
 
-def fused_gather_scatter(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    return fused(x, weight, kmap, float("inf"))
+def fused_gather_scatter(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
+                         epilogue: Optional[Epilogue] = None) -> torch.Tensor:
+    return fused(x, weight, kmap, float("inf"), epilogue)
 
 
-def fused_hybrid(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    return fused(x, weight, kmap, HYBRID_DENSE_AT)
+def fused_hybrid(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
+                 epilogue: Optional[Epilogue] = None) -> torch.Tensor:
+    return fused(x, weight, kmap, HYBRID_DENSE_AT, epilogue)
 
 
-def implicit_gemm_fused(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    return fused(x, weight, kmap, 0.0)
+def implicit_gemm_fused(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
+                        epilogue: Optional[Epilogue] = None) -> torch.Tensor:
+    return fused(x, weight, kmap, 0.0, epilogue)

@@ -6,12 +6,17 @@ match spconv networks, which use plain ``nn.BatchNorm1d`` / ``nn.ReLU`` inside `
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from torch import nn
 
+from .epilogue import Epilogue, with_batchnorm
 from .tensor import SparseTensor
+
+# inference fusion of conv -> BN (-> residual) (-> ReLU): True folds the BN into the weights, "epilogue"
+# applies it unfolded inside the convolution's loop, False runs every layer as its own pass
+FuseMode = Union[bool, Literal["epilogue"]]
 
 
 class SparseBatchNorm(nn.BatchNorm1d):
@@ -44,7 +49,7 @@ class SparseSequential(nn.Sequential):
 
     _sparse_module = True
 
-    def __init__(self, *args: nn.Module, fuse: bool = True) -> None:
+    def __init__(self, *args: nn.Module, fuse: FuseMode = True) -> None:
         super().__init__(*args)
         self.fuse = fuse
 
@@ -65,10 +70,13 @@ class SparseSequential(nn.Sequential):
         return x
 
     def _try_fused(self, mods: list[nn.Module], i: int, x: Any) -> Optional[tuple[SparseTensor, int]]:
-        """conv -> BatchNorm (-> ReLU) at inference: fold the BN into the conv, ReLU in place.
+        """conv -> BatchNorm (-> ReLU) at inference as one convolution with an epilogue.
 
-        Saves two full passes over the features per block (TensorRT does the same folding). Only
-        when nothing needs gradients and the BN uses running statistics; exact up to rounding.
+        ``fuse=True``: the BN folded into the conv weights (TensorRT does the same), bias and ReLU in
+        the epilogue; ``fuse="epilogue"``: the BN left unfolded and applied with the ReLU inside the
+        convolution's loop (:mod:`.epilogue`). Either saves the full passes over the features that
+        separate BN and ReLU layers make. Only when nothing needs gradients and the BN uses running
+        statistics; exact up to rounding.
         """
         from . import conv as conv_mod
 
@@ -79,13 +87,21 @@ class SparseSequential(nn.Sequential):
             return None
         if bn.training or c.training or torch.is_grad_enabled() or not bn.track_running_stats:
             return None
-        w, b = _folded(c, bn)  # type: ignore[arg-type]
-        y = c.forward_with(x, w, b)
         nxt = i + 2
-        if nxt < len(mods) and type(mods[nxt]) in (nn.ReLU, SparseReLU):
-            y.feats.relu_()
-            nxt += 1
-        return y, nxt
+        relu = nxt < len(mods) and type(mods[nxt]) in (nn.ReLU, SparseReLU)
+        y = conv_bn(c, bn, x, self.fuse, relu=relu)
+        return y, nxt + 1 if relu else nxt
+
+
+def conv_bn(c: nn.Module, bn: nn.BatchNorm1d, x: SparseTensor, mode: FuseMode,
+            residual: Optional[torch.Tensor] = None, relu: bool = False) -> SparseTensor:
+    """Inference ``relu(bn(c(x)) + residual)`` as one convolution: BN folded (``mode=True``) or as an
+    unfolded epilogue (``mode="epilogue"``); residual and ReLU in the epilogue either way."""
+    if mode == "epilogue":
+        ep = with_batchnorm(bn, c.bias, residual=residual, relu=relu)  # type: ignore[arg-type]
+        return c.forward_with(x, c.weight, None, ep)  # type: ignore[operator]
+    w, b = _folded(c, bn)
+    return c.forward_with(x, w, None, Epilogue(bias=b, residual=residual, relu=relu))  # type: ignore[operator]
 
 
 def _folded(c: nn.Module, bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:

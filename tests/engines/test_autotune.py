@@ -138,9 +138,9 @@ def test_configured_network_never_times_while_frames_vary(tmp_path) -> None:
     choices: list[str] = []
     orig_run = tuner.run
 
-    def spy(xf, w, km):  # type: ignore[no-untyped-def]
+    def spy(xf, w, km, epilogue=None):  # type: ignore[no-untyped-def]
         choices.append(tuner.choose(xf, w, km)[0])
-        return orig_run(xf, w, km)
+        return orig_run(xf, w, km, epilogue)
 
     tuner.run = spy  # type: ignore[method-assign]
     with torch.no_grad():

@@ -61,7 +61,7 @@ def test_backbone_identical_across_threads(restore_threads) -> None:
 
 def _mixed_tune_file(net, x) -> "TuneFile":
     """A tune file whose choices differ per layer (so `auto` exercises several dataflows)."""
-    from engines.sparse.autotune import DATAFLOWS as DATAFLOWS_RUN
+    from engines.sparse.autotune import call_dataflow
     from engines.sparse.tunefile import TuneFile, device_model, shape_key, sparse_conv_modules
 
     tf = TuneFile()
@@ -73,9 +73,9 @@ def _mixed_tune_file(net, x) -> "TuneFile":
     class _Collect:
         measure = False
 
-        def run(self, xf, w, km):
+        def run(self, xf, w, km, epilogue=None):
             keys.append(shape_key(w, km, xf.dtype))
-            return DATAFLOWS_RUN["gather_scatter"](xf, w, km)
+            return call_dataflow("gather_scatter", xf, w, km, epilogue)
 
     for m in sparse_conv_modules(net):
         m.tuner = _Collect()

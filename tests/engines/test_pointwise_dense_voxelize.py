@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -45,6 +46,29 @@ def test_to_dense_and_bev_layout() -> None:
     bev = to_bev(x)
     assert bev.shape == (2, 2 * 5, 4, 3)  # [B, C*Z, Y, X]
     assert float(bev[0, 0 * 5 + 3, 2, 1]) == 1.0 and float(bev[0, 1 * 5 + 3, 2, 1]) == 2.0
+
+
+def test_to_bev_is_the_height_collapse_of_to_dense_and_carries_gradients() -> None:
+    # to_bev writes straight into [B, C, Z, Y, X]; it must equal the view of the dense grid
+    # (OpenPCDet's HeightCompression) for any batch and stride, and train like it
+    g = torch.Generator().manual_seed(3)
+    X, Y, Z, B, s = 7, 5, 3, 2, 2
+    cells = torch.randperm(B * X * Y * Z, generator=g)[:40]
+    b, rest = cells // (X * Y * Z), cells % (X * Y * Z)
+    xyz = torch.stack([rest % X, (rest // X) % Y, rest // (X * Y)], 1) * s
+    coords = torch.cat([b[:, None], xyz], 1).int()
+    feats = torch.randn(40, 4, generator=g, requires_grad=True)
+    x = SparseTensor(feats, coords, s, (X * s, Y * s, Z * s), B)
+    want = to_dense(x, (X, Y, Z), B).permute(0, 1, 4, 3, 2).reshape(B, 4 * Z, Y, X)
+    got = to_bev(x, (X, Y, Z), B)
+    assert got.shape == (B, 4 * Z, Y, X) and got.is_contiguous()
+    assert torch.equal(got, want)
+    w = torch.randn(got.shape, generator=g)
+    (gf,) = torch.autograd.grad((got * w).sum(), feats)
+    (wf,) = torch.autograd.grad((want * w).sum(), feats)
+    assert torch.equal(gf, wf)
+    with pytest.raises(ValueError, match="outside the grid"):
+        to_bev(x, (X - 1, Y, Z), B)
 
 
 def test_to_dense_at_stride() -> None:
