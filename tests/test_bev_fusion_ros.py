@@ -31,8 +31,10 @@ def test_bev_fusion_node_publishes_fused_detections_mode_and_diagnostics(ros_con
     assert not off.autostart() and off.core is None  # switched off in the params file: not started
     off.destroy_node()
     # the fused path is under test, not the waits: on a loaded machine the image (published 20 ms after the
-    # scan) can reach the node later than the default 0.1 s a scan waits, and the frame would go lidar_only
-    p.update(max_wait_s=2.0, camera_info_wait_s=1.0)
+    # scan) can reach the node later than the default 0.1 s a scan waits, or later than camera_timeout_s
+    # (0.5 s) after the scan, after which a node that has seen no image yet counts the camera as stale and
+    # the frame would go lidar_only
+    p.update(max_wait_s=2.0, camera_info_wait_s=1.0, camera_timeout_s=2.0)
     node = ManagedCoreNode("bev_fusion", context=ros_context, parameter_overrides=tree_overrides(p))
     assert node.autostart() and node.is_active()
     wanted = {topics.TF_STATIC: topics.TF_MESSAGE, p["input_topic"]: topics.POINTCLOUD2,
@@ -59,7 +61,10 @@ def test_bev_fusion_node_publishes_fused_detections_mode_and_diagnostics(ros_con
         cloud = next(m for t, m in msgs if t == p["input_topic"])
         det = got[p["detections_topic"]][0]
         assert stamp_ns(det) == stamp_ns(cloud) and det.header.frame_id == "base_link" and len(det.detections) > 0
-        assert got[mode][0].data == 3.0 and stamp_ns(got[mode][0]) == stamp_ns(cloud)
+        why = [(kv.key, kv.value) for d in got[topics.DIAGNOSTICS] for st in d.status if st.name == "bev_fusion: mode"
+               for kv in st.values] + [st.message for d in got[topics.DIAGNOSTICS] for st in d.status
+                                       if st.name == "bev_fusion: mode"]
+        assert got[mode][0].data == 3.0 and stamp_ns(got[mode][0]) == stamp_ns(cloud), why
         assert spin_until(ex, lambda: any(s.name == "bev_fusion: mode" and s.level == b"\x00"
                                           and any(kv.key == "mode" and kv.value == "fused" for kv in s.values)
                                           for d in got[topics.DIAGNOSTICS] for s in d.status), 10.0)

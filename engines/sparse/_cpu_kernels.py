@@ -772,8 +772,8 @@ def fused_tiles(f, x, y, w, wd, m, dense_ks, in_idx, out_idx, bnd, sparse_ks, id
 @nb.njit(cache=True, nogil=True)
 def _epilogue_rows(y, a, b, flags, bias, scale, shift, res):
     """The epilogue of :func:`fused_tiles` on output rows ``a .. b`` in one pass:
-    ``relu(((y + bias) * scale + shift) + res)``, with bias = 0, scale = 1, shift = 0 where absent
-    (exact: only the sign of a zero can differ from skipping them). One pass, not one per operation:
+    ``relu(((y + bias) * scale + shift) + res)``, with bias = -0.0, scale = 1, shift = -0.0 where absent
+    (exact identities, so the values equal those of skipping them). One pass, not one per operation:
     3.5x faster on a 128-channel tile, and as fast as torch's vectorised in-place ops."""
     cout = y.shape[1]
     has_res = (flags & 8) != 0

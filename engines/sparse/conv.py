@@ -83,7 +83,8 @@ def sparse_conv(
     if epilogue is not None:
         if bias is not None:
             raise ValueError("with an epilogue, pass the bias inside it (Epilogue.bias)")
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or epilogue.requires_grad()):
+            epilogue.check(kmap.n_out, int(weight.shape[-1]))  # autograd: the plain torch ops, out of place
             return epilogue.apply_(run_dataflow(dataflow, x, weight, kmap, tuner).clone())
         return run_dataflow(dataflow, x, weight, kmap, tuner, epilogue)
     y = run_dataflow(dataflow, x, weight, kmap, tuner)
@@ -171,6 +172,8 @@ class _SparseConvNd(nn.Module):
                   bias: Optional[torch.Tensor], epilogue: Optional[Epilogue] = None) -> torch.Tensor:
         ctx = _export_mode()
         if ctx is not None:
+            if epilogue is not None:  # the export records plain layers (SparseSequential does not fuse there)
+                raise RuntimeError("a convolution epilogue cannot be exported; export with set_fuse(model, False)")
             return ctx.conv(self, x.feats, km)  # type: ignore[attr-defined]
         if weight is None:
             weight, bias = self.weight, self.bias

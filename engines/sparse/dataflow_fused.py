@@ -145,7 +145,9 @@ def _after(y: torch.Tensor, epilogue: Optional[Epilogue]) -> torch.Tensor:
 
 def _epilogue_args(epilogue: Optional[Epilogue], n_out: int, cout: int, dtype: torch.dtype) -> tuple:
     """(flags, bias, scale, shift, residual) for :func:`_cpu_kernels.fused_tiles`: bias/scale/shift as
-    full ``[C_out]`` vectors (0 / 1 / 0 where absent), a 1 x 1 dummy residual where there is none."""
+    full ``[C_out]`` vectors, a 1 x 1 dummy residual where there is none. An absent bias or shift is
+    -0.0 and an absent scale 1.0: exact identities for every value, -0.0 included (adding +0.0 would
+    turn -0.0 into +0.0 where torch, skipping the op, keeps it)."""
     def arr(t: Optional[torch.Tensor], shape: tuple[int, ...], fill: float) -> np.ndarray:
         if t is None:
             return torch.full(shape, fill, dtype=dtype).numpy()
@@ -154,11 +156,11 @@ def _epilogue_args(epilogue: Optional[Epilogue], n_out: int, cout: int, dtype: t
         return t.detach().to("cpu", dtype).contiguous().numpy()
 
     if epilogue is None or epilogue.is_empty():
-        return 0, arr(None, (1,), 0.0), arr(None, (1,), 1.0), arr(None, (1,), 0.0), arr(None, (1, 1), 0.0)
+        return 0, arr(None, (1,), -0.0), arr(None, (1,), 1.0), arr(None, (1,), -0.0), arr(None, (1, 1), 0.0)
     flags = 1 | (epilogue.residual is not None) * 8 | bool(epilogue.relu) * 16
     res = arr(None, (1, 1), 0.0) if epilogue.residual is None else arr(epilogue.residual, (n_out, cout), 0.0)
-    return (int(flags), arr(epilogue.bias, (cout,), 0.0), arr(epilogue.scale, (cout,), 1.0),
-            arr(epilogue.shift, (cout,), 0.0), res)
+    return (int(flags), arr(epilogue.bias, (cout,), -0.0), arr(epilogue.scale, (cout,), 1.0),
+            arr(epilogue.shift, (cout,), -0.0), res)
 
 
 def _fused_cpu(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at: float, gemm: Any,

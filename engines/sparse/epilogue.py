@@ -38,6 +38,16 @@ class Epilogue:
         return (self.bias is None and self.scale is None and self.shift is None and self.residual is None
                 and not self.relu)
 
+    def requires_grad(self) -> bool:
+        return any(t is not None and t.requires_grad for t in (self.bias, self.scale, self.shift, self.residual))
+
+    def check(self, n_out: int, c_out: int) -> None:
+        """Exact operand shapes (no broadcasting), so every dataflow accepts and refuses the same calls."""
+        for name, t, shape in (("bias", self.bias, (c_out,)), ("scale", self.scale, (c_out,)),
+                               ("shift", self.shift, (c_out,)), ("residual", self.residual, (n_out, c_out))):
+            if t is not None and tuple(t.shape) != shape:
+                raise ValueError(f"epilogue {name} of shape {tuple(t.shape)}, expected {shape}")
+
     def apply_(self, y: torch.Tensor) -> torch.Tensor:
         """The epilogue on a finished output (the path of every dataflow but the fused one)."""
         if self.bias is not None:

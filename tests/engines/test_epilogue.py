@@ -51,17 +51,66 @@ def test_epilogue_inside_equals_the_torch_ops_after(name: str, dtype: torch.dtyp
         assert bool((got[ok] >= 0).all())
 
 
-def test_fused_loop_applies_the_epilogue_per_tile() -> None:
-    """The fused dataflows take the epilogue into their loop (not a pass after it): with the BLAS
-    loop available, a residual of the wrong shape is refused by the loop's argument check."""
-    if not available():
-        pytest.skip("the fused loop needs torch's MKL sgemm_ symbol; the fallback is covered above")
+@pytest.mark.parametrize("name", CPU_DATAFLOWS)
+def test_every_dataflow_refuses_epilogue_operands_of_the_wrong_shape(name: str) -> None:
+    """No broadcasting on any path: whichever dataflow the tuner picks, the same calls pass or fail."""
     x = random_sparse(500, 16, dtype=torch.float32, seed=3)
     conv = SubMConv3d(16, 16, 3)
     km = conv.kernel_map(x)
-    for name in sorted(EPILOGUE_INSIDE):
-        with torch.no_grad(), pytest.raises(ValueError, match="epilogue operand"):
-            call_dataflow(name, x.feats, conv.weight, km, Epilogue(residual=torch.zeros(km.n_out + 1, 16)))
+    for bad in (Epilogue(residual=torch.zeros(km.n_out + 1, 16)), Epilogue(residual=torch.zeros(16)),
+                Epilogue(scale=torch.ones(1))):
+        with torch.no_grad(), pytest.raises(ValueError, match="epilogue"):
+            call_dataflow(name, x.feats, conv.weight, km, bad)
+
+
+@pytest.mark.parametrize("name", sorted(EPILOGUE_INSIDE) + ["gather_scatter"])
+@pytest.mark.parametrize("parts", ["bias_relu", "residual_only", "relu_only", "scale_only", "scale_relu"])
+def test_epilogue_bits_equal_torch_ops_including_signed_zeros(name: str, parts: str) -> None:
+    """Bit for bit (not just ==, which cannot tell -0.0 from +0.0): the folded mode's bias + ReLU, a
+    residual without ReLU, a ReLU alone -- the parts left out must be exact identities in the loop."""
+    if name in EPILOGUE_INSIDE and not available():
+        pytest.skip("the fused loop needs torch's MKL sgemm_ symbol; the gather_scatter case still runs")
+    x = random_sparse(800, 8, dtype=torch.float32, seed=4, shape=(14, 12, 10))
+    conv = SubMConv3d(8, 8, 3)
+    with torch.no_grad():
+        conv.weight[:, :, 0] = 0.0  # channel 0 of the output is exactly 0 ...
+        km = conv.kernel_map(x)
+        plain = DATAFLOWS[name](x.feats, conv.weight, km)
+        assert bool((plain[:, 0] == 0).all())
+    g = torch.Generator().manual_seed(6)
+    res = torch.randn(km.n_out, 8, generator=g)
+    res[:, 0] = -0.0  # ... plus -0.0 stays -0.0 (+0.0 + -0.0 = +0.0; -0.0 appears where the conv gives -0.0)
+    bias = torch.randn(8, generator=g)
+    bias[0] = -0.0
+    scale = torch.rand(8, generator=g) + 0.5
+    scale[0] = -1.0  # +0.0 * -1 = -0.0: the absent shift after it must keep the sign (torch skips the add)
+    ep = {"bias_relu": Epilogue(bias=bias, relu=True), "residual_only": Epilogue(residual=res),
+          "relu_only": Epilogue(relu=True), "scale_only": Epilogue(scale=scale),
+          "scale_relu": Epilogue(scale=scale, relu=True)}[parts]
+    with torch.no_grad():
+        want = ep.apply_(DATAFLOWS[name](x.feats, conv.weight, km).clone())
+        got = call_dataflow(name, x.feats, conv.weight, km, ep)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    if parts.startswith("scale"):
+        assert bool(torch.signbit(want[:, 0]).all())  # the case is really there: -0.0 in channel 0
+    if parts == "residual_only":
+        assert bool((got < 0).any())  # no ReLU slipped in
+
+
+def test_epilogue_operands_that_need_gradients_get_them_on_every_dataflow() -> None:
+    x = random_sparse(300, 6, dtype=torch.float64, seed=9)
+    conv = SubMConv3d(6, 6, 3).double()
+    km = conv.kernel_map(x)
+    grads = []
+    for name in ("fused_gather_scatter", "gather_scatter"):
+        res = torch.randn(km.n_out, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        with torch.no_grad():
+            w = conv.weight.detach()
+        y = sparse_conv(x.feats, w, km, dataflow=name, epilogue=Epilogue(residual=res, relu=True))
+        assert y.requires_grad
+        (g,) = torch.autograd.grad(y.sum(), res)
+        grads.append(g)
+    assert torch.equal(grads[0], grads[1]) and float(grads[0].sum()) > 0
 
 
 def test_sparse_conv_refuses_bias_beside_an_epilogue() -> None:
