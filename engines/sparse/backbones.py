@@ -17,8 +17,9 @@ one reversed: ``padding=(0, 1, 1)`` upstream is ``(1, 1, 0)`` here.
 
 At inference (eval mode, no autograd) each conv -> BatchNorm -> ReLU run is folded into one conv
 (``SparseSequential``) and a residual block folds both of its BatchNorms; bias, shortcut add and ReLU
-run as the convolution's epilogue (inside the fused dataflow's loop, per tile), so a block costs two
-convolutions and no extra pass over its features. ``fuse="epilogue"`` keeps the BatchNorms unfolded
+run as the convolution's epilogue (inside the fused dataflows' loop, per tile; other dataflows apply it
+as torch passes after), so with the fused dataflows a block costs two convolutions and no extra pass
+over its features. ``fuse="epilogue"`` keeps the BatchNorms unfolded
 (the conv's own weights, the normalisation in the epilogue); ``fuse=False`` on the sequentials and
 blocks gives the layer-by-layer execution of the upstream code.
 
