@@ -84,7 +84,7 @@ def sparse_conv(
         if bias is not None:
             raise ValueError("with an epilogue, pass the bias inside it (Epilogue.bias)")
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or epilogue.requires_grad()):
-            epilogue.check(kmap.n_out, int(weight.shape[-1]))  # autograd: the plain torch ops, out of place
+            # autograd: the plain torch ops on a copy of the output (in-place ops on it stay differentiable)
             return epilogue.apply_(run_dataflow(dataflow, x, weight, kmap, tuner).clone())
         return run_dataflow(dataflow, x, weight, kmap, tuner, epilogue)
     y = run_dataflow(dataflow, x, weight, kmap, tuner)

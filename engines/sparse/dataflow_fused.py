@@ -128,6 +128,8 @@ def fused(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at: floa
     """
     from .dataflow_gather_scatter import gather_scatter
 
+    if epilogue is not None:
+        epilogue.check(kmap.n_out, int(weight.shape[-1]))
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     blas = _blas()
     # without MKL's thread-local setting a threaded BLAS could round differently per thread count
@@ -151,9 +153,7 @@ def _epilogue_args(epilogue: Optional[Epilogue], n_out: int, cout: int, dtype: t
     def arr(t: Optional[torch.Tensor], shape: tuple[int, ...], fill: float) -> np.ndarray:
         if t is None:
             return torch.full(shape, fill, dtype=dtype).numpy()
-        if tuple(t.shape) != shape:
-            raise ValueError(f"epilogue operand of shape {tuple(t.shape)}, expected {shape}")
-        return t.detach().to("cpu", dtype).contiguous().numpy()
+        return t.detach().to("cpu", dtype).contiguous().numpy()  # shapes: Epilogue.check in fused()
 
     if epilogue is None or epilogue.is_empty():
         return 0, arr(None, (1,), -0.0), arr(None, (1,), 1.0), arr(None, (1,), -0.0), arr(None, (1, 1), 0.0)

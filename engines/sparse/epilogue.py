@@ -15,7 +15,7 @@ scale``, the form torch's CPU inference kernel uses), unlike folding, which rewr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -50,6 +50,7 @@ class Epilogue:
 
     def apply_(self, y: torch.Tensor) -> torch.Tensor:
         """The epilogue on a finished output (the path of every dataflow but the fused one)."""
+        self.check(*y.shape)
         if self.bias is not None:
             y.add_(self.bias)
         if self.scale is not None:
@@ -63,15 +64,19 @@ class Epilogue:
         return y
 
 
+def params_key(params: Sequence[Optional[torch.Tensor]]) -> tuple:
+    """Cache key that changes when any of ``params`` is replaced or updated in place."""
+    return tuple((id(p), p._version) if p is not None else None for p in params)
+
+
 def batchnorm_affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) of an eval-mode BatchNorm; cached on the module until a parameter changes."""
-    params = [bn.running_mean, bn.running_var, bn.weight, bn.bias]
-    key = tuple((id(p), p._version) if p is not None else None for p in params)
+    key = params_key([bn.running_mean, bn.running_var, bn.weight, bn.bias])
     cached = bn.__dict__.get("_affine")
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]
     with torch.no_grad():
-        scale = 1.0 / torch.sqrt(bn.running_var + bn.eps)
+        scale = torch.rsqrt(bn.running_var + bn.eps)
         if bn.weight is not None:
             scale = scale * bn.weight
         shift = -bn.running_mean * scale

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional, Union
 import torch
 from torch import nn
 
-from .epilogue import Epilogue, with_batchnorm
+from .epilogue import Epilogue, batchnorm_affine, params_key, with_batchnorm
 from .tensor import SparseTensor
 
 # inference fusion of conv -> BN (-> residual) (-> ReLU): True folds the BN into the weights, "epilogue"
@@ -106,18 +106,12 @@ def conv_bn(c: nn.Module, bn: nn.BatchNorm1d, x: SparseTensor, mode: FuseMode,
 
 def _folded(c: nn.Module, bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
     """Conv weight/bias with an eval-mode BatchNorm folded in; cached until any parameter changes."""
-    params = [c.weight, c.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias]
-    key = tuple((id(p), p._version) if p is not None else None for p in params)
+    key = params_key([c.weight, c.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias])
     cached = c.__dict__.get("_bn_fold")
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]
+    scale, shift = batchnorm_affine(bn)
     with torch.no_grad():
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight
-        shift = -bn.running_mean * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias
         if c.bias is not None:
             shift = shift + c.bias * scale
         w = (c.weight * scale).contiguous()
