@@ -259,8 +259,12 @@ def test_replay_report_shows_the_stereo_grid_beside_the_lidar_grid(scenario_bag,
     # the LiDAR grid from the occupancy node alone (it segments inline when no obstacle cloud comes)
     params = {k: v for k, v in load_params().items() if k in ("occupancy_grid", "stereo_occupancy", "replay")}
     result = run_graph(scenario_bag, params, tmp_path, progress=False)
-    assert len(result.stereo_grids) == 8 and result.latency["frames_out"]["stereo_occupancy"] == 10
-    assert {s for s, _, _ in result.stereo_grids} <= {s for s, _, _ in result.grids}  # same stamps: side by side
+    # what each node did with every input, shown if the grids do not line up
+    why = (f"LiDAR grids {[s for s, _, _ in result.grids]}, stereo grids {[s for s, _, _ in result.stereo_grids]}, "
+           f"frames out {result.latency['frames_out']}, inputs {result.latency['inputs']}")
+    assert len(result.stereo_grids) == 8 and result.latency["frames_out"]["stereo_occupancy"] == 10, why
+    assert result.latency["frames_out"]["occupancy_grid"] == 10, why
+    assert {s for s, _, _ in result.stereo_grids} <= {s for s, _, _ in result.grids}, why  # same stamps: side by side
     html = stereo_section(result)
     assert "Stereo occupancy (classical SGBM) beside the LiDAR grid" in html and 'src="stereo_1.png"' in html
     assert (tmp_path / "stereo_0.png").stat().st_size > 10_000

@@ -46,8 +46,9 @@ Every accepted message is stamped with its *arrival time* ``now_ns`` (the caller
 the synchroniser when the search needs its next message (ApproximateTime: ``i`` has no unconsidered
 message queued; ExactTime: a partial set newer than ``i``'s last stamp lacks it) while another active
 input holds a message. Its deadline is ``max(arrival of i's last accepted message, arrival of the oldest
-message held by the other active inputs) + τ_i``: input ``i`` has then been silent for ``τ_i`` while
-somebody was waiting for it. At the deadline (applied at exactly that instant):
+message held by the other active inputs) + τ_i`` (ApproximateTime: a message those inputs lost to
+overflow while they waited counts as held, so a queue shorter than ``τ_i`` does not push the deadline
+back): input ``i`` has then been silent for ``τ_i`` while somebody was waiting for it. At the deadline (applied at exactly that instant):
 
 1. ApproximateTime, if a candidate set is held only until the next message can prove it optimal:
    that proof is waived (``i``'s next message is taken to never come) and the candidate is emitted,
@@ -609,6 +610,11 @@ class ApproximateTimeSynchronizer(_SyncBase):
         self._pivot_time = 0
         self._cand_start = 0
         self._cand_end = 0
+        # Per input: arrival of the oldest message lost to overflow since its last set came out. The
+        # wait for a starving input runs from there, not from the oldest message still held: else each
+        # overflow would push the deadline back and a dead input would never be declared absent while
+        # the others' queues overflow (all their messages lost) whenever queue_size x period < timeout.
+        self._overflow_wait: list[int | None] = [None] * self._n
 
     # ------------------------------------------------------------------ helpers
 
@@ -663,6 +669,7 @@ class ApproximateTimeSynchronizer(_SyncBase):
         self._emit(cand)
         self._candidate = None
         self._pivot = None
+        self._overflow_wait = [None] * self._n  # a set came out: what is held waits from its own arrival
         self._recover_all()
         for k, e in enumerate(cand):
             if e is not None:
@@ -670,12 +677,14 @@ class ApproximateTimeSynchronizer(_SyncBase):
                 assert head is e
 
     def _oldest_arrival(self, k: int) -> int | None:
-        """Arrival time of input k's oldest held message (past and deque are in arrival order)."""
-        if self._past[k]:
-            return self._past[k][0].arrival
-        if self._deques[k]:
-            return self._deques[k][0].arrival
-        return None
+        """Since when input k has been waiting: arrival of its oldest held message (past and deque are
+        in arrival order), or of an older one it lost to overflow while it waited."""
+        held = self._past[k] or self._deques[k]
+        if not held:
+            self._overflow_wait[k] = None  # nothing waits any more; a later message starts a new wait
+            return None
+        first, lost = held[0].arrival, self._overflow_wait[k]
+        return first if lost is None or first is None else min(lost, first)
 
     # ------------------------------------------------------------------ the algorithm
 
@@ -687,7 +696,9 @@ class ApproximateTimeSynchronizer(_SyncBase):
         if len(q) + len(self._past[i]) > self._queue_size:
             # Cancel the search, restore every input, then drop this input's oldest message.
             self._recover_all()
-            self._deques[i].popleft()
+            lost = self._deques[i].popleft()
+            if lost.arrival is not None and (self._overflow_wait[i] is None or lost.arrival < self._overflow_wait[i]):
+                self._overflow_wait[i] = lost.arrival
             self._drop(i, DropReason.OVERFLOW)
             self._has_dropped[i] = True
             if self._pivot is not None:
@@ -713,8 +724,10 @@ class ApproximateTimeSynchronizer(_SyncBase):
         while act and all(deques[k] for k in act):
             start_t, start_i, end_t, end_i = self._bounds([(k, deques[k][0].stamp) for k in act])
             for k in act:
-                if k != end_i:
-                    # No message dropped from k could beat the ones we hold: k may be a pivot again.
+                # No message dropped from k could beat the ones we hold: k may be a pivot again. A
+                # lone active input (the others absent) has nothing to match: its head is a set by
+                # itself, whatever it lost to overflow while it waited for them.
+                if k != end_i or len(act) == 1:
                     self._has_dropped[k] = False
             if self._pivot is None:
                 if end_t - start_t > self._max_interval_ns or self._has_dropped[end_i]:
@@ -814,6 +827,7 @@ class ApproximateTimeSynchronizer(_SyncBase):
         self._recover_all()
         self._candidate = None
         self._pivot = None
+        self._overflow_wait[i] = None  # its wait was on the timeline it left
         q = self._deques[i]
         n = 0
         while q and q[-1].stamp > stamp:  # held messages of one input are in stamp order

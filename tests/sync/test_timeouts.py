@@ -72,6 +72,38 @@ def test_camera_rejoins_when_it_sends_again() -> None:
     assert sync.dropped_by_reason[DropReason.LATE] == [0, 0]
 
 
+def test_input_left_alone_after_an_overflow_is_not_dropped_as_unmatched() -> None:
+    """The camera never sends; the first scan reaches the synchroniser late (a slow first frame), so
+    the scans pile up and the oldest overflows just before the camera's timeout fires. Once the camera
+    is absent every scan is a set by itself: the overflow must not keep the LiDAR from ever being a
+    pivot again (it did: every later scan was dropped as UNMATCHED, and a replay whose first frame was
+    slow lost all its occupancy grids)."""
+    sync = ApproximateTimeSynchronizer(2, 3, input_timeouts_s=[None, 0.2])
+    out = []
+    for k, now in enumerate([150, 150, 210, 310, 410, 510, 610]):  # arrival (ms) of the scan stamped k*100 ms
+        out += sync.add(0, k * 100 * MS, f"L{k}", now_ns=now * MS)
+        if k == 3:  # four scans held, queue of three: scan 0 overflowed; the camera is due at 150 + 200 ms
+            assert out == [] and sync.dropped_by_reason[DropReason.OVERFLOW] == [1, 0]
+    assert sync.absent == (False, True)
+    assert [s.messages for s in out] == [(f"L{k}", None) for k in range(1, 7)]
+    assert sync.dropped_by_reason[DropReason.UNMATCHED] == [0, 0] and sync.pending == (0, 0)
+    check_accounting(sync)
+
+
+def test_dead_input_times_out_even_when_the_queue_is_shorter_than_its_timeout() -> None:
+    """Queue of 3 scans (0.3 s) and a camera timeout of 0.35 s: the oldest scan overflows before the
+    camera is due. The wait still runs from that scan's arrival (10 ms), so the camera is absent at
+    360 ms and only that one scan is lost; had each overflow restarted the wait from the oldest scan
+    still held, the camera would never time out while scans flow and every scan would overflow."""
+    sync = ApproximateTimeSynchronizer(2, 3, input_timeouts_s=[None, 0.35])
+    out = replay(sync, lidar_camera(10, cam_alive=lambda k: False))
+    assert sync.dropped_by_reason[DropReason.OVERFLOW] == [1, 0]
+    assert stamps_ms(out) == [(k * 100, None) for k in range(1, 10)]
+    assert [t for t, _ in out[:3]] == [410 * MS] * 3  # released by the 360 ms timeout, on the next call
+    assert sync.absent == (False, True) and sync.pending == (0, 0)
+    check_accounting(sync)
+
+
 def test_input_slower_than_others_but_within_timeout_is_never_omitted() -> None:
     """'Merely slow' = late relative to the others, but its consecutive frames arrive less than τ
     apart. Here the camera lags the LiDAR by 110 ms, more than its 100 ms period; τ = 0.15 s."""
