@@ -270,14 +270,46 @@ def run_graph(
     fused_det_topic = det_fusion.detections_topic if det_fusion is not None else None
     fused_dets: dict[int, Any] = {}
 
-    def deliver(topic: str, msg: Any, out_bag: OutputBag) -> dict[str, int]:
-        # (topic, message, replay time it was published); each node busy until free_at (module doc)
-        queue: deque[tuple[str, Any, int]] = deque([(topic, msg, clock.now())])
-        free_at: dict[str, int] = {}
+    def stamp_of(msg: Any) -> int:
+        return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+    def record(name: str, msgtype: str, msg: Any, out_bag: OutputBag) -> None:
+        """Everything a published message feeds besides its subscribers: the output bag, the caller's
+        hook, the evaluator and the report's captures. One place, so an output counts the same whether
+        a message, a node's timer (a synchroniser time-out) or the end of input released it."""
+        out_bag.write(name, msgtype, clock.now(), msg)
+        if on_output is not None:
+            on_output(name, msg)
+        if evaluator is not None:
+            evaluator.prediction(name, msg)
+        if name in grid_topics:
+            pending_grid.setdefault(stamp_of(msg), {})[name] = msg
+        fusion_capture(name, msg)
+        control_capture(name, msg)
+        bev_capture(name, msg)
+        for wanted, pending, role in ((branch_topics, pending_det, branch_topics.get(name)),
+                                      (stereo_topics, pending_stereo, stereo_topics.get(name)),
+                                      (camera_topics, pending_camera, camera_topics.get(name))):
+            if name in wanted:
+                pending.setdefault(stamp_of(msg), {})[role] = msg
+                for old in sorted(pending)[:-keep_grids]:
+                    del pending[old]
+        if name == fused_det_topic:
+            fused_dets[stamp_of(msg)] = msg
+            for old in sorted(fused_dets)[:-keep_grids]:
+                del fused_dets[old]
+
+    def propagate(queue: deque[tuple[str, Any, int]], free_at: dict[str, int], out_bag: OutputBag,
+                  skip: frozenset[str] = frozenset()) -> int:
+        """Deliver the queued (topic, message, replay time published) breadth first, each node busy
+        until ``free_at`` (module doc), what they publish going on; returns when the last one was done.
+        Nodes named in ``skip`` (already finished) no longer take messages."""
         last = clock.now()
         while queue:
             t, m, published = queue.popleft()
             for node in subs.get(t, ()):
+                if node.name in skip:
+                    continue
                 clock.set(max(published, free_at.get(node.name, published)))
                 with clock.running():
                     emits = node.handle(t, m)
@@ -285,54 +317,35 @@ def run_graph(
                 last = max(last, done)
                 for e in emits:
                     name = resolve_topic(node, e.topic)
-                    out_bag.write(name, e.msgtype, clock.now(), e.msg)
-                    if on_output is not None:
-                        on_output(name, e.msg)
-                    if evaluator is not None:
-                        evaluator.prediction(name, e.msg)
-                    if name in grid_topics:
-                        stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
-                        pending_grid.setdefault(stamp, {})[name] = e.msg
-                    fusion_capture(name, e.msg)
-                    control_capture(name, e.msg)
-                    bev_capture(name, e.msg)
-                    if name in branch_topics:
-                        stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
-                        pending_det.setdefault(stamp, {})[branch_topics[name]] = e.msg
-                        for old in sorted(pending_det)[:-keep_grids]:
-                            del pending_det[old]
-                    if name in stereo_topics:
-                        stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
-                        pending_stereo.setdefault(stamp, {})[stereo_topics[name]] = e.msg
-                        for old in sorted(pending_stereo)[:-keep_grids]:
-                            del pending_stereo[old]
-                    if name in camera_topics:
-                        stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
-                        pending_camera.setdefault(stamp, {})[camera_topics[name]] = e.msg
-                        for old in sorted(pending_camera)[:-keep_grids]:
-                            del pending_camera[old]
-                    if name == fused_det_topic:
-                        fused_dets[e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec] = e.msg
-                        for old in sorted(fused_dets)[:-keep_grids]:
-                            del fused_dets[old]
+                    record(name, e.msgtype, e.msg, out_bag)
                     queue.append((name, e.msg, done))
-        clock.set(last)
+        return last
+
+    def deliver(topic: str, msg: Any, out_bag: OutputBag) -> dict[str, int]:
+        # (topic, message, replay time it was published); each node busy until free_at (module doc)
+        free_at: dict[str, int] = {}
+        clock.set(propagate(deque([(topic, msg, clock.now())]), free_at, out_bag))
         return free_at
 
     def tick(out_bag: OutputBag, free_at: dict[str, int] | None = None) -> None:
         """Each node's timer fires once it is done with the message just delivered (on its own thread:
-        a slow node does not move the clock of the others)."""
+        a slow node does not move the clock of the others). What a timer publishes (sets a
+        synchroniser time-out released) goes to the subscribers like any other output."""
         base = clock.now()
+        free_at = dict(free_at or {})
+        queue: deque[tuple[str, Any, int]] = deque()
         for node in nodes:
-            clock.set((free_at or {}).get(node.name, base))
+            clock.set(free_at.get(node.name, base))
             with clock.running():
                 emits = node.tick()
-            for e in emits:
-                out_bag.write(resolve_topic(node, e.topic), e.msgtype, clock.now(), e.msg)
-                fusion_capture(resolve_topic(node, e.topic), e.msg)
-                control_capture(resolve_topic(node, e.topic), e.msg)
-                bev_capture(resolve_topic(node, e.topic), e.msg)
-        clock.set(max([base, *(free_at or {}).values()]))
+            if emits:
+                done = free_at[node.name] = clock.now()
+                for e in emits:
+                    name = resolve_topic(node, e.topic)
+                    record(name, e.msgtype, e.msg, out_bag)
+                    queue.append((name, e.msg, done))
+        last = propagate(queue, free_at, out_bag) if queue else base
+        clock.set(max([base, last, *free_at.values()]))
 
     with BagReader(bag) as reader, OutputBag(out_dir) as out_bag:
         wanted = set(subs) | set(GROUND_TRUTH_TOPICS) | ({topics.GT_CURVATURE} if control_capture.topic else set())
@@ -380,18 +393,18 @@ def run_graph(
             node.end_of_input()
         clock.set(clock.now() + 10 * 1_000_000_000)
         tick(out_bag)
+        finished: set[str] = set()
         for node in nodes:
             with clock.running():
                 emits = node.finish()
+            finished.add(node.name)
+            queue: deque[tuple[str, Any, int]] = deque()
             for e in emits:
                 name = resolve_topic(node, e.topic)
-                out_bag.write(name, e.msgtype, clock.now(), e.msg)
-                fusion_capture(name, e.msg)
-                control_capture(name, e.msg)
-                bev_capture(name, e.msg)
-                if name in grid_topics:
-                    stamp = e.msg.header.stamp.sec * 1_000_000_000 + e.msg.header.stamp.nanosec
-                    pending_grid.setdefault(stamp, {})[name] = e.msg
+                record(name, e.msgtype, e.msg, out_bag)
+                queue.append((name, e.msg, clock.now()))
+            # what a node releases at the end still reaches the nodes not finished yet
+            propagate(queue, {}, out_bag, frozenset(finished))
         result.output_counts = dict(out_bag.counts)
 
     for stamp in sorted(pending_grid)[-keep_grids:]:

@@ -182,6 +182,23 @@ def test_obstacle_timeout_falls_back_to_inline_segmentation(kitti_bag, tmp_path)
     assert res.output_counts[topics.OCCUPANCY_GRID] == 3
 
 
+def test_what_a_timer_releases_reaches_the_report_and_the_subscribers(scenario_bag, tmp_path):
+    """Sets a synchroniser time-out releases come out of the node's timer, not out of a message
+    callback. Here the obstacle cloud never comes and its time-out (5 s) outlasts the 1 s bag, so all
+    ten grids are released by the timer at the end of input: they must reach the report, the output
+    bag and the fusion node subscribed to them, like grids published from a callback (they once went
+    to the output bag only, so a loaded machine lost grids from the report and the fused output)."""
+    params = {k: v for k, v in load_params().items() if k in ("occupancy_grid", "fusion", "replay")}
+    params["occupancy_grid"]["sync"].update(obstacle_timeout_s=5.0, queue_size=20)
+    res = run_graph(scenario_bag, params, tmp_path, progress=False)
+    assert res.latency["frames_out"]["occupancy_grid"] == 10
+    assert res.output_counts[topics.OCCUPANCY_GRID] == 10
+    assert len(res.grids) == 8  # the report's last frames
+    fusion_in = res.latency["inputs"]["fusion"][topics.OCCUPANCY_GRID]
+    assert fusion_in["received"] == 10 and fusion_in["balanced"], fusion_in
+    assert res.latency["frames_out"]["fusion"] > 0 and res.fusion
+
+
 def test_default_scenario_replay_is_deterministic(scenario_bag, tmp_path):
     a = run_graph(scenario_bag, load_params(), tmp_path / "a", progress=False)
     b = run_graph(scenario_bag, load_params(), tmp_path / "b", progress=False)
