@@ -46,9 +46,8 @@ Every accepted message is stamped with its *arrival time* ``now_ns`` (the caller
 the synchroniser when the search needs its next message (ApproximateTime: ``i`` has no unconsidered
 message queued; ExactTime: a partial set newer than ``i``'s last stamp lacks it) while another active
 input holds a message. Its deadline is ``max(arrival of i's last accepted message, arrival of the oldest
-message held by the other active inputs) + τ_i`` (ApproximateTime: a message those inputs lost to
-overflow while they waited counts as held, so a queue shorter than ``τ_i`` does not push the deadline
-back): input ``i`` has then been silent for ``τ_i`` while somebody was waiting for it. At the deadline (applied at exactly that instant):
+message held by the other active inputs) + τ_i`` (a message those inputs lost to overflow while they
+waited counts as held, so a queue shorter than ``τ_i`` does not push the deadline back): input ``i`` has then been silent for ``τ_i`` while somebody was waiting for it. At the deadline (applied at exactly that instant):
 
 1. ApproximateTime, if a candidate set is held only until the next message can prove it optimal:
    that proof is waived (``i``'s next message is taken to never come) and the candidate is emitted,
@@ -869,12 +868,16 @@ class ExactTimeSynchronizer(_SyncBase):
 
     def _reset_policy(self) -> None:
         self._tuples: dict[int, list[_Entry | None]] = {}
+        # Per input: earliest arrival in a partial set lacking it that was lost to overflow since the
+        # last set came out (the wait for that input runs from there; see ApproximateTime's twin).
+        self._overflow_wait: list[int | None] = [None] * self._n
 
     def _complete(self, slots: list[_Entry | None]) -> bool:
         return all(slots[k] is not None for k in range(self._n) if self._active[k])
 
     def _publish(self, stamp: int) -> None:
         self._emit(self._tuples.pop(stamp))
+        self._overflow_wait = [None] * self._n
         # Nothing at or before an emitted stamp may be emitted later (sets do not cross).
         for k in range(self._n):
             if self._floor[k] is None or stamp > self._floor[k]:
@@ -902,7 +905,14 @@ class ExactTimeSynchronizer(_SyncBase):
         if self._complete(slots):
             self._publish(entry.stamp)
         while len(self._tuples) > self._queue_size:
-            self._discard_tuple(min(self._tuples), DropReason.OVERFLOW)
+            oldest = min(self._tuples)
+            arrivals = [e.arrival for e in self._tuples[oldest] if e is not None and e.arrival is not None]
+            for k, e in enumerate(self._tuples[oldest]):
+                waited = self._last_stamp[k] is None or oldest > self._last_stamp[k]  # only k could complete it
+                if e is None and waited and arrivals and (self._overflow_wait[k] is None
+                                                          or min(arrivals) < self._overflow_wait[k]):
+                    self._overflow_wait[k] = min(arrivals)
+            self._discard_tuple(oldest, DropReason.OVERFLOW)
 
     def _deadlines(self) -> list[tuple[int, int]]:
         out = []
@@ -919,6 +929,10 @@ class ExactTimeSynchronizer(_SyncBase):
                 for e in slots
                 if e is not None
             ]
+            if not waits:
+                self._overflow_wait[i] = None  # nothing waits for i any more
+            elif self._overflow_wait[i] is not None:
+                waits.append(self._overflow_wait[i])  # a set lost to overflow waited for i since then
             deadline = self._deadline(i, waits)
             if deadline is not None:
                 out.append((deadline, i))

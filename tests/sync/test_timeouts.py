@@ -238,6 +238,19 @@ def test_exact_time_camera_info_dies_then_returns() -> None:
     assert returned[5 * period] == 5 * period + 8 * MS
 
 
+def test_exact_time_dead_input_times_out_even_when_the_queue_is_shorter_than_its_timeout() -> None:
+    """Image (0) at 10 Hz, CameraInfo (1) never sends, three partial sets held, timeout 0.35 s: the
+    oldest partial set overflows before the CameraInfo is due; the wait still runs from its arrival, so
+    the CameraInfo is absent at 360 ms and only that one image is lost (each overflow used to restart
+    the wait: no image ever came out)."""
+    sync = ExactTimeSynchronizer(2, 3, input_timeouts_s=[None, 0.35])
+    out = replay(sync, [Arrival(k * 100 * MS + 10 * MS, 0, k * 100 * MS) for k in range(10)])
+    assert sync.dropped_by_reason[DropReason.OVERFLOW] == [1, 0]
+    assert [(s.stamps_ns[0] // MS, s.missing) for _, s in out] == [(k * 100, (1,)) for k in range(1, 10)]
+    assert [t for t, _ in out[:3]] == [410 * MS] * 3  # released by the 360 ms timeout, on the next call
+    check_accounting(sync)
+
+
 def test_exact_time_poll_frequency_changes_when_not_which() -> None:
     arrivals = [Arrival(k * 40 * MS + 3 * MS, k % 3 if k % 5 else 0, (k // 3) * 40 * MS) for k in range(40)]
 
