@@ -9,7 +9,8 @@ The clock models the ``live`` graph, where each node has its own executor thread
 node at the later of the moment it was published and the moment that node finished its previous
 message. So a slow node (the LiDAR branch) does not delay the nodes beside it (the geometric occupancy
 path, whose synchroniser would otherwise time out waiting for the obstacle cloud), while a node's own
-chain of inputs still adds up, and each node's timer (``tick``) fires when that node is done. Each bag
+chain of inputs still adds up, and each node's timer (``tick``) fires when that node is done; what a timer
+publishes (a set a synchroniser time-out released) goes on to the subscribers like any output. Each bag
 message starts on free nodes (a backlog across frames is not modelled; whether the graph keeps up shows
 in ``processing_time`` and ``cyclic_time``).
 
@@ -44,6 +45,12 @@ from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
 from perception_nodes.graph.stereo_occupancy import StereoOccupancyNode
 from perception_nodes.latency import LatencySeries, summarize
+
+
+END_WAIT_NS = 10 * 1_000_000_000
+"""After the last message the clock runs this far (past every time-out) before the nodes finish."""
+END_TICK_NS = 10_000_000
+"""Timer period of the nodes over that span while any of them still holds input."""
 
 
 class ReplayClock:
@@ -208,6 +215,19 @@ class _BevFusionCapture:
         result.bev_fusion_modes = self.modes
 
 
+def _timeouts_s(tree: Any) -> Iterator[float]:
+    """Every ``*timeout_s`` number in a params tree (how long a node may hold input for a silent one)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if str(key).endswith("timeout_s") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield float(value)
+            else:
+                yield from _timeouts_s(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _timeouts_s(value)
+
+
 def _end_to_end_node(nodes: list[NodeCore]) -> NodeCore:
     return next((n for n in nodes if n.name == "occupancy_grid"), nodes[-1])
 
@@ -321,6 +341,9 @@ def run_graph(
                     queue.append((name, e.msg, done))
         return last
 
+    def held_inputs() -> int:
+        return sum(node.pending(p.topic) for node in nodes for p in node.inputs())
+
     def deliver(topic: str, msg: Any, out_bag: OutputBag) -> dict[str, int]:
         # (topic, message, replay time it was published); each node busy until free_at (module doc)
         free_at: dict[str, int] = {}
@@ -338,8 +361,8 @@ def run_graph(
             clock.set(free_at.get(node.name, base))
             with clock.running():
                 emits = node.tick()
+            done = free_at[node.name] = clock.now()
             if emits:
-                done = free_at[node.name] = clock.now()
                 for e in emits:
                     name = resolve_topic(node, e.topic)
                     record(name, e.msgtype, e.msg, out_bag)
@@ -387,11 +410,22 @@ def run_graph(
                 overhead.add(frame_read_ms + decode + sync)
                 frame_read_ms = 0.0
         bar.close()
-        # let synchroniser time-outs expire after the last message, as a live graph would; then what
-        # is still held counts as dropped (end_of_input), so every input message is accounted for
+        # let synchroniser time-outs expire after the last message, as a live graph would: the timers
+        # tick every END_TICK_NS while the nodes still hold input that a time-out may release (what
+        # they hold changed within the longest time-out in the params), so a released set comes out
+        # near its deadline with the latency a live graph would see; then once at +END_WAIT_NS. What
+        # is still held then counts as dropped (end_of_input): every input message is accounted for.
         for node in nodes:
             node.end_of_input()
-        clock.set(clock.now() + 10 * 1_000_000_000)
+        end = clock.now() + END_WAIT_NS
+        horizon = int(max([0.5, *_timeouts_s(params)]) * 1e9)
+        held, changed = held_inputs(), clock.now()
+        while held and clock.now() + END_TICK_NS < end and clock.now() - changed <= horizon:
+            clock.set(clock.now() + END_TICK_NS)
+            tick(out_bag)
+            if held_inputs() != held:
+                held, changed = held_inputs(), clock.now()
+        clock.set(end)
         tick(out_bag)
         finished: set[str] = set()
         for node in nodes:
@@ -403,8 +437,9 @@ def run_graph(
                 name = resolve_topic(node, e.topic)
                 record(name, e.msgtype, e.msg, out_bag)
                 queue.append((name, e.msg, clock.now()))
-            # what a node releases at the end still reaches the nodes not finished yet
-            propagate(queue, {}, out_bag, frozenset(finished))
+            # what a node releases at the end still reaches the nodes not finished yet (the params
+            # file lists producers before consumers)
+            clock.set(max(clock.now(), propagate(queue, {}, out_bag, frozenset(finished))))
         result.output_counts = dict(out_bag.counts)
 
     for stamp in sorted(pending_grid)[-keep_grids:]:

@@ -187,7 +187,8 @@ def test_what_a_timer_releases_reaches_the_report_and_the_subscribers(scenario_b
     callback. Here the obstacle cloud never comes and its time-out (5 s) outlasts the 1 s bag, so all
     ten grids are released by the timer at the end of input: they must reach the report, the output
     bag and the fusion node subscribed to them, like grids published from a callback (they once went
-    to the output bag only, so a loaded machine lost grids from the report and the fused output)."""
+    to the output bag only, so a loaded machine lost grids from the report and the fused output), and with
+    the latency a live graph would measure."""
     params = {k: v for k, v in load_params().items() if k in ("occupancy_grid", "fusion", "replay")}
     params["occupancy_grid"]["sync"].update(obstacle_timeout_s=5.0, queue_size=20)
     res = run_graph(scenario_bag, params, tmp_path, progress=False)
@@ -197,6 +198,11 @@ def test_what_a_timer_releases_reaches_the_report_and_the_subscribers(scenario_b
     fusion_in = res.latency["inputs"]["fusion"][topics.OCCUPANCY_GRID]
     assert fusion_in["received"] == 10 and fusion_in["balanced"], fusion_in
     assert res.latency["frames_out"]["fusion"] > 0 and res.fusion
+    # released near the 5 s deadline, as live (the timers tick on after the bag), not when the replay's
+    # clock jumps 10 s past the end: scan 0 waited 5 s; the rest is processing on this machine
+    stages = res.latency["stages"]
+    assert 5000 <= stages["occupancy_grid/pipeline_latency"]["max_ms"] < 8000, stages["occupancy_grid/pipeline_latency"]
+    assert stages["fusion/pipeline_latency"]["max_ms"] < 9000, stages["fusion/pipeline_latency"]
 
 
 def test_default_scenario_replay_is_deterministic(scenario_bag, tmp_path):

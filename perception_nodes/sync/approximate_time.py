@@ -805,6 +805,9 @@ class ApproximateTimeSynchronizer(_SyncBase):
         self._process()
 
     def _before_rejoin(self, i: int) -> None:
+        # What i lost before it went absent says nothing about the sets it joins now.
+        self._has_dropped[i] = False
+        self._overflow_wait[i] = None
         # A candidate formed without input i is no longer comparable: restart the search with i.
         if self._pivot is not None:
             self._recover_all()
@@ -909,7 +912,7 @@ class ExactTimeSynchronizer(_SyncBase):
             arrivals = [e.arrival for e in self._tuples[oldest] if e is not None and e.arrival is not None]
             for k, e in enumerate(self._tuples[oldest]):
                 waited = self._last_stamp[k] is None or oldest > self._last_stamp[k]  # only k could complete it
-                if e is None and waited and arrivals and (self._overflow_wait[k] is None
+                if e is None and waited and arrivals and self._active[k] and (self._overflow_wait[k] is None
                                                           or min(arrivals) < self._overflow_wait[k]):
                     self._overflow_wait[k] = min(arrivals)
             self._discard_tuple(oldest, DropReason.OVERFLOW)
@@ -943,7 +946,7 @@ class ExactTimeSynchronizer(_SyncBase):
         self._publish_complete()
 
     def _before_rejoin(self, i: int) -> None:
-        pass
+        self._overflow_wait[i] = None  # what waited for i before it went absent was emitted without it
 
     def _held_stamps(self, i: int) -> list[int]:
         return [stamp for stamp, slots in self._tuples.items() if slots[i] is not None]
