@@ -18,7 +18,9 @@
    occupancy baseline (``ism_occupancy_iou`` / ``ism_occupancy_ece``);
 3. scores the real KITTI object frames (evaluation only) with the KITTI difficulty levels: KITTI labels
    exist only inside the left camera's field of view, so detections outside it (``|bearing| >
-   kitti_fov_deg / 2`` or behind the car) are dropped before scoring;
+   kitti_fov_deg / 2`` or behind the car) are dropped before scoring; and the real nuScenes keyframe
+   (``nuscenes``: an mmdetection3d info file; labels all around the car, intensity 0-255 scaled to 0-1)
+   with KITTI AP at level "all" and the nuScenes-style mAP. ``--real-only`` scores just these two;
 4. with ``--package``, writes the weights with :func:`perception_nodes.models.weights_io.save_weights`:
    sidecar = network config, training config and data split, epochs and wall time, code version and
    these metrics.
@@ -52,7 +54,7 @@ from perception_nodes.models.calibration import (
     fit_variance_scale,
 )
 
-__all__ = ["evaluate_kitti", "evaluate_sets", "fit_calibration", "main", "package_run", "trivial_baselines"]
+__all__ = ["evaluate_kitti", "evaluate_nuscenes", "evaluate_sets", "fit_calibration", "main", "package_run", "trivial_baselines"]
 
 
 class _WithGeometricBaseline(LidarDetectionBranch):
@@ -208,34 +210,61 @@ def evaluate_sets(branch: LidarDetectionBranch, model: torch.nn.Module, sets: di
 
 
 @torch.no_grad()
-def evaluate_kitti(branch: LidarDetectionBranch, model: torch.nn.Module, root: Path, *,
-                   fov_deg: float = 90.0, calibration: DetectionCalibration | None = None) -> dict[str, Any]:
-    """KITTI AP (R40, BEV and 3D, per difficulty) on real labelled KITTI frames, detections cropped to
-    the camera's field of view; also the detections per frame and the mean vacuity of their cells."""
+def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: Any, *, intensity_scale: float,
+                keep: Any, calibration: DetectionCalibration | None) -> dict[str, Any]:
+    """Run the network on real labelled frames (scan moved into the vehicle frame, intensity divided by
+    ``intensity_scale`` into the network's 0-1), keep the detections ``keep(centres)`` selects, and score
+    them with the stack's scorer; also the detections per frame and the mean vacuity of their cells."""
     from perception_nodes.calibration import transform_points
-    from perception_nodes.datasets.kitti import read_kitti_object
     from perception_nodes.eval.detection_eval import DetectionScorer
 
     scorer = DetectionScorer()
     model.eval()
     acc = DetectionAccumulator(branch, with_occupancy=False, calibration=calibration)
     n_det, vac = [], []
-    for f in read_kitti_object(root):
+    for f in frames:
         pts = np.asarray(f.points, np.float32)[:, :4]
-        base = np.concatenate([transform_points(f.lidar_to_base, pts[:, :3]), pts[:, 3:4]], 1).astype(np.float32)
-        out = model([torch.from_numpy(base)])
-        det = acc.decode(out)[0]
-        keep = (det.center[:, 0] > 0) & (np.abs(np.degrees(np.arctan2(det.center[:, 1], det.center[:, 0])))
-                                         <= fov_deg / 2)
-        boxes = [b for b, k in zip(det.to_box3d(), keep) if k]
+        base = np.concatenate([transform_points(f.lidar_to_base, pts[:, :3]), pts[:, 3:4] / np.float32(intensity_scale)],
+                              1).astype(np.float32)
+        det = acc.decode(model([torch.from_numpy(base)]))[0]
+        mask = keep(det.center)
+        boxes = [b for b, k in zip(det.to_box3d(), mask) if k]
         scorer.add_frame(f.boxes_in_base(), boxes, points=base)
         n_det.append(len(boxes))
-        vac.extend(det.vacuity[keep].tolist())
+        vac.extend(det.vacuity[mask].tolist())
     res = scorer.results()
-    return {"frames": len(n_det), "fov_deg": fov_deg, "detections_per_frame": n_det,
+    return {"frames": len(n_det), "detections_per_frame": n_det,
             "mean_vacuity": float(np.mean(vac)) if vac else float("nan"),
             "kitti_levels": res["kitti"]["levels"], "per_class": res["kitti"]["per_class"],
-            "counts": res["counts"]}
+            "nuscenes": res["nuscenes"], "counts": res["counts"]}
+
+
+def evaluate_kitti(branch: LidarDetectionBranch, model: torch.nn.Module, root: Path, *,
+                   fov_deg: float = 90.0, calibration: DetectionCalibration | None = None) -> dict[str, Any]:
+    """KITTI AP (R40, BEV and 3D, per difficulty) on real labelled KITTI frames, detections cropped to
+    the camera's field of view (KITTI labels exist only there); reflectance is already 0-1."""
+    from perception_nodes.datasets.kitti import read_kitti_object
+
+    def in_fov(c: np.ndarray) -> np.ndarray:
+        return (c[:, 0] > 0) & (np.abs(np.degrees(np.arctan2(c[:, 1], c[:, 0]))) <= fov_deg / 2)
+
+    res = _score_real(branch, model, read_kitti_object(root), intensity_scale=1.0, keep=in_fov,
+                      calibration=calibration)
+    res.pop("nuscenes")
+    return {"fov_deg": fov_deg, **res}
+
+
+def evaluate_nuscenes(branch: LidarDetectionBranch, model: torch.nn.Module, info: Path, *,
+                      calibration: DetectionCalibration | None = None) -> dict[str, Any]:
+    """The nuScenes keyframe(s) of an mmdetection3d info file (evaluation only): one HDL-32E sweep in the
+    ego frame, intensity 0-255 scaled to 0-1, boxes all around the car (nuScenes labels cover 360
+    degrees: no crop), nuScenes labels through the scorer's class map (bicycle scores as cyclist) and
+    range gates; KITTI AP R40 at level "all" and the nuScenes-style centre-distance mAP."""
+    from perception_nodes.datasets.mmdet3d import read_mmdet3d_info
+    from perception_nodes.scenario.realism import INTENSITY_SCALE
+
+    return _score_real(branch, model, read_mmdet3d_info(info), intensity_scale=INTENSITY_SCALE["nuscenes"],
+                       keep=lambda c: np.ones(len(c), bool), calibration=calibration)
 
 
 def _train_config_of(cfg: dict[str, Any]) -> str:
@@ -373,8 +402,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                         "weights folder's sidecar (--weights, the packaged default, or --package with --run), with "
                         "these metrics; without it the sidecar's calibration (if any) is scored as `after`")
     p.add_argument("--no-kitti", action="store_true", help="skip the real KITTI frames")
+    p.add_argument("--no-nuscenes", action="store_true", help="skip the real nuScenes keyframe")
+    p.add_argument("--real-only", action="store_true",
+                   help="score only the real frames (KITTI, nuScenes) with the sidecar's calibration: no "
+                        "generated sets, no validation fit (seconds instead of minutes)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if args.real_only and (args.fit_calibration or args.package is not None):
+        p.error("--real-only scores the weights as they are: it cannot fit a calibration or package")
     if args.fit_calibration and args.run is not None and args.package is None:
         p.error("--fit-calibration with --run needs --package (a run folder has no sidecar to store it in)")
     from perception_nodes.learning.trainer import load_trained
@@ -382,6 +417,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     torch.set_num_threads(args.threads)
     doc = yaml.safe_load(args.eval_config.read_text()) or {}
     sets = {name: _sources(srcs, f"sets.{name}") for name, srcs in (doc.get("sets") or {}).items()}
+    if args.real_only:
+        sets = {}
+        doc = {k: v for k, v in doc.items() if k not in ("validation", "training_residuals")}
     side: dict[str, Any] = {}
     if args.run is not None:
         weights = args.checkpoint or args.run
@@ -433,6 +471,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if kitti and Path(kitti).exists() and not args.no_kitti:
         metrics["kitti"] = evaluate_kitti(branch, model, Path(kitti), fov_deg=float(doc.get("kitti_fov_deg", 90.0)),
                                           calibration=calibration)
+    nuscenes = doc.get("nuscenes")
+    if nuscenes and Path(nuscenes).exists() and not args.no_nuscenes:
+        metrics["nuscenes"] = evaluate_nuscenes(branch, model, Path(nuscenes), calibration=calibration)
     metrics["sets"] = {name: [s.describe() for s in srcs] for name, srcs in sets.items()}
     metrics["validation_sets"] = [s.describe() for s in val_sources]
     # the same, as data (what a check of disjoint roles reads)
@@ -459,6 +500,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         k = metrics["kitti"]
         print(f"KITTI: {k['frames']} frames, detections per frame {k['detections_per_frame']}, "
               f"per class {json.dumps(k['per_class'], sort_keys=True)[:400]}")
+    if metrics.get("nuscenes"):
+        k = metrics["nuscenes"]
+        nus = k["nuscenes"] or {}
+        print(f"nuScenes: {k['frames']} keyframe(s), detections {k['detections_per_frame']}, ground truth "
+              f"{k['counts']['gt']}, AP3D R40 {json.dumps({c: v['all']['ap_r40_3d'] for c, v in k['per_class'].items()})}, "
+              f"centre-distance mAP {_fmt(nus.get('map'))}")
     if args.package is not None:
         extra = {"calibration": calibration.to_dict()} if calibration is not None else None
         print(f"packaged: {package_run(args.run, args.package, metrics, weights=weights, extra=extra)}")
