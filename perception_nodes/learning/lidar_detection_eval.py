@@ -393,7 +393,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                           "given: the packaged perception_nodes/models/weights/lidar_detection")
     p.add_argument("--eval-config", type=Path, default=Path(__file__).resolve().parents[2] / "configs/train/lidar_detection_eval.yaml",
                    help="named sets of generated bags and the KITTI folder")
-    p.add_argument("--metrics-out", type=Path, default=None, help="JSON output (default <run>/heldout_metrics.json, or out/lidar_detection_eval/heldout_metrics.json with --weights)")
+    p.add_argument("--metrics-out", type=Path, default=None, help="JSON output (default <run>/heldout_metrics.json, or out/lidar_detection_eval/heldout_metrics.json with --weights; real_metrics.json with --real-only)")
     p.add_argument("--package", type=Path, default=None, help="also write the weights + sidecar into this folder")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="score and package this checkpoint folder of the run (default: the run's final model)")
@@ -404,8 +404,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--no-kitti", action="store_true", help="skip the real KITTI frames")
     p.add_argument("--no-nuscenes", action="store_true", help="skip the real nuScenes keyframe")
     p.add_argument("--real-only", action="store_true",
-                   help="score only the real frames (KITTI, nuScenes) with the sidecar's calibration: no "
-                        "generated sets, no validation fit (seconds instead of minutes)")
+                   help="score only the real frames (KITTI, nuScenes) with the sidecar's calibration (none "
+                        "with --run): no generated sets, no validation fit (seconds instead of minutes); default "
+                        "output real_metrics.json beside where heldout_metrics.json would go")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     if args.real_only and (args.fit_calibration or args.package is not None):
@@ -483,7 +484,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                             for name, srcs in sets.items()}}
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     metrics = _nan_to_none(metrics)
-    out = args.metrics_out or ((args.run or Path("out/lidar_detection_eval")) / "heldout_metrics.json")
+    # a --real-only run has its own default file: it must not replace the full held-out record
+    name = "real_metrics.json" if args.real_only else "heldout_metrics.json"
+    out = args.metrics_out or ((args.run or Path("out/lidar_detection_eval")) / name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if metrics.get("calibration"):

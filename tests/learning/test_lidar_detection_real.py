@@ -33,32 +33,44 @@ def test_nuscenes_boxes_hold_their_points_in_the_vehicle_frame():
     # boundary points and the keyframe's own sweep vs the annotation's: within 10 % (+ 2 points)
     assert all(abs(o - t) <= 0.1 * t + 2 for o, t in counted), counted
     assert np.percentile(base[:, 2], 5) == pytest.approx(0.0, abs=0.5)  # base_link on the ground
+    # and x points ahead, as the network's base_link: the front camera's optical axis (its own extrinsics,
+    # not the LiDAR's) lies along +x of the vehicle frame, the left camera's to +y
+    for cam, axis in (("CAM_FRONT", [1.0, 0.0, 0.0]), ("CAM_FRONT_LEFT", [0.5, 0.87, 0.0])):
+        cam_to_lidar = np.linalg.inv(frame.cameras[cam]["lidar_to_cam"])
+        optical_axis = frame.lidar_to_base[:3, :3] @ cam_to_lidar[:3, 2]
+        assert optical_axis @ np.array(axis) > 0.9, (cam, optical_axis)
 
 
 @pytest.mark.slow
 def test_real_only_evaluation_scores_kitti_and_the_nuscenes_keyframe(tmp_path):
+    from perception_nodes.calibration import transform_points
     from perception_nodes.datasets.mmdet3d import read_mmdet3d_info
-    from perception_nodes.eval.detection_eval import load_detection_eval_config
+    from perception_nodes.eval.detection_eval import load_detection_eval_config, points_in_boxes
     from perception_nodes.learning.lidar_detection_eval import main
 
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(yaml.safe_dump({"kitti": str(require(KITTI_OBJECT_ROOT)), "kitti_fov_deg": 90.0,
                                    "nuscenes": str(require(NUSC_PKL)),
-                                   "sets": {"never_run": [{"generate": {"scenario": "highway", "seed": 9}}]}}))
+                                   "sets": {"never_run": [{"generate": {"scenario": "highway", "seed": 9}}]},
+                                   "validation": [{"generate": {"scenario": "urban_street", "seed": 8}}]}))
     out = tmp_path / "metrics.json"
     assert main(["--real-only", "--eval-config", str(cfg), "--threads", "1", "--metrics-out", str(out)]) == 0
     m = json.loads(out.read_text())
-    assert m["generated"] == {}  # --real-only: no generated set was built or scored
+    assert m["generated"] == {}  # --real-only: no generated set was built or scored, no validation fit
+    assert "validation_fit_record" not in m and m["validation_sets"] == []
     assert len(m["kitti"]["detections_per_frame"]) == 3
     nus = m["nuscenes"]
     assert nus["frames"] == 1 and len(nus["detections_per_frame"]) == 1 and 0.0 <= nus["mean_vacuity"] <= 1.0
     # the scored ground truth, counted here from the dataset alone with the scorer's config: mapped labels
-    # (bicycle -> cyclist), inside the class's range gate, at least one point
+    # (bicycle -> cyclist), inside the class's range gate, at least one point of the scan
     ev = load_detection_eval_config()
+    frame = next(read_mmdet3d_info(NUSC_PKL))
+    boxes = frame.boxes_in_base()
+    n_pts = points_in_boxes(boxes, transform_points(frame.lidar_to_base, frame.points[:, :3].astype(np.float64)))
     expected: dict[str, int] = {}
-    for b in next(read_mmdet3d_info(NUSC_PKL)).boxes_in_base():
+    for b, n in zip(boxes, n_pts, strict=True):
         cls = ev.class_map.map_boxes([b]).boxes
-        if cls and float(np.hypot(*b.center[:2])) <= ev.max_range_m[cls[0].label] and b.extras["num_lidar_pts"] >= 1:
+        if cls and float(np.hypot(*b.center[:2])) <= ev.max_range_m[cls[0].label] and n >= ev.min_points:
             expected[cls[0].label] = expected.get(cls[0].label, 0) + 1
     assert nus["counts"]["gt"] == expected and expected.get("car", 0) > 0
     assert nus["nuscenes"]["classes"] == sorted(expected, key=list(ev.classes).index)
