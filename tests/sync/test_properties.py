@@ -12,7 +12,7 @@ from itertools import accumulate
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from perception_nodes.sync import ApproximateTimeSynchronizer, ExactTimeSynchronizer, SyncedSet
+from perception_nodes.sync import ApproximateTimeSynchronizer, DropReason, ExactTimeSynchronizer, SyncedSet
 
 from .cases import MS, check_accounting
 
@@ -248,3 +248,52 @@ def test_inputs_arriving_within_their_timeout_are_never_omitted(params, policy) 
     assert timed.omitted == [0] * n
     plain, plain_out = run_timed(policy, n, queue_size, [None] * n, arrivals, [], end)
     assert [s.messages for s in out] == [s.messages for s in plain_out]
+
+
+@st.composite
+def one_input_dead(draw):
+    """One input never sends (timeout τ); the others are periodic from the start, with queues that may
+    be far shorter than τ (1-6 messages at 20-60 ms)."""
+    policy = draw(st.sampled_from(["approx", "exact"]))
+    n = draw(st.integers(2, 3))
+    dead = draw(st.integers(0, n - 1))
+    period, count = draw(st.integers(20, 60)), draw(st.integers(3, 20))
+    arrivals = []
+    for k in range(n):
+        if k == dead:
+            continue
+        offset = 0 if policy == "exact" else draw(st.integers(0, 15))
+        latency = draw(st.integers(0, 40))
+        arrivals += [((idx * period + offset + latency) * MS, k, (idx * period + offset) * MS, idx) for idx in range(count)]
+    arrivals.sort()
+    timeouts: list[float | None] = [None] * n
+    timeouts[dead] = draw(st.integers(10, 400)) / 1000
+    return policy, n, dead, draw(st.integers(1, 6)), timeouts, arrivals
+
+
+@SETTINGS
+@given(one_input_dead())
+def test_a_dead_input_is_absent_within_its_timeout_however_short_the_queues(params) -> None:
+    """τ after the first message that waits for it, the dead input is absent, whatever overflowed in
+    between (each overflow once pushed the deadline back: a dead input was never declared absent while a
+    short queue kept overflowing). With one live input left, every message it sends after that point comes
+    out (an overflow once made the lone input drop all of them as UNMATCHED)."""
+    policy, n, dead, queue_size, timeouts, arrivals = params
+    sync = (ApproximateTimeSynchronizer(n, queue_size, input_timeouts_s=timeouts) if policy == "approx"
+            else ExactTimeSynchronizer(n, queue_size, input_timeouts_s=timeouts))
+    due = arrivals[0][0] + round(timeouts[dead] * 1e9)
+    out, checked = [], False
+    for now, k, stamp, idx in arrivals:
+        if not checked and now >= due:
+            out += sync.poll(due)
+            checked = True
+            assert sync.absent[dead], (policy, due, sync.dropped_by_reason)
+        out += sync.add(k, stamp, (k, idx), now_ns=now)
+        check_accounting(sync)
+    out += sync.poll(arrivals[-1][0] + 2 * round(timeouts[dead] * 1e9))
+    assert sync.absent[dead] and all(dead in s.missing for s in out)
+    if n == 2:
+        live = 1 - dead
+        emitted = {s.messages[live] for s in out}
+        assert all((live, idx) in emitted for now, k, _, idx in arrivals if now > due)
+        assert sync.dropped_by_reason[DropReason.UNMATCHED][live] == 0
