@@ -215,6 +215,27 @@ class _BevFusionCapture:
         result.bev_fusion_modes = self.modes
 
 
+def data_flow_order(nodes: list[NodeCore]) -> list[NodeCore]:
+    """``nodes`` with every producer before the nodes that subscribe to its outputs (ties and cycles in
+    the given order), so what a node releases when it finishes still reaches its consumers, whatever
+    order a params file lists them in."""
+    produces = {n.name: {resolve_topic(n, p.topic) for p in n.outputs()} for n in nodes}
+    consumes = {n.name: {p.topic for p in n.inputs()} for n in nodes}
+
+    def feeds(m: NodeCore, n: NodeCore) -> bool:
+        # a declared output, or any topic in m's private namespace (~/...: debug topics, health scalars)
+        return bool(produces[m.name] & consumes[n.name]) or any(t.startswith(f"/{m.name}/") for t in consumes[n.name])
+
+    waiting = list(nodes)
+    order: list[NodeCore] = []
+    while waiting:
+        # the first node no waiting node feeds (a cycle: the first one)
+        free = next((n for n in waiting if not any(feeds(m, n) for m in waiting if m is not n)), waiting[0])
+        order.append(free)
+        waiting.remove(free)
+    return order
+
+
 def _timeouts_s(tree: Any) -> Iterator[float]:
     """Every ``*timeout_s`` number in a params tree (how long a node may hold input for a silent one)."""
     if isinstance(tree, dict):
@@ -428,7 +449,7 @@ def run_graph(
         clock.set(end)
         tick(out_bag)
         finished: set[str] = set()
-        for node in nodes:
+        for node in data_flow_order(nodes):
             with clock.running():
                 emits = node.finish()
             finished.add(node.name)
@@ -437,8 +458,7 @@ def run_graph(
                 name = resolve_topic(node, e.topic)
                 record(name, e.msgtype, e.msg, out_bag)
                 queue.append((name, e.msg, clock.now()))
-            # what a node releases at the end still reaches the nodes not finished yet (the params
-            # file lists producers before consumers)
+            # what a node releases at the end still reaches its consumers: they finish after it
             clock.set(max(clock.now(), propagate(queue, {}, out_bag, frozenset(finished))))
         result.output_counts = dict(out_bag.counts)
 

@@ -205,6 +205,22 @@ def test_what_a_timer_releases_reaches_the_report_and_the_subscribers(scenario_b
     assert stages["fusion/pipeline_latency"]["max_ms"] < 9000, stages["fusion/pipeline_latency"]
 
 
+def test_nodes_finish_in_data_flow_order_whatever_the_params_order():
+    """What a node releases when it finishes reaches its consumers only if they finish after it: the
+    replay orders the finish by the ports and private topics, not by the params file."""
+    from perception_nodes.graph import build_graph
+    from perception_nodes.replay import data_flow_order
+
+    keep = ("ground_segmentation", "occupancy_grid", "fusion", "calibration_monitor")
+    nodes = build_graph({k: v for k, v in load_params().items() if k in keep}, backend=default_backend(),
+                        clock=lambda: 0)
+    for given in (nodes, nodes[::-1]):
+        names = [n.name for n in data_flow_order(given)]
+        assert names.index("ground_segmentation") < names.index("occupancy_grid") < names.index("fusion"), names
+        # the fusion node reads the monitor's stereo health from the monitor's private (~/debug) topic
+        assert names.index("calibration_monitor") < names.index("fusion"), names
+
+
 def test_default_scenario_replay_is_deterministic(scenario_bag, tmp_path):
     a = run_graph(scenario_bag, load_params(), tmp_path / "a", progress=False)
     b = run_graph(scenario_bag, load_params(), tmp_path / "b", progress=False)
