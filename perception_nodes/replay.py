@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from perception_nodes import topics
 from perception_nodes.bags import BagReader, OutputBag
-from perception_nodes.codecs.backend import default_backend
+from perception_nodes.codecs.backend import default_backend, stamp_to_ns
 from perception_nodes.config import load_params
 from perception_nodes.evaluation import GROUND_TRUTH_TOPICS, Evaluator, write_metrics
 from perception_nodes.graph import NodeCore, build_graph, resolve_topic
@@ -134,14 +134,14 @@ class _ControlCapture:
 
     def __call__(self, name: str, msg: Any) -> None:
         if self.topic and name == self.topic:
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            stamp = stamp_to_ns(msg.header.stamp)
             self.rows.append((stamp, float(msg.curvature), float(msg.interval_low), float(msg.interval_high),
                               float(msg.commanded_curvature), float(msg.speed), bool(msg.fallback), str(msg.reason)))
 
     def ground_truth(self, rec: Any) -> None:
         if self.topic and rec.topic == topics.GT_CURVATURE:
             m = rec.msg
-            self.truth.append((m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec, float(m.data)))
+            self.truth.append((stamp_to_ns(m.header.stamp), float(m.data)))
 
     def fill(self, result: ReplayResult) -> None:
         result.control = sorted(self.rows)
@@ -170,7 +170,7 @@ class _FusionCapture:
         role = self.roles.get(name)
         if role is None:
             return
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_to_ns(msg.header.stamp)
         if role.startswith("w:"):
             branch, w = role[2:], float(msg.data)
             self.weights.setdefault(branch, []).append((stamp, w))
@@ -202,7 +202,7 @@ class _BevFusionCapture:
     def __call__(self, name: str, msg: Any) -> None:
         if name != self.det_topic and name != self.mode_topic:
             return
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_to_ns(msg.header.stamp)
         if name == self.mode_topic:
             self.modes.append((stamp, int(msg.data)))
             return
@@ -311,9 +311,6 @@ def run_graph(
     fused_det_topic = det_fusion.detections_topic if det_fusion is not None else None
     fused_dets: dict[int, Any] = {}
 
-    def stamp_of(msg: Any) -> int:
-        return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-
     def record(name: str, msgtype: str, msg: Any, out_bag: OutputBag) -> None:
         """Everything a published message feeds besides its subscribers: the output bag, the caller's
         hook, the evaluator and the report's captures. One place, so an output counts the same whether
@@ -324,7 +321,7 @@ def run_graph(
         if evaluator is not None:
             evaluator.prediction(name, msg)
         if name in grid_topics:
-            pending_grid.setdefault(stamp_of(msg), {})[name] = msg
+            pending_grid.setdefault(stamp_to_ns(msg.header.stamp), {})[name] = msg
         fusion_capture(name, msg)
         control_capture(name, msg)
         bev_capture(name, msg)
@@ -332,13 +329,21 @@ def run_graph(
                                       (stereo_topics, pending_stereo, stereo_topics.get(name)),
                                       (camera_topics, pending_camera, camera_topics.get(name))):
             if name in wanted:
-                pending.setdefault(stamp_of(msg), {})[role] = msg
+                pending.setdefault(stamp_to_ns(msg.header.stamp), {})[role] = msg
                 for old in sorted(pending)[:-keep_grids]:
                     del pending[old]
         if name == fused_det_topic:
-            fused_dets[stamp_of(msg)] = msg
+            fused_dets[stamp_to_ns(msg.header.stamp)] = msg
             for old in sorted(fused_dets)[:-keep_grids]:
                 del fused_dets[old]
+
+    def publish(node: NodeCore, emits: list[Any], at: int, queue: deque[tuple[str, Any, int]],
+                out_bag: OutputBag) -> None:
+        """A node's outputs, published at replay time ``at``: recorded, and queued for its subscribers."""
+        for e in emits:
+            name = resolve_topic(node, e.topic)
+            record(name, e.msgtype, e.msg, out_bag)
+            queue.append((name, e.msg, at))
 
     def propagate(queue: deque[tuple[str, Any, int]], free_at: dict[str, int], out_bag: OutputBag,
                   skip: frozenset[str] = frozenset()) -> int:
@@ -356,10 +361,7 @@ def run_graph(
                     emits = node.handle(t, m)
                 done = free_at[node.name] = clock.now()
                 last = max(last, done)
-                for e in emits:
-                    name = resolve_topic(node, e.topic)
-                    record(name, e.msgtype, e.msg, out_bag)
-                    queue.append((name, e.msg, done))
+                publish(node, emits, done, queue, out_bag)
         return last
 
     def held_inputs() -> int:
@@ -382,14 +384,9 @@ def run_graph(
             clock.set(free_at.get(node.name, base))
             with clock.running():
                 emits = node.tick()
-            done = free_at[node.name] = clock.now()
-            if emits:
-                for e in emits:
-                    name = resolve_topic(node, e.topic)
-                    record(name, e.msgtype, e.msg, out_bag)
-                    queue.append((name, e.msg, done))
-        last = propagate(queue, free_at, out_bag) if queue else base
-        clock.set(max([base, last, *free_at.values()]))
+            free_at[node.name] = clock.now()
+            publish(node, emits, free_at[node.name], queue, out_bag)
+        clock.set(max([base, propagate(queue, free_at, out_bag), *free_at.values()]))
 
     with BagReader(bag) as reader, OutputBag(out_dir) as out_bag:
         wanted = set(subs) | set(GROUND_TRUTH_TOPICS) | ({topics.GT_CURVATURE} if control_capture.topic else set())
@@ -412,7 +409,7 @@ def run_graph(
                 continue
             if rec.topic in GROUND_TRUTH_TOPICS:
                 if rec.topic == topics.GT_OBJECTS:
-                    result.ground_truth[rec.msg.header.stamp.sec * 1_000_000_000 + rec.msg.header.stamp.nanosec] = rec.msg
+                    result.ground_truth[stamp_to_ns(rec.msg.header.stamp)] = rec.msg
                 if rec.topic not in subs:
                     continue
             clock.set(rec.log_time_ns)
@@ -444,8 +441,9 @@ def run_graph(
         while held and clock.now() + END_TICK_NS < end and clock.now() - changed <= horizon:
             clock.set(clock.now() + END_TICK_NS)
             tick(out_bag)
-            if held_inputs() != held:
-                held, changed = held_inputs(), clock.now()
+            now_held = held_inputs()
+            if now_held != held:
+                held, changed = now_held, clock.now()
         clock.set(end)
         tick(out_bag)
         finished: set[str] = set()
@@ -454,10 +452,7 @@ def run_graph(
                 emits = node.finish()
             finished.add(node.name)
             queue: deque[tuple[str, Any, int]] = deque()
-            for e in emits:
-                name = resolve_topic(node, e.topic)
-                record(name, e.msgtype, e.msg, out_bag)
-                queue.append((name, e.msg, clock.now()))
+            publish(node, emits, clock.now(), queue, out_bag)
             # what a node releases at the end still reaches its consumers: they finish after it
             clock.set(max(clock.now(), propagate(queue, {}, out_bag, frozenset(finished))))
         result.output_counts = dict(out_bag.counts)

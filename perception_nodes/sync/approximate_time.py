@@ -394,6 +394,12 @@ class _SyncBase:
         """(deadline_ns, input) for every active input with a timeout that is starving the others."""
         raise NotImplementedError
 
+    def _waited_since(self, k: int, arrival: int | None) -> None:
+        """Input k lost to overflow a message that had waited since ``arrival``: its wait (``_overflow_wait``,
+        the policy's state) starts no later than that."""
+        if arrival is not None and (self._overflow_wait[k] is None or arrival < self._overflow_wait[k]):
+            self._overflow_wait[k] = arrival
+
     def _deadline(self, i: int, waiting_since: list[int | None]) -> int | None:
         """Deadline of input i given the arrival times of the messages waiting for it (module doc)."""
         tau = self._timeouts_ns[i]
@@ -695,9 +701,7 @@ class ApproximateTimeSynchronizer(_SyncBase):
         if len(q) + len(self._past[i]) > self._queue_size:
             # Cancel the search, restore every input, then drop this input's oldest message.
             self._recover_all()
-            lost = self._deques[i].popleft()
-            if lost.arrival is not None and (self._overflow_wait[i] is None or lost.arrival < self._overflow_wait[i]):
-                self._overflow_wait[i] = lost.arrival
+            self._waited_since(i, self._deques[i].popleft().arrival)
             self._drop(i, DropReason.OVERFLOW)
             self._has_dropped[i] = True
             if self._pivot is not None:
@@ -909,12 +913,12 @@ class ExactTimeSynchronizer(_SyncBase):
             self._publish(entry.stamp)
         while len(self._tuples) > self._queue_size:
             oldest = min(self._tuples)
-            arrivals = [e.arrival for e in self._tuples[oldest] if e is not None and e.arrival is not None]
+            first = min((e.arrival for e in self._tuples[oldest] if e is not None and e.arrival is not None),
+                        default=None)
             for k, e in enumerate(self._tuples[oldest]):
                 waited = self._last_stamp[k] is None or oldest > self._last_stamp[k]  # only k could complete it
-                if e is None and waited and arrivals and self._active[k] and (self._overflow_wait[k] is None
-                                                          or min(arrivals) < self._overflow_wait[k]):
-                    self._overflow_wait[k] = min(arrivals)
+                if e is None and waited and self._active[k]:
+                    self._waited_since(k, first)
             self._discard_tuple(oldest, DropReason.OVERFLOW)
 
     def _deadlines(self) -> list[tuple[int, int]]:
