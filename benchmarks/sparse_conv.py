@@ -22,6 +22,8 @@ and BENCHMARKS.md). Rules, the same for both engines:
 Keys (new): encoder_speedup_1t (CenterPoint SparseEncoder, unfolded, gmean over inputs),
 encoder_speedup_1t_epilogue (ours with the in-loop BN/residual/ReLU epilogue), encoder_speedup_1t_folded, encoder_speedup_1t_paired (median of per-repetition ratios), encoder_speedup_1t_previous (the same engine
 tuned over the candidates it had before the fused dataflows, timed interleaved: before/after in one run),
+encoder_speedup_1t_mkl (the same engine tuned without the oneDNN dataflows, every GEMM through MKL: the
+engine before 3 Dec 2026, interleaved),
 encoder_speedup_1t_tuned_elsewhere (ours unfolded, its tune table built on another real scan --
 KITTI 000002 at the same voxel size and range -- and frozen before timing, as a node configured from a
 tune file meets frames it was not tuned on; the headline's table is tuned on the timed input),
@@ -110,6 +112,11 @@ def tuned_on(model: torch.nn.Module, fn, candidates=None):
     out = fn()
     t.measure = False
     return out
+
+
+# the CPU candidates before the oneDNN dataflows (3 Dec 2026): "ours_mkl" is the engine as it was, every
+# GEMM through MKL, timed interleaved with the rest
+MKL_CPU_CANDIDATES = PREVIOUS_CPU_CANDIDATES + ["fused_gather_scatter", "fused_hybrid", "implicit_gemm_fused"]
 
 
 def tuned_previous(model: torch.nn.Module, fn):
@@ -333,6 +340,7 @@ def bench_encoder(spconv, vox: Voxels, reps: int, which: str = "centerpoint", tu
     unfolded = set_fuse(copy.deepcopy(ours), False)  # conv, BN, ReLU, add: one pass each, as spconv
     epilogue = set_fuse(copy.deepcopy(ours), "epilogue")  # BN unfolded, applied inside the conv loop
     previous = copy.deepcopy(unfolded)  # same network, tuned over the pre-fused candidates only
+    mkl_only = copy.deepcopy(unfolded)  # same network, tuned without the oneDNN candidates
     elsewhere = copy.deepcopy(unfolded) if tune_vox is not None else None  # tuned on another scan
     if twins:
         twins["spconv_folded"] = fold_spconv_bn(copy.deepcopy(twins["spconv"]))
@@ -351,7 +359,8 @@ def bench_encoder(spconv, vox: Voxels, reps: int, which: str = "centerpoint", tu
             return m(vox.spconv(spconv))
 
     fns = {"ours": lambda: run_ours(unfolded), "ours_epilogue": lambda: run_ours(epilogue),
-           "ours_folded": lambda: run_ours(ours), "ours_previous": lambda: run_ours(previous)}
+           "ours_folded": lambda: run_ours(ours), "ours_previous": lambda: run_ours(previous),
+           "ours_mkl": lambda: run_ours(mkl_only)}
     if elsewhere is not None:
         fns["ours_tuned_elsewhere"] = lambda: run_ours(elsewhere)
     for name, t in twins.items():
@@ -360,7 +369,8 @@ def bench_encoder(spconv, vox: Voxels, reps: int, which: str = "centerpoint", tu
         # warm-up (not timed): numba compile; ours tuned offline on this input, then frozen, as a node runs
         if elsewhere is not None:
             tuned_on(elsewhere, lambda: run_ours(elsewhere, tune_vox))
-        outs = {k: (tuned_previous(previous, fn) if k == "ours_previous" else fn() if k == "ours_tuned_elsewhere"
+        outs = {k: (tuned_previous(previous, fn) if k == "ours_previous" else tuned_on(mkl_only, fn, MKL_CPU_CANDIDATES)
+                    if k == "ours_mkl" else fn() if k == "ours_tuned_elsewhere"
                     else tuned(fn) if k.startswith("ours") else fn())
                 for k, fn in fns.items()}
         if twins:
@@ -386,6 +396,8 @@ def bench_encoder(spconv, vox: Voxels, reps: int, which: str = "centerpoint", tu
         row["speedup_epilogue"] = round(med(samples["spconv"]) / med(samples["ours_epilogue"]), 3)
         row["speedup_paired"] = round(med([a / b for a, b in zip(samples["spconv"], samples["ours"])]), 3)
         row["speedup_previous"] = round(med(samples["spconv"]) / med(samples["ours_previous"]), 3)
+        row["speedup_mkl"] = round(med(samples["spconv"]) / med(samples["ours_mkl"]), 3)
+        row["max_rel_err_mkl_vs_spconv"] = rel_err(outs["ours_mkl"], outs["spconv"]) if which == "centerpoint" else None
         if "ours_tuned_elsewhere" in samples:
             row["speedup_tuned_elsewhere"] = round(med(samples["spconv"]) / med(samples["ours_tuned_elsewhere"]), 3)
             row["max_rel_err_tuned_elsewhere_vs_spconv"] = rel_err(outs["ours_tuned_elsewhere"], outs["spconv"]) \
@@ -692,6 +704,7 @@ def main() -> None:
     result["encoder_speedup_1t_epilogue"] = gmean([r["speedup_epilogue"] for r in enc]) if ok else None
     result["encoder_speedup_1t_paired"] = gmean([r["speedup_paired"] for r in enc]) if ok else None
     result["encoder_speedup_1t_previous"] = gmean([r["speedup_previous"] for r in enc]) if ok else None
+    result["encoder_speedup_1t_mkl"] = gmean([r["speedup_mkl"] for r in enc]) if ok else None
     result["encoder_speedup_1t_tuned_elsewhere"] = gmean([r["speedup_tuned_elsewhere"] for r in enc
                                                           if "speedup_tuned_elsewhere" in r]) if ok else None
     result["encoder_speedup_bound_at_gemm_floor"] = gmean([r["speedup_bound_at_gemm_floor"] for r in enc]) if ok else None

@@ -28,6 +28,7 @@ import torch
 
 from .dataflow_fused import fused_gather_scatter, fused_hybrid, implicit_gemm_fused
 from .dataflow_gather_scatter import gather_scatter, gather_scatter_blocked
+from .dataflow_onednn import available as onednn_available, onednn_blocked, onednn_gather_scatter
 from .dataflow_implicit_gemm import implicit_gemm, implicit_gemm_torch
 from .epilogue import Epilogue
 from .kernel_map import KernelMap
@@ -46,6 +47,8 @@ DATAFLOWS: dict[str, Dataflow] = {
     "fused_gather_scatter": fused_gather_scatter,
     "fused_hybrid": fused_hybrid,
     "implicit_gemm_fused": implicit_gemm_fused,
+    "onednn_gather_scatter": onednn_gather_scatter,
+    "onednn_blocked": onednn_blocked,
 }
 
 
@@ -66,8 +69,10 @@ def call_dataflow(name: str, x: torch.Tensor, weight: torch.Tensor, kmap: Kernel
 def candidates_for(device: torch.device) -> list[str]:
     if device.type == "cuda":
         return ["gather_scatter", "implicit_gemm", "implicit_gemm_sorted"]
-    return ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted",
-            "fused_gather_scatter", "fused_hybrid", "implicit_gemm_fused"]
+    cpu = ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted",
+           "fused_gather_scatter", "fused_hybrid", "implicit_gemm_fused"]
+    # where torch has no oneDNN these would only time gather_scatter again
+    return cpu + (["onednn_gather_scatter", "onednn_blocked"] if onednn_available() else [])
 
 
 _timed_lock = threading.Lock()

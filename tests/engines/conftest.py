@@ -14,7 +14,8 @@ from engines.sparse.kitti import load_velodyne, velodyne_path
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared/data"
 DATAFLOWS = ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted", "implicit_gemm_torch",
-             "fused_gather_scatter", "implicit_gemm_fused"]  # fused_hybrid mixes these two paths: test_fused.py
+             "fused_gather_scatter", "implicit_gemm_fused", "onednn_gather_scatter", "onednn_blocked"]
+# fused_hybrid mixes two of these paths: test_fused.py
 
 
 def random_sparse(

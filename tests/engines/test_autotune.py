@@ -7,6 +7,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,7 +49,12 @@ def test_voxel_buckets_and_keys() -> None:
     assert ShapeKey.parse(str(key)) == key
     with pytest.raises(ValueError, match="malformed"):
         ShapeKey.parse("subm|k3")
-    # the device key names the hardware, never the thread count
+    # the device key names the hardware -- with family / model and vector ISA where /proc/cpuinfo has them,
+    # since VMs give CPU generations with different best dataflows one name -- never the thread count
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "cpu family" in info:
+        assert " (family " in device_model("cpu")
+        assert torch.backends.cpu.get_cpu_capability() in device_model("cpu")
     n = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -21,7 +21,8 @@ def restore_threads():
 
 
 @pytest.mark.parametrize("dataflow", ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted",
-                                      "fused_gather_scatter", "fused_hybrid", "implicit_gemm_fused"])
+                                      "fused_gather_scatter", "fused_hybrid", "implicit_gemm_fused",
+                                      "onednn_gather_scatter", "onednn_blocked"])
 def test_dataflow_bitwise_identical_across_threads(dataflow: str, restore_threads) -> None:
     x = random_sparse(6000, 32, shape=(40, 40, 12), batch=1, dtype=torch.float32, seed=21)
     conv = SubMConv3d(32, 48, 3, dataflow=dataflow).eval()
@@ -67,7 +68,7 @@ def _mixed_tune_file(net, x) -> "TuneFile":
     tf = TuneFile()
     table = tf.table(device_model("cpu"))
     names = ["implicit_gemm", "gather_scatter_blocked", "implicit_gemm_sorted", "gather_scatter",
-             "fused_gather_scatter", "fused_hybrid", "implicit_gemm_fused"]
+             "fused_gather_scatter", "fused_hybrid", "implicit_gemm_fused", "onednn_gather_scatter", "onednn_blocked"]
     keys = []
 
     class _Collect:
