@@ -203,7 +203,7 @@ def _cmd_engines_tune(a: argparse.Namespace) -> int:
 
 
 def _cmd_engines_show(a: argparse.Namespace) -> int:
-    from engines.sparse.tunefile import TuneFile, device_model
+    from engines.sparse.tunefile import TuneFile, cpu_name, device_model
 
     tf = TuneFile.load(a.file)
     here = device_model("cpu")
@@ -213,7 +213,12 @@ def _cmd_engines_show(a: argparse.Namespace) -> int:
         for key, e in table["entries"].items():
             print(f"  {key:48s} {e['dataflow']}")
     if here not in tf.devices:
-        print(f"no entry for this machine ({here!r}): its layers would use the static defaults")
+        legacy = f"cpu:{cpu_name()}"
+        if legacy in tf.devices:
+            print(f"no entry for this machine ({here!r}); the entry {legacy!r} (CPU name only, an older file) would "
+                  "be used with a warning: re-run `perception-stack engines tune` here")
+        else:
+            print(f"no entry for this machine ({here!r}): its layers would use the static defaults")
     return 0
 
 
@@ -362,10 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "thinned to every --fraction of its points, so voxel counts spread over neighbouring "
                          "power-of-two buckets), time every candidate dataflow of every layer, and write the "
                          "fastest per shape bucket (layer kind x kernel x stride x channels x dtype x voxel count "
-                         "rounded to a power of two) into a versioned JSON tune file keyed on this CPU's model. "
+                         "rounded to a power of two) into a versioned JSON tune file keyed on this CPU's model (name, family, "
+                         "model, vector ISA). "
                          "The thread count is recorded but is not part of any key: the stored choice is used at "
                          "every thread count, so results are bit-identical across thread counts. Shapes the file "
-                         "lacks use the nearest tuned bucket, else the static default (gather_scatter on CPU).")
+                         "lacks use the nearest tuned bucket, else the static default (fused_gather_scatter on CPU).")
     et.add_argument("--out", type=Path, default=Path("out/sparse_tune.json"),
                     help="tune file to write (default: out/sparse_tune.json)")
     et.add_argument("--merge", action="store_true", help="add to an existing --out file (other devices/buckets kept)")

@@ -66,13 +66,13 @@ def call_dataflow(name: str, x: torch.Tensor, weight: torch.Tensor, kmap: Kernel
     return epilogue.apply_(DATAFLOWS[name](x, weight, kmap))
 
 
-def candidates_for(device: torch.device) -> list[str]:
+def candidates_for(device: torch.device, dtype: torch.dtype = torch.float32) -> list[str]:
     if device.type == "cuda":
         return ["gather_scatter", "implicit_gemm", "implicit_gemm_sorted"]
     cpu = ["gather_scatter", "gather_scatter_blocked", "implicit_gemm", "implicit_gemm_sorted",
            "fused_gather_scatter", "fused_hybrid", "implicit_gemm_fused"]
-    # where torch has no oneDNN these would only time gather_scatter again
-    return cpu + (["onednn_gather_scatter", "onednn_blocked"] if onednn_available() else [])
+    # fp32 only, and only where torch has oneDNN: elsewhere these would time gather_scatter again
+    return cpu + (["onednn_gather_scatter", "onednn_blocked"] if onednn_available() and dtype == torch.float32 else [])
 
 
 _timed_lock = threading.Lock()
@@ -155,7 +155,7 @@ class Autotuner:
         from .tunefile import shape_key
 
         key = shape_key(weight, kmap, x.dtype)
-        names = list(self.candidates) if self.candidates is not None else candidates_for(x.device)
+        names = list(self.candidates) if self.candidates is not None else candidates_for(x.device, x.dtype)
         outs: dict[str, torch.Tensor] = {}
         for name in names:  # warm-up: compiles kernels, builds the lazy map forms each one needs
             outs[name] = DATAFLOWS[name](x, weight, kmap)
@@ -183,10 +183,10 @@ def default_tuner() -> Autotuner:
     """Process-wide frozen tuner: ``$ENGINES_SPARSE_TUNE_FILE`` when set, else static defaults."""
     global _default
     if _default is None:
-        from .tunefile import DeviceTable, TuneFile, device_model
+        from .tunefile import TuneFile, device_table
 
         path = os.environ.get("ENGINES_SPARSE_TUNE_FILE")
-        table = TuneFile.load(path).devices.get(device_model("cpu"), DeviceTable()) if path else None
+        table = device_table(TuneFile.load(path), "cpu")[0] if path else None
         _default = Autotuner(table, measure=False)
     return _default
 

@@ -4,7 +4,7 @@ Why: the fused loop (:mod:`.dataflow_fused`) calls MKL's ``sgemm_``, and MKL pic
 vendor: on AMD processors with AVX-512 (Zen 4, Zen 5) it runs its AVX2 path. oneDNN, which torch also
 links, picks by instruction set. Measured on the 2-vCPU "AMD EPYC" (family 26, Zen 5) host of 3 Dec 2026,
 one thread, fp32, ``[n, C] @ [C, C]``: MKL 94-110 GFLOP/s, oneDNN 150-257 GFLOP/s (C = 32-128), results
-bit-identical at these inner sizes (BENCHMARKS.md, "Sparse convolution"). On such a CPU a plain
+bit-identical at these inner sizes (BENCHMARKS.md, "Sparse convolution vs spconv", "oneDNN GEMMs"). On such a CPU a plain
 gather-GEMM-scatter with the faster GEMM beats the L2-tiled fused loop with the slower one; where MKL
 already uses the full vector width (Intel AVX-512, AVX2-only CPUs) the fused loop can still win. Which
 wins is a property of the layer and the machine, so both are candidates of the offline tuner
@@ -18,8 +18,9 @@ Two loops, same multiply-adds (exact FLOPs: only existing neighbours are multipl
 
 * ``onednn_gather_scatter``: per kernel offset, in chunks of about 1 MiB of gathered rows: gather,
   one GEMM, add the products into the output rows;
-* ``onednn_blocked``: per block of output rows (its ``Y`` about half of a 1 MiB L2), the rows of every
-  offset are gathered at once, one GEMM per offset on its slice, and added into the block.
+* ``onednn_blocked``: the identity offset's product over all rows first (one GEMM), then per block of
+  output rows (its ``Y`` about half of a 1 MiB L2) the rows of every other offset are gathered at once,
+  one GEMM per offset on its slice, and added into the block.
 
 Exact and deterministic: every output row is the identity offset's product (submanifold maps) or zero,
 plus the other offsets' products in kernel order; within one offset an output row occurs at most once,
@@ -48,12 +49,22 @@ MIN_BLOCK_ROWS = 256
 
 @lru_cache(maxsize=1)
 def _linear() -> Optional[Any]:
-    """``torch.ops.mkldnn._linear_pointwise`` where torch has oneDNN, else None."""
+    """``torch.ops.mkldnn._linear_pointwise`` where torch has oneDNN and the op works as used here, else None.
+
+    The op is torch-internal (its compiler's), so its signature could change in a later torch: one small
+    call checked against ``torch.mm`` decides, and any failure means "not available" (gather-scatter runs).
+    """
     if not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
+        op = torch.ops.mkldnn._linear_pointwise
+        a = torch.arange(6, dtype=torch.float32).reshape(3, 2)
+        w = torch.arange(8, dtype=torch.float32).reshape(2, 4) - 3.0
+        y = op(a[1:], w.t().contiguous(), None, "none", [], "")
+        if not (isinstance(y, torch.Tensor) and y.dtype == torch.float32 and torch.equal(y, a[1:] @ w)):
+            return None
+        return op
+    except Exception:  # noqa: BLE001 -- any failure of an internal op means: do not use it
         return None
 
 
@@ -65,7 +76,8 @@ def available() -> bool:
 def _runs_here(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> bool:
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     return (available() and not grad and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and x.shape[0] > 0 and kmap.n_out > 0 and x.shape[1] > 0)
+            and weight.dtype == torch.float32 and x.shape[0] > 0 and kmap.n_out > 0 and x.shape[1] > 0
+            and weight.shape[2] > 0)
 
 
 def _kernels():

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -46,15 +47,8 @@ VERSION = 1
 # --------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def cpu_model() -> str:
-    """The CPU's model name, with family / model and the vector ISA torch dispatches to where known.
-
-    Why more than the name: virtual machines often report a generic name ("AMD EPYC") for CPUs of
-    different generations, and the best dataflow differs between them (on a Zen 5 with AVX-512 the
-    oneDNN GEMM wins every layer of the CenterPoint encoder; on a Zen 3 with AVX2 the fused MKL loop
-    did). Linux ``/proc/cpuinfo``; elsewhere what ``platform`` reports.
-    """
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of Linux ``/proc/cpuinfo`` (lower-case keys), or {}."""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -66,15 +60,34 @@ def cpu_model() -> str:
             fields.setdefault(k.lower(), " ".join(v.split()))
     except OSError:
         pass
-    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
+    return fields
+
+
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name as the OS reports it (the tune files' device key before 3 Dec 2026)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name, with family / model and its widest x86 vector ISA where known.
+
+    Why more than the name: virtual machines often report a generic name ("AMD EPYC") for CPUs of
+    different generations, and the best dataflow differs between them (on a Zen 5 with AVX-512 the
+    oneDNN GEMM wins the 64-128-channel layers of the CenterPoint encoder; on a Zen 3 with AVX2 the
+    fused MKL loop did). The ISA comes from the CPU's flags, not from torch's dispatch setting
+    (``ATEN_CPU_CAPABILITY`` changes torch's own kernels, not MKL's or oneDNN's).
+    """
+    f = _cpuinfo()
     extra = []
-    if "cpu family" in fields and "model" in fields:
-        extra.append(f"family {fields['cpu family']} model {fields['model']}")
-    try:
-        extra.append(torch.backends.cpu.get_cpu_capability())
-    except (AttributeError, RuntimeError):
-        pass
-    return f"{name} ({', '.join(extra)})" if extra else name
+    if "cpu family" in f and "model" in f:
+        extra.append(f"family {f['cpu family']} model {f['model']}")
+    flags = set(f.get("flags", "").split())
+    isa = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "AVX" if "avx" in flags else ""
+    if isa:
+        extra.append(isa)
+    return f"{cpu_name()} ({', '.join(extra)})" if extra else cpu_name()
 
 
 def device_model(device: torch.device | str) -> str:
@@ -83,6 +96,25 @@ def device_model(device: torch.device | str) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return f"cpu:{cpu_model()}"
+
+
+def device_table(tf: "TuneFile", device: torch.device | str = "cpu") -> "tuple[DeviceTable, str | None]":
+    """This device's table in ``tf`` and the key it was found under (None: not there, static defaults).
+
+    Tune files written before 3 Dec 2026 keyed CPUs by their name alone (``cpu:AMD EPYC``); such an
+    entry is used when the full key is missing, with a warning, since the name may cover other CPU
+    generations than the one it was measured on.
+    """
+    dev = device_model(device)
+    if dev in tf.devices:
+        return tf.devices[dev], dev
+    legacy = f"cpu:{cpu_name()}"
+    if torch.device(device).type == "cpu" and legacy in tf.devices:
+        warnings.warn(f"tune file has no entry for {dev!r}; using its entry for {legacy!r} (keyed by CPU name "
+                      f"only, which may have been measured on another CPU generation): re-run "
+                      f"`perception-stack engines tune` here", stacklevel=2)
+        return tf.devices[legacy], legacy
+    return DeviceTable(), None
 
 
 def voxel_bucket(n: int) -> int:
@@ -313,9 +345,9 @@ def configure(model: torch.nn.Module, tune_file: TuneFile | str | os.PathLike | 
         tf = tune_file
     else:
         tf = TuneFile.load(tune_file)
-    dev = device_model(device)
-    tuner = Autotuner(tf.devices.get(dev, DeviceTable()), device_type=torch.device(device).type, measure=False)
-    tuner.device_known = dev in tf.devices
+    table, found = device_table(tf, device)
+    tuner = Autotuner(table, device_type=torch.device(device).type, measure=False)
+    tuner.device_known = found is not None
     for m in sparse_conv_modules(model):
         m.tuner = tuner
     return tuner

@@ -7,6 +7,7 @@ import copy
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ def test_voxel_buckets_and_keys() -> None:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if "cpu family" in info:
         assert " (family " in device_model("cpu")
-        assert torch.backends.cpu.get_cpu_capability() in device_model("cpu")
+        flags = next((ln for ln in info.splitlines() if ln.startswith("flags")), "").split()
+        assert ("AVX512" in device_model("cpu")) == ("avx512f" in flags)
     n = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -186,6 +188,28 @@ def test_file_for_another_device_falls_back_to_static_defaults() -> None:
     assert all(m.tuner is tuner for m in sparse_conv_modules(net))
     twin = copy.deepcopy(net)  # a configured network stays copyable (the tuner's lock is rebuilt)
     assert all(m.tuner is not tuner and not m.tuner.measure for m in sparse_conv_modules(twin))
+
+
+def test_file_keyed_by_cpu_name_only_is_used_with_a_warning() -> None:
+    """Tune files written before the key gained family / model / ISA (``cpu:<name>``) still configure a node,
+    with a warning that the name may cover another CPU generation; the full key wins where both exist."""
+    from engines.sparse.tunefile import cpu_name
+
+    x = random_sparse(900, 4, seed=63, dtype=torch.float32)
+    conv = SubMConv3d(4, 16, 3).eval()
+    key = shape_key(conv.weight, conv.kernel_map(x), x.feats.dtype)
+    tf = TuneFile()
+    tf.table(f"cpu:{cpu_name()}").add(key, {"implicit_gemm": 1.0, "gather_scatter": 9.0})
+    if device_model("cpu") == f"cpu:{cpu_name()}":
+        pytest.skip("no /proc/cpuinfo family or flags here: the full key is the name-only key")
+    with pytest.warns(UserWarning, match="CPU name only"):
+        tuner = configure(conv, tf)
+    assert tuner.device_known and tuner.choose(x.feats, conv.weight, conv.kernel_map(x)) == ("implicit_gemm", "exact")
+    tf.table(device_model("cpu")).add(key, {"implicit_gemm": 9.0, "gather_scatter": 1.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tuner = configure(conv, tf)
+    assert tuner.choose(x.feats, conv.weight, conv.kernel_map(x)) == ("gather_scatter", "exact")
 
 
 def test_unknown_dataflow_rejected() -> None:

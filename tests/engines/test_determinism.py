@@ -112,3 +112,30 @@ def test_auto_backbone_identical_across_threads(tuned: bool, restore_threads) ->
         assert len({name for name, _ in picks[0].values()}) >= 3
     for o in outs[1:]:
         assert torch.equal(o, outs[0])
+
+
+def test_onednn_few_rows_wide_channels_identical_across_threads(restore_threads, monkeypatch) -> None:
+    """The oneDNN dataflows at shapes unlike the test above (few rows, 128 channels in and out), checked to
+    run on oneDNN: the same bits at 1 and 2 threads."""
+    from engines.sparse import dataflow_onednn as od
+
+    if not od.available():
+        pytest.skip("torch built without oneDNN (mkldnn): the oneDNN dataflows run as gather-scatter there")
+    real, calls = od._linear(), []
+
+    def counting(*a):
+        calls.append(a[0].shape)
+        return real(*a)
+
+    monkeypatch.setattr(od, "_linear", lambda: counting)
+    x = random_sparse(90, 128, shape=(6, 6, 4), batch=1, dtype=torch.float32, seed=25)
+    for name in ("onednn_gather_scatter", "onednn_blocked"):
+        conv = SubMConv3d(128, 128, 3, dataflow=name).eval()
+        outs = []
+        for threads in (1, 2, 1, 2):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                outs.append(conv(SparseTensor(x.feats, x.coords, 1, x.spatial_shape)).feats)
+        for o in outs[1:]:
+            assert torch.equal(o, outs[0])
+    assert len(calls) >= 2 * 4 * 2  # every run multiplied on oneDNN (identity + other offsets)
