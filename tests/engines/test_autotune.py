@@ -212,6 +212,31 @@ def test_file_keyed_by_cpu_name_only_is_used_with_a_warning() -> None:
     assert tuner.choose(x.feats, conv.weight, conv.kernel_map(x)) == ("gather_scatter", "exact")
 
 
+def test_each_candidate_is_timed_from_the_maps_fresh_state(monkeypatch) -> None:
+    """A candidate that needs a per-map preparation (the fused loop's sort of an unsorted map's pairs) pays
+    it in every timed run, not only the first: what one candidate caches on the map is gone before the next
+    is timed (on a warm map the fused loop looked 2x faster than it is on each new frame)."""
+    seen = []
+
+    def marker(x, w, km):
+        km._extras["prepared_by_marker"] = True
+        return DATAFLOWS["gather_scatter"](x, w, km)
+
+    def probe(x, w, km):
+        seen.append("prepared_by_marker" in km._extras)
+        return DATAFLOWS["gather_scatter"](x, w, km)
+
+    monkeypatch.setitem(DATAFLOWS, "marker", marker)
+    monkeypatch.setitem(DATAFLOWS, "probe", probe)
+    x = random_sparse(300, 4, seed=64, dtype=torch.float32)
+    conv = SubMConv3d(4, 8, 3).eval()
+    km = conv.kernel_map(x)
+    tuner = Autotuner(measure=True, repeats=3, candidates=["marker", "probe"])
+    with torch.no_grad():
+        tuner.run(x.feats, conv.weight, km)
+    assert seen == [True, False, False, False]  # warm-up after marker; every timed run from the fresh map
+
+
 def test_unknown_dataflow_rejected() -> None:
     x = random_sparse(10, 2, seed=62)
     conv = SubMConv3d(2, 2, 3)
