@@ -181,19 +181,26 @@ def _cmd_engines_tune(a: argparse.Namespace) -> int:
 
     import torch
 
-    from engines.sparse.tunefile import BACKBONES, TuneFile, device_model, kitti_tuning_frames, tune_network
+    from engines.sparse.tunefile import (BACKBONE_IN_CHANNELS, BACKBONES, TuneFile, device_model, kitti_tuning_frames,
+                                         pad_channels, tune_network)
 
     if a.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {a.backbone!r}; choose from {sorted(BACKBONES)}")
     if a.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but torch sees no CUDA device")
     torch.set_num_threads(a.threads)
-    frames = [f.to(a.device) for f in kitti_tuning_frames(a.shared, a.frames, a.voxel_size, a.fractions)]
+    channels = a.in_channels or BACKBONE_IN_CHANNELS[a.backbone]
+    frames = [f.to(a.device) for f in pad_channels(kitti_tuning_frames(a.shared, a.frames, a.voxel_size, a.fractions),
+                                                   channels)]
     tf = TuneFile.load(a.out) if a.merge and a.out.exists() else TuneFile()
     torch.manual_seed(0)
-    model = BACKBONES[a.backbone](4).eval().to(a.device)
     t0 = time.perf_counter()
-    tune_network(model, frames, tf, device=a.device, repeats=a.repeats)
+    by_shape: dict = {}
+    for f in frames:  # one network per voxel grid (the CenterPoint encoder is built for its sparse shape)
+        by_shape.setdefault(tuple(f.spatial_shape), []).append(f)
+    for shape, group in by_shape.items():
+        model = BACKBONES[a.backbone](channels, shape).eval().to(a.device)
+        tune_network(model, group, tf, device=a.device, repeats=a.repeats)
     tf.save(a.out)
     dev = device_model(a.device)
     table = tf.devices[dev]
@@ -375,7 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     et.add_argument("--out", type=Path, default=Path("out/sparse_tune.json"),
                     help="tune file to write (default: out/sparse_tune.json)")
     et.add_argument("--merge", action="store_true", help="add to an existing --out file (other devices/buckets kept)")
-    et.add_argument("--backbone", default="voxel_backbone8x", help="network to tune (default: voxel_backbone8x)")
+    et.add_argument("--backbone", default="voxel_backbone8x", choices=["voxel_backbone8x", "centerpoint_encoder"],
+                    help="network to tune: SECOND's VoxelBackBone8x (4 channels) or mmdetection3d's CenterPoint "
+                    "SparseEncoder (5 channels, 128-channel stages); default voxel_backbone8x")
+    et.add_argument("--in-channels", type=int, default=None,
+                    help="voxel feature channels (default: the backbone's upstream count; KITTI's 4 are zero-padded)")
     et.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data",
                     help="folder holding kitti_object_vis/ (default: ../shared/data beside the checkout)")
     et.add_argument("--frames", type=int, nargs="+", default=[0, 1, 2], help="KITTI velodyne frame ids (default 0 1 2)")

@@ -358,14 +358,41 @@ def configure(model: torch.nn.Module, tune_file: TuneFile | str | os.PathLike | 
 # --------------------------------------------------------------------------------------------------
 
 
-def _voxel_backbone8x(in_channels: int) -> torch.nn.Module:
+def _voxel_backbone8x(in_channels: int, spatial_shape: Any = None) -> torch.nn.Module:
     from .backbones import VoxelBackbone8x
 
     return VoxelBackbone8x(in_channels)
 
 
-# name -> factory(in_channels); add a backbone here to make it tunable from the CLI
-BACKBONES: dict[str, Any] = {"voxel_backbone8x": _voxel_backbone8x}
+def _centerpoint_encoder(in_channels: int, spatial_shape: Any = None) -> torch.nn.Module:
+    """mmdetection3d's CenterPoint ``SparseEncoder`` (128-channel residual stages) for frames of
+    ``spatial_shape`` (x, y, z): upstream's sparse shape is (z + 1, y, x)."""
+    from .backbones import SparseEncoder
+
+    if spatial_shape is None:
+        return SparseEncoder(in_channels)
+    x, y, z = (int(v) for v in spatial_shape)
+    return SparseEncoder(in_channels, [z + 1, y, x])
+
+
+# name -> factory(in_channels, spatial_shape of the frames); add a backbone here to make it tunable from the CLI
+BACKBONES: dict[str, Any] = {"voxel_backbone8x": _voxel_backbone8x, "centerpoint_encoder": _centerpoint_encoder}
+#: the input channels each backbone has upstream (CenterPoint adds the sweep's time lag as a 5th)
+BACKBONE_IN_CHANNELS: dict[str, int] = {"voxel_backbone8x": 4, "centerpoint_encoder": 5}
+
+
+def pad_channels(frames: Iterable[Any], channels: int) -> list[Any]:
+    """Frames with zero feature columns appended up to ``channels`` (a single sweep's time lag is 0)."""
+    from .tensor import SparseTensor
+
+    out = []
+    for f in frames:
+        extra = channels - f.feats.shape[1]
+        if extra < 0:
+            raise ValueError(f"frames have {f.feats.shape[1]} feature channels, more than {channels}")
+        feats = f.feats if extra == 0 else torch.cat([f.feats, f.feats.new_zeros(len(f.feats), extra)], 1)
+        out.append(SparseTensor(feats.contiguous(), f.coords, f.stride, f.spatial_shape, f.batch_size))
+    return out
 
 
 def kitti_tuning_frames(shared_data: str | os.PathLike, frames: Iterable[int], voxel_sizes: Iterable[float],

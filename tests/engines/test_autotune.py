@@ -31,7 +31,7 @@ from engines.sparse.tunefile import (
 )
 from engines.sparse.voxelize import voxelize_mean
 
-from .conftest import kitti_points, random_sparse, rel_err
+from .conftest import SHARED_DATA, kitti_points, random_sparse, rel_err
 
 
 def _crop(points: np.ndarray, half_width: float) -> SparseTensor:
@@ -245,6 +245,33 @@ def test_unknown_dataflow_rejected() -> None:
 
 
 @pytest.mark.slow
+def test_cli_tunes_the_centerpoint_encoder_for_a_node(tmp_path) -> None:
+    """`engines tune --backbone centerpoint_encoder` covers the encoder's 128-channel layers, so a node running
+    it configured from the file looks every layer up (no static default) and times nothing."""
+    from engines.sparse.autotune import candidates_timed_total
+    from engines.sparse.tunefile import _centerpoint_encoder, kitti_tuning_frames, pad_channels
+
+    out = tmp_path / "cp.json"
+    r = subprocess.run([sys.executable, "-m", "perception_nodes.cli", "engines", "tune", "--backbone",
+                        "centerpoint_encoder", "--out", str(out), "--frames", "0", "--voxel-size", "0.4",
+                        "--fractions", "1.0", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0 and "not found" in r.stderr:
+        pytest.skip(f"KITTI scan missing: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    table = TuneFile.load(out).devices[device_model("cpu")]
+    keys = {str(k) for k in table.entries}
+    assert any("|c128x128|" in k and k.startswith("subm") for k in keys)
+    assert any("|c5x16|" in k for k in keys)  # KITTI's 4 channels zero-padded to CenterPoint's 5
+    frame = pad_channels(kitti_tuning_frames(SHARED_DATA, [0], [0.4], [0.7]), 5)[0]
+    net = _centerpoint_encoder(5, frame.spatial_shape).eval()
+    tuner = configure(net, out)
+    timed = candidates_timed_total()
+    with torch.no_grad():
+        net(frame)
+    assert candidates_timed_total() == timed
+    assert tuner.sources["default"] == 0 and tuner.sources["exact"] + tuner.sources["nearest"] > 0
+
+
 def test_cli_engines_tune_writes_a_loadable_file(tmp_path) -> None:
     out = tmp_path / "t.json"
     r = subprocess.run([sys.executable, "-m", "perception_nodes.cli", "engines", "tune", "--out", str(out),
