@@ -334,6 +334,43 @@ def test_missing_or_corrupt_weights_fail_with_the_reason(tmp_path, tiny_weights,
         core("").warmup()
 
 
+def test_sparse_tune_file_is_read_at_configure_and_a_bad_one_only_warns(tiny_weights, kitti_records, tmp_path):
+    """`sparse_tune_file`: the backbone's dataflow choices come from the file at configure (looked up, nothing
+    timed while scans pass); a file without this CPU, or a corrupt one, gives a WARN and static defaults."""
+    from engines.sparse.autotune import candidates_timed_total
+    from engines.sparse.tunefile import ShapeKey, TuneFile, device_model
+
+    good = tmp_path / "tune.json"
+    tf = TuneFile()
+    tf.table(device_model("cpu")).add(ShapeKey("subm", (3, 3, 3), (1, 1, 1), 4, 16, "float32", 10),
+                                      {"gather_scatter": 1.0, "implicit_gemm": 2.0})
+    tf.save(good)
+    node, clock = _node(tiny_weights, sparse_tune_file=str(good))
+    st = _statuses(node)["network"]
+    assert st.level == 0 and "entry for this CPU" in dict(st.values)["sparse_tune_file"]
+    tuners = {id(m.tuner) for m in node.net.modules() if hasattr(m, "tuner")}
+    assert len(tuners) == 1  # every sparse conv of the backbone got the file's (frozen) tuner
+    timed = candidates_timed_total()
+    for topic, msg in kitti_records:
+        _feed(node, clock, topic, msg)
+    scans = sum(topic == topics.LIDAR_POINTS for topic, _ in kitti_records)
+    assert node.frames_out == scans and candidates_timed_total() == timed
+    foreign = tmp_path / "foreign.json"
+    other = TuneFile()
+    other.table("cpu:Some Other CPU").add(ShapeKey("subm", (3, 3, 3), (1, 1, 1), 4, 16, "float32", 10),
+                                         {"gather_scatter": 1.0})
+    other.save(foreign)
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{not json")
+    for path, why in ((foreign, "no entry for"), (corrupt, "unusable")):
+        node, clock = _node(tiny_weights, sparse_tune_file=str(path))
+        st = _statuses(node)["network"]
+        assert st.level == 1 and why in st.message
+        for topic, msg in kitti_records:
+            _feed(node, clock, topic, msg)
+        assert node.frames_out == scans  # the node runs on static defaults
+
+
 def test_replay_without_weights_says_so_and_the_rest_of_the_graph_runs(kitti_bag, tmp_path, monkeypatch, caplog):
     from perception_nodes.config import load_params
     from perception_nodes.models import weights_io

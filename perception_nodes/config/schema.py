@@ -232,7 +232,7 @@ CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: cleanup + configure); everything else is applied at runtime by ``NodeCore.reconfigure``
 READ_ONLY: tuple[str, ...] = (
     "*_topic", "qos.*", "autostart", "calibration_file", "use_tf_static", "use_tf", "base_frame", "latency_window",
-    "sync.queue_size", "keep_grids_for_report", "runtime", "weights", "threads", "fusion_queue_size",
+    "sync.queue_size", "keep_grids_for_report", "runtime", "weights", "threads", "sparse_tune_file", "fusion_queue_size",
     "branches.*",  # fusion: the branch set is wired at start
     "cameras", "pool_checks",
     "scan_health.*",  # the scan-health baseline is kept from the start

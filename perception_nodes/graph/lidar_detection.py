@@ -63,7 +63,7 @@ from perception_nodes.config import to_dataclass
 from perception_nodes.errors import NodeUnavailable
 from perception_nodes.graph.detection_outputs import decode_options, detection_frame_emits
 from perception_nodes.graph.health_topics import SCAN_HEALTH, scan_health_emits
-from perception_nodes.graph.node import ERROR, OK, Emit, NodeCore, Port, synthetic_scan
+from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
 from perception_nodes.pipeline.occupancy_fusion import evidence_from_grid_data, fuse_evidence, resample_nearest
 from perception_nodes.pipeline.sensor_health import ScanHealthMonitor, ScanHealthParams
@@ -127,6 +127,8 @@ class LidarDetectionNode(NodeCore):
         self.runtime_name = str(params.get("runtime", "torch"))
         self.weights = str(params.get("weights", "") or "")
         self.threads = int(params.get("threads", 0))
+        self.sparse_tune_file = str(params.get("sparse_tune_file", "") or "")
+        self.tune_status, self.tune_ok = "static defaults or $ENGINES_SPARSE_TUNE_FILE (no sparse_tune_file)", True
         self.fusion_queue_size = int(params.get("fusion_queue_size", 4))
         self.scan_health_topic = str(params.get("scan_health_topic", SCAN_HEALTH) or "")
         self.scan_health = ScanHealthMonitor(to_dataclass(ScanHealthParams, params.get("scan_health", {}),
@@ -214,6 +216,7 @@ class LidarDetectionNode(NodeCore):
             from perception_nodes.models.calibration import DetectionCalibration
 
             net, side = load_lidar_detection(folder)
+            self._configure_tuning(net)
             calibration = DetectionCalibration.from_sidecar(side)
             options = {"threads": self.threads} if self.threads > 0 else {}
             runtime = make_runtime(self.runtime_name, net, **options)
@@ -223,6 +226,25 @@ class LidarDetectionNode(NodeCore):
         self.net, self.sidecar, self.runtime, self.weights_dir = net, side, runtime, folder
         self.calibration = calibration
         self.load_error = None
+
+    def _configure_tuning(self, net: Any) -> None:
+        """The sparse backbone's dataflow choices from ``sparse_tune_file`` (looked up, never timed while
+        running). A bad or foreign file is not fatal: static defaults, and a WARN diagnostic says why."""
+        if not self.sparse_tune_file:
+            return
+        from engines.sparse.tunefile import configure, device_model
+
+        path = self.sparse_tune_file
+        try:
+            tuner = configure(net, path)
+        except Exception as exc:  # noqa: BLE001 - missing, unreadable or malformed: run on static defaults
+            self.tune_status, self.tune_ok = f"{path} unusable ({type(exc).__name__}: {exc}); static defaults", False
+            return
+        if tuner.device_known:
+            self.tune_status, self.tune_ok = f"{path} (entry for this CPU)", True
+        else:
+            self.tune_status = f"{path} has no entry for {device_model('cpu')!r}; static defaults"
+            self.tune_ok = False
 
     def warmup(self) -> None:
         """Load the network (lifecycle configure) and run it once, so the first scan does not pay for
@@ -375,6 +397,8 @@ class LidarDetectionNode(NodeCore):
             values["calibration"] = ("identity (the sidecar has none)" if cal is None or cal.is_identity
                                      else f"{cal.summary()} (fitted on {cal.fitted.get('on', '?')})")[:300]
             level, message = OK, f"runtime {self.runtime_name} ({', '.join(f'{k}={v}' for k, v in self.runtime.describe().items())})"
+            if not self.tune_ok:
+                level, message = WARN, f"sparse tune file: {self.tune_status}"
         else:
             level, message = ERROR, f"network not loaded: {self.load_error or 'not configured yet'}"
         values["frames_out"] = str(self.frames_out)
@@ -382,4 +406,5 @@ class LidarDetectionNode(NodeCore):
         values["detections_out"] = str(self.detections_out)
         values["fused_grids_out"] = str(self.fused_out)
         values["max_points"] = str(self.max_points)
+        values["sparse_tune_file"] = self.tune_status[:300]
         return statuses + [DiagnosticStatusData(level, f"{self.name}: network", message[:500], self._sensor_frame, values)]
