@@ -77,7 +77,10 @@ def gmean(v: list[float]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 epilog="Needs spconv 2.3.8 importable: SPCONV_SITE=/tmp/spconv-site (what `make bench-sparse` "
+                                 "installs). 3 rounds take about 8 minutes on dev-2c (18 processes).",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="rounds of (every engine x every input), alternating")
     ap.add_argument("--reps", type=int, default=7, help="timed calls per process (median)")
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"), help="folder holding kitti_object_vis/")
