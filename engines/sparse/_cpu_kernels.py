@@ -579,21 +579,6 @@ def gather_block(src, in_idx, bnd, b, dst):
 
 
 @nb.njit(cache=True, nogil=True)
-def gather_block_except(src, in_idx, bnd, b, skip, dst):
-    """:func:`gather_block` without offset ``skip`` (the identity offset, already in the output; -1: none)."""
-    c = src.shape[1]
-    r = 0
-    for k in range(bnd.shape[0]):
-        if k == skip:
-            continue
-        for p in range(bnd[k, b], bnd[k, b + 1]):
-            i = in_idx[p]
-            for j in range(c):
-                dst[r, j] = src[i, j]
-            r += 1
-
-
-@nb.njit(cache=True, nogil=True)
 def scatter_block(dst, out_idx, bnd, b, src):
     c = src.shape[1]
     r = 0

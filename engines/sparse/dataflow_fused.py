@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .epilogue import Epilogue
-from .kernel_map import KernelMap
+from .kernel_map import KernelMap, cached_block_bounds
 
 TILE_Y_BYTES = 128 * 1024  # one tile of Y: a quarter of this CPU's 512 KiB L2 (swept 16-256 KiB: 128 best)
 TILE_D_BYTES = 256 * 1024  # cap on the im2col operand of the dense offsets
@@ -176,11 +176,7 @@ def _fused_cpu(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at:
     dks = dense_offsets(kmap, dense_at)
     rows = _tile_rows(cin, cout, len(dks), x.element_size())
     in_idx, out_idx, ptr = kmap.pairs_np()
-    key = ("blocks", rows)
-    if key not in kmap._extras:
-        bnd, ok = ck.block_bounds(out_idx, ptr, n_out, rows)
-        kmap._extras[key] = bnd if ok else None
-    bnd = kmap._extras[key]
+    bnd = cached_block_bounds(kmap, out_idx, ptr, rows)
     if bnd is None:
         # pairs not sorted by output row (inverse maps, submanifold maps of unsorted input): sort each
         # offset's pairs by output once per map (cached; the layers of a stage share the map)
@@ -189,11 +185,7 @@ def _fused_cpu(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, dense_at:
                                     for k in range(K)]) if len(out_idx) else np.zeros(0, np.int64)
             kmap._extras["pairs_by_out"] = (np.ascontiguousarray(in_idx[order]), np.ascontiguousarray(out_idx[order]))
         in_idx, out_idx = kmap._extras["pairs_by_out"]
-        key = ("blocks_by_out", rows)
-        if key not in kmap._extras:
-            bnd, ok = ck.block_bounds(out_idx, ptr, n_out, rows)
-            kmap._extras[key] = bnd if ok else None
-        bnd = kmap._extras[key]
+        bnd = cached_block_bounds(kmap, out_idx, ptr, rows, "blocks_by_out")
         if bnd is None:
             return None
     dense = set(dks.tolist())

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .kernel_map import KernelMap
+from .kernel_map import KernelMap, cached_block_bounds, row_kernels
 
 CHUNK_BYTES = 1024 * 1024  # gathered operand per chunk: about one L2 of this CPU
 
@@ -70,12 +70,8 @@ def _gather_scatter_blocked(x: torch.Tensor, weight: torch.Tensor, kmap: KernelM
     weight = weight.contiguous()
     K, cin, cout = weight.shape
     rows = max(256, BLOCK_BYTES // (x.element_size() * cout))
-    key = ("blocks", rows)
     in_idx, out_idx, ptr = kmap.pairs_np()
-    if key not in kmap._extras:
-        bnd, ok = ck.block_bounds(out_idx, ptr, kmap.n_out, rows)
-        kmap._extras[key] = bnd if ok else None
-    bnd = kmap._extras[key]
+    bnd = cached_block_bounds(kmap, out_idx, ptr, rows)
     if bnd is None:
         return None
     n_out = kmap.n_out
@@ -107,20 +103,12 @@ def _gather_scatter_blocked(x: torch.Tensor, weight: torch.Tensor, kmap: KernelM
 
 
 def _gather_scatter_chunked(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-    from . import _cpu_kernels as ck
-    from .kernel_map import _set_numba_threads
-
     x = x.contiguous()
     weight = weight.contiguous()
     cin, cout = weight.shape[1], weight.shape[2]
     in_idx, out_idx, ptr = kmap.pairs_np()
     y = _init_output(x, weight, kmap)
-    threads = torch.get_num_threads()
-    if threads > 1:
-        _set_numba_threads(threads)
-        gather, scatter = ck.gather_rows_par, ck.scatter_add_rows_par
-    else:
-        gather, scatter = ck.gather_rows, ck.scatter_add_rows
+    gather, scatter = row_kernels()
     rows = max(256, CHUNK_BYTES // (x.element_size() * max(cin, cout)))
     biggest = int(max((ptr[k + 1] - ptr[k] for k in range(len(ptr) - 1)), default=0))
     rows = min(rows, max(biggest, 1))

@@ -39,7 +39,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .kernel_map import KernelMap
+from .kernel_map import KernelMap, cached_block_bounds, row_kernels
 
 CHUNK_BYTES = 1024 * 1024  # gathered operand per GEMM: 1 MiB (swept 512 rows .. whole offsets on the
 # KITTI encoder's 32-128-channel layers: 10-15 % faster than whole offsets, slower below ~1k rows)
@@ -80,17 +80,6 @@ def _runs_here(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> bool:
             and weight.shape[2] > 0)
 
 
-def _kernels():
-    from . import _cpu_kernels as ck
-    from .kernel_map import _set_numba_threads
-
-    threads = torch.get_num_threads()
-    if threads > 1:
-        _set_numba_threads(threads)
-        return ck.gather_rows_par, ck.scatter_add_rows_par
-    return ck.gather_rows, ck.scatter_add_rows
-
-
 def _start(x: torch.Tensor, wt: torch.Tensor, kmap: KernelMap, lin: Any) -> torch.Tensor:
     """The output initialised by the identity offset (submanifold maps) or zeros."""
     c = kmap.identity_offset
@@ -106,15 +95,13 @@ def onednn_gather_scatter(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap
     if not _runs_here(x, weight, kmap):
         return gather_scatter(x, weight, kmap)
     lin = _linear()
-    gather, scatter = _kernels()
+    gather, scatter = row_kernels()
     x = x.contiguous()
     wt = weight.detach().transpose(1, 2).contiguous()  # [K, C_out, C_in], the layout the op takes
     in_idx, out_idx, ptr = kmap.pairs_np()
     y = _start(x, wt, kmap, lin)
     xn, yn = x.numpy(), y.numpy()
-    sizes = np.diff(ptr)
-    if kmap.identity_offset >= 0:
-        sizes[kmap.identity_offset] = 0  # in the output already
+    sizes = np.diff(ptr)  # the identity offset has no pairs here: it is in the output already
     rows = max(MIN_BLOCK_ROWS, CHUNK_BYTES // (x.element_size() * max(x.shape[1], int(weight.shape[2]))))
     rows = min(rows, max(int(sizes.max(initial=0)), 1))
     buf = torch.empty((rows, x.shape[1]), dtype=x.dtype)
@@ -140,11 +127,7 @@ def onednn_blocked(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> to
     cout = int(weight.shape[2])
     rows = max(MIN_BLOCK_ROWS, BLOCK_Y_BYTES // (x.element_size() * cout))
     in_idx, out_idx, ptr = kmap.pairs_np()
-    key = ("blocks", rows)
-    if key not in kmap._extras:
-        bnd, ok = ck.block_bounds(out_idx, ptr, kmap.n_out, rows)
-        kmap._extras[key] = bnd if ok else None
-    bnd = kmap._extras[key]
+    bnd = cached_block_bounds(kmap, out_idx, ptr, rows)
     if bnd is None:
         return onednn_gather_scatter(x, weight, kmap)
     lin = _linear()
@@ -152,14 +135,12 @@ def onednn_blocked(x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> to
     wt = weight.detach().transpose(1, 2).contiguous()
     y = _start(x, wt, kmap, lin)
     xn, yn = x.numpy(), y.numpy()
-    seg = np.diff(bnd, axis=1)  # [K, blocks] pairs per (offset, block)
-    if kmap.identity_offset >= 0:
-        seg[kmap.identity_offset] = 0
+    seg = np.diff(bnd, axis=1)  # [K, blocks] pairs per (offset, block); none for the identity offset
     per_block = seg.sum(0)
     buf = torch.empty((max(int(per_block.max(initial=0)), 1), x.shape[1]), dtype=x.dtype)
     bn = buf.numpy()
     for blk in np.flatnonzero(per_block).tolist():
-        ck.gather_block_except(xn, in_idx, bnd, blk, kmap.identity_offset, bn)
+        ck.gather_block(xn, in_idx, bnd, blk, bn)
         r = 0
         for k in np.flatnonzero(seg[:, blk]).tolist():
             m, s = int(seg[k, blk]), int(bnd[k, blk])

@@ -287,6 +287,33 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+def cached_block_bounds(kmap: KernelMap, out_idx: np.ndarray, ptr: np.ndarray, rows: int,
+                        tag: str = "blocks") -> np.ndarray | None:
+    """``bnd[k, b]``: first pair of offset ``k`` whose output row is >= ``b * rows`` (pairs sorted by output),
+    cached on the map under ``(tag, rows)``; None when some offset's pairs are not sorted by output row.
+    The output-blocked dataflows (MKL, fused, oneDNN) share it, so a stage's layers compute it once."""
+    from . import _cpu_kernels as ck
+
+    key = (tag, rows)
+    if key not in kmap._extras:
+        bnd, ok = ck.block_bounds(out_idx, ptr, kmap.n_out, rows)
+        kmap._extras[key] = bnd if ok else None
+    return kmap._extras[key]
+
+
+def row_kernels() -> tuple:
+    """(gather_rows, scatter_add_rows): numba's parallel pair when torch runs more than one thread (numba's
+    count set to torch's), else the serial one. Within one offset no output row repeats, so both give the
+    same bits."""
+    from . import _cpu_kernels as ck
+
+    threads = torch.get_num_threads()
+    if threads > 1:
+        _set_numba_threads(threads)
+        return ck.gather_rows_par, ck.scatter_add_rows_par
+    return ck.gather_rows, ck.scatter_add_rows
+
+
 def _set_numba_threads(n: int) -> None:
     """Set numba's thread count without touching torch's.
 

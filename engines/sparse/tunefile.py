@@ -47,6 +47,7 @@ VERSION = 1
 # --------------------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1)
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of Linux ``/proc/cpuinfo`` (lower-case keys), or {}."""
     fields: dict[str, str] = {}
