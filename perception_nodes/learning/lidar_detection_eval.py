@@ -148,8 +148,9 @@ def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, sample
     :mod:`perception_nodes.models.calibration`) from one uncalibrated pass:
 
     1. the score map -- the foreground prior f (a grid) and, for each f, a Platt map anchored at the
-       evidence-free score f / (K + 1) -- by binary NLL of right vs wrong over the detections; for the
-       record, the Platt map alone (f = 1, the calibration packaged before 3 Dec 2026), the unanchored map
+       evidence-free score f / (K + 1) or with a free intercept where that does not raise the evidence-free
+       score (:func:`~perception_nodes.models.calibration.fit_prior_and_platt`) -- by binary NLL of right vs
+       wrong over the detections; for the record, the Platt map alone (f = 1, the calibration packaged before 3 Dec 2026), the unanchored map
        and the evidence-scale alternative are fitted on the same detections and their NLL kept;
     2. the centre / z / yaw variance scales by ``level`` coverage of the right detections' errors (centre
        x and y pooled, z, wrapped yaw) (the uncalibrated decode's matches: the same boxes; a re-ranking by the foreground prior may match a few differently).
@@ -158,7 +159,7 @@ def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, sample
     identity = _score(branch, model, samples, [None])[0]
     t = identity.detection_table()
     k1 = len(branch.net_config.classes) + 1
-    prior, a, b, platt_info = fit_prior_and_platt(t["alpha"], t["label"], t["right"])
+    prior, a, b, platt_info = fit_prior_and_platt(t["alpha"], t["label"], t["right"], free_intercept=True)
     a_only, b_only, only_info = fit_platt(t["score"], t["right"], anchor=1.0 / k1)
     a_free, b_free, free_info = fit_platt(t["score"], t["right"])
     s, ev_info = fit_evidence_scale(t["alpha"], t["label"], t["right"])
@@ -171,6 +172,8 @@ def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, sample
               "right_detections": int(t["right"].sum()), "level": level,
               "score_nll_before": platt_info["nll_before"], "score_nll_after": platt_info["nll_after"],
               "score_nll_per_foreground_prior": platt_info["nll_per_prior"],
+              "score_nll_per_foreground_prior_free_intercept": platt_info["nll_per_prior_free"],
+              "score_map_anchored": platt_info["anchored"],
               "alternative_platt_only": {"a": a_only, "b": b_only, "nll_after": only_info["nll_after"]},
               "alternative_evidence_scale": {"scale": s, "nll_after": ev_info["nll_after"]},
               "alternative_unanchored_platt": {"a": a_free, "b": b_free, "nll_after": free_info["nll_after"]},
@@ -178,8 +181,9 @@ def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, sample
               "coverage_before": {"xy": fxy["coverage_before"], "z": fz["coverage_before"],
                                   "yaw": fyaw["coverage_before"]},
               "method": "score: Dirichlet foreground prior f (alpha_fg - 1 + f, alpha_bg + K (1 - f)), then Platt "
-                        "sigmoid(a logit p + b) anchored at the evidence-free score p = f/(K+1) (b = logit(f/(K+1)) (1 - a)); "
-                        "(f, a) = argmin binary NLL of right/wrong over the validation detections (f on a grid); variance scales: 0.9-quantile of err^2/var over the right "
+                        "sigmoid(a logit p + b), anchored at the evidence-free score p = f/(K+1) (b = logit(f/(K+1)) (1 - a)) "
+                        "or with b free where that does not raise the evidence-free score; "
+                        "(f, a, b) = argmin binary NLL of right/wrong over the validation detections (f on a grid); variance scales: 0.9-quantile of err^2/var over the right "
                         "(matched) detections (the same boxes the score map keeps), / 1.645^2"}
     cal = DetectionCalibration(foreground_prior=prior, score_logit_scale=a, score_logit_bias=b, centre_variance_scale=cxy,
                                z_variance_scale=cz, yaw_variance_scale=cyaw, fitted=fitted)

@@ -31,7 +31,10 @@ The maps (all identity at their defaults):
   every class, so the max-pool peaks are kept; the ranking of boxes is kept too except where a row's mapped
   foreground probabilities sum above 1 and are divided by their sum (a box with a strong second class then
   scores lower than one with the same raw score and a weak second class), which moved AP by up to 0.007 in
-  the evaluation; the fit uses the own-class map without that rescaling. The score threshold applies to the
+  the evaluation; the fit uses the own-class map without that rescaling. Since 3 Dec 2026 (sixth session)
+  the fit also tries ``b`` free and keeps it when its validation NLL is lower and it does not *raise* the
+  evidence-free score (:func:`fit_prior_and_platt`, ``free_intercept``): the anchor held the low-score boxes
+  near their raw score although on validation they are right less often than that. The score threshold applies to the
   calibrated score, so boxes whose calibrated score falls below it are no longer decoded (the low end of
   the precision-recall curve). ``a`` minimises the binary NLL of "the detection is right" over the validation detections
   (:func:`fit_platt`).
@@ -188,7 +191,8 @@ def platt(p: Any, a: float, b: float, eps: float = 1e-6) -> Any:
     """``sigmoid(a logit(p) + b)`` (numpy arrays or torch tensors), ``p`` clipped to ``[eps, 1 - eps]``."""
     if isinstance(p, np.ndarray) or np.isscalar(p):
         q = np.clip(np.asarray(p, np.float64), eps, 1.0 - eps)
-        return 1.0 / (1.0 + np.exp(-(a * np.log(q / (1.0 - q)) + b)))
+        with np.errstate(over="ignore"):  # exp overflow -> inf -> 0: the right limit
+            return 1.0 / (1.0 + np.exp(-(a * np.log(q / (1.0 - q)) + b)))
     import torch
 
     q = p.clamp(eps, 1.0 - eps)
@@ -222,7 +226,8 @@ def fit_platt(p: ArrayLike, right: ArrayLike, *, anchor: float | None = None,
         x, offset, w = (logit - l0)[:, None], np.full_like(pp, l0), np.array([1.0])
     ridge = 1e-9 * np.eye(x.shape[1])
     for _ in range(iterations):
-        q = 1.0 / (1.0 + np.exp(-(x @ w + offset)))
+        with np.errstate(over="ignore"):  # exp overflow -> q = 0: the right limit
+            q = 1.0 / (1.0 + np.exp(-(x @ w + offset)))
         grad = x.T @ (q - y)
         hess = (x * (q * (1.0 - q))[:, None]).T @ x + ridge
         step = np.linalg.solve(hess, grad)
@@ -255,25 +260,48 @@ def prior_score(alpha: ArrayLike, label: ArrayLike, foreground_prior: float) -> 
 
 def fit_prior_and_platt(alpha: ArrayLike, label: ArrayLike, right: ArrayLike, *,
                         grid: ArrayLike = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-                        ) -> tuple[float, float, float, dict[str, Any]]:
+                        free_intercept: bool = False) -> tuple[float, float, float, dict[str, Any]]:
     """``(f, a, b, info)``: the foreground prior ``f`` (from ``grid``) and, for each, the Platt map anchored at
     the evidence-free score ``f / (K + 1)`` (:func:`fit_platt`), jointly minimising the binary NLL of
     ``right`` over a fixed set of detections (their Dirichlet rows ``alpha``, detected ``label``).
-    ``info``: the NLL before, after, and per grid value (the record of the search)."""
+
+    ``free_intercept``: for each ``f`` also fit the map with ``b`` free (unanchored) and admit it when it
+    does not raise the evidence-free score (``platt(f / (K + 1)) <= f / (K + 1)``): the data may say that
+    peaks without evidence are right less often than the prior mean, never that they are right more often
+    (that would publish evidence-free peaks). Why: the anchor kept an evidence-free cell at exactly
+    ``f / (K + 1)`` and with it the low-score boxes near their raw score, which on the validation scenes are
+    right less often than that (the unanchored map has the lower validation NLL); an unanchored map that
+    raised the evidence-free score (the base weights': 0.25 -> 0.37, above the node's threshold 0.3) stays
+    excluded. The lowest NLL over every admitted (f, map) wins.
+
+    ``info``: the NLL before, after, per grid value (the anchored map's; ``nll_per_prior_free`` the unanchored
+    one's, ``None`` where not admitted) and ``anchored`` (which map won)."""
     a = np.asarray(alpha, np.float64)
     y = np.asarray(right, bool)
     k1 = a.shape[1]
     per: dict[str, float] = {}
-    best = (1.0, 1.0, 0.0, float("inf"))
+    per_free: dict[str, float | None] = {}
+    best = (1.0, 1.0, 0.0, float("inf"), True)
     for f in grid:
         p = prior_score(a, label, float(f))
         sa, sb, inf = fit_platt(p, y, anchor=float(f) / k1)
         nll = float(inf["nll_after"])
         per[f"{float(f):g}"] = nll
         if nll < best[3]:
-            best = (float(f), sa, sb, nll)
+            best = (float(f), sa, sb, nll, True)
+        if free_intercept:
+            fa, fb, finf = fit_platt(p, y)
+            e0 = float(f) / k1
+            ok = (fa, fb) != (1.0, 0.0) and float(platt(np.array([e0]), fa, fb)[0]) <= e0
+            per_free[f"{float(f):g}"] = float(finf["nll_after"]) if ok else None
+            if ok and float(finf["nll_after"]) < best[3]:
+                best = (float(f), fa, fb, float(finf["nll_after"]), False)
     before = binary_nll(prior_score(a, label, 1.0), y)
-    return best[0], best[1], best[2], {"nll_before": before, "nll_after": best[3], "n": float(len(a)), "nll_per_prior": per}
+    info: dict[str, Any] = {"nll_before": before, "nll_after": best[3], "n": float(len(a)), "nll_per_prior": per,
+                            "anchored": best[4]}
+    if free_intercept:
+        info["nll_per_prior_free"] = per_free
+    return best[0], best[1], best[2], info
 
 
 def scaled_score(alpha: ArrayLike, label: ArrayLike, scale: float) -> np.ndarray:

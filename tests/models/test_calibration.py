@@ -214,6 +214,36 @@ def test_foreground_prior_fit_recovers_a_known_prior():
     assert info["nll_after"] < info["nll_before"] - 0.01  # the plain Dirichlet mean over-scores these rows
 
 
+def test_free_intercept_is_taken_when_evidence_free_peaks_are_right_less_often_than_the_prior_mean():
+    alpha, label = _evidence_rows(20000, seed=6)
+    p = prior_score(alpha, label, 1.0)
+    a_true, b_true = 2.0, 0.0  # maps the evidence-free 0.25 to sigmoid(2 logit 0.25) = 0.1: below the prior mean
+    truth = platt(p, a_true, b_true)
+    right = np.random.default_rng(7).random(len(p)) < truth
+    _, _, _, anchored = fit_prior_and_platt(alpha, label, right)
+    f, a, b, info = fit_prior_and_platt(alpha, label, right, free_intercept=True)
+    assert anchored["anchored"] and not info["anchored"]
+    assert info["nll_after"] < anchored["nll_after"] - 1e-3
+    # the fitted map reproduces the true probabilities (20k Bernoulli draws: ~0.01 spread)
+    got = platt(prior_score(alpha, label, f), a, b)
+    assert np.mean(np.abs(got - truth)) < 0.02
+    # and it lowers, never raises, what a cell without evidence scores
+    assert float(platt(np.array([f / 4]), a, b)[0]) <= f / 4
+    assert DetectionCalibration(foreground_prior=f, score_logit_scale=a, score_logit_bias=b).evidence_free_score(3) <= 0.25
+
+
+def test_free_intercept_that_would_raise_the_evidence_free_score_is_refused():
+    alpha, label = _evidence_rows(20000, seed=8)
+    p = prior_score(alpha, label, 1.0)
+    right = np.random.default_rng(9).random(len(p)) < platt(p, 2.0, 3.0)  # evidence-free 0.25 -> 0.69
+    f, a, b, info = fit_prior_and_platt(alpha, label, right, free_intercept=True)
+    assert info["anchored"]
+    assert info["nll_per_prior_free"]["1"] is None  # fitted, but not admitted
+    assert b == pytest.approx(math.log((f / 4) / (1 - f / 4)) * (1 - a))  # anchored at f / (K + 1)
+    assert DetectionCalibration(foreground_prior=f, score_logit_scale=a, score_logit_bias=b).evidence_free_score(3) == \
+        pytest.approx(f / 4)
+
+
 def test_decode_with_foreground_prior_drops_evidence_free_peaks_but_keeps_the_peaks():
     alpha, box = _maps()
     alpha = alpha.clone()
