@@ -268,6 +268,13 @@ class DetectionAccumulator:
         out["precision_published"] = float(right[pub].mean()) if pub.any() else nan
         out["ece_class_published"] = _ece(d[pub, 0], right[pub], ep.ece_bins)
         out["brier_class_published"] = _brier(d[pub, 0], right[pub])
+        if len(d):
+            # trivial baselines that need nothing but the boxes: a score of 0 for every box (its ECE is the share
+            # right: on a set of mostly wrong low-score boxes it is small too) and the oracle constant at this
+            # set's own share right (ECE 0 by construction; its Brier is what a useful score must beat)
+            rate = float(right.mean())
+            out["baseline_zero_score_ece"] = _ece(np.zeros(len(d)), right, ep.ece_bins)
+            out["baseline_own_rate_brier"] = _brier(np.full(len(d), rate), right)
         if baselines is not None and math.isfinite(baselines.score) and len(d):
             const = np.full(len(d), baselines.score)
             out["baseline_score_value"] = float(baselines.score)

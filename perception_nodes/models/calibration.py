@@ -18,26 +18,27 @@ The maps (all identity at their defaults):
   ``u = (K + 1) / S`` are unchanged (``S`` is), only what the *uncommitted* mass means moves. Why: a cell
   with no evidence scored ``1 / (K + 1)`` = 0.25 for "car"; on a sparse scene (the motorway) the head then
   offers dozens of evidence-free peaks per scan at that score, nearly all wrong, and the score ECE there
-  stayed 0.16 after Platt scaling. With ``f`` < 1 such a peak scores ``f / (K + 1)``. Peaks are still
+  stayed 0.16 after Platt scaling. With ``f`` < 1 such a peak scores ``platt(f / (K + 1))``. Peaks are still
   picked on the uncalibrated map (the same boxes), but the map is not monotone in the old score (a cell
   with more vacuity loses more), so the ranking of boxes and AP can change.
 
 * **score map** (what ``lidar-eval --fit-calibration`` fits for the class evidence): Platt scaling of the
   Dirichlet expected probabilities, ``p' = sigmoid(a logit(p) + b)`` with ``a > 0``, applied to every
   foreground class probability of a box (rescaled to sum to at most 1; background is the rest). The fit
-  anchors it at the Dirichlet prior mean ``1 / (K + 1)``, ``b = logit(1 / (K + 1)) (1 - a)``: a cell with
-  no evidence keeps the score 1 / (K + 1) (an unanchored fit maps it to ~0.37 on our validation set, which
-  would let evidence-free peaks pass the node's ``score_threshold`` 0.3). It is monotone and the same for
+  either anchors it at the evidence-free score (the Dirichlet prior mean ``1 / (K + 1)``, or ``f / (K + 1)``
+  with the prior), ``b = logit(1 / (K + 1)) (1 - a)``, so a cell with no evidence keeps that score, or, since
+  3 Dec 2026 (sixth session), leaves ``b`` free where that lowers the validation NLL and does not *raise*
+  the evidence-free score (:func:`fit_prior_and_platt`, ``free_intercept``; an unanchored map that raised it
+  -- the base weights': 0.25 -> 0.37 -- would let evidence-free peaks pass the node's ``score_threshold``
+  0.3, and stays excluded; the v3 weights' free map moves 0.25 to 0.16). It is monotone and the same for
   every class, so the max-pool peaks are kept; the ranking of boxes is kept too except where a row's mapped
   foreground probabilities sum above 1 and are divided by their sum (a box with a strong second class then
   scores lower than one with the same raw score and a weak second class), which moved AP by up to 0.007 in
-  the evaluation; the fit uses the own-class map without that rescaling. Since 3 Dec 2026 (sixth session)
-  the fit also tries ``b`` free and keeps it when its validation NLL is lower and it does not *raise* the
-  evidence-free score (:func:`fit_prior_and_platt`, ``free_intercept``): the anchor held the low-score boxes
-  near their raw score although on validation they are right less often than that. The score threshold applies to the
-  calibrated score, so boxes whose calibrated score falls below it are no longer decoded (the low end of
-  the precision-recall curve). ``a`` minimises the binary NLL of "the detection is right" over the validation detections
-  (:func:`fit_platt`).
+  the evaluation; the fit uses the own-class map without that rescaling. Why the free intercept: the anchor
+  held the low-score boxes near their raw score although on validation they are right less often than
+  that. The score threshold applies to the calibrated score, so boxes whose calibrated score falls below it
+  are no longer decoded (the low end of the precision-recall curve). ``a`` (and a free ``b``) minimise the
+  binary NLL of "the detection is right" over the validation detections (:func:`fit_platt`).
 * **evidence scale** ``s > 0`` (supported and fitted for the record, not used by default: measured worse,
   see docs/lidar_branch.md): ``alpha' = 1 + s (alpha - 1)`` for every class and background, i.e. the
   evidence ``e = alpha - 1`` is multiplied by ``s`` (the Dirichlet analogue of temperature scaling).
@@ -260,7 +261,7 @@ def prior_score(alpha: ArrayLike, label: ArrayLike, foreground_prior: float) -> 
 
 def fit_prior_and_platt(alpha: ArrayLike, label: ArrayLike, right: ArrayLike, *,
                         grid: ArrayLike = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-                        free_intercept: bool = False) -> tuple[float, float, float, dict[str, Any]]:
+                        free_intercept: bool = False, prior_tie: float = 1e-3) -> tuple[float, float, float, dict[str, Any]]:
     """``(f, a, b, info)``: the foreground prior ``f`` (from ``grid``) and, for each, the Platt map anchored at
     the evidence-free score ``f / (K + 1)`` (:func:`fit_platt`), jointly minimising the binary NLL of
     ``right`` over a fixed set of detections (their Dirichlet rows ``alpha``, detected ``label``).
@@ -272,35 +273,41 @@ def fit_prior_and_platt(alpha: ArrayLike, label: ArrayLike, right: ArrayLike, *,
     ``f / (K + 1)`` and with it the low-score boxes near their raw score, which on the validation scenes are
     right less often than that (the unanchored map has the lower validation NLL); an unanchored map that
     raised the evidence-free score (the base weights': 0.25 -> 0.37, above the node's threshold 0.3) stays
-    excluded. The lowest NLL over every admitted (f, map) wins.
+    excluded. The lowest NLL over every admitted (f, map) wins, except that ``f = 1`` (no prior: a monotone
+    map that keeps the ranking of boxes) is kept unless another ``f`` lowers the NLL by more than
+    ``prior_tie`` nats (a near tie must not cost monotonicity).
 
-    ``info``: the NLL before, after, per grid value (the anchored map's; ``nll_per_prior_free`` the unanchored
-    one's, ``None`` where not admitted) and ``anchored`` (which map won)."""
+    ``info``: the NLL before, after, per grid value (the anchored map's; ``free_per_prior`` the unanchored
+    one's NLL and whether it was admitted) and ``anchored`` (which map won)."""
     a = np.asarray(alpha, np.float64)
     y = np.asarray(right, bool)
     k1 = a.shape[1]
     per: dict[str, float] = {}
-    per_free: dict[str, float | None] = {}
-    best = (1.0, 1.0, 0.0, float("inf"), True)
+    per_free: dict[str, dict[str, Any]] = {}
+    cands: list[tuple[float, float, float, float, bool]] = []  # (f, a, b, nll, anchored)
     for f in grid:
         p = prior_score(a, label, float(f))
         sa, sb, inf = fit_platt(p, y, anchor=float(f) / k1)
-        nll = float(inf["nll_after"])
-        per[f"{float(f):g}"] = nll
-        if nll < best[3]:
-            best = (float(f), sa, sb, nll, True)
+        per[f"{float(f):g}"] = float(inf["nll_after"])
+        cands.append((float(f), sa, sb, float(inf["nll_after"]), True))
         if free_intercept:
             fa, fb, finf = fit_platt(p, y)
             e0 = float(f) / k1
             ok = (fa, fb) != (1.0, 0.0) and float(platt(np.array([e0]), fa, fb)[0]) <= e0
-            per_free[f"{float(f):g}"] = float(finf["nll_after"]) if ok else None
-            if ok and float(finf["nll_after"]) < best[3]:
-                best = (float(f), fa, fb, float(finf["nll_after"]), False)
+            per_free[f"{float(f):g}"] = {"nll": float(finf["nll_after"]), "admitted": bool(ok)}
+            if ok:
+                cands.append((float(f), fa, fb, float(finf["nll_after"]), False))
+    best = min(cands, key=lambda c: c[3]) if cands else (1.0, 1.0, 0.0, float("inf"), True)
+    at_one = [c for c in cands if c[0] == 1.0]
+    if at_one:
+        one = min(at_one, key=lambda c: c[3])
+        if one[3] <= best[3] + prior_tie:
+            best = one
     before = binary_nll(prior_score(a, label, 1.0), y)
     info: dict[str, Any] = {"nll_before": before, "nll_after": best[3], "n": float(len(a)), "nll_per_prior": per,
-                            "anchored": best[4]}
+                            "anchored": best[4], "prior_tie": prior_tie}
     if free_intercept:
-        info["nll_per_prior_free"] = per_free
+        info["free_per_prior"] = per_free
     return best[0], best[1], best[2], info
 
 

@@ -160,6 +160,15 @@ def test_calibration_fit_and_before_after_scoring_on_a_tiny_run(det_run, bag_cac
     assert before["matched_detections"] == after["matched_detections"]
     for key in ("brier_class", "nll_class", "coverage_xy", "baseline_score_brier"):
         assert key in after
+    if after["detections"]:
+        # the box-only baselines: a score of 0 has ECE = share right; the oracle constant's Brier = r (1 - r)
+        r = after["precision_centre"]
+        assert after["baseline_zero_score_ece"] == pytest.approx(r, abs=1e-12)
+        assert after["baseline_own_rate_brier"] == pytest.approx(r * (1 - r), abs=1e-12)
+    # the fit's record: the free-intercept search, per prior, and which map won
+    assert isinstance(cal.fitted["score_map_anchored"], bool)
+    assert set(cal.fitted["score_free_intercept_per_foreground_prior"]) == set(cal.fitted["score_nll_per_foreground_prior"])
+    assert cal.fitted["score_prior_tie_nats"] > 0
     # the constant-sigma baseline needs right detections on its source (a 2-epoch net may have none)
     assert ("baseline_cov_coverage_xy" in after) == (math.isfinite(base.sigma_xy) and after["matched_detections"] > 0)
     assert "| ECE of score |" in summary_table({"generated": res})

@@ -222,7 +222,8 @@ def test_free_intercept_is_taken_when_evidence_free_peaks_are_right_less_often_t
     right = np.random.default_rng(7).random(len(p)) < truth
     _, _, _, anchored = fit_prior_and_platt(alpha, label, right)
     f, a, b, info = fit_prior_and_platt(alpha, label, right, free_intercept=True)
-    assert anchored["anchored"] and not info["anchored"]
+    assert "free_per_prior" not in anchored and not info["anchored"]
+    assert info["free_per_prior"]["1"]["admitted"]
     assert info["nll_after"] < anchored["nll_after"] - 1e-3
     # the fitted map reproduces the true probabilities (20k Bernoulli draws: ~0.01 spread)
     got = platt(prior_score(alpha, label, f), a, b)
@@ -238,10 +239,41 @@ def test_free_intercept_that_would_raise_the_evidence_free_score_is_refused():
     right = np.random.default_rng(9).random(len(p)) < platt(p, 2.0, 3.0)  # evidence-free 0.25 -> 0.69
     f, a, b, info = fit_prior_and_platt(alpha, label, right, free_intercept=True)
     assert info["anchored"]
-    assert info["nll_per_prior_free"]["1"] is None  # fitted, but not admitted
+    assert not info["free_per_prior"]["1"]["admitted"]  # fitted, but not admitted
+    assert info["free_per_prior"]["1"]["nll"] < info["nll_after"]  # although its NLL is lower
     assert b == pytest.approx(math.log((f / 4) / (1 - f / 4)) * (1 - a))  # anchored at f / (K + 1)
     assert DetectionCalibration(foreground_prior=f, score_logit_scale=a, score_logit_bias=b).evidence_free_score(3) == \
         pytest.approx(f / 4)
+
+
+def test_free_intercept_search_keeps_a_better_prior_and_checks_admission_at_that_prior():
+    alpha, label = _evidence_rows(20000, seed=4)
+    # 1) the truth is the prior f = 0.2 with no map: an admitted free map at f = 1 must not beat it
+    right = np.random.default_rng(5).random(len(alpha)) < prior_score(alpha, label, 0.2)
+    f, a, b, info = fit_prior_and_platt(alpha, label, right, free_intercept=True)
+    assert f == 0.2, info
+    assert any(v["admitted"] for k, v in info["free_per_prior"].items() if k != "0.2")
+    # 2) the truth is the prior f = 0.2 with a flat map (a = 0.5) that raises its evidence-free 0.05 to 0.10
+    #    while it keeps 0.25 below 0.25: the free fit at f = 0.2 must be refused (admission is judged at
+    #    f / (K + 1), not at 1 / (K + 1))
+    b_up = math.log(0.10 / 0.90) - 0.5 * math.log(0.05 / 0.95)
+    assert float(platt(np.array([0.25]), 0.5, b_up)[0]) < 0.25
+    right = np.random.default_rng(11).random(len(alpha)) < platt(prior_score(alpha, label, 0.2), 0.5, b_up)
+    f, a, b, info = fit_prior_and_platt(alpha, label, right, free_intercept=True)
+    assert not info["free_per_prior"]["0.2"]["admitted"]
+    assert float(platt(np.array([f / 4]), a, b)[0]) <= f / 4 + 1e-12
+
+
+def test_prior_near_tie_keeps_the_monotone_map():
+    alpha, label = _evidence_rows(20000, seed=12)
+    # outcomes from f = 0.9: its NLL gain over f = 1 is far below the tie margin, so f = 1 (monotone) is kept
+    right = np.random.default_rng(13).random(len(alpha)) < prior_score(alpha, label, 0.9)
+    f, _, _, info = fit_prior_and_platt(alpha, label, right, free_intercept=True)
+    gain = info["nll_per_prior"]["1"] - min(info["nll_per_prior"].values())
+    assert gain < 1e-3 and f == 1.0
+    assert DetectionCalibration(foreground_prior=f).monotone
+    f0, _, _, _ = fit_prior_and_platt(alpha, label, right, free_intercept=True, prior_tie=0.0)
+    assert f0 != 1.0 or gain == 0.0  # without the tie margin the nominal optimum wins
 
 
 def test_decode_with_foreground_prior_drops_evidence_free_peaks_but_keeps_the_peaks():
