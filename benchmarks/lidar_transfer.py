@@ -186,37 +186,36 @@ def score_arm(run: Path, eval_config: Path, *, generated: bool = True) -> dict[s
     """Scores of one trained arm (module doc); ``generated=False`` skips the generated set."""
     import torch
 
-    from perception_nodes.datasets.kitti import read_kitti_object
     from perception_nodes.datasets.mmdet3d import read_mmdet3d_info
     from perception_nodes.learning.config import _sources
-    from perception_nodes.learning.lidar_detection_eval import _score_real, evaluate_sets
+    from perception_nodes.learning.lidar_detection_eval import (
+        evaluate_kitti,
+        evaluate_nuscenes,
+        evaluate_sets,
+        in_camera_view,
+        kitti_frames,
+    )
     from perception_nodes.learning.trainer import load_trained
     from perception_nodes.scenario.realism import INTENSITY_SCALE
 
     torch.set_num_threads(2)
     branch, model = load_trained(run)
     doc = yaml.safe_load(eval_config.read_text())
-
-    def in_fov(c: np.ndarray) -> np.ndarray:
-        c = np.asarray(c).reshape(-1, 3)
-        return (c[:, 0] > 0) & (np.abs(np.degrees(np.arctan2(c[:, 1], c[:, 0]))) <= 45.0)
-
-    def everywhere(c: np.ndarray) -> np.ndarray:
-        return np.ones(len(np.asarray(c).reshape(-1, 3)), bool)
-
-    kitti = list(read_kitti_object(SHARED / "kitti_object_vis/data/object"))
-    kitti += list(read_mmdet3d_info(SHARED / "kitti_mmdet3d_demo/demo/data/kitti/000008.pkl"))
-    nus = list(read_mmdet3d_info(SHARED / "nuscenes_mmdet3d_demo/demo/data/nuscenes/n015-2018-07-24-11-22-45+0800.pkl"))
+    kitti_root = SHARED / "kitti_object_vis/data/object"
+    kitti_infos = [SHARED / "kitti_mmdet3d_demo/demo/data/kitti/000008.pkl"]
+    nus_info = SHARED / "nuscenes_mmdet3d_demo/demo/data/nuscenes/n015-2018-07-24-11-22-45+0800.pkl"
     out: dict[str, Any] = {}
-    for name, frames, scale, keep in (("kitti", kitti, 1.0, in_fov), ("nuscenes", nus, INTENSITY_SCALE["nuscenes"], everywhere)):
-        res = _score_real(branch, model, frames, intensity_scale=scale, keep=keep, calibration=None)
+    for name, res, frames, scale, keep in (
+            ("kitti", evaluate_kitti(branch, model, kitti_root, infos=kitti_infos), list(kitti_frames(kitti_root, kitti_infos)),
+             1.0, in_camera_view),
+            ("nuscenes", evaluate_nuscenes(branch, model, nus_info), list(read_mmdet3d_info(nus_info)),
+             INTENSITY_SCALE["nuscenes"], lambda c: np.ones(len(c), bool))):
         car = res["per_class"].get("car", {})
         level = car.get("hard") or car.get("all") or {}
-        nus_ap = ((res.get("nuscenes") or {}).get("per_class") or {}).get("car", {})
+        centre = (res.get("centre_distance") or res.get("nuscenes") or {}).get("per_class") or {}
         recall, per_frame, cars = _recall_and_boxes(branch, model, frames, intensity_scale=scale, keep=keep)
         out[name] = {"frames": len(frames), "cars": cars, "car_ap_bev": level.get("ap_r40_bev"),
-                     "car_ap_3d": level.get("ap_r40_3d"),
-                     "car_centre_ap": nus_ap.get("ap") if isinstance(nus_ap, dict) else None,
+                     "car_ap_3d": level.get("ap_r40_3d"), "car_centre_ap": (centre.get("car") or {}).get("ap"),
                      "car_recall_2m_at_0.3": recall, "boxes_per_frame_at_0.3": per_frame}
     keys = ("car_ap_3d", "car_ap_bev", "ece_class", "precision_published")
     if generated:

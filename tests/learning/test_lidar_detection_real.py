@@ -13,6 +13,7 @@ from tests.conftest import SHARED_DATA, require
 
 NUSC_PKL = SHARED_DATA / "nuscenes_mmdet3d_demo/demo/data/nuscenes/n015-2018-07-24-11-22-45+0800.pkl"
 KITTI_OBJECT_ROOT = SHARED_DATA / "kitti_object_vis/data/object"
+KITTI_000008_PKL = SHARED_DATA / "kitti_mmdet3d_demo/demo/data/kitti/000008.pkl"
 
 
 def test_nuscenes_boxes_hold_their_points_in_the_vehicle_frame():
@@ -50,6 +51,7 @@ def test_real_only_evaluation_scores_kitti_and_the_nuscenes_keyframe(tmp_path):
 
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(yaml.safe_dump({"kitti": str(require(KITTI_OBJECT_ROOT)), "kitti_fov_deg": 90.0,
+                                   "kitti_infos": [str(require(KITTI_000008_PKL))],
                                    "nuscenes": str(require(NUSC_PKL)),
                                    "sets": {"never_run": [{"generate": {"scenario": "highway", "seed": 9}}]},
                                    "validation": [{"generate": {"scenario": "urban_street", "seed": 8}}]}))
@@ -58,7 +60,8 @@ def test_real_only_evaluation_scores_kitti_and_the_nuscenes_keyframe(tmp_path):
     m = json.loads(out.read_text())
     assert m["generated"] == {}  # --real-only: no generated set was built or scored, no validation fit
     assert "validation_fit_record" not in m and m["validation_sets"] == []
-    assert len(m["kitti"]["detections_per_frame"]) == 3
+    assert len(m["kitti"]["detections_per_frame"]) == 4  # 000000-000002 and 000008
+    assert m["kitti"]["infos"] == [str(KITTI_000008_PKL)]
     nus = m["nuscenes"]
     assert nus["frames"] == 1 and len(nus["detections_per_frame"]) == 1 and 0.0 <= nus["mean_vacuity"] <= 1.0
     # the scored ground truth, counted here from the dataset alone with the scorer's config: mapped labels
