@@ -21,6 +21,16 @@ SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 KITTI_OBJECT = SHARED_DATA / "kitti_object_vis/data/object/training"
 
 
+def load_script(path: Path, name: str):
+    """A script outside the package (``benchmarks/*.py``) imported as a module, for testing its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
 def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (shared/data must sit beside the checkout)")

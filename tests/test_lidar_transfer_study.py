@@ -3,7 +3,6 @@ and ``--quick`` trains one arm and scores it on the real frames end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -12,16 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "lidar_transfer.py"
 SHARED = REPO.parent / "shared" / "data"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("lidar_transfer_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "lidar_transfer_bench")
 
 
 def test_arms_realism_and_configs(tmp_path):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "robustness.py"
@@ -22,10 +23,7 @@ def _strict(text: str) -> dict:
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("robustness_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "robustness_bench")
 
 
 def test_training_seed_is_refused(capsys):
