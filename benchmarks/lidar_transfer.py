@@ -19,7 +19,7 @@ Recipe (``lidar_detection_finetune.yaml``'s, shorter): from the base weights pac
 (trained on plain scenes only; extracted with ``git show`` into ``out/init``), the sparse backbone frozen
 (so the knobs reach the BEV net and heads only: say so when reading the numbers), BEV features cached,
 12 scenes x 8 s at every 4th frame (240 frames, mirrored), 3 epochs, one thread per arm, two arms at a time.
-Deterministic: an arm re-run gives the same weights.
+Deterministic: an arm re-run gives the same weights (reproducible, not low-variance: one trainer seed per arm).
 
 Scored, uncalibrated (raw Dirichlet score; boxes at score >= 0.1, at most 100 a scan), each arm on:
 
@@ -29,12 +29,15 @@ Scored, uncalibrated (raw Dirichlet score; boxes at score >= 0.1, at most 100 a 
 * ``seen_types_fresh`` of the evaluation config (generated, plain, 40 frames: what the knobs cost or give
   on clean generated scenes; a development set, never the report).
 
-Reported per arm: car AP BEV / 3D (KITTI R40, hard level on KITTI: every labelled car at any difficulty;
-IoU 0.7), nuScenes-style centre-distance AP of cars (0.5-4 m; forgiving where IoU 0.7 is out of reach),
-car recall at 2 m among the boxes above 0.3 and the boxes above 0.3 per frame (false positives dominate
-on real scans). The real sample is small (KITTI: 7 cars in view over the four frames, nuScenes: 4 cars
-within 50 m): a single car moves these numbers a lot, so differences between arms are indicative only,
-not a ranking. The last line printed is one JSON object (also written to ``<out>/results.json``).
+Reported per arm: car AP BEV / 3D (KITTI R40 at IoU 0.7, one level "all": frame 000008's info file has no
+2-D boxes, so KITTI's difficulty levels cannot be formed; "hard" where they can), nuScenes-style
+centre-distance AP of cars (0.5-4 m; forgiving where IoU 0.7 is out of reach), car recall at 2 m among the
+boxes above 0.3 and the boxes above 0.3 per frame (all classes, no range gate: false positives dominate on
+real scans). The real sample is small (KITTI: 7 cars in view over the four frames, 6 of them in 000008, 2 of
+those truncated at the image edge; nuScenes: 4 cars within 50 m) and the car scores sit in a narrow band, so
+a half-degree rotation of the scan re-orders right and wrong boxes: differences between arms are indicative
+only, not a ranking (docs/sim_to_real.md has a reviewer's noise estimate). The last line printed is one JSON
+object (also written to ``<out>/results.json``).
 """
 
 from __future__ import annotations
