@@ -1,8 +1,8 @@
 """Model transfer per realism knob: fine-tune the LiDAR branch with and without each knob, score on real scans.
 
-    nice -n 10 .venv/bin/python benchmarks/lidar_transfer.py                  # 13 arms, ~2 h on 2 cores
+    nice -n 10 .venv/bin/python benchmarks/lidar_transfer.py                  # 13 arms, 38 min on 2 cores (3 Dec 2026)
     nice -n 10 .venv/bin/python benchmarks/lidar_transfer.py --arms none,all  # the two ends only
-    .venv/bin/python benchmarks/lidar_transfer.py --quick                     # 2 arms, 2 scenes, 1 epoch (a smoke run)
+    .venv/bin/python benchmarks/lidar_transfer.py --quick                     # 2 arms, 2 scenes, 1 epoch, ~15 s (a smoke run)
     .venv/bin/python benchmarks/lidar_transfer.py --arms none,all --out out/transfer  # score again: trained arms are kept
 
 Why: ``benchmarks/sim_to_real.py`` measures how each realism knob of the generator moves the *data*
@@ -16,7 +16,7 @@ the real frames. Each arm fine-tunes the same network from the same start on the
 * ``no-<knob>``: all but that knob (leave one out: "without this change", everything else on).
 
 Recipe (``lidar_detection_finetune.yaml``'s, shorter): from the base weights packaged at commit 94d2639
-(trained on plain scenes only; extracted with ``git show`` into ``out/init``), the sparse backbone frozen
+(trained on plain scenes only; extracted with ``git show`` into ``<out>/init``), the sparse backbone frozen
 (so the knobs reach the BEV net and heads only: say so when reading the numbers), BEV features cached,
 12 scenes x 8 s at every 4th frame (240 frames, mirrored), 3 epochs, one thread per arm, two arms at a time.
 Deterministic: an arm re-run gives the same weights (reproducible, not low-variance: one trainer seed per arm).
@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -144,12 +145,16 @@ def base_weights(out: Path) -> Path:
 def train_arm(arm: str, out: Path, init: Path, *, n_scenes: int, duration_s: float, epochs: int) -> float:
     """Train one arm in its own process (one thread); skipped when its final weights exist. Returns seconds."""
     run = out / arm
-    if (run / "model.safetensors").is_file():
-        return 0.0
-    run.mkdir(parents=True, exist_ok=True)
     cfg = run / "config.yaml"
-    cfg.write_text(yaml.safe_dump(train_config(arm, run, init, n_scenes=n_scenes, duration_s=duration_s,
-                                               epochs=epochs), sort_keys=False))
+    text = yaml.safe_dump(train_config(arm, run, init, n_scenes=n_scenes, duration_s=duration_s, epochs=epochs),
+                          sort_keys=False)
+    if (run / "model.safetensors").is_file():
+        if cfg.is_file() and cfg.read_text() == text:
+            return 0.0
+        print(f"  {arm}: trained with another recipe ({cfg}): training again", flush=True)
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(text)
     t0 = time.perf_counter()
     with open(run / "train.log", "w") as log:
         subprocess.run([sys.executable, "-m", "perception_nodes.cli", "train", "lidar_detection", "--config",
@@ -158,8 +163,9 @@ def train_arm(arm: str, out: Path, init: Path, *, n_scenes: int, duration_s: flo
 
 
 def _recall_and_boxes(branch: Any, model: Any, frames: list[Any], *, intensity_scale: float, keep: Any,
-                      threshold: float = 0.3) -> tuple[float, float, int]:
-    """Car recall at 2 m (BEV centre) among boxes above ``threshold``, boxes above it per frame, cars."""
+                      threshold: float = 0.3) -> tuple[int, float, int]:
+    """Cars found at 2 m (BEV centre) among boxes above ``threshold``, boxes above it per frame (every class,
+    no range gate), cars (within 50 m and ``keep``)."""
     import torch
 
     from perception_nodes.calibration import transform_points
@@ -182,7 +188,7 @@ def _recall_and_boxes(branch: Any, model: Any, frames: list[Any], *, intensity_s
         cars += len(gt)
         for b in gt:
             found += int(len(c) > 0 and float(np.min(np.hypot(c[:, 0] - b.center[0], c[:, 1] - b.center[1]))) <= 2.0)
-    return (found / cars if cars else float("nan")), boxes / max(len(frames), 1), cars
+    return found, boxes / max(len(frames), 1), cars
 
 
 def score_arm(run: Path, eval_config: Path, *, generated: bool = True) -> dict[str, Any]:
@@ -216,8 +222,10 @@ def score_arm(run: Path, eval_config: Path, *, generated: bool = True) -> dict[s
         car = res["per_class"].get("car", {})
         level = car.get("hard") or car.get("all") or {}
         centre = (res.get("centre_distance") or res.get("nuscenes") or {}).get("per_class") or {}
-        recall, per_frame, cars = _recall_and_boxes(branch, model, frames, intensity_scale=scale, keep=keep)
-        out[name] = {"frames": len(frames), "cars": cars, "car_ap_bev": level.get("ap_r40_bev"),
+        found, per_frame, cars = _recall_and_boxes(branch, model, frames, intensity_scale=scale, keep=keep)
+        recall = found / cars if cars else float("nan")
+        out[name] = {"frames": len(frames), "cars": cars, "cars_found_2m_at_0.3": found,
+                     "level": "hard" if "hard" in car else "all", "car_ap_bev": level.get("ap_r40_bev"),
                      "car_ap_3d": level.get("ap_r40_3d"), "car_centre_ap": (centre.get("car") or {}).get("ap"),
                      "car_recall_2m_at_0.3": recall, "boxes_per_frame_at_0.3": per_frame}
     keys = ("car_ap_3d", "car_ap_bev", "ece_class", "precision_published")
@@ -234,15 +242,21 @@ def table(results: dict[str, Any]) -> str:
     def f(v: Any) -> str:
         return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    rows = ["| arm | KITTI car AP BEV / 3D (hard) | KITTI car centre AP | KITTI car recall @ 0.3 | KITTI boxes/frame @ 0.3 "
-            "| nuScenes car AP BEV / 3D | nuScenes car centre AP | nuScenes car recall @ 0.3 | nuScenes boxes @ 0.3 "
-            "| generated seen types: car AP3D |", "|" + "---|" * 10]
+    first = next(iter(results.values()))
+    lk, ln = first["kitti"].get("level", "all"), first["nuscenes"].get("level", "all")
+    rows = [f"| arm | KITTI car AP BEV / 3D (IoU 0.7, level {lk}) | KITTI car centre-distance AP | KITTI cars found "
+            "(2 m, score > 0.3) | KITTI boxes > 0.3 / frame | nuScenes car AP BEV / 3D (IoU 0.7, level "
+            f"{ln}) | nuScenes car centre-distance AP | nuScenes cars found | nuScenes boxes > 0.3 | generated "
+            "seen types: car AP3D |", "|" + "---|" * 10]
+
+    def found(r: dict[str, Any]) -> str:
+        return f"{r.get('cars_found_2m_at_0.3', '?')} / {r['cars']}"
+
     for arm, r in results.items():
         k, n, g = r["kitti"], r["nuscenes"], r["generated_seen_types_fresh"]
-        rows.append(f"| {arm} | {f(k['car_ap_bev'])} / {f(k['car_ap_3d'])} | {f(k['car_centre_ap'])} | "
-                    f"{f(k['car_recall_2m_at_0.3'])} | {f(k['boxes_per_frame_at_0.3'])} | {f(n['car_ap_bev'])} / "
-                    f"{f(n['car_ap_3d'])} | {f(n['car_centre_ap'])} | {f(n['car_recall_2m_at_0.3'])} | "
-                    f"{f(n['boxes_per_frame_at_0.3'])} | {f(g['car_ap_3d'])} |")
+        rows.append(f"| {arm} | {f(k['car_ap_bev'])} / {f(k['car_ap_3d'])} | {f(k['car_centre_ap'])} | {found(k)} | "
+                    f"{k['boxes_per_frame_at_0.3']:.2f} | {f(n['car_ap_bev'])} / {f(n['car_ap_3d'])} | "
+                    f"{f(n['car_centre_ap'])} | {found(n)} | {n['boxes_per_frame_at_0.3']:.2f} | {f(g['car_ap_3d'])} |")
     return "\n".join(rows)
 
 
@@ -256,9 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="fine-tune epochs (default 3)")
     p.add_argument("--workers", type=int, default=2, help="arms trained at a time, one thread each (default 2)")
     p.add_argument("--quick", action="store_true",
-                   help="arms none and all (or --arms), 2 scenes of 2 s, 1 epoch, no generated set (a smoke run)")
+                   help="arms none and all (or --arms), 2 scenes of 2 s, 1 epoch, no generated set, into "
+                        "out/transfer_quick unless --out is given (a smoke run)")
     p.add_argument("--no-generated", action="store_true", help="skip the generated development set")
-    p.add_argument("--eval-config", type=Path, default=ROOT / "configs/train/lidar_detection_eval.yaml")
+    p.add_argument("--eval-config", type=Path, default=ROOT / "configs/train/lidar_detection_eval.yaml",
+                   help="where the generated development set seen_types_fresh is defined (default "
+                        "configs/train/lidar_detection_eval.yaml); the real frames are fixed (module doc)")
     args = p.parse_args(argv)
     if args.quick:
         args.arms, args.scenes, args.duration, args.epochs = args.arms or "none,all", 2, 2.0, 1
@@ -283,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     for arm in names:
         results[arm] = score_arm(args.out / arm, args.eval_config, generated=not args.no_generated)
         results[arm]["train_seconds"] = round(seconds[arm], 1)
+        results[arm]["recipe"] = {"scenes": args.scenes, "duration_s": args.duration, "epochs": args.epochs}
         print(f"  {arm}: scored", flush=True)
     print(table(results))
     summary = {"arms": results, "scenes": args.scenes, "duration_s": args.duration, "epochs": args.epochs,

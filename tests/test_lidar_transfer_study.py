@@ -69,3 +69,18 @@ def test_quick_run_trains_and_scores_one_arm(tmp_path):
         assert 0.0 <= r <= 1.0 and arm[real]["boxes_per_frame_at_0.3"] >= 0
     assert (tmp_path / "none" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "results.json").read_text())["arms"]["none"]["kitti"] == arm["kitti"]
+
+
+def test_a_trained_arm_is_reused_only_with_the_same_recipe(tmp_path, monkeypatch):
+    mod = _module()
+    calls = []
+    monkeypatch.setattr(mod.subprocess, "run", lambda *a, **k: calls.append(a))  # records the training command
+    init = tmp_path / "init.safetensors"
+    kw = {"n_scenes": 2, "duration_s": 2.0, "epochs": 1}
+    mod.train_arm("none", tmp_path, init, **kw)
+    assert len(calls) == 1 and (tmp_path / "none" / "config.yaml").is_file()
+    (tmp_path / "none" / "model.safetensors").write_bytes(b"weights")
+    assert mod.train_arm("none", tmp_path, init, **kw) == 0.0 and len(calls) == 1  # same recipe: kept
+    mod.train_arm("none", tmp_path, init, **{**kw, "epochs": 3})  # another recipe: trained again, old run removed
+    assert len(calls) == 2 and not (tmp_path / "none" / "model.safetensors").exists()
+    assert "epochs: 3" in (tmp_path / "none" / "config.yaml").read_text()

@@ -421,7 +421,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                      help="a weights folder (model.safetensors + model.json sidecar); default when neither is "
                           "given: the packaged perception_nodes/models/weights/lidar_detection")
     p.add_argument("--eval-config", type=Path, default=Path(__file__).resolve().parents[2] / "configs/train/lidar_detection_eval.yaml",
-                   help="named sets of generated bags and the KITTI folder")
+                   help="named sets of generated bags, validation scenes and the real frames (default "
+                        "configs/train/lidar_detection_eval.yaml)")
     p.add_argument("--metrics-out", type=Path, default=None, help="JSON output (default <run>/heldout_metrics.json, or out/lidar_detection_eval/heldout_metrics.json with --weights; real_metrics.json with --real-only)")
     p.add_argument("--package", type=Path, default=None, help="also write the weights + sidecar into this folder")
     p.add_argument("--checkpoint", type=Path, default=None,
@@ -436,7 +437,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                    help="score only the real frames (KITTI, nuScenes) with the sidecar's calibration (none "
                         "with --run): no generated sets, no validation fit (seconds instead of minutes); default "
                         "output real_metrics.json beside where heldout_metrics.json would go")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = p.parse_args(argv)
     if args.real_only and (args.fit_calibration or args.package is not None):
         p.error("--real-only scores the weights as they are: it cannot fit a calibration or package")
@@ -447,6 +448,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     torch.set_num_threads(args.threads)
     doc = yaml.safe_load(args.eval_config.read_text()) or {}
     sets = {name: _sources(srcs, f"sets.{name}") for name, srcs in (doc.get("sets") or {}).items()}
+    # the roles of the config as written (also with --real-only): no generated scene may serve two of them;
+    # reserved sets are report sets kept for a future candidate (checked here, never scored until a rule
+    # moves them under `sets`)
+    reserved = {f"reserved/{name}": _sources(srcs, f"reserved_sets.{name}")
+                for name, srcs in (doc.get("reserved_sets") or {}).items()}
+    _check_disjoint({"validation": _sources(doc.get("validation"), "validation"),
+                     "training_residuals": _sources(doc.get("training_residuals"), "training_residuals"),
+                     **sets, **reserved})
     if args.real_only:
         sets = {}
         doc = {k: v for k, v in doc.items() if k not in ("validation", "training_residuals")}
@@ -472,7 +481,6 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     t0 = time.perf_counter()
     val_sources = _sources(doc.get("validation"), "validation")
     train_sources = _sources(doc.get("training_residuals"), "training_residuals")
-    _check_disjoint({"validation": val_sources, "training_residuals": train_sources, **sets})
     calibration: DetectionCalibration | None = None
     if args.run is None and not args.fit_calibration:
         calibration = DetectionCalibration.from_sidecar(side)
@@ -532,14 +540,19 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print("validation (the fit's record, not a result): " + ", ".join(
             f"{k} {_fmt(rec['before'].get(k))} -> {_fmt(rec['after'].get(k))}"
             for k in ("ece_class", "nll_class", "coverage_xy", "coverage_z", "coverage_yaw")))
-    print("held-out generated scenes (before -> after calibration):")
-    print(summary_table(metrics))
+    if metrics["generated"]:
+        print("held-out generated scenes (before -> after calibration):")
+        print(summary_table(metrics))
     if metrics.get("kitti"):
         k = metrics["kitti"]
         cd = (k.get("centre_distance") or {}).get("per_class") or {}
-        print(f"KITTI: {k['frames']} frames, detections per frame {k['detections_per_frame']}, centre-distance AP "
-              f"{json.dumps({c: round(v['ap'], 3) for c, v in cd.items()})}, "
-              f"per class {json.dumps(k['per_class'], sort_keys=True)[:400]}")
+        car = k["per_class"].get("car") or {}
+        level = "hard" if "hard" in car else "all"
+        c = car.get(level) or {}
+        print(f"KITTI: {k['frames']} frames, detections per frame {k['detections_per_frame']}, car (level {level}, IoU "
+              f"0.7) AP3D {_fmt(c.get('ap_r40_3d'))} BEV {_fmt(c.get('ap_r40_bev'))}, TP {c.get('tp_3d')} FP {c.get('fp_3d')} "
+              f"FN {c.get('fn_3d')}; centre-distance AP {json.dumps({n: round(v['ap'], 3) for n, v in cd.items()})} "
+              f"(every class and level: {out})")
     if metrics.get("nuscenes"):
         k = metrics["nuscenes"]
         nus = k["nuscenes"] or {}
