@@ -55,7 +55,7 @@ from perception_nodes.models.calibration import (
     fit_variance_scale,
 )
 
-__all__ = ["evaluate_kitti", "evaluate_nuscenes", "evaluate_sets", "fit_calibration", "in_camera_view", "kitti_frames", "main",
+__all__ = ["evaluate_kitti", "evaluate_nuscenes", "evaluate_sets", "fit_calibration", "camera_view", "in_camera_view", "kitti_frames", "main",
            "package_run", "trivial_baselines"]
 
 
@@ -220,7 +220,7 @@ def evaluate_sets(branch: LidarDetectionBranch, model: torch.nn.Module, sets: di
 def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: Any, *, intensity_scale: float,
                 keep: Any, calibration: DetectionCalibration | None) -> dict[str, Any]:
     """Run the network on real labelled frames (scan moved into the vehicle frame, intensity divided by
-    ``intensity_scale`` into the network's 0-1), keep the detections ``keep(centres)`` selects, and score
+    ``intensity_scale`` into the network's 0-1), keep the detections ``keep(frame, centres)`` selects, and score
     them with the stack's scorer; also the detections per frame and the mean vacuity of their cells."""
     from perception_nodes.calibration import transform_points
     from perception_nodes.eval.detection_eval import DetectionScorer
@@ -234,7 +234,7 @@ def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: An
         base = np.concatenate([transform_points(f.lidar_to_base, pts[:, :3]), pts[:, 3:4] / np.float32(intensity_scale)],
                               1).astype(np.float32)
         det = acc.decode(model([torch.from_numpy(base)]))[0]
-        mask = keep(det.center)
+        mask = keep(f, det.center)
         boxes = [b for b, k in zip(det.to_box3d(), mask) if k]
         scorer.add_frame(f.boxes_in_base(), boxes, points=base)
         n_det.append(len(boxes))
@@ -249,8 +249,44 @@ def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: An
 def in_camera_view(centres: np.ndarray, fov_deg: float = 90.0) -> np.ndarray:
     """Which BEV centres ``[N, >= 2]`` (base_link: x ahead) lie ahead within +-``fov_deg / 2`` (KITTI's labels
     exist only in the left camera's view)."""
+    if len(centres) == 0:
+        return np.zeros(0, bool)
     c = np.asarray(centres).reshape(len(centres), -1)
     return (c[:, 0] > 0) & (np.abs(np.degrees(np.arctan2(c[:, 1], c[:, 0]))) <= fov_deg / 2)
+
+
+def _png_size(path: Any) -> tuple[int, int] | None:
+    """(width, height) from a PNG file's header, ``None`` if there is no readable PNG."""
+    try:
+        head = Path(path).read_bytes()[:24]
+    except (OSError, TypeError):
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def camera_view(frame: Frame, centres: np.ndarray, fov_deg: float = 90.0) -> np.ndarray:
+    """Which BEV centres ``[N, >= 3]`` (base_link) project into the left colour camera's image (KITTI's CAM2:
+    in front of it, column within the image width), the view KITTI labels exist in. Frames without that
+    camera's projection or image fall back to :func:`in_camera_view` (+-``fov_deg / 2``)."""
+    if len(centres) == 0:
+        return np.zeros(0, bool)
+    c = np.asarray(centres, np.float64).reshape(len(centres), -1)
+    cam = (frame.cameras or {}).get("CAM2") or {}
+    size = _png_size(cam.get("image_path"))
+    if size is None or not ("P" in cam or "lidar_to_cam" in cam):
+        return in_camera_view(c, fov_deg)
+    if "P" in cam:  # KITTI object calib: P2 (3 x 4) @ velo -> rectified camera (4 x 4)
+        proj = np.asarray(cam["P"], np.float64) @ np.asarray(cam["lidar_to_rect"], np.float64)
+    else:  # mmdetection3d info: intrinsics @ LiDAR -> camera
+        proj = np.asarray(cam["K"], np.float64)[:3, :3] @ np.asarray(cam["lidar_to_cam"], np.float64)[:3, :]
+    base_to_lidar = np.linalg.inv(np.asarray(frame.lidar_to_base, np.float64))
+    h = np.concatenate([c[:, :3], np.ones((len(c), 1))], 1) @ base_to_lidar.T
+    uvw = h @ proj.T
+    ahead = uvw[:, 2] > 0.1
+    u = uvw[:, 0] / np.where(ahead, uvw[:, 2], 1.0)
+    return ahead & (u >= 0) & (u < size[0])
 
 
 def kitti_frames(root: Path | None, infos: Sequence[Path] = ()) -> Any:
@@ -268,13 +304,14 @@ def kitti_frames(root: Path | None, infos: Sequence[Path] = ()) -> Any:
 def evaluate_kitti(branch: LidarDetectionBranch, model: torch.nn.Module, root: Path | None, *,
                    fov_deg: float = 90.0, calibration: DetectionCalibration | None = None,
                    infos: Sequence[Path] = ()) -> dict[str, Any]:
-    """KITTI AP (R40, BEV and 3D, per difficulty) on real labelled KITTI frames, detections cropped to
-    the camera's field of view (KITTI labels exist only there); reflectance is already 0-1. Frames: the
+    """KITTI AP (R40, BEV and 3D, per difficulty) on real labelled KITTI frames, detections cropped to the
+    left colour camera's image (:func:`camera_view`: KITTI labels exist only there; ``fov_deg`` only for a
+    frame without that camera's projection); reflectance is already 0-1. Frames: the
     object-dataset folder ``root`` (``None``: none) and the frames of mmdetection3d info files ``infos`` (e.g.
     ``../shared/data/kitti_mmdet3d_demo``'s frame 000008, whose scan is already cropped to the camera's view),
     scored together."""
     res = _score_real(branch, model, kitti_frames(root, infos), intensity_scale=1.0,
-                      keep=lambda c: in_camera_view(c, fov_deg), calibration=calibration)
+                      keep=lambda f, c: camera_view(f, c, fov_deg), calibration=calibration)
     # nuScenes-style centre-distance AP (0.5-4 m) on the KITTI frames: IoU 0.7 is out of reach for boxes
     # trained on generated cars, centre distance says whether the cars are found at all
     res["centre_distance"] = res.pop("nuscenes")
@@ -291,7 +328,7 @@ def evaluate_nuscenes(branch: LidarDetectionBranch, model: torch.nn.Module, info
     from perception_nodes.scenario.realism import INTENSITY_SCALE
 
     return _score_real(branch, model, read_mmdet3d_info(info), intensity_scale=INTENSITY_SCALE["nuscenes"],
-                       keep=lambda c: np.ones(len(c), bool), calibration=calibration)
+                       keep=lambda f, c: np.ones(len(c), bool), calibration=calibration)
 
 
 def _train_config_of(cfg: dict[str, Any]) -> str:

@@ -78,3 +78,22 @@ def test_real_only_evaluation_scores_kitti_and_the_nuscenes_keyframe(tmp_path):
     assert nus["counts"]["gt"] == expected and expected.get("car", 0) > 0
     assert nus["nuscenes"]["classes"] == sorted(expected, key=list(ev.classes).index)
     assert 0.0 <= nus["nuscenes"]["map"] <= 1.0
+
+
+def test_camera_view_is_the_left_colour_camera_image():
+    from perception_nodes.learning.lidar_detection_eval import camera_view, in_camera_view, kitti_frames
+
+    frames = list(kitti_frames(require(KITTI_OBJECT_ROOT), [require(KITTI_000008_PKL)]))
+    assert len(frames) == 4
+    for f in frames:
+        ahead = np.array([[20.0, 0.0, 0.8], [20.0, 20.0 * np.tan(np.radians(44.0)), 0.8],
+                          [20.0, -20.0 * np.tan(np.radians(44.0)), 0.8], [-10.0, 0.0, 0.8],
+                          [20.0, 20.0 * np.tan(np.radians(30.0)), 0.8]])
+        got = camera_view(f, ahead)
+        # straight ahead and 30 deg left are in the image; 44 deg either side (inside the old +-45 deg wedge) and
+        # behind are not: KITTI's colour camera sees about 40 deg to each side
+        assert got.tolist() == [True, False, False, False, True], (f.frame_id, got)
+        assert in_camera_view(ahead).tolist() == [True, True, True, False, True]
+        # every labelled car of the frame projects into the image
+        cars = np.array([b.center for b in f.boxes_in_base() if b.label == "Car"]).reshape(-1, 3)
+        assert camera_view(f, cars).all()
