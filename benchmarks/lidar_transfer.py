@@ -171,72 +171,58 @@ def train_arm(arm: str, out: Path, init: Path, *, n_scenes: int, duration_s: flo
     return time.perf_counter() - t0
 
 
-def _recall_and_boxes(branch: Any, model: Any, frames: list[Any], *, intensity_scale: float, keep: Any,
-                      threshold: float = 0.3) -> tuple[int, float, int]:
-    """Cars found at 2 m (BEV centre) among boxes above ``threshold``, boxes above it per frame (every class,
-    no range gate), cars (within 50 m and ``keep``)."""
-    import torch
+class _FoundCars:
+    """``on_frame`` collector of the real-frame scoring (the same network pass): cars found at 2 m (BEV centre)
+    among the kept boxes above ``threshold``, those boxes per frame (every class, no range gate), and the cars
+    (within 50 m, kept by the same crop)."""
 
-    from perception_nodes.calibration import transform_points
-    from perception_nodes.learning.detection_metrics import DetectionAccumulator
+    def __init__(self, car: int, keep: Any, threshold: float = 0.3) -> None:
+        self.car, self.keep, self.threshold = car, keep, threshold
+        self.found = self.cars = self.boxes = self.frames = 0
 
-    acc = DetectionAccumulator(branch, with_occupancy=False, score_threshold=threshold)
-    found = cars = boxes = 0
-    car = branch.net_config.classes.index("car")
-    for f in frames:
-        pts = np.asarray(f.points, np.float32)[:, :4]
-        base = np.concatenate([transform_points(f.lidar_to_base, pts[:, :3]), pts[:, 3:4] / np.float32(intensity_scale)],
-                              1).astype(np.float32)
-        with torch.no_grad():
-            det = acc.decode(model([torch.from_numpy(base)]))[0]
-        m = keep(f, det.center) if len(det.center) else np.zeros(0, bool)
-        c = det.center[m & (det.label == car)]
-        boxes += int(m.sum())
+    def __call__(self, f: Any, det: Any, kept: np.ndarray) -> None:
+        m = np.asarray(kept, bool) & (det.score > self.threshold)
+        c = det.center[m & (det.label == self.car)]
+        self.frames += 1
+        self.boxes += int(m.sum())
         gt = [b for b in f.boxes_in_base() if b.label.lower() == "car" and np.hypot(*b.center[:2]) <= 50.0
-              and bool(keep(f, np.asarray([b.center]))[0])]
-        cars += len(gt)
+              and bool(self.keep(f, np.asarray([b.center]))[0])]
+        self.cars += len(gt)
         for b in gt:
-            found += int(len(c) > 0 and float(np.min(np.hypot(c[:, 0] - b.center[0], c[:, 1] - b.center[1]))) <= 2.0)
-    return found, boxes / max(len(frames), 1), cars
+            self.found += int(len(c) > 0 and float(np.min(np.hypot(c[:, 0] - b.center[0], c[:, 1] - b.center[1]))) <= 2.0)
 
 
 def score_arm(run: Path, eval_config: Path, *, generated: bool = True) -> dict[str, Any]:
     """Scores of one trained arm (module doc); ``generated=False`` skips the generated set."""
     import torch
 
-    from perception_nodes.datasets.mmdet3d import read_mmdet3d_info
     from perception_nodes.learning.config import _sources
-    from perception_nodes.learning.lidar_detection_eval import (
-        evaluate_kitti,
-        evaluate_nuscenes,
-        evaluate_sets,
-        camera_view,
-        kitti_frames,
-    )
+    from perception_nodes.learning.lidar_detection_eval import camera_view, evaluate_kitti, evaluate_nuscenes, evaluate_sets
     from perception_nodes.learning.trainer import load_trained
-    from perception_nodes.scenario.realism import INTENSITY_SCALE
 
     torch.set_num_threads(2)
     branch, model = load_trained(run)
     doc = yaml.safe_load(eval_config.read_text())
-    kitti_root = SHARED / "kitti_object_vis/data/object"
-    kitti_infos = [SHARED / "kitti_mmdet3d_demo/demo/data/kitti/000008.pkl"]
-    nus_info = SHARED / "nuscenes_mmdet3d_demo/demo/data/nuscenes/n015-2018-07-24-11-22-45+0800.pkl"
+    car = branch.net_config.classes.index("car")
+    kitti_found = _FoundCars(car, camera_view)
+    nus_found = _FoundCars(car, lambda f, c: np.ones(len(c), bool))
+    real = {
+        "kitti": (evaluate_kitti(branch, model, SHARED / "kitti_object_vis/data/object",
+                                 infos=[SHARED / "kitti_mmdet3d_demo/demo/data/kitti/000008.pkl"], on_frame=kitti_found),
+                  kitti_found),
+        "nuscenes": (evaluate_nuscenes(branch, model, SHARED / "nuscenes_mmdet3d_demo/demo/data/nuscenes/"
+                                       "n015-2018-07-24-11-22-45+0800.pkl", on_frame=nus_found), nus_found),
+    }
     out: dict[str, Any] = {}
-    for name, res, frames, scale, keep in (
-            ("kitti", evaluate_kitti(branch, model, kitti_root, infos=kitti_infos), list(kitti_frames(kitti_root, kitti_infos)),
-             1.0, camera_view),
-            ("nuscenes", evaluate_nuscenes(branch, model, nus_info), list(read_mmdet3d_info(nus_info)),
-             INTENSITY_SCALE["nuscenes"], lambda f, c: np.ones(len(c), bool))):
-        car = res["per_class"].get("car", {})
-        level = car.get("hard") or car.get("all") or {}
+    for name, (res, fc) in real.items():
+        by_level = res["per_class"].get("car", {})
+        level = by_level.get("hard") or by_level.get("all") or {}
         centre = (res.get("centre_distance") or res.get("nuscenes") or {}).get("per_class") or {}
-        found, per_frame, cars = _recall_and_boxes(branch, model, frames, intensity_scale=scale, keep=keep)
-        recall = found / cars if cars else float("nan")
-        out[name] = {"frames": len(frames), "cars": cars, "cars_found_2m_at_0.3": found,
-                     "level": "hard" if "hard" in car else "all", "car_ap_bev": level.get("ap_r40_bev"),
+        out[name] = {"frames": fc.frames, "cars": fc.cars, "cars_found_2m_at_0.3": fc.found,
+                     "level": "hard" if "hard" in by_level else "all", "car_ap_bev": level.get("ap_r40_bev"),
                      "car_ap_3d": level.get("ap_r40_3d"), "car_centre_ap": (centre.get("car") or {}).get("ap"),
-                     "car_recall_2m_at_0.3": recall, "boxes_per_frame_at_0.3": per_frame}
+                     "car_recall_2m_at_0.3": fc.found / fc.cars if fc.cars else float("nan"),
+                     "boxes_per_frame_at_0.3": fc.boxes / max(fc.frames, 1)}
     keys = ("car_ap_3d", "car_ap_bev", "ece_class", "precision_published")
     if generated:
         gen = evaluate_sets(branch, model, {"seen_types_fresh": _sources(doc["sets"]["seen_types_fresh"], "seen_types_fresh")})

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -218,10 +219,12 @@ def evaluate_sets(branch: LidarDetectionBranch, model: torch.nn.Module, sets: di
 
 @torch.no_grad()
 def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: Any, *, intensity_scale: float,
-                keep: Any, calibration: DetectionCalibration | None) -> dict[str, Any]:
+                keep: Any, calibration: DetectionCalibration | None, on_frame: Any = None) -> dict[str, Any]:
     """Run the network on real labelled frames (scan moved into the vehicle frame, intensity divided by
     ``intensity_scale`` into the network's 0-1), keep the detections ``keep(frame, centres)`` selects, and score
-    them with the stack's scorer; also the detections per frame and the mean vacuity of their cells."""
+    them with the stack's scorer; also the detections per frame and the mean vacuity of their cells.
+    ``on_frame(frame, detections, kept)``, if given, sees every frame's decoded detections and the keep mask
+    (for measures beyond the scorer's, from the same network pass)."""
     from perception_nodes.calibration import transform_points
     from perception_nodes.eval.detection_eval import DetectionScorer
 
@@ -235,6 +238,8 @@ def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: An
                               1).astype(np.float32)
         det = acc.decode(model([torch.from_numpy(base)]))[0]
         mask = keep(f, det.center)
+        if on_frame is not None:
+            on_frame(f, det, mask)
         boxes = [b for b, k in zip(det.to_box3d(), mask) if k]
         scorer.add_frame(f.boxes_in_base(), boxes, points=base)
         n_det.append(len(boxes))
@@ -255,10 +260,12 @@ def in_camera_view(centres: np.ndarray, fov_deg: float = 90.0) -> np.ndarray:
     return (c[:, 0] > 0) & (np.abs(np.degrees(np.arctan2(c[:, 1], c[:, 0]))) <= fov_deg / 2)
 
 
+@functools.lru_cache(maxsize=64)
 def _png_size(path: Any) -> tuple[int, int] | None:
-    """(width, height) from a PNG file's header, ``None`` if there is no readable PNG."""
+    """(width, height) from a PNG file's header (its first 24 bytes), ``None`` if there is no readable PNG."""
     try:
-        head = Path(path).read_bytes()[:24]
+        with open(path, "rb") as fh:
+            head = fh.read(24)
     except (OSError, TypeError):
         return None
     if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
@@ -303,7 +310,7 @@ def kitti_frames(root: Path | None, infos: Sequence[Path] = ()) -> Any:
 
 def evaluate_kitti(branch: LidarDetectionBranch, model: torch.nn.Module, root: Path | None, *,
                    fov_deg: float = 90.0, calibration: DetectionCalibration | None = None,
-                   infos: Sequence[Path] = ()) -> dict[str, Any]:
+                   infos: Sequence[Path] = (), on_frame: Any = None) -> dict[str, Any]:
     """KITTI AP (R40, BEV and 3D, per difficulty) on real labelled KITTI frames, detections cropped to the
     left colour camera's image (:func:`camera_view`: KITTI labels exist only there; ``fov_deg`` only for a
     frame without that camera's projection); reflectance is already 0-1. Frames: the
@@ -311,7 +318,7 @@ def evaluate_kitti(branch: LidarDetectionBranch, model: torch.nn.Module, root: P
     ``../shared/data/kitti_mmdet3d_demo``'s frame 000008, whose scan is already cropped to the camera's view),
     scored together."""
     res = _score_real(branch, model, kitti_frames(root, infos), intensity_scale=1.0,
-                      keep=lambda f, c: camera_view(f, c, fov_deg), calibration=calibration)
+                      keep=lambda f, c: camera_view(f, c, fov_deg), calibration=calibration, on_frame=on_frame)
     # nuScenes-style centre-distance AP (0.5-4 m) on the KITTI frames: IoU 0.7 is out of reach for boxes
     # trained on generated cars, centre distance says whether the cars are found at all
     res["centre_distance"] = res.pop("nuscenes")
@@ -319,7 +326,7 @@ def evaluate_kitti(branch: LidarDetectionBranch, model: torch.nn.Module, root: P
 
 
 def evaluate_nuscenes(branch: LidarDetectionBranch, model: torch.nn.Module, info: Path, *,
-                      calibration: DetectionCalibration | None = None) -> dict[str, Any]:
+                      calibration: DetectionCalibration | None = None, on_frame: Any = None) -> dict[str, Any]:
     """The nuScenes keyframe(s) of an mmdetection3d info file (evaluation only): one HDL-32E sweep in the
     ego frame, intensity 0-255 scaled to 0-1, boxes all around the car (nuScenes labels cover 360
     degrees: no crop), nuScenes labels through the scorer's class map (bicycle scores as cyclist) and
@@ -328,7 +335,7 @@ def evaluate_nuscenes(branch: LidarDetectionBranch, model: torch.nn.Module, info
     from perception_nodes.scenario.realism import INTENSITY_SCALE
 
     return _score_real(branch, model, read_mmdet3d_info(info), intensity_scale=INTENSITY_SCALE["nuscenes"],
-                       keep=lambda f, c: np.ones(len(c), bool), calibration=calibration)
+                       keep=lambda f, c: np.ones(len(c), bool), calibration=calibration, on_frame=on_frame)
 
 
 def _train_config_of(cfg: dict[str, Any]) -> str:
@@ -490,12 +497,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     # moves them under `sets`)
     reserved = {f"reserved/{name}": _sources(srcs, f"reserved_sets.{name}")
                 for name, srcs in (doc.get("reserved_sets") or {}).items()}
-    _check_disjoint({"validation": _sources(doc.get("validation"), "validation"),
-                     "training_residuals": _sources(doc.get("training_residuals"), "training_residuals"),
-                     **sets, **reserved})
+    val_sources = _sources(doc.get("validation"), "validation")
+    train_sources = _sources(doc.get("training_residuals"), "training_residuals")
+    _check_disjoint({"validation": val_sources, "training_residuals": train_sources, **sets, **reserved})
     if args.real_only:
-        sets = {}
-        doc = {k: v for k, v in doc.items() if k not in ("validation", "training_residuals")}
+        sets, val_sources, train_sources = {}, [], []
     side: dict[str, Any] = {}
     if args.run is not None:
         weights = args.checkpoint or args.run
@@ -516,8 +522,6 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         model.eval()
     assert isinstance(branch, LidarDetectionBranch)
     t0 = time.perf_counter()
-    val_sources = _sources(doc.get("validation"), "validation")
-    train_sources = _sources(doc.get("training_residuals"), "training_residuals")
     calibration: DetectionCalibration | None = None
     if args.run is None and not args.fit_calibration:
         calibration = DetectionCalibration.from_sidecar(side)
@@ -542,13 +546,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         calibration = None
     metrics["calibration"] = calibration.to_dict() if calibration is not None else None
     metrics["generated"] = evaluate_sets(branch, model, sets, calibration=calibration, baselines=baselines)
-    kitti = doc.get("kitti")
-    kitti_infos = [Path(i) for i in (doc.get("kitti_infos") or []) if Path(i).exists()]
-    missing = [str(i) for i in (doc.get("kitti_infos") or []) if not Path(i).exists()]
-    if missing and not args.no_kitti:
-        print(f"warning: kitti_infos not found, not scored: {', '.join(missing)}", file=sys.stderr)
-    if ((kitti and Path(kitti).exists()) or kitti_infos) and not args.no_kitti:
-        root = Path(kitti) if kitti and Path(kitti).exists() else None
+    root = Path(doc["kitti"]) if doc.get("kitti") and Path(doc["kitti"]).exists() else None
+    listed = [Path(i) for i in doc.get("kitti_infos") or []]
+    kitti_infos = [i for i in listed if i.exists()]
+    if len(kitti_infos) < len(listed) and not args.no_kitti:
+        print(f"warning: kitti_infos not found, not scored: {', '.join(str(i) for i in listed if not i.exists())}",
+              file=sys.stderr)
+    if (root is not None or kitti_infos) and not args.no_kitti:
         metrics["kitti"] = evaluate_kitti(branch, model, root, infos=kitti_infos,
                                           fov_deg=float(doc.get("kitti_fov_deg", 90.0)),
                                           calibration=calibration)
