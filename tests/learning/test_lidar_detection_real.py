@@ -97,3 +97,19 @@ def test_camera_view_is_the_left_colour_camera_image():
         # every labelled car of the frame projects into the image
         cars = np.array([b.center for b in f.boxes_in_base() if b.label == "Car"]).reshape(-1, 3)
         assert camera_view(f, cars).all()
+
+
+def test_camera_view_falls_back_to_the_wedge_without_a_camera_image(tmp_path):
+    import dataclasses
+
+    from perception_nodes.learning.lidar_detection_eval import camera_view, in_camera_view, kitti_frames
+
+    f = next(iter(kitti_frames(require(KITTI_OBJECT_ROOT))))
+    pts = np.array([[20.0, 20.0 * np.tan(np.radians(44.0)), 0.8], [20.0, 0.0, 0.8], [-5.0, 0.0, 0.8]])
+    not_png = tmp_path / "image.png"
+    not_png.write_bytes(b"not an image")
+    for cams in ({}, {"CAM2": {**f.cameras["CAM2"], "image_path": not_png}},
+                 {"CAM2": {**f.cameras["CAM2"], "image_path": tmp_path / "missing.png"}}):
+        g = dataclasses.replace(f, cameras=cams)
+        assert camera_view(g, pts).tolist() == in_camera_view(pts).tolist() == [True, True, False]
+    assert camera_view(f, np.zeros((0, 3))).shape == (0,)
