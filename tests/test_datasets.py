@@ -34,6 +34,18 @@ def test_mmdet3d_kitti_pickle_boxes_contain_the_verified_point_counts():
     assert mm == [1325, 1900, 881, 659, 55, 162]
 
 
+def test_mmdet3d_kitti_pickle_keeps_what_difficulty_needs():
+    """The info's 2D boxes, occlusion and truncation give KITTI levels equal to the info's own difficulty field
+    (-1: fails every level, e.g. the two cars truncated at the image edge), so 000008 is scored per level."""
+    from perception_nodes.eval.metrics.kitti_difficulty import kitti_difficulty
+
+    frame = next(read_mmdet3d_info(require(KITTI_PKL)))
+    assert frame.boxes[1].extras["bbox2d"] == pytest.approx((334.85, 178.94, 624.5, 372.04), abs=0.01)
+    names = {-1: None, 0: "easy", 1: "moderate", 2: "hard"}
+    assert [kitti_difficulty(b) for b in frame.boxes] == [names[b.extras["difficulty"]] for b in frame.boxes]
+    assert [b.extras["difficulty"] for b in frame.boxes] == [-1, 1, -1, 1, 1, 0]
+
+
 def test_mmdet3d_nuscenes_pickle_uses_gravity_centres():
     frame = next(read_mmdet3d_info(require(NUSC_PKL)))
     assert frame.points.shape == (34688, 5)

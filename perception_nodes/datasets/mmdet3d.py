@@ -59,10 +59,16 @@ def _kitti_boxes(info: dict) -> list[Box3D]:
             continue
         x, y, z, l, h, w, ry = (float(v) for v in inst["bbox_3d"])
         c = cam2lidar @ np.array([x, y - h / 2.0, z, 1.0])
+        extras: dict = {"num_lidar_pts": int(inst.get("num_lidar_pts", -1)), "difficulty": int(inst.get("difficulty", -1))}
+        # the 2D image box and observation angle of the label file: what KITTI's difficulty levels need
+        # (perception_nodes.eval.metrics.kitti_difficulty), kept as read_labels keeps them
+        if len(inst.get("bbox") or ()) == 4:
+            extras["bbox2d"] = tuple(float(v) for v in inst["bbox"])
+        if "alpha" in inst:
+            extras["alpha"] = float(inst["alpha"])
         out.append(Box3D(KITTI_CLASSES[label], (float(c[0]), float(c[1]), float(c[2])), (l, w, h), -ry - math.pi / 2,
                          occlusion=int(inst.get("occluded", -1)), truncation=float(inst.get("truncated", 0.0)),
-                         extras={"num_lidar_pts": int(inst.get("num_lidar_pts", -1)),
-                                 "difficulty": int(inst.get("difficulty", -1))}))
+                         extras=extras))
     return out
 
 
