@@ -45,6 +45,7 @@ from perception_nodes.graph.fusion import FusionNode
 from perception_nodes.graph.lidar_detection import LidarDetectionNode
 from perception_nodes.graph.stereo_occupancy import StereoOccupancyNode
 from perception_nodes.latency import LatencySeries, summarize
+from perception_nodes.latency.gc_pause import freeze_startup_objects
 
 
 END_WAIT_NS = 10 * 1_000_000_000
@@ -270,6 +271,7 @@ def run_graph(
                         steady_clock=clock.now, skipped=skipped)
     if not nodes:
         raise ValueError("the params file enables no node" + (f" that can run here ({skipped})" if skipped else ""))
+    freeze_startup_objects()  # full GC passes over the start-up heap stall frames by 100+ ms (latency/gc_pause.py)
     subs: dict[str, list[NodeCore]] = {}
     for node in nodes:
         for port in node.inputs():
