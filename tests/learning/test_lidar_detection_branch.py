@@ -82,6 +82,70 @@ def test_mirror_augmentation_mirrors_the_targets():
         assert torch.equal(out["boxes"][i], batch["boxes"][i])
 
 
+def test_rotation_augmentation_turns_points_boxes_and_grids_together():
+    """A scan turned by the drawn angle: each box keeps the points it held (tested with the box's own
+    containment, exact geometry), yaw follows, a lone occupied cell moves to the cell its centre rotates
+    into, cells rotated in from outside the grid become unobserved, and curvature is kept."""
+    from perception_nodes.boxes import Box3D
+
+    br = LidarDetectionBranch({"model": MODEL, "augment": {"flip_y": False, "rotate_deg": 45.0, "rotate_prob": 1.0}})
+    rng = np.random.default_rng(1)
+    boxes = np.array([[5.0, 2.0, 0.8, 4.2, 1.8, 1.5, 0.3, 0], [-3.0, -6.0, 0.9, 0.6, 0.6, 1.7, -1.2, 1]], np.float32)
+    inner = [np.array(b[:3]) + rng.uniform(-0.25, 0.25, (40, 3)) * np.array([b[3], b[4], b[5]]) for b in boxes]
+    pts = np.concatenate([np.concatenate(inner), rng.uniform(-11, 11, (60, 3))]).astype(np.float32)
+    pts = np.concatenate([pts, rng.random((len(pts), 1), dtype=np.float32)], 1)
+    h, w = br.occupancy_spec.shape
+    occ = np.zeros((h, w), np.uint8)
+    spec = br.occupancy_spec
+    x0, y0 = 6.1, 1.1  # a cell centre: origin -12 + (72 + 0.5) * 0.25 = 6.125 -> take the cell containing (6.1, 1.1)
+    occ[int((y0 - spec.origin[1]) // spec.resolution), int((x0 - spec.origin[0]) // spec.resolution)] = 1
+    sample = {"points": pts, "boxes": boxes, "occupied": occ, "visible": np.ones((h, w), np.uint8),
+              "curvature": np.array([0.01, 0.02, np.nan], np.float32)}
+    batch = _collate([sample] * 4, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(5)
+    out = br.augment(batch, gen)
+    again = br.augment(batch, torch.Generator().manual_seed(5))
+    assert all(torch.equal(a, b) for a, b in zip(out["points"], again["points"]))  # deterministic per seed
+    for i in range(4):
+        b_out = out["boxes"][i].numpy()
+        angle = float(b_out[0, 6] - boxes[0, 6])
+        assert abs(angle) <= math.radians(45.0) + 1e-6 and abs(angle) > 0
+        c, s_ = math.cos(angle), math.sin(angle)
+        assert np.allclose(b_out[:, :2], boxes[:, :2] @ np.array([[c, -s_], [s_, c]]).T, atol=1e-5)
+        assert np.allclose(np.remainder(b_out[:, 6] - boxes[:, 6] - angle + math.pi, 2 * math.pi) - math.pi, 0, atol=1e-5)
+        p_out = out["points"][i].numpy()
+        for j, b in enumerate(boxes):
+            before = Box3D("x", tuple(map(float, b[:3])), tuple(map(float, b[3:6])), float(b[6]))
+            after = Box3D("x", tuple(map(float, b_out[j, :3])), tuple(map(float, b_out[j, 3:6])), float(b_out[j, 6]))
+            assert before.contains(pts[:, :3]).sum() == after.contains(p_out[:, :3]).sum() >= 30
+        # the occupied cell moved where its centre turned
+        (row, col), = np.argwhere(out["occupied"][i].numpy() == 1)
+        cx = spec.origin[0] + (int((x0 - spec.origin[0]) // spec.resolution) + 0.5) * spec.resolution
+        cy = spec.origin[1] + (int((y0 - spec.origin[1]) // spec.resolution) + 0.5) * spec.resolution
+        rx, ry = c * cx - s_ * cy, s_ * cx + c * cy
+        assert abs(spec.origin[0] + (col + 0.5) * spec.resolution - rx) <= spec.resolution
+        assert abs(spec.origin[1] + (row + 0.5) * spec.resolution - ry) <= spec.resolution
+        vis = out["visible"][i].numpy()
+        assert vis[0, 0] == 0 and vis[h // 2, w // 2] == 1  # a corner came from outside the square grid
+        assert np.allclose(out["curvature"][i].numpy()[:2], [0.01, 0.02])
+
+
+def test_rotation_augmentation_is_off_by_default_and_checked():
+    """Off by default: a plain config's description and random stream are those of before; a cached backbone
+    with rotations is refused (the cache would grow per rotated scan); out-of-range values are refused."""
+    from perception_nodes.config import ConfigError
+
+    plain = LidarDetectionBranch({"model": MODEL})
+    assert plain.describe()["augment"] == {"flip_y": True}
+    assert "rotate_deg" in LidarDetectionBranch({"model": MODEL, "augment": {"rotate_deg": 10}}).describe()["augment"]
+    with pytest.raises(ConfigError, match="cache_backbone"):
+        LidarDetectionBranch({"model": MODEL, "augment": {"rotate_deg": 10},
+                              "finetune": {"freeze_backbone": True, "cache_backbone": True}})
+    for bad in ({"rotate_deg": -1}, {"rotate_deg": 200}, {"rotate_prob": 1.5}):
+        with pytest.raises(ConfigError):
+            LidarDetectionBranch({"model": MODEL, "augment": bad})
+
+
 @pytest.fixture(scope="module")
 def det_run(bag_cache, tmp_path_factory):
     return train(det_config(bag_cache), out=tmp_path_factory.mktemp("det") / "run", progress=False)

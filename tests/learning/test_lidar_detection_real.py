@@ -78,6 +78,13 @@ def test_real_only_evaluation_scores_kitti_and_the_nuscenes_keyframe(tmp_path):
     assert nus["counts"]["gt"] == expected and expected.get("car", 0) > 0
     assert nus["nuscenes"]["classes"] == sorted(expected, key=list(ev.classes).index)
     assert 0.0 <= nus["nuscenes"]["map"] <= 1.0
+    # headings of the labelled cars found within 2 m: every labelled car counted (KITTI: 1 + 1 + 6), errors
+    # folded into 0-90 deg, one per car found
+    for part, cars in ((m["kitti"], 8), (nus, sum(b.label.lower() == "car" for b in boxes))):
+        cy = part["car_yaw"]
+        assert cy["labelled_cars"] == cars and cy["with_car_detection_within_2m"] == len(cy["abs_yaw_error_mod_pi_deg"])
+        assert cy["with_car_detection_within_2m"] <= cars
+        assert all(0.0 <= e <= 90.0 for e in cy["abs_yaw_error_mod_pi_deg"])
 
 
 def test_camera_view_is_the_left_colour_camera_image():

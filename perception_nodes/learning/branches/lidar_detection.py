@@ -119,6 +119,19 @@ class LossParams(LossWeights):
 class AugmentParams:
     #: mirror about the x axis (y -> -y) with probability 1/2
     flip_y: bool = True
+    #: rotate the whole scan about base_link's z axis (points, boxes with their yaw, occupancy grids) by an
+    #: angle drawn uniformly from +-rotate_deg, with probability rotate_prob; 0 = off. Why: the generator's
+    #: cars stand along their lanes (yaw within +-3 deg of the road) and the ego drives along the road, so a
+    #: network trained on it never sees a car at an angle to the sensor; real cars park at angles and turn
+    #: (KITTI 000008). CenterPoint and SECOND train with global rotations of +-45 deg.
+    rotate_deg: float = 0.0
+    rotate_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rotate_deg <= 180.0:
+            raise ConfigError(f"augment.rotate_deg must be within 0-180, got {self.rotate_deg}")
+        if not 0.0 <= self.rotate_prob <= 1.0:
+            raise ConfigError(f"augment.rotate_prob must be within 0-1, got {self.rotate_prob}")
 
 
 @dataclass(frozen=True)
@@ -238,6 +251,9 @@ class LidarDetectionBranch(Branch):
         self.augment_params: AugmentParams = _sub(AugmentParams, sections.get("augment"), "augment.")
         self.eval_params: DetectionEvalParams = _sub(DetectionEvalParams, sections.get("eval"), "eval.")
         self.finetune: FinetuneParams = _sub(FinetuneParams, sections.get("finetune"), "finetune.")
+        if self.augment_params.rotate_deg > 0 and self.finetune.cache_backbone:
+            raise ConfigError("augment.rotate_deg needs finetune.cache_backbone: false (the cache is keyed by the "
+                              "points, so every rotated scan would add an entry: memory grows without bound)")
         #: backbone BEV features per frame (finetune.cache_backbone): points hash -> (cells, values, voxels)
         self._bev_cache: dict[bytes, tuple[Tensor, Tensor, int]] = {}
         self._bev_cache_owner: int | None = None
@@ -257,8 +273,11 @@ class LidarDetectionBranch(Branch):
                 return [plain(v) for v in x]
             return x
 
+        augment = plain(self.augment_params)
+        if self.augment_params.rotate_deg == 0:  # off: the description of a training without it is unchanged
+            augment = {"flip_y": augment["flip_y"]}
         out = {"model": plain(self.net_config), "targets": plain(self.target_params), "loss": plain(self.loss_params),
-               "augment": plain(self.augment_params), "eval": plain(self.eval_params)}
+               "augment": augment, "eval": plain(self.eval_params)}
         if self.finetune != FinetuneParams():  # only when used: the description of a plain training is unchanged
             out["finetune"] = plain(self.finetune)
         return out
@@ -324,11 +343,17 @@ class LidarDetectionBranch(Branch):
         }
 
     def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
-        if not self.augment_params.flip_y:
+        ap = self.augment_params
+        rotate = ap.rotate_deg > 0
+        if not ap.flip_y and not rotate:
             return batch
         pts, boxes = _items(batch["points"]), _items(batch["boxes"])
         n = len(pts)
-        flips = torch.randint(0, 2, (n,), generator=generator)  # one draw per sample, whatever happens
+        # one draw per sample, whatever happens (flip first: without rotation the stream is as it always was)
+        flips = torch.randint(0, 2, (n,), generator=generator) if ap.flip_y else torch.zeros(n, dtype=torch.long)
+        if rotate:
+            turn = torch.rand(n, generator=generator, dtype=torch.float64) < ap.rotate_prob
+            angles = (torch.rand(n, generator=generator, dtype=torch.float64) * 2.0 - 1.0) * math.radians(ap.rotate_deg)
         out: dict[str, Any] = dict(batch)
         out["points"], out["boxes"] = [], []
         occ, vis, curv = batch["occupied"].clone(), batch["visible"].clone(), batch["curvature"].clone()
@@ -343,10 +368,48 @@ class LidarDetectionBranch(Branch):
                 occ[i] = torch.flip(occ[i], (-2,))  # rows follow y; the grid is symmetric about y = 0
                 vis[i] = torch.flip(vis[i], (-2,))
                 curv[i] = -curv[i]
+            if rotate and bool(turn[i]):
+                # the lane-centre curvature is a property of the path: a rotated scene keeps it
+                p, b, occ[i], vis[i] = self.rotate_scene(p, b, occ[i], vis[i], float(angles[i]))
             out["points"].append(p)
             out["boxes"].append(b)
         out.update(occupied=occ, visible=vis, curvature=curv)
         return out
+
+    def rotate_scene(self, points: Tensor, boxes: Tensor, occupied: Tensor, visible: Tensor,
+                     angle: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One sample turned by ``angle`` (rad, counter-clockwise) about base_link's z axis: points and box
+        centres rotated, yaw + angle; what leaves the crop is dropped as :meth:`prepare_frame` drops it (boxes
+        by their centre); grid cells take the value of the cell their centre came from (nearest), and cells
+        that came from outside the grid are unobserved (visible 0, occupied 0)."""
+        c, s = math.cos(angle), math.sin(angle)
+        rot = torch.tensor([[c, -s], [s, c]], dtype=points.dtype)
+        lo = torch.tensor(self.net_config.point_range[:3], dtype=points.dtype)
+        hi = torch.tensor(self.net_config.point_range[3:], dtype=points.dtype)
+        p = points.clone()
+        p[:, :2] = points[:, :2] @ rot.T
+        p = p[((p[:, :3] >= lo) & (p[:, :3] < hi)).all(1)]
+        b = boxes.clone()
+        if len(b):
+            b[:, :2] = boxes[:, :2] @ rot.T.to(boxes.dtype)
+            b[:, 6] = torch.remainder(boxes[:, 6] + angle + math.pi, 2.0 * math.pi) - math.pi
+            keep = (b[:, 0] >= float(lo[0])) & (b[:, 0] < float(hi[0])) & (b[:, 1] >= float(lo[1])) & (b[:, 1] < float(hi[1]))
+            b = b[keep]
+        spec = self.occupancy_spec
+        h, w = occupied.shape[-2:]
+        res = spec.resolution
+        ys = spec.origin[1] + (torch.arange(h, dtype=torch.float64) + 0.5) * res
+        xs = spec.origin[0] + (torch.arange(w, dtype=torch.float64) + 0.5) * res
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        # the source of each output cell: its centre turned back by -angle
+        sx, sy = c * gx + s * gy, -s * gx + c * gy
+        col = torch.floor((sx - spec.origin[0]) / res).long()
+        row = torch.floor((sy - spec.origin[1]) / res).long()
+        inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        col, row = col.clamp(0, w - 1), row.clamp(0, h - 1)
+        occ = torch.where(inside, occupied[row, col], torch.zeros_like(occupied[0, 0]))
+        vis = torch.where(inside, visible[row, col], torch.zeros_like(visible[0, 0]))
+        return p, b, occ, vis
 
     def forward(self, model: nn.Module, batch: Batch) -> LidarDetectionOutput:
         ft = self.finetune
