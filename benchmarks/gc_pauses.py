@@ -3,7 +3,8 @@
 Runs ``perception-stack replay`` (the ``make demo`` job: the embedded default bag and params) in a fresh
 interpreter per arm and run, arms alternating: ``freeze`` (as shipped: ``freeze_startup_objects()`` after
 ``build_graph``, ``perception_nodes/latency/gc_pause.py``) and ``no-freeze`` (that call made a no-op). Records
-every oldest-generation collection between the end of start-up and the metrics step (the frame loop), and
+every oldest-generation collection between the end of start-up and the latency report (the frame loop;
+the no-freeze arm still collects once where the other freezes), and
 the replay's own per-stage maxima. Prints one JSON object last: per arm the medians over runs of the
 in-loop full-collection count, their max / summed pause, and the worst stage maximum of any node.
 
@@ -29,13 +30,15 @@ window, pauses = {}, []
 def start_loop():
     if arm == "freeze":
         freeze_startup_objects()
+    else:
+        gc.collect()  # the arms differ by the freeze alone
     window["t0"] = time.perf_counter()
 R.freeze_startup_objects = start_loop
-orig = R.write_metrics
-def end_loop(*a, **k):
+orig = R.latency_report
+def end_loop(*a, **k):  # the first call after the frame loop
     window.setdefault("t1", time.perf_counter())
     return orig(*a, **k)
-R.write_metrics = end_loop
+R.latency_report = end_loop
 def cb(phase, info):
     if phase == "start":
         cb.t = time.perf_counter()

@@ -62,8 +62,9 @@ def _kitti_boxes(info: dict) -> list[Box3D]:
         extras: dict = {"num_lidar_pts": int(inst.get("num_lidar_pts", -1)), "difficulty": int(inst.get("difficulty", -1))}
         # the 2D image box and observation angle of the label file: what KITTI's difficulty levels need
         # (perception_nodes.eval.metrics.kitti_difficulty), kept as read_labels keeps them
-        if len(inst.get("bbox") or ()) == 4:
-            extras["bbox2d"] = tuple(float(v) for v in inst["bbox"])
+        bbox = inst.get("bbox")
+        if bbox is not None and len(bbox) == 4:  # a list or an array
+            extras["bbox2d"] = tuple(float(v) for v in bbox)
         if "alpha" in inst:
             extras["alpha"] = float(inst["alpha"])
         out.append(Box3D(KITTI_CLASSES[label], (float(c[0]), float(c[1]), float(c[2])), (l, w, h), -ry - math.pi / 2,

@@ -175,6 +175,12 @@ class ManagedCoreNode(_LifecycleNode):
             self.configure_error = None
             self.core = core
             self._pub_kind.update(qos)
+        # the model and its warm-up are on the heap now: keep them out of later full collections (a node that
+        # configures after start-up -- autostart false, enabled false, a re-configure -- would miss the freeze
+        # at process start; latency/gc_pause.py)
+        from perception_nodes.latency.gc_pause import freeze_startup_objects
+
+        freeze_startup_objects()
         return super().on_configure(state)
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:

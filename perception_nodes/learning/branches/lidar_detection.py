@@ -383,23 +383,24 @@ class LidarDetectionBranch(Branch):
         by their centre); grid cells take the value of the cell their centre came from (nearest), and cells
         that came from outside the grid are unobserved (visible 0, occupied 0)."""
         c, s = math.cos(angle), math.sin(angle)
-        rot = torch.tensor([[c, -s], [s, c]], dtype=points.dtype)
-        lo = torch.tensor(self.net_config.point_range[:3], dtype=points.dtype)
-        hi = torch.tensor(self.net_config.point_range[3:], dtype=points.dtype)
+        dev = points.device  # the trainer moves the batch to its device before augmenting
+        rot = torch.tensor([[c, -s], [s, c]], dtype=points.dtype, device=dev)
+        lo = torch.tensor(self.net_config.point_range[:3], dtype=points.dtype, device=dev)
+        hi = torch.tensor(self.net_config.point_range[3:], dtype=points.dtype, device=dev)
         p = points.clone()
         p[:, :2] = points[:, :2] @ rot.T
         p = p[((p[:, :3] >= lo) & (p[:, :3] < hi)).all(1)]
         b = boxes.clone()
         if len(b):
-            b[:, :2] = boxes[:, :2] @ rot.T.to(boxes.dtype)
+            b[:, :2] = boxes[:, :2] @ rot.T.to(device=boxes.device, dtype=boxes.dtype)
             b[:, 6] = torch.remainder(boxes[:, 6] + angle + math.pi, 2.0 * math.pi) - math.pi
             keep = (b[:, 0] >= float(lo[0])) & (b[:, 0] < float(hi[0])) & (b[:, 1] >= float(lo[1])) & (b[:, 1] < float(hi[1]))
             b = b[keep]
         spec = self.occupancy_spec
         h, w = occupied.shape[-2:]
         res = spec.resolution
-        ys = spec.origin[1] + (torch.arange(h, dtype=torch.float64) + 0.5) * res
-        xs = spec.origin[0] + (torch.arange(w, dtype=torch.float64) + 0.5) * res
+        ys = spec.origin[1] + (torch.arange(h, dtype=torch.float64, device=occupied.device) + 0.5) * res
+        xs = spec.origin[0] + (torch.arange(w, dtype=torch.float64, device=occupied.device) + 0.5) * res
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         # the source of each output cell: its centre turned back by -angle
         sx, sy = c * gx + s * gy, -s * gx + c * gy
