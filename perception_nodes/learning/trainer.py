@@ -113,11 +113,14 @@ def _lr_lambda(cfg: TrainConfig, total_epochs: int) -> Callable[[int], float]:
     return cosine
 
 
-def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module, branch: Branch | None = None) -> torch.optim.Optimizer:
     o = cfg.optimizer
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    groups = branch.param_groups(model) if branch is not None else None
+    params: Any = model.parameters() if groups is None else [
+        {"params": g["params"], "lr": o.lr * float(g.get("lr_scale", 1.0))} for g in groups]
     # foreach=False: one code path whatever the device, so the arithmetic does not depend on it
-    return cls(model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, foreach=False)
+    return cls(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, foreach=False)
 
 
 def _read_history(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
@@ -264,7 +267,7 @@ def _run(cfg: TrainConfig, cfg_dict: dict[str, Any], branch: Branch, device: tor
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise CheckpointError(f"{cfg.init_from}: weights do not fit the model: {exc}") from exc
-    optimizer = _make_optimizer(cfg, model)
+    optimizer = _make_optimizer(cfg, model, branch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_epochs))
     start_epoch, global_step = 0, 0
     history: list[dict[str, Any]] = []

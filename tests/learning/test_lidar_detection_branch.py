@@ -146,6 +146,35 @@ def test_rotation_augmentation_is_off_by_default_and_checked():
             LidarDetectionBranch({"model": MODEL, "augment": bad})
 
 
+def test_backbone_learning_rate_scale_gets_its_own_optimizer_group(tmp_path):
+    """finetune.backbone_lr_scale: the backbone's parameters form a group at lr x scale, every other parameter
+    one at lr, each parameter in exactly one; the schedule keeps the ratio; refused with a frozen backbone; a
+    scale of 1 changes neither the optimizer (one group) nor the description."""
+    from perception_nodes.config import ConfigError
+    from perception_nodes.learning.config import load_config
+    from perception_nodes.learning.trainer import _make_optimizer
+
+    cfg = load_config(det_config(tmp_path, finetune={"backbone_lr_scale": 0.1}))
+    br = LidarDetectionBranch(cfg.branch_sections)
+    model = br.build_model()
+    opt = _make_optimizer(cfg, model, br)
+    backbone, other = opt.param_groups
+    assert backbone["lr"] == pytest.approx(0.1 * cfg.optimizer.lr) and other["lr"] == pytest.approx(cfg.optimizer.lr)
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in model.backbone.parameters()}
+    every = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(every) == sorted(id(p) for p in model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5 ** e)
+    opt.step()
+    sched.step()
+    assert backbone["lr"] / other["lr"] == pytest.approx(0.1)
+    plain = load_config(det_config(tmp_path, finetune={"freeze_batchnorm": True}))
+    pb = LidarDetectionBranch(plain.branch_sections)
+    assert len(_make_optimizer(plain, pb.build_model(), pb).param_groups) == 1
+    assert "backbone_lr_scale" not in pb.describe()["finetune"]
+    with pytest.raises(ConfigError, match="backbone_lr_scale"):
+        LidarDetectionBranch({"model": MODEL, "finetune": {"freeze_backbone": True, "backbone_lr_scale": 0.5}})
+
+
 @pytest.fixture(scope="module")
 def det_run(bag_cache, tmp_path_factory):
     return train(det_config(bag_cache), out=tmp_path_factory.mktemp("det") / "run", progress=False)

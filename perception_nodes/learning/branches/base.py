@@ -51,6 +51,11 @@ class Branch(abc.ABC):
     def prepare_frame(self, frame: Frame) -> Sample | None:
         """Features and targets of one frame, or None when the frame has no ground truth for this branch."""
 
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
+        """Optimizer parameter groups, each with an ``lr_scale`` (times ``optimizer.lr``); None: one group of
+        every parameter (the default)."""
+        return None
+
     def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
         """Random, label-consistent augmentation of a training batch (default: none). Draw only from
         ``generator`` so that training stays reproducible."""

@@ -161,11 +161,20 @@ class FinetuneParams:
     cache_backbone: bool = False
     #: every BatchNorm in eval mode while training (running statistics used and kept)
     freeze_batchnorm: bool = False
+    #: learning rate of the sparse backbone as a fraction of optimizer.lr (a trained backbone only): a pretrained
+    #: feature extractor moved slower than the new 2D part keeps more of what it learned (discriminative
+    #: fine-tuning, Howard & Ruder 2018)
+    backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.cache_backbone and not self.freeze_backbone:
             raise ConfigError("finetune.cache_backbone needs finetune.freeze_backbone (a trained backbone's "
                               "features change every step)")
+        if not self.backbone_lr_scale > 0:
+            raise ConfigError(f"finetune.backbone_lr_scale must be > 0, got {self.backbone_lr_scale}")
+        if self.freeze_backbone and self.backbone_lr_scale != 1.0:
+            raise ConfigError("finetune.backbone_lr_scale applies to a trained backbone: it needs "
+                              "finetune.freeze_backbone false")
 
 
 def _sub(cls: type, values: Any, where: str) -> Any:
@@ -280,6 +289,8 @@ class LidarDetectionBranch(Branch):
                "augment": augment, "eval": plain(self.eval_params)}
         if self.finetune != FinetuneParams():  # only when used: the description of a plain training is unchanged
             out["finetune"] = plain(self.finetune)
+            if self.finetune.backbone_lr_scale == 1.0:  # likewise for the fine-tunes before the key existed
+                del out["finetune"]["backbone_lr_scale"]
         return out
 
     # -- model ----------------------------------------------------------------------------------
@@ -290,6 +301,16 @@ class LidarDetectionBranch(Branch):
             for p in net.backbone.parameters():
                 p.requires_grad_(False)
         return net
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
+        """Optimizer groups with an ``lr_scale`` each: the backbone at ``finetune.backbone_lr_scale``, the rest at
+        1; None (one group) when the scale is 1."""
+        if self.finetune.backbone_lr_scale == 1.0:
+            return None
+        assert isinstance(model, LidarDetectionNet)
+        backbone = {id(p) for p in model.backbone.parameters()}
+        return [{"params": list(model.backbone.parameters()), "lr_scale": self.finetune.backbone_lr_scale},
+                {"params": [p for p in model.parameters() if id(p) not in backbone], "lr_scale": 1.0}]
 
     @property
     def head_grid(self) -> BevGrid:
