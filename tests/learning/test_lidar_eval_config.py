@@ -17,12 +17,19 @@ def test_reserved_sets_are_disjoint_and_not_scored(tmp_path):
     from perception_nodes.learning.lidar_detection_eval import main
 
     doc = yaml.safe_load(CONFIG.read_text())
-    assert doc["reserved_sets"] and not set(doc["reserved_sets"]) & set(doc["sets"])
     out = tmp_path / "m.json"
-    # the repo's config passes the role check with its reserved sets; nothing generated or real is scored here
+    # the repo's config passes the role check (every scene in one role only); nothing is scored here
     assert main(["--real-only", "--no-kitti", "--no-nuscenes", "--threads", "1", "--metrics-out", str(out)]) == 0
+    assert not set(doc.get("reserved_sets") or {}) & set(doc["sets"])
+    # a reserved set disjoint from every role passes the check and is listed nowhere in the output
+    kept = dict(doc)
+    kept["reserved_sets"] = {"r": [{"generate": {"scenario": "highway", "seed": 9999, "duration_s": 4.0, "lidar": "vlp32"},
+                                    "stride": 4}]}
+    cfg = tmp_path / "kept.yaml"
+    cfg.write_text(yaml.safe_dump(kept))
+    assert main(["--real-only", "--no-kitti", "--no-nuscenes", "--eval-config", str(cfg), "--metrics-out", str(out)]) == 0
     m = json.loads(out.read_text())
-    assert m["generated"] == {} and not any("fresh4" in k for k in m["scenes"])
+    assert m["generated"] == {} and not any("9999" in json.dumps(v) for v in m["scenes"].values())
     # a reserved scene reused by another role is refused
     clash = dict(doc)
     clash["reserved_sets"] = {"r": [doc["validation"][0]]}
