@@ -5,7 +5,7 @@ branch sample, keep the samples in memory.
   ``perception_nodes.scenario.generate.generate_bag`` into the cache folder (name from the scenario, seed,
   duration and LiDAR plus a hash of all arguments and of the generator's and, with realism on, the realism
   model's version: :func:`generated_bag_name`; an interrupted generation leaves only a ``.tmp``
-  folder that the next run replaces); ``{fixture: {...}}`` sources likewise with
+  folder of its own; runs rendering the same bag at once do not disturb each other); ``{fixture: {...}}`` sources likewise with
   :func:`perception_nodes.learning.fixtures.write_fixture_bag`.
 * Frames come from :func:`read_frames`: each LiDAR cloud with the ground truth of its stamp (objects and
   the occupancy/visibility grids, in ``Frame.extras``), as :class:`~perception_nodes.datasets.Frame`
@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,16 +93,26 @@ def generated_bag_name(kwargs: Mapping[str, Any], gen: Any = None) -> str:
 
 
 def _generate_into(target: Path, make: Any) -> Path:
-    """Run ``make(out_path)`` into a temporary folder of the same name, then move it into place."""
+    """Run ``make(out_path)`` into a temporary folder of its own, then move it into place.
+
+    Two runs may render the same bag at once (two evaluations started together): each writes into its own
+    temporary folder, and the first to finish puts its bag in place; a later one keeps that bag and drops
+    its own, so a bag another process may already be reading is never removed or replaced."""
     if (target / "metadata.yaml").is_file():
         return target
-    tmp_parent = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp_parent, ignore_errors=True)
+    tmp_parent = target.parent / f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     tmp_parent.mkdir(parents=True)
-    make(tmp_parent / target.name)  # rosbags names the storage file after the folder: keep the name
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp_parent / target.name, target)
-    shutil.rmtree(tmp_parent, ignore_errors=True)
+    try:
+        make(tmp_parent / target.name)  # rosbags names the storage file after the folder: keep the name
+        if not (target / "metadata.yaml").is_file():
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete folder of an interrupted run
+            try:
+                os.replace(tmp_parent / target.name, target)
+            except OSError:  # another run put its bag there in between
+                if not (target / "metadata.yaml").is_file():
+                    raise
+    finally:
+        shutil.rmtree(tmp_parent, ignore_errors=True)
     return target
 
 

@@ -33,3 +33,29 @@ def test_bags_without_realism_keep_their_name_when_the_realism_model_changes(spe
     before = generated_bag_name(src, gen)
     monkeypatch.setattr(realism, "REALISM_VERSION", realism.REALISM_VERSION + 1)
     assert generated_bag_name(src, gen) == before
+
+
+def test_two_runs_rendering_the_same_bag_at_once_keep_the_first_finished(tmp_path):
+    """A second render of the same bag, finishing while the first is still writing (two evaluations started
+    together), puts its bag in place; the first then keeps that bag instead of replacing it under a reader;
+    no temporary folder is left behind."""
+    from perception_nodes.learning.data import _generate_into
+
+    target = tmp_path / "cache" / "bag_a"
+    target.parent.mkdir()
+
+    def write(out, tag):
+        out.mkdir()
+        (out / "bag_a.mcap").write_text(tag)
+        (out / "metadata.yaml").write_text(tag)
+
+    def first(out):
+        _generate_into(target, lambda o: write(o, "second"))  # the other run finishes in between
+        assert (target / "metadata.yaml").read_text() == "second"
+        write(out, "first")
+
+    assert _generate_into(target, first) == target
+    assert (target / "metadata.yaml").read_text() == "second" and (target / "bag_a.mcap").read_text() == "second"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["bag_a"]
+    # a cached bag is returned as it is, without rendering
+    assert _generate_into(target, lambda o: (_ for _ in ()).throw(AssertionError("rendered again"))) == target
