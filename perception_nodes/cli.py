@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_cmd_train)
 
-    le = sub.add_parser("lidar-eval", help="score the LiDAR branch's weights on held-out generated scenes and KITTI; "
+    le = sub.add_parser("lidar-eval", help="score the LiDAR branch's weights on held-out generated scenes, real KITTI and nuScenes frames; "
                         "--fit-calibration fits its post-hoc calibration on validation scenes",
                         description="Evaluate (and with --fit-calibration, calibrate) the lidar_detection weights: "
                         "the arguments go to `python -m perception_nodes.learning.lidar_detection_eval` (run "
