@@ -24,9 +24,9 @@ from pathlib import Path
 _CHILD = r"""
 import gc, json, sys, time
 from perception_nodes import replay as R
-from perception_nodes.latency.gc_pause import freeze_startup_objects
+from perception_nodes.latency.gc_pause import freeze_startup_objects, gc_pause_monitor
 arm, out = sys.argv[1], sys.argv[2]
-window, pauses = {}, []
+window = {}
 def start_loop():
     if arm == "freeze":
         freeze_startup_objects()
@@ -39,18 +39,13 @@ def end_loop(*a, **k):  # the first call after the frame loop
     window.setdefault("t1", time.perf_counter())
     return orig(*a, **k)
 R.latency_report = end_loop
-def cb(phase, info):
-    if phase == "start":
-        cb.t = time.perf_counter()
-    elif info["generation"] == 2:
-        pauses.append((cb.t, (time.perf_counter() - cb.t) * 1e3))
-gc.callbacks.append(cb)
 from perception_nodes.cli import main
-main(["replay", "--out", out])
+with gc_pause_monitor() as pauses:
+    main(["replay", "--out", out])
 t0, t1 = window["t0"], window.get("t1", float("inf"))
 lat = json.load(open(out + "/latency.json"))
 worst = max((v["max_ms"], k) for k, v in lat["stages"].items() if v.get("max_ms") is not None and "cyclic" not in k)
-print("RESULT " + json.dumps({"pauses_ms": [ms for t, ms in pauses if t0 <= t <= t1], "worst_stage": worst,
+print("RESULT " + json.dumps({"pauses_ms": pauses.between(t0, t1), "worst_stage": worst,
                               "lidar_e2e_max_ms": lat["end_to_end_paths"]["lidar_branch"]["max_ms"]}))
 """
 

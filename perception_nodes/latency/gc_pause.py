@@ -13,9 +13,10 @@ and move every surviving object to the permanent generation. Later collections w
 after that: per-frame objects, which reference counting frees anyway. Nothing is leaked that would not
 have lived for the whole process; cycles created later are still collected.
 
-Call :func:`freeze_startup_objects` after start-up (replay: after ``build_graph``; live: after every node is
-configured and activated); :func:`gc_pause_monitor` measures what the collector costs (``benchmarks`` and
-tests use it).
+Call :func:`freeze_startup_objects` after start-up: replay after ``build_graph``; a ROS node
+(``ManagedCoreNode``, in ``live`` and the bringup executables) after every successful configure, when its
+model is loaded and warmed up. :func:`gc_pause_monitor` measures what the collector costs
+(``benchmarks/gc_pauses.py`` and tests use it).
 """
 
 from __future__ import annotations
@@ -39,12 +40,18 @@ def freeze_startup_objects() -> int:
 
 @dataclass
 class GcPauses:
-    """Durations (ms) of the collector's runs, per generation, while :func:`gc_pause_monitor` was active."""
+    """Durations (ms) of the collector's runs, per generation, while :func:`gc_pause_monitor` was active, and
+    when each started (``at``, on the monitor's clock)."""
 
     ms: dict[int, list[float]] = field(default_factory=lambda: {0: [], 1: [], 2: []})
+    at: dict[int, list[float]] = field(default_factory=lambda: {0: [], 1: [], 2: []})
 
     def worst(self, generation: int = 2) -> float:
         return max(self.ms.get(generation) or [0.0])
+
+    def between(self, t0: float, t1: float, generation: int = 2) -> list[float]:
+        """Durations (ms) of the runs of ``generation`` that started within [t0, t1] (e.g. a frame loop)."""
+        return [ms for t, ms in zip(self.at.get(generation, []), self.ms.get(generation, [])) if t0 <= t <= t1]
 
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -65,7 +72,10 @@ def gc_pause_monitor(clock: Callable[[], float] = time.perf_counter) -> Iterator
         if phase == "start":
             started.append(clock())
         elif started:
-            pauses.ms.setdefault(int(info["generation"]), []).append((clock() - started.pop()) * 1e3)
+            t = started.pop()
+            g = int(info["generation"])
+            pauses.ms.setdefault(g, []).append((clock() - t) * 1e3)
+            pauses.at.setdefault(g, []).append(t)
 
     gc.callbacks.append(cb)
     try:

@@ -232,8 +232,7 @@ def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: An
     model.eval()
     acc = DetectionAccumulator(branch, with_occupancy=False, calibration=calibration)
     n_det, vac = [], []
-    car_index = branch.class_index("car")
-    car = -1 if car_index is None else car_index
+    car = branch.class_index("car")
     n_cars, yaw_err = 0, []
     for f in frames:
         pts = np.asarray(f.points, np.float32)[:, :4]
@@ -248,22 +247,10 @@ def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: An
         scorer.add_frame(gt, boxes, points=base)
         n_det.append(len(boxes))
         vac.extend(det.vacuity[mask].tolist())
-        # heading of the labelled cars that have a kept car detection within 2 m, one detection per car (pairs
-        # taken closest first), modulo pi (a flip is not counted here); IoU 0.7 asks for a few degrees
         cars = np.asarray([g.center[:2] + (g.yaw,) for g in gt if g.label.lower() == "car"], np.float64).reshape(-1, 3)
         n_cars += len(cars)
-        sel = np.flatnonzero(np.asarray(mask, bool) & (det.label == car))
-        if len(cars) and len(sel):
-            d = np.hypot(cars[:, None, 0] - det.center[None, sel, 0], cars[:, None, 1] - det.center[None, sel, 1])
-            for flat in np.argsort(d, axis=None, kind="stable"):
-                i, j = np.unravel_index(flat, d.shape)
-                if d[i, j] > 2.0:
-                    break
-                if np.isfinite(d[i, j]):
-                    e = float((det.yaw[sel[j]] - cars[i, 2]) % math.pi)
-                    yaw_err.append(math.degrees(min(e, math.pi - e)))
-                    d[i, :] = np.inf
-                    d[:, j] = np.inf
+        if car is not None:
+            yaw_err += car_heading_errors(cars, det, np.asarray(mask, bool) & (det.label == car))
     res = scorer.results()
     return {"frames": len(n_det), "detections_per_frame": n_det,
             "mean_vacuity": float(np.mean(vac)) if vac else float("nan"),
@@ -272,6 +259,27 @@ def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: An
             "car_yaw": {"labelled_cars": n_cars, "with_car_detection_within_2m": len(yaw_err),
                         "abs_yaw_error_mod_pi_deg": [round(e, 2) for e in yaw_err],
                         "median_abs_yaw_error_mod_pi_deg": float(np.median(yaw_err)) if yaw_err else float("nan")}}
+
+
+def car_heading_errors(cars: np.ndarray, det: Any, candidate: np.ndarray, radius: float = 2.0) -> list[float]:
+    """Heading errors (degrees, modulo pi: a flip is not counted) of the labelled cars ``[M, 3]`` (x, y, yaw)
+    that have a ``candidate`` detection within ``radius`` m (BEV centre), one detection per car, pairs taken
+    closest first. IoU 0.7 asks for a few degrees."""
+    sel = np.flatnonzero(candidate)
+    if not len(cars) or not len(sel):
+        return []
+    d = np.hypot(cars[:, None, 0] - det.center[None, sel, 0], cars[:, None, 1] - det.center[None, sel, 1])
+    out = []
+    for flat in np.argsort(d, axis=None, kind="stable"):
+        i, j = np.unravel_index(flat, d.shape)
+        if d[i, j] > radius:
+            break
+        if np.isfinite(d[i, j]):
+            e = float((det.yaw[sel[j]] - cars[i, 2]) % math.pi)
+            out.append(math.degrees(min(e, math.pi - e)))
+            d[i, :] = np.inf
+            d[:, j] = np.inf
+    return out
 
 
 def in_camera_view(centres: np.ndarray, fov_deg: float = 90.0) -> np.ndarray:

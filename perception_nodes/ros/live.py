@@ -123,9 +123,7 @@ def run_live(config: str | Path | None = None, duration_s: float | None = None, 
         graph.close()
         rclpy.shutdown()
         raise ValueError(f"node(s) {', '.join(graph.failed)} failed to configure/activate (see the log above)")
-    from perception_nodes.latency.gc_pause import freeze_startup_objects
-
-    freeze_startup_objects()  # full GC passes over the start-up heap stall frames by 100+ ms (latency/gc_pause.py)
+    # each node froze the start-up heap after its configure (ManagedCoreNode.on_configure, latency/gc_pause.py)
     names = ", ".join(n.get_name() for n in graph.nodes)
     print(f"live graph running: {names} (Ctrl-C to stop)", flush=True)
     try:

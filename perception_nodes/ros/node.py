@@ -364,10 +364,7 @@ def main_single(node_name: str, args: list[str] | None = None) -> None:
         except (ConfigError, InvalidParameterTypeException, InvalidParameterValueException) as exc:
             print(f"{node_name}: error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
-        node.autostart()
-        from perception_nodes.latency.gc_pause import freeze_startup_objects
-
-        freeze_startup_objects()  # full GC passes over the start-up heap stall frames (latency/gc_pause.py)
+        node.autostart()  # a successful configure freezes the start-up heap (on_configure, latency/gc_pause.py)
         executor = make_executor(1)
         executor.add_node(node)
         try:
