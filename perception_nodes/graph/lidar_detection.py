@@ -300,7 +300,7 @@ class LidarDetectionNode(NodeCore):
         if voxels == 0:
             self.empty_frames += 1
             self._warn("empty", f"{topic}: scan at stamp {stamp} ns has no usable point inside the network's "
-                       f"range {tuple(net.config.point_range)} ({len(pts)} points after the range gate): "
+                       f"input range {tuple(net.config.input_range)} ({len(pts)} points after the range gate): "
                        "empty detections published")
         self.frames_out += 1
         self.detections_out += len(det)
@@ -391,6 +391,7 @@ class LidarDetectionNode(NodeCore):
             cfg = self.net.config
             values["classes"] = ",".join(cfg.classes)
             values["point_range"] = ",".join(f"{v:g}" for v in cfg.point_range)
+            values["context_margin_m"] = f"{cfg.context_margin_m:g}"
             values["voxel_size"] = ",".join(f"{v:g}" for v in cfg.voxel_size)
             values["backbone"] = cfg.backbone
             cal = self.calibration

@@ -124,6 +124,10 @@ class BevFusionNet(nn.Module):
         cfg = config if isinstance(config, BevFusionConfig) else BevFusionConfig.from_mapping(config)
         self.lidar, self.camera = lidar, camera
         lc = lidar.config
+        if lc.context_margin_m:
+            # the fuser's grid is the LiDAR backbone's BEV; with a margin it would be wider than the camera's
+            raise ConfigError("bev_fusion: the LiDAR network's context_margin_m must be 0 (a fused context "
+                              f"margin is not implemented), got {lc.context_margin_m:g}")
         X, Y, _ = lidar._bev_shape
         stride_cell = (lc.point_range[3] - lc.point_range[0]) / X
         #: the grid the fuser works on: the LiDAR backbone's BEV (the BEV net's input)

@@ -27,6 +27,7 @@ section 4-5; heads and decoding: :mod:`perception_nodes.models.decode`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -80,6 +81,13 @@ class LidarDetectionConfig:
     point_range: tuple[float, ...] = (-40.0, -40.0, -1.0, 40.0, 40.0, 3.0)
     #: voxel edge (x, y, z) in m
     voxel_size: tuple[float, ...] = (0.25, 0.25, 0.5)
+    #: context margin (m): points up to this far beyond ``point_range`` in x and y feed the backbone and the
+    #: BEV net, whose features are then cropped back to ``point_range`` before the heads, so every output
+    #: (detections, occupancy, head grid) stays on ``point_range``. Why: a net that sees nothing past the crop
+    #: edge cannot tell the cut-off end of a long barrier from a car there (docs/lidar_branch.md, "Context
+    #: margin"); CenterPoint's nuScenes setting reads 54 m of points to detect cars within 50 m. A multiple of
+    #: the BEV net's coarsest cell (voxel x backbone stride x 2) so the grids stay aligned; 0 = no margin.
+    context_margin_m: float = 0.0
     #: intensities are divided by this (1 for 0..1 sensors like KITTI; 255 for 0..255 ones)
     intensity_scale: float = 1.0
     #: sparse backbone name in :data:`BACKBONES` and its keyword arguments
@@ -125,6 +133,8 @@ class LidarDetectionConfig:
             raise ConfigError("bev_channels and bev_layers need two entries (full and half resolution)")
         if self.head_upsample < 1 or self.head_channels < 1 or self.intensity_scale <= 0 or self.curvature_scale <= 0:
             raise ConfigError("head_upsample, head_channels, intensity_scale and curvature_scale must be positive")
+        if self.context_margin_m < 0 or not math.isfinite(self.context_margin_m):
+            raise ConfigError("context_margin_m must be >= 0")
         if not self.classes or not self.curvature_horizons_m:
             raise ConfigError("classes and curvature_horizons_m must not be empty")
         for a, size in ((0, hi[0] - lo[0]), (1, hi[1] - lo[1])):
@@ -138,8 +148,18 @@ class LidarDetectionConfig:
         return to_dataclass(cls, dict(values or {}), "lidar_detection.model: ")
 
     @property
+    def input_range(self) -> tuple[float, ...]:
+        """The crop of the points the network reads: ``point_range`` widened by ``context_margin_m`` in x
+        and y (z unchanged)."""
+        m = float(self.context_margin_m)
+        x0, y0, z0, x1, y1, z1 = (float(v) for v in self.point_range)
+        return (x0 - m, y0 - m, z0, x1 + m, y1 + m, z1)
+
+    @property
     def spatial_shape(self) -> tuple[int, int, int]:
-        lo, hi = self.point_range[:3], self.point_range[3:]
+        """The voxel grid of :attr:`input_range` (what the backbone runs on)."""
+        r = self.input_range
+        lo, hi = r[:3], r[3:]
         return tuple(int(round((hi[a] - lo[a]) / self.voxel_size[a])) for a in range(3))  # type: ignore[return-value]
 
     @property
@@ -215,11 +235,14 @@ class LidarDetectionNet(nn.Module):
         self._bev_shape = (bx, by, bz)
         self.bev_in_channels = bev_in
         self.bev = BevNet(bev_in, cfg.bev_channels, cfg.bev_layers, cfg.head_upsample)
-        x0, y0 = cfg.point_range[0], cfg.point_range[1]
-        self.head_grid = BevGrid(x0, y0, cfg.voxel_size[0] * stride / cfg.head_upsample,
-                                 bx * cfg.head_upsample, by * cfg.head_upsample)
         if abs(cfg.voxel_size[0] - cfg.voxel_size[1]) > 1e-9:
             raise ConfigError("voxel_size must be equal in x and y (square BEV cells)")
+        #: context margin in backbone BEV cells (cropped off every side after the BEV net)
+        self.margin_cells = _margin_cells(cfg, stride)
+        m = self.margin_cells
+        x0, y0 = cfg.point_range[0], cfg.point_range[1]
+        self.head_grid = BevGrid(x0, y0, cfg.voxel_size[0] * stride / cfg.head_upsample,
+                                 (bx - 2 * m) * cfg.head_upsample, (by - 2 * m) * cfg.head_upsample)
         c = self.bev.out_channels
         k = len(cfg.classes)
         self.reg_names = regression_names(cfg.velocity)
@@ -260,7 +283,8 @@ class LidarDetectionNet(nn.Module):
         """Voxels of one scan ``[N, >= 4]`` (x, y, z, intensity, ...) or a list of scans (a batch).
 
         Returns the sparse tensor and the voxel count per scan. Rows with a non-finite value in the first
-        four columns and points outside ``point_range`` are dropped (counted in the voxel count, not here).
+        four columns and points outside :attr:`~LidarDetectionConfig.input_range` (``point_range`` plus the
+        context margin) are dropped (counted in the voxel count, not here).
         """
         scans = [points] if isinstance(points, Tensor) else list(points)
         cfg = self.config
@@ -289,7 +313,7 @@ class LidarDetectionNet(nn.Module):
             batch.append(torch.full((len(p),), b, dtype=torch.long, device=dev))
         pts = torch.cat(parts) if parts else torch.zeros(0, 4, device=dev)
         bidx = torch.cat(batch) if batch else torch.zeros(0, dtype=torch.long, device=dev)
-        st, _, _ = voxelize_mean(pts, cfg.voxel_size, cfg.point_range, batch=bidx)
+        st, _, _ = voxelize_mean(pts, cfg.voxel_size, cfg.input_range, batch=bidx)
         st.batch_size = len(scans)
         st.spatial_shape = cfg.spatial_shape
         counts = torch.bincount(st.coords[:, 0].long(), minlength=len(scans)) if len(st) else torch.zeros(
@@ -310,7 +334,7 @@ class LidarDetectionNet(nn.Module):
         else:
             pts = np.concatenate(arrays) if arrays else np.zeros((0, 4), np.float32)
             bidx = np.repeat(np.arange(len(arrays), dtype=np.int64), [len(a) for a in arrays])
-        res = voxelize_scans(pts, bidx, max(len(scans), 1), cfg.voxel_size, cfg.point_range, cfg.intensity_scale)
+        res = voxelize_scans(pts, bidx, max(len(scans), 1), cfg.voxel_size, cfg.input_range, cfg.intensity_scale)
         if res is None:
             return None
         feats, coords = res
@@ -330,9 +354,20 @@ class LidarDetectionNet(nn.Module):
         return to_bev(y, (X, Y, Z), bsz)
 
     def bev_net(self, bev: Tensor) -> Tensor:
+        """2D BEV net on the backbone's BEV (the :attr:`~LidarDetectionConfig.input_range` grid), cropped to
+        the head grid (``point_range``): the context margin is read, never output."""
         if self.fast_path and inference_fast_path(self):
-            return self.bev.forward_inference(bev)
-        return self.bev(bev)
+            feats = self.bev.forward_inference(bev)
+        else:
+            feats = self.bev(bev)
+        return self.crop_context(feats)
+
+    def crop_context(self, feats: Tensor) -> Tensor:
+        """``[B, C, H, W]`` features on the input grid -> the head grid (a view; identity without margin)."""
+        m = self.margin_cells * self.config.head_upsample
+        if m == 0:
+            return feats
+        return feats[:, :, m:feats.shape[2] - m, m:feats.shape[3] - m]
 
     def heads(self, feats: Tensor, num_voxels: Tensor) -> LidarDetectionOutput:
         if self.fast_path and inference_fast_path(self):
@@ -418,6 +453,19 @@ class LidarDetectionNet(nn.Module):
     def forward(self, points: Tensor | Sequence[Tensor]) -> LidarDetectionOutput:
         st, counts = self.voxelize(points)
         return self.heads(self.bev_net(self.backbone_bev(st)), counts)
+
+
+def _margin_cells(cfg: LidarDetectionConfig, stride: int) -> int:
+    """``context_margin_m`` in backbone BEV cells; it must be a whole number of the BEV net's coarsest
+    cells (two backbone cells: its half-resolution stage) so the cropped grid keeps the phase of every
+    stride of the backbone and the BEV net."""
+    cell = cfg.voxel_size[0] * stride
+    n = cfg.context_margin_m / (2.0 * cell)
+    if abs(n - round(n)) > 1e-6:
+        raise ConfigError(f"context_margin_m = {cfg.context_margin_m:g} m is not a multiple of the BEV net's "
+                          f"coarsest cell ({2.0 * cell:g} m = voxel {cfg.voxel_size[0]:g} m x backbone stride "
+                          f"{stride} x 2)")
+    return 2 * int(round(n))
 
 
 def _nig_blocks(raw: Tensor, dim: int) -> NIG:

@@ -332,7 +332,9 @@ class LidarDetectionBranch(Branch):
         if occ_msg is None or vis_msg is None:
             return None
         cfg = self.net_config
-        lo, hi = np.asarray(cfg.point_range[:3], np.float32), np.asarray(cfg.point_range[3:], np.float32)
+        # points: the network's input crop (point_range plus its context margin); boxes: point_range
+        x0, y0, _, x1, y1, _ = (float(v) for v in cfg.point_range)
+        lo, hi = np.asarray(cfg.input_range[:3], np.float32), np.asarray(cfg.input_range[3:], np.float32)
         pts = np.asarray(frame.points, np.float32)[:, :4]
         pts = pts[np.isfinite(pts).all(1)]
         base = np.concatenate([transform_points(frame.lidar_to_base, pts[:, :3]).astype(np.float32), pts[:, 3:4]], 1)
@@ -345,7 +347,7 @@ class LidarDetectionBranch(Branch):
             if k is None:
                 continue
             x, y = b.center[0], b.center[1]
-            if not (lo[0] <= x < hi[0] and lo[1] <= y < hi[1]):
+            if not (x0 <= x < x1 and y0 <= y < y1):
                 continue
             rows.append([*b.center, *b.size, b.yaw, float(k)])
         occ, occ_spec = grid_from_msg(occ_msg)
@@ -408,9 +410,11 @@ class LidarDetectionBranch(Branch):
         rot = torch.tensor([[c, -s], [s, c]], dtype=points.dtype, device=dev)
         lo = torch.tensor(self.net_config.point_range[:3], dtype=points.dtype, device=dev)
         hi = torch.tensor(self.net_config.point_range[3:], dtype=points.dtype, device=dev)
+        ilo = torch.tensor(self.net_config.input_range[:3], dtype=points.dtype, device=dev)
+        ihi = torch.tensor(self.net_config.input_range[3:], dtype=points.dtype, device=dev)
         p = points.clone()
         p[:, :2] = points[:, :2] @ rot.T
-        p = p[((p[:, :3] >= lo) & (p[:, :3] < hi)).all(1)]
+        p = p[((p[:, :3] >= ilo) & (p[:, :3] < ihi)).all(1)]
         b = boxes.clone()
         if len(b):
             b[:, :2] = boxes[:, :2] @ rot.T.to(device=boxes.device, dtype=boxes.dtype)
