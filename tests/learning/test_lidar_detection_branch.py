@@ -198,6 +198,27 @@ def test_samples_carry_boxes_grids_and_points_in_the_crop(bag_cache):
     assert np.isnan(s["curvature"]).all()  # fixture bags carry no lane path: the curvature loss skips them
 
 
+def test_samples_with_a_context_margin_keep_its_points_not_its_boxes(bag_cache):
+    from perception_nodes.learning.config import load_config
+    from perception_nodes.learning.data import load_split
+
+    margin = 4.0
+    plain = load_config(det_config(bag_cache))
+    wide = load_config(det_config(bag_cache, model={**MODEL, "context_margin_m": margin}))
+    got = []
+    for cfg in (plain, wide):
+        br = LidarDetectionBranch(cfg.branch_sections)
+        got.append(load_split(cfg.data.val, br, cache_dir=bag_cache, role="val", progress=False).samples[0])
+    a, b = got
+    lo, hi = np.asarray(MODEL["point_range"][:3]), np.asarray(MODEL["point_range"][3:])
+    in_crop = ((b["points"][:, :3] >= lo) & (b["points"][:, :3] < hi)).all(1)
+    # the crop's points unchanged, the margin's added; boxes and grids stay on point_range
+    assert np.array_equal(b["points"][in_crop], a["points"]) and (~in_crop).sum() > 100
+    wlo, whi = lo - [margin, margin, 0], hi + [margin, margin, 0]
+    assert ((b["points"][:, :3] >= wlo) & (b["points"][:, :3] < whi)).all()
+    assert np.array_equal(a["boxes"], b["boxes"]) and np.array_equal(a["occupied"], b["occupied"])
+
+
 @pytest.mark.slow
 def test_training_is_deterministic_resumable_and_validated(det_run, bag_cache, tmp_path):
     h = det_run.history

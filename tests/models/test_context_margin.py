@@ -1,0 +1,112 @@
+"""The LiDAR network's context margin (``model.context_margin_m``): points beyond ``point_range`` feed the
+backbone and BEV net, every output stays on ``point_range``; the same weights read with and without it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from perception_nodes.config import ConfigError
+from perception_nodes.models import LidarDetectionConfig, LidarDetectionNet
+
+from .conftest import SMALL_CONFIG
+from .test_onnx_runtime import _all_outputs, _assert_parity
+
+#: 4 m: two of the BEV net's coarsest cells (0.25 m voxels x backbone stride 4 x 2 = 2 m)
+MARGIN = 4.0
+
+
+@pytest.fixture(scope="module")
+def margin_net(small_net):
+    net = LidarDetectionNet({**SMALL_CONFIG, "context_margin_m": MARGIN}).eval()
+    net.load_state_dict(small_net.state_dict(), strict=True)  # the same weights: a margin adds no parameter
+    return net
+
+
+def _edge_distance(grid) -> np.ndarray:
+    """Distance (m) of each head-grid cell from the nearest crop edge."""
+    iy, ix = np.mgrid[0:grid.height, 0:grid.width]
+    return np.minimum(np.minimum(ix, grid.width - 1 - ix), np.minimum(iy, grid.height - 1 - iy)) * grid.cell
+
+
+def test_margin_widens_the_input_not_the_outputs(small_net, margin_net, kitti_frames):
+    cfg = margin_net.config
+    lo, hi = np.asarray(cfg.point_range), np.asarray(cfg.input_range)
+    assert np.allclose(hi, lo + np.array([-MARGIN, -MARGIN, 0, MARGIN, MARGIN, 0]))
+    assert margin_net.margin_cells == 4 and small_net.margin_cells == 0
+    assert margin_net.head_grid == small_net.head_grid
+    pts, _ = kitti_frames[0]
+    ilo, ihi = hi[:3], hi[3:]
+    in_input = ((pts[:, :3] >= ilo) & (pts[:, :3] < ihi)).all(1)
+    in_crop = ((pts[:, :3] >= lo[:3]) & (pts[:, :3] < lo[3:])).all(1)
+    assert in_input.sum() > in_crop.sum() + 1000  # the real scan has points in the margin
+    with torch.no_grad():
+        want, got = small_net(torch.from_numpy(pts)), margin_net(torch.from_numpy(pts))
+    for k, t in _all_outputs(got).items():
+        assert t.shape == _all_outputs(want)[k].shape, k
+    # voxels are counted over the input range (points in the margin are read)
+    vs = np.asarray(cfg.voxel_size)
+    n_input = len(np.unique(np.floor((pts[in_input, :3] - ilo) / vs).astype(np.int64), axis=0))
+    assert int(got.num_voxels[0]) == n_input > int(want.num_voxels[0])
+    # the margin changes the BEV features near the crop edge and nowhere further in than the receptive field
+    # (compared on the features the heads read: an untrained net's class evidence is almost flat)
+    with torch.no_grad():
+        feats = [n.bev_net(n.backbone_bev(n.voxelize(torch.from_numpy(pts))[0])) for n in (small_net, margin_net)]
+    assert feats[0].shape == feats[1].shape
+    d = (feats[1][0] - feats[0][0]).abs().amax(0).numpy()
+    edge = _edge_distance(margin_net.head_grid)
+    scale = float(feats[0].abs().max())
+    eps = 64 * np.finfo(np.float32).eps * scale  # float32 rounding of a few hundred-term sums
+    assert d[edge < 1.0].max() > 0.01 * scale  # the context is used
+    # the small net's receptive field: the backbone's ~4 m, the BEV net's 3 x 3 convs at 1 m and 2 m; beyond
+    # 8 m from the edge nothing of the edge can reach a cell's features (9 m with the heads' trunk: docs)
+    far = edge >= 8.0
+    assert far.any() and d[far].max() <= eps
+
+
+def test_fast_path_matches_the_reference_with_a_margin(margin_net, kitti_frames):
+    pts = torch.from_numpy(kitti_frames[1][0])
+    with torch.no_grad():
+        margin_net.fast_path = True
+        fast = margin_net(pts)
+        margin_net.fast_path = False
+        try:
+            ref = margin_net(pts)
+        finally:
+            margin_net.fast_path = True
+    _assert_parity(fast, ref)
+
+
+@pytest.mark.slow
+def test_onnx_runtime_parity_with_a_margin(margin_net, kitti_frames, tmp_path):
+    from perception_nodes.models.onnx_runtime import OnnxRuntime
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rt = OnnxRuntime(margin_net, threads=1, cache_dir=tmp_path)
+        for pts, _ in kitti_frames[:2]:
+            p = torch.from_numpy(pts)
+            got = rt.infer(p)
+            with torch.no_grad():
+                want = margin_net(p)
+            _assert_parity(got, want)
+            assert got.class_alpha.shape[-1] == margin_net.head_grid.width
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("margin", [-2.0, 3.0, 1.0, float("nan")])
+def test_margin_must_be_whole_coarse_cells(margin):
+    with pytest.raises(ConfigError):
+        LidarDetectionNet(LidarDetectionConfig.from_mapping({**SMALL_CONFIG, "context_margin_m": margin}))
+
+
+def test_bev_fusion_refuses_a_lidar_margin(small_net):
+    from perception_nodes.models.bev_fusion import BevFusionNet
+    from perception_nodes.models.camera_bev import CameraBevNet
+
+    lidar = LidarDetectionNet({**SMALL_CONFIG, "context_margin_m": MARGIN})
+    with pytest.raises(ConfigError, match="context_margin_m"):
+        BevFusionNet(lidar, CameraBevNet())
