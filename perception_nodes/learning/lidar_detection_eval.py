@@ -541,12 +541,17 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if args.package is not None or args.checkpoint is not None:
             p.error("--package and --checkpoint need --run")
         from perception_nodes.learning.branches import get_branch
-        from perception_nodes.models.weights_io import default_weights_dir, load_state, read_sidecar
+        from perception_nodes.models.weights_io import (default_weights_dir, lidar_config_mismatch, load_state,
+                                                        read_sidecar)
 
         weights = args.weights or default_weights_dir("lidar_detection")
         side = read_sidecar(weights, "lidar_detection")
         if "branch_config" not in side:
             p.error(f"{weights}: the sidecar has no branch_config (not written by package_run)")
+        bad = lidar_config_mismatch(side)
+        if bad:
+            p.error(f"{weights}: the sidecar's config and branch_config.model differ on {', '.join(bad)}: "
+                    "lidar-eval would score another network than the nodes run; make them agree")
         branch = get_branch("lidar_detection")(side["branch_config"])
         model = branch.build_model()
         model.load_state_dict(load_state(weights), strict=True)

@@ -42,14 +42,17 @@ class BevNet(nn.Module):
 
         self._folded = FoldCache(_fold_bev_net)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, crop: int = 0) -> Tensor:
+        """``crop`` cells (of the input grid) are cut off every side before ``head_up``: a context margin
+        that the convolutions read but nothing after them computes on. The same as cropping the output
+        (``head_up`` is a kernel = stride transposed conv: each input cell makes its own output block)."""
         a = self.stage1(x)
         b = self.up2(self.stage2(a))
         if b.shape[-2:] != a.shape[-2:]:  # odd sizes: the transposed conv gives one cell less
             b = F.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))
-        return self.head_up(torch.cat([a, b], 1))
+        return self.head_up(_crop(torch.cat([a, b], 1), crop))
 
-    def forward_inference(self, x: Tensor) -> Tensor:
+    def forward_inference(self, x: Tensor, crop: int = 0) -> Tensor:
         """:meth:`forward` for inference (eval mode, no gradient): BatchNorms folded into the convs, the
         "kernel = stride" transposed convs as one matrix product each, channels-last memory throughout
         (oneDNN's native layout: no reorder per conv). Same values to float32 rounding; the result is
@@ -64,10 +67,15 @@ class BevNet(nn.Module):
         b = _upsample(y, f["up2"], self.up2)
         if b.shape[-2:] != a.shape[-2:]:
             b = F.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))
-        y = torch.cat([a, b], 1)
+        y = _crop(torch.cat([a, b], 1), crop)
         if isinstance(self.head_up, nn.Identity):
             return y
         return _upsample(y, f["head_up"], self.head_up)
+
+
+def _crop(x: Tensor, m: int) -> Tensor:
+    """``[B, C, H, W]`` without ``m`` cells on every side (a view)."""
+    return x if m == 0 else x[:, :, m:x.shape[2] - m, m:x.shape[3] - m]
 
 
 def _upsample(x: Tensor, folded: Any, seq: nn.Module) -> Tensor:

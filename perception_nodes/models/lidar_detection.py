@@ -354,20 +354,12 @@ class LidarDetectionNet(nn.Module):
         return to_bev(y, (X, Y, Z), bsz)
 
     def bev_net(self, bev: Tensor) -> Tensor:
-        """2D BEV net on the backbone's BEV (the :attr:`~LidarDetectionConfig.input_range` grid), cropped to
-        the head grid (``point_range``): the context margin is read, never output."""
+        """2D BEV net on the backbone's BEV (the :attr:`~LidarDetectionConfig.input_range` grid); its output
+        is on the head grid (``point_range``): the context margin is read by the convolutions and cut off
+        before the head upsampling, never output."""
         if self.fast_path and inference_fast_path(self):
-            feats = self.bev.forward_inference(bev)
-        else:
-            feats = self.bev(bev)
-        return self.crop_context(feats)
-
-    def crop_context(self, feats: Tensor) -> Tensor:
-        """``[B, C, H, W]`` features on the input grid -> the head grid (a view; identity without margin)."""
-        m = self.margin_cells * self.config.head_upsample
-        if m == 0:
-            return feats
-        return feats[:, :, m:feats.shape[2] - m, m:feats.shape[3] - m]
+            return self.bev.forward_inference(bev, self.margin_cells)
+        return self.bev(bev, self.margin_cells)
 
     def heads(self, feats: Tensor, num_voxels: Tensor) -> LidarDetectionOutput:
         if self.fast_path and inference_fast_path(self):

@@ -145,6 +145,21 @@ def load_state(folder: Path | str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: corrupt or unreadable weights ({type(exc).__name__}: {exc})") from exc
 
 
+def lidar_config_mismatch(side: Mapping[str, Any]) -> list[str]:
+    """Keys on which a LiDAR sidecar's two network configs disagree: ``config`` (what the nodes, the demo and
+    the benchmarks build) and ``branch_config.model`` (what ``lidar-eval`` builds). Both are written from one
+    config when a run is packaged; an edited sidecar can split them, and then the evaluated network would not
+    be the one that runs (defaults filled in before comparing; [] without a ``branch_config``)."""
+    from perception_nodes.models.lidar_detection import LidarDetectionConfig
+
+    model = (side.get("branch_config") or {}).get("model")
+    if model is None:
+        return []
+    a = dataclasses.asdict(LidarDetectionConfig.from_mapping(dict(side.get("config") or {})))
+    b = dataclasses.asdict(LidarDetectionConfig.from_mapping(dict(model)))
+    return sorted(k for k in a if _plain(a[k]) != _plain(b[k]))
+
+
 def load_lidar_detection(folder: Path | str | None = None, *, overrides: Optional[Mapping[str, Any]] = None):
     """Rebuild the LiDAR branch network from a weights folder (default: the packaged one), in eval mode.
 
@@ -156,6 +171,10 @@ def load_lidar_detection(folder: Path | str | None = None, *, overrides: Optiona
 
     folder = Path(folder) if folder is not None else default_weights_dir("lidar_detection")
     side = read_sidecar(folder, "lidar_detection")
+    bad = lidar_config_mismatch(side)
+    if bad:
+        raise WeightsError(f"{folder}: the sidecar's config and branch_config.model differ on {', '.join(bad)} "
+                           "(the evaluated network would not be the one that runs); make them agree")
     cfg_map = dict(side.get("config") or {})
     cfg_map.update(overrides or {})
     cfg = LidarDetectionConfig.from_mapping(cfg_map)

@@ -110,3 +110,19 @@ def test_bev_fusion_refuses_a_lidar_margin(small_net):
     lidar = LidarDetectionNet({**SMALL_CONFIG, "context_margin_m": MARGIN})
     with pytest.raises(ConfigError, match="context_margin_m"):
         BevFusionNet(lidar, CameraBevNet())
+
+
+def test_cropping_before_the_head_upsampling_equals_cropping_after(margin_net, kitti_frames):
+    """The BEV net cuts the margin off before its kernel = stride transposed conv (a third of the 2D cost
+    at a 10 m margin): each input cell makes its own output block, so it is the same as cropping its output."""
+    pts = torch.from_numpy(kitti_frames[2][0])
+    m, up = margin_net.margin_cells, margin_net.config.head_upsample
+    assert up > 1
+    with torch.no_grad():
+        bev = margin_net.backbone_bev(margin_net.voxelize(pts)[0])
+        full = margin_net.bev(bev)  # the reference path, no crop
+        after = full[:, :, m * up:full.shape[2] - m * up, m * up:full.shape[3] - m * up]
+        for before in (margin_net.bev(bev, m), margin_net.bev.forward_inference(bev, m)):
+            assert before.shape == after.shape
+            tol = 64 * np.finfo(np.float32).eps * float(after.abs().max())
+            assert float((before - after).abs().max()) <= tol

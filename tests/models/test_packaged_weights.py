@@ -56,3 +56,29 @@ def test_packaged_network_runs_on_a_real_scan(kitti_frames):
 
 def side_args() -> dict:
     return dict(read_sidecar(default_weights_dir("lidar_detection"), "lidar_detection")["config"]["backbone_args"])
+
+
+def test_the_evaluated_and_the_running_network_configs_agree(tmp_path):
+    """The sidecar's ``config`` (nodes, demo, benchmarks) and ``branch_config.model`` (lidar-eval) describe one
+    network; a sidecar edited in one place only is refused by both loaders, naming the key."""
+    import json
+    import shutil
+
+    import pytest
+
+    from perception_nodes.learning.lidar_detection_eval import main as lidar_eval
+    from perception_nodes.models.weights_io import WeightsError, lidar_config_mismatch
+
+    folder = default_weights_dir("lidar_detection")
+    side = read_sidecar(folder, "lidar_detection")
+    assert lidar_config_mismatch(side) == []
+    split = tmp_path / "w"
+    shutil.copytree(folder, split)
+    doc = json.loads((split / "model.json").read_text())
+    doc["branch_config"]["model"]["context_margin_m"] = 10.0 + float(doc["config"].get("context_margin_m", 0.0))
+    (split / "model.json").write_text(json.dumps(doc))
+    assert lidar_config_mismatch(read_sidecar(split, "lidar_detection")) == ["context_margin_m"]
+    with pytest.raises(WeightsError, match="context_margin_m"):
+        load_lidar_detection(split)
+    with pytest.raises(SystemExit):
+        lidar_eval(["--weights", str(split), "--real-only", "--metrics-out", str(tmp_path / "m.json")])
