@@ -11,7 +11,8 @@ looked at many times; ``--weights DIR`` scores a packaged fused network), with t
 occupancy IoU/ECE on visible cells) plus the occupancy Brier score; occupancy also restricted to the
 camera's coverage (the cells its frustum reaches: all a camera-only network can know). Rows:
 
-* ``lidar_branch``: the packaged ``lidar_detection`` network alone (the reference);
+* ``lidar_branch``: the packaged ``lidar_detection`` network alone (the reference), as the fuser's encoder
+  reads it: without the context margin the LiDAR node uses (``context_margin_m``; docs/lidar_branch.md);
 * ``fused_both``, ``fused_lidar``, ``fused_camera``: the fused network with both inputs, LiDAR only
   (camera missing), camera only (LiDAR missing);
 * ``camera_branch_occupancy``: the packaged ``camera_bev`` network's own occupancy (no detections);

@@ -312,11 +312,13 @@ def build_bev_fusion(config: BevFusionConfig | Mapping[str, Any] | None = None) 
 def from_packaged(lidar_folder: Any = None, camera_folder: Any = None, *, kernel: int = 1,
                   freeze_batchnorm: bool = True, lidar_overrides: Optional[Mapping[str, Any]] = None) -> BevFusionNet:
     """The packaged (or given) LiDAR and camera weights under an identity-initialised fuser, eval mode
-    (``lidar_overrides``: shape-neutral LiDAR config keys, as :func:`load_lidar_detection` takes)."""
+    (``lidar_overrides``: shape-neutral LiDAR config keys, as :func:`load_lidar_detection` takes). The LiDAR
+    network is read without its context margin (the fuser works on one BEV grid with the camera's; a margin
+    adds no tensor, so the same weights load), whatever the LiDAR sidecar says."""
     from perception_nodes.models.camera_bev import load_camera_bev
     from perception_nodes.models.weights_io import load_lidar_detection
 
-    lidar, _ = load_lidar_detection(lidar_folder, overrides=lidar_overrides)
+    lidar, _ = load_lidar_detection(lidar_folder, overrides={**dict(lidar_overrides or {}), "context_margin_m": 0.0})
     camera, _ = load_camera_bev(camera_folder)
     return BevFusionNet(lidar, camera, BevFusionConfig(kernel=kernel, freeze_batchnorm=freeze_batchnorm)).eval()
 

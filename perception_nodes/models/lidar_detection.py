@@ -20,8 +20,10 @@ Stages (each a method, so a node can time them separately):
    * curvature: NIG of the lane-centre curvature at ``curvature_horizons_m`` metres ahead, from the
      globally pooled BEV features.
 
-A scan with no usable point yields vacuous class and occupancy evidence and ``num_voxels == 0``, which
-:func:`perception_nodes.models.decode.decode` turns into an empty detection list. Formulas: field notes
+A scan with no usable point (inside ``point_range`` plus the context margin) yields vacuous class and
+occupancy evidence and ``num_voxels == 0``, which :func:`perception_nodes.models.decode.decode` turns into an
+empty detection list. A scan whose points all lie in the margin is not empty: the network reads them and
+says what it makes of an empty crop beside them (as for a scan whose crop holds only far returns). Formulas: field notes
 section 4-5; heads and decoding: :mod:`perception_nodes.models.decode`.
 """
 
@@ -181,7 +183,7 @@ class LidarDetectionOutput:
     box: NIG
     #: NIG of ``[B, len(curvature_horizons_m)]`` tensors (1/m, + = left)
     curvature: NIG
-    #: ``[B]`` voxels per scan after cropping (0: no usable point)
+    #: ``[B]`` voxels per scan in the input crop (``point_range`` plus the context margin; 0: no usable point)
     num_voxels: Tensor
     #: optional ``box_at(b, cells)``: the box NIG of scan ``b`` at flat head-grid cells ``iy * W + ix``
     #: (``[T, N]`` tensors), computed for those cells only; what :func:`~perception_nodes.models.decode.decode_batch`

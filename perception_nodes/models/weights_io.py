@@ -155,8 +155,13 @@ def lidar_config_mismatch(side: Mapping[str, Any]) -> list[str]:
     model = (side.get("branch_config") or {}).get("model")
     if model is None:
         return []
-    a = dataclasses.asdict(LidarDetectionConfig.from_mapping(dict(side.get("config") or {})))
-    b = dataclasses.asdict(LidarDetectionConfig.from_mapping(dict(model)))
+    from perception_nodes.config import ConfigError
+
+    try:
+        a = dataclasses.asdict(LidarDetectionConfig.from_mapping(dict(side.get("config") or {})))
+        b = dataclasses.asdict(LidarDetectionConfig.from_mapping(dict(model)))
+    except ConfigError as exc:
+        raise WeightsError(f"the sidecar's network config does not build the network: {exc}") from exc
     return sorted(k for k in a if _plain(a[k]) != _plain(b[k]))
 
 

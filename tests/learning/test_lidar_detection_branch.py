@@ -130,6 +130,29 @@ def test_rotation_augmentation_turns_points_boxes_and_grids_together():
         assert np.allclose(out["curvature"][i].numpy()[:2], [0.01, 0.02])
 
 
+def test_rotation_with_a_context_margin_keeps_margin_points_and_crop_boxes():
+    """With a margin, rotated points are kept out to the input range (the network reads them) while boxes are
+    kept by their centre inside point_range, as prepare_frame keeps them."""
+    margin = 4.0
+    br = LidarDetectionBranch({"model": {**MODEL, "context_margin_m": margin}})
+    # points along the x axis out to 15.9 m (crop 12 m, input 16 m); a box at 11 m on the axis
+    xs = np.linspace(-15.9, 15.9, 319, dtype=np.float32)
+    pts = torch.from_numpy(np.stack([xs, np.zeros_like(xs), np.full_like(xs, 0.5), np.ones_like(xs)], 1))
+    boxes = torch.tensor([[11.0, 0.0, 0.8, 4.0, 1.8, 1.5, 0.0, 0.0], [3.0, 0.0, 0.8, 4.0, 1.8, 1.5, 0.0, 0.0]])
+    h, w = br.occupancy_spec.shape
+    z = torch.zeros(h, w, dtype=torch.uint8)
+    p, b, _, _ = br.rotate_scene(pts, boxes, z, z, math.pi / 2)  # the x axis turns onto the y axis
+    assert len(p) == len(pts)  # |y| up to 15.9 m: inside the 16 m input square
+    assert float(p[:, 1].abs().max()) > 12.0  # beyond the crop, inside the margin
+    assert len(b) == 2 and torch.allclose(b[:, :2], torch.tensor([[0.0, 11.0], [0.0, 3.0]]), atol=1e-5)
+    _, b45, _, _ = br.rotate_scene(pts, torch.tensor([[11.5, 11.5, 0.8, 4.0, 1.8, 1.5, 0.0, 0.0]]), z, z,
+                                   math.radians(45.0))
+    assert len(b45) == 0  # its centre turns to (0, 16.3): outside point_range, so dropped
+    plain = LidarDetectionBranch({"model": MODEL})
+    p0, _, _, _ = plain.rotate_scene(pts, boxes, z, z, math.pi / 2)
+    assert len(p0) < len(pts) and float(p0[:, 1].abs().max()) <= 12.0  # without a margin: the 12 m crop (lo inclusive)
+
+
 def test_rotation_augmentation_is_off_by_default_and_checked():
     """Off by default: a plain config's description and random stream are those of before; a cached backbone
     with rotations is refused (the cache would grow per rotated scan); out-of-range values are refused."""

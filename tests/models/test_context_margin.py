@@ -126,3 +126,15 @@ def test_cropping_before_the_head_upsampling_equals_cropping_after(margin_net, k
             assert before.shape == after.shape
             tol = 64 * np.finfo(np.float32).eps * float(after.abs().max())
             assert float((before - after).abs().max()) <= tol
+
+
+def test_the_fusers_lidar_encoder_reads_the_packaged_weights_without_their_margin():
+    """The packaged LiDAR sidecar carries a margin (the node reads 10 m of context); the BEV fuser's encoder,
+    trained on one grid with the camera's, loads the same tensors with none."""
+    from perception_nodes.models.bev_fusion import from_packaged
+    from perception_nodes.models.weights_io import default_weights_dir, read_sidecar
+
+    side = read_sidecar(default_weights_dir("lidar_detection"), "lidar_detection")
+    assert side["config"].get("context_margin_m", 0.0) > 0  # what the LiDAR node runs
+    net = from_packaged()
+    assert net.lidar.config.context_margin_m == 0.0 and net.lidar.margin_cells == 0

@@ -82,3 +82,10 @@ def test_the_evaluated_and_the_running_network_configs_agree(tmp_path):
         load_lidar_detection(split)
     with pytest.raises(SystemExit):
         lidar_eval(["--weights", str(split), "--real-only", "--metrics-out", str(tmp_path / "m.json")])
+    # a section that does not build at all is a WeightsError too (not a ConfigError traceback)
+    doc["branch_config"]["model"]["context_margin_m"] = -1.0
+    (split / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(WeightsError, match="does not build"):
+        load_lidar_detection(split)
+    with pytest.raises(SystemExit):
+        lidar_eval(["--weights", str(split), "--real-only", "--metrics-out", str(tmp_path / "m.json")])

@@ -101,7 +101,8 @@ class BevFusionBranch(Branch):
         from perception_nodes.models.weights_io import default_weights_dir, read_sidecar
 
         lidar_dir = self.model_params.lidar_weights or str(default_weights_dir("lidar_detection"))
-        lidar_cfg = read_sidecar(lidar_dir, "lidar_detection").get("config") or {}
+        # without the LiDAR sidecar's context margin, as from_packaged builds the encoder (one BEV grid)
+        lidar_cfg = {**(read_sidecar(lidar_dir, "lidar_detection").get("config") or {}), "context_margin_m": 0.0}
         #: the LiDAR branch with the encoder's config: targets, loss and metrics come from it
         self.lidar_branch = LidarDetectionBranch({"model": lidar_cfg, "targets": sections.get("targets") or {},
                                                   "loss": sections.get("loss") or {}, "augment": {"flip_y": False},
