@@ -357,7 +357,9 @@ def evaluate_kitti(branch: LidarDetectionBranch, model: torch.nn.Module, root: P
     # nuScenes-style centre-distance AP (0.5-4 m) on the KITTI frames: IoU 0.7 is out of reach for boxes
     # trained on generated cars, centre distance says whether the cars are found at all
     res["centre_distance"] = res.pop("nuscenes")
-    return {"fov_deg": fov_deg, "infos": [str(i) for i in infos], **res}
+    # both sources named: the object-dataset folder's frames and the info files' (the frame count is their sum)
+    return {"fov_deg": fov_deg, "root": str(root) if root is not None else None, "infos": [str(i) for i in infos],
+            **res}
 
 
 def evaluate_nuscenes(branch: LidarDetectionBranch, model: torch.nn.Module, info: Path, *,
