@@ -56,7 +56,10 @@ for standin in tf2_msgs vision_msgs ackermann_msgs; do
   have=""
   for p in "$venv" "${prefixes[@]}"; do
     case "$p" in ""|"$root"/ros_ws/*) continue ;; esac
-    [ -f "$p/share/$standin/package.xml" ] && have="$p" && break
+    # another checkout's stand-in (a shell that sourced its ros_env.sh) is not the real package: skipping
+    # ours for it would leave a fresh shell of this checkout without the messages
+    [ -f "$p/share/$standin/package.xml" ] && ! cmp -s "$p/share/$standin/package.xml" "ros_ws/src/$standin/package.xml" \
+      && have="$p" && break
   done
   if [ -n "$have" ]; then
     [ -f "$ignore" ] || { echo "==> $standin found in $have: not building the stand-in"; touch "$ignore"; }
