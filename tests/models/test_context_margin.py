@@ -138,3 +138,42 @@ def test_the_fusers_lidar_encoder_reads_the_packaged_weights_without_their_margi
     assert side["config"].get("context_margin_m", 0.0) > 0  # what the LiDAR node runs
     net = from_packaged()
     assert net.lidar.config.context_margin_m == 0.0 and net.lidar.margin_cells == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((0, 4), np.float32),  # empty cloud
+        np.array([[500.0, 0.0, 1.0, 0.5], [0.0, -300.0, 1.0, 0.5], [5.0, 5.0, 40.0, 0.1]], np.float32),  # out of range
+        np.full((64, 4), np.nan, np.float32),  # all NaN
+        np.array([[np.inf, 1.0, 1.0, 0.2], [1.0, -np.inf, 0.5, 0.3]], np.float32),  # infinities
+    ],
+    ids=["empty", "out_of_range", "nan", "inf"],
+)
+def test_bad_input_with_a_margin_gives_the_vacuous_output(margin_net, bad):
+    from perception_nodes.models import decode_batch
+
+    with torch.no_grad():
+        out = margin_net(torch.from_numpy(bad))
+    assert int(out.num_voxels[0]) == 0
+    assert torch.equal(out.class_alpha, torch.ones_like(out.class_alpha))
+    assert float(out.occupancy_evidence.abs().max()) == 0.0
+    (det,) = decode_batch(out, margin_net.head_grid, margin_net.config.classes, score_threshold=0.0)
+    assert len(det) == 0
+
+
+def test_a_cloud_only_in_the_margin_and_a_huge_one_give_valid_outputs(margin_net, kitti_frames):
+    """Points only in the margin are read (not the empty case) and give finite evidence on the crop; a cloud
+    ten times a real scan runs and stays finite."""
+    pts, _ = kitti_frames[0]
+    cfg = margin_net.config
+    x0, y0, _, x1, y1, _ = cfg.point_range
+    outside = ~((pts[:, 0] >= x0) & (pts[:, 0] < x1) & (pts[:, 1] >= y0) & (pts[:, 1] < y1))
+    huge = np.concatenate([pts + np.float32(0.01) * k for k in range(10)])
+    with torch.no_grad():
+        for cloud in (pts[outside], huge):
+            out = margin_net(torch.from_numpy(np.ascontiguousarray(cloud)))
+            assert int(out.num_voxels[0]) > 0
+            assert torch.isfinite(out.class_alpha).all() and (out.class_alpha >= 1).all()
+            assert torch.isfinite(out.occupancy_evidence).all()
+            assert out.class_alpha.shape[-1] == margin_net.head_grid.width
