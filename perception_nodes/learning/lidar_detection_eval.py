@@ -72,9 +72,8 @@ class _WithGeometricBaseline(LidarDetectionBranch):
 
         # the geometric model sees the crop only, with or without the network's context margin (returns
         # beyond the grid would add free evidence along their rays and move the baseline with the margin)
-        x0, y0, _, x1, y1, _ = (float(v) for v in self.net_config.point_range)
         pts = sample["points"]
-        pts = pts[(pts[:, 0] >= x0) & (pts[:, 0] < x1) & (pts[:, 1] >= y0) & (pts[:, 1] < y1)]
+        pts = pts[self.net_config.contains_xy(pts[:, 0], pts[:, 1])]
         est = estimate_ground(pts)
         ism = evidential_occupancy(pts, est.mask, frame.lidar_to_base[:3, 3], self.occupancy_spec,
                                    height_above_ground=est.height)
@@ -547,7 +546,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if args.package is not None or args.checkpoint is not None:
             p.error("--package and --checkpoint need --run")
         from perception_nodes.learning.branches import get_branch
-        from perception_nodes.models.weights_io import (WeightsError, default_weights_dir, lidar_config_mismatch,
+        from perception_nodes.models.weights_io import (WeightsError, check_lidar_configs, default_weights_dir,
                                                         load_state, read_sidecar)
 
         weights = args.weights or default_weights_dir("lidar_detection")
@@ -555,12 +554,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if "branch_config" not in side:
             p.error(f"{weights}: the sidecar has no branch_config (not written by package_run)")
         try:
-            bad = lidar_config_mismatch(side)
+            check_lidar_configs(side, weights)
         except WeightsError as exc:
-            p.error(f"{weights}: {exc}")
-        if bad:
-            p.error(f"{weights}: the sidecar's config and branch_config.model differ on {', '.join(bad)}: "
-                    "lidar-eval would score another network than the nodes run; make them agree")
+            p.error(str(exc))
         branch = get_branch("lidar_detection")(side["branch_config"])
         model = branch.build_model()
         model.load_state_dict(load_state(weights), strict=True)

@@ -159,6 +159,12 @@ class LidarDetectionConfig:
         x0, y0, z0, x1, y1, z1 = (float(v) for v in self.point_range)
         return (x0 - m, y0 - m, z0, x1 + m, y1 + m, z1)
 
+    def contains_xy(self, x: Any, y: Any) -> Any:
+        """Whether (x, y) lies inside ``point_range`` in x and y (half-open), elementwise for arrays and
+        tensors: where outputs, boxes and the crop's own points live (the margin's points do not)."""
+        x0, y0, _, x1, y1, _ = (float(v) for v in self.point_range)
+        return (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
         """The voxel grid of :attr:`input_range` (what the backbone runs on)."""

@@ -150,19 +150,30 @@ def lidar_config_mismatch(side: Mapping[str, Any]) -> list[str]:
     the benchmarks build) and ``branch_config.model`` (what ``lidar-eval`` builds). Both are written from one
     config when a run is packaged; an edited sidecar can split them, and then the evaluated network would not
     be the one that runs (defaults filled in before comparing; [] without a ``branch_config``)."""
+    from perception_nodes.config import ConfigError
     from perception_nodes.models.lidar_detection import LidarDetectionConfig
 
     model = (side.get("branch_config") or {}).get("model")
     if model is None:
         return []
-    from perception_nodes.config import ConfigError
-
     try:
         a = dataclasses.asdict(LidarDetectionConfig.from_mapping(dict(side.get("config") or {})))
         b = dataclasses.asdict(LidarDetectionConfig.from_mapping(dict(model)))
     except ConfigError as exc:
         raise WeightsError(f"the sidecar's network config does not build the network: {exc}") from exc
     return sorted(k for k in a if _plain(a[k]) != _plain(b[k]))
+
+
+def check_lidar_configs(side: Mapping[str, Any], folder: Any) -> None:
+    """:class:`WeightsError` naming the keys where :func:`lidar_config_mismatch` finds the two configs apart
+    (or saying they do not build): what both loaders, the nodes' and ``lidar-eval``'s, refuse."""
+    try:
+        bad = lidar_config_mismatch(side)
+    except WeightsError as exc:
+        raise WeightsError(f"{folder}: {exc}") from exc
+    if bad:
+        raise WeightsError(f"{folder}: the sidecar's config and branch_config.model differ on {', '.join(bad)} "
+                           "(the evaluated network would not be the one that runs); make them agree")
 
 
 def load_lidar_detection(folder: Path | str | None = None, *, overrides: Optional[Mapping[str, Any]] = None):
@@ -176,10 +187,7 @@ def load_lidar_detection(folder: Path | str | None = None, *, overrides: Optiona
 
     folder = Path(folder) if folder is not None else default_weights_dir("lidar_detection")
     side = read_sidecar(folder, "lidar_detection")
-    bad = lidar_config_mismatch(side)
-    if bad:
-        raise WeightsError(f"{folder}: the sidecar's config and branch_config.model differ on {', '.join(bad)} "
-                           "(the evaluated network would not be the one that runs); make them agree")
+    check_lidar_configs(side, folder)
     cfg_map = dict(side.get("config") or {})
     cfg_map.update(overrides or {})
     cfg = LidarDetectionConfig.from_mapping(cfg_map)

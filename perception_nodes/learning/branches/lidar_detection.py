@@ -333,7 +333,6 @@ class LidarDetectionBranch(Branch):
             return None
         cfg = self.net_config
         # points: the network's input crop (point_range plus its context margin); boxes: point_range
-        x0, y0, _, x1, y1, _ = (float(v) for v in cfg.point_range)
         lo, hi = np.asarray(cfg.input_range[:3], np.float32), np.asarray(cfg.input_range[3:], np.float32)
         pts = np.asarray(frame.points, np.float32)[:, :4]
         pts = pts[np.isfinite(pts).all(1)]
@@ -346,8 +345,7 @@ class LidarDetectionBranch(Branch):
             k = self.class_index(b.label)
             if k is None:
                 continue
-            x, y = b.center[0], b.center[1]
-            if not (x0 <= x < x1 and y0 <= y < y1):
+            if not cfg.contains_xy(b.center[0], b.center[1]):
                 continue
             rows.append([*b.center, *b.size, b.yaw, float(k)])
         occ, occ_spec = grid_from_msg(occ_msg)
@@ -408,8 +406,6 @@ class LidarDetectionBranch(Branch):
         c, s = math.cos(angle), math.sin(angle)
         dev = points.device  # the trainer moves the batch to its device before augmenting
         rot = torch.tensor([[c, -s], [s, c]], dtype=points.dtype, device=dev)
-        lo = torch.tensor(self.net_config.point_range[:3], dtype=points.dtype, device=dev)
-        hi = torch.tensor(self.net_config.point_range[3:], dtype=points.dtype, device=dev)
         ilo = torch.tensor(self.net_config.input_range[:3], dtype=points.dtype, device=dev)
         ihi = torch.tensor(self.net_config.input_range[3:], dtype=points.dtype, device=dev)
         p = points.clone()
@@ -419,8 +415,7 @@ class LidarDetectionBranch(Branch):
         if len(b):
             b[:, :2] = boxes[:, :2] @ rot.T.to(device=boxes.device, dtype=boxes.dtype)
             b[:, 6] = torch.remainder(boxes[:, 6] + angle + math.pi, 2.0 * math.pi) - math.pi
-            keep = (b[:, 0] >= float(lo[0])) & (b[:, 0] < float(hi[0])) & (b[:, 1] >= float(lo[1])) & (b[:, 1] < float(hi[1]))
-            b = b[keep]
+            b = b[self.net_config.contains_xy(b[:, 0], b[:, 1])]
         spec = self.occupancy_spec
         h, w = occupied.shape[-2:]
         res = spec.resolution
