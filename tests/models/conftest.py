@@ -13,6 +13,15 @@ def _test_config() -> dict:
     return {"backbone_args": {**LidarDetectionConfig().backbone_args, "dataflow": "gather_scatter"}}
 
 
+#: clouds with no usable point (the vacuous-output tests of the network with and without a context margin)
+BAD_CLOUDS = [
+    np.zeros((0, 4), np.float32),  # empty cloud
+    np.array([[500.0, 0.0, 1.0, 0.5], [0.0, -300.0, 1.0, 0.5], [5.0, 5.0, 40.0, 0.1]], np.float32),  # out of range
+    np.full((64, 4), np.nan, np.float32),  # all NaN
+    np.array([[np.inf, 1.0, 1.0, 0.2], [1.0, -np.inf, 0.5, 0.3]], np.float32),  # infinities
+]
+BAD_CLOUD_IDS = ["empty", "out_of_range", "nan", "inf"]
+
 TEST_CONFIG = _test_config()
 #: a 32 m x 32 m crop: same network, a sixth of the cells, for the tests that run it many times
 SMALL_CONFIG = {**TEST_CONFIG, "point_range": [-16.0, -16.0, -1.0, 16.0, 16.0, 5.0]}

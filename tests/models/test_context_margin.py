@@ -10,7 +10,7 @@ import torch
 from perception_nodes.config import ConfigError
 from perception_nodes.models import LidarDetectionConfig, LidarDetectionNet
 
-from .conftest import SMALL_CONFIG
+from .conftest import BAD_CLOUD_IDS, BAD_CLOUDS, SMALL_CONFIG
 from .test_onnx_runtime import _all_outputs, _assert_parity
 
 #: 4 m: two of the BEV net's coarsest cells (0.25 m voxels x backbone stride 4 x 2 = 2 m)
@@ -140,16 +140,7 @@ def test_the_fusers_lidar_encoder_reads_the_packaged_weights_without_their_margi
     assert net.lidar.config.context_margin_m == 0.0 and net.lidar.margin_cells == 0
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        np.zeros((0, 4), np.float32),  # empty cloud
-        np.array([[500.0, 0.0, 1.0, 0.5], [0.0, -300.0, 1.0, 0.5], [5.0, 5.0, 40.0, 0.1]], np.float32),  # out of range
-        np.full((64, 4), np.nan, np.float32),  # all NaN
-        np.array([[np.inf, 1.0, 1.0, 0.2], [1.0, -np.inf, 0.5, 0.3]], np.float32),  # infinities
-    ],
-    ids=["empty", "out_of_range", "nan", "inf"],
-)
+@pytest.mark.parametrize("bad", BAD_CLOUDS, ids=BAD_CLOUD_IDS)
 def test_bad_input_with_a_margin_gives_the_vacuous_output(margin_net, bad):
     from perception_nodes.models import decode_batch
 

@@ -11,6 +11,8 @@ from perception_nodes.evidential.nig import NIG
 from perception_nodes.models import LidarDetectionConfig, LidarDetectionNet, decode, decode_batch, register_backbone
 from perception_nodes.models.decode import REGRESSION_NAMES
 
+from .conftest import BAD_CLOUD_IDS, BAD_CLOUDS
+
 
 def _sample(out, b=0):
     return out.class_alpha[b], NIG(*(t[b] for t in out.box))
@@ -61,16 +63,7 @@ def test_all_points_counted_once_in_range(lidar_net, kitti_frames):
     assert st.feats.shape[1] == 4 and float(st.feats[:, 3].max()) <= float(inside[:, 3].max()) + 1e-6
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        np.zeros((0, 4), np.float32),  # empty cloud
-        np.array([[500.0, 0.0, 1.0, 0.5], [0.0, -300.0, 1.0, 0.5], [5.0, 5.0, 40.0, 0.1]], np.float32),  # out of range
-        np.full((64, 4), np.nan, np.float32),  # all NaN
-        np.array([[np.inf, 1.0, 1.0, 0.2], [1.0, -np.inf, 0.5, 0.3]], np.float32),  # infinities
-    ],
-    ids=["empty", "out_of_range", "nan", "inf"],
-)
+@pytest.mark.parametrize("bad", BAD_CLOUDS, ids=BAD_CLOUD_IDS)
 def test_bad_input_gives_empty_valid_output(small_net, bad):
     lidar_net = small_net
     with torch.no_grad():
