@@ -169,6 +169,90 @@ def test_rotation_augmentation_is_off_by_default_and_checked():
             LidarDetectionBranch({"model": MODEL, "augment": bad})
 
 
+def _car_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two cars along x with returns on their sides and roof, ground returns all over, and a wall 0.7 m
+    beside the second car: a turn of 30 deg would swing its grown corners 1.15 m out (rows: x, y, z,
+    intensity)."""
+    boxes = np.array([[5.0, 3.0, 0.75, 4.0, 1.8, 1.5, 0.0, 0], [-4.0, -5.0, 0.75, 4.0, 1.8, 1.5, 0.0, 0]], np.float32)
+    parts = []
+    for b in boxes:
+        u = rng.uniform(-0.5, 0.5, (80, 3)) * b[3:6]
+        u[:, 2] = rng.uniform(-0.3, 0.5, 80) * b[5]  # 0.3 m and up: returns lower than 0.15 m count as ground
+        u[:40, 1] = np.sign(u[:40, 1]) * b[4] / 2  # sides
+        u[40:, 2] = b[5] / 2  # roof
+        parts.append(b[:3] + u)
+    ground = np.c_[rng.uniform(-11.5, 11.5, (400, 2)), rng.normal(0.0, 0.02, 400)]
+    wall = np.c_[rng.uniform(-6.5, -1.5, 60), np.full(60, -6.6), rng.uniform(0.2, 1.2, 60)]
+    pts = np.concatenate(parts + [ground, wall]).astype(np.float32)
+    return np.c_[pts, rng.random(len(pts))].astype(np.float32), boxes
+
+
+def test_object_rotation_turns_a_car_with_its_returns_and_skips_a_turn_into_a_wall():
+    """rotate_objects: the free car's returns turn about its centre with its yaw (its box holds all of them
+    after, as before), the ground under it and everything else stay, the cells under its old and new
+    footprint become unobserved; the car beside the wall would turn into it, so it is left as it was."""
+    from perception_nodes.boxes import Box3D
+
+    br = LidarDetectionBranch({"model": MODEL})
+    pts, boxes = _car_scene(np.random.default_rng(3))
+    h, w = br.occupancy_spec.shape
+    vis0 = torch.ones(h, w, dtype=torch.uint8)
+    angle = math.radians(30.0)
+    p, b, vis = br.rotate_objects(torch.from_numpy(pts), torch.from_numpy(boxes), vis0,
+                                  torch.tensor([angle, angle], dtype=torch.float64))
+    p, b, vis = p.numpy(), b.numpy(), vis.numpy()
+    assert np.isclose(b[0, 6], angle) and b[1, 6] == 0.0  # the second one would hit the wall at y = -6.6
+    assert np.array_equal(b[:, :6], boxes[:, :6])
+    box_before = Box3D("car", tuple(map(float, boxes[0, :3])), tuple(map(float, boxes[0, 3:6])), 0.0)
+    box_after = Box3D("car", tuple(map(float, b[0, :3])), tuple(map(float, b[0, 3:6])), float(b[0, 6]))
+    grown = Box3D("car", box_after.center, (4.01, 1.81, 1.51), box_after.yaw)  # float32 rounding on the faces
+    assert grown.contains(p[:80, :3]).all() and not box_before.contains(p[:80, :3]).all()
+    c, s = math.cos(angle), math.sin(angle)
+    expect = (pts[:80, :2] - boxes[0, :2]) @ np.array([[c, -s], [s, c]]).T + boxes[0, :2]
+    assert np.allclose(p[:80, :2], expect, atol=1e-5) and np.array_equal(p[:80, 2:], pts[:80, 2:])
+    assert np.array_equal(p[80:], pts[80:])  # the other car, the ground (also under the car) and the wall
+    spec = br.occupancy_spec
+
+    def cell(x: float, y: float) -> tuple[int, int]:
+        return int((y - spec.origin[1]) // spec.resolution), int((x - spec.origin[0]) // spec.resolution)
+
+    # the tip of the turned car (its front 2 m along 30 deg) and the old rear corner region: unobserved
+    assert vis[cell(5.0 + 1.9 * c, 3.0 + 1.9 * s)] == 0 and vis[cell(3.1, 3.8)] == 0
+    assert vis[cell(-4.0, -5.0)] == 1 and vis[cell(0.0, -10.0)] == 1  # the car left alone, open ground
+    assert torch.equal(vis0, torch.ones(h, w, dtype=torch.uint8))  # inputs untouched
+
+
+def test_object_rotation_in_augment_is_drawn_per_box_and_deterministic():
+    """augment with object_rotate_deg: each box turns by at most that angle (probability 1 here, so the free
+    car turns in every sample, by a new angle), the same generator seed gives the same batch, and the config
+    is checked and described."""
+    from perception_nodes.config import ConfigError
+
+    br = LidarDetectionBranch({"model": MODEL, "augment": {"flip_y": False, "object_rotate_deg": 20.0,
+                                                           "object_rotate_prob": 1.0}})
+    assert br.describe()["augment"] == {"flip_y": False, "object_rotate_deg": 20.0, "object_rotate_prob": 1.0}
+    pts, boxes = _car_scene(np.random.default_rng(4))
+    h, w = br.occupancy_spec.shape
+    sample = {"points": pts, "boxes": boxes, "occupied": np.zeros((h, w), np.uint8),
+              "visible": np.ones((h, w), np.uint8), "curvature": np.zeros(3, np.float32)}
+    batch = _collate([sample] * 3, torch.device("cpu"))
+    out = br.augment(batch, torch.Generator().manual_seed(7))
+    again = br.augment(batch, torch.Generator().manual_seed(7))
+    turned = []
+    for i in range(3):
+        assert torch.equal(out["points"][i], again["points"][i]) and torch.equal(out["boxes"][i], again["boxes"][i])
+        yaw = out["boxes"][i][:, 6].numpy()
+        assert np.all(np.abs(yaw) <= math.radians(20.0) + 1e-6)
+        turned.append(float(yaw[0]))
+    assert len(set(turned)) == 3 and all(t != 0.0 for t in turned)  # a new angle per sample
+    for bad in ({"object_rotate_deg": -1}, {"object_rotate_prob": 2}):
+        with pytest.raises(ConfigError):
+            LidarDetectionBranch({"model": MODEL, "augment": bad})
+    with pytest.raises(ConfigError, match="cache_backbone"):
+        LidarDetectionBranch({"model": MODEL, "augment": {"object_rotate_deg": 10},
+                              "finetune": {"freeze_backbone": True, "cache_backbone": True}})
+
+
 def test_backbone_learning_rate_scale_gets_its_own_optimizer_group(tmp_path):
     """finetune.backbone_lr_scale: the backbone's parameters form a group at lr x scale, every other parameter
     one at lr, each parameter in exactly one; the schedule keeps the ratio; refused with a frozen backbone; a
