@@ -273,6 +273,39 @@ def test_partly_broken_and_implausible_clouds_are_counted_and_the_node_goes_on(t
     assert acct == {**acct, "received": 2, "used": 1, "dropped": {"implausible": 1}, "balanced": True}
 
 
+def test_the_vehicles_own_returns_are_dropped_before_the_network_and_counted(tiny_weights, kitti_records):
+    """The params file's sensor radius and footprint: a real KITTI scan loses the returns of its own car
+    (counted on /diagnostics as computed independently, no warning), a scan of nothing but such returns is
+    empty for the network (empty warning, vacuous grids), and with both off the same returns reach it."""
+    from perception_nodes.calibration import transform_points
+    from perception_nodes.pipeline.self_returns import self_returns
+
+    node, clock = _node(tiny_weights)
+    assert node.min_return_range == 1.0 and node.ego_box == (-2.5, 2.7, -1.7, 1.7)
+    tf = next(m for t, m in kitti_records if t == topics.TF_STATIC)
+    _feed(node, clock, topics.TF_STATIC, tf)
+    real = next(m for t, m in kitti_records if t == topics.LIDAR_POINTS)
+    pts = np.array(read_xyzi(real), dtype=np.float32)
+    to_base = node.sensor_to_base(real.header.frame_id)
+    near, body = self_returns(transform_points(to_base, pts), to_base[:2, 3], min_return_range=1.0,
+                              ego_box=(-2.5, 2.7, -1.7, 1.7))
+    assert body.sum() > 100  # KITTI 000000: the roof and bonnet
+    assert _feed(node, clock, topics.LIDAR_POINTS, real)[node.detections_topic].detections
+    assert node.points_dropped["near_sensor"] == near.sum() and node.points_dropped["ego_box"] == body.sum()
+    inputs = _statuses(node)["inputs"]
+    assert inputs.values["points_ego_box"] == str(int(body.sum())) and "ego_box" not in inputs.message
+    own = create_xyzi_cloud(pts[near | body], stamp_to_ns(real.header.stamp) + S, "velodyne", B)
+    out = _feed(node, clock, topics.LIDAR_POINTS, own)
+    assert out[node.detections_topic].detections == [] and "empty:" in _statuses(node)["inputs"].message
+    assert set(np.asarray(out[node.occupancy_topic].data).tolist()) == {-1}
+    off, clock_off = _node(tiny_weights, min_return_range=0.0, ego_box=None)
+    _feed(off, clock_off, topics.TF_STATIC, tf)
+    _feed(off, clock_off, topics.LIDAR_POINTS, own)
+    assert off.empty_frames == 0 and "ego_box" not in off.points_dropped and "near_sensor" not in off.points_dropped
+    with pytest.raises(ValueError, match="lidar_detection.ego_box"):
+        _node(tiny_weights, ego_box=[2.7, -2.5, -1.7, 1.7])
+
+
 def test_thin_points_is_deterministic_and_bounded():
     pts = np.arange(1_000_003 * 4, dtype=np.float32).reshape(-1, 4)
     a, b = thin_points(pts, 200_000), thin_points(pts, 200_000)

@@ -69,6 +69,7 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("evidence.azimuth_bins", 8, 360_000),
     ("evidence.shadow_dilation_bins", 0, 1000),
     ("evidence.min_return_range", 0.0, 1000.0),
+    ("min_return_range", 0.0, 1000.0),
     ("evidence.ground_block", 0.01, 1000.0),
     ("evidence.origin_ground_z", -100.0, 100.0),
     ("keep_grids_for_report", 0, 10_000),

@@ -27,6 +27,11 @@ cap), ``transform`` (sensor -> base_link), the runtime's ``voxelize``, ``backbon
 ``occupancy`` (learned grids), ``encode`` (messages). Fusion with the geometric grid happens when that grid
 arrives and is recorded as the ``fusion`` series.
 
+The vehicle's own returns are dropped before the network (``min_return_range`` from the sensor and the
+``ego_box`` footprint, :mod:`perception_nodes.pipeline.self_returns`; counted as ``points_near_sensor`` /
+``points_ego_box`` on ``/diagnostics``): no generated training scan has them, and the network takes the
+blob of a roof or mount for an object.
+
 Bad input never stops the node: an empty cloud, one whose points are all NaN or all outside the network's
 crop gives an empty (valid) detection array, vacuous learned grids and an ``empty`` warning on
 ``/diagnostics``; a cloud above ``max_points`` is thinned by a fixed stride (deterministic) and the points
@@ -66,6 +71,7 @@ from perception_nodes.graph.health_topics import SCAN_HEALTH, scan_health_emits
 from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
 from perception_nodes.pipeline.occupancy_fusion import evidence_from_grid_data, fuse_evidence, resample_nearest
+from perception_nodes.pipeline.self_returns import parse_ego_box, self_returns
 from perception_nodes.pipeline.sensor_health import ScanHealthMonitor, ScanHealthParams
 
 #: default topics (documented in perception.params.yaml)
@@ -162,7 +168,23 @@ class LidarDetectionNode(NodeCore):
         out["learned_occupancy_weight"] = float(params.get("learned_occupancy_weight", 1.0))
         out["unknown_vacuity"] = float(params.get("unknown_vacuity", 1.0))
         out["marker_lifetime_s"] = float(params.get("marker_lifetime_s", 0.2))
+        # the vehicle's own returns (mount, roof, bonnet): absent from every generated training scan
+        out["min_return_range"] = float(params.get("min_return_range", 0.0))
+        out["ego_box"] = parse_ego_box(params.get("ego_box"), f"{self.name}.ego_box")
         return out
+
+    def drop_self_returns(self, pts: np.ndarray, sensor_xy: Any) -> np.ndarray:
+        """``pts`` (base_link) without the vehicle's own returns (:mod:`perception_nodes.pipeline.self_returns`:
+        ``min_return_range`` from the sensor, inside ``ego_box``), each removal counted on ``/diagnostics``
+        (``points_near_sensor``, ``points_ego_box``). Not a warning: a roof-mounted sensor sees its car on
+        every scan."""
+        if self.min_return_range <= 0 and self.ego_box is None:
+            return pts
+        near, body = self_returns(pts, sensor_xy, min_return_range=self.min_return_range, ego_box=self.ego_box)
+        self.points_dropped["near_sensor"] += int(near.sum())
+        self.points_dropped["ego_box"] += int(body.sum())
+        drop = near | body
+        return pts[~drop] if drop.any() else pts
 
     # --- wiring -------------------------------------------------------------------------------
     def inputs(self) -> list[Port]:
@@ -281,7 +303,8 @@ class LidarDetectionNode(NodeCore):
                 self.last_scan_health = self.scan_health.assess(pts)  # sensor frame, range-gated
                 pts = network_points(self, topic, pts)
             with self.latency.stage("transform"):
-                pts = transform_points(self.sensor_to_base(msg.header.frame_id), pts)
+                to_base = self.sensor_to_base(msg.header.frame_id)
+                pts = self.drop_self_returns(transform_points(to_base, pts), to_base[:2, 3])
             out = self.runtime.infer(torch.from_numpy(pts), self.latency.stage)
             with self.latency.stage("decode_boxes"):
                 det = decode_batch(out, net.head_grid, net.config.classes, calibration=self.calibration,
@@ -300,7 +323,8 @@ class LidarDetectionNode(NodeCore):
         if voxels == 0:
             self.empty_frames += 1
             self._warn("empty", f"{topic}: scan at stamp {stamp} ns has no usable point inside the network's "
-                       f"input range {tuple(net.config.input_range)} ({len(pts)} points after the range gate): "
+                       f"input range {tuple(net.config.input_range)} ({len(pts)} points after the range gate and the "
+                       "self-return filter): "
                        "empty detections published")
         self.frames_out += 1
         self.detections_out += len(det)

@@ -38,7 +38,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -221,27 +221,53 @@ def evaluate_sets(branch: LidarDetectionBranch, model: torch.nn.Module, sets: di
 
 
 @torch.no_grad()
+def self_return_filter(cfg: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """The eval config's ``<dataset>_self_returns`` section (``min_return_range`` m, ``ego_box`` [x_min, x_max,
+    y_min, y_max] in the vehicle frame; absent: no filter) as keyword arguments of
+    :func:`~perception_nodes.pipeline.self_returns.self_returns`, checked."""
+    from perception_nodes.pipeline.self_returns import parse_ego_box
+
+    cfg = dict(cfg or {})
+    unknown = set(cfg) - {"min_return_range", "ego_box"}
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (min_return_range, ego_box)")
+    rng = float(cfg.get("min_return_range", 0.0))
+    if not rng >= 0:
+        raise ValueError(f"{where}.min_return_range must be >= 0, got {cfg['min_return_range']!r}")
+    return {"min_return_range": rng, "ego_box": parse_ego_box(cfg.get("ego_box"), f"{where}.ego_box")}
+
+
 def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: Any, *, intensity_scale: float,
-                keep: Any, calibration: DetectionCalibration | None, on_frame: Any = None) -> dict[str, Any]:
-    """Run the network on real labelled frames (scan moved into the vehicle frame, intensity divided by
+                keep: Any, calibration: DetectionCalibration | None, on_frame: Any = None,
+                self_filter: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the network on real labelled frames (scan moved into the vehicle frame, the vehicle's own returns
+    dropped as the node drops them (``self_filter``: keyword arguments of
+    :func:`~perception_nodes.pipeline.self_returns.self_returns`; ``None``: kept), intensity divided by
     ``intensity_scale`` into the network's 0-1), keep the detections ``keep(frame, centres)`` selects, and score
-    them with the stack's scorer; also the detections per frame and the mean vacuity of their cells.
-    ``on_frame(frame, detections, kept)``, if given, sees every frame's decoded detections and the keep mask
-    (for measures beyond the scorer's, from the same network pass)."""
+    them with the stack's scorer (which counts the labels' points in the whole scan); also the detections per
+    frame and the mean vacuity of their cells. ``on_frame(frame, detections, kept)``, if given, sees every
+    frame's decoded detections and the keep mask (for measures beyond the scorer's, from the same network
+    pass)."""
     from perception_nodes.calibration import transform_points
     from perception_nodes.eval.detection_eval import DetectionScorer
+    from perception_nodes.pipeline.self_returns import self_returns
 
     scorer = DetectionScorer()
     model.eval()
     acc = DetectionAccumulator(branch, with_occupancy=False, calibration=calibration)
     n_det, vac = [], []
     car = branch.class_index("car")
-    n_cars, yaw_err = 0, []
+    n_cars, yaw_err, dropped = 0, [], []
     for f in frames:
         pts = np.asarray(f.points, np.float32)[:, :4]
         base = np.concatenate([transform_points(f.lidar_to_base, pts[:, :3]), pts[:, 3:4] / np.float32(intensity_scale)],
                               1).astype(np.float32)
-        det = acc.decode(model([torch.from_numpy(base)]))[0]
+        seen = base
+        if self_filter is not None:
+            near, body = self_returns(base, np.asarray(f.lidar_to_base)[:2, 3], **self_filter)
+            seen = base[~(near | body)]
+            dropped.append({"near_sensor": int(near.sum()), "ego_box": int(body.sum())})
+        det = acc.decode(model([torch.from_numpy(seen)]))[0]
         mask = keep(f, det.center)
         if on_frame is not None:
             on_frame(f, det, mask)
@@ -256,6 +282,9 @@ def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: An
             yaw_err += car_heading_errors(cars, det, np.asarray(mask, bool) & (det.label == car))
     res = scorer.results()
     return {"frames": len(n_det), "detections_per_frame": n_det,
+            "self_returns": None if self_filter is None else {
+                "filter": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self_filter.items()},
+                "dropped_per_frame": dropped},
             "mean_vacuity": float(np.mean(vac)) if vac else float("nan"),
             "kitti_levels": res["kitti"]["levels"], "per_class": res["kitti"]["per_class"],
             "nuscenes": res["nuscenes"], "counts": res["counts"],
@@ -344,15 +373,17 @@ def kitti_frames(root: Path | None, infos: Sequence[Path] = ()) -> Any:
 
 def evaluate_kitti(branch: LidarDetectionBranch, model: torch.nn.Module, root: Path | None, *,
                    fov_deg: float = 90.0, calibration: DetectionCalibration | None = None,
-                   infos: Sequence[Path] = (), on_frame: Any = None) -> dict[str, Any]:
+                   infos: Sequence[Path] = (), on_frame: Any = None,
+                   self_filter: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """KITTI AP (R40, BEV and 3D, per difficulty) on real labelled KITTI frames, detections cropped to the
     left colour camera's image (:func:`camera_view`: KITTI labels exist only there; ``fov_deg`` only for a
     frame without that camera's projection); reflectance is already 0-1. Frames: the
     object-dataset folder ``root`` (``None``: none) and the frames of mmdetection3d info files ``infos`` (e.g.
     ``../shared/data/kitti_mmdet3d_demo``'s frame 000008, whose scan is already cropped to the camera's view),
-    scored together."""
+    scored together. ``self_filter``: the vehicle's own returns to drop (:func:`_score_real`)."""
     res = _score_real(branch, model, kitti_frames(root, infos), intensity_scale=1.0,
-                      keep=lambda f, c: camera_view(f, c, fov_deg), calibration=calibration, on_frame=on_frame)
+                      keep=lambda f, c: camera_view(f, c, fov_deg), calibration=calibration, on_frame=on_frame,
+                      self_filter=self_filter)
     # nuScenes-style centre-distance AP (0.5-4 m) on the KITTI frames: IoU 0.7 is out of reach for boxes
     # trained on generated cars, centre distance says whether the cars are found at all
     res["centre_distance"] = res.pop("nuscenes")
@@ -362,7 +393,8 @@ def evaluate_kitti(branch: LidarDetectionBranch, model: torch.nn.Module, root: P
 
 
 def evaluate_nuscenes(branch: LidarDetectionBranch, model: torch.nn.Module, info: Path, *,
-                      calibration: DetectionCalibration | None = None, on_frame: Any = None) -> dict[str, Any]:
+                      calibration: DetectionCalibration | None = None, on_frame: Any = None,
+                      self_filter: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The nuScenes keyframe(s) of an mmdetection3d info file (evaluation only): one HDL-32E sweep in the
     ego frame, intensity 0-255 scaled to 0-1, boxes all around the car (nuScenes labels cover 360
     degrees: no crop), nuScenes labels through the scorer's class map (bicycle scores as cyclist) and
@@ -371,7 +403,8 @@ def evaluate_nuscenes(branch: LidarDetectionBranch, model: torch.nn.Module, info
     from perception_nodes.scenario.realism import INTENSITY_SCALE
 
     return _score_real(branch, model, read_mmdet3d_info(info), intensity_scale=INTENSITY_SCALE["nuscenes"],
-                       keep=lambda f, c: np.ones(len(c), bool), calibration=calibration, on_frame=on_frame)
+                       keep=lambda f, c: np.ones(len(c), bool), calibration=calibration, on_frame=on_frame,
+                       self_filter=self_filter)
 
 
 def _train_config_of(cfg: dict[str, Any]) -> str:
@@ -536,6 +569,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     val_sources = _sources(doc.get("validation"), "validation")
     train_sources = _sources(doc.get("training_residuals"), "training_residuals")
     _check_disjoint({"validation": val_sources, "training_residuals": train_sources, **sets, **reserved})
+    try:  # the vehicles' own returns in the real frames, dropped as the node drops them (checked before any work)
+        filters = {name: self_return_filter(doc[f"{name}_self_returns"], f"{name}_self_returns")
+                   if doc.get(f"{name}_self_returns") is not None else None for name in ("kitti", "nuscenes")}
+    except ValueError as exc:
+        p.error(f"{args.eval_config}: {exc}")
     if args.real_only:
         sets, val_sources, train_sources = {}, [], []
     side: dict[str, Any] = {}
@@ -596,10 +634,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if (root is not None or kitti_infos) and not args.no_kitti:
         metrics["kitti"] = evaluate_kitti(branch, model, root, infos=kitti_infos,
                                           fov_deg=float(doc.get("kitti_fov_deg", 90.0)),
-                                          calibration=calibration)
+                                          calibration=calibration, self_filter=filters["kitti"])
     nuscenes = doc.get("nuscenes")
     if nuscenes and Path(nuscenes).exists() and not args.no_nuscenes:
-        metrics["nuscenes"] = evaluate_nuscenes(branch, model, Path(nuscenes), calibration=calibration)
+        metrics["nuscenes"] = evaluate_nuscenes(branch, model, Path(nuscenes), calibration=calibration,
+                                                self_filter=filters["nuscenes"])
     metrics["sets"] = {name: [s.describe() for s in srcs] for name, srcs in sets.items()}
     metrics["validation_sets"] = [s.describe() for s in val_sources]
     # the same, as data (what a check of disjoint roles reads)

@@ -54,6 +54,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perception_nodes.evidential.beta import expected_probability, vacuity
+from perception_nodes.pipeline.self_returns import in_footprint
 
 __all__ = [
     "BetaGrid",
@@ -307,8 +308,7 @@ def _evidential_occupancy(
     # (cells, range bins) may ever see an infinite or wrapped-around integer index
     valid = np.isfinite(rng) & np.isfinite(z) & (rng >= p.min_return_range)
     if p.ego_box is not None:
-        x0, x1, y0, y1 = p.ego_box
-        valid &= ~((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1))
+        valid &= ~in_footprint(x, y, p.ego_box)
     if height_above_ground is not None:
         hag_all = np.asarray(height_above_ground, dtype=np.float32).reshape(-1)
         if hag_all.shape[0] != pts.shape[0]:

@@ -53,6 +53,7 @@ def test_real_only_evaluation_scores_kitti_and_the_nuscenes_keyframe(tmp_path):
     cfg.write_text(yaml.safe_dump({"kitti": str(require(KITTI_OBJECT_ROOT)), "kitti_fov_deg": 90.0,
                                    "kitti_infos": [str(require(KITTI_000008_PKL))],
                                    "nuscenes": str(require(NUSC_PKL)),
+                                   "nuscenes_self_returns": {"min_return_range": 1.0, "ego_box": [-1.0, 3.5, -1.0, 1.0]},
                                    "sets": {"never_run": [{"generate": {"scenario": "highway", "seed": 9}}]},
                                    "validation": [{"generate": {"scenario": "urban_street", "seed": 8}}]}))
     out = tmp_path / "metrics.json"
@@ -76,6 +77,13 @@ def test_real_only_evaluation_scores_kitti_and_the_nuscenes_keyframe(tmp_path):
         if cls and float(np.hypot(*b.center[:2])) <= ev.max_range_m[cls[0].label] and n >= ev.min_points:
             expected[cls[0].label] = expected.get(cls[0].label, 0) + 1
     assert nus["counts"]["gt"] == expected and expected.get("car", 0) > 0
+    # the ego's own returns: dropped before the network where the config has a section (nuScenes), counted
+    from perception_nodes.pipeline.self_returns import self_returns
+
+    base = transform_points(frame.lidar_to_base, frame.points[:, :3].astype(np.float64))
+    near, body = self_returns(base, frame.lidar_to_base[:2, 3], min_return_range=1.0, ego_box=(-1.0, 3.5, -1.0, 1.0))
+    assert nus["self_returns"]["dropped_per_frame"] == [{"near_sensor": int(near.sum()), "ego_box": int(body.sum())}]
+    assert near.sum() > 1000 and m["kitti"]["self_returns"] is None  # no kitti section: every return kept
     assert nus["nuscenes"]["classes"] == sorted(expected, key=list(ev.classes).index)
     assert 0.0 <= nus["nuscenes"]["map"] <= 1.0
     # headings of the labelled cars found within 2 m: every labelled car counted (KITTI: 1 + 1 + 6), errors
@@ -85,6 +93,22 @@ def test_real_only_evaluation_scores_kitti_and_the_nuscenes_keyframe(tmp_path):
         assert cy["labelled_cars"] == cars and cy["with_car_detection_within_2m"] == len(cy["abs_yaw_error_mod_pi_deg"])
         assert cy["with_car_detection_within_2m"] <= cars
         assert all(0.0 <= e <= 90.0 for e in cy["abs_yaw_error_mod_pi_deg"])
+
+
+def test_a_malformed_self_return_section_is_refused_before_any_work(tmp_path, capsys):
+    from perception_nodes.learning.lidar_detection_eval import main, self_return_filter
+
+    assert self_return_filter({"min_return_range": 1, "ego_box": [-1, 2, -1, 1]}, "x") == {
+        "min_return_range": 1.0, "ego_box": (-1.0, 2.0, -1.0, 1.0)}
+    assert self_return_filter({}, "x") == {"min_return_range": 0.0, "ego_box": None}
+    for bad, why in (({"ego_box": [1, -1, -1, 1]}, "kitti_self_returns.ego_box"), ({"radius": 1}, "unknown key"),
+                     ({"min_return_range": -1}, "min_return_range must be >= 0")):
+        cfg = tmp_path / "eval.yaml"
+        cfg.write_text(yaml.safe_dump({"kitti": "/nonexistent", "kitti_self_returns": bad}))
+        with pytest.raises(SystemExit):
+            main(["--real-only", "--eval-config", str(cfg), "--metrics-out", str(tmp_path / "m.json")])
+        assert why in capsys.readouterr().err
+        assert not (tmp_path / "m.json").exists()
 
 
 def test_camera_view_is_the_left_colour_camera_image():
