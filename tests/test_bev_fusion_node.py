@@ -309,6 +309,26 @@ def test_no_usable_input_gives_mode_none_empty_outputs_and_error(net, frames):
     _balanced(node)
 
 
+def test_the_vehicles_own_returns_are_dropped_as_lidar_detection_drops_them(net, frames):
+    """The params file's footprint and sensor radius (lidar_detection's): a scan of nothing but returns on the
+    ego's roof and next to the sensor leaves the network no point (no usable LiDAR), each return counted."""
+    tf, fr = frames
+    node, clock = _node(net)
+    assert node.min_return_range == 1.0 and node.ego_box == (-2.5, 2.7, -1.7, 1.7)
+    _feed(node, clock, topics.TF_STATIC, tf)
+    c = fr[0][0]
+    to_base = node.sensor_to_base(c.header.frame_id)
+    roof_base = np.array([[x, y, 1.4] for x in np.linspace(-2.0, 2.0, 9) for y in (-0.8, 0.0, 0.8)], np.float64)
+    roof = np.linalg.inv(to_base) @ np.c_[roof_base, np.ones(len(roof_base))].T  # into the sensor frame
+    pts = np.c_[roof[:3].T, np.full(len(roof_base), 0.2)].astype(np.float32)
+    near = np.hypot(roof_base[:, 0] - to_base[0, 3], roof_base[:, 1] - to_base[1, 3]) < 1.0
+    _feed(node, clock, CLOUD, create_xyzi_cloud(pts, stamp_to_ns(c.header.stamp), c.header.frame_id, B))
+    assert node.points_dropped["near_sensor"] == near.sum() > 0
+    assert node.points_dropped["ego_box"] == len(pts) - near.sum() > 0
+    assert "no usable point" in _status(node).message
+    _balanced(node)
+
+
 def test_parameters_are_checked():
     params = {k: v for k, v in load_params()["bev_fusion"].items() if k != "enabled"}
     with pytest.raises(ConfigError, match="match_tolerance_s"):

@@ -84,7 +84,7 @@ from perception_nodes.config import ConfigError
 from perception_nodes.errors import CalibrationError, MalformedMessageError, NodeUnavailable
 from perception_nodes.graph.camera_bev import CAMERA_ENCODINGS, scaled_intrinsics
 from perception_nodes.graph.detection_outputs import decode_options, detection_frame_emits
-from perception_nodes.graph.lidar_detection import network_points
+from perception_nodes.graph.lidar_detection import drop_self_returns, network_points, self_return_params
 from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
 from perception_nodes.sync.stamp_cache import remember_by_stamp
@@ -175,6 +175,7 @@ class BevFusionNode(NodeCore):
     def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
         out = super()._derived(params)
         out["decode_options"] = decode_options(params, self.name)
+        out.update(self_return_params(params, self.name))
         times = {}
         for key in ("lidar_timeout_s", "camera_timeout_s", "match_tolerance_s", "max_wait_s", "camera_info_wait_s"):
             default = {"lidar_timeout_s": 0.5, "camera_timeout_s": 0.5, "match_tolerance_s": 0.05,
@@ -541,7 +542,8 @@ class BevFusionNode(NodeCore):
             if held is not None:
                 scan, pts, frame.stages_ms["decode"] = held
                 with self.latency.stage("transform"):
-                    pts = np.ascontiguousarray(transform_points(self.sensor_to_base(scan.header.frame_id), pts),
+                    to_base = self.sensor_to_base(scan.header.frame_id)
+                    pts = np.ascontiguousarray(drop_self_returns(self, transform_points(to_base, pts), to_base[:2, 3]),
                                                np.float32)
             img = geo = None
             if im is not None:

@@ -114,6 +114,27 @@ def network_points(node: Any, topic: str, pts: np.ndarray) -> np.ndarray:
     return pts
 
 
+def self_return_params(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """``min_return_range`` and ``ego_box`` of a node that feeds a LiDAR network (lidar_detection, bev_fusion):
+    the vehicle's own returns (mount, roof, bonnet), which no generated training scan has. Absent: off."""
+    return {"min_return_range": float(params.get("min_return_range", 0.0)),
+            "ego_box": parse_ego_box(params.get("ego_box"), f"{name}.ego_box")}
+
+
+def drop_self_returns(node: Any, pts: np.ndarray, sensor_xy: Any) -> np.ndarray:
+    """``pts`` (base_link) without the vehicle's own returns (:mod:`perception_nodes.pipeline.self_returns`:
+    ``node.min_return_range`` from the sensor, inside ``node.ego_box``), each removal counted in
+    ``node.points_dropped`` (``points_near_sensor``, ``points_ego_box`` on ``/diagnostics``). Not a warning: a
+    roof-mounted sensor sees its car on every scan."""
+    if node.min_return_range <= 0 and node.ego_box is None:
+        return pts
+    near, body = self_returns(pts, sensor_xy, min_return_range=node.min_return_range, ego_box=node.ego_box)
+    node.points_dropped["near_sensor"] += int(near.sum())
+    node.points_dropped["ego_box"] += int(body.sum())
+    drop = near | body
+    return pts[~drop] if drop.any() else pts
+
+
 class LidarDetectionNode(NodeCore):
     """See module doc."""
 
@@ -168,23 +189,8 @@ class LidarDetectionNode(NodeCore):
         out["learned_occupancy_weight"] = float(params.get("learned_occupancy_weight", 1.0))
         out["unknown_vacuity"] = float(params.get("unknown_vacuity", 1.0))
         out["marker_lifetime_s"] = float(params.get("marker_lifetime_s", 0.2))
-        # the vehicle's own returns (mount, roof, bonnet): absent from every generated training scan
-        out["min_return_range"] = float(params.get("min_return_range", 0.0))
-        out["ego_box"] = parse_ego_box(params.get("ego_box"), f"{self.name}.ego_box")
+        out.update(self_return_params(params, self.name))
         return out
-
-    def drop_self_returns(self, pts: np.ndarray, sensor_xy: Any) -> np.ndarray:
-        """``pts`` (base_link) without the vehicle's own returns (:mod:`perception_nodes.pipeline.self_returns`:
-        ``min_return_range`` from the sensor, inside ``ego_box``), each removal counted on ``/diagnostics``
-        (``points_near_sensor``, ``points_ego_box``). Not a warning: a roof-mounted sensor sees its car on
-        every scan."""
-        if self.min_return_range <= 0 and self.ego_box is None:
-            return pts
-        near, body = self_returns(pts, sensor_xy, min_return_range=self.min_return_range, ego_box=self.ego_box)
-        self.points_dropped["near_sensor"] += int(near.sum())
-        self.points_dropped["ego_box"] += int(body.sum())
-        drop = near | body
-        return pts[~drop] if drop.any() else pts
 
     # --- wiring -------------------------------------------------------------------------------
     def inputs(self) -> list[Port]:
@@ -304,7 +310,7 @@ class LidarDetectionNode(NodeCore):
                 pts = network_points(self, topic, pts)
             with self.latency.stage("transform"):
                 to_base = self.sensor_to_base(msg.header.frame_id)
-                pts = self.drop_self_returns(transform_points(to_base, pts), to_base[:2, 3])
+                pts = drop_self_returns(self, transform_points(to_base, pts), to_base[:2, 3])
             out = self.runtime.infer(torch.from_numpy(pts), self.latency.stage)
             with self.latency.stage("decode_boxes"):
                 det = decode_batch(out, net.head_grid, net.config.classes, calibration=self.calibration,
