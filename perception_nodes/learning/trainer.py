@@ -113,6 +113,25 @@ def _lr_lambda(cfg: TrainConfig, total_epochs: int) -> Callable[[int], float]:
     return cosine
 
 
+def _init_model(model: torch.nn.Module, state: dict[str, torch.Tensor], fresh: tuple[str, ...], source: Any) -> None:
+    """``init_from``: every tensor of ``state`` into ``model``, strictly, except under the modules ``fresh``
+    (a branch's :meth:`init_fresh_modules`): there a tensor is loaded where its shape fits and the model's
+    fresh initialisation stays where it is absent or does not fit (a head whose form changed)."""
+    prefixes = tuple(f"{m}." for m in fresh)
+    if prefixes:
+        own = model.state_dict()
+        state = {k: v for k, v in state.items()
+                 if not k.startswith(prefixes) or (k in own and tuple(own[k].shape) == tuple(v.shape))}
+    try:
+        result = model.load_state_dict(state, strict=not prefixes)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not fit the model: {exc}") from exc
+    if prefixes:
+        bad = [k for k in result.missing_keys if not k.startswith(prefixes)] + list(result.unexpected_keys)
+        if bad:
+            raise CheckpointError(f"{source}: weights do not fit the model: missing or unexpected {', '.join(bad[:8])}")
+
+
 def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module, branch: Branch | None = None) -> torch.optim.Optimizer:
     o = cfg.optimizer
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
@@ -263,10 +282,7 @@ def _run(cfg: TrainConfig, cfg_dict: dict[str, Any], branch: Branch, device: tor
     model = branch.build_model().to(device)
     if cfg.init_from and ckpt is None:
         state, _ = load_weights(cfg.init_from)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{cfg.init_from}: weights do not fit the model: {exc}") from exc
+        _init_model(model, state, tuple(getattr(branch, "init_fresh_modules", lambda: ())()), cfg.init_from)
     optimizer = _make_optimizer(cfg, model, branch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_epochs))
     start_epoch, global_step = 0, 0

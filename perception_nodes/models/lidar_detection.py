@@ -114,6 +114,13 @@ class LidarDetectionConfig:
     #: typical size of the curvature (1/m): the head predicts curvature / curvature_scale, and its NIG is
     #: rescaled to 1/m (gamma * c, beta * c^2) so that a raw output of order 1 means a real road's curvature
     curvature_scale: float = 0.01
+    #: how the curvature head reads the BEV features: 1 = one global average (the weights up to v8: it cannot
+    #: tell where on the grid a road edge bends, and on held-out scenes it predicts no better than "straight
+    #: road"); P > 1 = a 1 x 1 reduction to ``curvature_channels``, then the average over each cell of a P x P
+    #: grid (P must divide the head grid), so the layout of edges, barriers and parked cars ahead reaches
+    #: the MLP
+    curvature_pool: int = 1
+    curvature_channels: int = 16
     #: initial bias of the class-evidence logits (CenterPoint starts its heatmap at -2.19: little evidence)
     class_bias: float = -2.19
     #: initial bias of the background logit: almost every cell is background, so an untrained net starts
@@ -141,6 +148,8 @@ class LidarDetectionConfig:
             raise ConfigError("context_margin_m must be >= 0")
         if not self.classes or not self.curvature_horizons_m:
             raise ConfigError("classes and curvature_horizons_m must not be empty")
+        if self.curvature_pool < 1 or self.curvature_channels < 1:
+            raise ConfigError("curvature_pool and curvature_channels must be >= 1")
         for a, size in ((0, hi[0] - lo[0]), (1, hi[1] - lo[1])):
             cells = size / self.occupancy_resolution
             if self.occupancy_resolution <= 0 or abs(cells - round(cells)) > 1e-6:
@@ -263,9 +272,7 @@ class LidarDetectionNet(nn.Module):
         self.class_head = _head(hc, k + 1, bias=cfg.class_bias)
         nn.init.constant_(self.class_head[-1].bias[k:], cfg.background_bias)
         self.box_head = _head(hc, 4 * len(self.reg_names))
-        n_h = len(cfg.curvature_horizons_m)
-        self.curvature_head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, cfg.head_channels),
-                                            nn.ReLU(inplace=True), nn.Linear(cfg.head_channels, 4 * n_h))
+        self.curvature_head = _curvature_head(cfg, c, self.head_grid)
         self._heads_folded = FoldCache(_fold_heads)
 
     def _probe_backbone(self) -> tuple[int, tuple[int, int, int], int]:
@@ -468,6 +475,22 @@ def _margin_cells(cfg: LidarDetectionConfig, stride: int) -> int:
                           f"coarsest cell ({2.0 * cell:g} m = voxel {cfg.voxel_size[0]:g} m x backbone stride "
                           f"{stride} x 2)")
     return 2 * int(round(n))
+
+
+def _curvature_head(cfg: LidarDetectionConfig, channels: int, grid: BevGrid) -> nn.Sequential:
+    """The curvature head on the ``channels`` BEV features of the head grid (see ``curvature_pool``). The
+    global form keeps the module layout of the weights trained with it (their tensors load unchanged)."""
+    n_out, hc, pool = 4 * len(cfg.curvature_horizons_m), cfg.head_channels, cfg.curvature_pool
+    if pool == 1:
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, hc), nn.ReLU(inplace=True),
+                             nn.Linear(hc, n_out))
+    if grid.width % pool or grid.height % pool:
+        raise ConfigError(f"curvature_pool {pool} must divide the head grid ({grid.width} x {grid.height} cells)")
+    cc = cfg.curvature_channels
+    # equal cells: the pooling is a plain average pool (exported to ONNX as such)
+    return nn.Sequential(nn.Conv2d(channels, cc, 1), nn.ReLU(inplace=True),
+                         nn.AvgPool2d((grid.height // pool, grid.width // pool)), nn.Flatten(),
+                         nn.Linear(cc * pool * pool, hc), nn.ReLU(inplace=True), nn.Linear(hc, n_out))
 
 
 def _nig_blocks(raw: Tensor, dim: int) -> NIG:

@@ -116,3 +116,58 @@ def test_finetune_from_trained_weights_is_deterministic_and_keeps_the_backbone(b
     assert all(torch.equal(w0[k], init[k]) for k in w0 if k.startswith("backbone."))
     assert all(torch.equal(w0[k], init[k]) for k in w0 if "running_" in k)  # every BatchNorm frozen
     assert not all(torch.equal(w0[k], init[k]) for k in w0 if k.startswith("box_head."))
+
+
+def test_train_only_a_new_spatial_curvature_head_leaves_every_other_tensor_as_it_was():
+    """finetune.train_only [curvature_head]: a step moves the curvature head only (every other weight and
+    BatchNorm statistic unchanged, so every other output is the same), and the spatial head reads where on the
+    grid the features are: moving a feature to the other half of the grid changes its output (the global head's
+    average would not)."""
+    br = LidarDetectionBranch({"model": {**MODEL, "curvature_pool": 4},
+                               "finetune": {**FINETUNE, "train_only": ["curvature_head"]}})
+    torch.manual_seed(0)
+    model = br.build_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = _collate([_sample(br, 0), _sample(br, 1)], torch.device("cpu"))
+    _step(br, model, batch)
+    after = model.state_dict()
+    head = [k for k in after if k.startswith("curvature_head.")]
+    assert head and all(not torch.equal(before[k], after[k]) for k in head)
+    assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith("curvature_head."))
+    model.eval()
+    c = model.bev.out_channels
+    h, w = model.head_grid.height, model.head_grid.width
+    left, right = torch.zeros(1, c, h, w), torch.zeros(1, c, h, w)
+    left[..., : h // 4, :] = 1.0
+    right[..., -(h // 4):, :] = 1.0  # the same features, mirrored across the grid
+    with torch.no_grad():
+        assert not torch.allclose(model.curvature_head(left), model.curvature_head(right))
+    with pytest.raises(ConfigError, match="must divide"):
+        LidarDetectionBranch({"model": {**MODEL, "curvature_pool": 7}}).build_model()
+    with pytest.raises(ConfigError, match="not a module"):
+        LidarDetectionBranch({"model": MODEL, "finetune": {"train_only": ["no_such_head"]}}).build_model()
+    desc = br.describe()
+    assert desc["finetune"]["train_only"] == ["curvature_head"] and desc["model"]["curvature_pool"] == 4
+    assert "train_only" not in LidarDetectionBranch({"finetune": FINETUNE}).describe()["finetune"]
+
+
+def test_init_from_weights_with_the_global_head_starts_the_spatial_head_fresh(tmp_path):
+    """The trainer's init_from with train_only: tensors of the old global curvature head do not fit the new one,
+    which keeps its initialisation; every other tensor is loaded; a tensor missing outside the trained modules
+    is still an error."""
+    from perception_nodes.learning.checkpoint import CheckpointError
+    from perception_nodes.learning.trainer import _init_model
+
+    old = LidarDetectionBranch({"model": MODEL}).build_model()
+    new_br = LidarDetectionBranch({"model": {**MODEL, "curvature_pool": 4}, "finetune": {"train_only": ["curvature_head"]}})
+    torch.manual_seed(1)
+    new = new_br.build_model()
+    fresh = {k: v.clone() for k, v in new.state_dict().items() if k.startswith("curvature_head.")}
+    state = old.state_dict()
+    _init_model(new, state, new_br.init_fresh_modules(), "old weights")
+    got = new.state_dict()
+    assert all(torch.equal(got[k], state[k]) for k in got if not k.startswith("curvature_head."))
+    assert all(torch.equal(got[k], fresh[k]) for k in fresh)
+    del state["box_head.0.weight"]
+    with pytest.raises(CheckpointError, match="box_head.0.weight"):
+        _init_model(new, state, new_br.init_fresh_modules(), "old weights")

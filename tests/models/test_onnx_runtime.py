@@ -184,3 +184,21 @@ def test_default_config_parity_on_a_real_scan(lidar_net, kitti_frames, kitti_out
         got = rt.infer(torch.from_numpy(kitti_frames[0][0]))
     _assert_parity(got, kitti_output)
     assert errors(check_model(onnx.load(str(tmp_path / "net.onnx")))) == []
+
+
+@pytest.mark.slow
+def test_spatial_curvature_head_parity_on_a_real_scan(kitti_frames, tmp_path):
+    """The curvature head that pools a P x P grid (curvature_pool > 1, the packaged form since the ninth
+    session) exports as a plain average pool and runs under ONNX Runtime within the same tolerance."""
+    torch.manual_seed(0)
+    net = LidarDetectionNet({**SMALL_CONFIG, "curvature_pool": 4}).eval()
+    export_network(net, tmp_path / "net.onnx")
+    pts = torch.from_numpy(kitti_frames[1][0])
+    with _threads(1):
+        rt = OnnxRuntime(net, threads=1, onnx_path=tmp_path / "net.onnx")
+        got = rt.infer(pts)
+        with torch.no_grad():
+            want = net(pts)
+    _assert_parity(got, want)
+    assert float(want.curvature.gamma.abs().max()) > 0
+    assert errors(check_model(onnx.load(str(tmp_path / "net.onnx")))) == []

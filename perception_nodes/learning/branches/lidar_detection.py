@@ -177,6 +177,11 @@ class FinetuneParams:
     #: feature extractor moved slower than the new 2D part keeps more of what it learned (discriminative
     #: fine-tuning, Howard & Ruder 2018)
     backbone_lr_scale: float = 1.0
+    #: train only these modules of the network (e.g. ``[curvature_head]``): every other parameter frozen and
+    #: every other module in eval mode; the trainer's ``init_from`` may lack these modules' tensors or hold
+    #: tensors of another shape for them (a head whose form changed), which then start from their fresh
+    #: initialisation. Why: a new head trained on fixed weights leaves every other output exactly as it was
+    train_only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.cache_backbone and not self.freeze_backbone:
@@ -184,6 +189,8 @@ class FinetuneParams:
                               "features change every step)")
         if not self.backbone_lr_scale > 0:
             raise ConfigError(f"finetune.backbone_lr_scale must be > 0, got {self.backbone_lr_scale}")
+        if self.train_only and self.backbone_lr_scale != 1.0:
+            raise ConfigError("finetune.train_only trains those modules alone: backbone_lr_scale does not apply")
         if self.freeze_backbone and self.backbone_lr_scale != 1.0:
             raise ConfigError("finetune.backbone_lr_scale applies to a trained backbone: it needs "
                               "finetune.freeze_backbone false")
@@ -305,8 +312,9 @@ class LidarDetectionBranch(Branch):
                "augment": augment, "eval": plain(self.eval_params)}
         if self.finetune != FinetuneParams():  # only when used: the description of a plain training is unchanged
             out["finetune"] = plain(self.finetune)
-            if self.finetune.backbone_lr_scale == 1.0:  # likewise for the fine-tunes before the key existed
-                del out["finetune"]["backbone_lr_scale"]
+            for key, off in (("backbone_lr_scale", 1.0), ("train_only", [])):  # likewise for the keys added later
+                if out["finetune"][key] == off:
+                    del out["finetune"][key]
         return out
 
     # -- model ----------------------------------------------------------------------------------
@@ -316,7 +324,20 @@ class LidarDetectionBranch(Branch):
         if self.finetune.freeze_backbone:
             for p in net.backbone.parameters():
                 p.requires_grad_(False)
+        if self.finetune.train_only:
+            for name in self.finetune.train_only:
+                if not isinstance(getattr(net, name, None), nn.Module):
+                    raise ConfigError(f"finetune.train_only: {name!r} is not a module of the network")
+            keep = {id(p) for name in self.finetune.train_only for p in getattr(net, name).parameters()}
+            for p in net.parameters():
+                if id(p) not in keep:
+                    p.requires_grad_(False)
         return net
+
+    def init_fresh_modules(self) -> tuple[str, ...]:
+        """Modules whose tensors ``init_from`` need not hold (``finetune.train_only``): the trainer loads the
+        ones that fit and leaves the rest at their fresh initialisation."""
+        return tuple(self.finetune.train_only)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
         """Optimizer groups with an ``lr_scale`` each: the backbone at ``finetune.backbone_lr_scale``, the rest at
@@ -504,6 +525,18 @@ class LidarDetectionBranch(Branch):
 
     def forward(self, model: nn.Module, batch: Batch) -> LidarDetectionOutput:
         ft = self.finetune
+        if ft.train_only and model.training:
+            # the fixed part as at inference (eval mode, no graph), the trained modules on its features
+            assert isinstance(model, LidarDetectionNet)
+            model.eval()
+            for name in ft.train_only:
+                getattr(model, name).train()
+            with torch.no_grad():
+                bev, counts = self.backbone_features(model, _items(batch["points"]))  # cached with cache_backbone
+                feats = model.bev_net(bev)
+            out = model.heads(feats, counts)
+            model.train()
+            return out
         if not ft.freeze_backbone:
             if ft.freeze_batchnorm and model.training:
                 _batchnorm_eval(model)
