@@ -7,6 +7,9 @@
   walls), poles, parked cars; a lead car, oncoming cars, a cyclist, pedestrians (one crossing between the
   bends). The ego follows the right lane centre at 9 m/s, so the control target (the lane's curvature at
   the ego) goes 0 -> 1/51.75 -> 0 -> -1/43.25 1/m within 10 s.
+* ``winding_road``: ``curved_road``'s town on a road whose two bends (radius 35-400 m, left or right, 25-75
+  deg each) are drawn from the seed: a new road per seed, for scoring a curvature prediction on roads it
+  was not trained on.
 * ``highway``: a motorway with three 3.75 m lanes per direction, a median barrier, shoulders, guard rails
   and grass verges, noise walls and lamp posts, a long left curve (R = 700 m). The ego drives in the
   middle lane at 25 m/s among traffic whose speed is set per lane (so no two cars ever meet); a car has
@@ -174,13 +177,48 @@ CURVED_ROAD_R2 = 45.0
 
 def curved_road(seed: int = 0) -> Scene:
     """An S-bend through a town; the ego follows the right lane centre (see the module doc)."""
-    rng = np.random.default_rng(seed)
     a1, a2 = math.radians(50.0), math.radians(65.0)
     path = RoadPath(
         ((45.0, 0.0), (CURVED_ROAD_R1 * a1, 1.0 / CURVED_ROAD_R1), (12.0, 0.0),
          (CURVED_ROAD_R2 * a2, -1.0 / CURVED_ROAD_R2), (160.0, 0.0)),
         x0=-20.0, y0=0.0, heading0=0.0,
     )
+    # the crossing: the middle of the short straight between the bends
+    return _town_road(seed, path, 45.0 + CURVED_ROAD_R1 * a1 + 6.0, "curved_road")
+
+
+#: ``winding_road``'s draws: bend radii (m, log-uniform), turn per bend (deg), straight between the bends (m)
+WINDING_RADIUS = (35.0, 400.0)
+WINDING_TURN_DEG = (25.0, 75.0)
+WINDING_MID = (8.0, 40.0)
+
+
+def winding_road(seed: int = 0) -> Scene:
+    """``curved_road``'s town, traffic and clutter on a road whose two bends are drawn from the seed: radius
+    log-uniform in :data:`WINDING_RADIUS`, turning left or right by :data:`WINDING_TURN_DEG` each, after the
+    same 45 m straight and with a straight of :data:`WINDING_MID` between them. Why: every ``curved_road``
+    has the same S-bend (only what stands on it changes with the seed), so a curvature prediction scored on
+    new ``curved_road`` seeds is scored on the road it was trained on; here each seed is a new road. The
+    geometry has its own random stream (``[seed, 1]``), the layout ``curved_road``'s (``seed``). No pedestrian
+    crosses: ``curved_road`` times its crossing to its own bends, and on other bends the traffic would meet it."""
+    geo = np.random.default_rng([seed, 1])
+    segments: list[tuple[float, float]] = [(45.0, 0.0)]
+    for i in range(2):
+        radius = float(np.exp(geo.uniform(math.log(WINDING_RADIUS[0]), math.log(WINDING_RADIUS[1]))))
+        turn = math.radians(float(geo.uniform(*WINDING_TURN_DEG)))
+        side = 1.0 if geo.random() < 0.5 else -1.0
+        segments.append((radius * turn, side / radius))
+        segments.append((float(geo.uniform(*WINDING_MID)), 0.0) if i == 0 else (160.0, 0.0))
+    path = RoadPath(tuple(segments), x0=-20.0, y0=0.0, heading0=0.0)
+    return _town_road(seed, path, None, "winding_road")
+
+
+def _town_road(seed: int, path: RoadPath, s_cross: float | None, name: str) -> Scene:
+    """The town of ``curved_road`` along ``path``: traffic, a pedestrian crossing at arc length ``s_cross``
+    (``None``: none), parked cars, poles, buildings; the ego in the right lane at 9 m/s from arc length 25 m.
+    The crossing's timing is ``curved_road``'s own: the lead car and the oncoming ones pass it when the
+    pedestrian is clear of their lanes on that road's bends."""
+    rng = np.random.default_rng(seed)
     ground = Ground(path=path)
     hw = ground.road_half_width
     b = _Builder(path)
@@ -189,9 +227,6 @@ def curved_road(seed: int = 0) -> Scene:
     ego = EgoTrajectory(speed=speed, path=ego_lane, s0=25.0)
     j = lambda s: float(rng.uniform(-s, s))  # noqa: E731
 
-    # where the crossing pedestrian walks: the middle of the short straight between the bends
-    s_cross = 45.0 + CURVED_ROAD_R1 * a1 + 6.0
-    cx, cy, ch = path.pose(s_cross)
 
     # -- traffic -----------------------------------------------------------------------------------
     b.add(CAR, -1.75, 25.0 + 22.0 + j(1.0), (4.3, 1.8, 1.5), speed=speed + 0.6 + j(0.2), refl=0.5)
@@ -202,17 +237,20 @@ def curved_road(seed: int = 0) -> Scene:
     b.add(PEDESTRIAN, -8.0, 30.0 + j(1.0), (0.84, 0.62, 1.72), speed=1.4 + j(0.1))
     b.add(PEDESTRIAN, 8.2, 120.0 + j(1.0), (0.8, 0.6, 1.7), speed=-(1.2 + j(0.1)))
     # crosses from the right sidewalk to the left one, well before the ego gets there, then waits
-    walk = 1.5 + j(0.05)
-    nx, ny = -math.sin(ch), math.cos(ch)
-    b.add_world(PEDESTRIAN, (cx - 7.5 * nx, cy - 7.5 * ny), (0.8, 0.66, 1.76), ch + math.pi / 2,
-                velocity=(walk * nx, walk * ny), move_interval=(0.0, 15.0 / walk))
-    crossing = (s_cross - 5.0, s_cross + 5.0)
+    walk = 1.5 + j(0.05)  # drawn also without a crossing: the layout's random stream stays the same
+    keep_free: tuple[tuple[float, float], ...] = ()
+    if s_cross is not None:
+        cx, cy, ch = path.pose(s_cross)
+        nx, ny = -math.sin(ch), math.cos(ch)
+        b.add_world(PEDESTRIAN, (cx - 7.5 * nx, cy - 7.5 * ny), (0.8, 0.66, 1.76), ch + math.pi / 2,
+                    velocity=(walk * nx, walk * ny), move_interval=(0.0, 15.0 / walk))
+        keep_free = ((s_cross - 5.0, s_cross + 5.0),)
 
     # -- static clutter ------------------------------------------------------------------------------
-    _parked_cars(b, rng, hw, (-10.0, 240.0), keep_free=(crossing,))
-    _poles(b, rng, hw + 0.6, (-10.0, 245.0), keep_free=(crossing,))
+    _parked_cars(b, rng, hw, (-10.0, 240.0), keep_free=keep_free)
+    _poles(b, rng, hw + 0.6, (-10.0, 245.0), keep_free=keep_free)
     _buildings(b, rng, hw + 4.5, (-25.0, 250.0), length=(8.0, 18.0))
-    return Scene(actors=tuple(b.actors), ground=ground, ego=ego, seed=seed, duration=12.0, name="curved_road")
+    return Scene(actors=tuple(b.actors), ground=ground, ego=ego, seed=seed, duration=12.0, name=name)
 
 
 HIGHWAY_RADIUS = 700.0
@@ -294,6 +332,7 @@ SCENARIOS: dict[str, Callable[[int], Scene]] = {
     "urban_street": urban_street,
     "curved_road": curved_road,
     "highway": highway,
+    "winding_road": winding_road,
 }
 
 

@@ -113,7 +113,7 @@ def test_registry_and_determinism():
         make_scene("nope")
 
 
-@pytest.mark.parametrize("name", ["curved_road", "highway"])
+@pytest.mark.parametrize("name", ["curved_road", "highway", "winding_road"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_no_boxes_overlap_and_the_ego_hits_nothing(name, seed):
     scene = make_scene(name, seed)

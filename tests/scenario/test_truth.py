@@ -56,7 +56,7 @@ def test_occupancy_marks_exactly_the_cells_a_footprint_overlaps():
     assert not np.any((g == 100) & ~rot.contains(pts, margin=0.25 * math.sqrt(2)).reshape(x.shape))
 
 
-@pytest.mark.parametrize("name", ["urban_street", "curved_road", "highway"])
+@pytest.mark.parametrize("name", ["urban_street", "curved_road", "highway", "winding_road"])
 def test_scenario_occupancy_has_every_box_and_a_free_ego(name):
     scene = make_scene(name, 0)
     t = 2.0
