@@ -175,3 +175,21 @@ def test_highway_curve_and_lanes():
         lat = round(float(scene.ground.path.project(np.array([a.path.x0]), np.array([a.path.y0]))[1][0]), 3)
         by_lane.setdefault(lat, set()).add(a.path_speed)
     assert all(len(v) == 1 for lat, v in by_lane.items() if abs(lat + 6.625) > 0.01)
+
+
+def test_winding_road_draws_a_new_road_per_seed_within_its_ranges():
+    """Each seed its own two bends (radius, turn, direction and the straight between them within the
+    documented ranges, every left/right combination over 20 seeds); curved_road's S-bend is the same for every
+    seed, which is why winding_road exists."""
+    from perception_nodes.scenario.scenarios import WINDING_MID, WINDING_RADIUS, WINDING_TURN_DEG
+
+    roads = [make_scene("winding_road", seed).ground.path.segments for seed in range(20)]
+    for segs in roads:
+        assert segs[0] == (45.0, 0.0) and segs[4] == (160.0, 0.0) and segs[2][1] == 0.0
+        assert WINDING_MID[0] <= segs[2][0] <= WINDING_MID[1]
+        for length, k in (segs[1], segs[3]):
+            assert WINDING_RADIUS[0] <= 1.0 / abs(k) <= WINDING_RADIUS[1]
+            assert WINDING_TURN_DEG[0] - 1e-9 <= math.degrees(length * abs(k)) <= WINDING_TURN_DEG[1] + 1e-9
+    assert len(set(roads)) == 20
+    assert {(np.sign(s[1][1]), np.sign(s[3][1])) for s in roads} == {(-1, -1), (-1, 1), (1, -1), (1, 1)}
+    assert make_scene("curved_road", 3).ground.path == make_scene("curved_road", 4).ground.path
