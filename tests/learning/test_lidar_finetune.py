@@ -32,6 +32,17 @@ def _sample(br: LidarDetectionBranch, seed: int) -> dict[str, np.ndarray]:
             "visible": np.ones((h, w), np.uint8), "curvature": np.array([0.01, 0.0, np.nan], np.float32)}
 
 
+def _one_step(sections: dict) -> tuple[LidarDetectionBranch, torch.nn.Module, dict, dict]:
+    """A branch of ``sections``, its network (seed 0) and one training step on two samples: the branch, the
+    network, and its state before and after."""
+    br = LidarDetectionBranch(sections)
+    torch.manual_seed(0)
+    model = br.build_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _step(br, model, _collate([_sample(br, 0), _sample(br, 1)], torch.device("cpu")))
+    return br, model, before, model.state_dict()
+
+
 def _step(br: LidarDetectionBranch, model: torch.nn.Module, batch: dict) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01, foreach=False)
     model.train()
@@ -43,13 +54,7 @@ def _step(br: LidarDetectionBranch, model: torch.nn.Module, batch: dict) -> None
 
 @pytest.mark.parametrize("freeze_batchnorm", [False, True])
 def test_frozen_backbone_is_unchanged_by_a_step_and_the_rest_trains(freeze_batchnorm):
-    br = LidarDetectionBranch({"model": MODEL, "finetune": {**FINETUNE, "freeze_batchnorm": freeze_batchnorm}})
-    torch.manual_seed(0)
-    model = br.build_model()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    batch = _collate([_sample(br, 0), _sample(br, 1)], torch.device("cpu"))
-    _step(br, model, batch)
-    after = model.state_dict()
+    _, model, before, after = _one_step({"model": MODEL, "finetune": {**FINETUNE, "freeze_batchnorm": freeze_batchnorm}})
     backbone = [k for k in after if k.startswith("backbone.")]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BN statistics
     assert all(p.grad is None for p in model.backbone.parameters())
@@ -123,14 +128,8 @@ def test_train_only_a_new_spatial_curvature_head_leaves_every_other_tensor_as_it
     BatchNorm statistic unchanged, so every other output is the same), and the spatial head reads where on the
     grid the features are: moving a feature to the other half of the grid changes its output (the global head's
     average would not)."""
-    br = LidarDetectionBranch({"model": {**MODEL, "curvature_pool": 4},
-                               "finetune": {**FINETUNE, "train_only": ["curvature_head"]}})
-    torch.manual_seed(0)
-    model = br.build_model()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    batch = _collate([_sample(br, 0), _sample(br, 1)], torch.device("cpu"))
-    _step(br, model, batch)
-    after = model.state_dict()
+    br, model, before, after = _one_step({"model": {**MODEL, "curvature_pool": 4},
+                                          "finetune": {**FINETUNE, "train_only": ["curvature_head"]}})
     head = [k for k in after if k.startswith("curvature_head.")]
     assert head and all(not torch.equal(before[k], after[k]) for k in head)
     assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith("curvature_head."))
