@@ -22,7 +22,7 @@ folder (empty: the packaged default). Per scan it publishes (topics in ``percept
   ``<topic>/azimuth_coverage``), :mod:`perception_nodes.pipeline.sensor_health`, stamped with the scan.
 
 Stages timed (``~/debug/processing_time/<stage>_ms``): ``decode`` (PointCloud2 -> array, range gate, point
-cap), ``transform`` (sensor -> base_link), the runtime's ``voxelize``, ``backbone``, ``bev_net``,
+cap), ``transform`` (sensor -> base_link, the vehicle's own returns dropped), the runtime's ``voxelize``, ``backbone``, ``bev_net``,
 ``heads`` (an engine that fuses stages reports them joined), ``decode_boxes`` (peaks -> boxes),
 ``occupancy`` (learned grids), ``encode`` (messages). Fusion with the geometric grid happens when that grid
 arrives and is recorded as the ``fusion`` series.

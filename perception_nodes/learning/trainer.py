@@ -113,23 +113,34 @@ def _lr_lambda(cfg: TrainConfig, total_epochs: int) -> Callable[[int], float]:
     return cosine
 
 
-def _init_model(model: torch.nn.Module, state: dict[str, torch.Tensor], fresh: tuple[str, ...], source: Any) -> None:
-    """``init_from``: every tensor of ``state`` into ``model``, strictly, except under the modules ``fresh``
-    (a branch's :meth:`init_fresh_modules`): there a tensor is loaded where its shape fits and the model's
-    fresh initialisation stays where it is absent or does not fit (a head whose form changed)."""
-    prefixes = tuple(f"{m}." for m in fresh)
-    if prefixes:
-        own = model.state_dict()
-        state = {k: v for k, v in state.items()
-                 if not k.startswith(prefixes) or (k in own and tuple(own[k].shape) == tuple(v.shape))}
-    try:
-        result = model.load_state_dict(state, strict=not prefixes)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{source}: weights do not fit the model: {exc}") from exc
-    if prefixes:
-        bad = [k for k in result.missing_keys if not k.startswith(prefixes)] + list(result.unexpected_keys)
-        if bad:
-            raise CheckpointError(f"{source}: weights do not fit the model: missing or unexpected {', '.join(bad[:8])}")
+def _init_model(model: torch.nn.Module, state: dict[str, torch.Tensor], fresh: tuple[str, ...],
+                source: Any) -> list[str]:
+    """``init_from``: every tensor of ``state`` into ``model``, strictly, except the modules ``fresh`` (a branch's
+    :meth:`init_fresh_modules`), each loaded whole or not at all: whole when ``state`` holds exactly its tensors
+    with their shapes, else it keeps its fresh initialisation (a head whose form changed; never a mix of old and
+    new tensors). Returns the modules that start fresh (the trainer prints them)."""
+    if not fresh:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{source}: weights do not fit the model: {exc}") from exc
+        return []
+    own = model.state_dict()
+    started_fresh = []
+    for m in fresh:
+        p = f"{m}."
+        mine = {k: tuple(v.shape) for k, v in own.items() if k.startswith(p)}
+        theirs = {k: tuple(v.shape) for k, v in state.items() if k.startswith(p)}
+        if mine != theirs:
+            started_fresh.append(m)
+    drop = tuple(f"{m}." for m in started_fresh)
+    result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith(drop)} if drop else state,
+                                   strict=False)
+    bad = [k for k in result.missing_keys if not k.startswith(drop)] if drop else list(result.missing_keys)
+    bad += list(result.unexpected_keys)
+    if bad:
+        raise CheckpointError(f"{source}: weights do not fit the model: missing or unexpected {', '.join(bad[:8])}")
+    return started_fresh
 
 
 def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module, branch: Branch | None = None) -> torch.optim.Optimizer:
@@ -282,7 +293,11 @@ def _run(cfg: TrainConfig, cfg_dict: dict[str, Any], branch: Branch, device: tor
     model = branch.build_model().to(device)
     if cfg.init_from and ckpt is None:
         state, _ = load_weights(cfg.init_from)
-        _init_model(model, state, tuple(getattr(branch, "init_fresh_modules", lambda: ())()), cfg.init_from)
+        started_fresh = _init_model(model, state, tuple(getattr(branch, "init_fresh_modules", lambda: ())()),
+                                    cfg.init_from)
+        if started_fresh and progress:
+            print(f"init_from {cfg.init_from}: {', '.join(started_fresh)} start from their fresh initialisation "
+                  "(not in the file, or of another form)")
     optimizer = _make_optimizer(cfg, model, branch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_epochs))
     start_epoch, global_step = 0, 0

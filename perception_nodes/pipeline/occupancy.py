@@ -157,7 +157,7 @@ class OccupancyParams:
     #: Returns closer than this (m, horizontally) to the sensor are ignored (sensor mount, ego roof).
     min_return_range: float = 1.0
     #: Optional ego footprint (x_min, x_max, y_min, y_max) in base_link: returns inside it are ignored
-    #: (self-hits on the vehicle body would otherwise cast shadows). None: no ego filter.
+    #: (self-hits on the vehicle body would otherwise cast shadows). None or all zeros: no ego filter.
     ego_box: tuple[float, float, float, float] | None = None
     #: Block size (m) of the ground-height map used when no per-point height is passed in.
     ground_block: float = 2.0
@@ -307,7 +307,7 @@ def _evidential_occupancy(
     # a finite range too: coordinates near float32's limit overflow it, and nothing binned by range
     # (cells, range bins) may ever see an infinite or wrapped-around integer index
     valid = np.isfinite(rng) & np.isfinite(z) & (rng >= p.min_return_range)
-    if p.ego_box is not None:
+    if p.ego_box is not None and any(p.ego_box):  # [0, 0, 0, 0]: off (a ROS list parameter cannot be empty)
         valid &= ~in_footprint(x, y, p.ego_box)
     if height_above_ground is not None:
         hag_all = np.asarray(height_above_ground, dtype=np.float32).reshape(-1)

@@ -1,8 +1,8 @@
 """Returns of the vehicle itself: which points a LiDAR took of its own mount, roof and bonnet.
 
-A roof-mounted LiDAR sees part of its own car. In ``../shared/data``: KITTI 000000 has 695 returns 1.1-1.4 m
-up over the car's roof and bonnet, and the nuScenes keyframe 8,000 returns within 1 m of the sensor (the
-mount). The generator draws no ego body, so a network trained on its scans takes such a blob for an
+A roof-mounted LiDAR sees part of its own car. In ``../shared/data``: KITTI 000000 has 929 returns inside the
+KITTI car's footprint, 0.9-1.4 m up, 0.5-1.5 m ahead of the sensor and 1.0-1.7 m to either side (the side
+mirrors' zone, symmetric), and the nuScenes keyframe 8,000 returns within 1 m of the sensor (the mount). The generator draws no ego body, so a network trained on its scans takes such a blob for an
 object: the packaged LiDAR network put a car box (score 0.70) on the ego of KITTI 000001 and a cyclist
 (0.78) on nuScenes' ego. Real stacks remove these returns before anything else sees them: Autoware crops
 the vehicle's box ("self cropping" with ``crop_box_filter``), nuScenes' devkit drops returns within 1 m of
@@ -11,7 +11,8 @@ the sensor. Two tests, both in base_link, the same as the occupancy node's ``min
 
 * *near the sensor*: horizontal distance from the sensor below ``min_return_range`` (m);
 * *ego footprint*: inside ``ego_box`` = (x_min, x_max, y_min, y_max) of base_link, at any height (a rig's
-  footprint: the KITTI car's is (-2.5, 2.7, -1.7, 1.7) about the point under its Velodyne).
+  footprint: the KITTI car's is (-2.5, 2.7, -1.7, 1.7) about the point under its Velodyne; ``[0, 0, 0, 0]``
+  switches it off).
 """
 
 from __future__ import annotations
@@ -26,14 +27,19 @@ EgoBox = tuple[float, float, float, float]
 
 
 def parse_ego_box(value: Any, where: str = "ego_box") -> EgoBox | None:
-    """``None`` / empty -> no footprint; else four numbers (x_min, x_max, y_min, y_max) with min < max.
+    """``None``, empty or all zeros -> no footprint (``[0, 0, 0, 0]`` is how a ROS params file, whose list
+    parameters cannot be empty, switches it off); else four numbers (x_min, x_max, y_min, y_max) with min < max.
     Raises ValueError naming ``where`` otherwise (a params file typo must not silently filter nothing)."""
-    if value is None or (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 0):
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{where}: expected [x_min, x_max, y_min, y_max] in metres, got the string {value!r}")
+    if value is None or (isinstance(value, Sequence) and len(value) == 0):
         return None
     try:
         box = tuple(float(v) for v in value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: expected [x_min, x_max, y_min, y_max] in metres, got {value!r}") from exc
+    if len(box) == 4 and all(v == 0.0 for v in box):
+        return None
     if len(box) != 4 or not all(np.isfinite(box)) or not (box[0] < box[1] and box[2] < box[3]):
         raise ValueError(f"{where}: expected four finite numbers [x_min, x_max, y_min, y_max] with x_min < x_max "
                          f"and y_min < y_max, got {value!r}")

@@ -199,7 +199,8 @@ def winding_road(seed: int = 0) -> Scene:
     same 45 m straight and with a straight of :data:`WINDING_MID` between them. Why: every ``curved_road``
     has the same S-bend (only what stands on it changes with the seed), so a curvature prediction scored on
     new ``curved_road`` seeds is scored on the road it was trained on; here each seed is a new road. The
-    geometry has its own random stream (``[seed, 1]``), the layout ``curved_road``'s (``seed``). No pedestrian
+    geometry has its own random stream (``[seed, 1]``), the layout ``curved_road``'s (``seed``: a winding_road
+    and a curved_road of the same seed share traffic jitter, parked cars, poles and buildings). No pedestrian
     crosses: ``curved_road`` times its crossing to its own bends, and on other bends the traffic would meet it."""
     geo = np.random.default_rng([seed, 1])
     segments: list[tuple[float, float]] = [(45.0, 0.0)]

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from tests.conftest import SHARED_DATA, require
@@ -102,13 +103,40 @@ def test_a_malformed_self_return_section_is_refused_before_any_work(tmp_path, ca
         "min_return_range": 1.0, "ego_box": (-1.0, 2.0, -1.0, 1.0)}
     assert self_return_filter({}, "x") == {"min_return_range": 0.0, "ego_box": None}
     for bad, why in (({"ego_box": [1, -1, -1, 1]}, "kitti_self_returns.ego_box"), ({"radius": 1}, "unknown key"),
-                     ({"min_return_range": -1}, "min_return_range must be >= 0")):
+                     ({"min_return_range": -1}, "min_return_range must be >= 0"), ([1.0, 2.0], "expected a mapping"),
+                     ({"min_return_range": None}, "must be a number"), ({"ego_box": "1234"}, "string")):
         cfg = tmp_path / "eval.yaml"
         cfg.write_text(yaml.safe_dump({"kitti": "/nonexistent", "kitti_self_returns": bad}))
         with pytest.raises(SystemExit):
             main(["--real-only", "--eval-config", str(cfg), "--metrics-out", str(tmp_path / "m.json")])
         assert why in capsys.readouterr().err
         assert not (tmp_path / "m.json").exists()
+
+
+def test_real_frames_are_scored_without_autograd():
+    """The network runs on the real frames as in the node: no autograd graph (which would also leave the fused
+    inference path)."""
+    from perception_nodes.learning.branches import get_branch
+    from perception_nodes.learning.lidar_detection_eval import evaluate_nuscenes
+    from perception_nodes.models.weights_io import default_weights_dir, load_state, read_sidecar
+
+    folder = default_weights_dir("lidar_detection")
+    branch = get_branch("lidar_detection")(read_sidecar(folder, "lidar_detection")["branch_config"])
+    model = branch.build_model()
+    model.load_state_dict(load_state(folder))
+    seen: list[bool] = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, scans):  # noqa: ANN001
+            seen.append(torch.is_grad_enabled())
+            return self.net(scans)
+
+    evaluate_nuscenes(branch, Spy(model).eval(), require(NUSC_PKL))
+    assert seen == [False]
 
 
 def test_camera_view_is_the_left_colour_camera_image():

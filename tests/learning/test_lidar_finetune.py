@@ -143,8 +143,9 @@ def test_train_only_a_new_spatial_curvature_head_leaves_every_other_tensor_as_it
         assert not torch.allclose(model.curvature_head(left), model.curvature_head(right))
     with pytest.raises(ConfigError, match="must divide"):
         LidarDetectionBranch({"model": {**MODEL, "curvature_pool": 7}}).build_model()
-    with pytest.raises(ConfigError, match="not a module"):
-        LidarDetectionBranch({"model": MODEL, "finetune": {"train_only": ["no_such_head"]}}).build_model()
+    for name in ("no_such_head", "bev", "backbone"):  # the backbone and BEV net run without gradient there
+        with pytest.raises(ConfigError, match="not one of the heads"):
+            LidarDetectionBranch({"model": MODEL, "finetune": {"train_only": [name]}}).build_model()
     desc = br.describe()
     assert desc["finetune"]["train_only"] == ["curvature_head"] and desc["model"]["curvature_pool"] == 4
     assert "train_only" not in LidarDetectionBranch({"finetune": FINETUNE}).describe()["finetune"]
@@ -163,10 +164,28 @@ def test_init_from_weights_with_the_global_head_starts_the_spatial_head_fresh(tm
     new = new_br.build_model()
     fresh = {k: v.clone() for k, v in new.state_dict().items() if k.startswith("curvature_head.")}
     state = old.state_dict()
-    _init_model(new, state, new_br.init_fresh_modules(), "old weights")
+    assert _init_model(new, state, new_br.init_fresh_modules(), "old weights") == ["curvature_head"]
     got = new.state_dict()
     assert all(torch.equal(got[k], state[k]) for k in got if not k.startswith("curvature_head."))
     assert all(torch.equal(got[k], fresh[k]) for k in fresh)
+    # a module whose form changed but some of whose tensors happen to fit is not loaded in part: all fresh
+    torch.manual_seed(2)
+    odd = LidarDetectionBranch({"model": {**MODEL, "curvature_pool": 4, "head_channels": 32,
+                                          "curvature_horizons_m": [0, 5, 10, 15, 20, 25, 30, 35]},
+                                "finetune": {"train_only": ["curvature_head"]}})
+    odd_net = odd.build_model()
+    odd_old = LidarDetectionBranch({"model": {**MODEL, "head_channels": 32,
+                                              "curvature_horizons_m": [0, 5, 10, 15, 20, 25, 30, 35]}}).build_model()
+    before_odd = {k: v.clone() for k, v in odd_net.state_dict().items() if k.startswith("curvature_head.")}
+    old_state = odd_old.state_dict()
+    assert old_state["curvature_head.4.bias"].shape == before_odd["curvature_head.4.bias"].shape  # fits by chance
+    assert _init_model(odd_net, old_state, odd.init_fresh_modules(), "old") == ["curvature_head"]
+    assert all(torch.equal(odd_net.state_dict()[k], v) for k, v in before_odd.items())
+    # the same form: loaded whole (a head trained further)
+    same = LidarDetectionBranch({"model": MODEL, "finetune": {"train_only": ["curvature_head"]}})
+    same_net = same.build_model()
+    assert _init_model(same_net, old.state_dict(), same.init_fresh_modules(), "old") == []
+    assert all(torch.equal(same_net.state_dict()[k], v) for k, v in old.state_dict().items())
     del state["box_head.0.weight"]
     with pytest.raises(CheckpointError, match="box_head.0.weight"):
         _init_model(new, state, new_br.init_fresh_modules(), "old weights")

@@ -188,8 +188,8 @@ def test_default_config_parity_on_a_real_scan(lidar_net, kitti_frames, kitti_out
 
 @pytest.mark.slow
 def test_spatial_curvature_head_parity_on_a_real_scan(kitti_frames, tmp_path):
-    """The curvature head that pools a P x P grid (curvature_pool > 1, the packaged form since the ninth
-    session) exports as a plain average pool and runs under ONNX Runtime within the same tolerance."""
+    """The curvature head that pools a P x P grid (curvature_pool > 1; an option, the packaged weights keep the
+    global head) exports as a plain average pool and runs under ONNX Runtime within the same tolerance."""
     torch.manual_seed(0)
     net = LidarDetectionNet({**SMALL_CONFIG, "curvature_pool": 4}).eval()
     export_network(net, tmp_path / "net.onnx")

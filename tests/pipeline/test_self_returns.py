@@ -28,7 +28,7 @@ def test_near_the_sensor_is_horizontal_distance_from_the_sensor_and_the_footprin
 
 
 @pytest.mark.parametrize("value", [[1, 2, 3], [2.7, -2.5, -1.7, 1.7], [-2.5, 2.7, 1.7, -1.7], ["a", 1, 2, 3],
-                                   [float("nan"), 1, 2, 3], "x", 5])
+                                   [float("nan"), 1, 2, 3], "x", "1234", 5])
 def test_a_malformed_footprint_is_refused_with_the_key(value):
     with pytest.raises(ValueError, match="lidar_detection.ego_box"):
         parse_ego_box(value, "lidar_detection.ego_box")
@@ -36,12 +36,14 @@ def test_a_malformed_footprint_is_refused_with_the_key(value):
 
 def test_no_footprint_and_a_good_one():
     assert parse_ego_box(None) is None and parse_ego_box([]) is None
+    assert parse_ego_box([0, 0, 0, 0]) is None  # how a ROS params file (no empty lists) switches it off
     assert parse_ego_box([-2.5, 2.7, -1.7, 1.7]) == (-2.5, 2.7, -1.7, 1.7)
 
 
 def test_the_real_frames_hold_returns_of_their_own_vehicle(kitti_dir):
-    """KITTI 000000 has returns on its car's roof and bonnet inside the KITTI footprint; the nuScenes keyframe
-    thousands within 1 m of its sensor (the mount). The generator draws none: why the node drops them."""
+    """KITTI 000000 has returns of its own car inside the KITTI footprint (around the side mirrors); the
+    nuScenes keyframe thousands within 1 m of its sensor (the mount). The generator draws none: why the node
+    drops them."""
     from perception_nodes.calibration import transform_points
     from perception_nodes.datasets.kitti import read_kitti_object
     from perception_nodes.datasets.mmdet3d import read_mmdet3d_info

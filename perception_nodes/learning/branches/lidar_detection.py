@@ -196,6 +196,30 @@ class FinetuneParams:
                               "finetune.freeze_backbone false")
 
 
+def _footprints_overlap(a: Tensor, b: Tensor, margin: float) -> bool:
+    """Whether the BEV footprints of boxes ``a`` and ``b`` (x, y, z, l, w, h, yaw, ...), ``a`` grown by ``margin``
+    on every side, overlap (separating axis test on the two rectangles)."""
+    def corners(box: Tensor, grow: float) -> Tensor:
+        c, s = math.cos(float(box[6])), math.sin(float(box[6]))
+        hl, hw = float(box[3]) / 2 + grow, float(box[4]) / 2 + grow
+        local = torch.tensor([[hl, hw], [hl, -hw], [-hl, -hw], [-hl, hw]], dtype=torch.float64)
+        return local @ torch.tensor([[c, s], [-s, c]], dtype=torch.float64) + box[:2].to(torch.float64)
+
+    pa, pb = corners(a, margin), corners(b, 0.0)
+    for poly in (pa, pb):
+        for i in range(2):
+            edge = poly[i + 1] - poly[i]
+            axis = torch.stack([-edge[1], edge[0]])
+            ra, rb = pa @ axis, pb @ axis
+            if float(ra.max()) < float(rb.min()) or float(rb.max()) < float(ra.min()):
+                return False
+    return True
+
+
+#: the modules ``finetune.train_only`` may name: what :meth:`LidarDetectionNet.heads` runs on the fixed features
+HEAD_MODULES: tuple[str, ...] = ("head_trunk", "occupancy_head", "class_head", "box_head", "curvature_head")
+
+
 def _sub(cls: type, values: Any, where: str) -> Any:
     if values is not None and not isinstance(values, Mapping):
         raise ConfigError(f"{where.rstrip('.')} must be a mapping, got {type(values).__name__}")
@@ -326,8 +350,10 @@ class LidarDetectionBranch(Branch):
                 p.requires_grad_(False)
         if self.finetune.train_only:
             for name in self.finetune.train_only:
-                if not isinstance(getattr(net, name, None), nn.Module):
-                    raise ConfigError(f"finetune.train_only: {name!r} is not a module of the network")
+                if name not in HEAD_MODULES:
+                    raise ConfigError(f"finetune.train_only: {name!r} is not one of the heads "
+                                      f"({', '.join(HEAD_MODULES)}): the backbone and BEV net run without gradient "
+                                      "in this mode")
             keep = {id(p) for name in self.finetune.train_only for p in getattr(net, name).parameters()}
             for p in net.parameters():
                 if id(p) not in keep:
@@ -491,7 +517,9 @@ class LidarDetectionBranch(Branch):
         objects overlap and nothing stands inside a car. The sensor would not see the turned car's faces
         exactly so (self-occlusion moves): why the angles stay small. The occupancy truth under the old and
         the new footprint is no longer exact, so those cells become unobserved (``visible`` 0: left out of
-        the occupancy loss). Returns points, boxes and visibility (new tensors; the inputs are unchanged)."""
+        the occupancy loss). A turn is also skipped when the turned footprint (grown by the margin) would
+        overlap another labelled box, returns or not; a neighbour's returns inside the margin stay with the
+        neighbour. Returns points, boxes and visibility (new tensors; the inputs are unchanged)."""
         p, b, vis = points.clone(), boxes.clone(), visible.clone()
         m, g = self.object_margin_m, self.object_ground_m
         moved = torch.zeros(len(p), dtype=torch.bool, device=p.device)
@@ -510,9 +538,14 @@ class LidarDetectionBranch(Branch):
             box = b[j].to(p.dtype)
             bottom, top = box[2] - box[5] / 2, box[2] + box[5] / 2
             tall = (p[:, 2] >= bottom + g) & (p[:, 2] <= top + m)
-            carried = footprint(p[:, 0], p[:, 1], box) & tall & ~moved
             turned = box.clone()
             turned[6] = torch.remainder(box[6] + float(angles[j]) + math.pi, 2.0 * math.pi) - math.pi
+            others = [k for k in range(len(b)) if k != j]
+            if any(_footprints_overlap(turned, b[k].to(p.dtype), m) for k in others):
+                continue  # it would run into another labelled object (one with few or no returns too)
+            carried = footprint(p[:, 0], p[:, 1], box) & tall & ~moved
+            for k in others:  # a neighbour's returns inside the margin stay with the neighbour
+                carried &= ~footprint(p[:, 0], p[:, 1], b[k].to(p.dtype))
             if bool((footprint(p[:, 0], p[:, 1], turned) & tall & ~carried).any()):
                 continue  # it would run into something
             c, s = math.cos(float(angles[j])), math.sin(float(angles[j]))
