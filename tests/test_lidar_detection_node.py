@@ -289,7 +289,7 @@ def test_the_vehicles_own_returns_are_dropped_before_the_network_and_counted(tin
     to_base = node.sensor_to_base(real.header.frame_id)
     near, body = self_returns(transform_points(to_base, pts), to_base[:2, 3], min_return_range=1.0,
                               ego_box=(-2.5, 2.7, -1.7, 1.7))
-    assert body.sum() > 100  # KITTI 000000: the roof and bonnet
+    assert body.sum() > 100  # KITTI 000000: its own car, around the side mirrors
     assert _feed(node, clock, topics.LIDAR_POINTS, real)[node.detections_topic].detections
     assert node.points_dropped["near_sensor"] == near.sum() and node.points_dropped["ego_box"] == body.sum()
     inputs = _statuses(node)["inputs"]

@@ -116,7 +116,7 @@ def network_points(node: Any, topic: str, pts: np.ndarray) -> np.ndarray:
 
 def self_return_params(params: dict[str, Any], name: str) -> dict[str, Any]:
     """``min_return_range`` and ``ego_box`` of a node that feeds a LiDAR network (lidar_detection, bev_fusion):
-    the vehicle's own returns (mount, roof, bonnet), which no generated training scan has. Absent: off."""
+    the vehicle's own returns (its mount and body), which no generated training scan has. Absent: off."""
     return {"min_return_range": float(params.get("min_return_range", 0.0)),
             "ego_box": parse_ego_box(params.get("ego_box"), f"{name}.ego_box")}
 

@@ -1,4 +1,4 @@
-"""Returns of the vehicle itself: which points a LiDAR took of its own mount, roof and bonnet.
+"""Returns of the vehicle itself: which points a LiDAR took of its own mount and body.
 
 A roof-mounted LiDAR sees part of its own car. In ``../shared/data``: KITTI 000000 has 929 returns inside the
 KITTI car's footprint, 0.9-1.4 m up, 0.5-1.5 m ahead of the sensor and 1.0-1.7 m to either side (the side
