@@ -304,6 +304,13 @@ def test_the_vehicles_own_returns_are_dropped_before_the_network_and_counted(tin
     assert off.empty_frames == 0 and "ego_box" not in off.points_dropped and "near_sensor" not in off.points_dropped
     with pytest.raises(ValueError, match="lidar_detection.ego_box"):
         _node(tiny_weights, ego_box=[2.7, -2.5, -1.7, 1.7])
+    # at runtime: [0, 0, 0, 0] switches the footprint off, a malformed box is refused and the old one kept
+    node.reconfigure({"ego_box": [0.0, 0.0, 0.0, 0.0], "min_return_range": 0.0})
+    assert node.ego_box is None and node.min_return_range == 0.0
+    node.reconfigure({"ego_box": [-1.0, 3.5, -1.0, 1.0]})
+    with pytest.raises(ValueError, match="ego_box"):
+        node.reconfigure({"ego_box": [3.5, -1.0, -1.0, 1.0]})
+    assert node.ego_box == (-1.0, 3.5, -1.0, 1.0)
 
 
 def test_thin_points_is_deterministic_and_bounded():
