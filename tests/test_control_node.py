@@ -84,6 +84,22 @@ def test_ackermann_command_follows_the_fused_curvature_with_its_interval():
     assert unc.header.stamp == cmd.header.stamp and unc.sources == 1
 
 
+def test_a_curvature_that_arrives_too_late_gives_a_fallback_command_with_the_reason():
+    """max_input_latency_s: a prediction whose stamp is older than that when it arrives is not steered on; the
+    command falls back and says why (the ROS test of the node raises this bound: DDS may deliver its first
+    sample late)."""
+    node, clock = make()
+    late = int(1.5 * 1e9)
+    out = feed(node, clock, LIDAR, curv(T0, k=(0.02, 0.02, 0.02)), dt=late)
+    cmd, = by_type(out, ACKERMANN_TYPE)
+    unc, = by_type(out, UNCERTAINTY_TYPE)
+    assert unc.fallback and cmd.drive.steering_angle != pytest.approx(math.atan(node.command_params.wheelbase_m * 0.02))
+    assert any("old at arrival" in st.message for st in node.diagnostic_statuses())
+    node2, clock2 = make(max_input_latency_s=2.0)  # the same delay within a looser bound: steered on
+    unc2, = by_type(feed(node2, clock2, LIDAR, curv(T0, k=(0.02, 0.02, 0.02)), dt=late), UNCERTAINTY_TYPE)
+    assert not unc2.fallback
+
+
 def test_twist_command_and_invalid_command_type():
     node, clock = make(command_type="twist")
     cmd, = by_type(feed(node, clock, LIDAR, curv(T0, k=(0.01,) * 3)), TWIST_TYPE)

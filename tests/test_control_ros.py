@@ -19,7 +19,10 @@ CURV = "/perception/lidar/curvature"
 
 def _params(command_type: str) -> dict:
     p = {k: v for k, v in load_params()["control"].items() if k != "enabled"}
-    p.update(command_type=command_type, health_points_topic="", odometry_topic="")
+    # max_input_latency_s: the first sample over a fresh DDS match may only arrive with the next heartbeat's
+    # repair (1.5 s once in a fresh-clone run, a stamp "1.48 s old at arrival" -> fallback, steering 0); these
+    # tests are about the command the curvature gives; the late-input fallback is tested in test_control_node.py
+    p.update(command_type=command_type, health_points_topic="", odometry_topic="", max_input_latency_s=10.0)
     return p
 
 
