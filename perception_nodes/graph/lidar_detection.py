@@ -71,7 +71,7 @@ from perception_nodes.graph.health_topics import SCAN_HEALTH, scan_health_emits
 from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port, synthetic_scan
 from perception_nodes.pipeline.occupancy import BetaGrid, GridSpec, to_occupancy_msg_data
 from perception_nodes.pipeline.occupancy_fusion import evidence_from_grid_data, fuse_evidence, resample_nearest
-from perception_nodes.pipeline.self_returns import parse_ego_box, self_returns
+from perception_nodes.pipeline.self_returns import self_return_settings, self_returns
 from perception_nodes.pipeline.sensor_health import ScanHealthMonitor, ScanHealthParams
 
 #: default topics (documented in perception.params.yaml)
@@ -117,8 +117,7 @@ def network_points(node: Any, topic: str, pts: np.ndarray) -> np.ndarray:
 def self_return_params(params: dict[str, Any], name: str) -> dict[str, Any]:
     """``min_return_range`` and ``ego_box`` of a node that feeds a LiDAR network (lidar_detection, bev_fusion):
     the vehicle's own returns (its mount and body), which no generated training scan has. Absent: off."""
-    return {"min_return_range": float(params.get("min_return_range", 0.0)),
-            "ego_box": parse_ego_box(params.get("ego_box"), f"{name}.ego_box")}
+    return self_return_settings({k: params[k] for k in ("min_return_range", "ego_box") if k in params}, name)
 
 
 def drop_self_returns(node: Any, pts: np.ndarray, sensor_xy: Any) -> np.ndarray:

@@ -220,29 +220,6 @@ def evaluate_sets(branch: LidarDetectionBranch, model: torch.nn.Module, sets: di
     return out
 
 
-def self_return_filter(cfg: Any, where: str) -> dict[str, Any]:
-    """The eval config's ``<dataset>_self_returns`` section (``min_return_range`` m, ``ego_box`` [x_min, x_max,
-    y_min, y_max] in the vehicle frame; absent: no filter) as keyword arguments of
-    :func:`~perception_nodes.pipeline.self_returns.self_returns`, checked."""
-    from perception_nodes.pipeline.self_returns import parse_ego_box
-
-    if cfg is None:
-        cfg = {}
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"{where}: expected a mapping with min_return_range and/or ego_box, got {cfg!r}")
-    cfg = dict(cfg)
-    unknown = set(cfg) - {"min_return_range", "ego_box"}
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (min_return_range, ego_box)")
-    try:
-        rng = float(cfg.get("min_return_range", 0.0))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}.min_return_range must be a number >= 0, got {cfg['min_return_range']!r}") from exc
-    if not rng >= 0:
-        raise ValueError(f"{where}.min_return_range must be >= 0, got {cfg['min_return_range']!r}")
-    return {"min_return_range": rng, "ego_box": parse_ego_box(cfg.get("ego_box"), f"{where}.ego_box")}
-
-
 @torch.no_grad()
 def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: Any, *, intensity_scale: float,
                 keep: Any, calibration: DetectionCalibration | None, on_frame: Any = None,
@@ -576,8 +553,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     val_sources = _sources(doc.get("validation"), "validation")
     train_sources = _sources(doc.get("training_residuals"), "training_residuals")
     _check_disjoint({"validation": val_sources, "training_residuals": train_sources, **sets, **reserved})
+    from perception_nodes.pipeline.self_returns import self_return_settings
+
     try:  # the vehicles' own returns in the real frames, dropped as the node drops them (checked before any work)
-        filters = {name: self_return_filter(doc[f"{name}_self_returns"], f"{name}_self_returns")
+        filters = {name: self_return_settings(doc[f"{name}_self_returns"], f"{name}_self_returns")
                    if doc.get(f"{name}_self_returns") is not None else None for name in ("kitti", "nuscenes")}
     except ValueError as exc:
         p.error(f"{args.eval_config}: {exc}")

@@ -17,7 +17,7 @@ the sensor. Two tests, both in base_link, the same as the occupancy node's ``min
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,27 @@ def parse_ego_box(value: Any, where: str = "ego_box") -> EgoBox | None:
         raise ValueError(f"{where}: expected four finite numbers [x_min, x_max, y_min, y_max] with x_min < x_max "
                          f"and y_min < y_max, got {value!r}")
     return box  # type: ignore[return-value]
+
+
+def self_return_settings(cfg: Any, where: str) -> dict[str, Any]:
+    """A section with ``min_return_range`` (m, >= 0; absent: 0 = off) and ``ego_box`` (:func:`parse_ego_box`)
+    as keyword arguments of :func:`self_returns`: the nodes' parameters and ``lidar-eval``'s
+    ``<dataset>_self_returns`` sections. ValueError naming ``where`` for anything else."""
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"{where}: expected a mapping with min_return_range and/or ego_box, got {cfg!r}")
+    unknown = set(cfg) - {"min_return_range", "ego_box"}
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (min_return_range, ego_box)")
+    raw = cfg.get("min_return_range", 0.0)
+    try:
+        rng = float(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}.min_return_range must be a number >= 0, got {raw!r}") from exc
+    if not rng >= 0:
+        raise ValueError(f"{where}.min_return_range must be >= 0, got {raw!r}")
+    return {"min_return_range": rng, "ego_box": parse_ego_box(cfg.get("ego_box"), f"{where}.ego_box")}
 
 
 def in_footprint(x: NDArray[np.floating], y: NDArray[np.floating], box: EgoBox) -> NDArray[np.bool_]:

@@ -97,7 +97,8 @@ def test_real_only_evaluation_scores_kitti_and_the_nuscenes_keyframe(tmp_path):
 
 
 def test_a_malformed_self_return_section_is_refused_before_any_work(tmp_path, capsys):
-    from perception_nodes.learning.lidar_detection_eval import main, self_return_filter
+    from perception_nodes.learning.lidar_detection_eval import main
+    from perception_nodes.pipeline.self_returns import self_return_settings as self_return_filter
 
     assert self_return_filter({"min_return_range": 1, "ego_box": [-1, 2, -1, 1]}, "x") == {
         "min_return_range": 1.0, "ego_box": (-1.0, 2.0, -1.0, 1.0)}

@@ -534,7 +534,11 @@ class LidarDetectionBranch(Branch):
         ys = spec.origin[1] + (torch.arange(h, dtype=p.dtype, device=p.device) + 0.5) * spec.resolution
         xs = spec.origin[0] + (torch.arange(w, dtype=p.dtype, device=p.device) + 0.5) * spec.resolution
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        for j in torch.nonzero(angles).flatten().tolist():
+        turning = torch.nonzero(angles).flatten().tolist()
+        # each box's (grown) footprint over the returns, once; a turned box's is refreshed after its turn (the
+        # returns that moved are excluded by ``moved`` wherever a stale mask could see them)
+        inside = [footprint(p[:, 0], p[:, 1], b[k].to(p.dtype)) for k in range(len(b))] if turning else []
+        for j in turning:
             box = b[j].to(p.dtype)
             bottom, top = box[2] - box[5] / 2, box[2] + box[5] / 2
             tall = (p[:, 2] >= bottom + g) & (p[:, 2] <= top + m)
@@ -543,15 +547,16 @@ class LidarDetectionBranch(Branch):
             others = [k for k in range(len(b)) if k != j]
             if any(_footprints_overlap(turned, b[k].to(p.dtype), m) for k in others):
                 continue  # it would run into another labelled object (one with few or no returns too)
-            carried = footprint(p[:, 0], p[:, 1], box) & tall & ~moved
+            carried = inside[j] & tall & ~moved
             for k in others:  # a neighbour's returns inside the margin stay with the neighbour
-                carried &= ~footprint(p[:, 0], p[:, 1], b[k].to(p.dtype))
+                carried &= ~inside[k]
             if bool((footprint(p[:, 0], p[:, 1], turned) & tall & ~carried).any()):
                 continue  # it would run into something
             c, s = math.cos(float(angles[j])), math.sin(float(angles[j]))
             rot = torch.tensor([[c, -s], [s, c]], dtype=p.dtype, device=p.device)
             p[carried, :2] = (p[carried, :2] - box[:2]) @ rot.T + box[:2]
             moved |= carried
+            inside[j] = footprint(p[:, 0], p[:, 1], turned)
             vis[footprint(gx, gy, box) | footprint(gx, gy, turned)] = 0
             b[j, 6] = turned[6].to(b.dtype)
         return p, b, vis
