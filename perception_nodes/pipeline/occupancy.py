@@ -54,7 +54,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from perception_nodes.evidential.beta import expected_probability, vacuity
-from perception_nodes.pipeline.self_returns import in_footprint, parse_ego_box
+from perception_nodes.pipeline.self_returns import in_footprint
 
 __all__ = [
     "BetaGrid",
@@ -165,8 +165,6 @@ class OccupancyParams:
     origin_ground_z: float = 0.0
 
     def __post_init__(self) -> None:
-        # the nodes' meaning: None, empty or [0, 0, 0, 0] = no footprint; a malformed box is refused
-        object.__setattr__(self, "ego_box", parse_ego_box(self.ego_box, "evidence.ego_box"))
         weights = (self.occupied_per_hit, self.free_per_ground_hit, self.free_per_ray)
         if min(*weights, self.mixed_cell_free_weight) < 0:
             raise ValueError("evidence weights must be non-negative")
@@ -309,7 +307,7 @@ def _evidential_occupancy(
     # a finite range too: coordinates near float32's limit overflow it, and nothing binned by range
     # (cells, range bins) may ever see an infinite or wrapped-around integer index
     valid = np.isfinite(rng) & np.isfinite(z) & (rng >= p.min_return_range)
-    if p.ego_box is not None:
+    if p.ego_box is not None and any(p.ego_box):  # [0, 0, 0, 0]: off (a ROS list parameter cannot be empty)
         valid &= ~in_footprint(x, y, p.ego_box)
     if height_above_ground is not None:
         hag_all = np.asarray(height_above_ground, dtype=np.float32).reshape(-1)
