@@ -70,3 +70,4 @@ def ros_context():
     yield ctx
     if ctx.ok():
         rclpy.shutdown(context=ctx)
+    ctx.destroy()  # the DDS participant goes now, not when the collector gets to it (later tests share the domain)

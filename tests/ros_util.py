@@ -58,12 +58,26 @@ def call(node, srv_type, name: str, request, timeout_s: float = 20.0):
     """Call a service from ``node`` (whose executor spins elsewhere); the response or AssertionError."""
     client = node.create_client(srv_type, name)
     try:
-        assert client.wait_for_service(timeout_sec=timeout_s), f"service {name} not available"
+        assert client.wait_for_service(timeout_sec=timeout_s), (
+            f"service {name} not available: {_service_endpoints(node, name)}")
         future = client.call_async(request)
         assert wait_for(future.done, timeout_s), f"{name}: no response"
         return future.result()
     finally:
         node.destroy_client(client)
+
+
+def _service_endpoints(node, name: str) -> str:
+    """Who serves ``name`` as this node's graph sees it: the request readers and response writers (node and GID)."""
+    def ends(infos) -> list[str]:
+        return [f"{i.node_namespace.rstrip('/')}/{i.node_name}:{bytes(i.endpoint_gid).hex()}" for i in infos]
+
+    try:
+        readers = ends(node.get_subscriptions_info_by_topic(f"rq{name}Request", no_mangle=True))
+        writers = ends(node.get_publishers_info_by_topic(f"rr{name}Reply", no_mangle=True))
+    except Exception as exc:  # noqa: BLE001 -- a diagnostic only
+        return f"(graph query failed: {exc})"
+    return f"request readers {readers}, response writers {writers}"
 
 
 def kitti_clouds(bag: Path) -> list:

@@ -141,6 +141,21 @@ class ManagedCoreNode(_LifecycleNode):
         self.get_logger().info("reconfigured: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
         return SetParametersResult(successful=True)
 
+    def destroy_node(self) -> None:
+        """Destroy the node and its lifecycle state machine.
+
+        rclpy 9's lifecycle ``destroy_node`` leaves the C state machine alive, and the machine holds its five
+        ``~/get_state``-style services and the node handle: the node stayed in the graph (``ros2 node list``,
+        its services listed and never answered) until the Python object was collected, which ``gc.freeze``
+        (latency/gc_pause.py) can put off for good. A later participant in the same domain then saw the stale
+        servers beside its own, and rclpy's ``wait_for_service`` (which wants as many request readers as response
+        writers) could time out (tests/test_lifecycle_teardown.py). Left to upstream: ``~/get_type_description``
+        can outlive a node that shares its context with others (rclpy 9.1; ros2/rclpy#1710's follow-up)."""
+        super().destroy_node()
+        machine = getattr(self, "_state_machine", None)
+        if machine is not None:
+            machine.destroy_when_not_in_use()
+
     # --- lifecycle ----------------------------------------------------------------------------
     def autostart(self) -> bool:
         """configure + activate when the ``autostart`` parameter says so; True when active."""
