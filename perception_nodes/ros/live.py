@@ -109,10 +109,10 @@ class LiveGraph:
                 raise
 
     def close(self) -> None:
-        for n in self.nodes:
-            self.executor.remove_node(n)
-            n.destroy_node()
+        """Stop the executor (its worker threads joined: no callback still running), then destroy the nodes."""
         self.executor.shutdown()
+        for n in self.nodes:
+            n.destroy_node()
 
 
 def run_live(config: str | Path | None = None, duration_s: float | None = None, use_sim_time: bool = False) -> int:

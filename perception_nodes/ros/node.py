@@ -71,6 +71,25 @@ def _descriptor(spec: ParamSpec) -> Any:
     return d
 
 
+class _FinalizedMachine:
+    """Stands in for a destroyed node's lifecycle state machine: finalized, no transition possible (rclpy's
+    lifecycle code then raises a Python error instead of touching freed memory)."""
+
+    initialized = False
+    current_state = (4, "finalized")  # lifecycle_msgs/State PRIMARY_STATE_FINALIZED
+    available_states: list = []
+    available_transitions: list = []
+    transition_graph: list = []
+
+    def _refuse(self, *_: Any, **__: Any) -> Any:
+        raise RuntimeError("the node was destroyed: no lifecycle transition is possible")
+
+    trigger_transition_by_id = trigger_transition_by_label = get_transition_by_label = _refuse
+
+    def destroy_when_not_in_use(self) -> None:
+        pass
+
+
 class ManagedCoreNode(_LifecycleNode):
     """One lifecycle node driving one core (see module doc)."""
 
@@ -142,19 +161,25 @@ class ManagedCoreNode(_LifecycleNode):
         return SetParametersResult(successful=True)
 
     def destroy_node(self) -> None:
-        """Destroy the node and its lifecycle state machine.
+        """Destroy the node and its lifecycle state machine; afterwards the node reads as finalized.
 
-        rclpy 9's lifecycle ``destroy_node`` leaves the C state machine alive, and the machine holds its five
-        ``~/get_state``-style services and the node handle: the node stayed in the graph (``ros2 node list``,
-        its services listed and never answered) until the Python object was collected, which ``gc.freeze``
-        (latency/gc_pause.py) can put off for good. A later participant in the same domain then saw the stale
-        servers beside its own, and rclpy's ``wait_for_service`` (which wants as many request readers as response
-        writers) could time out (tests/test_lifecycle_teardown.py). Left to upstream: ``~/get_type_description``
-        can outlive a node that shares its context with others (rclpy 9.1; ros2/rclpy#1710's follow-up)."""
-        super().destroy_node()
-        machine = getattr(self, "_state_machine", None)
-        if machine is not None:
-            machine.destroy_when_not_in_use()
+        rclpy 9's lifecycle ``destroy_node`` leaves the C state machine alive, and the machine holds the five
+        lifecycle services, ``~/transition_event`` and a share of the node handle: the node stayed in the graph
+        (``ros2 node list``, its services listed and never answered) until the Python object was collected,
+        which ``gc.freeze`` (latency/gc_pause.py) can put off for good. A later participant in the same domain
+        then saw stale servers beside its own, and rmw_fastrtps' service-availability check (as many request
+        readers as response writers) could stay false: a lifecycle ``get_state`` never became available.
+        A destroyed machine crashes the process when used, so it is swapped for :class:`_FinalizedMachine`:
+        a message still handed over in process, or a late ``is_active()``, sees a finalized node.
+        Left to upstream: ``~/get_type_description`` can outlive a node that shares its context with others
+        (rclpy 9.1; ros2/rclpy#1710's follow-up)."""
+        with self.lock:  # a message in flight in this node finishes first (the core is single-threaded)
+            super().destroy_node()
+            machine = getattr(self, "_state_machine", None)
+            if machine is not None and not isinstance(machine, _FinalizedMachine):
+                self._state_machine = _FinalizedMachine()
+                machine.destroy_when_not_in_use()
+            self.core = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     def autostart(self) -> bool:
