@@ -187,7 +187,8 @@ def test_the_three_shell_workflow_live_play_monitor(kitti_bag):
         live.terminate()
         out, _ = live.communicate(timeout=10)
     if mon.returncode != 0:
-        print("--- live ---\n" + out[-4000:] + "\n--- play ---\n" + played[-2000:])
+        print("--- live ---\n" + out[-4000:] + "\n--- play ---\n" + played[-2000:] + "\n--- monitor --once ---\n"
+              + mon.stdout[-4000:] + "\n--- monitor (continuous) ---\n" + watched[-3000:])
     assert mon.returncode == 0, mon.stderr
     lines = mon.stdout.splitlines()
     assert lines[0].split()[:2] == ["node", "stage"]
