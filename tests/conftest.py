@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 # Network rule: DDS discovery on loopback only, and a domain of our own for this test run, set before
 # anything can import rclpy.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 100))
+os.environ["ROS_DOMAIN_ID"] = _RUN_DOMAIN = str(random.SystemRandom().randint(1, 100))
 from perception_nodes.ros.env import ensure_loopback_default  # noqa: E402  (Fast DDS loopback profile)
 
 ensure_loopback_default()
@@ -61,13 +62,24 @@ def scenario_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_scenario_bag(out, duration_s=1.0, progress=False)
 
 
+_DOMAINS = itertools.count(1)
+
+
 @pytest.fixture()
-def ros_context():
-    """A fresh rclpy context per test (real rclpy + Fast DDS); skipped where rclpy is missing."""
+def ros_context(monkeypatch):
+    """A fresh rclpy context per test (real rclpy + Fast DDS) on a ROS domain of its own; skipped where rclpy
+    is missing.
+
+    Its own domain (the ones after the run's random one, in turn; processes the test starts inherit it
+    through ROS_DOMAIN_ID): a node an earlier test created lingers in this process after its test (rclpy 9's
+    lifecycle nodes keep their participant; ManagedCoreNode.leave_graph says why the exit path keeps that),
+    and a stale server of the same name made rmw_fastrtps report a lifecycle service of a later test as never
+    available (CI, test_ros_hostile)."""
     rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (ros-* wheels or a ROS 2 install)")
+    domain = (int(_RUN_DOMAIN) - 1 + next(_DOMAINS)) % 100 + 1
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
     ctx = rclpy.Context()
-    rclpy.init(context=ctx)
+    rclpy.init(context=ctx, domain_id=domain)
     yield ctx
     if ctx.ok():
         rclpy.shutdown(context=ctx)
-    ctx.destroy()  # the DDS participant goes now, not when the collector gets to it (later tests share the domain)

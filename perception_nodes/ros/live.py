@@ -69,7 +69,7 @@ class LiveGraph:
                     consumers.remove(node)
         self.nodes.remove(node)
         self.executor.remove_node(node)
-        node.destroy_node()
+        node.leave_graph()  # gone from `ros2 node list` too, not a lifecycle service nobody answers
 
     def _wire_in_process(self) -> None:
         """Each topic one node publishes and another subscribes goes from the first to the second directly."""

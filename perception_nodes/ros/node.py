@@ -72,8 +72,9 @@ def _descriptor(spec: ParamSpec) -> Any:
 
 
 class _FinalizedMachine:
-    """Stands in for a destroyed node's lifecycle state machine: finalized, no transition possible (rclpy's
-    lifecycle code then raises a Python error instead of touching freed memory)."""
+    """Stands in for the lifecycle state machine of a node that left the graph (ManagedCoreNode.leave_graph):
+    finalized, no transition possible (rclpy's lifecycle code raises a Python error instead of touching freed
+    memory)."""
 
     initialized = False
     current_state = (4, "finalized")  # lifecycle_msgs/State PRIMARY_STATE_FINALIZED
@@ -160,21 +161,24 @@ class ManagedCoreNode(_LifecycleNode):
         self.get_logger().info("reconfigured: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
         return SetParametersResult(successful=True)
 
-    def destroy_node(self) -> None:
-        """Destroy the node and its lifecycle state machine; afterwards the node reads as finalized.
+    def leave_graph(self) -> None:
+        """Destroy the node so that it leaves the ROS graph while this process runs on (LiveGraph._leave_out).
 
         rclpy 9's lifecycle ``destroy_node`` leaves the C state machine alive, and the machine holds the five
-        lifecycle services, ``~/transition_event`` and a share of the node handle: the node stayed in the graph
-        (``ros2 node list``, its services listed and never answered) until the Python object was collected,
-        which ``gc.freeze`` (latency/gc_pause.py) can put off for good. A later participant in the same domain
-        then saw stale servers beside its own, and rmw_fastrtps' service-availability check (as many request
-        readers as response writers) could stay false: a lifecycle ``get_state`` never became available.
-        A destroyed machine crashes the process when used, so it is swapped for :class:`_FinalizedMachine`:
-        a message still handed over in process, or a late ``is_active()``, sees a finalized node.
-        Left to upstream: ``~/get_type_description`` can outlive a node that shares its context with others
-        (rclpy 9.1; ros2/rclpy#1710's follow-up)."""
+        lifecycle services, ``~/transition_event`` and a share of the node handle: the node stays in the graph
+        (``ros2 node list``, services listed and never answered) until the Python object is collected, which
+        ``gc.freeze`` (latency/gc_pause.py) can put off for good. This destroys the machine too, and swaps in
+        :class:`_FinalizedMachine` (a destroyed machine crashes the process when used): a late message or
+        ``is_active()`` sees a finalized node. Left to upstream: ``~/get_type_description`` can outlive a node
+        that shares its context with others (rclpy 9.1; ros2/rclpy#1710's follow-up).
+
+        Not used on the way out of a process (plain ``destroy_node`` there, as rclpy does it): once the last
+        node of a context is gone, rmw_fastrtps deletes the DDS participant, and with Fast DDS 3.2.3 that can
+        deadlock -- a busy wait in ``DomainParticipant::set_listener`` while a discovery callback waits on the
+        participant's lock -- when another process removes its endpoints at the same moment (seen here: a
+        bringup executable that never exited on SIGTERM)."""
         with self.lock:  # a message in flight in this node finishes first (the core is single-threaded)
-            super().destroy_node()
+            self.destroy_node()
             machine = getattr(self, "_state_machine", None)
             if machine is not None and not isinstance(machine, _FinalizedMachine):
                 self._state_machine = _FinalizedMachine()
