@@ -116,7 +116,10 @@ class LiveGraph:
 
 
 def run_live(config: str | Path | None = None, duration_s: float | None = None, use_sim_time: bool = False) -> int:
+    from perception_nodes.ros.shm_cleanup import report_zombie_cleanup
+
     rclpy = import_rclpy()
+    report_zombie_cleanup()  # what earlier runs left in /dev/shm (ros/shm_cleanup.py)
     rclpy.init()
     graph = LiveGraph(config, use_sim_time=use_sim_time)
     if graph.failed:

@@ -400,7 +400,10 @@ def main_single(node_name: str, args: list[str] | None = None) -> None:
     from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
     from rclpy.executors import ExternalShutdownException
 
+    from perception_nodes.ros.shm_cleanup import report_zombie_cleanup
+
     rclpy = import_rclpy()
+    report_zombie_cleanup()  # what earlier runs left in /dev/shm (ros/shm_cleanup.py)
     rclpy.init(args=args)
     try:
         try:
