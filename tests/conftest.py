@@ -1,10 +1,8 @@
-"""Session-wide test set-up: loopback-only ROS, a per-run domain, real data, shared bags."""
+"""Session-wide test set-up: loopback-only ROS, a domain per run and one per ROS test, real data, shared bags."""
 
 from __future__ import annotations
 
-import itertools
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,9 @@ import pytest
 # Network rule: DDS discovery on loopback only, and a domain of our own for this test run, set before
 # anything can import rclpy.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["ROS_DOMAIN_ID"] = _RUN_DOMAIN = str(random.SystemRandom().randint(1, 100))
+from tests.ros_util import claim_ros_domain  # noqa: E402
+
+os.environ["ROS_DOMAIN_ID"] = str(claim_ros_domain())
 from perception_nodes.ros.env import ensure_loopback_default  # noqa: E402  (Fast DDS loopback profile)
 
 ensure_loopback_default()
@@ -21,9 +21,10 @@ ensure_loopback_default()
 def pytest_sessionfinish(session, exitstatus) -> None:
     """Fast DDS segments of the run's subprocesses (and of earlier runs) that no process owns any more go:
     each is up to 32 MiB of RAM in /dev/shm until reboot (perception_nodes/ros/shm_cleanup.py)."""
-    from perception_nodes.ros.shm_cleanup import remove_zombie_segments
+    from perception_nodes.ros.shm_cleanup import report_zombie_cleanup
 
-    remove_zombie_segments()
+    report_zombie_cleanup()  # (this process's own segments are still open here: the next start takes them)
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
@@ -70,24 +71,22 @@ def scenario_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_scenario_bag(out, duration_s=1.0, progress=False)
 
 
-_DOMAINS = itertools.count(1)
+@pytest.fixture()
+def ros_domain(monkeypatch) -> int:
+    """A ROS domain of this test's own (:func:`tests.ros_util.claim_ros_domain`), in ``ROS_DOMAIN_ID`` for the
+    processes the test starts."""
+    domain = claim_ros_domain()
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+    return domain
 
 
 @pytest.fixture()
-def ros_context(monkeypatch):
-    """A fresh rclpy context per test (real rclpy + Fast DDS) on a ROS domain of its own; skipped where rclpy
-    is missing.
-
-    Its own domain (the ones after the run's random one, in turn; processes the test starts inherit it
-    through ROS_DOMAIN_ID): a node an earlier test created lingers in this process after its test (rclpy 9's
-    lifecycle nodes keep their participant; ManagedCoreNode.leave_graph says why the exit path keeps that),
-    and a stale server of the same name made rmw_fastrtps report a lifecycle service of a later test as never
-    available (CI, test_ros_hostile)."""
+def ros_context(ros_domain):
+    """A fresh rclpy context per test (real rclpy + Fast DDS) on the test's own domain (``ros_domain``);
+    skipped where rclpy is missing."""
     rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (ros-* wheels or a ROS 2 install)")
-    domain = (int(_RUN_DOMAIN) - 1 + next(_DOMAINS)) % 100 + 1
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
     ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=domain)
+    rclpy.init(context=ctx, domain_id=ros_domain)
     yield ctx
     if ctx.ok():
         rclpy.shutdown(context=ctx)

@@ -12,6 +12,34 @@ from typing import Any
 from perception_nodes import topics
 
 
+_HELD_DOMAINS: list = []  # lock files held for the life of this test process
+
+
+def claim_ros_domain() -> int:
+    """A ROS domain no other test of this run and no concurrent run on this host uses (nor the per-user one of
+    ``scripts/ros_env.sh``): each is reserved by an flock on ``/tmp/perception_nodes-ros-domain-<id>.lock``,
+    held until this process ends, and never handed out twice in a run. Why: rclpy 9 keeps an earlier test's
+    lifecycle nodes alive in the process, and a same-named stale server in the domain made rmw_fastrtps report
+    a later test's service as never available (CI, test_ros_hostile)."""
+    import fcntl
+    import os
+    import random
+
+    user_domain = 1 + os.getuid() % 101
+    for domain in random.SystemRandom().sample(range(1, 101), 100):
+        if domain == user_domain:
+            continue
+        f = open(f"/tmp/perception_nodes-ros-domain-{domain}.lock", "a")  # noqa: SIM115 -- held until exit
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another test of this run or another run has it
+            f.close()
+            continue
+        _HELD_DOMAINS.append(f)
+        return domain
+    raise RuntimeError("no free ROS domain in 1-100 on this host (too many concurrent test runs?)")
+
+
 def wait_for(cond: Callable[[], Any], timeout_s: float, period_s: float = 0.02) -> bool:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:

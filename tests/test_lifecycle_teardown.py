@@ -90,7 +90,7 @@ print("closed cleanly")
 
 
 @pytest.mark.slow
-def test_closing_the_live_graph_while_a_scan_is_in_flight_does_not_crash(kitti_bag):
+def test_closing_the_live_graph_while_a_scan_is_in_flight_does_not_crash(kitti_bag, ros_domain):
     """Ctrl-C or SIGTERM to `perception-stack live` with scans flowing: close() stops the executor, which waits
     for the callback in flight, before it destroys the nodes. In a subprocess, so a crash or a hang is a failure
     here, not the end of the test session."""

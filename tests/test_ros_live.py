@@ -140,7 +140,7 @@ def test_malformed_cloud_over_ros_is_counted_and_the_node_keeps_running(kitti_ba
     probe.destroy_node()
 
 
-def test_the_three_shell_workflow_live_play_monitor(kitti_bag):
+def test_the_three_shell_workflow_live_play_monitor(kitti_bag, ros_domain):
     """README's live workflow as three shells that each source scripts/ros_env.sh themselves.
 
     The processes start from a bare environment (no venv, no ROS variables) so the script alone must make
@@ -149,7 +149,6 @@ def test_the_three_shell_workflow_live_play_monitor(kitti_bag):
     test left in the session's domain, and no other user's shells, can interfere.
     """
     import os
-    import random
     import shlex
     import signal
     import subprocess
@@ -159,7 +158,7 @@ def test_the_three_shell_workflow_live_play_monitor(kitti_bag):
     repo = Path(__file__).resolve().parents[1]
     env = {k: os.environ[k] for k in ("HOME", "USER", "LANG", "TMPDIR") if k in os.environ}
     env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
-    env["ROS_DOMAIN_ID"] = str((int(os.environ["ROS_DOMAIN_ID"]) - 1 + random.SystemRandom().randint(1, 99)) % 100 + 1)
+    env["ROS_DOMAIN_ID"] = str(ros_domain)  # (conftest's ros_domain: a domain of this test's own)
     if sys.prefix != sys.base_prefix:  # the venv running the tests, wherever it lives
         env["PN_VENV"] = sys.prefix
 

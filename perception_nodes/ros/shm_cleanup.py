@@ -1,16 +1,17 @@
 """Fast DDS shared-memory segments that no running process owns any more, removed.
 
 Why: every DDS participant of the project's large-data profile (``ros/fastdds/large_data_loopback.xml``) maps a
-32 MiB segment in ``/dev/shm``. A process that ends without deleting its participant leaves the segment behind,
+32 MiB segment (and a small one) in ``/dev/shm``. A process that ends without deleting its participant leaves the segment behind,
 and tmpfs keeps its pages in RAM until the next reboot. Processes with lifecycle nodes always end that way here
-(rclpy 9 keeps their participant, and deleting it at exit can hang: ``ManagedCoreNode.leave_graph``), and so
-does any process that is killed. Measured here: every start of a bringup executable or ``perception-stack live``
+(rclpy 9 keeps their participant and ``gc.freeze`` keeps it to the end; deleting it at exit can hang:
+``ManagedCoreNode.leave_graph``), and so does any process that is killed. Measured here: every start of a bringup executable or ``perception-stack live``
 left two segments, and one run of the ROS tests left 48 (820 MB of RAM). On a vehicle that restarts its stack,
 that adds up.
 
-The rule is the one of Fast DDS's own ``fastdds shm clean``: a live segment's owner holds a lock on its
-``fastdds_<id>_el`` file, so a segment whose lock nobody holds is a zombie. A segment younger than ``min_age_s``
-is left alone (its owner may be creating it right now).
+The rule is the one of Fast DDS's own ``fastdds shm clean``: a live segment's owner holds an exclusive flock on
+its ``fastdds_<id>_el`` file from before it creates the segment until after it removes it, so a segment whose
+lock nobody holds is a zombie. A lock file younger than ``min_age_s`` is left alone (its owner may be between
+creating and locking it). Ports (``fastdds_port*``, ~50 KB each, shared, reused by Fast DDS) are not touched.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class ShmCleanup:
 def _locked(path: Path) -> bool:
     """True when some process holds a lock on ``path`` (its owner is alive)."""
     try:
-        with open(path, "ab") as fd:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released again when fd closes
+        with open(path, "rb") as fd:  # (as Fast DDS opens it; never recreates a file that went meanwhile)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the owner holds LOCK_EX; released when fd closes
+        return False
+    except FileNotFoundError:
         return False
     except OSError:
         return True
@@ -66,16 +69,20 @@ def remove_zombie_segments(shm_dir: Path = SHM_DIR, min_age_s: float = 10.0) -> 
             kept += 1
             continue
         try:
-            size = segment.stat().st_blocks * 512 if segment.exists() else 0
+            size = segment.stat().st_blocks * 512
+            segment.unlink()
+        except FileNotFoundError:  # removed meanwhile (another process cleaning at the same moment)
+            size = -1
+        except OSError:  # not ours to remove (another user's): leave both files
+            kept += 1
+            continue
+        try:
+            lock.unlink()
         except OSError:
-            size = 0
-        for f in (segment, lock, lock.with_name(lock.name[:-3] + "_sl")):
-            try:
-                f.unlink()
-            except OSError:
-                pass
-        removed += 1
-        freed += size
+            pass
+        if size >= 0:
+            removed += 1
+            freed += size
     return ShmCleanup(removed, freed, kept)
 
 
@@ -85,7 +92,7 @@ def report_zombie_cleanup(shm_dir: Path = SHM_DIR) -> ShmCleanup:
     import os
     import sys
 
-    if os.environ.get("PERCEPTION_KEEP_SHM"):
+    if os.environ.get("PERCEPTION_KEEP_SHM", "0") not in ("", "0"):
         return ShmCleanup()
     try:
         result = remove_zombie_segments(shm_dir)
