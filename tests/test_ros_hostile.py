@@ -96,9 +96,7 @@ def test_hostile_burst_then_a_valid_scan_yields_its_grid_and_every_node_lives(ro
             set_stamp(valid, stamp_ns(valid))
             pub.publish(valid)
             want = stamp_ns(valid)
-            # (the far-future case is expected to fail until the synchroniser fix lands: wait less for it)
-            patience = 8.0 if "far_future_2038" in cases else 30.0
-            assert wait_for(lambda: any(stamp_ns(g) == want for g in got[topics.OCCUPANCY_GRID]), patience), (
+            assert wait_for(lambda: any(stamp_ns(g) == want for g in got[topics.OCCUPANCY_GRID]), 30.0), (
                 [stamp_ns(g) for g in got[topics.OCCUPANCY_GRID]],
                 {n.get_name(): (dict(n.core.received), dict(n.core.malformed), dict(n.core.dropped),
                                 dict(n.callback_errors)) for n in graph.nodes})
