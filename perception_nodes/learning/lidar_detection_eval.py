@@ -55,6 +55,7 @@ from perception_nodes.models.calibration import (
     fit_prior_and_platt,
     fit_variance_scale,
 )
+from perception_nodes.pipeline.self_returns import self_return_settings, self_returns
 
 __all__ = ["evaluate_kitti", "evaluate_nuscenes", "evaluate_sets", "fit_calibration", "camera_view", "in_camera_view", "kitti_frames", "main",
            "package_run", "trivial_baselines"]
@@ -234,7 +235,6 @@ def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: An
     pass)."""
     from perception_nodes.calibration import transform_points
     from perception_nodes.eval.detection_eval import DetectionScorer
-    from perception_nodes.pipeline.self_returns import self_returns
 
     scorer = DetectionScorer()
     model.eval()
@@ -553,8 +553,6 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     val_sources = _sources(doc.get("validation"), "validation")
     train_sources = _sources(doc.get("training_residuals"), "training_residuals")
     _check_disjoint({"validation": val_sources, "training_residuals": train_sources, **sets, **reserved})
-    from perception_nodes.pipeline.self_returns import self_return_settings
-
     try:  # the vehicles' own returns in the real frames, dropped as the node drops them (checked before any work)
         filters = {name: self_return_settings(doc[f"{name}_self_returns"], f"{name}_self_returns")
                    if doc.get(f"{name}_self_returns") is not None else None for name in ("kitti", "nuscenes")}

@@ -179,8 +179,8 @@ class ManagedCoreNode(_LifecycleNode):
         bringup executable that never exited on SIGTERM)."""
         with self.lock:  # a message in flight in this node finishes first (the core is single-threaded)
             self.destroy_node()
-            machine = getattr(self, "_state_machine", None)
-            if machine is not None and not isinstance(machine, _FinalizedMachine):
+            machine = self._state_machine
+            if not isinstance(machine, _FinalizedMachine):
                 self._state_machine = _FinalizedMachine()
                 machine.destroy_when_not_in_use()
             self.core = None

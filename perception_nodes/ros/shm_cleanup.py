@@ -1,12 +1,12 @@
 """Fast DDS shared-memory segments that no running process owns any more, removed.
 
 Why: every DDS participant of the project's large-data profile (``ros/fastdds/large_data_loopback.xml``) maps a
-32 MiB segment (and a small one) in ``/dev/shm``. A process that ends without deleting its participant leaves the segment behind,
-and tmpfs keeps its pages in RAM until the next reboot. Processes with lifecycle nodes always end that way here
-(rclpy 9 keeps their participant and ``gc.freeze`` keeps it to the end; deleting it at exit can hang:
-``ManagedCoreNode.leave_graph``), and so does any process that is killed. Measured here: every start of a bringup executable or ``perception-stack live``
-left two segments, and one run of the ROS tests left 48 (820 MB of RAM). On a vehicle that restarts its stack,
-that adds up.
+32 MiB segment (and a small one) in ``/dev/shm``. A process that ends without deleting its participant leaves
+the segment behind, and tmpfs keeps its pages in RAM until the next reboot. Processes with lifecycle nodes
+always end that way here (rclpy 9 keeps their participant and ``gc.freeze`` keeps it to the end; deleting it at
+exit can hang: ``ManagedCoreNode.leave_graph``), and so does any process that is killed. Measured here: every
+start of a bringup executable or ``perception-stack live`` left two segments, and one run of the ROS tests left
+48 (820 MB of RAM). On a vehicle that restarts its stack, that adds up.
 
 The rule is the one of Fast DDS's own ``fastdds shm clean``: a live segment's owner holds an exclusive flock on
 its ``fastdds_<id>_el`` file from before it creates the segment until after it removes it, so a segment whose

@@ -98,11 +98,11 @@ def test_real_only_evaluation_scores_kitti_and_the_nuscenes_keyframe(tmp_path):
 
 def test_a_malformed_self_return_section_is_refused_before_any_work(tmp_path, capsys):
     from perception_nodes.learning.lidar_detection_eval import main
-    from perception_nodes.pipeline.self_returns import self_return_settings as self_return_filter
+    from perception_nodes.pipeline.self_returns import self_return_settings
 
-    assert self_return_filter({"min_return_range": 1, "ego_box": [-1, 2, -1, 1]}, "x") == {
+    assert self_return_settings({"min_return_range": 1, "ego_box": [-1, 2, -1, 1]}, "x") == {
         "min_return_range": 1.0, "ego_box": (-1.0, 2.0, -1.0, 1.0)}
-    assert self_return_filter({}, "x") == {"min_return_range": 0.0, "ego_box": None}
+    assert self_return_settings({}, "x") == {"min_return_range": 0.0, "ego_box": None}
     for bad, why in (({"ego_box": [1, -1, -1, 1]}, "kitti_self_returns.ego_box"), ({"radius": 1}, "unknown key"),
                      ({"min_return_range": -1}, "min_return_range must be >= 0"), ([1.0, 2.0], "expected a mapping"),
                      ({"min_return_range": None}, "must be a number"), ({"ego_box": "1234"}, "string")):
