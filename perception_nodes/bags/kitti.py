@@ -28,8 +28,6 @@ from perception_nodes.calibration import (
     make_transform,
     tf_message,
 )
-from perception_nodes.codecs.backend import default_backend
-from perception_nodes.codecs.detections import detections_msg
 
 #: KITTI was recorded at 10 Hz; default start = 2011-09-26 (first KITTI raw drive), so stamps look real.
 DEFAULT_START_NS = 1_317_000_000 * 1_000_000_000
@@ -137,7 +135,9 @@ def convert_kitti(
     from PIL import Image as PILImage
 
     from perception_nodes.bags.writer import BagWriter
+    from perception_nodes.codecs.backend import default_backend
     from perception_nodes.codecs.camera_info import camera_info_msg
+    from perception_nodes.codecs.detections import detections_msg
     from perception_nodes.codecs.image import numpy_to_image
     from perception_nodes.codecs.outputs import marker_array_msg
     from perception_nodes.codecs.pointcloud2 import create_xyzi_cloud

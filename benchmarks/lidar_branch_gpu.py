@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""The LiDAR branch's network on a CUDA device: parity with the CPU runtime and per-stage times.
+
+The node runs the branch on the CPU (``runtime: torch`` or ``onnxruntime``); a GPU runtime is the next
+wave. This script is its first measurement: the packaged weights (or ``--weights``) run on the real
+KITTI object scans (moved into base_link, as the node gets them) once by the CPU runtime
+(:class:`perception_nodes.models.runtime.TorchRuntime`, the reference) and then on ``--device`` in eager
+PyTorch fp32 (TF32 off), stage by stage as the runtime splits them:
+
+* ``parity``: per scan, the largest relative difference of every output (occupancy evidence, class
+  evidence, box NIG maps, curvature NIG) from the CPU's, and whether the decoded detections agree
+  (same count, centres within 1e-3 m);
+* ``cuda``: per stage (upload of the points, voxelise, backbone, bev_net, heads, decode_boxes -- the
+  node's decode, which reads the box head at the peaks) the median and p99 of wall time with the device
+  synchronised around each stage, and end to end without the per-stage synchronisations;
+* ``cpu``: the same stages on the CPU at ``--threads`` for the ratio (same scans, same order).
+
+On the device the voxelisation is the PyTorch reference path (the compiled numba pass is CPU-only)
+and the sparse backbone takes the engine's static CUDA dataflow choice. ``--device cpu`` runs the
+script on a machine without a GPU (the "device" side is then a second CPU run) to check the script
+itself. Progress on stderr; one JSON object last on stdout.
+
+    python benchmarks/lidar_branch_gpu.py [--device cuda] [--reps 20] [--shared ../shared/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from lidar_branch import load_scans, pct, rel_err  # noqa: E402
+
+from engines.sparse.tunefile import cpu_model  # noqa: E402
+from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
+from perception_nodes.models.decode import decode_batch  # noqa: E402
+from perception_nodes.models.runtime import TorchRuntime  # noqa: E402
+from perception_nodes.models.weights_io import load_lidar_detection, read_sidecar  # noqa: E402
+
+PACKAGED = ROOT / "perception_nodes" / "models" / "weights" / "lidar_detection"
+
+
+def log(*a: object) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+class SyncedTimer:
+    """``stage`` callable: wall milliseconds per stage, the device synchronised before and after."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.samples: dict[str, list[float]] = {}
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.samples.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
+
+
+def detections_agree(a: list, b: list, tol_m: float = 1e-3) -> bool:
+    """Same number of boxes per scan and every centre of ``a`` within ``tol_m`` of some centre of ``b``."""
+    for da, db in zip(a, b):
+        ca, cb = np.asarray(da.center, np.float64), np.asarray(db.center, np.float64)
+        if ca.shape != cb.shape:
+            return False
+        if len(ca) and float(np.abs(ca[:, None, :] - cb[None, :, :]).max(-1).min(1).max()) > tol_m:
+            return False
+    return True
+
+
+def run_once(rt: TorchRuntime, points: torch.Tensor, device: torch.device, timer: Any, net: Any,
+             calibration: Optional[DetectionCalibration]) -> tuple[Any, list]:
+    with timer("upload"):
+        p = points.to(device, non_blocking=False)
+    out = rt.infer(p, timer)
+    with timer("decode_boxes"):
+        dets = decode_batch(out, net.head_grid, net.config.classes, calibration=calibration)
+    return out, dets
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data", help="../shared/data")
+    ap.add_argument("--weights", type=Path, default=PACKAGED, help="weights folder (default: the packaged one)")
+    ap.add_argument("--frames", type=int, default=3, help="KITTI object scans from 000000 on")
+    ap.add_argument("--device", default="cuda", help="cuda[:N], or cpu to check the script without a GPU")
+    ap.add_argument("--reps", type=int, default=20, help="timed repetitions of every scan")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed runs of every scan first")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads of the reference side")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda, but torch sees no CUDA device (use --device cpu to check the script)")
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 as on the CPU: parity is then float32 rounding
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_num_threads(args.threads)
+
+    net_cpu, _ = load_lidar_detection(args.weights)
+    net_cpu.eval()
+    calibration = DetectionCalibration.from_sidecar(read_sidecar(args.weights))
+    net_dev = copy.deepcopy(net_cpu).to(device).eval()
+    scans = load_scans(args.shared, args.frames)
+    log(f"{len(scans)} scans {[len(p) for _, p in scans]} points; device {device}")
+    cpu_rt, dev_rt = TorchRuntime(net_cpu), TorchRuntime(net_dev)
+
+    # parity: every output map of every scan, and the decoded boxes
+    parity = []
+    for name, p in scans:
+        with torch.inference_mode():
+            ref, ref_d = run_once(cpu_rt, p, torch.device("cpu"), SyncedTimer(torch.device("cpu")), net_cpu,
+                                  calibration)
+            out, out_d = run_once(dev_rt, p, device, SyncedTimer(device), net_dev, calibration)
+            ref.box, out.box  # noqa: B018 -- full box maps (the fast path computes them lazily)
+        err = rel_err(_to_cpu(out), ref)
+        parity.append({"scan": name, "max_rel_err": float(f"{err:.3g}"), "boxes_cpu": [len(d.center) for d in ref_d],
+                       "boxes_device": [len(d.center) for d in out_d],
+                       "decoded_agree": detections_agree(out_d, ref_d)})
+        log(f"  parity {name}: max rel err {err:.3g}, boxes {parity[-1]['boxes_cpu']} vs "
+            f"{parity[-1]['boxes_device']}, agree {parity[-1]['decoded_agree']}")
+
+    result: dict[str, Any] = {
+        "benchmark": "lidar_branch_gpu", "weights": str(args.weights.relative_to(ROOT)
+                                                       if args.weights.is_relative_to(ROOT) else args.weights),
+        "on": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
+        cpu_model(), "torch": torch.__version__, "python": platform.python_version(), "tf32": False,
+        "cpu": cpu_model(), "cpu_threads": args.threads, "cores": os.cpu_count(), "reps": args.reps,
+        "scans": [{"name": n, "points": len(p)} for n, p in scans], "parity": parity,
+    }
+    # timing: CPU and device interleaved per scan; warm-up first (CUDA context, allocator, numba compile)
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            for _, p in scans:
+                run_once(cpu_rt, p, torch.device("cpu"), _NoTimer(), net_cpu, calibration)
+                run_once(dev_rt, p, device, _NoTimer(), net_dev, calibration)
+        timers = {"cpu": SyncedTimer(torch.device("cpu")), "device": SyncedTimer(device)}
+        e2e: dict[str, list[float]] = {"cpu": [], "device": [], "device_unsynced": []}
+        for _ in range(args.reps):
+            for _, p in scans:
+                for side, rt, net, dev in (("cpu", cpu_rt, net_cpu, torch.device("cpu")),
+                                           ("device", dev_rt, net_dev, device)):
+                    t0 = time.perf_counter()
+                    run_once(rt, p, dev, timers[side], net, calibration)
+                    e2e[side].append((time.perf_counter() - t0) * 1e3)
+                # end to end without the per-stage synchronisations (decode syncs where it reads the peaks)
+                t0 = time.perf_counter()
+                run_once(dev_rt, p, device, _NoTimer(), net_dev, calibration)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                e2e["device_unsynced"].append((time.perf_counter() - t0) * 1e3)
+    for side in ("cpu", "device"):
+        result[side] = {"e2e_stage_synced": pct(e2e[side]),
+                        "stages": {s: pct(v) for s, v in timers[side].samples.items()}}
+    result["device"] = {**result["device"], "e2e": pct(e2e["device_unsynced"])}
+    result["ratios"] = {"cpu_over_device_e2e_p50": round(result["cpu"]["e2e_stage_synced"]["p50"]
+                                                         / result["device"]["e2e"]["p50"], 2)}
+    for s, v in result["device"]["stages"].items():
+        if s in result["cpu"]["stages"] and v["p50"] > 0:
+            result["ratios"][f"cpu_over_device_{s}_p50"] = round(result["cpu"]["stages"][s]["p50"] / v["p50"], 2)
+    log(f"cpu {result['cpu']['e2e_stage_synced']}  device {result['device']['e2e']}")
+    result["notes"] = [
+        "fp32 on both sides, TF32 off; eager PyTorch; the device side voxelises with the PyTorch reference path",
+        "stages timed with the device synchronised around each; device e2e is a separate run per scan "
+        "without those synchronisations (one at the end); cpu e2e includes its (free) stage boundaries",
+        f"p50/p99 over {args.reps} reps x {len(scans)} scans",
+    ]
+    print(json.dumps(result))
+    return 0
+
+
+class _NoTimer:
+    def __call__(self, _name: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+def _to_cpu(out: Any) -> Any:
+    """A CPU copy of a network output's tensors (occupancy, class evidence, box and curvature NIG)."""
+    from perception_nodes.models.lidar_detection import LidarDetectionOutput
+
+    box = type(out.box)(*(t.cpu() for t in out.box))
+    curv = type(out.curvature)(*(t.cpu() for t in out.curvature))
+    return LidarDetectionOutput(out.occupancy_evidence.cpu(), out.class_alpha.cpu(), box, curv, out.num_voxels.cpu())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
