@@ -4,14 +4,22 @@ that runs on a real KITTI scan."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from perception_nodes.models import decode_batch
 from perception_nodes.models.weights_io import default_weights_dir, load_lidar_detection, read_sidecar
 
 
-def test_sidecar_documents_config_split_code_and_metrics():
-    folder = default_weights_dir("lidar_detection")
+#: packaged folders and the held-out sets each one's sidecar reports: the default (plain generated scenes) and
+#: the opt-in weights for real sensors (scenes drawn with the generator's realism knobs)
+FOLDERS = {"lidar_detection": {"seen_types_new_seeds", "held_out_type_and_lidar"},
+           "lidar_detection_realism": {"seen_types_realism", "held_out_type_and_lidar_realism"}}
+
+
+@pytest.mark.parametrize("name", sorted(FOLDERS))
+def test_sidecar_documents_config_split_code_and_metrics(name):
+    folder = default_weights_dir(name)
     side = read_sidecar(folder, "lidar_detection")
     assert (folder / "model.safetensors").stat().st_size < 5 * 2**20  # "a few MB" at most
     assert side["config"]["backbone"] and side["code_version"]
@@ -19,15 +27,17 @@ def test_sidecar_documents_config_split_code_and_metrics():
     assert tr["epochs"] >= 1 and tr["wall_seconds_train_and_validation"] > 0
     assert tr["split"]["train"]["scenarios"] and tr["split"]["val"]["lidars"]
     gen = side["metrics"]["generated"]
-    assert {"seen_types_new_seeds", "held_out_type_and_lidar"} <= set(gen)
-    assert "car_ap_bev" in gen["held_out_type_and_lidar"]["before"]
-    assert "coverage_xy" in gen["held_out_type_and_lidar"]["after"]
+    assert FOLDERS[name] <= set(gen)
+    for held_out in FOLDERS[name]:
+        assert "car_ap_bev" in gen[held_out]["before"] and "coverage_xy" in gen[held_out]["after"]
+    assert side["metrics"]["kitti"]["frames"] >= 1 and "nuscenes" in side["metrics"]
 
 
-def test_packaged_calibration_was_fitted_on_scenes_disjoint_from_the_reported_ones():
+@pytest.mark.parametrize("name", sorted(FOLDERS))
+def test_packaged_calibration_was_fitted_on_scenes_disjoint_from_the_reported_ones(name):
     from perception_nodes.models.calibration import DetectionCalibration
 
-    side = read_sidecar(default_weights_dir("lidar_detection"), "lidar_detection")
+    side = read_sidecar(default_weights_dir(name), "lidar_detection")
     cal = DetectionCalibration.from_sidecar(side)
     assert not cal.is_identity and cal.fitted["detections"] > 0
     scenes = side["metrics"]["scenes"]
@@ -42,8 +52,10 @@ def _scene(g: dict) -> tuple:
     return (g["scenario"], g["seed"], g["lidar"])
 
 
-def test_packaged_network_runs_on_a_real_scan(kitti_frames):
-    net, side = load_lidar_detection(overrides={"backbone_args": {**side_args(), "dataflow": "gather_scatter"}})
+@pytest.mark.parametrize("name", sorted(FOLDERS))
+def test_packaged_network_runs_on_a_real_scan(kitti_frames, name):
+    net, side = load_lidar_detection(default_weights_dir(name),
+                                     overrides={"backbone_args": {**side_args(name), "dataflow": "gather_scatter"}})
     pts, _ = kitti_frames[0]
     with torch.no_grad():
         out = net(torch.from_numpy(pts))
@@ -54,8 +66,8 @@ def test_packaged_network_runs_on_a_real_scan(kitti_frames):
     assert (det.score <= 1).all() and (det.vacuity > 0).all()
 
 
-def side_args() -> dict:
-    return dict(read_sidecar(default_weights_dir("lidar_detection"), "lidar_detection")["config"]["backbone_args"])
+def side_args(name: str = "lidar_detection") -> dict:
+    return dict(read_sidecar(default_weights_dir(name), "lidar_detection")["config"]["backbone_args"])
 
 
 def test_the_evaluated_and_the_running_network_configs_agree(tmp_path):
