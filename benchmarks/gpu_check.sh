@@ -17,8 +17,10 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
   python3 -c "import torch, triton, numba, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'triton', triton.__version__, 'numba', numba.__version__, 'numpy', numpy.__version__); \
 print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())"; nproc; } 2>&1 | tee "$OUT/machine.txt"
+# test_triton_interpret.py failed there on 4 Dec 2026 inside Triton 3.6's interpreter under numpy 2.5 (BENCHMARKS.md);
+# it stays in the run so a machine with other versions says whether that still holds
 echo "== tests"; timeout 150 python3 -m pytest tests/engines/test_gpu.py tests/engines/test_triton_interpret.py \
-  -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.txt" | tail -15
+  -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.txt" | tail -15; echo "pytest rc ${PIPESTATUS[0]}"
 echo "== sparse_conv_gpu"; timeout 220 python3 benchmarks/sparse_conv_gpu.py --device cuda --shared "$SHARED" \
   >"$OUT/sparse_conv_gpu.json" 2>"$OUT/sparse_conv_gpu.log"; echo "rc $?"; tail -5 "$OUT/sparse_conv_gpu.log"
 echo "== lidar_branch_gpu"; timeout 120 python3 benchmarks/lidar_branch_gpu.py --device cuda --shared "$SHARED" \

@@ -1,5 +1,6 @@
 """What must import without the ROS-side libraries: the GPU checks run on a lent CUDA machine that has
-torch, numpy and numba but neither rosbags nor rclpy (benchmarks/gpu_check.sh), and read KITTI folders."""
+torch, numpy and numba but neither rosbags nor rclpy (benchmarks/gpu_check.sh), and read KITTI folders
+(tqdm is refused too: only the bag converters need it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ SCRIPT = r"""
 import builtins, sys
 real = builtins.__import__
 def guarded(name, *a, **k):
-    if name.split(".")[0] in ("rosbags", "mcap", "rclpy"):
+    if name.split(".")[0] in ("rosbags", "mcap", "rclpy", "tqdm"):
         raise ImportError(f"{name} imported, but the GPU machine does not have it")
     return real(name, *a, **k)
 builtins.__import__ = guarded

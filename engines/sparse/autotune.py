@@ -126,19 +126,22 @@ class Autotuner:
     @property
     def choices(self) -> dict[str, str]:
         """Shape key -> dataflow of every lookup made so far (for reports)."""
-        return {str(k): v[0] for k, v in sorted(self._memo.items())}
+        return {str(k if dev == "cpu" else (dev, k)): v[0] for (dev, k), v in sorted(self._memo.items())}
 
     def choose(self, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> tuple[str, str]:
         """(dataflow, source) for this call -- a pure lookup, no timing."""
         from .tunefile import shape_key, static_default
 
         key = shape_key(weight, kmap, x.dtype)
-        hit = self._memo.get(key)
+        # memo per device type too: one tuner serves every network of the process, and a choice made for the
+        # CPU (a fused CPU dataflow) must not be reused for the same shape on a CUDA copy of the network
+        memo_key = (x.device.type, key)
+        hit = self._memo.get(memo_key)
         if hit is None:
             found = self.table.lookup(key) if x.device.type == self.device_type else None
             hit = found or (static_default(key, x.device.type), "default")
             with self._lock:
-                self._memo[key] = hit
+                self._memo[memo_key] = hit
         return hit
 
     def run(self, x: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,

@@ -5,7 +5,11 @@ before): they need ``rosbags``, while the converters' file readers (``bags.kitti
 label parser) do not.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load on first use
+    from perception_nodes.bags.reader import BagReader, BagRecord
+    from perception_nodes.bags.writer import BagWriter, OutputBag
 
 __all__ = ["BagReader", "BagRecord", "BagWriter", "OutputBag"]
 
@@ -20,3 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(writer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from perception_nodes import topics
 from perception_nodes.boxes import Box3D
@@ -133,6 +132,7 @@ def convert_kitti(
 ) -> ConvertSummary:
     """Convert a KITTI object folder into a rosbag2 MCAP bag at ``out`` (must not exist)."""
     from PIL import Image as PILImage
+    from tqdm import tqdm
 
     from perception_nodes.bags.writer import BagWriter
     from perception_nodes.codecs.backend import default_backend

@@ -9,11 +9,14 @@ machine with only torch and numpy (a lent GPU machine running ``benchmarks/lidar
 read KITTI folders.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perception_nodes.datasets.frame import Frame
 from perception_nodes.datasets.kitti import read_kitti_object
 from perception_nodes.datasets.mmdet3d import read_mmdet3d_info
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time it loads on first use
+    from perception_nodes.datasets.bag import read_bag_frames
 
 __all__ = ["Frame", "read_bag_frames", "read_kitti_object", "read_mmdet3d_info"]
 
@@ -24,3 +27,7 @@ def __getattr__(name: str) -> Any:
 
         return read_bag_frames
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

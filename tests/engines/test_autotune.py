@@ -286,3 +286,18 @@ def test_cli_engines_tune_writes_a_loadable_file(tmp_path) -> None:
     h = subprocess.run([sys.executable, "-m", "perception_nodes.cli", "engines", "tune", "--help"],
                        capture_output=True, text=True, timeout=60)
     assert h.returncode == 0 and "tune file" in h.stdout
+
+
+def test_choices_are_remembered_per_device_type() -> None:
+    """One process-wide tuner serves every network: a choice made for a CPU layer must not be reused for the
+    same shape on a copy of the network on another device (the CPU's fused dataflow does not exist there)."""
+    from engines.sparse import SubMConv3d
+    x = random_sparse(300, 8, shape=(12, 12, 6), batch=1, seed=5)
+    layer = SubMConv3d(8, 16, 3).eval()
+    kmap = layer.kernel_map(x)
+    tuner = Autotuner(measure=False)
+    on_cpu = tuner.choose(x.feats, layer.weight, kmap)
+    on_meta = tuner.choose(torch.empty(x.feats.shape, device="meta"), layer.weight, kmap)
+    assert on_cpu[1] == on_meta[1] == "default"
+    assert {dev for dev, _ in tuner._memo} == {"cpu", "meta"}  # two entries for one shape: one per device type
+    assert tuner.choose(x.feats, layer.weight, kmap) == on_cpu
