@@ -347,6 +347,18 @@ def test_a_cloud_ten_times_larger_is_capped_and_costs_little_more(tiny_weights, 
 # --- weights ---------------------------------------------------------------------------------------
 
 
+def test_opt_in_weights_named_in_the_params_load_from_any_directory(tmp_path, monkeypatch):
+    """`weights: lidar_detection_realism` (the opt-in weights for real sensors) in a params file: the node finds
+    the packaged folder wherever it is started, and /diagnostics names the folder it loaded."""
+    from perception_nodes.models.weights_io import default_weights_dir
+
+    monkeypatch.chdir(tmp_path)
+    node = LidarDetectionNode("lidar_detection", branch_params("lidar_detection_realism"), backend=B, clock=lambda: 0)
+    node.warmup()
+    values = dict(_statuses(node)["network"].values)
+    assert values["weights"] == str(default_weights_dir("lidar_detection_realism"))
+
+
 def test_missing_or_corrupt_weights_fail_with_the_reason(tmp_path, tiny_weights, monkeypatch):
     from perception_nodes.models import weights_io
     from perception_nodes.models.weights_io import WeightsError

@@ -220,9 +220,9 @@ class BevFusionNode(NodeCore):
 
     # --- network ------------------------------------------------------------------------------
     def _weights_folder(self) -> Path:
-        from perception_nodes.models.weights_io import default_weights_dir
+        from perception_nodes.models.weights_io import resolve_weights_folder
 
-        return Path(self.weights).expanduser() if self.weights else default_weights_dir(NETWORK)
+        return resolve_weights_folder(self.weights, NETWORK)
 
     def load(self) -> None:
         """Weights -> fused network (eval). NodeUnavailable without PyTorch or packaged weights; WeightsError

@@ -166,10 +166,10 @@ class CameraBevNode(NodeCore):
         try:
             import torch  # noqa: F401
             from perception_nodes.models.camera_bev import NETWORK, load_camera_bev
-            from perception_nodes.models.weights_io import default_weights_dir, read_sidecar
+            from perception_nodes.models.weights_io import read_sidecar, resolve_weights_folder
         except ImportError as exc:
             raise NodeUnavailable(f"{self.name}: the camera network needs PyTorch, which is not installed here ({exc})") from exc
-        folder = Path(self.weights).expanduser() if self.weights else default_weights_dir(NETWORK)
+        folder = resolve_weights_folder(self.weights, NETWORK)
         if not self.weights:
             try:
                 read_sidecar(folder, NETWORK)

@@ -215,12 +215,9 @@ class LidarDetectionNode(NodeCore):
 
     # --- network --------------------------------------------------------------------------------
     def _weights_folder(self) -> Path:
-        from perception_nodes.models.weights_io import default_weights_dir
+        from perception_nodes.models.weights_io import resolve_weights_folder
 
-        if not self.weights:
-            return default_weights_dir("lidar_detection")
-        p = Path(self.weights).expanduser()
-        return p
+        return resolve_weights_folder(self.weights, "lidar_detection")
 
     def load(self) -> None:
         """Weights -> network -> runtime. Raises NodeUnavailable (no packaged weights yet), WeightsError

@@ -48,6 +48,27 @@ def default_weights_dir(network: str) -> Path:
     return Path(__file__).resolve().parent / "weights" / network
 
 
+def resolve_weights_folder(value: str | Path | None, network: str) -> Path:
+    """The weights folder a node's ``weights`` parameter names.
+
+    Empty: the packaged folder of ``network``. An absolute path, or a relative one that exists from the
+    working directory: that path. Otherwise, so that a params file works wherever the node is started from
+    (``ros2 launch`` runs it from anywhere): a bare folder name under the packaged weights (e.g.
+    ``lidar_detection_realism``), then the path relative to the repository root (e.g.
+    ``perception_nodes/models/weights/lidar_detection_realism``). Nothing found: the path as given (the loader
+    then says it holds no weights)."""
+    if not value:
+        return default_weights_dir(network)
+    p = Path(value).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    packaged = default_weights_dir(network).parent
+    for base in (packaged, packaged.parents[2]):
+        if (base / p).is_dir():
+            return base / p
+    return p
+
+
 def code_version(repo: Optional[Path] = None) -> str:
     """``git describe --always --dirty`` of the checkout this code runs from, or ``unknown``."""
     here = repo or Path(__file__).resolve().parents[2]

@@ -101,3 +101,20 @@ def test_the_evaluated_and_the_running_network_configs_agree(tmp_path):
         load_lidar_detection(split)
     with pytest.raises(SystemExit):
         lidar_eval(["--weights", str(split), "--real-only", "--metrics-out", str(tmp_path / "m.json")])
+
+
+def test_weights_parameter_resolves_from_any_working_directory(tmp_path, monkeypatch):
+    """A params file naming the opt-in weights works wherever the node is started (ros2 launch runs it from
+    anywhere): a bare folder name under the packaged weights, or the path from the repository root."""
+    from perception_nodes.models.weights_io import resolve_weights_folder
+
+    realism = default_weights_dir("lidar_detection_realism")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_weights_folder("", "lidar_detection") == default_weights_dir("lidar_detection")
+    assert resolve_weights_folder("lidar_detection_realism", "lidar_detection") == realism
+    assert resolve_weights_folder("perception_nodes/models/weights/lidar_detection_realism", "lidar_detection") == realism
+    (tmp_path / "mine").mkdir()  # a folder of the user's own, relative to where they start it, wins
+    assert resolve_weights_folder("mine", "lidar_detection").resolve() == (tmp_path / "mine").resolve()
+    assert resolve_weights_folder("no_such_folder", "lidar_detection").name == "no_such_folder"
+    net, side = load_lidar_detection(resolve_weights_folder("lidar_detection_realism", "lidar_detection"))
+    assert side["training"]["config"]["out"].endswith("lidar_detection_finetune_v13")
