@@ -457,8 +457,6 @@ class LidarDetectionNet(nn.Module):
 
         return _LazyBoxOutput(occ, alpha, curv, num_voxels, box_maps, box_at)
 
-        return LidarDetectionOutput(occ, alpha, box, curv, num_voxels)
-
     def forward(self, points: Tensor | Sequence[Tensor]) -> LidarDetectionOutput:
         st, counts = self.voxelize(points)
         return self.heads(self.bev_net(self.backbone_bev(st)), counts)
