@@ -233,17 +233,21 @@ class ReferencePathRuntime(TorchRuntime):
 
 
 class StageTimer:
-    """``stage`` callable that appends each stage's milliseconds to ``samples[name]``."""
+    """``stage`` callable that appends each stage's milliseconds to ``samples[name]``; ``sync`` (e.g. a CUDA
+    device synchronisation) runs before and after each stage so asynchronous work lands in its own stage."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync: Optional[Callable[[], None]] = None) -> None:
         self.samples: dict[str, list[float]] = {}
+        self.sync = sync or (lambda: None)
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        self.sync()
         t0 = time.perf_counter()
         try:
             yield
         finally:
+            self.sync()
             self.samples.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
 
 

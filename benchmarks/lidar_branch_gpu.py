@@ -28,7 +28,6 @@ itself. Progress on stderr; one JSON object last on stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -36,7 +35,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -45,12 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from lidar_branch import load_scans, pct, rel_err  # noqa: E402
+from lidar_branch import StageTimer, load_scans, pct, rel_err  # noqa: E402
 
 from engines.sparse.tunefile import cpu_model  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
 from perception_nodes.models.decode import decode_batch  # noqa: E402
-from perception_nodes.models.runtime import TorchRuntime  # noqa: E402
+from perception_nodes.models.runtime import TorchRuntime, no_stages  # noqa: E402
 from perception_nodes.models.weights_io import load_lidar_detection, read_sidecar  # noqa: E402
 
 PACKAGED = ROOT / "perception_nodes" / "models" / "weights" / "lidar_detection"
@@ -60,26 +59,9 @@ def log(*a: object) -> None:
     print(*a, file=sys.stderr, flush=True)
 
 
-class SyncedTimer:
-    """``stage`` callable: wall milliseconds per stage, the device synchronised before and after."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.samples: dict[str, list[float]] = {}
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        self.sync()
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.sync()
-            self.samples.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
+def stage_timer(device: torch.device) -> StageTimer:
+    """Per-stage wall times with ``device`` synchronised around each stage (nothing to wait for on the CPU)."""
+    return StageTimer(sync=(lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None)
 
 
 def detections_agree(a: list, b: list, tol_m: float = 1e-3) -> bool:
@@ -127,8 +109,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.backends.cudnn.allow_tf32 = False
     torch.set_num_threads(args.threads)
 
-    net_cpu, _ = load_lidar_detection(args.weights)
-    net_cpu.eval()
+    net_cpu, _ = load_lidar_detection(args.weights)  # in eval mode
     calibration = DetectionCalibration.from_sidecar(read_sidecar(args.weights))
     net_dev = copy.deepcopy(net_cpu).to(device).eval()
     scans = load_scans(args.shared, args.frames)
@@ -139,9 +120,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parity = []
     for name, p in scans:
         with torch.inference_mode():
-            ref, ref_d = run_once(cpu_rt, p, torch.device("cpu"), SyncedTimer(torch.device("cpu")), net_cpu,
-                                  calibration)
-            out, out_d = run_once(dev_rt, p, device, SyncedTimer(device), net_dev, calibration)
+            ref, ref_d = run_once(cpu_rt, p, torch.device("cpu"), no_stages, net_cpu, calibration)
+            out, out_d = run_once(dev_rt, p, device, no_stages, net_dev, calibration)
             ref.box, out.box  # noqa: B018 -- full box maps (the fast path computes them lazily)
         err = rel_err(_to_cpu(out), ref)
         parity.append({"scan": name, "max_rel_err": float(f"{err:.3g}"),
@@ -163,9 +143,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     with torch.inference_mode():
         for _ in range(args.warmup):
             for _, p in scans:
-                run_once(cpu_rt, p, torch.device("cpu"), _NoTimer(), net_cpu, calibration)
-                run_once(dev_rt, p, device, _NoTimer(), net_dev, calibration)
-        timers = {"cpu": SyncedTimer(torch.device("cpu")), "device": SyncedTimer(device)}
+                run_once(cpu_rt, p, torch.device("cpu"), no_stages, net_cpu, calibration)
+                run_once(dev_rt, p, device, no_stages, net_dev, calibration)
+        timers = {"cpu": stage_timer(torch.device("cpu")), "device": stage_timer(device)}
         e2e: dict[str, list[float]] = {"cpu": [], "device": [], "device_unsynced": []}
         for _ in range(args.reps):
             for _, p in scans:
@@ -176,7 +156,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     e2e[side].append((time.perf_counter() - t0) * 1e3)
                 # end to end without the per-stage synchronisations (decode syncs where it reads the peaks)
                 t0 = time.perf_counter()
-                run_once(dev_rt, p, device, _NoTimer(), net_dev, calibration)
+                run_once(dev_rt, p, device, no_stages, net_dev, calibration)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 e2e["device_unsynced"].append((time.perf_counter() - t0) * 1e3)
@@ -198,11 +178,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     ]
     print(json.dumps(result))
     return 0
-
-
-class _NoTimer:
-    def __call__(self, _name: str) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
 
 
 def _to_cpu(out: Any) -> Any:

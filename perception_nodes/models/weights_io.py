@@ -43,6 +43,10 @@ class WeightsError(RuntimeError):
     """A weights folder is missing, incomplete, corrupt or made for another network."""
 
 
+#: the checkout (or install prefix) holding the package: ``perception_nodes/models/weights_io.py`` -> its root
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 def default_weights_dir(network: str) -> Path:
     """The packaged weights folder of ``network`` (may not contain weights yet)."""
     return Path(__file__).resolve().parent / "weights" / network
@@ -62,8 +66,7 @@ def resolve_weights_folder(value: str | Path | None, network: str) -> Path:
     p = Path(value).expanduser()
     if p.is_absolute() or p.exists():
         return p
-    packaged = default_weights_dir(network).parent
-    for base in (packaged, packaged.parents[2]):
+    for base in (default_weights_dir(network).parent, _REPO_ROOT):
         if (base / p).is_dir():
             return base / p
     return p
@@ -71,7 +74,7 @@ def resolve_weights_folder(value: str | Path | None, network: str) -> Path:
 
 def code_version(repo: Optional[Path] = None) -> str:
     """``git describe --always --dirty`` of the checkout this code runs from, or ``unknown``."""
-    here = repo or Path(__file__).resolve().parents[2]
+    here = repo or _REPO_ROOT
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True,
                              text=True, timeout=10, check=True)
