@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from perception_nodes.boxes import Box3D
+from perception_nodes.eval.generated_difficulty import with_difficulty, with_virtual_bbox2d
 from perception_nodes.evidential.dirichlet import dirichlet_expected_probability
 from perception_nodes.models.decode import Detections, decode_batch
 
@@ -139,6 +140,9 @@ class DetectionAccumulator:
         #: the threshold gates the uncalibrated score (the boxes an uncalibrated decode keeps: before / after alike)
         self.threshold_on_raw_score = bool(threshold_on_raw_score)
         self.scorer = DetectionScorer()
+        #: the same boxes graded by KITTI level (samples with a ``sensor_origin``: generated scenes), see
+        #: :mod:`perception_nodes.eval.generated_difficulty`
+        self.level_scorer = DetectionScorer()
         self.with_occupancy = with_occupancy
         self._det: list[tuple[float, bool, float, float]] = []  # score, right, vacuity, centre std
         self._label: list[int] = []
@@ -176,7 +180,12 @@ class DetectionAccumulator:
         for b, (s, det, tg) in enumerate(zip(samples, dets, targets, strict=True)):
             self.frames += 1
             gt = gt_boxes(s["boxes"], classes)
-            self.scorer.add_frame(gt, det.to_box3d(), points=s["points"])
+            pred = det.to_box3d()
+            self.scorer.add_frame(gt, pred, points=s["points"])
+            if "sensor_origin" in s:
+                origin = np.asarray(s["sensor_origin"], np.float64)
+                self.level_scorer.add_frame(with_difficulty(gt, s["points"], origin),
+                                            with_virtual_bbox2d(pred, origin), points=s["points"])
             self._match(det, np.asarray(s["boxes"]).reshape(-1, 8))
             if len(tg.indices):
                 idx = torch.from_numpy(tg.indices)
@@ -255,6 +264,15 @@ class DetectionAccumulator:
             out[f"{c}_ap_bev"] = nan if vb is None else float(vb)
             out[f"{c}_n_gt"] = float(det["counts"]["gt"].get(c, 0))
         out["nus_map"] = nan if det["nuscenes_map"] is None else float(det["nuscenes_map"])
+        if self.level_scorer.frames:
+            lv = self.level_scorer.results()["kitti"]
+            for c, by_level in lv["per_class"].items():
+                for level, r in by_level.items():
+                    if level == "all":  # no box had the fields (e.g. no ground truth at all)
+                        continue
+                    out[f"{c}_ap_3d_{level}"] = float(r["ap_r40_3d"])
+                    out[f"{c}_ap_bev_{level}"] = float(r["ap_r40_bev"])
+                    out[f"{c}_n_gt_{level}"] = float(r["n_gt"])
         d = np.asarray(self._det, np.float64).reshape(-1, 4)
         right = d[:, 1] > 0.5
         out["detections"] = float(len(d))

@@ -65,7 +65,8 @@ def test_mirror_augmentation_mirrors_the_targets():
     h, w = br.occupancy_spec.shape
     sample = {"points": rng.uniform(-11, 11, (50, 4)).astype(np.float32), "boxes": boxes,
               "occupied": (rng.random((h, w)) > 0.9).astype(np.uint8), "visible": np.ones((h, w), np.uint8),
-              "curvature": np.array([0.01, 0.02, np.nan], np.float32)}
+              "curvature": np.array([0.01, 0.02, np.nan], np.float32),
+              "sensor_origin": np.array([0.3, 0.2, 1.7], np.float32)}
     batch = _collate([sample] * 8, torch.device("cpu"))
     out = br.augment(batch, torch.Generator().manual_seed(3))
     flipped = [i for i in range(8) if float(out["curvature"][i, 0]) < 0]
@@ -78,8 +79,10 @@ def test_mirror_augmentation_mirrors_the_targets():
         assert torch.equal(out["occupied"][i], torch.flip(batch["occupied"][i], (0,)))
         assert torch.allclose(out["points"][i][:, 1], -batch["points"][i][:, 1])
         assert torch.allclose(out["boxes"][i][:, 6], -batch["boxes"][i][:, 6])
+        assert out["sensor_origin"][i].tolist() == pytest.approx([0.3, -0.2, 1.7])  # the sensor mirrors too
     for i in kept:
         assert torch.equal(out["boxes"][i], batch["boxes"][i])
+        assert torch.equal(out["sensor_origin"][i], batch["sensor_origin"][i])
 
 
 def test_rotation_augmentation_turns_points_boxes_and_grids_together():
@@ -100,7 +103,8 @@ def test_rotation_augmentation_turns_points_boxes_and_grids_together():
     x0, y0 = 6.1, 1.1  # a cell centre: origin -12 + (72 + 0.5) * 0.25 = 6.125 -> take the cell containing (6.1, 1.1)
     occ[int((y0 - spec.origin[1]) // spec.resolution), int((x0 - spec.origin[0]) // spec.resolution)] = 1
     sample = {"points": pts, "boxes": boxes, "occupied": occ, "visible": np.ones((h, w), np.uint8),
-              "curvature": np.array([0.01, 0.02, np.nan], np.float32)}
+              "curvature": np.array([0.01, 0.02, np.nan], np.float32),
+              "sensor_origin": np.array([1.0, 0.0, 1.7], np.float32)}
     batch = _collate([sample] * 4, torch.device("cpu"))
     gen = torch.Generator().manual_seed(5)
     out = br.augment(batch, gen)
@@ -113,6 +117,7 @@ def test_rotation_augmentation_turns_points_boxes_and_grids_together():
         c, s_ = math.cos(angle), math.sin(angle)
         assert np.allclose(b_out[:, :2], boxes[:, :2] @ np.array([[c, -s_], [s_, c]]).T, atol=1e-5)
         assert np.allclose(np.remainder(b_out[:, 6] - boxes[:, 6] - angle + math.pi, 2 * math.pi) - math.pi, 0, atol=1e-5)
+        assert np.allclose(out["sensor_origin"][i].numpy(), [c, s_, 1.7], atol=1e-6)  # the sensor turns with the scan
         p_out = out["points"][i].numpy()
         for j, b in enumerate(boxes):
             before = Box3D("x", tuple(map(float, b[:3])), tuple(map(float, b[3:6])), float(b[6]))
@@ -303,6 +308,8 @@ def test_samples_carry_boxes_grids_and_points_in_the_crop(bag_cache):
     assert s["occupied"].shape == br.occupancy_spec.shape == s["visible"].shape
     assert 0 < s["visible"].mean() < 1 and s["occupied"].sum() > 0
     assert np.isnan(s["curvature"]).all()  # fixture bags carry no lane path: the curvature loss skips them
+    # the sensor in base_link (for the evaluation's KITTI levels): the fixture's mount, above the ground
+    assert s["sensor_origin"].shape == (3,) and s["sensor_origin"][2] > 1.0
 
 
 def test_samples_with_a_context_margin_keep_its_points_not_its_boxes(bag_cache):
@@ -381,6 +388,10 @@ def test_calibration_fit_and_before_after_scoring_on_a_tiny_run(det_run, bag_cac
     assert before["matched_detections"] == after["matched_detections"]
     for key in ("brier_class", "nll_class", "coverage_xy", "baseline_score_brier"):
         assert key in after
+    # generated ground truth graded by KITTI level beside "all": moderate keeps at most the boxes "all" has
+    for res_ in (before, after):
+        assert {"car_ap_3d_moderate", "car_ap_bev_moderate", "car_n_gt_easy", "car_n_gt_hard"} <= set(res_)
+        assert res_["car_n_gt_easy"] <= res_["car_n_gt_moderate"] <= res_["car_n_gt_hard"] <= res_["car_n_gt"]
     if after["detections"]:
         # the box-only baselines: a score of 0 has ECE = share right; the oracle constant's Brier = r (1 - r)
         r = after["precision_centre"]

@@ -424,6 +424,8 @@ class LidarDetectionBranch(Branch):
             "occupied": (resample_max(occ >= 50, occ_spec, self.occupancy_spec) > 0.5).astype(np.uint8),
             "visible": (resample_max(vis >= 50, vis_spec, self.occupancy_spec) > 0.5).astype(np.uint8),
             "curvature": curvature,
+            # the sensor in base_link: what the evaluation's KITTI levels need (generated_difficulty)
+            "sensor_origin": np.asarray(frame.lidar_to_base, np.float64)[:3, 3].astype(np.float32),
         }
 
     def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
@@ -441,6 +443,7 @@ class LidarDetectionBranch(Branch):
         out: dict[str, Any] = dict(batch)
         out["points"], out["boxes"] = [], []
         occ, vis, curv = batch["occupied"].clone(), batch["visible"].clone(), batch["curvature"].clone()
+        origin = batch["sensor_origin"].clone() if "sensor_origin" in batch else None
         for i in range(n):
             p, b = pts[i], boxes[i]
             if int(flips[i]):
@@ -452,6 +455,8 @@ class LidarDetectionBranch(Branch):
                 occ[i] = torch.flip(occ[i], (-2,))  # rows follow y; the grid is symmetric about y = 0
                 vis[i] = torch.flip(vis[i], (-2,))
                 curv[i] = -curv[i]
+                if origin is not None:
+                    origin[i, 1] = -origin[i, 1]
             if turn_objects and len(b):
                 # drawn per box (after the sample's other draws, so that without it the stream is unchanged)
                 chosen = torch.rand(len(b), generator=generator, dtype=torch.float64) < ap.object_rotate_prob
@@ -461,9 +466,15 @@ class LidarDetectionBranch(Branch):
             if rotate and bool(turn[i]):
                 # the lane-centre curvature is a property of the path: a rotated scene keeps it
                 p, b, occ[i], vis[i] = self.rotate_scene(p, b, occ[i], vis[i], float(angles[i]))
+                if origin is not None:
+                    a = float(angles[i])
+                    x, y = float(origin[i, 0]), float(origin[i, 1])
+                    origin[i, 0], origin[i, 1] = math.cos(a) * x - math.sin(a) * y, math.sin(a) * x + math.cos(a) * y
             out["points"].append(p)
             out["boxes"].append(b)
         out.update(occupied=occ, visible=vis, curvature=curv)
+        if origin is not None:
+            out["sensor_origin"] = origin
         return out
 
     def rotate_scene(self, points: Tensor, boxes: Tensor, occupied: Tensor, visible: Tensor,

@@ -1,0 +1,164 @@
+"""KITTI difficulty levels for ground truth that has no camera label: generated scenes.
+
+KITTI grades a labelled box by its 2D box height in the image, its occlusion state and its truncation
+(:mod:`perception_nodes.eval.metrics.kitti_difficulty`); issue 10's goal is car AP3D at *moderate*. A generated
+scene's boxes carry none of the three, so until now they were scored at one level, ``"all"`` (every box
+with a LiDAR point, however far away or hidden). This module gives such boxes the two numbers that matter
+for a LiDAR scan, from the geometry alone (never from a detection):
+
+* **2D box height**: the box's eight corners projected by a virtual pinhole camera at the sensor, with
+  KITTI's focal length (:data:`KITTI_FOCAL_PX`, the object benchmark's ``P2``), looking horizontally at the
+  box's centre (a 360-degree scan has no image border, so each box gets the camera that faces it).
+  For a box whose vertical extent spans the camera height this is ``f * h / d_near``: a 1.5 m car is 25 px
+  (moderate's minimum) at about 43 m. A box reaching behind the camera plane (the sensor next to or inside
+  it) has no finite projection and passes every height test.
+* **Occlusion**: from the scan's own rays. Every return whose ray passes through the box (above its
+  lowest :data:`GROUND_MARGIN_M`, where the road in front can return first) either ends more than
+  :data:`OCCLUDER_MARGIN_M` before the ray enters the box (something stands in front: an occluding return)
+  or not (the box, or what lies behind glass, is seen). The occluded fraction maps onto KITTI's states as
+  nuScenes' visibility bins do (visible 80-100 %: 0 "fully visible"; 40-80 %: 1 "partly occluded";
+  below 40 %: 2 "largely occluded"); a box no return's ray reaches is 3 "unknown" (ignored at every level).
+  Rays that gave no return at all (dark paint, glass, dropout) are not in the scan and count for neither.
+* **Truncation** is not modelled (0): there is no image border to leave.
+
+The same camera gives detections a 2D box, so the devkit's rule for detections (a detection lower than the
+level's minimum height is ignored, not a false positive) applies to them as it does in OpenPCDet's KITTI
+evaluation, which projects LiDAR boxes into the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from perception_nodes.boxes import Box3D
+
+__all__ = [
+    "GROUND_MARGIN_M",
+    "KITTI_FOCAL_PX",
+    "OCCLUDER_MARGIN_M",
+    "OCCLUSION_BINS",
+    "occluded_fractions",
+    "occlusion_state",
+    "virtual_bbox2d",
+    "with_difficulty",
+    "with_virtual_bbox2d",
+]
+
+#: KITTI object benchmark, ``P2[0, 0]`` (= ``P2[1, 1]``) of the left colour camera, pixels
+KITTI_FOCAL_PX = 721.5377
+#: KITTI's principal point (only shifts the 2D box; the height is what the levels use)
+_KITTI_PRINCIPAL = (609.5593, 172.854)
+#: a return this far (m) in front of the point where its ray enters the box counts as an occluder (range noise
+#: and the cabin inset from the label box stay inside it)
+OCCLUDER_MARGIN_M = 0.3
+#: rays entering the box this close (m) to its bottom are left out: the road just in front can return first
+GROUND_MARGIN_M = 0.2
+#: upper bounds of the occluded fraction for KITTI occlusion states 0 and 1 (nuScenes' visibility bins)
+OCCLUSION_BINS = (0.2, 0.6)
+_MIN_DEPTH_M = 0.1
+
+
+def _corners(box: Box3D) -> np.ndarray:
+    """(8, 3) corners of a box (yaw about z)."""
+    cx, cy, cz = (float(v) for v in box.center)
+    length, width, height = (float(v) for v in box.size)
+    c, s = np.cos(box.yaw), np.sin(box.yaw)
+    dx = np.array([1, 1, -1, -1, 1, 1, -1, -1], np.float64) * length / 2
+    dy = np.array([1, -1, -1, 1, 1, -1, -1, 1], np.float64) * width / 2
+    dz = np.array([1, 1, 1, 1, -1, -1, -1, -1], np.float64) * height / 2
+    return np.stack([cx + c * dx - s * dy, cy + s * dx + c * dy, cz + dz], 1)
+
+
+def virtual_bbox2d(box: Box3D, origin: Sequence[float], focal_px: float = KITTI_FOCAL_PX) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) in pixels of ``box`` seen by a pinhole camera at ``origin`` (same frame,
+    z up) looking horizontally at the box's centre; ``(-inf, -inf, inf, inf)`` when a corner lies within
+    0.1 m of the camera plane or behind it."""
+    o = np.asarray(origin, np.float64)[:3]
+    rel = _corners(box) - o
+    az = np.arctan2(float(box.center[1]) - o[1], float(box.center[0]) - o[0])
+    fwd = np.array([np.cos(az), np.sin(az)])
+    depth = rel[:, :2] @ fwd
+    if depth.min() < _MIN_DEPTH_M:
+        return (-np.inf, -np.inf, np.inf, np.inf)
+    left = rel[:, :2] @ np.array([-fwd[1], fwd[0]])
+    u = _KITTI_PRINCIPAL[0] - focal_px * left / depth  # image x grows to the right
+    v = _KITTI_PRINCIPAL[1] - focal_px * rel[:, 2] / depth  # image y grows downwards
+    return (float(u.min()), float(v.min()), float(u.max()), float(v.max()))
+
+
+def occluded_fractions(boxes: Sequence[Box3D], points: np.ndarray, origin: Sequence[float]) -> list[tuple[float, int]]:
+    """Per box, (occluded fraction, number of returns whose ray passes through it); the fraction is NaN
+    when no ray does. ``points``: the scan (N, >=3) in the boxes' frame; ``origin``: the sensor there."""
+    o = np.asarray(origin, np.float64)[:3]
+    rel = np.asarray(points, np.float64)[:, :3] - o
+    rng = np.linalg.norm(rel, axis=1)
+    keep = rng > 1e-6
+    rel, rng = rel[keep], rng[keep]
+    az = np.arctan2(rel[:, 1], rel[:, 0])
+    el = np.arctan2(rel[:, 2], np.hypot(rel[:, 0], rel[:, 1]))
+    out: list[tuple[float, int]] = []
+    for box in boxes:
+        cr = _corners(box) - o
+        az_c = float(np.arctan2(float(box.center[1]) - o[1], float(box.center[0]) - o[0]))
+        daz = np.angle(np.exp(1j * (np.arctan2(cr[:, 1], cr[:, 0]) - az_c)))
+        el_c = np.arctan2(cr[:, 2], np.hypot(cr[:, 0], cr[:, 1]))
+        if np.abs(daz).max() > np.pi / 2:  # the sensor stands next to or inside the box: no window
+            out.append((float("nan"), 0))
+            continue
+        d_pts = np.angle(np.exp(1j * (az - az_c)))
+        cand = (d_pts >= daz.min()) & (d_pts <= daz.max()) & (el >= el_c.min()) & (el <= el_c.max())
+        if not cand.any():
+            out.append((float("nan"), 0))
+            continue
+        d = rel[cand] / rng[cand, None]  # unit rays
+        r = rng[cand]
+        # ray-box slab test in the box's frame
+        c, s = np.cos(box.yaw), np.sin(box.yaw)
+        rot = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])  # world -> box
+        q = rot @ (o - np.asarray(box.center, np.float64))
+        dl = d @ rot.T
+        half = np.asarray(box.size, np.float64) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t1 = (-half - q) / dl
+            t2 = (half - q) / dl
+        lo, hi = np.minimum(t1, t2), np.maximum(t1, t2)
+        parallel = dl == 0.0
+        inside_slab = np.abs(q) <= half
+        lo = np.where(parallel, np.where(inside_slab, -np.inf, np.inf), lo)
+        hi = np.where(parallel, np.where(inside_slab, np.inf, -np.inf), hi)
+        t_near, t_far = lo.max(1), hi.min(1)
+        hit = (t_near <= t_far) & (t_far > 0)
+        entry = np.maximum(t_near, 0.0)
+        bottom = float(box.center[2]) - half[2]
+        hit &= (o[2] + d[:, 2] * entry) >= bottom + GROUND_MARGIN_M
+        n = int(hit.sum())
+        if n == 0:
+            out.append((float("nan"), 0))
+            continue
+        occluded = int((r[hit] < entry[hit] - OCCLUDER_MARGIN_M).sum())
+        out.append((occluded / n, n))
+    return out
+
+
+def occlusion_state(fraction: float) -> int:
+    """KITTI occlusion state of an occluded fraction (3 = unknown for NaN)."""
+    if not np.isfinite(fraction):
+        return 3
+    return 0 if fraction <= OCCLUSION_BINS[0] else 1 if fraction <= OCCLUSION_BINS[1] else 2
+
+
+def with_virtual_bbox2d(boxes: Sequence[Box3D], origin: Sequence[float]) -> list[Box3D]:
+    """The boxes with ``extras["bbox2d"]`` from :func:`virtual_bbox2d` (for detections)."""
+    return [replace(b, extras={**b.extras, "bbox2d": virtual_bbox2d(b, origin)}) for b in boxes]
+
+
+def with_difficulty(boxes: Sequence[Box3D], points: np.ndarray, origin: Sequence[float]) -> list[Box3D]:
+    """Ground-truth boxes with what a KITTI level needs: ``extras["bbox2d"]`` (virtual camera),
+    ``occlusion`` (from the scan's rays), ``truncation`` 0, and ``extras["occluded_fraction"]``."""
+    fr = occluded_fractions(boxes, points, origin)
+    return [replace(b, occlusion=occlusion_state(f), truncation=0.0,
+                    extras={**b.extras, "bbox2d": virtual_bbox2d(b, origin), "occluded_fraction": f})
+            for b, (f, _) in zip(boxes, fr, strict=True)]
