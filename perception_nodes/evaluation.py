@@ -78,6 +78,8 @@ BOOTSTRAP_SAMPLES = 500
 SCORES = ("iou", "precision", "recall", "brier", "nll", "ece")
 #: key in a pending ground-truth frame: LiDAR points per ground-truth box (None: could not count)
 _POINT_COUNTS = "~lidar_points_per_box"
+#: per ground-truth frame: the boxes graded by KITTI level from the scan (generated_difficulty) and the sensor
+_GRADED = "~kitti_level_boxes"
 
 
 def _band_name(lo: float, hi: float) -> str:
@@ -221,6 +223,10 @@ class Evaluator:
     _fp_frames: int = 0
     _det_gt: list[list[Box3D]] = field(default_factory=list)
     _det_pred: list[list[Box3D]] = field(default_factory=list)
+    # the same frames with every box graded by KITTI level (only while every frame had its scan)
+    _det_gt_graded: list[list[Box3D]] = field(default_factory=list)
+    _det_pred_graded: list[list[Box3D]] = field(default_factory=list)
+    _graded_complete: bool = True
 
     def __post_init__(self) -> None:
         self.expected_gt = tuple(t for t in self.expected_gt if t in GROUND_TRUTH_TOPICS)
@@ -280,15 +286,20 @@ class Evaluator:
             counts = None
             if cands:
                 c = min(cands, key=lambda k: (abs(k - g), k))
-                counts = self._points_per_box(self._clouds.pop(c), gt[topics.GT_OBJECTS])
+                facts = self._points_per_box(self._clouds.pop(c), gt[topics.GT_OBJECTS])
+                if facts is not None:
+                    counts, gt[_GRADED] = facts
             self.point_count_failures += int(counts is None)
             gt[_POINT_COUNTS] = counts
         limit = math.inf if final else self._newest - 2 * tol  # no unresolved frame within tol of these
         for c in [c for c in self._clouds if c < limit]:
             del self._clouds[c]
 
-    def _points_per_box(self, cloud: Any, objects: Any) -> list[int] | None:
+    def _points_per_box(self, cloud: Any, objects: Any) -> tuple[list[int], tuple[list[Box3D], np.ndarray]] | None:
+        """Points of the scan per ground-truth box, and the boxes graded by KITTI level from the same scan
+        (:func:`~perception_nodes.eval.generated_difficulty.with_difficulty`) with the sensor's position."""
         from perception_nodes.codecs.pointcloud2 import read_xyzi
+        from perception_nodes.eval.generated_difficulty import with_difficulty
 
         assert self.lidar_to_base is not None
         try:
@@ -297,7 +308,9 @@ class Evaluator:
         except ValueError:  # unknown frame (CalibrationError) or a malformed cloud: counted, not fatal
             return None
         xyz = xyz @ to_base[:3, :3].T + to_base[:3, 3]
-        return points_in_boxes(boxes_from_detections(objects), xyz)
+        boxes = boxes_from_detections(objects)
+        origin = to_base[:3, 3].copy()
+        return points_in_boxes(boxes, xyz), (with_difficulty(boxes, xyz, origin), origin)
 
     def _advance(self, stamp: int, *, final: bool = False) -> None:
         """Match every ready prediction frame whose best partner can no longer change; evict stale ones."""
@@ -403,6 +416,16 @@ class Evaluator:
         if DETECTIONS_OUT in pred:
             self._det_gt.append(boxes)
             self._det_pred.append(boxes_from_detections(pred[DETECTIONS_OUT]))
+            graded = gt.get(_GRADED)
+            if graded is None:
+                self._graded_complete = False
+            elif self._graded_complete:
+                from perception_nodes.eval.generated_difficulty import with_virtual_bbox2d
+
+                g_boxes, origin = graded
+                self._det_gt_graded.append([replace(b, extras={**b.extras, "num_lidar_pts": n})
+                                            for b, n in zip(g_boxes, counts, strict=True)])
+                self._det_pred_graded.append(with_virtual_bbox2d(self._det_pred[-1], origin))
 
     def _score_objects(self, boxes: list[Box3D], occupied: np.ndarray, like: Any, truth_free: np.ndarray | None) -> None:
         """Footprint share per object within range; occupied cells outside every box (and those the truth
@@ -533,6 +556,13 @@ class Evaluator:
             }
         if self._det_pred:
             doc["detection"] = detection_metrics(self._det_gt, self._det_pred, out_dir)
+            if self._graded_complete and self._det_gt_graded:
+                # the same frames at KITTI's levels (issue 10's goal is at moderate); the headline above stays
+                # level "all", which needs no grading
+                lv = detection_metrics(self._det_gt_graded, self._det_pred_graded, None)["kitti"]
+                doc["detection"]["kitti_graded"] = {
+                    **lv, "source": "generated_difficulty: 2D box height in a virtual camera with KITTI's focal "
+                                    "length, occlusion from the scan's rays, truncation not modelled"}
             if self._counting:
                 doc["detection"]["filters"]["point_counts"] = {
                     "source": f"bag scan {topics.LIDAR_POINTS} in the boxes' frame (graph rig transforms)",

@@ -268,14 +268,17 @@ def detection_metrics_html(det: dict) -> str:
     k = det.get("kitti") or {}
     head = k.get("headline_level", "all")
     rows = []
-    for cls, by_level in (k.get("per_class") or {}).items():
-        for lv, r in by_level.items():
-            bold = ' style="font-weight:bold"' if lv == head else ""
-            rows.append(f"<tr{bold}><td>{html.escape(cls)}</td><td>{html.escape(str(lv))}</td>"
-                        f"<td>{_num(r.get('ap_r40_3d'))}</td><td>{_num(r.get('ap_r40_bev'))}</td>"
-                        f"<td>{_num(r.get('aos_r40_bev'))}</td><td>{_num(r.get('ap_r11_3d'))}</td>"
-                        f"<td>{r.get('n_gt', '–')}</td><td>{r.get('n_ignored_gt', '–')}</td>"
-                        f"<td>{r.get('tp_3d', '–')} / {r.get('fp_3d', '–')} / {r.get('fn_3d', '–')}</td></tr>")
+    graded = (det.get("kitti_graded") or {}).get("per_class") or {}
+    tables = [(cls, lv, r, "") for cls, by_level in (k.get("per_class") or {}).items() for lv, r in by_level.items()]
+    # generated ground truth graded by KITTI level from the scan (evaluation.py: `kitti_graded`)
+    tables += [(cls, lv, r, " (graded from the scan)") for cls, by_level in graded.items() for lv, r in by_level.items()]
+    for cls, lv, r, tag in tables:
+        bold = ' style="font-weight:bold"' if lv == head and not tag else ""
+        rows.append(f"<tr{bold}><td>{html.escape(cls)}</td><td>{html.escape(str(lv) + tag)}</td>"
+                    f"<td>{_num(r.get('ap_r40_3d'))}</td><td>{_num(r.get('ap_r40_bev'))}</td>"
+                    f"<td>{_num(r.get('aos_r40_bev'))}</td><td>{_num(r.get('ap_r11_3d'))}</td>"
+                    f"<td>{r.get('n_gt', '–')}</td><td>{r.get('n_ignored_gt', '–')}</td>"
+                    f"<td>{r.get('tp_3d', '–')} / {r.get('fp_3d', '–')} / {r.get('fn_3d', '–')}</td></tr>")
     iou = ", ".join(f"{html.escape(str(c))} {v:g}" for c, v in (det.get("iou_thresholds") or {}).items())
     parts = [f"<h3>Detection (KITTI AP R40; IoU {iou}; headline level in bold: {html.escape(str(head))})</h3>",
              "<table><tr><th>class</th><th>level</th><th>AP 3D</th><th>AP BEV</th><th>AOS BEV</th><th>AP R11 3D</th>"

@@ -93,6 +93,15 @@ def test_detection_metrics_render_as_tables():
     assert (f"<td>car</td><td>all</td><td>{car['ap_r40_3d']:.3f}</td>" in page
             and f"<td>{car['tp_3d']} / {car['fp_3d']} / {car['fn_3d']}</td>" in page)
     assert f"mAP {doc['nuscenes']['map']:.3f}" in page
+    # with the scan-graded levels beside (evaluation.py's `kitti_graded`) their rows follow, not in bold
+    from perception_nodes.eval.generated_difficulty import with_difficulty, with_virtual_bbox2d
+
+    graded = DetectionScorer()
+    graded.add_frame(with_difficulty(gt, np.zeros((0, 3)), (0.0, 0.0, 1.7)), with_virtual_bbox2d(pred, (0.0, 0.0, 1.7)))
+    doc["kitti_graded"] = graded.results()["kitti"]
+    page = detection_metrics_html(doc)
+    assert "<td>car</td><td>moderate (graded from the scan)</td>" in page
+    assert '<tr style="font-weight:bold"><td>car</td><td>all</td>' in page
 
 
 def test_labelled_kitti_objects_show_up_as_occupied(kitti_replay):

@@ -128,8 +128,15 @@ def test_scan_joins_nearest_objects_frame_is_transformed_and_released():
     assert [b.extras["num_lidar_pts"] for b in ev._det_gt[0]] == [3, 0]
     assert not ev._clouds
     assert m["detection"]["kitti"]["per_class"]["car"]["all"]["fp_3d"] == 0
+    # the same frames graded by KITTI level from the scan, beside the headline level "all"
+    g = m["detection"]["kitti_graded"]
+    assert g["levels"] == ["easy", "moderate", "hard"] and "virtual camera" in g["source"]
+    graded = ev._det_gt_graded[0]
+    assert [b.occlusion for b in graded] == [0, 3]  # `hit` seen by the sensor's rays; no ray reaches `empty`
+    assert g["per_class"]["car"]["moderate"]["tp_3d"] == 3 and g["per_class"]["car"]["moderate"]["fp_3d"] == 0
 
     ev, m = run("radar_front")
+    assert "kitti_graded" not in m["detection"]  # no scan: nothing to grade with
     f = m["detection"]["filters"]
     assert f["min_points_applied"] is False and f["point_counts"]["gt_frames_uncounted"] == 3
     assert m["detection"]["counts"]["gt_filtered_min_points"] == {}
