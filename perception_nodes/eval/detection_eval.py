@@ -15,7 +15,8 @@
    computed on BEV-IoU matching (the devkit matches AOS on 2D image boxes, which LiDAR detections do not
    have). Levels easy/moderate/hard need every ground-truth box of the classes to carry a 2D box and an
    occlusion (KITTI label files); otherwise — generated scenarios, and bags, whose ground-truth message
-   has no 2D box — one level ``"all"`` without difficulty filtering is scored, and ``kitti.levels`` says so.
+   has no 2D box — one level ``"all"`` without difficulty filtering is scored, and ``kitti.levels`` says so
+   (:mod:`perception_nodes.eval.generated_difficulty` can grade such boxes from the scan beforehand).
 4. **nuScenes** mAP, per-class AP per distance threshold, TP errors ATE/ASE/AOE and NDS (adapted: no
    velocity or attributes, see :class:`~perception_nodes.eval.metrics.detection.NuScenesResult`).
 

@@ -6,7 +6,10 @@
 * ``{car,pedestrian,cyclist}_ap_{bev,3d}``: KITTI AP R40 at the classes' IoUs (0.7 / 0.5 / 0.5) from
   :class:`perception_nodes.eval.detection_eval.DetectionScorer` with its default filters (boxes with no
   LiDAR point or beyond the class range gate are ignored); generated scenes have no difficulty fields, so
-  this is the single level ``all``; ``nus_map``: the nuScenes-style mAP (centre distance);
+  this is the single level ``all``; ``{car,...}_ap_{bev,3d}_{easy,moderate,hard}`` and ``{car,...}_n_gt_<level>``:
+  the same boxes graded by KITTI level from the scan (samples with a ``sensor_origin``;
+  :mod:`perception_nodes.eval.generated_difficulty`; detections below a level's 2D height are ignored there);
+  ``nus_map``: the nuScenes-style mAP (centre distance);
 * ``ece_class`` / ``brier_class`` / ``nll_class``: ECE, Brier score and binary NLL of the detection score
   (the Dirichlet expected probability of the box's class) against "right" = the detection's BEV centre
   lies within ``match_distance_m`` of a not yet matched ground-truth box of the same class (greedy,
