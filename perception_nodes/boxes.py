@@ -33,6 +33,13 @@ class Box3D:
         rot = np.array([[c, -s], [s, c]])
         return local @ rot.T + np.asarray(self.center[:2])
 
+    def corners(self) -> np.ndarray:
+        """The eight corners, (8, 3): the BEV corners of :meth:`corners_xy` at the top, then at the bottom."""
+        xy = self.corners_xy()
+        h = self.size[2] / 2.0
+        z = float(self.center[2])
+        return np.concatenate([np.column_stack([xy, np.full(4, z + h)]), np.column_stack([xy, np.full(4, z - h)])])
+
     def contains(self, points: np.ndarray, margin: float = 0.0) -> np.ndarray:
         """Boolean mask of the (N, >=3) points inside the box grown by ``margin`` metres."""
         p = np.asarray(points[:, :3], dtype=np.float64) - np.asarray(self.center)

@@ -271,7 +271,8 @@ def detection_metrics_html(det: dict) -> str:
     graded = (det.get("kitti_graded") or {}).get("per_class") or {}
     tables = [(cls, lv, r, "") for cls, by_level in (k.get("per_class") or {}).items() for lv, r in by_level.items()]
     # generated ground truth graded by KITTI level from the scan (evaluation.py: `kitti_graded`)
-    tables += [(cls, lv, r, " (graded from the scan)") for cls, by_level in graded.items() for lv, r in by_level.items()]
+    tables += [(cls, lv, r, " (graded from the scan)") for cls, by_level in graded.items() for lv, r in by_level.items()
+               if lv != "all"]
     for cls, lv, r, tag in tables:
         bold = ' style="font-weight:bold"' if lv == head and not tag else ""
         rows.append(f"<tr{bold}><td>{html.escape(cls)}</td><td>{html.escape(str(lv) + tag)}</td>"

@@ -11,7 +11,7 @@ for a LiDAR scan, from the geometry alone (never from a detection):
   box's centre (a 360-degree scan has no image border, so each box gets the camera that faces it).
   For a box whose vertical extent spans the camera height this is ``f * h / d_near``: a 1.5 m car is 25 px
   (moderate's minimum) at about 43 m. A box reaching behind the camera plane (the sensor next to or inside
-  it) has no finite projection and passes every height test.
+  it) has no finite projection and passes every height test (its occlusion is still measured).
 * **Occlusion**: from the scan's own rays. Every return whose ray passes through the box (above its
   lowest :data:`GROUND_MARGIN_M`, where the road in front can return first) either ends more than
   :data:`OCCLUDER_MARGIN_M` before the ray enters the box (something stands in front: an occluding return)
@@ -61,15 +61,9 @@ OCCLUSION_BINS = (0.2, 0.6)
 _MIN_DEPTH_M = 0.1
 
 
-def _corners(box: Box3D) -> np.ndarray:
-    """(8, 3) corners of a box (yaw about z)."""
-    cx, cy, cz = (float(v) for v in box.center)
-    length, width, height = (float(v) for v in box.size)
-    c, s = np.cos(box.yaw), np.sin(box.yaw)
-    dx = np.array([1, 1, -1, -1, 1, 1, -1, -1], np.float64) * length / 2
-    dy = np.array([1, -1, -1, 1, 1, -1, -1, 1], np.float64) * width / 2
-    dz = np.array([1, 1, 1, 1, -1, -1, -1, -1], np.float64) * height / 2
-    return np.stack([cx + c * dx - s * dy, cy + s * dx + c * dy, cz + dz], 1)
+def _wrap(a: np.ndarray | float) -> np.ndarray:
+    """Angles wrapped to [-pi, pi)."""
+    return (np.asarray(a, np.float64) + np.pi) % (2.0 * np.pi) - np.pi
 
 
 def virtual_bbox2d(box: Box3D, origin: Sequence[float], focal_px: float = KITTI_FOCAL_PX) -> tuple[float, float, float, float]:
@@ -77,7 +71,7 @@ def virtual_bbox2d(box: Box3D, origin: Sequence[float], focal_px: float = KITTI_
     z up) looking horizontally at the box's centre; ``(-inf, -inf, inf, inf)`` when a corner lies within
     0.1 m of the camera plane or behind it."""
     o = np.asarray(origin, np.float64)[:3]
-    rel = _corners(box) - o
+    rel = box.corners() - o
     az = np.arctan2(float(box.center[1]) - o[1], float(box.center[0]) - o[0])
     fwd = np.array([np.cos(az), np.sin(az)])
     depth = rel[:, :2] @ fwd
@@ -89,9 +83,30 @@ def virtual_bbox2d(box: Box3D, origin: Sequence[float], focal_px: float = KITTI_
     return (float(u.min()), float(v.min()), float(u.max()), float(v.max()))
 
 
+def _elevation_window(box: Box3D, o: np.ndarray) -> tuple[float, float]:
+    """Lowest and highest elevation (rad) from ``o`` of any point of the box. Along an edge the extreme is
+    where the edge comes nearest the sensor, not at a corner, so the bounds use the footprint's nearest
+    horizontal distance (0 when the sensor stands above the footprint) and its farthest corner."""
+    c, s = np.cos(box.yaw), np.sin(box.yaw)
+    dx, dy = o[0] - float(box.center[0]), o[1] - float(box.center[1])
+    lx, ly = c * dx + s * dy, -s * dx + c * dy  # the sensor in the box's frame
+    half_l, half_w = float(box.size[0]) / 2.0, float(box.size[1]) / 2.0
+    rho_min = float(np.hypot(max(abs(lx) - half_l, 0.0), max(abs(ly) - half_w, 0.0)))
+    rho_max = float(np.hypot(abs(lx) + half_l, abs(ly) + half_w))
+    top = float(box.center[2]) + float(box.size[2]) / 2.0 - o[2]
+    bottom = float(box.center[2]) - float(box.size[2]) / 2.0 - o[2]
+    hi = np.arctan2(top, rho_min if top > 0 else rho_max)
+    lo = np.arctan2(bottom, rho_min if bottom < 0 else rho_max)
+    return float(lo), float(hi)
+
+
 def occluded_fractions(boxes: Sequence[Box3D], points: np.ndarray, origin: Sequence[float]) -> list[tuple[float, int]]:
     """Per box, (occluded fraction, number of returns whose ray passes through it); the fraction is NaN
-    when no ray does. ``points``: the scan (N, >=3) in the boxes' frame; ``origin``: the sensor there."""
+    when no ray does. ``points``: the scan (N, >=3) in the boxes' frame; ``origin``: the sensor there.
+
+    Each box tests only the returns inside its azimuth and elevation window (exact bounds of the box, so
+    the window drops no ray that meets it), then the exact ray-box (slab) test decides; a box the sensor
+    stands beside or inside (a window wider than 180 degrees) tests every return."""
     o = np.asarray(origin, np.float64)[:3]
     rel = np.asarray(points, np.float64)[:, :3] - o
     rng = np.linalg.norm(rel, axis=1)
@@ -101,21 +116,21 @@ def occluded_fractions(boxes: Sequence[Box3D], points: np.ndarray, origin: Seque
     el = np.arctan2(rel[:, 2], np.hypot(rel[:, 0], rel[:, 1]))
     out: list[tuple[float, int]] = []
     for box in boxes:
-        cr = _corners(box) - o
+        cr = box.corners() - o
         az_c = float(np.arctan2(float(box.center[1]) - o[1], float(box.center[0]) - o[0]))
-        daz = np.angle(np.exp(1j * (np.arctan2(cr[:, 1], cr[:, 0]) - az_c)))
-        el_c = np.arctan2(cr[:, 2], np.hypot(cr[:, 0], cr[:, 1]))
-        if np.abs(daz).max() > np.pi / 2:  # the sensor stands next to or inside the box: no window
-            out.append((float("nan"), 0))
-            continue
-        d_pts = np.angle(np.exp(1j * (az - az_c)))
-        cand = (d_pts >= daz.min()) & (d_pts <= daz.max()) & (el >= el_c.min()) & (el <= el_c.max())
+        daz = _wrap(np.arctan2(cr[:, 1], cr[:, 0]) - az_c)
+        if np.abs(daz).max() < np.pi / 2:
+            el_lo, el_hi = _elevation_window(box, o)
+            d_pts = _wrap(az - az_c)
+            cand = (d_pts >= daz.min()) & (d_pts <= daz.max()) & (el >= el_lo) & (el <= el_hi)
+        else:  # the sensor beside or inside the box: no narrow window, every return is tested
+            cand = np.ones(len(rel), bool)
         if not cand.any():
             out.append((float("nan"), 0))
             continue
         d = rel[cand] / rng[cand, None]  # unit rays
         r = rng[cand]
-        # ray-box slab test in the box's frame
+        # ray-box (slab) test in the box's frame
         c, s = np.cos(box.yaw), np.sin(box.yaw)
         rot = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])  # world -> box
         q = rot @ (o - np.asarray(box.center, np.float64))

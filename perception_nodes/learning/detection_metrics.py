@@ -268,14 +268,13 @@ class DetectionAccumulator:
             out[f"{c}_n_gt"] = float(det["counts"]["gt"].get(c, 0))
         out["nus_map"] = nan if det["nuscenes_map"] is None else float(det["nuscenes_map"])
         if self.level_scorer.frames:
-            lv = self.level_scorer.results()["kitti"]
-            for c, by_level in lv["per_class"].items():
+            for c, by_level in self.level_scorer.kitti_results().items():  # KITTI AP only (no nuScenes pass)
                 for level, r in by_level.items():
-                    if level == "all":  # no box had the fields (e.g. no ground truth at all)
+                    if level is None:  # no box had the fields (e.g. no ground truth at all)
                         continue
-                    out[f"{c}_ap_3d_{level}"] = float(r["ap_r40_3d"])
-                    out[f"{c}_ap_bev_{level}"] = float(r["ap_r40_bev"])
-                    out[f"{c}_n_gt_{level}"] = float(r["n_gt"])
+                    out[f"{c}_ap_3d_{level}"] = float(r["3d"].ap)
+                    out[f"{c}_ap_bev_{level}"] = float(r["bev"].ap)
+                    out[f"{c}_n_gt_{level}"] = float(r["3d"].n_gt)
         d = np.asarray(self._det, np.float64).reshape(-1, 4)
         right = d[:, 1] > 0.5
         out["detections"] = float(len(d))

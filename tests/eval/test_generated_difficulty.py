@@ -125,3 +125,62 @@ def test_scorer_grades_generated_boxes_by_level_and_ignores_a_far_car():
         plain2.add_frame(near + [far], det + [ghost], points=pts)
     assert graded2.results()["kitti"]["per_class"]["car"]["moderate"]["ap_r40_3d"] == pytest.approx(1.0)
     assert plain2.results()["kitti"]["per_class"]["car"]["all"]["fp_3d"] == frames
+
+
+def _ray_march(origin: np.ndarray, dirs: np.ndarray, scene: list[Box3D], target: Box3D, step: float = 0.01,
+               reach: float = 30.0) -> tuple[np.ndarray, int, int]:
+    """Brute force, independent of the module's slab test: march each ray in ``step`` metres; the first
+    sample inside any box is the return; the first inside ``target`` is its entry. Returns the return points
+    and the counts (rays through the target above its ground margin, of them stopped > 0.3 m in front)."""
+    ts = np.arange(step, reach, step)
+    pts, through, stopped = [], 0, 0
+    bottom = target.center[2] - target.size[2] / 2
+    for d in dirs:
+        samples = origin + ts[:, None] * d
+        first = [np.flatnonzero(b.contains(samples)) for b in scene]
+        hits = [f[0] for f in first if len(f)]
+        if not hits:
+            continue  # no return
+        ret = ts[min(hits)]
+        pts.append(origin + ret * d)
+        inside = np.flatnonzero(target.contains(samples))
+        if len(inside) and samples[inside[0], 2] >= bottom + GROUND_MARGIN_M:
+            through += 1
+            stopped += int(ret < ts[inside[0]] - 0.3)
+    return np.array(pts), through, stopped
+
+
+@pytest.mark.parametrize("case", ["close_side_on_behind_barrier", "tall_bus_behind_the_sensor_at_180_deg"])
+def test_occlusion_agrees_with_a_brute_force_ray_march(case):
+    """Close and tall boxes (whose extreme elevations lie mid-edge, not at a corner), a sensor away from the
+    origin, and a box straight behind it (azimuth window across +-180 deg)."""
+    origin = np.array([1.0, -0.5, 1.8])
+    if case == "close_side_on_behind_barrier":  # beside the ego, 2.1 m away, behind a 1 m barrier
+        target = Box3D("car", (1.0, 2.5, 0.85), (4.6, 1.8, 1.5), 0.05)
+        scene = [target, Box3D("wall", (1.0, 1.2, 0.5), (8.0, 0.3, 1.0), 0.0)]
+        az = np.radians(np.linspace(20.0, 160.0, 100))
+        el = np.radians(np.linspace(-50.0, 0.0, 60))
+    else:  # a bus crossing 5.75 m behind, taller than the sensor, a car crossing in front of it
+        target = Box3D("car", (-6.0, -0.3, 1.6), (12.0, 2.5, 3.2), math.pi / 2 + 0.02)
+        scene = [target, Box3D("car", (-2.5, -0.6, 0.8), (4.0, 1.8, 1.6), math.pi / 2)]
+        az = np.radians(np.linspace(125.0, 235.0, 110))
+        el = np.radians(np.linspace(-20.0, 20.0, 60))
+    aa, ee = np.meshgrid(az, el)
+    dirs = np.stack([np.cos(ee) * np.cos(aa), np.cos(ee) * np.sin(aa), np.sin(ee)], -1).reshape(-1, 3)
+    pts, through, stopped = _ray_march(origin, dirs, scene, target)
+    (frac, n), = occluded_fractions([target], pts, origin)
+    assert through > 300 and 0.02 < stopped / through < 0.98  # a case where both kinds of ray occur
+    # the march places returns to within one step: rays grazing an edge or the ground margin may differ
+    assert abs(n - through) <= 0.01 * through
+    assert frac == pytest.approx(stopped / through, abs=0.01)
+
+
+def test_a_box_around_the_sensor_tests_every_return():
+    """No azimuth window exists (corners all around): every return is tested; rays leave the box from inside,
+    so none is stopped in front of its entry (the sensor itself)."""
+    hall = Box3D("car", (0.5, 0.0, 2.0), (20.0, 20.0, 5.0), 0.3)
+    rng = np.random.default_rng(2)
+    pts = rng.uniform(-15.0, 15.0, (500, 3)) * [1.0, 1.0, 0.1] + [0.0, 0.0, 1.0]
+    (frac, n), = occluded_fractions([hall], pts, ORIGIN)
+    assert n == 500 and frac == 0.0
+    assert _height(virtual_bbox2d(hall, ORIGIN)) == math.inf
