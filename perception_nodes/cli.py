@@ -257,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "vacuity for wrong vs right and fault-affected vs unaffected cells (generated scenarios "
                         "carry occupancy truth and fault-free visibility; box-labelled bags get boxes-as-occupied, "
                         "ground-plane free space). Objects: share of each footprint read occupied, false-positive "
-                        "cells outside every box. KITTI AP R40 / nuScenes mAP when the graph publishes detections. "
+                        "cells outside every box. KITTI AP R40 / nuScenes mAP when the graph publishes detections (headline "
+                        "level 'all'; generated ground truth also at easy / moderate / hard graded from the bag's "
+                        "scan, `detection.kitti_graded`: a virtual camera with KITTI's focal length facing each box, "
+                        "occlusion from the scan's rays, no truncation). "
                         "Writes OUT/metrics.json (schema: perception_nodes/eval/metrics.schema.json) and "
                         "OUT/report.html. Exits 1 when no frame could be scored.")
     ev.add_argument("--bag", type=Path, required=True, help="bag with /ground_truth/* topics")

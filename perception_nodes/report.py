@@ -273,10 +273,15 @@ def detection_metrics_html(det: dict) -> str:
     # generated ground truth graded by KITTI level from the scan (evaluation.py: `kitti_graded`)
     tables += [(cls, lv, r, " (graded from the scan)") for cls, by_level in graded.items() for lv, r in by_level.items()
                if lv != "all"]
+    capped = False
     for cls, lv, r, tag in tables:
         bold = ' style="font-weight:bold"' if lv == head and not tag else ""
+        n = r.get("n_gt")
+        cap = isinstance(n, int) and 0 < n < 40  # the devkit's R40 caps AP at (n - 1) / 40 below 40 boxes
+        capped |= cap
+        mark = "*" if cap else ""
         rows.append(f"<tr{bold}><td>{html.escape(cls)}</td><td>{html.escape(str(lv) + tag)}</td>"
-                    f"<td>{_num(r.get('ap_r40_3d'))}</td><td>{_num(r.get('ap_r40_bev'))}</td>"
+                    f"<td>{_num(r.get('ap_r40_3d'))}{mark}</td><td>{_num(r.get('ap_r40_bev'))}{mark}</td>"
                     f"<td>{_num(r.get('aos_r40_bev'))}</td><td>{_num(r.get('ap_r11_3d'))}</td>"
                     f"<td>{r.get('n_gt', '–')}</td><td>{r.get('n_ignored_gt', '–')}</td>"
                     f"<td>{r.get('tp_3d', '–')} / {r.get('fp_3d', '–')} / {r.get('fn_3d', '–')}</td></tr>")
@@ -284,6 +289,17 @@ def detection_metrics_html(det: dict) -> str:
     parts = [f"<h3>Detection (KITTI AP R40; IoU {iou}; headline level in bold: {html.escape(str(head))})</h3>",
              "<table><tr><th>class</th><th>level</th><th>AP 3D</th><th>AP BEV</th><th>AOS BEV</th><th>AP R11 3D</th>"
              "<th>ground truth</th><th>ignored</th><th>TP / FP / FN (3D)</th></tr>" + "".join(rows) + "</table>"]
+    notes = []
+    if capped:
+        notes.append("* fewer than 40 boxes counted: KITTI's R40 caps AP at (n &minus; 1) / 40 there.")
+    if graded:
+        notes.append("Rows “graded from the scan”: generated ground truth at KITTI's levels (moderate is the goal's "
+                     "level), graded by a virtual camera with KITTI's focal length facing each box (all around the "
+                     "vehicle), occlusion from the scan's rays, no truncation (perception_nodes/eval/"
+                     "generated_difficulty.py); a box at one level is ignored, not missed, at a stricter one, so an "
+                     "easier level can score lower.")
+    if notes:
+        parts.append("<p><small>" + "<br>".join(notes) + "</small></p>")
     nus = det.get("nuscenes")
     if nus:
         nrows = "".join(

@@ -177,6 +177,8 @@ def test_evaluate_on_converted_kitti(kitti_bag, tmp_path):
     assert a["recall"]["value"] > 0.3 and a["precision"]["value"] > 0.5
     assert a["brier"]["value"] < a["brier"]["base_rate_baseline"]
     assert doc["objects"]["per_class"]["Pedestrian"]["total"] == 1
+    # real labelled boxes keep KITTI's own levels (lidar-eval): no grading from the scan here
+    assert doc["detection"] is not None and "kitti_graded" not in doc["detection"]
     assert res.metrics["latency_end_to_end"]["count"] == 3
     html = (tmp_path / "report.html").read_text()
     assert "per range band" in html and "RANSAC" in html and "per class" in html
@@ -198,6 +200,10 @@ def test_generated_scenario_is_scored_on_every_visible_cell(scenario_bag, tmp_pa
     assert len(bands) >= 4 and sum(m["occupancy"]["regions"][k]["cells"] for k in bands) == a["cells"]
     assert m["occupancy"]["uncertainty"]["vacuity"]["auroc_wrong_vs_right"] > 0.6
     assert "vacuity_auroc_unseen_vs_seen" not in json.dumps(m)
+    # generated ground truth is also scored at KITTI's levels, graded from the bag's scan
+    graded = m["detection"]["kitti_graded"]
+    assert graded["levels"] == ["easy", "moderate", "hard"] and graded["headline_level"] == "moderate"
+    assert graded["per_class"]["car"]["moderate"]["n_gt"] <= m["detection"]["kitti"]["per_class"]["car"]["all"]["n_gt"]
     assert (tmp_path / "reliability_occupancy.png").is_file()
 
 

@@ -90,7 +90,8 @@ def test_detection_metrics_render_as_tables():
     page = detection_metrics_html(doc)
     assert "<pre>" not in page and page.count("<table>") == 2
     car = doc["kitti"]["per_class"]["car"]["all"]
-    assert (f"<td>car</td><td>all</td><td>{car['ap_r40_3d']:.3f}</td>" in page
+    # one car: below 40 boxes the devkit caps AP at (n - 1) / 40, and the cell says so
+    assert (f"<td>car</td><td>all</td><td>{car['ap_r40_3d']:.3f}*</td>" in page and "caps AP at (n" in page
             and f"<td>{car['tp_3d']} / {car['fp_3d']} / {car['fn_3d']}</td>" in page)
     assert f"mAP {doc['nuscenes']['map']:.3f}" in page
     # with the scan-graded levels beside (evaluation.py's `kitti_graded`) their rows follow, not in bold
