@@ -18,7 +18,10 @@ for a LiDAR scan, from the geometry alone (never from a detection):
   or not (the box, or what lies behind glass, is seen). The occluded fraction maps onto KITTI's states as
   nuScenes' visibility bins do (visible 80-100 %: 0 "fully visible"; 40-80 %: 1 "partly occluded";
   below 40 %: 2 "largely occluded"); a box no return's ray reaches is 3 "unknown" (ignored at every level).
-  Rays that gave no return at all (dark paint, glass, dropout) are not in the scan and count for neither.
+  Rays that gave no return at all (dark paint, glass, dropout) are not in the scan and count for neither,
+  so where objects drop many returns and occluders do not (the generator's realism knobs: about half the rays
+  through a car return) the occlusion is over-estimated and a level's AP is an upper bound; on plain scenes
+  (98 % return) it is what the geometry says. Visibility truth from the generator would remove that bias.
 * **Truncation** is not modelled (0): there is no image border to leave.
 
 The same camera gives detections a 2D box, so the devkit's rule for detections (a detection lower than the
