@@ -91,6 +91,34 @@ def _print_metrics(m: dict | None, out: Path) -> None:
               f"occupied cells outside every box {ob['occupied_cells_outside_boxes']}"
               + (f", of them truly free (false positives) {_fmt(ob['false_positive_cells_per_frame'], 1)}/frame, "
                  f"box precision {_fmt(ob['box_precision'])}, F1 {_fmt(ob['f1'])}" if ob.get("box_precision") is not None else ""))
+    _print_detection(m)
+
+
+def _print_detection(m: dict) -> None:
+    """One line per class: KITTI AP3D at level all and, for generated ground truth, at moderate (graded)."""
+    det = m.get("detection")
+    if not det:
+        return
+    k, g = det.get("kitti") or {}, (det.get("kitti_graded") or {}).get("per_class") or {}
+    parts, capped = [], False
+
+    def ap(r: dict) -> str:
+        nonlocal capped
+        n = r.get("n_gt") or 0
+        capped |= 0 < n < 40
+        return f"{_fmt(r.get('ap_r40_3d'))}{'*' if 0 < n < 40 else ''} ({n} boxes)"
+
+    for cls, by_level in (k.get("per_class") or {}).items():
+        a = by_level.get("all") or by_level.get(k.get("headline_level", "all")) or {}
+        if not a.get("n_gt"):
+            continue
+        mod = (g.get(cls) or {}).get("moderate") or {}
+        parts.append(f"{cls} AP3D {ap(a)}" + (f", moderate {ap(mod)}" if mod else ""))
+    if parts:
+        from perception_nodes.evaluation import DETECTIONS_OUT
+
+        print(f"detections {DETECTIONS_OUT} (KITTI R40; moderate graded from the scan; all in report.html): "
+              + "; ".join(parts) + ("  (*: under 40 boxes the devkit caps AP at (n-1)/40)" if capped else ""))
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:

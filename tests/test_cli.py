@@ -91,3 +91,18 @@ def test_convert_then_replay_from_the_command_line(kitti_dir, tmp_path):
     assert (out / "outputs.mcap").is_file() and (out / "report.html").is_file()
     missing = _run("replay", "--bag", str(tmp_path / "nope"), "--out", str(out), "--quiet")
     assert missing.returncode == 2 and "not a rosbag2 folder" in missing.stderr
+
+
+def test_evaluate_summary_prints_detection_ap_at_all_and_moderate(capsys):
+    from perception_nodes.cli import _print_detection
+
+    m = {"detection": {
+        "kitti": {"headline_level": "all", "per_class": {
+            "car": {"all": {"ap_r40_3d": 0.91, "n_gt": 120}}, "cyclist": {"all": {"ap_r40_3d": None, "n_gt": 0}}}},
+        "kitti_graded": {"per_class": {"car": {"moderate": {"ap_r40_3d": 0.95, "n_gt": 30}}}}}}
+    _print_detection(m)
+    out = capsys.readouterr().out
+    assert "car AP3D 0.910 (120 boxes), moderate 0.950* (30 boxes)" in out and "caps AP at (n-1)/40" in out
+    assert "cyclist" not in out  # no box of the class: nothing to report
+    _print_detection({"detection": None})
+    assert capsys.readouterr().out == ""
