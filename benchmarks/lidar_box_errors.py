@@ -33,18 +33,15 @@ from perception_nodes.learning.config import _sources  # noqa: E402
 from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
 from perception_nodes.learning.lidar_detection_eval import _samples  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
-from perception_nodes.models.weights_io import load_state, read_sidecar, resolve_weights_folder  # noqa: E402
+from perception_nodes.models.weights_io import load_lidar_detection, resolve_weights_folder  # noqa: E402
 
 PARAMS = ("x", "y", "z", "length", "width", "height", "yaw_deg")
 
 
 def box_errors(weights: str, eval_config: Path, set_name: str, radius: float = 1.0, cache_dir: Path | None = None) -> dict:
     folder = resolve_weights_folder(weights, "lidar_detection")
-    side = read_sidecar(folder, "lidar_detection")
+    model, side = load_lidar_detection(folder)  # checked against its sidecar, in eval mode
     branch = get_branch("lidar_detection")(side["branch_config"])
-    model = branch.build_model()
-    model.load_state_dict(load_state(folder), strict=True)
-    model.eval()
     acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True)
     doc = yaml.safe_load(eval_config.read_text())
     sets = {**(doc.get("sets") or {}), **(doc.get("reserved_sets") or {})}

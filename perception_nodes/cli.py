@@ -109,7 +109,7 @@ def _print_detection(m: dict) -> None:
         return f"{_fmt(r.get('ap_r40_3d'))}{'*' if 0 < n < 40 else ''} ({n} boxes)"
 
     for cls, by_level in (k.get("per_class") or {}).items():
-        a = by_level.get("all") or by_level.get(k.get("headline_level", "all")) or {}
+        a = by_level.get(k.get("headline_level", "all")) or {}  # bags: level all
         if not a.get("n_gt"):
             continue
         mod = (g.get(cls) or {}).get("moderate") or {}

@@ -286,7 +286,7 @@ class Evaluator:
             counts = None
             if cands:
                 c = min(cands, key=lambda k: (abs(k - g), k))
-                facts = self._points_per_box(self._clouds.pop(c), gt[topics.GT_OBJECTS])
+                facts = self._scan_facts(self._clouds.pop(c), gt[topics.GT_OBJECTS])
                 if facts is not None:
                     counts, gt[_GRADED] = facts
             self.point_count_failures += int(counts is None)
@@ -295,7 +295,7 @@ class Evaluator:
         for c in [c for c in self._clouds if c < limit]:
             del self._clouds[c]
 
-    def _points_per_box(self, cloud: Any, objects: Any) -> tuple[list[int], tuple[list[Box3D], np.ndarray]] | None:
+    def _scan_facts(self, cloud: Any, objects: Any) -> tuple[list[int], tuple[list[Box3D], np.ndarray]] | None:
         """Points of the scan per ground-truth box, and the boxes graded by KITTI level from the same scan
         (:func:`~perception_nodes.eval.generated_difficulty.with_difficulty`) with the sensor's position."""
         from perception_nodes.codecs.pointcloud2 import read_xyzi
