@@ -173,8 +173,51 @@ def bench_frame(shared: Path, vs: float, device: torch.device, dtypes: list[torc
             ms, out = timed(lambda: gnet(on(x, device, dtype)), device, max(3, reps // 2))
         res.setdefault("backbone", []).append({"dtype": str(dtype)[6:], "ms": round(ms, 3),
                                                "rel_err_vs_cpu": rel_err(out.feats.float(), want),
-                                               "lookups": dict(tuner.sources)})
+                                               "lookups": dict(tuner.sources),
+                                               "profile": profile_ops(lambda: gnet(on(x, device, dtype)), device)})
     return res
+
+
+def profile_ops(fn, device: torch.device, reps: int = 3, top: int = 12) -> dict:
+    """Where the whole backbone's time goes: torch.profiler over ``reps`` warm runs.
+
+    The per-layer convolutions add up to a fraction of the backbone's time on the GPU; this lists the ops
+    with the most self time on the host and on the device (per run), and the host time spent waiting on the
+    device (synchronising copies such as ``.item()``, ``nonzero``, ``unique``), which serialises the launches.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.no_grad():
+        fn()
+        with profile(activities=acts) as prof:
+            for _ in range(reps):
+                fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+    rows = []
+    for ev in prof.key_averages():
+        dev_us = getattr(ev, "self_device_time_total", None)
+        if dev_us is None:
+            dev_us = getattr(ev, "self_cuda_time_total", 0.0)
+        rows.append({"op": ev.key, "calls": ev.count // reps, "self_cpu_ms": ev.self_cpu_time_total / reps / 1e3,
+                     "self_device_ms": float(dev_us or 0.0) / reps / 1e3})
+
+    def rnd(r: dict) -> dict:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+
+    sync = [r for r in rows if "Synchronize" in r["op"] or "Memcpy" in r["op"]]
+    # a kernel's device time shows twice: under the aten op that launched it and as its own row (no host
+    # time); the device's busy time is the sum over the rows without host time
+    kernels = [r for r in rows if r["self_cpu_ms"] == 0.0]
+    return {"reps": reps,
+            "host_ms_per_run": round(sum(r["self_cpu_ms"] for r in rows), 3),
+            "device_busy_ms_per_run": round(sum(r["self_device_ms"] for r in kernels), 3),
+            "kernel_launches_per_run": sum(r["calls"] for r in rows if r["op"] in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                                                   "cuLaunchKernelEx")),
+            "host_sync_and_copy_ms_per_run": round(sum(r["self_cpu_ms"] for r in sync), 3),
+            "top_host": [rnd(r) for r in sorted(rows, key=lambda r: -r["self_cpu_ms"])[:top]],
+            "top_device": [rnd(r) for r in sorted(rows, key=lambda r: -r["self_device_ms"])[:top]]}
 
 
 def dense_check(shared: Path, device: torch.device, dtypes: list[torch.dtype]) -> list[dict]:
