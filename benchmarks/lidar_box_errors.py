@@ -52,7 +52,9 @@ def box_errors(weights: str, eval_config: Path, set_name: str, radius: float = 1
     with torch.no_grad():
         for s in samples:
             det = acc.decode(model([torch.from_numpy(s["points"])]))[0]
-            for g in with_difficulty(gt_boxes(s["boxes"], branch.net_config.classes), s["points"], s["sensor_origin"]):
+            graded = with_difficulty(gt_boxes(s["boxes"], branch.net_config.classes, s.get("box_occlusion")),
+                                     s["points"], s["sensor_origin"])  # the bag's occlusion truth where it has one
+            for g in graded:
                 if g.label != "car" or kitti_difficulty(g) not in ("easy", "moderate"):
                     continue
                 cars += 1

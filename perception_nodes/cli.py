@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cells outside every box. KITTI AP R40 / nuScenes mAP when the graph publishes detections (headline "
                         "level 'all'; generated ground truth also at easy / moderate / hard graded from the bag's "
                         "scan, `detection.kitti_graded`: a virtual camera with KITTI's focal length facing each box, "
-                        "occlusion from the scan's rays, no truncation). "
+                        "occlusion from the bag's truth (generator version >= 5: its fault-free cast) or else the scan's rays, "
+                        "no truncation). "
                         "Writes OUT/metrics.json (schema: perception_nodes/eval/metrics.schema.json) and "
                         "OUT/report.html. Exits 1 when no frame could be scored.")
     ev.add_argument("--bag", type=Path, required=True, help="bag with /ground_truth/* topics")

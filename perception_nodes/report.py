@@ -295,7 +295,8 @@ def detection_metrics_html(det: dict) -> str:
     if graded:
         notes.append("Rows “graded from the scan”: generated ground truth at KITTI's levels (moderate is the goal's "
                      "level), graded by a virtual camera with KITTI's focal length facing each box (all around the "
-                     "vehicle), occlusion from the scan's rays, no truncation (perception_nodes/eval/"
+                     "vehicle), occlusion from the generator's truth where the bag has it (else from the scan's rays), "
+                     "no truncation (perception_nodes/eval/"
                      "generated_difficulty.py); a box at one level is ignored, not missed, at a stricter one, so an "
                      "easier level can score lower.")
     if notes:

@@ -200,8 +200,9 @@ def test_generated_scenario_is_scored_on_every_visible_cell(scenario_bag, tmp_pa
     assert len(bands) >= 4 and sum(m["occupancy"]["regions"][k]["cells"] for k in bands) == a["cells"]
     assert m["occupancy"]["uncertainty"]["vacuity"]["auroc_wrong_vs_right"] > 0.6
     assert "vacuity_auroc_unseen_vs_seen" not in json.dumps(m)
-    # generated ground truth is also scored at KITTI's levels, graded from the bag's scan
+    # generated ground truth is also scored at KITTI's levels; the occlusion is the generator's truth
     graded = m["detection"]["kitti_graded"]
+    assert graded["occlusion_source"]["scan"] == 0 and graded["occlusion_source"]["truth"] > 0
     assert graded["levels"] == ["easy", "moderate", "hard"] and graded["headline_level"] == "moderate"
     assert graded["per_class"]["car"]["moderate"]["n_gt"] <= m["detection"]["kitti"]["per_class"]["car"]["all"]["n_gt"]
     assert (tmp_path / "reliability_occupancy.png").is_file()

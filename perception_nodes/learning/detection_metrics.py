@@ -7,7 +7,8 @@
   :class:`perception_nodes.eval.detection_eval.DetectionScorer` with its default filters (boxes with no
   LiDAR point or beyond the class range gate are ignored); generated scenes have no difficulty fields, so
   this is the single level ``all``; ``{car,...}_ap_{bev,3d}_{easy,moderate,hard}`` and ``{car,...}_n_gt_<level>``:
-  the same boxes graded by KITTI level from the scan (samples with a ``sensor_origin``;
+  the same boxes graded by KITTI level (samples with a ``sensor_origin``; occlusion from the sample's
+  ``box_occlusion`` where the bag carries it -- generator version 5 on --, else from the scan;
   :mod:`perception_nodes.eval.generated_difficulty`; detections below a level's 2D height are ignored there);
   ``nus_map``: the nuScenes-style mAP (centre distance);
 * ``ece_class`` / ``brier_class`` / ``nll_class``: ECE, Brier score and binary NLL of the detection score
@@ -97,11 +98,15 @@ def _covered(err: np.ndarray, var: np.ndarray, z: float) -> float:
 __all__ = ["DetectionAccumulator", "TrivialBaselines", "detection_validation_metrics", "gt_boxes", "wrap_angle"]
 
 
-def gt_boxes(boxes: np.ndarray, classes: Sequence[str]) -> list[Box3D]:
-    """``[M, 8]`` (x, y, z, l, w, h, yaw, class index) rows as :class:`Box3D` with the class names."""
+def gt_boxes(boxes: np.ndarray, classes: Sequence[str], occlusion: np.ndarray | None = None) -> list[Box3D]:
+    """``[M, 8]`` (x, y, z, l, w, h, yaw, class index) rows as :class:`Box3D` with the class names, and each
+    row's KITTI occlusion state where ``occlusion`` (``[M]``) is given (-1: unknown)."""
     a = np.asarray(boxes, np.float64).reshape(-1, 8)
-    return [Box3D(label=classes[int(r[7])], center=(r[0], r[1], r[2]), size=(r[3], r[4], r[5]), yaw=float(r[6]))
-            for r in a]
+    occ = np.full(len(a), -1, np.int64) if occlusion is None else np.asarray(occlusion, np.int64).reshape(-1)
+    if len(occ) != len(a):
+        raise ValueError(f"{len(occ)} occlusion states for {len(a)} boxes")
+    return [Box3D(label=classes[int(r[7])], center=(r[0], r[1], r[2]), size=(r[3], r[4], r[5]), yaw=float(r[6]),
+                  occlusion=int(o)) for r, o in zip(a, occ, strict=True)]
 
 
 def _ece(conf: np.ndarray, correct: np.ndarray, bins: int) -> float:
@@ -187,7 +192,9 @@ class DetectionAccumulator:
             self.scorer.add_frame(gt, pred, points=s["points"])
             if "sensor_origin" in s:
                 origin = np.asarray(s["sensor_origin"], np.float64)
-                self.level_scorer.add_frame(with_difficulty(gt, s["points"], origin),
+                # the bag's occlusion truth where it has one (generator >= 5), else measured on the scan
+                graded = gt_boxes(s["boxes"], classes, s.get("box_occlusion"))
+                self.level_scorer.add_frame(with_difficulty(graded, s["points"], origin),
                                             with_virtual_bbox2d(pred, origin), points=s["points"])
             self._match(det, np.asarray(s["boxes"]).reshape(-1, 8))
             if len(tg.indices):

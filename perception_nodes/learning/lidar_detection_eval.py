@@ -459,7 +459,7 @@ def _check_disjoint(groups: dict[str, Sequence[BagSource]]) -> None:
 SUMMARY_ROWS = (
     ("frames", "frames"), ("car_n_gt", "cars (ground truth)"), ("detections", "detections (score >= 0.1)"),
     ("car_ap_3d", "car AP3D R40 @0.7 (all)"), ("car_ap_bev", "car AP BEV R40 @0.7 (all)"),
-    ("car_n_gt_easy", "cars at easy (virtual camera, scan occlusion)"),
+    ("car_n_gt_easy", "cars at easy (virtual camera, KITTI occlusion)"),
     ("car_n_gt_moderate", "cars at moderate (easy included)"), ("car_n_gt_hard", "cars at hard (all levels)"),
     ("car_ap_3d_moderate", "car AP3D R40 @0.7 moderate"), ("car_ap_bev_moderate", "car AP BEV R40 @0.7 moderate"),
     ("car_ap_3d_easy", "car AP3D R40 @0.7 easy"), ("car_ap_3d_hard", "car AP3D R40 @0.7 hard"),
@@ -522,9 +522,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         prog=prog or "python -m perception_nodes.learning.lidar_detection_eval",
         description=__doc__.split("\n\n")[0],
         epilog="Generated sets are scored at KITTI level 'all' (every box with a LiDAR point: car_ap_3d) and at "
-               "easy / moderate / hard (car_ap_3d_moderate ...), each box graded from the scan: 2D box height in a "
+               "easy / moderate / hard (car_ap_3d_moderate ...), each box graded by geometry: 2D box height in a "
                "virtual camera with KITTI's focal length facing the box (all around the vehicle), occlusion from the "
-               "scan's rays, no truncation (perception_nodes/eval/generated_difficulty.py). An eval config needs "
+               "generator's fault-free cast (bags of generator version 5 on; older bags: from the scan's rays), no "
+               "truncation (perception_nodes/eval/generated_difficulty.py). An eval config needs "
                "`sets` at least; `validation` for --fit-calibration and the trivial baselines.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--run", type=Path, default=None, help="trained run folder (model.safetensors, config.json)")

@@ -15,7 +15,10 @@ Ground truth (nominal stamps, never faulted):
 
 * ``/ground_truth/objects`` (+ ``/ground_truth/markers``): Detection3DArray of the Car, Pedestrian,
   Cyclist and Pole boxes in base_link (plus Van, Truck and Bus when the ``vehicle_kinds`` realism knob
-  adds them; see :mod:`perception_nodes.scenario.realism`).
+  adds them; see :mod:`perception_nodes.scenario.realism`). Each box's ``occlusion`` is its KITTI occlusion
+  state (0 fully visible, 1 partly, 2 largely, 3 no ray reaches it), measured on the fault-free cast below
+  (:func:`perception_nodes.eval.generated_difficulty.occlusion_truth`), so evaluation levels never depend on
+  the delivered scan's dropout or faults.
 * ``/ground_truth/occupancy``, ``/ground_truth/occupancy/visibility`` (from a fault-free, noise-free ray
   cast of the rig's LiDAR, not from the delivered scan) and ``/ground_truth/occupancy/lidar_fault``
   (where an injected LiDAR fault acts in that frame): nav_msgs/OccupancyGrid, 100 / 0, base_link, the
@@ -46,7 +49,8 @@ from pathlib import Path
 from typing import Any
 
 #: Version of the generator's output; part of /scenario/info and of the default scenario's cache key.
-GENERATOR_VERSION = 4
+#: 5: ground-truth objects carry their KITTI occlusion state, measured on the fault-free cast (before: -1).
+GENERATOR_VERSION = 5
 START_NS = 1_700_000_000 * 1_000_000_000
 PERIOD_NS = 100_000_000
 LIDAR_FRAME = "velodyne"
@@ -236,6 +240,7 @@ def generate_bag(
     from perception_nodes.codecs.image import numpy_to_image
     from perception_nodes.codecs.outputs import marker_array_msg, occupancy_grid_msg
     from perception_nodes.codecs.pointcloud2 import create_xyzi_cloud
+    from perception_nodes.eval.generated_difficulty import occlusion_truth
     from perception_nodes.pipeline.occupancy import GridSpec
     from perception_nodes.scenario.camera import camera_rig, disparity_from_depth, render_camera
     from perception_nodes.scenario.faults import Faults
@@ -328,8 +333,8 @@ def generate_bag(
             clock["lidar"] += time.perf_counter() - tic
             tic = time.perf_counter()
             # visibility truth comes from a fault-free cast of the same rig, never from the delivered scan
-            visible = visibility_truth(ideal_scan(scene, t, beams, mount_height=mount, boxes=boxes, realism=state),
-                                       beams, spec)
+            ideal = ideal_scan(scene, t, beams, mount_height=mount, boxes=boxes, realism=state)
+            visible = visibility_truth(ideal, beams, spec)
             clock["truth"] += time.perf_counter() - tic
             tic = time.perf_counter()
             scan = faults.apply_lidar(scan, t_rel, beams, rng_fault)
@@ -354,7 +359,10 @@ def generate_bag(
 
             tic = time.perf_counter()
             base_boxes = boxes_in_base_link(boxes, pose)
-            objects = [b for b in base_boxes if b.label in GT_OBJECT_LABELS]
+            # each object's KITTI occlusion state from the same fault-free cast (points levelled at the sensor,
+            # which stands at (0, 0, mount) in base_link)
+            objects = occlusion_truth([b for b in base_boxes if b.label in GT_OBJECT_LABELS],
+                                      ideal.points[:, :3].astype(np.float64) + (0.0, 0.0, mount), (0.0, 0.0, mount))
             # the grids go first: a consumer that scores a frame once its objects arrive then has them
             grid_origin = (spec.origin[0], spec.origin[1], 0.0)
             queue.push(nominal, GT_OCCUPANCY, OCCUPANCY_GRID_TYPE,

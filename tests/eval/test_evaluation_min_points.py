@@ -131,6 +131,7 @@ def test_scan_joins_nearest_objects_frame_is_transformed_and_released():
     # the same frames graded by KITTI level from the scan, beside the headline level "all"
     g = m["detection"]["kitti_graded"]
     assert g["levels"] == ["easy", "moderate", "hard"] and "virtual camera" in g["source"]
+    assert g["occlusion_source"] == {"truth": 0, "scan": 2 * len(ev._det_gt_graded)}  # no state in these boxes
     graded = ev._det_gt_graded[0]
     assert [b.occlusion for b in graded] == [0, 3]  # `hit` seen by the sensor's rays; no ray reaches `empty`
     assert g["per_class"]["car"]["moderate"]["tp_3d"] == 3 and g["per_class"]["car"]["moderate"]["fp_3d"] == 0

@@ -1,8 +1,10 @@
-"""KITTI levels for generated ground truth: virtual-camera box heights, occlusion from the scan's rays."""
+"""KITTI levels for generated ground truth: virtual-camera box heights, occlusion from the generator's truth or
+the scan's rays."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from perception_nodes.eval.generated_difficulty import (
     KITTI_FOCAL_PX,
     occluded_fractions,
     occlusion_state,
+    occlusion_truth,
     virtual_bbox2d,
     with_difficulty,
     with_virtual_bbox2d,
@@ -83,6 +86,22 @@ def test_occlusion_is_the_share_of_rays_stopped_in_front(share, state):
     assert n == 40 * 12 + 1  # the face's rays and the one through the glass; the road and the wall left out
     assert frac == pytest.approx(expected * 40 * 12 / n, abs=1e-12)
     assert occlusion_state(frac) == state
+
+
+def test_a_boxs_own_occlusion_state_wins_over_the_scan():
+    """Boxes that arrive with a state (the generator's truth, >= 0) keep it; only boxes without (-1) are
+    measured on the scan, and each says which it was."""
+    pts = _face_scan(0.75)  # the scan says: largely occluded
+    told = [replace(_car(20.0), occlusion=0), _car(20.0)]
+    a, b = with_difficulty(told, pts, ORIGIN)
+    assert (a.occlusion, a.extras["occlusion_source"]) == (0, "truth") and "occluded_fraction" not in a.extras
+    assert (b.occlusion, b.extras["occlusion_source"]) == (2, "scan") and b.extras["occluded_fraction"] > 0.6
+    assert kitti_difficulty(a) == "easy" and kitti_difficulty(b) == "hard"  # state 2: hard only
+    assert a.extras["bbox2d"] == b.extras["bbox2d"] and a.truncation == b.truncation == 0.0
+    # the generator's writer: the same ray test on its fault-free cast sets the state
+    assert [t.occlusion for t in occlusion_truth([_car(20.0)] * 3, _face_scan(0.0), ORIGIN)] == [0, 0, 0]
+    assert occlusion_truth([_car(20.0), _car(20.0, y=10.0)], pts, ORIGIN)[0].occlusion == 2
+    assert occlusion_truth([_car(20.0, y=10.0)], pts, ORIGIN)[0].occlusion == 3  # no ray reaches it
 
 
 def test_no_ray_through_the_box_is_unknown_occlusion_and_ignored_at_every_level():

@@ -310,6 +310,42 @@ def test_samples_carry_boxes_grids_and_points_in_the_crop(bag_cache):
     assert np.isnan(s["curvature"]).all()  # fixture bags carry no lane path: the curvature loss skips them
     # the sensor in base_link (for the evaluation's KITTI levels): the fixture's mount, above the ground
     assert s["sensor_origin"].shape == (3,) and s["sensor_origin"][2] > 1.0
+    # each box row's occlusion state as the bag gives it: the generator writes its truth (0-3, version 5 on),
+    # the fixture writer none (-1: the evaluation measures it on the scan)
+    states = np.concatenate([d["box_occlusion"] for d in data.samples])
+    assert all(d["box_occlusion"].shape == (len(d["boxes"]),) for d in data.samples)
+    assert set(np.unique(states).tolist()) == {-1}
+
+
+@pytest.mark.slow
+def test_levels_take_the_bags_occlusion_truth_over_the_scan(det_run, bag_cache):
+    """The accumulator's KITTI levels read each box's occlusion from the sample where the bag has it: the same
+    frames with every box declared largely occluded keep no car at moderate and every car at level all;
+    samples without the field (older bags) are graded from their scan's rays, as before."""
+    from perception_nodes.learning.config import load_config
+    from perception_nodes.learning.data import load_split
+    from perception_nodes.learning.detection_metrics import DetectionAccumulator
+
+    branch, model = load_trained(det_run.run_dir)
+    cfg = load_config(det_config(bag_cache))
+    val = load_split(cfg.data.val, branch, cache_dir=bag_cache, role="eval", progress=False).samples
+
+    @torch.no_grad()
+    def score(samples):
+        acc = DetectionAccumulator(branch)
+        for smp in samples:
+            acc.add(model([torch.from_numpy(smp["points"])]), [smp])
+        return acc.results()
+
+    def told(state):
+        return [{**smp, "box_occlusion": np.full(len(smp["boxes"]), state, np.int8)} for smp in val]
+
+    measured = score(val)  # fixture bags carry no truth (-1): graded from the scan
+    hidden, shown = score(told(2)), score(told(0))
+    # the fixture's few cars stand in plain view: the scan grades them as a state-0 declaration does
+    assert measured["car_n_gt_moderate"] == shown["car_n_gt_moderate"] > 0
+    assert hidden["car_n_gt_moderate"] == 0 and hidden["car_n_gt"] == measured["car_n_gt"] == shown["car_n_gt"]
+    assert hidden["car_ap_3d"] == shown["car_ap_3d"] == measured["car_ap_3d"]  # level all needs no grading
 
 
 def test_samples_with_a_context_margin_keep_its_points_not_its_boxes(bag_cache):

@@ -191,6 +191,34 @@ def test_faults_leave_the_clean_streams_alone(tmp_path):
         assert [bytes(d) for _, d in clean[topic]] == [bytes(d) for _, d in faulty[topic]], topic
 
 
+def test_objects_carry_their_occlusion_from_the_fault_free_cast(tmp_path):
+    """Each ground-truth object's KITTI occlusion state is measured on the generator's fault-free cast: a LiDAR
+    dropout fault leaves it as it is, and on a plain scene (every ray through a car returns) it is what the
+    delivered scan's own rays say for nearly every car."""
+    from dataclasses import replace
+
+    from perception_nodes.codecs.detections import boxes_from_detections
+    from perception_nodes.eval.generated_difficulty import with_difficulty
+
+    kw = dict(scenario="urban_street", seed=2, duration_s=0.5, cameras=False, progress=False)
+    _, clean = _read(generate_bag(tmp_path / "clean", **kw))
+    _, lossy = _read(generate_bag(tmp_path / "lossy", faults=Faults(lidar_dropout=0.6, lidar_dropout_time=(0.0, 9.0)),
+                                  **kw))
+    states = [[d.occlusion for d in m.detections] for _, m in clean[G.GT_OBJECTS]]
+    assert states == [[d.occlusion for d in m.detections] for _, m in lossy[G.GT_OBJECTS]]
+    flat = [o for f in states for o in f]
+    assert set(flat) <= {0, 1, 2, 3} and {0, 2} <= set(flat)  # parked rows: visible and hidden cars
+    mount = json.loads(clean[G.SCENARIO_INFO][0][1].data)["lidar"]["mount_height_m"]
+    agree = total = 0
+    for (_, objs), (_, cloud) in zip(clean[G.GT_OBJECTS], clean[G.LIDAR_POINTS], strict=True):
+        cars = [b for b in boxes_from_detections(objs) if b.label == "Car"]
+        xyz = read_xyzi(cloud, remove_nonfinite=True)[:, :3].astype(np.float64) + (0.0, 0.0, mount)
+        measured = with_difficulty([replace(b, occlusion=-1) for b in cars], xyz, (0.0, 0.0, mount))
+        agree += sum(b.occlusion == m.occlusion for b, m in zip(cars, measured, strict=True))
+        total += len(cars)
+    assert total >= 20 and agree >= 0.9 * total
+
+
 # -- faults ----------------------------------------------------------------------------------------------
 
 def _gen(tmp_path, name, faults, **kw):

@@ -403,7 +403,7 @@ class LidarDetectionBranch(Branch):
         base = base[((base[:, :3] >= lo) & (base[:, :3] < hi)).all(1)]
         if len(base) > self.target_params.max_points:
             base = base[np.linspace(0, len(base) - 1, self.target_params.max_points).astype(np.int64)]
-        rows = []
+        rows, occlusion = [], []
         for b in frame.boxes_in_base():
             k = self.class_index(b.label)
             if k is None:
@@ -411,6 +411,7 @@ class LidarDetectionBranch(Branch):
             if not cfg.contains_xy(b.center[0], b.center[1]):
                 continue
             rows.append([*b.center, *b.size, b.yaw, float(k)])
+            occlusion.append(b.occlusion)
         occ, occ_spec = grid_from_msg(occ_msg)
         vis, vis_spec = grid_from_msg(vis_msg)
         path_msg = frame.extras.get(topics.GT_PATH)
@@ -421,6 +422,9 @@ class LidarDetectionBranch(Branch):
         return {
             "points": np.ascontiguousarray(base, np.float32),
             "boxes": np.asarray(rows, np.float32).reshape(-1, 8),
+            # per box row: the bag's KITTI occlusion state (generated bags since generator version 5: truth from
+            # the fault-free cast; -1 unknown), for the evaluation's levels; no training target uses it
+            "box_occlusion": np.asarray(occlusion, np.int8).reshape(-1),
             "occupied": (resample_max(occ >= 50, occ_spec, self.occupancy_spec) > 0.5).astype(np.uint8),
             "visible": (resample_max(vis >= 50, vis_spec, self.occupancy_spec) > 0.5).astype(np.uint8),
             "curvature": curvature,
