@@ -52,6 +52,12 @@ class LossWeights:
     focal_gamma: float = 0.0
     #: weight of observed cells labelled occupied in the occupancy loss (free ones weigh 1): a few % of cells
     occupied_weight: float = 1.0
+    #: weight of an L1 term on the box regression's mean (the NIG's gamma) at the object cells, beside the NIG
+    #: loss (CenterPoint's box loss is this L1). Why: the NIG NLL scales the mean's gradient by the predicted
+    #: precision, so where the target is ambiguous (the length and heading of a car seen in part) the network can
+    #: lower the loss by widening the variance instead of moving the mean (Seitzer et al. 2022, "On the pitfalls
+    #: of heteroscedastic uncertainty estimation"); the L1 term keeps a constant pull on the mean there. 0 = off.
+    box_l1: float = 0.0
 
 
 def detection_loss(
@@ -86,7 +92,7 @@ def detection_loss(
     cls = (evidential_classification_loss(out.class_alpha, soft, kl_weight, weights.form, dim=1) * cell_w).sum()
     cls = cls / max(1, n_obj)
 
-    box_terms = []
+    box_terms, l1_terms = [], []
     for b, t in enumerate(targets):
         if len(t.indices) == 0:
             continue
@@ -94,7 +100,9 @@ def detection_loss(
         p = NIG(*(m[b].flatten(1)[:, idx] for m in out.box))  # [T, M]
         y = torch.from_numpy(t.regression).to(dev).T
         box_terms.append(evidential_regression_loss(p, y, weights.nig_regulariser, weights.nig_normalised).reshape(-1))
+        l1_terms.append((p.gamma - y).abs().reshape(-1))
     box = torch.cat(box_terms).mean() if box_terms else out.box.gamma.sum() * 0.0
+    box_l1 = torch.cat(l1_terms).mean() if l1_terms else out.box.gamma.sum() * 0.0
 
     occ = out.occupancy_evidence.sum() * 0.0
     if occupancy_label is not None:
@@ -115,6 +123,9 @@ def detection_loss(
                                               weights.nig_normalised).mean()
 
     total = weights.classes * cls + weights.boxes * box + weights.occupancy * occ + weights.curvature * curv
-    parts = {"classes": float(cls.detach()), "boxes": float(box.detach()), "occupancy": float(occ.detach()),
+    if weights.box_l1 > 0:
+        total = total + weights.box_l1 * box_l1
+    parts = {"classes": float(cls.detach()), "boxes": float(box.detach()), "box_l1": float(box_l1.detach()),
+             "occupancy": float(occ.detach()),
              "curvature": float(curv.detach()), "objects": float(n_obj), "total": float(total.detach())}
     return total, parts

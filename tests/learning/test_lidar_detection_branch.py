@@ -470,6 +470,46 @@ def test_focal_modulation_and_occupied_weight_of_the_loss():
     assert heavy["occupancy"] > plain["occupancy"] and heavy["classes"] == plain["classes"]
 
 
+def test_box_l1_term_is_the_mean_absolute_error_of_the_box_means_and_pulls_them_to_the_target():
+    """``box_l1``: the mean |gamma - target| over the object cells' regression rows, added to the total with its
+    weight (0 leaves the loss as it was); its gradient reaches the box means only."""
+    from perception_nodes.models import LidarDetectionNet
+    from perception_nodes.models.losses import LossWeights, detection_loss
+
+    torch.manual_seed(0)
+    net = LidarDetectionNet({**MODEL, "point_range": [-4.0, -4.0, -1.0, 4.0, 4.0, 3.0]}).eval()
+    br = LidarDetectionBranch({"model": net.config.__dict__ | {"backbone_args": MODEL["backbone_args"]}})
+    rng = np.random.default_rng(1)
+    pts = np.concatenate([rng.uniform(-3.5, 3.5, (400, 2)), rng.uniform(0, 2, (400, 1)), rng.uniform(0, 1, (400, 1))], 1)
+    with torch.no_grad():
+        out = net(torch.from_numpy(pts.astype(np.float32)))
+    boxes = np.array([[1.0, 1.0, 0.8, 4.0, 1.8, 1.5, 0.3, 0.0], [-2.0, 1.5, 0.9, 0.6, 0.6, 1.7, -1.0, 1.0]], np.float32)
+    targets = br.targets_of([boxes])
+    t = targets[0]
+    want = np.abs(out.box.gamma[0].flatten(1)[:, torch.from_numpy(t.indices)].numpy() - t.regression.T).mean()
+    base, parts = detection_loss(out, targets, kl_weight=0.1, weights=LossWeights())
+    total, with_l1 = detection_loss(out, targets, kl_weight=0.1, weights=LossWeights(box_l1=2.0))
+    assert parts["box_l1"] == pytest.approx(want, rel=1e-6) and with_l1["box_l1"] == parts["box_l1"]
+    assert float(total) == pytest.approx(float(base) + 2.0 * want, rel=1e-5)
+    assert with_l1["boxes"] == parts["boxes"] and with_l1["classes"] == parts["classes"]
+    # the gradient of the term alone: -sign(error) / count on the object cells' means, nothing elsewhere
+    gamma = out.box.gamma.detach().clone().requires_grad_(True)
+    from perception_nodes.models.lidar_detection import LidarDetectionOutput
+
+    plain = LidarDetectionOutput(out.occupancy_evidence, out.class_alpha, out.box._replace(gamma=gamma), out.curvature,
+                                 out.num_voxels)
+    l1_only, _ = detection_loss(plain, targets, kl_weight=0.1,
+                                weights=LossWeights(classes=0.0, boxes=0.0, occupancy=0.0, curvature=0.0, box_l1=1.0))
+    l1_only.backward()
+    g = gamma.grad[0].flatten(1)
+    at = torch.from_numpy(t.indices)
+    err = gamma.detach()[0].flatten(1)[:, at].numpy() - t.regression.T
+    assert np.allclose(g[:, at].numpy(), np.sign(err) / err.size, atol=1e-9)
+    mask = torch.ones(g.shape[1], dtype=torch.bool)
+    mask[at] = False
+    assert float(g[:, mask].abs().max()) == 0.0
+
+
 def test_object_rotation_never_turns_into_a_labelled_box_and_leaves_a_neighbour_alone():
     """A pedestrian 0.1 m beside a car, inside the car's 0.2 m margin: the car does not turn at all (its grown
     footprint would overlap the pedestrian's box), even when the pedestrian has no returns (occluded); with the

@@ -108,7 +108,7 @@ class LossParams(LossWeights):
 
     def __post_init__(self) -> None:
         if min(self.classes, self.boxes, self.occupancy, self.curvature, self.positive_weight, self.nig_regulariser,
-               self.kl_weight, self.kl_anneal_epochs) < 0:
+               self.kl_weight, self.kl_anneal_epochs, self.box_l1) < 0:
             raise ConfigError("loss weights and kl_anneal_epochs must be >= 0")
         if self.form not in ("ce", "mse"):
             raise ConfigError("loss.form must be ce or mse")
