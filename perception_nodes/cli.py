@@ -117,7 +117,7 @@ def _print_detection(m: dict) -> None:
     if parts:
         from perception_nodes.evaluation import DETECTIONS_OUT
 
-        print(f"detections {DETECTIONS_OUT} (KITTI R40; moderate graded from the scan; all in report.html): "
+        print(f"detections {DETECTIONS_OUT} (KITTI R40; moderate from virtual-camera levels; all in report.html): "
               + "; ".join(parts) + ("  (*: under 40 boxes the devkit caps AP at (n-1)/40)" if capped else ""))
 
 
@@ -286,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "carry occupancy truth and fault-free visibility; box-labelled bags get boxes-as-occupied, "
                         "ground-plane free space). Objects: share of each footprint read occupied, false-positive "
                         "cells outside every box. KITTI AP R40 / nuScenes mAP when the graph publishes detections (headline "
-                        "level 'all'; generated ground truth also at easy / moderate / hard graded from the bag's "
-                        "scan, `detection.kitti_graded`: a virtual camera with KITTI's focal length facing each box, "
+                        "level 'all'; generated ground truth also at easy / moderate / hard, `detection.kitti_graded`: "
+                        "a virtual camera with KITTI's focal length facing each box, "
                         "occlusion from the bag's truth (generator version >= 5: its fault-free cast) or else the scan's rays, "
                         "no truncation). "
                         "Writes OUT/metrics.json (schema: perception_nodes/eval/metrics.schema.json) and "

@@ -78,7 +78,8 @@ BOOTSTRAP_SAMPLES = 500
 SCORES = ("iou", "precision", "recall", "brier", "nll", "ece")
 #: key in a pending ground-truth frame: LiDAR points per ground-truth box (None: could not count)
 _POINT_COUNTS = "~lidar_points_per_box"
-#: per ground-truth frame: the boxes graded by KITTI level from the scan (generated_difficulty) and the sensor
+#: per ground-truth frame: the boxes graded by KITTI level (generated_difficulty: the bag's occlusion truth, else
+#: the scan's rays) and the sensor
 _GRADED = "~kitti_level_boxes"
 
 
@@ -296,8 +297,9 @@ class Evaluator:
             del self._clouds[c]
 
     def _scan_facts(self, cloud: Any, objects: Any) -> tuple[list[int], tuple[list[Box3D], np.ndarray]] | None:
-        """Points of the scan per ground-truth box, and the boxes graded by KITTI level from the same scan
-        (:func:`~perception_nodes.eval.generated_difficulty.with_difficulty`) with the sensor's position."""
+        """Points of the scan per ground-truth box, and the boxes graded by KITTI level
+        (:func:`~perception_nodes.eval.generated_difficulty.with_difficulty`: the bag's occlusion truth, else this
+        scan's rays) with the sensor's position."""
         from perception_nodes.codecs.pointcloud2 import read_xyzi
         from perception_nodes.eval.generated_difficulty import with_difficulty
 

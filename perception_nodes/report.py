@@ -271,7 +271,7 @@ def detection_metrics_html(det: dict) -> str:
     graded = (det.get("kitti_graded") or {}).get("per_class") or {}
     tables = [(cls, lv, r, "") for cls, by_level in (k.get("per_class") or {}).items() for lv, r in by_level.items()]
     # generated ground truth graded by KITTI level from the scan (evaluation.py: `kitti_graded`)
-    tables += [(cls, lv, r, " (graded from the scan)") for cls, by_level in graded.items() for lv, r in by_level.items()
+    tables += [(cls, lv, r, " (virtual-camera levels)") for cls, by_level in graded.items() for lv, r in by_level.items()
                if lv != "all"]
     capped = False
     for cls, lv, r, tag in tables:
@@ -293,7 +293,7 @@ def detection_metrics_html(det: dict) -> str:
     if capped:
         notes.append("* fewer than 40 boxes counted: KITTI's R40 caps AP at (n &minus; 1) / 40 there.")
     if graded:
-        notes.append("Rows “graded from the scan”: generated ground truth at KITTI's levels (moderate is the goal's "
+        notes.append("Rows “virtual-camera levels”: generated ground truth at KITTI's levels (moderate is the goal's "
                      "level), graded by a virtual camera with KITTI's focal length facing each box (all around the "
                      "vehicle), occlusion from the generator's truth where the bag has it (else from the scan's rays), "
                      "no truncation (perception_nodes/eval/"

@@ -101,7 +101,7 @@ def test_detection_metrics_render_as_tables():
     graded.add_frame(with_difficulty(gt, np.zeros((0, 3)), (0.0, 0.0, 1.7)), with_virtual_bbox2d(pred, (0.0, 0.0, 1.7)))
     doc["kitti_graded"] = graded.results()["kitti"]
     page = detection_metrics_html(doc)
-    assert "<td>car</td><td>moderate (graded from the scan)</td>" in page
+    assert "<td>car</td><td>moderate (virtual-camera levels)</td>" in page
     assert '<tr style="font-weight:bold"><td>car</td><td>all</td>' in page
 
 

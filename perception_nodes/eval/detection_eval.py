@@ -16,7 +16,7 @@
    have). Levels easy/moderate/hard need every ground-truth box of the classes to carry a 2D box and an
    occlusion (KITTI label files); otherwise — generated scenarios, and bags, whose ground-truth message
    has no 2D box — one level ``"all"`` without difficulty filtering is scored, and ``kitti.levels`` says so
-   (:mod:`perception_nodes.eval.generated_difficulty` can grade such boxes from the scan beforehand).
+   (:mod:`perception_nodes.eval.generated_difficulty` can grade generated boxes beforehand).
 4. **nuScenes** mAP, per-class AP per distance threshold, TP errors ATE/ASE/AOE and NDS (adapted: no
    velocity or attributes, see :class:`~perception_nodes.eval.metrics.detection.NuScenesResult`).
 

@@ -12,7 +12,8 @@ for a LiDAR scan, from the geometry alone (never from a detection):
   For a box whose vertical extent spans the camera height this is ``f * h / d_near``: a 1.5 m car is 25 px
   (moderate's minimum) at about 43 m. A box reaching behind the camera plane (the sensor next to or inside
   it) has no finite projection and passes every height test (its occlusion is still measured).
-* **Occlusion**: from the scan's own rays. Every return whose ray passes through the box (above its
+* **Occlusion**: from a scan's rays -- the generator's fault-free cast (its truth, below), or the delivered
+  scan for boxes without a state. Every return whose ray passes through the box (above its
   lowest :data:`GROUND_MARGIN_M`, where the road in front can return first) either ends more than
   :data:`OCCLUDER_MARGIN_M` before the ray enters the box (something stands in front: an occluding return)
   or not (the box, or what lies behind glass, is seen). The occluded fraction maps onto KITTI's states as
@@ -26,7 +27,9 @@ for a LiDAR scan, from the geometry alone (never from a detection):
   generator applies the same test to its fault-free, dropout-free cast of the same rig
   (:func:`perception_nodes.scenario.truth.ideal_scan`) and writes the state into each ground-truth object's
   ``occlusion`` field; :func:`with_difficulty` keeps a box's state when it has one (>= 0) and measures it on
-  the scan only for boxes without (older bags and other sources: -1).
+  the scan only for boxes without (older generated bags, the tests' fixture bags: -1). Converted KITTI bags
+  carry the label's occlusion too; ``evaluate`` does not grade them this way (their 2D boxes are not in the
+  bag) and ``lidar-eval`` scores real KITTI from the label files.
 * **Truncation** is not modelled (0): there is no image border to leave.
 
 The same camera gives detections a 2D box, so the devkit's rule for detections (a detection lower than the

@@ -42,6 +42,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -151,6 +152,8 @@ class DetectionAccumulator:
         #: the same boxes graded by KITTI level (samples with a ``sensor_origin``: generated scenes), see
         #: :mod:`perception_nodes.eval.generated_difficulty`
         self.level_scorer = DetectionScorer()
+        #: graded ground-truth boxes by where their occlusion state came from ("truth": the bag, "scan")
+        self.occlusion_sources: Counter[str] = Counter()
         self.with_occupancy = with_occupancy
         self._det: list[tuple[float, bool, float, float]] = []  # score, right, vacuity, centre std
         self._label: list[int] = []
@@ -193,8 +196,9 @@ class DetectionAccumulator:
             if "sensor_origin" in s:
                 origin = np.asarray(s["sensor_origin"], np.float64)
                 # the bag's occlusion truth where it has one (generator >= 5), else measured on the scan
-                graded = gt_boxes(s["boxes"], classes, s.get("box_occlusion"))
-                self.level_scorer.add_frame(with_difficulty(graded, s["points"], origin),
+                graded = with_difficulty(gt_boxes(s["boxes"], classes, s.get("box_occlusion")), s["points"], origin)
+                self.occlusion_sources.update(g.extras["occlusion_source"] for g in graded)
+                self.level_scorer.add_frame(graded,
                                             with_virtual_bbox2d(pred, origin), points=s["points"])
             self._match(det, np.asarray(s["boxes"]).reshape(-1, 8))
             if len(tg.indices):
@@ -282,6 +286,8 @@ class DetectionAccumulator:
                     out[f"{c}_ap_3d_{level}"] = float(r["3d"].ap)
                     out[f"{c}_ap_bev_{level}"] = float(r["bev"].ap)
                     out[f"{c}_n_gt_{level}"] = float(r["3d"].n_gt)
+            out["gt_occlusion_from_truth"] = float(self.occlusion_sources["truth"])
+            out["gt_occlusion_from_scan"] = float(self.occlusion_sources["scan"])
         d = np.asarray(self._det, np.float64).reshape(-1, 4)
         right = d[:, 1] > 0.5
         out["detections"] = float(len(d))

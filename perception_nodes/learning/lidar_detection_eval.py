@@ -17,8 +17,9 @@
    (:func:`~perception_nodes.pipeline.occupancy.evidential_occupancy`) on the same visible cells as the
    occupancy baseline (``ism_occupancy_iou`` / ``ism_occupancy_ece``). KITTI AP at level ``all`` (every box
    with a point: ``car_ap_3d``) and at the KITTI levels (``car_ap_3d_moderate`` ...: each generated box graded
-   by :mod:`perception_nodes.eval.generated_difficulty`, a virtual camera's 2D box height and the scan's
-   occlusion of it, as issue 10's moderate goal needs);
+   by :mod:`perception_nodes.eval.generated_difficulty`, a virtual camera's 2D box height and the occlusion
+   state the generator wrote from its fault-free cast -- measured on the scan for bags without one --, as issue
+   10's moderate goal needs; ``gt_occlusion_from_truth`` / ``gt_occlusion_from_scan`` count which);
 3. scores the real KITTI object frames (evaluation only) with the KITTI difficulty levels: KITTI labels
    exist only inside the left camera's field of view, so detections outside it (``|bearing| >
    kitti_fov_deg / 2`` or behind the car) are dropped before scoring; and the real nuScenes keyframe
@@ -461,6 +462,8 @@ SUMMARY_ROWS = (
     ("car_ap_3d", "car AP3D R40 @0.7 (all)"), ("car_ap_bev", "car AP BEV R40 @0.7 (all)"),
     ("car_n_gt_easy", "cars at easy (virtual camera, KITTI occlusion)"),
     ("car_n_gt_moderate", "cars at moderate (easy included)"), ("car_n_gt_hard", "cars at hard (all levels)"),
+    ("gt_occlusion_from_truth", "boxes graded with the generator's occlusion"),
+    ("gt_occlusion_from_scan", "boxes graded with the scan's occlusion"),
     ("car_ap_3d_moderate", "car AP3D R40 @0.7 moderate"), ("car_ap_bev_moderate", "car AP BEV R40 @0.7 moderate"),
     ("car_ap_3d_easy", "car AP3D R40 @0.7 easy"), ("car_ap_3d_hard", "car AP3D R40 @0.7 hard"),
     ("nus_map", "nuScenes-style mAP"),

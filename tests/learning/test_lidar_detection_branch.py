@@ -346,6 +346,10 @@ def test_levels_take_the_bags_occlusion_truth_over_the_scan(det_run, bag_cache):
     assert measured["car_n_gt_moderate"] == shown["car_n_gt_moderate"] > 0
     assert hidden["car_n_gt_moderate"] == 0 and hidden["car_n_gt"] == measured["car_n_gt"] == shown["car_n_gt"]
     assert hidden["car_ap_3d"] == shown["car_ap_3d"] == measured["car_ap_3d"]  # level all needs no grading
+    # and the metrics say where each graded box's occlusion came from
+    n = sum(len(smp["boxes"]) for smp in val)
+    assert (measured["gt_occlusion_from_truth"], measured["gt_occlusion_from_scan"]) == (0, n)
+    assert (hidden["gt_occlusion_from_truth"], hidden["gt_occlusion_from_scan"]) == (n, 0)
 
 
 def test_samples_with_a_context_margin_keep_its_points_not_its_boxes(bag_cache):

@@ -23,7 +23,7 @@ Where the numbers live: ``Box3D.occlusion`` and ``Box3D.truncation`` (read by
 ``(left, top, right, bottom)`` in image pixels. Ground truth without a 2D box (generated scenarios, and
 bags: ``perception_interfaces/Detection3D`` has no 2D box field) has no difficulty; it is scored as one
 level, ``"all"``, with no difficulty filtering -- unless :mod:`perception_nodes.eval.generated_difficulty`
-grades it from the scan first (a virtual camera's 2D box, the scan's occlusion), as ``lidar-eval`` and
+grades it first (a virtual camera's 2D box; the generator's occlusion truth, else the scan's), as ``lidar-eval`` and
 ``evaluate``'s ``kitti_graded`` section do.
 """
 

@@ -479,6 +479,9 @@ class LidarDetectionBranch(Branch):
         out.update(occupied=occ, visible=vis, curvature=curv)
         if origin is not None:
             out["sensor_origin"] = origin
+        # per-box evaluation data would no longer line up (a rotation can drop boxes that leave the crop), and
+        # no training target reads it
+        out.pop("box_occlusion", None)
         return out
 
     def rotate_scene(self, points: Tensor, boxes: Tensor, occupied: Tensor, visible: Tensor,
