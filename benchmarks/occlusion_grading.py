@@ -62,8 +62,11 @@ def occlusion_confusion(weights: str, eval_config: Path, set_name: str, cache_di
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="lidar_detection", help="weights folder or packaged name (its branch config)")
-    p.add_argument("--eval-config", type=Path, default=REPO / "configs/train/lidar_detection_eval_v16.yaml")
+    p.add_argument("--weights", default="lidar_detection",
+                   help="weights folder or packaged name, for its branch config (default: the packaged lidar_detection)")
+    p.add_argument("--eval-config", type=Path, default=REPO / "configs/train/lidar_detection_eval_v16.yaml",
+                   help="eval config whose sets are graded (default: configs/train/lidar_detection_eval_v16.yaml; its "
+                        "scenes are generated into the bag cache on first use, a few minutes)")
     p.add_argument("--set", dest="set_name", action="append", default=None,
                    help="a set of the eval config (repeat; default: every set under `sets`)")
     a = p.parse_args(argv)

@@ -571,6 +571,8 @@ class Evaluator:
                     **lv, "source": "generated_difficulty: 2D box height in a virtual camera with KITTI's focal "
                                     "length, occlusion from the bag's truth (generator >= 5) or else the scan's rays, "
                                     "truncation not modelled",
+                    # every graded ground-truth box of the bag (all labels, before the class, range and point
+                    # filters of the scorer), by where its occlusion state came from
                     "occlusion_source": {"truth": sources.get("truth", 0), "scan": sources.get("scan", 0)}}
             if self._counting:
                 doc["detection"]["filters"]["point_counts"] = {

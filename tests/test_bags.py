@@ -97,5 +97,7 @@ def test_writer_round_trip_through_both_decoders(tmp_path):
     with BagReader(tmp_path / "bag") as r:
         got = [rec.msg for rec in r.records()]
     assert len(got) == 3 and bytes(got[2].data) == (pts + 2).tobytes()
+    with pytest.raises(RuntimeError, match="with BagReader"):  # not opened: say how, not rosbags' internals
+        next(BagReader(tmp_path / "bag").records())
     ind = _mcap_messages(tmp_path / "bag" / "bag.mcap")
     assert [m[2] for m in ind] == [100, 101, 102]

@@ -58,6 +58,8 @@ class BagReader:
 
     def records(self, topics: Iterable[str] | None = None, raw: bool = False) -> Iterator[BagRecord]:
         """Messages in log-time order; ``raw=True`` yields serialized CDR bytes instead of objects."""
+        if not getattr(self._reader, "stack", None):
+            raise RuntimeError(f"{self.path}: open the bag first -- `with BagReader(path) as bag: bag.records()`")
         wanted = set(topics) if topics is not None else None
         conns = [c for c in self._reader.connections if wanted is None or c.topic in wanted]
         for conn, t, data in self._reader.messages(connections=conns):
