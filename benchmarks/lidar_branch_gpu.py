@@ -13,7 +13,9 @@ PyTorch fp32 (TF32 off), stage by stage as the runtime splits them:
 * ``cuda``: per stage (upload of the points, voxelise, backbone, bev_net, heads, decode_boxes -- the
   node's decode, which reads the box head at the peaks) the median and p99 of wall time with the device
   synchronised around each stage, and end to end without the per-stage synchronisations;
-* ``cpu``: the same stages on the CPU at ``--threads`` for the ratio (same scans, same order).
+* ``cpu``: the same stages on the CPU at ``--threads`` for the ratio (same scans, same order);
+* ``device_profile``: torch.profiler over three whole device runs of the first scan (kernel launches, the
+  device's busy time, the host's op time per run; ``profile_ops`` of ``sparse_conv_gpu.py``).
 
 On the device the voxelisation is the PyTorch reference path (the compiled numba pass is CPU-only)
 and the sparse backbone takes the engine's static CUDA dataflow choice (``implicit_gemm_sorted``: the
@@ -172,6 +174,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         if s in result["cpu"]["stages"] and v["p50"] > 0:
             result["ratios"][f"cpu_over_device_{s}_p50"] = round(result["cpu"]["stages"][s]["p50"] / v["p50"], 2)
     log(f"cpu {result['cpu']['e2e_stage_synced']}  device {result['device']['e2e']}")
+    # where the device side's time goes: torch.profiler over whole runs of the first scan (as sparse_conv_gpu.py
+    # does for the bare backbone): kernel launches, the device's busy time, the host's op time
+    from sparse_conv_gpu import profile_ops
+
+    name0, p0 = scans[0]
+    with torch.inference_mode():
+        result["device_profile"] = {"scan": name0, **profile_ops(
+            lambda: run_once(dev_rt, p0, device, no_stages, net_dev, calibration), device)}
+    prof = result["device_profile"]
+    log(f"profile {name0}: {prof.get('kernel_launches_per_run')} launches, device busy "
+        f"{prof.get('device_busy_ms_per_run')} ms, host ops {prof.get('host_ms_per_run')} ms per run")
     result["notes"] = [
         "fp32 on both sides, TF32 off; eager PyTorch; the device side voxelises with the PyTorch reference path",
         "stages timed with the device synchronised around each; device e2e is a separate run per scan "
