@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,9 +38,8 @@ sys.path.insert(0, str(REPO))
 from perception_nodes.eval.detection_eval import DetectionScorer, points_in_boxes  # noqa: E402
 from perception_nodes.eval.generated_difficulty import with_difficulty, with_virtual_bbox2d  # noqa: E402
 from perception_nodes.learning.branches import get_branch  # noqa: E402
-from perception_nodes.learning.config import _sources  # noqa: E402
 from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
-from perception_nodes.learning.lidar_detection_eval import _samples  # noqa: E402
+from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
 from perception_nodes.models.weights_io import load_lidar_detection, resolve_weights_folder  # noqa: E402
 
@@ -53,13 +51,9 @@ def scored_frames(weights: str, eval_config: Path, set_name: str, cache_dir: Pat
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
     acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True)
-    doc = yaml.safe_load(eval_config.read_text())
-    sets = {**(doc.get("sets") or {}), **(doc.get("reserved_sets") or {})}
-    if set_name not in sets:
-        raise SystemExit(f"{eval_config}: no set {set_name!r} (sets: {sorted(sets)})")
     frames = []
     with torch.no_grad():
-        for scene, source in enumerate(_sources(sets[set_name], set_name)):
+        for scene, source in enumerate(set_sources(eval_config, set_name)):
             for s in _samples(branch, [source], cache_dir, False):
                 origin = np.asarray(s["sensor_origin"], np.float64)
                 det = acc.decode(model([torch.from_numpy(s["points"])]))[0]

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -29,9 +28,8 @@ sys.path.insert(0, str(REPO))
 from perception_nodes.eval.generated_difficulty import with_difficulty  # noqa: E402
 from perception_nodes.eval.metrics.kitti_difficulty import kitti_difficulty  # noqa: E402
 from perception_nodes.learning.branches import get_branch  # noqa: E402
-from perception_nodes.learning.config import _sources  # noqa: E402
 from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
-from perception_nodes.learning.lidar_detection_eval import _samples  # noqa: E402
+from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
 from perception_nodes.models.weights_io import load_lidar_detection, resolve_weights_folder  # noqa: E402
 
@@ -43,11 +41,7 @@ def box_errors(weights: str, eval_config: Path, set_name: str, radius: float = 1
     model, side = load_lidar_detection(folder)  # checked against its sidecar, in eval mode
     branch = get_branch("lidar_detection")(side["branch_config"])
     acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True)
-    doc = yaml.safe_load(eval_config.read_text())
-    sets = {**(doc.get("sets") or {}), **(doc.get("reserved_sets") or {})}
-    if set_name not in sets:
-        raise SystemExit(f"{eval_config}: no set {set_name!r} (sets: {sorted(sets)})")
-    samples = _samples(branch, _sources(sets[set_name], set_name), cache_dir, False)
+    samples = _samples(branch, set_sources(eval_config, set_name), cache_dir, False)
     rows, cars = [], 0
     with torch.no_grad():
         for s in samples:

@@ -26,9 +26,8 @@ sys.path.insert(0, str(REPO))
 from perception_nodes.eval.detection_eval import points_in_boxes  # noqa: E402
 from perception_nodes.eval.generated_difficulty import with_difficulty  # noqa: E402
 from perception_nodes.learning.branches import get_branch  # noqa: E402
-from perception_nodes.learning.config import _sources  # noqa: E402
 from perception_nodes.learning.detection_metrics import gt_boxes  # noqa: E402
-from perception_nodes.learning.lidar_detection_eval import _samples  # noqa: E402
+from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
 from perception_nodes.models.weights_io import read_sidecar, resolve_weights_folder  # noqa: E402
 
 STATES = (0, 1, 2, 3)
@@ -37,11 +36,7 @@ STATES = (0, 1, 2, 3)
 def occlusion_confusion(weights: str, eval_config: Path, set_name: str, cache_dir: Path | None = None) -> dict:
     folder = resolve_weights_folder(weights, "lidar_detection")
     branch = get_branch("lidar_detection")(read_sidecar(folder)["branch_config"])
-    doc = yaml.safe_load(eval_config.read_text())
-    sets = {**(doc.get("sets") or {}), **(doc.get("reserved_sets") or {})}
-    if set_name not in sets:
-        raise SystemExit(f"{eval_config}: no set {set_name!r} (sets: {sorted(sets)})")
-    samples = _samples(branch, _sources(sets[set_name], set_name), cache_dir, False)
+    samples = _samples(branch, set_sources(eval_config, set_name), cache_dir, False)
     table = np.zeros((len(STATES), len(STATES)), np.int64)
     without_truth = 0
     classes = branch.net_config.classes

@@ -61,7 +61,7 @@ from perception_nodes.models.calibration import (
 )
 from perception_nodes.pipeline.self_returns import self_return_settings, self_returns
 
-__all__ = ["evaluate_kitti", "evaluate_nuscenes", "evaluate_sets", "fit_calibration", "camera_view", "in_camera_view", "kitti_frames", "main",
+__all__ = ["evaluate_kitti", "evaluate_nuscenes", "evaluate_sets", "fit_calibration", "camera_view", "in_camera_view", "kitti_frames", "main", "set_sources",
            "package_run", "trivial_baselines"]
 
 
@@ -117,6 +117,16 @@ def _samples(branch: LidarDetectionBranch, sources: Sequence[BagSource], cache_d
 
     return load_split(sources, branch, cache_dir=cache_dir or default_cache_dir(), role="eval",
                       progress=progress).samples
+
+
+def set_sources(eval_config: Path, set_name: str) -> tuple[BagSource, ...]:
+    """The bag sources of one named set of an eval config (``sets`` or ``reserved_sets``), for the benchmarks that
+    look at one set (box errors, occlusion grading, paired AP); SystemExit naming the sets when it is not there."""
+    doc = yaml.safe_load(Path(eval_config).read_text()) or {}
+    sets = {**(doc.get("sets") or {}), **(doc.get("reserved_sets") or {})}
+    if set_name not in sets:
+        raise SystemExit(f"{eval_config}: no set {set_name!r} (sets: {sorted(sets)})")
+    return _sources(sets[set_name], set_name)
 
 
 @torch.no_grad()

@@ -449,9 +449,9 @@ def test_calibration_fit_and_before_after_scoring_on_a_tiny_run(det_run, bag_cac
         _check_disjoint({"validation": [src], "held_out": [src]})
 
 
-def test_focal_modulation_and_occupied_weight_of_the_loss():
+def _small_net_output():
+    """An untrained network on an 8 m crop, its branch and its output on 400 random points (loss tests)."""
     from perception_nodes.models import LidarDetectionNet
-    from perception_nodes.models.losses import LossWeights, detection_loss
 
     torch.manual_seed(0)
     net = LidarDetectionNet({**MODEL, "point_range": [-4.0, -4.0, -1.0, 4.0, 4.0, 3.0]}).eval()
@@ -460,6 +460,13 @@ def test_focal_modulation_and_occupied_weight_of_the_loss():
     pts = np.concatenate([rng.uniform(-3.5, 3.5, (400, 2)), rng.uniform(0, 2, (400, 1)), rng.uniform(0, 1, (400, 1))], 1)
     with torch.no_grad():
         out = net(torch.from_numpy(pts.astype(np.float32)))
+    return net, br, out
+
+
+def test_focal_modulation_and_occupied_weight_of_the_loss():
+    from perception_nodes.models.losses import LossWeights, detection_loss
+
+    net, br, out = _small_net_output()
     targets = br.targets_of([np.array([[1.0, 1.0, 0.8, 4.0, 1.8, 1.5, 0.3, 0.0]], np.float32)])
     h, w = net.config.occupancy_grid.height, net.config.occupancy_grid.width
     occ = torch.zeros(1, h, w)
@@ -477,16 +484,9 @@ def test_focal_modulation_and_occupied_weight_of_the_loss():
 def test_box_l1_term_is_the_mean_absolute_error_of_the_box_means_and_pulls_them_to_the_target():
     """``box_l1``: the mean |gamma - target| over the object cells' regression rows, added to the total with its
     weight (0 leaves the loss as it was); its gradient reaches the box means only."""
-    from perception_nodes.models import LidarDetectionNet
     from perception_nodes.models.losses import LossWeights, detection_loss
 
-    torch.manual_seed(0)
-    net = LidarDetectionNet({**MODEL, "point_range": [-4.0, -4.0, -1.0, 4.0, 4.0, 3.0]}).eval()
-    br = LidarDetectionBranch({"model": net.config.__dict__ | {"backbone_args": MODEL["backbone_args"]}})
-    rng = np.random.default_rng(1)
-    pts = np.concatenate([rng.uniform(-3.5, 3.5, (400, 2)), rng.uniform(0, 2, (400, 1)), rng.uniform(0, 1, (400, 1))], 1)
-    with torch.no_grad():
-        out = net(torch.from_numpy(pts.astype(np.float32)))
+    net, br, out = _small_net_output()
     boxes = np.array([[1.0, 1.0, 0.8, 4.0, 1.8, 1.5, 0.3, 0.0], [-2.0, 1.5, 0.9, 0.6, 0.6, 1.7, -1.0, 1.0]], np.float32)
     targets = br.targets_of([boxes])
     t = targets[0]
