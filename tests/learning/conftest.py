@@ -36,3 +36,13 @@ def tiny_config(cache_dir: Path, **overrides: Any) -> dict[str, Any]:
 def bag_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache folder per session: the fixture bags are rendered once."""
     return tmp_path_factory.mktemp("train_bags")
+
+
+def short_eval_config(folder: Path, seeds: tuple[int, ...] = (11,), stride: int = 5) -> Path:
+    """An eval config with one set, ``short``: 1 s plain urban_street scenes (HDL-64) of these seeds, for the
+    benchmark scripts' tests."""
+    rows = "".join(f"    - {{generate: {{scenario: urban_street, seed: {s}, duration_s: 1.0, lidar: hdl64}}, "
+                   f"stride: {stride}}}\n" for s in seeds)
+    cfg = folder / "eval.yaml"
+    cfg.write_text("sets:\n  short:\n" + rows)
+    return cfg

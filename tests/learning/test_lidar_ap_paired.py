@@ -7,16 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import load_script
+from tests.learning.conftest import short_eval_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_paired_bootstrap_of_a_network_against_itself_and_a_worse_copy(tmp_path, bag_cache):
     mod = load_script(REPO / "benchmarks" / "lidar_ap_paired.py", "lidar_ap_paired")
-    cfg = tmp_path / "eval.yaml"
-    cfg.write_text("sets:\n  short:\n"
-                   "    - {generate: {scenario: urban_street, seed: 11, duration_s: 1.0, lidar: hdl64}, stride: 2}\n"
-                   "    - {generate: {scenario: urban_street, seed: 12, duration_s: 1.0, lidar: hdl64}, stride: 2}\n")
+    cfg = short_eval_config(tmp_path, seeds=(11, 12), stride=2)
     a = mod.scored_frames("lidar_detection", cfg, "short", cache_dir=bag_cache)
     assert [f[2] for f in a] == [0] * 5 + [1] * 5  # frames tagged with their scene
     same = mod.paired(a, a, reps=20, level="moderate", progress=False)

@@ -6,15 +6,14 @@ import math
 from pathlib import Path
 
 from tests.conftest import load_script
+from tests.learning.conftest import short_eval_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_box_errors_of_the_packaged_network_on_a_short_plain_scene(tmp_path, bag_cache):
     mod = load_script(REPO / "benchmarks" / "lidar_box_errors.py", "lidar_box_errors")
-    cfg = tmp_path / "eval.yaml"
-    cfg.write_text("sets:\n  short:\n    - {generate: {scenario: urban_street, seed: 11, duration_s: 1.0, lidar: hdl64}, "
-                   "stride: 5}\n")
+    cfg = short_eval_config(tmp_path)
     out = mod.box_errors("lidar_detection", cfg, "short", cache_dir=bag_cache)
     assert out["frames"] == 2 and 0 < out["matched"] <= out["cars_moderate"]
     assert set(out["errors"]) == set(mod.PARAMS)

@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import load_script
+from tests.learning.conftest import short_eval_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_plain_scene_truth_and_scan_agree_and_every_car_has_truth(tmp_path, bag_cache):
     mod = load_script(REPO / "benchmarks" / "occlusion_grading.py", "occlusion_grading")
-    cfg = tmp_path / "eval.yaml"
-    cfg.write_text("sets:\n  short:\n    - {generate: {scenario: urban_street, seed: 11, duration_s: 1.0, lidar: hdl64}, "
-                   "stride: 5}\n")
+    cfg = short_eval_config(tmp_path)
     out = mod.occlusion_confusion("lidar_detection", cfg, "short", cache_dir=bag_cache)
     t = out["truth_rows_scan_columns"]
     assert out["frames"] == 2 and out["cars_without_truth"] == 0 and out["cars"] >= 10
