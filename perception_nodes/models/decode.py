@@ -330,6 +330,16 @@ class Targets:
     labels: NDArray[np.int64]
     regression: NDArray[np.float32]
     kept: NDArray[np.bool_]
+    #: the cells the box loss is taken at and their rows (``regression_radius`` > 0: the centre cells and their
+    #: neighbours, each row's offset relative to its own cell); None = the centre cells (``indices``) only
+    box_indices: Optional[NDArray[np.int64]] = None
+    box_regression: Optional[NDArray[np.float32]] = None
+
+    def box_cells(self) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """The flat cells and regression rows the box loss is taken at."""
+        if self.box_indices is None or self.box_regression is None:
+            return self.indices, self.regression
+        return self.box_indices, self.box_regression
 
 
 def encode_targets(
@@ -341,10 +351,19 @@ def encode_targets(
     velocities: Optional[NDArray[np.floating]] = None,
     min_radius: int = 2,
     min_overlap: float = 0.1,
+    regression_radius: int = 0,
 ) -> Targets:
     """CenterPoint targets of one sample from ``boxes`` ``[M, 7]`` = (x, y, z, l, w, h, yaw) and class
     indices ``labels`` ``[M]`` in ``[0, num_classes)``. With ``velocities`` ``[M, 2]`` the regression rows
-    get (vx, vy). Two objects on one centre cell: the later one's regression wins (the heatmap keeps both)."""
+    get (vx, vy). Two objects on one centre cell: the later one's regression wins (the heatmap keeps both).
+
+    ``regression_radius`` r > 0 also gives every cell within r cells (Chebyshev) of a centre cell a box row,
+    its offset measured from that cell (so it lies in ``(-r, r + 1)``) and everything else the object's; a cell
+    near two centres belongs to the nearer one. Why: decoding reads the box at the heatmap's peak, and on cars
+    seen in part that peak is often a cell beside the centre cell, where a centre-only loss never trained
+    the regression (``box_indices`` / ``box_regression``; ``indices`` stay the centre cells)."""
+    if regression_radius < 0:
+        raise ValueError("regression_radius must be >= 0")
     boxes = np.asarray(boxes, np.float64).reshape(-1, 7)
     labels = np.asarray(labels, np.int64).reshape(-1)
     if len(labels) != len(boxes):
@@ -368,13 +387,43 @@ def encode_targets(
             row += [float(v) for v in np.asarray(velocities, np.float64).reshape(-1, 2)[m]]
         rows.append(row)
     n_reg = len(regression_names(velocities is not None))
+    regression = np.asarray(rows, np.float32).reshape(-1, n_reg)
+    box_indices = box_regression = None
+    if regression_radius > 0:
+        box_indices, box_regression = _neighbour_rows(fx[kept], fy[kept], ix[kept], iy[kept], regression, grid,
+                                                      regression_radius)
     return Targets(
         heatmap=heatmap,
         indices=(iy[kept] * grid.width + ix[kept]).astype(np.int64),
         labels=labels[kept],
-        regression=np.asarray(rows, np.float32).reshape(-1, n_reg),
+        regression=regression,
         kept=kept,
+        box_indices=box_indices,
+        box_regression=box_regression,
     )
+
+
+def _neighbour_rows(fx: NDArray[np.float64], fy: NDArray[np.float64], ix: NDArray[np.int64], iy: NDArray[np.int64],
+                    regression: NDArray[np.float32], grid: BevGrid, radius: int
+                    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """Cells within ``radius`` of each centre cell with the object's row, offset taken from the cell; each cell
+    once, owned by the object whose centre is nearest its middle."""
+    d = np.arange(-radius, radius + 1)
+    dx, dy = (a.reshape(-1) for a in np.meshgrid(d, d))
+    cx = ix[:, None] + dx[None]  # [M, (2r+1)^2]
+    cy = iy[:, None] + dy[None]
+    obj = np.broadcast_to(np.arange(len(ix))[:, None], cx.shape)
+    dist = np.hypot(cx + 0.5 - fx[:, None], cy + 0.5 - fy[:, None])
+    on = (cx >= 0) & (cx < grid.width) & (cy >= 0) & (cy < grid.height)
+    cx, cy, obj, dist = cx[on], cy[on], obj[on], dist[on]
+    order = np.lexsort((obj, dist))  # nearest centre first; ties to the earlier object
+    flat = (cy * grid.width + cx)[order]
+    _, first = np.unique(flat, return_index=True)
+    keep = order[np.sort(first)]
+    rows = regression[obj[keep]].copy()
+    rows[:, 0] = (fx[obj[keep]] - cx[keep]).astype(np.float32)
+    rows[:, 1] = (fy[obj[keep]] - cy[keep]).astype(np.float32)
+    return (cy[keep] * grid.width + cx[keep]).astype(np.int64), rows
 
 
 def dirichlet_targets(heatmap: torch.Tensor, dim: int = 0) -> torch.Tensor:

@@ -94,11 +94,12 @@ def detection_loss(
 
     box_terms, l1_terms = [], []
     for b, t in enumerate(targets):
-        if len(t.indices) == 0:
+        cells, rows = t.box_cells()  # the centre cells, and their neighbours with a regression radius
+        if len(cells) == 0:
             continue
-        idx = torch.from_numpy(t.indices).to(dev)
+        idx = torch.from_numpy(cells).to(dev)
         p = NIG(*(m[b].flatten(1)[:, idx] for m in out.box))  # [T, M]
-        y = torch.from_numpy(t.regression).to(dev).T
+        y = torch.from_numpy(rows).to(dev).T
         box_terms.append(evidential_regression_loss(p, y, weights.nig_regulariser, weights.nig_normalised).reshape(-1))
         l1_terms.append((p.gamma - y).abs().reshape(-1))
     box = torch.cat(box_terms).mean() if box_terms else out.box.gamma.sum() * 0.0

@@ -90,12 +90,16 @@ class TargetParams:
     #: smallest Gaussian radius of the heatmap (head cells) and the CornerNet IoU of the radius formula
     min_radius: int = 2
     min_overlap: float = 0.1
+    #: the box loss is also taken at the cells within this many head cells of each centre cell, each with its
+    #: own offset (:func:`~perception_nodes.models.decode.encode_targets`); 0 = the centre cell only
+    regression_radius: int = 0
     #: points per frame kept (evenly thinned beyond; memory bound of the in-memory data set)
     max_points: int = 140_000
 
     def __post_init__(self) -> None:
-        if self.min_radius < 0 or not 0.0 < self.min_overlap < 1.0 or self.max_points < 1:
-            raise ConfigError("targets: min_radius >= 0, 0 < min_overlap < 1, max_points >= 1")
+        if (self.min_radius < 0 or not 0.0 < self.min_overlap < 1.0 or self.max_points < 1
+                or self.regression_radius < 0):
+            raise ConfigError("targets: min_radius >= 0, 0 < min_overlap < 1, max_points >= 1, regression_radius >= 0")
 
 
 @dataclass(frozen=True)
@@ -643,7 +647,8 @@ class LidarDetectionBranch(Branch):
             a = b.detach().cpu().numpy() if isinstance(b, Tensor) else np.asarray(b)
             a = a.reshape(-1, 8)
             out.append(encode_targets(a[:, :7], a[:, 7].astype(np.int64), self.head_grid, k,
-                                      min_radius=tp.min_radius, min_overlap=tp.min_overlap))
+                                      min_radius=tp.min_radius, min_overlap=tp.min_overlap,
+                                      regression_radius=tp.regression_radius))
         return out
 
     def loss(self, output: LidarDetectionOutput, batch: Batch, *, epoch_progress: float) -> tuple[Tensor, dict[str, float]]:

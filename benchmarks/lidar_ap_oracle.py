@@ -1,0 +1,136 @@
+"""Which box parameter keeps the LiDAR branch's car AP3D low? Each one replaced by its ground truth in turn.
+
+    python benchmarks/lidar_ap_oracle.py --weights perception_nodes/models/weights/lidar_detection_realism \\
+        --eval-config configs/train/lidar_detection_eval_v17.yaml --set seen_types_realism3
+
+The network runs once on every frame of the set (its sidecar's calibration, as ``lidar-eval`` scores it). Every
+ground-truth car is matched to the nearest car detection within ``--radius`` m of its BEV centre (greedy, highest
+score first, as the branch's own matching); then car AP3D R40 @ 0.7 at each KITTI level (the generator's occlusion
+truth) is recomputed with one group of the matched detections' parameters set to the ground truth's:
+
+* ``xy`` (BEV centre), ``z``, ``length``, ``width``, ``height``, ``size`` (all three), ``yaw`` (heading modulo
+  180 degrees, kept on the detection's side: IoU ignores the direction), and ``all``;
+* ``all_but_<g>``: everything but one group -- what that group alone costs.
+
+Scores, unmatched detections and unmatched cars stay as they are, so ``all`` is the AP the set allows for this
+network's recall and ranking. A diagnostic of where IoU 0.7 is lost, not a score: the ground truth is used to
+*edit* the output, never to judge it. Prints a table and one JSON object last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from perception_nodes.boxes import Box3D  # noqa: E402
+from perception_nodes.eval.detection_eval import DetectionScorer  # noqa: E402
+from perception_nodes.eval.generated_difficulty import with_difficulty, with_virtual_bbox2d  # noqa: E402
+from perception_nodes.learning.branches import get_branch  # noqa: E402
+from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
+from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
+from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
+from perception_nodes.models.weights_io import load_lidar_detection, resolve_weights_folder  # noqa: E402
+
+GROUPS = ("xy", "z", "length", "width", "height", "size", "yaw")
+LEVELS = ("easy", "moderate", "hard")
+
+
+def _with_truth(d: Box3D, g: Box3D, groups: set[str]) -> Box3D:
+    c, s, yaw = list(d.center), list(d.size), d.yaw
+    if "xy" in groups:
+        c[0], c[1] = g.center[0], g.center[1]
+    if "z" in groups:
+        c[2] = g.center[2]
+    for k, name in enumerate(("length", "width", "height")):
+        if name in groups or "size" in groups:
+            s[k] = g.size[k]
+    if "yaw" in groups:  # the ground truth's heading, turned by 180 degrees when that is nearer the detection's
+        dy = (g.yaw - d.yaw + np.pi) % (2 * np.pi) - np.pi
+        yaw = g.yaw if abs(dy) <= np.pi / 2 else g.yaw + np.pi
+    return replace(d, center=tuple(c), size=tuple(s), yaw=float(yaw))
+
+
+def _match(gt: list[Box3D], det: list[Box3D], radius: float) -> dict[int, int]:
+    """detection index -> ground-truth index, cars only, greedy by score."""
+    cars = [j for j, g in enumerate(gt) if g.label == "car"]
+    used: set[int] = set()
+    out: dict[int, int] = {}
+    for i in sorted((i for i, d in enumerate(det) if d.label == "car"), key=lambda i: -det[i].score):
+        best, bd = -1, radius
+        for j in cars:
+            if j in used:
+                continue
+            dd = float(np.hypot(det[i].center[0] - gt[j].center[0], det[i].center[1] - gt[j].center[1]))
+            if dd <= bd:
+                best, bd = j, dd
+        if best >= 0:
+            used.add(best)
+            out[i] = best
+    return out
+
+
+def frames_of(weights: str, eval_config: Path, set_name: str, radius: float) -> list[tuple]:
+    folder = resolve_weights_folder(weights, "lidar_detection")
+    model, side = load_lidar_detection(folder)
+    branch = get_branch("lidar_detection")(side["branch_config"])
+    acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True)
+    frames = []
+    with torch.no_grad():
+        for s in _samples(branch, set_sources(eval_config, set_name), None, False):
+            origin = np.asarray(s["sensor_origin"], np.float64)
+            det = acc.decode(model([torch.from_numpy(s["points"])]))[0].to_box3d()
+            gt = with_difficulty(gt_boxes(s["boxes"], branch.net_config.classes, s.get("box_occlusion")),
+                                 s["points"], origin)
+            frames.append((gt, det, origin, _match(gt, det, radius), s["points"]))
+    return frames
+
+
+def car_ap(frames: list[tuple], groups: set[str]) -> dict[str, float]:
+    sc = DetectionScorer()
+    for gt, det, origin, match, points in frames:
+        edited = [_with_truth(d, gt[match[i]], groups) if i in match else d for i, d in enumerate(det)]
+        sc.add_frame(gt, with_virtual_bbox2d(edited, origin), points=points)
+    res = sc.kitti_results().get("car", {})
+    return {lvl: float(res[lvl]["3d"].ap) for lvl in LEVELS if lvl in res}
+
+
+def oracle(weights: str, eval_config: Path, set_name: str, radius: float = 1.0) -> dict:
+    frames = frames_of(weights, eval_config, set_name, radius)
+    variants = {"none": set(), **{g: {g} for g in GROUPS}, "all": set(GROUPS)}
+    variants.update({f"all_but_{g}": set(GROUPS) - ({g, "size"} if g in ("length", "width", "height") else {g})
+                     for g in ("xy", "z", "length", "width", "height", "yaw")})
+    return {"weights": weights, "set": set_name, "frames": len(frames), "radius_m": radius,
+            "matched": int(sum(len(f[3]) for f in frames)),
+            "ap3d": {name: car_ap(frames, groups) for name, groups in variants.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="lidar_detection", help="weights folder or packaged name")
+    p.add_argument("--eval-config", type=Path, required=True)
+    p.add_argument("--set", dest="set_name", action="append", required=True, help="a set of the eval config (repeat)")
+    p.add_argument("--radius", type=float, default=1.0, help="BEV centre distance of a match, m")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    res = [oracle(a.weights, a.eval_config, name, a.radius) for name in a.set_name]
+    for r in res:
+        print(f"{r['set']} ({r['frames']} frames, {r['matched']} car detections matched within {r['radius_m']} m): "
+              "car AP3D @ 0.7 with the ground truth's ...")
+        for name, ap in r["ap3d"].items():
+            print(f"  {name:16s} " + "  ".join(f"{lvl} {ap.get(lvl, float('nan')):.3f}" for lvl in ("moderate", "easy", "hard")))
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
