@@ -14,7 +14,12 @@ truth) is recomputed with one group of the matched detections' parameters set to
 
 Scores, unmatched detections and unmatched cars stay as they are, so ``all`` is the AP the set allows for this
 network's recall and ranking. A diagnostic of where IoU 0.7 is lost, not a score: the ground truth is used to
-*edit* the output, never to judge it. Prints a table and one JSON object last.
+*edit* the output, never to judge it.
+
+Also, per ground-truth car (any level) with a car heatmap peak (a cell equal to its 3 x 3 max, expected car
+probability > the eval threshold) within 1.5 m: whether that nearest peak is the car's centre cell, and the BEV
+centre error of the box read at the peak cell (what decoding publishes) against the box read at the true centre
+cell (the only cell a centre-only box loss trains). Prints a table and one JSON object last.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -78,20 +84,62 @@ def _match(gt: list[Box3D], det: list[Box3D], radius: float) -> dict[int, int]:
     return out
 
 
-def frames_of(weights: str, eval_config: Path, set_name: str, radius: float) -> list[tuple]:
+def frames_of(weights: str, eval_config: Path, set_name: str, radius: float, cache_dir: Path | None = None) -> list[tuple]:
     folder = resolve_weights_folder(weights, "lidar_detection")
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
     acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True)
-    frames = []
+    frames, peaks = [], []
     with torch.no_grad():
-        for s in _samples(branch, set_sources(eval_config, set_name), None, False):
+        for s in _samples(branch, set_sources(eval_config, set_name), cache_dir, False):
             origin = np.asarray(s["sensor_origin"], np.float64)
-            det = acc.decode(model([torch.from_numpy(s["points"])]))[0].to_box3d()
+            out = model([torch.from_numpy(s["points"])])
+            det = acc.decode(out)[0].to_box3d()
             gt = with_difficulty(gt_boxes(s["boxes"], branch.net_config.classes, s.get("box_occlusion")),
                                  s["points"], origin)
             frames.append((gt, det, origin, _match(gt, det, radius), s["points"]))
-    return frames
+            peaks.extend(_peak_rows(out, branch, s["boxes"]))
+    return frames, np.asarray(peaks, np.float64).reshape(-1, 4)
+
+
+def _peak_rows(out, branch, boxes: np.ndarray, reach_m: float = 1.5) -> list[list[float]]:
+    """Per ground-truth car with a car peak within ``reach_m``: (Chebyshev distance in cells from the nearest
+    peak to the centre cell, that peak's x offset in cells, BEV centre error of the box read at the peak, of
+    the box read at the centre cell), metres."""
+    grid, ep = branch.head_grid, branch.eval_params
+    alpha = out.class_alpha[0].float()
+    car = alpha[0] / alpha.sum(0)
+    peak = (car == F.max_pool2d(car[None, None], 3, 1, 1)[0, 0]) & (car > ep.score_threshold)
+    py, px = (t.numpy() for t in torch.nonzero(peak, as_tuple=True))
+    g = out.box.gamma[0].float()  # [T, H, W]: the dense maps (the training forward, not the node's fast path)
+    rows = []
+    for b in np.asarray(boxes).reshape(-1, 8):
+        if int(b[7]) != 0 or not len(px):
+            continue
+        fx, fy = (b[0] - grid.origin_x) / grid.cell, (b[1] - grid.origin_y) / grid.cell
+        ix, iy = int(np.floor(fx)), int(np.floor(fy))
+        if not (0 <= ix < grid.width and 0 <= iy < grid.height):
+            continue
+        d = np.hypot(px + 0.5 - fx, py + 0.5 - fy)
+        k = int(np.argmin(d))
+        if d[k] * grid.cell > reach_m:
+            continue
+        qx, qy = int(px[k]), int(py[k])
+        at_peak = np.hypot(qx + float(g[0, qy, qx]) - fx, qy + float(g[1, qy, qx]) - fy) * grid.cell
+        at_centre = np.hypot(ix + float(g[0, iy, ix]) - fx, iy + float(g[1, iy, ix]) - fy) * grid.cell
+        rows.append([max(abs(qx - ix), abs(qy - iy)), qx - ix, at_peak, at_centre])
+    return rows
+
+
+def peak_summary(rows: np.ndarray) -> dict:
+    off = rows[:, 0] > 0
+    def stats(e: np.ndarray) -> dict:
+        return {"n": int(len(e)), "median_m": float(np.median(e)) if len(e) else float("nan"),
+                "p90_m": float(np.percentile(e, 90)) if len(e) else float("nan")}
+    return {"cars": int(len(rows)), "share_on_centre_cell": float((~off).mean()) if len(rows) else float("nan"),
+            "cells_away": {int(k): int((rows[:, 0] == k).sum()) for k in np.unique(rows[:, 0])},
+            "error_at_peak": stats(rows[:, 2]), "error_at_centre_cell": stats(rows[:, 3]),
+            "peak_off_centre": {"at_peak": stats(rows[off, 2]), "at_centre_cell": stats(rows[off, 3])}}
 
 
 def car_ap(frames: list[tuple], groups: set[str]) -> dict[str, float]:
@@ -103,14 +151,15 @@ def car_ap(frames: list[tuple], groups: set[str]) -> dict[str, float]:
     return {lvl: float(res[lvl]["3d"].ap) for lvl in LEVELS if lvl in res}
 
 
-def oracle(weights: str, eval_config: Path, set_name: str, radius: float = 1.0) -> dict:
-    frames = frames_of(weights, eval_config, set_name, radius)
+def oracle(weights: str, eval_config: Path, set_name: str, radius: float = 1.0, cache_dir: Path | None = None) -> dict:
+    frames, peaks = frames_of(weights, eval_config, set_name, radius, cache_dir)
     variants = {"none": set(), **{g: {g} for g in GROUPS}, "all": set(GROUPS)}
     variants.update({f"all_but_{g}": set(GROUPS) - ({g, "size"} if g in ("length", "width", "height") else {g})
                      for g in ("xy", "z", "length", "width", "height", "yaw")})
     return {"weights": weights, "set": set_name, "frames": len(frames), "radius_m": radius,
             "matched": int(sum(len(f[3]) for f in frames)),
-            "ap3d": {name: car_ap(frames, groups) for name, groups in variants.items()}}
+            "ap3d": {name: car_ap(frames, groups) for name, groups in variants.items()},
+            "peaks": peak_summary(peaks)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
               "car AP3D @ 0.7 with the ground truth's ...")
         for name, ap in r["ap3d"].items():
             print(f"  {name:16s} " + "  ".join(f"{lvl} {ap.get(lvl, float('nan')):.3f}" for lvl in ("moderate", "easy", "hard")))
+        pk = r["peaks"]
+        print(f"  nearest car peak on the centre cell for {pk['share_on_centre_cell']:.3f} of {pk['cars']} cars "
+              f"(cells away: {pk['cells_away']}); where it is not, centre error of the box read at the peak "
+              f"{pk['peak_off_centre']['at_peak']['median_m']:.3f} m median (p90 {pk['peak_off_centre']['at_peak']['p90_m']:.3f}), "
+              f"at the centre cell {pk['peak_off_centre']['at_centre_cell']['median_m']:.3f} m "
+              f"(p90 {pk['peak_off_centre']['at_centre_cell']['p90_m']:.3f})")
     print(json.dumps(res))
     return 0
 

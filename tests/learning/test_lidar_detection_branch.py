@@ -174,6 +174,21 @@ def test_rotation_augmentation_is_off_by_default_and_checked():
             LidarDetectionBranch({"model": MODEL, "augment": bad})
 
 
+def test_regression_radius_reaches_the_targets_and_is_checked():
+    """targets.regression_radius goes from the config to the branch's targets (the box loss cells grow around
+    each centre; the centre cells the metrics read stay); a negative radius is refused."""
+    from perception_nodes.config import ConfigError
+
+    boxes = np.array([[4.0, 2.0, 0.8, 4.0, 1.8, 1.5, 0.3, 0]], np.float32)
+    plain = LidarDetectionBranch({"model": MODEL}).targets_of([boxes])[0]
+    wide = LidarDetectionBranch({"model": MODEL, "targets": {"regression_radius": 1}}).targets_of([boxes])[0]
+    assert plain.box_indices is None and wide.box_indices is not None and len(wide.box_indices) == 9
+    assert np.array_equal(plain.indices, wide.indices)
+    assert LidarDetectionBranch({"model": MODEL}).describe()["targets"]["regression_radius"] == 0
+    with pytest.raises(ConfigError, match="regression_radius"):
+        LidarDetectionBranch({"model": MODEL, "targets": {"regression_radius": -1}})
+
+
 def _car_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two cars along x with returns on their sides and roof, ground returns all over, and a wall 0.7 m
     beside the second car: a turn of 30 deg would swing its grown corners 1.15 m out (rows: x, y, z,

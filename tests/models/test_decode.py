@@ -187,3 +187,39 @@ def test_gaussian_and_radius():
     r = [gaussian_radius(s, s / 2) for s in (2.0, 5.0, 10.0)]
     assert 0 < r[0] < r[1] < r[2]
     assert gaussian_radius(5, 2.5, 0.7) < gaussian_radius(5, 2.5, 0.1)
+
+
+def test_regression_radius_trains_the_cells_around_each_centre():
+    """targets.regression_radius: the box rows at the neighbours of a centre cell decode, from their own cell, to
+    exactly the object's box (so a heatmap peak one cell off still gives the right centre); each cell belongs to
+    one object, the nearest; cells off the grid are dropped; radius 0 is the centre-only target of before."""
+    grid = BevGrid(0.0, 0.0, 0.5, 20, 20)
+    # two cars 0.8 m apart (their 3 x 3 windows overlap) and a pedestrian in the grid's corner cell
+    boxes = np.array([[3.1, 4.3, -1.0, 4.5, 1.8, 1.5, 0.3], [3.9, 4.3, -1.2, 4.2, 1.7, 1.4, 1.3],
+                      [0.1, 0.1, 0.0, 0.6, 0.6, 1.7, -2.0]])
+    labels = np.array([0, 0, 1])
+    plain = encode_targets(boxes, labels, grid, 3)
+    assert plain.box_indices is None
+    cells, rows = plain.box_cells()
+    assert np.array_equal(cells, plain.indices) and np.array_equal(rows, plain.regression)
+    t = encode_targets(boxes, labels, grid, 3, regression_radius=1)
+    assert np.array_equal(t.indices, plain.indices) and np.array_equal(t.regression, plain.regression)
+    assert np.array_equal(t.heatmap, plain.heatmap)
+    cells, rows = t.box_cells()
+    assert len(np.unique(cells)) == len(cells)  # each cell once
+    # 9 + 9 cells, 6 shared between the cars; the corner pedestrian keeps 4 of its 9
+    assert len(cells) == 9 + 9 - 6 + 4
+    assert set(plain.indices) <= set(cells)
+    cx, cy = cells % grid.width, cells // grid.width
+    x = grid.origin_x + (cx + rows[:, 0].astype(np.float64)) * grid.cell
+    y = grid.origin_y + (cy + rows[:, 1].astype(np.float64)) * grid.cell
+    # which object each row decodes to: the nearest centre to the cell's middle
+    mid = np.stack([grid.origin_x + (cx + 0.5) * grid.cell, grid.origin_y + (cy + 0.5) * grid.cell], 1)
+    owner = np.argmin(np.hypot(mid[:, :1] - boxes[None, :, 0], mid[:, 1:] - boxes[None, :, 1]), 1)
+    tol = 8 * EPS32 * (grid.width * grid.cell)
+    np.testing.assert_allclose(x, boxes[owner, 0], rtol=0, atol=tol)
+    np.testing.assert_allclose(y, boxes[owner, 1], rtol=0, atol=tol)
+    np.testing.assert_array_equal(rows[:, 2:], plain.regression[owner][:, 2:])
+    assert (np.abs(rows[:, :2]) < 2.0).all() and (rows[:, :2] > -1.0).all()  # offsets in (-r, r + 1)
+    with pytest.raises(ValueError):
+        encode_targets(boxes, labels, grid, 3, regression_radius=-1)

@@ -83,3 +83,27 @@ def test_gradients_flow_and_empty_scene():
     assert torch.isfinite(logits.grad).all() and torch.isfinite(gamma.grad).all()
     assert float(gamma.grad[1].abs().max()) == 0.0 and float(gamma.grad[0].abs().max()) > 0.0
     assert parts["objects"] == 3.0
+
+
+def test_box_loss_reads_the_neighbour_cells_with_a_regression_radius():
+    """With regression_radius the box loss is taken at every cell of the 3 x 3 window (a wrong box one cell
+    beside a centre raises it), without it those cells do not count; a map right at every window cell scores
+    lower than one right at the centres only."""
+    plain = encode_targets(BOXES, LABELS, GRID, 3)
+    wide = encode_targets(BOXES, LABELS, GRID, 3, regression_radius=1)
+    alpha, _ = _perfect(plain)
+    cells, rows = wide.box_cells()
+    gamma = torch.zeros(8, GRID.height * GRID.width)
+    gamma[:, torch.from_numpy(cells)] = torch.from_numpy(rows).T
+    gamma = gamma.view(1, 8, GRID.height, GRID.width)
+    occ = torch.zeros(1, 2, 16, 16)
+    kw = dict(kl_weight=0.5)
+    beside = int(cells[~np.isin(cells, plain.indices)][0])  # a neighbour cell of some centre
+    g2 = gamma.clone()
+    g2.view(8, -1)[:, beside] += 3.0
+    base_wide = detection_loss(_output(alpha, gamma, occ, torch.zeros(1, 3)), [wide], **kw)[1]["boxes"]
+    assert detection_loss(_output(alpha, g2, occ, torch.zeros(1, 3)), [wide], **kw)[1]["boxes"] > base_wide
+    base_plain = detection_loss(_output(alpha, gamma, occ, torch.zeros(1, 3)), [plain], **kw)[1]["boxes"]
+    assert detection_loss(_output(alpha, g2, occ, torch.zeros(1, 3)), [plain], **kw)[1]["boxes"] == base_plain
+    _, centre_only = _perfect(plain)  # right at the centre cells, zero around them
+    assert detection_loss(_output(alpha, centre_only, occ, torch.zeros(1, 3)), [wide], **kw)[1]["boxes"] > base_wide
