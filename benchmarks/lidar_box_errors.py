@@ -10,6 +10,10 @@ the script prints the median, the median absolute deviation and the 90th percent
 (x, y, z), size (length, width, height) and heading (modulo 180 degrees, so a reversed box is not counted as
 wrong here: KITTI's 3D IoU ignores the direction too), and prints one JSON object last. A diagnostic: it says
 which parameter keeps a box under IoU 0.7, not how good the network is (lidar-eval does that).
+
+The heading error is also split by how the car is seen: its *view angle* (between the car's heading and the line of
+sight from the sensor, modulo 180 degrees: 0 = seen end-on, only the rear or front face; 90 = side-on) below or above
+30 degrees, and its range below or above 10 m.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def box_errors(weights: str, eval_config: Path, set_name: str, radius: float = 1
     branch = get_branch("lidar_detection")(side["branch_config"])
     acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True)
     samples = _samples(branch, set_sources(eval_config, set_name), cache_dir, False)
-    rows, cars = [], 0
+    rows, views, cars = [], [], 0
     with torch.no_grad():
         for s in samples:
             det = acc.decode(model([torch.from_numpy(s["points"])]))[0]
@@ -59,6 +63,9 @@ def box_errors(weights: str, eval_config: Path, set_name: str, radius: float = 1
                 i = int(np.argmin(d))
                 dyaw = (float(det.yaw[i]) - g.yaw + np.pi / 2) % np.pi - np.pi / 2
                 rows.append([*(det.center[i] - np.asarray(g.center)), *(det.size[i] - np.asarray(g.size)), np.degrees(dyaw)])
+                sight = np.arctan2(g.center[1] - s["sensor_origin"][1], g.center[0] - s["sensor_origin"][0])
+                views.append([np.degrees(abs((g.yaw - sight + np.pi / 2) % np.pi - np.pi / 2)),
+                              float(np.hypot(g.center[0] - s["sensor_origin"][0], g.center[1] - s["sensor_origin"][1]))])
     r = np.asarray(rows, np.float64).reshape(-1, len(PARAMS))
     out = {"weights": str(folder), "set": set_name, "frames": len(samples), "cars_moderate": cars, "matched": len(r),
            "radius_m": radius, "errors": {}}
@@ -67,6 +74,14 @@ def box_errors(weights: str, eval_config: Path, set_name: str, radius: float = 1
         med = float(np.median(e)) if len(e) else float("nan")
         out["errors"][name] = {"median": med, "mad": float(np.median(np.abs(e - med))) if len(e) else float("nan"),
                                "p90_abs": float(np.percentile(np.abs(e), 90)) if len(e) else float("nan")}
+    v = np.asarray(views, np.float64).reshape(-1, 2)
+    yaw = np.abs(r[:, -1])
+    out["yaw_by_view"] = {}
+    for name, m in (("end_on_beyond_10m", (v[:, 0] < 30) & (v[:, 1] >= 10)), ("end_on_within_10m", (v[:, 0] < 30) & (v[:, 1] < 10)),
+                    ("oblique_or_side", v[:, 0] >= 30)):
+        out["yaw_by_view"][name] = {"cars": int(m.sum()),
+                                    "p90_abs_deg": float(np.percentile(yaw[m], 90)) if m.any() else float("nan"),
+                                    "share_over_10deg": float((yaw[m] > 10).mean()) if m.any() else float("nan")}
     return out
 
 
@@ -84,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['set']}: {r['matched']} of {r['cars_moderate']} moderate cars matched within {r['radius_m']} m")
         for name, e in r["errors"].items():
             print(f"  {name:8s} median {e['median']:+.3f}  MAD {e['mad']:.3f}  p90 |error| {e['p90_abs']:.3f}")
+        print("  heading by view: " + "; ".join(f"{k} {e['cars']} cars, p90 {e['p90_abs_deg']:.1f} deg, "
+                                               f"{e['share_over_10deg']:.2f} over 10 deg" for k, e in r["yaw_by_view"].items()))
     print(json.dumps(res))
     return 0
 

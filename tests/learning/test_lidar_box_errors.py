@@ -22,3 +22,5 @@ def test_box_errors_of_the_packaged_network_on_a_short_plain_scene(tmp_path, bag
     for name in ("x", "y", "z", "length", "width", "height"):
         assert abs(out["errors"][name]["median"]) < 0.3, (name, out["errors"][name])
     assert all(math.isfinite(e["p90_abs"]) for e in out["errors"].values())
+    by_view = out["yaw_by_view"]
+    assert sum(e["cars"] for e in by_view.values()) == out["matched"]
