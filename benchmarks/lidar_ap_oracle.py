@@ -3,9 +3,9 @@
     python benchmarks/lidar_ap_oracle.py --weights perception_nodes/models/weights/lidar_detection_realism \\
         --eval-config configs/train/lidar_detection_eval_v17.yaml --set seen_types_realism3
 
-The network runs once on every frame of the set (its sidecar's calibration, as ``lidar-eval`` scores it). Every
-ground-truth car is matched to the nearest car detection within ``--radius`` m of its BEV centre (greedy, highest
-score first, as the branch's own matching); then car AP3D R40 @ 0.7 at each KITTI level (the generator's occlusion
+The network runs once on every frame of the set (its sidecar's calibration, as ``lidar-eval`` scores it). Each
+car detection, highest score first, takes the nearest not yet matched ground-truth car within ``--radius`` m of its
+BEV centre (as the branch's own matching); then car AP3D R40 @ 0.7 at each KITTI level (the generator's occlusion
 truth) is recomputed with one group of the matched detections' parameters set to the ground truth's:
 
 * ``xy`` (BEV centre), ``z``, ``length``, ``width``, ``height``, ``size`` (all three), ``yaw`` (heading modulo
@@ -84,7 +84,8 @@ def _match(gt: list[Box3D], det: list[Box3D], radius: float) -> dict[int, int]:
     return out
 
 
-def frames_of(weights: str, eval_config: Path, set_name: str, radius: float, cache_dir: Path | None = None) -> list[tuple]:
+def frames_of(weights: str, eval_config: Path, set_name: str, radius: float,
+              cache_dir: Path | None = None) -> tuple[list[tuple], np.ndarray]:
     folder = resolve_weights_folder(weights, "lidar_detection")
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
@@ -98,23 +99,27 @@ def frames_of(weights: str, eval_config: Path, set_name: str, radius: float, cac
             gt = with_difficulty(gt_boxes(s["boxes"], branch.net_config.classes, s.get("box_occlusion")),
                                  s["points"], origin)
             frames.append((gt, det, origin, _match(gt, det, radius), s["points"]))
-            peaks.extend(_peak_rows(out, branch, s["boxes"]))
+            peaks.extend(_peak_rows(out, branch, s["boxes"], acc.calibration))
     return frames, np.asarray(peaks, np.float64).reshape(-1, 4)
 
 
-def _peak_rows(out, branch, boxes: np.ndarray, reach_m: float = 1.5) -> list[list[float]]:
+def _peak_rows(out, branch, boxes: np.ndarray, calibration: DetectionCalibration | None = None,
+               reach_m: float = 1.5) -> list[list[float]]:
     """Per ground-truth car with a car peak within ``reach_m``: (Chebyshev distance in cells from the nearest
     peak to the centre cell, that peak's x offset in cells, BEV centre error of the box read at the peak, of
     the box read at the centre cell), metres."""
     grid, ep = branch.head_grid, branch.eval_params
-    alpha = out.class_alpha[0].float()
-    car = alpha[0] / alpha.sum(0)
+    alpha = out.class_alpha.float()
+    if calibration is not None:  # the evidence decoding reads (its peaks are this map's)
+        alpha = calibration.apply_alpha(alpha)
+    k = list(branch.net_config.classes).index("car")
+    car = alpha[0, k] / alpha[0].sum(0)
     peak = (car == F.max_pool2d(car[None, None], 3, 1, 1)[0, 0]) & (car > ep.score_threshold)
     py, px = (t.numpy() for t in torch.nonzero(peak, as_tuple=True))
-    g = out.box.gamma[0].float()  # [T, H, W]: the dense maps (the training forward, not the node's fast path)
+    g = out.box.gamma[0].float()  # [T, H, W]
     rows = []
     for b in np.asarray(boxes).reshape(-1, 8):
-        if int(b[7]) != 0 or not len(px):
+        if int(b[7]) != k or not len(px):
             continue
         fx, fy = (b[0] - grid.origin_x) / grid.cell, (b[1] - grid.origin_y) / grid.cell
         ix, iy = int(np.floor(fx)), int(np.floor(fy))

@@ -13,7 +13,7 @@ which parameter keeps a box under IoU 0.7, not how good the network is (lidar-ev
 
 The heading error is also split by how the car is seen: its *view angle* (between the car's heading and the line of
 sight from the sensor, modulo 180 degrees: 0 = seen end-on, only the rear or front face; 90 = side-on) below or above
-30 degrees, and its range below or above 10 m.
+30 degrees, the end-on ones also by range below or above 10 m.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Box convention (base_link, metres, radians): centre ``(x, y, z)`` of the box, si
 box's own x, y, z axes, ``yaw`` about z (0 = along base_link x). Per object the regression targets sit at
 the *centre cell* ``(iy, ix) = floor((centre - origin) / cell)`` and are, in :data:`REGRESSION_NAMES`
 order: the sub-cell offset of the centre (cells, in [0, 1)), ``z``, ``log l, log w, log h``,
-``sin yaw, cos yaw`` and optionally the BEV velocity (CenterPoint, Yin et al. CVPR 2021, sec. 3-4).
+``sin yaw, cos yaw`` and optionally the BEV velocity (CenterPoint, Yin et al. CVPR 2021, sec. 3-4). With a
+``regression_radius`` r the cells around the centre cell get the same rows, the offset measured from each
+cell (in [-r, r + 1)); decoding reads whichever cell peaks, so it needs no change.
 
 The heatmap target of class ``k`` is the maximum of 2D Gaussians splatted at the centre cells of its
 objects, radius from the box's BEV size as CornerNet/CenterPoint compute it (``min_overlap`` 0.1, at least
@@ -358,8 +360,9 @@ def encode_targets(
     get (vx, vy). Two objects on one centre cell: the later one's regression wins (the heatmap keeps both).
 
     ``regression_radius`` r > 0 also gives every cell within r cells (Chebyshev) of a centre cell a box row,
-    its offset measured from that cell (so it lies in ``(-r, r + 1)``) and everything else the object's; a cell
-    near two centres belongs to the nearer one. Why: decoding reads the box at the heatmap's peak, and on cars
+    its offset measured from that cell (so it lies in ``[-r, r + 1)``) and everything else the object's; a cell
+    near two centres belongs to the nearer one, except that an object's own centre cell is always its own
+    (the later object's, as above, when two share it). Why: decoding reads the box at the heatmap's peak, and on cars
     seen in part that peak is often a cell beside the centre cell, where a centre-only loss never trained
     the regression (``box_indices`` / ``box_regression``; ``indices`` stay the centre cells)."""
     if regression_radius < 0:
@@ -407,13 +410,18 @@ def _neighbour_rows(fx: NDArray[np.float64], fy: NDArray[np.float64], ix: NDArra
                     regression: NDArray[np.float32], grid: BevGrid, radius: int
                     ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """Cells within ``radius`` of each centre cell with the object's row, offset taken from the cell; each cell
-    once, owned by the object whose centre is nearest its middle."""
+    once: an object's own centre cell first (two on one cell: the later one, as the centre rows), then the
+    object whose centre is nearest the cell's middle (ties: the earlier object)."""
     d = np.arange(-radius, radius + 1)
     dx, dy = (a.reshape(-1) for a in np.meshgrid(d, d))
     cx = ix[:, None] + dx[None]  # [M, (2r+1)^2]
     cy = iy[:, None] + dy[None]
     obj = np.broadcast_to(np.arange(len(ix))[:, None], cx.shape)
     dist = np.hypot(cx + 0.5 - fx[:, None], cy + 0.5 - fy[:, None])
+    # a centre can lie 0.71 cells from its own cell's middle and 0.5 from a neighbour's: without this a close
+    # neighbour (pedestrians in a group) could take the cell the heatmap peaks at for this object
+    own = (dx == 0) & (dy == 0)
+    dist[:, own] = -1.0 - np.arange(len(ix))[:, None] / max(len(ix), 1)  # later object first, as the centre rows
     on = (cx >= 0) & (cx < grid.width) & (cy >= 0) & (cy < grid.height)
     cx, cy, obj, dist = cx[on], cy[on], obj[on], dist[on]
     order = np.lexsort((obj, dist))  # nearest centre first; ties to the earlier object

