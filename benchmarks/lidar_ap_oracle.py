@@ -112,14 +112,14 @@ def _peak_rows(out, branch, boxes: np.ndarray, calibration: DetectionCalibration
     alpha = out.class_alpha.float()
     if calibration is not None:  # the evidence decoding reads (its peaks are this map's)
         alpha = calibration.apply_alpha(alpha)
-    k = list(branch.net_config.classes).index("car")
-    car = alpha[0, k] / alpha[0].sum(0)
+    car_id = list(branch.net_config.classes).index("car")
+    car = alpha[0, car_id] / alpha[0].sum(0)
     peak = (car == F.max_pool2d(car[None, None], 3, 1, 1)[0, 0]) & (car > ep.score_threshold)
     py, px = (t.numpy() for t in torch.nonzero(peak, as_tuple=True))
     g = out.box.gamma[0].float()  # [T, H, W]
     rows = []
     for b in np.asarray(boxes).reshape(-1, 8):
-        if int(b[7]) != k or not len(px):
+        if int(b[7]) != car_id or not len(px):
             continue
         fx, fy = (b[0] - grid.origin_x) / grid.cell, (b[1] - grid.origin_y) / grid.cell
         ix, iy = int(np.floor(fx)), int(np.floor(fy))

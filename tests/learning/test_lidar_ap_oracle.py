@@ -60,7 +60,8 @@ def test_oracle_on_a_short_plain_scene(tmp_path, bag_cache):
     # (19 moderate cars in these two frames: 0.475, reached only if every one is matched and exact)
     assert ap["all"]["moderate"] > 0.4 and np.isfinite(ap["xy"]["moderate"])
     pk = out["peaks"]
-    assert pk["cars"] > 0 and 0.0 <= pk["share_on_centre_cell"] <= 1.0
+    # 11 cars a frame, all but the farthest with a peak near them
+    assert pk["cars"] >= 15 and 0.0 <= pk["share_on_centre_cell"] <= 1.0
     assert sum(pk["cells_away"].values()) == pk["cars"]
     # on plain scenes the packaged network's box read at the true centre cell is good to a few decimetres
     assert pk["error_at_centre_cell"]["median_m"] < 0.3
