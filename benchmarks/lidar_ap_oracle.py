@@ -168,9 +168,11 @@ def oracle(weights: str, eval_config: Path, set_name: str, radius: float = 1.0, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="lidar_detection", help="weights folder or packaged name")
-    p.add_argument("--eval-config", type=Path, required=True)
+    p.add_argument("--eval-config", type=Path, required=True,
+                   help="eval config holding the set(s), e.g. configs/train/lidar_detection_eval_v18.yaml")
     p.add_argument("--set", dest="set_name", action="append", required=True, help="a set of the eval config (repeat)")
     p.add_argument("--radius", type=float, default=1.0, help="BEV centre distance of a match, m")
     p.add_argument("--threads", type=int, default=1)
