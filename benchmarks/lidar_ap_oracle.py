@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from perception_nodes.boxes import Box3D  # noqa: E402
-from perception_nodes.eval.detection_eval import DetectionScorer  # noqa: E402
+from perception_nodes.eval.detection_eval import DetectionScorer, points_in_boxes  # noqa: E402
 from perception_nodes.eval.generated_difficulty import with_difficulty, with_virtual_bbox2d  # noqa: E402
 from perception_nodes.learning.branches import get_branch  # noqa: E402
 from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
@@ -98,16 +98,19 @@ def frames_of(weights: str, eval_config: Path, set_name: str, radius: float,
             det = acc.decode(out)[0].to_box3d()
             gt = with_difficulty(gt_boxes(s["boxes"], branch.net_config.classes, s.get("box_occlusion")),
                                  s["points"], origin)
-            frames.append((gt, det, origin, _match(gt, det, radius), s["points"]))
+            # the point counts once here, not once per variant (the scorer reads num_lidar_pts without points)
+            gt = [replace(g, extras={**g.extras, "num_lidar_pts": int(n)})
+                  for g, n in zip(gt, points_in_boxes(gt, s["points"][:, :3]), strict=True)]
+            frames.append((gt, det, origin, _match(gt, det, radius)))
             peaks.extend(_peak_rows(out, branch, s["boxes"], acc.calibration))
-    return frames, np.asarray(peaks, np.float64).reshape(-1, 4)
+    return frames, np.asarray(peaks, np.float64).reshape(-1, 3)
 
 
 def _peak_rows(out, branch, boxes: np.ndarray, calibration: DetectionCalibration | None = None,
                reach_m: float = 1.5) -> list[list[float]]:
     """Per ground-truth car with a car peak within ``reach_m``: (Chebyshev distance in cells from the nearest
-    peak to the centre cell, that peak's x offset in cells, BEV centre error of the box read at the peak, of
-    the box read at the centre cell), metres."""
+    peak to the centre cell, BEV centre error in metres of the box read at the peak, of the box read at the
+    centre cell)."""
     grid, ep = branch.head_grid, branch.eval_params
     alpha = out.class_alpha.float()
     if calibration is not None:  # the evidence decoding reads (its peaks are this map's)
@@ -132,7 +135,7 @@ def _peak_rows(out, branch, boxes: np.ndarray, calibration: DetectionCalibration
         qx, qy = int(px[k]), int(py[k])
         at_peak = np.hypot(qx + float(g[0, qy, qx]) - fx, qy + float(g[1, qy, qx]) - fy) * grid.cell
         at_centre = np.hypot(ix + float(g[0, iy, ix]) - fx, iy + float(g[1, iy, ix]) - fy) * grid.cell
-        rows.append([max(abs(qx - ix), abs(qy - iy)), qx - ix, at_peak, at_centre])
+        rows.append([max(abs(qx - ix), abs(qy - iy)), at_peak, at_centre])
     return rows
 
 
@@ -143,15 +146,15 @@ def peak_summary(rows: np.ndarray) -> dict:
                 "p90_m": float(np.percentile(e, 90)) if len(e) else float("nan")}
     return {"cars": int(len(rows)), "share_on_centre_cell": float((~off).mean()) if len(rows) else float("nan"),
             "cells_away": {int(k): int((rows[:, 0] == k).sum()) for k in np.unique(rows[:, 0])},
-            "error_at_peak": stats(rows[:, 2]), "error_at_centre_cell": stats(rows[:, 3]),
-            "peak_off_centre": {"at_peak": stats(rows[off, 2]), "at_centre_cell": stats(rows[off, 3])}}
+            "error_at_peak": stats(rows[:, 1]), "error_at_centre_cell": stats(rows[:, 2]),
+            "peak_off_centre": {"at_peak": stats(rows[off, 1]), "at_centre_cell": stats(rows[off, 2])}}
 
 
 def car_ap(frames: list[tuple], groups: set[str]) -> dict[str, float]:
     sc = DetectionScorer()
-    for gt, det, origin, match, points in frames:
+    for gt, det, origin, match in frames:
         edited = [_with_truth(d, gt[match[i]], groups) if i in match else d for i, d in enumerate(det)]
-        sc.add_frame(gt, with_virtual_bbox2d(edited, origin), points=points)
+        sc.add_frame(gt, with_virtual_bbox2d(edited, origin))
     res = sc.kitti_results().get("car", {})
     return {lvl: float(res[lvl]["3d"].ap) for lvl in LEVELS if lvl in res}
 
