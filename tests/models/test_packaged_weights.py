@@ -11,9 +11,12 @@ from perception_nodes.models import decode_batch
 from perception_nodes.models.weights_io import default_weights_dir, load_lidar_detection, read_sidecar
 
 
-#: packaged folders and the held-out sets each one's sidecar reports: the default (plain generated scenes) and
-#: the opt-in weights for real sensors (scenes drawn with the generator's realism knobs)
-FOLDERS = {"lidar_detection": {"seen_types_new_seeds", "held_out_type_and_lidar"},
+#: packaged folders and the held-out sets each one's sidecar reports: the default (v18, trained on plain and
+#: realism scenes; scored on both kinds), the opt-in weights for plain generated scenes (v8, the default until 4 Dec
+#: 2026) and the opt-in v13 (realism scenes only)
+FOLDERS = {"lidar_detection": {"seen_types_realism5", "held_out_type_and_lidar_realism5", "seen_types_fresh9",
+                               "held_out_type_and_lidar_fresh9"},
+           "lidar_detection_plain": {"seen_types_new_seeds", "held_out_type_and_lidar"},
            "lidar_detection_realism": {"seen_types_realism", "held_out_type_and_lidar_realism"}}
 
 
@@ -118,3 +121,6 @@ def test_weights_parameter_resolves_from_any_working_directory(tmp_path, monkeyp
     assert resolve_weights_folder("no_such_folder", "lidar_detection").name == "no_such_folder"
     net, side = load_lidar_detection(resolve_weights_folder("lidar_detection_realism", "lidar_detection"))
     assert side["training"]["config"]["out"].endswith("lidar_detection_finetune_v13")
+    assert resolve_weights_folder("lidar_detection_plain", "lidar_detection") == default_weights_dir("lidar_detection_plain")
+    _, default = load_lidar_detection(resolve_weights_folder("", "lidar_detection"))
+    assert default["training"]["config"]["out"].endswith("lidar_detection_finetune_v18")
