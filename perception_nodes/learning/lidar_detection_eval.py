@@ -62,7 +62,9 @@ from perception_nodes.models.calibration import (
 from perception_nodes.pipeline.self_returns import self_return_settings, self_returns
 
 __all__ = ["evaluate_kitti", "evaluate_nuscenes", "evaluate_sets", "fit_calibration", "camera_view", "in_camera_view", "kitti_frames", "main", "set_sources",
-           "package_run", "trivial_baselines"]
+           "eval_config_of", "package_run", "trivial_baselines"]
+
+_REPO = Path(__file__).resolve().parents[2]
 
 
 class _WithGeometricBaseline(LidarDetectionBranch):
@@ -432,6 +434,31 @@ def _training_summary(run: Path, weights: Path | None = None) -> dict[str, Any]:
             "last_epoch_validation": hist[-1].get("val") if hist else None}
 
 
+#: the eval config of weights whose sidecar names none
+DEFAULT_EVAL_CONFIG = _REPO / "configs/train/lidar_detection_eval.yaml"
+
+
+def _repo_relative(path: Path) -> str:
+    """``path`` relative to the repository root when it lies inside it (a sidecar stays valid in any clone)."""
+    try:
+        return str(Path(path).resolve().relative_to(_REPO))
+    except ValueError:
+        return str(path)
+
+
+def eval_config_of(side: dict[str, Any]) -> Path:
+    """The eval config a weights folder was scored (and its calibration fitted) with: ``metrics.eval_config`` of
+    its sidecar (written by ``lidar-eval`` since 4 Dec 2026) where that file exists, else
+    :data:`DEFAULT_EVAL_CONFIG`. Why: refitting the packaged default's calibration on another config's
+    validation scenes would silently replace a fit the README reports."""
+    named = (side.get("metrics") or {}).get("eval_config")
+    if named:
+        path = Path(named) if Path(named).is_absolute() else _REPO / named
+        if path.exists():
+            return path
+    return DEFAULT_EVAL_CONFIG
+
+
 def package_run(run: Path, folder: Path, metrics: dict[str, Any], *, weights: Path | None = None,
                 extra: dict[str, Any] | None = None) -> Path:
     """Write the run's final model (or the checkpoint ``weights``) into ``folder`` with the sidecar."""
@@ -542,11 +569,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                "`sets` at least; `validation` for --fit-calibration and the trivial baselines.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--run", type=Path, default=None, help="trained run folder (model.safetensors, config.json)")
-    src.add_argument("--weights", type=Path, default=None,
-                     help="a weights folder (model.safetensors + model.json sidecar); default when neither is "
+    src.add_argument("--weights", type=str, default=None,
+                     help="a weights folder (model.safetensors + model.json sidecar), or the bare name of a "
+                          "packaged one (lidar_detection_plain, as in the params file); default when neither is "
                           "given: the packaged perception_nodes/models/weights/lidar_detection")
-    p.add_argument("--eval-config", type=Path, default=Path(__file__).resolve().parents[2] / "configs/train/lidar_detection_eval.yaml",
-                   help="named sets of generated bags, validation scenes and the real frames (default "
+    p.add_argument("--eval-config", type=Path, default=None,
+                   help="named sets of generated bags, validation scenes and the real frames (default: the config "
+                        "the weights' sidecar was scored and calibrated with, if it names one -- so a refit of the "
+                        "packaged default uses its own validation scenes --, else "
                         "configs/train/lidar_detection_eval.yaml)")
     p.add_argument("--metrics-out", type=Path, default=None, help="JSON output (default <run>/heldout_metrics.json, or out/lidar_detection_eval/heldout_metrics.json with --weights; real_metrics.json with --real-only)")
     p.add_argument("--package", type=Path, default=None, help="also write the weights + sidecar into this folder")
@@ -569,8 +599,18 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if args.fit_calibration and args.run is not None and args.package is None:
         p.error("--fit-calibration with --run needs --package (a run folder has no sidecar to store it in)")
     from perception_nodes.learning.trainer import load_trained
+    from perception_nodes.models.weights_io import WeightsError, read_sidecar, resolve_weights_folder
 
     torch.set_num_threads(args.threads)
+    weights_folder = resolve_weights_folder(args.weights, "lidar_detection") if args.run is None else None
+    if args.eval_config is None:
+        try:
+            side_doc = read_sidecar(weights_folder, "lidar_detection") if weights_folder is not None else {}
+        except WeightsError as exc:
+            p.error(str(exc))
+        args.eval_config = eval_config_of(side_doc)
+        print(f"eval config: {_repo_relative(args.eval_config)}"
+              f"{' (the one the weights were scored with)' if (side_doc.get('metrics') or {}).get('eval_config') else ''}")
     doc = yaml.safe_load(args.eval_config.read_text()) or {}
     sets = {name: _sources(srcs, f"sets.{name}") for name, srcs in (doc.get("sets") or {}).items()}
     # the roles of the config as written (also with --real-only): no generated scene may serve two of them;
@@ -596,11 +636,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if args.package is not None or args.checkpoint is not None:
             p.error("--package and --checkpoint need --run")
         from perception_nodes.learning.branches import get_branch
-        from perception_nodes.models.weights_io import (WeightsError, check_lidar_configs, default_weights_dir,
-                                                        load_state, read_sidecar)
+        from perception_nodes.models.weights_io import check_lidar_configs, default_weights_dir, load_state
 
-        weights = args.weights or default_weights_dir("lidar_detection")
-        side = read_sidecar(weights, "lidar_detection")
+        weights = weights_folder or default_weights_dir("lidar_detection")
+        try:
+            side = read_sidecar(weights, "lidar_detection")
+        except WeightsError as exc:
+            p.error(str(exc))
         if "branch_config" not in side:
             p.error(f"{weights}: the sidecar has no branch_config (not written by package_run)")
         try:
@@ -658,6 +700,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                          "training_residuals": [dict(s.generate or {}, stride=s.stride) for s in train_sources],
                          **{f"held_out/{name}": [dict(s.generate or {}, stride=s.stride) for s in srcs]
                             for name, srcs in sets.items()}}
+    metrics["eval_config"] = _repo_relative(args.eval_config)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     metrics = _nan_to_none(metrics)
     # a --real-only run has its own default file: it must not replace the full held-out record

@@ -124,3 +124,34 @@ def test_weights_parameter_resolves_from_any_working_directory(tmp_path, monkeyp
     assert resolve_weights_folder("lidar_detection_plain", "lidar_detection") == default_weights_dir("lidar_detection_plain")
     _, default = load_lidar_detection(resolve_weights_folder("", "lidar_detection"))
     assert default["training"]["config"]["out"].endswith("lidar_detection_finetune_v18")
+
+
+def test_lidar_eval_takes_the_weights_by_name_and_their_own_eval_config(tmp_path, monkeypatch):
+    """``lidar-eval --weights lidar_detection_plain`` reads the name as the params file does, and without
+    ``--eval-config`` scores (and would refit) with the config the sidecar was scored with: the default's
+    calibration was fitted on the validation of lidar_detection_eval_default.yaml, and a refit on another config's
+    scenes would silently replace it."""
+    import json
+
+    from perception_nodes.learning.lidar_detection_eval import DEFAULT_EVAL_CONFIG, eval_config_of
+    from perception_nodes.learning.lidar_detection_eval import main as lidar_eval
+
+    default = read_sidecar(default_weights_dir("lidar_detection"), "lidar_detection")
+    assert eval_config_of(default).name == "lidar_detection_eval_default.yaml"
+    validation = {(v["scenario"], v["seed"], v["lidar"]) for v in default["metrics"]["scenes"]["validation"]}
+    import yaml
+
+    doc = yaml.safe_load(eval_config_of(default).read_text())
+    assert validation == {(g["generate"]["scenario"], g["generate"]["seed"], g["generate"]["lidar"])
+                          for g in doc["validation"]}
+    # a sidecar naming no config (or one that is gone) falls back to the documented default
+    assert eval_config_of(read_sidecar(default_weights_dir("lidar_detection_plain"), "lidar_detection")) == DEFAULT_EVAL_CONFIG
+    assert eval_config_of({"metrics": {"eval_config": "configs/train/no_such.yaml"}}) == DEFAULT_EVAL_CONFIG
+
+    monkeypatch.chdir(tmp_path)  # the bare name resolves from anywhere, as in the params file
+    out = tmp_path / "m.json"
+    assert lidar_eval(["--weights", "lidar_detection_plain", "--real-only", "--no-kitti", "--no-nuscenes",
+                       "--metrics-out", str(out)]) == 0
+    assert json.loads(out.read_text())["eval_config"] == "configs/train/lidar_detection_eval.yaml"
+    with pytest.raises(SystemExit):  # a name that is no folder: a usage error, not a traceback
+        lidar_eval(["--weights", "no_such_weights", "--real-only", "--metrics-out", str(out)])
