@@ -122,6 +122,8 @@ class ReplayResult:
     # bev_fusion node: last frames (stamp, vision_msgs Detection3DArray) and every frame's mode (stamp, bit mask)
     bev_fusion_detections: list[tuple[int, Any]] = field(default_factory=list)
     bev_fusion_modes: list[tuple[int, int]] = field(default_factory=list)
+    # which weights the LiDAR branch ran: folder and the training run that made them ("" = the branch did not run)
+    lidar_weights: str = ""
 
 
 class _ControlCapture:
@@ -474,6 +476,9 @@ def run_graph(
     result.stereo_grids = [(st, g["occ"], g["unc"]) for st, g in sorted(pending_stereo.items()) if len(g) == 2]
     result.camera_grids = [(st, g["occ"], g["unc"]) for st, g in sorted(pending_camera.items()) if len(g) == 2]
     result.fused_detections = sorted(fused_dets.items())
+    if branch is not None and branch.weights_dir is not None:
+        run = Path(str(((branch.sidecar or {}).get("training") or {}).get("config", {}).get("out") or "")).name
+        result.lidar_weights = f"{branch.weights_dir.name}" + (f" (trained by the run {run})" if run else "")
     result.latency = latency_report(nodes, bag_read, overhead)
     result.samples = {f"{n.name}/{k}": list(v.all or []) for n in nodes for k, v in n.latency.series.items()}
     (out_dir / "latency.json").write_text(json.dumps(result.latency, indent=2, allow_nan=False))

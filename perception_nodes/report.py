@@ -341,7 +341,8 @@ def detections_section(result: ReplayResult) -> str:
                 f"{ELLIPSE_DRAW_SCALE:g} times larger so that they show at this scale; dashed blue: ground truth; "
                 "background: the "
                 "occupancy evidence the node publishes with them (learned + geometric where fused). Labels: the "
-                "highest-scoring boxes that do not overlap.</p>"
+                "highest-scoring boxes that do not overlap."
+                + (f" Weights: {html.escape(result.lidar_weights)}." if result.lidar_weights else "") + "</p>"
                 + "".join(f'<img src="{n}" width="1100"><br>' for n, _ in figures))
     if result.skipped:
         return ("<h2>LiDAR branch</h2><p>not run: "

@@ -10,6 +10,7 @@ reason; the learned/geometric occupancy fusion and its accounting; replay with a
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -518,6 +519,9 @@ def test_replay_fuses_learned_and_geometric_evidence_and_reports_boxes_with_elli
     html = detections_section(res)
     assert html.startswith("<h2>LiDAR branch: detections with uncertainty") and "detections_0.png" in html
     assert (tmp_path / "detections_0.png").stat().st_size > 10_000
+    # the report names the weights the branch ran (two packaged folders: which one made these boxes?)
+    assert res.lidar_weights.split()[0] == Path(node_p["weights"]).name
+    assert f"Weights: {res.lidar_weights}" in html
 
 
 def test_decoding_parameters_reconfigure_at_runtime_and_the_network_choice_needs_a_restart(tiny_weights):
