@@ -35,15 +35,24 @@ from perception_nodes.models.weights_io import load_lidar_detection, resolve_wei
 from perception_nodes.pipeline.self_returns import self_return_settings  # noqa: E402
 
 
-def perturbed(frame, yaw: float, dropout: float, rng: np.random.Generator):
+def perturbed(frame, yaw: float, dropout: float, rng: np.random.Generator, self_filter: dict | None = None):
     """The frame turned by ``yaw`` about the vehicle's z (points and labels: the mount turns) with a ``dropout``
-    share of its points removed."""
+    share of its points removed. The vehicle's own returns (``self_filter``, the node's settings) are dropped
+    before the turn: the body does not turn with the scene, and the scorer's filter after the turn would keep some
+    of them and drop some scene points instead."""
+    from perception_nodes.calibration import transform_points
+    from perception_nodes.pipeline.self_returns import self_returns
+
     c, s = np.cos(yaw), np.sin(yaw)
     turn = np.eye(4)
     turn[:2, :2] = [[c, -s], [s, c]]
+    mount = np.asarray(frame.lidar_to_base, np.float64)
     pts = np.asarray(frame.points)
     keep = rng.random(len(pts)) >= dropout
-    return replace(frame, points=pts[keep], lidar_to_base=turn @ np.asarray(frame.lidar_to_base, np.float64))
+    if self_filter is not None:
+        near, body = self_returns(transform_points(mount, pts[:, :3]), mount[:2, 3], **self_filter)
+        keep &= ~(near | body)
+    return replace(frame, points=pts[keep], lidar_to_base=turn @ mount)
 
 
 def _network(weights: str):
@@ -83,15 +92,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if args.draws < 1 or not 0.0 <= args.dropout < 1.0:
+        p.error("--draws must be >= 1 and --dropout in [0, 1)")
     torch.set_num_threads(args.threads)
     from perception_nodes.datasets.mmdet3d import read_mmdet3d_info
 
     doc = yaml.safe_load(args.eval_config.read_text()) or {}
-    root = Path(doc["kitti"]) if doc.get("kitti") and Path(doc["kitti"]).exists() else None
-    kitti = list(kitti_frames(root, [Path(i) for i in doc.get("kitti_infos") or [] if Path(i).exists()]))
-    nus = list(read_mmdet3d_info(Path(doc["nuscenes"]))) if doc.get("nuscenes") and Path(doc["nuscenes"]).exists() else []
+
+    def data(path: str | None) -> Path | None:  # the config's data paths are relative to the repository root
+        return (REPO / path) if path and (REPO / path).exists() else None
+
+    root = data(doc.get("kitti"))
+    kitti = list(kitti_frames(root, [q for q in (data(i) for i in doc.get("kitti_infos") or []) if q is not None]))
+    nus_info = data(doc.get("nuscenes"))
+    nus = list(read_mmdet3d_info(nus_info)) if nus_info is not None else []
     if not kitti:
-        p.error("no real KITTI frames found (run from the repository root with ../shared beside it)")
+        p.error("no real KITTI frames found (../shared must sit beside the repository)")
+    filters = {n: self_return_settings(doc[f"{n}_self_returns"], f"{n}_self_returns")
+               if doc.get(f"{n}_self_returns") is not None else None for n in ("kitti", "nuscenes")}
     nets = {"a": _network(args.a), "b": _network(args.b)}
     base = {k: scores(n, kitti, nus, doc) for k, n in nets.items()}
     rng = np.random.default_rng(args.seed)
@@ -99,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.draws):
         yaws = rng.uniform(-np.radians(args.rotate_deg), np.radians(args.rotate_deg), len(kitti) + len(nus))
         seeds = rng.integers(0, 2**31, len(kitti) + len(nus))
-        pk = [perturbed(f, y, args.dropout, np.random.default_rng(s)) for f, y, s in zip(kitti, yaws, seeds)]
-        pn = [perturbed(f, y, args.dropout, np.random.default_rng(s))
+        pk = [perturbed(f, y, args.dropout, np.random.default_rng(s), filters["kitti"])
+              for f, y, s in zip(kitti, yaws, seeds)]
+        pn = [perturbed(f, y, args.dropout, np.random.default_rng(s), filters["nuscenes"])
               for f, y, s in zip(nus, yaws[len(kitti):], seeds[len(kitti):])]
         for k, n in nets.items():
             draws[k].append(scores(n, pk, pn, doc))

@@ -126,6 +126,18 @@ class ReplayResult:
     lidar_weights: str = ""
 
 
+def _weights_label(folder: Path, sidecar: Any) -> str:
+    """Which weights a branch ran, for the report: the folder (relative to the repository when inside it) and the
+    training run its sidecar names, if any."""
+    path = Path(folder).resolve()
+    repo = Path(__file__).resolve().parents[1]
+    shown = str(path.relative_to(repo)) if path.is_relative_to(repo) else str(path)
+    training = sidecar.get("training") if isinstance(sidecar, dict) else None
+    config = training.get("config") if isinstance(training, dict) else None
+    run = Path(str(config.get("out") or "")).name if isinstance(config, dict) else ""
+    return shown + (f" (trained by the run {run})" if run else "")
+
+
 class _ControlCapture:
     """Keeps what the report shows of the control node: the command's uncertainty over time."""
 
@@ -477,8 +489,7 @@ def run_graph(
     result.camera_grids = [(st, g["occ"], g["unc"]) for st, g in sorted(pending_camera.items()) if len(g) == 2]
     result.fused_detections = sorted(fused_dets.items())
     if branch is not None and branch.weights_dir is not None:
-        run = Path(str(((branch.sidecar or {}).get("training") or {}).get("config", {}).get("out") or "")).name
-        result.lidar_weights = f"{branch.weights_dir.name}" + (f" (trained by the run {run})" if run else "")
+        result.lidar_weights = _weights_label(branch.weights_dir, branch.sidecar)
     result.latency = latency_report(nodes, bag_read, overhead)
     result.samples = {f"{n.name}/{k}": list(v.all or []) for n in nodes for k, v in n.latency.series.items()}
     (out_dir / "latency.json").write_text(json.dumps(result.latency, indent=2, allow_nan=False))

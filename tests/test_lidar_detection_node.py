@@ -520,8 +520,20 @@ def test_replay_fuses_learned_and_geometric_evidence_and_reports_boxes_with_elli
     assert html.startswith("<h2>LiDAR branch: detections with uncertainty") and "detections_0.png" in html
     assert (tmp_path / "detections_0.png").stat().st_size > 10_000
     # the report names the weights the branch ran (two packaged folders: which one made these boxes?)
-    assert res.lidar_weights.split()[0] == Path(node_p["weights"]).name
+    # (the tiny weights live outside the repository: shown by their full path, not confused with the packaged folder)
+    assert res.lidar_weights.split()[0] == str(Path(node_p["weights"]).resolve())
     assert f"Weights: {res.lidar_weights}" in html
+
+
+def test_the_weights_label_names_the_folder_and_the_run_and_survives_odd_sidecars(tmp_path):
+    from perception_nodes.models.weights_io import default_weights_dir, read_sidecar
+    from perception_nodes.replay import _weights_label
+
+    folder = default_weights_dir("lidar_detection")
+    label = _weights_label(folder, read_sidecar(folder, "lidar_detection"))
+    assert label == "perception_nodes/models/weights/lidar_detection (trained by the run lidar_detection_finetune_v18)"
+    for odd in ({}, {"training": None}, {"training": {"config": None}}, {"training": {"config": "x"}}, None):
+        assert _weights_label(tmp_path, odd) == str(tmp_path.resolve())
 
 
 def test_decoding_parameters_reconfigure_at_runtime_and_the_network_choice_needs_a_restart(tiny_weights):

@@ -42,7 +42,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -443,20 +443,27 @@ def _repo_relative(path: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(_REPO))
     except ValueError:
-        return str(path)
+        return str(Path(path).resolve())
 
 
-def eval_config_of(side: dict[str, Any]) -> Path:
-    """The eval config a weights folder was scored (and its calibration fitted) with: ``metrics.eval_config`` of
-    its sidecar (written by ``lidar-eval`` since 4 Dec 2026) where that file exists, else
-    :data:`DEFAULT_EVAL_CONFIG`. Why: refitting the packaged default's calibration on another config's
-    validation scenes would silently replace a fit the README reports."""
-    named = (side.get("metrics") or {}).get("eval_config")
-    if named:
-        path = Path(named) if Path(named).is_absolute() else _REPO / named
-        if path.exists():
-            return path
-    return DEFAULT_EVAL_CONFIG
+def named_eval_config(side: Any) -> Optional[Path]:
+    """The eval config a weights sidecar names (``metrics.eval_config``, written by ``lidar-eval`` since 4 Dec 2026),
+    resolved against the repository root; ``None`` when it names none (older sidecars) or the entry is malformed."""
+    metrics = side.get("metrics") if isinstance(side, dict) else None
+    named = metrics.get("eval_config") if isinstance(metrics, dict) else None
+    if not isinstance(named, str) or not named:
+        return None
+    return Path(named) if Path(named).is_absolute() else _REPO / named
+
+
+def eval_config_of(side: Any) -> Path:
+    """The eval config a weights folder was scored (and its calibration fitted) with: :func:`named_eval_config`
+    where that file exists, else :data:`DEFAULT_EVAL_CONFIG`. Why: refitting the packaged default's calibration on
+    another config's validation scenes would silently replace a fit the README reports (``main`` refuses
+    ``--fit-calibration`` without ``--eval-config`` where the sidecar names no config, and stops where the named
+    one is gone)."""
+    path = named_eval_config(side)
+    return path if path is not None and path.is_file() else DEFAULT_EVAL_CONFIG
 
 
 def package_run(run: Path, folder: Path, metrics: dict[str, Any], *, weights: Path | None = None,
@@ -608,9 +615,16 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             side_doc = read_sidecar(weights_folder, "lidar_detection") if weights_folder is not None else {}
         except WeightsError as exc:
             p.error(str(exc))
+        named = named_eval_config(side_doc)
+        if named is not None and not named.is_file():
+            p.error(f"the weights' sidecar names the eval config {named}, which is not there: give --eval-config")
+        if named is None and args.fit_calibration and weights_folder is not None:
+            p.error(f"{weights_folder}: its sidecar names no eval config, so which validation scenes its calibration "
+                    "was fitted on is not recorded: give --eval-config (a refit writes into the sidecar)")
         args.eval_config = eval_config_of(side_doc)
         print(f"eval config: {_repo_relative(args.eval_config)}"
-              f"{' (the one the weights were scored with)' if (side_doc.get('metrics') or {}).get('eval_config') else ''}")
+              + (" (the one the weights were scored with)" if named is not None else
+                 " (the default: the weights' sidecar names none)" if weights_folder is not None else " (the default)"))
     doc = yaml.safe_load(args.eval_config.read_text()) or {}
     sets = {name: _sources(srcs, f"sets.{name}") for name, srcs in (doc.get("sets") or {}).items()}
     # the roles of the config as written (also with --real-only): no generated scene may serve two of them;
@@ -651,7 +665,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             p.error(str(exc))
         branch = get_branch("lidar_detection")(side["branch_config"])
         model = branch.build_model()
-        model.load_state_dict(load_state(weights), strict=True)
+        try:
+            model.load_state_dict(load_state(weights), strict=True)
+        except WeightsError as exc:
+            p.error(str(exc))
         model.eval()
     assert isinstance(branch, LidarDetectionBranch)
     t0 = time.perf_counter()
@@ -693,6 +710,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if nuscenes and Path(nuscenes).exists() and not args.no_nuscenes:
         metrics["nuscenes"] = evaluate_nuscenes(branch, model, Path(nuscenes), calibration=calibration,
                                                 self_filter=filters["nuscenes"])
+    if args.real_only and not (args.no_kitti and args.no_nuscenes) and not (metrics.get("kitti") or metrics.get("nuscenes")):
+        p.error(f"--real-only found no real frame to score (the paths in {args.eval_config} are relative to the "
+                "working directory: run from the repository root with ../shared beside it)")
     metrics["sets"] = {name: [s.describe() for s in srcs] for name, srcs in sets.items()}
     metrics["validation_sets"] = [s.describe() for s in val_sources]
     # the same, as data (what a check of disjoint roles reads)

@@ -148,10 +148,34 @@ def test_lidar_eval_takes_the_weights_by_name_and_their_own_eval_config(tmp_path
     assert eval_config_of(read_sidecar(default_weights_dir("lidar_detection_plain"), "lidar_detection")) == DEFAULT_EVAL_CONFIG
     assert eval_config_of({"metrics": {"eval_config": "configs/train/no_such.yaml"}}) == DEFAULT_EVAL_CONFIG
 
+    assert eval_config_of({"metrics": "x"}) == DEFAULT_EVAL_CONFIG  # malformed entries: no crash
+    assert eval_config_of({"metrics": {"eval_config": 5}}) == DEFAULT_EVAL_CONFIG
+    assert eval_config_of({"metrics": {"eval_config": "configs"}}) == DEFAULT_EVAL_CONFIG  # a folder is no config
+
     monkeypatch.chdir(tmp_path)  # the bare name resolves from anywhere, as in the params file
     out = tmp_path / "m.json"
-    assert lidar_eval(["--weights", "lidar_detection_plain", "--real-only", "--no-kitti", "--no-nuscenes",
-                       "--metrics-out", str(out)]) == 0
-    assert json.loads(out.read_text())["eval_config"] == "configs/train/lidar_detection_eval.yaml"
+    for name, config in (("lidar_detection_plain", "configs/train/lidar_detection_eval.yaml"),
+                         ("lidar_detection", "configs/train/lidar_detection_eval_default.yaml")):
+        assert lidar_eval(["--weights", name, "--real-only", "--no-kitti", "--no-nuscenes",
+                           "--metrics-out", str(out)]) == 0
+        assert json.loads(out.read_text())["eval_config"] == config
     with pytest.raises(SystemExit):  # a name that is no folder: a usage error, not a traceback
         lidar_eval(["--weights", "no_such_weights", "--real-only", "--metrics-out", str(out)])
+    # a refit with no recorded config and none given: refused (it would write a fit on unknown scenes)
+    with pytest.raises(SystemExit):
+        lidar_eval(["--weights", "lidar_detection_plain", "--fit-calibration", "--metrics-out", str(out)])
+    # a sidecar naming a config that is gone: refused, not silently replaced by the default
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(default_weights_dir("lidar_detection"), copy)
+    doc = json.loads((copy / "model.json").read_text())
+    doc["metrics"]["eval_config"] = "configs/train/no_such.yaml"
+    (copy / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(SystemExit):
+        lidar_eval(["--weights", str(copy), "--real-only", "--metrics-out", str(out)])
+    # truncated tensors: a usage error too
+    (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(SystemExit):
+        lidar_eval(["--weights", str(copy), "--real-only", "--eval-config",
+                    str(DEFAULT_EVAL_CONFIG), "--metrics-out", str(out)])
