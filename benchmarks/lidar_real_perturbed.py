@@ -62,14 +62,12 @@ def _network(weights: str):
     return str(folder), branch, model.eval(), DetectionCalibration.from_sidecar(side)
 
 
-def scores(net, kitti: list, nus: list, doc: dict) -> tuple[float, float]:
-    """(KITTI centre-distance car AP, nuScenes centre-distance mAP) of one network on the given frames."""
+def scores(net, kitti: list, nus: list, filt: dict, fov: float) -> tuple[float, float]:
+    """(KITTI centre-distance car AP, nuScenes centre-distance mAP) of one network on the given frames, with the
+    own-returns filters ``filt`` (per dataset) and the KITTI fallback field of view ``fov``."""
     from perception_nodes.scenario.realism import INTENSITY_SCALE
 
     _, branch, model, cal = net
-    filt = {n: self_return_settings(doc[f"{n}_self_returns"], f"{n}_self_returns")
-            if doc.get(f"{n}_self_returns") is not None else None for n in ("kitti", "nuscenes")}
-    fov = float(doc.get("kitti_fov_deg", 90.0))
     with torch.no_grad():
         k = _score_real(branch, model, kitti, intensity_scale=1.0, keep=lambda f, c: camera_view(f, c, fov),
                         calibration=cal, self_filter=filt["kitti"])
@@ -110,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("no real KITTI frames found (../shared must sit beside the repository)")
     filters = {n: self_return_settings(doc[f"{n}_self_returns"], f"{n}_self_returns")
                if doc.get(f"{n}_self_returns") is not None else None for n in ("kitti", "nuscenes")}
+    fov = float(doc.get("kitti_fov_deg", 90.0))
     nets = {"a": _network(args.a), "b": _network(args.b)}
-    base = {k: scores(n, kitti, nus, doc) for k, n in nets.items()}
+    base = {k: scores(n, kitti, nus, filters, fov) for k, n in nets.items()}
     rng = np.random.default_rng(args.seed)
     draws: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
     for i in range(args.draws):
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         pn = [perturbed(f, y, args.dropout, np.random.default_rng(s), filters["nuscenes"])
               for f, y, s in zip(nus, yaws[len(kitti):], seeds[len(kitti):])]
         for k, n in nets.items():
-            draws[k].append(scores(n, pk, pn, doc))
+            draws[k].append(scores(n, pk, pn, filters, fov))
         print(f"draw {i + 1}/{args.draws}: KITTI car AP a {draws['a'][-1][0]:.3f} b {draws['b'][-1][0]:.3f}; "
               f"nuScenes mAP a {draws['a'][-1][1]:.3f} b {draws['b'][-1][1]:.3f}", file=sys.stderr, flush=True)
     out: dict = {"a": nets["a"][0], "b": nets["b"][0], "draws": args.draws, "rotate_deg": args.rotate_deg,

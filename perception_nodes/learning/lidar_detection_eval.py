@@ -410,7 +410,7 @@ def evaluate_nuscenes(branch: LidarDetectionBranch, model: torch.nn.Module, info
 def _train_config_of(cfg: dict[str, Any]) -> str:
     """The ``configs/train/*.yaml`` of the branch whose run folder (``out``) is the run's; the plain training's
     config when none matches."""
-    root = Path(__file__).resolve().parents[2] / "configs" / "train"
+    root = _REPO / "configs" / "train"
     for path in sorted(root.glob("*.yaml")):
         try:
             doc = yaml.safe_load(path.read_text()) or {}
@@ -609,22 +609,25 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     from perception_nodes.models.weights_io import WeightsError, read_sidecar, resolve_weights_folder
 
     torch.set_num_threads(args.threads)
-    weights_folder = resolve_weights_folder(args.weights, "lidar_detection") if args.run is None else None
-    if args.eval_config is None:
+    weights: Path | None = None
+    side: dict[str, Any] = {}
+    if args.run is None:  # the weights folder and its sidecar, read once: the eval config may come from it
+        weights = resolve_weights_folder(args.weights, "lidar_detection")
         try:
-            side_doc = read_sidecar(weights_folder, "lidar_detection") if weights_folder is not None else {}
+            side = read_sidecar(weights, "lidar_detection")
         except WeightsError as exc:
             p.error(str(exc))
-        named = named_eval_config(side_doc)
+    if args.eval_config is None:
+        named = named_eval_config(side)
         if named is not None and not named.is_file():
             p.error(f"the weights' sidecar names the eval config {named}, which is not there: give --eval-config")
-        if named is None and args.fit_calibration and weights_folder is not None:
-            p.error(f"{weights_folder}: its sidecar names no eval config, so which validation scenes its calibration "
+        if named is None and args.fit_calibration and weights is not None:
+            p.error(f"{weights}: its sidecar names no eval config, so which validation scenes its calibration "
                     "was fitted on is not recorded: give --eval-config (a refit writes into the sidecar)")
-        args.eval_config = eval_config_of(side_doc)
+        args.eval_config = named or DEFAULT_EVAL_CONFIG
         print(f"eval config: {_repo_relative(args.eval_config)}"
               + (" (the one the weights were scored with)" if named is not None else
-                 " (the default: the weights' sidecar names none)" if weights_folder is not None else " (the default)"))
+                 " (the default: the weights' sidecar names none)" if weights is not None else " (the default)"))
     doc = yaml.safe_load(args.eval_config.read_text()) or {}
     sets = {name: _sources(srcs, f"sets.{name}") for name, srcs in (doc.get("sets") or {}).items()}
     # the roles of the config as written (also with --real-only): no generated scene may serve two of them;
@@ -642,7 +645,6 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         p.error(f"{args.eval_config}: {exc}")
     if args.real_only:
         sets, val_sources, train_sources = {}, [], []
-    side: dict[str, Any] = {}
     if args.run is not None:
         weights = args.checkpoint or args.run
         branch, model = load_trained(weights)
@@ -650,13 +652,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if args.package is not None or args.checkpoint is not None:
             p.error("--package and --checkpoint need --run")
         from perception_nodes.learning.branches import get_branch
-        from perception_nodes.models.weights_io import check_lidar_configs, default_weights_dir, load_state
+        from perception_nodes.models.weights_io import check_lidar_configs, load_state
 
-        weights = weights_folder or default_weights_dir("lidar_detection")
-        try:
-            side = read_sidecar(weights, "lidar_detection")
-        except WeightsError as exc:
-            p.error(str(exc))
+        assert weights is not None  # read above
         if "branch_config" not in side:
             p.error(f"{weights}: the sidecar has no branch_config (not written by package_run)")
         try:
