@@ -10,6 +10,15 @@ python="${PYTHON:-python3}"
 req_hash="$(cat requirements/*.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$venv/.installed-$req_hash" ]; then
   echo "==> creating $venv and installing pinned dependencies (first run takes a few minutes)"
+  # The pinned set takes about 1.8 GB in the venv, plus pip's unpacking; a full disk otherwise shows up as a torch
+  # import error far from its cause.
+  need_mb="${PN_SETUP_MIN_FREE_MB:-3000}"
+  free_mb="$(df -Pm "$(dirname "$venv")" | awk 'NR == 2 {print $4}')"
+  if [ -n "$free_mb" ] && [ "$free_mb" -lt "$need_mb" ]; then
+    echo "error: only ${free_mb} MB free on the disk of $venv; installing the pinned dependencies needs about" \
+         "${need_mb} MB (set PN_SETUP_MIN_FREE_MB to change the check). Free some space and run again." >&2
+    exit 1
+  fi
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip==25.3 2>&1 | grep -v "is ignored" || true
   "$venv/bin/python" -m pip install -q -r requirements/base.txt -r requirements/ros.txt -r requirements/test.txt 2>&1 | grep -v "is ignored" || true

@@ -191,3 +191,15 @@ def test_a_copy_of_the_bringup_package_installs_launch_and_config_files(tmp_path
         assert p.is_file() and not p.is_symlink() and p.stat().st_size > 0, p
         assert p.read_bytes() == BRINGUP_COPIES[p.relative_to(share).as_posix()].read_bytes()
     assert (ws / "install" / "perception_bringup" / "lib" / "perception_bringup" / "occupancy_grid_node").is_file()
+
+
+def test_setup_stops_with_a_clear_message_when_the_disk_is_too_full(tmp_path):
+    """A full disk used to surface as a torch import error halfway through pip; setup.sh now checks first and names
+    the cause, and creates nothing. The threshold is raised far above any disk so the check fires here."""
+    venv = tmp_path / "venv"
+    env = dict(os.environ, PN_VENV=str(venv), PN_SETUP_MIN_FREE_MB="999999999999")
+    r = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh")], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "MB free on the disk of" in r.stderr and "PN_SETUP_MIN_FREE_MB" in r.stderr
+    assert not venv.exists()
