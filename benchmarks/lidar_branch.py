@@ -296,7 +296,10 @@ def build_net(args: argparse.Namespace) -> tuple[LidarDetectionNet, str]:
         net, _ = load_lidar_detection(args.weights)
         return net.eval(), f"weights {args.weights}"
     torch.manual_seed(0)
-    cfg = json.loads(args.config) if args.config else None
+    cfg = None
+    if args.config:  # inline JSON, or the path of a JSON file
+        text = args.config if args.config.lstrip().startswith("{") else Path(args.config).read_text()
+        cfg = json.loads(text)
     net = LidarDetectionNet(cfg).eval()
     # random init, fresh BatchNorms: timing does not depend on the weights' values (sites are fixed by the scan)
     return net, "random init, " + ("--config" if cfg else "default config")
@@ -311,7 +314,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs of every (side, scan) first")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--weights", type=Path, help="weights folder (config from its sidecar)")
-    ap.add_argument("--config", help="network config as JSON (LidarDetectionConfig keys) instead of the default")
+    ap.add_argument("--config", help="network config (LidarDetectionConfig keys) as inline JSON or a JSON file, instead "
+                    "of the default; e.g. benchmarks/lidar_capacity/deep.json")
     ap.add_argument("--sides", nargs="+", default=["torch", "torch_reference", "onnxruntime", "spconv"],
                     help="torch_reference = the same network on the plain (pre fast path) PyTorch path")
     ap.add_argument("--onnx-cache", type=Path, default=None, help="ONNX export cache dir (default ~/.cache/...)")
