@@ -297,9 +297,11 @@ def build_net(args: argparse.Namespace) -> tuple[LidarDetectionNet, str]:
         return net.eval(), f"weights {args.weights}"
     torch.manual_seed(0)
     cfg = None
-    if args.config:  # inline JSON, or the path of a JSON file
-        text = args.config if args.config.lstrip().startswith("{") else Path(args.config).read_text()
+    if args.config:  # inline JSON object, or the path of a JSON file holding one
+        text = args.config if args.config.lstrip()[:1] in ("{", "[") else Path(args.config).read_text()
         cfg = json.loads(text)
+        if not isinstance(cfg, dict):
+            raise SystemExit(f"--config: expected a JSON object of LidarDetectionConfig keys, got {type(cfg).__name__}")
     net = LidarDetectionNet(cfg).eval()
     # random init, fresh BatchNorms: timing does not depend on the weights' values (sites are fixed by the scan)
     return net, "random init, " + ("--config" if cfg else "default config")
@@ -313,8 +315,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--reps", type=int, default=7, help="timed repetitions of every (side, scan)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs of every (side, scan) first")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--weights", type=Path, help="weights folder (config from its sidecar)")
-    ap.add_argument("--config", help="network config (LidarDetectionConfig keys) as inline JSON or a JSON file, instead "
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--weights", type=Path, help="weights folder (config from its sidecar)")
+    which.add_argument("--config", help="network config (LidarDetectionConfig keys) as inline JSON or a JSON file, instead "
                     "of the default; e.g. benchmarks/lidar_capacity/deep.json")
     ap.add_argument("--sides", nargs="+", default=["torch", "torch_reference", "onnxruntime", "spconv"],
                     help="torch_reference = the same network on the plain (pre fast path) PyTorch path")

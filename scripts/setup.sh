@@ -10,10 +10,18 @@ python="${PYTHON:-python3}"
 req_hash="$(cat requirements/*.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$venv/.installed-$req_hash" ]; then
   echo "==> creating $venv and installing pinned dependencies (first run takes a few minutes)"
-  # The pinned set takes about 1.8 GB in the venv, plus pip's unpacking; a full disk otherwise shows up as a torch
-  # import error far from its cause.
-  need_mb="${PN_SETUP_MIN_FREE_MB:-3000}"
-  free_mb="$(df -Pm "$(dirname "$venv")" | awk 'NR == 2 {print $4}')"
+  # The pinned set takes about 1.8 GB in the venv, plus pip's unpacking (an update of an existing venv needs less);
+  # a full disk otherwise shows up as a torch import error far from its cause. The disk checked is that of the venv
+  # or of its nearest existing parent.
+  if [ -x "$venv/bin/python" ]; then need_mb="${PN_SETUP_MIN_FREE_MB:-1000}"; else need_mb="${PN_SETUP_MIN_FREE_MB:-3000}"; fi
+  probe="$venv"; while [ ! -e "$probe" ]; do probe="$(dirname "$probe")"; done
+  # the field before df's "Use%" column: right even when a device or mount name holds spaces
+  free_mb="$(df -Pm -- "$probe" 2>/dev/null | awk 'NR == 2 {for (i = 2; i <= NF; i++) if ($i ~ /%$/) {print $(i - 1); exit}}')" \
+    || free_mb=""
+  case "$free_mb" in
+    ''|*[!0-9]*) echo "warning: cannot read the free space on the disk of $probe; installing without the check" >&2
+                 free_mb="" ;;
+  esac
   if [ -n "$free_mb" ] && [ "$free_mb" -lt "$need_mb" ]; then
     echo "error: only ${free_mb} MB free on the disk of $venv; installing the pinned dependencies needs about" \
          "${need_mb} MB (set PN_SETUP_MIN_FREE_MB to change the check). Free some space and run again." >&2

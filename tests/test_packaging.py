@@ -197,7 +197,9 @@ def test_setup_stops_with_a_clear_message_when_the_disk_is_too_full(tmp_path):
     """A full disk used to surface as a torch import error halfway through pip; setup.sh now checks first and names
     the cause, and creates nothing. The threshold is raised far above any disk so the check fires here."""
     venv = tmp_path / "venv"
-    env = dict(os.environ, PN_VENV=str(venv), PN_SETUP_MIN_FREE_MB="999999999999")
+    # PYTHON=/bin/false: were the check ever not to fire, the venv creation fails at once (no install, no colcon
+    # build of the repo's ros_ws behind a running test suite) and the message assertion below fails instead
+    env = dict(os.environ, PN_VENV=str(venv / "sub"), PN_SETUP_MIN_FREE_MB="999999999999", PYTHON="/bin/false")
     r = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh")], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1, r.stdout + r.stderr
