@@ -297,12 +297,15 @@ def build_net(args: argparse.Namespace) -> tuple[LidarDetectionNet, str]:
         return net.eval(), f"weights {args.weights}"
     torch.manual_seed(0)
     cfg = None
-    if args.config:  # inline JSON object, or the path of a JSON file holding one
-        text = args.config if args.config.lstrip()[:1] in ("{", "[") else Path(args.config).read_text()
-        cfg = json.loads(text)
-        if not isinstance(cfg, dict):
-            raise SystemExit(f"--config: expected a JSON object of LidarDetectionConfig keys, got {type(cfg).__name__}")
-    net = LidarDetectionNet(cfg).eval()
+    try:
+        if args.config:  # inline JSON object, or the path of a JSON file holding one
+            text = args.config if args.config.lstrip()[:1] in ("{", "[") else Path(args.config).read_text()
+            cfg = json.loads(text)
+            if not isinstance(cfg, dict):
+                raise ValueError(f"expected a JSON object of LidarDetectionConfig keys, got {type(cfg).__name__}")
+        net = LidarDetectionNet(cfg).eval()
+    except (OSError, ValueError) as exc:  # JSONDecodeError and ConfigError are ValueErrors
+        raise SystemExit(f"--config: {exc}") from None
     # random init, fresh BatchNorms: timing does not depend on the weights' values (sites are fixed by the scan)
     return net, "random init, " + ("--config" if cfg else "default config")
 
@@ -320,6 +323,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     which.add_argument("--config", help="network config (LidarDetectionConfig keys) as inline JSON or a JSON file, instead "
                     "of the default; e.g. benchmarks/lidar_capacity/deep.json")
     ap.add_argument("--sides", nargs="+", default=["torch", "torch_reference", "onnxruntime", "spconv"],
+                    choices=["torch", "torch_reference", "onnxruntime", "spconv"],
                     help="torch_reference = the same network on the plain (pre fast path) PyTorch path")
     ap.add_argument("--onnx-cache", type=Path, default=None, help="ONNX export cache dir (default ~/.cache/...)")
     args = ap.parse_args(argv)

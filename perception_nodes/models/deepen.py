@@ -88,6 +88,8 @@ def deepen_lidar_detection(small_state: Mapping[str, Tensor], small: LidarDetect
     small = small if isinstance(small, LidarDetectionConfig) else LidarDetectionConfig.from_mapping(dict(small))
     deep = deep if isinstance(deep, LidarDetectionConfig) else LidarDetectionConfig.from_mapping(dict(deep))
     check_deepening(small, deep)
+    if asdict(small) == asdict(deep):
+        raise ValueError("the deep config adds no layer to the small one")
     own_small = LidarDetectionNet(small).state_dict()
     if set(own_small) != set(small_state):
         raise ValueError("the state is not the small network's: "
@@ -124,14 +126,23 @@ def main(argv: list[str] | None = None) -> int:
                     "benchmarks/lidar_capacity/deep.json")
     ap.add_argument("--out", required=True, help="safetensors file to write")
     args = ap.parse_args(argv)
+    from perception_nodes.config import ConfigError
+    from perception_nodes.models.weights_io import WeightsError
+
     folder = Path(args.weights)
-    small = dict(read_sidecar(folder, "lidar_detection").get("config") or {})
-    deep = json.loads(Path(args.config).read_text())
-    net = deepen_lidar_detection(load_state(folder), small, deep)
+    try:
+        small = dict(read_sidecar(folder, "lidar_detection").get("config") or {})
+        deep = json.loads(Path(args.config).read_text())
+        if not isinstance(deep, dict):
+            raise ValueError(f"{args.config}: expected a JSON object of LidarDetectionConfig keys")
+        state = load_state(folder)
+        net = deepen_lidar_detection(state, small, deep)
+    except (OSError, ValueError, ConfigError, WeightsError) as exc:  # JSONDecodeError is a ValueError
+        ap.error(str(exc))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(out))
-    added = len(net.state_dict()) - len(load_state(folder))
+    added = len(net.state_dict()) - len(state)
     print(f"{out}: {len(net.state_dict())} tensors, {added} of them added at the identity")
     return 0
 

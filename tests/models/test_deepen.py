@@ -106,3 +106,26 @@ def test_the_cli_writes_tensors_that_load_strictly_into_the_deep_network(tmp_pat
     small = load_state(default_weights_dir("lidar_detection"))
     assert set(small) < set(state)
     assert all(torch.equal(small[k], state[k]) for k in small)
+
+
+@pytest.mark.parametrize("case", ["wide", "no_layer_added", "missing_weights", "missing_config", "not_json"])
+def test_the_cli_answers_bad_input_with_a_usage_error(case, tmp_path, capsys):
+    weights = str(default_weights_dir("lidar_detection"))
+    config = str(DEEP)
+    if case == "wide":
+        config = str(WIDE)
+    elif case == "no_layer_added":
+        config = str(REPO / "benchmarks" / "lidar_capacity" / "base.json")
+    elif case == "missing_weights":
+        weights = str(tmp_path / "nothing_here")
+    elif case == "missing_config":
+        config = str(tmp_path / "nothing.json")
+    else:
+        (tmp_path / "c.yaml").write_text("backbone: lite\n")
+        config = str(tmp_path / "c.yaml")
+    out = tmp_path / "deep.safetensors"
+    with pytest.raises(SystemExit) as exc:
+        main(["--weights", weights, "--config", config, "--out", str(out)])
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists()
