@@ -19,7 +19,9 @@ network's recall and ranking. A diagnostic of where IoU 0.7 is lost, not a score
 Also, per ground-truth car (any level) with a car heatmap peak (a cell equal to its 3 x 3 max, expected car
 probability > the eval threshold) within 1.5 m: whether that nearest peak is the car's centre cell, and the BEV
 centre error of the box read at the peak cell (what decoding publishes) against the box read at the true centre
-cell (the only cell a centre-only box loss trains). Prints a table and one JSON object last.
+cell (the only cell a centre-only box loss trains). Prints a table and one JSON object last. The boxes are refined
+on the scan's points as the node publishes them (:mod:`perception_nodes.models.box_refine`) unless
+``--no-box-refinement``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from perception_nodes.eval.generated_difficulty import with_difficulty, with_vir
 from perception_nodes.learning.branches import get_branch  # noqa: E402
 from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
 from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
+from perception_nodes.models.box_refine import BoxRefinement  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
 from perception_nodes.models.weights_io import load_lidar_detection, resolve_weights_folder  # noqa: E402
 
@@ -85,17 +88,18 @@ def _match(gt: list[Box3D], det: list[Box3D], radius: float) -> dict[int, int]:
 
 
 def frames_of(weights: str, eval_config: Path, set_name: str, radius: float,
-              cache_dir: Path | None = None) -> tuple[list[tuple], np.ndarray]:
+              cache_dir: Path | None = None, refine: bool = True) -> tuple[list[tuple], np.ndarray]:
     folder = resolve_weights_folder(weights, "lidar_detection")
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
-    acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True)
+    acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True,
+                               refinement=BoxRefinement(enabled=refine))
     frames, peaks = [], []
     with torch.no_grad():
         for s in _samples(branch, set_sources(eval_config, set_name), cache_dir, False):
             origin = np.asarray(s["sensor_origin"], np.float64)
             out = model([torch.from_numpy(s["points"])])
-            det = acc.decode(out)[0].to_box3d()
+            det = acc.decode(out, [s["points"]], [origin[:2]])[0].to_box3d()
             gt = with_difficulty(gt_boxes(s["boxes"], branch.net_config.classes, s.get("box_occlusion")),
                                  s["points"], origin)
             # the point counts once here, not once per variant (the scorer reads num_lidar_pts without points)
@@ -159,12 +163,13 @@ def car_ap(frames: list[tuple], groups: set[str]) -> dict[str, float]:
     return {lvl: float(res[lvl]["3d"].ap) for lvl in LEVELS if lvl in res}
 
 
-def oracle(weights: str, eval_config: Path, set_name: str, radius: float = 1.0, cache_dir: Path | None = None) -> dict:
-    frames, peaks = frames_of(weights, eval_config, set_name, radius, cache_dir)
+def oracle(weights: str, eval_config: Path, set_name: str, radius: float = 1.0, cache_dir: Path | None = None,
+           refine: bool = True) -> dict:
+    frames, peaks = frames_of(weights, eval_config, set_name, radius, cache_dir, refine)
     variants = {"none": set(), **{g: {g} for g in GROUPS}, "all": set(GROUPS)}
     variants.update({f"all_but_{g}": set(GROUPS) - ({g, "size"} if g in ("length", "width", "height") else {g})
                      for g in ("xy", "z", "length", "width", "height", "yaw")})
-    return {"weights": weights, "set": set_name, "frames": len(frames), "radius_m": radius,
+    return {"weights": weights, "box_refinement": refine, "set": set_name, "frames": len(frames), "radius_m": radius,
             "matched": int(sum(len(f[3]) for f in frames)),
             "ap3d": {name: car_ap(frames, groups) for name, groups in variants.items()},
             "peaks": peak_summary(peaks)}
@@ -178,10 +183,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="eval config holding the set(s), e.g. configs/train/lidar_detection_eval_v18.yaml")
     p.add_argument("--set", dest="set_name", action="append", required=True, help="a set of the eval config (repeat)")
     p.add_argument("--radius", type=float, default=1.0, help="BEV centre distance of a match, m")
+    p.add_argument("--no-box-refinement", action="store_true", help="the boxes as decoded, not refined on the points")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    res = [oracle(a.weights, a.eval_config, name, a.radius) for name in a.set_name]
+    res = [oracle(a.weights, a.eval_config, name, a.radius, refine=not a.no_box_refinement) for name in a.set_name]
     for r in res:
         print(f"{r['set']} ({r['frames']} frames, {r['matched']} car detections matched within {r['radius_m']} m): "
               "car AP3D @ 0.7 with the ground truth's ...")

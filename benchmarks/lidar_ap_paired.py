@@ -15,6 +15,10 @@ is recomputed on ``--reps`` resamples, the *same* resample for both networks, tw
 * ``scenes``: the scenes (the set's sources) resampled with replacement, then the frames within each drawn scene
   -- wider, and still optimistic with four scenes a set.
 
+``--refine-a`` / ``--refine-b`` (``on``, the default, ``off``, or a JSON object of the node's ``box_refinement``
+keys) set the box refinement (:mod:`perception_nodes.models.box_refine`) per side, so A and B may be the same
+weights with and without it, or with two settings of it.
+
 Also each scene's own AP for both networks (about 10 frames each: noisy) and how many scenes B wins. Prints the
 point difference B - A with both 90 % intervals and one JSON object last. A difference whose scene interval
 includes 0 is not evidence of a difference; one that excludes it is a difference on these scenes, not a law.
@@ -27,6 +31,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,23 +45,28 @@ from perception_nodes.eval.generated_difficulty import with_difficulty, with_vir
 from perception_nodes.learning.branches import get_branch  # noqa: E402
 from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
 from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
+from perception_nodes.models.box_refine import BoxRefinement  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
 from perception_nodes.models.weights_io import load_lidar_detection, resolve_weights_folder  # noqa: E402
 
 
-def scored_frames(weights: str, eval_config: Path, set_name: str, cache_dir: Path | None = None) -> list[tuple]:
+def scored_frames(weights: str, eval_config: Path, set_name: str, cache_dir: Path | None = None,
+                  refine: Any = True) -> list[tuple]:
     """Per frame: (graded ground truth with its point counts, detections with their virtual 2D boxes, scene index),
-    as lidar-eval's level scorer gets them (the counts once here, not per resample)."""
+    as lidar-eval's level scorer gets them (the counts once here, not per resample); ``refine``: the box
+    refinement on the frame's points, as the node publishes (lidar-eval's default), off, or a mapping of
+    its parameters."""
     folder = resolve_weights_folder(weights, "lidar_detection")
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
-    acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True)
+    acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True,
+                               refinement=BoxRefinement.from_mapping(refine))
     frames = []
     with torch.no_grad():
         for scene, source in enumerate(set_sources(eval_config, set_name)):
             for s in _samples(branch, [source], cache_dir, False):
                 origin = np.asarray(s["sensor_origin"], np.float64)
-                det = acc.decode(model([torch.from_numpy(s["points"])]))[0]
+                det = acc.decode(model([torch.from_numpy(s["points"])]), [s["points"]], [origin[:2]])[0]
                 gt = with_difficulty(gt_boxes(s["boxes"], branch.net_config.classes, s.get("box_occlusion")),
                                      s["points"], origin)
                 gt = [replace(g, extras={**g.extras, "num_lidar_pts": int(n)})
@@ -106,6 +116,19 @@ def paired(a: list[tuple], b: list[tuple], reps: int, level: str, seed: int = 0,
             "per_scene": per_scene, "scenes_b_higher": int(wins)}
 
 
+def _refine_value(text: str) -> Any:
+    return {"on": True, "off": False}.get(text) if text in ("on", "off") else json.loads(text)
+
+
+def _refine_arg(text: str) -> str:
+    """argparse type: ``on``, ``off`` or a JSON object of box refinement parameters (checked here)."""
+    try:
+        BoxRefinement.from_mapping(_refine_value(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--a", required=True, help="weights folder (or packaged name) of network A, the reference")
@@ -114,13 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="set_name", action="append", required=True, help="a set of the eval config (repeat)")
     p.add_argument("--level", default="moderate", choices=["easy", "moderate", "hard"], help="KITTI level (default moderate)")
     p.add_argument("--reps", type=int, default=200, help="bootstrap resamples (default 200)")
+    p.add_argument("--refine-a", type=_refine_arg, default="on", help="box refinement for A: on (default), off or JSON")
+    p.add_argument("--refine-b", type=_refine_arg, default="on", help="box refinement for B: on (default), off or JSON")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     res = []
     for name in a.set_name:
-        r = {"set": name, "a": a.a, "b": a.b, **paired(scored_frames(a.a, a.eval_config, name),
-                                                       scored_frames(a.b, a.eval_config, name), a.reps, a.level)}
+        r = {"set": name, "a": a.a, "b": a.b, "refine_a": a.refine_a, "refine_b": a.refine_b,
+             **paired(scored_frames(a.a, a.eval_config, name, refine=_refine_value(a.refine_a)),
+                      scored_frames(a.b, a.eval_config, name, refine=_refine_value(a.refine_b)), a.reps, a.level)}
         res.append(r)
         fb, sb = r["frames_bootstrap"], r["scenes_bootstrap"]
         print(f"{name}: car AP3D {a.level} A {r['ap_a']:.3f}, B {r['ap_b']:.3f}, B - A {r['diff']:+.3f}; 90 % "

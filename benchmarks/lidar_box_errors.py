@@ -8,7 +8,9 @@ For every ground-truth car at KITTI's moderate level or easier (graded by
 sidecar says, raw score >= the branch's eval threshold) within ``--radius`` m of its BEV centre is matched;
 the script prints the median, the median absolute deviation and the 90th percentile of |error| of the centre
 (x, y, z), size (length, width, height) and heading (modulo 180 degrees, so a reversed box is not counted as
-wrong here: KITTI's 3D IoU ignores the direction too), and prints one JSON object last. A diagnostic: it says
+wrong here: KITTI's 3D IoU ignores the direction too), and prints one JSON object last. The boxes are refined
+on the scan's points as the node publishes them (:mod:`perception_nodes.models.box_refine`) unless
+``--no-box-refinement``. A diagnostic: it says
 which parameter keeps a box under IoU 0.7, not how good the network is (lidar-eval does that).
 
 The heading error is also split by how the car is seen: its *view angle* (between the car's heading and the line of
@@ -34,22 +36,26 @@ from perception_nodes.eval.metrics.kitti_difficulty import kitti_difficulty  # n
 from perception_nodes.learning.branches import get_branch  # noqa: E402
 from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
 from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
+from perception_nodes.models.box_refine import BoxRefinement  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
 from perception_nodes.models.weights_io import load_lidar_detection, resolve_weights_folder  # noqa: E402
 
 PARAMS = ("x", "y", "z", "length", "width", "height", "yaw_deg")
 
 
-def box_errors(weights: str, eval_config: Path, set_name: str, radius: float = 1.0, cache_dir: Path | None = None) -> dict:
+def box_errors(weights: str, eval_config: Path, set_name: str, radius: float = 1.0, cache_dir: Path | None = None,
+               refine: bool = True) -> dict:
     folder = resolve_weights_folder(weights, "lidar_detection")
     model, side = load_lidar_detection(folder)  # checked against its sidecar, in eval mode
     branch = get_branch("lidar_detection")(side["branch_config"])
-    acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True)
+    acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True,
+                               refinement=BoxRefinement(enabled=refine))
     samples = _samples(branch, set_sources(eval_config, set_name), cache_dir, False)
     rows, views, cars = [], [], 0
     with torch.no_grad():
         for s in samples:
-            det = acc.decode(model([torch.from_numpy(s["points"])]))[0]
+            det = acc.decode(model([torch.from_numpy(s["points"])]), [s["points"]],
+                             [np.asarray(s["sensor_origin"], np.float64)[:2]])[0]
             graded = with_difficulty(gt_boxes(s["boxes"], branch.net_config.classes, s.get("box_occlusion")),
                                      s["points"], s["sensor_origin"])  # the bag's occlusion truth where it has one
             for g in graded:
@@ -67,7 +73,7 @@ def box_errors(weights: str, eval_config: Path, set_name: str, radius: float = 1
                 views.append([np.degrees(abs((g.yaw - sight + np.pi / 2) % np.pi - np.pi / 2)),
                               float(np.hypot(g.center[0] - s["sensor_origin"][0], g.center[1] - s["sensor_origin"][1]))])
     r = np.asarray(rows, np.float64).reshape(-1, len(PARAMS))
-    out = {"weights": str(folder), "set": set_name, "frames": len(samples), "cars_moderate": cars, "matched": len(r),
+    out = {"weights": str(folder), "box_refinement": refine, "set": set_name, "frames": len(samples), "cars_moderate": cars, "matched": len(r),
            "radius_m": radius, "errors": {}}
     for k, name in enumerate(PARAMS):
         e = r[:, k]
@@ -91,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-config", type=Path, default=REPO / "configs/train/lidar_detection_eval_realism.yaml")
     p.add_argument("--set", dest="set_name", action="append", required=True, help="a set of the eval config (repeat)")
     p.add_argument("--radius", type=float, default=1.0, help="BEV centre distance of a match, m")
+    p.add_argument("--no-box-refinement", action="store_true", help="the boxes as decoded, not refined on the points")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    res = [box_errors(a.weights, a.eval_config, name, a.radius) for name in a.set_name]
+    res = [box_errors(a.weights, a.eval_config, name, a.radius, refine=not a.no_box_refinement) for name in a.set_name]
     for r in res:
         print(f"{r['set']}: {r['matched']} of {r['cars_moderate']} moderate cars matched within {r['radius_m']} m")
         for name, e in r["errors"].items():

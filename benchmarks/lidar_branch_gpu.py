@@ -114,7 +114,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     net_cpu, _ = load_lidar_detection(args.weights)  # in eval mode
     calibration = DetectionCalibration.from_sidecar(read_sidecar(args.weights))
     net_dev = copy.deepcopy(net_cpu).to(device).eval()
-    scans = load_scans(args.shared, args.frames)
+    scans = [(n, p) for n, p, _ in load_scans(args.shared, args.frames)]
     log(f"{len(scans)} scans {[len(p) for _, p in scans]} points; device {device}")
     cpu_rt, dev_rt = TorchRuntime(net_cpu), TorchRuntime(net_dev)
 

@@ -30,7 +30,8 @@ from tests.lidar_branch_util import branch_params, register_tiny_backbone, save_
 
 B = default_backend()
 S = 1_000_000_000
-STAGES = ("decode", "transform", "voxelize", "backbone", "bev_net", "heads", "decode_boxes", "occupancy", "encode")
+STAGES = ("decode", "transform", "voxelize", "backbone", "bev_net", "heads", "decode_boxes", "refine_boxes", "occupancy",
+          "encode")
 
 
 class Clock:
@@ -126,17 +127,23 @@ def test_every_kitti_scan_gives_each_output_with_its_stamp_and_stage_latency(kit
 
 
 def test_detection_messages_carry_what_the_network_decodes(kitti_run):
-    """The message of scan 0 against an independent run of the same network and decoder on the same points."""
+    """The message of scan 0 against an independent run of the same network, decoder and box refinement on the
+    same points."""
     from perception_nodes.calibration import transform_points
+    from perception_nodes.graph.lidar_detection import drop_self_returns
+    from perception_nodes.models.box_refine import refine_detections
     from perception_nodes.models.decode import decode_batch
 
     node, _, per_scan = kitti_run
     cloud, out = per_scan[0]
     pts = np.array(read_xyzi(cloud), dtype=np.float32)
-    pts = transform_points(node.sensor_to_base(cloud.header.frame_id), pts)
+    to_base = node.sensor_to_base(cloud.header.frame_id)
+    pts = drop_self_returns(node, transform_points(to_base, pts), to_base[:2, 3])
     with torch.no_grad():
         ref = decode_batch(node.net(torch.from_numpy(pts)), node.net.head_grid, node.net.config.classes,
                            **node.decode_options)[0]
+    ref, refined = refine_detections(ref, pts, node.box_refinement, sensor_xy=to_base[:2, 3])
+    assert node.box_refinement.enabled and refined > 0  # the packaged params refine the KITTI scan's cars
     msg = out[node.detections_topic]
     assert len(msg.detections) == len(ref) > 0
     names = node.net.config.classes

@@ -24,6 +24,8 @@ folder (empty: the packaged default). Per scan it publishes (topics in ``percept
 Stages timed (``~/debug/processing_time/<stage>_ms``): ``decode`` (PointCloud2 -> array, range gate, point
 cap), ``transform`` (sensor -> base_link, the vehicle's own returns dropped), the runtime's ``voxelize``, ``backbone``, ``bev_net``,
 ``heads`` (an engine that fuses stages reports them joined), ``decode_boxes`` (peaks -> boxes),
+``refine_boxes`` (car headings and placement fitted to the scan's points, the ``box_refinement`` params,
+:mod:`perception_nodes.models.box_refine`; ``refined_boxes`` on ``/diagnostics`` counts them),
 ``occupancy`` (learned grids), ``encode`` (messages). Fusion with the geometric grid happens when that grid
 arrives and is recorded as the ``fusion`` series.
 
@@ -66,6 +68,7 @@ from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYPE
 from perception_nodes.config import to_dataclass
 from perception_nodes.errors import NodeUnavailable
+from perception_nodes.models.box_refine import BoxRefinement, refine_detections
 from perception_nodes.graph.detection_outputs import decode_options, detection_frame_emits
 from perception_nodes.graph.health_topics import SCAN_HEALTH, scan_health_emits
 from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port, synthetic_scan
@@ -170,6 +173,7 @@ class LidarDetectionNode(NodeCore):
         self.load_error: str | None = None
         self.empty_frames = 0
         self.detections_out = 0
+        self.refined_boxes = 0
         self.fused_out = 0
         # learned evidence of recent scans (stamp -> (r, s, spec)) waiting for the geometric grids
         self._learned: OrderedDict[int, tuple[np.ndarray, np.ndarray, GridSpec]] = OrderedDict()
@@ -184,6 +188,7 @@ class LidarDetectionNode(NodeCore):
     def _derived(self, params: dict[str, Any]) -> dict[str, Any]:
         out = super()._derived(params)
         out["decode_options"] = decode_options(params, self.name)
+        out["box_refinement"] = BoxRefinement.from_mapping(params.get("box_refinement"), f"{self.name}.box_refinement")
         out["max_points"] = int(params.get("max_points", 200_000))
         out["learned_occupancy_weight"] = float(params.get("learned_occupancy_weight", 1.0))
         out["unknown_vacuity"] = float(params.get("unknown_vacuity", 1.0))
@@ -311,6 +316,9 @@ class LidarDetectionNode(NodeCore):
             with self.latency.stage("decode_boxes"):
                 det = decode_batch(out, net.head_grid, net.config.classes, calibration=self.calibration,
                                    **self.decode_options)[0]
+            with self.latency.stage("refine_boxes"):
+                det, refined = refine_detections(det, pts, self.box_refinement, sensor_xy=to_base[:2, 3])
+                self.refined_boxes += refined
             voxels = int(out.num_voxels[0])
             with self.latency.stage("occupancy"):
                 occ = out.occupancy_evidence[0].detach().cpu().numpy()
@@ -431,6 +439,11 @@ class LidarDetectionNode(NodeCore):
         values["frames_out"] = str(self.frames_out)
         values["empty_frames"] = str(self.empty_frames)
         values["detections_out"] = str(self.detections_out)
+        values["refined_boxes"] = str(self.refined_boxes)
+        br = self.box_refinement
+        values["box_refinement"] = (f"on: {','.join(br.classes)} headings within {br.search_deg:g} deg of the network's, "
+                                    f">= {br.min_points} points, shift {'on' if br.shift_to_points else 'off'}"
+                                    if br.enabled else "off")
         values["fused_grids_out"] = str(self.fused_out)
         values["max_points"] = str(self.max_points)
         values["sparse_tune_file"] = self.tune_status[:300]

@@ -58,6 +58,7 @@ from perception_nodes.models.decode import Detections, decode_batch
 
 if TYPE_CHECKING:
     from perception_nodes.learning.branches.lidar_detection import LidarDetectionBranch
+    from perception_nodes.models.box_refine import BoxRefinement
     from perception_nodes.models.calibration import DetectionCalibration
     from perception_nodes.models.lidar_detection import LidarDetectionOutput
 
@@ -139,10 +140,16 @@ class DetectionAccumulator:
 
     def __init__(self, branch: "LidarDetectionBranch", *, with_occupancy: bool = True,
                  calibration: "DetectionCalibration | None" = None, score_threshold: float | None = None,
-                 threshold_on_raw_score: bool = False) -> None:
+                 threshold_on_raw_score: bool = False, refinement: "BoxRefinement | None" = None) -> None:
         from perception_nodes.eval.detection_eval import DetectionScorer
+        from perception_nodes.models.box_refine import BoxRefinement
 
         self.branch = branch
+        #: box refinement of decoded boxes on their scan (default: the branch's ``eval.box_refinement`` switch
+        #: with the default parameters); applied where :meth:`decode` is given the points
+        self.refinement = refinement if refinement is not None else BoxRefinement.from_mapping(
+            getattr(branch.eval_params, "box_refinement", False), "eval.box_refinement")
+        self.refined_boxes = 0
         self.calibration = calibration
         #: decoding threshold (default: the branch's eval threshold), on the calibrated score
         self.score_threshold = branch.eval_params.score_threshold if score_threshold is None else float(score_threshold)
@@ -170,11 +177,28 @@ class DetectionAccumulator:
         self._curv: dict[str, list[np.ndarray]] = {"y": [], "g": [], "n": [], "a": [], "b": []}
         self.frames = 0
 
-    def decode(self, out: "LidarDetectionOutput") -> list[Detections]:
+    def decode(self, out: "LidarDetectionOutput", points: Sequence[np.ndarray] | None = None,
+               sensor_xy: Sequence[Any] | None = None) -> list[Detections]:
+        """Boxes of every scan of ``out``; with ``points`` (the scans the network saw, one per scan) refined on
+        them as :attr:`refinement` says (the node refines the same way); ``sensor_xy``: each scan's LiDAR
+        position in the boxes' frame (default the origin)."""
+        from perception_nodes.models.box_refine import refine_detections
+
         ep = self.branch.eval_params
-        return decode_batch(out, self.branch.head_grid, self.branch.net_config.classes,
+        dets = decode_batch(out, self.branch.head_grid, self.branch.net_config.classes,
                             score_threshold=self.score_threshold, max_detections=ep.max_detections,
                             calibration=self.calibration, threshold_on_raw_score=self.threshold_on_raw_score)
+        if points is None or not self.refinement.enabled:
+            return dets
+        if len(points) != len(dets):
+            raise ValueError(f"{len(points)} point clouds for {len(dets)} scans")
+        refined = []
+        origins = [(0.0, 0.0)] * len(dets) if sensor_xy is None else list(sensor_xy)
+        for det, pts, xy in zip(dets, points, origins, strict=True):
+            det, n = refine_detections(det, pts, self.refinement, sensor_xy=xy)
+            self.refined_boxes += n
+            refined.append(det)
+        return refined
 
     def add(self, out: "LidarDetectionOutput", samples: Sequence[dict[str, np.ndarray]],
             detections: Sequence[Detections] | None = None) -> list[Detections]:
@@ -182,7 +206,9 @@ class DetectionAccumulator:
         ``visible``, ``curvature``). Returns the decoded detections."""
         br = self.branch
         classes = br.net_config.classes
-        dets = list(detections) if detections is not None else self.decode(out)
+        dets = list(detections) if detections is not None else self.decode(
+            out, [s["points"] for s in samples],
+            [np.asarray(s["sensor_origin"], np.float64)[:2] if "sensor_origin" in s else (0.0, 0.0) for s in samples])
         targets = br.targets_of([s["boxes"] for s in samples])
         alpha = out.class_alpha.float()
         if self.calibration is not None:

@@ -267,7 +267,7 @@ def _score_real(branch: LidarDetectionBranch, model: torch.nn.Module, frames: An
             near, body = self_returns(base, np.asarray(f.lidar_to_base)[:2, 3], **self_filter)
             seen = base[~(near | body)]
             dropped.append({"near_sensor": int(near.sum()), "ego_box": int(body.sum())})
-        det = acc.decode(model([torch.from_numpy(seen)]))[0]
+        det = acc.decode(model([torch.from_numpy(seen)]), [seen], [np.asarray(f.lidar_to_base)[:2, 3]])[0]
         mask = keep(f, det.center)
         if on_frame is not None:
             on_frame(f, det, mask)
@@ -593,6 +593,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                    help="fit the post-hoc calibration on the eval config's `validation` bags and store it in the "
                         "weights folder's sidecar (--weights, the packaged default, or --package with --run), with "
                         "these metrics; without it the sidecar's calibration (if any) is scored as `after`")
+    p.add_argument("--no-box-refinement", action="store_true",
+                   help="score the boxes as decoded, without fitting car headings to the scan points (the node's "
+                        "box_refinement: {enabled: false}); default: refined, as the node publishes them")
+    p.add_argument("--box-refinement-params", default=None, metavar="JSON",
+                   help="box refinement parameters other than the default, as a JSON object of the node's "
+                        "box_refinement keys, e.g. '{\"near_faces\": false}'")
     p.add_argument("--no-kitti", action="store_true", help="skip the real KITTI frames")
     p.add_argument("--no-nuscenes", action="store_true", help="skip the real nuScenes keyframe")
     p.add_argument("--real-only", action="store_true",
@@ -669,11 +675,28 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             p.error(str(exc))
         model.eval()
     assert isinstance(branch, LidarDetectionBranch)
+    from perception_nodes.models.box_refine import BoxRefinement
+
+    if args.no_box_refinement and args.box_refinement_params is not None:
+        p.error("--no-box-refinement and --box-refinement-params exclude each other")
+    if args.no_box_refinement:
+        branch.eval_params = dataclasses.replace(branch.eval_params, box_refinement=False)
+    elif args.box_refinement_params is not None:
+        try:
+            given = json.loads(args.box_refinement_params)
+            BoxRefinement.from_mapping(given, "--box-refinement-params")
+        except ValueError as exc:  # JSONDecodeError and ConfigError are ValueErrors
+            p.error(f"--box-refinement-params: {exc}")
+        branch.eval_params = dataclasses.replace(branch.eval_params, box_refinement=given)
     t0 = time.perf_counter()
     calibration: DetectionCalibration | None = None
     if args.run is None and not args.fit_calibration:
         calibration = DetectionCalibration.from_sidecar(side)
     metrics: dict[str, Any] = {}
+    refinement = BoxRefinement.from_mapping(branch.eval_params.box_refinement, "eval.box_refinement")
+    metrics["box_refinement"] = {**dataclasses.asdict(refinement), "classes": list(refinement.classes)}
+    print("box refinement: " + (f"on ({', '.join(refinement.classes)} headings and faces fitted to the scan points; "
+                                f"near faces {'on' if refinement.near_faces else 'off'})" if refinement.enabled else "off"))
     baselines = None
     if val_sources:
         ev = _eval_branch(branch)

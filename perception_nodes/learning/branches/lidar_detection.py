@@ -165,6 +165,10 @@ class DetectionEvalParams:
     match_distance_m: float = 2.0
     #: central interval level of the coverage metrics
     coverage_level: float = 0.9
+    #: decoded car boxes refined on the scan's points as the node publishes them
+    #: (:mod:`perception_nodes.models.box_refine`): true = the default parameters (the node's ``box_refinement``
+    #: default), false = off, or a mapping of :class:`~perception_nodes.models.box_refine.BoxRefinement` keys
+    box_refinement: Any = True
 
 
 @dataclass(frozen=True)
