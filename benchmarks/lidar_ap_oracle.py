@@ -20,7 +20,7 @@ Also, per ground-truth car (any level) with a car heatmap peak (a cell equal to 
 probability > the eval threshold) within 1.5 m: whether that nearest peak is the car's centre cell, and the BEV
 centre error of the box read at the peak cell (what decoding publishes) against the box read at the true centre
 cell (the only cell a centre-only box loss trains). Prints a table and one JSON object last. The boxes are refined
-on the scan's points as the node publishes them (:mod:`perception_nodes.models.box_refine`) unless
+on the scan's points as the node publishes them (:mod:`perception_nodes.pipeline.box_refine`) unless
 ``--no-box-refinement``.
 """
 
@@ -45,7 +45,7 @@ from perception_nodes.eval.generated_difficulty import with_difficulty, with_vir
 from perception_nodes.learning.branches import get_branch  # noqa: E402
 from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
 from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
-from perception_nodes.models.box_refine import BoxRefinement  # noqa: E402
+from perception_nodes.pipeline.box_refine import BoxRefinement  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
 from perception_nodes.models.weights_io import load_lidar_detection, resolve_weights_folder  # noqa: E402
 

@@ -16,7 +16,7 @@ is recomputed on ``--reps`` resamples, the *same* resample for both networks, tw
   -- wider, and still optimistic with four scenes a set.
 
 ``--refine-a`` / ``--refine-b`` (``on``, the default, ``off``, or a JSON object of the node's ``box_refinement``
-keys) set the box refinement (:mod:`perception_nodes.models.box_refine`) per side, so A and B may be the same
+keys) set the box refinement (:mod:`perception_nodes.pipeline.box_refine`) per side, so A and B may be the same
 weights with and without it, or with two settings of it.
 
 Also each scene's own AP for both networks (about 10 frames each: noisy) and how many scenes B wins. Prints the
@@ -45,7 +45,7 @@ from perception_nodes.eval.generated_difficulty import with_difficulty, with_vir
 from perception_nodes.learning.branches import get_branch  # noqa: E402
 from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
 from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
-from perception_nodes.models.box_refine import BoxRefinement  # noqa: E402
+from perception_nodes.pipeline.box_refine import BoxRefinement  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
 from perception_nodes.models.weights_io import load_lidar_detection, resolve_weights_folder  # noqa: E402
 

@@ -9,7 +9,7 @@ sidecar says, raw score >= the branch's eval threshold) within ``--radius`` m of
 the script prints the median, the median absolute deviation and the 90th percentile of |error| of the centre
 (x, y, z), size (length, width, height) and heading (modulo 180 degrees, so a reversed box is not counted as
 wrong here: KITTI's 3D IoU ignores the direction too), and prints one JSON object last. The boxes are refined
-on the scan's points as the node publishes them (:mod:`perception_nodes.models.box_refine`) unless
+on the scan's points as the node publishes them (:mod:`perception_nodes.pipeline.box_refine`) unless
 ``--no-box-refinement``. A diagnostic: it says
 which parameter keeps a box under IoU 0.7, not how good the network is (lidar-eval does that).
 
@@ -36,7 +36,7 @@ from perception_nodes.eval.metrics.kitti_difficulty import kitti_difficulty  # n
 from perception_nodes.learning.branches import get_branch  # noqa: E402
 from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
 from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
-from perception_nodes.models.box_refine import BoxRefinement  # noqa: E402
+from perception_nodes.pipeline.box_refine import BoxRefinement  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
 from perception_nodes.models.weights_io import load_lidar_detection, resolve_weights_folder  # noqa: E402
 

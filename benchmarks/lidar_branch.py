@@ -59,7 +59,7 @@ from engines.sparse.conv import ours_to_spconv_weight  # noqa: E402
 from engines.sparse.norm import SparseReLU  # noqa: E402
 from engines.sparse.spconv_twins import import_spconv  # noqa: E402
 from engines.sparse.tunefile import cpu_model  # noqa: E402
-from perception_nodes.models.box_refine import BoxRefinement, refine_detections  # noqa: E402
+from perception_nodes.pipeline.box_refine import BoxRefinement, refine_detections  # noqa: E402
 from perception_nodes.models.decode import decode_batch  # noqa: E402
 from perception_nodes.models.lidar_detection import LidarDetectionNet, LidarDetectionOutput  # noqa: E402
 from perception_nodes.models.runtime import TorchRuntime, no_stages  # noqa: E402
@@ -454,7 +454,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "p50/p99 over reps x scans samples (p99 ~ max with ~20 samples); sides interleaved per scan",
         "e2e = runtime.infer + decode_boxes + refine_boxes (decode_batch and the box refinement as the node runs "
         "them: the fast path computes the box head at the decoded peaks only, so its box cost sits in decode_boxes; "
-        "refine_boxes fits the car boxes to the scan's points, perception_nodes/models/box_refine.py); "
+        "refine_boxes fits the car boxes to the scan's points, perception_nodes/pipeline/box_refine.py); "
         "e2e_without_decode = infer alone",
         "spconv side: same voxelisation, BEV net and heads (PyTorch); backbone twin with BN folded as ours",
         "shared machine: absolute times are noisy under load; compare ratios from the same run",

@@ -131,7 +131,7 @@ def test_detection_messages_carry_what_the_network_decodes(kitti_run):
     same points."""
     from perception_nodes.calibration import transform_points
     from perception_nodes.graph.lidar_detection import drop_self_returns
-    from perception_nodes.models.box_refine import refine_detections
+    from perception_nodes.pipeline.box_refine import refine_detections
     from perception_nodes.models.decode import decode_batch
 
     node, _, per_scan = kitti_run

@@ -25,7 +25,7 @@ Stages timed (``~/debug/processing_time/<stage>_ms``): ``decode`` (PointCloud2 -
 cap), ``transform`` (sensor -> base_link, the vehicle's own returns dropped), the runtime's ``voxelize``, ``backbone``, ``bev_net``,
 ``heads`` (an engine that fuses stages reports them joined), ``decode_boxes`` (peaks -> boxes),
 ``refine_boxes`` (car headings and placement fitted to the scan's points, the ``box_refinement`` params,
-:mod:`perception_nodes.models.box_refine`; ``refined_boxes`` on ``/diagnostics`` counts them),
+:mod:`perception_nodes.pipeline.box_refine`; ``refined_boxes`` on ``/diagnostics`` counts them),
 ``occupancy`` (learned grids), ``encode`` (messages). Fusion with the geometric grid happens when that grid
 arrives and is recorded as the ``fusion`` series.
 
@@ -68,7 +68,7 @@ from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYPE
 from perception_nodes.config import to_dataclass
 from perception_nodes.errors import NodeUnavailable
-from perception_nodes.models.box_refine import BoxRefinement, refine_detections
+from perception_nodes.pipeline.box_refine import BoxRefinement, refine_detections
 from perception_nodes.graph.detection_outputs import decode_options, detection_frame_emits
 from perception_nodes.graph.health_topics import SCAN_HEALTH, scan_health_emits
 from perception_nodes.graph.node import ERROR, OK, WARN, Emit, NodeCore, Port, synthetic_scan

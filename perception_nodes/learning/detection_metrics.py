@@ -58,7 +58,7 @@ from perception_nodes.models.decode import Detections, decode_batch
 
 if TYPE_CHECKING:
     from perception_nodes.learning.branches.lidar_detection import LidarDetectionBranch
-    from perception_nodes.models.box_refine import BoxRefinement
+    from perception_nodes.pipeline.box_refine import BoxRefinement
     from perception_nodes.models.calibration import DetectionCalibration
     from perception_nodes.models.lidar_detection import LidarDetectionOutput
 
@@ -142,7 +142,7 @@ class DetectionAccumulator:
                  calibration: "DetectionCalibration | None" = None, score_threshold: float | None = None,
                  threshold_on_raw_score: bool = False, refinement: "BoxRefinement | None" = None) -> None:
         from perception_nodes.eval.detection_eval import DetectionScorer
-        from perception_nodes.models.box_refine import BoxRefinement
+        from perception_nodes.pipeline.box_refine import BoxRefinement
 
         self.branch = branch
         #: box refinement of decoded boxes on their scan (default: the branch's ``eval.box_refinement`` switch
@@ -182,7 +182,7 @@ class DetectionAccumulator:
         """Boxes of every scan of ``out``; with ``points`` (the scans the network saw, one per scan) refined on
         them as :attr:`refinement` says (the node refines the same way); ``sensor_xy``: each scan's LiDAR
         position in the boxes' frame (default the origin)."""
-        from perception_nodes.models.box_refine import refine_detections
+        from perception_nodes.pipeline.box_refine import refine_detections
 
         ep = self.branch.eval_params
         dets = decode_batch(out, self.branch.head_grid, self.branch.net_config.classes,

@@ -675,7 +675,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             p.error(str(exc))
         model.eval()
     assert isinstance(branch, LidarDetectionBranch)
-    from perception_nodes.models.box_refine import BoxRefinement
+    from perception_nodes.pipeline.box_refine import BoxRefinement
 
     if args.no_box_refinement and args.box_refinement_params is not None:
         p.error("--no-box-refinement and --box-refinement-params exclude each other")

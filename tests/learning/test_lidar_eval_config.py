@@ -37,3 +37,27 @@ def test_reserved_sets_are_disjoint_and_not_scored(tmp_path):
     cfg.write_text(yaml.safe_dump(clash))
     with pytest.raises(ValueError, match="both"):
         main(["--real-only", "--no-kitti", "--no-nuscenes", "--eval-config", str(cfg), "--metrics-out", str(out)])
+
+
+def test_box_refinement_switches_are_recorded_and_checked(tmp_path, capsys):
+    """lidar-eval scores refined boxes by default (as the node publishes them), as decoded with
+    --no-box-refinement, or with other settings; the metrics say which; bad settings are usage errors."""
+    from perception_nodes.learning.lidar_detection_eval import main
+
+    out = tmp_path / "m.json"
+    base = ["--real-only", "--no-kitti", "--no-nuscenes", "--threads", "1", "--metrics-out", str(out)]
+    assert main(base) == 0
+    rec = json.loads(out.read_text())["box_refinement"]
+    assert rec["enabled"] is True and rec["near_faces"] is True and rec["classes"] == ["car"]
+    assert main(base + ["--no-box-refinement"]) == 0
+    assert json.loads(out.read_text())["box_refinement"]["enabled"] is False
+    assert main(base + ["--box-refinement-params", '{"near_faces": false, "search_deg": 20}']) == 0
+    rec = json.loads(out.read_text())["box_refinement"]
+    assert rec["enabled"] is True and rec["near_faces"] is False and rec["search_deg"] == 20.0
+    for bad, msg in ((["--no-box-refinement", "--box-refinement-params", "{}"], "exclude each other"),
+                     (["--box-refinement-params", "{near_faces: false}"], "--box-refinement-params"),
+                     (["--box-refinement-params", '{"near_face": false}'], "unknown key")):
+        with pytest.raises(SystemExit) as exc:
+            main(base + bad)
+        assert exc.value.code == 2
+        assert msg in capsys.readouterr().err

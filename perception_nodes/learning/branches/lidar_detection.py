@@ -166,8 +166,8 @@ class DetectionEvalParams:
     #: central interval level of the coverage metrics
     coverage_level: float = 0.9
     #: decoded car boxes refined on the scan's points as the node publishes them
-    #: (:mod:`perception_nodes.models.box_refine`): true = the default parameters (the node's ``box_refinement``
-    #: default), false = off, or a mapping of :class:`~perception_nodes.models.box_refine.BoxRefinement` keys
+    #: (:mod:`perception_nodes.pipeline.box_refine`): true = the default parameters (the node's ``box_refinement``
+    #: default), false = off, or a mapping of :class:`~perception_nodes.pipeline.box_refine.BoxRefinement` keys
     box_refinement: Any = True
 
 

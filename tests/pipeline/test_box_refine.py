@@ -1,4 +1,4 @@
-"""Box refinement (perception_nodes/models/box_refine.py): headings and placement fitted to a box's points."""
+"""Box refinement (perception_nodes/pipeline/box_refine.py): headings and placement fitted to a box's points."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from perception_nodes.config import ConfigError
-from perception_nodes.models.box_refine import BoxRefinement, fit_heading, refine_detections
+from perception_nodes.pipeline.box_refine import BoxRefinement, fit_heading, refine_detections
 from perception_nodes.models.decode import Detections
 
 CLASSES = ("car", "pedestrian", "cyclist")
