@@ -9,8 +9,11 @@ scan *and its labels* about the vehicle's z axis by an angle uniform in +-``--ro
 calibration, the node's own-returns filter and the KITTI camera crop, as ``lidar-eval --real-only`` scores them;
 the crop follows the turn, since it maps the turned frame back through the turned mount). Reported per network:
 KITTI centre-distance car AP and nuScenes centre-distance mAP, unperturbed and mean +- sd over the draws, and in how
-many draws B is ahead. A lead that holds in every draw is robust to these small changes; it is still 7 cars.
-Prints one JSON object last.
+many draws B is ahead; also the median KITTI car heading error (degrees modulo 180, cars with a car box within 2 m;
+lower is better, so "ahead" counts draws where B's is lower). ``--refine-a`` / ``--refine-b`` set each side's box
+refinement (``on``, the default as the node runs, ``off``, or a JSON object of its parameters), so A and B may be
+the same weights with and without it. A lead that holds in every draw is robust to these small changes; it is
+still 7 cars. Prints one JSON object last.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,16 +59,27 @@ def perturbed(frame, yaw: float, dropout: float, rng: np.random.Generator, self_
     return replace(frame, points=pts[keep], lidar_to_base=turn @ mount)
 
 
-def _network(weights: str):
+def _network(weights: str, refine: Any = True):
     folder = resolve_weights_folder(weights, "lidar_detection")
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
+    branch.eval_params = replace(branch.eval_params, box_refinement=refine)
     return str(folder), branch, model.eval(), DetectionCalibration.from_sidecar(side)
 
 
-def scores(net, kitti: list, nus: list, filt: dict, fov: float) -> tuple[float, float]:
-    """(KITTI centre-distance car AP, nuScenes centre-distance mAP) of one network on the given frames, with the
-    own-returns filters ``filt`` (per dataset) and the KITTI fallback field of view ``fov``."""
+def _refine_value(text: str) -> Any:
+    """``on`` / ``off`` / a JSON object of box refinement parameters, checked."""
+    from perception_nodes.pipeline.box_refine import BoxRefinement
+
+    value = {"on": True, "off": False}[text] if text in ("on", "off") else json.loads(text)
+    BoxRefinement.from_mapping(value)
+    return value
+
+
+def scores(net, kitti: list, nus: list, filt: dict, fov: float) -> tuple[float, float, float]:
+    """(KITTI centre-distance car AP, nuScenes centre-distance mAP, median KITTI car heading error in degrees)
+    of one network on the given frames, with the own-returns filters ``filt`` (per dataset) and the KITTI fallback
+    field of view ``fov``."""
     from perception_nodes.scenario.realism import INTENSITY_SCALE
 
     _, branch, model, cal = net
@@ -74,7 +89,8 @@ def scores(net, kitti: list, nus: list, filt: dict, fov: float) -> tuple[float, 
         n = _score_real(branch, model, nus, intensity_scale=INTENSITY_SCALE["nuscenes"],
                         keep=lambda f, c: np.ones(len(c), bool), calibration=cal, self_filter=filt["nuscenes"])
     car = ((k["nuscenes"] or {}).get("per_class") or {}).get("car") or {}
-    return float(car.get("ap", float("nan"))), float((n["nuscenes"] or {}).get("map", float("nan")))
+    return (float(car.get("ap", float("nan"))), float((n["nuscenes"] or {}).get("map", float("nan"))),
+            float(k["car_yaw"]["median_abs_yaw_error_mod_pi_deg"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--refine-a", default="on", help="box refinement of A: on (default), off or a JSON object")
+    p.add_argument("--refine-b", default="on", help="box refinement of B: on (default), off or a JSON object")
     args = p.parse_args(argv)
+    try:
+        refine = {"a": _refine_value(args.refine_a), "b": _refine_value(args.refine_b)}
+    except (ValueError, KeyError) as exc:
+        p.error(f"--refine-a/--refine-b: {exc}")
     if args.draws < 1 or not 0.0 <= args.dropout < 1.0:
         p.error("--draws must be >= 1 and --dropout in [0, 1)")
     torch.set_num_threads(args.threads)
@@ -109,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     filters = {n: self_return_settings(doc[f"{n}_self_returns"], f"{n}_self_returns")
                if doc.get(f"{n}_self_returns") is not None else None for n in ("kitti", "nuscenes")}
     fov = float(doc.get("kitti_fov_deg", 90.0))
-    nets = {"a": _network(args.a), "b": _network(args.b)}
+    nets = {"a": _network(args.a, refine["a"]), "b": _network(args.b, refine["b"])}
     base = {k: scores(n, kitti, nus, filters, fov) for k, n in nets.items()}
     rng = np.random.default_rng(args.seed)
-    draws: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
+    draws: dict[str, list[tuple[float, float, float]]] = {"a": [], "b": []}
     for i in range(args.draws):
         yaws = rng.uniform(-np.radians(args.rotate_deg), np.radians(args.rotate_deg), len(kitti) + len(nus))
         seeds = rng.integers(0, 2**31, len(kitti) + len(nus))
@@ -124,15 +146,16 @@ def main(argv: list[str] | None = None) -> int:
             draws[k].append(scores(n, pk, pn, filters, fov))
         print(f"draw {i + 1}/{args.draws}: KITTI car AP a {draws['a'][-1][0]:.3f} b {draws['b'][-1][0]:.3f}; "
               f"nuScenes mAP a {draws['a'][-1][1]:.3f} b {draws['b'][-1][1]:.3f}", file=sys.stderr, flush=True)
-    out: dict = {"a": nets["a"][0], "b": nets["b"][0], "draws": args.draws, "rotate_deg": args.rotate_deg,
-                 "dropout": args.dropout, "seed": args.seed}
-    for j, name in enumerate(("kitti_centre_distance_car_ap", "nuscenes_map")):
+    out: dict = {"a": nets["a"][0], "b": nets["b"][0], "refine_a": refine["a"], "refine_b": refine["b"],
+                 "draws": args.draws, "rotate_deg": args.rotate_deg, "dropout": args.dropout, "seed": args.seed}
+    for j, name in enumerate(("kitti_centre_distance_car_ap", "nuscenes_map", "kitti_car_heading_median_deg")):
         a = np.asarray([d[j] for d in draws["a"]])
         b = np.asarray([d[j] for d in draws["b"]])
+        better = (b < a) if name.endswith("_deg") else (b > a)
         out[name] = {"unperturbed": {"a": base["a"][j], "b": base["b"][j]},
                      "a_mean": float(a.mean()), "a_sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
                      "b_mean": float(b.mean()), "b_sd": float(b.std(ddof=1)) if len(b) > 1 else 0.0,
-                     "b_ahead": int((b > a).sum()), "ties": int((b == a).sum())}
+                     "b_ahead": int(better.sum()), "ties": int((b == a).sum())}
         r = out[name]
         print(f"{name}: unperturbed a {base['a'][j]:.3f} b {base['b'][j]:.3f}; over {args.draws} draws a "
               f"{r['a_mean']:.3f} +- {r['a_sd']:.3f}, b {r['b_mean']:.3f} +- {r['b_sd']:.3f}; b ahead in "
