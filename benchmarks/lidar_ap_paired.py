@@ -123,7 +123,12 @@ def _refine_value(text: str) -> Any:
 def _refine_arg(text: str) -> str:
     """argparse type: ``on``, ``off`` or a JSON object of box refinement parameters (checked here)."""
     try:
-        BoxRefinement.from_mapping(_refine_value(text))
+        value = _refine_value(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected on, off or a JSON object of box_refinement keys, got {text!r} "
+                                         f"({exc})") from None
+    try:
+        BoxRefinement.from_mapping(value, "box refinement")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=200, help="bootstrap resamples (default 200)")
     p.add_argument("--refine-a", type=_refine_arg, default="on", help="box refinement for A: on (default), off or JSON")
     p.add_argument("--refine-b", type=_refine_arg, default="on", help="box refinement for B: on (default), off or JSON")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     res = []

@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         refine = {"a": _refine_value(args.refine_a), "b": _refine_value(args.refine_b)}
-    except (ValueError, KeyError) as exc:
-        p.error(f"--refine-a/--refine-b: {exc}")
+    except ValueError as exc:  # bad JSON, or a ConfigError from the parameters' check
+        p.error(f"--refine-a/--refine-b: expected on, off or a JSON object of box_refinement keys ({exc})")
     if args.draws < 1 or not 0.0 <= args.dropout < 1.0:
         p.error("--draws must be >= 1 and --dropout in [0, 1)")
     torch.set_num_threads(args.threads)

@@ -554,3 +554,24 @@ def test_decoding_parameters_reconfigure_at_runtime_and_the_network_choice_needs
         with pytest.raises(ConfigError):
             node.reconfigure(bad)
     assert node.decode_options["nms_kernel"] == 3 and node.runtime_name == "torch"  # all or nothing
+
+
+def test_box_refinement_params_reconfigure_and_bad_ones_are_refused(tiny_weights):
+    """`box_refinement` switches at runtime (the next scan uses it); out-of-range values are refused with the key
+    named, and a class the network does not have fails configure instead of silently refining nothing."""
+    from perception_nodes.config import ConfigError
+
+    node = LidarDetectionNode("lidar_detection", branch_params(tiny_weights), backend=B, clock=lambda: 0)
+    assert node.box_refinement.enabled and node.box_refinement.near_faces
+    node.reconfigure({"box_refinement": {"near_faces": False, "search_deg": 20.0}})
+    assert not node.box_refinement.near_faces and node.box_refinement.search_deg == 20.0
+    for bad in ({"box_refinement": {"margin_m": 10.0}}, {"box_refinement": {"step_deg": 1e-6}},
+                {"box_refinement": {"serch_deg": 5.0}}):
+        with pytest.raises(ConfigError, match="box_refinement"):
+            node.reconfigure(bad)
+    assert node.box_refinement.search_deg == 20.0  # unchanged by the refused ones
+    register_tiny_backbone()
+    wrong = LidarDetectionNode("lidar_detection", branch_params(tiny_weights, box_refinement={"classes": ["Car"]}),
+                               backend=B, clock=lambda: 0)
+    with pytest.raises(ConfigError, match="box_refinement.classes: Car not among the network's classes"):
+        wrong.load()

@@ -66,7 +66,7 @@ from perception_nodes.codecs.detections import DETECTIONS_TYPE
 from perception_nodes.codecs.outputs import DiagnosticStatusData, occupancy_grid_msg
 from perception_nodes.codecs.pointcloud2 import read_xyzi
 from perception_nodes.codecs.vision import CURVATURE_TYPE, VISION_DETECTIONS_TYPE
-from perception_nodes.config import to_dataclass
+from perception_nodes.config import ConfigError, to_dataclass
 from perception_nodes.errors import NodeUnavailable
 from perception_nodes.pipeline.box_refine import BoxRefinement, refine_detections
 from perception_nodes.graph.detection_outputs import decode_options, detection_frame_emits
@@ -245,6 +245,10 @@ class LidarDetectionNode(NodeCore):
             from perception_nodes.models.calibration import DetectionCalibration
 
             net, side = load_lidar_detection(folder)
+            unknown = [c for c in self.box_refinement.classes if c not in net.config.classes]
+            if self.box_refinement.enabled and unknown:
+                raise ConfigError(f"{self.name}.box_refinement.classes: {', '.join(unknown)} not among the network's "
+                                  f"classes ({', '.join(net.config.classes)})")
             self._configure_tuning(net)
             calibration = DetectionCalibration.from_sidecar(side)
             options = {"threads": self.threads} if self.threads > 0 else {}
@@ -442,8 +446,8 @@ class LidarDetectionNode(NodeCore):
         values["refined_boxes"] = str(self.refined_boxes)
         br = self.box_refinement
         values["box_refinement"] = (f"on: {','.join(br.classes)} headings within {br.search_deg:g} deg of the network's, "
-                                    f">= {br.min_points} points, shift {'on' if br.shift_to_points else 'off'}"
-                                    if br.enabled else "off")
+                                    f">= {br.min_points} points, shift {'on' if br.shift_to_points else 'off'}, "
+                                    f"near faces {'on' if br.near_faces else 'off'}" if br.enabled else "off")
         values["fused_grids_out"] = str(self.fused_out)
         values["max_points"] = str(self.max_points)
         values["sparse_tune_file"] = self.tune_status[:300]

@@ -228,7 +228,7 @@ def evaluate_sets(branch: LidarDetectionBranch, model: torch.nn.Module, sets: di
         samples = _samples(ev, sources, cache_dir, progress)
         accs = _score(ev, model, samples, cals)
         ism = _ism_scores(samples, branch.eval_params.ece_bins)
-        res: dict[str, Any] = {}
+        res: dict[str, Any] = {"refined_boxes": accs[0].refined_boxes}  # every accumulator refines the same boxes
         for key, acc in zip(("before", "after"), accs):
             r = acc.results(baselines)
             r.update(ism)
@@ -684,9 +684,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     elif args.box_refinement_params is not None:
         try:
             given = json.loads(args.box_refinement_params)
+        except ValueError as exc:
+            p.error(f"--box-refinement-params: not a JSON object ({exc})")
+        try:
             BoxRefinement.from_mapping(given, "--box-refinement-params")
-        except ValueError as exc:  # JSONDecodeError and ConfigError are ValueErrors
-            p.error(f"--box-refinement-params: {exc}")
+        except ValueError as exc:  # ConfigError is a ValueError
+            p.error(str(exc))
         branch.eval_params = dataclasses.replace(branch.eval_params, box_refinement=given)
     t0 = time.perf_counter()
     calibration: DetectionCalibration | None = None

@@ -11,22 +11,23 @@ Per box of a refined class (``car`` by default):
 
 1. points inside the box grown by ``margin_m`` on its four sides (not above: its height is kept), higher than
    ``ground_clearance_m`` above its floor (the road under a car is not the car); fewer than ``min_points`` leave the box as decoded;
-2. heading: every angle within ``search_deg`` of the network's heading in ``step_deg`` steps is scored by the
-   *closeness criterion* of Zhang et al., "Efficient L-Shape Fitting for Vehicle Detection Using Laser
-   Scanners" (IV 2017): project the points on the rectangle's two axes at that angle, take each point's
-   distance to the nearest of the four edges the projections span, floor it at ``closeness_floor_m`` and sum
-   the inverses; the highest score wins. Searching near the network's heading keeps its direction (front vs
+2. heading: every angle within ``search_deg`` of the network's heading in ``step_deg`` steps is scored by a
+   variant of the *closeness criterion* of Zhang et al., "Efficient L-Shape Fitting for Vehicle Detection Using
+   Laser Scanners" (IV 2017): project the points on the rectangle's two axes at that angle, take each point's
+   distance to the nearest of the four edges the projections span (Zhang picks one edge per axis), floor it at
+   ``closeness_floor_m`` and sum the inverses; the highest score wins. Searching near the network's heading keeps its direction (front vs
    back, which the points cannot tell) and avoids the 90 degree ambiguity of a rectangle;
 3. placement (``shift_to_points``): along each axis of the refined box, if the points' ``percentile`` ..
    ``100 - percentile`` span reaches past the box, the box moves (size kept) until it holds the span, or is
    centred on the span when the span is longer than the box. The network's size stays: the points show only
-   the near faces. Only points within ``margin_m`` of the box count, so a box moves by at most that much.
+   the near faces. Only points within ``margin_m`` of the decoded box count, so a box moves by about that much
+   at most (a little more where the fitted heading turns the points' span);
 
 4. near faces (``near_faces``): along each axis of the box, if the sensor lies outside the box's slab, the face
    towards it is one the scan sees: it moves to the points' extreme there plus ``surface_offset_m`` (real
    returns lie inside a labelled box: the median distance of KITTI car points to the nearest box face is
    0.05-0.34 m, nuScenes' 0.07-0.17 m, ``../shared/docs/sim-to-real-lidar.md``), while the far face stays where
-   the network put it, so the box's extent changes (the network's length is the guess for the unseen end; its
+   step 3 left it, so the box's extent changes (the network's length is the guess for the unseen end; its
    centre was a compromise between both ends). Where the sensor lies within the slab (a car straight ahead,
    across), the box is centred on the points' span if that covers ``min_extent_fraction`` of it. A move that
    would leave less than ``min_extent_fraction`` of half the box is not made.
@@ -86,26 +87,28 @@ class BoxRefinement:
 
     def __post_init__(self) -> None:
         bad = []
-        if not self.margin_m >= 0:
-            bad.append(f"margin_m must be >= 0, got {self.margin_m}")
-        if not self.ground_clearance_m >= 0:
-            bad.append(f"ground_clearance_m must be >= 0, got {self.ground_clearance_m}")
-        if self.min_points < 2:
-            bad.append(f"min_points must be >= 2, got {self.min_points}")
-        if not 0 < self.search_deg <= 90:
-            bad.append(f"search_deg must be in (0, 90], got {self.search_deg}")
-        if not 0 < self.step_deg <= self.search_deg:
-            bad.append(f"step_deg must be in (0, search_deg], got {self.step_deg}")
-        if not self.closeness_floor_m > 0:
-            bad.append(f"closeness_floor_m must be > 0, got {self.closeness_floor_m}")
+        if self.enabled and (not self.classes or not all(isinstance(c, str) and c for c in self.classes)):
+            bad.append(f"classes must name at least one class, got {list(self.classes)}")
+        if not 0 <= self.margin_m <= 2.0:  # also rejects NaN and inf
+            bad.append(f"margin_m must be in [0, 2], got {self.margin_m}")
+        if not 0 <= self.ground_clearance_m <= 2.0:
+            bad.append(f"ground_clearance_m must be in [0, 2], got {self.ground_clearance_m}")
+        if not 2 <= self.min_points <= 100_000:
+            bad.append(f"min_points must be in [2, 100000], got {self.min_points}")
+        if not 0.05 <= self.search_deg <= 90:
+            bad.append(f"search_deg must be in [0.05, 90], got {self.search_deg}")
+        if not 0.05 <= self.step_deg <= self.search_deg:  # the floor bounds the angles searched (memory, time)
+            bad.append(f"step_deg must be in [0.05, search_deg = {self.search_deg}], got {self.step_deg}")
+        if not 1e-4 <= self.closeness_floor_m <= 1.0:
+            bad.append(f"closeness_floor_m must be in [0.0001, 1], got {self.closeness_floor_m}")
         if not 0 <= self.percentile < 50:
             bad.append(f"percentile must be in [0, 50), got {self.percentile}")
-        if not 0 <= self.surface_offset_m <= self.margin_m:
-            bad.append(f"surface_offset_m must be in [0, margin_m], got {self.surface_offset_m}")
-        if not 0 < self.min_extent_fraction <= 1:
-            bad.append(f"min_extent_fraction must be in (0, 1], got {self.min_extent_fraction}")
+        if not (math.isfinite(self.margin_m) and 0 <= self.surface_offset_m <= self.margin_m):
+            bad.append(f"surface_offset_m must be in [0, margin_m = {self.margin_m}], got {self.surface_offset_m}")
+        if not 0.01 <= self.min_extent_fraction <= 1:
+            bad.append(f"min_extent_fraction must be in [0.01, 1], got {self.min_extent_fraction}")
         if bad:
-            raise ConfigError("box_refinement: " + "; ".join(bad))
+            raise ConfigError("; ".join(bad))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | bool | None, where: str = "box_refinement") -> "BoxRefinement":
@@ -133,12 +136,19 @@ class BoxRefinement:
                         raise TypeError
                     kw[f.name] = v
                 elif f.name == "min_points":
+                    if isinstance(v, bool) or float(v) != int(v):
+                        raise TypeError
                     kw[f.name] = int(v)
                 else:
+                    if isinstance(v, bool):
+                        raise TypeError
                     kw[f.name] = float(v)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ConfigError(f"{where}.{f.name}: bad value {v!r}") from None
-        return cls(**kw)
+        try:
+            return cls(**kw)
+        except ConfigError as exc:  # the range checks, named by where the values came from
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def fit_heading(xy: NDArray[np.floating], prior_yaw: float, search_deg: float = 30.0, step_deg: float = 1.0,
@@ -221,13 +231,15 @@ def _near_faces(q: NDArray[np.float64], yaw: float, half: NDArray[np.float64], s
 def refine_detections(det: Detections, points: NDArray[np.floating], params: BoxRefinement = BoxRefinement(),
                       sensor_xy: tuple[float, float] | NDArray[np.floating] = (0.0, 0.0)) -> tuple[Detections, int]:
     """``det`` with the boxes of ``params.classes`` refined on ``points`` (``(N, >=3)``, the frame of the
-    boxes: the scan the network saw; ``sensor_xy`` the LiDAR's position in that frame, which tells the faces
-    it sees); returns the new detections and how many boxes were refined. Non-finite points are ignored;
+    boxes: the scan the network saw; another shape leaves the boxes as decoded; ``sensor_xy`` the LiDAR's position
+    in that frame, which tells the faces it sees); returns the new detections and how many boxes were fitted
+    (boxes of a refined class with at least ``min_points`` points, whether or not the fit moved them). Non-finite points are ignored;
     centre, length, width and heading may change, nothing else (score, height, covariance)."""
     if not params.enabled or len(det) == 0:
         return det, 0
     wanted = [i for i, name in enumerate(det.class_names) if name in params.classes]
-    idx = np.flatnonzero(np.isin(det.label, wanted))
+    finite = np.isfinite(det.center).all(1) & np.isfinite(det.size).all(1) & np.isfinite(det.yaw)
+    idx = np.flatnonzero(np.isin(det.label, wanted) & finite)  # a broken box must not disable the others
     pts = np.asarray(points)
     if not len(idx) or pts.ndim != 2 or pts.shape[0] == 0 or pts.shape[1] < 3:
         return det, 0
@@ -238,7 +250,7 @@ def refine_detections(det: Detections, points: NDArray[np.floating], params: Box
     boxes = [(centre[i], 0.5 * math.hypot(size[i, 0], size[i, 1]) + 3.0 * m) for i in idx]
     candidates = _candidate_points(pts[:, :2], boxes)
     new_centre, new_yaw, new_size = det.center.copy(), det.yaw.copy(), det.size.copy()
-    sensor = np.asarray(sensor_xy, np.float64).reshape(2)
+    sensor = np.asarray(sensor_xy, np.float64).reshape(-1)[:2]  # (x, y) or a full position
     refined = 0
     for i, cand in zip(idx, candidates, strict=True):
         if len(cand) < params.min_points:
@@ -276,6 +288,9 @@ def refine_detections(det: Detections, points: NDArray[np.floating], params: Box
         if params.near_faces:  # on the box as refined so far (float32, as published)
             c2 = new_centre[i].astype(np.float64)
             yaw2 = float(new_yaw[i])
+            if math.hypot(*(c2[:2] - centre[i, :2])) > 2.0 * m:  # moved beyond the prefilter's reach: all points
+                cand = np.flatnonzero(np.hypot(pts[:, 0] - c2[0], pts[:, 1] - c2[1])
+                                      <= 0.5 * math.hypot(size[i, 0], size[i, 1]) + m)
             q2 = np.asarray(pts[cand, :3], np.float64) - c2
             q2 = q2[np.isfinite(q2).all(1)]
             q2 = q2[(q2[:, 2] <= h) & (q2[:, 2] > -h + params.ground_clearance_m)]

@@ -55,8 +55,10 @@ def test_box_refinement_switches_are_recorded_and_checked(tmp_path, capsys):
     rec = json.loads(out.read_text())["box_refinement"]
     assert rec["enabled"] is True and rec["near_faces"] is False and rec["search_deg"] == 20.0
     for bad, msg in ((["--no-box-refinement", "--box-refinement-params", "{}"], "exclude each other"),
-                     (["--box-refinement-params", "{near_faces: false}"], "--box-refinement-params"),
-                     (["--box-refinement-params", '{"near_face": false}'], "unknown key")):
+                     (["--box-refinement-params", "{near_faces: false}"], "not a JSON object"),
+                     (["--box-refinement-params", '{"near_face": false}'], "unknown key"),
+                     (["--box-refinement-params", '{"min_points": 1e400}'], "min_points: bad value"),
+                     (["--box-refinement-params", '{"margin_m": 10}'], "margin_m must be in")):
         with pytest.raises(SystemExit) as exc:
             main(base + bad)
         assert exc.value.code == 2

@@ -195,10 +195,11 @@ class BevFusionBranch(Branch):
     def evaluate(self, model: nn.Module, samples: Sequence[Sample], *, batch_size: int,
                  device: torch.device, mode: str | None = None) -> dict[str, float]:
         from perception_nodes.learning.detection_metrics import DetectionAccumulator
+        from perception_nodes.pipeline.box_refine import BoxRefinement
 
         if not samples:
             return {}
-        acc = DetectionAccumulator(self.lidar_branch)
+        acc = DetectionAccumulator(self.lidar_branch, refinement=BoxRefinement(enabled=False))  # as the node publishes
         was = model.training
         model.eval()
         try:

@@ -170,6 +170,11 @@ class DetectionEvalParams:
     #: default), false = off, or a mapping of :class:`~perception_nodes.pipeline.box_refine.BoxRefinement` keys
     box_refinement: Any = True
 
+    def __post_init__(self) -> None:
+        from perception_nodes.pipeline.box_refine import BoxRefinement
+
+        BoxRefinement.from_mapping(self.box_refinement, "eval.box_refinement")  # a bad setting fails here, not later
+
 
 @dataclass(frozen=True)
 class FinetuneParams:
