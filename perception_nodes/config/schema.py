@@ -82,6 +82,7 @@ RANGES: tuple[tuple[str, float, float], ...] = (
     ("box_refinement.margin_m", 0.0, 2.0),
     ("box_refinement.ground_clearance_m", 0.0, 2.0),
     ("box_refinement.min_points", 2, 100_000),
+    ("box_refinement.max_fit_points", 2, 100_000),
     ("box_refinement.search_deg", 0.05, 90.0),
     ("box_refinement.step_deg", 0.05, 90.0),
     ("box_refinement.closeness_floor_m", 1e-4, 1.0),

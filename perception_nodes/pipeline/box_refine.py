@@ -73,6 +73,9 @@ class BoxRefinement:
     step_deg: float = 1.0
     #: the closeness criterion's distance floor (m): one point exactly on an edge must not outweigh the rest
     closeness_floor_m: float = 0.01
+    #: the heading fit reads at most this many of a box's points (an even stride through them): its cost grows with
+    #: points x angles, and a nearby car has thousands of returns where a few hundred fix its heading
+    max_fit_points: int = 512
     #: move the box to hold its points (size kept), see the module docstring
     shift_to_points: bool = True
     #: the points' span is read from this percentile to 100 minus it (outlying returns ignored)
@@ -95,6 +98,8 @@ class BoxRefinement:
             bad.append(f"ground_clearance_m must be in [0, 2], got {self.ground_clearance_m}")
         if not 2 <= self.min_points <= 100_000:
             bad.append(f"min_points must be in [2, 100000], got {self.min_points}")
+        if not max(2, self.min_points) <= self.max_fit_points <= 100_000:
+            bad.append(f"max_fit_points must be in [min_points = {self.min_points}, 100000], got {self.max_fit_points}")
         if not 0.05 <= self.search_deg <= 90:
             bad.append(f"search_deg must be in [0.05, 90], got {self.search_deg}")
         if not 0.05 <= self.step_deg <= self.search_deg:  # the floor bounds the angles searched (memory, time)
@@ -135,7 +140,7 @@ class BoxRefinement:
                     if not isinstance(v, bool):
                         raise TypeError
                     kw[f.name] = v
-                elif f.name == "min_points":
+                elif f.name in ("min_points", "max_fit_points"):
                     if isinstance(v, bool) or float(v) != int(v):
                         raise TypeError
                     kw[f.name] = int(v)
@@ -171,15 +176,17 @@ def fit_heading(xy: NDArray[np.floating], prior_yaw: float, search_deg: float = 
     return float(th[int(np.argmax(score))])
 
 
-def _candidate_points(xy: NDArray[np.floating], boxes: list[tuple[NDArray[np.float64], float]],
-                      cell: float = 2.0) -> list[NDArray[np.int64]]:
-    """Indices of the points ``xy`` ``(N, 2)`` in each box's axis-aligned BEV bounding square (centre,
-    half-extent): the points in the boxes' union are binned once on a ``cell`` grid, so each box reads a few
+def _candidate_points(pts: NDArray[np.floating], boxes: list[tuple[NDArray[np.float64], float]],
+                      z_band: tuple[float, float] = (-math.inf, math.inf), cell: float = 2.0) -> list[NDArray[np.int64]]:
+    """Indices of the points ``pts`` ``(N, >=3)`` in each box's axis-aligned BEV bounding square (centre,
+    half-extent) and within ``z_band`` (every box's usable heights: the road under the cars, most of a square's
+    points, goes here): the points in the boxes' union are binned once on a ``cell`` grid, so each box reads a few
     bins. Non-finite points are never inside."""
     lo = np.min([c[:2] - r for c, r in boxes], axis=0)
     hi = np.max([c[:2] + r for c, r in boxes], axis=0)
-    x, y = xy[:, 0], xy[:, 1]
-    sub = np.flatnonzero((x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]))
+    x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
+    sub = np.flatnonzero((x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (z > z_band[0]) & (z <= z_band[1]))
+    xy = pts[:, :2]
     if not len(sub):
         return [sub for _ in boxes]
     nx, ny = (np.floor((hi - lo) / cell).astype(np.int64) + 1)
@@ -215,8 +222,8 @@ def _near_faces(q: NDArray[np.float64], yaw: float, half: NDArray[np.float64], s
     seen = (c * sensor[0] + s * sensor[1], -s * sensor[0] + c * sensor[1])
     local, new_half = np.zeros(2), half.copy()
     frac = params.min_extent_fraction
-    for k, (vals, hk, sk) in enumerate(zip((u[sel], v[sel]), half, seen)):
-        lo, hi = np.percentile(vals, [params.percentile, 100.0 - params.percentile])
+    spans = np.percentile(np.stack((u[sel], v[sel])), [params.percentile, 100.0 - params.percentile], axis=1).T
+    for k, ((lo, hi), hk, sk) in enumerate(zip(spans, half, seen)):
         if abs(sk) > hk:  # the face towards the sensor is seen: onto the points, the far face kept
             far = -hk if sk > 0 else hk
             near = hi + params.surface_offset_m if sk > 0 else lo - params.surface_offset_m
@@ -248,15 +255,19 @@ def refine_detections(det: Detections, points: NDArray[np.floating], params: Box
     size = det.size.astype(np.float64)
     # the square reaches the box's points after a shift (at most margin_m along each axis) as well
     boxes = [(centre[i], 0.5 * math.hypot(size[i, 0], size[i, 1]) + 3.0 * m) for i in idx]
-    candidates = _candidate_points(pts[:, :2], boxes)
+    # the heights any box reads (its floor + clearance .. its top), widened by a millimetre: float32 points
+    z_band = (float(np.min(centre[idx, 2] - size[idx, 2] / 2.0)) + params.ground_clearance_m - 1e-3,
+              float(np.max(centre[idx, 2] + size[idx, 2] / 2.0)) + 1e-3)
+    candidates = _candidate_points(pts, boxes, z_band)
     new_centre, new_yaw, new_size = det.center.copy(), det.yaw.copy(), det.size.copy()
     sensor = np.asarray(sensor_xy, np.float64).reshape(-1)[:2]  # (x, y) or a full position
     refined = 0
     for i, cand in zip(idx, candidates, strict=True):
         if len(cand) < params.min_points:
             continue
-        q = np.asarray(pts[cand, :3], np.float64) - centre[i]
-        q = q[np.isfinite(q).all(1)]
+        q_all = np.asarray(pts[cand, :3], np.float64) - centre[i]
+        q_all = q_all[np.isfinite(q_all).all(1)]
+        q = q_all
         yaw0 = float(det.yaw[i])
         c0, s0 = math.cos(yaw0), math.sin(yaw0)
         u = c0 * q[:, 0] + s0 * q[:, 1]
@@ -267,14 +278,15 @@ def refine_detections(det: Detections, points: NDArray[np.floating], params: Box
         q = q[keep]
         if len(q) < params.min_points:
             continue
-        yaw = fit_heading(q[:, :2], yaw0, params.search_deg, params.step_deg, params.closeness_floor_m)
+        stride = -(-len(q) // params.max_fit_points)  # ceil: at most max_fit_points points in the fit
+        yaw = fit_heading(q[::stride, :2], yaw0, params.search_deg, params.step_deg, params.closeness_floor_m)
         shift = np.zeros(2)
         if params.shift_to_points:
             c, s = math.cos(yaw), math.sin(yaw)
             along = (c * q[:, 0] + s * q[:, 1], -s * q[:, 0] + c * q[:, 1])
             local = np.zeros(2)
-            for k, (vals, half) in enumerate(zip(along, (l, w))):
-                lo, hi = np.percentile(vals, [params.percentile, 100.0 - params.percentile])
+            spans = np.percentile(np.stack(along), [params.percentile, 100.0 - params.percentile], axis=1).T
+            for k, ((lo, hi), half) in enumerate(zip(spans, (l, w))):
                 if hi - lo > 2.0 * half:
                     local[k] = 0.5 * (hi + lo)
                 elif hi > half:
@@ -291,8 +303,10 @@ def refine_detections(det: Detections, points: NDArray[np.floating], params: Box
             if math.hypot(*(c2[:2] - centre[i, :2])) > 2.0 * m:  # moved beyond the prefilter's reach: all points
                 cand = np.flatnonzero(np.hypot(pts[:, 0] - c2[0], pts[:, 1] - c2[1])
                                       <= 0.5 * math.hypot(size[i, 0], size[i, 1]) + m)
-            q2 = np.asarray(pts[cand, :3], np.float64) - c2
-            q2 = q2[np.isfinite(q2).all(1)]
+                q2 = np.asarray(pts[cand, :3], np.float64) - c2
+                q2 = q2[np.isfinite(q2).all(1)]
+            else:  # the same points, relative to the moved centre
+                q2 = q_all - (c2 - centre[i])
             q2 = q2[(q2[:, 2] <= h) & (q2[:, 2] > -h + params.ground_clearance_m)]
             moved = _near_faces(q2, yaw2, np.array([l, w]), sensor - c2[:2], params)
             if moved is not None:

@@ -279,9 +279,25 @@ def test_the_point_prefilter_never_changes_a_result(monkeypatch):
         det = _dets([(c[0], c[1], -0.9)], [size], [yaw], [0])
         cases.append((det, np.concatenate([pts, clutter]), (rng.uniform(-5, 5), rng.uniform(-5, 5))))
     got = [refine_detections(d, p, sensor_xy=o)[0] for d, p, o in cases]
-    monkeypatch.setattr(br, "_candidate_points", lambda xy, boxes: [np.arange(len(xy))] * len(boxes))
+    monkeypatch.setattr(br, "_candidate_points", lambda pts, boxes, *_: [np.arange(len(pts))] * len(boxes))
     for (d, p, o), g in zip(cases, got, strict=True):
         ref, _ = refine_detections(d, p, sensor_xy=o)
         np.testing.assert_array_equal(g.center, ref.center)
         np.testing.assert_array_equal(g.size, ref.size)
         np.testing.assert_array_equal(g.yaw, ref.yaw)
+
+
+def test_the_heading_fit_reads_a_capped_even_sample_of_a_dense_car():
+    """A nearby car returns thousands of points; the fit reads an even stride of at most max_fit_points of them
+    and finds the same heading (to the search step) as with all of them."""
+    rng = np.random.default_rng(8)
+    center, size, yaw = (7.0, 3.0, -0.9), (4.5, 1.8, 1.5), 0.35
+    pts = _surface(center, size, yaw, spacing=0.005, rng=rng, noise=0.01)
+    assert len(pts) > 3000
+    det = _dets([center], [size], [yaw + 0.3], [0])
+    capped, _ = refine_detections(det, pts)
+    full, _ = refine_detections(det, pts, BoxRefinement(max_fit_points=100_000))
+    assert abs(float(capped.yaw[0]) - float(full.yaw[0])) <= math.radians(1.0) + 1e-6
+    assert _err_deg(float(capped.yaw[0]), yaw) < 1.0
+    with pytest.raises(ConfigError, match="max_fit_points must be in"):
+        BoxRefinement(min_points=20, max_fit_points=10)
