@@ -45,7 +45,7 @@ from perception_nodes.eval.generated_difficulty import with_difficulty, with_vir
 from perception_nodes.learning.branches import get_branch  # noqa: E402
 from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
 from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
-from perception_nodes.pipeline.box_refine import BoxRefinement  # noqa: E402
+from perception_nodes.pipeline.box_refine import BoxRefinement, parse_setting  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
 from perception_nodes.models.weights_io import load_lidar_detection, resolve_weights_folder  # noqa: E402
 
@@ -116,19 +116,11 @@ def paired(a: list[tuple], b: list[tuple], reps: int, level: str, seed: int = 0,
             "per_scene": per_scene, "scenes_b_higher": int(wins)}
 
 
-def _refine_value(text: str) -> Any:
-    return {"on": True, "off": False}.get(text) if text in ("on", "off") else json.loads(text)
-
-
 def _refine_arg(text: str) -> str:
-    """argparse type: ``on``, ``off`` or a JSON object of box refinement parameters (checked here)."""
+    """argparse type: ``on``, ``off`` or a JSON object of box refinement parameters (checked here; kept as
+    given, for the output record)."""
     try:
-        value = _refine_value(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected on, off or a JSON object of box_refinement keys, got {text!r} "
-                                         f"({exc})") from None
-    try:
-        BoxRefinement.from_mapping(value, "box refinement")
+        parse_setting(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -150,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     res = []
     for name in a.set_name:
         r = {"set": name, "a": a.a, "b": a.b, "refine_a": a.refine_a, "refine_b": a.refine_b,
-             **paired(scored_frames(a.a, a.eval_config, name, refine=_refine_value(a.refine_a)),
-                      scored_frames(a.b, a.eval_config, name, refine=_refine_value(a.refine_b)), a.reps, a.level)}
+             **paired(scored_frames(a.a, a.eval_config, name, refine=parse_setting(a.refine_a)),
+                      scored_frames(a.b, a.eval_config, name, refine=parse_setting(a.refine_b)), a.reps, a.level)}
         res.append(r)
         fb, sb = r["frames_bootstrap"], r["scenes_bootstrap"]
         print(f"{name}: car AP3D {a.level} A {r['ap_a']:.3f}, B {r['ap_b']:.3f}, B - A {r['diff']:+.3f}; 90 % "

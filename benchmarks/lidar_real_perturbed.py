@@ -36,6 +36,7 @@ from perception_nodes.learning.branches import get_branch  # noqa: E402
 from perception_nodes.learning.lidar_detection_eval import _score_real, camera_view, kitti_frames  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
 from perception_nodes.models.weights_io import load_lidar_detection, resolve_weights_folder  # noqa: E402
+from perception_nodes.pipeline.box_refine import parse_setting  # noqa: E402
 from perception_nodes.pipeline.self_returns import self_return_settings  # noqa: E402
 
 
@@ -65,15 +66,6 @@ def _network(weights: str, refine: Any = True):
     branch = get_branch("lidar_detection")(side["branch_config"])
     branch.eval_params = replace(branch.eval_params, box_refinement=refine)
     return str(folder), branch, model.eval(), DetectionCalibration.from_sidecar(side)
-
-
-def _refine_value(text: str) -> Any:
-    """``on`` / ``off`` / a JSON object of box refinement parameters, checked."""
-    from perception_nodes.pipeline.box_refine import BoxRefinement
-
-    value = {"on": True, "off": False}[text] if text in ("on", "off") else json.loads(text)
-    BoxRefinement.from_mapping(value)
-    return value
 
 
 def scores(net, kitti: list, nus: list, filt: dict, fov: float) -> tuple[float, float, float]:
@@ -109,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refine-b", default="on", help="box refinement of B: on (default), off or a JSON object")
     args = p.parse_args(argv)
     try:
-        refine = {"a": _refine_value(args.refine_a), "b": _refine_value(args.refine_b)}
+        refine = {"a": parse_setting(args.refine_a), "b": parse_setting(args.refine_b)}
     except ValueError as exc:  # bad JSON, or a ConfigError from the parameters' check
-        p.error(f"--refine-a/--refine-b: expected on, off or a JSON object of box_refinement keys ({exc})")
+        p.error(f"--refine-a/--refine-b: {exc}")
     if args.draws < 1 or not 0.0 <= args.dropout < 1.0:
         p.error("--draws must be >= 1 and --dropout in [0, 1)")
     torch.set_num_threads(args.threads)

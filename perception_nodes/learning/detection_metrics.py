@@ -142,13 +142,11 @@ class DetectionAccumulator:
                  calibration: "DetectionCalibration | None" = None, score_threshold: float | None = None,
                  threshold_on_raw_score: bool = False, refinement: "BoxRefinement | None" = None) -> None:
         from perception_nodes.eval.detection_eval import DetectionScorer
-        from perception_nodes.pipeline.box_refine import BoxRefinement
 
         self.branch = branch
         #: box refinement of decoded boxes on their scan (default: the branch's ``eval.box_refinement`` switch
         #: with the default parameters); applied where :meth:`decode` is given the points
-        self.refinement = refinement if refinement is not None else BoxRefinement.from_mapping(
-            getattr(branch.eval_params, "box_refinement", False), "eval.box_refinement")
+        self.refinement = refinement if refinement is not None else branch.eval_params.refinement()
         self.refined_boxes = 0
         self.calibration = calibration
         #: decoding threshold (default: the branch's eval threshold), on the calibrated score

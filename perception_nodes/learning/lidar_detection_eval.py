@@ -696,7 +696,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if args.run is None and not args.fit_calibration:
         calibration = DetectionCalibration.from_sidecar(side)
     metrics: dict[str, Any] = {}
-    refinement = BoxRefinement.from_mapping(branch.eval_params.box_refinement, "eval.box_refinement")
+    refinement = branch.eval_params.refinement()
     metrics["box_refinement"] = {**dataclasses.asdict(refinement), "classes": list(refinement.classes)}
     print("box refinement: " + (f"on ({', '.join(refinement.classes)} headings and faces fitted to the scan points; "
                                 f"near faces {'on' if refinement.near_faces else 'off'})" if refinement.enabled else "off"))

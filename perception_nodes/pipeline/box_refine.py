@@ -39,6 +39,7 @@ after decoding, so every runtime (PyTorch, ONNX Runtime) gets the same boxes.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Mapping
@@ -51,7 +52,7 @@ from perception_nodes.config import ConfigError
 if TYPE_CHECKING:  # decode imports torch; this module runs without it
     from perception_nodes.models.decode import Detections
 
-__all__ = ["BoxRefinement", "fit_heading", "refine_detections"]
+__all__ = ["BoxRefinement", "fit_heading", "parse_setting", "refine_detections"]
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,31 @@ class BoxRefinement:
             raise ConfigError(f"{where}: {exc}") from None
 
 
+def parse_setting(text: str) -> Any:
+    """A command line's refinement setting: ``on`` (True), ``off`` (False) or a JSON object of
+    :class:`BoxRefinement` keys, checked; a ValueError says which of the three was expected."""
+    if text in ("on", "off"):
+        return text == "on"
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"expected on, off or a JSON object of box_refinement keys, got {text!r} ({exc})") from None
+    BoxRefinement.from_mapping(value, "box refinement")
+    return value
+
+
+def _to_box(q: NDArray[np.float64], yaw: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """BEV offsets ``q`` ``(N, >=2)`` into a box frame turned by ``yaw``: (along the heading, across)."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    return c * q[:, 0] + s * q[:, 1], -s * q[:, 0] + c * q[:, 1]
+
+
+def _to_base(local: NDArray[np.float64], yaw: float) -> NDArray[np.float64]:
+    """A move (along, across) in a box frame turned by ``yaw`` back into the base frame."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.array([c * local[0] - s * local[1], s * local[0] + c * local[1]])
+
+
 def fit_heading(xy: NDArray[np.floating], prior_yaw: float, search_deg: float = 30.0, step_deg: float = 1.0,
                 closeness_floor_m: float = 0.01) -> float:
     """The rectangle heading within ``search_deg`` of ``prior_yaw`` that maximises the closeness criterion
@@ -212,14 +238,12 @@ def _near_faces(q: NDArray[np.float64], yaw: float, half: NDArray[np.float64], s
     """Step 4 of the module docstring for one box: ``q`` its points relative to its centre, ``half`` its half
     length and width, ``sensor`` the sensor's BEV position relative to its centre. Returns the centre move
     (base frame) and the new half extents, or ``None`` (too few points)."""
-    c, s = math.cos(yaw), math.sin(yaw)
-    u = c * q[:, 0] + s * q[:, 1]
-    v = -s * q[:, 0] + c * q[:, 1]
+    u, v = _to_box(q, yaw)
     m = params.margin_m
     sel = (np.abs(u) <= half[0] + m) & (np.abs(v) <= half[1] + m)
     if sel.sum() < params.min_points:
         return None
-    seen = (c * sensor[0] + s * sensor[1], -s * sensor[0] + c * sensor[1])
+    seen = [float(t[0]) for t in _to_box(sensor[None, :], yaw)]  # the sensor in the box frame
     local, new_half = np.zeros(2), half.copy()
     frac = params.min_extent_fraction
     spans = np.percentile(np.stack((u[sel], v[sel])), [params.percentile, 100.0 - params.percentile], axis=1).T
@@ -232,7 +256,7 @@ def _near_faces(q: NDArray[np.float64], yaw: float, half: NDArray[np.float64], s
             local[k], new_half[k] = 0.5 * (near + far), 0.5 * abs(near - far)
         elif hi - lo >= frac * 2.0 * hk:  # seen across: centred on the points' span
             local[k] = 0.5 * (hi + lo)
-    return np.array([c * local[0] - s * local[1], s * local[0] + c * local[1]]), new_half
+    return _to_base(local, yaw), new_half
 
 
 def refine_detections(det: Detections, points: NDArray[np.floating], params: BoxRefinement = BoxRefinement(),
@@ -253,7 +277,7 @@ def refine_detections(det: Detections, points: NDArray[np.floating], params: Box
     m = params.margin_m
     centre = det.center.astype(np.float64)
     size = det.size.astype(np.float64)
-    # the square reaches the box's points after a shift (at most margin_m along each axis) as well
+    # the square also reaches the points of a box shifted by up to 2 margins (step 4 reads all points beyond that)
     boxes = [(centre[i], 0.5 * math.hypot(size[i, 0], size[i, 1]) + 3.0 * m) for i in idx]
     # the heights any box reads (its floor + clearance .. its top), widened by a millimetre: float32 points
     z_band = (float(np.min(centre[idx, 2] - size[idx, 2] / 2.0)) + params.ground_clearance_m - 1e-3,
@@ -267,25 +291,20 @@ def refine_detections(det: Detections, points: NDArray[np.floating], params: Box
             continue
         q_all = np.asarray(pts[cand, :3], np.float64) - centre[i]
         q_all = q_all[np.isfinite(q_all).all(1)]
-        q = q_all
         yaw0 = float(det.yaw[i])
-        c0, s0 = math.cos(yaw0), math.sin(yaw0)
-        u = c0 * q[:, 0] + s0 * q[:, 1]
-        v = -s0 * q[:, 0] + c0 * q[:, 1]
+        u, v = _to_box(q_all, yaw0)
         l, w, h = size[i] / 2.0
-        keep = (np.abs(u) <= l + m) & (np.abs(v) <= w + m) & (q[:, 2] <= h)
-        keep &= q[:, 2] > -h + params.ground_clearance_m
-        q = q[keep]
+        keep = (np.abs(u) <= l + m) & (np.abs(v) <= w + m) & (q_all[:, 2] <= h)
+        keep &= q_all[:, 2] > -h + params.ground_clearance_m
+        q = q_all[keep]
         if len(q) < params.min_points:
             continue
         stride = -(-len(q) // params.max_fit_points)  # ceil: at most max_fit_points points in the fit
         yaw = fit_heading(q[::stride, :2], yaw0, params.search_deg, params.step_deg, params.closeness_floor_m)
         shift = np.zeros(2)
         if params.shift_to_points:
-            c, s = math.cos(yaw), math.sin(yaw)
-            along = (c * q[:, 0] + s * q[:, 1], -s * q[:, 0] + c * q[:, 1])
             local = np.zeros(2)
-            spans = np.percentile(np.stack(along), [params.percentile, 100.0 - params.percentile], axis=1).T
+            spans = np.percentile(np.stack(_to_box(q, yaw)), [params.percentile, 100.0 - params.percentile], axis=1).T
             for k, ((lo, hi), half) in enumerate(zip(spans, (l, w))):
                 if hi - lo > 2.0 * half:
                     local[k] = 0.5 * (hi + lo)
@@ -293,7 +312,7 @@ def refine_detections(det: Detections, points: NDArray[np.floating], params: Box
                     local[k] = hi - half
                 elif lo < -half:
                     local[k] = lo + half
-            shift = np.array([c * local[0] - s * local[1], s * local[0] + c * local[1]])
+            shift = _to_base(local, yaw)
         new_yaw[i] = math.atan2(math.sin(yaw), math.cos(yaw))
         new_centre[i, :2] = centre[i, :2] + shift
         refined += 1

@@ -68,6 +68,7 @@ from perception_nodes.learning.losses import kl_annealing
 from perception_nodes.models.bev_grid import BevGrid
 from perception_nodes.models.decode import Targets, encode_targets
 from perception_nodes.models.lidar_detection import LidarDetectionConfig, LidarDetectionNet, LidarDetectionOutput
+from perception_nodes.pipeline.box_refine import BoxRefinement
 from perception_nodes.models.losses import LossWeights, detection_loss
 from perception_nodes.pipeline.occupancy import GridSpec
 
@@ -171,9 +172,11 @@ class DetectionEvalParams:
     box_refinement: Any = True
 
     def __post_init__(self) -> None:
-        from perception_nodes.pipeline.box_refine import BoxRefinement
+        self.refinement()  # a bad setting fails here, not at the first validation
 
-        BoxRefinement.from_mapping(self.box_refinement, "eval.box_refinement")  # a bad setting fails here, not later
+    def refinement(self) -> BoxRefinement:
+        """:attr:`box_refinement` as the parameters the evaluation refines with."""
+        return BoxRefinement.from_mapping(self.box_refinement, "eval.box_refinement")
 
 
 @dataclass(frozen=True)
