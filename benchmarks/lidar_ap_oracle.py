@@ -88,12 +88,12 @@ def _match(gt: list[Box3D], det: list[Box3D], radius: float) -> dict[int, int]:
 
 
 def frames_of(weights: str, eval_config: Path, set_name: str, radius: float,
-              cache_dir: Path | None = None, refine: bool = True) -> tuple[list[tuple], np.ndarray]:
+              cache_dir: Path | None = None, refine: bool = True, head: bool = True) -> tuple[list[tuple], np.ndarray]:
     folder = resolve_weights_folder(weights, "lidar_detection")
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
     acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True,
-                               refinement=BoxRefinement(enabled=refine))
+                               refinement=BoxRefinement(enabled=refine), box_head="default" if head else None)
     frames, peaks = [], []
     with torch.no_grad():
         for s in _samples(branch, set_sources(eval_config, set_name), cache_dir, False):
@@ -164,8 +164,8 @@ def car_ap(frames: list[tuple], groups: set[str]) -> dict[str, float]:
 
 
 def oracle(weights: str, eval_config: Path, set_name: str, radius: float = 1.0, cache_dir: Path | None = None,
-           refine: bool = True) -> dict:
-    frames, peaks = frames_of(weights, eval_config, set_name, radius, cache_dir, refine)
+           refine: bool = True, head: bool = True) -> dict:
+    frames, peaks = frames_of(weights, eval_config, set_name, radius, cache_dir, refine, head)
     variants = {"none": set(), **{g: {g} for g in GROUPS}, "all": set(GROUPS)}
     variants.update({f"all_but_{g}": set(GROUPS) - ({g, "size"} if g in ("length", "width", "height") else {g})
                      for g in ("xy", "z", "length", "width", "height", "yaw")})
@@ -184,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="set_name", action="append", required=True, help="a set of the eval config (repeat)")
     p.add_argument("--radius", type=float, default=1.0, help="BEV centre distance of a match, m")
     p.add_argument("--no-box-refinement", action="store_true", help="the boxes as decoded, not refined on the points")
+    p.add_argument("--no-box-head", action="store_true", help="the refined boxes without the learned box head")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    res = [oracle(a.weights, a.eval_config, name, a.radius, refine=not a.no_box_refinement) for name in a.set_name]
+    res = [oracle(a.weights, a.eval_config, name, a.radius, refine=not a.no_box_refinement,
+                  head=not a.no_box_head) for name in a.set_name]
     for r in res:
         print(f"{r['set']} ({r['frames']} frames, {r['matched']} car detections matched within {r['radius_m']} m): "
               "car AP3D @ 0.7 with the ground truth's ...")

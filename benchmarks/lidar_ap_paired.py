@@ -17,7 +17,9 @@ is recomputed on ``--reps`` resamples, the *same* resample for both networks, tw
 
 ``--refine-a`` / ``--refine-b`` (``on``, the default, ``off``, or a JSON object of the node's ``box_refinement``
 keys) set the box refinement (:mod:`perception_nodes.pipeline.box_refine`) per side, so A and B may be the same
-weights with and without it, or with two settings of it.
+weights with and without it, or with two settings of it. ``--head-a`` / ``--head-b`` (``on``, the default: the
+packaged learned box head of :mod:`perception_nodes.models.box_head`; ``off``; or a head weights folder) set the
+head run after the refinement, per side (it runs only where the refinement does).
 
 Also each scene's own AP for both networks (about 10 frames each: noisy) and how many scenes B wins. Prints the
 point difference B - A with both 90 % intervals and one JSON object last. A difference whose scene interval
@@ -51,16 +53,16 @@ from perception_nodes.models.weights_io import load_lidar_detection, resolve_wei
 
 
 def scored_frames(weights: str, eval_config: Path, set_name: str, cache_dir: Path | None = None,
-                  refine: Any = True) -> list[tuple]:
+                  refine: Any = True, head: str = "on") -> list[tuple]:
     """Per frame: (graded ground truth with its point counts, detections with their virtual 2D boxes, scene index),
     as lidar-eval's level scorer gets them (the counts once here, not per resample); ``refine``: the box
     refinement on the frame's points, as the node publishes (lidar-eval's default), off, or a mapping of
-    its parameters."""
+    its parameters; ``head``: the learned box head after it (``on`` the packaged one, ``off``, or a folder)."""
     folder = resolve_weights_folder(weights, "lidar_detection")
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
     acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True,
-                               refinement=BoxRefinement.from_mapping(refine))
+                               refinement=BoxRefinement.from_mapping(refine), box_head=_head(head))
     frames = []
     with torch.no_grad():
         for scene, source in enumerate(set_sources(eval_config, set_name)):
@@ -116,6 +118,15 @@ def paired(a: list[tuple], b: list[tuple], reps: int, level: str, seed: int = 0,
             "per_scene": per_scene, "scenes_b_higher": int(wins)}
 
 
+def _head(text: str) -> Any:
+    """The box head a ``--head-*`` value names (None for ``off``)."""
+    from perception_nodes.learning.branches.lidar_detection import load_box_head_cached
+
+    if text == "off":
+        return None
+    return load_box_head_cached("lidar_box_head" if text == "on" else text)
+
+
 def _refine_arg(text: str) -> str:
     """argparse type: ``on``, ``off`` or a JSON object of box refinement parameters (checked here; kept as
     given, for the output record)."""
@@ -136,14 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=200, help="bootstrap resamples (default 200)")
     p.add_argument("--refine-a", type=_refine_arg, default="on", help="box refinement for A: on (default), off or JSON")
     p.add_argument("--refine-b", type=_refine_arg, default="on", help="box refinement for B: on (default), off or JSON")
+    p.add_argument("--head-a", default="on", help="learned box head for A: on (default, the packaged head), off or a folder")
+    p.add_argument("--head-b", default="on", help="learned box head for B: on (default, the packaged head), off or a folder")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     res = []
     for name in a.set_name:
-        r = {"set": name, "a": a.a, "b": a.b, "refine_a": a.refine_a, "refine_b": a.refine_b,
-             **paired(scored_frames(a.a, a.eval_config, name, refine=parse_setting(a.refine_a)),
-                      scored_frames(a.b, a.eval_config, name, refine=parse_setting(a.refine_b)), a.reps, a.level)}
+        r = {"set": name, "a": a.a, "b": a.b, "refine_a": a.refine_a, "refine_b": a.refine_b, "head_a": a.head_a,
+             "head_b": a.head_b,
+             **paired(scored_frames(a.a, a.eval_config, name, refine=parse_setting(a.refine_a), head=a.head_a),
+                      scored_frames(a.b, a.eval_config, name, refine=parse_setting(a.refine_b), head=a.head_b),
+                      a.reps, a.level)}
         res.append(r)
         fb, sb = r["frames_bootstrap"], r["scenes_bootstrap"]
         print(f"{name}: car AP3D {a.level} A {r['ap_a']:.3f}, B {r['ap_b']:.3f}, B - A {r['diff']:+.3f}; 90 % "

@@ -44,12 +44,12 @@ PARAMS = ("x", "y", "z", "length", "width", "height", "yaw_deg")
 
 
 def box_errors(weights: str, eval_config: Path, set_name: str, radius: float = 1.0, cache_dir: Path | None = None,
-               refine: bool = True) -> dict:
+               refine: bool = True, head: bool = True) -> dict:
     folder = resolve_weights_folder(weights, "lidar_detection")
     model, side = load_lidar_detection(folder)  # checked against its sidecar, in eval mode
     branch = get_branch("lidar_detection")(side["branch_config"])
     acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True,
-                               refinement=BoxRefinement(enabled=refine))
+                               refinement=BoxRefinement(enabled=refine), box_head="default" if head else None)
     samples = _samples(branch, set_sources(eval_config, set_name), cache_dir, False)
     rows, views, cars = [], [], 0
     with torch.no_grad():
@@ -98,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="set_name", action="append", required=True, help="a set of the eval config (repeat)")
     p.add_argument("--radius", type=float, default=1.0, help="BEV centre distance of a match, m")
     p.add_argument("--no-box-refinement", action="store_true", help="the boxes as decoded, not refined on the points")
+    p.add_argument("--no-box-head", action="store_true", help="the refined boxes without the learned box head")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    res = [box_errors(a.weights, a.eval_config, name, a.radius, refine=not a.no_box_refinement) for name in a.set_name]
+    res = [box_errors(a.weights, a.eval_config, name, a.radius, refine=not a.no_box_refinement,
+                      head=not a.no_box_head) for name in a.set_name]
     for r in res:
         print(f"{r['set']}: {r['matched']} of {r['cars_moderate']} moderate cars matched within {r['radius_m']} m")
         for name, e in r["errors"].items():

@@ -59,6 +59,7 @@ from engines.sparse.conv import ours_to_spconv_weight  # noqa: E402
 from engines.sparse.norm import SparseReLU  # noqa: E402
 from engines.sparse.spconv_twins import import_spconv  # noqa: E402
 from engines.sparse.tunefile import cpu_model  # noqa: E402
+from perception_nodes.models.box_head import apply_box_head  # noqa: E402
 from perception_nodes.pipeline.box_refine import BoxRefinement, refine_detections  # noqa: E402
 from perception_nodes.models.decode import decode_batch  # noqa: E402
 from perception_nodes.models.lidar_detection import LidarDetectionNet, LidarDetectionOutput  # noqa: E402
@@ -330,8 +331,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--onnx-cache", type=Path, default=None, help="ONNX export cache dir (default ~/.cache/...)")
     ap.add_argument("--no-box-refinement", action="store_true",
                     help="leave out the refine_boxes stage (the node's box_refinement: {enabled: false})")
+    ap.add_argument("--no-box-head", action="store_true",
+                    help="leave the learned box head out of refine_boxes (the node's box_head: \"\")")
     args = ap.parse_args(argv)
     refinement = BoxRefinement(enabled=not args.no_box_refinement)
+    head = None
+    if refinement.enabled and not args.no_box_head:
+        from perception_nodes.models.box_head import NETWORK, load_box_head
+        from perception_nodes.models.weights_io import resolve_weights_folder
+
+        head = load_box_head(resolve_weights_folder("", NETWORK))
 
     net, origin = build_net(args)
     calibration = None
@@ -353,6 +362,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "benchmark": "lidar_branch",
         "network": origin,
         "box_refinement": refinement.enabled,
+        "box_head": head.source if head is not None else None,
         "config": json.loads(json.dumps(net.config.__dict__, default=list)),
         "scans": [{"name": n, "points": len(p), "voxels": v} for (n, p, _), v in zip(scans, nvox)],
         "reps": args.reps, "cpu": cpu_model(), "cores": os.cpu_count(),
@@ -400,8 +410,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     t1 = time.perf_counter()
                     with timers[k]("decode_boxes"):  # as the node decodes: peaks -> boxes with covariance
                         det = decode_batch(out, net.head_grid, net.config.classes, calibration=calibration)[0]
-                    with timers[k]("refine_boxes"):  # as the node refines: car boxes fitted to the scan's points
-                        refine_detections(det, p.numpy(), refinement, sensor_xy=sensor_xy)
+                    with timers[k]("refine_boxes"):  # as the node refines: car boxes fitted to the scan's points,
+                        det, _ = refine_detections(det, p.numpy(), refinement, sensor_xy=sensor_xy)
+                        apply_box_head(det, p.numpy(), head, sensor_xy=sensor_xy)  # then the learned head
                     t2 = time.perf_counter()
                     e2e[k].append((t2 - t0) * 1e3)
                     infer_only[k].append((t1 - t0) * 1e3)

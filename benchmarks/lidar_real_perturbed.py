@@ -60,11 +60,12 @@ def perturbed(frame, yaw: float, dropout: float, rng: np.random.Generator, self_
     return replace(frame, points=pts[keep], lidar_to_base=turn @ mount)
 
 
-def _network(weights: str, refine: Any = True):
+def _network(weights: str, refine: Any = True, head: str = "on"):
     folder = resolve_weights_folder(weights, "lidar_detection")
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
-    branch.eval_params = replace(branch.eval_params, box_refinement=refine)
+    branch.eval_params = replace(branch.eval_params, box_refinement=refine,
+                                 box_head={"on": "lidar_box_head", "off": ""}.get(head, head))
     return str(folder), branch, model.eval(), DetectionCalibration.from_sidecar(side)
 
 
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--refine-a", default="on", help="box refinement of A: on (default), off or a JSON object")
     p.add_argument("--refine-b", default="on", help="box refinement of B: on (default), off or a JSON object")
+    p.add_argument("--head-a", default="on", help="learned box head of A: on (default, the packaged head), off or a folder")
+    p.add_argument("--head-b", default="on", help="learned box head of B: on (default, the packaged head), off or a folder")
     args = p.parse_args(argv)
     try:
         refine = {"a": parse_setting(args.refine_a), "b": parse_setting(args.refine_b)}
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     filters = {n: self_return_settings(doc[f"{n}_self_returns"], f"{n}_self_returns")
                if doc.get(f"{n}_self_returns") is not None else None for n in ("kitti", "nuscenes")}
     fov = float(doc.get("kitti_fov_deg", 90.0))
-    nets = {"a": _network(args.a, refine["a"]), "b": _network(args.b, refine["b"])}
+    nets = {"a": _network(args.a, refine["a"], args.head_a), "b": _network(args.b, refine["b"], args.head_b)}
     base = {k: scores(n, kitti, nus, filters, fov) for k, n in nets.items()}
     rng = np.random.default_rng(args.seed)
     draws: dict[str, list[tuple[float, float, float]]] = {"a": [], "b": []}
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"draw {i + 1}/{args.draws}: KITTI car AP a {draws['a'][-1][0]:.3f} b {draws['b'][-1][0]:.3f}; "
               f"nuScenes mAP a {draws['a'][-1][1]:.3f} b {draws['b'][-1][1]:.3f}", file=sys.stderr, flush=True)
     out: dict = {"a": nets["a"][0], "b": nets["b"][0], "refine_a": refine["a"], "refine_b": refine["b"],
+                 "head_a": args.head_a, "head_b": args.head_b,
                  "draws": args.draws, "rotate_deg": args.rotate_deg, "dropout": args.dropout, "seed": args.seed}
     for j, name in enumerate(("kitti_centre_distance_car_ap", "nuscenes_map", "kitti_car_heading_median_deg")):
         a = np.asarray([d[j] for d in draws["a"]])

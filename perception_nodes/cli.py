@@ -163,6 +163,12 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return train_main(a.branch, a.config, out=a.out, resume=a.resume, epochs=a.epochs, progress=not a.quiet)
 
 
+def _cmd_train_box_head(a: argparse.Namespace) -> int:
+    from perception_nodes.learning.box_head_train import main as box_head_main  # imports torch
+
+    return box_head_main(a.args, prog="perception-stack train-box-head")
+
+
 def _cmd_lidar_eval(a: argparse.Namespace) -> int:
     from perception_nodes.learning.lidar_detection_eval import main as lidar_eval_main  # imports torch
 
@@ -339,6 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(func=_cmd_train)
 
+    bh = sub.add_parser("train-box-head", help="train the LiDAR branch's learned box head (second stage after the geometric "
+                        "box refinement) on its own car boxes in generated scenes",
+                        description="Train the learned box head: the arguments go to `python -m "
+                        "perception_nodes.learning.box_head_train` (run `perception-stack train-box-head --help` for "
+                        "them). See docs/lidar_branch.md.", add_help=False)
+    bh.add_argument("args", nargs=argparse.REMAINDER, help="arguments of box_head_train (--help lists them)")
+    bh.set_defaults(func=_cmd_train_box_head)
+
     le = sub.add_parser("lidar-eval", help="score the LiDAR branch's weights on held-out generated scenes, real KITTI and nuScenes frames; "
                         "--fit-calibration fits its post-hoc calibration on validation scenes",
                         description="Evaluate (and with --fit-calibration, calibrate) the lidar_detection weights: "
@@ -441,9 +455,10 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     raw = sys.argv[1:] if argv is None else list(argv)
-    if raw[:1] == ["lidar-eval"]:  # every argument (--help included) belongs to the evaluation module
+    if raw[:1] in (["lidar-eval"], ["train-box-head"]):  # every argument (--help included) belongs to the module
         try:
-            return _cmd_lidar_eval(argparse.Namespace(args=raw[1:]))
+            cmd = _cmd_lidar_eval if raw[0] == "lidar-eval" else _cmd_train_box_head
+            return cmd(argparse.Namespace(args=raw[1:]))
         except (FileNotFoundError, ValueError) as exc:
             print(f"perception-stack: error: {exc}", file=sys.stderr)
             return 2

@@ -127,10 +127,11 @@ def test_every_kitti_scan_gives_each_output_with_its_stamp_and_stage_latency(kit
 
 
 def test_detection_messages_carry_what_the_network_decodes(kitti_run):
-    """The message of scan 0 against an independent run of the same network, decoder and box refinement on the
-    same points."""
+    """The message of scan 0 against an independent run of the same network, decoder, box refinement and learned
+    box head on the same points."""
     from perception_nodes.calibration import transform_points
     from perception_nodes.graph.lidar_detection import drop_self_returns
+    from perception_nodes.models.box_head import apply_box_head
     from perception_nodes.pipeline.box_refine import refine_detections
     from perception_nodes.models.decode import decode_batch
 
@@ -144,6 +145,8 @@ def test_detection_messages_carry_what_the_network_decodes(kitti_run):
                            **node.decode_options)[0]
     ref, refined = refine_detections(ref, pts, node.box_refinement, sensor_xy=to_base[:2, 3])
     assert node.box_refinement.enabled and refined > 0  # the packaged params refine the KITTI scan's cars
+    ref, headed = apply_box_head(ref, pts, node.box_head, sensor_xy=to_base[:2, 3])
+    assert node.box_head is not None and headed > 0  # and the packaged head corrects them
     msg = out[node.detections_topic]
     assert len(msg.detections) == len(ref) > 0
     names = node.net.config.classes
@@ -575,3 +578,45 @@ def test_box_refinement_params_reconfigure_and_bad_ones_are_refused(tiny_weights
                                backend=B, clock=lambda: 0)
     with pytest.raises(ConfigError, match="box_refinement.classes: Car not among the network's classes"):
         wrong.load()
+
+
+def test_box_head_param_off_missing_and_switched_at_runtime(tiny_weights, tmp_path):
+    """`box_head` names the learned head (default the packaged one, "" off); a folder without weights fails
+    configure with the reason, a value that is not a name is refused, and a bad folder set while running leaves the
+    boxes as refined with a warning instead of stopping the node."""
+    from perception_nodes.config import ConfigError
+    from perception_nodes.models.decode import Detections
+    from perception_nodes.models.weights_io import WeightsError
+
+    register_tiny_backbone()
+    node = LidarDetectionNode("lidar_detection", branch_params(tiny_weights), backend=B, clock=lambda: 0)
+    node.load()
+    assert node.box_head is not None and node.box_head.config.classes == ("car",)
+    assert _statuses(node)["network"].values["box_head"].endswith("lidar_box_head")
+    off = LidarDetectionNode("lidar_detection", branch_params(tiny_weights, box_head=""), backend=B, clock=lambda: 0)
+    off.load()
+    assert off.box_head is None and _statuses(off)["network"].values["box_head"] == "off"
+    missing = LidarDetectionNode("lidar_detection", branch_params(tiny_weights, box_head=str(tmp_path / "none")),
+                                 backend=B, clock=lambda: 0)
+    with pytest.raises(WeightsError, match="no weights"):
+        missing.load()
+    with pytest.raises(ConfigError, match="box_head"):
+        LidarDetectionNode("lidar_detection", branch_params(tiny_weights, box_head=3), backend=B, clock=lambda: 0)
+    # switched while running to a folder that is not there: the next scan's boxes go out as refined, and it says so
+    rng = np.random.default_rng(0)
+    det = Detections(class_names=node.net.config.classes, center=np.float32([[10.0, 0.0, -0.8]]),
+                     size=np.float32([[4.5, 1.8, 1.6]]), yaw=np.float32([0.0]), label=np.int64([0]),
+                     score=np.float32([0.9]), covariance=np.eye(6, dtype=np.float32)[None])
+    pts = np.column_stack([rng.uniform(8, 12, 400), rng.uniform(-1, 1, 400), rng.uniform(-1.5, 0, 400),
+                           rng.random(400)]).astype(np.float32)
+    moved = node._head_boxes(det, pts, np.zeros(2), node.net.config.classes)  # noqa: SLF001
+    assert node.head_boxes == 1 and not np.array_equal(moved.center, det.center)
+    node.reconfigure({"box_head": str(tmp_path / "none")})
+    same = node._head_boxes(det, pts, np.zeros(2), node.net.config.classes)  # noqa: SLF001
+    assert same is det and node.box_head is None and "box_head" in node.warnings
+    assert "not loaded" in _statuses(node)["network"].values["box_head"]
+    node.reconfigure({"box_head": "lidar_box_head"})  # back: loaded again at the next scan
+    assert node._head_boxes(det, pts, np.zeros(2), node.net.config.classes) is not det  # noqa: SLF001
+    node.reconfigure({"box_refinement": {"enabled": False}})  # the head runs only after the refinement
+    assert node._head_boxes(det, pts, np.zeros(2), node.net.config.classes) is det  # noqa: SLF001
+    assert "idle" in _statuses(node)["network"].values["box_head"]

@@ -25,7 +25,10 @@ Stages timed (``~/debug/processing_time/<stage>_ms``): ``decode`` (PointCloud2 -
 cap), ``transform`` (sensor -> base_link, the vehicle's own returns dropped), the runtime's ``voxelize``, ``backbone``, ``bev_net``,
 ``heads`` (an engine that fuses stages reports them joined), ``decode_boxes`` (peaks -> boxes),
 ``refine_boxes`` (car headings and placement fitted to the scan's points, the ``box_refinement`` params,
-:mod:`perception_nodes.pipeline.box_refine`; ``refined_boxes`` on ``/diagnostics`` counts them),
+:mod:`perception_nodes.pipeline.box_refine`; ``refined_boxes`` on ``/diagnostics`` counts them; then the learned
+box head of ``box_head``, :mod:`perception_nodes.models.box_head`, which corrects each refined car box from the
+points around it; ``head_boxes`` counts them, ``box_head`` names the folder, and it runs only where the
+refinement is on),
 ``occupancy`` (learned grids), ``encode`` (messages). Fusion with the geometric grid happens when that grid
 arrives and is recorded as the ``fusion`` series.
 
@@ -174,6 +177,9 @@ class LidarDetectionNode(NodeCore):
         self.empty_frames = 0
         self.detections_out = 0
         self.refined_boxes = 0
+        self.head_boxes = 0
+        self.box_head: Any = None  # the loaded head (perception_nodes.models.box_head.BoxHead) or None
+        self._head_for: str | None = None  # the box_head value the loaded head belongs to
         self.fused_out = 0
         # learned evidence of recent scans (stamp -> (r, s, spec)) waiting for the geometric grids
         self._learned: OrderedDict[int, tuple[np.ndarray, np.ndarray, GridSpec]] = OrderedDict()
@@ -189,6 +195,10 @@ class LidarDetectionNode(NodeCore):
         out = super()._derived(params)
         out["decode_options"] = decode_options(params, self.name)
         out["box_refinement"] = BoxRefinement.from_mapping(params.get("box_refinement"), f"{self.name}.box_refinement")
+        head = params.get("box_head", "lidar_box_head")
+        if not isinstance(head, str):
+            raise ConfigError(f"{self.name}.box_head: a weights folder or packaged name (\"\" = off), got {head!r}")
+        out["box_head_name"] = head
         out["max_points"] = int(params.get("max_points", 200_000))
         out["learned_occupancy_weight"] = float(params.get("learned_occupancy_weight", 1.0))
         out["unknown_vacuity"] = float(params.get("unknown_vacuity", 1.0))
@@ -250,6 +260,7 @@ class LidarDetectionNode(NodeCore):
                 raise ConfigError(f"{self.name}.box_refinement.classes: {', '.join(unknown)} not among the network's "
                                   f"classes ({', '.join(net.config.classes)})")
             self._configure_tuning(net)
+            self._load_head(net.config.classes)
             calibration = DetectionCalibration.from_sidecar(side)
             options = {"threads": self.threads} if self.threads > 0 else {}
             runtime = make_runtime(self.runtime_name, net, **options)
@@ -259,6 +270,22 @@ class LidarDetectionNode(NodeCore):
         self.net, self.sidecar, self.runtime, self.weights_dir = net, side, runtime, folder
         self.calibration = calibration
         self.load_error = None
+
+    def _load_head(self, classes: Any) -> None:
+        """The learned box head named by ``box_head`` ("" = none); raises WeightsError (missing or corrupt folder)
+        or ConfigError (a class the network lacks), which fail ``configure`` with the reason."""
+        self.box_head, self._head_for = None, self.box_head_name
+        if not self.box_head_name:
+            return
+        from perception_nodes.models.box_head import NETWORK, load_box_head
+        from perception_nodes.models.weights_io import resolve_weights_folder
+
+        head = load_box_head(resolve_weights_folder(self.box_head_name, NETWORK))
+        unknown = [c for c in head.config.classes if c not in classes]
+        if unknown:
+            raise ConfigError(f"{self.name}.box_head: {head.source} corrects {', '.join(unknown)}, not among the "
+                              f"network's classes ({', '.join(classes)})")
+        self.box_head = head
 
     def _configure_tuning(self, net: Any) -> None:
         """The sparse backbone's dataflow choices from ``sparse_tune_file`` (looked up, never timed while
@@ -323,6 +350,7 @@ class LidarDetectionNode(NodeCore):
             with self.latency.stage("refine_boxes"):
                 det, refined = refine_detections(det, pts, self.box_refinement, sensor_xy=to_base[:2, 3])
                 self.refined_boxes += refined
+                det = self._head_boxes(det, pts, to_base[:2, 3], net.config.classes)
             voxels = int(out.num_voxels[0])
             with self.latency.stage("occupancy"):
                 occ = out.occupancy_evidence[0].detach().cpu().numpy()
@@ -355,6 +383,25 @@ class LidarDetectionNode(NodeCore):
                                      self.net.config.curvature_horizons_m, "lidar_detections")
 
     # --- fusion with the geometric grid ------------------------------------------------------------
+    def _head_boxes(self, det: Any, pts: np.ndarray, sensor_xy: np.ndarray, classes: Any) -> Any:
+        """The refined boxes corrected by the box head (none where the refinement is off). A ``box_head`` set
+        after configure is loaded here; if it cannot be, the boxes go out as refined and a warning says why
+        (the node keeps running)."""
+        if self._head_for != self.box_head_name:
+            try:
+                self._load_head(classes)
+            except Exception as exc:  # noqa: BLE001 - a bad folder named at run time: refined boxes, and say so
+                self.box_head = None
+                self._warn("box_head", f"box_head {self.box_head_name!r} not usable, boxes published as refined: "
+                           f"{type(exc).__name__}: {exc}"[:300])
+        if self.box_head is None or not self.box_refinement.enabled:
+            return det
+        from perception_nodes.models.box_head import apply_box_head
+
+        det, n = apply_box_head(det, pts, self.box_head, sensor_xy=sensor_xy)
+        self.head_boxes += n
+        return det
+
     def _on_geometric(self, topic: str, msg: Any) -> list[Emit]:
         stamp = stamp_to_ns(msg.header.stamp)
         held = self._geo.setdefault(stamp, {})
@@ -448,6 +495,11 @@ class LidarDetectionNode(NodeCore):
         values["box_refinement"] = (f"on: {','.join(br.classes)} headings within {br.search_deg:g} deg of the network's, "
                                     f">= {br.min_points} points, shift {'on' if br.shift_to_points else 'off'}, "
                                     f"near faces {'on' if br.near_faces else 'off'}" if br.enabled else "off")
+        values["head_boxes"] = str(self.head_boxes)
+        values["box_head"] = ((self.box_head.source if self.box_head is not None else f"{self.box_head_name} (not loaded)")
+                              if self.box_head_name else "off")
+        if self.box_head_name and not br.enabled:
+            values["box_head"] += " (idle: runs only after the box refinement, which is off)"
         values["fused_grids_out"] = str(self.fused_out)
         values["max_points"] = str(self.max_points)
         values["sparse_tune_file"] = self.tune_status[:300]

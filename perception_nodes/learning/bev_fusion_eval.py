@@ -116,7 +116,7 @@ def evaluate(branch: BevFusionBranch, model: Any, samples: Sequence[dict[str, np
     cov = ref.camera.coverage(geo).numpy()
     rows: dict[str, Any] = {}
     # boxes as decoded: the bev_fusion node does not refine its boxes (and the camera-only rows never saw the points)
-    accs = {k: DetectionAccumulator(branch.lidar_branch, refinement=BoxRefinement(enabled=False))
+    accs = {k: DetectionAccumulator(branch.lidar_branch, refinement=BoxRefinement(enabled=False), box_head=None)
             for k in ("lidar_branch", "fused_both", "fused_lidar", "fused_camera")}
     occs = {k: _Occ() for k in (*accs, "camera_branch_occupancy", "all_free", "constant_rate")}
     secs = {k: 0.0 for k in accs}

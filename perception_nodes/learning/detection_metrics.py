@@ -140,7 +140,8 @@ class DetectionAccumulator:
 
     def __init__(self, branch: "LidarDetectionBranch", *, with_occupancy: bool = True,
                  calibration: "DetectionCalibration | None" = None, score_threshold: float | None = None,
-                 threshold_on_raw_score: bool = False, refinement: "BoxRefinement | None" = None) -> None:
+                 threshold_on_raw_score: bool = False, refinement: "BoxRefinement | None" = None,
+                 box_head: Any = "default") -> None:
         from perception_nodes.eval.detection_eval import DetectionScorer
 
         self.branch = branch
@@ -148,6 +149,10 @@ class DetectionAccumulator:
         #: with the default parameters); applied where :meth:`decode` is given the points
         self.refinement = refinement if refinement is not None else branch.eval_params.refinement()
         self.refined_boxes = 0
+        #: the learned box head run after the refinement (a BoxHead; None = off; default: the branch's
+        #: ``eval.box_head``, which is off where the refinement is)
+        self.box_head = branch.eval_params.head() if isinstance(box_head, str) and box_head == "default" else box_head
+        self.head_boxes = 0
         self.calibration = calibration
         #: decoding threshold (default: the branch's eval threshold), on the calibrated score
         self.score_threshold = branch.eval_params.score_threshold if score_threshold is None else float(score_threshold)
@@ -182,6 +187,8 @@ class DetectionAccumulator:
         position in the boxes' frame (default the origin)."""
         from perception_nodes.pipeline.box_refine import refine_detections
 
+        if self.box_head is not None:
+            from perception_nodes.models.box_head import apply_box_head
         ep = self.branch.eval_params
         dets = decode_batch(out, self.branch.head_grid, self.branch.net_config.classes,
                             score_threshold=self.score_threshold, max_detections=ep.max_detections,
@@ -195,6 +202,9 @@ class DetectionAccumulator:
         for det, pts, xy in zip(dets, points, origins, strict=True):
             det, n = refine_detections(det, pts, self.refinement, sensor_xy=xy)
             self.refined_boxes += n
+            if self.box_head is not None:
+                det, n = apply_box_head(det, pts, self.box_head, sensor_xy=xy)
+                self.head_boxes += n
             refined.append(det)
         return refined
 

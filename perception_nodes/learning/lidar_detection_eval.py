@@ -228,7 +228,8 @@ def evaluate_sets(branch: LidarDetectionBranch, model: torch.nn.Module, sets: di
         samples = _samples(ev, sources, cache_dir, progress)
         accs = _score(ev, model, samples, cals)
         ism = _ism_scores(samples, branch.eval_params.ece_bins)
-        res: dict[str, Any] = {"refined_boxes": accs[0].refined_boxes}  # every accumulator refines the same boxes
+        res: dict[str, Any] = {"refined_boxes": accs[0].refined_boxes,  # every accumulator refines the same boxes
+                               "head_boxes": accs[0].head_boxes}
         for key, acc in zip(("before", "after"), accs):
             r = acc.results(baselines)
             r.update(ism)
@@ -599,6 +600,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--box-refinement-params", default=None, metavar="JSON",
                    help="box refinement parameters other than the default, as a JSON object of the node's "
                         "box_refinement keys, e.g. '{\"near_faces\": false}'")
+    p.add_argument("--no-box-head", action="store_true",
+                   help="do not run the learned box head after the refinement (the node's box_head: \"\"); default: "
+                        "the packaged head, as the node publishes (it runs only where the refinement does)")
+    p.add_argument("--box-head", default=None, metavar="FOLDER",
+                   help="another box head weights folder (or packaged name) than the packaged lidar_box_head")
     p.add_argument("--no-kitti", action="store_true", help="skip the real KITTI frames")
     p.add_argument("--no-nuscenes", action="store_true", help="skip the real nuScenes keyframe")
     p.add_argument("--real-only", action="store_true",
@@ -691,6 +697,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         except ValueError as exc:  # ConfigError is a ValueError
             p.error(str(exc))
         branch.eval_params = dataclasses.replace(branch.eval_params, box_refinement=given)
+    if args.no_box_head and args.box_head is not None:
+        p.error("--no-box-head and --box-head exclude each other")
+    if args.no_box_head or args.box_head is not None:
+        branch.eval_params = dataclasses.replace(branch.eval_params, box_head="" if args.no_box_head else args.box_head)
+    try:
+        head = branch.eval_params.head()
+    except WeightsError as exc:
+        p.error(f"box head: {exc}")
     t0 = time.perf_counter()
     calibration: DetectionCalibration | None = None
     if args.run is None and not args.fit_calibration:
@@ -698,6 +712,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     metrics: dict[str, Any] = {}
     refinement = branch.eval_params.refinement()
     metrics["box_refinement"] = {**dataclasses.asdict(refinement), "classes": list(refinement.classes)}
+    metrics["box_head"] = head.source if head is not None else None
+    print("box head: " + (f"{head.source}" if head is not None else "off"))
     print("box refinement: " + (f"on ({', '.join(refinement.classes)} headings and faces fitted to the scan points; "
                                 f"near faces {'on' if refinement.near_faces else 'off'})" if refinement.enabled else "off"))
     baselines = None

@@ -199,7 +199,8 @@ class BevFusionBranch(Branch):
 
         if not samples:
             return {}
-        acc = DetectionAccumulator(self.lidar_branch, refinement=BoxRefinement(enabled=False))  # as the node publishes
+        acc = DetectionAccumulator(self.lidar_branch, refinement=BoxRefinement(enabled=False),
+                                   box_head=None)  # as the node publishes
         was = model.training
         model.eval()
         try:

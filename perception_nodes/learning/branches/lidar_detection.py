@@ -46,6 +46,8 @@ cells, curvature MAE beside the trivial zero-curvature baseline.
 
 from __future__ import annotations
 
+import functools
+
 import dataclasses
 import hashlib
 import math
@@ -170,13 +172,37 @@ class DetectionEvalParams:
     #: (:mod:`perception_nodes.pipeline.box_refine`): true = the default parameters (the node's ``box_refinement``
     #: default), false = off, or a mapping of :class:`~perception_nodes.pipeline.box_refine.BoxRefinement` keys
     box_refinement: Any = True
+    #: the learned box head run after the refinement (:mod:`perception_nodes.models.box_head`; the node's
+    #: ``box_head``): a weights folder or packaged name (default the packaged head), "" = off. It runs only where the
+    #: refinement does (it was trained on refined boxes)
+    box_head: str = "lidar_box_head"
 
     def __post_init__(self) -> None:
         self.refinement()  # a bad setting fails here, not at the first validation
+        if not isinstance(self.box_head, str):
+            raise ConfigError(f"eval.box_head must be a weights folder name or path (\"\" = off), got {self.box_head!r}")
 
     def refinement(self) -> BoxRefinement:
         """:attr:`box_refinement` as the parameters the evaluation refines with."""
         return BoxRefinement.from_mapping(self.box_refinement, "eval.box_refinement")
+
+    def head(self) -> Any:
+        """:attr:`box_head` loaded (a :class:`~perception_nodes.models.box_head.BoxHead`), or None when off or when
+        the refinement is off; a missing or broken folder raises
+        :class:`~perception_nodes.models.weights_io.WeightsError`."""
+        if not self.box_head or not self.refinement().enabled:
+            return None
+        return load_box_head_cached(self.box_head)
+
+
+@functools.lru_cache(maxsize=8)
+def load_box_head_cached(name: str) -> Any:
+    """The box head of a weights folder or packaged name, loaded once per process (evaluation builds many
+    accumulators)."""
+    from perception_nodes.models.box_head import NETWORK, load_box_head
+    from perception_nodes.models.weights_io import resolve_weights_folder
+
+    return load_box_head(resolve_weights_folder(name, NETWORK))
 
 
 @dataclass(frozen=True)
