@@ -53,6 +53,7 @@ from perception_nodes.learning.branches.lidar_detection import LidarDetectionBra
 from perception_nodes.learning.config import BagSource, _sources
 from perception_nodes.learning.detection_metrics import DetectionAccumulator, TrivialBaselines
 from perception_nodes.models.calibration import (
+    MIN_CLASS_VARIANCE_FIT,
     DetectionCalibration,
     fit_evidence_scale,
     fit_platt,
@@ -191,6 +192,18 @@ def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, sample
     cxy, fxy = fit_variance_scale(err[:, :2], var[:, :2], level=level)
     cz, fz = fit_variance_scale(err[:, 2], var[:, 2], level=level)
     cyaw, fyaw = fit_variance_scale(err[:, 3], var[:, 3], level=level)
+    # per class where it has enough right detections (the refinement and the box head move car boxes only)
+    right_label = t["label"][t["right"]]
+    per_class: dict[str, tuple[float, float, float]] = {}
+    per_class_fit: dict[str, Any] = {}
+    for k, name in enumerate(branch.net_config.classes):
+        m = right_label == k
+        if int(m.sum()) < MIN_CLASS_VARIANCE_FIT:
+            continue
+        fits = [fit_variance_scale(err[m][:, cols], var[m][:, cols], level=level) for cols in ((0, 1), 2, 3)]
+        per_class[name] = tuple(f[0] for f in fits)
+        per_class_fit[name] = {"right_detections": int(m.sum()),
+                               "coverage_before": dict(zip(("xy", "z", "yaw"), (f[1]["coverage_before"] for f in fits)))}
     fitted = {"on": source, "frames": identity.frames, "detections": int(len(t["right"])),
               "right_detections": int(t["right"].sum()), "level": level,
               "score_nll_before": platt_info["nll_before"], "score_nll_after": platt_info["nll_after"],
@@ -202,15 +215,17 @@ def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, sample
               "alternative_evidence_scale": {"scale": s, "nll_after": ev_info["nll_after"]},
               "alternative_unanchored_platt": {"a": a_free, "b": b_free, "nll_after": free_info["nll_after"]},
               "variance_fit_right_detections": int(len(err)),
+              "class_variance_fit": per_class_fit,
               "coverage_before": {"xy": fxy["coverage_before"], "z": fz["coverage_before"],
                                   "yaw": fyaw["coverage_before"]},
               "method": "score: Dirichlet foreground prior f (alpha_fg - 1 + f, alpha_bg + K (1 - f)), then Platt "
                         "sigmoid(a logit p + b), anchored at the evidence-free score p = f/(K+1) (b = logit(f/(K+1)) (1 - a)) "
                         "or with b free where that does not raise the evidence-free score; "
                         "(f, a, b) = argmin binary NLL of right/wrong over the validation detections (f on a grid); variance scales: 0.9-quantile of err^2/var over the right "
-                        "(matched) detections (the same boxes the score map keeps), / 1.645^2"}
+                        "(matched) detections (the same boxes the score map keeps), / 1.645^2; per class the same on "
+                        f"that class's right detections where it has at least {MIN_CLASS_VARIANCE_FIT}"}
     cal = DetectionCalibration(foreground_prior=prior, score_logit_scale=a, score_logit_bias=b, centre_variance_scale=cxy,
-                               z_variance_scale=cz, yaw_variance_scale=cyaw, fitted=fitted)
+                               z_variance_scale=cz, yaw_variance_scale=cyaw, class_variance_scales=per_class, fitted=fitted)
     return cal, identity
 
 

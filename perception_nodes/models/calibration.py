@@ -51,6 +51,12 @@ The maps (all identity at their defaults):
   detection (peak cell + offset, matched to ground truth) covers 90 % of the validation errors
   (:func:`fit_variance_scale`: the 0.9 quantile of ``err^2 / var`` divided by ``1.645^2``). A common scale
   keeps the ranking of boxes by uncertainty (AUROC) unchanged.
+* **per-class variance scales** ``class_variance_scales`` (optional, since 5 Dec 2026): ``{class: [c_xy, c_z,
+  c_yaw]}`` replacing the three scales above for the boxes of that class, fitted the same way on that class's
+  right detections where it has at least :data:`MIN_CLASS_VARIANCE_FIT` of them. Why: the box refinement and
+  the learned box head correct car boxes only, so one pooled scale is a compromise between cars (now covered
+  too often) and pedestrians and cyclists (too rarely), and a scene of cars only (a motorway) inherits the
+  cars' excess.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ __all__ = ["DetectionCalibration", "binary_nll", "fit_evidence_scale", "fit_plat
 
 #: the sidecar key
 SIDECAR_KEY = "calibration"
+#: right validation detections a class needs for its own variance scales
+MIN_CLASS_VARIANCE_FIT = 50
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,8 @@ class DetectionCalibration:
     centre_variance_scale: float = 1.0
     z_variance_scale: float = 1.0
     yaw_variance_scale: float = 1.0
+    #: class name -> (c_xy, c_z, c_yaw) for that class's boxes instead of the three scales above (module doc)
+    class_variance_scales: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     #: provenance and the validation numbers of the fit (free-form; not used to decode)
     fitted: Mapping[str, Any] = field(default_factory=dict)
 
@@ -92,11 +102,25 @@ class DetectionCalibration:
             raise ValueError(f"calibration foreground_prior must lie in (0, 1], got {self.foreground_prior!r}")
         if not (isinstance(self.score_logit_bias, (int, float)) and math.isfinite(self.score_logit_bias)):
             raise ValueError(f"calibration score_logit_bias must be finite, got {self.score_logit_bias!r}")
+        if not isinstance(self.class_variance_scales, Mapping):
+            raise ValueError("calibration class_variance_scales must map class names to [c_xy, c_z, c_yaw]")
+        for name, v in self.class_variance_scales.items():
+            ok = isinstance(name, str) and isinstance(v, (list, tuple)) and len(v) == 3
+            if not ok or not all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in v):
+                raise ValueError(f"calibration class_variance_scales[{name!r}] must be three finite numbers > 0, got {v!r}")
+        object.__setattr__(self, "class_variance_scales",
+                           {str(k): tuple(float(x) for x in v) for k, v in self.class_variance_scales.items()})
+
+    def variance_scales(self, name: str) -> tuple[float, float, float]:
+        """(c_xy, c_z, c_yaw) of the boxes of class ``name``."""
+        return self.class_variance_scales.get(name, (self.centre_variance_scale, self.z_variance_scale,
+                                                     self.yaw_variance_scale))
 
     @property
     def is_identity(self) -> bool:
         return (self.evidence_scale, self.foreground_prior, self.score_logit_scale, self.score_logit_bias,
-                self.centre_variance_scale, self.z_variance_scale, self.yaw_variance_scale) == (1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0)
+                self.centre_variance_scale, self.z_variance_scale, self.yaw_variance_scale) == (1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0) \
+            and all(v == (1.0, 1.0, 1.0) for v in self.class_variance_scales.values())
 
     @property
     def maps_scores(self) -> bool:
@@ -111,6 +135,10 @@ class DetectionCalibration:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["fitted"] = dict(self.fitted)
+        if d["class_variance_scales"]:
+            d["class_variance_scales"] = {k: list(v) for k, v in self.class_variance_scales.items()}
+        else:
+            del d["class_variance_scales"]  # sidecars without it read as before
         return d
 
     @classmethod
@@ -119,12 +147,17 @@ class DetectionCalibration:
         must not silently mean "identity")."""
         if not m:
             return cls()
-        known = {"evidence_scale", "foreground_prior", "score_logit_scale", "score_logit_bias", "centre_variance_scale", "z_variance_scale", "yaw_variance_scale", "fitted"}
+        known = {"evidence_scale", "foreground_prior", "score_logit_scale", "score_logit_bias", "centre_variance_scale",
+                 "z_variance_scale", "yaw_variance_scale", "class_variance_scales", "fitted"}
         extra = sorted(set(m) - known)
         if extra:
             raise ValueError(f"unknown calibration keys {extra} (known: {sorted(known)})")
-        kw = {k: float(v) for k, v in m.items() if k != "fitted"}
-        return cls(**kw, fitted=dict(m.get("fitted") or {}))
+        kw = {k: float(v) for k, v in m.items() if k not in ("fitted", "class_variance_scales")}
+        per_class = m.get("class_variance_scales") or {}
+        if not isinstance(per_class, Mapping):
+            raise ValueError("calibration class_variance_scales must map class names to [c_xy, c_z, c_yaw]")
+        return cls(**kw, class_variance_scales={k: tuple(v) if isinstance(v, (list, tuple)) else v
+                                                for k, v in per_class.items()}, fitted=dict(m.get("fitted") or {}))
 
     @classmethod
     def from_sidecar(cls, side: Mapping[str, Any]) -> "DetectionCalibration":
@@ -136,8 +169,10 @@ class DetectionCalibration:
                  if self.maps_scores else "")
         evidence = f"evidence x{self.evidence_scale:.3g}, " if self.evidence_scale != 1.0 else ""
         prior = f"foreground prior {self.foreground_prior:.3g}, " if self.foreground_prior != 1.0 else ""
+        per_class = "".join(f"; {k}: centre var x{v[0]:.3g}, z var x{v[1]:.3g}, yaw var x{v[2]:.3g}"
+                            for k, v in sorted(self.class_variance_scales.items()))
         return (f"{prior}{score}{evidence}centre var x{self.centre_variance_scale:.3g}, "
-                f"z var x{self.z_variance_scale:.3g}, yaw var x{self.yaw_variance_scale:.3g}")
+                f"z var x{self.z_variance_scale:.3g}, yaw var x{self.yaw_variance_scale:.3g}{per_class}")
 
     # --- application (torch tensors in decoding) ---------------------------------------------------
     def apply_alpha(self, alpha: Any) -> Any:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -224,10 +224,15 @@ def decode(
         size_var = (size * size) * var[3:6].T  # delta method for exp
         yaw = torch.atan2(g[6], g[7])
         var_yaw = yaw_variance_from_sincos(g[6], g[7], var[6], var[7])
-        c_xy = c_z = 1.0
+        c_xy: Any = 1.0
+        c_z: Any = 1.0
         if calibration is not None:
             c_xy, c_z = calibration.centre_variance_scale, calibration.z_variance_scale
-            var_yaw = (var_yaw * calibration.yaw_variance_scale).clamp(max=MAX_YAW_VARIANCE)
+            c_yaw: Any = calibration.yaw_variance_scale
+            if calibration.class_variance_scales:  # per box, by its class
+                per = torch.tensor([calibration.variance_scales(n) for n in names], dtype=var.dtype)[label]
+                c_xy, c_z, c_yaw = per[:, 0], per[:, 1], per[:, 2]
+            var_yaw = (var_yaw * c_yaw).clamp(max=MAX_YAW_VARIANCE)
         cov = nig_ops.pose_covariance(c_xy * var[0] * grid.cell**2, c_xy * var[1] * grid.cell**2, c_z * var[2],
                                       var_yaw, unestimated_variance)
         probs = prob[:, iy, ix].T if rows is None else rows

@@ -329,3 +329,33 @@ def test_sidecar_round_trip_and_backward_compatibility(weights_copy):
     assert DetectionCalibration.from_sidecar(side1) == cal
     assert all(torch.equal(a, b) for a, b in zip(net0.state_dict().values(), net1.state_dict().values()))
     assert not list(weights_copy.glob(".*.tmp"))
+
+
+def test_per_class_variance_scales_apply_to_their_class_only_and_round_trip():
+    """``class_variance_scales`` replaces the three scales for its class's boxes; the other classes keep the
+    pooled ones; the sidecar entry round-trips, is left out when empty (older sidecars read the same), and bad
+    values are refused."""
+    alpha, box = _maps()
+    base = decode(alpha, box, GRID, CLASSES, score_threshold=0.3)
+    assert {int(v) for v in base.label} >= {0, 1}  # boxes of two classes
+    cal = DetectionCalibration(centre_variance_scale=2.0, z_variance_scale=3.0, yaw_variance_scale=0.5,
+                               class_variance_scales={CLASSES[0]: (0.25, 4.0, 2.0)})
+    got = decode(alpha, box, GRID, CLASSES, score_threshold=0.3, calibration=cal)
+    np.testing.assert_array_equal(got.center, base.center)
+    first = base.label == 0
+    scale = np.where(first, 0.25, 2.0)
+    tol = 4 * EPS32
+    for k in (0, 1):
+        np.testing.assert_allclose(got.covariance[:, k, k], scale * base.covariance[:, k, k], rtol=tol)
+    np.testing.assert_allclose(got.covariance[:, 2, 2], np.where(first, 4.0, 3.0) * base.covariance[:, 2, 2], rtol=tol)
+    np.testing.assert_allclose(got.covariance[:, 5, 5],
+                               np.minimum(np.where(first, 2.0, 0.5) * base.covariance[:, 5, 5], MAX_YAW_VARIANCE), rtol=tol)
+    assert cal.variance_scales(CLASSES[1]) == (2.0, 3.0, 0.5) and not cal.is_identity
+    assert DetectionCalibration.from_mapping(json.loads(json.dumps(cal.to_dict()))) == cal
+    assert "class_variance_scales" not in DetectionCalibration(centre_variance_scale=2.0).to_dict()
+    assert "car: centre var x0.25" in cal.summary() or f"{CLASSES[0]}: centre var x0.25" in cal.summary()
+    for bad in ({CLASSES[0]: (0.0, 1.0, 1.0)}, {CLASSES[0]: (1.0, 1.0)}, {CLASSES[0]: (1.0, float("nan"), 1.0)}):
+        with pytest.raises(ValueError, match="class_variance_scales"):
+            DetectionCalibration(class_variance_scales=bad)
+    with pytest.raises(ValueError, match="class_variance_scales"):
+        DetectionCalibration.from_mapping({"class_variance_scales": [1.0, 2.0]})
