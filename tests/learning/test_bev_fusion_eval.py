@@ -47,3 +47,21 @@ def test_v2_and_its_control_differ_only_in_the_camera_dropout() -> None:
         if k not in ("out", "train", "eval"):
             assert v2.get(k) == ctl.get(k), k
     assert {**v2["train"], "camera_only": 0.0, "lidar_only": 1.0} == ctl["train"]
+
+
+def test_the_scored_only_exception_covers_report_sets_alone(tmp_path):
+    """The box head's eval config may hold the held-out layouts in its report ``sets`` (scored there, never fitted);
+    the same layouts anywhere else in it, or in any other file, still fail the check."""
+    from perception_nodes.learning.bev_fusion_eval import SCORED_ONLY
+
+    name = next(iter(SCORED_ONLY))
+    scene = {"generate": {"scenario": "urban_street", "seed": 500, "duration_s": 4.0, "lidar": "hdl64"}}
+    (tmp_path / name).write_text(yaml.safe_dump({"sets": {"plain": [scene]}}))
+    check_held_out(configs=tmp_path)
+    (tmp_path / name).write_text(yaml.safe_dump({"validation": [scene], "sets": {}}))
+    with pytest.raises(ValueError, match="not held out"):
+        check_held_out(configs=tmp_path)
+    (tmp_path / name).unlink()
+    (tmp_path / "other_eval.yaml").write_text(yaml.safe_dump({"sets": {"plain": [scene]}}))
+    with pytest.raises(ValueError, match="not held out"):
+        check_held_out(configs=tmp_path)

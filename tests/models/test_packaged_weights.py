@@ -14,8 +14,9 @@ from perception_nodes.models.weights_io import default_weights_dir, load_lidar_d
 #: packaged folders and the held-out sets each one's sidecar reports: the default (v18, trained on plain and
 #: realism scenes; scored on both kinds), the opt-in weights for plain generated scenes (v8, the default until 4 Dec
 #: 2026) and the opt-in v13 (realism scenes only)
-FOLDERS = {"lidar_detection": {"seen_types_realism5", "held_out_type_and_lidar_realism5", "seen_types_fresh9",
-                               "held_out_type_and_lidar_fresh9"},
+# the default's sidecar holds its goal-check sets (calibration refitted with the box head, 18th session)
+FOLDERS = {"lidar_detection": {"seen_types_realism12", "held_out_type_and_lidar_realism12", "seen_types_fresh16",
+                               "held_out_type_and_lidar_fresh16"},
            "lidar_detection_plain": {"seen_types_new_seeds", "held_out_type_and_lidar"},
            "lidar_detection_realism": {"seen_types_realism", "held_out_type_and_lidar_realism"}}
 
@@ -129,7 +130,7 @@ def test_weights_parameter_resolves_from_any_working_directory(tmp_path, monkeyp
 def test_lidar_eval_takes_the_weights_by_name_and_their_own_eval_config(tmp_path, monkeypatch):
     """``lidar-eval --weights lidar_detection_plain`` reads the name as the params file does, and without
     ``--eval-config`` scores (and would refit) with the config the sidecar was scored with: the default's
-    calibration was fitted on the validation of lidar_detection_eval_default.yaml, and a refit on another config's
+    calibration was fitted on the validation of lidar_detection_eval_goals.yaml, and a refit on another config's
     scenes would silently replace it."""
     import json
 
@@ -137,7 +138,7 @@ def test_lidar_eval_takes_the_weights_by_name_and_their_own_eval_config(tmp_path
     from perception_nodes.learning.lidar_detection_eval import main as lidar_eval
 
     default = read_sidecar(default_weights_dir("lidar_detection"), "lidar_detection")
-    assert eval_config_of(default).name == "lidar_detection_eval_default.yaml"
+    assert eval_config_of(default).name == "lidar_detection_eval_goals.yaml"
     validation = {(v["scenario"], v["seed"], v["lidar"]) for v in default["metrics"]["scenes"]["validation"]}
     import yaml
 
@@ -155,7 +156,7 @@ def test_lidar_eval_takes_the_weights_by_name_and_their_own_eval_config(tmp_path
     monkeypatch.chdir(tmp_path)  # the bare name resolves from anywhere, as in the params file
     out = tmp_path / "m.json"
     for name, config in (("lidar_detection_plain", "configs/train/lidar_detection_eval.yaml"),
-                         ("lidar_detection", "configs/train/lidar_detection_eval_default.yaml")):
+                         ("lidar_detection", "configs/train/lidar_detection_eval_goals.yaml")):
         assert lidar_eval(["--weights", name, "--real-only", "--no-kitti", "--no-nuscenes",
                            "--metrics-out", str(out)]) == 0
         assert json.loads(out.read_text())["eval_config"] == config
