@@ -143,7 +143,8 @@ def _crop(pts: NDArray[np.floating], centre: NDArray[np.float64], size: NDArray[
     y = s * p[:, 0] + c * p[:, 1]
     half = size / 2 + margin
     m = (np.abs(x) <= half[0]) & (np.abs(y) <= half[1]) & (np.abs(p[:, 2]) <= half[2])
-    inten = pts[m, 3].astype(np.float64) if pts.shape[1] > 3 else np.zeros(int(m.sum()))
+    inten = np.nan_to_num(pts[m, 3].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0) if pts.shape[1] > 3 \
+        else np.zeros(int(m.sum()))
     return np.column_stack([x[m], y[m], p[m, 2], inten]).astype(np.float32)
 
 
@@ -161,8 +162,6 @@ def box_inputs(det: Detections, points: NDArray[np.floating], config: BoxHeadCon
     """The boxes of ``det`` the head corrects (indices: ``config.classes``, finite, with at least
     ``min_points`` points around them) and their raw inputs (points ``[B, N, 4]``, size ``[B, 3]``, sensor
     ``[B, 2]``, count ``[B]``). ``rng``: sample the points at random (training) instead of the even stride."""
-    from perception_nodes.pipeline.box_refine import _candidate_points
-
     empty = (np.zeros((0, config.npts, 4), np.float32), np.zeros((0, 3), np.float32), np.zeros((0, 2), np.float32),
              np.zeros((0,), np.float32))
     pts = np.asarray(points)
@@ -173,13 +172,29 @@ def box_inputs(det: Detections, points: NDArray[np.floating], config: BoxHeadCon
     idx = np.flatnonzero(np.isin(det.label, wanted) & finite)
     if not len(idx):
         return idx, empty
-    pts = pts[np.isfinite(pts[:, :3]).all(1)]
     centre, size = det.center.astype(np.float64), det.size.astype(np.float64)
     m = config.margin_m
-    # the square reaches the grown box's corners: half its diagonal is at most the box's plus sqrt(2) margins
-    boxes = [(centre[i], 0.5 * math.hypot(size[i, 0], size[i, 1]) + 1.5 * m + 1e-3) for i in idx]
-    z_band = (float(np.min(centre[idx, 2] - size[idx, 2] / 2)) - m - 1e-3, float(np.max(centre[idx, 2] + size[idx, 2] / 2)) + m + 1e-3)
-    candidates = _candidate_points(pts, boxes, z_band) if len(pts) else [np.zeros(0, np.int64)] * len(idx)
+    # each box's axis-aligned square reaches its grown corners: half the diagonal is at most the box's plus sqrt(2)
+    # margins. One pass keeps the points in the squares' union and the boxes' heights (a comparison with NaN is
+    # false, so non-finite points drop out here); each box then reads that subset only.
+    reach = 0.5 * np.hypot(size[idx, 0], size[idx, 1]) + 1.5 * m + 1e-3
+    lo, hi = centre[idx, :2] - reach[:, None], centre[idx, :2] + reach[:, None]
+    z_lo = float(np.min(centre[idx, 2] - size[idx, 2] / 2)) - m - 1e-3
+    z_hi = float(np.max(centre[idx, 2] + size[idx, 2] / 2)) + m + 1e-3
+    x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
+    sub = np.flatnonzero((x >= lo[:, 0].min()) & (x <= hi[:, 0].max()) & (y >= lo[:, 1].min()) & (y <= hi[:, 1].max())
+                         & (z >= z_lo) & (z <= z_hi))
+    xs, ys = x[sub], y[sub]
+    # each box's points in the order the weights were trained with (the sampling stride depends on it): by 2 m bin of
+    # the squares' union (column-major), then by index
+    origin, cell = lo.min(0), 2.0
+    n_bins = np.floor((hi.max(0) - origin) / cell).astype(np.int64) + 1
+    candidates = []
+    for a, b in zip(lo, hi, strict=True):
+        k = np.flatnonzero((xs >= a[0]) & (xs <= b[0]) & (ys >= a[1]) & (ys <= b[1]))
+        ij = np.minimum(np.floor((np.column_stack([xs[k], ys[k]]).astype(np.float64) - origin) / cell).astype(np.int64),
+                        n_bins - 1)
+        candidates.append(sub[k[np.argsort(ij[:, 0] * n_bins[1] + ij[:, 1], kind="stable")]])
     sensor = np.asarray(sensor_xy, np.float64).reshape(-1)[:2]
     keep, P, S, E, N = [], [], [], [], []
     for i, cand in zip(idx, candidates, strict=True):
