@@ -62,7 +62,7 @@ def scored_frames(weights: str, eval_config: Path, set_name: str, cache_dir: Pat
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
     acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True,
-                               refinement=BoxRefinement.from_mapping(refine), box_head=_head(head))
+                               refinement=BoxRefinement.from_mapping(refine), box_head=_head(head, folder))
     frames = []
     with torch.no_grad():
         for scene, source in enumerate(set_sources(eval_config, set_name)):
@@ -118,13 +118,16 @@ def paired(a: list[tuple], b: list[tuple], reps: int, level: str, seed: int = 0,
             "per_scene": per_scene, "scenes_b_higher": int(wins)}
 
 
-def _head(text: str) -> Any:
-    """The box head a ``--head-*`` value names (None for ``off``)."""
+def _head(text: str, detector: Path) -> Any:
+    """The box head a ``--head-*`` value names (None for ``off``; ``on``: the packaged head, on the weights it was
+    trained for only, as the node and lidar-eval run it)."""
     from perception_nodes.learning.branches.lidar_detection import load_box_head_cached
+    from perception_nodes.models.box_head import mismatch
 
     if text == "off":
         return None
-    return load_box_head_cached("lidar_box_head" if text == "on" else text)
+    head = load_box_head_cached("lidar_box_head" if text == "on" else text)
+    return None if text == "on" and mismatch(head, detector) is not None else head
 
 
 def _refine_arg(text: str) -> str:

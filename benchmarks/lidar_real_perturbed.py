@@ -64,8 +64,14 @@ def _network(weights: str, refine: Any = True, head: str = "on"):
     folder = resolve_weights_folder(weights, "lidar_detection")
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
-    branch.eval_params = replace(branch.eval_params, box_refinement=refine,
-                                 box_head={"on": "lidar_box_head", "off": ""}.get(head, head))
+    name = {"on": "lidar_box_head", "off": ""}.get(head, head)
+    if head == "on":  # the packaged head only on the weights it was trained for, as the node and lidar-eval do
+        from perception_nodes.learning.branches.lidar_detection import load_box_head_cached
+        from perception_nodes.models.box_head import mismatch
+
+        if mismatch(load_box_head_cached(name), folder) is not None:
+            name = ""
+    branch.eval_params = replace(branch.eval_params, box_refinement=refine, box_head=name)
     return str(folder), branch, model.eval(), DetectionCalibration.from_sidecar(side)
 
 

@@ -73,9 +73,26 @@ def _feed(node, clock, topic, msg):
 
 
 @pytest.fixture(scope="module")
-def kitti_run(tiny_weights, kitti_records):
+def free_head(tmp_path_factory):
+    """The packaged box head without the detector it was trained for, so it runs on the tiny weights too (the
+    packaged one runs only on the packaged network's boxes)."""
+    import json
+    import shutil
+
+    from perception_nodes.models.weights_io import default_weights_dir
+
+    folder = tmp_path_factory.mktemp("head") / "free_head"
+    shutil.copytree(default_weights_dir("lidar_box_head"), folder)
+    side = json.loads((folder / "model.json").read_text())
+    side["training"].pop("detector_sha256")
+    (folder / "model.json").write_text(json.dumps(side))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def kitti_run(tiny_weights, kitti_records, free_head):
     """The node over the three KITTI scans (with the bag's /tf_static): per scan, what it published."""
-    node, clock = _node(tiny_weights)
+    node, clock = _node(tiny_weights, box_head=str(free_head))
     per_scan = []
     for topic, msg in kitti_records:
         out = _feed(node, clock, topic, msg)
@@ -588,11 +605,27 @@ def test_box_head_param_off_missing_and_switched_at_runtime(tiny_weights, tmp_pa
     from perception_nodes.models.decode import Detections
     from perception_nodes.models.weights_io import WeightsError
 
+    import json
+    import shutil
+
+    from perception_nodes.models.weights_io import default_weights_dir
+
     register_tiny_backbone()
-    node = LidarDetectionNode("lidar_detection", branch_params(tiny_weights), backend=B, clock=lambda: 0)
+    # the packaged head was trained on the packaged network's boxes: on other weights it does not run, and says why
+    other = LidarDetectionNode("lidar_detection", branch_params(tiny_weights), backend=B, clock=lambda: 0)
+    other.load()
+    assert other.box_head is None and "other detector weights" in _statuses(other)["network"].values["box_head"]
+    # a head folder that names no detector runs on any weights (the user's choice)
+    free = tmp_path / "free_head"
+    shutil.copytree(default_weights_dir("lidar_box_head"), free)
+    side = json.loads((free / "model.json").read_text())
+    side["training"].pop("detector_sha256")
+    (free / "model.json").write_text(json.dumps(side))
+    node = LidarDetectionNode("lidar_detection", branch_params(tiny_weights, box_head=str(free)), backend=B,
+                              clock=lambda: 0)
     node.load()
     assert node.box_head is not None and node.box_head.config.classes == ("car",)
-    assert _statuses(node)["network"].values["box_head"].endswith("lidar_box_head")
+    assert _statuses(node)["network"].values["box_head"] == str(free)
     off = LidarDetectionNode("lidar_detection", branch_params(tiny_weights, box_head=""), backend=B, clock=lambda: 0)
     off.load()
     assert off.box_head is None and _statuses(off)["network"].values["box_head"] == "off"
@@ -614,8 +647,8 @@ def test_box_head_param_off_missing_and_switched_at_runtime(tiny_weights, tmp_pa
     node.reconfigure({"box_head": str(tmp_path / "none")})
     same = node._head_boxes(det, pts, np.zeros(2), node.net.config.classes)  # noqa: SLF001
     assert same is det and node.box_head is None and "box_head" in node.warnings
-    assert "not loaded" in _statuses(node)["network"].values["box_head"]
-    node.reconfigure({"box_head": "lidar_box_head"})  # back: loaded again at the next scan
+    assert "not usable" in _statuses(node)["network"].values["box_head"]
+    node.reconfigure({"box_head": str(free)})  # back: loaded again at the next scan
     assert node._head_boxes(det, pts, np.zeros(2), node.net.config.classes) is not det  # noqa: SLF001
     node.reconfigure({"box_refinement": {"enabled": False}})  # the head runs only after the refinement
     assert node._head_boxes(det, pts, np.zeros(2), node.net.config.classes) is det  # noqa: SLF001

@@ -180,6 +180,7 @@ class LidarDetectionNode(NodeCore):
         self.head_boxes = 0
         self.box_head: Any = None  # the loaded head (perception_nodes.models.box_head.BoxHead) or None
         self._head_for: str | None = None  # the box_head value the loaded head belongs to
+        self.head_status = ""  # why a named head is not running ("" when it runs or none is named)
         self.fused_out = 0
         # learned evidence of recent scans (stamp -> (r, s, spec)) waiting for the geometric grids
         self._learned: OrderedDict[int, tuple[np.ndarray, np.ndarray, GridSpec]] = OrderedDict()
@@ -260,7 +261,7 @@ class LidarDetectionNode(NodeCore):
                 raise ConfigError(f"{self.name}.box_refinement.classes: {', '.join(unknown)} not among the network's "
                                   f"classes ({', '.join(net.config.classes)})")
             self._configure_tuning(net)
-            self._load_head(net.config.classes)
+            self._load_head(net.config.classes, folder)
             calibration = DetectionCalibration.from_sidecar(side)
             options = {"threads": self.threads} if self.threads > 0 else {}
             runtime = make_runtime(self.runtime_name, net, **options)
@@ -271,16 +272,22 @@ class LidarDetectionNode(NodeCore):
         self.calibration = calibration
         self.load_error = None
 
-    def _load_head(self, classes: Any) -> None:
+    def _load_head(self, classes: Any, detector: Any) -> None:
         """The learned box head named by ``box_head`` ("" = none); raises WeightsError (missing or corrupt folder)
-        or ConfigError (a class the network lacks), which fail ``configure`` with the reason."""
-        self.box_head, self._head_for = None, self.box_head_name
+        or ConfigError (a class the network lacks), which fail ``configure`` with the reason. A head trained on
+        another detector's boxes (its sidecar's detector_sha256) is not run, and ``box_head`` on ``/diagnostics``
+        says why: the opt-in weights and the user's own get the boxes they were evaluated with."""
+        self.box_head, self._head_for, self.head_status = None, self.box_head_name, ""
         if not self.box_head_name:
             return
-        from perception_nodes.models.box_head import NETWORK, load_box_head
+        from perception_nodes.models.box_head import NETWORK, load_box_head, mismatch
         from perception_nodes.models.weights_io import resolve_weights_folder
 
         head = load_box_head(resolve_weights_folder(self.box_head_name, NETWORK))
+        why = mismatch(head, detector)
+        if why is not None:
+            self.head_status = f"off: {why}"
+            return
         unknown = [c for c in head.config.classes if c not in classes]
         if unknown:
             raise ConfigError(f"{self.name}.box_head: {head.source} corrects {', '.join(unknown)}, not among the "
@@ -389,16 +396,23 @@ class LidarDetectionNode(NodeCore):
         (the node keeps running)."""
         if self._head_for != self.box_head_name:
             try:
-                self._load_head(classes)
+                self._load_head(classes, self.weights_dir)
             except Exception as exc:  # noqa: BLE001 - a bad folder named at run time: refined boxes, and say so
                 self.box_head = None
-                self._warn("box_head", f"box_head {self.box_head_name!r} not usable, boxes published as refined: "
-                           f"{type(exc).__name__}: {exc}"[:300])
-        if self.box_head is None or not self.box_refinement.enabled:
-            return det
+                self.head_status = f"not usable: {type(exc).__name__}: {exc}"[:300]
+        if self.box_head_name and self.box_head is None and self.head_status.startswith("not usable"):
+            # every scan while it lasts (a warning fades after warning_hold_s; this one must not)
+            self._warn("box_head", f"box_head {self.box_head_name!r} {self.head_status}; boxes published as refined")
+        br = self.box_refinement
+        if self.box_head is None or not br.enabled or not set(self.box_head.config.classes) <= set(br.classes):
+            return det  # the head corrects refined boxes only
         from perception_nodes.models.box_head import apply_box_head
 
-        det, n = apply_box_head(det, pts, self.box_head, sensor_xy=sensor_xy)
+        try:
+            det, n = apply_box_head(det, pts, self.box_head, sensor_xy=sensor_xy)
+        except Exception as exc:  # noqa: BLE001 - a failing head must not cost the scan: its refined boxes go out
+            self._fault("box_head", exc)
+            return det
         self.head_boxes += n
         return det
 
@@ -496,10 +510,11 @@ class LidarDetectionNode(NodeCore):
                                     f">= {br.min_points} points, shift {'on' if br.shift_to_points else 'off'}, "
                                     f"near faces {'on' if br.near_faces else 'off'}" if br.enabled else "off")
         values["head_boxes"] = str(self.head_boxes)
-        values["box_head"] = ((self.box_head.source if self.box_head is not None else f"{self.box_head_name} (not loaded)")
-                              if self.box_head_name else "off")
-        if self.box_head_name and not br.enabled:
-            values["box_head"] += " (idle: runs only after the box refinement, which is off)"
+        values["box_head"] = ((self.box_head.source if self.box_head is not None
+                               else f"{self.box_head_name} ({self.head_status or 'not loaded'})")
+                              if self.box_head_name else "off")[:300]
+        if self.box_head is not None and (not br.enabled or not set(self.box_head.config.classes) <= set(br.classes)):
+            values["box_head"] += " (idle: runs only after the box refinement of its classes, which is off)"
         values["fused_grids_out"] = str(self.fused_out)
         values["max_points"] = str(self.max_points)
         values["sparse_tune_file"] = self.tune_status[:300]

@@ -93,8 +93,9 @@ def collect_samples(cfg: dict[str, Any], progress: bool = True) -> tuple[tuple[n
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
     refinement = BoxRefinement.from_mapping(cfg.get("box_refinement"), "box_refinement")
+    # the boxes as the node hands them to the head: refined, and no head applied yet
     acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True,
-                               refinement=refinement)
+                               refinement=refinement, box_head=None)
     sources = _sources(cfg["data"], "data")
     samples = load_split(sources, branch, cache_dir=default_cache_dir(), role="train", progress=progress).samples
     radius = float(cfg.get("match_radius_m", 1.5))
@@ -122,7 +123,9 @@ def collect_samples(cfg: dict[str, Any], progress: bool = True) -> tuple[tuple[n
         raise ValueError("no matched car box with enough points in the config's scenes: nothing to train on")
     stats["samples"] = len(targets)
     raw_all = tuple(np.stack([p[j] for p in parts]) for j in range(4))
-    return raw_all, np.stack(targets), {**stats, "detector": str(folder),
+    from perception_nodes.models.box_head import weights_sha256
+
+    return raw_all, np.stack(targets), {**stats, "detector": str(folder), "detector_sha256": weights_sha256(folder),
                                         "box_refinement": {**dataclasses.asdict(refinement), "classes": list(refinement.classes)}}
 
 

@@ -135,13 +135,17 @@ def _coverage(y: np.ndarray, nig: Sequence[np.ndarray], level: float) -> float:
     return float(interval_coverage(y, *nig, levels=(level,))[float(level)])
 
 
+#: "the branch's ``eval.box_head``" (a sentinel: every string names a folder)
+DEFAULT_HEAD = object()
+
+
 class DetectionAccumulator:
     """Collects everything the metrics need, batch by batch (see the module docstring)."""
 
     def __init__(self, branch: "LidarDetectionBranch", *, with_occupancy: bool = True,
                  calibration: "DetectionCalibration | None" = None, score_threshold: float | None = None,
                  threshold_on_raw_score: bool = False, refinement: "BoxRefinement | None" = None,
-                 box_head: Any = "default") -> None:
+                 box_head: Any = DEFAULT_HEAD) -> None:
         from perception_nodes.eval.detection_eval import DetectionScorer
 
         self.branch = branch
@@ -150,8 +154,17 @@ class DetectionAccumulator:
         self.refinement = refinement if refinement is not None else branch.eval_params.refinement()
         self.refined_boxes = 0
         #: the learned box head run after the refinement (a BoxHead; None = off; default: the branch's
-        #: ``eval.box_head``, which is off where the refinement is)
-        self.box_head = branch.eval_params.head() if isinstance(box_head, str) and box_head == "default" else box_head
+        #: ``eval.box_head``; a string: a weights folder or packaged name, "" = off); none where the refinement is off
+        if not self.refinement.enabled:
+            self.box_head = None
+        elif box_head is DEFAULT_HEAD:
+            self.box_head = branch.eval_params.head()
+        elif isinstance(box_head, str):
+            from perception_nodes.learning.branches.lidar_detection import load_box_head_cached
+
+            self.box_head = load_box_head_cached(box_head) if box_head else None
+        else:
+            self.box_head = box_head
         self.head_boxes = 0
         self.calibration = calibration
         #: decoding threshold (default: the branch's eval threshold), on the calibrated score
@@ -415,7 +428,7 @@ def detection_validation_metrics(branch: "LidarDetectionBranch", model: nn.Modul
     """Run ``model`` over ``samples`` in eval mode and score them (:class:`DetectionAccumulator`)."""
     if not samples:
         return {}
-    acc = DetectionAccumulator(branch)
+    acc = DetectionAccumulator(branch, box_head=None)  # the head was trained on other weights' boxes
     was = model.training
     model.eval()
     try:

@@ -216,6 +216,9 @@ def fit_calibration(branch: LidarDetectionBranch, model: torch.nn.Module, sample
               "alternative_unanchored_platt": {"a": a_free, "b": b_free, "nll_after": free_info["nll_after"]},
               "variance_fit_right_detections": int(len(err)),
               "class_variance_fit": per_class_fit,
+              # what the fitted boxes went through (a node running otherwise gets variances fitted for other boxes)
+              "box_refinement": identity.refinement.enabled,
+              "box_head": identity.box_head.source if identity.box_head is not None else None,
               "coverage_before": {"xy": fxy["coverage_before"], "z": fz["coverage_before"],
                                   "yaw": fyaw["coverage_before"]},
               "method": "score: Dirichlet foreground prior f (alpha_fg - 1 + f, alpha_bg + K (1 - f)), then Platt "
@@ -716,10 +719,23 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         p.error("--no-box-head and --box-head exclude each other")
     if args.no_box_head or args.box_head is not None:
         branch.eval_params = dataclasses.replace(branch.eval_params, box_head="" if args.no_box_head else args.box_head)
+    if args.box_head is not None and not branch.eval_params.refinement().enabled:
+        p.error("--box-head: the head runs only after the box refinement, which is off here")
     try:
         head = branch.eval_params.head()
     except WeightsError as exc:
         p.error(f"box head: {exc}")
+    from perception_nodes.models.box_head import mismatch
+
+    why = None
+    if head is not None:
+        why = mismatch(head, weights) if weights is not None else "a training run's network is not the one it was trained on"
+    if why is not None and args.box_head is None:  # the default head belongs to other weights: as the node does
+        print(f"box head: off by default for these weights: {why}")
+        branch.eval_params = dataclasses.replace(branch.eval_params, box_head="")
+        head = None
+    elif why is not None:
+        print(f"box head: {why}; run anyway (--box-head given)")
     t0 = time.perf_counter()
     calibration: DetectionCalibration | None = None
     if args.run is None and not args.fit_calibration:

@@ -17,14 +17,16 @@ Per box (a car box after the geometric refinement):
   (modulo 180 degrees, so the box keeps its direction).
 
 A box with fewer than ``min_points`` points around it is left as it is. Score, class and covariance stay the
-network's. Inference is numpy (this module's :meth:`BoxHead.forward`), so it runs the same under every runtime
-of the branch; :class:`BoxHeadNet` is the same network in torch, for training
+network's. The head runs after decoding, on the decoded boxes, so it is the same under every runtime of the
+branch (:meth:`BoxHead.forward`: the weights as plain arrays, the products in torch's thread pool);
+:class:`BoxHeadNet` is the same network as a torch module, for training
 (:mod:`perception_nodes.learning.box_head_train`), with the same parameter names in the weights file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,7 @@ from numpy.typing import NDArray
 from perception_nodes.models.decode import Detections
 
 __all__ = ["BoxHeadConfig", "BoxHead", "BoxHeadNet", "NETWORK", "apply_box_head", "box_inputs", "load_box_head",
-           "point_features"]
+           "mismatch", "point_features", "weights_sha256"]
 
 #: the sidecar's ``network`` of a box-head weights folder (and its packaged folder's name)
 NETWORK = "lidar_box_head"
@@ -44,6 +46,9 @@ NETWORK = "lidar_box_head"
 POINT_FEATURES = 7
 GLOBAL_FEATURES = 7
 OUTPUTS = 7
+#: the largest move the head may make: its training matched boxes within 1.5 m, and z within a car's height
+MAX_SHIFT_M = 1.5
+MAX_SHIFT_Z_M = 1.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,9 @@ class BoxHead:
     config: BoxHeadConfig
     weights: dict[str, NDArray[np.float32]] = field(repr=False)
     source: str = ""
+    #: sha256 of the detector weights file (``model.safetensors``) whose boxes the head was trained on ("" unknown)
+    detector_sha256: str = ""
+    _tensors: Any = field(default=None, repr=False, compare=False)  # the weights as torch tensors, made once
 
     def __post_init__(self) -> None:
         for name, n_in, n_out in _layers(self.config):
@@ -101,20 +109,30 @@ class BoxHead:
                 raise ValueError(f"box head weights {self.source}: {name} holds non-finite values")
 
     def forward(self, point_feats: NDArray[np.float32], global_feats: NDArray[np.float32]) -> NDArray[np.float32]:
-        """``point_feats`` ``[B, N, 7]``, ``global_feats`` ``[B, 7]`` -> residuals ``[B, 7]``."""
+        """``point_feats`` ``[B, N, 7]``, ``global_feats`` ``[B, 7]`` -> residuals ``[B, 7]``.
+
+        The products run in torch's thread pool (the network beside it already uses torch): numpy's BLAS keeps
+        its own threads, and right after a torch pass at two threads the two pools fought for the cores (a 3 ms
+        product took 175-515 ms)."""
+        import torch
+
         layers = _layers(self.config)
         n_point = len(self.config.point_layers)
-        x = point_feats.astype(np.float32)
-        for k, (name, _, _) in enumerate(layers[:n_point]):
-            x = x @ self.weights[f"{name}.weight"].T + self.weights[f"{name}.bias"]
-            if k < n_point - 1:
-                np.maximum(x, 0.0, out=x)
-        x = np.concatenate([x.max(axis=1), global_feats.astype(np.float32)], axis=1)
-        for k, (name, _, _) in enumerate(layers[n_point:]):
-            x = x @ self.weights[f"{name}.weight"].T + self.weights[f"{name}.bias"]
-            if k < len(layers) - n_point - 1:
-                np.maximum(x, 0.0, out=x)
-        return x
+        if self._tensors is None:
+            self._tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.weights.items()}
+        w = self._tensors
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(point_feats, np.float32))
+            for k, (name, _, _) in enumerate(layers[:n_point]):
+                x = torch.nn.functional.linear(x, w[f"{name}.weight"], w[f"{name}.bias"])
+                if k < n_point - 1:
+                    x = torch.relu(x)
+            x = torch.cat([x.amax(dim=1), torch.from_numpy(np.ascontiguousarray(global_feats, np.float32))], dim=1)
+            for k, (name, _, _) in enumerate(layers[n_point:]):
+                x = torch.nn.functional.linear(x, w[f"{name}.weight"], w[f"{name}.bias"])
+                if k < len(layers) - n_point - 1:
+                    x = torch.relu(x)
+        return x.numpy()
 
 
 def point_features(pts: NDArray[np.floating], size: NDArray[np.floating], sensor: NDArray[np.floating],
@@ -186,7 +204,9 @@ def box_inputs(det: Detections, points: NDArray[np.floating], config: BoxHeadCon
                          & (z >= z_lo) & (z <= z_hi))
     xs, ys = x[sub], y[sub]
     # each box's points in the order the weights were trained with (the sampling stride depends on it): by 2 m bin of
-    # the squares' union (column-major), then by index
+    # the squares' union (column-major), then by index. The bins start at the union's corner, so where a box has more
+    # than npts points, which of them it reads can change with the other boxes of the scan (a few cm in a test); a
+    # per-box order would need a retrained head
     origin, cell = lo.min(0), 2.0
     n_bins = np.floor((hi.max(0) - origin) / cell).astype(np.int64) + 1
     candidates = []
@@ -224,12 +244,15 @@ def apply_residuals(det: Detections, idx: NDArray[np.int64], res: NDArray[np.flo
     for i, r in zip(idx, np.asarray(res, np.float64), strict=True):
         if not np.isfinite(r).all():
             continue
+        # bounded to what training taught (matches within 1.5 m, headings within 45 degrees): a scan unlike the
+        # training scans must not throw a box across the road
+        dx, dy = float(np.clip(r[0], -MAX_SHIFT_M, MAX_SHIFT_M)), float(np.clip(r[1], -MAX_SHIFT_M, MAX_SHIFT_M))
         c, s = math.cos(float(yaw[i])), math.sin(float(yaw[i]))
-        centre[i, 0] += c * r[0] - s * r[1]
-        centre[i, 1] += s * r[0] + c * r[1]
-        centre[i, 2] += r[2]
+        centre[i, 0] += c * dx - s * dy
+        centre[i, 1] += s * dx + c * dy
+        centre[i, 2] += float(np.clip(r[2], -MAX_SHIFT_Z_M, MAX_SHIFT_Z_M))
         size[i] = size[i] * np.exp(np.clip(r[3:6], -1.0, 1.0))
-        yaw[i] = yaw[i] + r[6]
+        yaw[i] = math.remainder(float(yaw[i]) + float(np.clip(r[6], -math.pi / 4, math.pi / 4)), 2 * math.pi)
     return dataclasses.replace(det, center=centre, size=size, yaw=yaw)
 
 
@@ -247,6 +270,40 @@ def apply_box_head(det: Detections, points: NDArray[np.floating], head: BoxHead 
     return apply_residuals(det, idx, res), int(len(idx))
 
 
+def weights_sha256(folder: Path | str) -> str:
+    """sha256 of a weights folder's ``model.safetensors`` ("" when it is not there), cached by path, size and
+    modification time."""
+    path = Path(folder) / "model.safetensors"
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - size and time are the cache key
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def mismatch(head: BoxHead, detector_folder: Path | str) -> str | None:
+    """Why ``head`` must not run on the boxes of the detector in ``detector_folder`` (None: it may): it was
+    trained on another network's boxes, whose errors it learned to correct."""
+    if not head.detector_sha256:
+        return None  # a head that does not say which detector it was trained for: the user's choice
+    got = weights_sha256(detector_folder)
+    if got != head.detector_sha256:
+        return (f"{head.source} was trained on the boxes of other detector weights (sha256 "
+                f"{head.detector_sha256[:12]}, these {got[:12] or 'unreadable'})")
+    return None
+
+
 def load_box_head(folder: Path | str) -> BoxHead:
     """The head of a weights folder (``model.safetensors`` + ``model.json`` with network ``lidar_box_head``);
     :class:`~perception_nodes.models.weights_io.WeightsError` when it is missing, corrupt or does not fit."""
@@ -258,7 +315,8 @@ def load_box_head(folder: Path | str) -> BoxHead:
     try:
         config = BoxHeadConfig.from_mapping(side.get("config") or {})
         weights = load_file(str(Path(folder) / "model.safetensors"))
-        return BoxHead(config, {k: np.asarray(v, np.float32) for k, v in weights.items()}, source=str(folder))
+        return BoxHead(config, {k: np.asarray(v, np.float32) for k, v in weights.items()}, source=str(folder),
+                       detector_sha256=str((side.get("training") or {}).get("detector_sha256") or ""))
     except Exception as exc:  # noqa: BLE001 - a corrupt file, a bad config or wrong shapes: one clear error
         raise WeightsError(f"{folder}: not a usable box head ({type(exc).__name__}: {exc})") from exc
 

@@ -230,7 +230,8 @@ def decode(
             c_xy, c_z = calibration.centre_variance_scale, calibration.z_variance_scale
             c_yaw: Any = calibration.yaw_variance_scale
             if calibration.class_variance_scales:  # per box, by its class
-                per = torch.tensor([calibration.variance_scales(n) for n in names], dtype=var.dtype)[label]
+                per = torch.tensor([calibration.variance_scales(n) for n in names], dtype=var.dtype,
+                                   device=var.device)[label]
                 c_xy, c_z, c_yaw = per[:, 0], per[:, 1], per[:, 2]
             var_yaw = (var_yaw * c_yaw).clamp(max=MAX_YAW_VARIANCE)
         cov = nig_ops.pose_covariance(c_xy * var[0] * grid.cell**2, c_xy * var[1] * grid.cell**2, c_z * var[2],

@@ -218,6 +218,8 @@ def _candidate_points(pts: NDArray[np.floating], boxes: list[tuple[NDArray[np.fl
     nx, ny = (np.floor((hi - lo) / cell).astype(np.int64) + 1)
     ij = np.minimum(np.floor((xy[sub].astype(np.float64) - lo) / cell).astype(np.int64), [nx - 1, ny - 1])
     key = ij[:, 0] * ny + ij[:, 1]
+    if nx * ny < np.iinfo(np.uint16).max:  # a stable sort of 16-bit keys is a radix sort: a few times faster, same order
+        key = key.astype(np.uint16)
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
     out = []

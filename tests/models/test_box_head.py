@@ -217,3 +217,35 @@ def test_the_packaged_head_loads_and_says_how_it_was_trained():
     assert head.config.classes == ("car",)
     assert side["training"]["samples"] > 1000 and side["training"]["config_file"].endswith("lidar_box_head.yaml")
     assert (folder / "model.safetensors").stat().st_size < 1_000_000  # a small file in the repository
+
+
+def test_training_collects_refined_boxes_without_a_head(monkeypatch):
+    """The head learns the error the refinement leaves: its samples must not have gone through a head already
+    (the evaluation's default runs the packaged one)."""
+    import perception_nodes.learning.detection_metrics as dm
+    from perception_nodes.learning.box_head_train import collect_samples
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(dm, "DetectionAccumulator", spy)
+    with pytest.raises(Stop):
+        collect_samples({"detector": "lidar_detection", "data": []}, progress=False)
+    assert seen["box_head"] is None and seen["refinement"].enabled
+
+
+def test_the_packaged_head_runs_only_on_the_packaged_detector(tmp_path):
+    """It names the detector weights it was trained on; other weights (the opt-in ones) do not get it."""
+    from perception_nodes.models.box_head import mismatch, weights_sha256
+
+    head = load_box_head(default_weights_dir(NETWORK))
+    assert head.detector_sha256 == weights_sha256(default_weights_dir("lidar_detection"))
+    assert mismatch(head, default_weights_dir("lidar_detection")) is None
+    assert "other detector weights" in mismatch(head, default_weights_dir("lidar_detection_plain"))
+    assert "unreadable" in mismatch(head, tmp_path)
