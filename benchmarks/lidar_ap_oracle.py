@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from perception_nodes.boxes import Box3D  # noqa: E402
 from perception_nodes.eval.detection_eval import DetectionScorer, points_in_boxes  # noqa: E402
 from perception_nodes.eval.generated_difficulty import with_difficulty, with_virtual_bbox2d  # noqa: E402
+from perception_nodes.learning.box_head_train import greedy_match  # noqa: E402
 from perception_nodes.learning.branches import get_branch  # noqa: E402
 from perception_nodes.learning.detection_metrics import DEFAULT_HEAD, DetectionAccumulator, gt_boxes  # noqa: E402
 from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
@@ -69,22 +70,12 @@ def _with_truth(d: Box3D, g: Box3D, groups: set[str]) -> Box3D:
 
 
 def _match(gt: list[Box3D], det: list[Box3D], radius: float) -> dict[int, int]:
-    """detection index -> ground-truth index, cars only, greedy by score."""
+    """detection index -> ground-truth index, cars only, greedy by score (the branch's rule)."""
+    rows = [i for i, d in enumerate(det) if d.label == "car"]
     cars = [j for j, g in enumerate(gt) if g.label == "car"]
-    used: set[int] = set()
-    out: dict[int, int] = {}
-    for i in sorted((i for i, d in enumerate(det) if d.label == "car"), key=lambda i: -det[i].score):
-        best, bd = -1, radius
-        for j in cars:
-            if j in used:
-                continue
-            dd = float(np.hypot(det[i].center[0] - gt[j].center[0], det[i].center[1] - gt[j].center[1]))
-            if dd <= bd:
-                best, bd = j, dd
-        if best >= 0:
-            used.add(best)
-            out[i] = best
-    return out
+    m = greedy_match([det[i].center[:2] for i in rows], [det[i].score for i in rows], [gt[j].center[:2] for j in cars],
+                     radius)
+    return {rows[i]: cars[j] for i, j in m.items()}
 
 
 def frames_of(weights: str, eval_config: Path, set_name: str, radius: float,

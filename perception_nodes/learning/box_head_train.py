@@ -38,29 +38,35 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-__all__ = ["box_residual", "collect_samples", "main", "match_cars", "train_head"]
+__all__ = ["box_residual", "collect_samples", "greedy_match", "main", "match_cars", "train_head"]
 
 
-def match_cars(det: Any, gt: Sequence[Any], radius: float) -> dict[int, int]:
-    """Car detection index -> true car index: greedy by score, nearest unmatched true car within ``radius``
-    metres of the BEV centre (the branch's matching rule)."""
-    if "car" not in det.class_names:
-        return {}
-    car = det.class_names.index("car")
-    cars = [j for j, g in enumerate(gt) if g.label == "car"]
+def greedy_match(xy: np.ndarray, score: np.ndarray, truth_xy: np.ndarray, radius: float) -> dict[int, int]:
+    """Detection row -> truth row: highest score first, each detection takes the nearest unmatched truth within
+    ``radius`` metres of its BEV centre (ties: the later truth row), the branch's matching rule."""
     used: set[int] = set()
     out: dict[int, int] = {}
-    for i in sorted(np.flatnonzero(det.label == car).tolist(), key=lambda i: -float(det.score[i])):
+    for i in sorted(range(len(xy)), key=lambda i: -float(score[i])):
         best, bd = -1, radius
-        for j in cars:
+        for j in range(len(truth_xy)):
             if j not in used:
-                d = math.hypot(float(det.center[i, 0]) - gt[j].center[0], float(det.center[i, 1]) - gt[j].center[1])
+                d = math.hypot(float(xy[i][0]) - float(truth_xy[j][0]), float(xy[i][1]) - float(truth_xy[j][1]))
                 if d <= bd:
                     best, bd = j, d
         if best >= 0:
             used.add(best)
             out[i] = best
     return out
+
+
+def match_cars(det: Any, gt: Sequence[Any], radius: float) -> dict[int, int]:
+    """Car detection index of ``det`` (Detections) -> index of the true car in ``gt`` (:func:`greedy_match`)."""
+    if "car" not in det.class_names:
+        return {}
+    rows = np.flatnonzero(det.label == det.class_names.index("car"))
+    cars = [j for j, g in enumerate(gt) if g.label == "car"]
+    m = greedy_match(det.center[rows, :2], det.score[rows], [gt[j].center[:2] for j in cars], radius)
+    return {int(rows[i]): cars[j] for i, j in m.items()}
 
 
 def box_residual(centre: Sequence[float], size: Sequence[float], yaw: float, truth: Any) -> np.ndarray | None:
