@@ -44,7 +44,8 @@ from perception_nodes.eval.detection_eval import DetectionScorer, points_in_boxe
 from perception_nodes.eval.generated_difficulty import with_difficulty, with_virtual_bbox2d  # noqa: E402
 from perception_nodes.learning.box_head_train import greedy_match  # noqa: E402
 from perception_nodes.learning.branches import get_branch  # noqa: E402
-from perception_nodes.learning.detection_metrics import DEFAULT_HEAD, DetectionAccumulator, gt_boxes  # noqa: E402
+from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
+from perception_nodes.models.box_head import packaged_head_for  # noqa: E402
 from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
 from perception_nodes.pipeline.box_refine import BoxRefinement  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
@@ -84,7 +85,8 @@ def frames_of(weights: str, eval_config: Path, set_name: str, radius: float,
     model, side = load_lidar_detection(folder)
     branch = get_branch("lidar_detection")(side["branch_config"])
     acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True,
-                               refinement=BoxRefinement(enabled=refine), box_head=DEFAULT_HEAD if head else None)
+                               refinement=BoxRefinement(enabled=refine),
+                               box_head=packaged_head_for(folder)[0] if head else None)  # as the node runs it
     frames, peaks = [], []
     with torch.no_grad():
         for s in _samples(branch, set_sources(eval_config, set_name), cache_dir, False):

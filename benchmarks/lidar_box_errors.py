@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO))
 from perception_nodes.eval.generated_difficulty import with_difficulty  # noqa: E402
 from perception_nodes.eval.metrics.kitti_difficulty import kitti_difficulty  # noqa: E402
 from perception_nodes.learning.branches import get_branch  # noqa: E402
-from perception_nodes.learning.detection_metrics import DEFAULT_HEAD, DetectionAccumulator, gt_boxes  # noqa: E402
+from perception_nodes.learning.detection_metrics import DetectionAccumulator, gt_boxes  # noqa: E402
+from perception_nodes.models.box_head import packaged_head_for  # noqa: E402
 from perception_nodes.learning.lidar_detection_eval import _samples, set_sources  # noqa: E402
 from perception_nodes.pipeline.box_refine import BoxRefinement  # noqa: E402
 from perception_nodes.models.calibration import DetectionCalibration  # noqa: E402
@@ -49,7 +50,8 @@ def box_errors(weights: str, eval_config: Path, set_name: str, radius: float = 1
     model, side = load_lidar_detection(folder)  # checked against its sidecar, in eval mode
     branch = get_branch("lidar_detection")(side["branch_config"])
     acc = DetectionAccumulator(branch, calibration=DetectionCalibration.from_sidecar(side), threshold_on_raw_score=True,
-                               refinement=BoxRefinement(enabled=refine), box_head=DEFAULT_HEAD if head else None)
+                               refinement=BoxRefinement(enabled=refine),
+                               box_head=packaged_head_for(folder)[0] if head else None)  # as the node runs it
     samples = _samples(branch, set_sources(eval_config, set_name), cache_dir, False)
     rows, views, cars = [], [], 0
     with torch.no_grad():

@@ -336,11 +336,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     refinement = BoxRefinement(enabled=not args.no_box_refinement)
     head = None
-    if refinement.enabled and not args.no_box_head:
-        from perception_nodes.models.box_head import NETWORK, load_box_head
-        from perception_nodes.models.weights_io import resolve_weights_folder
+    if refinement.enabled and not args.no_box_head:  # as the node: only on the weights it was trained on
+        from perception_nodes.models.box_head import packaged_head_for
 
-        head = load_box_head(resolve_weights_folder("", NETWORK))
+        head, why = packaged_head_for(args.weights)
+        if why is not None:
+            log(f"box head off: {why}")
 
     net, origin = build_net(args)
     calibration = None

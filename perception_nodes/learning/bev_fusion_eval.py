@@ -3,7 +3,8 @@
 ``python -m perception_nodes.learning.bev_fusion_eval --run out/train/bev_fusion [--metrics-out FILE]``
 (``--run`` omitted: the fuser at its identity initialisation, i.e. the packaged weights untouched).
 
-Scored on held-out generated scenes (:data:`HELD_OUT`: seeds 500-502, in no ``configs/train/*.yaml``;
+Scored on held-out generated scenes (:data:`HELD_OUT`: seeds 500-502, in no ``configs/train/*.yaml`` but the LiDAR box
+head rule's report sets, scored there only (:data:`SCORED_ONLY`);
 :func:`check_held_out` reads every training config and refuses otherwise; ``--seeds A B C`` scores the
 same three scenario types at other seeds, e.g. the fresh set 700-702, scored once after 500-502 had been
 looked at many times; ``--weights DIR`` scores a packaged fused network), with the LiDAR branch's

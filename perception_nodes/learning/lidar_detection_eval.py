@@ -620,7 +620,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                         "box_refinement keys, e.g. '{\"near_faces\": false}'")
     p.add_argument("--no-box-head", action="store_true",
                    help="do not run the learned box head after the refinement (the node's box_head: \"\"); default: "
-                        "the packaged head, as the node publishes (it runs only where the refinement does)")
+                        "the packaged head, as the node publishes (it runs only where the refinement does, and only on "
+                        "the detector weights it was trained on: its sidecar's detector_sha256)")
     p.add_argument("--box-head", default=None, metavar="FOLDER",
                    help="another box head weights folder (or packaged name) than the packaged lidar_box_head")
     p.add_argument("--no-kitti", action="store_true", help="skip the real KITTI frames")

@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from perception_nodes.models.decode import Detections
 
 __all__ = ["BoxHeadConfig", "BoxHead", "BoxHeadNet", "NETWORK", "apply_box_head", "box_inputs", "load_box_head",
-           "mismatch", "point_features", "weights_sha256"]
+           "mismatch", "packaged_head_for", "point_features", "weights_sha256"]
 
 #: the sidecar's ``network`` of a box-head weights folder (and its packaged folder's name)
 NETWORK = "lidar_box_head"
@@ -302,6 +302,18 @@ def mismatch(head: BoxHead, detector_folder: Path | str) -> str | None:
         return (f"{head.source} was trained on the boxes of other detector weights (sha256 "
                 f"{head.detector_sha256[:12]}, these {got[:12] or 'unreadable'})")
     return None
+
+
+def packaged_head_for(detector_folder: Path | str | None) -> tuple[BoxHead | None, str | None]:
+    """The packaged head for the detector weights in ``detector_folder`` and None, or None and why not (no folder:
+    random or other weights; or weights the head was not trained on)."""
+    from perception_nodes.models.weights_io import resolve_weights_folder
+
+    if detector_folder is None:
+        return None, "no detector weights folder"
+    head = load_box_head(resolve_weights_folder("", NETWORK))
+    why = mismatch(head, detector_folder)
+    return (None, why) if why is not None else (head, None)
 
 
 def load_box_head(folder: Path | str) -> BoxHead:
