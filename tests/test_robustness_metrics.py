@@ -144,3 +144,18 @@ def test_training_seeds_reads_every_seed(tmp_path):
     (tmp_path / "a.yaml").write_text("seed: 0\ndata:\n  - {generate: {scenario: x, seed: 12}}\n")
     (tmp_path / "b.yml").write_text("seed: 7\n")
     assert training_seeds(tmp_path) == {0, 7, 12}
+
+
+def test_training_seeds_skip_only_the_scored_only_report_sets(tmp_path):
+    """The box head rule's report sets (scored there, never fitted) do not count as training seeds; the rest of that
+    file and every other file still do."""
+    import yaml
+
+    from perception_nodes.eval.robustness_faults import training_seeds
+    from perception_nodes.eval.scored_only import SCORED_ONLY
+
+    name = next(iter(SCORED_ONLY))
+    (tmp_path / name).write_text(yaml.safe_dump({"validation": [{"generate": {"scenario": "x", "seed": 300}}],
+                                                 "sets": {"plain": [{"generate": {"scenario": "x", "seed": 500}}]}}))
+    (tmp_path / "other.yaml").write_text("data:\n  - {generate: {scenario: x, seed: 7}}\n")
+    assert training_seeds(tmp_path) == {300, 7}

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 __all__ = [
     "CONDITIONS",
@@ -160,8 +161,12 @@ _SEED = re.compile(r"\bseed:\s*(\d+)")
 
 def training_seeds(config_dir: str | Path) -> set[int]:
     """Every ``seed:`` value in the YAML files of ``config_dir`` (the training configs: their data seeds,
-    and the trainer's own seed 0, which is also the demo scenario's seed)."""
+    and the trainer's own seed 0, which is also the demo scenario's seed); the report ``sets`` of the files in
+    :data:`perception_nodes.eval.scored_only.SCORED_ONLY` excepted (scored there, never fitted)."""
+    from perception_nodes.eval.scored_only import SCORED_ONLY, checked_part
+
     out: set[int] = set()
     for p in sorted(Path(config_dir).glob("*.y*ml")):
-        out.update(int(m.group(1)) for m in _SEED.finditer(p.read_text()))
+        text = p.read_text() if p.name not in SCORED_ONLY else yaml.safe_dump(checked_part(p))
+        out.update(int(m.group(1)) for m in _SEED.finditer(text))
     return out
