@@ -122,12 +122,11 @@ def _head(text: str, detector: Path) -> Any:
     """The box head a ``--head-*`` value names (None for ``off``; ``on``: the packaged head, on the weights it was
     trained for only, as the node and lidar-eval run it)."""
     from perception_nodes.learning.branches.lidar_detection import load_box_head_cached
-    from perception_nodes.models.box_head import mismatch
+    from perception_nodes.models.box_head import packaged_head_for
 
     if text == "off":
         return None
-    head = load_box_head_cached("lidar_box_head" if text == "on" else text)
-    return None if text == "on" and mismatch(head, detector) is not None else head
+    return packaged_head_for(detector)[0] if text == "on" else load_box_head_cached(text)
 
 
 def _refine_arg(text: str) -> str:

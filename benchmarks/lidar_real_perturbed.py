@@ -66,11 +66,9 @@ def _network(weights: str, refine: Any = True, head: str = "on"):
     branch = get_branch("lidar_detection")(side["branch_config"])
     name = {"on": "lidar_box_head", "off": ""}.get(head, head)
     if head == "on":  # the packaged head only on the weights it was trained for, as the node and lidar-eval do
-        from perception_nodes.learning.branches.lidar_detection import load_box_head_cached
-        from perception_nodes.models.box_head import mismatch
+        from perception_nodes.models.box_head import packaged_head_for
 
-        if mismatch(load_box_head_cached(name), folder) is not None:
-            name = ""
+        name = name if packaged_head_for(folder)[0] is not None else ""
     branch.eval_params = replace(branch.eval_params, box_refinement=refine, box_head=name)
     return str(folder), branch, model.eval(), DetectionCalibration.from_sidecar(side)
 

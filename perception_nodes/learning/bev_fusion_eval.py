@@ -4,7 +4,7 @@
 (``--run`` omitted: the fuser at its identity initialisation, i.e. the packaged weights untouched).
 
 Scored on held-out generated scenes (:data:`HELD_OUT`: seeds 500-502, in no ``configs/train/*.yaml`` but the LiDAR box
-head rule's report sets, scored there only (:data:`SCORED_ONLY`);
+head rule's report sets, scored there only (:data:`perception_nodes.eval.scored_only.SCORED_ONLY`);
 :func:`check_held_out` reads every training config and refuses otherwise; ``--seeds A B C`` scores the
 same three scenario types at other seeds, e.g. the fresh set 700-702, scored once after 500-502 had been
 looked at many times; ``--weights DIR`` scores a packaged fused network), with the LiDAR branch's
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import yaml
 
-from perception_nodes.eval.scored_only import SCORED_ONLY, checked_part  # noqa: F401 - SCORED_ONLY: the tests read it
+from perception_nodes.eval.scored_only import checked_part
 from perception_nodes.learning.branches.bev_fusion import BevFusionBranch
 from perception_nodes.learning.config import BagSource
 
@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def check_held_out(scenes: Sequence[tuple[str, int]] = HELD_OUT, configs: Path = REPO / "configs" / "train") -> None:
     """ValueError if a held-out (scenario, seed) appears in any training/evaluation config (the report ``sets`` of
-    the files in :data:`SCORED_ONLY` excepted)."""
+    the files in :data:`perception_nodes.eval.scored_only.SCORED_ONLY` excepted)."""
     used: set[tuple[str, int]] = set()
 
     def walk(x: Any) -> None:

@@ -175,11 +175,10 @@ def _sample(crop: NDArray[np.float32], npts: int) -> NDArray[np.float32]:
 
 
 def box_inputs(det: Detections, points: NDArray[np.floating], config: BoxHeadConfig,
-               sensor_xy: Any = (0.0, 0.0), rng: np.random.Generator | None = None
-               ) -> tuple[NDArray[np.int64], tuple[NDArray[np.float32], ...]]:
+               sensor_xy: Any = (0.0, 0.0)) -> tuple[NDArray[np.int64], tuple[NDArray[np.float32], ...]]:
     """The boxes of ``det`` the head corrects (indices: ``config.classes``, finite, with at least
     ``min_points`` points around them) and their raw inputs (points ``[B, N, 4]``, size ``[B, 3]``, sensor
-    ``[B, 2]``, count ``[B]``). ``rng``: sample the points at random (training) instead of the even stride."""
+    ``[B, 2]``, count ``[B]``); the points sampled by :func:`_sample` (training and inference alike)."""
     empty = (np.zeros((0, config.npts, 4), np.float32), np.zeros((0, 3), np.float32), np.zeros((0, 2), np.float32),
              np.zeros((0,), np.float32))
     pts = np.asarray(points)
@@ -221,10 +220,7 @@ def box_inputs(det: Detections, points: NDArray[np.floating], config: BoxHeadCon
         crop = _crop(pts[cand], centre[i], size[i], float(det.yaw[i]), m)
         if len(crop) < config.min_points:
             continue
-        if rng is None:
-            sample = _sample(crop, config.npts)
-        else:
-            sample = crop[rng.choice(len(crop), config.npts, replace=len(crop) < config.npts)]
+        sample = _sample(crop, config.npts)
         d = sensor - centre[i, :2]
         c, s = math.cos(-float(det.yaw[i])), math.sin(-float(det.yaw[i]))
         keep.append(i)

@@ -52,7 +52,7 @@ def test_v2_and_its_control_differ_only_in_the_camera_dropout() -> None:
 def test_the_scored_only_exception_covers_report_sets_alone(tmp_path):
     """The box head's eval config may hold the held-out layouts in its report ``sets`` (scored there, never fitted);
     the same layouts anywhere else in it, or in any other file, still fail the check."""
-    from perception_nodes.learning.bev_fusion_eval import SCORED_ONLY
+    from perception_nodes.eval.scored_only import SCORED_ONLY
 
     name = next(iter(SCORED_ONLY))
     scene = {"generate": {"scenario": "urban_street", "seed": 500, "duration_s": 4.0, "lidar": "hdl64"}}
