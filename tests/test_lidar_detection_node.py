@@ -653,3 +653,27 @@ def test_box_head_param_off_missing_and_switched_at_runtime(tiny_weights, tmp_pa
     node.reconfigure({"box_refinement": {"enabled": False}})  # the head runs only after the refinement
     assert node._head_boxes(det, pts, np.zeros(2), node.net.config.classes) is det  # noqa: SLF001
     assert "idle" in _statuses(node)["network"].values["box_head"]
+
+
+def test_hostile_clouds_with_the_box_head_on(tiny_weights, kitti_records, free_head):
+    """With a head that runs on these weights: broken points, an empty cloud and a cloud ten times larger all go
+    through refine_boxes and its head; the node publishes, counts what it dropped, and records no fault."""
+    node, clock = _node(tiny_weights, box_head=str(free_head), max_points=130_000)
+    assert node.box_head is not None
+    _feed(node, clock, topics.TF_STATIC, next(m for t, m in kitti_records if t == topics.TF_STATIC))
+    real = next(m for t, m in kitti_records if t == topics.LIDAR_POINTS)
+    pts = np.array(read_xyzi(real), dtype=np.float32)
+    broken = pts.copy()
+    broken[:100, 0] = np.nan
+    broken[100:150, 3] = np.inf
+    big = np.concatenate([pts] * 10)
+    t0 = stamp_to_ns(real.header.stamp)
+    for k, cloud in enumerate((broken, np.zeros((0, 4), np.float32), big, pts)):
+        before = node.head_boxes
+        out = _feed(node, clock, topics.LIDAR_POINTS, create_xyzi_cloud(cloud, t0 + k * S, "velodyne", B))
+        assert node.detections_topic in out
+        if len(cloud):
+            assert node.head_boxes > before  # the head corrected the cars of this scan
+    assert not node.faults and not any(k.startswith("fault") for k in node.warnings)
+    assert node.points_dropped["nonfinite"] == 100 and node.points_dropped["over_max_points"] > 0
+    assert node.empty_frames == 1 and node.accounting()[topics.LIDAR_POINTS]["balanced"]
